@@ -1,0 +1,5 @@
+"""``python -m radcloud`` is the ``radcloud`` command."""
+
+from radcloud.cli import main
+
+main()

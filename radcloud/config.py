@@ -1,0 +1,274 @@
+"""radcloud's one typed settings object.
+
+Settings come, highest priority first, from ``RADCLOUD_*`` environment variables, then a TOML
+file (``$RADCLOUD_CONFIG_FILE``, else ``./radcloud.toml`` when present; keys are the field names
+without the prefix), then the defaults below. They are validated once, at start: a bad value
+raises :class:`~radcloud.exceptions.ConfigError` naming the key, the value and what was expected.
+
+Every network listener defaults to 127.0.0.1 and every port can be changed, so that two
+instances with different ``RADCLOUD_HOME`` and ports run side by side.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from enum import StrEnum
+from functools import cached_property
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from radcloud.exceptions import ConfigError
+
+__all__ = ["DataPaths", "Mode", "OrthancIndex", "Settings", "load_settings"]
+
+ENV_PREFIX = "RADCLOUD_"
+CONFIG_FILE_ENV = "RADCLOUD_CONFIG_FILE"
+
+Port = Annotated[int, Field(ge=1, le=65535)]
+
+# PS3.5 6.2: an AE title is 1-16 characters of the default repertoire, no backslash or
+# control characters, and not only spaces.
+_AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")
+
+
+class Mode(StrEnum):
+    """How strict radcloud is about secrets and defaults."""
+
+    DEV = "dev"
+    PROD = "prod"
+
+
+class OrthancIndex(StrEnum):
+    """Which database holds Orthanc's index (the storage area is always files on disk)."""
+
+    SQLITE = "sqlite"
+    POSTGRESQL = "postgresql"
+
+
+class JwtAlgorithm(StrEnum):
+    """Signature algorithms accepted on bearer tokens."""
+
+    HS256 = "HS256"
+    RS256 = "RS256"
+    ES256 = "ES256"
+
+
+class DataPaths:
+    """Where radcloud keeps its state under ``RADCLOUD_HOME``."""
+
+    def __init__(self, home: Path) -> None:
+        self.home = home
+        self.secrets_file = home / "secrets.json"
+        self.database_file = home / "radcloud.db"
+        self.orthanc_dir = home / "orthanc"
+        self.orthanc_storage = home / "orthanc" / "storage"
+        self.orthanc_config = home / "orthanc" / "orthanc.json"
+        self.run_dir = home / "run"
+        self.log_dir = home / "logs"
+        self.spool_dir = home / "spool"
+        self.quarantine_dir = home / "quarantine"
+        self.models_dir = home / "models"
+
+
+def validate_ae_title(value: str) -> str:
+    """Return ``value`` if it is a valid AE title (PS3.5 6.2), else raise ``ValueError``."""
+    if not _AE_TITLE.match(value) or not value.strip():
+        raise ValueError(
+            f'AE title "{value}" is not valid: expected 1-16 printable ASCII characters, '
+            "no backslash, not only spaces"
+        )
+    return value
+
+
+class Settings(BaseSettings):
+    """All of radcloud's configuration. Field ``x`` is set by ``RADCLOUD_X``."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        extra="forbid",
+        validate_default=True,
+        frozen=True,
+    )
+
+    home: Path = Field(Path("var"), description="Data directory (RADCLOUD_HOME)")
+    mode: Mode = Mode.PROD
+    log_level: str = "INFO"
+
+    # Network listeners. Everything binds to loopback unless told otherwise.
+    bind_host: str = "127.0.0.1"
+    api_port: Port = 8000
+    gateway_port: Port = 11112
+    gateway_ae_title: str = "RADCLOUD"
+    orthanc_http_port: Port = 8042
+    orthanc_dicom_port: Port = 4242
+    orthanc_ae_title: str = "RADCLOUD_STORE"
+
+    # Orthanc
+    orthanc_executable: str = "Orthanc"
+    orthanc_plugins_dir: Path = Path("/usr/share/orthanc/plugins")
+    orthanc_index: OrthancIndex = OrthancIndex.SQLITE
+    orthanc_postgresql_url: str | None = None
+    startup_timeout_s: float = Field(60.0, gt=0)
+
+    # Application database: SQLite in RADCLOUD_HOME unless a URL is given.
+    database_url: str | None = None
+
+    # Authentication. radcloud signs its own tokens with HS256; jwt_algorithm RS256/ES256 also
+    # accepts tokens from the hospital's OIDC provider, verified against jwt_jwks_url.
+    jwt_algorithm: JwtAlgorithm = JwtAlgorithm.HS256
+    jwt_secret: str | None = Field(None, repr=False)
+    jwt_jwks_url: str | None = None
+    jwt_jwks_issuer: str | None = None
+    jwt_issuer: str = "radcloud"
+    jwt_audience: str = "radcloud"
+    jwt_roles_claim: str = "roles"
+    token_ttl_minutes: int = Field(60, ge=1, le=60 * 24 * 30)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        toml_file = _config_file()
+        if toml_file is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_file))
+        return tuple(sources)
+
+    @field_validator("home")
+    @classmethod
+    def _absolute_home(cls, value: Path) -> Path:
+        return value.expanduser().absolute()
+
+    @field_validator("gateway_ae_title", "orthanc_ae_title")
+    @classmethod
+    def _ae_title(cls, value: str) -> str:
+        return validate_ae_title(value)
+
+    @field_validator("log_level")
+    @classmethod
+    def _log_level(cls, value: str) -> str:
+        levels = ("DEBUG", "INFO", "WARNING", "ERROR")
+        if value.upper() not in levels:
+            raise ValueError(f"expected one of {', '.join(levels)}")
+        return value.upper()
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("sqlite", "postgresql")):
+            raise ValueError("expected a sqlite:// or postgresql:// SQLAlchemy URL")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        ports = {
+            "api_port": self.api_port,
+            "gateway_port": self.gateway_port,
+            "orthanc_http_port": self.orthanc_http_port,
+            "orthanc_dicom_port": self.orthanc_dicom_port,
+        }
+        seen: dict[int, str] = {}
+        for key, port in ports.items():
+            if port in seen:
+                raise ValueError(
+                    f"{ENV_PREFIX}{key.upper()} and {ENV_PREFIX}{seen[port].upper()} are both "
+                    f"{port}: expected a different port for each listener"
+                )
+            seen[port] = key
+        if self.orthanc_index is OrthancIndex.POSTGRESQL and not self.orthanc_postgresql_url:
+            raise ValueError(
+                f"{ENV_PREFIX}ORTHANC_INDEX=postgresql needs {ENV_PREFIX}ORTHANC_POSTGRESQL_URL "
+                "(postgresql://user:password@host:port/database)"
+            )
+        if self.jwt_algorithm is not JwtAlgorithm.HS256 and not self.jwt_jwks_url:
+            raise ValueError(
+                f"{ENV_PREFIX}JWT_ALGORITHM={self.jwt_algorithm} needs {ENV_PREFIX}JWT_JWKS_URL "
+                "(the identity provider's JSON Web Key Set)"
+            )
+        if self.mode is Mode.PROD and self.jwt_secret is not None and len(self.jwt_secret) < 32:
+            raise ValueError(
+                f"{ENV_PREFIX}JWT_SECRET is too short for prod mode: expected at least 32 "
+                "characters, or leave it unset to use a generated secret"
+            )
+        return self
+
+    @cached_property
+    def paths(self) -> DataPaths:
+        """Files and directories under ``home``."""
+        return DataPaths(self.home)
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        """The application database URL (SQLite under ``home`` by default)."""
+        return self.database_url or f"sqlite:///{self.paths.database_file}"
+
+    @property
+    def api_url(self) -> str:
+        """Base URL of radcloud's HTTP API."""
+        return f"http://{_url_host(self.bind_host)}:{self.api_port}"
+
+    @property
+    def orthanc_url(self) -> str:
+        """Base URL of the internal Orthanc REST API."""
+        return f"http://127.0.0.1:{self.orthanc_http_port}"
+
+
+def _url_host(host: str) -> str:
+    if host in ("0.0.0.0", "::"):  # noqa: S104 - reachable address for a wildcard bind
+        return "127.0.0.1"
+    return f"[{host}]" if ":" in host else host
+
+
+def _config_file() -> Path | None:
+    explicit = os.environ.get(CONFIG_FILE_ENV)
+    if explicit:
+        path = Path(explicit)
+        if not path.is_file():
+            raise ConfigError(CONFIG_FILE_ENV, explicit, "an existing TOML file")
+        return path
+    local = Path("radcloud.toml")
+    return local if local.is_file() else None
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build and validate the settings.
+
+    Parameters
+    ----------
+    overrides
+        Field values that take precedence over the environment and the TOML file.
+
+    Returns
+    -------
+    Settings
+        The validated settings.
+
+    Raises
+    ------
+    ConfigError
+        When a value is invalid; the message names the key, the value and what was expected.
+    """
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        loc = [str(part) for part in error["loc"] if part != "__root__"]
+        key = f"{ENV_PREFIX}{loc[0].upper()}" if loc else "settings"
+        value = error.get("input")
+        if isinstance(value, dict):  # model-level check: the message names the keys itself
+            raise ConfigError(key, None, error["msg"].removeprefix("Value error, ")) from exc
+        raise ConfigError(key, value, error["msg"].removeprefix("Value error, ")) from exc

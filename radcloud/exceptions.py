@@ -1,0 +1,137 @@
+"""Errors of radcloud's platform core. Protocol edges translate them (HTTP status, exit code).
+
+::
+
+    RadcloudError
+    ├── ConfigError(key, value, expected)
+    ├── SecretsError(path, reason)
+    ├── ServiceError
+    │   ├── DependencyMissingError(program, install_command)
+    │   ├── PortInUseError(port, setting)
+    │   └── StartupError(component, reason, log_file)
+    ├── AuthError
+    │   ├── AuthenticationError(reason)           -> HTTP 401
+    │   └── PermissionDeniedError(role, allowed)  -> HTTP 403
+    ├── NotFoundError(kind, name)                 -> HTTP 404
+    ├── AlreadyExistsError(kind, name)            -> HTTP 409
+    └── AuditChainError(problems)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "AlreadyExistsError",
+    "AuditChainError",
+    "AuthError",
+    "AuthenticationError",
+    "ConfigError",
+    "DependencyMissingError",
+    "NotFoundError",
+    "PermissionDeniedError",
+    "PortInUseError",
+    "RadcloudError",
+    "SecretsError",
+    "ServiceError",
+    "StartupError",
+]
+
+
+class RadcloudError(Exception):
+    """Root of radcloud's platform errors."""
+
+
+class ConfigError(RadcloudError):
+    """A setting has an invalid value."""
+
+    def __init__(self, key: str, value: Any, expected: str) -> None:
+        self.key, self.value, self.expected = key, value, expected
+        shown = "" if value is None else f"={value!r}"
+        super().__init__(f"invalid setting {key}{shown}: {expected}")
+
+
+class SecretsError(RadcloudError):
+    """The secrets file cannot be used."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        self.path, self.reason = path, reason
+        super().__init__(f"secrets file {path}: {reason}")
+
+
+class ServiceError(RadcloudError):
+    """A component cannot be started, stopped or reached."""
+
+
+class DependencyMissingError(ServiceError):
+    """A program radcloud needs is not installed."""
+
+    def __init__(self, program: str, install_command: str) -> None:
+        self.program, self.install_command = program, install_command
+        super().__init__(f"{program} is not installed; install it with: {install_command}")
+
+
+class PortInUseError(ServiceError):
+    """A port radcloud would listen on is taken by another process."""
+
+    def __init__(self, port: int, setting: str) -> None:
+        self.port, self.setting = port, setting
+        super().__init__(
+            f"port {port} is already in use by another process; "
+            f"choose another with {setting}=<port>"
+        )
+
+
+class StartupError(ServiceError):
+    """A component started but never became healthy, or exited."""
+
+    def __init__(self, component: str, reason: str, log_file: Path | None = None) -> None:
+        self.component, self.reason, self.log_file = component, reason, log_file
+        where = f" (log: {log_file})" if log_file else ""
+        super().__init__(f"{component} failed to start: {reason}{where}")
+
+
+class AuthError(RadcloudError):
+    """Authentication or authorisation failed."""
+
+
+class AuthenticationError(AuthError):
+    """No valid credentials were presented (HTTP 401)."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(reason)
+
+
+class PermissionDeniedError(AuthError):
+    """Valid credentials, but the role may not do this (HTTP 403)."""
+
+    def __init__(self, role: str, allowed: Sequence[str]) -> None:
+        self.role, self.allowed = role, tuple(allowed)
+        super().__init__(f'role "{role}" may not do this; allowed roles: {", ".join(allowed)}')
+
+
+class NotFoundError(RadcloudError):
+    """A named thing does not exist."""
+
+    def __init__(self, kind: str, name: str) -> None:
+        self.kind, self.name = kind, name
+        super().__init__(f'{kind} "{name}" does not exist')
+
+
+class AlreadyExistsError(RadcloudError):
+    """A named thing exists already."""
+
+    def __init__(self, kind: str, name: str) -> None:
+        self.kind, self.name = kind, name
+        super().__init__(f'{kind} "{name}" already exists')
+
+
+class AuditChainError(RadcloudError):
+    """The audit trail's hash chain is broken: records were edited, deleted or inserted."""
+
+    def __init__(self, problems: Sequence[str]) -> None:
+        self.problems = tuple(problems)
+        super().__init__(f"audit chain broken: {'; '.join(problems[:5])}")

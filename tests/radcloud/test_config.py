@@ -1,0 +1,146 @@
+"""Settings: defaults, environment and TOML sources, and errors that name the key."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from radcloud.config import Mode, load_settings
+from radcloud.exceptions import ConfigError, SecretsError
+from radcloud.secrets import load_secrets
+
+
+def test_defaults_bind_loopback_on_documented_ports(tmp_path: Path) -> None:
+    settings = load_settings(home=tmp_path)
+    assert settings.bind_host == "127.0.0.1"
+    assert (settings.api_port, settings.gateway_port) == (8000, 11112)
+    assert (settings.orthanc_http_port, settings.orthanc_dicom_port) == (8042, 4242)
+    assert settings.gateway_ae_title == "RADCLOUD"
+    assert settings.sqlalchemy_url == f"sqlite:///{tmp_path}/radcloud.db"
+    assert settings.mode is Mode.PROD
+
+
+def test_environment_overrides_and_relative_home_is_made_absolute(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("RADCLOUD_HOME", "data")
+    monkeypatch.setenv("RADCLOUD_API_PORT", "9100")
+    monkeypatch.setenv("RADCLOUD_GATEWAY_AE_TITLE", "EDGE1")
+    settings = load_settings()
+    assert settings.home == tmp_path / "data"
+    assert settings.api_port == 9100
+    assert settings.gateway_ae_title == "EDGE1"
+    assert settings.api_url == "http://127.0.0.1:9100"
+
+
+def test_toml_file_is_read_and_environment_wins(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    config = tmp_path / "radcloud.toml"
+    config.write_text('api_port = 9200\ngateway_port = 11999\nlog_level = "debug"\n')
+    monkeypatch.setenv("RADCLOUD_CONFIG_FILE", str(config))
+    monkeypatch.setenv("RADCLOUD_GATEWAY_PORT", "12000")
+    settings = load_settings(home=tmp_path)
+    assert (settings.api_port, settings.gateway_port, settings.log_level) == (9200, 12000, "DEBUG")
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "expected"),
+    [
+        ("RADCLOUD_API_PORT", "eighty", "valid integer"),
+        ("RADCLOUD_ORTHANC_DICOM_PORT", "70000", "less than or equal to 65535"),
+        ("RADCLOUD_GATEWAY_AE_TITLE", "A_TITLE_FAR_TOO_LONG", "1-16 printable ASCII"),
+        ("RADCLOUD_MODE", "staging", "'dev' or 'prod'"),
+        ("RADCLOUD_DATABASE_URL", "mysql://x", "sqlite:// or postgresql://"),
+    ],
+)
+def test_invalid_value_names_key_value_and_expectation(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str, expected: str
+) -> None:
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    message = str(caught.value)
+    assert variable in message
+    assert value in message
+    assert expected in message
+
+
+def test_two_listeners_on_one_port_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RADCLOUD_GATEWAY_PORT", "8000")
+    with pytest.raises(ConfigError, match="RADCLOUD_GATEWAY_PORT and RADCLOUD_API_PORT"):
+        load_settings()
+
+
+def test_postgresql_index_needs_its_url() -> None:
+    with pytest.raises(ConfigError, match="RADCLOUD_ORTHANC_POSTGRESQL_URL"):
+        load_settings(orthanc_index="postgresql")
+
+
+def test_missing_config_file_is_reported(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("RADCLOUD_CONFIG_FILE", str(tmp_path / "nope.toml"))
+    with pytest.raises(ConfigError, match="RADCLOUD_CONFIG_FILE"):
+        load_settings()
+
+
+def test_cli_exits_2_naming_the_bad_setting(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RADCLOUD_")}
+    env |= {"RADCLOUD_HOME": str(tmp_path), "RADCLOUD_API_PORT": "-1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "radcloud", "status"],
+        check=False,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "RADCLOUD_API_PORT" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_secrets_generated_once_private_and_stable(tmp_path: Path) -> None:
+    settings = load_settings(home=tmp_path)
+    first = load_secrets(settings)
+    path = settings.paths.secrets_file
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert load_secrets(settings).jwt_signing_key == first.jwt_signing_key
+    assert len(first.jwt_signing_key) >= 32
+    assert len({first.jwt_signing_key, first.audit_hmac_key, first.orthanc_password}) == 3
+    assert first.orthanc_password not in repr(first)
+    other = load_secrets(load_settings(home=tmp_path / "other"))
+    assert other.jwt_signing_key != first.jwt_signing_key
+
+
+def test_world_readable_secrets_refused_in_prod(tmp_path: Path) -> None:
+    settings = load_settings(home=tmp_path)
+    load_secrets(settings)
+    settings.paths.secrets_file.chmod(0o644)
+    with pytest.raises(SecretsError, match="0644, expected 0600"):
+        load_secrets(settings)
+
+
+def test_incomplete_secrets_file_is_reported(tmp_path: Path) -> None:
+    settings = load_settings(home=tmp_path)
+    settings.paths.secrets_file.write_text(json.dumps({"jwt_signing_key": "x"}))
+    settings.paths.secrets_file.chmod(0o600)
+    with pytest.raises(SecretsError, match="incomplete"):
+        load_secrets(settings)
+
+
+def test_short_jwt_secret_only_in_dev_mode(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="at least 32"):
+        load_settings(home=tmp_path, jwt_secret="dev-secret")
+    dev = load_settings(home=tmp_path, jwt_secret="dev-secret", mode="dev")
+    assert load_secrets(dev).jwt_signing_key == "dev-secret"
+
+
+def test_external_algorithm_needs_a_key_set() -> None:
+    with pytest.raises(ConfigError, match="RADCLOUD_JWT_JWKS_URL"):
+        load_settings(jwt_algorithm="RS256")
