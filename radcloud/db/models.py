@@ -1,0 +1,321 @@
+"""The application database's tables (SQLAlchemy 2 declarative models).
+
+Who writes what (docs/architecture.md has the full picture):
+
+- platform (``radcloud``): ``users``, ``api_keys``, ``audit_events``, ``audit_head``
+- gateway (``dicom_gateway``): ``hospitals``, ``senders``, ``studies``, ``outbox_events``
+- serving (``serving``): ``inference_results``, ``worklist_items``; reading writes ``labels``
+
+Schema changes go through alembic migrations in ``radcloud/db/migrations``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from enum import StrEnum
+from typing import Any, ClassVar
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy import Enum as SAEnum
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.types import TypeDecorator
+
+__all__ = [
+    "ApiKey",
+    "AuditEvent",
+    "AuditHead",
+    "Base",
+    "Hospital",
+    "InferenceResult",
+    "InferenceStatus",
+    "Label",
+    "OutboxEvent",
+    "ReadingStatus",
+    "Role",
+    "Sender",
+    "Study",
+    "StudyState",
+    "UTCDateTime",
+    "User",
+    "WorklistItem",
+    "utcnow",
+]
+
+UID = String(64)  # PS3.5 9.1: a UID is at most 64 characters
+
+
+def utcnow() -> dt.datetime:
+    """Timezone-aware current UTC time (stored as UTC)."""
+    return dt.datetime.now(dt.UTC)
+
+
+def _enum(enum_cls: type[StrEnum]) -> SAEnum:
+    return SAEnum(
+        enum_cls,
+        values_callable=lambda members: [m.value for m in members],
+        native_enum=False,
+        validate_strings=True,
+        length=32,
+    )
+
+
+class Role(StrEnum):
+    """What a user or service account may do. Each route declares the roles it allows."""
+
+    RADIOLOGIST = "radiologist"
+    ML_ENGINEER = "ml_engineer"
+    PACS = "pacs"  # ingest only
+    PEER_HOSPITAL = "peer_hospital"  # cross-hospital lookup only
+    ADMIN = "admin"
+
+
+class StudyState(StrEnum):
+    """Where a study is in ingest: receiving instances, or complete and announced."""
+
+    RECEIVING = "receiving"
+    READY = "ready"
+
+
+class InferenceStatus(StrEnum):
+    """Outcome of one model version on one study."""
+
+    PENDING = "pending"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+class ReadingStatus(StrEnum):
+    """A study's place on the radiologists' worklist."""
+
+    UNREAD = "unread"
+    IN_PROGRESS = "in_progress"
+    REPORTED = "reported"
+
+
+class UTCDateTime(TypeDecorator[dt.datetime]):
+    """A timestamp stored as UTC and always read back timezone-aware (SQLite drops the zone)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: dt.datetime | None, dialect: Dialect) -> dt.datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value.isoformat()} given: expected UTC-aware")
+        return value.astimezone(dt.UTC)
+
+    def process_result_value(
+        self, value: dt.datetime | None, dialect: Dialect
+    ) -> dt.datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
+
+
+class Base(DeclarativeBase):
+    """Declarative base; timestamps are timezone-aware UTC."""
+
+    type_annotation_map: ClassVar[dict[Any, Any]] = {
+        dt.datetime: UTCDateTime(),
+        dict[str, Any]: JSON,
+    }
+
+
+class Hospital(Base):
+    """A hospital that sends studies."""
+
+    __tablename__ = "hospitals"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+    senders: Mapped[list[Sender]] = relationship(back_populates="hospital")
+
+
+class Sender(Base):
+    """A calling AE title allowed to store to the gateway, and its hospital."""
+
+    __tablename__ = "senders"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    ae_title: Mapped[str] = mapped_column(String(16), unique=True)
+    hospital_id: Mapped[int] = mapped_column(ForeignKey("hospitals.id"))
+    host: Mapped[str | None] = mapped_column(String(255))
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+    hospital: Mapped[Hospital] = relationship(back_populates="senders")
+
+
+class Study(Base):
+    """Ingest tracking of one study (by StudyInstanceUID)."""
+
+    __tablename__ = "studies"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    study_instance_uid: Mapped[str] = mapped_column(UID, unique=True)
+    hospital_id: Mapped[int | None] = mapped_column(ForeignKey("hospitals.id"))
+    patient_id: Mapped[str | None] = mapped_column(String(64))
+    patient_name: Mapped[str | None] = mapped_column(String(324))
+    accession_number: Mapped[str | None] = mapped_column(String(16))
+    study_description: Mapped[str | None] = mapped_column(String(64))
+    study_date: Mapped[str | None] = mapped_column(String(8))
+    modalities: Mapped[str | None] = mapped_column(String(64))
+    state: Mapped[StudyState] = mapped_column(_enum(StudyState), default=StudyState.RECEIVING)
+    instance_count: Mapped[int] = mapped_column(Integer, default=0)
+    orthanc_id: Mapped[str | None] = mapped_column(String(64))
+    first_received_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    last_received_at: Mapped[dt.datetime] = mapped_column(default=utcnow, index=True)
+    ready_at: Mapped[dt.datetime | None]
+
+    hospital: Mapped[Hospital | None] = relationship()
+
+
+class OutboxEvent(Base):
+    """A durable event (``study.ready``, ``study.updated``) for at-least-once consumers."""
+
+    __tablename__ = "outbox_events"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    topic: Mapped[str] = mapped_column(String(64), index=True)
+    key: Mapped[str] = mapped_column(String(128))
+    payload: Mapped[dict[str, Any]]
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    processed_at: Mapped[dt.datetime | None] = mapped_column(index=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(Text)
+
+
+class InferenceResult(Base):
+    """One model version's result on one study; unique per (study, model, version)."""
+
+    __tablename__ = "inference_results"
+    __table_args__ = (UniqueConstraint("study_id", "model_name", "model_version"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
+    model_name: Mapped[str] = mapped_column(String(128))
+    model_version: Mapped[str] = mapped_column(String(64))
+    status: Mapped[InferenceStatus] = mapped_column(_enum(InferenceStatus))
+    score: Mapped[float | None] = mapped_column(Float)
+    critical: Mapped[bool] = mapped_column(Boolean, default=False)
+    findings: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    timings: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class WorklistItem(Base):
+    """A study's reading state; ``version`` is the optimistic lock for claims."""
+
+    __tablename__ = "worklist_items"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"), unique=True)
+    status: Mapped[ReadingStatus] = mapped_column(
+        _enum(ReadingStatus), default=ReadingStatus.UNREAD
+    )
+    priority_class: Mapped[str] = mapped_column(String(16), default="routine")
+    ai_score: Mapped[float | None] = mapped_column(Float)
+    claimed_by: Mapped[str | None] = mapped_column(String(128))
+    claimed_at: Mapped[dt.datetime | None]
+    reported_at: Mapped[dt.datetime | None]
+    version: Mapped[int] = mapped_column(Integer, default=1)
+    updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+    __mapper_args__ = {"version_id_col": version}  # noqa: RUF012 - SQLAlchemy declares it
+
+
+class Label(Base):
+    """A radiologist-confirmed (or rejected) finding, used for retraining."""
+
+    __tablename__ = "labels"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
+    series_instance_uid: Mapped[str | None] = mapped_column(UID)
+    sop_instance_uid: Mapped[str | None] = mapped_column(UID)
+    finding: Mapped[str] = mapped_column(String(128))
+    present: Mapped[bool] = mapped_column(Boolean)
+    source: Mapped[str] = mapped_column(String(32), default="radiologist")
+    region: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    inference_result_id: Mapped[int | None] = mapped_column(ForeignKey("inference_results.id"))
+    author: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class User(Base):
+    """A person (or an identity from the hospital's OIDC provider) and their role."""
+
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    role: Mapped[Role] = mapped_column(_enum(Role))
+    password_hash: Mapped[str | None] = mapped_column(String(256))
+    disabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class ApiKey(Base):
+    """A service account's API key; only a SHA-256 of the secret part is stored."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    key_id: Mapped[str] = mapped_column(String(32), unique=True)
+    secret_hash: Mapped[str] = mapped_column(String(64))
+    role: Mapped[Role] = mapped_column(_enum(Role))
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    last_used_at: Mapped[dt.datetime | None]
+    revoked_at: Mapped[dt.datetime | None]
+
+
+class AuditEvent(Base):
+    """One append-only audit record, modelled on DICOM PS3.15 A.5 / IHE ATNA.
+
+    ``hash`` covers every other column plus ``prev_hash``, chaining each record to the one
+    before; ``radcloud audit verify`` recomputes the chain.
+    """
+
+    __tablename__ = "audit_events"
+
+    seq: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    time: Mapped[dt.datetime] = mapped_column(index=True)
+    event_code: Mapped[str] = mapped_column(String(16))  # DCM code, e.g. 110103
+    event_name: Mapped[str] = mapped_column(String(64))
+    action: Mapped[str] = mapped_column(String(1))  # C R U D E
+    outcome: Mapped[int] = mapped_column(Integer)  # 0 success, 4 minor, 8 serious, 12 major
+    user_name: Mapped[str | None] = mapped_column(String(128))
+    role: Mapped[str | None] = mapped_column(String(32))
+    source_address: Mapped[str | None] = mapped_column(String(64))
+    resource_type: Mapped[str | None] = mapped_column(String(32))
+    resource_id: Mapped[str | None] = mapped_column(String(128), index=True)
+    patient_id_hash: Mapped[str | None] = mapped_column(String(64))
+    detail: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64))
+
+
+class AuditHead(Base):
+    """The chain's last sequence number and hash, so deleting the newest records shows."""
+
+    __tablename__ = "audit_head"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    seq: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"))
+    hash: Mapped[str] = mapped_column(String(64))

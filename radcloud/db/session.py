@@ -1,0 +1,101 @@
+"""Engines and sessions for the application database.
+
+SQLite (the default) runs in WAL mode with foreign keys on, a busy timeout, and full sync.
+Its driver's own transaction handling is replaced (SQLAlchemy's documented recipe) so that
+:func:`write_transaction` can take the write lock up front with ``BEGIN IMMEDIATE``: writers
+that must serialise (the audit chain) never deadlock on a lock upgrade. On PostgreSQL the same
+function takes a transaction-scoped advisory lock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.engine import Connection
+from sqlalchemy.orm import Session, sessionmaker
+
+from radcloud.config import Settings
+
+__all__ = ["Database", "write_transaction"]
+
+_IMMEDIATE = "radcloud_immediate"
+
+
+def _configure_sqlite(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None  # we emit BEGIN ourselves
+        cursor = dbapi_connection.cursor()
+        for pragma in (
+            "journal_mode=WAL",
+            "foreign_keys=ON",
+            "busy_timeout=30000",
+            "synchronous=FULL",
+        ):
+            cursor.execute(f"PRAGMA {pragma}")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        immediate = conn.get_execution_options().get(_IMMEDIATE, False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+class Database:
+    """The application database: one engine and a session factory.
+
+    Parameters
+    ----------
+    url
+        SQLAlchemy URL, ``sqlite:///path`` or ``postgresql+psycopg://...``.
+    """
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.is_sqlite = url.startswith("sqlite")
+        connect_args: dict[str, Any] = {"timeout": 30} if self.is_sqlite else {}
+        self.engine = create_engine(url, connect_args=connect_args, pool_pre_ping=True)
+        if self.is_sqlite:
+            _configure_sqlite(self.engine)
+        self.sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Database:
+        """Open the database named by ``settings`` (creating ``RADCLOUD_HOME`` if needed)."""
+        settings.home.mkdir(parents=True, exist_ok=True)
+        return cls(settings.sqlalchemy_url)
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """A session committed on success and rolled back on error."""
+        with self.sessions() as session, session.begin():
+            yield session
+
+    def dispose(self) -> None:
+        """Close all pooled connections."""
+        self.engine.dispose()
+
+
+@contextmanager
+def write_transaction(db: Database, lock_key: int) -> Iterator[Session]:
+    """A transaction that holds an exclusive write lock named ``lock_key`` until it ends.
+
+    Parameters
+    ----------
+    db
+        The database.
+    lock_key
+        Identifies the lock on PostgreSQL (``pg_advisory_xact_lock``); SQLite has one
+        database-wide write lock.
+    """
+    if db.is_sqlite:
+        engine = db.engine.execution_options(**{_IMMEDIATE: True})
+        with Session(engine) as session, session.begin():
+            yield session
+    else:
+        with db.sessions() as session, session.begin():
+            session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": lock_key})
+            yield session
