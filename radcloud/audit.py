@@ -1,0 +1,299 @@
+"""The append-only audit trail of patient-data access and security events.
+
+Records are modelled on DICOM PS3.15 A.5 (IHE ATNA): an event ID from PS3.16 CID 400
+(e.g. ``110103`` DICOM Instances Accessed), an action code (C/R/U/D/E), an outcome (0 success,
+4 minor failure, 8 serious failure, 12 major failure), the active participant (user, role,
+network address) and the participant object (a study UID; a patient ID only as a keyed hash,
+HMAC-SHA256 with the instance's audit key, so records can be matched without revealing it).
+
+Each record stores the SHA-256 of its canonical JSON, which includes the previous record's hash;
+``audit_head`` keeps the newest sequence number and hash. :meth:`AuditTrail.verify` recomputes
+the chain, so an edited, deleted or inserted record shows. Appends are serialised by an
+exclusive write lock (:func:`radcloud.db.write_transaction`) so the chain stays linear across
+processes. What the chain cannot stop is someone rewriting the whole chain and the head with
+database access; export it regularly (``radcloud audit export``) to storage they cannot reach.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import hmac
+import json
+import logging
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from enum import IntEnum, StrEnum
+from typing import Any, TextIO
+
+from sqlalchemy import select
+
+from radcloud.db import Database, write_transaction
+from radcloud.db.models import AuditEvent, AuditHead, utcnow
+
+__all__ = [
+    "AuditAction",
+    "AuditEventCode",
+    "AuditOutcome",
+    "AuditTrail",
+    "VerifyReport",
+]
+
+logger = logging.getLogger(__name__)
+
+GENESIS_HASH = "0" * 64
+_LOCK_KEY = 0x52414443  # "RADC": PostgreSQL advisory lock for the chain
+
+
+class AuditEventCode(StrEnum):
+    """Audit event IDs (DICOM PS3.16 CID 400, coding scheme DCM)."""
+
+    APPLICATION_ACTIVITY = "110100"
+    AUDIT_LOG_USED = "110101"
+    BEGIN_TRANSFERRING = "110102"
+    INSTANCES_ACCESSED = "110103"
+    INSTANCES_TRANSFERRED = "110104"
+    EXPORT = "110106"
+    IMPORT = "110107"
+    NETWORK_ENTRY = "110108"
+    PATIENT_RECORD = "110110"
+    QUERY = "110112"
+    SECURITY_ALERT = "110113"
+    USER_AUTHENTICATION = "110114"
+
+    @property
+    def meaning(self) -> str:
+        """The code meaning, e.g. "DICOM Instances Accessed"."""
+        return _MEANINGS[self]
+
+
+_MEANINGS = {
+    AuditEventCode.APPLICATION_ACTIVITY: "Application Activity",
+    AuditEventCode.AUDIT_LOG_USED: "Audit Log Used",
+    AuditEventCode.BEGIN_TRANSFERRING: "Begin Transferring DICOM Instances",
+    AuditEventCode.INSTANCES_ACCESSED: "DICOM Instances Accessed",
+    AuditEventCode.INSTANCES_TRANSFERRED: "DICOM Instances Transferred",
+    AuditEventCode.EXPORT: "Export",
+    AuditEventCode.IMPORT: "Import",
+    AuditEventCode.NETWORK_ENTRY: "Network Entry",
+    AuditEventCode.PATIENT_RECORD: "Patient Record",
+    AuditEventCode.QUERY: "Query",
+    AuditEventCode.SECURITY_ALERT: "Security Alert",
+    AuditEventCode.USER_AUTHENTICATION: "User Authentication",
+}
+
+
+class AuditAction(StrEnum):
+    """Event action codes (PS3.15 A.5.1)."""
+
+    CREATE = "C"
+    READ = "R"
+    UPDATE = "U"
+    DELETE = "D"
+    EXECUTE = "E"
+
+
+class AuditOutcome(IntEnum):
+    """Event outcome indicators (PS3.15 A.5.1)."""
+
+    SUCCESS = 0
+    MINOR_FAILURE = 4
+    SERIOUS_FAILURE = 8
+    MAJOR_FAILURE = 12
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    """Result of checking the chain: how many records, and what is wrong (empty when intact)."""
+
+    records: int
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """True when the chain is intact."""
+        return not self.problems
+
+
+_HASHED = (
+    "seq",
+    "time",
+    "event_code",
+    "event_name",
+    "action",
+    "outcome",
+    "user_name",
+    "role",
+    "source_address",
+    "resource_type",
+    "resource_id",
+    "patient_id_hash",
+    "detail",
+    "prev_hash",
+)
+
+
+def _as_dict(event: AuditEvent) -> dict[str, Any]:
+    data = {name: getattr(event, name) for name in (*_HASHED, "hash")}
+    data["time"] = event.time.astimezone(dt.UTC).isoformat(timespec="microseconds")
+    return data
+
+
+def _record_hash(data: Mapping[str, Any]) -> str:
+    canonical = json.dumps(
+        {name: data[name] for name in _HASHED},
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=False,
+        default=str,
+    )
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+class AuditTrail:
+    """Append to, verify and export the audit trail.
+
+    Parameters
+    ----------
+    db
+        The application database.
+    hmac_key
+        The instance's audit key, used to pseudonymise patient IDs.
+    """
+
+    def __init__(self, db: Database, hmac_key: str) -> None:
+        self._db = db
+        self._key = hmac_key.encode()
+
+    def patient_id_hash(self, patient_id: str) -> str:
+        """HMAC-SHA256 of a patient ID: equal IDs match, the ID itself is not stored."""
+        return hmac.new(self._key, patient_id.encode(), hashlib.sha256).hexdigest()
+
+    def record(
+        self,
+        event_code: AuditEventCode | str,
+        *,
+        action: AuditAction | str = AuditAction.EXECUTE,
+        outcome: AuditOutcome | int = AuditOutcome.SUCCESS,
+        user_name: str | None = None,
+        role: str | None = None,
+        source_address: str | None = None,
+        resource_type: str | None = None,
+        resource_id: str | None = None,
+        patient_id: str | None = None,
+        detail: Mapping[str, Any] | None = None,
+    ) -> int:
+        """Append one record and return its sequence number.
+
+        Parameters
+        ----------
+        event_code
+            A CID 400 event ID.
+        action, outcome
+            PS3.15 A.5.1 action code and outcome indicator.
+        user_name, role, source_address
+            The active participant.
+        resource_type, resource_id
+            What was touched, e.g. ``("study", study_instance_uid)``.
+        patient_id
+            Stored only as :meth:`patient_id_hash`.
+        detail
+            Further JSON-serialisable facts (never credentials or patient names).
+        """
+        code = AuditEventCode(event_code)
+        clean_detail = json.loads(json.dumps(dict(detail or {}), default=str))
+        with write_transaction(self._db, _LOCK_KEY) as session:
+            head = session.get(AuditHead, 1)
+            prev_seq, prev_hash = (head.seq, head.hash) if head else (0, GENESIS_HASH)
+            event = AuditEvent(
+                seq=prev_seq + 1,
+                time=utcnow(),
+                event_code=code.value,
+                event_name=code.meaning,
+                action=AuditAction(action).value,
+                outcome=int(AuditOutcome(outcome)),
+                user_name=user_name,
+                role=role,
+                source_address=source_address,
+                resource_type=resource_type,
+                resource_id=resource_id,
+                patient_id_hash=self.patient_id_hash(patient_id) if patient_id else None,
+                detail=clean_detail,
+                prev_hash=prev_hash,
+                hash="",
+            )
+            event.hash = _record_hash(_as_dict(event))
+            session.add(event)
+            if head is None:
+                session.add(AuditHead(id=1, seq=event.seq, hash=event.hash))
+            else:
+                head.seq, head.hash = event.seq, event.hash
+            return event.seq
+
+    def _iter_events(
+        self, since: dt.datetime | None = None, batch: int = 1000
+    ) -> Iterator[AuditEvent]:
+        last = 0
+        while True:
+            with self._db.session() as session:
+                query = select(AuditEvent).where(AuditEvent.seq > last)
+                if since is not None:
+                    query = query.where(AuditEvent.time >= since)
+                rows = list(session.scalars(query.order_by(AuditEvent.seq).limit(batch)))
+            if not rows:
+                return
+            yield from rows
+            last = rows[-1].seq
+
+    def verify(self) -> VerifyReport:
+        """Recompute the whole chain and report every break found."""
+        problems: list[str] = []
+        expected_seq, prev_hash, count = 1, GENESIS_HASH, 0
+        for event in self._iter_events():
+            count += 1
+            if event.seq != expected_seq:
+                problems.append(f"records {expected_seq}..{event.seq - 1} are missing")
+            if event.prev_hash != prev_hash:
+                problems.append(f"record {event.seq} does not follow the record before it")
+            if _record_hash(_as_dict(event)) != event.hash:
+                problems.append(f"record {event.seq} was modified after it was written")
+            expected_seq, prev_hash = event.seq + 1, event.hash
+        with self._db.session() as session:
+            head = session.get(AuditHead, 1)
+        head_seq, head_hash = (head.seq, head.hash) if head else (0, GENESIS_HASH)
+        if head_seq != expected_seq - 1 or head_hash != prev_hash:
+            problems.append(
+                f"the chain ends at record {expected_seq - 1} but the head names record "
+                f"{head_seq}: newest records were deleted or the head was altered"
+            )
+        if problems:
+            logger.error("audit chain verification failed: %s", "; ".join(problems))
+        return VerifyReport(count, problems)
+
+    def search(
+        self,
+        *,
+        resource_id: str | None = None,
+        user_name: str | None = None,
+        event_code: str | None = None,
+        limit: int = 100,
+    ) -> list[dict[str, Any]]:
+        """The newest records matching every given filter, newest first."""
+        query = select(AuditEvent)
+        if resource_id is not None:
+            query = query.where(AuditEvent.resource_id == resource_id)
+        if user_name is not None:
+            query = query.where(AuditEvent.user_name == user_name)
+        if event_code is not None:
+            query = query.where(AuditEvent.event_code == event_code)
+        with self._db.session() as session:
+            rows = session.scalars(query.order_by(AuditEvent.seq.desc()).limit(limit))
+            return [_as_dict(row) for row in rows]
+
+    def export(self, out: TextIO, since: dt.datetime | None = None) -> int:
+        """Write records (all, or from ``since``) as JSON lines; return how many."""
+        count = 0
+        for event in self._iter_events(since):
+            out.write(json.dumps(_as_dict(event), sort_keys=True, ensure_ascii=False) + "\n")
+            count += 1
+        return count

@@ -1,0 +1,163 @@
+"""Bearer tokens: JWTs signed by radcloud (HS256), or by a hospital's OIDC provider (JWKS).
+
+radcloud's own tokens (``radcloud token NAME``, ``POST /api/auth/token``) are HS256 with the
+generated signing key, issuer ``jwt_issuer`` and audience ``jwt_audience``. When
+``jwt_algorithm`` is RS256 or ES256, tokens of that algorithm are also accepted if a key of
+``jwt_jwks_url`` (an HTTPS URL, or a key-set file copied to local disk) verifies them; their
+roles come from the ``jwt_roles_claim`` claim (a dotted path such as ``realm_access.roles`` is
+followed). The algorithm is fixed per key type, so a token cannot choose how it is checked (no
+``alg`` confusion).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import jwt
+
+from radcloud.config import JwtAlgorithm, Settings
+from radcloud.db.models import Role
+from radcloud.exceptions import AuthenticationError
+from radcloud.security.principal import AuthMethod, Principal
+
+__all__ = ["TokenService"]
+
+_ERRORS: tuple[tuple[type[Exception], str], ...] = (
+    (jwt.ExpiredSignatureError, "token has expired"),
+    (jwt.InvalidSignatureError, "token signature is invalid"),
+    (jwt.InvalidAudienceError, "token audience is not this service"),
+    (jwt.InvalidIssuerError, "token issuer is not trusted"),
+    (jwt.ImmatureSignatureError, "token is not valid yet"),
+    (jwt.MissingRequiredClaimError, "token lacks a required claim"),
+    (jwt.PyJWKClientError, "token signing key is not in the identity provider's key set"),
+    (jwt.DecodeError, "token is malformed"),
+    (jwt.InvalidTokenError, "token is invalid"),
+)
+
+
+def _reason(exc: Exception) -> str:
+    for cls, reason in _ERRORS:
+        if isinstance(exc, cls):
+            return reason
+    return "token is invalid"
+
+
+def _claim(claims: dict[str, Any], path: str) -> Any:
+    value: Any = claims
+    for part in path.split("."):
+        if not isinstance(value, dict):
+            return None
+        value = value.get(part)
+    return value
+
+
+def _roles(value: Any) -> frozenset[Role]:
+    names = [value] if isinstance(value, str) else list(value or [])
+    known = {role.value for role in Role}
+    return frozenset(Role(name) for name in names if isinstance(name, str) and name in known)
+
+
+class TokenService:
+    """Issues radcloud's tokens and verifies any accepted bearer token.
+
+    Parameters
+    ----------
+    settings
+        Issuer, audience, lifetime and the external identity provider's settings.
+    signing_key
+        The HS256 secret (from :func:`radcloud.secrets.load_secrets`).
+    """
+
+    def __init__(self, settings: Settings, signing_key: str) -> None:
+        self._settings = settings
+        self._key = signing_key
+        self._jwks: jwt.PyJWKClient | jwt.PyJWKSet | None = None
+        url = settings.jwt_jwks_url
+        if settings.jwt_algorithm is not JwtAlgorithm.HS256 and url:
+            if url.startswith(("http://", "https://")):
+                self._jwks = jwt.PyJWKClient(url, cache_keys=True, timeout=10)
+            else:  # a key set copied to local disk (file:// URL or path)
+                path = Path(url.removeprefix("file://"))
+                self._jwks = jwt.PyJWKSet.from_json(path.read_text(encoding="utf-8"))
+
+    def issue(self, name: str, roles: Iterable[Role], ttl: dt.timedelta | None = None) -> str:
+        """Sign a token for ``name`` with ``roles`` valid for ``ttl`` (default from settings)."""
+        now = dt.datetime.now(dt.UTC)
+        lifetime = ttl or dt.timedelta(minutes=self._settings.token_ttl_minutes)
+        claims = {
+            "sub": name,
+            "roles": sorted(Role(role).value for role in roles),
+            "iss": self._settings.jwt_issuer,
+            "aud": self._settings.jwt_audience,
+            "iat": now,
+            "nbf": now,
+            "exp": now + lifetime,
+            "jti": uuid.uuid4().hex,
+        }
+        return jwt.encode(claims, self._key, algorithm="HS256")
+
+    def verify(self, token: str) -> Principal:
+        """Check ``token`` and return who it names.
+
+        Raises
+        ------
+        AuthenticationError
+            Bad signature, expired, wrong issuer or audience, malformed, or no known role. The
+            message never contains the token.
+        """
+        try:
+            algorithm = jwt.get_unverified_header(token).get("alg")
+        except jwt.InvalidTokenError as exc:
+            raise AuthenticationError(_reason(exc)) from None
+        try:
+            if algorithm == "HS256":
+                claims = self._decode_own(token)
+                method = AuthMethod.TOKEN
+            elif self._jwks is not None and algorithm == self._settings.jwt_algorithm.value:
+                claims = self._decode_external(token)
+                method = AuthMethod.OIDC
+            else:
+                raise AuthenticationError(f'token algorithm "{algorithm}" is not accepted')
+        except jwt.InvalidTokenError as exc:
+            raise AuthenticationError(_reason(exc)) from None
+        roles_claim = "roles" if method is AuthMethod.TOKEN else self._settings.jwt_roles_claim
+        roles = _roles(_claim(claims, roles_claim))
+        if not roles:
+            raise AuthenticationError(f'token carries no radcloud role in claim "{roles_claim}"')
+        return Principal(str(claims["sub"]), roles, method, claims.get("jti"))
+
+    def _decode_own(self, token: str) -> dict[str, Any]:
+        return jwt.decode(
+            token,
+            self._key,
+            algorithms=["HS256"],
+            audience=self._settings.jwt_audience,
+            issuer=self._settings.jwt_issuer,
+            options={"require": ["exp", "sub", "iss", "aud"]},
+        )
+
+    def _decode_external(self, token: str) -> dict[str, Any]:
+        if isinstance(self._jwks, jwt.PyJWKClient):
+            key = self._jwks.get_signing_key_from_jwt(token).key
+        elif self._jwks is not None:
+            kid = jwt.get_unverified_header(token).get("kid")
+            try:
+                key = self._jwks[str(kid)].key
+            except KeyError:
+                raise AuthenticationError(
+                    f'token signing key "{kid}" is not in the key set'
+                ) from None
+        else:
+            raise AuthenticationError("no identity provider key set is configured")
+        return jwt.decode(
+            token,
+            key,
+            algorithms=[self._settings.jwt_algorithm.value],
+            audience=self._settings.jwt_audience,
+            issuer=self._settings.jwt_jwks_issuer,
+            options={"require": ["exp", "sub"]},
+        )
