@@ -1,0 +1,39 @@
+"""radcloud's processes: the supervisor, the component definitions, and Orthanc."""
+
+from radcloud.services.components import api_component, components, settings_env
+from radcloud.services.orthanc import (
+    DicomModality,
+    check_orthanc_installed,
+    orthanc_client,
+    orthanc_component,
+    orthanc_config,
+    orthanc_healthy,
+    wait_for_orthanc,
+    write_orthanc_config,
+)
+from radcloud.services.supervisor import (
+    Component,
+    ComponentStatus,
+    Supervisor,
+    check_ports_free,
+    http_ok,
+)
+
+__all__ = [
+    "Component",
+    "ComponentStatus",
+    "DicomModality",
+    "Supervisor",
+    "api_component",
+    "check_orthanc_installed",
+    "check_ports_free",
+    "components",
+    "http_ok",
+    "orthanc_client",
+    "orthanc_component",
+    "orthanc_config",
+    "orthanc_healthy",
+    "settings_env",
+    "wait_for_orthanc",
+    "write_orthanc_config",
+]
