@@ -1,0 +1,27 @@
+"""``python -m serving.api``: run the HTTP API in the foreground (the supervisor's command)."""
+
+from __future__ import annotations
+
+import logging
+
+import uvicorn
+
+from radcloud.config import load_settings
+from serving.api.app import create_app
+
+
+def main() -> None:
+    """Serve the API on ``bind_host:api_port`` until SIGTERM."""
+    settings = load_settings()
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(name)s: %(message)s")
+    uvicorn.run(
+        create_app(settings),
+        host=settings.bind_host,
+        port=settings.api_port,
+        log_level=settings.log_level.lower(),
+        proxy_headers=False,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,63 @@
+"""The radcloud HTTP API (FastAPI).
+
+One process today (uvicorn, ``python -m serving.api``); the serving issue mounts the same app as
+the Ray Serve ingress. Every route except ``/healthz`` requires a credential and declares the
+roles it admits (``serving.api.security.require_roles``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI
+
+from radcloud import __version__
+from radcloud.config import Settings, load_settings
+from radcloud.security import Principal
+from serving.api.context import ApiContext
+from serving.api.errors import install_error_handlers
+from serving.api.routes import admin, auth, health
+from serving.api.security import require_roles
+
+__all__ = ["create_app"]
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the API application.
+
+    Parameters
+    ----------
+    settings
+        Settings to use; loaded from the environment when ``None``.
+    """
+    resolved = settings or load_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.ctx = ApiContext.from_settings(resolved)
+        try:
+            yield
+        finally:
+            app.state.ctx.db.dispose()
+
+    app = FastAPI(
+        title="radcloud API",
+        version=__version__,
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,  # served below, behind authentication
+    )
+    install_error_handlers(app)
+    app.include_router(health.router)
+    app.include_router(auth.router)
+    app.include_router(admin.router)
+
+    @app.get("/api/openapi.json", tags=["health"])
+    def openapi(_caller: Annotated[Principal, Depends(require_roles())]) -> dict[str, Any]:
+        """The OpenAPI description of this API."""
+        return app.openapi()
+
+    return app

@@ -1,0 +1,103 @@
+"""Fixtures shared by the whole suite.
+
+``stack`` starts a real radcloud (Orthanc and the HTTP API) once per session with
+``radcloud up`` on free ports in a temporary ``RADCLOUD_HOME``, and stops it at the end.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+
+from radcloud.config import Settings, load_settings
+from tests.helpers import free_port
+
+RADCLOUD = [sys.executable, "-m", "radcloud"]
+
+
+@pytest.fixture(autouse=True)
+def _isolated_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests never see the developer's RADCLOUD_* variables or a radcloud.toml."""
+    for name in list(os.environ):
+        if name.startswith("RADCLOUD_"):
+            monkeypatch.delenv(name)
+
+
+def stack_env(home: Path) -> dict[str, str]:
+    """Environment for a radcloud instance in ``home`` on free ports."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("RADCLOUD_")}
+    return clean | {
+        "RADCLOUD_HOME": str(home),
+        "RADCLOUD_API_PORT": str(free_port()),
+        "RADCLOUD_GATEWAY_PORT": str(free_port()),
+        "RADCLOUD_ORTHANC_HTTP_PORT": str(free_port()),
+        "RADCLOUD_ORTHANC_DICOM_PORT": str(free_port()),
+    }
+
+
+@dataclass
+class Stack:
+    """A running radcloud: its environment, settings and helpers to drive it."""
+
+    env: dict[str, str]
+    settings: Settings
+    tokens: dict[str, str] = field(default_factory=dict)
+
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """Run ``radcloud ARGS`` against this instance."""
+        result = subprocess.run(
+            [*RADCLOUD, *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=180,
+            check=False,
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(
+                f"radcloud {' '.join(args)} exited {result.returncode}:\n{result.stderr}"
+            )
+        return result
+
+    def token_for(self, role: str) -> str:
+        """A bearer token of a user (created on first use) holding ``role``."""
+        if role not in self.tokens:
+            name = f"test-{role}"
+            self.cli("users", "add", name, "--role", role)
+            self.tokens[role] = self.cli("token", name).stdout.strip()
+        return self.tokens[role]
+
+    def client(self, role: str | None = None) -> httpx.Client:
+        """An HTTP client for the API, authenticated as ``role`` when given."""
+        headers = {"Authorization": f"Bearer {self.token_for(role)}"} if role else {}
+        return httpx.Client(base_url=self.settings.api_url, headers=headers, timeout=30)
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """A real radcloud started with ``radcloud up`` (needs Orthanc installed)."""
+    if shutil.which("Orthanc") is None:
+        pytest.fail("Orthanc is not installed: run `make install` (apt-get install orthanc)")
+    home = tmp_path_factory.mktemp("radcloud-home")
+    env = stack_env(home)
+    settings = load_settings(
+        home=home,
+        api_port=int(env["RADCLOUD_API_PORT"]),
+        gateway_port=int(env["RADCLOUD_GATEWAY_PORT"]),
+        orthanc_http_port=int(env["RADCLOUD_ORTHANC_HTTP_PORT"]),
+        orthanc_dicom_port=int(env["RADCLOUD_ORTHANC_DICOM_PORT"]),
+    )
+    running = Stack(env, settings)
+    running.cli("up")
+    try:
+        yield running
+    finally:
+        running.cli("down", check=False)
