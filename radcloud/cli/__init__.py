@@ -1,0 +1,25 @@
+"""The ``radcloud`` command line. Each command group lives in its own module."""
+
+from __future__ import annotations
+
+import typer
+
+from radcloud.cli import audit, security, services
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    name="radcloud",
+    help="radcloud: DICOM ingest, AI triage and remote reading.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+services.register(app)
+security.register(app)
+audit.register(app)
+
+
+def main() -> None:
+    """Entry point of the ``radcloud`` console script."""
+    app()

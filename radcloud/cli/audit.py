@@ -1,0 +1,84 @@
+"""``radcloud audit verify|export`` and ``radcloud db upgrade|status``."""
+
+from __future__ import annotations
+
+import datetime as dt
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from radcloud.audit import AuditTrail
+from radcloud.cli._common import command, console, database, fail, get_settings
+from radcloud.db import current_revision, head_revision
+from radcloud.secrets import load_secrets
+
+__all__ = ["register"]
+
+audit_app = typer.Typer(help="Check and export the audit trail.", no_args_is_help=True)
+db_app = typer.Typer(help="The application database.", no_args_is_help=True)
+
+
+def _trail() -> AuditTrail:
+    return AuditTrail(database(), load_secrets(get_settings()).audit_hmac_key)
+
+
+@audit_app.command("verify")
+@command
+def verify() -> None:
+    """Recompute the hash chain; exit 1 if any record was edited, deleted or inserted."""
+    report = _trail().verify()
+    if not report.ok:
+        for problem in report.problems:
+            console.print(f"[red]✗[/] {problem}")
+        fail(f"audit trail is NOT intact ({report.records} records checked)")
+    console.print(f"[green]✓[/] audit trail intact: {report.records} records")
+
+
+@audit_app.command("export")
+@command
+def export(
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="File to write (default: stdout).")
+    ] = None,
+    since: Annotated[
+        dt.datetime | None, typer.Option(help="Only records at or after this UTC time.")
+    ] = None,
+) -> None:
+    """Write the audit records as JSON lines."""
+    if since is not None and since.tzinfo is None:
+        since = since.replace(tzinfo=dt.UTC)
+    trail = _trail()
+    if out is None:
+        count = trail.export(sys.stdout, since)
+    else:
+        with out.open("w", encoding="utf-8") as handle:
+            count = trail.export(handle, since)
+    typer.echo(f"{count} records exported", err=True)
+
+
+@db_app.command("upgrade")
+@command
+def db_upgrade() -> None:
+    """Apply any pending schema migrations."""
+    db = database()  # migrates on open
+    console.print(f"database at revision {current_revision(db)}")
+
+
+@db_app.command("status")
+@command
+def db_status() -> None:
+    """Show the schema revision and the newest one this radcloud knows."""
+    settings = get_settings()
+    from radcloud.db import Database
+
+    db = Database.from_settings(settings)
+    console.print(f"url: {db.engine.url.render_as_string(hide_password=True)}")
+    console.print(f"revision: {current_revision(db)} (newest: {head_revision()})")
+
+
+def register(app: typer.Typer) -> None:
+    """Add the command groups to ``app``."""
+    app.add_typer(audit_app, name="audit")
+    app.add_typer(db_app, name="db")

@@ -1,0 +1,118 @@
+"""``radcloud users``, ``radcloud token``, ``radcloud apikeys``."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from radcloud.cli._common import command, console, database, get_settings
+from radcloud.db.models import Role
+from radcloud.secrets import load_secrets
+from radcloud.security import Accounts, TokenService
+
+__all__ = ["register"]
+
+users_app = typer.Typer(help="Manage users and their roles.", no_args_is_help=True)
+apikeys_app = typer.Typer(help="Manage service-account API keys.", no_args_is_help=True)
+
+RoleOption = Annotated[Role, typer.Option("--role", help="What the account may do.")]
+
+
+def _accounts() -> Accounts:
+    return Accounts(database())
+
+
+@users_app.command("add")
+@command
+def users_add(
+    name: str,
+    role: RoleOption,
+    password: Annotated[
+        bool, typer.Option("--password", help="Prompt for a sign-in password (12+ characters).")
+    ] = False,
+) -> None:
+    """Create a user with a role."""
+    secret = (
+        typer.prompt("Password", hide_input=True, confirmation_prompt=True) if password else None
+    )
+    try:
+        user = _accounts().add_user(name, role, secret)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--password") from exc
+    console.print(f"user [bold]{user.name}[/] created with role [bold]{user.role}[/]")
+
+
+@users_app.command("list")
+@command
+def users_list() -> None:
+    """List users."""
+    table = Table("name", "role", "password", "disabled")
+    for user in _accounts().list_users():
+        table.add_row(
+            user.name, user.role, "yes" if user.has_password else "no", str(user.disabled)
+        )
+    console.print(table)
+
+
+@users_app.command("disable")
+@command
+def users_disable(name: str) -> None:
+    """Disable a user; their tokens stop working at once."""
+    _accounts().set_disabled(name, True)
+    console.print(f"user [bold]{name}[/] disabled")
+
+
+@command
+def token(
+    name: str,
+    ttl: Annotated[
+        int | None, typer.Option("--ttl", help="Lifetime in minutes (default from settings).")
+    ] = None,
+) -> None:
+    """Print a bearer token for user NAME."""
+    settings = get_settings()
+    user = _accounts().get_user(name)
+    if user.disabled:
+        raise typer.BadParameter(f'user "{name}" is disabled', param_hint="NAME")
+    service = TokenService(settings, load_secrets(settings).jwt_signing_key)
+    lifetime = dt.timedelta(minutes=ttl) if ttl else None
+    typer.echo(service.issue(user.name, [user.role], lifetime))
+
+
+@apikeys_app.command("create")
+@command
+def apikeys_create(name: str, role: RoleOption) -> None:
+    """Create an API key for service account NAME; it is printed this once."""
+    new = _accounts().create_api_key(name, role)
+    console.print(
+        f"API key for [bold]{new.name}[/] ({new.role}); store it now, it is not shown again:",
+    )
+    typer.echo(new.key)
+
+
+@apikeys_app.command("list")
+@command
+def apikeys_list() -> None:
+    """List API keys (never the keys themselves)."""
+    table = Table("name", "role", "revoked")
+    for name, role, revoked in _accounts().list_api_keys():
+        table.add_row(name, role, str(revoked))
+    console.print(table)
+
+
+@apikeys_app.command("revoke")
+@command
+def apikeys_revoke(name: str) -> None:
+    """Revoke an API key."""
+    _accounts().revoke_api_key(name)
+    console.print(f"API key [bold]{name}[/] revoked")
+
+
+def register(app: typer.Typer) -> None:
+    """Add the command groups to ``app``."""
+    app.add_typer(users_app, name="users")
+    app.add_typer(apikeys_app, name="apikeys")
+    app.command("token")(token)
