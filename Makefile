@@ -1,0 +1,71 @@
+# radcloud: `make demo` and `make test` are all a fresh Debian machine (as root) needs.
+# Both run `make install` first, which installs only what is missing.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+VENV := .venv
+PY := $(VENV)/bin/python
+APT_PACKAGES := orthanc orthanc-dicomweb dcmtk python3-venv python3-dev build-essential
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+PYTEST_ARGS ?=
+
+.PHONY: help install system-packages demo test test-fast lint format up down status clean
+
+help:  ## list targets
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
+
+install: system-packages $(VENV)/.installed  ## install Debian packages and the Python environment
+
+system-packages:  ## apt-get install what is missing (Orthanc, its DICOMweb plugin, dcmtk)
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null \
+	  | grep -q '^install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:" $$missing; \
+	  apt-get update -qq; \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+	@# Debian starts its own Orthanc service on 8042/4242; radcloud runs its own instance.
+	@if command -v systemctl >/dev/null && systemctl is-active --quiet orthanc 2>/dev/null; then \
+	  echo "stopping and disabling Debian's system Orthanc service (radcloud runs its own)"; \
+	  systemctl disable --now orthanc; \
+	fi
+
+$(VENV)/.installed: pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip setuptools wheel
+	$(PY) -m pip install -q -e '.[dev]'
+	@touch $@
+
+demo: install  ## start the platform, show its status, stop it
+	$(VENV)/bin/radcloud up
+	$(VENV)/bin/radcloud status
+	$(VENV)/bin/radcloud down
+
+test: install  ## run the whole test suite
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+test-fast: install  ## the suite without slow cases
+	$(VENV)/bin/pytest -m "not slow" $(PYTEST_ARGS)
+
+lint: install  ## ruff (lint and format check) and mypy
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+format: install  ## apply ruff's fixes and formatting
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+up: install  ## start every component in the background
+	$(VENV)/bin/radcloud up
+
+down:  ## stop every component
+	@if [ -x $(VENV)/bin/radcloud ]; then $(VENV)/bin/radcloud down; fi
+
+status:  ## show each component's address and health
+	$(VENV)/bin/radcloud status
+
+clean: down  ## remove the virtual environment and local data (./var)
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""Networks, model cards, the model registry and ONNX export. Filled by issue #4."""

@@ -1,0 +1,1 @@
+"""MONAI training pipelines for radcloud's models. Filled by issue #4."""
