@@ -32,7 +32,7 @@ system-packages:  ## apt-get install what is missing (Orthanc, its DICOMweb plug
 	  systemctl disable --now orthanc; \
 	fi
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml | system-packages
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip setuptools wheel
 	$(PY) -m pip install -q -e '.[dev]'

@@ -8,6 +8,7 @@ missing or bad credential (HTTP 401), 110113 Security Alert for a role refused (
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from fastapi import Request
 
@@ -17,7 +18,7 @@ from radcloud.exceptions import AuthenticationError, PermissionDeniedError
 from radcloud.security import API_KEY_PREFIX, AuthMethod, Principal
 from serving.api.context import ApiContext
 
-__all__ = ["authenticate", "client_address", "context", "require_roles"]
+__all__ = ["audit_request", "authenticate", "client_address", "context", "require_roles"]
 
 
 def context(request: Request) -> ApiContext:
@@ -29,6 +30,38 @@ def context(request: Request) -> ApiContext:
 def client_address(request: Request) -> str | None:
     """The calling network address, for audit records."""
     return request.client.host if request.client else None
+
+
+def audit_request(
+    request: Request,
+    event_code: AuditEventCode,
+    *,
+    principal: Principal | None = None,
+    action: AuditAction = AuditAction.EXECUTE,
+    outcome: AuditOutcome = AuditOutcome.SUCCESS,
+    user_name: str | None = None,
+    resource_type: str | None = None,
+    resource_id: str | None = None,
+    patient_id: str | None = None,
+    detail: dict[str, Any] | None = None,
+) -> int:
+    """Record an audit event for ``request``: caller, role and address filled in.
+
+    ``user_name`` names the subject when there is no authenticated ``principal`` (a failed
+    sign-in). Returns the record's sequence number.
+    """
+    return context(request).audit.record(
+        event_code,
+        action=action,
+        outcome=outcome,
+        user_name=principal.name if principal else user_name,
+        role=principal.role if principal else None,
+        source_address=client_address(request),
+        resource_type=resource_type,
+        resource_id=resource_id,
+        patient_id=patient_id,
+        detail=detail,
+    )
 
 
 def authenticate(request: Request) -> Principal:
@@ -65,30 +98,27 @@ def require_roles(*roles: Role) -> Callable[[Request], Principal]:
     allowed = frozenset(roles or Role)
 
     def dependency(request: Request) -> Principal:
-        ctx = context(request)
+        route = f"{request.method} {request.url.path}"
         try:
             principal = authenticate(request)
         except AuthenticationError as exc:
-            ctx.audit.record(
+            audit_request(
+                request,
                 AuditEventCode.USER_AUTHENTICATION,
-                action=AuditAction.EXECUTE,
                 outcome=AuditOutcome.MINOR_FAILURE,
-                source_address=client_address(request),
                 resource_type="route",
-                resource_id=f"{request.method} {request.url.path}",
+                resource_id=route,
                 detail={"reason": exc.reason},
             )
             raise
         if not principal.roles & allowed:
-            ctx.audit.record(
+            audit_request(
+                request,
                 AuditEventCode.SECURITY_ALERT,
-                action=AuditAction.EXECUTE,
+                principal=principal,
                 outcome=AuditOutcome.MINOR_FAILURE,
-                user_name=principal.name,
-                role=principal.role,
-                source_address=client_address(request),
                 resource_type="route",
-                resource_id=f"{request.method} {request.url.path}",
+                resource_id=route,
                 detail={"reason": "role not allowed", "allowed": sorted(allowed)},
             )
             raise PermissionDeniedError(principal.role, sorted(allowed))

@@ -10,7 +10,7 @@ from pydantic import BaseModel, Field
 from radcloud.audit import AuditAction, AuditEventCode
 from radcloud.db.models import Role
 from radcloud.security import Principal
-from serving.api.security import client_address, context, require_roles
+from serving.api.security import audit_request, context, require_roles
 
 router = APIRouter(prefix="/api", tags=["admin"])
 Admin = Annotated[Principal, Depends(require_roles(Role.ADMIN))]
@@ -59,12 +59,11 @@ def add_user(request: Request, body: UserIn, admin: Admin) -> UserOut:
     """Create a user with a role (and optionally a password for sign-in)."""
     ctx = context(request)
     user = ctx.accounts.add_user(body.name, body.role, body.password)
-    ctx.audit.record(
+    audit_request(
+        request,
         AuditEventCode.SECURITY_ALERT,
+        principal=admin,
         action=AuditAction.CREATE,
-        user_name=admin.name,
-        role=admin.role,
-        source_address=client_address(request),
         resource_type="user",
         resource_id=body.name,
         detail={"change": "user created", "role": body.role},
@@ -77,12 +76,11 @@ def create_api_key(request: Request, body: ApiKeyIn, admin: Admin) -> ApiKeyOut:
     """Create a service account's API key; the key is in this answer only."""
     ctx = context(request)
     new = ctx.accounts.create_api_key(body.name, body.role)
-    ctx.audit.record(
+    audit_request(
+        request,
         AuditEventCode.SECURITY_ALERT,
+        principal=admin,
         action=AuditAction.CREATE,
-        user_name=admin.name,
-        role=admin.role,
-        source_address=client_address(request),
         resource_type="api_key",
         resource_id=body.name,
         detail={"change": "API key created", "role": body.role},
@@ -105,12 +103,11 @@ def search_audit(
     records = ctx.audit.search(
         resource_id=resource_id, user_name=user_name, event_code=event_code, limit=limit
     )
-    ctx.audit.record(
+    audit_request(
+        request,
         AuditEventCode.AUDIT_LOG_USED,
+        principal=admin,
         action=AuditAction.READ,
-        user_name=admin.name,
-        role=admin.role,
-        source_address=client_address(request),
         detail={"filters": {"resource_id": resource_id, "user_name": user_name}},
     )
     return records
@@ -121,12 +118,11 @@ def verify_audit(request: Request, admin: Admin) -> dict[str, Any]:
     """Recompute the audit hash chain and list any breaks."""
     ctx = context(request)
     report = ctx.audit.verify()
-    ctx.audit.record(
+    audit_request(
+        request,
         AuditEventCode.AUDIT_LOG_USED,
+        principal=admin,
         action=AuditAction.EXECUTE,
-        user_name=admin.name,
-        role=admin.role,
-        source_address=client_address(request),
         detail={"verified": report.ok, "records": report.records},
     )
     return {"ok": report.ok, "records": report.records, "problems": report.problems}

@@ -7,10 +7,10 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Form, Request
 from pydantic import BaseModel
 
-from radcloud.audit import AuditAction, AuditEventCode, AuditOutcome
+from radcloud.audit import AuditEventCode, AuditOutcome
 from radcloud.exceptions import AuthenticationError
 from radcloud.security import Principal
-from serving.api.security import client_address, context, require_roles
+from serving.api.security import audit_request, context, require_roles
 
 router = APIRouter(prefix="/api", tags=["auth"])
 
@@ -42,22 +42,19 @@ def sign_in(
     try:
         principal = ctx.accounts.authenticate_password(username, password)
     except AuthenticationError as exc:
-        ctx.audit.record(
+        audit_request(
+            request,
             AuditEventCode.USER_AUTHENTICATION,
-            action=AuditAction.EXECUTE,
             outcome=AuditOutcome.MINOR_FAILURE,
             user_name=username,
-            source_address=client_address(request),
             detail={"reason": exc.reason, "method": "password"},
         )
         raise
     token = ctx.tokens.issue(principal.name, principal.roles)
-    ctx.audit.record(
+    audit_request(
+        request,
         AuditEventCode.USER_AUTHENTICATION,
-        action=AuditAction.EXECUTE,
-        user_name=principal.name,
-        role=principal.role,
-        source_address=client_address(request),
+        principal=principal,
         detail={"method": "password"},
     )
     return TokenResponse(access_token=token, expires_in=ctx.settings.token_ttl_minutes * 60)
