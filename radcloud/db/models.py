@@ -3,7 +3,8 @@
 Who writes what (docs/architecture.md has the full picture):
 
 - platform (``radcloud``): ``users``, ``api_keys``, ``audit_events``, ``audit_head``
-- gateway (``dicom_gateway``): ``hospitals``, ``senders``, ``studies``, ``outbox_events``
+- gateway (``dicom_gateway``): ``hospitals``, ``senders``, ``move_destinations``, ``studies``,
+  ``outbox_events``
 - serving (``serving``): ``inference_results``, ``worklist_items``; reading writes ``labels``
 
 Schema changes go through alembic migrations in ``radcloud/db/migrations``.
@@ -41,6 +42,7 @@ __all__ = [
     "InferenceResult",
     "InferenceStatus",
     "Label",
+    "MoveDestination",
     "OutboxEvent",
     "ReadingStatus",
     "Role",
@@ -158,6 +160,19 @@ class Sender(Base):
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
     hospital: Mapped[Hospital] = relationship(back_populates="senders")
+
+
+class MoveDestination(Base):
+    """A DICOM node the gateway may send to on C-MOVE (by its AE title)."""
+
+    __tablename__ = "move_destinations"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    ae_title: Mapped[str] = mapped_column(String(16), unique=True)
+    host: Mapped[str] = mapped_column(String(255))
+    port: Mapped[int] = mapped_column(Integer)
+    hospital_id: Mapped[int | None] = mapped_column(ForeignKey("hospitals.id"))
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
 
 class Study(Base):

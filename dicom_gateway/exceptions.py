@@ -1,0 +1,82 @@
+"""Errors of the DICOM gateway. Protocol edges map them: the DIMSE handlers to status codes
+(PS3.4 Annex B/C), the DICOMweb routes to HTTP and FailedSOPSequence reasons (PS3.18 10.5).
+
+::
+
+    GatewayError
+    ├── InstanceRejectedError(reason)              -> quarantine
+    │   ├── UnreadableInstanceError(reason)        -> 0xC000 cannot understand / HTTP 400
+    │   └── NonConformantInstanceError(reason)     -> 0xA900 dataset does not match SOP class
+    ├── InstanceTooLargeError(size_bytes, limit_bytes)   -> 0xA700 out of resources / HTTP 413
+    ├── SpoolFullError(used_bytes, limit_bytes, reason)  -> 0xA700 out of resources / HTTP 503
+    ├── UnknownSenderError(ae_title, host)         -> association rejected (0x01, 0x01, 0x03)
+    └── QuarantineEntryError(entry_id, reason)
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "GatewayError",
+    "InstanceRejectedError",
+    "InstanceTooLargeError",
+    "NonConformantInstanceError",
+    "QuarantineEntryError",
+    "SpoolFullError",
+    "UnknownSenderError",
+    "UnreadableInstanceError",
+]
+
+
+class GatewayError(Exception):
+    """Root of the gateway's errors."""
+
+
+class InstanceRejectedError(GatewayError):
+    """An instance cannot be stored; it goes to quarantine with ``reason``."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(reason)
+
+
+class UnreadableInstanceError(InstanceRejectedError):
+    """The bytes do not parse as a DICOM dataset."""
+
+
+class NonConformantInstanceError(InstanceRejectedError):
+    """The dataset parses but lacks what storing it requires (UIDs, consistent pixel data)."""
+
+
+class InstanceTooLargeError(GatewayError):
+    """An instance is larger than ``gateway_max_instance_mib``."""
+
+    def __init__(self, size_bytes: int, limit_bytes: int) -> None:
+        self.size_bytes, self.limit_bytes = size_bytes, limit_bytes
+        super().__init__(
+            f"instance of {size_bytes} bytes exceeds the limit of {limit_bytes} bytes "
+            "(RADCLOUD_GATEWAY_MAX_INSTANCE_MIB)"
+        )
+
+
+class SpoolFullError(GatewayError):
+    """The spool is at its size limit, or the disk is nearly full."""
+
+    def __init__(self, used_bytes: int, limit_bytes: int, reason: str) -> None:
+        self.used_bytes, self.limit_bytes, self.reason = used_bytes, limit_bytes, reason
+        super().__init__(f"spool full: {reason} ({used_bytes} of {limit_bytes} bytes used)")
+
+
+class UnknownSenderError(GatewayError):
+    """A calling AE title is not registered, or calls from a host it is not registered at."""
+
+    def __init__(self, ae_title: str, host: str | None, reason: str) -> None:
+        self.ae_title, self.host, self.reason = ae_title, host, reason
+        super().__init__(f'sender "{ae_title}" from {host or "unknown host"}: {reason}')
+
+
+class QuarantineEntryError(GatewayError):
+    """A quarantine entry does not exist or cannot be released."""
+
+    def __init__(self, entry_id: str, reason: str) -> None:
+        self.entry_id, self.reason = entry_id, reason
+        super().__init__(f'quarantine entry "{entry_id}": {reason}')

@@ -1,0 +1,92 @@
+"""The one path every incoming instance takes, whether it came by DIMSE or STOW-RS:
+size limit, validation (refusals are quarantined), then the durable spool.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from dicom_gateway import metrics
+from dicom_gateway.exceptions import (
+    InstanceRejectedError,
+    InstanceTooLargeError,
+    SpoolFullError,
+)
+from dicom_gateway.quarantine import Quarantine
+from dicom_gateway.spool import Spool, SpoolEntry
+from dicom_gateway.validation import inspect_instance
+
+__all__ = ["Intake"]
+
+logger = logging.getLogger(__name__)
+
+
+class Intake:
+    """Accept instances into the spool, or refuse them with a reason.
+
+    Parameters
+    ----------
+    spool, quarantine
+        Where accepted and refused instances go.
+    max_instance_bytes
+        Larger instances are refused (and not quarantined).
+    """
+
+    def __init__(self, spool: Spool, quarantine: Quarantine, max_instance_bytes: int) -> None:
+        self.spool = spool
+        self.quarantine = quarantine
+        self.max_instance_bytes = max_instance_bytes
+
+    def accept(
+        self, data: bytes, *, sender_ae_title: str | None, hospital: str | None, source: str
+    ) -> SpoolEntry:
+        """Validate and durably spool one DICOM Part 10 file.
+
+        Parameters
+        ----------
+        data
+            The whole file.
+        sender_ae_title, hospital
+            Who sent it (recorded with the study).
+        source
+            ``dimse`` or ``stow``.
+
+        Returns
+        -------
+        SpoolEntry
+            The spooled instance: it may now be acknowledged.
+
+        Raises
+        ------
+        InstanceTooLargeError
+            Larger than the limit.
+        InstanceRejectedError
+            Unreadable or non-conformant; the bytes are in quarantine.
+        SpoolFullError
+            No room in the spool.
+        """
+        sender = sender_ae_title or "-"
+        if len(data) > self.max_instance_bytes:
+            metrics.INSTANCES_FAILED.labels(sender, source, "too_large").inc()
+            raise InstanceTooLargeError(len(data), self.max_instance_bytes)
+        try:
+            info, stored = inspect_instance(data)
+        except InstanceRejectedError as exc:
+            metrics.INSTANCES_FAILED.labels(sender, source, type(exc).__name__).inc()
+            self.quarantine.add(
+                data,
+                reason=exc.reason,
+                error=type(exc).__name__,
+                source=source,
+                sender_ae_title=sender_ae_title,
+                hospital=hospital,
+            )
+            raise
+        try:
+            entry = self.spool.put(stored, info, sender_ae_title=sender_ae_title, hospital=hospital)
+        except SpoolFullError:
+            metrics.INSTANCES_FAILED.labels(sender, source, "spool_full").inc()
+            raise
+        metrics.INSTANCES_RECEIVED.labels(sender, source).inc()
+        metrics.INSTANCE_BYTES_RECEIVED.labels(sender, source).inc(len(data))
+        return entry

@@ -1,0 +1,194 @@
+"""Who may send to the gateway (senders, by calling AE title and host) and where C-MOVE may
+send (destinations), each mapped to a hospital. Stored in the application database.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from dicom_gateway.exceptions import UnknownSenderError
+from radcloud.config import validate_ae_title
+from radcloud.db import Database
+from radcloud.db.models import Hospital, MoveDestination, Sender
+from radcloud.exceptions import AlreadyExistsError, NotFoundError
+
+__all__ = ["DestinationInfo", "SenderInfo", "SenderRegistry"]
+
+logger = logging.getLogger(__name__)
+
+_DNS_TTL_S = 60.0
+
+
+@dataclass(frozen=True)
+class SenderInfo:
+    """A registered sender."""
+
+    ae_title: str
+    hospital: str
+    host: str | None
+
+
+@dataclass(frozen=True)
+class DestinationInfo:
+    """A registered C-MOVE destination."""
+
+    ae_title: str
+    host: str
+    port: int
+    hospital: str | None
+
+
+def _hospital(session: Session, name: str) -> Hospital:
+    hospital = session.scalar(select(Hospital).where(Hospital.name == name))
+    if hospital is None:
+        hospital = Hospital(name=name)
+        session.add(hospital)
+        session.flush()
+    return hospital
+
+
+class SenderRegistry:
+    """Senders and C-MOVE destinations.
+
+    Parameters
+    ----------
+    db
+        The application database.
+    """
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+        self._dns: dict[str, tuple[float, set[str]]] = {}
+
+    # -- senders ---------------------------------------------------------------------------
+
+    def add_sender(self, ae_title: str, hospital: str, host: str | None = None) -> SenderInfo:
+        """Register a calling AE title for ``hospital`` (created if new), optionally bound to
+        ``host`` (a name or address the association must come from).
+
+        Raises
+        ------
+        AlreadyExistsError
+            The AE title is registered already.
+        ValueError
+            The AE title is not valid (PS3.5 6.2).
+        """
+        ae_title = validate_ae_title(ae_title).strip()
+        with self._db.session() as session:
+            if session.scalar(select(Sender).where(Sender.ae_title == ae_title)) is not None:
+                raise AlreadyExistsError("sender", ae_title)
+            session.add(Sender(ae_title=ae_title, hospital=_hospital(session, hospital), host=host))
+        return SenderInfo(ae_title, hospital, host)
+
+    def remove_sender(self, ae_title: str) -> None:
+        """Unregister a sender; :class:`NotFoundError` if it is not registered."""
+        with self._db.session() as session:
+            sender = session.scalar(select(Sender).where(Sender.ae_title == ae_title.strip()))
+            if sender is None:
+                raise NotFoundError("sender", ae_title)
+            session.delete(sender)
+
+    def list_senders(self) -> list[SenderInfo]:
+        """Every sender, by AE title."""
+        with self._db.session() as session:
+            rows = session.scalars(select(Sender).order_by(Sender.ae_title))
+            return [SenderInfo(s.ae_title, s.hospital.name, s.host) for s in rows]
+
+    def _addresses(self, host: str) -> set[str]:
+        cached = self._dns.get(host)
+        if cached and time.monotonic() - cached[0] < _DNS_TTL_S:
+            return cached[1]
+        try:
+            addresses = {str(info[4][0]) for info in socket.getaddrinfo(host, None)}
+        except OSError:
+            logger.warning('cannot resolve registered sender host "%s"', host)
+            addresses = set()
+        addresses.add(host)
+        self._dns[host] = (time.monotonic(), addresses)
+        return addresses
+
+    def authorise(self, ae_title: str, address: str | None) -> SenderInfo:
+        """The sender calling as ``ae_title`` from ``address``, if it may.
+
+        Raises
+        ------
+        UnknownSenderError
+            The AE title is not registered, or it is bound to a host that ``address`` is not.
+        """
+        ae_title = ae_title.strip()
+        with self._db.session() as session:
+            sender = session.scalar(select(Sender).where(Sender.ae_title == ae_title))
+            if sender is None:
+                raise UnknownSenderError(ae_title, address, "calling AE title is not registered")
+            info = SenderInfo(sender.ae_title, sender.hospital.name, sender.host)
+        if info.host and (address is None or address not in self._addresses(info.host)):
+            raise UnknownSenderError(
+                ae_title, address, f'calling AE title is registered for host "{info.host}"'
+            )
+        return info
+
+    # -- C-MOVE destinations ---------------------------------------------------------------
+
+    def add_destination(
+        self, ae_title: str, host: str, port: int, hospital: str | None = None
+    ) -> DestinationInfo:
+        """Register a C-MOVE destination.
+
+        Raises
+        ------
+        AlreadyExistsError
+            The AE title is registered already.
+        ValueError
+            Invalid AE title or port.
+        """
+        ae_title = validate_ae_title(ae_title).strip()
+        if not 1 <= port <= 65535:
+            raise ValueError(f"port {port} is not valid: expected 1-65535")
+        with self._db.session() as session:
+            existing = session.scalar(
+                select(MoveDestination).where(MoveDestination.ae_title == ae_title)
+            )
+            if existing is not None:
+                raise AlreadyExistsError("destination", ae_title)
+            row = MoveDestination(ae_title=ae_title, host=host, port=port)
+            if hospital:
+                row.hospital_id = _hospital(session, hospital).id
+            session.add(row)
+        return DestinationInfo(ae_title, host, port, hospital)
+
+    def remove_destination(self, ae_title: str) -> None:
+        """Unregister a destination; :class:`NotFoundError` if it is not registered."""
+        with self._db.session() as session:
+            row = session.scalar(
+                select(MoveDestination).where(MoveDestination.ae_title == ae_title.strip())
+            )
+            if row is None:
+                raise NotFoundError("destination", ae_title)
+            session.delete(row)
+
+    def list_destinations(self) -> list[DestinationInfo]:
+        """Every destination, by AE title."""
+        with self._db.session() as session:
+            rows = session.scalars(select(MoveDestination).order_by(MoveDestination.ae_title))
+            return [self._destination(session, row) for row in rows]
+
+    def destination(self, ae_title: str) -> DestinationInfo | None:
+        """The destination registered as ``ae_title``, or ``None``."""
+        with self._db.session() as session:
+            row = session.scalar(
+                select(MoveDestination).where(MoveDestination.ae_title == ae_title.strip())
+            )
+            return self._destination(session, row) if row else None
+
+    @staticmethod
+    def _destination(session: Session, row: MoveDestination) -> DestinationInfo:
+        hospital = session.get(Hospital, row.hospital_id) if row.hospital_id else None
+        return DestinationInfo(
+            row.ae_title, row.host, row.port, hospital.name if hospital else None
+        )

@@ -1,0 +1,202 @@
+"""Parse and check every incoming instance before it is acknowledged.
+
+Lenient on what arrives, strict on what we store: values that are odd but storable (a UID with
+bad characters, a value longer than its VR allows) are stored and the oddity is logged; data
+that cannot be stored (not DICOM, no transfer syntax, no Study/Series/SOP Instance UID,
+truncated elements or pixel data) raises :class:`InstanceRejectedError` and is quarantined.
+
+The 128-byte preamble of every stored file is zeroed: a DICOM file can carry an executable
+header there (the DICOM/PE polyglot, CVE-2019-11687). Nothing else in the bytes is changed.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import re
+import warnings
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import pydicom
+from pydicom.dataset import Dataset, FileDataset
+from pydicom.errors import InvalidDicomError
+from pydicom.uid import UID
+
+from dicom_gateway.exceptions import NonConformantInstanceError, UnreadableInstanceError
+
+__all__ = ["PREAMBLE_LENGTH", "InstanceInfo", "inspect_instance", "zero_preamble"]
+
+logger = logging.getLogger(__name__)
+
+PREAMBLE_LENGTH = 128
+_MAGIC = b"DICM"
+_UID_SYNTAX = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
+_REQUIRED_UIDS = (
+    ("StudyInstanceUID", "(0020,000D)"),
+    ("SeriesInstanceUID", "(0020,000E)"),
+    ("SOPInstanceUID", "(0008,0018)"),
+)
+
+pydicom.config.settings.reading_validation_mode = pydicom.config.WARN
+
+
+@dataclass(frozen=True)
+class InstanceInfo:
+    """What the gateway needs to know of an instance (tracking, routing, audit)."""
+
+    sop_class_uid: str
+    sop_instance_uid: str
+    study_instance_uid: str
+    series_instance_uid: str
+    transfer_syntax_uid: str
+    modality: str | None = None
+    patient_id: str | None = None
+    patient_name: str | None = None
+    accession_number: str | None = None
+    study_date: str | None = None
+    study_description: str | None = None
+    body_part_examined: str | None = None
+    warnings: tuple[str, ...] = field(default=())
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-serialisable dict (the spool header)."""
+        data = asdict(self)
+        data["warnings"] = list(self.warnings)
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> InstanceInfo:
+        """Inverse of :meth:`to_json`."""
+        return cls(**{**data, "warnings": tuple(data.get("warnings", ()))})
+
+
+def zero_preamble(data: bytes) -> bytes:
+    """``data`` with its 128-byte preamble set to zeros (CVE-2019-11687)."""
+    if data[:PREAMBLE_LENGTH] == bytes(PREAMBLE_LENGTH):
+        return data
+    return bytes(PREAMBLE_LENGTH) + data[PREAMBLE_LENGTH:]
+
+
+def _text(ds: Dataset, keyword: str) -> str | None:
+    value = ds.get(keyword)
+    if value is None or value == "":
+        return None
+    return str(value).strip() or None
+
+
+def _check_pixel_data(ds: Dataset, transfer_syntax: UID, oddities: list[str]) -> None:
+    if "PixelData" not in ds or transfer_syntax.is_compressed:
+        return
+    try:
+        rows, columns = int(ds.Rows), int(ds.Columns)
+        bits = int(ds.BitsAllocated)
+        samples = int(ds.get("SamplesPerPixel", 1))
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+    except (AttributeError, TypeError, ValueError) as exc:
+        oddities.append(f"pixel data present but image attributes are missing or invalid ({exc})")
+        return
+    if samples == 3 and str(ds.get("PhotometricInterpretation", "")) == "YBR_FULL_422":
+        samples = 2  # PS3.5 8.2.1: two chroma samples shared by each pair of pixels
+    expected = (rows * columns * samples * frames * bits + 7) // 8
+    actual = len(ds.PixelData)
+    if actual < expected:
+        raise NonConformantInstanceError(
+            f"pixel data has {actual} bytes, expected {expected} "
+            f"({rows}x{columns}, {samples} samples, {bits} bits, {frames} frames)"
+        )
+
+
+_UNDEFINED_LENGTH = 0xFFFFFFFF
+
+
+def _check_truncation(ds: Dataset) -> None:
+    """pydicom reads a cut-off value without complaint; compare with the declared lengths."""
+    for tag in list(ds.keys()):
+        raw = ds.get_item(tag)
+        length = getattr(raw, "length", None)
+        value = getattr(raw, "value", None)
+        if length in (None, _UNDEFINED_LENGTH) or not isinstance(value, bytes | bytearray):
+            continue
+        if len(value) < length:
+            raise UnreadableInstanceError(
+                f"file is truncated: element {tag} declares {length} bytes but only "
+                f"{len(value)} arrived"
+            )
+
+
+def inspect_instance(data: bytes) -> tuple[InstanceInfo, bytes]:
+    """Parse a DICOM Part 10 file and check it can be stored.
+
+    Parameters
+    ----------
+    data
+        The whole file: preamble, ``DICM``, file meta information, dataset.
+
+    Returns
+    -------
+    tuple[InstanceInfo, bytes]
+        What the instance is, and the bytes to store (``data`` with its preamble zeroed).
+
+    Raises
+    ------
+    UnreadableInstanceError
+        Not a DICOM Part 10 file, or its elements cannot be parsed.
+    NonConformantInstanceError
+        Parses, but lacks a transfer syntax, a required UID, or complete pixel data.
+    """
+    if len(data) < PREAMBLE_LENGTH + 4 or data[PREAMBLE_LENGTH : PREAMBLE_LENGTH + 4] != _MAGIC:
+        raise UnreadableInstanceError(
+            'not a DICOM Part 10 file: no "DICM" prefix after the 128-byte preamble'
+        )
+    stored = zero_preamble(data)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            ds: FileDataset = pydicom.dcmread(io.BytesIO(stored))
+            _check_truncation(ds)
+            for element in ds.iterall():  # force every value to be parsed
+                _ = element.value
+        except (InvalidDicomError, EOFError, ValueError, TypeError, KeyError, OSError) as exc:
+            raise UnreadableInstanceError(f"cannot parse the dataset: {exc}") from exc
+        except (AttributeError, IndexError, NotImplementedError, OverflowError) as exc:
+            raise UnreadableInstanceError(f"cannot parse the dataset: {exc!r}") from exc
+    transfer_syntax = ds.file_meta.get("TransferSyntaxUID")
+    if not transfer_syntax:
+        raise NonConformantInstanceError("file meta has no (0002,0010) TransferSyntaxUID")
+    transfer_syntax = UID(str(transfer_syntax))
+    if not transfer_syntax.is_transfer_syntax:
+        raise NonConformantInstanceError(f'transfer syntax "{transfer_syntax}" is not known')
+    for keyword, tag in _REQUIRED_UIDS:
+        if not _text(ds, keyword):
+            raise NonConformantInstanceError(f"required {tag} {keyword} is missing or empty")
+    oddities = [str(w.message) for w in caught]
+    _check_pixel_data(ds, transfer_syntax, oddities)
+    sop_class = _text(ds, "SOPClassUID") or _text(ds.file_meta, "MediaStorageSOPClassUID") or ""
+    for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID"):
+        value = _text(ds, keyword)
+        if value and (len(value) > 64 or not _UID_SYNTAX.match(value)):
+            oddities.append(f'{keyword} "{value}" is not a valid UID (PS3.5 9.1)')
+    meta_uid = _text(ds.file_meta, "MediaStorageSOPInstanceUID")
+    if meta_uid and meta_uid != _text(ds, "SOPInstanceUID"):
+        oddities.append("MediaStorageSOPInstanceUID differs from SOPInstanceUID")
+    info = InstanceInfo(
+        sop_class_uid=sop_class,
+        sop_instance_uid=str(_text(ds, "SOPInstanceUID")),
+        study_instance_uid=str(_text(ds, "StudyInstanceUID")),
+        series_instance_uid=str(_text(ds, "SeriesInstanceUID")),
+        transfer_syntax_uid=str(transfer_syntax),
+        modality=_text(ds, "Modality"),
+        patient_id=_text(ds, "PatientID"),
+        patient_name=_text(ds, "PatientName"),
+        accession_number=_text(ds, "AccessionNumber"),
+        study_date=_text(ds, "StudyDate"),
+        study_description=_text(ds, "StudyDescription"),
+        body_part_examined=_text(ds, "BodyPartExamined"),
+        warnings=tuple(dict.fromkeys(oddities)),
+    )
+    if info.warnings:
+        logger.warning(
+            "instance %s stored with oddities: %s", info.sop_instance_uid, "; ".join(info.warnings)
+        )
+    return info, stored

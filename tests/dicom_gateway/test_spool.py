@@ -1,0 +1,178 @@
+"""Validation, the durable spool and quarantine (one module each, real files on disk)."""
+
+from __future__ import annotations
+
+import errno
+import io
+import os
+from pathlib import Path
+
+import pydicom
+import pytest
+
+from dicom_gateway.exceptions import (
+    GatewayError,
+    InstanceTooLargeError,
+    NonConformantInstanceError,
+    QuarantineEntryError,
+    SpoolFullError,
+    UnreadableInstanceError,
+)
+from dicom_gateway.intake import Intake
+from dicom_gateway.quarantine import Quarantine
+from dicom_gateway.spool import Spool
+from dicom_gateway.validation import inspect_instance
+from tests.dicom_gateway.dicom_files import pydicom_file, synthetic_ct
+
+
+def test_valid_instance_is_described_and_its_preamble_zeroed() -> None:
+    polyglot = b"MZ" + bytes(range(126))  # an executable header hiding in the preamble
+    data = synthetic_ct(preamble=polyglot)
+    info, stored = inspect_instance(data)
+    assert stored[:128] == bytes(128)
+    assert stored[128:] == data[128:]
+    assert info.modality == "CT"
+    assert info.patient_id == "SYNTH-001"
+    assert info.study_instance_uid == pydicom.dcmread(io.BytesIO(data)).StudyInstanceUID
+
+
+@pytest.mark.parametrize(
+    ("data", "error", "reason"),
+    [
+        (b"not dicom at all", UnreadableInstanceError, "not a DICOM Part 10 file"),
+        (synthetic_ct(drop=("StudyInstanceUID",)), NonConformantInstanceError, "(0020,000D)"),
+        (synthetic_ct(drop=("SOPInstanceUID",)), NonConformantInstanceError, "(0008,0018)"),
+        (pydicom_file("MR_truncated.dcm"), UnreadableInstanceError, "declares 8192 bytes"),
+        (synthetic_ct()[:700], UnreadableInstanceError, "truncated"),
+        (synthetic_ct()[:1300], UnreadableInstanceError, "truncated: element (7FE0,0010)"),
+    ],
+)
+def test_unstorable_data_is_refused_with_a_reason(
+    data: bytes, error: type[Exception], reason: str
+) -> None:
+    with pytest.raises(error, match=reason.replace("(", r"\(").replace(")", r"\)")):
+        inspect_instance(data)
+
+
+def test_odd_but_storable_data_is_accepted_with_warnings() -> None:
+    ds = pydicom.dcmread(io.BytesIO(synthetic_ct()))
+    ds.SeriesInstanceUID = "1.2.03.abc"  # not a valid UID, but Orthanc stores it
+    buffer = io.BytesIO()
+    ds.save_as(buffer)
+    info, _ = inspect_instance(buffer.getvalue())
+    assert any("not a valid UID" in warning for warning in info.warnings)
+
+
+def test_spool_round_trip_is_durable_and_ordered(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool", limit_bytes=10_000_000)
+    datas = [synthetic_ct(instance=n) for n in range(1, 4)]
+    for data in datas:
+        info, stored = inspect_instance(data)
+        spool.put(stored, info, sender_ae_title="MODALITY1", hospital="General")
+    entries = list(Spool(tmp_path / "spool", limit_bytes=10_000_000).entries())  # a new process
+    assert [e.read_dicom() for e in entries] == datas
+    assert entries[0].sender_ae_title == "MODALITY1"
+    assert entries[0].hospital == "General"
+    assert all(not p.name.endswith(".tmp") for p in (tmp_path / "spool").iterdir())
+    assert all(e.path.stat().st_mode & 0o077 == 0 for e in entries)
+    assert spool.usage().files == 3
+    spool.remove(entries[0])
+    assert spool.usage().files == 2
+
+
+def test_spool_refuses_past_its_limit_and_keeps_nothing(tmp_path: Path) -> None:
+    info, stored = inspect_instance(synthetic_ct())
+    spool = Spool(tmp_path / "spool", limit_bytes=len(stored) * 2)
+    spool.put(stored, info, sender_ae_title=None, hospital=None)
+    with pytest.raises(SpoolFullError, match="RADCLOUD_GATEWAY_SPOOL_LIMIT_MIB") as caught:
+        for _ in range(3):
+            spool.put(stored, info, sender_ae_title=None, hospital=None)
+    assert caught.value.limit_bytes == len(stored) * 2
+    assert spool.usage().files == 1
+
+
+def test_full_disk_is_reported_as_spool_full_and_leaves_no_partial_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spool = Spool(tmp_path / "spool", limit_bytes=10_000_000)
+    info, stored = inspect_instance(synthetic_ct())
+
+    def disk_full(fd: int, data: object) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "write", disk_full)
+    with pytest.raises(SpoolFullError, match="disk full"):
+        spool.put(stored, info, sender_ae_title=None, hospital=None)
+    monkeypatch.undo()
+    assert list((tmp_path / "spool").iterdir()) == []
+
+
+def test_reserve_of_free_disk_is_kept(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool", limit_bytes=10**15, min_free_bytes=10**18)
+    info, stored = inspect_instance(synthetic_ct())
+    with pytest.raises(SpoolFullError, match="RADCLOUD_GATEWAY_MIN_FREE_DISK_MIB"):
+        spool.put(stored, info, sender_ae_title=None, hospital=None)
+
+
+def test_incomplete_writes_from_a_crash_are_removed(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool", limit_bytes=10_000_000)
+    stale = tmp_path / "spool" / "00000000000000000001-dead.tmp"
+    stale.write_bytes(b"half an instance")
+    os.utime(stale, (1, 1))
+    fresh = tmp_path / "spool" / "99999999999999999999-live.tmp"
+    fresh.write_bytes(b"being written by another process")
+    assert spool.recover() == 1
+    assert not stale.exists()
+    assert fresh.exists()
+
+
+def test_corrupt_spool_file_is_named(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool", limit_bytes=10_000_000)
+    bad = tmp_path / "spool" / "1-x.spool"
+    bad.write_bytes(b"garbage")
+    with pytest.raises(GatewayError, match="not a radcloud spool file"):
+        spool.read(bad)
+
+
+def test_intake_quarantines_refusals_and_limits_size(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool", limit_bytes=10_000_000)
+    quarantine = Quarantine(tmp_path / "quarantine")
+    intake = Intake(spool, quarantine, max_instance_bytes=5000)
+    bad = synthetic_ct(drop=("StudyInstanceUID",))
+    with pytest.raises(NonConformantInstanceError):
+        intake.accept(bad, sender_ae_title="CT1", hospital="General", source="dimse")
+    with pytest.raises(InstanceTooLargeError, match="exceeds the limit of 5000 bytes"):
+        intake.accept(bytes(6000), sender_ae_title="CT1", hospital="General", source="dimse")
+    entries = quarantine.list()
+    assert len(entries) == 1
+    assert entries[0].sender_ae_title == "CT1"
+    assert "StudyInstanceUID" in entries[0].reason
+    assert quarantine.data(entries[0].entry_id) == bad
+    assert spool.usage().files == 0
+    good = intake.accept(synthetic_ct(), sender_ae_title="CT1", hospital="General", source="dimse")
+    assert good.info.modality == "CT"
+
+
+def test_quarantine_release_and_delete(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool", limit_bytes=10_000_000)
+    quarantine = Quarantine(tmp_path / "quarantine")
+    odd = quarantine.add(
+        pydicom_file("MR_truncated.dcm"),
+        reason="truncated",
+        error="X",
+        source="dimse",
+        sender_ae_title="MR1",
+        hospital="General",
+    )
+    junk = quarantine.add(
+        b"junk", reason="not DICOM", error="X", source="stow", sender_ae_title=None, hospital=None
+    )
+    released = quarantine.release(spool, odd.entry_id)
+    assert released.info.sop_instance_uid == odd.sop_instance_uid
+    assert "released from quarantine" in released.info.warnings[0]
+    with pytest.raises(QuarantineEntryError, match="UIDs are unknown"):
+        quarantine.release(spool, junk.entry_id)
+    quarantine.delete(junk.entry_id)
+    assert quarantine.list() == []
+    with pytest.raises(QuarantineEntryError, match="no such entry"):
+        quarantine.show("../../etc")
