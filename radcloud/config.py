@@ -28,7 +28,7 @@ from pydantic_settings import (
 
 from radcloud.exceptions import ConfigError
 
-__all__ = ["DataPaths", "Mode", "OrthancIndex", "Settings", "load_settings"]
+__all__ = ["DataPaths", "Mode", "OrthancIndex", "Settings", "load_settings", "url_host"]
 
 ENV_PREFIX = "RADCLOUD_"
 CONFIG_FILE_ENV = "RADCLOUD_CONFIG_FILE"
@@ -112,6 +112,21 @@ class Settings(BaseSettings):
     orthanc_dicom_port: Port = 4242
     orthanc_ae_title: str = "RADCLOUD_STORE"
 
+    # DICOM gateway (dicom_gateway): limits, durability, completeness, TLS
+    gateway_metrics_port: Port = 9101
+    gateway_max_associations: int = Field(16, ge=1, le=1024)
+    gateway_max_instance_mib: int = Field(1024, ge=1)
+    gateway_spool_limit_mib: int = Field(10240, ge=1)
+    gateway_min_free_disk_mib: int = Field(256, ge=0)
+    gateway_acse_timeout_s: float = Field(30.0, gt=0)
+    gateway_dimse_timeout_s: float = Field(60.0, gt=0)
+    gateway_network_timeout_s: float = Field(120.0, gt=0)
+    gateway_forward_workers: int = Field(4, ge=1, le=64)
+    gateway_stable_seconds: float = Field(10.0, gt=0)
+    gateway_tls_certificate: Path | None = None
+    gateway_tls_private_key: Path | None = None
+    gateway_tls_ca_certificates: Path | None = None  # set: client certificates are required
+
     # Orthanc
     orthanc_executable: str = "Orthanc"
     orthanc_plugins_dir: Path = Path("/usr/share/orthanc/plugins")
@@ -178,6 +193,7 @@ class Settings(BaseSettings):
         ports = {
             "api_port": self.api_port,
             "gateway_port": self.gateway_port,
+            "gateway_metrics_port": self.gateway_metrics_port,
             "orthanc_http_port": self.orthanc_http_port,
             "orthanc_dicom_port": self.orthanc_dicom_port,
         }
@@ -193,6 +209,15 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"{ENV_PREFIX}ORTHANC_INDEX=postgresql needs {ENV_PREFIX}ORTHANC_POSTGRESQL_URL "
                 "(postgresql://user:password@host:port/database)"
+            )
+        if (self.gateway_tls_certificate is None) != (self.gateway_tls_private_key is None):
+            raise ValueError(
+                f"{ENV_PREFIX}GATEWAY_TLS_CERTIFICATE and {ENV_PREFIX}GATEWAY_TLS_PRIVATE_KEY "
+                "must be set together"
+            )
+        if self.gateway_tls_ca_certificates and not self.gateway_tls_certificate:
+            raise ValueError(
+                f"{ENV_PREFIX}GATEWAY_TLS_CA_CERTIFICATES needs {ENV_PREFIX}GATEWAY_TLS_CERTIFICATE"
             )
         if self.jwt_algorithm is not JwtAlgorithm.HS256 and not self.jwt_jwks_url:
             raise ValueError(
@@ -217,9 +242,19 @@ class Settings(BaseSettings):
         return self.database_url or f"sqlite:///{self.paths.database_file}"
 
     @property
+    def gateway_tls_enabled(self) -> bool:
+        """True when the gateway's DICOM port speaks TLS (PS3.15 B.1)."""
+        return self.gateway_tls_certificate is not None
+
+    @property
     def api_url(self) -> str:
         """Base URL of radcloud's HTTP API."""
-        return f"http://{_url_host(self.bind_host)}:{self.api_port}"
+        return f"http://{url_host(self.bind_host)}:{self.api_port}"
+
+    @property
+    def gateway_health_url(self) -> str:
+        """The gateway's health endpoint (JSON) on its metrics port."""
+        return f"http://{url_host(self.bind_host)}:{self.gateway_metrics_port}/healthz"
 
     @property
     def orthanc_url(self) -> str:
@@ -227,7 +262,8 @@ class Settings(BaseSettings):
         return f"http://127.0.0.1:{self.orthanc_http_port}"
 
 
-def _url_host(host: str) -> str:
+def url_host(host: str) -> str:
+    """``host`` as it goes in a URL (a wildcard bind becomes loopback, IPv6 is bracketed)."""
     if host in ("0.0.0.0", "::"):  # noqa: S104 - reachable address for a wildcard bind
         return "127.0.0.1"
     return f"[{host}]" if ":" in host else host

@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from radcloud.config import Settings, load_settings
-from tests.helpers import free_port
+from tests.helpers import free_ports
 
 RADCLOUD = [sys.executable, "-m", "radcloud"]
 
@@ -31,16 +31,32 @@ def _isolated_environment(monkeypatch: pytest.MonkeyPatch) -> None:
             monkeypatch.delenv(name)
 
 
-def stack_env(home: Path) -> dict[str, str]:
-    """Environment for a radcloud instance in ``home`` on free ports."""
+PORT_SETTINGS = (
+    "api_port",
+    "gateway_port",
+    "gateway_metrics_port",
+    "orthanc_http_port",
+    "orthanc_dicom_port",
+)
+
+
+def stack_env(home: Path, **settings: object) -> dict[str, str]:
+    """Environment for a radcloud instance in ``home`` on free ports, plus ``settings``."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith("RADCLOUD_")}
-    return clean | {
-        "RADCLOUD_HOME": str(home),
-        "RADCLOUD_API_PORT": str(free_port()),
-        "RADCLOUD_GATEWAY_PORT": str(free_port()),
-        "RADCLOUD_ORTHANC_HTTP_PORT": str(free_port()),
-        "RADCLOUD_ORTHANC_DICOM_PORT": str(free_port()),
-    }
+    ports = dict(zip(PORT_SETTINGS, free_ports(len(PORT_SETTINGS)), strict=True))
+    values = {"home": home, "gateway_stable_seconds": 2} | ports | settings
+    return clean | {f"RADCLOUD_{key.upper()}": str(value) for key, value in values.items()}
+
+
+def settings_from_env(env: dict[str, str]) -> Settings:
+    """The settings a radcloud process started with ``env`` sees."""
+    return load_settings(
+        **{
+            k.removeprefix("RADCLOUD_").lower(): v
+            for k, v in env.items()
+            if k.startswith("RADCLOUD_")
+        }
+    )
 
 
 @dataclass
@@ -88,14 +104,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         pytest.fail("Orthanc is not installed: run `make install` (apt-get install orthanc)")
     home = tmp_path_factory.mktemp("radcloud-home")
     env = stack_env(home)
-    settings = load_settings(
-        home=home,
-        api_port=int(env["RADCLOUD_API_PORT"]),
-        gateway_port=int(env["RADCLOUD_GATEWAY_PORT"]),
-        orthanc_http_port=int(env["RADCLOUD_ORTHANC_HTTP_PORT"]),
-        orthanc_dicom_port=int(env["RADCLOUD_ORTHANC_DICOM_PORT"]),
-    )
-    running = Stack(env, settings)
+    running = Stack(env, settings_from_env(env))
     running.cli("up")
     try:
         yield running

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from radcloud.cli import audit, security, services
+from radcloud.cli import audit, gateway, security, services
 
 __all__ = ["app", "main"]
 
@@ -18,6 +18,7 @@ app = typer.Typer(
 services.register(app)
 security.register(app)
 audit.register(app)
+gateway.register(app)
 
 
 def main() -> None:

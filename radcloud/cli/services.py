@@ -34,6 +34,8 @@ def _table(statuses: Sequence[ComponentStatus]) -> Table:
             health = "[yellow]unhealthy[/]"
         else:
             health = "[red]down[/]"
+        if status.details:
+            health += "\n" + "\n".join(f"{key}: {value}" for key, value in status.details.items())
         table.add_row(status.name, where, str(status.pid or "-"), health)
     return table
 

@@ -1,4 +1,4 @@
-"""The components radcloud runs, in start order: Orthanc, then the HTTP API.
+"""The components radcloud runs, in start order: Orthanc, the DICOM gateway, the HTTP API.
 
 A new component (the DICOM gateway, Ray Serve) is one more entry in :func:`components`.
 """
@@ -7,13 +7,16 @@ from __future__ import annotations
 
 import functools
 import sys
+from typing import Any
+
+import httpx
 
 from radcloud.config import ENV_PREFIX, Settings
 from radcloud.secrets import Secrets
 from radcloud.services.orthanc import orthanc_component
 from radcloud.services.supervisor import Component, http_ok
 
-__all__ = ["api_component", "components", "settings_env"]
+__all__ = ["api_component", "components", "gateway_component", "settings_env"]
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
@@ -58,6 +61,50 @@ def api_component(settings: Settings) -> Component:
     )
 
 
+def _gateway_details(health_url: str) -> dict[str, Any] | None:
+    try:
+        answer = httpx.get(health_url, timeout=2.0).json()
+    except (httpx.HTTPError, ValueError):
+        return None
+    spool = answer.get("spool", {})
+    return {
+        "spool": f"{spool.get('files', '?')} instances, {spool.get('bytes', 0) / 1e6:.1f} MB",
+        "quarantine": answer.get("quarantine"),
+        "associations": answer.get("associations_open"),
+        "orthanc": "reachable" if answer.get("orthanc_available") else "UNREACHABLE",
+    }
+
+
+def gateway_component(settings: Settings) -> Component:
+    """The DICOM gateway (``python -m dicom_gateway``): DIMSE on ``gateway_port``, health and
+    metrics on ``gateway_metrics_port``.
+
+    Parameters
+    ----------
+    settings
+        The instance's settings, passed to the process as ``RADCLOUD_*`` variables.
+
+    Returns
+    -------
+    Component
+        Named ``gateway``, healthy when ``GET /healthz`` on the metrics port answers 200.
+    """
+    health_url = settings.gateway_health_url
+    return Component.create(
+        settings,
+        name="gateway",
+        argv=[sys.executable, "-m", "dicom_gateway"],
+        env=settings_env(settings) | {"TCP_NODELAY": "1"},
+        ports=[
+            (settings.gateway_port, f"{ENV_PREFIX}GATEWAY_PORT"),
+            (settings.gateway_metrics_port, f"{ENV_PREFIX}GATEWAY_METRICS_PORT"),
+        ],
+        health=functools.partial(http_ok, health_url),
+        url=f"dicom://{settings.gateway_ae_title}@{settings.bind_host}:{settings.gateway_port}",
+        details=functools.partial(_gateway_details, health_url),
+    )
+
+
 def components(settings: Settings, secrets: Secrets) -> list[Component]:
     """Every component of this radcloud instance, in start order.
 
@@ -69,9 +116,10 @@ def components(settings: Settings, secrets: Secrets) -> list[Component]:
     Returns
     -------
     list[Component]
-        Orthanc, then the HTTP API.
+        Orthanc, the DICOM gateway, then the HTTP API.
     """
     return [
         orthanc_component(settings, secrets),
+        gateway_component(settings),
         api_component(settings),
     ]

@@ -79,6 +79,9 @@ class Component:
     prepare
         Called just before the process is spawned (write a config file, check a dependency is
         installed); may raise :class:`~radcloud.exceptions.ServiceError`.
+    details
+        Returns a few facts to show in ``radcloud status`` (e.g. spool depth) while healthy;
+        ``None`` when there is nothing to show or it cannot be read.
     """
 
     name: str
@@ -90,6 +93,7 @@ class Component:
     pid_file: Path
     env: Mapping[str, str] = field(default_factory=dict)
     prepare: Callable[[], None] | None = None
+    details: Callable[[], dict[str, Any] | None] | None = None
 
     @classmethod
     def create(
@@ -103,6 +107,7 @@ class Component:
         ports: Iterable[tuple[int, str]] = (),
         env: Mapping[str, str] | None = None,
         prepare: Callable[[], None] | None = None,
+        details: Callable[[], dict[str, Any] | None] | None = None,
     ) -> Component:
         """A component with its log in ``settings.paths.log_dir/<name>.log`` and its pid file in
         ``settings.paths.run_dir/<name>.pid``; the other parameters are the fields'."""
@@ -116,6 +121,7 @@ class Component:
             pid_file=settings.paths.run_dir / f"{name}.pid",
             env=dict(env or {}),
             prepare=prepare,
+            details=details,
         )
 
 
@@ -130,6 +136,7 @@ class ComponentStatus:
     url: str
     ports: tuple[tuple[int, str], ...]
     log_file: Path
+    details: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form; ``ports`` become ``[{"port": 8042, "setting": "RADCLOUD_..."}]``."""
@@ -141,6 +148,7 @@ class ComponentStatus:
             "url": self.url,
             "ports": [{"port": port, "setting": setting} for port, setting in self.ports],
             "log_file": str(self.log_file),
+            "details": self.details,
         }
 
 
@@ -276,14 +284,16 @@ class Supervisor:
         record = read_pid_file(component.pid_file)
         pid = record[0] if record else None
         running = record is not None and alive(*record)
+        healthy = running and component.health()
         return ComponentStatus(
             name=component.name,
             pid=pid if running else None,
             running=running,
-            healthy=running and component.health(),
+            healthy=healthy,
             url=component.url,
             ports=component.ports,
             log_file=component.log_file,
+            details=component.details() if healthy and component.details else None,
         )
 
     def _make_home(self) -> None:

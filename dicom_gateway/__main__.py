@@ -1,0 +1,21 @@
+"""``python -m dicom_gateway``: run the gateway in the foreground (the supervisor's command)."""
+
+from __future__ import annotations
+
+import logging
+
+from dicom_gateway.service import GatewayService
+from radcloud.config import load_settings
+
+
+def main() -> None:
+    """Run the gateway until SIGTERM."""
+    settings = load_settings()
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(name)s: %(message)s")
+    logging.getLogger("pynetdicom").setLevel(max(logging.WARNING, logging.root.level))
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    GatewayService(settings).run()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,238 @@
+"""Study completeness: when is a study ready, and the one durable event that says so.
+
+The tracker keeps one ``studies`` row per StudyInstanceUID in the application database (so its
+state survives restarts, unlike Orthanc's in-memory stable-study timer). A study becomes ready
+when no new instance arrived for ``stable_seconds`` *and* none of its instances is still in the
+spool, i.e. all it has are in Orthanc. Then, in one transaction, the row turns ``ready`` and an
+outbox event is written: ``study.ready`` the first time, ``study.updated`` when new instances
+arrived after an earlier event. The state change is a compare-and-set on the row's
+``last_received_at``, so an instance recorded meanwhile keeps the study open.
+
+Event payload (consumers are idempotent per study; the payload is all they need)::
+
+    {"study_instance_uid", "hospital", "orthanc_study_id", "instance_count",
+     "first_received_at", "last_received_at", "ready_at",
+     "series": [{"series_instance_uid", "modality", "body_part_examined",
+                 "series_description", "instance_count", "orthanc_series_id"}]}
+
+Patient identity is not in the payload: consumers read it from Orthanc.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import httpx
+from sqlalchemy import select, update
+
+from dicom_gateway import metrics
+from dicom_gateway.forwarder import Confirmation
+from radcloud.db import Database
+from radcloud.db.models import Hospital, OutboxEvent, Study, StudyState, utcnow
+
+if TYPE_CHECKING:
+    import pyorthanc
+
+__all__ = ["STUDY_READY", "STUDY_UPDATED", "StudyTracker"]
+
+logger = logging.getLogger(__name__)
+
+STUDY_READY = "study.ready"
+STUDY_UPDATED = "study.updated"
+_CHECK_INTERVAL_S = 1.0
+
+
+def _merge_modalities(current: str | None, modality: str | None) -> str | None:
+    values = set(filter(None, (current or "").split("\\")))
+    if modality:
+        values.add(modality)
+    return "\\".join(sorted(values)) or None
+
+
+class StudyTracker:
+    """Records what reached Orthanc and announces complete studies.
+
+    Parameters
+    ----------
+    db
+        The application database (``studies``, ``hospitals``, ``outbox_events``).
+    orthanc
+        Source of the series list and counts in each event.
+    stable_seconds
+        Quiet time after the last instance before a study is ready.
+    pending_studies
+        Returns the study UIDs that still have instances in the spool.
+    """
+
+    def __init__(
+        self,
+        db: Database,
+        orthanc: pyorthanc.Orthanc,
+        stable_seconds: float,
+        pending_studies: Callable[[], set[str]],
+    ) -> None:
+        self._db = db
+        self._orthanc = orthanc
+        self._stable = dt.timedelta(seconds=stable_seconds)
+        self._pending = pending_studies
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # -- recording ---------------------------------------------------------------------------
+
+    def record(self, confirmations: Sequence[Confirmation]) -> None:
+        """Record instances Orthanc confirmed, in one transaction."""
+        with self._db.session() as session:
+            hospitals: dict[str, int] = {}
+            for confirmation in confirmations:
+                self._record_one(session, confirmation, hospitals)
+
+    def _record_one(
+        self, session: Any, confirmation: Confirmation, hospitals: dict[str, int]
+    ) -> None:
+        entry, info = confirmation.entry, confirmation.entry.info
+        study = session.scalar(
+            select(Study).where(Study.study_instance_uid == info.study_instance_uid)
+        )
+        if study is None:
+            study = Study(
+                study_instance_uid=info.study_instance_uid,
+                first_received_at=entry.received_at,
+                last_received_at=entry.received_at,
+                instance_count=0,
+                state=StudyState.RECEIVING,
+            )
+            session.add(study)
+        if entry.hospital and study.hospital_id is None:
+            if entry.hospital not in hospitals:
+                hospital = session.scalar(select(Hospital).where(Hospital.name == entry.hospital))
+                if hospital is None:
+                    hospital = Hospital(name=entry.hospital)
+                    session.add(hospital)
+                    session.flush()
+                hospitals[entry.hospital] = hospital.id
+            study.hospital_id = hospitals[entry.hospital]
+        study.orthanc_id = confirmation.orthanc_study_id
+        study.patient_id = study.patient_id or info.patient_id
+        study.patient_name = study.patient_name or info.patient_name
+        study.accession_number = study.accession_number or info.accession_number
+        study.study_date = study.study_date or info.study_date
+        study.study_description = study.study_description or info.study_description
+        study.modalities = _merge_modalities(study.modalities, info.modality)
+        if confirmation.already_stored and study.state is StudyState.READY:
+            return  # a duplicate of what was announced: nothing new
+        if not confirmation.already_stored:
+            study.instance_count += 1
+        study.last_received_at = max(study.last_received_at, entry.received_at)
+        study.state = StudyState.RECEIVING
+
+    # -- announcing --------------------------------------------------------------------------
+
+    def check(self, now: dt.datetime | None = None) -> list[str]:
+        """Announce every study that is now complete; returns their UIDs."""
+        cutoff = (now or utcnow()) - self._stable
+        with self._db.session() as session:
+            candidates = [
+                (study.id, study.study_instance_uid, study.orthanc_id, study.last_received_at)
+                for study in session.scalars(
+                    select(Study).where(
+                        Study.state == StudyState.RECEIVING, Study.last_received_at <= cutoff
+                    )
+                )
+            ]
+        if not candidates:
+            return []
+        pending = self._pending()
+        announced = []
+        for study_id, uid, orthanc_id, last_received_at in candidates:
+            if uid in pending or orthanc_id is None:
+                continue
+            try:
+                series = self._series(orthanc_id)
+            except httpx.HTTPError as exc:
+                logger.warning("cannot read study %s from Orthanc (%s); retrying later", uid, exc)
+                continue
+            if self._announce(study_id, last_received_at, orthanc_id, series):
+                announced.append(uid)
+        return announced
+
+    def _series(self, orthanc_id: str) -> list[dict[str, Any]]:
+        answer: Any = self._orthanc.get_studies_id_series(orthanc_id)
+        series = []
+        for item in answer:
+            tags = item.get("MainDicomTags", {})
+            series.append(
+                {
+                    "series_instance_uid": tags.get("SeriesInstanceUID"),
+                    "modality": tags.get("Modality"),
+                    "body_part_examined": tags.get("BodyPartExamined"),
+                    "series_description": tags.get("SeriesDescription"),
+                    "instance_count": len(item.get("Instances", [])),
+                    "orthanc_series_id": item.get("ID"),
+                }
+            )
+        return sorted(series, key=lambda s: s["series_instance_uid"] or "")
+
+    def _announce(
+        self,
+        study_id: int,
+        last_received_at: dt.datetime,
+        orthanc_id: str,
+        series: list[dict[str, Any]],
+    ) -> bool:
+        ready_at = utcnow()
+        with self._db.session() as session:
+            changed = session.execute(
+                update(Study)
+                .where(
+                    Study.id == study_id,
+                    Study.state == StudyState.RECEIVING,
+                    Study.last_received_at == last_received_at,
+                )
+                .values(state=StudyState.READY)
+            )
+            if changed.rowcount != 1:  # type: ignore[attr-defined]
+                return False  # a new instance arrived meanwhile: not complete yet
+            study = session.get(Study, study_id)
+            assert study is not None  # noqa: S101 - just updated
+            topic = STUDY_UPDATED if study.ready_at is not None else STUDY_READY
+            study.ready_at = ready_at
+            hospital = session.get(Hospital, study.hospital_id) if study.hospital_id else None
+            payload = {
+                "study_instance_uid": study.study_instance_uid,
+                "hospital": hospital.name if hospital else None,
+                "orthanc_study_id": orthanc_id,
+                "instance_count": sum(s["instance_count"] for s in series),
+                "first_received_at": study.first_received_at.isoformat(),
+                "last_received_at": study.last_received_at.isoformat(),
+                "ready_at": ready_at.isoformat(),
+                "series": series,
+            }
+            session.add(OutboxEvent(topic=topic, key=study.study_instance_uid, payload=payload))
+        metrics.STUDIES_READY.labels(topic).inc()
+        logger.info("%s %s (%d series)", topic, payload["study_instance_uid"], len(series))
+        return True
+
+    # -- background loop ---------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Check for complete studies every second in a background thread."""
+        self._thread = threading.Thread(target=self._loop, name="gateway-tracker", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop the background thread."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(_CHECK_INTERVAL_S):
+            try:
+                self.check()
+            except Exception:
+                logger.exception("study completeness check failed; retrying")

@@ -1,0 +1,286 @@
+"""Drain the spool into Orthanc: concurrent, keep-alive, retried with backoff, never lossy.
+
+A scanner thread lists the spool (cheap: headers are read once per file and cached) and queues
+new files; ``workers`` threads POST them to Orthanc's ``/instances`` over one keep-alive
+connection pool (pyorthanc). Orthanc's confirmation is handed to the study tracker, and only
+after the tracker committed it is the spool file deleted; a crash anywhere before that leaves the
+file in place and it is sent again (Orthanc answers ``AlreadyStored``: duplicates are harmless).
+
+Orthanc unreachable or failing (connection error, timeout, HTTP 5xx): every worker pauses with
+exponential backoff (0.5 s doubling to 30 s) and the files stay queued; the spool keeps
+accepting up to its limit and drains by itself once Orthanc is back. Orthanc refusing an
+instance (HTTP 4xx): the instance moves to quarantine with Orthanc's reason.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import httpx
+
+from dicom_gateway import metrics
+from dicom_gateway.exceptions import GatewayError
+from dicom_gateway.quarantine import Quarantine
+from dicom_gateway.spool import Spool, SpoolEntry
+
+if TYPE_CHECKING:
+    import pyorthanc
+
+__all__ = ["Confirmation", "Forwarder"]
+
+logger = logging.getLogger(__name__)
+
+_SCAN_INTERVAL_S = 0.1
+_BACKOFF_START_S = 0.5
+_BACKOFF_MAX_S = 30.0
+
+
+@dataclass(frozen=True)
+class Confirmation:
+    """Orthanc has stored (or already had) a spooled instance."""
+
+    entry: SpoolEntry
+    orthanc_instance_id: str
+    orthanc_study_id: str
+    already_stored: bool
+
+
+class Forwarder:
+    """Moves spooled instances into Orthanc.
+
+    Parameters
+    ----------
+    spool, quarantine
+        Where instances wait, and where Orthanc's refusals go.
+    orthanc
+        The Orthanc client (thread-safe; one connection pool for all workers).
+    record
+        Called with a batch of confirmations; must durably record them before returning (the
+        study tracker). Spool files are deleted after it returns.
+    workers
+        Concurrent uploads.
+    """
+
+    def __init__(
+        self,
+        spool: Spool,
+        quarantine: Quarantine,
+        orthanc: pyorthanc.Orthanc,
+        record: Callable[[Sequence[Confirmation]], None],
+        workers: int = 4,
+    ) -> None:
+        self._spool = spool
+        self._quarantine = quarantine
+        self._orthanc = orthanc
+        self._record = record
+        self._workers = workers
+        self._queue: queue.Queue[SpoolEntry] = queue.Queue()
+        self._done: queue.Queue[Confirmation] = queue.Queue()
+        self._known: dict[Path, SpoolEntry] = {}
+        self._known_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._pause_until = 0.0
+        self._backoff_s = _BACKOFF_START_S
+        self._backoff_lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+        self.orthanc_available = True
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the scanner, the workers and the recorder."""
+        self._spool.recover()
+        targets: list[tuple[str, Callable[[], None]]] = [("scan", self._scan_loop)]
+        targets += [(f"forward-{n}", self._work_loop) for n in range(self._workers)]
+        targets.append(("record", self._record_loop))
+        for name, target in targets:
+            thread = threading.Thread(target=target, name=f"gateway-{name}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """Stop all threads; what is not forwarded stays in the spool for next time."""
+        self._stop.set()
+        self._wake.set()
+        deadline = time.monotonic() + timeout_s
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        self._threads.clear()
+
+    def notify(self) -> None:
+        """Something was spooled: scan now rather than at the next tick."""
+        self._wake.set()
+
+    # -- state for the study tracker ---------------------------------------------------------
+
+    def pending_studies(self) -> set[str]:
+        """Study UIDs with instances still in the spool (after a fresh scan)."""
+        self._scan()
+        with self._known_lock:
+            return {entry.info.study_instance_uid for entry in self._known.values()}
+
+    # -- scanning ----------------------------------------------------------------------------
+
+    def _scan(self) -> None:
+        paths = self._spool.paths()
+        present = set(paths)
+        new: list[SpoolEntry] = []
+        with self._known_lock:
+            for path in list(self._known):
+                if path not in present:
+                    del self._known[path]
+            for path in paths:
+                if path in self._known:
+                    continue
+                try:
+                    entry = self._spool.read(path)
+                except FileNotFoundError:
+                    continue
+                except GatewayError as exc:
+                    self._quarantine_corrupt(path, str(exc))
+                    continue
+                self._known[path] = entry
+                new.append(entry)
+        for entry in new:
+            self._queue.put(entry)
+        usage = self._spool.usage()
+        metrics.SPOOL_FILES.set(usage.files)
+        metrics.SPOOL_BYTES.set(usage.bytes)
+
+    def _scan_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._scan()
+            except OSError:
+                logger.exception("cannot scan the spool %s", self._spool.directory)
+            self._wake.wait(_SCAN_INTERVAL_S)
+            self._wake.clear()
+
+    def _quarantine_corrupt(self, path: Path, reason: str) -> None:
+        self._quarantine.add(
+            path.read_bytes(),
+            reason=reason,
+            error="CorruptSpoolFile",
+            source="spool",
+            sender_ae_title=None,
+            hospital=None,
+        )
+        path.unlink(missing_ok=True)
+
+    # -- forwarding --------------------------------------------------------------------------
+
+    def _wait_if_paused(self) -> None:
+        while not self._stop.is_set():
+            remaining = self._pause_until - time.monotonic()
+            if remaining <= 0:
+                return
+            self._stop.wait(min(remaining, 1.0))
+
+    def _orthanc_failed(self, reason: str) -> None:
+        with self._backoff_lock:
+            if time.monotonic() < self._pause_until:
+                return
+            if self.orthanc_available:
+                logger.warning("Orthanc unavailable (%s); spooling until it returns", reason)
+            self.orthanc_available = False
+            self._pause_until = time.monotonic() + self._backoff_s
+            self._backoff_s = min(self._backoff_s * 2, _BACKOFF_MAX_S)
+
+    def _orthanc_ok(self) -> None:
+        if not self.orthanc_available:
+            with self._backoff_lock:
+                if not self.orthanc_available:
+                    logger.info("Orthanc is back; draining the spool")
+                self.orthanc_available = True
+                self._backoff_s = _BACKOFF_START_S
+
+    def _work_loop(self) -> None:
+        while not self._stop.is_set():
+            self._wait_if_paused()
+            try:
+                entry = self._queue.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            if not self._forward(entry):
+                self._queue.put(entry)
+
+    def _forward(self, entry: SpoolEntry) -> bool:
+        """Send one entry; False when it must be retried later."""
+        try:
+            dicom = entry.read_dicom()
+        except FileNotFoundError:
+            return True  # already forwarded and removed (a duplicate queue entry)
+        try:
+            answer: Any = self._orthanc.post_instances(dicom)
+        except httpx.HTTPStatusError as exc:
+            status = exc.response.status_code
+            if status >= 500 or status in (401, 403, 408, 429):
+                metrics.FORWARD_RESULTS.labels("orthanc_error").inc()
+                self._orthanc_failed(f"HTTP {status}")
+                return False
+            metrics.FORWARD_RESULTS.labels("refused").inc()
+            self._refused(entry, dicom, f"HTTP {status}: {exc.response.text[:500]}")
+            return True
+        except httpx.TransportError as exc:
+            metrics.FORWARD_RESULTS.labels("unreachable").inc()
+            self._orthanc_failed(type(exc).__name__)
+            return False
+        self._orthanc_ok()
+        if not isinstance(answer, dict) or "ParentStudy" not in answer:
+            metrics.FORWARD_RESULTS.labels("refused").inc()
+            self._refused(entry, dicom, f"unexpected answer from Orthanc: {answer!r:.300}")
+            return True
+        already = answer.get("Status") == "AlreadyStored"
+        metrics.FORWARD_RESULTS.labels("already_stored" if already else "stored").inc()
+        latency = (dt.datetime.now(dt.UTC) - entry.received_at).total_seconds()
+        metrics.FORWARD_LATENCY.observe(max(0.0, latency))
+        self._done.put(Confirmation(entry, answer["ID"], answer["ParentStudy"], already))
+        return True
+
+    def _refused(self, entry: SpoolEntry, dicom: bytes, reason: str) -> None:
+        logger.error("Orthanc refused %s: %s", entry.info.sop_instance_uid, reason)
+        self._quarantine.add(
+            dicom,
+            reason=f"Orthanc refused the instance: {reason}",
+            error="OrthancRefused",
+            source="forward",
+            sender_ae_title=entry.sender_ae_title,
+            hospital=entry.hospital,
+        )
+        self._spool.remove(entry)
+
+    # -- recording ---------------------------------------------------------------------------
+
+    def _record_loop(self) -> None:
+        while not (self._stop.is_set() and self._done.empty()):
+            try:
+                batch = [self._done.get(timeout=0.2)]
+            except queue.Empty:
+                continue
+            while len(batch) < 500:
+                try:
+                    batch.append(self._done.get_nowait())
+                except queue.Empty:
+                    break
+            self._commit(batch)
+
+    def _commit(self, batch: list[Confirmation]) -> None:
+        while True:
+            try:
+                self._record(batch)
+                break
+            except Exception:
+                logger.exception("cannot record %d confirmations; retrying", len(batch))
+                if self._stop.wait(1.0):
+                    return  # files stay in the spool and are re-sent after restart
+        for confirmation in batch:
+            self._spool.remove(confirmation.entry)
