@@ -10,14 +10,18 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
 from radcloud.config import Settings, load_settings
+from radcloud.db import Database
+from radcloud.secrets import load_secrets
+from radcloud.services import orthanc_client
 from tests.helpers import free_ports
 
 RADCLOUD = [sys.executable, "-m", "radcloud"]
@@ -91,10 +95,39 @@ class Stack:
             self.tokens[role] = self.cli("token", name).stdout.strip()
         return self.tokens[role]
 
+    def orthanc(self) -> Any:
+        """A pyorthanc client for this instance's Orthanc (close it when done)."""
+        return orthanc_client(self.settings, load_secrets(self.settings))
+
+    def database(self) -> Database:
+        """This instance's application database."""
+        return Database(self.settings.sqlalchemy_url)
+
+    def pid(self, component: str) -> int:
+        """The pid of a running component, from its pid file."""
+        return int((self.settings.paths.run_dir / f"{component}.pid").read_text().split()[0])
+
     def client(self, role: str | None = None) -> httpx.Client:
         """An HTTP client for the API, authenticated as ``role`` when given."""
         headers = {"Authorization": f"Bearer {self.token_for(role)}"} if role else {}
         return httpx.Client(base_url=self.settings.api_url, headers=headers, timeout=30)
+
+
+@pytest.fixture
+def make_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., Stack]]:
+    """Start extra radcloud instances of a test's own (e.g. to kill their processes)."""
+    started: list[Stack] = []
+
+    def start(**settings: object) -> Stack:
+        env = stack_env(tmp_path_factory.mktemp("radcloud-own"), **settings)
+        running = Stack(env, settings_from_env(env))
+        started.append(running)
+        running.cli("up")
+        return running
+
+    yield start
+    for running in started:
+        running.cli("down", check=False)
 
 
 @pytest.fixture(scope="session")

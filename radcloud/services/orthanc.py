@@ -284,7 +284,9 @@ def orthanc_client(
     Returns
     -------
     pyorthanc.Orthanc
-        The client (an ``httpx.Client``; close it, or use it as a context manager).
+        The client (an ``httpx.Client`` with ``base_url`` set, so both pyorthanc's methods and
+        raw paths such as ``client.post("/tools/find", json=...)`` work; close it, or use it as
+        a context manager).
     """
     import pyorthanc  # 0.3 s to import: only when a client is needed
 
@@ -293,6 +295,7 @@ def orthanc_client(
         username=secrets.orthanc_user,
         password=secrets.orthanc_password,
         timeout=timeout_s,
+        base_url=settings.orthanc_url,  # so raw REST paths work too: client.get("/system")
     )
 
 

@@ -1,0 +1,233 @@
+"""Ingest benchmark: dcmtk storescu straight into Orthanc vs. through radcloud's gateway.
+
+One scratch radcloud (temporary ``RADCLOUD_HOME``, free ports) runs Orthanc and the gateway. The
+same kind of corpus (synthetic CT slices, fresh UIDs for every run so nothing is a duplicate) is
+sent with storescu (``TCP_NODELAY=1``) with 1 and with 4 parallel associations:
+
+- ``direct``: to Orthanc's DICOM port (AE ``BENCH`` registered there);
+- ``gateway``: to the gateway, which validates, fsyncs to its spool, acknowledges, and forwards.
+
+Two times per run: until storescu finished (every instance acknowledged) and until Orthanc
+holds every instance (``/statistics``). For ``direct`` they coincide; for the gateway the second
+is the honest one, and the ratio gateway/direct is computed on it. Targets alternate order on
+each repetition; medians of the repetitions are reported with min and max.
+
+Run: ``python -m benchmarks.ingest [--instances 400] [--repeats 3] [--quick]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from pydicom.uid import generate_uid
+
+from benchmarks._env import describe_machine, free_ports, summarise, write_result
+from dicom_gateway.dcmtk import storescu
+from dicom_gateway.senders import SenderRegistry
+from imaging.synthetic import ct_slice
+from radcloud.config import Settings, load_settings
+from radcloud.db import Database, upgrade
+from radcloud.secrets import load_secrets
+from radcloud.services import DicomModality, Supervisor, orthanc_client, orthanc_component
+from radcloud.services.components import gateway_component
+
+__all__ = ["run_ingest"]
+
+logger = logging.getLogger(__name__)
+
+_AE = "BENCH"
+_SLICE_SIZE = 128  # 128x128 16-bit: about 33 kB per instance, like pydicom's CT_small
+
+
+def _corpus(directory: Path, count: int, run: int) -> list[Path]:
+    """``count`` slices in studies of 50, with fresh UIDs."""
+    directory.mkdir(parents=True)
+    files = []
+    for number in range(count):
+        if number % 50 == 0:
+            study, series = generate_uid(), generate_uid()
+        data = ct_slice(study, series, instance_number=number + 1, size=_SLICE_SIZE, seed=run)
+        path = directory / f"{number:05d}.dcm"
+        path.write_bytes(data)
+        files.append(path)
+    return files
+
+
+def _send_parallel(files: list[Path], associations: int, send: Callable[[list[Path]], int]) -> int:
+    chunks = [files[i::associations] for i in range(associations)]
+    stored = [0] * associations
+
+    def worker(index: int) -> None:
+        stored[index] = send(chunks[index])
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(associations)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return sum(stored)
+
+
+def _instances(orthanc: Any) -> int:
+    return int(orthanc.get("/statistics").json()["CountInstances"])
+
+
+def _one_run(
+    settings: Settings, orthanc: Any, target: str, files: list[Path], associations: int
+) -> dict[str, float]:
+    port, called = (
+        (settings.orthanc_dicom_port, settings.orthanc_ae_title)
+        if target == "direct"
+        else (settings.gateway_port, settings.gateway_ae_title)
+    )
+
+    def send(chunk: list[Path]) -> int:
+        report = storescu(chunk, host="127.0.0.1", port=port, calling_ae=_AE, called_ae=called)
+        if report.failed:
+            logger.warning("%s: %d failed, e.g. %s", target, len(report.failed), report.failed)
+        return len(report.stored)
+
+    before = _instances(orthanc)
+    started = time.perf_counter()
+    stored = _send_parallel(files, associations, send)
+    acknowledged_s = time.perf_counter() - started
+    if stored != len(files):
+        raise RuntimeError(f"{target}: only {stored} of {len(files)} instances were stored")
+    deadline = time.monotonic() + 600
+    while _instances(orthanc) < before + len(files):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{target}: Orthanc did not receive every instance in 600 s")
+        time.sleep(0.02)
+    in_orthanc_s = time.perf_counter() - started
+    return {
+        "acknowledged_per_s": len(files) / acknowledged_s,
+        "stored_per_s": len(files) / in_orthanc_s,
+    }
+
+
+def run_ingest(
+    instances: int = 400,
+    repeats: int = 3,
+    associations: tuple[int, ...] = (1, 4),
+    out_dir: Path | None = None,
+) -> dict[str, Any]:
+    """Measure ingest throughput direct vs. through the gateway; write and return the result.
+
+    Parameters
+    ----------
+    instances
+        Instances per run.
+    repeats
+        Repetitions of each (target, associations) pair; medians are reported.
+    associations
+        Numbers of parallel storescu associations to measure.
+    out_dir
+        Where to write the JSON result (default ``benchmarks/results``).
+    """
+    with tempfile.TemporaryDirectory(prefix="radcloud-bench-") as tmp:
+        ports = free_ports(5)
+        settings = load_settings(
+            home=Path(tmp) / "home",
+            api_port=ports[0],
+            gateway_port=ports[1],
+            gateway_metrics_port=ports[2],
+            orthanc_http_port=ports[3],
+            orthanc_dicom_port=ports[4],
+            log_level="WARNING",
+        )
+        secrets = load_secrets(settings)
+        bench = {"bench": DicomModality(_AE, "127.0.0.1", 104)}
+        supervisor = Supervisor(
+            settings,
+            [orthanc_component(settings, secrets, bench), gateway_component(settings)],
+        )
+        supervisor.up()
+        db = Database.from_settings(settings)
+        upgrade(db)
+        SenderRegistry(db).add_sender(_AE, "Benchmark")
+        orthanc = orthanc_client(settings, secrets)
+        samples: dict[str, list[dict[str, float]]] = {}
+        try:
+            for repeat in range(repeats):
+                for count in associations:
+                    order = ("direct", "gateway") if repeat % 2 == 0 else ("gateway", "direct")
+                    for target in order:
+                        corpus = Path(tmp) / f"corpus-{repeat}-{count}-{target}"
+                        files = _corpus(corpus, instances, run=repeat)
+                        result = _one_run(settings, orthanc, target, files, count)
+                        samples.setdefault(f"{target}/{count}", []).append(result)
+                        logger.info("%s x%d: %s", target, count, result)
+        finally:
+            orthanc.close()
+            db.dispose()
+            supervisor.down()
+    summary: dict[str, Any] = {}
+    for key, runs in samples.items():
+        summary[key] = {metric: summarise([run[metric] for run in runs]) for metric in runs[0]}
+    ratios = {
+        f"gateway/direct x{count}": summary[f"gateway/{count}"]["stored_per_s"]["median"]
+        / summary[f"direct/{count}"]["stored_per_s"]["median"]
+        for count in associations
+    }
+    result = {
+        "suite": "ingest",
+        "machine": describe_machine(),
+        "parameters": {
+            "instances": instances,
+            "repeats": repeats,
+            "associations": list(associations),
+            "instance": f"synthetic CT {_SLICE_SIZE}x{_SLICE_SIZE} int16, explicit VR LE",
+        },
+        "samples": samples,
+        "summary": summary,
+        "ratios": ratios,
+        "goal": "gateway/direct >= 0.8 (instances stored in Orthanc per second)",
+    }
+    result["path"] = str(write_result("ingest", "cpu", result, out_dir))
+    return result
+
+
+def markdown(result: dict[str, Any]) -> str:
+    """The result as a markdown table."""
+    lines = [
+        "| target | associations | acknowledged/s (median, min-max) "
+        "| in Orthanc/s (median, min-max) |",
+        "|---|---|---|---|",
+    ]
+    for key, metrics in sorted(result["summary"].items()):
+        target, count = key.split("/")
+        ack, stored = metrics["acknowledged_per_s"], metrics["stored_per_s"]
+        lines.append(
+            f"| {target} | {count} | {ack['median']:.0f} ({ack['min']:.0f}-{ack['max']:.0f}) "
+            f"| {stored['median']:.0f} ({stored['min']:.0f}-{stored['max']:.0f}) |"
+        )
+    for name, ratio in result["ratios"].items():
+        lines.append(f"\n{name}: **{ratio:.2f}**")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    """Command line: ``python -m benchmarks.ingest``."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--instances", type=int, default=400)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="40 instances, 1 repeat")
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+    if args.quick:
+        args.instances, args.repeats = 40, 1
+    result = run_ingest(args.instances, args.repeats, out_dir=args.out)
+    print(markdown(result))
+    print(f"\nresults: {result['path']}")
+
+
+if __name__ == "__main__":
+    main()

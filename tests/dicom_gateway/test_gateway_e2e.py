@@ -1,0 +1,270 @@
+"""The gateway end to end: dcmtk's storescu → radcloud gateway process → a real Orthanc.
+
+Includes pydicom's bundled test files (malformed ones too) compared with Orthanc taking them
+directly, and SIGKILL of Orthanc and of the gateway in the middle of a push.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import subprocess
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pydicom
+import pytest
+from pydicom.data import get_testdata_files
+from pydicom.uid import generate_uid
+from sqlalchemy import select
+
+from dicom_gateway.dcmtk import StoreReport, dcmtk_environment, storescu
+from dicom_gateway.quarantine import Quarantine
+from radcloud.db.models import OutboxEvent
+from radcloud.secrets import load_secrets
+from radcloud.services import DicomModality, Supervisor, orthanc_component
+from tests.conftest import Stack, settings_from_env, stack_env
+from tests.dicom_gateway.dicom_files import synthetic_ct
+from tests.helpers import wait_until
+
+pytestmark = pytest.mark.integration
+
+SENDER = "MODALITY1"
+
+
+@pytest.fixture(scope="module")
+def gateway(stack: Stack) -> Stack:
+    """The session stack with a registered sender."""
+    if SENDER not in stack.cli("senders", "list").stdout:
+        stack.cli("senders", "add", SENDER, "--hospital", "General Hospital")
+    return stack
+
+
+def send(stack: Stack, files: list[Path], **kwargs: Any) -> StoreReport:
+    return storescu(
+        files,
+        host="127.0.0.1",
+        port=stack.settings.gateway_port,
+        calling_ae=kwargs.pop("calling_ae", SENDER),
+        called_ae=stack.settings.gateway_ae_title,
+        **kwargs,
+    )
+
+
+def write_study(directory: Path, instances: int, **kwargs: Any) -> tuple[str, list[Path]]:
+    directory.mkdir(parents=True, exist_ok=True)
+    study, series = generate_uid(), generate_uid()
+    files = []
+    for number in range(1, instances + 1):
+        path = directory / f"{study[-12:]}-{number:04d}.dcm"
+        path.write_bytes(synthetic_ct(study, series, instance=number, **kwargs))
+        files.append(path)
+    return study, files
+
+
+def sop_uid(path: Path) -> str:
+    return str(pydicom.dcmread(path, stop_before_pixels=True, force=True).SOPInstanceUID)
+
+
+def in_orthanc(orthanc: Any, uid: str) -> str | None:
+    found = orthanc.post("/tools/lookup", content=uid).json()
+    return next((item["ID"] for item in found if item["Type"] == "Instance"), None)
+
+
+def outbox(stack: Stack, study: str) -> list[OutboxEvent]:
+    with stack.database().session() as session:
+        return list(
+            session.scalars(
+                select(OutboxEvent).where(OutboxEvent.key == study).order_by(OutboxEvent.id)
+            )
+        )
+
+
+def test_study_sent_with_storescu_reaches_orthanc_and_is_announced_once(
+    gateway: Stack, tmp_path: Path
+) -> None:
+    study, files = write_study(tmp_path, 6)
+    report = send(gateway, files)
+    assert sorted(report.stored) == sorted(files), report.output
+    orthanc = gateway.orthanc()
+    try:
+        wait_until(lambda: all(in_orthanc(orthanc, sop_uid(f)) for f in files), timeout_s=30)
+        stored = orthanc.get_instances_id_file(in_orthanc(orthanc, sop_uid(files[0])))
+        assert stored[:128] == bytes(128)
+        assert pydicom.dcmread(io.BytesIO(stored)).PixelData == pydicom.dcmread(files[0]).PixelData
+    finally:
+        orthanc.close()
+    wait_until(lambda: len(outbox(gateway, study)) == 1, timeout_s=30)
+    event = outbox(gateway, study)[0]
+    assert event.topic == "study.ready"
+    assert event.payload["hospital"] == "General Hospital"
+    assert event.payload["instance_count"] == 6
+    health = gateway.cli("status", "--json").stdout
+    assert '"spool"' in health
+
+
+def test_unknown_calling_ae_is_rejected(gateway: Stack, tmp_path: Path) -> None:
+    _, files = write_study(tmp_path, 1)
+    report = send(gateway, files, calling_ae="STRANGER")
+    assert report.stored == []
+    assert "Association Rejected" in report.output
+    assert "Calling AE Title Not Recognized" in report.output or "0x03" in report.output
+
+
+@pytest.fixture(scope="module")
+def direct_orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """A separate plain Orthanc that accepts storescu directly (the comparison baseline)."""
+    env = stack_env(tmp_path_factory.mktemp("direct"))
+    settings = settings_from_env(env)
+    secrets = load_secrets(settings)
+    modality = DicomModality("DIRECT", "127.0.0.1", 104)
+    supervisor = Supervisor(settings, [orthanc_component(settings, secrets, {"direct": modality})])
+    supervisor.up()
+    yield Stack(env, settings)
+    supervisor.down()
+
+
+def corpus() -> list[Path]:
+    return sorted(Path(p) for p in get_testdata_files() if Path(p).is_file())
+
+
+def test_pydicom_corpus_gateway_accepts_exactly_what_orthanc_accepts(
+    gateway: Stack, direct_orthanc: Stack
+) -> None:
+    files = corpus()
+    assert len(files) > 60
+    direct = storescu(
+        files,
+        host="127.0.0.1",
+        port=direct_orthanc.settings.orthanc_dicom_port,
+        calling_ae="DIRECT",
+        called_ae=direct_orthanc.settings.orthanc_ae_title,
+    )
+    quarantined_before = len(Quarantine(gateway.settings.paths.quarantine_dir).list())
+    through = send(gateway, files)
+    assert set(direct.statuses) == set(through.statuses), "storescu sent different files"
+    accepted = set(direct.stored)
+    assert len(accepted) > 40
+    assert set(through.stored) == accepted, {
+        "refused by the gateway only": {
+            p.name: through.statuses[p] for p in accepted - set(through.stored)
+        },
+        "accepted by the gateway only": sorted(p.name for p in set(through.stored) - accepted),
+    }
+    refused = [p for p in through.failed if "not sent" not in through.statuses[p]]
+    quarantine = Quarantine(gateway.settings.paths.quarantine_dir).list()
+    assert len(quarantine) - quarantined_before >= len(refused)
+
+    theirs, ours = direct_orthanc.orthanc(), gateway.orthanc()
+    try:
+        for path in sorted(accepted):
+            uid = sop_uid(path)
+            wait_until(lambda uid=uid: in_orthanc(ours, uid) is not None, timeout_s=60)
+            mine = pydicom.dcmread(io.BytesIO(ours.get_instances_id_file(in_orthanc(ours, uid))))
+            baseline = pydicom.dcmread(
+                io.BytesIO(theirs.get_instances_id_file(in_orthanc(theirs, uid)))
+            )
+            assert mine.SOPInstanceUID == baseline.SOPInstanceUID == uid
+            assert mine.get("PixelData") == baseline.get("PixelData"), path.name
+    finally:
+        theirs.close()
+        ours.close()
+    echo = subprocess.run(
+        [
+            "echoscu",
+            "-aet",
+            SENDER,
+            "-aec",
+            gateway.settings.gateway_ae_title,
+            "127.0.0.1",
+            str(gateway.settings.gateway_port),
+        ],
+        env=dcmtk_environment(),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert echo.returncode == 0, echo.stderr
+
+
+def _push_and_kill(
+    stack: Stack, files: list[Path], victim: str, after: Callable[[], bool]
+) -> StoreReport:
+    """Send ``files``; once ``after()`` holds, SIGKILL the component ``victim``."""
+    killed = threading.Event()
+
+    def killer() -> None:
+        wait_until(after, timeout_s=120, interval_s=0.05)
+        os.kill(stack.pid(victim), signal.SIGKILL)
+        killed.set()
+
+    thread = threading.Thread(target=killer, daemon=True)
+    thread.start()
+    report = send(stack, files)
+    thread.join(130)
+    assert killed.is_set(), f"{victim} was not killed during the push"
+    return report
+
+
+def _all_arrive(stack: Stack, files: list[Path]) -> None:
+    orthanc = stack.orthanc()
+    try:
+        uids = [sop_uid(path) for path in files]
+        wait_until(
+            lambda: all(in_orthanc(orthanc, uid) for uid in uids), timeout_s=180, interval_s=0.5
+        )
+    finally:
+        orthanc.close()
+
+
+@pytest.mark.slow
+def test_orthanc_killed_mid_push_loses_no_acknowledged_instance(
+    make_stack: Callable[..., Stack], tmp_path: Path
+) -> None:
+    stack = make_stack()
+    stack.cli("senders", "add", SENDER, "--hospital", "General Hospital")
+    _, files = write_study(tmp_path, 300)
+    spool = stack.settings.paths.spool_dir
+    orthanc_count = stack.orthanc()
+
+    def some_forwarded() -> bool:
+        return len(orthanc_count.get("/instances").json()) >= 40
+
+    try:
+        report = _push_and_kill(stack, files, "orthanc", some_forwarded)
+    finally:
+        orthanc_count.close()
+    assert len(report.stored) == len(files), report.failed  # the gateway kept accepting
+    assert any(spool.iterdir()), "nothing waited in the spool while Orthanc was down"
+    stack.cli("up")  # restarts Orthanc; the spool drains by itself
+    _all_arrive(stack, report.stored)
+
+
+@pytest.mark.slow
+def test_gateway_killed_mid_push_loses_no_acknowledged_instance(
+    make_stack: Callable[..., Stack], tmp_path: Path
+) -> None:
+    stack = make_stack()
+    stack.cli("senders", "add", SENDER, "--hospital", "General Hospital")
+    _, files = write_study(tmp_path, 300)
+    spool = stack.settings.paths.spool_dir
+
+    def some_received() -> bool:
+        return sum(1 for _ in spool.iterdir()) >= 20 or _orthanc_has_some(stack)
+
+    report = _push_and_kill(stack, files, "gateway", some_received)
+    assert 0 < len(report.stored) < len(files), "the kill should interrupt the push"
+    stack.cli("up")  # restarts the gateway, which forwards what it had acknowledged
+    _all_arrive(stack, report.stored)
+
+
+def _orthanc_has_some(stack: Stack) -> bool:
+    orthanc = stack.orthanc()
+    try:
+        return len(orthanc.get("/instances").json()) >= 20
+    finally:
+        orthanc.close()
