@@ -220,21 +220,27 @@ class Forwarder:
         except FileNotFoundError:
             return True  # already forwarded and removed (a duplicate queue entry)
         try:
-            answer: Any = self._orthanc.post_instances(dicom)
-        except httpx.HTTPStatusError as exc:
-            status = exc.response.status_code
-            if status >= 500 or status in (401, 403, 408, 429):
-                metrics.FORWARD_RESULTS.labels("orthanc_error").inc()
-                self._orthanc_failed(f"HTTP {status}")
-                return False
-            metrics.FORWARD_RESULTS.labels("refused").inc()
-            self._refused(entry, dicom, f"HTTP {status}: {exc.response.text[:500]}")
-            return True
+            # The raw httpx call of the same client: pyorthanc's post_instances() hides the
+            # status code in an exception message, and it decides retry versus quarantine.
+            response = self._orthanc.post("/instances", content=dicom)
         except httpx.TransportError as exc:
             metrics.FORWARD_RESULTS.labels("unreachable").inc()
             self._orthanc_failed(type(exc).__name__)
             return False
+        status = response.status_code
+        if status >= 500 or status in (401, 403, 408, 429):
+            metrics.FORWARD_RESULTS.labels("orthanc_error").inc()
+            self._orthanc_failed(f"HTTP {status}")
+            return False
+        if status >= 400:
+            metrics.FORWARD_RESULTS.labels("refused").inc()
+            self._refused(entry, dicom, f"HTTP {status}: {response.text[:500]}")
+            return True
         self._orthanc_ok()
+        try:
+            answer: Any = response.json()
+        except ValueError:
+            answer = None
         if not isinstance(answer, dict) or "ParentStudy" not in answer:
             metrics.FORWARD_RESULTS.labels("refused").inc()
             self._refused(entry, dicom, f"unexpected answer from Orthanc: {answer!r:.300}")

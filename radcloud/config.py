@@ -105,6 +105,9 @@ class Settings(BaseSettings):
 
     # Network listeners. Everything binds to loopback unless told otherwise.
     bind_host: str = "127.0.0.1"
+    # The address clients use to reach the API (behind a TLS-terminating proxy, say); URLs in
+    # answers (DICOMweb RetrieveURL, BulkDataURI) use it. Default: taken from each request.
+    public_url: str | None = None
     api_port: Port = 8000
     gateway_port: Port = 11112
     gateway_ae_title: str = "RADCLOUD"
@@ -180,6 +183,13 @@ class Settings(BaseSettings):
         if value.upper() not in levels:
             raise ValueError(f"expected one of {', '.join(levels)}")
         return value.upper()
+
+    @field_validator("public_url")
+    @classmethod
+    def _public_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError("expected an http:// or https:// URL")
+        return value.rstrip("/") if value else value
 
     @field_validator("database_url")
     @classmethod

@@ -3,25 +3,37 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
+from dicom_gateway.intake import Intake
+from dicom_gateway.quarantine import Quarantine
+from dicom_gateway.spool import Spool
 from radcloud.audit import AuditTrail
 from radcloud.config import Settings
 from radcloud.db import Database, upgrade
 from radcloud.secrets import load_secrets
 from radcloud.security import Accounts, TokenService
+from radcloud.services import orthanc_client
+
+if TYPE_CHECKING:
+    import pyorthanc
 
 __all__ = ["ApiContext"]
+
+_MIB = 1024 * 1024
 
 
 @dataclass(frozen=True)
 class ApiContext:
-    """Settings, database and the security services of one API process."""
+    """Settings, database, security, the gateway's intake and Orthanc of one API process."""
 
     settings: Settings
     db: Database
     audit: AuditTrail
     accounts: Accounts
     tokens: TokenService
+    intake: Intake
+    orthanc: pyorthanc.Orthanc
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ApiContext:
@@ -29,10 +41,22 @@ class ApiContext:
         secrets = load_secrets(settings)
         db = Database.from_settings(settings)
         upgrade(db)
+        intake = Intake(
+            Spool.from_settings(settings),
+            Quarantine(settings.paths.quarantine_dir),
+            settings.gateway_max_instance_mib * _MIB,
+        )
         return cls(
             settings=settings,
             db=db,
             audit=AuditTrail(db, secrets.audit_hmac_key),
             accounts=Accounts(db),
             tokens=TokenService(settings, secrets.jwt_signing_key),
+            intake=intake,
+            orthanc=orthanc_client(settings, secrets),
         )
+
+    def close(self) -> None:
+        """Release the Orthanc client's connections and the database's."""
+        self.orthanc.close()
+        self.db.dispose()

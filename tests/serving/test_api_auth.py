@@ -174,7 +174,7 @@ def test_every_route_but_health_and_sign_in_requires_credentials(stack: Stack) -
 def test_status_reports_the_api_healthy_on_its_port(stack: Stack) -> None:
     status = stack.cli("status", "--json")
     components = {c["name"]: c for c in json.loads(status.stdout)}
-    assert set(components) == {"orthanc", "api"}
+    assert set(components) == {"orthanc", "gateway", "api"}
     assert components["api"]["healthy"] is True
     assert components["api"]["ports"] == [
         {"port": stack.settings.api_port, "setting": "RADCLOUD_API_PORT"}
