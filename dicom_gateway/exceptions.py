@@ -10,15 +10,19 @@
     ├── InstanceTooLargeError(size_bytes, limit_bytes)   -> 0xA700 out of resources / HTTP 413
     ├── SpoolFullError(used_bytes, limit_bytes, reason)  -> 0xA700 out of resources / HTTP 503
     ├── UnknownSenderError(ae_title, host)         -> association rejected (0x01, 0x01, 0x03)
+    ├── InvalidIdentifierError(reason)             -> C-FIND/C-MOVE 0xA900
+    ├── ArchiveError(reason)                       -> C-FIND 0xC001, C-MOVE 0xA701
     └── QuarantineEntryError(entry_id, reason)
 """
 
 from __future__ import annotations
 
 __all__ = [
+    "ArchiveError",
     "GatewayError",
     "InstanceRejectedError",
     "InstanceTooLargeError",
+    "InvalidIdentifierError",
     "NonConformantInstanceError",
     "QuarantineEntryError",
     "SpoolFullError",
@@ -80,3 +84,19 @@ class QuarantineEntryError(GatewayError):
     def __init__(self, entry_id: str, reason: str) -> None:
         self.entry_id, self.reason = entry_id, reason
         super().__init__(f'quarantine entry "{entry_id}": {reason}')
+
+
+class InvalidIdentifierError(GatewayError):
+    """A C-FIND/C-MOVE identifier that does not fit its information model (PS3.4 C.4.1.2.3)."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(reason)
+
+
+class ArchiveError(GatewayError):
+    """Orthanc failed to answer a query or to return an instance."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(reason)

@@ -1,5 +1,10 @@
 """Who may send to the gateway (senders, by calling AE title and host) and where C-MOVE may
 send (destinations), each mapped to a hospital. Stored in the application database.
+
+Hospitals are tenants: a sender's C-FIND and C-MOVE see only the studies its own hospital sent
+(:meth:`SenderRegistry.orthanc_study_ids`), and C-MOVE sends only to destinations of the same
+hospital (or registered without one). Looking across hospitals is the cross-hospital API's job,
+scoped, audited and de-identified.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from sqlalchemy.orm import Session
 from dicom_gateway.exceptions import UnknownSenderError
 from radcloud.config import validate_ae_title
 from radcloud.db import Database
-from radcloud.db.models import Hospital, MoveDestination, Sender
+from radcloud.db.models import Hospital, MoveDestination, Sender, Study
 from radcloud.exceptions import AlreadyExistsError, NotFoundError
 
 __all__ = ["DestinationInfo", "SenderInfo", "SenderRegistry"]
@@ -132,6 +137,16 @@ class SenderRegistry:
                 ae_title, address, f'calling AE title is registered for host "{info.host}"'
             )
         return info
+
+    def orthanc_study_ids(self, hospital: str) -> frozenset[str]:
+        """Orthanc IDs of the studies ``hospital`` sent: what its senders may query and move."""
+        with self._db.session() as session:
+            rows = session.scalars(
+                select(Study.orthanc_id)
+                .join(Hospital, Study.hospital_id == Hospital.id)
+                .where(Hospital.name == hospital, Study.orthanc_id.is_not(None))
+            )
+            return frozenset(row for row in rows if row)
 
     # -- C-MOVE destinations ---------------------------------------------------------------
 

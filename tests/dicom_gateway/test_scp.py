@@ -1,0 +1,743 @@
+"""The gateway's DIMSE service in-process, driven only by dcmtk's clients.
+
+Each test starts a :class:`DicomService` on a free port with a real spool, quarantine, intake,
+SQLite database and audit trail in ``tmp_path``; C-FIND and C-MOVE tests answer from the real
+Orthanc of the session ``stack``. echoscu, storescu, findscu, movescu and storescp (dcmtk) are
+the peers, always with ``TCP_NODELAY=1``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import re
+import socket
+import subprocess
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pydicom
+import pyorthanc
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import NameOID
+from prometheus_client import REGISTRY
+from pydicom.uid import generate_uid
+from sqlalchemy import select
+
+from dicom_gateway.dcmtk import TlsFiles, dcmtk_environment, storescu
+from dicom_gateway.intake import Intake
+from dicom_gateway.quarantine import Quarantine
+from dicom_gateway.scp import DicomService
+from dicom_gateway.senders import SenderRegistry
+from dicom_gateway.spool import Spool
+from radcloud.audit import AuditTrail
+from radcloud.config import Settings, load_settings
+from radcloud.db import Database, upgrade
+from radcloud.db.models import Hospital, Study
+from tests.conftest import Stack
+from tests.dicom_gateway.dicom_files import pydicom_file, synthetic_ct
+from tests.helpers import free_port, wait_until
+
+pytestmark = pytest.mark.integration
+
+AE_TITLE = "RADCLOUD"
+SENDER = "MODALITY"
+HOSPITAL = "General Hospital"
+_STATUS = re.compile(r"DIMSE Status\s*:\s*0x([0-9a-fA-F]{4})")
+
+
+# -- the service under test ------------------------------------------------------------------
+
+
+@dataclass
+class Gateway:
+    """A running DicomService and everything behind it."""
+
+    service: DicomService
+    settings: Settings
+    spool: Spool
+    quarantine: Quarantine
+    senders: SenderRegistry
+    audit: AuditTrail
+    db: Database
+
+    @property
+    def port(self) -> int:
+        return self.settings.gateway_port
+
+    def audit_records(self, event_code: str) -> list[dict[str, Any]]:
+        return self.audit.search(event_code=event_code, limit=1000)
+
+
+@pytest.fixture
+def make_gateway(tmp_path: Path) -> Iterator[Callable[..., Gateway]]:
+    """Start DicomServices (stopped at teardown); keywords: ``orthanc``,
+    ``max_instance_bytes``, ``spool_limit_bytes`` and settings overrides."""
+    started: list[DicomService] = []
+    placeholders: list[pyorthanc.Orthanc] = []
+    databases: list[Database] = []
+
+    def start(
+        *,
+        orthanc: Any = None,
+        max_instance_bytes: int = 64 * 1024 * 1024,
+        spool_limit_bytes: int = 1024 * 1024 * 1024,
+        **overrides: Any,
+    ) -> Gateway:
+        home = tmp_path / f"gateway{len(started)}"
+        home.mkdir()
+        settings = load_settings(
+            home=home, gateway_port=free_port(), gateway_ae_title=AE_TITLE, **overrides
+        )
+        db = Database(f"sqlite:///{home}/app.db")
+        databases.append(db)
+        upgrade(db)
+        spool = Spool(home / "spool", spool_limit_bytes)
+        quarantine = Quarantine(home / "quarantine")
+        senders = SenderRegistry(db)
+        senders.add_sender(SENDER, HOSPITAL)
+        audit = AuditTrail(db, "test-audit-key")
+        if orthanc is None:  # unused unless a test queries: a port nothing listens on
+            orthanc = pyorthanc.Orthanc(f"http://127.0.0.1:{free_port()}")
+            placeholders.append(orthanc)
+        service = DicomService(
+            settings,
+            intake=Intake(spool, quarantine, max_instance_bytes),
+            senders=senders,
+            audit=audit,
+            orthanc=orthanc,
+        )
+        service.start()
+        started.append(service)
+        return Gateway(service, settings, spool, quarantine, senders, audit, db)
+
+    yield start
+    for service in started:
+        service.stop()
+    for client in placeholders:
+        client.close()
+    for db in databases:
+        db.dispose()
+
+
+@pytest.fixture
+def gateway(make_gateway: Callable[..., Gateway]) -> Gateway:
+    return make_gateway()
+
+
+# -- dcmtk -----------------------------------------------------------------------------------
+
+
+def dcmtk(*argv: str, timeout_s: float = 60) -> subprocess.CompletedProcess[str]:
+    """Run a dcmtk client; its stdout and stderr together are in ``stdout``."""
+    return subprocess.run(
+        list(argv),
+        env=dcmtk_environment(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=timeout_s,
+        check=False,
+    )
+
+
+def echo(gateway: Gateway, *options: str, calling_ae: str = SENDER) -> int:
+    result = dcmtk(
+        "echoscu", *options, "-aet", calling_ae, "-aec", AE_TITLE, "127.0.0.1", str(gateway.port)
+    )
+    return result.returncode
+
+
+@dataclass
+class Sent:
+    """What storescu reported."""
+
+    returncode: int
+    statuses: list[int]  # of each C-STORE response
+    output: str
+
+
+def store(
+    gateway: Gateway, *files: Path, calling_ae: str = SENDER, options: tuple[str, ...] = ()
+) -> Sent:
+    """storescu ``files`` in one association (``-nh``: it exits 0 despite failure statuses)."""
+    report = storescu(
+        list(files),
+        host="127.0.0.1",
+        port=gateway.port,
+        calling_ae=calling_ae,
+        called_ae=AE_TITLE,
+        extra_args=["-d", *options],
+    )
+    statuses = [int(code, 16) for code in _STATUS.findall(report.output)]
+    return Sent(report.returncode, statuses, report.output)
+
+
+def sample(name: str, tmp_path: Path) -> Path:
+    """A pydicom test file, copied into ``tmp_path``."""
+    path = tmp_path / name
+    path.write_bytes(pydicom_file(name))
+    return path
+
+
+def write(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
+
+
+# -- C-ECHO, C-STORE -------------------------------------------------------------------------
+
+
+def _open_gauge() -> float:
+    return REGISTRY.get_sample_value("radcloud_gateway_associations_open") or 0.0
+
+
+def test_echo_succeeds_and_no_association_stays_open(gateway: Gateway) -> None:
+    before = _open_gauge()
+    assert echo(gateway) == 0
+    assert wait_until(lambda: gateway.service.associations_open == 0)
+    assert wait_until(lambda: _open_gauge() == before)
+
+
+@pytest.mark.parametrize(
+    ("name", "options"),
+    [
+        ("CT_small.dcm", ()),  # explicit VR little endian
+        ("MR_small.dcm", ()),
+        ("MR_small_bigendian.dcm", ("-xb",)),  # explicit VR big endian
+        ("image_dfl.dcm", ("-xd",)),  # deflated explicit VR little endian
+        ("MR_small_RLE.dcm", ("-xr",)),  # RLE lossless
+        ("JPEG2000.dcm", ("-xw",)),  # JPEG 2000
+    ],
+)
+def test_stored_instance_is_spooled_unchanged(
+    gateway: Gateway, tmp_path: Path, name: str, options: tuple[str, ...]
+) -> None:
+    original = pydicom.dcmread(sample(name, tmp_path))
+    sent = store(gateway, tmp_path / name, options=options)
+    assert sent.statuses == [0x0000], sent.output
+    [entry] = list(gateway.spool.entries())
+    data = entry.read_dicom()
+    assert data[:128] == bytes(128)
+    spooled = pydicom.dcmread(pydicom.filebase.DicomBytesIO(data))
+    assert spooled.SOPInstanceUID == original.SOPInstanceUID
+    assert spooled.file_meta.TransferSyntaxUID == original.file_meta.TransferSyntaxUID
+    assert spooled.PixelData == original.PixelData
+    assert entry.sender_ae_title == SENDER
+    assert entry.hospital == HOSPITAL
+
+
+def test_polyglot_preamble_is_zeroed(gateway: Gateway, tmp_path: Path) -> None:
+    path = write(tmp_path / "mz.dcm", synthetic_ct(preamble=b"MZ" + bytes(126)))
+    assert store(gateway, path).statuses == [0x0000]
+    [entry] = list(gateway.spool.entries())
+    assert entry.read_dicom()[:128] == bytes(128)
+
+
+def test_one_audit_record_per_study_at_release(gateway: Gateway, tmp_path: Path) -> None:
+    study = generate_uid()
+    files = [
+        write(tmp_path / f"{n}.dcm", synthetic_ct(study, instance=n, patient_id="PAT-7"))
+        for n in (1, 2, 3)
+    ]
+    files.append(sample("CT_small.dcm", tmp_path))
+    assert store(gateway, *files).statuses == [0x0000] * 4
+    assert wait_until(lambda: len(gateway.audit_records("110104")) == 2)
+    records = {r["resource_id"]: r for r in gateway.audit_records("110104")}
+    record = records[study]
+    assert record["action"] == "C"
+    assert record["outcome"] == 0
+    assert record["user_name"] == SENDER
+    assert record["role"] == "pacs"
+    assert record["source_address"] == "127.0.0.1"
+    assert record["resource_type"] == "study"
+    assert record["detail"] == {"instances": 3, "hospital": HOSPITAL}
+    assert record["patient_id_hash"] == gateway.audit.patient_id_hash("PAT-7")
+    assert records["1.3.6.1.4.1.5962.1.2.1.20040119072730.12322"]["detail"]["instances"] == 1
+
+
+def test_unknown_calling_ae_is_rejected_and_audited(gateway: Gateway, tmp_path: Path) -> None:
+    sent = store(gateway, sample("CT_small.dcm", tmp_path), calling_ae="NOBODY")
+    assert sent.returncode != 0
+    assert "Association Rejected" in sent.output
+    assert "Calling AE Title Not Recognized" in sent.output
+    assert not list(gateway.spool.entries())
+    [alert] = gateway.audit_records("110113")
+    assert alert["outcome"] == 4
+    assert alert["user_name"] == "NOBODY"
+    assert alert["source_address"] == "127.0.0.1"
+    assert "not registered" in alert["detail"]["reason"]
+
+
+def test_sender_registered_for_another_host_is_rejected(gateway: Gateway) -> None:
+    gateway.senders.add_sender("ELSEWHERE", HOSPITAL, host="192.0.2.7")
+    assert echo(gateway, calling_ae="ELSEWHERE") != 0
+    [alert] = gateway.audit_records("110113")
+    assert alert["user_name"] == "ELSEWHERE"
+    assert "192.0.2.7" in alert["detail"]["reason"]
+    assert echo(gateway) == 0
+
+
+def test_wrong_called_ae_title_is_rejected(gateway: Gateway) -> None:
+    result = dcmtk("echoscu", "-aet", SENDER, "-aec", "SOMEONE", "127.0.0.1", str(gateway.port))
+    assert result.returncode != 0
+    assert "Called AE Title Not Recognized" in result.stdout
+
+
+def test_instance_over_the_intake_limit_is_refused(
+    make_gateway: Callable[..., Gateway], tmp_path: Path
+) -> None:
+    gateway = make_gateway(max_instance_bytes=10_000)
+    sent = store(gateway, sample("CT_small.dcm", tmp_path))
+    assert sent.statuses == [0xA700], sent.output
+    assert not list(gateway.spool.entries())
+    assert not gateway.quarantine.list()
+
+
+def test_instance_over_the_gateway_limit_is_discarded_while_received(
+    make_gateway: Callable[..., Gateway], tmp_path: Path
+) -> None:
+    gateway = make_gateway(gateway_max_instance_mib=1)
+    big = write(tmp_path / "big.dcm", synthetic_ct(size=1024))  # 2 MiB of pixels
+    small = sample("CT_small.dcm", tmp_path)
+    sent = store(gateway, big, small)
+    assert sent.statuses == [0xA700, 0x0000], sent.output
+    assert "exceeds the limit" in sent.output
+    [entry] = list(gateway.spool.entries())
+    assert entry.info.sop_instance_uid == pydicom.dcmread(small).SOPInstanceUID
+    assert not gateway.quarantine.list()
+
+
+def test_full_spool_refuses_and_keeps_nothing(
+    make_gateway: Callable[..., Gateway], tmp_path: Path
+) -> None:
+    gateway = make_gateway(spool_limit_bytes=1000)
+    sent = store(gateway, sample("CT_small.dcm", tmp_path))
+    assert sent.statuses == [0xA700], sent.output
+    assert not list(gateway.spool.entries())
+    assert not list(gateway.spool.directory.iterdir())
+
+
+def test_malformed_instance_is_quarantined_and_the_service_stays_up(
+    gateway: Gateway, tmp_path: Path
+) -> None:
+    bad = write(tmp_path / "bad.dcm", synthetic_ct(drop=("StudyInstanceUID",)))
+    good = sample("CT_small.dcm", tmp_path)
+    sent = store(gateway, bad, good)
+    assert sent.statuses == [0xA900, 0x0000], sent.output
+    assert "StudyInstanceUID" in sent.output  # the Error Comment names what is missing
+    [entry] = gateway.quarantine.list()
+    assert entry.sop_instance_uid == pydicom.dcmread(bad).SOPInstanceUID
+    assert entry.sender_ae_title == SENDER
+    assert entry.source == "dimse"
+    assert len(list(gateway.spool.entries())) == 1
+    assert echo(gateway) == 0
+
+
+# -- TLS -------------------------------------------------------------------------------------
+
+
+def _key() -> rsa.RSAPrivateKey:
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+def _certificate(
+    subject: str,
+    key: rsa.RSAPrivateKey,
+    issuer: x509.Certificate | None = None,
+    issuer_key: rsa.RSAPrivateKey | None = None,
+    *,
+    ca: bool = False,
+    server: bool = False,
+) -> x509.Certificate:
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
+    now = dt.datetime.now(dt.UTC)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(issuer.subject if issuer else name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+    )
+    if server:
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
+    return builder.sign(issuer_key or key, hashes.SHA256())
+
+
+def _write_pair(
+    directory: Path, name: str, key: rsa.RSAPrivateKey, cert: x509.Certificate
+) -> tuple[Path, Path]:
+    key_path, cert_path = directory / f"{name}.key", directory / f"{name}.crt"
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return key_path, cert_path
+
+
+@dataclass
+class Pki:
+    ca: Path
+    server: tuple[Path, Path]
+    trusted_client: tuple[Path, Path]
+    untrusted_client: tuple[Path, Path]
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    """A CA, a server certificate and two client certificates (one CA-signed, one not)."""
+    directory = tmp_path_factory.mktemp("pki")
+    ca_key = _key()
+    ca = _certificate("radcloud test CA", ca_key, ca=True)
+    _, ca_path = _write_pair(directory, "ca", ca_key, ca)
+    server_key, client_key, rogue_key = _key(), _key(), _key()
+    return Pki(
+        ca=ca_path,
+        server=_write_pair(
+            directory, "server", server_key, _certificate("gateway", server_key, ca, ca_key)
+        ),
+        trusted_client=_write_pair(
+            directory, "client", client_key, _certificate(SENDER, client_key, ca, ca_key)
+        ),
+        untrusted_client=_write_pair(
+            directory, "rogue", rogue_key, _certificate(SENDER, rogue_key)
+        ),
+    )
+
+
+@pytest.fixture
+def tls_gateway(make_gateway: Callable[..., Gateway], pki: Pki) -> Gateway:
+    return make_gateway(
+        gateway_tls_certificate=pki.server[1],
+        gateway_tls_private_key=pki.server[0],
+        gateway_tls_ca_certificates=pki.ca,
+    )
+
+
+def test_tls_client_with_a_trusted_certificate_is_served(
+    tls_gateway: Gateway, pki: Pki, tmp_path: Path
+) -> None:
+    key, cert = pki.trusted_client
+    assert echo(tls_gateway, "+tls", str(key), str(cert), "+cf", str(pki.ca)) == 0
+    report = storescu(
+        [sample("CT_small.dcm", tmp_path)],
+        host="127.0.0.1",
+        port=tls_gateway.port,
+        calling_ae=SENDER,
+        called_ae=AE_TITLE,
+        tls=TlsFiles(key, cert, pki.ca),
+    )
+    assert report.returncode == 0, report.output
+    assert len(list(tls_gateway.spool.entries())) == 1
+
+
+def test_tls_client_with_an_untrusted_certificate_is_refused(
+    tls_gateway: Gateway, pki: Pki
+) -> None:
+    key, cert = pki.untrusted_client
+    assert echo(tls_gateway, "+tls", str(key), str(cert), "+cf", str(pki.ca)) != 0
+    assert wait_until(lambda: len(tls_gateway.audit_records("110113")) == 1)
+    [alert] = tls_gateway.audit_records("110113")
+    assert "TLS" in alert["detail"]["reason"]
+    assert echo(tls_gateway) != 0  # no TLS at all
+    trusted_key, trusted_cert = pki.trusted_client
+    assert echo(tls_gateway, "+tls", str(trusted_key), str(trusted_cert), "+cf", str(pki.ca)) == 0
+
+
+def test_silent_tcp_client_does_not_block_tls_associations(tls_gateway: Gateway, pki: Pki) -> None:
+    key, cert = pki.trusted_client
+    with socket.create_connection(("127.0.0.1", tls_gateway.port)):  # never says a word
+        assert echo(tls_gateway, "+tls", str(key), str(cert), "+cf", str(pki.ca)) == 0
+
+
+# -- C-FIND, C-MOVE --------------------------------------------------------------------------
+
+
+@dataclass
+class Archive:
+    """The session Orthanc with a few known instances, and a gateway answering from it."""
+
+    gateway: Gateway
+    instances: dict[str, pydicom.Dataset]  # by pydicom test file name
+
+
+QR_FILES = ("CT_small.dcm", "MR_small.dcm", "JPEG2000.dcm")
+
+
+def upload(orthanc: Any, gateway: Gateway, data: bytes, hospital: str = HOSPITAL) -> None:
+    """Store ``data`` in Orthanc as if ``hospital`` had sent it through the gateway."""
+    answer = orthanc.post("/instances", content=data)
+    answer.raise_for_status()
+    uid = str(pydicom.dcmread(pydicom.filebase.DicomBytesIO(data)).StudyInstanceUID)
+    with gateway.db.session() as session:
+        if session.scalar(select(Study).where(Study.study_instance_uid == uid)) is None:
+            owner = session.scalar(select(Hospital).where(Hospital.name == hospital))
+            if owner is None:
+                owner = Hospital(name=hospital)
+                session.add(owner)
+                session.flush()
+            session.add(
+                Study(
+                    study_instance_uid=uid,
+                    hospital_id=owner.id,
+                    orthanc_id=answer.json()["ParentStudy"],
+                )
+            )
+
+
+@pytest.fixture
+def archive(stack: Stack, make_gateway: Callable[..., Gateway]) -> Iterator[Archive]:
+    orthanc = stack.orthanc()
+    gateway = make_gateway(orthanc=orthanc)
+    instances: dict[str, pydicom.Dataset] = {}
+    for name in QR_FILES:
+        data = pydicom_file(name)
+        upload(orthanc, gateway, data)
+        instances[name] = pydicom.dcmread(pydicom.filebase.DicomBytesIO(data))
+    try:
+        yield Archive(gateway, instances)
+    finally:
+        orthanc.close()
+
+
+def find(archive: Archive, out: Path, *options: str, keys: list[str]) -> list[pydicom.Dataset]:
+    """findscu with ``keys``; the answers, as findscu extracted them."""
+    out.mkdir(exist_ok=True)
+    argv = ["findscu", "-aet", SENDER, "-aec", AE_TITLE, *options, "-X", "-od", str(out)]
+    for key in keys:
+        argv += ["-k", key]
+    result = dcmtk(*argv, "127.0.0.1", str(archive.gateway.port))
+    assert result.returncode == 0, result.stdout
+    return [pydicom.dcmread(path) for path in sorted(out.glob("rsp*.dcm"))]
+
+
+def test_find_studies_by_date_range_returns_only_the_requested_keys(
+    archive: Archive, tmp_path: Path
+) -> None:
+    ct = archive.instances["CT_small.dcm"]
+    answers = find(
+        archive,
+        tmp_path / "find",
+        "-S",
+        keys=[
+            "QueryRetrieveLevel=STUDY",
+            f"StudyDate={ct.StudyDate}-{ct.StudyDate}",
+            f"PatientID={ct.PatientID}",
+            "StudyInstanceUID",
+            "PatientName",
+            "ModalitiesInStudy",
+            "NumberOfStudyRelatedInstances",
+        ],
+    )
+    [answer] = [a for a in answers if a.StudyInstanceUID == ct.StudyInstanceUID]
+    assert answer.QueryRetrieveLevel == "STUDY"
+    assert answer.PatientName == ct.PatientName
+    assert answer.ModalitiesInStudy == "CT"
+    assert int(answer.NumberOfStudyRelatedInstances) >= 1
+    assert {element.keyword for element in answer} == {
+        "QueryRetrieveLevel",
+        "StudyDate",
+        "PatientID",
+        "StudyInstanceUID",
+        "PatientName",
+        "ModalitiesInStudy",
+        "NumberOfStudyRelatedInstances",
+    }
+    assert all(a.StudyDate == ct.StudyDate for a in answers)
+    [query] = archive.gateway.audit_records("110112")
+    assert query["detail"]["level"] == "STUDY"
+    assert "PatientName" in query["detail"]["return_keys"]
+    assert str(ct.PatientName) not in str(query["detail"])
+    assert query["patient_id_hash"] == archive.gateway.audit.patient_id_hash(ct.PatientID)
+
+
+def test_find_images_with_wildcards_patient_root(archive: Archive, tmp_path: Path) -> None:
+    mr = archive.instances["MR_small.dcm"]
+    answers = find(
+        archive,
+        tmp_path / "find",
+        "-P",
+        keys=[
+            "QueryRetrieveLevel=IMAGE",
+            f"PatientID={mr.PatientID[:-1]}?",
+            f"StudyInstanceUID={mr.StudyInstanceUID}",
+            "SeriesInstanceUID",
+            "SOPInstanceUID",
+            "SOPClassUID",
+            "Rows",
+        ],
+    )
+    [answer] = answers
+    assert answer.SOPInstanceUID == mr.SOPInstanceUID
+    assert answer.SOPClassUID == mr.SOPClassUID
+    assert answer.SeriesInstanceUID == mr.SeriesInstanceUID
+    assert answer.Rows == mr.Rows
+
+
+def test_find_patients_in_patient_root_only(archive: Archive, tmp_path: Path) -> None:
+    nm = archive.instances["JPEG2000.dcm"]
+    keys = ["QueryRetrieveLevel=PATIENT", f"PatientID={nm.PatientID}", "PatientName"]
+    [answer] = find(archive, tmp_path / "patient", "-P", keys=keys)
+    assert answer.PatientName == nm.PatientName
+    assert find(archive, tmp_path / "study-root", "-S", keys=keys) == []
+    failed = archive.gateway.audit_records("110112")[0]
+    assert failed["outcome"] == 8
+    assert failed["detail"]["status"] == "0xA900"
+
+
+def test_find_answers_non_ascii_names_in_utf8(
+    archive: Archive, stack: Stack, tmp_path: Path
+) -> None:
+    ds = pydicom.dcmread(pydicom.filebase.DicomBytesIO(synthetic_ct(patient_id="UTF8-1")))
+    ds.SpecificCharacterSet = "ISO_IR 192"
+    ds.PatientName = "Müller^Jürgen"
+    buffer = pydicom.filebase.DicomBytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    with stack.orthanc() as orthanc:
+        upload(orthanc, archive.gateway, buffer.getvalue())
+    keys = ["QueryRetrieveLevel=STUDY", "PatientID=UTF8-1", "PatientName", "StudyInstanceUID"]
+    [answer] = find(archive, tmp_path / "utf8", "-S", keys=keys)
+    assert answer.SpecificCharacterSet == "ISO_IR 192"
+    assert answer.PatientName == "Müller^Jürgen"
+    assert answer.StudyInstanceUID == ds.StudyInstanceUID
+    [query] = archive.gateway.audit_records("110112")
+    assert "Müller" not in str(query["detail"])
+
+
+def test_find_cancelled_after_the_first_answer(archive: Archive) -> None:
+    # Computed keys cost Orthanc requests per answer: the C-CANCEL lands well before the end.
+    keys = [
+        "QueryRetrieveLevel=STUDY",
+        "StudyInstanceUID",
+        "ModalitiesInStudy",
+        "NumberOfStudyRelatedInstances",
+        "NumberOfPatientRelatedStudies",
+    ]
+    argv = ["findscu", "-v", "-aet", SENDER, "-aec", AE_TITLE, "-S", "--cancel", "1"]
+    for key in keys:
+        argv += ["-k", key]
+    result = dcmtk(*argv, "127.0.0.1", str(archive.gateway.port))
+    assert result.returncode == 0, result.stdout
+    assert "Sending Cancel Request" in result.stdout
+    assert "Received Final Find Response (Cancel" in result.stdout
+    [query] = archive.gateway.audit_records("110112")
+    assert query["outcome"] == 0
+    assert query["detail"]["status"] == "0xFE00"
+
+
+@pytest.fixture
+def destination(archive: Archive, tmp_path: Path) -> Iterator[Path]:
+    """A dcmtk storescp registered as C-MOVE destination ``DEST``; yields where it writes."""
+    port, received = free_port(), tmp_path / "received"
+    received.mkdir()
+    process = subprocess.Popen(
+        ["storescp", "+xa", "-aet", "DEST", "-od", str(received), str(port)],
+        env=dcmtk_environment(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        assert wait_until(lambda: dcmtk("echoscu", "127.0.0.1", str(port)).returncode == 0)
+        archive.gateway.senders.add_destination("DEST", "127.0.0.1", port)
+        yield received
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def move(archive: Archive, destination_ae: str, *keys: str) -> subprocess.CompletedProcess[str]:
+    argv = ["movescu", "-v", "-aet", SENDER, "-aec", AE_TITLE, "-aem", destination_ae, "-S"]
+    for key in keys:
+        argv += ["-k", key]
+    return dcmtk(*argv, "127.0.0.1", str(archive.gateway.port))
+
+
+def test_move_study_to_a_registered_destination(archive: Archive, destination: Path) -> None:
+    wanted = [archive.instances[name] for name in ("CT_small.dcm", "JPEG2000.dcm")]
+    uids = "\\".join(ds.StudyInstanceUID for ds in wanted)
+    result = move(archive, "DEST", "QueryRetrieveLevel=STUDY", f"StudyInstanceUID={uids}")
+    assert result.returncode == 0, result.stdout
+    assert "Received Final Move Response (Success)" in result.stdout
+    received = [pydicom.dcmread(path, stop_before_pixels=True) for path in destination.iterdir()]
+    # pydicom's test files share study UIDs, so the archive may hold more of these studies
+    assert {str(ds.SOPInstanceUID) for ds in received} >= {ds.SOPInstanceUID for ds in wanted}
+    assert {str(ds.StudyInstanceUID) for ds in received} == {ds.StudyInstanceUID for ds in wanted}
+    records = archive.gateway.audit_records("110104")
+    assert {r["resource_id"] for r in records} == {ds.StudyInstanceUID for ds in wanted}
+    assert all(r["action"] == "R" and r["outcome"] == 0 for r in records)
+    assert all(r["detail"]["destination"] == "DEST" for r in records)
+
+
+def test_move_to_an_unregistered_destination_fails(archive: Archive, destination: Path) -> None:
+    ct = archive.instances["CT_small.dcm"]
+    result = move(
+        archive, "NOWHERE", "QueryRetrieveLevel=STUDY", f"StudyInstanceUID={ct.StudyInstanceUID}"
+    )
+    assert "MoveDestinationUnknown" in result.stdout  # status 0xA801
+    assert not list(destination.iterdir())
+    [alert] = archive.gateway.audit_records("110113")
+    assert alert["detail"]["destination"] == "NOWHERE"
+
+
+def test_move_without_the_unique_key_of_its_level_is_refused(
+    archive: Archive, destination: Path
+) -> None:
+    ct = archive.instances["CT_small.dcm"]
+    result = move(archive, "DEST", "QueryRetrieveLevel=STUDY", f"StudyDate={ct.StudyDate}")
+    assert "Final Move Response (Error: DataSetDoesNotMatchSOPClass)" in result.stdout  # A900
+    assert not list(destination.iterdir())
+
+
+def test_other_hospitals_studies_are_neither_found_nor_moved(
+    archive: Archive, stack: Stack, destination: Path, tmp_path: Path
+) -> None:
+    theirs = pydicom.dcmread(pydicom.filebase.DicomBytesIO(synthetic_ct(patient_id="OTHER-1")))
+    with stack.orthanc() as orthanc:
+        upload(orthanc, archive.gateway, synthetic_ct(theirs.StudyInstanceUID), "Other Hospital")
+    found = find(
+        archive,
+        tmp_path / "other",
+        "-S",
+        keys=["QueryRetrieveLevel=STUDY", f"StudyInstanceUID={theirs.StudyInstanceUID}"],
+    )
+    assert found == []
+    mine = find(
+        archive, tmp_path / "mine", "-S", keys=["QueryRetrieveLevel=STUDY", "StudyInstanceUID"]
+    )
+    assert theirs.StudyInstanceUID not in {str(ds.StudyInstanceUID) for ds in mine}
+    assert len(mine) >= len(QR_FILES)
+    result = move(
+        archive, "DEST", "QueryRetrieveLevel=STUDY", f"StudyInstanceUID={theirs.StudyInstanceUID}"
+    )
+    assert result.returncode == 0, result.stdout
+    assert not list(destination.iterdir())
+
+
+def test_move_to_another_hospitals_destination_is_refused(
+    archive: Archive, destination: Path
+) -> None:
+    archive.gateway.senders.add_destination("THEIRS", "127.0.0.1", 104, hospital="Other Hospital")
+    ct = archive.instances["CT_small.dcm"]
+    result = move(
+        archive, "THEIRS", "QueryRetrieveLevel=STUDY", f"StudyInstanceUID={ct.StudyInstanceUID}"
+    )
+    assert "MoveDestinationUnknown" in result.stdout  # status 0xA801
+    [alert] = archive.gateway.audit_records("110113")
+    assert alert["detail"]["reason"] == "C-MOVE to another hospital's destination"
