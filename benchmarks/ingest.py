@@ -9,7 +9,9 @@ sent with storescu (``TCP_NODELAY=1``) with 1 and with 4 parallel associations:
 
 Two times per run: until storescu finished (every instance acknowledged) and until Orthanc
 holds every instance (``/statistics``). For ``direct`` they coincide; for the gateway the second
-is the honest one, and the ratio gateway/direct is computed on it. Targets alternate order on
+is the honest one, and the ratio gateway/direct is computed on it. Also recorded: the CPU time
+each process (Orthanc, the gateway, storescu) used per instance, which shows where a 2-core
+machine's time goes. Targets alternate order on
 each repetition; medians of the repetitions are reported with min and max.
 
 Run: ``python -m benchmarks.ingest [--instances 400] [--repeats 3] [--quick]``.
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import tempfile
 import threading
 import time
@@ -75,12 +78,31 @@ def _send_parallel(files: list[Path], associations: int, send: Callable[[list[Pa
     return sum(stored)
 
 
+def _cpu_seconds(pid: int | None) -> float:
+    """User plus system CPU time a process has used (Linux /proc)."""
+    if pid is None:
+        return 0.0
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _children_cpu_seconds() -> float:
+    times = os.times()
+    return times.children_user + times.children_system
+
+
 def _instances(orthanc: Any) -> int:
     return int(orthanc.get("/statistics").json()["CountInstances"])
 
 
 def _one_run(
-    settings: Settings, orthanc: Any, target: str, files: list[Path], associations: int
+    settings: Settings,
+    orthanc: Any,
+    *,
+    target: str,
+    files: list[Path],
+    associations: int,
+    pids: dict[str, int | None],
 ) -> dict[str, float]:
     port, called = (
         (settings.orthanc_dicom_port, settings.orthanc_ae_title)
@@ -95,6 +117,8 @@ def _one_run(
         return len(report.stored)
 
     before = _instances(orthanc)
+    cpu_before = {name: _cpu_seconds(pid) for name, pid in pids.items()}
+    senders_before = _children_cpu_seconds()
     started = time.perf_counter()
     stored = _send_parallel(files, associations, send)
     acknowledged_s = time.perf_counter() - started
@@ -106,10 +130,17 @@ def _one_run(
             raise RuntimeError(f"{target}: Orthanc did not receive every instance in 600 s")
         time.sleep(0.02)
     in_orthanc_s = time.perf_counter() - started
-    return {
+    result = {
         "acknowledged_per_s": len(files) / acknowledged_s,
         "stored_per_s": len(files) / in_orthanc_s,
+        "cpu_ms_per_instance_storescu": (_children_cpu_seconds() - senders_before)
+        * 1000
+        / len(files),
     }
+    for name, pid in pids.items():
+        used = _cpu_seconds(pid) - cpu_before[name]
+        result[f"cpu_ms_per_instance_{name}"] = used * 1000 / len(files)
+    return result
 
 
 def run_ingest(
@@ -153,6 +184,7 @@ def run_ingest(
         upgrade(db)
         SenderRegistry(db).add_sender(_AE, "Benchmark")
         orthanc = orthanc_client(settings, secrets)
+        pids = {status.name: status.pid for status in supervisor.status()}
         samples: dict[str, list[dict[str, float]]] = {}
         try:
             for repeat in range(repeats):
@@ -161,7 +193,14 @@ def run_ingest(
                     for target in order:
                         corpus = Path(tmp) / f"corpus-{repeat}-{count}-{target}"
                         files = _corpus(corpus, instances, run=repeat)
-                        result = _one_run(settings, orthanc, target, files, count)
+                        result = _one_run(
+                            settings,
+                            orthanc,
+                            target=target,
+                            files=files,
+                            associations=count,
+                            pids=pids,
+                        )
                         samples.setdefault(f"{target}/{count}", []).append(result)
                         logger.info("%s x%d: %s", target, count, result)
         finally:
@@ -208,6 +247,15 @@ def markdown(result: dict[str, Any]) -> str:
             f"| {target} | {count} | {ack['median']:.0f} ({ack['min']:.0f}-{ack['max']:.0f}) "
             f"| {stored['median']:.0f} ({stored['min']:.0f}-{stored['max']:.0f}) |"
         )
+    lines.append("\n| target | associations | CPU ms per instance: Orthanc | gateway | storescu |")
+    lines.append("|---|---|---|---|---|")
+    for key, metrics in sorted(result["summary"].items()):
+        target, count = key.split("/")
+        cpu = [
+            metrics[f"cpu_ms_per_instance_{n}"]["median"]
+            for n in ("orthanc", "gateway", "storescu")
+        ]
+        lines.append(f"| {target} | {count} | {cpu[0]:.2f} | {cpu[1]:.2f} | {cpu[2]:.2f} |")
     for name, ratio in result["ratios"].items():
         lines.append(f"\n{name}: **{ratio:.2f}**")
     return "\n".join(lines)
@@ -222,6 +270,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     if args.quick:
         args.instances, args.repeats = 40, 1
     result = run_ingest(args.instances, args.repeats, out_dir=args.out)

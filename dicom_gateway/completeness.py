@@ -85,49 +85,68 @@ class StudyTracker:
     # -- recording ---------------------------------------------------------------------------
 
     def record(self, confirmations: Sequence[Confirmation]) -> None:
-        """Record instances Orthanc confirmed, in one transaction."""
+        """Record instances Orthanc confirmed: one transaction, one row update per study."""
+        by_study: dict[str, list[Confirmation]] = {}
+        for confirmation in confirmations:
+            by_study.setdefault(confirmation.entry.info.study_instance_uid, []).append(confirmation)
         with self._db.session() as session:
+            rows = {
+                study.study_instance_uid: study
+                for study in session.scalars(
+                    select(Study).where(Study.study_instance_uid.in_(list(by_study)))
+                )
+            }
             hospitals: dict[str, int] = {}
-            for confirmation in confirmations:
-                self._record_one(session, confirmation, hospitals)
+            for uid, group in by_study.items():
+                self._record_study(session, rows.get(uid), group, hospitals)
 
-    def _record_one(
-        self, session: Any, confirmation: Confirmation, hospitals: dict[str, int]
+    def _hospital_id(self, session: Any, name: str, cache: dict[str, int]) -> int:
+        if name not in cache:
+            hospital = session.scalar(select(Hospital).where(Hospital.name == name))
+            if hospital is None:
+                hospital = Hospital(name=name)
+                session.add(hospital)
+                session.flush()
+            cache[name] = hospital.id
+        return cache[name]
+
+    def _record_study(
+        self,
+        session: Any,
+        study: Study | None,
+        group: list[Confirmation],
+        hospitals: dict[str, int],
     ) -> None:
-        entry, info = confirmation.entry, confirmation.entry.info
-        study = session.scalar(
-            select(Study).where(Study.study_instance_uid == info.study_instance_uid)
-        )
+        first = group[0].entry
         if study is None:
             study = Study(
-                study_instance_uid=info.study_instance_uid,
-                first_received_at=entry.received_at,
-                last_received_at=entry.received_at,
+                study_instance_uid=first.info.study_instance_uid,
+                first_received_at=min(c.entry.received_at for c in group),
+                last_received_at=first.received_at,
                 instance_count=0,
                 state=StudyState.RECEIVING,
             )
             session.add(study)
-        if entry.hospital and study.hospital_id is None:
-            if entry.hospital not in hospitals:
-                hospital = session.scalar(select(Hospital).where(Hospital.name == entry.hospital))
-                if hospital is None:
-                    hospital = Hospital(name=entry.hospital)
-                    session.add(hospital)
-                    session.flush()
-                hospitals[entry.hospital] = hospital.id
-            study.hospital_id = hospitals[entry.hospital]
-        study.orthanc_id = confirmation.orthanc_study_id
+        hospital = next((c.entry.hospital for c in group if c.entry.hospital), None)
+        if hospital and study.hospital_id is None:
+            study.hospital_id = self._hospital_id(session, hospital, hospitals)
+        info = first.info
+        study.orthanc_id = group[0].orthanc_study_id
         study.patient_id = study.patient_id or info.patient_id
         study.patient_name = study.patient_name or info.patient_name
         study.accession_number = study.accession_number or info.accession_number
         study.study_date = study.study_date or info.study_date
         study.study_description = study.study_description or info.study_description
-        study.modalities = _merge_modalities(study.modalities, info.modality)
-        if confirmation.already_stored and study.state is StudyState.READY:
-            return  # a duplicate of what was announced: nothing new
-        if not confirmation.already_stored:
-            study.instance_count += 1
-        study.last_received_at = max(study.last_received_at, entry.received_at)
+        modalities = study.modalities
+        for confirmation in group:
+            modalities = _merge_modalities(modalities, confirmation.entry.info.modality)
+        study.modalities = modalities
+        new = [c for c in group if not c.already_stored]
+        if not new and study.state is StudyState.READY:
+            return  # duplicates of what was announced: nothing new
+        study.instance_count += len(new)
+        latest = max(c.entry.received_at for c in group)
+        study.last_received_at = max(study.last_received_at, latest)
         study.state = StudyState.RECEIVING
 
     # -- announcing --------------------------------------------------------------------------

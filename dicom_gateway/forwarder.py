@@ -2,7 +2,12 @@
 
 A scanner thread lists the spool (cheap: headers are read once per file and cached) and queues
 new files; ``workers`` threads POST them to Orthanc's ``/instances`` over one keep-alive
-connection pool (pyorthanc). Orthanc's confirmation is handed to the study tracker, and only
+connection pool (pyorthanc). Whatever is queued when a worker is free (up to 32 instances) goes
+in one request, as an uncompressed ZIP: Orthanc answers one result per member, in order, and
+each result's ID must equal the instance's Orthanc ID (SHA-1 of PatientID, Study, Series and SOP
+Instance UIDs) or the batch is re-sent one instance per request. A batch Orthanc refuses (one
+bad member fails the whole archive) is re-sent the same way, so a refusal lands on exactly the
+instance it concerns. Orthanc's confirmation is handed to the study tracker, and only
 after the tracker committed it is the spool file deleted; a crash anywhere before that leaves the
 file in place and it is sent again (Orthanc answers ``AlreadyStored``: duplicates are harmless).
 
@@ -15,10 +20,13 @@ instance (HTTP 4xx): the instance moves to quarantine with Orthanc's reason.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import io
 import logging
 import queue
 import threading
 import time
+import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,15 +38,18 @@ from dicom_gateway import metrics
 from dicom_gateway.exceptions import GatewayError
 from dicom_gateway.quarantine import Quarantine
 from dicom_gateway.spool import Spool, SpoolEntry
+from dicom_gateway.validation import InstanceInfo
 
 if TYPE_CHECKING:
     import pyorthanc
 
-__all__ = ["Confirmation", "Forwarder"]
+__all__ = ["Confirmation", "Forwarder", "orthanc_instance_id"]
 
 logger = logging.getLogger(__name__)
 
 _SCAN_INTERVAL_S = 0.1
+_BATCH_MAX = 32
+_BATCH_MAX_BYTES = 64 * 1024 * 1024
 _BACKOFF_START_S = 0.5
 _BACKOFF_MAX_S = 30.0
 
@@ -51,6 +62,21 @@ class Confirmation:
     orthanc_instance_id: str
     orthanc_study_id: str
     already_stored: bool
+
+
+def orthanc_instance_id(info: InstanceInfo) -> str:
+    """Orthanc's identifier of an instance: SHA-1 of ``PatientID|StudyInstanceUID|
+    SeriesInstanceUID|SOPInstanceUID`` in five groups of eight hex digits."""
+    key = "|".join(
+        (
+            info.patient_id or "",
+            info.study_instance_uid,
+            info.series_instance_uid,
+            info.sop_instance_uid,
+        )
+    )
+    digest = hashlib.sha1(key.encode(), usedforsecurity=False).hexdigest()
+    return "-".join(digest[i : i + 8] for i in range(0, 40, 8))
 
 
 class Forwarder:
@@ -207,11 +233,71 @@ class Forwarder:
         while not self._stop.is_set():
             self._wait_if_paused()
             try:
-                entry = self._queue.get(timeout=0.2)
+                batch = [self._queue.get(timeout=0.2)]
             except queue.Empty:
                 continue
-            if not self._forward(entry):
+            size = batch[0].size_bytes
+            while len(batch) < _BATCH_MAX and size < _BATCH_MAX_BYTES:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+                size += batch[-1].size_bytes
+            if len(batch) > 1:
+                retry = self._forward_batch(batch)
+            else:
+                retry = [entry for entry in batch if not self._forward(entry)]
+            for entry in retry:
                 self._queue.put(entry)
+
+    def _forward_batch(self, batch: list[SpoolEntry]) -> list[SpoolEntry]:
+        """Send ``batch`` as one ZIP; returns the entries to retry later."""
+        members: list[tuple[SpoolEntry, bytes]] = []
+        for entry in batch:
+            try:
+                members.append((entry, entry.read_dicom()))
+            except FileNotFoundError:
+                continue  # already forwarded and removed
+        archive = io.BytesIO()
+        with zipfile.ZipFile(archive, "w", zipfile.ZIP_STORED) as zipped:
+            for index, (_, dicom) in enumerate(members):
+                zipped.writestr(f"{index:04d}.dcm", dicom)
+        try:
+            response = self._orthanc.post("/instances", content=archive.getvalue())
+        except httpx.TransportError as exc:
+            metrics.FORWARD_RESULTS.labels("unreachable").inc(len(members))
+            self._orthanc_failed(type(exc).__name__)
+            return [entry for entry, _ in members]
+        if response.status_code >= 500 or response.status_code in (401, 403, 408, 429):
+            metrics.FORWARD_RESULTS.labels("orthanc_error").inc(len(members))
+            self._orthanc_failed(f"HTTP {response.status_code}")
+            return [entry for entry, _ in members]
+        answers = self._batch_answers(response, [entry for entry, _ in members])
+        if answers is None:  # refused, or not the answer expected: one request per instance
+            return [entry for entry, _ in members if not self._forward(entry)]
+        self._orthanc_ok()
+        for (entry, _), answer in zip(members, answers, strict=True):
+            self._confirmed(entry, answer)
+        return []
+
+    @staticmethod
+    def _batch_answers(
+        response: httpx.Response, entries: list[SpoolEntry]
+    ) -> list[dict[str, Any]] | None:
+        if response.status_code != 200:
+            return None
+        try:
+            answers = response.json()
+        except ValueError:
+            return None
+        if not isinstance(answers, list) or len(answers) != len(entries):
+            return None
+        for entry, answer in zip(entries, answers, strict=True):
+            if not isinstance(answer, dict) or answer.get("ID") != orthanc_instance_id(entry.info):
+                return None
+            if "ParentStudy" not in answer:
+                return None
+        return answers
 
     def _forward(self, entry: SpoolEntry) -> bool:
         """Send one entry; False when it must be retried later."""
@@ -245,12 +331,15 @@ class Forwarder:
             metrics.FORWARD_RESULTS.labels("refused").inc()
             self._refused(entry, dicom, f"unexpected answer from Orthanc: {answer!r:.300}")
             return True
+        self._confirmed(entry, answer)
+        return True
+
+    def _confirmed(self, entry: SpoolEntry, answer: dict[str, Any]) -> None:
         already = answer.get("Status") == "AlreadyStored"
         metrics.FORWARD_RESULTS.labels("already_stored" if already else "stored").inc()
         latency = (dt.datetime.now(dt.UTC) - entry.received_at).total_seconds()
         metrics.FORWARD_LATENCY.observe(max(0.0, latency))
         self._done.put(Confirmation(entry, answer["ID"], answer["ParentStudy"], already))
-        return True
 
     def _refused(self, entry: SpoolEntry, dicom: bytes, reason: str) -> None:
         logger.error("Orthanc refused %s: %s", entry.info.sop_instance_uid, reason)

@@ -118,6 +118,12 @@ STORAGE_TRANSFER_SYNTAXES: tuple[str, ...] = (
 _MIB = 1024 * 1024
 _MAX_PDU_BYTES = 1024 * 1024  # what peers may send us per PDU (PS3.8 D.3.3.1)
 _STOP_GRACE_S = 10.0
+# pynetdicom's DUL reactor sleeps this long whenever it finds nothing to do (default 1 ms).
+# A sender waits for each C-STORE response before the next request, so that sleep is latency
+# paid on every instance: at 0.5 ms one association stores ~25% more instances per second end
+# to end than at 1 ms (measured with benchmarks/ingest.py), for a few percent of a core per
+# open association while idle; 0.2 ms gained nothing more.
+_DUL_POLL_S = 0.0005
 _ROLE = "pacs"
 _SUCCESS, _PENDING, _CANCEL = 0x0000, 0xFF00, 0xFE00
 
@@ -312,6 +318,7 @@ class DicomService:
 
     def _on_requested(self, event: Any) -> None:
         assoc = event.assoc
+        assoc.dul._run_loop_delay = _DUL_POLL_S
         calling, address = "?", "?"
         try:
             calling = str(assoc.requestor.primitive.calling_ae_title).strip()

@@ -10,7 +10,7 @@ from pydicom.uid import generate_uid
 from sqlalchemy import select
 
 from dicom_gateway.completeness import STUDY_READY, STUDY_UPDATED, StudyTracker
-from dicom_gateway.forwarder import Forwarder
+from dicom_gateway.forwarder import Forwarder, orthanc_instance_id
 from dicom_gateway.quarantine import Quarantine
 from dicom_gateway.spool import Spool
 from dicom_gateway.validation import InstanceInfo, inspect_instance
@@ -157,3 +157,39 @@ def test_orthanc_unreachable_keeps_everything_in_the_spool(tmp_path: Path) -> No
         running.forwarder.stop()
         dead.close()
     assert Spool(tmp_path / "spool", limit_bytes=10**9).usage().files == 3
+
+
+def test_a_refused_instance_in_a_batch_is_quarantined_alone(
+    tmp_path: Path, orthanc: object
+) -> None:
+    """A ZIP batch with one instance Orthanc refuses is re-sent one by one."""
+    running = Pipeline(tmp_path, orthanc)
+    study, series = generate_uid(), generate_uid()
+    good = [running.put(synthetic_ct(study, series, instance=n)) for n in range(1, 6)]
+    bad = InstanceInfo(
+        sop_class_uid="",
+        sop_instance_uid=generate_uid(),
+        study_instance_uid=study,
+        series_instance_uid=series,
+        transfer_syntax_uid="",
+    )
+    running.spool.put(
+        bytes(128) + b"DICM" + b"\x02\x00" * 50, bad, sender_ae_title="CT1", hospital=None
+    )
+    entries = list(running.spool.entries())
+    assert running.forwarder._forward_batch(entries) == []  # one ZIP, refused, then one by one
+    running.forwarder.start()  # records the confirmations and empties the spool
+    running.tracker.start()
+    try:
+        wait_until(lambda: running.spool.usage().files == 0, timeout_s=30)
+        [refused] = running.quarantine.list()
+        assert refused.sop_instance_uid is None or refused.sop_instance_uid == bad.sop_instance_uid
+        assert "Orthanc refused" in refused.reason
+        for info in good:
+            found = orthanc.post("/tools/lookup", content=info.sop_instance_uid).json()  # type: ignore[attr-defined]
+            assert [item["ID"] for item in found] == [orthanc_instance_id(info)]
+        wait_until(lambda: len(running.events()) == 1, timeout_s=30)
+        assert running.events()[0].payload["instance_count"] == 5
+    finally:
+        running.tracker.stop()
+        running.forwarder.stop()
