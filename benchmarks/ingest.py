@@ -193,7 +193,7 @@ def run_ingest(
                     for target in order:
                         corpus = Path(tmp) / f"corpus-{repeat}-{count}-{target}"
                         files = _corpus(corpus, instances, run=repeat)
-                        result = _one_run(
+                        measured = _one_run(
                             settings,
                             orthanc,
                             target=target,
@@ -201,8 +201,8 @@ def run_ingest(
                             associations=count,
                             pids=pids,
                         )
-                        samples.setdefault(f"{target}/{count}", []).append(result)
-                        logger.info("%s x%d: %s", target, count, result)
+                        samples.setdefault(f"{target}/{count}", []).append(measured)
+                        logger.info("%s x%d: %s", target, count, measured)
         finally:
             orthanc.close()
             db.dispose()
@@ -215,7 +215,7 @@ def run_ingest(
         / summary[f"direct/{count}"]["stored_per_s"]["median"]
         for count in associations
     }
-    result = {
+    result: dict[str, Any] = {
         "suite": "ingest",
         "machine": describe_machine(),
         "parameters": {

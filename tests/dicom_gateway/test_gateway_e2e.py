@@ -7,6 +7,7 @@ directly, and SIGKILL of Orthanc and of the gateway in the middle of a push.
 from __future__ import annotations
 
 import io
+import json
 import os
 import signal
 import subprocess
@@ -15,6 +16,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pydicom
 import pydicom.filereader
 import pytest
@@ -106,6 +108,42 @@ def test_study_sent_with_storescu_reaches_orthanc_and_is_announced_once(
     assert event.payload["instance_count"] == 6
     health = gateway.cli("status", "--json").stdout
     assert '"spool"' in health
+    metrics = httpx.get(gateway.settings.gateway_health_url.replace("/healthz", "/metrics")).text
+    received = [
+        line
+        for line in metrics.splitlines()
+        if line.startswith("radcloud_gateway_instances_received_total")
+        and f'sender="{SENDER}"' in line
+    ]
+    assert received and float(received[0].split()[-1]) >= 6
+    assert "radcloud_gateway_forward_seconds_bucket" in metrics
+    assert 'radcloud_gateway_study_events_total{topic="study.ready"}' in metrics
+
+
+def test_quarantine_commands(gateway: Stack, tmp_path: Path) -> None:
+    bad = tmp_path / "no-study-uid.dcm"
+    bad.write_bytes(synthetic_ct(drop=("StudyInstanceUID",)))
+    report = send(gateway, [bad])
+    assert "A900" in report.statuses[bad] or "DataSetDoesNotMatch" in report.statuses[bad]
+    listed = [
+        json.loads(line) for line in gateway.cli("quarantine", "list", "--json").stdout.splitlines()
+    ]
+    entry = next(e for e in listed if e["sop_instance_uid"] == sop_uid(bad))
+    assert entry["sender_ae_title"] == SENDER
+    assert "StudyInstanceUID" in entry["reason"]
+    copy = tmp_path / "copy.dcm"
+    shown = gateway.cli("quarantine", "show", entry["entry_id"], "--out", str(copy))
+    assert json.loads(shown.stdout)["reason"] == entry["reason"]
+    kept, sent = pydicom.dcmread(copy), pydicom.dcmread(bad)  # the data set as received
+    assert (kept.SOPInstanceUID, kept.PixelData) == (sent.SOPInstanceUID, sent.PixelData)
+    refused = gateway.cli("quarantine", "release", entry["entry_id"], check=False)
+    assert refused.returncode == 1
+    assert "cannot release" in refused.stderr
+    gateway.cli("quarantine", "delete", entry["entry_id"])
+    assert entry["entry_id"] not in gateway.cli("quarantine", "list").stdout
+    missing = gateway.cli("quarantine", "show", entry["entry_id"], check=False)
+    assert missing.returncode == 1
+    assert "no such entry" in missing.stderr
 
 
 def test_unknown_calling_ae_is_rejected(gateway: Stack, tmp_path: Path) -> None:
@@ -275,7 +313,7 @@ def test_gateway_killed_mid_push_loses_no_acknowledged_instance(
 ) -> None:
     stack = make_stack()
     stack.cli("senders", "add", SENDER, "--hospital", "General Hospital")
-    _, files = write_study(tmp_path, 300)
+    study, files = write_study(tmp_path, 300)
     spool = stack.settings.paths.spool_dir
 
     def some_received() -> bool:
@@ -285,6 +323,9 @@ def test_gateway_killed_mid_push_loses_no_acknowledged_instance(
     assert 0 < len(report.stored) < len(files), "the kill should interrupt the push"
     stack.cli("up")  # restarts the gateway, which forwards what it had acknowledged
     _all_arrive(stack, report.stored)
+    # the completeness state survived the kill: the study is announced once, counting all
+    wait_until(lambda: len(outbox(stack, study)) == 1, timeout_s=60)
+    assert outbox(stack, study)[0].payload["instance_count"] >= len(report.stored)
 
 
 def _orthanc_has_some(stack: Stack) -> bool:
