@@ -1,0 +1,148 @@
+"""Evaluation metrics and plots: AUC, an operating point, sensitivity/specificity, Dice; the
+training curves and the ROC as PNG files."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt
+import numpy as np
+from numpy.typing import ArrayLike
+
+__all__ = [
+    "BinaryMetrics",
+    "binary_metrics",
+    "choose_threshold",
+    "dice",
+    "plot_curves",
+    "plot_roc",
+    "roc_auc",
+    "roc_curve",
+]
+
+
+def roc_curve(labels: ArrayLike, scores: ArrayLike) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """False and true positive rates for every distinct threshold, and the thresholds."""
+    y = np.asarray(labels, dtype=np.int64)
+    s = np.asarray(scores, dtype=np.float64)
+    order = np.argsort(-s, kind="mergesort")
+    s, y = s[order], y[order]
+    distinct = np.r_[np.flatnonzero(np.diff(s)), y.size - 1]
+    tps = np.cumsum(y)[distinct]
+    fps = 1 + distinct - tps
+    positives, negatives = max(int(y.sum()), 1), max(int((1 - y).sum()), 1)
+    fpr = np.r_[0.0, fps / negatives]
+    tpr = np.r_[0.0, tps / positives]
+    thresholds = np.r_[np.inf, s[distinct]]
+    return fpr, tpr, thresholds
+
+
+def roc_auc(labels: ArrayLike, scores: ArrayLike) -> float:
+    """Area under the ROC curve (ties count half, as Mann-Whitney U)."""
+    y = np.asarray(labels, dtype=np.int64)
+    s = np.asarray(scores, dtype=np.float64)
+    pos, neg = s[y == 1], s[y == 0]
+    if pos.size == 0 or neg.size == 0:
+        raise ValueError("AUC needs both positive and negative cases")
+    ranks = _average_ranks(np.r_[pos, neg])
+    u = ranks[: pos.size].sum() - pos.size * (pos.size + 1) / 2
+    return float(u / (pos.size * neg.size))
+
+
+def _average_ranks(values: np.ndarray) -> np.ndarray:
+    order = np.argsort(values, kind="mergesort")
+    ranks = np.empty(values.size, dtype=np.float64)
+    sorted_values = values[order]
+    i = 0
+    while i < values.size:
+        j = i
+        while j + 1 < values.size and sorted_values[j + 1] == sorted_values[i]:
+            j += 1
+        ranks[order[i : j + 1]] = (i + j) / 2 + 1
+        i = j + 1
+    return ranks
+
+
+def choose_threshold(
+    labels: ArrayLike, scores: ArrayLike, *, min_sensitivity: float = 0.9
+) -> float:
+    """The highest threshold whose sensitivity is at least ``min_sensitivity`` (a triage tool
+    should miss few critical studies); chosen on validation data, reported on test data."""
+    _, tpr, thresholds = roc_curve(labels, scores)
+    ok = np.flatnonzero(tpr >= min_sensitivity)
+    index = int(ok[0]) if ok.size else len(thresholds) - 1
+    return float(thresholds[index]) if np.isfinite(thresholds[index]) else float(np.max(scores))
+
+
+@dataclass(frozen=True)
+class BinaryMetrics:
+    """Triage performance at one operating threshold."""
+
+    auc: float
+    threshold: float
+    sensitivity: float
+    specificity: float
+    positives: int
+    negatives: int
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-serialisable dict."""
+        return asdict(self)
+
+
+def binary_metrics(labels: ArrayLike, scores: ArrayLike, threshold: float) -> BinaryMetrics:
+    """AUC, and sensitivity and specificity at ``threshold`` (score ≥ threshold is positive)."""
+    y = np.asarray(labels, dtype=np.int64)
+    predicted = np.asarray(scores, dtype=np.float64) >= threshold
+    positives, negatives = int(y.sum()), int((1 - y).sum())
+    sensitivity = float((predicted & (y == 1)).sum() / max(positives, 1))
+    specificity = float((~predicted & (y == 0)).sum() / max(negatives, 1))
+    return BinaryMetrics(
+        roc_auc(y, scores), threshold, sensitivity, specificity, positives, negatives
+    )
+
+
+def dice(prediction: np.ndarray, truth: np.ndarray) -> float:
+    """Dice coefficient of two binary masks (1.0 when both are empty)."""
+    p, t = prediction.astype(bool), truth.astype(bool)
+    total = int(p.sum() + t.sum())
+    return 1.0 if total == 0 else float(2 * (p & t).sum() / total)
+
+
+def plot_curves(history: dict[str, list[float]], path: Path, title: str) -> Path:
+    """Training curves (one line per series in ``history``, by epoch) as a PNG."""
+    figure, axis = plt.subplots(figsize=(6, 4), dpi=100)
+    for name, values in history.items():
+        axis.plot(range(1, len(values) + 1), values, marker="o", label=name)
+    axis.set_xlabel("epoch")
+    axis.set_title(title)
+    axis.grid(alpha=0.3)
+    axis.legend()
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path)
+    plt.close(figure)
+    return path
+
+
+def plot_roc(curves: dict[str, tuple[ArrayLike, ArrayLike]], path: Path, title: str) -> Path:
+    """ROC curves (one per named (labels, scores) pair, AUC in the legend) as a PNG."""
+    figure, axis = plt.subplots(figsize=(5, 5), dpi=100)
+    for name, (labels, scores) in curves.items():
+        fpr, tpr, _ = roc_curve(labels, scores)
+        axis.plot(fpr, tpr, label=f"{name} (AUC {roc_auc(labels, scores):.3f})")
+    axis.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=0.8)
+    axis.set_xlabel("1 - specificity")
+    axis.set_ylabel("sensitivity")
+    axis.set_title(title)
+    axis.legend(loc="lower right")
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path)
+    plt.close(figure)
+    return path
