@@ -1,4 +1,68 @@
 """Imaging core: DICOM/NIfTI I/O, volumes, pixel transforms, SEG/SR writing, synthetic studies.
 
-Filled by the imaging/training issue (#4).
+* :mod:`imaging.volume` - DICOM series → :class:`Volume` (sorted along the slice normal,
+  geometry from the headers, rescaled to modality units, inconsistent series refused);
+* :mod:`imaging.transforms` - windowing presets and the DICOM linear window, resampling;
+* :mod:`imaging.nifti` - NIfTI export/import with an exact LPS ↔ RAS affine;
+* :mod:`imaging.seg` / :mod:`imaging.sr` - AI results as DICOM SEG and TID 1500 SR;
+* :mod:`imaging.exceptions` - the package's exception tree;
+* ``imaging.synthetic`` - synthetic (SYNTHETIC-labelled) studies; import it directly.
 """
+
+from imaging.exceptions import (
+    ConformanceError,
+    GeometryError,
+    ImagingError,
+    InconsistentSeriesError,
+    UnsupportedDataError,
+)
+from imaging.nifti import load_nifti, save_nifti
+from imaging.seg import (
+    AI_RESULT_NOTICE,
+    HEMORRHAGE,
+    AlgorithmIdentity,
+    SegmentSpec,
+    read_segmentation,
+    write_segmentation,
+)
+from imaging.sr import Finding, read_findings, write_measurement_report
+from imaging.transforms import WINDOW_PRESETS, WindowPreset, apply_window, resample
+from imaging.volume import (
+    SeriesGeometry,
+    SliceSource,
+    Volume,
+    load_series,
+    load_series_files,
+    series_geometry,
+    split_by_series,
+)
+
+__all__ = [
+    "AI_RESULT_NOTICE",
+    "HEMORRHAGE",
+    "WINDOW_PRESETS",
+    "AlgorithmIdentity",
+    "ConformanceError",
+    "Finding",
+    "GeometryError",
+    "ImagingError",
+    "InconsistentSeriesError",
+    "SegmentSpec",
+    "SeriesGeometry",
+    "SliceSource",
+    "UnsupportedDataError",
+    "Volume",
+    "WindowPreset",
+    "apply_window",
+    "load_nifti",
+    "load_series",
+    "load_series_files",
+    "read_findings",
+    "read_segmentation",
+    "resample",
+    "save_nifti",
+    "series_geometry",
+    "split_by_series",
+    "write_measurement_report",
+    "write_segmentation",
+]

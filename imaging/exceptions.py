@@ -1,0 +1,128 @@
+"""Exceptions of the imaging core.
+
+::
+
+    ImagingError                  root: catch this to handle any imaging failure
+    ├── InconsistentSeriesError   the instances do not form one regular volume
+    ├── UnsupportedDataError      data we cannot decode or represent (transfer syntax, colour)
+    ├── GeometryError             geometry that does not fit (mask vs. volume, SEG vs. source)
+    └── ConformanceError          an object we were about to write is not valid DICOM
+
+Every subclass carries the data a caller needs to report the problem (the offending
+instance UIDs, the transfer syntax and the missing decoder plugin, ...) besides a message
+that names the bad value and what was expected.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+__all__ = [
+    "ConformanceError",
+    "GeometryError",
+    "ImagingError",
+    "InconsistentSeriesError",
+    "UnsupportedDataError",
+]
+
+_MAX_LISTED = 5
+
+
+class ImagingError(Exception):
+    """Root of the imaging core's exceptions.
+
+    Parameters
+    ----------
+    reason
+        What went wrong, naming the bad value and what was expected.
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class InconsistentSeriesError(ImagingError):
+    """The instances of a series do not make one regular volume.
+
+    Raised for mixed orientation, mixed Rows/Columns or pixel spacing, duplicate slice
+    positions, missing slices, positions off a common line and mixed SeriesInstanceUID,
+    instead of returning a silently wrong volume.
+
+    Parameters
+    ----------
+    reason
+        What is inconsistent and what was expected.
+    instance_uids
+        SOPInstanceUIDs of the offending instances (for a gap or a duplicate: the
+        instances on both sides).
+    values
+        The offending value per instance UID (e.g. its ImageOrientationPatient), as text.
+    """
+
+    def __init__(
+        self,
+        reason: str,
+        instance_uids: Sequence[str],
+        values: Mapping[str, str] | None = None,
+    ) -> None:
+        self.instance_uids: tuple[str, ...] = tuple(dict.fromkeys(instance_uids))
+        self.values: dict[str, str] = dict(values or {})
+        listed = ", ".join(self.instance_uids[:_MAX_LISTED])
+        more = len(self.instance_uids) - _MAX_LISTED
+        suffix = f" (and {more} more)" if more > 0 else ""
+        super().__init__(f"{reason}; instances: {listed}{suffix}")
+        self.reason = reason
+
+
+class UnsupportedDataError(ImagingError):
+    """Data we cannot decode or represent as a volume.
+
+    Parameters
+    ----------
+    reason
+        What is unsupported and what would be needed.
+    transfer_syntax_uid
+        The transfer syntax of the pixel data, when decoding is the problem.
+    missing_plugins
+        Decoder plugins (with the package that provides them) that are not installed.
+    """
+
+    def __init__(
+        self,
+        reason: str,
+        *,
+        transfer_syntax_uid: str | None = None,
+        missing_plugins: Sequence[str] = (),
+    ) -> None:
+        super().__init__(reason)
+        self.transfer_syntax_uid = transfer_syntax_uid
+        self.missing_plugins: tuple[str, ...] = tuple(missing_plugins)
+
+
+class GeometryError(ImagingError):
+    """Geometry that does not fit: a mask that does not match its volume, a SEG frame that
+    lies on none of the source slices, an affine that is not invertible.
+
+    Parameters
+    ----------
+    reason
+        The mismatch, with the expected and the actual value.
+    """
+
+
+class ConformanceError(ImagingError):
+    """An object we were about to write breaks the standard (strict on what we write).
+
+    Parameters
+    ----------
+    keyword
+        The attribute's keyword (or tag) whose value is invalid.
+    reason
+        Why the value is invalid.
+    """
+
+    def __init__(self, keyword: str, reason: str) -> None:
+        super().__init__(f"{keyword}: {reason}")
+        self.reason = reason
+        self.keyword = keyword

@@ -1,0 +1,167 @@
+"""NIfTI-1 export and import of :class:`~imaging.volume.Volume` with an exact affine.
+
+DICOM patient coordinates are LPS, NIfTI's world is RAS: the affine written is
+``LPS_TO_RAS @ affine_lps`` with its index columns reordered from the volume's
+``(k, j, i)`` to NIfTI's ``(i, j, k)`` (the data array is transposed to match, so NIfTI
+axis 0 is the DICOM column index). sform and qform both carry it (code 1, scanner
+coordinates); the qform is omitted for sheared (gantry-tilted) volumes, which it cannot
+represent.
+
+The header stores the affine as float32. So that DICOM → volume → NIfTI → volume keeps
+the geometry exactly, the float64 affine and the DICOM provenance (Modality,
+SeriesInstanceUID, SOPInstanceUIDs per slice, ``is_2d``) also go into a NIfTI header
+extension (code 6, comment) as JSON; on load it is used when it agrees with the header's
+affine, which tools that rewrite the file keep authoritative.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import nibabel
+import numpy as np
+
+from imaging.exceptions import UnsupportedDataError
+from imaging.volume import LPS_TO_RAS, Volume
+
+__all__ = ["load_nifti", "save_nifti"]
+
+logger = logging.getLogger(__name__)
+
+nib: Any = nibabel  # nibabel's API is untyped: keep it Any in one place
+_EXTENSION_CODE = 6  # NIFTI_ECODE_COMMENT
+_EXTENSION_KEY = "radcloud.volume"
+_SCANNER_XFORM = 1  # NIFTI_XFORM_SCANNER_ANAT
+_KJI_TO_IJK = [2, 1, 0, 3]
+
+
+def save_nifti(volume: Volume, path: Path | str) -> Path:
+    """Write a volume as NIfTI-1 (``.nii`` or ``.nii.gz``).
+
+    Parameters
+    ----------
+    volume
+        The volume; its array's dtype is kept (float32 images, integer label maps;
+        bool is written as uint8).
+    path
+        Destination file.
+
+    Returns
+    -------
+    pathlib.Path
+        The written file.
+    """
+    path = Path(path)
+    data = volume.array.astype(np.uint8) if volume.array.dtype == bool else volume.array
+    affine_ijk = volume.affine_ras()[:, _KJI_TO_IJK]
+    image: Any = nib.Nifti1Image(np.ascontiguousarray(data.transpose(2, 1, 0)), affine_ijk)
+    header = image.header
+    header.set_xyzt_units(xyz="mm")
+    image.set_sform(affine_ijk, code=_SCANNER_XFORM)
+    if _is_orthogonal(affine_ijk):
+        image.set_qform(affine_ijk, code=_SCANNER_XFORM)
+    else:
+        image.set_qform(None, code=0)
+    header["descrip"] = f"radcloud {volume.modality or 'volume'}".encode()[:80]
+    provenance = {
+        _EXTENSION_KEY: {
+            "affine_lps": volume.affine_lps().tolist(),
+            "modality": volume.modality,
+            "series_instance_uid": volume.series_instance_uid,
+            "sop_instance_uids": list(volume.sop_instance_uids),
+            "frame_numbers": list(volume.frame_numbers),
+            "is_2d": volume.is_2d,
+        }
+    }
+    extension = nib.nifti1.Nifti1Extension(_EXTENSION_CODE, json.dumps(provenance).encode())
+    header.extensions.append(extension)
+    nib.save(image, path)
+    logger.debug("wrote %s %s to %s", volume.shape, data.dtype, path)
+    return path
+
+
+def load_nifti(path: Path | str, *, label_map: bool = False) -> Volume:
+    """Read a NIfTI-1/2 file as a volume in LPS (the inverse of :func:`save_nifti`).
+
+    Parameters
+    ----------
+    path
+        A ``.nii`` or ``.nii.gz`` file, 2D or 3D (a trailing axis of length 1 is dropped).
+    label_map
+        Keep integer labels: the array keeps the file's integer dtype (float data with
+        integral values becomes int32). Otherwise the array is float32 with the header's
+        scaling applied.
+
+    Returns
+    -------
+    Volume
+        Array indexed ``[k, j, i]``; provenance restored when the file came from
+        :func:`save_nifti`.
+
+    Raises
+    ------
+    UnsupportedDataError
+        More than three non-trivial axes, or non-integral values with ``label_map``.
+    """
+    path = Path(path)
+    image: Any = nib.load(path)
+    data = np.asanyarray(image.dataobj)
+    while data.ndim > 3 and data.shape[-1] == 1:
+        data = data[..., 0]
+    if data.ndim == 2:
+        data = data[..., np.newaxis]
+    if data.ndim != 3:
+        raise UnsupportedDataError(f"{path} has shape {data.shape}: expected a 2D or 3D image")
+    if label_map:
+        if not np.issubdtype(data.dtype, np.integer):
+            if not np.all(np.isfinite(data)) or not np.array_equal(data, np.rint(data)):
+                raise UnsupportedDataError(
+                    f"{path} holds non-integer values ({data.dtype}): expected a label map"
+                )
+            data = data.astype(np.int32)
+    else:
+        data = data.astype(np.float32, copy=False)
+    array = np.ascontiguousarray(data.transpose(2, 1, 0))
+
+    affine_kji = (LPS_TO_RAS @ np.asarray(image.affine, dtype=np.float64))[:, _KJI_TO_IJK]
+    metadata = _provenance(image.header)
+    exact = metadata.pop("affine_lps", None)
+    if exact is not None and np.allclose(exact, affine_kji, atol=1e-3):
+        affine_kji = np.asarray(exact, dtype=np.float64)
+    elif exact is not None:
+        logger.info("%s: affine changed since radcloud wrote it; using the header's", path)
+    if metadata.get("sop_instance_uids") and len(metadata["sop_instance_uids"]) != len(array):
+        metadata["sop_instance_uids"], metadata["frame_numbers"] = (), ()
+    metadata.setdefault("is_2d", array.shape[0] == 1)
+    return Volume.from_affine_lps(array, affine_kji, **metadata)
+
+
+def _provenance(header: Any) -> dict[str, Any]:
+    """Our JSON extension, as :class:`Volume` keyword arguments (empty if absent)."""
+    for extension in header.extensions:
+        if extension.get_code() != _EXTENSION_CODE:
+            continue
+        try:
+            content = json.loads(extension.get_content())
+        except (ValueError, UnicodeDecodeError):
+            continue
+        if not isinstance(content, dict) or _EXTENSION_KEY not in content:
+            continue
+        saved = content[_EXTENSION_KEY]
+        return {
+            "affine_lps": saved.get("affine_lps"),
+            "modality": str(saved.get("modality", "")),
+            "series_instance_uid": str(saved.get("series_instance_uid", "")),
+            "sop_instance_uids": tuple(saved.get("sop_instance_uids", ())),
+            "frame_numbers": tuple(saved.get("frame_numbers", ())),
+            "is_2d": bool(saved.get("is_2d", False)),
+        }
+    return {}
+
+
+def _is_orthogonal(affine: np.ndarray) -> bool:
+    columns = affine[:3, :3] / np.linalg.norm(affine[:3, :3], axis=0)
+    return bool(np.allclose(columns.T @ columns, np.eye(3), atol=1e-6))
