@@ -1,0 +1,70 @@
+"""The training pipeline end to end on tiny SYNTHETIC data, single-process and with Ray Train."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from models.registry import ModelRegistry
+from training.data import read_labels_csv
+from training.exceptions import DataSourceError
+from training.pipeline import train
+from training.registration import registry_callback
+from training.split import Split
+
+
+def test_tiny_head_ct_run_learns_evaluates_and_registers_a_staged_version(tmp_path: Path) -> None:
+    registry = ModelRegistry(tmp_path / "models")
+    report = train(
+        "head-ct",
+        "tiny",
+        home=tmp_path,
+        register=registry_callback(registry.root),
+        epochs=4,
+        studies=16,
+    )
+    assert report.version == "1"
+    model = registry.get(report.model_name)
+    assert model.stage == "staged"
+    assert model.card.intended_use.startswith("synthetic demo model")
+    assert model.card.metrics.auc == report.metrics["test"]["auc"]
+    assert 0.0 <= report.metrics["test"]["auc"] <= 1.0
+    assert report.metrics["test"]["lesion_dice"] is not None
+    assert 0.0 <= report.baseline["auc"] <= 1.0
+    assert sum(report.split_counts.values()) == 16
+    for plot in report.plots:
+        assert Path(plot).read_bytes()[:4] == b"\x89PNG"
+    saved = json.loads((Path(report.output_dir) / "report.json").read_text())
+    assert saved["config"]["task"] == "head-ct"
+    loss = json.loads((model.path / "training_config.json").read_text())["history"]["train loss"]
+    assert loss[-1] < loss[0], f"training did not reduce the loss: {loss}"
+
+    split = Split.load_or_create(tmp_path / "training" / "head-ct" / "split.json")
+    before = dict(split.patients)
+    again = train("head-ct", "tiny", home=tmp_path, register=None, epochs=1, studies=16)
+    assert Split.load_or_create(split.path).patients == before  # reused, not reshuffled
+    assert again.version is None
+
+
+@pytest.mark.slow
+def test_ray_train_with_two_cpu_workers(tmp_path: Path) -> None:
+    report = train("head-ct", "tiny", home=tmp_path, register=None, epochs=2, studies=12, workers=2)
+    assert report.metrics["best_epoch"] >= 1
+    assert 0.0 <= report.metrics["test"]["auc"] <= 1.0
+    assert report.seconds["training"] > 0
+
+
+def test_folder_source_errors_name_the_problem(tmp_path: Path) -> None:
+    with pytest.raises(DataSourceError, match=r"no labels\.csv"):
+        read_labels_csv(tmp_path)
+    (tmp_path / "labels.csv").write_text("study_instance_uid,patient_id\n1.2.3,P1\n")
+    with pytest.raises(DataSourceError, match="lacks column"):
+        read_labels_csv(tmp_path)
+    (tmp_path / "labels.csv").write_text("study_instance_uid,patient_id,label\n1.2.3,P1,maybe\n")
+    with pytest.raises(DataSourceError, match='label "maybe", expected 0 or 1'):
+        read_labels_csv(tmp_path)
+    (tmp_path / "labels.csv").write_text("study_instance_uid,patient_id,label\n1.2.3,P1,1\n")
+    with pytest.raises(DataSourceError, match="does not exist"):
+        read_labels_csv(tmp_path)

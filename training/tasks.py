@@ -1,0 +1,194 @@
+"""What each task trains: pre-processing (MONAI dictionary transforms), network, loss, and how a
+study's triage score (and lesion mask) come out of the network.
+
+``head-ct``: one 3D UNet segments the lesion; the study's triage score is the mean of the
+``top_k`` highest lesion probabilities. Chosen over a separate 3D classifier because on 2 CPU
+cores the demo budget (≤ 8 minutes per task) holds one 3D network, and voxel-level supervision
+learns small lesions from far fewer studies than a study-level label does; serving then gets
+score and outline from one forward pass.
+
+``chest-xr``: a 2D DenseNet121 classifies the radiograph (probability of a finding).
+
+Pre-processing parameters go into the model card, so serving reproduces them exactly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+import torch
+from monai import transforms as mt
+from monai.losses import DiceCELoss
+
+from models.card import ArchitectureRef
+from models.networks import build_network
+
+__all__ = ["TASKS", "Task", "TaskSpec", "task_spec"]
+
+
+class Task(StrEnum):
+    """Training tasks."""
+
+    HEAD_CT = "head-ct"
+    CHEST_XR = "chest-xr"
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """Everything task-specific the training loop needs."""
+
+    task: Task
+    model_name: str
+    architecture: str
+    architecture_params: dict[str, Any]
+    segmentation: bool
+    spacing: tuple[float, ...]
+    spatial_size: tuple[int, ...]
+    window: tuple[float, float] | None  # width, level (modality units); None: per-image scaling
+    train_crop: tuple[int, ...] | None = None
+    top_k: int = 16
+    modality: str = "CT"
+    body_part: str = "HEAD"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def architecture_ref(self) -> ArchitectureRef:
+        """The network as the model card names it (``models.networks``)."""
+        return ArchitectureRef(name=self.architecture, params=dict(self.architecture_params))
+
+    def network(self) -> torch.nn.Module:
+        """A freshly initialised network (random weights: nothing is downloaded), built the
+        way the model registry rebuilds it."""
+        return build_network(self.architecture_ref())
+
+    def loss(self) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+        """The training loss."""
+        if self.segmentation:
+            return DiceCELoss(to_onehot_y=True, softmax=True)
+        return torch.nn.BCEWithLogitsLoss()
+
+    def keys(self) -> list[str]:
+        """Dictionary keys holding images."""
+        return ["image", "mask"] if self.segmentation else ["image"]
+
+    def preprocess(self) -> mt.Compose:
+        """Deterministic pre-processing: load, orient, resample, scale, size (cached)."""
+        keys = self.keys()
+        steps: list[Any] = [mt.LoadImaged(keys=keys, reader="NibabelReader", image_only=True)]
+        if self.segmentation:
+            steps += [
+                mt.EnsureChannelFirstd(keys=keys),
+                mt.Orientationd(
+                    keys=keys, axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S"))
+                ),
+                mt.Spacingd(keys=keys, pixdim=self.spacing, mode=("bilinear", "nearest")),
+            ]
+        else:
+            steps += [
+                mt.SqueezeDimd(keys=keys, dim=-1, update_meta=False),  # (x, y, 1) → (x, y)
+                mt.EnsureChannelFirstd(keys=keys, channel_dim="no_channel"),
+            ]
+        if self.window is not None:
+            width, level = self.window
+            steps.append(
+                mt.ScaleIntensityRanged(
+                    keys="image",
+                    a_min=level - width / 2,
+                    a_max=level + width / 2,
+                    b_min=0.0,
+                    b_max=1.0,
+                    clip=True,
+                )
+            )
+        else:
+            steps.append(mt.ScaleIntensityRangePercentilesd("image", 1, 99, 0.0, 1.0, clip=True))
+        if self.segmentation:
+            steps.append(mt.ResizeWithPadOrCropd(keys=keys, spatial_size=self.spatial_size))
+        else:
+            steps.append(mt.Resized(keys="image", spatial_size=self.spatial_size))
+        steps.append(mt.EnsureTyped(keys=keys, dtype=torch.float32, track_meta=False))
+        return mt.Compose(steps)
+
+    def augment(self) -> mt.Compose:
+        """Random augmentation applied after the cache, training only."""
+        keys = self.keys()
+        steps: list[Any] = []
+        if self.segmentation and self.train_crop is not None:
+            steps.append(
+                mt.RandCropByPosNegLabeld(
+                    keys=keys,
+                    label_key="mask",
+                    spatial_size=self.train_crop,
+                    pos=2,
+                    neg=1,
+                    num_samples=2,
+                )
+            )
+            steps.append(mt.RandFlipd(keys=keys, prob=0.5, spatial_axis=0))
+        else:
+            steps.append(mt.RandAffined(keys=keys, prob=0.5, rotate_range=0.1, scale_range=0.1))
+        steps.append(mt.RandShiftIntensityd(keys="image", offsets=0.05, prob=0.5))
+        return mt.Compose(steps)
+
+    def study_score(self, output: torch.Tensor) -> torch.Tensor:
+        """Triage scores (batch,) from network outputs."""
+        if not self.segmentation:
+            return torch.sigmoid(output.float()).reshape(-1)
+        lesion = torch.softmax(output.float(), dim=1)[:, 1].reshape(output.shape[0], -1)
+        return lesion.topk(min(self.top_k, lesion.shape[1]), dim=1).values.mean(dim=1)
+
+    def card_inputs(self) -> dict[str, Any]:
+        """Pre-processing as recorded in the model card (serving reproduces it)."""
+        return {
+            "modality": self.modality,
+            "body_part": self.body_part,
+            "spacing_mm": list(self.spacing),
+            "spatial_size": list(self.spatial_size),
+            "orientation": "RAS" if self.segmentation else "as acquired",
+            "intensity": (
+                {"window_width": self.window[0], "window_level": self.window[1], "range": [0, 1]}
+                if self.window
+                else {"percentiles": [1, 99], "range": [0, 1]}
+            ),
+        }
+
+
+TASKS: dict[Task, TaskSpec] = {
+    Task.HEAD_CT: TaskSpec(
+        task=Task.HEAD_CT,
+        model_name="head-ct-haemorrhage",
+        architecture="unet-3d",
+        architecture_params={
+            "spatial_dims": 3,
+            "in_channels": 1,
+            "out_channels": 2,
+            "channels": [8, 16, 32, 64],
+            "strides": [2, 2, 2],
+            "num_res_units": 1,
+        },
+        segmentation=True,
+        spacing=(2.0, 2.0, 5.0),
+        spatial_size=(128, 128, 32),
+        window=(200.0, 60.0),  # -40 to 160 HU: blood, brain and CSF apart; bone saturates
+        train_crop=(96, 96, 32),
+    ),
+    Task.CHEST_XR: TaskSpec(
+        task=Task.CHEST_XR,
+        model_name="chest-xr-finding",
+        architecture="densenet121-2d",
+        architecture_params={"spatial_dims": 2, "in_channels": 1, "out_channels": 1},
+        segmentation=False,
+        spacing=(),
+        spatial_size=(128, 128),
+        window=None,
+        modality="DX",
+        body_part="CHEST",
+    ),
+}
+
+
+def task_spec(task: Task | str) -> TaskSpec:
+    """The specification of ``task``."""
+    return TASKS[Task(task)]
