@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from radcloud.cli import audit, gateway, security, services
+from radcloud.cli import audit, gateway, models, security, services, train
 
 __all__ = ["app", "main"]
 
@@ -19,6 +19,8 @@ services.register(app)
 security.register(app)
 audit.register(app)
 gateway.register(app)
+models.register(app)
+train.register(app)
 
 
 def main() -> None:

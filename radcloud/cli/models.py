@@ -1,0 +1,169 @@
+"""``radcloud models list|show|promote|rollback|import``: the model registry.
+
+The ``models`` package (torch, MONAI, ONNX Runtime: seconds to import) is imported when a
+``models`` command runs, not when the ``radcloud`` command starts.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.table import Table
+
+from radcloud.cli._common import command, console, fail, get_settings
+
+if TYPE_CHECKING:
+    from models.registry import ModelRegistry, RegisteredModel
+
+__all__ = ["register"]
+
+models_app = typer.Typer(help="Registered models: versions, stages, imports.", no_args_is_help=True)
+
+
+def _registry() -> ModelRegistry:
+    from models.registry import ModelRegistry
+
+    return ModelRegistry(get_settings().paths.models_dir)
+
+
+def _headline(model: RegisteredModel) -> str:
+    metrics = model.card.metrics
+    shown = [
+        f"{label} {value:.3f}"
+        for label, value in (
+            ("AUC", metrics.auc),
+            ("sens", metrics.sensitivity),
+            ("spec", metrics.specificity),
+            ("Dice", metrics.dice),
+        )
+        if value is not None
+    ]
+    return ", ".join(shown) or "-"
+
+
+def _summary(model: RegisteredModel) -> dict[str, object]:
+    return {
+        "name": model.name,
+        "version": model.version,
+        "stage": str(model.stage),
+        "task": str(model.card.task),
+        "architecture": model.card.architecture.name if model.card.architecture else None,
+        "created": model.card.created.isoformat(),
+        "path": str(model.path),
+    }
+
+
+@models_app.command("list")
+@command
+def list_models(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines.")] = False,
+) -> None:
+    """List every version of every registered model with its stage."""
+    models = _registry().list_models()
+    if as_json:
+        for model in models:
+            typer.echo(json.dumps(_summary(model)))
+        return
+    if not models:
+        console.print(f"no models registered in {_registry().root}")
+        return
+    table = Table("name", "version", "stage", "task", "architecture", "metrics", "created")
+    styles = {"production": "bold green", "staged": "yellow", "archived": "dim"}
+    for model in models:
+        table.add_row(
+            model.name,
+            str(model.version),
+            f"[{styles[model.stage]}]{model.stage}[/]",
+            str(model.card.task),
+            model.card.architecture.name if model.card.architecture else "onnx only",
+            _headline(model),
+            model.card.created.strftime("%Y-%m-%d %H:%M"),
+        )
+    console.print(table)
+
+
+@models_app.command("show")
+@command
+def show(
+    name: str,
+    version: Annotated[
+        str | None,
+        typer.Option("--version", "-v", help="A version number or 'production' (default: newest)."),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the card as plain JSON.")] = False,
+) -> None:
+    """Show a model version's card."""
+    model = _registry().get(name, version)
+    if as_json:
+        typer.echo(model.card.to_json(), nl=False)
+        return
+    console.print(
+        f"[bold]{model.name}[/] version {model.version}: [bold]{model.stage}[/]  ({model.path})"
+    )
+    console.print_json(model.card.to_json())
+
+
+@models_app.command("promote")
+@command
+def promote(name: str, version: int) -> None:
+    """Make VERSION the production version of NAME; the previous one is archived."""
+    registry = _registry()
+    before = registry.production(name)
+    model = registry.promote(name, version)
+    if before is not None and before.version == model.version:
+        console.print(f"{name} version {version} is already production")
+        return
+    archived = f"; version {before.version} archived" if before else ""
+    console.print(f"{name} version {model.version} is now [bold green]production[/]{archived}")
+
+
+@models_app.command("rollback")
+@command
+def rollback(name: str) -> None:
+    """Archive NAME's production version and restore the one in production before it."""
+    registry = _registry()
+    before = registry.production(name)
+    model = registry.rollback(name)
+    was = f" (version {before.version} archived)" if before else ""
+    console.print(f"{name} rolled back: version {model.version} is production again{was}")
+
+
+@models_app.command("import")
+@command
+def import_(
+    path: Annotated[Path, typer.Argument(help="A MONAI bundle directory or an .onnx file.")],
+    name: Annotated[str | None, typer.Option("--name", help="Registry name.")] = None,
+    metadata: Annotated[
+        Path | None,
+        typer.Option("--metadata", help="For an .onnx file: a model card or MONAI metadata JSON."),
+    ] = None,
+    task: Annotated[
+        str | None,
+        typer.Option(
+            "--task",
+            help="head-ct-triage, head-ct-lesion-seg or chest-xr-triage, when the metadata "
+            "names none of these.",
+        ),
+    ] = None,
+) -> None:
+    """Import a MONAI bundle directory, or an ONNX file with its metadata, as a staged version."""
+    registry = _registry()
+    if path.is_dir():
+        if metadata is not None:
+            fail("--metadata is for an .onnx file; a bundle has configs/metadata.json")
+        model = registry.import_bundle(path, name=name, task=task)
+    elif path.is_file():
+        if metadata is None:
+            fail(f"{path} is a file: expected --metadata JSON (model card or MONAI metadata)")
+        model = registry.import_onnx(path, metadata, name=name, task=task)
+    else:
+        fail(f"{path} does not exist: expected a bundle directory or an .onnx file")
+    console.print(f"imported {model.name} version {model.version} ([yellow]staged[/])")
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``models`` command group to ``app``."""
+    app.add_typer(models_app, name="models")

@@ -1,0 +1,1 @@
+"""Tests of the ``models`` package: networks, export and parity, cards, the registry, its CLI."""
