@@ -73,8 +73,8 @@ PRESETS: dict[tuple[Task, Preset], dict[str, Any]] = {
         "learning_rate": 3e-3,
     },
     (Task.HEAD_CT, Preset.DEMO): {
-        "studies": 160,
-        "epochs": 24,
+        "studies": 200,
+        "epochs": 12,
         "batch_size": 2,
         "learning_rate": 3e-3,
     },
@@ -153,12 +153,18 @@ def prepare_data(config: TrainingConfig, work_dir: Path, source: Path | None) ->
     return folder
 
 
+def _nifti_array(path: str) -> np.ndarray:
+    """A NIfTI file's voxels, (x, y, z) as stored."""
+    image: Any = nib.load(path)
+    return np.asarray(image.dataobj)
+
+
 def _baseline_scores(task: Task, items: list[dict[str, Any]]) -> list[float]:
     """The hand rule's scores on the same test studies (reported beside the model's)."""
     from imaging.synthetic import baseline_score
 
     return [
-        float(baseline_score(task.value, np.asarray(nib.load(item["image"]).dataobj)))
+        float(baseline_score(task.value, _nifti_array(item["image"]), layout="xyz"))
         for item in items
     ]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from radcloud.cli import audit, gateway, models, security, services, train
+from radcloud.cli import audit, gateway, models, security, services, synth, train
 
 __all__ = ["app", "main"]
 
@@ -20,6 +20,7 @@ security.register(app)
 audit.register(app)
 gateway.register(app)
 models.register(app)
+synth.register(app)
 train.register(app)
 
 

@@ -1,7 +1,7 @@
-"""Synthetic DICOM data, labelled SYNTHETIC wherever it appears.
+"""Single synthetic CT slices as Part 10 bytes, for ingest tests and benchmarks.
 
-For now: single CT slices for ingest tests and benchmarks. The imaging issue adds whole
-synthetic studies with ground truth (head CT phantoms, chest radiographs).
+Unlike :func:`imaging.synthetic.generate_study` these are tiny noise images without anatomy
+or ground truth; ``omit`` makes deliberately non-conformant instances.
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from pydicom import Dataset
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
-__all__ = ["SYNTHETIC_LABEL", "ct_slice"]
+from imaging.synthetic.dicom import SYNTHETIC_LABEL
 
-SYNTHETIC_LABEL = "SYNTHETIC"
+__all__ = ["ct_slice"]
 
 
 def ct_slice(
