@@ -145,7 +145,7 @@ def fit(
     np.random.seed(seed)
     started = time.perf_counter()
     model = spec.network().to(device)
-    loader = DataLoader(
+    loader: torch.utils.data.DataLoader[Any] = DataLoader(
         _dataset(spec, train_items, cache_dir, train=True),
         batch_size=batch_size,
         shuffle=True,
@@ -164,7 +164,8 @@ def fit(
     if spec.segmentation:
         history["validation Dice"] = []
     best, best_epoch, best_state = -1.0, 0, copy.deepcopy(model.state_dict())
-    base = model.module if hasattr(model, "module") else model
+    inner = getattr(model, "module", None)  # DistributedDataParallel wraps the network
+    base: torch.nn.Module = inner if isinstance(inner, torch.nn.Module) else model
     for epoch in range(1, epochs + 1):
         model.train()
         losses = []
@@ -177,7 +178,7 @@ def fit(
                 if not spec.segmentation:
                     output, target = output.reshape(-1), target.float().reshape(-1)
                 loss = loss_function(output, target)
-            scaler.scale(loss).backward()
+            scaler.scale(loss).backward()  # type: ignore[no-untyped-call]
             scaler.step(optimiser)
             scaler.update()
             losses.append(float(loss.detach()))

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import warnings
 from pathlib import Path
 from typing import Annotated
 
@@ -43,6 +45,9 @@ def train(
     from training.tasks import Task
 
     setup_logging("WARNING")
+    # MONAI looks for NVIDIA's nvImageCodec on import and warns when it is absent: irrelevant.
+    logging.getLogger("monai.data.nvimgcodec_pydicom_plugin").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", message="NvImgCodecPydicomReader")
     settings = get_settings()
     try:
         task_value, preset_value = Task(task), Preset(preset)
