@@ -51,7 +51,9 @@ class Predictions:
 
     @property
     def auc(self) -> float:
-        """ROC AUC of the triage scores."""
+        """ROC AUC of the triage scores; NaN when the set holds only one class."""
+        if len(set(self.labels)) < 2:
+            return float("nan")
         return roc_auc(self.labels, self.scores)
 
     @property
@@ -71,7 +73,13 @@ class FitResult:
 
 
 def _dataset(spec: TaskSpec, items: list[dict[str, Any]], cache_dir: Path, train: bool) -> Any:
-    transform = Compose([spec.preprocess(), spec.augment()]) if train else spec.preprocess()
+    # One flat chain: PersistentDataset caches up to the first random transform, and a nested
+    # Compose counts as random, which would cache nothing (and mix cache entries of the
+    # training and evaluation pipelines). Flat, both cache the same deterministic prefix.
+    steps = [*spec.preprocess().flatten().transforms]  # type: ignore[no-untyped-call]
+    if train:
+        steps += spec.augment().flatten().transforms  # type: ignore[no-untyped-call]
+    transform = Compose(steps)
     cache_dir.mkdir(parents=True, exist_ok=True)
     return PersistentDataset(items, transform=transform, cache_dir=cache_dir)
 
@@ -189,7 +197,7 @@ def fit(
             metrics["validation Dice"] = validation.mean_dice or 0.0
         for name, value in metrics.items():
             history[name].append(value)
-        score = metrics.get("validation Dice", 0.0) + metrics["validation AUC"]
+        score = float(np.nansum([metrics.get("validation Dice", 0.0), metrics["validation AUC"]]))
         if score > best:
             best, best_epoch = score, epoch
             best_state = copy.deepcopy(base.state_dict())

@@ -96,15 +96,15 @@ class BinaryMetrics:
 
 
 def binary_metrics(labels: ArrayLike, scores: ArrayLike, threshold: float) -> BinaryMetrics:
-    """AUC, and sensitivity and specificity at ``threshold`` (score ≥ threshold is positive)."""
+    """AUC (NaN when one class is absent), and sensitivity and specificity at ``threshold``
+    (score ≥ threshold is positive)."""
     y = np.asarray(labels, dtype=np.int64)
     predicted = np.asarray(scores, dtype=np.float64) >= threshold
     positives, negatives = int(y.sum()), int((1 - y).sum())
+    auc = roc_auc(y, scores) if positives and negatives else float("nan")
     sensitivity = float((predicted & (y == 1)).sum() / max(positives, 1))
     specificity = float((~predicted & (y == 0)).sum() / max(negatives, 1))
-    return BinaryMetrics(
-        roc_auc(y, scores), threshold, sensitivity, specificity, positives, negatives
-    )
+    return BinaryMetrics(auc, threshold, sensitivity, specificity, positives, negatives)
 
 
 def dice(prediction: np.ndarray, truth: np.ndarray) -> float:
@@ -135,7 +135,10 @@ def plot_roc(curves: dict[str, tuple[ArrayLike, ArrayLike]], path: Path, title: 
     figure, axis = plt.subplots(figsize=(5, 5), dpi=100)
     for name, (labels, scores) in curves.items():
         fpr, tpr, _ = roc_curve(labels, scores)
-        axis.plot(fpr, tpr, label=f"{name} (AUC {roc_auc(labels, scores):.3f})")
+        if len(set(np.asarray(labels).tolist())) < 2:
+            axis.plot(fpr, tpr, label=f"{name} (AUC undefined: one class only)")
+        else:
+            axis.plot(fpr, tpr, label=f"{name} (AUC {roc_auc(labels, scores):.3f})")
     axis.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=0.8)
     axis.set_xlabel("1 - specificity")
     axis.set_ylabel("sensitivity")

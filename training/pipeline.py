@@ -264,7 +264,7 @@ def train(
         metrics["test"]["lesion_dice"] = test.mean_dice
     baseline_scores = _baseline_scores(config.task, parts[Part.TEST])
     baseline = {
-        "auc": roc_auc(test.labels, baseline_scores),
+        "auc": roc_auc(test.labels, baseline_scores) if len(set(test.labels)) > 1 else float("nan"),
         "rule": f"hand rule of imaging.synthetic.baseline_score for {config.task}",
     }
     seconds["evaluation"] = (dt.datetime.now(dt.UTC) - clock).total_seconds()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,10 @@ def _normalization(spec: TaskSpec) -> IntensityNormalization:
         width, level = spec.window
         return IntensityNormalization(method="window", window_width=width, window_level=level)
     return IntensityNormalization(method="percentile", percentiles=(1.0, 99.0))
+
+
+def _defined(value: float | None) -> float | None:
+    return None if value is None or math.isnan(value) else float(value)
 
 
 def build_card(spec: TaskSpec, config: Any, extra: dict[str, Any]) -> ModelCard:
@@ -111,10 +116,10 @@ def build_card(spec: TaskSpec, config: Any, extra: dict[str, Any]) -> ModelCard:
         ),
         metrics=Metrics(
             evaluated_on="held-out test patients" + (" (SYNTHETIC)" if synthetic else ""),
-            auc=test["auc"],
-            sensitivity=test["sensitivity"],
-            specificity=test["specificity"],
-            dice=test.get("lesion_dice"),
+            auc=_defined(test["auc"]),
+            sensitivity=_defined(test["sensitivity"]),
+            specificity=_defined(test["specificity"]),
+            dice=_defined(test.get("lesion_dice")),
             extra={"baseline_auc": float(extra["baseline"]["auc"])},
         ),
         intended_use=DEMO_INTENDED_USE if synthetic else "research use; not for clinical use",
