@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
-from radcloud.audit import AuditEventCode, AuditOutcome, AuditTrail
+from radcloud.audit import AuditEventCode, AuditOutcome, AuditTrail, _record_hash
 from radcloud.config import load_settings
 from radcloud.db import Database, upgrade
 from radcloud.secrets import load_secrets
@@ -39,9 +39,9 @@ def trail(tmp_path: Path) -> AuditTrail:
     return audit
 
 
-def _sql(trail: AuditTrail, statement: str) -> None:
+def _sql(trail: AuditTrail, statement: str, **params: object) -> None:
     with trail._db.engine.begin() as connection:
-        connection.execute(text(statement))
+        connection.execute(text(statement), params)
 
 
 def test_intact_chain_verifies(trail: AuditTrail) -> None:
@@ -82,9 +82,12 @@ def test_deleted_newest_record_is_detected(trail: AuditTrail) -> None:
 
 
 def test_rehashed_forgery_still_breaks_the_chain(trail: AuditTrail) -> None:
-    """Editing a record and fixing its own hash does not help: the next record disagrees."""
-    _sql(trail, "UPDATE audit_events SET outcome = 8, hash = 'f' || substr(hash, 2) WHERE seq = 4")
+    """Editing a record and recomputing its own hash does not help: the next record disagrees."""
+    forged = next(r for r in trail.search(limit=10) if r["seq"] == 4) | {"outcome": 8}
+    new_hash = _record_hash(forged)
+    _sql(trail, "UPDATE audit_events SET outcome = 8, hash = :hash WHERE seq = 4", hash=new_hash)
     problems = trail.verify().problems
+    assert not any("record 4 was modified" in p for p in problems)  # its own hash fits
     assert any("record 5 does not follow" in p for p in problems)
 
 
