@@ -26,25 +26,37 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import datetime as dt
 import fcntl
-import json
 import logging
-import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
-from enum import StrEnum
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-import onnxruntime
 import torch
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, ValidationError
 from torch import nn
 
+from models._store import (
+    INDEX_FILE,
+    MANIFEST_FILE,
+    METRICS_FILE,
+    TRAINING_CONFIG_FILE,
+    Index,
+    RegisteredModel,
+    RegistryEvent,
+    Stage,
+    VersionEntry,
+    fsync_path,
+    fsync_tree,
+    jsonable,
+    write_atomic,
+    write_json,
+    write_text,
+)
+from models._validate import check_rebuilt, checked_card, rebuild_network
 from models.bundle import (
     CARD_FILE,
     INFERENCE_FILE,
@@ -52,205 +64,21 @@ from models.bundle import (
     ONNX_FILE,
     WEIGHTS_FILE,
     inference_config,
-    load_state_dict,
     monai_metadata,
     stage_bundle,
     stage_onnx,
 )
 from models.card import ModelCard, Task
-from models.exceptions import (
-    ArchitectureError,
-    CardError,
-    ModelLoadError,
-    ModelNotFoundError,
-    RegistryIndexError,
-    StageError,
-)
+from models.exceptions import CardError, ModelNotFoundError, RegistryIndexError, StageError
 from models.export import check_parity, export_onnx, onnx_session
-from models.networks import ARCHITECTURES, DEFAULT_PARITY_TOLERANCE, build_network, default_device
+from models.networks import ARCHITECTURES, DEFAULT_PARITY_TOLERANCE
 
 __all__ = ["ModelRegistry", "RegisteredModel", "RegistryEvent", "Stage"]
 
 logger = logging.getLogger(__name__)
 
-INDEX_FILE = "registry.json"
-METRICS_FILE = "metrics.json"
-TRAINING_CONFIG_FILE = "training_config.json"
-MANIFEST_FILE = "data_manifest.sha256"
-
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")  # as ModelCard.name
 _PARITY_SEED = 0
-
-
-class Stage(StrEnum):
-    """Where a model version is in its life."""
-
-    STAGED = "staged"
-    PRODUCTION = "production"
-    ARCHIVED = "archived"
-
-
-def _now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
-
-
-class RegistryEvent(BaseModel):
-    """One change in a model's registry index."""
-
-    at: dt.datetime = Field(default_factory=_now)
-    action: Literal["register", "import", "promote", "rollback"]
-    version: int
-    detail: str = ""
-
-
-class _VersionEntry(BaseModel):
-    stage: Stage = Stage.STAGED
-    registered_at: dt.datetime = Field(default_factory=_now)
-
-
-class _Index(BaseModel):
-    name: str
-    versions: dict[int, _VersionEntry] = Field(default_factory=dict)
-    production_history: list[int] = Field(default_factory=list)
-    history: list[RegistryEvent] = Field(default_factory=list)
-
-    @property
-    def production(self) -> int | None:
-        for version, entry in self.versions.items():
-            if entry.stage is Stage.PRODUCTION:
-                return version
-        return None
-
-
-@dataclass(frozen=True)
-class RegisteredModel:
-    """One registered model version.
-
-    Attributes
-    ----------
-    name, version
-        Registry name and integer version.
-    stage
-        Its stage when it was read.
-    path
-        Its bundle directory.
-    card
-        Its model card.
-    """
-
-    name: str
-    version: int
-    stage: Stage
-    path: Path
-    card: ModelCard
-
-    @property
-    def weights_path(self) -> Path:
-        """``models/model.pt`` (may be absent for ONNX-only imports)."""
-        return self.path / WEIGHTS_FILE
-
-    @property
-    def onnx_path(self) -> Path:
-        """``models/model.onnx`` (may be absent for weights-only imports)."""
-        return self.path / ONNX_FILE
-
-    def metrics(self) -> dict[str, Any]:
-        """The full evaluation results (``metrics.json``; empty when there are none)."""
-        path = self.path / METRICS_FILE
-        if not path.is_file():
-            return {}
-        loaded: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
-        return loaded
-
-    def load_torch(self, device: torch.device | str | None = None) -> nn.Module:
-        """Build the card's architecture and load ``models/model.pt`` (``weights_only=True``).
-
-        Parameters
-        ----------
-        device
-            Where to put the network (default: CUDA when available, else CPU).
-
-        Returns
-        -------
-        torch.nn.Module
-            The network in eval mode.
-
-        Raises
-        ------
-        ModelLoadError
-            When the model has no architecture or weights, or they do not fit each other.
-        """
-        if self.card.architecture is None:
-            raise ModelLoadError(self.path, "ONNX-only model: the card names no architecture")
-        state = load_state_dict(self.weights_path)
-        try:
-            network = build_network(self.card.architecture)
-            network.load_state_dict(state, strict=True)
-        except (ArchitectureError, RuntimeError) as exc:
-            raise ModelLoadError(self.weights_path, str(exc).splitlines()[0]) from exc
-        return network.to(device if device is not None else default_device()).eval()
-
-    def onnx_session(self, providers: Sequence[str] | None = None) -> onnxruntime.InferenceSession:
-        """An ONNX Runtime session on ``models/model.onnx``.
-
-        Parameters
-        ----------
-        providers
-            Execution providers, best first (default: TensorRT, CUDA, CPU, whichever this
-            ``onnxruntime`` build offers).
-
-        Raises
-        ------
-        ModelLoadError
-            When there is no ONNX file or ONNX Runtime cannot load it.
-        """
-        return onnx_session(self.onnx_path, providers)
-
-
-def _write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text, encoding="utf-8")
-
-
-def _write_json(path: Path, data: Any) -> None:
-    _write_text(path, json.dumps(data, indent=2, default=str) + "\n")
-
-
-def _fsync_tree(root: Path) -> None:
-    """Flush every file and directory under ``root`` to disk (before it is renamed into place)."""
-    for directory, _, files in os.walk(root):
-        for filename in files:
-            _fsync_path(Path(directory) / filename)
-        _fsync_path(Path(directory))
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        Path(tmp).replace(path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_path(path.parent)
-
-
-def _fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _jsonable(value: Mapping[str, Any] | BaseModel) -> Any:
-    if isinstance(value, BaseModel):
-        return value.model_dump(mode="json")
-    return json.loads(json.dumps(dict(value), default=str))
 
 
 class ModelRegistry:
@@ -270,22 +98,22 @@ class ModelRegistry:
     def _index_path(self, name: str) -> Path:
         return self.root / name / INDEX_FILE
 
-    def _read_index(self, name: str) -> _Index:
+    def _read_index(self, name: str) -> Index:
         if not _NAME.match(name):  # never a path outside the registry
             raise ModelNotFoundError(name)
         path = self._index_path(name)
         try:
-            return _Index.model_validate_json(path.read_bytes())
+            return Index.model_validate_json(path.read_bytes())
         except FileNotFoundError:
             raise ModelNotFoundError(name) from None
         except (OSError, ValidationError) as exc:
             raise RegistryIndexError(path, str(exc).splitlines()[0]) from exc
 
-    def _write_index(self, index: _Index) -> None:
+    def _write_index(self, index: Index) -> None:
         path = self._index_path(index.name)
-        _write_atomic(path, index.model_dump_json(indent=2) + "\n")
+        write_atomic(path, index.model_dump_json(indent=2) + "\n")
 
-    def _model(self, index: _Index, version: int) -> RegisteredModel:
+    def _model(self, index: Index, version: int) -> RegisteredModel:
         path = self.root / index.name / str(version)
         return RegisteredModel(
             name=index.name,
@@ -464,28 +292,28 @@ class ModelRegistry:
             try:
                 index = self._read_index(card.name)
             except ModelNotFoundError:
-                index = _Index(name=card.name)
+                index = Index(name=card.name)
             numbered = [int(p.name) for p in name_dir.glob("*") if p.name.isdigit()]
             version = max([0, *index.versions, *numbered]) + 1
             card = card.model_copy(update={"version": version})
-            _write_text(staging / CARD_FILE, card.to_json())
+            write_text(staging / CARD_FILE, card.to_json())
             if write_metadata:
                 changelog = {v: self._changelog(card.name, v) for v in index.versions}
                 changelog[version] = card.changelog
-                _write_json(staging / METADATA_FILE, monai_metadata(card, changelog))
+                write_json(staging / METADATA_FILE, monai_metadata(card, changelog))
                 inference = inference_config(card)
                 if inference is not None:
-                    _write_json(staging / INFERENCE_FILE, inference)
+                    write_json(staging / INFERENCE_FILE, inference)
             if card.training_data.manifest_sha256:
-                _write_text(staging / MANIFEST_FILE, card.training_data.manifest_sha256 + "\n")
+                write_text(staging / MANIFEST_FILE, card.training_data.manifest_sha256 + "\n")
             for filename in (METRICS_FILE, TRAINING_CONFIG_FILE):
                 if not (staging / filename).exists():
-                    _write_json(staging / filename, {})
-            _fsync_tree(staging)
+                    write_json(staging / filename, {})
+            fsync_tree(staging)
             name_dir.mkdir(parents=True, exist_ok=True)
             staging.rename(name_dir / str(version))
-            _fsync_path(name_dir)
-            index.versions[version] = _VersionEntry()
+            fsync_path(name_dir)
+            index.versions[version] = VersionEntry()
             index.history.append(RegistryEvent(action=action, version=version, detail=detail))
             self._write_index(index)
         logger.info("%s %s version %d (staged)", action, card.name, version)
@@ -554,15 +382,15 @@ class ModelRegistry:
         ExportError
             When the ONNX export fails.
         """
-        card = self._checked_card(card, example_input, data_manifest_sha256)
-        assert card.architecture is not None  # noqa: S101 - checked by _checked_card
+        card = checked_card(card, example_input, data_manifest_sha256)
+        assert card.architecture is not None  # noqa: S101 - checked by checked_card
         tolerance = parity_tolerance
         if tolerance is None:
             arch = ARCHITECTURES.get(card.architecture.name)
             tolerance = arch.parity_tolerance if arch else DEFAULT_PARITY_TOLERANCE
         trained = copy.deepcopy(model).float().cpu().eval()
         state = {k: v.detach().clone() for k, v in trained.state_dict().items()}
-        rebuilt = self._rebuild(card, state)
+        rebuilt = rebuild_network(card, state)
         example = example_input.detach().float().cpu()
         generator = torch.Generator().manual_seed(_PARITY_SEED)
         probes = [example, torch.rand((2, *card.inputs.shape), generator=generator)]
@@ -570,10 +398,10 @@ class ModelRegistry:
             onnx_path = export_onnx(trained, example, staging / ONNX_FILE, opset=opset)
             session = onnx_session(onnx_path, ["CPUExecutionProvider"])
             diff = check_parity(trained, onnx_path, probes, tolerance, session=session)
-            self._check_rebuilt(card, trained, rebuilt, probes, tolerance)
+            check_rebuilt(card, trained, rebuilt, probes, tolerance)
             torch.save(state, staging / WEIGHTS_FILE)
-            _write_json(staging / METRICS_FILE, _jsonable(metrics))
-            _write_json(staging / TRAINING_CONFIG_FILE, _jsonable(training_config))
+            write_json(staging / METRICS_FILE, jsonable(metrics))
+            write_json(staging / TRAINING_CONFIG_FILE, jsonable(training_config))
             return self._commit(
                 staging,
                 card,
@@ -581,66 +409,6 @@ class ModelRegistry:
                 write_metadata=True,
                 detail=f"ONNX parity {diff:.2g} (tolerance {tolerance:.2g})",
             )
-
-    def _checked_card(
-        self, card: ModelCard, example_input: torch.Tensor, manifest_sha256: str
-    ) -> ModelCard:
-        if card.architecture is None:
-            raise CardError(card.name, "architecture is missing: register needs the network")
-        if tuple(example_input.shape[1:]) != card.inputs.shape:
-            raise CardError(
-                card.name,
-                f"example_input has shape {list(example_input.shape)}: expected (batch, "
-                f"{', '.join(map(str, card.inputs.shape))}) as card.inputs.shape says",
-            )
-        if not _SHA256.match(manifest_sha256):
-            raise CardError(
-                card.name,
-                f'data_manifest_sha256 "{manifest_sha256}": expected 64 lowercase hex digits',
-            )
-        declared = card.training_data.manifest_sha256
-        if declared is not None and declared != manifest_sha256:
-            raise CardError(
-                card.name,
-                f"training_data.manifest_sha256 {declared} differs from data_manifest_sha256 "
-                f"{manifest_sha256}",
-            )
-        training_data = card.training_data.model_copy(update={"manifest_sha256": manifest_sha256})
-        return card.model_copy(update={"training_data": training_data})
-
-    @staticmethod
-    def _rebuild(card: ModelCard, state: dict[str, torch.Tensor]) -> nn.Module:
-        assert card.architecture is not None  # noqa: S101 - checked by the caller
-        network = build_network(card.architecture)
-        try:
-            network.load_state_dict(state, strict=True)
-        except RuntimeError as exc:
-            detail = " ".join(line.strip() for line in str(exc).splitlines()[:3])
-            raise CardError(
-                card.name,
-                f"the model's weights do not fit architecture {card.architecture.name} "
-                f"{card.architecture.params}: {detail}",
-            ) from exc
-        return network
-
-    @staticmethod
-    def _check_rebuilt(
-        card: ModelCard,
-        trained: nn.Module,
-        rebuilt: nn.Module,
-        probes: Sequence[torch.Tensor],
-        tolerance: float,
-    ) -> None:
-        with torch.no_grad():
-            for probe in probes:
-                diff = float((trained(probe) - rebuilt(probe)).abs().max())
-                if not diff <= tolerance:
-                    raise CardError(
-                        card.name,
-                        f"architecture {card.architecture.name if card.architecture else None} "
-                        f"with the model's weights gives outputs up to {diff:.3g} away from the "
-                        f"model's: expected at most {tolerance:.3g}",
-                    )
 
     def import_bundle(
         self, path: Path, *, name: str | None = None, task: Task | str | None = None
