@@ -174,7 +174,9 @@ TASKS: dict[Task, TaskSpec] = {
             "spatial_dims": 3,
             "in_channels": 1,
             "out_channels": 2,
-            "channels": [8, 16, 32, 64],
+            # 16-128 learned faster than 8-64 at the same CPU time per epoch (validation Dice
+            # 0.125 vs 0.09 after 5 epochs on 60 SYNTHETIC studies)
+            "channels": [16, 32, 64, 128],
             "strides": [2, 2, 2],
             "num_res_units": 1,
         },
