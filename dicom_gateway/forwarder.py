@@ -176,11 +176,11 @@ class Forwarder:
                     continue
                 self._known[path] = entry
                 new.append(entry)
+            # the listing just made, and the sizes read once per file: no stat of every file
+            metrics.SPOOL_FILES.set(len(self._known))
+            metrics.SPOOL_BYTES.set(sum(entry.size_bytes for entry in self._known.values()))
         for entry in new:
             self._queue.put(entry)
-        usage = self._spool.usage()
-        metrics.SPOOL_FILES.set(usage.files)
-        metrics.SPOOL_BYTES.set(usage.bytes)
 
     def _scan_loop(self) -> None:
         while not self._stop.is_set():

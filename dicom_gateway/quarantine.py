@@ -129,14 +129,23 @@ class Quarantine:
             raise QuarantineEntryError(entry_id, "no such entry")
         return path
 
+    def _entry_dirs(self) -> list[Path]:
+        return sorted(
+            path
+            for path in self.directory.iterdir()
+            if not path.name.startswith(".") and (path / _REASON).is_file()
+        )
+
     def list(self) -> list[QuarantineEntry]:
         """Every entry, oldest first."""
-        entries = []
-        for path in sorted(self.directory.iterdir()):
-            if path.name.startswith(".") or not (path / _REASON).is_file():
-                continue
-            entries.append(QuarantineEntry(**json.loads((path / _REASON).read_text())))
-        return entries
+        return [
+            QuarantineEntry(**json.loads((path / _REASON).read_text()))
+            for path in self._entry_dirs()
+        ]
+
+    def count(self) -> int:
+        """How many entries there are (without reading them)."""
+        return len(self._entry_dirs())
 
     def show(self, entry_id: str) -> QuarantineEntry:
         """One entry's metadata."""

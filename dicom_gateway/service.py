@@ -87,7 +87,7 @@ class GatewayService:
         return {
             "status": "ok",
             "spool": {"files": usage.files, "bytes": usage.bytes, "limit_bytes": usage.limit_bytes},
-            "quarantine": len(self.quarantine.list()),
+            "quarantine": self.quarantine.count(),
             "orthanc_available": self.forwarder.orthanc_available,
             "associations_open": self.dicom.associations_open,
             "ae_title": self.settings.gateway_ae_title,
