@@ -186,6 +186,24 @@ ARCHITECTURES: Mapping[str, Architecture] = {
             description="residual UNet, 3D, 5 levels: lesion segmentation (patches)",
         ),
         Architecture(
+            name="unet-2.5d",
+            target="models.slice_stack.SliceStackUNet",
+            params={
+                "context": 1,
+                "out_channels": 2,
+                "channels": [32, 64, 128, 256],
+                "strides": [2, 2, 2],
+                "num_res_units": 2,
+            },
+            input_shape=(1, 128, 128, 32),
+            kind="segmentation",
+            tasks=(Task.HEAD_CT_LESION_SEG, Task.HEAD_CT_TRIAGE),
+            spatial_multiple=8,
+            parity_tolerance=SEGMENTER_PARITY_TOLERANCE,
+            description="residual UNet, 2D over 3-slice axial stacks (2.5D): head CT lesion "
+            "segmentation and triage on whole volumes",
+        ),
+        Architecture(
             name="segresnet-3d",
             target=f"{_MONAI_NETS}.SegResNet",
             params={

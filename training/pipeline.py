@@ -74,7 +74,7 @@ PRESETS: dict[tuple[Task, Preset], dict[str, Any]] = {
     },
     (Task.HEAD_CT, Preset.DEMO): {
         "studies": 200,
-        "epochs": 24,
+        "epochs": 16,
         "batch_size": 2,
         "learning_rate": 3e-3,
     },

@@ -31,6 +31,7 @@ SMALL: dict[str, tuple[dict[str, Any], tuple[int, ...]]] = {
     "densenet121-3d": ({"init_features": 4, "growth_rate": 2}, (1, 32, 32, 32)),
     "densenet-compact-3d": ({}, (1, 32, 32, 32)),
     "resnet10-3d": ({"widen_factor": 0.125}, (1, 32, 32, 16)),
+    "unet-2.5d": ({"channels": [4, 8, 8, 8], "num_res_units": 1}, (1, 32, 32, 8)),
     "unet-3d": ({"channels": [2, 4, 4, 4, 4], "num_res_units": 1}, (1, 32, 32, 16)),
     "segresnet-3d": ({"init_filters": 8}, (1, 32, 32, 16)),
 }

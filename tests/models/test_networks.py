@@ -19,6 +19,7 @@ from models import (
     get_architecture,
     sliding_window_inferer,
 )
+from models.slice_stack import SliceStackd
 
 # Same depth as the defaults (so the default input shapes are exercised), much less width.
 SLIM: dict[str, dict[str, Any]] = {
@@ -27,6 +28,7 @@ SLIM: dict[str, dict[str, Any]] = {
     "densenet-compact-3d": {},
     "resnet10-3d": {"widen_factor": 0.125},
     "unet-3d": {"channels": [2, 4, 4, 4, 4], "num_res_units": 1},
+    "unet-2.5d": {"channels": [2, 4, 4, 4], "num_res_units": 1},
     "segresnet-3d": {"init_filters": 8, "blocks_down": [1, 1, 1, 1]},
 }
 
@@ -37,6 +39,7 @@ DOCUMENTED_PARAMETERS = {
     "densenet-compact-3d": 142_573,
     "resnet10-3d": 14_356_929,
     "unet-3d": 4_806_481,
+    "unet-2.5d": 1_604_053,
     "segresnet-3d": 4_700_914,
 }
 
@@ -58,6 +61,29 @@ def test_architecture_runs_on_its_default_input_shape(name: str) -> None:
     else:
         assert output.shape == (2, out_channels, *arch.input_shape[1:])
         assert all(size % arch.spatial_multiple == 0 for size in arch.input_shape[1:])
+
+
+def test_slice_stack_unet_segments_each_slice_with_its_neighbours() -> None:
+    network = build_network("unet-2.5d", **SLIM["unet-2.5d"])
+    volume = torch.rand(2, 1, 16, 24, 5)
+    with torch.inference_mode():
+        output = network(volume)
+        for z in (0, 2, 4):  # ends repeat the edge slice
+            neighbours = [min(max(k, 0), 4) for k in (z - 1, z, z + 1)]
+            stack = volume[:, 0][..., neighbours].permute(0, 3, 1, 2)  # (2, 3, 16, 24)
+            torch.testing.assert_close(output[..., z], network(stack), rtol=1e-4, atol=1e-5)
+    assert output.shape == (2, 2, 16, 24, 5)
+
+
+def test_slice_stackd_turns_a_crop_into_one_training_sample() -> None:
+    image = torch.arange(4 * 6 * 3, dtype=torch.float32).reshape(1, 4, 6, 3)
+    mask = (image > 40).to(torch.uint8)
+    sample = SliceStackd("image", ["mask"], context=1)({"image": image, "mask": mask})
+    assert sample["image"].shape == (3, 4, 6)
+    torch.testing.assert_close(sample["image"][1], image[0, ..., 1])
+    torch.testing.assert_close(sample["mask"], mask[..., 1])
+    with pytest.raises(ValueError, match="expects"):
+        SliceStackd("image", ["mask"], context=2)({"image": image, "mask": mask})
 
 
 def network_out_channels(params: dict[str, Any] | Any) -> int:
