@@ -212,6 +212,8 @@ class OutboxEvent(Base):
     processed_at: Mapped[dt.datetime | None] = mapped_column(index=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     last_error: Mapped[str | None] = mapped_column(Text)
+    # Not before this time (retry backoff); None: at once.
+    available_at: Mapped[dt.datetime | None] = mapped_column(index=True)
 
 
 class InferenceResult(Base):
@@ -245,6 +247,11 @@ class WorklistItem(Base):
     )
     priority_class: Mapped[str] = mapped_column(String(16), default="routine")
     ai_score: Mapped[float | None] = mapped_column(Float)
+    # "pending", "succeeded", "failed" (AI could not process the study: it is read unaided)
+    ai_status: Mapped[str] = mapped_column(String(16), default="pending")
+    # When the study should be read at the latest (ready time + its class's maximum wait):
+    # the worklist is ordered by it.
+    due_at: Mapped[dt.datetime | None] = mapped_column(index=True)
     claimed_by: Mapped[str | None] = mapped_column(String(128))
     claimed_at: Mapped[dt.datetime | None]
     reported_at: Mapped[dt.datetime | None]
