@@ -3,10 +3,15 @@
 No secret has a default value. ``RADCLOUD_JWT_SECRET`` may override the token signing key (at
 least 32 characters outside dev mode); everything else is generated here and never leaves the
 file. The file is created atomically with ``O_EXCL`` so two processes starting together agree.
+A secret added in a later radcloud version (``deid_hmac_key``) is generated into an older file
+on first use, under an exclusive lock (``secrets.lock``) and by atomic replacement, so
+processes starting together agree on it too. ``notify_signing_key`` (signs critical-finding
+webhooks) is added the same way.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import secrets
@@ -19,7 +24,15 @@ from radcloud.exceptions import SecretsError
 
 __all__ = ["Secrets", "load_secrets"]
 
-_FIELDS = ("jwt_signing_key", "audit_hmac_key", "orthanc_password")
+_FIELDS = (
+    "jwt_signing_key",
+    "audit_hmac_key",
+    "orthanc_password",
+    "deid_hmac_key",
+    "notify_signing_key",
+)
+# generated into files written before they existed
+_ADDED_LATER = ("deid_hmac_key", "notify_signing_key")
 
 
 @dataclass(frozen=True, repr=False)
@@ -29,30 +42,65 @@ class Secrets:
     jwt_signing_key: str
     audit_hmac_key: str
     orthanc_password: str
+    deid_hmac_key: str
+    """Keys the pseudonyms and UIDs of de-identified exports (``imaging.deid``)."""
+    notify_signing_key: str
+    """Signs critical-finding webhooks (``serving.notify``); receivers verify with it."""
     orthanc_user: str = "radcloud"
 
     def __repr__(self) -> str:
         return "Secrets(<redacted>)"
 
 
-def _generate() -> dict[str, str]:
-    return {name: secrets.token_urlsafe(48) for name in _FIELDS}
+def _generate(names: tuple[str, ...] = _FIELDS) -> dict[str, str]:
+    return {name: secrets.token_urlsafe(48) for name in names}
+
+
+def _write_private(path: Path, data: dict[str, str]) -> Path:
+    """Write ``data`` as JSON to a new 0600 file beside ``path``, fsync-ed; returns it."""
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        json.dump(data, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+    return tmp
 
 
 def _write_new(path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        json.dump(_generate(), handle)
-        handle.flush()
-        os.fsync(handle.fileno())
+    tmp = _write_private(path, _generate())
     try:
         os.link(tmp, path)  # atomic, and fails if another process won the race
     except FileExistsError:
         pass  # the other process's file stands; ours is discarded below
     finally:
         tmp.unlink()
+
+
+def _add_missing(path: Path) -> dict[str, str]:
+    """Generate the secrets of ``_ADDED_LATER`` that ``path`` lacks; returns the file's content.
+
+    Runs under an exclusive ``flock`` and re-reads the file inside it, so of several processes
+    only the first generates; the file is replaced atomically (readers see old or new).
+    """
+    lock = os.open(path.with_name("secrets.lock"), os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        data: dict[str, str] = json.loads(path.read_text())
+        missing = tuple(name for name in _ADDED_LATER if name not in data)
+        if missing:
+            tmp = _write_private(path, data | _generate(missing))
+            tmp.replace(path)
+            directory = os.open(path.parent, os.O_RDONLY)
+            try:
+                os.fsync(directory)
+            finally:
+                os.close(directory)
+            data = json.loads(path.read_text())
+        return data
+    finally:
+        os.close(lock)  # releases the lock
 
 
 def load_secrets(settings: Settings) -> Secrets:
@@ -71,7 +119,8 @@ def load_secrets(settings: Settings) -> Secrets:
     Raises
     ------
     SecretsError
-        When the file is readable by group or others, unreadable, or incomplete.
+        When the file is readable by group or others, unreadable, or incomplete (a secret
+        added in a later version is generated instead, see the module docstring).
     """
     path = settings.paths.secrets_file
     if not path.exists():
@@ -85,7 +134,11 @@ def load_secrets(settings: Settings) -> Secrets:
         path.chmod(0o600)
     try:
         data = json.loads(path.read_text())
-        values = {name: str(data[name]) for name in _FIELDS}
+        original = [name for name in _FIELDS if name not in _ADDED_LATER]
+        values = {name: str(data[name]) for name in original}
+        if any(name not in data for name in _ADDED_LATER):
+            data = _add_missing(path)
+        values |= {name: str(data[name]) for name in _ADDED_LATER}
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise SecretsError(path, f"unreadable or incomplete ({exc})") from exc
     if settings.jwt_secret:

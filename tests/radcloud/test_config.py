@@ -134,6 +134,28 @@ def test_incomplete_secrets_file_is_reported(tmp_path: Path) -> None:
         load_secrets(settings)
 
 
+def test_secret_added_later_is_generated_once_into_an_older_file(tmp_path: Path) -> None:
+    settings = load_settings(home=tmp_path)
+    path = settings.paths.secrets_file
+    older = {"jwt_signing_key": "j" * 64, "audit_hmac_key": "a" * 64, "orthanc_password": "o" * 64}
+    path.write_text(json.dumps(older))
+    path.chmod(0o600)
+    code = (
+        "from radcloud.config import load_settings; from radcloud.secrets import load_secrets; "
+        f"print(load_secrets(load_settings(home={str(tmp_path)!r})).deid_hmac_key)"
+    )
+    processes = [  # started together: they must agree on one generated key
+        subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+        for _ in range(4)
+    ]
+    keys = {process.communicate(timeout=60)[0].strip() for process in processes}
+    assert len(keys) == 1 and len(keys.pop()) >= 32
+    saved = json.loads(path.read_text())
+    assert {k: saved[k] for k in older} == older  # nothing else changed
+    assert saved["deid_hmac_key"] == load_secrets(settings).deid_hmac_key
+    assert path.stat().st_mode & 0o777 == 0o600
+
+
 def test_short_jwt_secret_only_in_dev_mode(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="at least 32"):
         load_settings(home=tmp_path, jwt_secret="dev-secret")
