@@ -5,15 +5,20 @@
 * :mod:`imaging.transforms` - windowing presets and the DICOM linear window, resampling;
 * :mod:`imaging.nifti` - NIfTI export/import with an exact LPS ↔ RAS affine;
 * :mod:`imaging.seg` / :mod:`imaging.sr` - AI results as DICOM SEG and TID 1500 SR;
+* :mod:`imaging.deid` - de-identification through Orthanc's PS3.15 Basic Profile with keyed,
+  consistent UIDs and patient pseudonyms;
 * :mod:`imaging.exceptions` - the package's exception tree;
 * ``imaging.synthetic`` - synthetic (SYNTHETIC-labelled) studies; import it directly.
 """
 
+from imaging.deid import OrthancDeidentifier, Pseudonymizer
 from imaging.exceptions import (
     ConformanceError,
+    DeidentificationError,
     GeometryError,
     ImagingError,
     InconsistentSeriesError,
+    OrthancUnavailableError,
     UnsupportedDataError,
 )
 from imaging.nifti import load_nifti, save_nifti
@@ -43,10 +48,14 @@ __all__ = [
     "WINDOW_PRESETS",
     "AlgorithmIdentity",
     "ConformanceError",
+    "DeidentificationError",
     "Finding",
     "GeometryError",
     "ImagingError",
     "InconsistentSeriesError",
+    "OrthancDeidentifier",
+    "OrthancUnavailableError",
+    "Pseudonymizer",
     "SegmentSpec",
     "SeriesGeometry",
     "SliceSource",

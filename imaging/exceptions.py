@@ -6,7 +6,10 @@
     ├── InconsistentSeriesError   the instances do not form one regular volume
     ├── UnsupportedDataError      data we cannot decode or represent (transfer syntax, colour)
     ├── GeometryError             geometry that does not fit (mask vs. volume, SEG vs. source)
-    └── ConformanceError          an object we were about to write is not valid DICOM
+    ├── ConformanceError          an object we were about to write is not valid DICOM
+    └── DeidentificationError     an instance could not be de-identified (Orthanc refused it,
+        │                         or it declares burned-in annotation)
+        └── OrthancUnavailableError   Orthanc could not be reached
 
 Every subclass carries the data a caller needs to report the problem (the offending
 instance UIDs, the transfer syntax and the missing decoder plugin, ...) besides a message
@@ -19,9 +22,11 @@ from collections.abc import Mapping, Sequence
 
 __all__ = [
     "ConformanceError",
+    "DeidentificationError",
     "GeometryError",
     "ImagingError",
     "InconsistentSeriesError",
+    "OrthancUnavailableError",
     "UnsupportedDataError",
 ]
 
@@ -126,3 +131,42 @@ class ConformanceError(ImagingError):
         super().__init__(f"{keyword}: {reason}")
         self.reason = reason
         self.keyword = keyword
+
+
+class DeidentificationError(ImagingError):
+    """An instance could not be de-identified: nothing of it may leave the hospital scope.
+
+    Parameters
+    ----------
+    reason
+        What went wrong (Orthanc's own explanation when it refused).
+    orthanc_id
+        Orthanc's ID of the instance, when one was concerned.
+    status_code
+        Orthanc's HTTP status, when it answered.
+    """
+
+    def __init__(
+        self, reason: str, *, orthanc_id: str | None = None, status_code: int | None = None
+    ) -> None:
+        where = f"instance {orthanc_id}: " if orthanc_id else ""
+        super().__init__(f"{where}{reason}")
+        self.reason = reason
+        self.orthanc_id = orthanc_id
+        self.status_code = status_code
+
+
+class OrthancUnavailableError(DeidentificationError):
+    """Orthanc did not answer (down, wrong address, timeout).
+
+    Parameters
+    ----------
+    url
+        The URL that was requested.
+    reason
+        The transport error.
+    """
+
+    def __init__(self, url: str, reason: str) -> None:
+        super().__init__(f"Orthanc at {url} cannot be reached: {reason}")
+        self.url = url
