@@ -5,7 +5,9 @@ Sources:
 - a folder of DICOM studies (or NIfTI volumes) with a ``labels.csv`` — this is also what
   ``radcloud synth`` writes, so the synthetic generator is one such folder;
 - studies in Orthanc with the radiologist-confirmed labels of the application database's
-  ``labels`` table *(planned: with the reading issue, which fills that table)*.
+  ``labels`` table, which :mod:`training.orthanc_source` exports into such a folder
+  (de-identified by default: PS3.15 Basic Profile, keyed UIDs and patient pseudonyms);
+  ``radcloud train --source orthanc`` exports and then trains on the folder.
 
 ``labels.csv`` columns: ``study_instance_uid``, ``patient_id``, ``label`` (1 critical finding, 0
 none) and optionally ``finding``, ``mask`` (a NIfTI label map on the image's voxel grid, relative

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from radcloud.cli import audit, gateway, models, security, services, synth, train
+from radcloud.cli import audit, export, gateway, models, security, services, synth, train
 
 __all__ = ["app", "main"]
 
@@ -22,6 +22,7 @@ gateway.register(app)
 models.register(app)
 synth.register(app)
 train.register(app)
+export.register(app)
 
 
 def main() -> None:

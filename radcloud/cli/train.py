@@ -13,6 +13,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from radcloud.cli._common import command, console, get_settings, setup_logging
+from radcloud.cli.export import training_source
 
 __all__ = ["register"]
 
@@ -37,6 +38,25 @@ def train(
     register: Annotated[
         bool, typer.Option(help="Register the model as a new staged version.")
     ] = True,
+    # --- Orthanc source (radcloud/cli/export.py) ---
+    source: Annotated[
+        str | None,
+        typer.Option(
+            "--source",
+            help="orthanc: the radiologist-labelled studies in Orthanc, exported de-identified.",
+        ),
+    ] = None,
+    hospital: Annotated[
+        list[str] | None,
+        typer.Option("--hospital", help="With --source orthanc: only this hospital (repeatable)."),
+    ] = None,
+    keep_identifiers: Annotated[
+        bool,
+        typer.Option(
+            "--keep-identifiers", help="With --source orthanc and one --hospital: keep identifiers."
+        ),
+    ] = False,
+    # --- end of the Orthanc source options ---
 ) -> None:
     """Train a model and register it as a new staged version."""
     from training.pipeline import Preset
@@ -53,6 +73,10 @@ def train(
         task_value, preset_value = Task(task), Preset(preset)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
+    # --- Orthanc source: export to a folder, then train on it as on --data ---
+    if source is not None or hospital or keep_identifiers:
+        data = training_source(task_value.value, source, data, hospital or [], keep_identifiers)
+    # --- end of the Orthanc source ---
     with Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
