@@ -170,6 +170,9 @@ class OutputSpec(_Strict):
     shape: tuple[int, ...]
     channel_def: dict[int, str]
     meaning: str
+    # Segmenters that also triage: the study's score is the mean of the k highest
+    # probabilities of the last channel.
+    study_score_top_k: int | None = Field(None, ge=1)
 
     @model_validator(mode="after")
     def _consistent(self) -> OutputSpec:

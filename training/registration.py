@@ -12,8 +12,6 @@ import torch
 
 from models.card import (
     DEMO_INTENDED_USE,
-    InputSpec,
-    IntensityNormalization,
     Metrics,
     ModelCard,
     OperatingThreshold,
@@ -35,13 +33,6 @@ _MODEL_TASKS = {
 }
 
 
-def _normalization(spec: TaskSpec) -> IntensityNormalization:
-    if spec.window is not None:
-        width, level = spec.window
-        return IntensityNormalization(method="window", window_width=width, window_level=level)
-    return IntensityNormalization(method="percentile", percentiles=(1.0, 99.0))
-
-
 def _defined(value: float | None) -> float | None:
     return None if value is None or math.isnan(value) else float(value)
 
@@ -50,14 +41,13 @@ def build_card(spec: TaskSpec, config: Any, extra: dict[str, Any]) -> ModelCard:
     """The model card of a training run (``extra``: metrics, threshold, data facts)."""
     test = extra["metrics"]["test"]
     synthetic = bool(extra.get("synthetic"))
-    shape = (1, *spec.spatial_size)
     if spec.segmentation:
-        axes = "CWHD"  # RAS after MONAI's LoadImage + Orientation: x (columns), y (rows), z
         outputs = OutputSpec(
             kind="segmentation",
             activation="softmax",
             shape=(2, *spec.spatial_size),
             channel_def={0: "background", 1: "haemorrhage"},
+            study_score_top_k=spec.top_k,
             meaning=(
                 "per-voxel logits; softmax channel 1 is the probability of acute haemorrhage. "
                 f"Study triage score: mean of the {spec.top_k} highest channel-1 probabilities"
@@ -73,7 +63,6 @@ def build_card(spec: TaskSpec, config: Any, extra: dict[str, Any]) -> ModelCard:
             max_slice_thickness_mm=6.0,
         )
     else:
-        axes = "CWH"
         outputs = OutputSpec(
             kind="classification",
             activation="sigmoid",
@@ -94,15 +83,7 @@ def build_card(spec: TaskSpec, config: Any, extra: dict[str, Any]) -> ModelCard:
             f"{spec.architecture} trained by radcloud ({config.preset} preset)"
         ),
         architecture=spec.architecture_ref(),
-        inputs=InputSpec(
-            modality=spec.modality,
-            body_part=spec.body_part,
-            spacing_mm=spec.spacing or None,
-            orientation="RAS" if spec.segmentation else None,
-            normalization=_normalization(spec),
-            shape=shape,
-            axes=axes,
-        ),
+        inputs=spec.input_spec(),
         outputs=outputs,
         threshold=OperatingThreshold(
             value=float(min(max(extra["threshold"], 0.0), 1.0)),

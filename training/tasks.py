@@ -25,8 +25,9 @@ import torch
 from monai import transforms as mt
 from monai.losses import DiceCELoss
 
-from models.card import ArchitectureRef
+from models.card import ArchitectureRef, InputSpec, IntensityNormalization
 from models.networks import build_network
+from models.preprocessing import card_transforms
 from models.slice_stack import SliceStackd
 
 __all__ = ["LESION_WEIGHT", "TASKS", "Task", "TaskSpec", "task_spec"]
@@ -89,42 +90,39 @@ class TaskSpec:
         """Dictionary keys holding images."""
         return ["image", "mask"] if self.segmentation else ["image"]
 
+    def input_spec(self) -> InputSpec:
+        """The model card's input specification (serving builds its pre-processing from it)."""
+        if self.window is not None:
+            width, level = self.window
+            normalization = IntensityNormalization(
+                method="window", window_width=width, window_level=level
+            )
+        else:
+            normalization = IntensityNormalization(method="percentile", percentiles=(1.0, 99.0))
+        return InputSpec(
+            modality=self.modality,
+            body_part=self.body_part,
+            spacing_mm=self.spacing or None,
+            orientation="RAS" if self.segmentation else None,
+            normalization=normalization,
+            shape=(1, *self.spatial_size),
+            # RAS after LoadImage (+ Orientation for volumes): x (columns), y (rows), z
+            axes="CWHD" if self.segmentation else "CWH",
+        )
+
     def preprocess(self) -> mt.Compose:
         """Deterministic pre-processing: load, orient, resample, scale, size (cached)."""
         keys = self.keys()
         steps: list[Any] = [mt.LoadImaged(keys=keys, reader="NibabelReader", image_only=True)]
         if self.segmentation:
-            steps += [
-                mt.EnsureChannelFirstd(keys=keys),
-                mt.Orientationd(
-                    keys=keys, axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S"))
-                ),
-                mt.Spacingd(keys=keys, pixdim=self.spacing, mode=("bilinear", "nearest")),
-            ]
+            steps.append(mt.EnsureChannelFirstd(keys=keys))
         else:
             steps += [
                 mt.SqueezeDimd(keys=keys, dim=-1, update_meta=False),  # (x, y, 1) → (x, y)
                 mt.EnsureChannelFirstd(keys=keys, channel_dim="no_channel"),
             ]
-        if self.window is not None:
-            width, level = self.window
-            steps.append(
-                mt.ScaleIntensityRanged(
-                    keys="image",
-                    a_min=level - width / 2,
-                    a_max=level + width / 2,
-                    b_min=0.0,
-                    b_max=1.0,
-                    clip=True,
-                )
-            )
-        else:
-            steps.append(mt.ScaleIntensityRangePercentilesd("image", 1, 99, 0.0, 1.0, clip=True))
-        if self.segmentation:
-            steps.append(mt.ResizeWithPadOrCropd(keys=keys, spatial_size=self.spatial_size))
-        else:
-            steps.append(mt.Resized(keys="image", spatial_size=self.spatial_size))
-        steps.append(mt.EnsureTyped(keys=keys, dtype=torch.float32, track_meta=False))
+        label_keys = [key for key in keys if key != "image"]
+        steps += card_transforms(self.input_spec(), label_keys=label_keys)
         return mt.Compose(steps)
 
     def augment(self) -> mt.Compose:
