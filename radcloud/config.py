@@ -160,6 +160,16 @@ class Settings(BaseSettings):
     worklist_urgent_score_fraction: float = Field(0.5, gt=0, le=1)
     worklist_default_threshold: float = Field(0.5, gt=0, le=1)
 
+    # notifications: critical findings POSTed to a webhook, signed, retried (serving.notify)
+    notify_webhook_url: str | None = Field(None, pattern=r"^https?://\S+$")  # None: no webhook
+    # HMAC key the receiver verifies with; default: the generated `notify_signing_key` secret
+    notify_signing_key: str | None = Field(None, min_length=32, repr=False)
+    notify_timeout_s: float = Field(10.0, gt=0, le=300)
+    notify_max_attempts: int = Field(10, ge=1, le=1000)
+    notify_backoff_base_s: float = Field(2.0, gt=0)
+    notify_backoff_max_s: float = Field(600.0, gt=0)
+    notify_interval_s: float = Field(1.0, gt=0)  # standalone loop: pause between rounds
+
     @classmethod
     def settings_customise_sources(
         cls,
