@@ -18,7 +18,7 @@ from radcloud.config import Settings, load_settings
 from radcloud.security import Principal
 from serving.api.context import ApiContext
 from serving.api.errors import install_error_handlers
-from serving.api.routes import admin, auth, dicomweb, health, metrics
+from serving.api.routes import admin, auth, dicomweb, health, metrics, studies, worklist
 from serving.api.security import require_roles
 
 __all__ = ["create_app"]
@@ -56,6 +56,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(admin.router)
     app.include_router(dicomweb.router)
     app.include_router(metrics.router)
+    app.include_router(worklist.router)
+    app.include_router(studies.router)
 
     @app.get("/api/openapi.json", tags=["health"])
     def openapi(_caller: Annotated[Principal, Depends(require_roles())]) -> dict[str, Any]:
