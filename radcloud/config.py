@@ -16,7 +16,7 @@ import re
 from enum import StrEnum
 from functools import cached_property
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Literal, Annotated, Any
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import (
@@ -136,6 +136,23 @@ class Settings(BaseSettings):
     orthanc_index: OrthancIndex = OrthancIndex.SQLITE
     orthanc_postgresql_url: str | None = None
     startup_timeout_s: float = Field(60.0, gt=0)
+
+    # serving (serving/): Ray Serve runs the API (ingress), one deployment per production
+    # model and the triage workers. ray_address joins an existing cluster ("auto" or
+    # "ray://host:10001"); unset, a local one is started with ray_num_cpus CPUs.
+    ray_address: str | None = None
+    ray_num_cpus: int | None = Field(None, ge=1)
+    serving_backend: Literal["onnx", "torch"] = "onnx"
+    serving_device: Literal["auto", "cpu", "cuda"] = "auto"
+    serving_max_batch_size: int = Field(8, ge=1, le=256)
+    serving_batch_wait_ms: float = Field(20.0, ge=0)
+    serving_cpus_per_model_replica: float = Field(0.5, gt=0)
+    serving_gpus_per_model_replica: float = Field(0.5, ge=0, le=8)  # used when a GPU is there
+    serving_min_replicas: int = Field(1, ge=1)
+    serving_max_replicas: int = Field(1, ge=1)
+    serving_target_ongoing_requests: float = Field(4.0, gt=0)
+    triage_workers: int = Field(1, ge=1, le=64)
+    triage_poll_interval_s: float = Field(0.5, gt=0)
 
     # Application database: SQLite in RADCLOUD_HOME unless a URL is given.
     database_url: str | None = None

@@ -22,6 +22,7 @@ from radcloud.config import Settings, load_settings
 from radcloud.db import Database
 from radcloud.secrets import load_secrets
 from radcloud.services import orthanc_client
+from tests.fixture_models import register_fixture_models
 from tests.helpers import free_ports
 
 RADCLOUD = [sys.executable, "-m", "radcloud"]
@@ -118,10 +119,12 @@ def make_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..
     """Start extra radcloud instances of a test's own (e.g. to kill their processes)."""
     started: list[Stack] = []
 
-    def start(**settings: object) -> Stack:
+    def start(before_up: Callable[[Stack], None] | None = None, **settings: object) -> Stack:
         env = stack_env(tmp_path_factory.mktemp("radcloud-own"), **settings)
         running = Stack(env, settings_from_env(env))
         started.append(running)
+        if before_up is not None:
+            before_up(running)
         running.cli("up")
         return running
 
@@ -132,12 +135,14 @@ def make_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..
 
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    """A real radcloud started with ``radcloud up`` (needs Orthanc installed)."""
+    """A real radcloud started with ``radcloud up`` (needs Orthanc installed), serving the
+    slim fixture models of ``tests/fixture_models.py`` (every head CT critical, no radiograph)."""
     if shutil.which("Orthanc") is None:
         pytest.fail("Orthanc is not installed: run `make install` (apt-get install orthanc)")
     home = tmp_path_factory.mktemp("radcloud-home")
     env = stack_env(home)
     running = Stack(env, settings_from_env(env))
+    register_fixture_models(running.settings.paths.models_dir)
     running.cli("up")
     try:
         yield running

@@ -1,6 +1,7 @@
-"""The components radcloud runs, in start order: Orthanc, the DICOM gateway, the HTTP API.
+"""The components radcloud runs, in start order: Orthanc, the DICOM gateway, then Ray Serve
+(the HTTP API as its ingress, the model deployments and the triage workers).
 
-A new component (the DICOM gateway, Ray Serve) is one more entry in :func:`components`.
+A new component is one more entry in :func:`components`.
 """
 
 from __future__ import annotations
@@ -38,7 +39,8 @@ def settings_env(settings: Settings) -> dict[str, str]:
 
 
 def api_component(settings: Settings) -> Component:
-    """radcloud's HTTP API (``python -m serving.api``, uvicorn on ``bind_host:api_port``).
+    """Ray Serve (``python -m serving``): the HTTP API as ingress on ``bind_host:api_port``,
+    the model deployments and the triage workers.
 
     Parameters
     ----------
@@ -48,16 +50,17 @@ def api_component(settings: Settings) -> Component:
     Returns
     -------
     Component
-        Named ``api``, healthy when ``GET /healthz`` answers 200.
+        Named ``api``, healthy when ``GET /healthz`` answers 200 through Serve's proxy.
     """
     return Component.create(
         settings,
         name="api",
-        argv=[sys.executable, "-m", "serving.api"],
-        env=settings_env(settings),
+        argv=[sys.executable, "-m", "serving"],
         ports=[(settings.api_port, f"{ENV_PREFIX}API_PORT")],
         health=functools.partial(http_ok, f"{settings.api_url}/healthz"),
         url=settings.api_url,
+        env=settings_env(settings) | {"TCP_NODELAY": "1"},
+        startup_factor=3.0,  # Ray starts, then every model replica loads and warms up
     )
 
 

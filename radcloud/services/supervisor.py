@@ -82,6 +82,8 @@ class Component:
     details
         Returns a few facts to show in ``radcloud status`` (e.g. spool depth) while healthy;
         ``None`` when there is nothing to show or it cannot be read.
+    startup_factor
+        Multiplies ``settings.startup_timeout_s`` for slow starters (Ray Serve).
     """
 
     name: str
@@ -94,6 +96,7 @@ class Component:
     env: Mapping[str, str] = field(default_factory=dict)
     prepare: Callable[[], None] | None = None
     details: Callable[[], dict[str, Any] | None] | None = None
+    startup_factor: float = 1.0
 
     @classmethod
     def create(
@@ -108,6 +111,7 @@ class Component:
         env: Mapping[str, str] | None = None,
         prepare: Callable[[], None] | None = None,
         details: Callable[[], dict[str, Any] | None] | None = None,
+        startup_factor: float = 1.0,
     ) -> Component:
         """A component with its log in ``settings.paths.log_dir/<name>.log`` and its pid file in
         ``settings.paths.run_dir/<name>.pid``; the other parameters are the fields'."""
@@ -122,6 +126,7 @@ class Component:
             env=dict(env or {}),
             prepare=prepare,
             details=details,
+            startup_factor=startup_factor,
         )
 
 
@@ -335,7 +340,7 @@ class Supervisor:
         self._spawn(component)
 
     def _spawn(self, component: Component) -> None:
-        timeout_s = self.settings.startup_timeout_s
+        timeout_s = self.settings.startup_timeout_s * component.startup_factor
         component.log_file.parent.mkdir(parents=True, exist_ok=True)
         with component.log_file.open("ab") as log:
             offset = log.tell()

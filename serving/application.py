@@ -1,0 +1,119 @@
+"""The Ray Serve application of one radcloud instance, and the process that runs it.
+
+``python -m serving`` (started by ``radcloud up`` as the ``serve`` component) joins the Ray
+cluster at ``RADCLOUD_RAY_ADDRESS`` or starts a local one, starts Serve's HTTP proxy on
+``bind_host:api_port`` and deploys:
+
+    api (FastAPI ingress) ──handles──▶ model-<name> (one per production model, @serve.batch)
+          │                                   ▲
+          └──▶ triage (TriageWorker) ─handles─┘
+
+Resources: model replicas declare ``serving_cpus_per_model_replica`` CPUs and, when the cluster
+has GPUs, ``serving_gpus_per_model_replica`` GPUs (fractions share one card); the API and the
+triage workers take a quarter CPU each, so the whole application fits a 2-core machine.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+from typing import Any
+
+from radcloud.config import Settings
+
+__all__ = ["build_application", "serve_forever"]
+
+logger = logging.getLogger(__name__)
+
+_SMALL_CPU = 0.25
+_NAMESPACE = "radcloud"
+
+
+def _runtime_env(settings: Settings) -> dict[str, Any]:
+    from radcloud.services.components import settings_env
+
+    env = settings_env(settings)
+    for name, value in os.environ.items():  # secrets and overrides the TOML file does not hold
+        if name.startswith("RADCLOUD_"):
+            env.setdefault(name, value)
+    env["TCP_NODELAY"] = "1"
+    return {"env_vars": env}
+
+
+def _cluster_gpus() -> float:
+    import ray
+
+    return float(ray.cluster_resources().get("GPU", 0.0))
+
+
+def build_application(settings: Settings) -> Any:
+    """The Serve application graph for ``settings`` (production models from the registry)."""
+    from models.registry import ModelRegistry
+    from serving.deployments import ModelServer, TriageWorker, api_ingress_class
+
+    runtime_env = _runtime_env(settings)
+    gpus = settings.serving_gpus_per_model_replica if settings.serving_device != "cpu" else 0.0
+    if _cluster_gpus() <= 0:
+        gpus = 0.0
+    registry = ModelRegistry(settings.paths.models_dir)
+    models: dict[str, Any] = {}
+    for name in registry.names():
+        if registry.production(name) is None:
+            continue
+        options: dict[str, Any] = {
+            "name": f"model-{name}",
+            "ray_actor_options": {
+                "num_cpus": settings.serving_cpus_per_model_replica,
+                "num_gpus": gpus,
+                "runtime_env": runtime_env,
+            },
+            # ≥ the batch size, or batches never fill (Ray issue #43288)
+            "max_ongoing_requests": max(2 * settings.serving_max_batch_size, 8),
+        }
+        if settings.serving_max_replicas > settings.serving_min_replicas:
+            options["autoscaling_config"] = {
+                "min_replicas": settings.serving_min_replicas,
+                "max_replicas": settings.serving_max_replicas,
+                "target_ongoing_requests": settings.serving_target_ongoing_requests,
+            }
+        else:
+            options["num_replicas"] = settings.serving_min_replicas
+        models[name] = ModelServer.options(**options).bind(name)
+    logger.info("serving models: %s", ", ".join(models) or "none in production")
+    small = {"num_cpus": _SMALL_CPU, "runtime_env": runtime_env}
+    triage = TriageWorker.options(
+        name="triage", num_replicas=settings.triage_workers, ray_actor_options=small
+    ).bind(models)
+    return api_ingress_class().options(name="api", ray_actor_options=small).bind(models, triage)
+
+
+def serve_forever(settings: Settings, stop: threading.Event | None = None) -> None:
+    """Start (or join) Ray, deploy the application, and block until SIGTERM/SIGINT or ``stop``."""
+    import ray
+    from ray import serve
+
+    stop = stop or threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    if settings.ray_address:
+        ray.init(address=settings.ray_address, namespace=_NAMESPACE, logging_level=logging.WARNING)
+    else:
+        ray.init(
+            num_cpus=settings.ray_num_cpus or os.cpu_count(),
+            include_dashboard=False,
+            namespace=_NAMESPACE,
+            logging_level=logging.WARNING,
+        )
+    try:
+        serve.start(http_options={"host": settings.bind_host, "port": settings.api_port})
+        serve.run(build_application(settings), name="radcloud", route_prefix="/", blocking=False)
+        logger.info("radcloud serving on http://%s:%d", settings.bind_host, settings.api_port)
+        stop.wait()
+    finally:
+        logger.info("shutting down Serve")
+        try:
+            serve.shutdown()
+        finally:
+            ray.shutdown()

@@ -1,0 +1,193 @@
+"""Ray Serve deployments: model servers, triage workers and the HTTP API ingress.
+
+- :class:`ModelServer`, one deployment per production model: loads the registry version with
+  the configured backend, warms up, and answers ``predict(input)`` through ``@serve.batch``
+  (dynamic batching; ``max_ongoing_requests`` is kept ≥ the batch size, or batches never fill:
+  Ray issue #43288). Declares ``num_gpus`` (a fraction) when the cluster has GPUs.
+- :class:`TriageWorker`: runs :class:`serving.triage.TriagePipeline` in a thread: claims study
+  events, pre-processes on its own CPU, calls the model servers through deployment handles,
+  writes results back; also delivers critical-finding notifications.
+- :func:`api_ingress_class`: the FastAPI application of ``serving.api`` as the Serve ingress, so one
+  address serves the API, DICOMweb and ad hoc inference.
+
+Every replica rebuilds :class:`~radcloud.config.Settings` from ``RADCLOUD_*`` variables passed
+in its runtime environment, so replicas on other nodes of a joined cluster see the same
+settings as the process that deployed them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from typing import Any
+
+import numpy as np
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+from radcloud.config import load_settings
+
+__all__ = ["ModelServer", "TriageWorker", "api_ingress_class"]
+
+logger = logging.getLogger(__name__)
+
+
+@serve.deployment
+class ModelServer:
+    """One production model behind dynamic batching."""
+
+    def __init__(self, name: str) -> None:
+        from models.registry import ModelRegistry
+        from serving.inference import ModelRunner
+
+        settings = load_settings()
+        registry = ModelRegistry(settings.paths.models_dir)
+        self.runner = ModelRunner.from_registry(
+            registry,
+            name,
+            "production",
+            backend=settings.serving_backend,
+            device=settings.serving_device,
+        )
+        self.max_batch_size = settings.serving_max_batch_size
+        self._batched.set_max_batch_size(self.max_batch_size)
+        self._batched.set_batch_wait_timeout_s(settings.serving_batch_wait_ms / 1000.0)
+        warm = self.runner.warm_up((1, self.max_batch_size))
+        self.version = str(self.runner.model.version)
+        self.requests = 0
+        self.batches = 0
+        self.batch_size_counts: dict[int, int] = {}
+        self.inference_seconds = 0.0
+        logger.info("model server %s ready (warm-up %.2f s)", self.runner.describe(), warm)
+
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.02)
+    async def _batched(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
+        batch = np.stack(inputs)
+        started = time.perf_counter()
+        logits = await asyncio.get_running_loop().run_in_executor(None, self.runner.predict, batch)
+        self.inference_seconds += time.perf_counter() - started
+        self.batches += 1
+        self.batch_size_counts[len(inputs)] = self.batch_size_counts.get(len(inputs), 0) + 1
+        return list(logits)
+
+    async def predict(self, array: np.ndarray) -> tuple[np.ndarray, str]:
+        """Logits for one input shaped as the card's input, and the model version."""
+        self.requests += 1
+        return await self._batched(np.asarray(array, dtype=np.float32)), self.version
+
+    def stats(self) -> dict[str, Any]:
+        """Counters for ``/metrics`` (this replica)."""
+        return {
+            **self.runner.describe(),
+            "requests": self.requests,
+            "batches": self.batches,
+            "batch_size_counts": dict(self.batch_size_counts),
+            "inference_seconds_sum": self.inference_seconds,
+            "max_batch_size": self.max_batch_size,
+        }
+
+    def check_health(self) -> None:
+        """Serve restarts the replica when this raises."""
+
+
+def _predict_through(handles: dict[str, DeploymentHandle]) -> Any:
+    from serving.triage import PlatformUnavailableError
+
+    def predict(name: str, array: np.ndarray) -> tuple[np.ndarray, str]:
+        handle = handles.get(name)
+        if handle is None:
+            raise PlatformUnavailableError(
+                f"model {name} has no deployment (restart serving after a promotion)"
+            )
+        try:
+            logits, version = handle.predict.remote(array).result(timeout_s=300)
+        except Exception as exc:
+            raise PlatformUnavailableError(
+                f"model {name} did not answer: {type(exc).__name__}: {exc}"
+            ) from exc
+        return np.asarray(logits), str(version)
+
+    return predict
+
+
+@serve.deployment
+class TriageWorker:
+    """Consumes study events in a background thread (see :mod:`serving.triage`)."""
+
+    def __init__(self, model_handles: dict[str, DeploymentHandle]) -> None:
+        from serving.wiring import build_notifier, build_pipeline
+
+        settings = load_settings()
+        self.settings = settings
+        self.pipeline = build_pipeline(
+            settings, _predict_through(model_handles), set(model_handles)
+        )
+        self.notifier = build_notifier(settings)
+        self.processed = 0
+        self.last_error: str | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="triage", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        interval = self.settings.triage_poll_interval_s
+        while not self._stop.is_set():
+            worked = False
+            try:
+                if self.pipeline.run_once() is not None:
+                    self.processed += 1
+                    worked = True
+                if self.notifier is not None:
+                    worked = self.notifier.deliver_due() > 0 or worked
+            except Exception as exc:  # the loop must survive a bad moment (database locked...)
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                logger.exception("triage loop")
+            if not worked:
+                self._stop.wait(interval)
+
+    def status(self) -> dict[str, Any]:
+        """Events processed by this replica and its last loop error."""
+        return {
+            "processed": self.processed,
+            "last_error": self.last_error,
+            "alive": self._thread.is_alive(),
+        }
+
+    def check_health(self) -> None:
+        """Unhealthy when the loop thread died: Serve replaces the replica."""
+        if not self._thread.is_alive():
+            raise RuntimeError("triage loop thread is not running")
+
+    def __del__(self) -> None:
+        self._stop.set()
+
+
+def api_ingress_class() -> Any:
+    """The ingress deployment class around ``serving.api.create_app`` (built per process)."""
+    from serving.api.app import create_app
+
+    app = create_app()
+
+    @serve.deployment
+    @serve.ingress(app)
+    class ApiIngress:
+        def __init__(
+            self, model_handles: dict[str, DeploymentHandle], triage: DeploymentHandle
+        ) -> None:
+            app.state.model_handles = model_handles
+            app.state.triage = triage
+
+            async def model_stats() -> dict[str, Any]:
+                stats = {}
+                for name, handle in model_handles.items():
+                    try:
+                        stats[name] = await handle.stats.remote()
+                    except Exception as exc:  # noqa: BLE001 - a down model shows as missing
+                        logger.warning("stats of %s: %s", name, exc)
+                return stats
+
+            app.state.model_stats = model_stats
+
+    return ApiIngress

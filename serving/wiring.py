@@ -1,0 +1,80 @@
+"""Builds the triage pipeline and the notifier from settings (used by the Serve deployments
+and by tests that drive the pipeline without Ray)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from models.registry import ModelRegistry
+from radcloud.audit import AuditTrail
+from radcloud.config import Settings
+from radcloud.db import Database, upgrade
+from radcloud.db.models import InferenceResult, Study
+from radcloud.secrets import load_secrets
+from radcloud.services import orthanc_client
+from serving.notify import WebhookNotifier, enqueue_critical_finding, signing_key
+from serving.triage import Predict, TriagePipeline
+from serving.worklist import WorklistPolicy, ensure_worklist_item, record_ai_outcome
+
+__all__ = ["build_notifier", "build_pipeline"]
+
+
+def build_pipeline(
+    settings: Settings, predict: Predict, served: set[str] | None = None
+) -> TriagePipeline:
+    """A triage pipeline with the worklist and notification hooks.
+
+    Parameters
+    ----------
+    settings
+        The instance's settings.
+    predict
+        Reaches the model deployments.
+    served
+        Names of the models that have a deployment (others are not run); None: all production
+        models.
+    """
+    secrets = load_secrets(settings)
+    db = Database.from_settings(settings)
+    upgrade(db)
+    policy = WorklistPolicy.from_settings(settings)
+
+    def on_ready(session: Any, study: Study) -> None:
+        ensure_worklist_item(session, study, policy)
+
+    def on_outcome(
+        session: Any, study: Study, score: float | None, critical: bool, failed: bool
+    ) -> None:
+        record_ai_outcome(
+            session, study, score=score, critical=critical, failed=failed, policy=policy
+        )
+
+    def on_critical(session: Any, study: Study, result: InferenceResult) -> None:
+        enqueue_critical_finding(session, study=study, result=result, settings=settings)
+
+    return TriagePipeline(
+        settings,
+        db,
+        AuditTrail(db, secrets.audit_hmac_key),
+        orthanc_client(settings, secrets),
+        registry=ModelRegistry(settings.paths.models_dir),
+        predict=predict,
+        served=served,
+        on_ready=on_ready,
+        on_outcome=on_outcome,
+        on_critical=on_critical,
+    )
+
+
+def build_notifier(settings: Settings) -> WebhookNotifier | None:
+    """The critical-finding webhook notifier, or None when no webhook URL is configured."""
+    if not getattr(settings, "notify_webhook_url", None):
+        return None
+    secrets = load_secrets(settings)
+    db = Database.from_settings(settings)
+    return WebhookNotifier(
+        db,
+        settings,
+        signing_key(settings, secrets),
+        AuditTrail(db, secrets.audit_hmac_key),
+    )

@@ -1,0 +1,86 @@
+"""Small models registered for serving tests: the real cards of the two tasks, slim networks
+with seeded random weights, and a chosen operating threshold (0: every study is critical,
+above 1: none is). They exercise the whole serving path in seconds; they detect nothing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from models.card import ArchitectureRef
+from models.networks import build_network
+from models.registry import ModelRegistry
+from training.pipeline import Preset, TrainingConfig
+from training.registration import build_card
+from training.tasks import Task, task_spec
+
+__all__ = ["SLIM_PARAMS", "register_fixture_models"]
+
+SLIM_PARAMS: dict[Task, dict[str, Any]] = {
+    Task.HEAD_CT: {"channels": [4, 8, 8, 8], "num_res_units": 1},
+    Task.CHEST_XR: {"init_features": 4, "growth_rate": 2},
+}
+_SHA = "0" * 64
+
+
+def _favour_lesion(network: torch.nn.Module) -> None:
+    """Make the segmenter call every voxel lesion (a SEG is then always written)."""
+    last = [
+        m for m in network.modules() if isinstance(m, torch.nn.Conv2d | torch.nn.ConvTranspose2d)
+    ][-1]
+    with torch.no_grad():
+        last.bias += torch.tensor([-20.0, 20.0])
+
+
+def register_fixture_models(
+    models_dir: Path, thresholds: dict[Task, float] | None = None
+) -> dict[str, str]:
+    """Register and promote one slim model per task in ``models_dir``; return name → version.
+
+    ``thresholds`` sets each card's operating threshold (default: head CT 0.0, so every head CT
+    is flagged critical; chest X-ray 1.0, so no radiograph is). The head CT segmenter marks
+    every voxel as lesion.
+    """
+    chosen = {Task.HEAD_CT: 0.0, Task.CHEST_XR: 1.0} | (thresholds or {})
+    registry = ModelRegistry(models_dir)
+    versions = {}
+    for task, threshold in chosen.items():
+        spec = task_spec(task)
+        config = TrainingConfig(
+            task, Preset.TINY, studies=0, epochs=0, batch_size=1, learning_rate=0
+        )
+        extra = {
+            "metrics": {"test": {"auc": 0.5, "sensitivity": 0.0, "specificity": 0.0}},
+            "threshold": threshold,
+            "data_sha256": _SHA,
+            "split_counts": {},
+            "baseline": {"auc": 0.5},
+            "history": {},
+            "synthetic": True,
+        }
+        card = build_card(spec, config, extra)
+        params = {**spec.architecture_params, **SLIM_PARAMS[task]}
+        architecture = ArchitectureRef(name=spec.architecture, params=params)
+        card = card.model_copy(
+            update={
+                "architecture": architecture,
+                "description": "serving test fixture: random weights",
+            }
+        )
+        torch.manual_seed(0)
+        network = build_network(architecture)
+        if task is Task.HEAD_CT:
+            _favour_lesion(network)
+        model = registry.register(
+            card,
+            network,
+            torch.rand(1, *card.inputs.shape),
+            metrics={"fixture": True},
+            training_config=config.to_json(),
+            data_manifest_sha256=_SHA,
+        )
+        registry.promote(model.name, model.version)
+        versions[model.name] = str(model.version)
+    return versions

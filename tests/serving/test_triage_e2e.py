@@ -1,0 +1,244 @@
+"""The main job through real parts: dcmtk storescu → gateway → Orthanc → study.ready → Ray Serve
+triage → SEG/SR in Orthanc, result rows, worklist; failures, idempotency, serving down."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pydicom
+import pytest
+from sqlalchemy import func, select
+
+from dicom_gateway.dcmtk import storescu
+from imaging.sr import read_findings
+from imaging.synthetic import generate_study
+from radcloud.db.models import InferenceResult, OutboxEvent, Study
+from tests.conftest import Stack
+from tests.dicom_gateway.dicom_files import synthetic_ct
+from tests.fixture_models import register_fixture_models
+
+pytestmark = pytest.mark.integration
+
+SENDER = "TRIAGE1"
+
+
+@pytest.fixture(scope="module")
+def pacs(stack: Stack) -> Stack:
+    """The session stack with a registered sender."""
+    if SENDER not in stack.cli("senders", "list").stdout:
+        stack.cli("senders", "add", SENDER, "--hospital", "Triage Hospital")
+    return stack
+
+
+def push(stack: Stack, directory: Path, files: dict[str, bytes] | list[Any]) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for number, dataset in enumerate(files):
+        path = directory / f"{number:04d}.dcm"
+        if isinstance(dataset, bytes):
+            path.write_bytes(dataset)
+        else:
+            dataset.save_as(path, enforce_file_format=True)
+        paths.append(path)
+    report = storescu(
+        paths,
+        host="127.0.0.1",
+        port=stack.settings.gateway_port,
+        calling_ae=SENDER,
+        called_ae=stack.settings.gateway_ae_title,
+    )
+    assert len(report.stored) == len(paths), report.output[-2000:]
+
+
+def poll(condition: Any, *, timeout_s: float, what: str, interval_s: float = 1.0) -> Any:
+    """``condition()``'s first truthy value within ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"no {what} within {timeout_s:g} s")
+        time.sleep(interval_s)
+
+
+def results(stack: Stack, uid: str, timeout_s: float = 240) -> list[dict[str, Any]]:
+    """The study's results once every row is final."""
+    with stack.client("radiologist") as client:
+
+        def final() -> list[dict[str, Any]] | None:
+            answer = client.get(f"/api/studies/{uid}/results")
+            if answer.status_code == 404:
+                return None
+            rows: list[dict[str, Any]] = answer.json()["results"]
+            return rows if rows and all(r["status"] != "pending" for r in rows) else None
+
+        return poll(final, timeout_s=timeout_s, what=f"triage of {uid}")
+
+
+def orthanc_series(stack: Stack, uid: str) -> dict[str, list[pydicom.Dataset]]:
+    """Modality → first instance of each series of the study in Orthanc."""
+    found: dict[str, list[pydicom.Dataset]] = {}
+    with stack.orthanc() as orthanc:
+        ids = orthanc.post("/tools/lookup", content=uid).json()
+        study = next(i["ID"] for i in ids if i["Type"] == "Study")
+        for series_id in orthanc.get(f"/studies/{study}").json()["Series"]:
+            instance = orthanc.get(f"/series/{series_id}").json()["Instances"][0]
+            data = orthanc.get(f"/instances/{instance}/file").content
+            dataset = pydicom.dcmread(pydicom.filebase.DicomBytesIO(data))
+            found.setdefault(str(dataset.Modality), []).append(dataset)
+    return found
+
+
+def test_head_ct_and_radiograph_are_triaged_into_orthanc_and_the_worklist(
+    pacs: Stack, tmp_path: Path
+) -> None:
+    head = generate_study("head-ct", 0, seed=41, positive=True)
+    chest = generate_study("chest-xr", 1, seed=41, positive=False)
+    push(pacs, tmp_path / "head", head.datasets)
+    push(pacs, tmp_path / "chest", chest.datasets)
+
+    head_rows = results(pacs, head.study_instance_uid)
+    chest_rows = results(pacs, chest.study_instance_uid)
+
+    (head_result,) = head_rows
+    assert head_result["model_name"] == "head-ct-haemorrhage"
+    assert head_result["status"] == "succeeded" and head_result["critical"] is True
+    assert 0.0 <= head_result["score"] <= 1.0
+    assert head_result["findings"]["lesion_volume_ml"] > 0
+    for stage in ("fetch_s", "preprocess_s", "inference_s", "postprocess_s", "writeback_s"):
+        assert head_result["timings"][stage] >= 0
+    assert head_result["timings"]["time_to_triage_s"] > 0
+    (chest_result,) = chest_rows
+    assert chest_result["model_name"] == "chest-xr-finding"
+    assert chest_result["status"] == "succeeded" and chest_result["critical"] is False
+
+    series = orthanc_series(pacs, head.study_instance_uid)
+    (seg,) = series["SEG"]
+    (sr,) = series["SR"]
+    assert seg.StudyInstanceUID == sr.StudyInstanceUID == head.study_instance_uid
+    assert str(seg.SOPInstanceUID) == head_result["findings"]["seg_sop_instance_uid"]
+    assert sr.VerificationFlag == "UNVERIFIED"
+    reported = read_findings(sr)
+    assert any(f.get("algorithm_name") == "head-ct-haemorrhage" for f in reported), reported
+    assert "SEG" not in orthanc_series(pacs, chest.study_instance_uid)
+
+    with pacs.client("radiologist") as client:
+        items = client.get("/api/worklist", params={"limit": 500}).json()
+    items = items.get("items", items) if isinstance(items, dict) else items
+    order = [item["study_instance_uid"] for item in items]
+    assert order.index(head.study_instance_uid) < order.index(chest.study_instance_uid)
+    head_item = next(i for i in items if i["study_instance_uid"] == head.study_instance_uid)
+    assert head_item["priority_class"] == "critical" and head_item["ai_status"] == "succeeded"
+
+
+def test_study_no_model_applies_to_fails_with_the_reason_and_others_go_on(
+    pacs: Stack, tmp_path: Path
+) -> None:
+    uid = pydicom.uid.generate_uid()
+    series = pydicom.uid.generate_uid()
+    push(pacs, tmp_path / "odd", [synthetic_ct(uid, series, instance=n) for n in (1, 2, 3)])
+    head = generate_study("head-ct", 2, seed=41, positive=False)
+    push(pacs, tmp_path / "head", head.datasets)
+
+    (failed,) = results(pacs, uid)
+    assert failed["status"] == "failed"
+    assert failed["error"].startswith("unsupported:"), failed["error"]
+    assert results(pacs, head.study_instance_uid)[0]["status"] == "succeeded"
+    with pacs.client("radiologist") as client:
+        items = client.get("/api/worklist", params={"limit": 500}).json()
+    items = items.get("items", items) if isinstance(items, dict) else items
+    odd = next(i for i in items if i["study_instance_uid"] == uid)
+    assert odd["ai_status"] == "failed"
+
+
+def test_events_are_processed_once_per_model_version_unless_forced(
+    pacs: Stack, tmp_path: Path
+) -> None:
+    head = generate_study("head-ct", 3, seed=41, positive=True)
+    push(pacs, tmp_path / "head", head.datasets)
+    (first,) = results(pacs, head.study_instance_uid)
+    db = pacs.database()
+    with db.session() as session:
+        study = session.scalars(
+            select(Study).where(Study.study_instance_uid == head.study_instance_uid)
+        ).one()
+        ready = session.scalars(
+            select(OutboxEvent).where(OutboxEvent.key == study.study_instance_uid)
+        ).first()
+        assert ready is not None
+        replay = OutboxEvent(topic="study.updated", key=ready.key, payload=dict(ready.payload))
+        session.add(replay)
+        session.flush()
+        replay_id = replay.id
+
+    def processed(event_id: int) -> bool:
+        with db.session() as session:
+            return session.get(OutboxEvent, event_id).processed_at is not None
+
+    poll(lambda: processed(replay_id), timeout_s=120, what="the replayed event")
+    with db.session() as session:
+        rows = session.scalar(
+            select(func.count())
+            .select_from(InferenceResult)
+            .where(InferenceResult.study_id == study.id)
+        )
+    assert rows == 1
+    assert results(pacs, head.study_instance_uid)[0]["created_at"] == first["created_at"]
+
+    with pacs.client("admin") as client:
+        answer = client.post(f"/api/studies/{head.study_instance_uid}/reprocess")
+    assert answer.status_code == 202, answer.text
+    poll(
+        lambda: results(pacs, head.study_instance_uid)[0]["created_at"] != first["created_at"],
+        timeout_s=120,
+        what="the forced reprocessing",
+    )
+    db.dispose()
+
+
+@pytest.mark.slow
+def test_studies_arriving_while_serving_is_down_wait_for_it(
+    make_stack: Any, tmp_path: Path
+) -> None:
+    own = make_stack(before_up=lambda s: register_fixture_models(s.settings.paths.models_dir))
+    own.cli("senders", "add", SENDER, "--hospital", "Downtime Hospital")
+    os.kill(own.pid("api"), signal.SIGTERM)
+    poll(lambda: not _answers(own.settings.api_url), timeout_s=60, what="serving to stop")
+
+    head = generate_study("head-ct", 4, seed=41, positive=True)
+    push(own, tmp_path / "head", head.datasets)
+    db = own.database()
+
+    def ready_event() -> OutboxEvent | None:
+        with db.session() as session:
+            event = session.scalars(
+                select(OutboxEvent).where(OutboxEvent.key == head.study_instance_uid)
+            ).first()
+            if event is not None:
+                session.expunge(event)
+            return event
+
+    event = poll(ready_event, timeout_s=60, what="study.ready")
+    time.sleep(2)
+    assert ready_event().processed_at is None  # nobody consumed it: serving is down
+
+    own.cli("up")
+    (result,) = results(own, head.study_instance_uid)
+    assert result["status"] == "succeeded"
+    assert ready_event().processed_at is not None
+    assert event.id == ready_event().id
+    db.dispose()
+
+
+def _answers(url: str) -> bool:
+    try:
+        httpx.get(f"{url}/healthz", timeout=2)
+    except httpx.HTTPError:
+        return False
+    return True
