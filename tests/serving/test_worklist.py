@@ -106,7 +106,7 @@ def _order(db: Database, **query: object) -> list[str]:
 
 
 def test_classes_follow_the_ai_outcome() -> None:
-    policy = WorklistPolicy(threshold=0.6)  # urgent from 0.3
+    policy = WorklistPolicy(threshold=0.6, urgent_score_fraction=0.5)  # urgent from 0.3
     assert classify(0.9, critical=True, failed=False, policy=policy) is PriorityClass.CRITICAL
     assert classify(0.35, critical=False, failed=False, policy=policy) is PriorityClass.URGENT
     assert classify(0.29, critical=False, failed=False, policy=policy) is PriorityClass.ROUTINE
@@ -162,7 +162,7 @@ def test_ensure_is_idempotent_and_starts_routine_pending(db: Database, add_study
 
 def test_ai_outcome_sets_class_and_due_time(db: Database, add_study: AddStudy) -> None:
     critical = _item(db, add_study(score=0.9, critical=True))
-    urgent = _item(db, add_study(score=0.3))
+    urgent = _item(db, add_study(score=0.4))
     failed = _item(db, add_study(score=0.9, failed=True))
     assert (critical.priority_class, critical.ai_status) == ("critical", "succeeded")
     assert critical.due_at == T0 + dt.timedelta(minutes=30)
@@ -355,3 +355,7 @@ def test_row_changed_by_another_writer_is_a_conflict(
         Worklist(db).claim(uid, user="alice", version=_item(db, uid).version)
     assert caught.value.version == 2  # the current row, read after the failed write
     assert _item(db, uid).status is ReadingStatus.UNREAD
+
+
+def test_default_policy_matches_the_default_settings() -> None:
+    assert WorklistPolicy.from_settings(load_settings()) == WorklistPolicy()

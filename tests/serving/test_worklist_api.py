@@ -106,7 +106,7 @@ def test_worklist_is_in_priority_order_with_study_fields(
 ) -> None:
     routine = add_study(minutes_ago=200, score=0.1, patient_name="DOE^JANE", patient_id="P1")
     critical = add_study(minutes_ago=5, score=0.93, critical=True)
-    urgent = add_study(minutes_ago=60, score=0.3)
+    urgent = add_study(minutes_ago=60, score=0.4)
     with stack.client("radiologist") as client:
         body = _worklist(client, hospital)
     assert _uids(body) == [critical, urgent, routine]
