@@ -174,7 +174,7 @@ class Settings(BaseSettings):
     worklist_max_wait_critical_min: int = Field(30, ge=1)
     worklist_max_wait_urgent_min: int = Field(120, ge=1)
     worklist_max_wait_routine_min: int = Field(480, ge=1)
-    worklist_urgent_score_fraction: float = Field(0.5, gt=0, le=1)
+    worklist_urgent_score_fraction: float = Field(0.6, gt=0, le=1)
     worklist_default_threshold: float = Field(0.5, gt=0, le=1)
 
     # notifications: critical findings POSTed to a webhook, signed, retried (serving.notify)

@@ -173,7 +173,7 @@ class WorklistPolicy:
     max_wait_critical: dt.timedelta = dt.timedelta(minutes=30)
     max_wait_urgent: dt.timedelta = dt.timedelta(minutes=120)
     max_wait_routine: dt.timedelta = dt.timedelta(minutes=480)
-    urgent_score_fraction: float = 0.5
+    urgent_score_fraction: float = 0.6
     threshold: float = 0.5
 
     def __post_init__(self) -> None:
