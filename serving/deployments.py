@@ -18,6 +18,7 @@ settings as the process that deployed them.
 from __future__ import annotations
 
 import asyncio
+import importlib
 import logging
 import threading
 import time
@@ -176,8 +177,11 @@ def api_ingress_class() -> Any:
         def __init__(
             self, model_handles: dict[str, DeploymentHandle], triage: DeploymentHandle
         ) -> None:
-            app.state.model_handles = model_handles
-            app.state.triage = triage
+            # Imported here, in the replica: a reference captured at class definition would be
+            # pickled by value, a copy the app's routes never see.
+            links = importlib.import_module("serving.api.context").SERVING_LINKS
+            links.model_handles = model_handles
+            links.triage = triage
 
             async def model_stats() -> dict[str, Any]:
                 stats = {}
@@ -188,6 +192,6 @@ def api_ingress_class() -> Any:
                         logger.warning("stats of %s: %s", name, exc)
                 return stats
 
-            app.state.model_stats = model_stats
+            links.model_stats = model_stats
 
     return ApiIngress

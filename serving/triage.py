@@ -59,8 +59,8 @@ __all__ = [
     "FailureReason",
     "PlatformUnavailableError",
     "Predict",
-    "UnprocessableStudyError",
     "TriagePipeline",
+    "UnprocessableStudyError",
     "select_series",
 ]
 
@@ -204,7 +204,8 @@ class TriagePipeline:
         The models that have a deployment (None: every production model).
     on_critical, on_outcome
         Hooks called inside the result transaction: ``on_critical(session, study, result)``
-        (notifications) and ``on_outcome(session, study, score, critical, failed)`` (worklist).
+        (notifications) and ``on_outcome(session, study, score, critical, failed, threshold)``
+        (worklist: the most urgent model's score and operating threshold).
     on_ready
         ``on_ready(session, study)``: the study is on the worklist before AI results.
     """
@@ -220,7 +221,8 @@ class TriagePipeline:
         predict: Predict,
         served: set[str] | None = None,
         on_ready: Callable[[Any, Study], None] | None = None,
-        on_outcome: Callable[[Any, Study, float | None, bool, bool], None] | None = None,
+        on_outcome: Callable[[Any, Study, float | None, bool, bool, float | None], None]
+        | None = None,
         on_critical: Callable[[Any, Study, InferenceResult], None] | None = None,
     ) -> None:
         self.settings = settings
@@ -573,11 +575,18 @@ class TriagePipeline:
                 )
                 if r.status == InferenceStatus.SUCCEEDED
             ]
-            scores = [r.score for r in succeeded if r.score is not None and _latest(r, succeeded)]
-            critical = any(r.critical for r in succeeded if _latest(r, succeeded))
-            failed = not succeeded
+            latest = [r for r in succeeded if r.score is not None and _latest(r, succeeded)]
+            # The most urgent model speaks for the study: highest score relative to its threshold.
+            lead = max(latest, key=_urgency, default=None)
             if self.on_outcome is not None:
-                self.on_outcome(session, study, max(scores) if scores else None, critical, failed)
+                self.on_outcome(
+                    session,
+                    study,
+                    lead.score if lead is not None else None,
+                    any(r.critical for r in latest),
+                    not succeeded,
+                    _threshold(lead) if lead is not None else None,
+                )
             if self.on_critical is not None:
                 for row in critical_rows:
                     self.on_critical(session, study, row)
@@ -620,6 +629,17 @@ class TriagePipeline:
             )
             or "nothing to do",
         )
+
+
+def _threshold(row: InferenceResult) -> float | None:
+    value = (row.findings or {}).get("threshold")
+    return float(value) if value is not None else None
+
+
+def _urgency(row: InferenceResult) -> float:
+    threshold = _threshold(row)
+    score = float(row.score or 0.0)
+    return score / threshold if threshold else score
 
 
 def _latest(row: InferenceResult, rows: list[InferenceResult]) -> bool:

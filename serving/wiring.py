@@ -43,10 +43,16 @@ def build_pipeline(
         ensure_worklist_item(session, study, policy)
 
     def on_outcome(
-        session: Any, study: Study, score: float | None, critical: bool, failed: bool
+        session: Any,
+        study: Study,
+        score: float | None,
+        critical: bool,
+        failed: bool,
+        threshold: float | None,
     ) -> None:
+        chosen = policy.for_threshold(threshold) if threshold is not None else policy
         record_ai_outcome(
-            session, study, score=score, critical=critical, failed=failed, policy=policy
+            session, study, score=score, critical=critical, failed=failed, policy=chosen
         )
 
     def on_critical(session: Any, study: Study, result: InferenceResult) -> None:

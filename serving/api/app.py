@@ -1,12 +1,14 @@
 """The radcloud HTTP API (FastAPI).
 
-One process today (uvicorn, ``python -m serving.api``); the serving issue mounts the same app as
-the Ray Serve ingress. Every route except ``/healthz`` requires a credential and declares the
+``radcloud up`` runs it as the Ray Serve ingress (``serving.application``), where it also reaches
+the model deployments (``/api/infer``); ``python -m serving.api`` runs it alone under uvicorn
+(development: no models). Every route except ``/healthz`` requires a credential and declares the
 roles it admits (``serving.api.security.require_roles``).
 """
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
@@ -18,10 +20,24 @@ from radcloud.config import Settings, load_settings
 from radcloud.security import Principal
 from serving.api.context import ApiContext
 from serving.api.errors import install_error_handlers
-from serving.api.routes import admin, auth, dicomweb, health, metrics, studies, worklist
+from serving.api.routes import (
+    admin,
+    auth,
+    dicomweb,
+    health,
+    infer,
+    metrics,
+    studies,
+    worklist,
+)
 from serving.api.security import require_roles
 
 __all__ = ["create_app"]
+
+
+async def _model_stats() -> dict[str, Any]:
+    source = importlib.import_module("serving.api.context").SERVING_LINKS.model_stats
+    return await source() if source is not None else {}
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -37,6 +53,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.ctx = ApiContext.from_settings(resolved)
+        # Filled by the Serve ingress, maybe after this runs; looked up in this process's module
+        # (Ray pickles closures by value: a captured reference would be a copy).
+        app.state.links = importlib.import_module("serving.api.context").SERVING_LINKS
+        app.state.model_stats = _model_stats
         try:
             yield
         finally:
@@ -58,6 +78,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(metrics.router)
     app.include_router(worklist.router)
     app.include_router(studies.router)
+    app.include_router(infer.router)
 
     @app.get("/api/openapi.json", tags=["health"])
     def openapi(_caller: Annotated[Principal, Depends(require_roles())]) -> dict[str, Any]:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from dicom_gateway.intake import Intake
 from dicom_gateway.quarantine import Quarantine
@@ -18,9 +19,27 @@ from radcloud.services import orthanc_client
 if TYPE_CHECKING:
     import pyorthanc
 
-__all__ = ["ApiContext"]
+__all__ = ["SERVING_LINKS", "ApiContext", "ServingLinks"]
 
 _MIB = 1024 * 1024
+
+
+@dataclass
+class ServingLinks:
+    """What the Ray Serve ingress of this process hands to its routes (empty under uvicorn).
+
+    Ray Serve deserialises its own copy of the FastAPI app in the replica, so the ingress's
+    constructor cannot reach ``app.state``; it fills this process-wide object instead, which the
+    app's lifespan puts in ``app.state.links`` (read it at request time: Serve may run the
+    lifespan before the constructor).
+    """
+
+    model_handles: dict[str, Any] = field(default_factory=dict)
+    model_stats: Callable[[], Awaitable[dict[str, Any]]] | None = None
+    triage: Any = None
+
+
+SERVING_LINKS = ServingLinks()
 
 
 @dataclass(frozen=True)

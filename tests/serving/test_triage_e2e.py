@@ -3,6 +3,7 @@ triage → SEG/SR in Orthanc, result rows, worklist; failures, idempotency, serv
 
 from __future__ import annotations
 
+import base64
 import os
 import signal
 import time
@@ -10,13 +11,16 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pydicom
 import pytest
 from sqlalchemy import func, select
 
 from dicom_gateway.dcmtk import storescu
+from imaging.nifti import load_nifti, save_nifti
 from imaging.sr import read_findings
 from imaging.synthetic import generate_study
+from imaging.volume import load_series
 from radcloud.db.models import InferenceResult, OutboxEvent, Study
 from tests.conftest import Stack
 from tests.dicom_gateway.dicom_files import synthetic_ct
@@ -242,3 +246,42 @@ def _answers(url: str) -> bool:
     except httpx.HTTPError:
         return False
     return True
+
+
+def test_ad_hoc_inference_on_dicom_and_nifti_uploads(pacs: Stack, tmp_path: Path) -> None:
+    head = generate_study("head-ct", 5, seed=41, positive=True)
+    files = []
+    for number, dataset in enumerate(head.datasets):
+        buffer = pydicom.filebase.DicomBytesIO()
+        dataset.save_as(buffer, enforce_file_format=True)
+        files.append(("file", (f"{number}.dcm", buffer.getvalue(), "application/dicom")))
+    volume = load_series(head.datasets)
+    nifti = save_nifti(volume, tmp_path / "head.nii.gz").read_bytes()
+
+    with pacs.client("ml_engineer") as client:
+        from_dicom = client.post("/api/infer/head-ct-haemorrhage", files=files)
+        from_nifti = client.post(
+            "/api/infer/head-ct-haemorrhage", files=[("file", ("head.nii.gz", nifti))]
+        )
+        garbage = client.post("/api/infer/head-ct-haemorrhage", files=[("file", ("x.dcm", b"no"))])
+        unknown = client.post("/api/infer/nope", files=[("file", ("head.nii.gz", nifti))])
+    with pacs.client("pacs") as client:
+        refused = client.post("/api/infer/head-ct-haemorrhage", files=files[:1])
+
+    assert from_dicom.status_code == 200, from_dicom.text
+    answer = from_dicom.json()
+    assert answer["critical"] is True and answer["note"].startswith("AI result")
+    mask_file = tmp_path / "mask.nii.gz"
+    mask_file.write_bytes(base64.b64decode(answer["mask_nifti_gz_base64"]))
+    mask = load_nifti(mask_file, label_map=True)
+    assert mask.shape == volume.shape
+    np.testing.assert_allclose(mask.affine_lps(), volume.affine_lps(), atol=1e-4)
+    assert from_nifti.status_code == 200, from_nifti.text
+    assert abs(from_nifti.json()["score"] - answer["score"]) < 1e-3
+    assert garbage.status_code == 422 and garbage.json()["error"] == "unreadable_image"
+    assert unknown.status_code == 404
+    assert refused.status_code == 403
+
+    with pacs.client("admin") as client:
+        exposition = client.get("/metrics").text
+    assert 'radcloud_model_requests_total{model="head-ct-haemorrhage"' in exposition
