@@ -45,7 +45,13 @@ def _runtime_env(settings: Settings) -> dict[str, Any]:
 def _cluster_gpus() -> float:
     import ray
 
-    return float(ray.cluster_resources().get("GPU", 0.0))
+    resources: dict[str, float] = ray.cluster_resources()  # type: ignore[no-untyped-call]
+    return float(resources.get("GPU", 0.0))
+
+
+def _deployment(decorated: Any) -> Any:
+    """A ``@serve.deployment`` class (typed as the class it decorates)."""
+    return decorated
 
 
 def build_application(settings: Settings) -> Any:
@@ -80,10 +86,10 @@ def build_application(settings: Settings) -> Any:
             }
         else:
             options["num_replicas"] = settings.serving_min_replicas
-        models[name] = ModelServer.options(**options).bind(name)
+        models[name] = _deployment(ModelServer).options(**options).bind(name)
     logger.info("serving models: %s", ", ".join(models) or "none in production")
     small = {"num_cpus": _SMALL_CPU, "runtime_env": runtime_env}
-    triage = TriageWorker.options(
+    triage = _deployment(TriageWorker).options(
         name="triage", num_replicas=settings.triage_workers, ray_actor_options=small
     ).bind(models)
     return api_ingress_class().options(name="api", ray_actor_options=small).bind(models, triage)
@@ -114,6 +120,6 @@ def serve_forever(settings: Settings, stop: threading.Event | None = None) -> No
     finally:
         logger.info("shutting down Serve")
         try:
-            serve.shutdown()
+            serve.shutdown()  # type: ignore[no-untyped-call]
         finally:
             ray.shutdown()

@@ -53,8 +53,9 @@ class ModelServer:
             device=settings.serving_device,
         )
         self.max_batch_size = settings.serving_max_batch_size
-        self._batched.set_max_batch_size(self.max_batch_size)
-        self._batched.set_batch_wait_timeout_s(settings.serving_batch_wait_ms / 1000.0)
+        batched: Any = self._batched  # @serve.batch adds these setters
+        batched.set_max_batch_size(self.max_batch_size)
+        batched.set_batch_wait_timeout_s(settings.serving_batch_wait_ms / 1000.0)
         warm = self.runner.warm_up((1, self.max_batch_size))
         self.version = str(self.runner.model.version)
         self.requests = 0
@@ -93,7 +94,7 @@ class ModelServer:
         """Serve restarts the replica when this raises."""
 
 
-def _predict_through(handles: dict[str, DeploymentHandle]) -> Any:
+def _predict_through(handles: dict[str, DeploymentHandle[Any]]) -> Any:
     from serving.triage import PlatformUnavailableError
 
     def predict(name: str, array: np.ndarray) -> tuple[np.ndarray, str]:
@@ -117,7 +118,7 @@ def _predict_through(handles: dict[str, DeploymentHandle]) -> Any:
 class TriageWorker:
     """Consumes study events in a background thread (see :mod:`serving.triage`)."""
 
-    def __init__(self, model_handles: dict[str, DeploymentHandle]) -> None:
+    def __init__(self, model_handles: dict[str, DeploymentHandle[Any]]) -> None:
         from serving.wiring import build_notifier, build_pipeline
 
         settings = load_settings()
@@ -175,7 +176,7 @@ def api_ingress_class() -> Any:
     @serve.ingress(app)
     class ApiIngress:
         def __init__(
-            self, model_handles: dict[str, DeploymentHandle], triage: DeploymentHandle
+            self, model_handles: dict[str, DeploymentHandle[Any]], triage: DeploymentHandle[Any]
         ) -> None:
             # Imported here, in the replica: a reference captured at class definition would be
             # pickled by value, a copy the app's routes never see.

@@ -115,8 +115,9 @@ class ModelRunner:
         assert self._network is not None  # noqa: S101 - set in __init__ for the torch backend
         tensor = torch.from_numpy(batch).to(self.device)
         with torch.inference_mode(), torch.autocast(self.device, enabled=self.device == "cuda"):
-            output = self._network(tensor)
-        return output.float().cpu().numpy()
+            output: torch.Tensor = self._network(tensor)
+        logits: np.ndarray = output.float().cpu().numpy()
+        return logits
 
     def warm_up(self, batch_sizes: tuple[int, ...] = (1,)) -> float:
         """Run random batches once (first-call initialisation) and return the seconds taken."""
@@ -188,6 +189,8 @@ def interpret(card: ModelCard, prepared: Prepared, logits: np.ndarray) -> ModelO
     logits
         The network's output for it, without the batch axis.
     """
+    if card.threshold is None:
+        raise ValueError(f"model {card.name} has no operating threshold: it cannot triage")
     threshold = float(card.threshold.value)
     outputs = card.outputs
     if outputs.kind == "classification":

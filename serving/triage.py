@@ -34,7 +34,7 @@ import time
 import zipfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import pydicom
@@ -96,6 +96,21 @@ class UnprocessableStudyError(Exception):
 
 class PlatformUnavailableError(Exception):
     """A part radcloud depends on (Orthanc, a model deployment) did not answer: retry later."""
+
+
+class OutcomeHook(Protocol):
+    """Called with a study's combined AI outcome inside the result transaction."""
+
+    def __call__(
+        self,
+        session: Any,
+        study: Study,
+        *,
+        score: float | None,
+        critical: bool,
+        failed: bool,
+        threshold: float | None,
+    ) -> None: ...
 
 
 @dataclass
@@ -221,8 +236,7 @@ class TriagePipeline:
         predict: Predict,
         served: set[str] | None = None,
         on_ready: Callable[[Any, Study], None] | None = None,
-        on_outcome: Callable[[Any, Study, float | None, bool, bool, float | None], None]
-        | None = None,
+        on_outcome: OutcomeHook | None = None,
         on_critical: Callable[[Any, Study, InferenceResult], None] | None = None,
     ) -> None:
         self.settings = settings
@@ -409,7 +423,7 @@ class TriagePipeline:
 
     @staticmethod
     def _read_archive(content: bytes) -> list[Dataset]:
-        datasets = []
+        datasets: list[Dataset] = []
         with zipfile.ZipFile(io.BytesIO(content)) as archive:
             for name in archive.namelist():
                 if name.endswith("/"):
@@ -582,10 +596,10 @@ class TriagePipeline:
                 self.on_outcome(
                     session,
                     study,
-                    lead.score if lead is not None else None,
-                    any(r.critical for r in latest),
-                    not succeeded,
-                    _threshold(lead) if lead is not None else None,
+                    score=lead.score if lead is not None else None,
+                    critical=any(r.critical for r in latest),
+                    failed=not succeeded,
+                    threshold=_threshold(lead) if lead is not None else None,
                 )
             if self.on_critical is not None:
                 for row in critical_rows:

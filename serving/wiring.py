@@ -45,6 +45,7 @@ def build_pipeline(
     def on_outcome(
         session: Any,
         study: Study,
+        *,
         score: float | None,
         critical: bool,
         failed: bool,
