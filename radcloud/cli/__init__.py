@@ -4,7 +4,17 @@ from __future__ import annotations
 
 import typer
 
-from radcloud.cli import audit, export, gateway, models, security, services, synth, train
+from radcloud.cli import (
+    audit,
+    demo,
+    export,
+    gateway,
+    models,
+    security,
+    services,
+    synth,
+    train,
+)
 
 __all__ = ["app", "main"]
 
@@ -23,6 +33,7 @@ models.register(app)
 synth.register(app)
 train.register(app)
 export.register(app)
+demo.register(app)
 
 
 def main() -> None:

@@ -1,0 +1,262 @@
+"""``radcloud demo``: the main job, end to end, on SYNTHETIC studies.
+
+1. Models: for each task without a production model, train the demo preset (progress bars),
+   register it and promote it (a demo convenience: in a real deployment an ML engineer promotes
+   after review).
+2. Services: ``radcloud up`` (restarting serving when models were just trained, since serving
+   deploys the production models it finds at start).
+3. Studies: synthetic head CTs and chest radiographs (a seed the training data never used) are
+   sent to the DICOM gateway with dcmtk's ``storescu``, one association per study, as a PACS
+   would.
+4. Triage: waits until every study has its AI result, then prints the worklist in priority
+   order with scores, critical flags and the time from a study's last instance to its result.
+
+The services stay up; the command prints their URLs and how to stop them.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+from sqlalchemy import select
+
+from radcloud.cli._common import command, console, fail, get_settings, setup_logging
+from radcloud.config import Settings
+
+__all__ = ["register"]
+
+logger = logging.getLogger(__name__)
+
+DEMO_SENDER = "DEMO_PACS"
+DEMO_HOSPITAL = "Demo Hospital (SYNTHETIC)"
+_TASKS = ("head-ct", "chest-xr")
+
+
+def _missing_models(settings: Settings) -> list[str]:
+    from models.registry import ModelRegistry
+    from training.tasks import task_spec
+
+    registry = ModelRegistry(settings.paths.models_dir)
+    return [task for task in _TASKS if registry.production(task_spec(task).model_name) is None]
+
+
+def _train(settings: Settings, task: str) -> None:
+    from models.registry import ModelRegistry
+    from training.pipeline import Preset
+    from training.pipeline import train as run
+    from training.registration import registry_callback
+    from training.tasks import Task
+
+    logging.getLogger("monai.data.nvimgcodec_pydicom_plugin").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", message="NvImgCodecPydicomReader")
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} epochs"),
+        TextColumn("{task.fields[metrics]}"),
+        TimeElapsedColumn(),
+        console=console,
+    ) as progress:
+        bar = progress.add_task(f"training the {task} demo model", total=None, metrics="")
+
+        def on_epoch(epoch: int, total: int, metrics: dict[str, float]) -> None:
+            shown = "  ".join(f"{k} {v:.3f}" for k, v in metrics.items())
+            progress.update(bar, total=total, completed=epoch, metrics=shown)
+
+        report = run(
+            Task(task),
+            Preset.DEMO,
+            home=settings.home,
+            register=registry_callback(settings.paths.models_dir),
+            on_epoch=on_epoch,
+        )
+    if report.version is None:
+        fail(f"training {task} registered no model")
+    ModelRegistry(settings.paths.models_dir).promote(report.model_name, report.version)
+    test = report.metrics["test"]
+    console.print(
+        f"{report.model_name} v{report.version}: test AUC {test['auc']:.3f}"
+        + (f", lesion Dice {test['lesion_dice']:.3f}" if test.get("lesion_dice") else "")
+        + f" (hand-rule baseline AUC {report.baseline['auc']:.3f}); promoted to production. "
+        "[yellow]SYNTHETIC demo model: not for clinical use.[/]"
+    )
+
+
+def _services(settings: Settings, restart_serving: bool) -> None:
+    from radcloud.services import Supervisor
+
+    supervisor = Supervisor(settings)
+    if restart_serving and any(s.healthy for s in supervisor.status() if s.name == "api"):
+        console.print("restarting the services so that serving deploys the new models")
+        supervisor.down()
+    with console.status("starting Orthanc, the DICOM gateway and Ray Serve"):
+        supervisor.up()
+
+
+def _sender(settings: Settings) -> None:
+    from dicom_gateway.senders import SenderRegistry
+    from radcloud.db import Database
+
+    db = Database.from_settings(settings)
+    registry = SenderRegistry(db)
+    if DEMO_SENDER not in {s.ae_title for s in registry.list_senders()}:
+        registry.add_sender(DEMO_SENDER, DEMO_HOSPITAL)
+    db.dispose()
+
+
+def _push(settings: Settings, studies: int, seed: int) -> list[tuple[str, str, float]]:
+    """Send synthetic studies; return (study uid, task, time its last instance was stored)."""
+    from dicom_gateway.dcmtk import storescu
+    from imaging.synthetic import generate_study
+
+    sent = []
+    with tempfile.TemporaryDirectory() as tmp, Progress(console=console) as progress:
+        bar = progress.add_task("sending studies with storescu", total=studies * len(_TASKS))
+        for index in range(studies):
+            for task in _TASKS:
+                study = generate_study(task, index, seed)
+                folder = Path(tmp) / f"{task}-{index}"
+                folder.mkdir()
+                paths = []
+                for number, dataset in enumerate(study.datasets):
+                    path = folder / f"{number:04d}.dcm"
+                    dataset.save_as(path, enforce_file_format=True)
+                    paths.append(path)
+                report = storescu(
+                    paths,
+                    host="127.0.0.1" if settings.bind_host == "0.0.0.0" else settings.bind_host,  # noqa: S104
+                    port=settings.gateway_port,
+                    calling_ae=DEMO_SENDER,
+                    called_ae=settings.gateway_ae_title,
+                )
+                if len(report.stored) != len(paths):
+                    fail(f"the gateway did not accept {task} study {index}: {report.output[-500:]}")
+                sent.append((study.study_instance_uid, task, time.time()))
+                progress.advance(bar)
+    return sent
+
+
+def _wait_for_triage(settings: Settings, uids: list[str], timeout_s: float) -> None:
+    from radcloud.db import Database
+    from radcloud.db.models import InferenceResult, InferenceStatus, Study
+
+    db = Database.from_settings(settings)
+    deadline = time.monotonic() + timeout_s
+    with Progress(
+        TextColumn("[bold]waiting for triage"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} studies"),
+        TimeElapsedColumn(),
+        console=console,
+    ) as progress:
+        bar = progress.add_task("triage", total=len(uids))
+        while True:
+            with db.session() as session:
+                done = session.scalars(
+                    select(Study.study_instance_uid)
+                    .join(InferenceResult, InferenceResult.study_id == Study.id)
+                    .where(
+                        Study.study_instance_uid.in_(uids),
+                        InferenceResult.status != InferenceStatus.PENDING,
+                    )
+                    .distinct()
+                ).all()
+            progress.update(bar, completed=len(done))
+            if len(done) == len(uids):
+                break
+            if time.monotonic() > deadline:
+                db.dispose()
+                fail(
+                    f"{len(uids) - len(done)} studies have no AI result after {timeout_s:g} s: "
+                    f"see {settings.paths.log_dir}/api.log and `radcloud status`"
+                )
+            time.sleep(1.0)
+    db.dispose()
+
+
+def _worklist(settings: Settings, uids: set[str]) -> None:
+    from radcloud.db import Database
+    from radcloud.db.models import Hospital, InferenceResult, Study, WorklistItem
+    from serving.worklist import priority_key
+
+    db = Database.from_settings(settings)
+    with db.session() as session:
+        rows: list[Any] = list(
+            session.execute(
+                select(WorklistItem, Study, Hospital)
+                .join(Study, WorklistItem.study_id == Study.id)
+                .outerjoin(Hospital, Study.hospital_id == Hospital.id)
+                .where(Study.study_instance_uid.in_(uids))
+            )
+        )
+        results: dict[int, list[InferenceResult]] = {}
+        for result in session.scalars(
+            select(InferenceResult).where(InferenceResult.study_id.in_([r[1].id for r in rows]))
+        ):
+            results.setdefault(result.study_id, []).append(result)
+        rows.sort(key=lambda r: priority_key(r[0].due_at, r[0].ai_score, r[1].ready_at))
+        table = Table(title="radcloud worklist (SYNTHETIC studies, demo models)")
+        for column in ("#", "priority", "AI", "score", "modality", "study", "model", "to triage"):
+            table.add_column(column, justify="right" if column in {"#", "score"} else "left")
+        for rank, (item, study, _hospital) in enumerate(rows, start=1):
+            found = results.get(study.id, [])
+            flag = "[bold red]CRITICAL[/]" if any(r.critical for r in found) else item.ai_status
+            latency = max(
+                ((r.timings or {}).get("time_to_triage_s", 0.0) for r in found), default=0.0
+            )
+            models = ", ".join(f"{r.model_name} v{r.model_version}" for r in found)
+            table.add_row(
+                str(rank),
+                item.priority_class,
+                flag,
+                f"{item.ai_score:.3f}" if item.ai_score is not None else "-",
+                study.modalities or "",
+                (study.study_description or "")[:32],
+                models,
+                f"{latency:.1f} s",
+            )
+    db.dispose()
+    console.print(table)
+
+
+def demo(
+    studies: Annotated[int, typer.Option(help="Studies of each task to send.")] = 4,
+    seed: Annotated[int, typer.Option(help="Seed of the studies (training used 0).")] = 20261126,
+    timeout_s: Annotated[float, typer.Option(help="How long to wait for triage.")] = 900.0,
+) -> None:
+    """Train (if needed), start everything, send synthetic studies, show the triaged worklist."""
+    setup_logging("WARNING")
+    settings = get_settings()
+    started = time.monotonic()
+    missing = _missing_models(settings)
+    for task in missing:
+        _train(settings, task)
+    _services(settings, restart_serving=bool(missing))
+    _sender(settings)
+    sent = _push(settings, studies, seed)
+    _wait_for_triage(settings, [uid for uid, _, _ in sent], timeout_s)
+    _worklist(settings, {uid for uid, _, _ in sent})
+    elapsed = dt.timedelta(seconds=round(time.monotonic() - started))
+    console.print(
+        f"done in {elapsed}. Services are up:\n"
+        f"  API, DICOMweb, worklist: {settings.api_url}  (sign in: radcloud users add NAME "
+        "--role radiologist --password ...)\n"
+        f"  DICOM gateway: {settings.gateway_ae_title}@{settings.bind_host}:"
+        f"{settings.gateway_port}\n"
+        f"  Orthanc (internal): http://{settings.bind_host}:{settings.orthanc_http_port}\n"
+        "Stop them with: make down  (or: radcloud down)"
+    )
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``demo`` to ``app``."""
+    app.command("demo")(command(demo))
