@@ -38,10 +38,8 @@ $(VENV)/.installed: pyproject.toml | system-packages
 	$(PY) -m pip install -q -e '.[dev]'
 	@touch $@
 
-demo: install  ## start the platform, show its status, stop it
-	$(VENV)/bin/radcloud up
-	$(VENV)/bin/radcloud status
-	$(VENV)/bin/radcloud down
+demo: install  ## the main job: train demo models if needed, start, triage synthetic studies
+	$(VENV)/bin/radcloud demo
 
 test: install  ## run the whole test suite
 	$(VENV)/bin/pytest $(PYTEST_ARGS)

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import highdicom as hd
 import httpx
 import numpy as np
 import pydicom
@@ -18,6 +19,7 @@ from sqlalchemy import func, select
 
 from dicom_gateway.dcmtk import storescu
 from imaging.nifti import load_nifti, save_nifti
+from imaging.seg import read_segmentation
 from imaging.sr import read_findings
 from imaging.synthetic import generate_study
 from imaging.volume import load_series
@@ -128,6 +130,19 @@ def test_head_ct_and_radiograph_are_triaged_into_orthanc_and_the_worklist(
     assert seg.StudyInstanceUID == sr.StudyInstanceUID == head.study_instance_uid
     assert str(seg.SOPInstanceUID) == head_result["findings"]["seg_sop_instance_uid"]
     assert sr.VerificationFlag == "UNVERIFIED"
+    segmentation = hd.seg.Segmentation.from_dataset(seg)
+    assert segmentation.number_of_segments == 1
+    (referenced,) = segmentation.ReferencedSeriesSequence
+    assert referenced.SeriesInstanceUID == head.series_instance_uid
+    source = load_series(head.datasets)
+    on_source = read_segmentation(seg, source)
+    assert on_source.shape == (1, *source.shape)  # every frame lies on a source slice
+    assert seg.Rows == source.shape[1] and seg.Columns == source.shape[2]
+    position = seg.PerFrameFunctionalGroupsSequence[0].PlanePositionSequence[0]
+    slice_positions = {
+        tuple(round(float(v), 3) for v in ds.ImagePositionPatient) for ds in head.datasets
+    }
+    assert tuple(round(float(v), 3) for v in position.ImagePositionPatient) in slice_positions
     reported = read_findings(sr)
     assert any(f.get("algorithm_name") == "head-ct-haemorrhage" for f in reported), reported
     assert "SEG" not in orthanc_series(pacs, chest.study_instance_uid)
@@ -141,18 +156,23 @@ def test_head_ct_and_radiograph_are_triaged_into_orthanc_and_the_worklist(
     assert head_item["priority_class"] == "critical" and head_item["ai_status"] == "succeeded"
 
 
-def test_study_no_model_applies_to_fails_with_the_reason_and_others_go_on(
+def test_poison_studies_fail_with_the_reason_and_the_next_study_succeeds(
     pacs: Stack, tmp_path: Path
 ) -> None:
     uid = pydicom.uid.generate_uid()
     series = pydicom.uid.generate_uid()
     push(pacs, tmp_path / "odd", [synthetic_ct(uid, series, instance=n) for n in (1, 2, 3)])
+    gap = generate_study("head-ct", 6, seed=41, positive=True)
+    push(pacs, tmp_path / "gap", gap.datasets[:10] + gap.datasets[11:])  # a slice is missing
     head = generate_study("head-ct", 2, seed=41, positive=False)
     push(pacs, tmp_path / "head", head.datasets)
 
     (failed,) = results(pacs, uid)
     assert failed["status"] == "failed"
     assert failed["error"].startswith("unsupported:"), failed["error"]
+    (inconsistent,) = results(pacs, gap.study_instance_uid)
+    assert inconsistent["status"] == "failed"
+    assert inconsistent["error"].startswith("inconsistent_series:"), inconsistent["error"]
     assert results(pacs, head.study_instance_uid)[0]["status"] == "succeeded"
     with pacs.client("radiologist") as client:
         items = client.get("/api/worklist", params={"limit": 500}).json()
@@ -161,36 +181,37 @@ def test_study_no_model_applies_to_fails_with_the_reason_and_others_go_on(
     assert odd["ai_status"] == "failed"
 
 
-def test_events_are_processed_once_per_model_version_unless_forced(
+def test_a_study_sent_twice_gets_one_result_per_model_version_unless_forced(
     pacs: Stack, tmp_path: Path
 ) -> None:
     head = generate_study("head-ct", 3, seed=41, positive=True)
-    push(pacs, tmp_path / "head", head.datasets)
+    push(pacs, tmp_path / "first", head.datasets)
     (first,) = results(pacs, head.study_instance_uid)
     db = pacs.database()
-    with db.session() as session:
-        study = session.scalars(
-            select(Study).where(Study.study_instance_uid == head.study_instance_uid)
-        ).one()
-        ready = session.scalars(
-            select(OutboxEvent).where(OutboxEvent.key == study.study_instance_uid)
-        ).first()
-        assert ready is not None
-        replay = OutboxEvent(topic="study.updated", key=ready.key, payload=dict(ready.payload))
-        session.add(replay)
-        session.flush()
-        replay_id = replay.id
 
-    def processed(event_id: int) -> bool:
+    def events() -> list[tuple[str, bool]]:
         with db.session() as session:
-            return session.get(OutboxEvent, event_id).processed_at is not None
+            rows = session.scalars(
+                select(OutboxEvent)
+                .where(OutboxEvent.key == head.study_instance_uid)
+                .order_by(OutboxEvent.id)
+            )
+            return [(row.topic, row.processed_at is not None) for row in rows]
 
-    poll(lambda: processed(replay_id), timeout_s=120, what="the replayed event")
+    push(pacs, tmp_path / "again", head.datasets)
+    poll(
+        lambda: events() == [("study.ready", True), ("study.updated", True)],
+        timeout_s=120,
+        what="the second sending's study.updated, processed",
+    )
     with db.session() as session:
+        study_id = session.scalars(
+            select(Study.id).where(Study.study_instance_uid == head.study_instance_uid)
+        ).one()
         rows = session.scalar(
             select(func.count())
             .select_from(InferenceResult)
-            .where(InferenceResult.study_id == study.id)
+            .where(InferenceResult.study_id == study_id)
         )
     assert rows == 1
     assert results(pacs, head.study_instance_uid)[0]["created_at"] == first["created_at"]

@@ -1,0 +1,220 @@
+"""Time to triage: a stream of SYNTHETIC studies through the whole platform.
+
+``python -m benchmarks.triage [--models-from HOME] [--studies N] [--interval S] [--quick]``
+
+A temporary radcloud (Orthanc, gateway, Ray Serve) is started on free ports with a copy of the
+production models of ``--models-from`` (default: ``RADCLOUD_HOME``, where ``make demo`` trains
+them). Head CTs and chest radiographs, alternating, are sent with dcmtk's storescu, one study
+every ``interval`` seconds, and the result rows are read back. Reported per study, then as
+p50/p95 with min and max:
+
+- ``completeness_wait_s``: last instance received → study ready (the gateway waits
+  ``gateway_stable_seconds`` of silence, by design: a study is announced once complete);
+- ``triage_s``: ready → result row (queueing, fetch, pre-processing, inference, post-processing,
+  write-back), with each stage's seconds from the result row;
+- ``time_to_triage_s``: last instance → result row, the sum;
+- studies per minute over the stream (first instance sent → last result).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+
+from benchmarks._env import describe_machine, free_ports, write_result
+
+__all__ = ["main", "run_triage"]
+
+logger = logging.getLogger(__name__)
+
+_AE = "BENCH_PACS"
+_STAGES = ("fetch_s", "preprocess_s", "inference_s", "postprocess_s", "writeback_s", "total_s")
+
+
+def _percentiles(values: list[float]) -> dict[str, float]:
+    ordered = sorted(values)
+    if not ordered:
+        return {}
+
+    def pick(q: float) -> float:
+        return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+    return {
+        "p50": statistics.median(ordered),
+        "p95": pick(0.95),
+        "min": ordered[0],
+        "max": ordered[-1],
+        "n": len(ordered),
+    }
+
+
+def _records(db: Any, sent: dict[str, str]) -> list[dict[str, Any]]:
+    """One record per final result row of the studies sent."""
+    from radcloud.db.models import InferenceResult, InferenceStatus, Study
+
+    records: list[dict[str, Any]] = []
+    with db.session() as session:
+        rows = session.execute(
+            select(Study, InferenceResult)
+            .join(InferenceResult, InferenceResult.study_id == Study.id)
+            .where(
+                Study.study_instance_uid.in_(sent),
+                InferenceResult.status != InferenceStatus.PENDING,
+            )
+        )
+        for study, result in rows:
+            ready = study.ready_at
+            timings = result.timings or {}
+            records.append(
+                {
+                    "study": study.study_instance_uid,
+                    "task": sent[study.study_instance_uid],
+                    "model": result.model_name,
+                    "status": result.status.value,
+                    "completeness_wait_s": (ready - study.last_received_at).total_seconds()
+                    if ready
+                    else None,
+                    "triage_s": (result.created_at - ready).total_seconds() if ready else None,
+                    **{k: timings.get(k) for k in (*_STAGES, "time_to_triage_s")},
+                }
+            )
+    return records
+
+
+def run_triage(
+    models_from: Path,
+    *,
+    studies: int = 12,
+    interval_s: float = 5.0,
+    stable_seconds: float = 2.0,
+    timeout_s: float = 900.0,
+) -> dict[str, Any]:
+    """Stream ``studies`` studies through a fresh platform; return the result document."""
+    from dicom_gateway.dcmtk import storescu
+    from dicom_gateway.senders import SenderRegistry
+    from imaging.synthetic import generate_study
+    from radcloud.config import load_settings
+    from radcloud.db import Database, upgrade
+    from radcloud.services import Supervisor
+
+    source = models_from / "models"
+    if not any(source.glob("*/index.json")) and not any(source.glob("*/*")):
+        raise SystemExit(f"no models in {source}: run `make demo` (or radcloud train) first")
+    with tempfile.TemporaryDirectory(prefix="radcloud-triage-") as tmp:
+        ports = free_ports(5)
+        settings = load_settings(
+            home=Path(tmp) / "home",
+            api_port=ports[0],
+            gateway_port=ports[1],
+            gateway_metrics_port=ports[2],
+            orthanc_http_port=ports[3],
+            orthanc_dicom_port=ports[4],
+            gateway_stable_seconds=stable_seconds,
+            log_level="WARNING",
+        )
+        shutil.copytree(source, settings.paths.models_dir)
+        supervisor = Supervisor(settings)
+        supervisor.up()
+        db = Database.from_settings(settings)
+        upgrade(db)
+        SenderRegistry(db).add_sender(_AE, "Benchmark (SYNTHETIC)")
+        sent: dict[str, str] = {}
+        try:
+            started = time.monotonic()
+            for index in range(studies):
+                task = ("head-ct", "chest-xr")[index % 2]
+                study = generate_study(task, index, seed=777)
+                folder = Path(tmp) / f"study-{index}"
+                folder.mkdir()
+                paths = []
+                for number, dataset in enumerate(study.datasets):
+                    paths.append(folder / f"{number:04d}.dcm")
+                    dataset.save_as(paths[-1], enforce_file_format=True)
+                storescu(
+                    paths,
+                    host="127.0.0.1",
+                    port=settings.gateway_port,
+                    calling_ae=_AE,
+                    called_ae=settings.gateway_ae_title,
+                )
+                sent[study.study_instance_uid] = task
+                time.sleep(max(0.0, started + (index + 1) * interval_s - time.monotonic()))
+            deadline = time.monotonic() + timeout_s
+            records = _records(db, sent)
+            while {r["study"] for r in records} != set(sent):
+                if time.monotonic() > deadline:
+                    raise SystemExit(f"only {len(records)} of {len(sent)} studies triaged")
+                time.sleep(1.0)
+                records = _records(db, sent)
+            elapsed = time.monotonic() - started
+        finally:
+            db.dispose()
+            supervisor.down()
+    succeeded = [r for r in records if r["status"] == "succeeded"]
+    summary: dict[str, Any] = {}
+    for key in ("completeness_wait_s", "triage_s", "time_to_triage_s", *_STAGES):
+        summary[key] = _percentiles([float(r[key]) for r in succeeded if r[key] is not None])
+    by_task = {
+        task: _percentiles([float(r["time_to_triage_s"]) for r in succeeded if r["task"] == task])
+        for task in ("head-ct", "chest-xr")
+    }
+    return {
+        "suite": "e2e-triage",
+        "machine": describe_machine(),
+        "parameters": {
+            "studies": studies,
+            "interval_s": interval_s,
+            "gateway_stable_seconds": stable_seconds,
+            "models_from": str(models_from),
+            "data": "SYNTHETIC head CT and chest radiographs, alternating",
+        },
+        "records": records,
+        "summary": summary,
+        "time_to_triage_by_task": by_task,
+        "studies_per_minute": 60.0 * len(succeeded) / elapsed,
+        "failed": len(records) - len(succeeded),
+    }
+
+
+def markdown(result: dict[str, Any]) -> str:
+    """The summary as a markdown table."""
+    lines = ["| stage | p50 s | p95 s | min s | max s |", "|---|---:|---:|---:|---:|"]
+    for key, values in result["summary"].items():
+        if values:
+            lines.append(
+                f"| {key.removesuffix('_s')} | {values['p50']:.2f} | {values['p95']:.2f} | "
+                f"{values['min']:.2f} | {values['max']:.2f} |"
+            )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    """Command line entry point."""
+    from radcloud.config import load_settings
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models-from", type=Path, default=None, help="RADCLOUD_HOME with models")
+    parser.add_argument("--studies", type=int, default=12)
+    parser.add_argument("--interval", type=float, default=5.0, help="seconds between studies")
+    parser.add_argument("--quick", action="store_true", help="4 studies, 1 s apart")
+    parser.add_argument("--out", type=Path, default=None, help="results directory")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    home = args.models_from or load_settings().home
+    studies, interval = (4, 1.0) if args.quick else (args.studies, args.interval)
+    result = run_triage(home, studies=studies, interval_s=interval)
+    path = write_result("e2e-triage", "cpu", result, args.out)
+    print(markdown(result))
+    print(f"{result['studies_per_minute']:.1f} studies/min; written to {path}")
+
+
+if __name__ == "__main__":
+    main()
