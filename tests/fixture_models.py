@@ -35,7 +35,9 @@ def _favour_lesion(network: torch.nn.Module) -> None:
 
 
 def register_fixture_models(
-    models_dir: Path, thresholds: dict[Task, float] | None = None
+    models_dir: Path,
+    thresholds: dict[Task, float] | None = None,
+    tasks: tuple[Task, ...] = (Task.HEAD_CT, Task.CHEST_XR),
 ) -> dict[str, str]:
     """Register and promote one slim model per task in ``models_dir``; return name → version.
 
@@ -43,7 +45,8 @@ def register_fixture_models(
     is flagged critical; chest X-ray 1.0, so no radiograph is). The head CT segmenter marks
     every voxel as lesion.
     """
-    chosen = {Task.HEAD_CT: 0.0, Task.CHEST_XR: 1.0} | (thresholds or {})
+    defaults = {Task.HEAD_CT: 0.0, Task.CHEST_XR: 1.0} | (thresholds or {})
+    chosen = {task: defaults[task] for task in tasks}
     registry = ModelRegistry(models_dir)
     versions = {}
     for task, threshold in chosen.items():

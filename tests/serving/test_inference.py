@@ -1,0 +1,69 @@
+"""Model runners (both backends), pre-processing from the card, post-processing, series choice."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from imaging.synthetic import generate_study
+from imaging.volume import load_series
+from models.registry import ModelRegistry
+from serving.inference import ModelRunner, interpret, prepare
+from serving.triage import SeriesData, select_series
+from tests.fixture_models import register_fixture_models
+from training.tasks import Task
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> ModelRegistry:
+    models = tmp_path_factory.mktemp("models")
+    register_fixture_models(models, tasks=(Task.HEAD_CT,), thresholds={Task.HEAD_CT: 0.5})
+    return ModelRegistry(models)
+
+
+def test_onnx_and_torch_backends_agree_and_check_the_input(registry: ModelRegistry) -> None:
+    onnx = ModelRunner.from_registry(registry, "head-ct-haemorrhage", backend="onnx", device="cpu")
+    torch_runner = ModelRunner.from_registry(
+        registry, "head-ct-haemorrhage", backend="torch", device="cpu"
+    )
+    batch = np.random.default_rng(0).random((2, *onnx.input_shape), dtype=np.float32)
+
+    np.testing.assert_allclose(onnx.predict(batch), torch_runner.predict(batch), atol=1e-3)
+    assert onnx.describe()["device"] == "cpu" and onnx.describe()["version"] == "1"
+    with pytest.raises(ValueError, match="expected"):
+        onnx.predict(batch[:, :, :64])
+
+
+def test_head_ct_result_is_on_the_source_grid(registry: ModelRegistry) -> None:
+    runner = ModelRunner.from_registry(registry, "head-ct-haemorrhage", device="cpu")
+    study = generate_study("head-ct", 0, seed=3, positive=True)
+    volume = load_series(study.datasets)
+
+    prepared = prepare(runner.card, volume)
+    output = interpret(runner.card, prepared, runner.predict(prepared.array[None])[0])
+
+    assert prepared.array.shape == runner.input_shape
+    assert output.mask is not None and output.mask.shape == volume.shape
+    assert output.critical == (output.score >= 0.5)
+    # the fixture calls every voxel lesion: the whole head grid, resampled back
+    assert output.lesion_voxels > 0.5 * volume.array.size
+    assert output.lesion_volume_ml == pytest.approx(
+        output.lesion_voxels * float(np.prod(volume.spacing)) / 1000
+    )
+
+
+def test_series_selection_follows_the_card(registry: ModelRegistry, tmp_path: Path) -> None:
+    card = registry.get("head-ct-haemorrhage", "production").card
+    head = generate_study("head-ct", 1, seed=3)
+    chest = generate_study("chest-xr", 1, seed=3)
+    few = SeriesData("few", "CT", head.datasets[:5])
+    full = SeriesData("full", "CT", head.datasets)
+    radiograph = SeriesData("xr", "DX", chest.datasets)
+
+    chosen, reasons = select_series(card.series_selection, [radiograph, few, full])
+
+    assert chosen is full
+    assert any("modality DX" in r for r in reasons)
+    assert any("5 slices" in r for r in reasons)
