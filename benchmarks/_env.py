@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 import os
 import platform
 import socket
@@ -14,10 +15,33 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-__all__ = ["describe_machine", "free_ports", "summarise", "write_result"]
+__all__ = [
+    "RESULTS_DIR",
+    "PeakMemory",
+    "describe_accelerator",
+    "describe_machine",
+    "free_ports",
+    "percentiles",
+    "result_stem",
+    "summarise",
+    "write_result",
+]
 
 RESULTS_DIR = Path(__file__).with_name("results")
-_PACKAGES = ("radcloud", "pydicom", "pynetdicom", "torch", "onnxruntime", "ray", "monai")
+_PACKAGES = (
+    "radcloud",
+    "pydicom",
+    "pynetdicom",
+    "numpy",
+    "torch",
+    "onnxruntime",
+    "onnxruntime-gpu",
+    "tensorrt",
+    "ray",
+    "monai",
+    "matplotlib",
+)
+_THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_CORETYPE")
 
 
 def _cpu_model() -> str:
@@ -77,12 +101,106 @@ def describe_machine() -> dict[str, Any]:
         "cores": os.cpu_count(),
         "memory_gib": memory,
         "python": platform.python_version(),
-        "threads": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "OPENBLAS_CORETYPE")},
+        "threads": {k: os.environ.get(k) for k in _THREAD_VARIABLES},
         "packages": {name: _version(name) for name in _PACKAGES},
         "orthanc": _orthanc_version(),
         "commit": _commit(),
         "time": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }
+
+
+def _nvidia_smi() -> dict[str, str] | None:
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=20,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    name, driver, memory = ([*out.splitlines()[0].split(", "), "", ""])[:3]
+    return {"name": name, "driver": driver, "memory": memory}
+
+
+def describe_accelerator() -> dict[str, Any]:
+    """torch's threads and CUDA view, ONNX Runtime's providers, the GPU and its driver.
+
+    Imports torch and onnxruntime (lazily: suites that need neither do not call this).
+    """
+    import onnxruntime
+    import torch
+
+    info: dict[str, Any] = {
+        "torch_threads": torch.get_num_threads(),
+        "torch_interop_threads": torch.get_num_interop_threads(),
+        "onnxruntime_threads": "ONNX Runtime default (one intra-op thread per physical core)",
+        "onnxruntime_providers": onnxruntime.get_available_providers(),
+        "cuda_available": torch.cuda.is_available(),
+        "torch_cuda": torch.version.cuda,
+        "gpu": None,
+    }
+    if torch.cuda.is_available():
+        properties = torch.cuda.get_device_properties(0)
+        smi = _nvidia_smi() or {}
+        info["gpu"] = {
+            "name": properties.name,
+            "memory_gib": round(properties.total_memory / 2**30, 1),
+            "multiprocessors": properties.multi_processor_count,
+            "capability": f"{properties.major}.{properties.minor}",
+            "driver": smi.get("driver"),
+            "cudnn": torch.backends.cudnn.version(),  # type: ignore[no-untyped-call]
+        }
+    return info
+
+
+class PeakMemory:
+    """Peak resident memory of this process (and of torch's CUDA allocator) over a span.
+
+    Linux resets the process's high-water mark (``VmHWM``) when ``5`` is written to
+    ``/proc/self/clear_refs``; where that fails, the peak since the process started
+    (``getrusage``) is reported and :attr:`since_start` says so.
+    """
+
+    def __init__(self) -> None:
+        self.since_start = False
+
+    def reset(self) -> None:
+        """Start a new span."""
+        try:
+            Path("/proc/self/clear_refs").write_text("5")
+        except OSError:
+            self.since_start = True
+        cuda = _cuda()
+        if cuda is not None:
+            cuda.reset_peak_memory_stats()
+
+    def host_mib(self) -> float:
+        """Peak resident set size of this process in the span, MiB."""
+        if not self.since_start:
+            for line in Path("/proc/self/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+    @staticmethod
+    def device_mib() -> float | None:
+        """Peak memory torch's CUDA allocator held in the span, MiB (None without CUDA)."""
+        cuda = _cuda()
+        return None if cuda is None else cuda.max_memory_allocated() / 2**20
+
+
+def _cuda() -> Any:
+    """``torch.cuda`` when torch is imported and sees a GPU, else None."""
+    import sys
+
+    torch = sys.modules.get("torch")
+    if torch is None or not torch.cuda.is_available():
+        return None
+    return torch.cuda
 
 
 def free_ports(count: int) -> list[int]:
@@ -105,6 +223,36 @@ def summarise(samples: Sequence[float]) -> dict[str, float]:
         "max": max(samples),
         "n": len(samples),
     }
+
+
+def percentiles(samples: Sequence[float]) -> dict[str, float]:
+    """p50, p95, min, max and count (nearest rank) of latency samples."""
+    ordered = sorted(samples)
+
+    def rank(q: float) -> float:
+        return ordered[min(len(ordered), max(1, math.ceil(q * len(ordered)))) - 1]
+
+    return {
+        "p50": statistics.median(ordered),
+        "p95": rank(0.95),
+        "min": ordered[0],
+        "max": ordered[-1],
+        "n": len(ordered),
+    }
+
+
+def result_stem(device: str, out_dir: Path | None = None) -> Path:
+    """``<out_dir>/<date>-<host>-<device>``, numbered ``-2``, ``-3`` when a result of that name
+    exists already (results are never overwritten)."""
+    directory = out_dir or RESULTS_DIR
+    directory.mkdir(parents=True, exist_ok=True)
+    day = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d")
+    stem = f"{day}-{socket.gethostname()}-{device}"
+    candidate, number = directory / stem, 1
+    while candidate.with_name(f"{candidate.name}.json").exists():
+        number += 1
+        candidate = directory / f"{stem}-{number}"
+    return candidate
 
 
 def write_result(suite: str, device: str, result: dict[str, Any], out_dir: Path | None) -> Path:

@@ -1,20 +1,27 @@
 """Serving efficiency: a model's throughput through Ray Serve against its raw backend.
 
-``python -m benchmarks.serving [--quick] [--out DIR]``
+``radcloud bench --suite serving [--device cpu|cuda|auto] [--quick]``
 
-One model (by default DenseNet-121 2D at the chest model's 1x128x128 input, random weights,
-exported to ONNX; nothing is downloaded) is registered in a temporary registry and run:
+The chest model's production network (DenseNet-121 2D at 1x128x128, random weights, exported to
+ONNX; :mod:`benchmarks._models`; ``--quick``: a narrow one on 1x32x32) is registered in a
+temporary registry and run three ways, on the requested device:
 
-- **raw**: the backend alone (ONNX Runtime, the replica's settings) on full batches, in this
-  process: the ceiling;
-- **serve**: radcloud's :class:`serving.deployments.ModelServer` in a local Ray Serve, fed single
-  inputs by closed-loop callers through a deployment handle (as the triage workers call it:
-  no pixels through HTTP), at rising concurrency; ``@serve.batch`` assembles the batches.
+- **raw**: the backend alone (serving's :class:`serving.inference.ModelRunner` with the
+  replica's settings) on full batches, in this process: the ceiling;
+- **handle**: radcloud's :class:`serving.deployments.ModelServer` in a local Ray Serve, fed
+  single inputs by closed-loop callers through a deployment handle (as the triage workers call
+  it: no pixels through HTTP); ``@serve.batch`` assembles the batches;
+- **http**: closed-loop HTTP clients (httpx, one connection each) posting raw float32 inputs
+  through Serve's HTTP proxy to a small ingress (:mod:`benchmarks._ingress`) that calls the same
+  deployment. radcloud's ``/api/infer`` takes DICOM/NIfTI uploads and pre-processes them, far
+  too heavy to saturate a model; this path isolates what HTTP and the proxy add.
 
-Efficiency = serve throughput at saturation / raw throughput at the same batch size, both
-measured in the same run on the same machine. Each figure is the median of ``repeats`` timed
-windows after a warm-up; min and max are reported beside it. On a machine with few cores the
-callers share the CPUs with the model, which the efficiency then includes.
+Both serve paths run at rising concurrency. Efficiency = serve throughput at its best
+concurrency / raw throughput at the same batch size, both measured in the same run on the same
+machine. Each throughput is the median of ``repeats`` timed windows after a warm-up (min and
+max beside it); per-request latencies are pooled over the windows (p50, p95). On a machine with
+few cores the callers, the proxy and the replica share the CPUs with the model, and the
+efficiency includes that.
 """
 
 from __future__ import annotations
@@ -25,169 +32,263 @@ import logging
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from benchmarks._env import describe_machine, summarise, write_result
+from benchmarks._env import describe_machine, free_ports, percentiles, summarise, write_result
 
-__all__ = ["main", "run_serving"]
+__all__ = ["main", "markdown", "run_serving"]
 
 logger = logging.getLogger(__name__)
 
 
-def _register(models_dir: Path, architecture: str, shape: tuple[int, ...]) -> str:
-    """Register and promote a random-weight model of ``architecture``; return its name."""
-    import torch
-
-    from models.card import (
-        InputSpec,
-        IntensityNormalization,
-        ModelCard,
-        OperatingThreshold,
-        OutputSpec,
-        TrainingData,
-        default_series_selection,
-    )
-    from models.card import Task as ModelTask
-    from models.networks import architecture_ref, build_network
-    from models.registry import ModelRegistry
-
-    ref = architecture_ref(architecture)
-    card = ModelCard(
-        name="bench-model",
-        task=ModelTask.CHEST_XR_TRIAGE,
-        description="benchmark model: random weights, not for any use",
-        architecture=ref,
-        inputs=InputSpec(
-            modality="DX",
-            body_part="CHEST",
-            normalization=IntensityNormalization(method="none"),
-            shape=shape,
-            axes="CWH",
-        ),
-        outputs=OutputSpec(
-            kind="classification",
-            activation="sigmoid",
-            shape=(1,),
-            channel_def={0: "finding"},
-            meaning="logit",
-        ),
-        threshold=OperatingThreshold(value=0.5, method="none (benchmark)"),
-        training_data=TrainingData(source="none: random weights (benchmark)"),
-        intended_use="benchmark only",
-        series_selection=default_series_selection(ModelTask.CHEST_XR_TRIAGE),
-    )
-    torch.manual_seed(0)
-    registry = ModelRegistry(models_dir)
-    model = registry.register(
-        card,
-        build_network(ref),
-        torch.rand(1, *shape),
-        metrics={},
-        training_config={},
-        data_manifest_sha256="0" * 64,
-    )
-    registry.promote(model.name, model.version)
-    return model.name
-
-
-def _raw(runner: Any, batch: int, seconds: float, repeats: int) -> list[float]:
-    """Inputs per second of the bare backend on full batches."""
+def _raw(runner: Any, batch: int, seconds: float, repeats: int) -> tuple[list[float], list[float]]:
+    """Inputs per second of the bare backend on full batches, and each batch's seconds."""
     data = np.random.default_rng(0).random((batch, *runner.input_shape), dtype=np.float32)
     runner.predict(data)
-    rates = []
+    rates, latencies = [], []
     for _ in range(repeats):
         done, started = 0, time.perf_counter()
         while time.perf_counter() - started < seconds:
+            began = time.perf_counter()
             runner.predict(data)
+            latencies.append(time.perf_counter() - began)
             done += batch
         rates.append(done / (time.perf_counter() - started))
-    return rates
+    return rates, latencies
 
 
-async def _closed_loop(handle: Any, shape: tuple[int, ...], callers: int, seconds: float) -> float:
-    item = np.random.default_rng(1).random(shape, dtype=np.float32)
+Call = Callable[[], Any]
+
+
+async def _closed_loop(call: Call, callers: int, seconds: float) -> tuple[float, list[float]]:
+    """``callers`` loops awaiting ``call()`` back to back for ``seconds``: rate and latencies."""
     done = 0
+    latencies: list[float] = []
     stop = time.perf_counter() + seconds
 
     async def caller() -> None:
         nonlocal done
         while time.perf_counter() < stop:
-            await handle.predict.remote(item)
+            began = time.perf_counter()
+            await call()
+            latencies.append(time.perf_counter() - began)
             done += 1
 
     started = time.perf_counter()
     await asyncio.gather(*(caller() for _ in range(callers)))
-    return done / (time.perf_counter() - started)
+    return done / (time.perf_counter() - started), latencies
+
+
+async def _sweep(
+    make_call: Callable[[int], Any],
+    concurrency: tuple[int, ...],
+    seconds: float,
+    repeats: int,
+    warmup_s: float,
+) -> dict[str, dict[str, Any]]:
+    """Each concurrency's throughput (median of ``repeats`` windows) and latencies."""
+    async with make_call(max(concurrency)) as call:
+        await _closed_loop(call, max(concurrency), warmup_s)
+    measured: dict[str, dict[str, Any]] = {}
+    for callers in concurrency:
+        rates: list[float] = []
+        latencies: list[float] = []
+        async with make_call(callers) as call:
+            for _ in range(repeats):
+                rate, seen = await _closed_loop(call, callers, seconds)
+                rates.append(rate)
+                latencies += seen
+        measured[str(callers)] = {
+            "inputs_per_s": summarise(rates),
+            "latency_s": percentiles(latencies),
+            "samples": {
+                "inputs_per_s": [round(r, 3) for r in rates],
+                "latency_s": [round(x, 6) for x in latencies],
+            },
+        }
+    return measured
+
+
+class _HandleCalls:
+    """``async with`` → a callable sending one input through the deployment handle."""
+
+    def __init__(self, handle: Any, item: np.ndarray) -> None:
+        self.handle, self.item = handle, item
+
+    async def __aenter__(self) -> Call:
+        return lambda: self.handle.predict.remote(self.item)
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+
+class _HttpCalls:
+    """``async with`` → a callable posting one input over HTTP (one connection per caller)."""
+
+    def __init__(self, url: str, item: np.ndarray, callers: int) -> None:
+        import httpx
+
+        self.url, self.body = url, item.tobytes()
+        self.client = httpx.AsyncClient(
+            timeout=120,
+            limits=httpx.Limits(max_connections=callers, max_keepalive_connections=callers),
+        )
+
+    async def __aenter__(self) -> Call:
+        async def call() -> None:
+            answer = await self.client.post(
+                self.url, content=self.body, headers={"Content-Type": "application/octet-stream"}
+            )
+            answer.raise_for_status()
+
+        return call
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.client.aclose()
+
+
+def _efficiency(served: dict[str, dict[str, Any]], raw: float) -> tuple[int, float]:
+    best = max(served, key=lambda c: served[c]["inputs_per_s"]["median"])
+    return int(best), served[best]["inputs_per_s"]["median"] / raw
 
 
 def run_serving(
     *,
-    architecture: str = "densenet121-2d",
-    shape: tuple[int, ...] = (1, 128, 128),
+    device: str = "cpu",
+    slim: bool = False,
     batch: int = 8,
-    concurrency: tuple[int, ...] = (8, 16, 32),
+    concurrency: tuple[int, ...] = (1, 8, 16, 32),
     seconds: float = 5.0,
     repeats: int = 3,
+    warmup_s: float = 2.0,
 ) -> dict[str, Any]:
-    """Measure raw and served throughput; return the result document."""
+    """Measure raw, handle and HTTP throughput; return the result document.
+
+    Parameters
+    ----------
+    device
+        ``cpu`` or ``cuda``: where the raw runner and the replica run the model.
+    slim
+        The narrow network on 1x32x32 inputs (``--quick``).
+    batch
+        ``@serve.batch`` maximum and the raw batch size.
+    concurrency
+        Closed-loop callers per measurement, rising.
+    seconds, repeats
+        Length and number of timed windows per measurement.
+    warmup_s
+        Warm-up before each path.
+    """
     import ray
     from ray import serve
 
+    from benchmarks._ingress import RawIngress
+    from benchmarks._models import register_models
     from models.registry import ModelRegistry
     from serving.deployments import ModelServer
     from serving.inference import ModelRunner
+    from training.tasks import Task
 
     with tempfile.TemporaryDirectory() as home:
         os.environ["RADCLOUD_HOME"] = home
         os.environ["RADCLOUD_SERVING_MAX_BATCH_SIZE"] = str(batch)
-        os.environ["RADCLOUD_SERVING_DEVICE"] = "cpu"
+        os.environ["RADCLOUD_SERVING_DEVICE"] = device
         from radcloud.config import load_settings
 
         settings = load_settings()
-        name = _register(settings.paths.models_dir, architecture, shape)
-        runner = ModelRunner.from_registry(ModelRegistry(settings.paths.models_dir), name)
-        raw = _raw(runner, batch, seconds, repeats)
+        model = register_models(settings.paths.models_dir, slim=slim, tasks=(Task.CHEST_XR,))
+        name = model[Task.CHEST_XR].name
+        shape = tuple(model[Task.CHEST_XR].card.inputs.shape)
+        runner = ModelRunner.from_registry(
+            ModelRegistry(settings.paths.models_dir),
+            name,
+            backend=settings.serving_backend,
+            device=device,
+        )
+        described = runner.describe()
+        raw, raw_latencies = _raw(runner, batch, seconds, repeats)
         del runner
+        item = np.random.default_rng(1).random(shape, dtype=np.float32)
+        [port] = free_ports(1)
         ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level=logging.WARNING)
         try:
             env = {k: v for k, v in os.environ.items() if k.startswith("RADCLOUD_")}
-            deployment: Any = ModelServer
-            app = deployment.options(
-                name="bench",
-                max_ongoing_requests=max(2 * batch, 8),
-                ray_actor_options={"num_cpus": 0.5, "runtime_env": {"env_vars": env}},
-            ).bind(name)
-            handle = serve.run(app, name="bench", route_prefix=None)
-            asyncio.run(_closed_loop(handle, shape, max(concurrency), 2.0))  # warm-up
-            served: dict[str, dict[str, float]] = {}
-            for callers in concurrency:
-                rates = [
-                    asyncio.run(_closed_loop(handle, shape, callers, seconds))
-                    for _ in range(repeats)
-                ]
-                served[str(callers)] = summarise(rates)
+            quiet = {"log_level": "WARNING", "enable_access_log": False}
+            serve.start(
+                http_options={"host": "127.0.0.1", "port": port},
+                logging_config=quiet,
+            )
+            server: Any = ModelServer
+            ingress: Any = RawIngress
+            app = ingress.options(
+                name="ingress",
+                logging_config=quiet,
+                max_ongoing_requests=max(4 * batch, 64),
+                ray_actor_options={"num_cpus": 0.25},
+            ).bind(
+                server.options(
+                    name="model",
+                    logging_config=quiet,
+                    max_ongoing_requests=max(2 * batch, 8),
+                    ray_actor_options={
+                        "num_cpus": 0.5,
+                        "num_gpus": 1 if device == "cuda" else 0,
+                        "runtime_env": {"env_vars": env},
+                    },
+                ).bind(name),
+                shape,
+            )
+            serve.run(app, name="bench", route_prefix="/infer")
+            handle = serve.get_deployment_handle("model", app_name="bench")
+            url = f"http://127.0.0.1:{port}/infer"
+            served = asyncio.run(
+                _sweep(
+                    lambda _: _HandleCalls(handle, item), concurrency, seconds, repeats, warmup_s
+                )
+            )
+            over_http = asyncio.run(
+                _sweep(lambda c: _HttpCalls(url, item, c), concurrency, seconds, repeats, warmup_s)
+            )
             stats = handle.stats.remote().result()
         finally:
             serve.shutdown()  # type: ignore[no-untyped-call]
             ray.shutdown()
     raw_summary = summarise(raw)
-    best = max(served, key=lambda c: served[c]["median"])
+    best_handle, handle_efficiency = _efficiency(served, raw_summary["median"])
+    best_http, http_efficiency = _efficiency(over_http, raw_summary["median"])
     batches = stats["batch_size_counts"]
     mean_batch = sum(int(k) * v for k, v in batches.items()) / max(sum(batches.values()), 1)
     return {
         "suite": "serving",
+        "device": device,
+        "slim": slim,
         "machine": describe_machine(),
-        "model": {"architecture": architecture, "input": list(shape), "backend": "onnx (CPU)"},
+        "model": {
+            "name": name,
+            "architecture": "densenet121-2d",
+            "input": list(shape),
+            "weights": "random (seeded)",
+            "runner": described,
+        },
         "batch_size": batch,
         "seconds_per_window": seconds,
         "repeats": repeats,
+        "concurrency": list(concurrency),
         "raw_inputs_per_s": raw_summary,
-        "serve_handle_inputs_per_s": served,
-        "saturation_concurrency": int(best),
-        "efficiency": served[best]["median"] / raw_summary["median"],
+        "raw_batch_latency_s": percentiles(raw_latencies),
+        "raw_samples": {
+            "inputs_per_s": [round(r, 3) for r in raw],
+            "batch_latency_s": [round(x, 6) for x in raw_latencies],
+        },
+        "handle": served,
+        "http": over_http,
+        "saturation_concurrency": {"handle": best_handle, "http": best_http},
+        "efficiency": {"handle": handle_efficiency, "http": http_efficiency},
+        "goal": "efficiency >= 0.9",
         "mean_batch_size": mean_batch,
         "batch_size_counts": batches,
     }
@@ -196,35 +297,59 @@ def run_serving(
 def markdown(result: dict[str, Any]) -> str:
     """The result as a markdown table."""
     raw = result["raw_inputs_per_s"]
+    lat = result["raw_batch_latency_s"]
+    batch = result["batch_size"]
     lines = [
-        "| path | callers | inputs/s (median, min-max) | vs raw |",
-        "|---|---:|---:|---:|",
-        f"| raw ONNX Runtime, batch {result['batch_size']} | - | {raw['median']:.1f} "
-        f"({raw['min']:.1f}-{raw['max']:.1f}) | 1.00 |",
+        "| path | callers | inputs/s (median, min-max) | vs raw | latency p50 / p95 ms |",
+        "|---|---:|---:|---:|---:|",
+        f"| raw {result['model']['runner']['backend']} ({result['model']['runner']['device']}),"
+        f" batch {batch} | - | {raw['median']:.1f} ({raw['min']:.1f}-{raw['max']:.1f}) | 1.00 | "
+        f"{lat['p50'] * 1000:.0f} / {lat['p95'] * 1000:.0f} (per batch) |",
     ]
-    for callers, rate in result["serve_handle_inputs_per_s"].items():
-        lines.append(
-            f"| Ray Serve handle, @serve.batch {result['batch_size']} | {callers} | "
-            f"{rate['median']:.1f} ({rate['min']:.1f}-{rate['max']:.1f}) | "
-            f"{rate['median'] / raw['median']:.2f} |"
-        )
+    for path, label in (("handle", "Ray Serve handle"), ("http", "HTTP through Serve's proxy")):
+        for callers, measured in result[path].items():
+            rate, latency = measured["inputs_per_s"], measured["latency_s"]
+            lines.append(
+                f"| {label}, @serve.batch {batch} | {callers} | "
+                f"{rate['median']:.1f} ({rate['min']:.1f}-{rate['max']:.1f}) | "
+                f"{rate['median'] / raw['median']:.2f} | "
+                f"{latency['p50'] * 1000:.0f} / {latency['p95'] * 1000:.0f} |"
+            )
+    efficiency = result["efficiency"]
+    lines.append(
+        f"\nServing efficiency (best concurrency / raw; goal 0.9): handle "
+        f"**{efficiency['handle']:.2f}**, HTTP **{efficiency['http']:.2f}**; mean batch "
+        f"{result['mean_batch_size']:.1f}"
+    )
     return "\n".join(lines)
 
 
 def main() -> None:
-    """Command line entry point."""
+    """Command line entry point (``radcloud bench --suite serving`` writes the full report)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny model, short windows")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--out", type=Path, default=None, help="results directory")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     if args.quick:
-        result = run_serving(shape=(1, 32, 32), batch=4, concurrency=(4,), seconds=1.0, repeats=1)
+        result = run_serving(device=args.device, **QUICK)
     else:
-        result = run_serving()
-    path = write_result("serving", "cpu", result, args.out)
+        result = run_serving(device=args.device)
+    path = write_result("serving", args.device, result, args.out)
     print(markdown(result))
-    print(f"efficiency {result['efficiency']:.2f}; written to {path}")
+    print(f"written to {path}")
+
+
+#: ``--quick``: the narrow model, two concurrencies, short windows.
+QUICK: dict[str, Any] = {
+    "slim": True,
+    "batch": 4,
+    "concurrency": (1, 4),
+    "seconds": 0.5,
+    "repeats": 1,
+    "warmup_s": 0.5,
+}
 
 
 if __name__ == "__main__":
