@@ -5,7 +5,12 @@ same kind of corpus (synthetic CT slices, fresh UIDs for every run so nothing is
 sent with storescu (``TCP_NODELAY=1``) with 1 and with 4 parallel associations:
 
 - ``direct``: to Orthanc's DICOM port (AE ``BENCH`` registered there);
-- ``gateway``: to the gateway, which validates, fsyncs to its spool, acknowledges, and forwards.
+- ``gateway``: to the gateway, which validates, fsyncs to its spool, acknowledges, and forwards;
+- ``stow``: STOW-RS, ``POST /dicom-web/studies`` on radcloud's API (Ray Serve) with a ``pacs``
+  bearer token, ``per_request`` instances per ``multipart/related`` request (one study of 50),
+  one HTTP connection per "association"; the API validates and spools each instance through the
+  gateway's intake and the gateway process forwards them. This needs the whole platform (the
+  API's Ray Serve with its triage workers shares the CPUs), so it is optional (``stow``).
 
 Two times per run: until storescu finished (every instance acknowledged) and until Orthanc
 holds every instance (``/statistics``). For ``direct`` they coincide; for the gateway the second
@@ -14,7 +19,8 @@ each process (Orthanc, the gateway, storescu) used per instance, which shows whe
 machine's time goes. Targets alternate order on
 each repetition; medians of the repetitions are reported with min and max.
 
-Run: ``python -m benchmarks.ingest [--instances 400] [--repeats 3] [--quick]``.
+Run: ``radcloud bench --suite ingest`` or
+``python -m benchmarks.ingest [--instances 400] [--repeats 3] [--no-stow] [--quick]``.
 """
 
 from __future__ import annotations
@@ -38,15 +44,23 @@ from imaging.synthetic import ct_slice
 from radcloud.config import Settings, load_settings
 from radcloud.db import Database, upgrade
 from radcloud.secrets import load_secrets
-from radcloud.services import DicomModality, Supervisor, orthanc_client, orthanc_component
+from radcloud.services import (
+    DicomModality,
+    Supervisor,
+    api_component,
+    orthanc_client,
+    orthanc_component,
+)
 from radcloud.services.components import gateway_component
 
-__all__ = ["run_ingest"]
+__all__ = ["markdown", "run_ingest"]
 
 logger = logging.getLogger(__name__)
 
 _AE = "BENCH"
 _SLICE_SIZE = 128  # 128x128 16-bit: about 33 kB per instance, like pydicom's CT_small
+_BOUNDARY = "radcloud-bench-boundary"
+_STOW_TYPE = f'multipart/related; type="application/dicom"; boundary="{_BOUNDARY}"'
 
 
 def _corpus(directory: Path, count: int, run: int) -> list[Path]:
@@ -78,12 +92,73 @@ def _send_parallel(files: list[Path], associations: int, send: Callable[[list[Pa
     return sum(stored)
 
 
+def _stow_token(settings: Settings) -> str:
+    """A bearer token of a ``pacs`` user created for the benchmark."""
+    from radcloud.db.models import Role
+    from radcloud.security import Accounts, TokenService
+
+    db = Database.from_settings(settings)
+    try:
+        Accounts(db).add_user("bench-pacs", Role.PACS)
+    finally:
+        db.dispose()
+    return TokenService(settings, load_secrets(settings).jwt_signing_key).issue(
+        "bench-pacs", [Role.PACS]
+    )
+
+
+def _stow_body(paths: list[Path]) -> bytes:
+    delimiter = f"--{_BOUNDARY}".encode()
+    parts = [
+        delimiter + b"\r\nContent-Type: application/dicom\r\n\r\n" + path.read_bytes() + b"\r\n"
+        for path in paths
+    ]
+    return b"".join(parts) + delimiter + b"--\r\n"
+
+
+def _stow(settings: Settings, token: str, per_request: int) -> Callable[[list[Path]], int]:
+    """A sender posting ``per_request`` instances per STOW-RS request; returns how many stored."""
+    import httpx
+
+    def send(chunk: list[Path]) -> int:
+        stored = 0
+        headers = {"Authorization": f"Bearer {token}", "Content-Type": _STOW_TYPE}
+        with httpx.Client(base_url=settings.api_url, headers=headers, timeout=300) as client:
+            for start in range(0, len(chunk), per_request):
+                part = chunk[start : start + per_request]
+                answer = client.post("/dicom-web/studies", content=_stow_body(part))
+                if answer.status_code == 200:
+                    stored += len(part)
+                else:
+                    logger.warning("stow: HTTP %d: %s", answer.status_code, answer.text[:200])
+        return stored
+
+    return send
+
+
 def _cpu_seconds(pid: int | None) -> float:
-    """User plus system CPU time a process has used (Linux /proc)."""
+    """User plus system CPU time a process and its live descendants have used (Linux /proc):
+    the API's Ray Serve replicas are descendants of its process."""
     if pid is None:
         return 0.0
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    parents: dict[int, int] = {}
+    ticks: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # exited meanwhile
+        parents[int(entry.name)] = int(fields[1])
+        ticks[int(entry.name)] = int(fields[11]) + int(fields[12])
+    tree, frontier = {pid}, [pid]
+    while frontier:
+        parent = frontier.pop()
+        children = [child for child, of in parents.items() if of == parent and child not in tree]
+        tree.update(children)
+        frontier += children
+    return sum(ticks.get(member, 0) for member in tree) / os.sysconf("SC_CLK_TCK")
 
 
 def _children_cpu_seconds() -> float:
@@ -103,6 +178,7 @@ def _one_run(
     files: list[Path],
     associations: int,
     pids: dict[str, int | None],
+    stow: Callable[[list[Path]], int] | None = None,
 ) -> dict[str, float]:
     port, called = (
         (settings.orthanc_dicom_port, settings.orthanc_ae_title)
@@ -110,11 +186,13 @@ def _one_run(
         else (settings.gateway_port, settings.gateway_ae_title)
     )
 
-    def send(chunk: list[Path]) -> int:
+    def storescu_send(chunk: list[Path]) -> int:
         report = storescu(chunk, host="127.0.0.1", port=port, calling_ae=_AE, called_ae=called)
         if report.failed:
             logger.warning("%s: %d failed, e.g. %s", target, len(report.failed), report.failed)
         return len(report.stored)
+
+    send = stow if target == "stow" and stow is not None else storescu_send
 
     before = _instances(orthanc)
     cpu_before = {name: _cpu_seconds(pid) for name, pid in pids.items()}
@@ -148,8 +226,12 @@ def run_ingest(
     repeats: int = 3,
     associations: tuple[int, ...] = (1, 4),
     out_dir: Path | None = None,
+    *,
+    stow: bool = True,
+    per_request: int = 50,
+    write: bool = True,
 ) -> dict[str, Any]:
-    """Measure ingest throughput direct vs. through the gateway; write and return the result.
+    """Measure ingest throughput direct vs. through the gateway (and STOW-RS); return the result.
 
     Parameters
     ----------
@@ -161,6 +243,12 @@ def run_ingest(
         Numbers of parallel storescu associations to measure.
     out_dir
         Where to write the JSON result (default ``benchmarks/results``).
+    stow
+        Also measure STOW-RS through the API (starts Ray Serve too).
+    per_request
+        Instances per STOW-RS request.
+    write
+        Write ``<date>-<host>-cpu-ingest.json`` (the harness writes its own report instead).
     """
     with tempfile.TemporaryDirectory(prefix="radcloud-bench-") as tmp:
         ports = free_ports(5)
@@ -177,19 +265,25 @@ def run_ingest(
         bench = {"bench": DicomModality(_AE, "127.0.0.1", 104)}
         supervisor = Supervisor(
             settings,
-            [orthanc_component(settings, secrets, bench), gateway_component(settings)],
+            [
+                orthanc_component(settings, secrets, bench),
+                gateway_component(settings),
+                *([api_component(settings)] if stow else []),
+            ],
         )
         supervisor.up()
         db = Database.from_settings(settings)
         upgrade(db)
         SenderRegistry(db).add_sender(_AE, "Benchmark")
+        stow_send = _stow(settings, _stow_token(settings), per_request) if stow else None
+        targets = ("direct", "gateway", "stow") if stow else ("direct", "gateway")
         orthanc = orthanc_client(settings, secrets)
         pids = {status.name: status.pid for status in supervisor.status()}
         samples: dict[str, list[dict[str, float]]] = {}
         try:
             for repeat in range(repeats):
                 for count in associations:
-                    order = ("direct", "gateway") if repeat % 2 == 0 else ("gateway", "direct")
+                    order = targets if repeat % 2 == 0 else targets[::-1]
                     for target in order:
                         corpus = Path(tmp) / f"corpus-{repeat}-{count}-{target}"
                         files = _corpus(corpus, instances, run=repeat)
@@ -200,6 +294,7 @@ def run_ingest(
                             files=files,
                             associations=count,
                             pids=pids,
+                            stow=stow_send,
                         )
                         samples.setdefault(f"{target}/{count}", []).append(measured)
                         logger.info("%s x%d: %s", target, count, measured)
@@ -211,8 +306,9 @@ def run_ingest(
     for key, runs in samples.items():
         summary[key] = {metric: summarise([run[metric] for run in runs]) for metric in runs[0]}
     ratios = {
-        f"gateway/direct x{count}": summary[f"gateway/{count}"]["stored_per_s"]["median"]
+        f"{target}/direct x{count}": summary[f"{target}/{count}"]["stored_per_s"]["median"]
         / summary[f"direct/{count}"]["stored_per_s"]["median"]
+        for target in targets[1:]
         for count in associations
     }
     result: dict[str, Any] = {
@@ -223,13 +319,16 @@ def run_ingest(
             "repeats": repeats,
             "associations": list(associations),
             "instance": f"synthetic CT {_SLICE_SIZE}x{_SLICE_SIZE} int16, explicit VR LE",
+            "targets": list(targets),
+            "stow_instances_per_request": per_request if stow else None,
         },
         "samples": samples,
         "summary": summary,
         "ratios": ratios,
         "goal": "gateway/direct >= 0.8 (instances stored in Orthanc per second)",
     }
-    result["path"] = str(write_result("ingest", "cpu", result, out_dir))
+    if write:
+        result["path"] = str(write_result("ingest", "cpu", result, out_dir))
     return result
 
 
@@ -247,15 +346,23 @@ def markdown(result: dict[str, Any]) -> str:
             f"| {target} | {count} | {ack['median']:.0f} ({ack['min']:.0f}-{ack['max']:.0f}) "
             f"| {stored['median']:.0f} ({stored['min']:.0f}-{stored['max']:.0f}) |"
         )
-    lines.append("\n| target | associations | CPU ms per instance: Orthanc | gateway | storescu |")
-    lines.append("|---|---|---|---|---|")
+    names = [
+        n
+        for n in ("orthanc", "gateway", "api", "storescu")
+        if any(f"cpu_ms_per_instance_{n}" in m for m in result["summary"].values())
+    ]
+    lines.append(
+        "\n| target | associations | CPU ms per instance: "
+        + " | ".join(
+            n if n != "storescu" else "sender (storescu; httpx in-process: 0)" for n in names
+        )
+        + " |"
+    )
+    lines.append("|---|---|" + "---|" * len(names))
     for key, metrics in sorted(result["summary"].items()):
         target, count = key.split("/")
-        cpu = [
-            metrics[f"cpu_ms_per_instance_{n}"]["median"]
-            for n in ("orthanc", "gateway", "storescu")
-        ]
-        lines.append(f"| {target} | {count} | {cpu[0]:.2f} | {cpu[1]:.2f} | {cpu[2]:.2f} |")
+        cpu = [metrics.get(f"cpu_ms_per_instance_{n}", {}).get("median", 0.0) for n in names]
+        lines.append(f"| {target} | {count} | " + " | ".join(f"{c:.2f}" for c in cpu) + " |")
     for name, ratio in result["ratios"].items():
         lines.append(f"\n{name}: **{ratio:.2f}**")
     return "\n".join(lines)
@@ -266,6 +373,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--instances", type=int, default=400)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--no-stow", action="store_true", help="skip STOW-RS (no Ray Serve)")
     parser.add_argument("--quick", action="store_true", help="40 instances, 1 repeat")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
@@ -273,7 +381,7 @@ def main() -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)
     if args.quick:
         args.instances, args.repeats = 40, 1
-    result = run_ingest(args.instances, args.repeats, out_dir=args.out)
+    result = run_ingest(args.instances, args.repeats, out_dir=args.out, stow=not args.no_stow)
     print(markdown(result))
     print(f"\nresults: {result['path']}")
 

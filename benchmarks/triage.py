@@ -1,5 +1,6 @@
 """Time to triage: a stream of SYNTHETIC studies through the whole platform.
 
+``radcloud bench --suite e2e`` or
 ``python -m benchmarks.triage [--models-from HOME] [--studies N] [--interval S] [--quick]``
 
 A temporary radcloud (Orthanc, gateway, Ray Serve) is started on free ports with a copy of the
@@ -89,15 +90,44 @@ def _records(db: Any, sent: dict[str, str]) -> list[dict[str, Any]]:
     return records
 
 
+def _model_source(tmp: Path, models_from: Path | None, slim: bool) -> Path:
+    """The registry directory to copy: slim models registered in ``tmp``, or a home's models."""
+    from benchmarks._models import register_models
+
+    if slim or models_from is None:
+        register_models(tmp / "slim-models", slim=True)
+        return tmp / "slim-models"
+    source = models_from / "models"
+    if not any(source.glob("*/*")):
+        raise FileNotFoundError(f"no models in {source}: run `make demo` (or radcloud train) first")
+    return source
+
+
 def run_triage(
-    models_from: Path,
+    models_from: Path | None,
     *,
+    slim: bool = False,
     studies: int = 12,
     interval_s: float = 5.0,
     stable_seconds: float = 2.0,
     timeout_s: float = 900.0,
 ) -> dict[str, Any]:
-    """Stream ``studies`` studies through a fresh platform; return the result document."""
+    """Stream ``studies`` studies through a fresh platform; return the result document.
+
+    Parameters
+    ----------
+    models_from
+        A ``RADCLOUD_HOME`` whose production models are copied (``make demo`` trains them).
+    slim
+        Instead, register slim random-weight models of both tasks (``--quick``: the platform's
+        path is measured, not the models; :mod:`benchmarks._models`).
+    studies, interval_s
+        Studies sent, alternating head CT and chest radiograph, one every ``interval_s``.
+    stable_seconds
+        The gateway's completeness wait.
+    timeout_s
+        How long to wait for every result.
+    """
     from dicom_gateway.dcmtk import storescu
     from dicom_gateway.senders import SenderRegistry
     from imaging.synthetic import generate_study
@@ -105,10 +135,8 @@ def run_triage(
     from radcloud.db import Database, upgrade
     from radcloud.services import Supervisor
 
-    source = models_from / "models"
-    if not any(source.glob("*/index.json")) and not any(source.glob("*/*")):
-        raise SystemExit(f"no models in {source}: run `make demo` (or radcloud train) first")
     with tempfile.TemporaryDirectory(prefix="radcloud-triage-") as tmp:
+        source = _model_source(Path(tmp), models_from, slim)
         ports = free_ports(5)
         settings = load_settings(
             home=Path(tmp) / "home",
@@ -173,7 +201,9 @@ def run_triage(
             "studies": studies,
             "interval_s": interval_s,
             "gateway_stable_seconds": stable_seconds,
-            "models_from": str(models_from),
+            "models": "slim random-weight models (--quick)"
+            if slim or models_from is None
+            else f"production models of {models_from}",
             "data": "SYNTHETIC head CT and chest radiographs, alternating",
         },
         "records": records,
@@ -204,13 +234,15 @@ def main() -> None:
     parser.add_argument("--models-from", type=Path, default=None, help="RADCLOUD_HOME with models")
     parser.add_argument("--studies", type=int, default=12)
     parser.add_argument("--interval", type=float, default=5.0, help="seconds between studies")
-    parser.add_argument("--quick", action="store_true", help="4 studies, 1 s apart")
+    parser.add_argument(
+        "--quick", action="store_true", help="slim random-weight models, 4 studies, 1 s apart"
+    )
     parser.add_argument("--out", type=Path, default=None, help="results directory")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     home = args.models_from or load_settings().home
     studies, interval = (4, 1.0) if args.quick else (args.studies, args.interval)
-    result = run_triage(home, studies=studies, interval_s=interval)
+    result = run_triage(home, slim=args.quick, studies=studies, interval_s=interval)
     path = write_result("e2e-triage", "cpu", result, args.out)
     print(markdown(result))
     print(f"{result['studies_per_minute']:.1f} studies/min; written to {path}")

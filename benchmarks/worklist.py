@@ -425,6 +425,7 @@ def run(
     with_sweep: bool = True,
     out_dir: Path | None = None,
     progress: Callable[[int], None] | None = None,
+    stem: str | None = None,
 ) -> dict[str, Any]:
     """Simulate ``seeds`` synthetic streams per scenario under each ordering; write JSON and PNG.
 
@@ -444,6 +445,8 @@ def run(
         Where ``<date>-worklist.json`` and ``.png`` go (``benchmarks/results``).
     progress
         Called with the number of streams simulated so far.
+    stem
+        File name stem of the JSON and PNG (default ``<date>-worklist``).
 
     Returns
     -------
@@ -493,9 +496,9 @@ def run(
     }
     directory = out_dir or RESULTS_DIR
     directory.mkdir(parents=True, exist_ok=True)
-    day = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d")
-    json_path = directory / f"{day}-worklist.json"
-    png_path = directory / f"{day}-worklist.png"
+    stem = stem or f"{dt.datetime.now(dt.UTC).strftime('%Y-%m-%d')}-worklist"
+    json_path = directory / f"{stem}.json"
+    png_path = directory / f"{stem}.png"
     report["files"] = {"json": json_path.name, "png": png_path.name}
     json_path.write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
     _plot(results, png_path, f"Waiting times, {seeds} synthetic streams per scenario, pooled")
