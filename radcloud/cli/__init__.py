@@ -6,6 +6,7 @@ import typer
 
 from radcloud.cli import (
     audit,
+    bench,
     demo,
     export,
     gateway,
@@ -34,6 +35,7 @@ synth.register(app)
 train.register(app)
 export.register(app)
 demo.register(app)
+bench.register(app)
 
 
 def main() -> None:
