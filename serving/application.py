@@ -89,9 +89,11 @@ def build_application(settings: Settings) -> Any:
         models[name] = _deployment(ModelServer).options(**options).bind(name)
     logger.info("serving models: %s", ", ".join(models) or "none in production")
     small = {"num_cpus": _SMALL_CPU, "runtime_env": runtime_env}
-    triage = _deployment(TriageWorker).options(
-        name="triage", num_replicas=settings.triage_workers, ray_actor_options=small
-    ).bind(models)
+    triage = (
+        _deployment(TriageWorker)
+        .options(name="triage", num_replicas=settings.triage_workers, ray_actor_options=small)
+        .bind(models)
+    )
     return api_ingress_class().options(name="api", ray_actor_options=small).bind(models, triage)
 
 
