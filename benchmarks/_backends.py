@@ -9,6 +9,7 @@ TensorRT gets one engine for a batch profile 1..max (float16, cached for the run
 
 from __future__ import annotations
 
+import logging
 import tempfile
 import time
 from collections.abc import Callable
@@ -21,6 +22,8 @@ import numpy as np
 __all__ = ["BACKENDS", "Backend", "UnavailableError", "open_backend", "wanted_backends"]
 
 BACKENDS = ("torch-cpu", "onnx-cpu", "torch-cuda-amp", "onnx-cuda", "onnx-tensorrt")
+logger = logging.getLogger(__name__)
+
 PRECISION = {
     "torch-cpu": "float32",
     "onnx-cpu": "float32",
@@ -66,6 +69,13 @@ def _ort_session(
     }[name]
     if wanted not in onnxruntime.get_available_providers():
         raise UnavailableError(f"this onnxruntime build has no {wanted} (install onnxruntime-gpu)")
+    if name != "onnx-cpu" and hasattr(onnxruntime, "preload_dlls"):
+        # onnxruntime-gpu >= 1.21 can load CUDA and cuDNN from the nvidia-* wheels that torch
+        # brought; without them it looks in the system's library path.
+        try:
+            onnxruntime.preload_dlls()
+        except (OSError, RuntimeError) as exc:
+            logger.warning("onnxruntime.preload_dlls(): %s", exc)
     providers: list[Any] = [wanted, "CPUExecutionProvider"]
     if name == "onnx-cpu":
         providers = [wanted]

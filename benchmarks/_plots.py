@@ -23,6 +23,13 @@ _TRIAGE_STAGES = (
 )
 
 
+def _ordered(backends: dict[str, Any]) -> list[str]:
+    """Backends in the suite's order (baseline first), whatever order a JSON file kept."""
+    from benchmarks._backends import BACKENDS
+
+    return sorted(backends, key=lambda b: BACKENDS.index(b) if b in BACKENDS else len(BACKENDS))
+
+
 def _pyplot() -> Any:
     import matplotlib
 
@@ -30,6 +37,13 @@ def _pyplot() -> Any:
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def ScalarFormatter() -> Any:  # noqa: N802 - stands for matplotlib's class
+    """Plain numbers on log axes (``30``, not ``3 x 10^1``)."""
+    from matplotlib.ticker import ScalarFormatter as Formatter
+
+    return Formatter()
 
 
 def throughput(inference: dict[str, Any], path: Path, title: str) -> Path:
@@ -42,7 +56,7 @@ def throughput(inference: dict[str, Any], path: Path, title: str) -> Path:
     )
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for ax, model in zip(axes[0], models, strict=True):
-        for number, backend in enumerate(inference["backends"]):
+        for number, backend in enumerate(_ordered(inference["backends"])):
             for mode, style in _MODE_STYLE.items():
                 rows = sorted(
                     (
@@ -75,6 +89,8 @@ def throughput(inference: dict[str, Any], path: Path, title: str) -> Path:
         ax.set_xscale("log", base=2)
         ax.set_xticks(sizes, [str(size) for size in sizes])
         ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(ScalarFormatter())
+        ax.yaxis.set_minor_formatter(ScalarFormatter())
         ax.set_xlabel("batch size")
         ax.set_ylabel(f"{unit} per second")
         ax.set_title(f"{model} ({shape})")
@@ -103,7 +119,7 @@ def latency_cdf(
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     panels: list[tuple[str, list[tuple[list[float], str, str, str]]]] = []
     if inference:
-        backends = list(inference["backends"])
+        backends = _ordered(inference["backends"])
         for model in inference["models"]:
             curves = [
                 (

@@ -63,6 +63,8 @@ def render(report: dict[str, Any]) -> str:
         if key in results:
             seconds = report["duration_s"].get(key)
             out += [f"## {title}", "", f"({seconds} s)", "", render_suite(results[key]), ""]
+    for key, reason in report.get("skipped", {}).items():
+        out += [f"## {key}: skipped", "", reason, ""]
     for key, message in report["errors"].items():
         out += [f"## {key}: FAILED", "", f"`{message}`", ""]
     plots = report["files"].get("plots", {})

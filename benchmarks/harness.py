@@ -43,6 +43,10 @@ class BenchError(Exception):
     """A harness run cannot start (bad suite or device)."""
 
 
+class SuiteSkippedError(Exception):
+    """A suite cannot run on this machine as it is (the message says why); not a failure."""
+
+
 def resolve_device(requested: str) -> str:
     """``cpu`` or ``cuda`` for ``--device cpu|cuda|auto``.
 
@@ -114,7 +118,13 @@ def _e2e(quick: bool) -> Any:
 
     if quick:
         return run_triage(None, slim=True, studies=4, interval_s=1.0)
-    return run_triage(load_settings().home)
+    home = load_settings().home
+    if not any((home / "models").glob("*/*")):
+        raise SuiteSkippedError(
+            f"no trained models in {home / 'models'}: `make demo` trains them "
+            "(or use --quick for slim random-weight models)"
+        )
+    return run_triage(home)
 
 
 def _worklist(quick: bool, stem: Path) -> Any:
@@ -193,6 +203,7 @@ def run_bench(
     started = dt.datetime.now(dt.UTC)
     results: dict[str, Any] = {}
     errors: dict[str, str] = {}
+    skipped: dict[str, str] = {}
     durations: dict[str, float] = {}
     runners: dict[str, Callable[[], Any]] = {
         "inference": lambda: _inference(resolved, quick, threads, timing, say),
@@ -224,6 +235,7 @@ def run_bench(
         "duration_s": durations,
         "results": results,
         "errors": errors,
+        "skipped": skipped,
         "files": {},
     }
     for suite in chosen:
@@ -231,6 +243,8 @@ def run_bench(
         began = time.perf_counter()
         try:
             document = runners[suite]()
+        except SuiteSkippedError as exc:
+            skipped[suite] = str(exc)
         except Exception as exc:  # recorded in the report; the other suites still run
             logger.exception("suite %s failed", suite)
             errors[suite] = _failure(exc)

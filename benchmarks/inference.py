@@ -455,7 +455,7 @@ def markdown(result: dict[str, Any]) -> str:
             "| peak RSS MiB | peak GPU MiB |",
             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
-        for backend in result["backends"]:
+        for backend in sorted(result["backends"], key=BACKENDS.index):
             for batch in result["parameters"]["batch_sizes"]:
                 compute = index.get((name, backend, "compute", batch))
                 e2e = index.get((name, backend, "end_to_end", batch))

@@ -7,7 +7,9 @@ ONNX; :mod:`benchmarks._models`; ``--quick``: a narrow one on 1x32x32) is regist
 temporary registry and run three ways, on the requested device:
 
 - **raw**: the backend alone (serving's :class:`serving.inference.ModelRunner` with the
-  replica's settings) on full batches, in this process: the ceiling;
+  replica's settings) on full batches, in this process: the ceiling. Measured before and again
+  after the serve paths (nothing else running in Ray then), pooled: on a shared machine the
+  load can change during a run, and the two halves show whether it did;
 - **handle**: radcloud's :class:`serving.deployments.ModelServer` in a local Ray Serve, fed
   single inputs by closed-loop callers through a deployment handle (as the triage workers call
   it: no pixels through HTTP); ``@serve.batch`` assembles the batches;
@@ -203,15 +205,18 @@ def run_serving(
         model = register_models(settings.paths.models_dir, slim=slim, tasks=(Task.CHEST_XR,))
         name = model[Task.CHEST_XR].name
         shape = tuple(model[Task.CHEST_XR].card.inputs.shape)
-        runner = ModelRunner.from_registry(
-            ModelRegistry(settings.paths.models_dir),
-            name,
-            backend=settings.serving_backend,
-            device=device,
-        )
-        described = runner.describe()
-        raw, raw_latencies = _raw(runner, batch, seconds, repeats)
-        del runner
+
+        def measure_raw() -> tuple[dict[str, Any], list[float], list[float]]:
+            runner = ModelRunner.from_registry(
+                ModelRegistry(settings.paths.models_dir),
+                name,
+                backend=settings.serving_backend,
+                device=device,
+            )
+            rates, latencies = _raw(runner, batch, seconds, repeats)
+            return runner.describe(), rates, latencies
+
+        described, raw_before, latencies_before = measure_raw()
         item = np.random.default_rng(1).random(shape, dtype=np.float32)
         [port] = free_ports(1)
         ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level=logging.WARNING)
@@ -257,6 +262,9 @@ def run_serving(
         finally:
             serve.shutdown()  # type: ignore[no-untyped-call]
             ray.shutdown()
+        _, raw_after, latencies_after = measure_raw()
+    raw = raw_before + raw_after
+    raw_latencies = latencies_before + latencies_after
     raw_summary = summarise(raw)
     best_handle, handle_efficiency = _efficiency(served, raw_summary["median"])
     best_http, http_efficiency = _efficiency(over_http, raw_summary["median"])
@@ -280,6 +288,10 @@ def run_serving(
         "concurrency": list(concurrency),
         "raw_inputs_per_s": raw_summary,
         "raw_batch_latency_s": percentiles(raw_latencies),
+        "raw_before_and_after_inputs_per_s": {
+            "before": summarise(raw_before),
+            "after": summarise(raw_after),
+        },
         "raw_samples": {
             "inputs_per_s": [round(r, 3) for r in raw],
             "batch_latency_s": [round(x, 6) for x in raw_latencies],
@@ -316,6 +328,12 @@ def markdown(result: dict[str, Any]) -> str:
                 f"{latency['p50'] * 1000:.0f} / {latency['p95'] * 1000:.0f} |"
             )
     efficiency = result["efficiency"]
+    halves = result.get("raw_before_and_after_inputs_per_s")
+    if halves:
+        lines.append(
+            f"\nRaw backend before the serve paths {halves['before']['median']:.1f} inputs/s, "
+            f"after them {halves['after']['median']:.1f} (medians; the table pools both)."
+        )
     lines.append(
         f"\nServing efficiency (best concurrency / raw; goal 0.9): handle "
         f"**{efficiency['handle']:.2f}**, HTTP **{efficiency['http']:.2f}**; mean batch "

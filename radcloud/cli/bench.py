@@ -108,6 +108,8 @@ def bench(
     console.print(f"summary: {directory / files['markdown']}")
     for name, file in files["plots"].items():
         console.print(f"plot ({name}): {directory / file}")
+    for name, reason in report["skipped"].items():
+        console.print(f"[yellow]suite {name} skipped:[/] {reason}", highlight=False)
     if report["errors"]:
         for name, message in report["errors"].items():
             console.print(f"[bold red]suite {name} failed:[/] {message}", highlight=False)
