@@ -56,6 +56,11 @@ format: install  ## apply ruff's fixes and formatting
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
+.PHONY: bench
+BENCH_ARGS ?=
+bench: install  ## benchmark harness: radcloud bench (BENCH_ARGS="--suite inference --quick")
+	$(VENV)/bin/radcloud bench $(BENCH_ARGS)
+
 up: install  ## start every component in the background
 	$(VENV)/bin/radcloud up
 

@@ -1,0 +1,99 @@
+#!/usr/bin/env bash
+# GPU vs CPU on a bare GPU machine without internet: install radcloud's Python dependencies from
+# wheels carried in ./wheels, then run the inference and serving suites with --device cuda within
+# 8 minutes, writing the report (JSON, markdown, PNG plots) to OUT_DIR.
+#
+#   bash benchmarks/gpu_run.sh [OUT_DIR]          (default OUT_DIR: benchmarks/results)
+#
+# Preparing ./wheels, on a machine with PyPI access, from the repository root (./wheels is
+# git-ignored; copy or carry it to the GPU machine with the tree). Match the GPU machine's Python
+# (PY below; `python3 --version` there) and platform:
+#
+#   PY=3.12
+#   python3 -m pip download -d wheels --only-binary=:all: --implementation cp \
+#       --python-version "$PY" --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+#       --platform manylinux2014_x86_64 -r benchmarks/gpu_requirements.txt
+#
+# That is radcloud's dependencies less torch, with onnxruntime-gpu (CUDA and TensorRT execution
+# providers) instead of onnxruntime: a few hundred MB, ray and onnxruntime-gpu the largest. torch
+# itself comes from the GPU machine's image when it has a CUDA build (the version is recorded in
+# the report). To measure the pinned torch==2.13.0 instead, also download its CUDA wheel and the
+# nvidia-* wheels it requires from PyTorch's CUDA wheel index into ./wheels (about 3 GB). The
+# TensorRT provider needs TensorRT's libraries (the `tensorrt` wheels, about 2 GB); without them
+# the onnx-tensorrt backend is skipped and the report says why. Wheels are never committed.
+#
+# Where the tree travels without .git, set RADCLOUD_BENCH_COMMIT to the commit measured.
+# Environment: PYTHON (default python3: the interpreter with CUDA torch), WHEELS (default
+# ./wheels), GPU_RUN_LIMIT_S (default 480: the whole script's deadline, install included).
+set -euo pipefail
+
+started=$SECONDS
+limit=${GPU_RUN_LIMIT_S:-480}
+cd "$(dirname "$0")/.."
+root=$PWD
+out_dir=${1:-benchmarks/results}
+python=${PYTHON:-python3}
+wheels=${WHEELS:-wheels}
+site=${GPU_SITE:-/tmp/radcloud-gpu-site}
+
+say() { printf '[gpu_run %3ds] %s\n' "$((SECONDS - started))" "$*"; }
+
+say "machine: $(nproc) cores; $(nvidia-smi --query-gpu=name,driver_version,memory.total \
+    --format=csv,noheader 2>/dev/null || echo 'nvidia-smi: no GPU driver found')"
+say "python: $("$python" --version 2>&1) at $(command -v "$python")"
+
+if compgen -G "$wheels/*.whl" >/dev/null; then
+    say "installing $(ls "$wheels"/*.whl | wc -l) wheels from $wheels into $site (no index)"
+    # --no-deps: ./wheels holds the whole closure (pip download resolved it); packages the image
+    # already has and ./wheels lacks (torch and its CUDA libraries) stay the image's.
+    "$python" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
+        --disable-pip-version-check --upgrade --target "$site" "$wheels"/*.whl
+    # onnxruntime-gpu and onnxruntime ship the same module: the one in $site comes first.
+else
+    say "no wheels in $wheels: using the packages this Python already has"
+fi
+export PYTHONPATH="$site:$root${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONUNBUFFERED=1
+
+say "checking imports"
+"$python" - <<'EOF'
+import importlib
+import sys
+
+needed = ["torch", "onnxruntime", "monai", "pydicom", "highdicom", "nibabel", "scipy",
+          "matplotlib", "ray.serve", "starlette", "httpx", "pydantic_settings", "sqlalchemy",
+          "typer", "rich", "onnx"]
+missing = []
+for name in needed:
+    try:
+        module = importlib.import_module(name)
+        print(f"  {name} {getattr(module, '__version__', '')}")
+    except ImportError as exc:
+        missing.append(f"{name} ({exc})")
+if missing:
+    sys.exit("missing: " + ", ".join(missing) + ": add their wheels to ./wheels (see the header)")
+import onnxruntime
+import torch
+print(f"  torch CUDA {torch.version.cuda}, device: "
+      f"{torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'NONE'}")
+print(f"  ONNX Runtime providers: {onnxruntime.get_available_providers()}")
+if not torch.cuda.is_available():
+    sys.exit("torch sees no CUDA device: a CPU build of torch, or no driver")
+EOF
+
+# What is left of the deadline goes to the suites: serving ~2 min with 1-s windows, the
+# inference suite's measuring budget the rest less its set-up (models, studies, engines).
+left=$((limit - (SECONDS - started) - 15))
+budget=$((left - 120 - 90))
+if [ "$budget" -lt 60 ]; then
+    say "only ${left}s left for the suites: not enough for a useful run"
+    exit 1
+fi
+say "running inference (measuring budget ${budget}s) and serving with --device cuda; ${left}s left"
+mkdir -p "$out_dir"
+status=0
+timeout -k 10 "$left" "$python" -m radcloud bench --suite inference --suite serving \
+    --device cuda --window 1 --repeats 3 --budget "$budget" --out "$out_dir" || status=$?
+say "radcloud bench exited $status; files:"
+ls -l "$out_dir" | tail -n 8
+exit "$status"
