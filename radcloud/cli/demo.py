@@ -46,7 +46,13 @@ def _missing_models(settings: Settings) -> list[str]:
     from training.tasks import task_spec
 
     registry = ModelRegistry(settings.paths.models_dir)
-    return [task for task in _TASKS if registry.production(task_spec(task).model_name) is None]
+    names = set(registry.names())
+    return [
+        task
+        for task in _TASKS
+        if task_spec(task).model_name not in names
+        or registry.production(task_spec(task).model_name) is None
+    ]
 
 
 def _train(settings: Settings, task: str) -> None:
