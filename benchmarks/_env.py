@@ -139,7 +139,8 @@ def describe_accelerator() -> dict[str, Any]:
     info: dict[str, Any] = {
         "torch_threads": torch.get_num_threads(),
         "torch_interop_threads": torch.get_num_interop_threads(),
-        "onnxruntime_threads": "ONNX Runtime default (one intra-op thread per physical core)",
+        "onnxruntime_threads": "ONNX Runtime default (one intra-op thread per physical core) "
+        "unless a suite sets it (inference: --threads)",
         "onnxruntime_providers": onnxruntime.get_available_providers(),
         "cuda_available": torch.cuda.is_available(),
         "torch_cuda": torch.version.cuda,
