@@ -76,7 +76,7 @@ def build_application(settings: Settings) -> Any:
                 "runtime_env": runtime_env,
             },
             # ≥ the batch size, or batches never fill (Ray issue #43288)
-            "max_ongoing_requests": max(2 * settings.serving_max_batch_size, 8),
+            "max_ongoing_requests": max(4 * settings.serving_max_batch_size, 32),
         }
         if settings.serving_max_replicas > settings.serving_min_replicas:
             options["autoscaling_config"] = {
