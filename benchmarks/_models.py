@@ -17,14 +17,14 @@ from typing import Any
 
 import torch
 
-from models.card import ArchitectureRef
+from models.card import ArchitectureRef, ModelCard
 from models.networks import build_network
 from models.registry import ModelRegistry, RegisteredModel
 from training.pipeline import Preset, TrainingConfig
 from training.registration import build_card
-from training.tasks import Task, task_spec
+from training.tasks import Task, TaskSpec, task_spec
 
-__all__ = ["BENCH_TASKS", "register_models"]
+__all__ = ["BENCH_TASKS", "random_weight_card", "register_models"]
 
 BENCH_TASKS = (Task.HEAD_CT, Task.CHEST_XR)
 
@@ -34,6 +34,30 @@ _SLIM_PARAMS: dict[Task, dict[str, Any]] = {
 }
 _SLIM_SIZE: dict[Task, tuple[int, ...]] = {Task.HEAD_CT: (32, 32, 8), Task.CHEST_XR: (32, 32)}
 _SHA = "0" * 64
+
+
+def random_weight_card(
+    spec: TaskSpec, params: dict[str, Any], threshold: float, description: str
+) -> tuple[ModelCard, TrainingConfig]:
+    """The task's real model card around ``spec.architecture`` built with ``params``, with
+    untrained metrics and the operating ``threshold`` (and the training config it names)."""
+    config = TrainingConfig(
+        spec.task, Preset.TINY, studies=0, epochs=0, batch_size=1, learning_rate=0
+    )
+    extra = {
+        "metrics": {"test": {"auc": 0.5, "sensitivity": 0.0, "specificity": 0.0}},
+        "threshold": threshold,
+        "data_sha256": _SHA,
+        "split_counts": {},
+        "baseline": {"auc": 0.5},
+        "history": {},
+        "synthetic": True,
+    }
+    architecture = ArchitectureRef(name=spec.architecture, params=params)
+    card = build_card(spec, config, extra).model_copy(
+        update={"architecture": architecture, "description": description}
+    )
+    return card, config
 
 
 def register_models(
@@ -69,29 +93,13 @@ def register_models(
         if slim:
             spec = replace(spec, spatial_size=_SLIM_SIZE[task])
             params |= _SLIM_PARAMS[task]
-        config = TrainingConfig(
-            task, Preset.TINY, studies=0, epochs=0, batch_size=1, learning_rate=0
-        )
-        extra = {
-            "metrics": {"test": {"auc": 0.5, "sensitivity": 0.0, "specificity": 0.0}},
-            "threshold": threshold,
-            "data_sha256": _SHA,
-            "split_counts": {},
-            "baseline": {"auc": 0.5},
-            "history": {},
-            "synthetic": True,
-        }
-        architecture = ArchitectureRef(name=spec.architecture, params=params)
-        card = build_card(spec, config, extra).model_copy(
-            update={
-                "architecture": architecture,
-                "description": "benchmark model: random weights, detects nothing",
-            }
+        card, config = random_weight_card(
+            spec, params, threshold, "benchmark model: random weights, detects nothing"
         )
         torch.manual_seed(0)
         model = registry.register(
             card,
-            build_network(architecture),
+            build_network(card.architecture),  # type: ignore[arg-type]
             torch.rand(1, *card.inputs.shape),
             metrics={"benchmark": True},
             training_config=config.to_json(),

@@ -9,11 +9,9 @@ from typing import Any
 
 import torch
 
-from models.card import ArchitectureRef
+from benchmarks._models import random_weight_card
 from models.networks import build_network
 from models.registry import ModelRegistry
-from training.pipeline import Preset, TrainingConfig
-from training.registration import build_card
 from training.tasks import Task, task_spec
 
 __all__ = ["SLIM_PARAMS", "register_fixture_models"]
@@ -22,7 +20,7 @@ SLIM_PARAMS: dict[Task, dict[str, Any]] = {
     Task.HEAD_CT: {"channels": [4, 8, 8, 8], "num_res_units": 1},
     Task.CHEST_XR: {"init_features": 4, "growth_rate": 2},
 }
-_SHA = "0" * 64
+_SHA = "0" * 64  # no training data
 
 
 def _favour_lesion(network: torch.nn.Module) -> None:
@@ -51,27 +49,11 @@ def register_fixture_models(
     versions = {}
     for task, threshold in chosen.items():
         spec = task_spec(task)
-        config = TrainingConfig(
-            task, Preset.TINY, studies=0, epochs=0, batch_size=1, learning_rate=0
-        )
-        extra = {
-            "metrics": {"test": {"auc": 0.5, "sensitivity": 0.0, "specificity": 0.0}},
-            "threshold": threshold,
-            "data_sha256": _SHA,
-            "split_counts": {},
-            "baseline": {"auc": 0.5},
-            "history": {},
-            "synthetic": True,
-        }
-        card = build_card(spec, config, extra)
         params = {**spec.architecture_params, **SLIM_PARAMS[task]}
-        architecture = ArchitectureRef(name=spec.architecture, params=params)
-        card = card.model_copy(
-            update={
-                "architecture": architecture,
-                "description": "serving test fixture: random weights",
-            }
+        card, config = random_weight_card(
+            spec, params, threshold, "serving test fixture: random weights"
         )
+        architecture = card.architecture
         torch.manual_seed(0)
         network = build_network(architecture)
         if task is Task.HEAD_CT:
