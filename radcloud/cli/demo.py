@@ -236,18 +236,25 @@ def _worklist(settings: Settings, uids: set[str]) -> None:
 
 def demo(
     studies: Annotated[int, typer.Option(help="Studies of each task to send.")] = 4,
-    seed: Annotated[int, typer.Option(help="Seed of the studies (training used 0).")] = 20261126,
+    seed: Annotated[
+        int | None,
+        typer.Option(help="Seed of the studies (default: from the clock, new studies each run)."),
+    ] = None,
     timeout_s: Annotated[float, typer.Option(help="How long to wait for triage.")] = 900.0,
 ) -> None:
     """Train (if needed), start everything, send synthetic studies, show the triaged worklist."""
     setup_logging("WARNING")
+    # The supervisor leaves its components running on purpose: not a leaked subprocess.
+    warnings.filterwarnings("ignore", category=ResourceWarning)
     settings = get_settings()
     started = time.monotonic()
+    seed = seed if seed is not None else 1000 + int(time.time()) % 1_000_000  # training used 0
     missing = _missing_models(settings)
     for task in missing:
         _train(settings, task)
     _services(settings, restart_serving=bool(missing))
     _sender(settings)
+    console.print(f"sending {studies} SYNTHETIC studies of each task (seed {seed})")
     sent = _push(settings, studies, seed)
     _wait_for_triage(settings, [uid for uid, _, _ in sent], timeout_s)
     _worklist(settings, {uid for uid, _, _ in sent})
