@@ -91,7 +91,8 @@ PRESETS: dict[tuple[Task, Preset], dict[str, Any]] = {
         "learning_rate": 1e-3,
     },
     (Task.CHEST_XR, Preset.DEMO): {
-        "studies": 400,
+        # 800 rather than 400: test AUC 0.859 vs 0.636 in 6.0 vs 3.1 minutes (2-core VM)
+        "studies": 800,
         "epochs": 16,
         "batch_size": 16,
         "learning_rate": 1e-3,
