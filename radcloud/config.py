@@ -16,7 +16,7 @@ import re
 from enum import StrEnum
 from functools import cached_property
 from pathlib import Path
-from typing import Literal, Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import (
@@ -146,6 +146,9 @@ class Settings(BaseSettings):
     serving_device: Literal["auto", "cpu", "cuda"] = "auto"
     serving_max_batch_size: int = Field(8, ge=1, le=256)
     serving_batch_wait_ms: float = Field(20.0, ge=0)
+    # Per model: {"<model name>": {"max_batch_size": N, "batch_wait_ms": MS}} (JSON in the
+    # environment); models not named use the two settings above.
+    serving_model_batching: dict[str, dict[str, float]] = Field(default_factory=dict)
     serving_cpus_per_model_replica: float = Field(0.5, gt=0)
     serving_gpus_per_model_replica: float = Field(0.5, ge=0, le=8)  # used when a GPU is there
     serving_min_replicas: int = Field(1, ge=1)

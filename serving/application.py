@@ -57,7 +57,7 @@ def _deployment(decorated: Any) -> Any:
 def build_application(settings: Settings) -> Any:
     """The Serve application graph for ``settings`` (production models from the registry)."""
     from models.registry import ModelRegistry
-    from serving.deployments import ModelServer, TriageWorker, api_ingress_class
+    from serving.deployments import ModelServer, TriageWorker, api_ingress_class, batch_size
 
     runtime_env = _runtime_env(settings)
     gpus = settings.serving_gpus_per_model_replica if settings.serving_device != "cpu" else 0.0
@@ -76,7 +76,7 @@ def build_application(settings: Settings) -> Any:
                 "runtime_env": runtime_env,
             },
             # ≥ the batch size, or batches never fill (Ray issue #43288)
-            "max_ongoing_requests": max(4 * settings.serving_max_batch_size, 32),
+            "max_ongoing_requests": max(4 * batch_size(settings, name), 32),
         }
         if settings.serving_max_replicas > settings.serving_min_replicas:
             options["autoscaling_config"] = {

@@ -28,11 +28,23 @@ import numpy as np
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from radcloud.config import load_settings
+from radcloud.config import Settings, load_settings
 
-__all__ = ["ModelServer", "TriageWorker", "api_ingress_class"]
+__all__ = ["ModelServer", "TriageWorker", "api_ingress_class", "batch_size", "batch_wait_ms"]
 
 logger = logging.getLogger(__name__)
+
+
+def batch_size(settings: Settings, name: str) -> int:
+    """Model ``name``'s largest batch (``serving_model_batching`` or the default)."""
+    override = settings.serving_model_batching.get(name, {})
+    return int(override.get("max_batch_size", settings.serving_max_batch_size))
+
+
+def batch_wait_ms(settings: Settings, name: str) -> float:
+    """How long model ``name``'s batcher waits for a batch to fill."""
+    override = settings.serving_model_batching.get(name, {})
+    return float(override.get("batch_wait_ms", settings.serving_batch_wait_ms))
 
 
 @serve.deployment
@@ -52,10 +64,10 @@ class ModelServer:
             backend=settings.serving_backend,
             device=settings.serving_device,
         )
-        self.max_batch_size = settings.serving_max_batch_size
+        self.max_batch_size = batch_size(settings, name)
         batched: Any = self._batched  # @serve.batch adds these setters
         batched.set_max_batch_size(self.max_batch_size)
-        batched.set_batch_wait_timeout_s(settings.serving_batch_wait_ms / 1000.0)
+        batched.set_batch_wait_timeout_s(batch_wait_ms(settings, name) / 1000.0)
         warm = self.runner.warm_up((1, self.max_batch_size))
         self.version = str(self.runner.model.version)
         self.requests = 0

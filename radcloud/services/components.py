@@ -7,6 +7,7 @@ A new component is one more entry in :func:`components`.
 from __future__ import annotations
 
 import functools
+import json
 import sys
 from typing import Any
 
@@ -33,7 +34,9 @@ def settings_env(settings: Settings) -> dict[str, str]:
         value = getattr(settings, name)
         if value is None or not info.repr:
             continue
-        env[f"{ENV_PREFIX}{name.upper()}"] = str(value)
+        env[f"{ENV_PREFIX}{name.upper()}"] = (
+            json.dumps(value) if isinstance(value, dict | list) else str(value)
+        )
     env[f"{ENV_PREFIX}HOME"] = str(settings.home.absolute())
     return env
 

@@ -67,3 +67,24 @@ def test_series_selection_follows_the_card(registry: ModelRegistry, tmp_path: Pa
     assert chosen is full
     assert any("modality DX" in r for r in reasons)
     assert any("5 slices" in r for r in reasons)
+
+
+def test_batching_is_configurable_per_model_and_reaches_the_replicas(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from radcloud.config import load_settings
+    from radcloud.services.components import settings_env
+    from serving.deployments import batch_size, batch_wait_ms
+
+    monkeypatch.setenv("RADCLOUD_HOME", str(tmp_path))
+    monkeypatch.setenv(
+        "RADCLOUD_SERVING_MODEL_BATCHING", '{"head-ct-haemorrhage": {"max_batch_size": 2}}'
+    )
+    settings = load_settings()
+    assert batch_size(settings, "head-ct-haemorrhage") == 2
+    assert batch_wait_ms(settings, "head-ct-haemorrhage") == settings.serving_batch_wait_ms
+    assert batch_size(settings, "chest-xr-finding") == settings.serving_max_batch_size
+
+    for name, value in settings_env(settings).items():  # what a replica's environment gets
+        monkeypatch.setenv(name, value)
+    assert batch_size(load_settings(), "head-ct-haemorrhage") == 2
