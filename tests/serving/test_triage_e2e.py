@@ -27,6 +27,7 @@ from radcloud.db.models import InferenceResult, OutboxEvent, Study
 from tests.conftest import Stack
 from tests.dicom_gateway.dicom_files import synthetic_ct
 from tests.fixture_models import register_fixture_models
+from tests.serving.test_notify import Receiver
 
 pytestmark = pytest.mark.integration
 
@@ -234,10 +235,16 @@ def test_a_study_sent_twice_gets_one_result_per_model_version_unless_forced(
 
 
 @pytest.mark.slow
-def test_studies_arriving_while_serving_is_down_wait_for_it(
+def test_studies_arriving_while_serving_is_down_wait_for_it_and_critical_ones_notify(
     make_stack: Any, tmp_path: Path
 ) -> None:
-    own = make_stack(before_up=lambda s: register_fixture_models(s.settings.paths.models_dir))
+    key = "webhook-signing-key-for-this-test-0123456789"
+    receiver = Receiver(key=key.encode()).start()
+    own = make_stack(
+        before_up=lambda s: register_fixture_models(s.settings.paths.models_dir),
+        notify_webhook_url=receiver.url,
+        notify_signing_key=key,
+    )
     own.cli("senders", "add", SENDER, "--hospital", "Downtime Hospital")
     os.kill(own.pid("api"), signal.SIGTERM)
     poll(lambda: not _answers(own.settings.api_url), timeout_s=60, what="serving to stop")
@@ -265,6 +272,11 @@ def test_studies_arriving_while_serving_is_down_wait_for_it(
     assert ready_event().processed_at is not None
     assert event.id == ready_event().id
     db.dispose()
+    # the head CT is critical (the fixture flags every one): a signed webhook went out
+    delivery = poll(lambda: receiver.accepted, timeout_s=60, what="the critical-finding webhook")
+    assert delivery[0].body["study_instance_uid"] == head.study_instance_uid
+    assert receiver.bad_signatures == 0
+    receiver.stop()
 
 
 def _answers(url: str) -> bool:
