@@ -30,6 +30,7 @@ from rich.table import Table
 from sqlalchemy import select
 
 from radcloud.cli._common import command, console, fail, get_settings, setup_logging
+from radcloud.cli.train import epoch_progress
 from radcloud.config import Settings
 
 __all__ = ["register"]
@@ -64,20 +65,7 @@ def _train(settings: Settings, task: str) -> None:
 
     logging.getLogger("monai.data.nvimgcodec_pydicom_plugin").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", message="NvImgCodecPydicomReader")
-    with Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        TextColumn("{task.completed}/{task.total} epochs"),
-        TextColumn("{task.fields[metrics]}"),
-        TimeElapsedColumn(),
-        console=console,
-    ) as progress:
-        bar = progress.add_task(f"training the {task} demo model", total=None, metrics="")
-
-        def on_epoch(epoch: int, total: int, metrics: dict[str, float]) -> None:
-            shown = "  ".join(f"{k} {v:.3f}" for k, v in metrics.items())
-            progress.update(bar, total=total, completed=epoch, metrics=shown)
-
+    with epoch_progress(f"training the {task} demo model") as on_epoch:
         report = run(
             Task(task),
             Preset.DEMO,

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated
 
@@ -16,6 +18,26 @@ from radcloud.cli._common import command, console, get_settings, setup_logging
 from radcloud.cli.export import training_source
 
 __all__ = ["register"]
+
+
+@contextlib.contextmanager
+def epoch_progress(description: str) -> Iterator[Callable[[int, int, dict[str, float]], None]]:
+    """A progress bar over training epochs; yields the ``on_epoch`` callback that moves it."""
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} epochs"),
+        TextColumn("{task.fields[metrics]}"),
+        TimeElapsedColumn(),
+        console=console,
+    ) as progress:
+        bar = progress.add_task(description, total=None, metrics="")
+
+        def on_epoch(epoch: int, total: int, metrics: dict[str, float]) -> None:
+            shown = "  ".join(f"{k} {v:.3f}" for k, v in metrics.items())
+            progress.update(bar, total=total, completed=epoch, metrics=shown)
+
+        yield on_epoch
 
 
 @command
@@ -77,20 +99,7 @@ def train(
     if source is not None or hospital or keep_identifiers:
         data = training_source(task_value.value, source, data, hospital or [], keep_identifiers)
     # --- end of the Orthanc source ---
-    with Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        TextColumn("{task.completed}/{task.total} epochs"),
-        TextColumn("{task.fields[metrics]}"),
-        TimeElapsedColumn(),
-        console=console,
-    ) as progress:
-        bar = progress.add_task(f"training {task_value}", total=None, metrics="")
-
-        def on_epoch(epoch: int, total: int, metrics: dict[str, float]) -> None:
-            shown = "  ".join(f"{k} {v:.3f}" for k, v in metrics.items())
-            progress.update(bar, total=total, completed=epoch, metrics=shown)
-
+    with epoch_progress(f"training {task_value}") as on_epoch:
         report = run(
             task_value,
             preset_value,
