@@ -24,6 +24,7 @@ from serving.worklist import (
     ReadingState,
     Worklist,
     WorklistConflictError,
+    WorklistEntry,
     WorklistError,
     WorklistQuery,
     list_worklist,
@@ -36,33 +37,10 @@ Reader = Annotated[Principal, Depends(require_roles(Role.RADIOLOGIST, Role.ADMIN
 StudyUid = Annotated[str, Path(pattern=r"^[0-9.]{1,64}$", description="StudyInstanceUID")]
 
 
-class WorklistItemOut(BaseModel):
-    """One study on the worklist."""
-
-    study_instance_uid: str
-    patient_id: str | None
-    patient_name: str | None
-    accession_number: str | None
-    study_description: str | None
-    study_date: str | None
-    modalities: str | None
-    hospital: str | None
-    ready_at: dt.datetime | None
-    waiting_minutes: float | None
-    due_at: dt.datetime | None
-    priority_class: str
-    ai_score: float | None
-    ai_status: str
-    critical: bool
-    status: ReadingStatus
-    claimed_by: str | None
-    version: int
-
-
 class WorklistPage(BaseModel):
     """A page of the worklist, in priority order."""
 
-    items: list[WorklistItemOut]
+    items: list[WorklistEntry]  # serving.worklist: one row each
     total: int
     limit: int
     offset: int
@@ -133,7 +111,7 @@ def get_worklist(
         },
     )
     return WorklistPage(
-        items=[WorklistItemOut(**vars(entry)) for entry in entries],
+        items=list(entries),
         total=total,
         limit=limit,
         offset=offset,
