@@ -91,6 +91,12 @@ def _orthanc_version() -> str | None:
     return out.splitlines()[0] if out else None
 
 
+def host_label() -> str:
+    """The machine's name in result files: ``RADCLOUD_BENCH_HOST`` where set (a lent GPU
+    machine's host name means nothing later), else the host name."""
+    return os.environ.get("RADCLOUD_BENCH_HOST") or socket.gethostname()
+
+
 def describe_machine() -> dict[str, Any]:
     """CPU, cores, memory, thread settings, library versions and the commit."""
     memory = None
@@ -100,7 +106,7 @@ def describe_machine() -> dict[str, Any]:
     except (ValueError, OSError):
         pass
     return {
-        "host": socket.gethostname(),
+        "host": host_label(),
         "cpu": _cpu_model(),
         "cores": os.cpu_count(),
         "memory_gib": memory,
@@ -252,7 +258,7 @@ def result_stem(device: str, out_dir: Path | None = None) -> Path:
     directory = out_dir or RESULTS_DIR
     directory.mkdir(parents=True, exist_ok=True)
     day = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d")
-    stem = f"{day}-{socket.gethostname()}-{device}"
+    stem = f"{day}-{host_label()}-{device}"
     candidate, number = directory / stem, 1
     while candidate.with_name(f"{candidate.name}.json").exists():
         number += 1
@@ -265,6 +271,6 @@ def write_result(suite: str, device: str, result: dict[str, Any], out_dir: Path 
     directory = out_dir or RESULTS_DIR
     directory.mkdir(parents=True, exist_ok=True)
     day = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d")
-    path = directory / f"{day}-{socket.gethostname()}-{device}-{suite}.json"
+    path = directory / f"{day}-{host_label()}-{device}-{suite}.json"
     path.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
     return path

@@ -5,26 +5,20 @@
 #
 #   bash benchmarks/gpu_run.sh [OUT_DIR]          (default OUT_DIR: benchmarks/results)
 #
-# Preparing ./wheels, on a machine with PyPI access, from the repository root (./wheels is
-# git-ignored; copy or carry it to the GPU machine with the tree). Match the GPU machine's Python
-# (PY below; `python3 --version` there) and platform:
-#
-#   PY=3.12
-#   python3 -m pip download -d wheels --only-binary=:all: --implementation cp \
-#       --python-version "$PY" --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
-#       --platform manylinux2014_x86_64 -r benchmarks/gpu_requirements.txt
-#
-# That is radcloud's dependencies less torch, with onnxruntime-gpu (CUDA and TensorRT execution
-# providers) instead of onnxruntime: a few hundred MB, ray and onnxruntime-gpu the largest. torch
-# itself comes from the GPU machine's image when it has a CUDA build (the version is recorded in
-# the report). To measure the pinned torch==2.13.0 instead, also download its CUDA wheel and the
-# nvidia-* wheels it requires from PyTorch's CUDA wheel index into ./wheels (about 3 GB). The
-# TensorRT provider needs TensorRT's libraries (the `tensorrt` wheels, about 2 GB); without them
-# the onnx-tensorrt backend is skipped and the report says why. Wheels are never committed.
+# ./wheels (git-ignored) is filled, on a machine with PyPI access, by `bash
+# benchmarks/gpu_wheels.sh` (PY=<the GPU machine's Python>, default 3.12): the wheels of
+# benchmarks/gpu_requirements.txt, radcloud's dependencies that the GPU machine's image lacks,
+# and Ray stripped to fit the device tool's carry limit (about 55 MB in all). torch, with CUDA,
+# numpy, scipy, onnx and onnxruntime come from the image (their versions are in the report). The
+# image's onnxruntime is the CPU build: the onnxruntime-gpu wheel (CUDA and TensorRT providers,
+# several hundred MB) does not fit the carry limit, so onnx-cuda and onnx-tensorrt are reported
+# as skipped with the reason unless the image has them. Wheels are never committed.
 #
 # Where the tree travels without .git, set RADCLOUD_BENCH_COMMIT to the commit measured.
 # Environment: PYTHON (default python3: the interpreter with CUDA torch), WHEELS (default
-# ./wheels), GPU_RUN_LIMIT_S (default 480: the whole script's deadline, install included).
+# ./wheels), GPU_RUN_LIMIT_S (default 480: the whole script's deadline, install included),
+# GPU_RUN_DEVICE (default cuda; cpu checks the script on a machine without a GPU),
+# RADCLOUD_BENCH_HOST (the machine's name in the result files, default its host name).
 set -euo pipefail
 
 started=$SECONDS
@@ -42,13 +36,21 @@ say "machine: $(nproc) cores; $(nvidia-smi --query-gpu=name,driver_version,memor
     --format=csv,noheader 2>/dev/null || echo 'nvidia-smi: no GPU driver found')"
 say "python: $("$python" --version 2>&1) at $(command -v "$python")"
 
+device=${GPU_RUN_DEVICE:-cuda}
+
 if compgen -G "$wheels/*.whl" >/dev/null; then
     say "installing $(ls "$wheels"/*.whl | wc -l) wheels from $wheels into $site (no index)"
-    # --no-deps: ./wheels holds the whole closure (pip download resolved it); packages the image
+    mkdir -p "$site"
+    # --no-deps: gpu_requirements.txt lists the whole closure of what is missing; packages the image
     # already has and ./wheels lacks (torch and its CUDA libraries) stay the image's.
     "$python" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
         --disable-pip-version-check --upgrade --target "$site" "$wheels"/*.whl
-    # onnxruntime-gpu and onnxruntime ship the same module: the one in $site comes first.
+    # Packages too large for a wheel to travel, repacked by gpu_wheels.sh (Ray).
+    for archive in "$wheels"/*.tar.xz; do
+        [ -e "$archive" ] || continue
+        say "unpacking $(basename "$archive") into $site"
+        tar -C "$site" -xJf "$archive"
+    done
 else
     say "no wheels in $wheels: using the packages this Python already has"
 fi
@@ -56,8 +58,9 @@ export PYTHONPATH="$site:$root${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1
 
 say "checking imports"
-"$python" - <<'EOF'
+GPU_RUN_DEVICE=$device "$python" - <<'EOF'
 import importlib
+import os
 import sys
 
 needed = ["torch", "onnxruntime", "monai", "pydicom", "highdicom", "nibabel", "scipy",
@@ -77,7 +80,7 @@ import torch
 print(f"  torch CUDA {torch.version.cuda}, device: "
       f"{torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'NONE'}")
 print(f"  ONNX Runtime providers: {onnxruntime.get_available_providers()}")
-if not torch.cuda.is_available():
+if os.environ["GPU_RUN_DEVICE"] == "cuda" and not torch.cuda.is_available():
     sys.exit("torch sees no CUDA device: a CPU build of torch, or no driver")
 EOF
 
@@ -89,11 +92,11 @@ if [ "$budget" -lt 60 ]; then
     say "only ${left}s left for the suites: not enough for a useful run"
     exit 1
 fi
-say "running inference (measuring budget ${budget}s) and serving with --device cuda; ${left}s left"
+say "running inference (measuring budget ${budget}s) and serving with --device $device; ${left}s left"
 mkdir -p "$out_dir"
 status=0
 timeout -k 10 "$left" "$python" -m radcloud bench --suite inference --suite serving \
-    --device cuda --window 1 --repeats 3 --budget "$budget" --out "$out_dir" || status=$?
+    --device "$device" --window 1 --repeats 3 --budget "$budget" --out "$out_dir" || status=$?
 say "radcloud bench exited $status; files:"
 ls -l "$out_dir" | tail -n 8
 exit "$status"
