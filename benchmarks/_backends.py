@@ -19,11 +19,23 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["BACKENDS", "Backend", "UnavailableError", "open_backend", "wanted_backends"]
+__all__ = [
+    "BACKENDS",
+    "Backend",
+    "UnavailableError",
+    "open_backend",
+    "unavailable_reason",
+    "wanted_backends",
+]
 
 BACKENDS = ("torch-cpu", "onnx-cpu", "torch-cuda-amp", "onnx-cuda", "onnx-tensorrt")
 logger = logging.getLogger(__name__)
 
+_PROVIDER = {  # the ONNX Runtime backends' one execution provider each
+    "onnx-cpu": "CPUExecutionProvider",
+    "onnx-cuda": "CUDAExecutionProvider",
+    "onnx-tensorrt": "TensorrtExecutionProvider",
+}
 PRECISION = {
     "torch-cpu": "float32",
     "onnx-cpu": "float32",
@@ -53,6 +65,18 @@ def wanted_backends(device: str) -> list[str]:
     return list(BACKENDS) if device == "cuda" else ["torch-cpu", "onnx-cpu"]
 
 
+def unavailable_reason(name: str) -> str | None:
+    """Why backend ``name`` cannot run on this machine, found without opening it; or None."""
+    if name.startswith("torch-cuda") and not cuda_available():
+        return "torch sees no CUDA device"
+    import onnxruntime
+
+    wanted = _PROVIDER.get(name)
+    if wanted and wanted not in onnxruntime.get_available_providers():
+        return f"this onnxruntime build has no {wanted} (install onnxruntime-gpu)"
+    return None
+
+
 def _ort_session(
     path: Path, name: str, input_shape: tuple[int, ...], max_batch: int, threads: int | None
 ) -> tuple[Any, Callable[[np.ndarray], np.ndarray]]:
@@ -62,13 +86,7 @@ def _ort_session(
 
     from models.export import INPUT_NAME
 
-    wanted = {
-        "onnx-cpu": "CPUExecutionProvider",
-        "onnx-cuda": "CUDAExecutionProvider",
-        "onnx-tensorrt": "TensorrtExecutionProvider",
-    }[name]
-    if wanted not in onnxruntime.get_available_providers():
-        raise UnavailableError(f"this onnxruntime build has no {wanted} (install onnxruntime-gpu)")
+    wanted = _PROVIDER[name]
     if name != "onnx-cpu" and hasattr(onnxruntime, "preload_dlls"):
         # onnxruntime-gpu >= 1.21 can load CUDA and cuDNN from the nvidia-* wheels that torch
         # brought; without them it looks in the system's library path.
@@ -119,9 +137,9 @@ def open_backend(name: str, model: Any, max_batch: int, threads: int | None) -> 
 
     started = time.perf_counter()
     shape = tuple(model.card.inputs.shape)
+    if reason := unavailable_reason(name):
+        raise UnavailableError(reason)
     if name.startswith("torch-"):
-        if name == "torch-cuda-amp" and not cuda_available():
-            raise UnavailableError("torch sees no CUDA device")
         runner = ModelRunner(model, "torch", "cuda" if "cuda" in name else "cpu")
         backend = Backend(name, runner.device, runner.predict, runner.providers)
     else:

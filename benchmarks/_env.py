@@ -63,14 +63,16 @@ def _git(*args: str) -> str:
 def _commit() -> str | None:
     """The commit measured, with ``+dirty`` when the tree had uncommitted changes.
 
-    A copy of the tree without ``.git`` (a GPU machine the tree was sent to) names it in
-    ``RADCLOUD_BENCH_COMMIT``, which ``benchmarks/gpu_run.sh`` documents.
+    ``RADCLOUD_BENCH_COMMIT``, where set, names it instead: a copy of the tree sent to a GPU
+    machine (``benchmarks/gpu_run.sh``) may carry no ``.git``, or a stale one.
     """
+    if named := os.environ.get("RADCLOUD_BENCH_COMMIT"):
+        return named
     try:
         commit = _git("rev-parse", "--short", "HEAD")
         dirty = _git("status", "--porcelain", "--untracked-files=no")
     except (OSError, subprocess.CalledProcessError):
-        return os.environ.get("RADCLOUD_BENCH_COMMIT")
+        return None
     return f"{commit}+dirty" if dirty else commit
 
 

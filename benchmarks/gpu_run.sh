@@ -18,6 +18,8 @@
 # Environment: PYTHON (default python3: the interpreter with CUDA torch), WHEELS (default
 # ./wheels), GPU_RUN_LIMIT_S (default 480: the whole script's deadline, install included),
 # GPU_RUN_DEVICE (default cuda; cpu checks the script on a machine without a GPU),
+# GPU_RUN_WINDOW (default 1: seconds per timed window), GPU_RUN_TESTS (1: first run the test
+# suite's GPU cases, `pytest -m gpu`, for at most 150 s; their outcome does not stop the suites),
 # RADCLOUD_BENCH_HOST (the machine's name in the result files, default its host name).
 set -euo pipefail
 
@@ -84,10 +86,19 @@ if os.environ["GPU_RUN_DEVICE"] == "cuda" and not torch.cuda.is_available():
     sys.exit("torch sees no CUDA device: a CPU build of torch, or no driver")
 EOF
 
-# What is left of the deadline goes to the suites: serving ~2 min with 1-s windows, the
-# inference suite's measuring budget the rest less its set-up (models, studies, engines).
+if [ "${GPU_RUN_TESTS:-0}" = 1 ]; then
+    say "running the GPU test cases (pytest -m gpu)"
+    timeout -k 5 150 "$python" -m pytest -m gpu -p no:cacheprovider -q tests/serving/test_inference.py \
+        tests/training/test_pipeline.py tests/benchmarks/test_harness.py tests/models ||
+        say "GPU test cases: exit status $? (the suites still run)"
+fi
+
+# What is left of the deadline goes to the suites: serving ~80 s with 1-s windows on an H200
+# (100 s kept), the inference suite's measuring budget the rest less its set-up (models,
+# studies, engines: 60 s kept).
+window=${GPU_RUN_WINDOW:-1}
 left=$((limit - (SECONDS - started) - 15))
-budget=$((left - 120 - 90))
+budget=$((left - 100 - 60))
 if [ "$budget" -lt 60 ]; then
     say "only ${left}s left for the suites: not enough for a useful run"
     exit 1
@@ -96,7 +107,7 @@ say "running inference (measuring budget ${budget}s) and serving with --device $
 mkdir -p "$out_dir"
 status=0
 timeout -k 10 "$left" "$python" -m radcloud bench --suite inference --suite serving \
-    --device "$device" --window 1 --repeats 3 --budget "$budget" --out "$out_dir" || status=$?
+    --device "$device" --window "$window" --repeats 3 --budget "$budget" --out "$out_dir" || status=$?
 say "radcloud bench exited $status; files:"
 ls -l "$out_dir" | tail -n 8
 exit "$status"

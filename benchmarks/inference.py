@@ -59,6 +59,7 @@ from benchmarks._backends import (
     UnavailableError,
     cuda_available,
     open_backend,
+    unavailable_reason,
     wanted_backends,
 )
 from benchmarks._env import PeakMemory, percentiles, summarise
@@ -353,10 +354,17 @@ def run_inference(
     skipped_backends: dict[str, str] = {}
     backends: dict[str, dict[str, Any]] = {}
     models: dict[str, dict[str, Any]] = {}
-    wanted = wanted_backends(device)
+    wanted = []
+    for name in wanted_backends(device):
+        if reason := unavailable_reason(name):
+            skipped_backends[name] = reason
+            logger.warning("%s skipped: %s", name, reason)
+        else:
+            wanted.append(name)
     share_s = None
     if config.budget_s is not None:
-        share_s = config.budget_s / (2 * len(wanted) * len(MODES))  # two models
+        # shared by the backends this machine has: two models, each mode
+        share_s = config.budget_s / (2 * len(wanted) * len(MODES))
     with tempfile.TemporaryDirectory(prefix="radcloud-bench-models-") as scratch:
         registered = register_models(Path(scratch), slim=slim)
         for task, model in registered.items():

@@ -5,6 +5,11 @@ A :class:`ModelRunner` holds one registry version behind one backend:
 - ``onnx``: ONNX Runtime with the best execution provider present (TensorRT, CUDA, then CPU);
 - ``torch``: the torch network, on CUDA under automatic mixed precision when a GPU is there.
 
+Where CUDA is wanted and the installed ONNX Runtime is the CPU build (``onnxruntime`` rather
+than the ``gpu`` extra's ``onnxruntime-gpu``), an ``onnx`` runner runs the torch network on
+CUDA instead, with a warning: a GPU machine never serves on its CPU unasked
+(:func:`effective_backend`).
+
 It only computes: ``predict(batch) -> logits`` on arrays shaped as the card's input. Turning a
 DICOM series into that array (:func:`prepare`) and logits into a score, a critical flag and a
 mask on the source grid (:func:`interpret`) are separate functions, so the triage workers run
@@ -35,6 +40,7 @@ __all__ = [
     "ModelOutput",
     "ModelRunner",
     "Prepared",
+    "effective_backend",
     "interpret",
     "prepare",
 ]
@@ -49,6 +55,26 @@ class Backend(StrEnum):
     TORCH = "torch"
 
 
+_GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
+
+
+def effective_backend(
+    backend: Backend, want_cuda: bool, providers: list[str]
+) -> tuple[Backend, str | None]:
+    """The backend to run when ``backend`` is asked for, CUDA is (or is not) wanted and ONNX
+    Runtime offers ``providers``; with the reason when it differs.
+
+    ``onnx`` on CUDA needs a GPU execution provider; without one it becomes ``torch``, which
+    runs on CUDA, rather than ONNX Runtime on the CPU beside an idle GPU.
+    """
+    if backend is Backend.ONNX and want_cuda and not set(_GPU_PROVIDERS) & set(providers):
+        return Backend.TORCH, (
+            "this onnxruntime build has no CUDA or TensorRT provider (install radcloud's "
+            "'gpu' extra, onnxruntime-gpu): running the torch network on CUDA instead"
+        )
+    return backend, None
+
+
 class ModelRunner:
     """One registered model version behind one backend.
 
@@ -57,7 +83,8 @@ class ModelRunner:
     model
         The registry version to run.
     backend
-        ``onnx`` or ``torch``.
+        ``onnx`` or ``torch`` (``onnx`` on CUDA without a GPU provider runs ``torch``:
+        :func:`effective_backend`; :attr:`backend` is what runs).
     device
         ``auto`` (CUDA when present), ``cpu`` or ``cuda``.
     """
@@ -65,10 +92,12 @@ class ModelRunner:
     def __init__(self, model: RegisteredModel, backend: Backend | str, device: str = "auto"):
         self.model = model
         self.card = model.card
-        self.backend = Backend(backend)
         want_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
         if device == "cuda" and not torch.cuda.is_available():
             raise RuntimeError("device 'cuda' requested but torch sees no CUDA device")
+        self.backend, reason = effective_backend(Backend(backend), want_cuda, preferred_providers())
+        if reason:
+            logger.warning("%s: %s", model.name, reason)
         self._session: Any = None
         self._network: torch.nn.Module | None = None
         if self.backend is Backend.ONNX:

@@ -10,7 +10,7 @@ import pytest
 from imaging.synthetic import generate_study
 from imaging.volume import load_series
 from models.registry import ModelRegistry
-from serving.inference import ModelRunner, interpret, prepare
+from serving.inference import Backend, ModelRunner, effective_backend, interpret, prepare
 from serving.triage import SeriesData, select_series
 from tests.fixture_models import register_fixture_models
 from training.tasks import Task
@@ -34,6 +34,32 @@ def test_onnx_and_torch_backends_agree_and_check_the_input(registry: ModelRegist
     assert onnx.describe()["device"] == "cpu" and onnx.describe()["version"] == "1"
     with pytest.raises(ValueError, match="expected"):
         onnx.predict(batch[:, :, :64])
+
+
+def test_onnx_on_cuda_without_a_gpu_provider_runs_torch() -> None:
+    cpu_build = ["AzureExecutionProvider", "CPUExecutionProvider"]
+    backend, reason = effective_backend(Backend.ONNX, True, cpu_build)
+    assert backend is Backend.TORCH and reason and "onnxruntime-gpu" in reason
+    for gpu_build in (["CUDAExecutionProvider", *cpu_build], ["TensorrtExecutionProvider"]):
+        assert effective_backend(Backend.ONNX, True, gpu_build) == (Backend.ONNX, None)
+    assert effective_backend(Backend.ONNX, False, cpu_build) == (Backend.ONNX, None)
+    assert effective_backend(Backend.TORCH, True, cpu_build) == (Backend.TORCH, None)
+
+
+@pytest.mark.gpu
+def test_an_onnx_runner_on_cuda_uses_the_gpu(registry: ModelRegistry) -> None:
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    runner = ModelRunner.from_registry(registry, "head-ct-haemorrhage", backend="onnx")
+    assert runner.device == "cuda"
+    batch = np.random.default_rng(0).random((2, *runner.input_shape), dtype=np.float32)
+    reference = ModelRunner.from_registry(
+        registry, "head-ct-haemorrhage", backend="torch", device="cpu"
+    )
+    # float16 autocast (torch) or ONNX Runtime's CUDA kernels against float32 on the CPU
+    np.testing.assert_allclose(runner.predict(batch), reference.predict(batch), atol=5e-2)
 
 
 def test_head_ct_result_is_on_the_source_grid(registry: ModelRegistry) -> None:

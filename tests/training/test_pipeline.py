@@ -68,3 +68,27 @@ def test_folder_source_errors_name_the_problem(tmp_path: Path) -> None:
     (tmp_path / "labels.csv").write_text("study_instance_uid,patient_id,label\n1.2.3,P1,1\n")
     with pytest.raises(DataSourceError, match="does not exist"):
         read_labels_csv(tmp_path)
+
+
+@pytest.mark.gpu
+def test_tiny_run_on_cuda_with_mixed_precision(tmp_path: Path) -> None:
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    registry = ModelRegistry(tmp_path / "models")
+    torch.cuda.reset_peak_memory_stats()
+    report = train(
+        "head-ct",
+        "tiny",
+        home=tmp_path,
+        register=registry_callback(registry.root),
+        epochs=3,
+        studies=12,
+        gpu=True,
+    )
+    assert torch.cuda.max_memory_allocated() > 0  # the network and batches were on the GPU
+    model = registry.get(report.model_name)
+    loss = json.loads((model.path / "training_config.json").read_text())["history"]["train loss"]
+    assert all(math.isfinite(value) for value in loss), f"AMP produced a non-finite loss: {loss}"
+    assert report.metrics["test"]["lesion_dice"] is not None
+    assert model.onnx_path.is_file()  # exported from the GPU-trained weights
