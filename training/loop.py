@@ -174,7 +174,7 @@ def fit(
     optimiser = torch.optim.Adam(model.parameters(), lr=learning_rate)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=max(epochs, 1))
     scaler = torch.amp.GradScaler(enabled=device.type == "cuda")
-    loss_function = spec.loss()
+    loss_function = spec.loss().to(device)  # class weights are buffers: onto the device too
     history: dict[str, list[float]] = {"train loss": [], "validation AUC": []}
     if spec.segmentation:
         history["validation Dice"] = []

@@ -83,7 +83,7 @@ def test_tiny_run_on_cuda_with_mixed_precision(tmp_path: Path) -> None:
         home=tmp_path,
         register=registry_callback(registry.root),
         epochs=3,
-        studies=12,
+        studies=16,
         gpu=True,
     )
     assert torch.cuda.max_memory_allocated() > 0  # the network and batches were on the GPU
