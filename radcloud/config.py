@@ -18,7 +18,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -28,7 +28,15 @@ from pydantic_settings import (
 
 from radcloud.exceptions import ConfigError
 
-__all__ = ["DataPaths", "Mode", "OrthancIndex", "Settings", "load_settings", "url_host"]
+__all__ = [
+    "DataPaths",
+    "Mode",
+    "OrthancIndex",
+    "Settings",
+    "WindowPreset",
+    "load_settings",
+    "url_host",
+]
 
 ENV_PREFIX = "RADCLOUD_"
 CONFIG_FILE_ENV = "RADCLOUD_CONFIG_FILE"
@@ -87,6 +95,14 @@ def validate_ae_title(value: str) -> str:
             "no backslash, not only spaces"
         )
     return value
+
+
+class WindowPreset(BaseModel):
+    """A window/level preset of the viewer (Hounsfield units for CT)."""
+
+    name: str = Field(min_length=1, max_length=32)
+    window: float = Field(gt=0)
+    level: float
 
 
 class Settings(BaseSettings):
@@ -179,6 +195,21 @@ class Settings(BaseSettings):
     worklist_max_wait_routine_min: int = Field(480, ge=1)
     worklist_urgent_score_fraction: float = Field(0.6, gt=0, le=1)
     worklist_default_threshold: float = Field(0.5, gt=0, le=1)
+
+    # reading web app (serving/web, docs/reading-app.md): the site's name on reports and its
+    # window/level presets (JSON in the environment: [{"name": .., "window": .., "level": ..}]);
+    # the worklist page refreshes every viewer_refresh_seconds.
+    site_name: str = "radcloud"
+    viewer_presets: list[WindowPreset] = Field(
+        default_factory=lambda: [
+            WindowPreset(name="CT brain", window=80, level=40),
+            WindowPreset(name="Subdural", window=200, level=80),
+            WindowPreset(name="Stroke", window=40, level=40),
+            WindowPreset(name="Bone", window=2800, level=600),
+            WindowPreset(name="Lung", window=1500, level=-600),
+        ]
+    )
+    viewer_refresh_seconds: int = Field(10, ge=2, le=600)
 
     # notifications: critical findings POSTed to a webhook, signed, retried (serving.notify)
     notify_webhook_url: str | None = Field(None, pattern=r"^https?://\S+$")  # None: no webhook

@@ -52,7 +52,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -418,7 +418,7 @@ class Worklist:
         WorklistConflictError
             ``version`` is stale, or the study is not unread (``claimed_by`` says who has it).
         """
-        return self._transition(study_instance_uid, _Transition.CLAIM, user, version, False)
+        return self._transition(study_instance_uid, _Transition.CLAIM, user, version)
 
     def release(
         self, study_instance_uid: str, *, user: str, version: int, is_admin: bool = False
@@ -432,20 +432,49 @@ class Worklist:
         NotClaimantError
             ``user`` is neither the claimant nor an admin.
         """
-        return self._transition(study_instance_uid, _Transition.RELEASE, user, version, is_admin)
+        return self._transition(
+            study_instance_uid, _Transition.RELEASE, user, version, is_admin=is_admin
+        )
 
-    def report(self, study_instance_uid: str, *, user: str, version: int) -> ReadingState:
-        """``in_progress → reported``, by the claimant.
+    def report(
+        self,
+        study_instance_uid: str,
+        *,
+        user: str,
+        version: int,
+        also: Callable[[Session, Study], None] | None = None,
+    ) -> ReadingState:
+        """``in_progress → reported``, by the claimant; ``also`` writes what goes with it
+        (the signed report, its labels) in the same transaction.
 
         Raises
         ------
         StudyNotOnWorklistError, WorklistConflictError, NotClaimantError
             As for :meth:`release`.
         """
-        return self._transition(study_instance_uid, _Transition.REPORT, user, version, False)
+        return self._transition(study_instance_uid, _Transition.REPORT, user, version, also=also)
+
+    def state(self, study_instance_uid: str) -> ReadingState:
+        """The study's reading state now.
+
+        Raises
+        ------
+        StudyNotOnWorklistError
+            The study has no worklist item.
+        """
+        with self._db.session() as session:
+            item, study = self._load(session, study_instance_uid)
+            return _state(study_instance_uid, item, study)
 
     def _transition(
-        self, uid: str, transition: _Transition, user: str, version: int, is_admin: bool
+        self,
+        uid: str,
+        transition: _Transition,
+        user: str,
+        version: int,
+        *,
+        is_admin: bool = False,
+        also: Callable[[Session, Study], None] | None = None,
     ) -> ReadingState:
         try:
             with write_transaction(self._db, _LOCK_KEY) as session:
@@ -454,16 +483,10 @@ class Worklist:
                 _apply(
                     uid, item, transition, user=user, version=version, is_admin=is_admin, now=now
                 )
+                if also is not None:
+                    also(session, study)
                 session.flush()  # UPDATE ... WHERE version = <seen>: StaleDataError if it moved
-                return ReadingState(
-                    study_instance_uid=uid,
-                    patient_id=study.patient_id,
-                    status=item.status,
-                    claimed_by=item.claimed_by,
-                    claimed_at=item.claimed_at,
-                    reported_at=item.reported_at,
-                    version=item.version,
-                )
+                return _state(uid, item, study)
         except StaleDataError as exc:  # a writer outside this lock (the pipeline) changed it
             with self._db.session() as session:
                 current, _ = self._load(session, uid)
@@ -480,6 +503,18 @@ class Worklist:
             raise StudyNotOnWorklistError(uid)
         item, study = row
         return item, study
+
+
+def _state(uid: str, item: WorklistItem, study: Study) -> ReadingState:
+    return ReadingState(
+        study_instance_uid=uid,
+        patient_id=study.patient_id,
+        status=item.status,
+        claimed_by=item.claimed_by,
+        claimed_at=item.claimed_at,
+        reported_at=item.reported_at,
+        version=item.version,
+    )
 
 
 # -- listing -------------------------------------------------------------------------------------

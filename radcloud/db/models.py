@@ -45,6 +45,7 @@ __all__ = [
     "MoveDestination",
     "OutboxEvent",
     "ReadingStatus",
+    "Report",
     "Role",
     "Sender",
     "Study",
@@ -277,6 +278,22 @@ class Label(Base):
     inference_result_id: Mapped[int | None] = mapped_column(ForeignKey("inference_results.id"))
     author: Mapped[str] = mapped_column(String(128))
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class Report(Base):
+    """A radiologist's signed report of a study (its DICOM SR is in Orthanc)."""
+
+    __tablename__ = "reports"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
+    author: Mapped[str] = mapped_column(String(128))
+    text: Mapped[str] = mapped_column(Text)
+    decisions: Mapped[list[Any]] = mapped_column(JSON, default=list)  # per AI finding
+    added: Mapped[list[Any]] = mapped_column(JSON, default=list)  # findings the AI missed
+    sr_sop_instance_uid: Mapped[str] = mapped_column(UID)
+    sr_series_instance_uid: Mapped[str] = mapped_column(UID)
+    signed_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
 
 class User(Base):

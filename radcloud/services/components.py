@@ -30,12 +30,13 @@ def settings_env(settings: Settings) -> dict[str, str]:
     reads those from the environment or the TOML file as the parent did.
     """
     env: dict[str, str] = {}
+    dumped = settings.model_dump(mode="json")  # nested models (viewer presets) as plain data
     for name, info in type(settings).model_fields.items():
         value = getattr(settings, name)
         if value is None or not info.repr:
             continue
         env[f"{ENV_PREFIX}{name.upper()}"] = (
-            json.dumps(value) if isinstance(value, dict | list) else str(value)
+            json.dumps(dumped[name]) if isinstance(value, dict | list) else str(value)
         )
     env[f"{ENV_PREFIX}HOME"] = str(settings.home.absolute())
     return env

@@ -27,6 +27,7 @@ from serving.api.routes import (
     health,
     infer,
     metrics,
+    reading,
     studies,
     worklist,
 )
@@ -78,6 +79,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(metrics.router)
     app.include_router(worklist.router)
     app.include_router(studies.router)
+    app.include_router(reading.router)
     app.include_router(infer.router)
 
     @app.get("/api/openapi.json", tags=["health"])

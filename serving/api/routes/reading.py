@@ -1,0 +1,236 @@
+"""The reading web app's API: viewer settings, a study opened for reading, AI masks, signing.
+
+Contract: ``docs/reading-app.md``; logic: :mod:`serving.reading`. Roles ``radiologist`` and
+``admin`` read; only a ``radiologist`` signs. Every study opened, mask read and report signed
+(or refused) is an audit event (110110 Patient Record: R, R, C).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Annotated, Any, Literal
+
+import httpx
+from fastapi import APIRouter, Depends, Path, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+
+from radcloud.audit import AuditAction, AuditEventCode, AuditOutcome
+from radcloud.config import WindowPreset
+from radcloud.db.models import ReadingStatus, Role
+from radcloud.security import Principal
+from serving.api.security import audit_request, context, require_roles
+from serving.reading import AddedFinding, Decision, ReadingService, SignError
+from serving.worklist import NotClaimantError, WorklistConflictError
+
+__all__ = ["router"]
+
+router = APIRouter(tags=["reading"])
+Reader = Annotated[Principal, Depends(require_roles(Role.RADIOLOGIST, Role.ADMIN))]
+Radiologist = Annotated[Principal, Depends(require_roles(Role.RADIOLOGIST))]
+StudyUid = Annotated[str, Path(pattern=r"^[0-9.]{1,64}$", description="StudyInstanceUID")]
+
+
+class ViewerConfig(BaseModel):
+    """The site's name, window/level presets and worklist refresh interval."""
+
+    site: str
+    presets: list[WindowPreset]
+    refresh_seconds: int
+
+
+class DecisionIn(BaseModel):
+    """The radiologist's decision on one AI finding."""
+
+    result_id: int
+    decision: Literal["confirmed", "rejected"]
+
+
+class RegionIn(BaseModel):
+    """A rectangle in image pixel coordinates."""
+
+    x: float = Field(ge=0)
+    y: float = Field(ge=0)
+    width: float = Field(gt=0)
+    height: float = Field(gt=0)
+
+
+class AddedIn(BaseModel):
+    """A finding the AI missed, on one image."""
+
+    label: str = Field(min_length=1, max_length=128)
+    series_instance_uid: str = Field(pattern=r"^[0-9.]{1,64}$")
+    sop_instance_uid: str = Field(pattern=r"^[0-9.]{1,64}$")
+    region: RegionIn | None = None
+
+
+class SignIn(BaseModel):
+    """A report to sign: the worklist version last seen, the text, a decision per AI finding,
+    and findings the AI missed."""
+
+    version: int = Field(ge=1)
+    text: str = Field(max_length=20_000)
+    decisions: list[DecisionIn] = Field(default_factory=list)
+    added: list[AddedIn] = Field(default_factory=list, max_length=100)
+
+
+class SignOut(BaseModel):
+    """What signing stored."""
+
+    study_instance_uid: str
+    status: ReadingStatus
+    version: int
+    sr_sop_instance_uid: str
+    sr_series_instance_uid: str
+    labels: int
+
+
+def _service(request: Request) -> ReadingService:
+    ctx = context(request)
+    return ReadingService(ctx.db, ctx.orthanc, ctx.settings.site_name)
+
+
+def _orthanc_down(exc: httpx.HTTPError) -> JSONResponse:
+    return JSONResponse(
+        {"error": "unavailable", "detail": f"Orthanc could not be reached or failed: {exc}"}, 503
+    )
+
+
+def _audit(
+    request: Request,
+    caller: Principal,
+    uid: str,
+    action: AuditAction,
+    what: str,
+    *,
+    outcome: AuditOutcome = AuditOutcome.SUCCESS,
+    **detail: Any,
+) -> None:
+    audit_request(
+        request,
+        AuditEventCode.PATIENT_RECORD,
+        principal=caller,
+        action=action,
+        outcome=outcome,
+        resource_type="study",
+        resource_id=uid,
+        patient_id=detail.pop("patient_id", None),
+        detail={"what": what, **detail},
+    )
+
+
+@router.get("/api/viewer/config")
+def viewer_config(request: Request, _reader: Reader) -> ViewerConfig:
+    """The viewer's window/level presets (per site: ``RADCLOUD_VIEWER_PRESETS``)."""
+    settings = context(request).settings
+    return ViewerConfig(
+        site=settings.site_name,
+        presets=settings.viewer_presets,
+        refresh_seconds=settings.viewer_refresh_seconds,
+    )
+
+
+@router.get("/api/studies/{study_uid}/viewer")
+def open_study(request: Request, reader: Reader, study_uid: StudyUid) -> Any:
+    """Everything the viewer needs to open a study: series and instances in display order,
+    AI findings (not verified until signed), the reading state and the signed report."""
+    try:
+        manifest = _service(request).manifest(study_uid)
+    except httpx.HTTPError as exc:
+        return _orthanc_down(exc)
+    body = dataclasses.asdict(manifest)
+    body["can_sign"] = Role.RADIOLOGIST in reader.roles
+    _audit(
+        request,
+        reader,
+        study_uid,
+        AuditAction.READ,
+        "study opened for reading",
+        patient_id=manifest.patient_id,
+        series=len(manifest.series),
+        findings=len(manifest.findings),
+    )
+    return body
+
+
+@router.get("/api/studies/{study_uid}/findings/{result_id}/mask")
+def finding_mask(request: Request, reader: Reader, study_uid: StudyUid, result_id: int) -> Any:
+    """An AI finding's segmentation, bit-packed per source image (for the viewer's overlay)."""
+    try:
+        mask = _service(request).mask(study_uid, result_id)
+    except httpx.HTTPError as exc:
+        return _orthanc_down(exc)
+    _audit(
+        request,
+        reader,
+        study_uid,
+        AuditAction.READ,
+        "AI segmentation",
+        result_id=result_id,
+        frames=len(mask.frames),
+    )
+    return dataclasses.asdict(mask)
+
+
+@router.post("/api/studies/{study_uid}/sign", response_model=SignOut)
+def sign(
+    request: Request, radiologist: Radiologist, study_uid: StudyUid, body: SignIn
+) -> SignOut | JSONResponse:
+    """Sign the report: a verified DICOM SR in Orthanc, the study ``reported``, the labels
+    training uses. 422: text empty, a decision missing or unknown; 409: the study is not the
+    caller's in progress, or ``version`` is stale."""
+    decisions = [Decision(d.result_id, d.decision) for d in body.decisions]
+    added = [
+        AddedFinding(
+            a.label,
+            a.series_instance_uid,
+            a.sop_instance_uid,
+            a.region.model_dump() if a.region else {},
+        )
+        for a in body.added
+    ]
+    try:
+        outcome = _service(request).sign(
+            study_uid,
+            author=radiologist.name,
+            version=body.version,
+            text=body.text,
+            decisions=decisions,
+            added=added,
+        )
+    except (SignError, WorklistConflictError, NotClaimantError, httpx.HTTPError) as exc:
+        _audit(
+            request,
+            radiologist,
+            study_uid,
+            AuditAction.CREATE,
+            "report signing refused",
+            outcome=AuditOutcome.MINOR_FAILURE,
+            reason=str(exc),
+        )
+        if isinstance(exc, SignError):
+            return JSONResponse({"error": "invalid_report", "detail": str(exc)}, 422)
+        if isinstance(exc, httpx.HTTPError):
+            return _orthanc_down(exc)
+        held: dict[str, Any] = {"claimed_by": exc.claimed_by}
+        if isinstance(exc, WorklistConflictError):
+            held |= {"status": exc.status, "version": exc.version}
+        return JSONResponse({"error": "conflict", "detail": str(exc), **held}, 409)
+    _audit(
+        request,
+        radiologist,
+        study_uid,
+        AuditAction.CREATE,
+        "report signed",
+        patient_id=outcome.state.patient_id,
+        sr_sop_instance_uid=outcome.sr_sop_instance_uid,
+        labels=outcome.labels,
+    )
+    return SignOut(
+        study_instance_uid=study_uid,
+        status=outcome.state.status,
+        version=outcome.state.version,
+        sr_sop_instance_uid=outcome.sr_sop_instance_uid,
+        sr_series_instance_uid=outcome.sr_series_instance_uid,
+        labels=outcome.labels,
+    )

@@ -1,0 +1,191 @@
+"""The reading app's API against a real stack: a SYNTHETIC head CT through the gateway and the
+slim fixture models (every head CT critical, with a SEG), then the viewer manifest, the mask,
+refusals, and signing (SR in Orthanc, labels, reported, audit)."""
+
+from __future__ import annotations
+
+import base64
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pydicom
+import pytest
+from sqlalchemy import select
+
+from imaging.synthetic import generate_study
+from radcloud.db.models import AuditEvent, Label, Report, Study
+from tests.conftest import Stack
+from tests.serving.test_triage_e2e import SENDER, push, results
+from training._labels import TASK_FINDINGS, study_label
+from training.tasks import Task
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def head_ct(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """A SYNTHETIC head CT sent through the gateway and triaged (critical, with a SEG)."""
+    if SENDER not in stack.cli("senders", "list").stdout:
+        stack.cli("senders", "add", SENDER, "--hospital", "Triage Hospital")
+    study = generate_study("head-ct", 0, seed=77, positive=True)
+    push(stack, tmp_path_factory.mktemp("reading"), study.datasets)
+    (row,) = results(stack, study.study_instance_uid)
+    assert row["critical"] and row["findings"].get("seg_series_instance_uid")
+    return study
+
+
+def test_viewer_config_has_the_presets(stack: Stack) -> None:
+    with stack.client("radiologist") as client:
+        config = client.get("/api/viewer/config").json()
+    names = [p["name"] for p in config["presets"]]
+    assert names[:2] == ["CT brain", "Subdural"] and config["refresh_seconds"] >= 2
+    assert {"name": "Lung", "window": 1500.0, "level": -600.0} in config["presets"]
+
+
+def test_manifest_lists_series_in_slice_order_and_the_ai_finding(
+    stack: Stack, head_ct: Any
+) -> None:
+    uid = head_ct.study_instance_uid
+    with stack.client("radiologist") as client:
+        manifest = client.get(f"/api/studies/{uid}/viewer").json()
+    assert manifest["can_sign"] is True and manifest["reading"]["status"] == "unread"
+    (series,) = manifest["series"]  # SEG and SR are not image series
+    by_uid = {str(d.SOPInstanceUID): d for d in head_ct.datasets}
+    assert {i["sop_instance_uid"] for i in series["instances"]} == set(by_uid)
+    z = [float(by_uid[i["sop_instance_uid"]].ImagePositionPatient[2]) for i in series["instances"]]
+    assert z == sorted(z)  # axial: along the normal is along z
+    (finding,) = manifest["findings"]
+    assert finding["label"] == "Hemorrhage" and finding["critical"] is True
+    assert finding["verified"] is False and finding["model_name"] == "head-ct-haemorrhage"
+    assert finding["series_instance_uid"] == series["series_instance_uid"]
+    assert finding["slices"] and max(finding["slices"]) < len(series["instances"])
+    assert manifest["report"] is None
+
+
+def test_mask_frames_are_on_the_finding_slices(stack: Stack, head_ct: Any) -> None:
+    uid = head_ct.study_instance_uid
+    with stack.client("radiologist") as client:
+        (finding,) = client.get(f"/api/studies/{uid}/viewer").json()["findings"]
+        mask = client.get(f"/api/studies/{uid}/findings/{finding['result_id']}/mask").json()
+        missing = client.get(f"/api/studies/{uid}/findings/999999/mask")
+    assert [f["index"] for f in mask["frames"]] == finding["slices"]
+    rows, columns = mask["rows"], mask["columns"]
+    for frame in mask["frames"]:
+        bits = np.unpackbits(np.frombuffer(base64.b64decode(frame["bits"]), np.uint8))
+        assert bits[: rows * columns].reshape(rows, columns).any()
+    assert missing.status_code == 404
+
+
+def test_other_roles_see_nothing_of_the_study(stack: Stack, head_ct: Any) -> None:
+    uid = head_ct.study_instance_uid
+    for role in ("ml_engineer", "peer_hospital", "pacs"):
+        with stack.client(role) as client:
+            answer = client.get(f"/api/studies/{uid}/viewer")
+            assert answer.status_code == 403, role
+            assert head_ct.datasets[0].PatientName.family_name not in answer.text
+    with stack.client() as anonymous:
+        assert anonymous.get(f"/api/studies/{uid}/viewer").status_code == 401
+    with stack.client("admin") as admin:
+        manifest = admin.get(f"/api/studies/{uid}/viewer").json()
+        assert manifest["can_sign"] is False
+        refused = admin.post(f"/api/studies/{uid}/sign", json={"version": 1, "text": "x"})
+        assert refused.status_code == 403
+
+
+def test_signing_stores_an_sr_labels_and_reports_the_study(
+    stack: Stack, head_ct: Any, tmp_path: Path
+) -> None:
+    uid = head_ct.study_instance_uid
+    with stack.client("radiologist") as client:
+        manifest = client.get(f"/api/studies/{uid}/viewer").json()
+        (finding,) = manifest["findings"]
+        series = manifest["series"][0]
+        added = {
+            "label": "Skull fracture",
+            "series_instance_uid": series["series_instance_uid"],
+            "sop_instance_uid": series["instances"][3]["sop_instance_uid"],
+            "region": {"x": 10, "y": 12, "width": 20, "height": 8},
+        }
+        decision = {"result_id": finding["result_id"], "decision": "confirmed"}
+        version = manifest["reading"]["version"]
+        body = {"version": version, "text": "Acute haemorrhage.", "decisions": [decision]}
+
+        unclaimed = client.post(f"/api/studies/{uid}/sign", json=body)
+        assert unclaimed.status_code == 409 and unclaimed.json()["status"] == "unread"
+        claimed = client.post(f"/api/worklist/{uid}/claim", json={"version": version}).json()
+        body["version"] = claimed["version"]
+        no_decision = client.post(f"/api/studies/{uid}/sign", json=body | {"decisions": []})
+        assert no_decision.status_code == 422 and "decision" in no_decision.json()["detail"]
+        no_text = client.post(f"/api/studies/{uid}/sign", json=body | {"text": "  "})
+        assert no_text.status_code == 422
+        stale = client.post(f"/api/studies/{uid}/sign", json=body | {"version": 1})
+        assert stale.status_code == 409
+
+        signed = client.post(f"/api/studies/{uid}/sign", json=body | {"added": [added]})
+        assert signed.status_code == 200, signed.text
+        outcome = signed.json()
+        assert outcome["status"] == "reported" and outcome["labels"] == 2
+        again = client.get(f"/api/studies/{uid}/viewer").json()
+    assert again["reading"]["status"] == "reported"
+    assert again["report"]["signed_by"] == "test-radiologist"
+    assert again["findings"][0]["verified"] is True
+
+    with stack.orthanc() as orthanc:
+        found = orthanc.post("/tools/lookup", content=outcome["sr_sop_instance_uid"]).json()
+        (instance,) = [f["ID"] for f in found if f["Type"] == "Instance"]
+        sr = pydicom.dcmread(
+            pydicom.filebase.DicomBytesIO(orthanc.get(f"/instances/{instance}/file").content)
+        )
+    assert sr.StudyInstanceUID == uid and sr.VerificationFlag == "VERIFIED"
+    assert (
+        sr.CompletionFlag == "COMPLETE"
+        and sr.VerifyingObserverSequence[0].VerifyingObserverName == "test-radiologist^"
+    )
+    text = " | ".join(_texts(sr))
+    assert "Acute haemorrhage." in text and "Skull fracture" in text
+    assert "confirmed by the radiologist" in text
+    # dcmtk's SR reader, independent of highdicom, accepts and renders the document
+    path = tmp_path / "report.dcm"
+    sr.save_as(path)
+    dumped = subprocess.run(["dsrdump", str(path)], capture_output=True, text=True, check=False)
+    assert dumped.returncode == 0, dumped.stderr
+    assert "Acute haemorrhage." in dumped.stdout and "Verifying Observer" in dumped.stdout
+
+    with stack.database().session() as session:
+        study_id = session.scalar(select(Study.id).where(Study.study_instance_uid == uid))
+        labels = session.scalars(select(Label).where(Label.study_id == study_id)).all()
+        reports = session.scalars(select(Report).where(Report.study_id == study_id)).all()
+        events = session.scalars(select(AuditEvent).where(AuditEvent.resource_id == uid)).all()
+        by_finding = {label.finding: label for label in labels}
+        assert by_finding["Hemorrhage"].present is True
+        assert by_finding["Hemorrhage"].region == {
+            "seg_series_instance_uid": finding["seg_series_instance_uid"]
+        }
+        assert by_finding["Skull fracture"].region["width"] == 20
+        assert all(label.author == "test-radiologist" for label in labels)
+        assert (
+            len(reports) == 1 and reports[0].sr_sop_instance_uid == outcome["sr_sop_instance_uid"]
+        )
+        whats = [e.detail.get("what") for e in events]
+    assert "study opened for reading" in whats and "report signed" in whats
+    assert "report signing refused" in whats
+
+
+def _texts(item: Any) -> list[str]:
+    """Every TEXT value of an SR's content tree."""
+    found = [str(item.TextValue)] if "TextValue" in item else []
+    for child in item.get("ContentSequence") or []:
+        found += _texts(child)
+    return found
+
+
+def test_training_reads_the_signed_labels(stack: Stack, head_ct: Any) -> None:
+    """The confirmed finding is a positive with its SEG as the mask for the head-CT task."""
+    uid = head_ct.study_instance_uid
+    with stack.database().session() as session:
+        study_id = session.scalar(select(Study.id).where(Study.study_instance_uid == uid))
+        labels = session.scalars(select(Label).where(Label.study_id == study_id)).all()
+        label = study_label(labels, TASK_FINDINGS[Task.HEAD_CT])
+    assert label.label == 1 and label.regions
