@@ -1,6 +1,6 @@
 """The benchmark harness: run suites, write one report (JSON, markdown, PNG plots).
 
-``radcloud bench [--suite inference|serving|ingest|e2e|worklist|all] [--device cpu|cuda|auto]
+``radcloud bench [--suite inference|serving|ingest|e2e|worklist|viewer|all] [--device cpu|cuda|auto]
 [--quick] [--out DIR]`` (``make bench``) calls :func:`run_bench`, which writes
 
 - ``<out>/<date>-<host>-<device>.json``: every suite's raw samples and summary, the machine
@@ -36,7 +36,7 @@ __all__ = ["SCHEMA", "SUITES", "BenchError", "Timing", "resolve_device", "run_be
 logger = logging.getLogger(__name__)
 
 SCHEMA = "radcloud-bench/1"
-SUITES = ("inference", "serving", "ingest", "e2e", "worklist")
+SUITES = ("inference", "serving", "ingest", "e2e", "worklist", "viewer")
 
 
 class BenchError(Exception):
@@ -151,6 +151,14 @@ def _worklist(quick: bool, stem: Path) -> Any:
     }
 
 
+def _viewer(quick: bool) -> Any:
+    from benchmarks.viewer import CHROMIUM, QUICK, run_viewer
+
+    if not CHROMIUM.is_file():
+        raise SuiteSkippedError(f"{CHROMIUM} is missing: `make install` installs Debian's chromium")
+    return run_viewer(**QUICK) if quick else run_viewer()
+
+
 def _failure(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
@@ -211,6 +219,7 @@ def run_bench(
         "ingest": lambda: _ingest(quick),
         "e2e": lambda: _e2e(quick),
         "worklist": lambda: _worklist(quick, stem),
+        "viewer": lambda: _viewer(quick),
     }
     if threads:
         import torch

@@ -21,6 +21,7 @@ class Suite(StrEnum):
     INGEST = "ingest"
     E2E = "e2e"
     WORKLIST = "worklist"
+    VIEWER = "viewer"
     ALL = "all"
 
 
@@ -83,8 +84,8 @@ def bench(
         ),
     ] = None,
 ) -> None:
-    """Measure inference (GPU vs CPU), serving efficiency, ingest, time to triage and worklist
-    waits; write <date>-<host>-<device>.json, .md and PNG plots."""
+    """Measure inference (GPU vs CPU), serving efficiency, ingest, time to triage, worklist
+    waits and the viewer's first image; write <date>-<host>-<device>.json, .md and PNG plots."""
     from benchmarks.harness import BenchError, Timing, run_bench
 
     setup_logging("WARNING")

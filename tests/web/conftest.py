@@ -1,0 +1,182 @@
+"""Fixtures of the reading web app's browser tests: a reading room on the session stack and
+Debian's chromium driven by Playwright.
+
+``reading_room`` sends SYNTHETIC studies through the real gateway with dcmtk's storescu (two
+head CTs, critical under the fixture models and so with a SEG finding each, and one chest
+radiograph without findings), waits until their AI results are final, and creates a radiologist
+and an ML engineer who sign in with passwords. ``browser`` launches ``/usr/bin/chromium``
+headless. Both fail, never skip, when what they need is missing: the app must be built and
+chromium installed wherever ``make install`` ran.
+
+Each test gets a fresh browser context (``page``); when a test fails, a screenshot of its page
+and the browser's console are saved to ``test-artifacts/web/``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from playwright.sync_api import Browser, Page, expect, sync_playwright
+
+from benchmarks.viewer import CHROMIUM, launch_chromium
+from dicom_gateway.dcmtk import storescu
+from dicom_gateway.senders import SenderRegistry
+from imaging.synthetic import SyntheticStudy, generate_study
+from radcloud.db.models import Role
+from radcloud.exceptions import AlreadyExistsError
+from radcloud.security import Accounts
+from tests.conftest import Stack
+from tests.serving.test_triage_e2e import results
+from tests.web.pages import ARTIFACT_DIR
+
+SENDER = "WEBREAD1"
+HOSPITAL = "Reading Room Hospital"
+PASSWORD = "reading-room-password-1"
+RADIOLOGIST = "dr-reader"
+OUTSIDER = "ml-outsider"
+
+expect.set_options(timeout=20_000)  # a 2-core machine builds Cornerstone's first frame slowly
+
+
+@dataclass(frozen=True)
+class ReadingRoom:
+    """The session stack with the studies sent, their AI results and the web users."""
+
+    stack: Stack
+    head_cts: tuple[SyntheticStudy, SyntheticStudy]  # critical, each with a SEG finding
+    radiograph: SyntheticStudy  # no finding
+    results: dict[str, list[dict[str, Any]]]  # StudyInstanceUID -> the study's final results
+
+    @property
+    def base_url(self) -> str:
+        """The API's origin, which serves the app at ``/app/``."""
+        return str(self.stack.settings.api_url).rstrip("/")
+
+    @property
+    def studies(self) -> tuple[SyntheticStudy, ...]:
+        """Every study this room sent."""
+        return (*self.head_cts, self.radiograph)
+
+    def token(self, name: str) -> str:
+        """A bearer token of ``name``, from the password sign-in the app uses."""
+        with self.stack.client() as client:
+            answer = client.post("/api/auth/token", data={"username": name, "password": PASSWORD})
+        assert answer.status_code == 200, answer.text
+        return str(answer.json()["access_token"])
+
+    def api(self, name: str, method: str, path: str, **kwargs: Any) -> Any:
+        """``name``'s JSON answer to ``method path`` (asserting a 2xx status)."""
+        with self.stack.client() as client:
+            client.headers["Authorization"] = f"Bearer {self.token(name)}"
+            answer = client.request(method, path, **kwargs)
+        assert answer.is_success, f"{method} {path}: {answer.status_code} {answer.text[:500]}"
+        return answer.json()
+
+
+def _send(stack: Stack, study: SyntheticStudy, directory: Path) -> None:
+    directory.mkdir(parents=True)
+    paths = []
+    for number, dataset in enumerate(study.datasets):
+        paths.append(directory / f"{number:04d}.dcm")
+        dataset.save_as(paths[-1], enforce_file_format=True)
+    report = storescu(
+        paths,
+        host="127.0.0.1",
+        port=stack.settings.gateway_port,
+        calling_ae=SENDER,
+        called_ae=stack.settings.gateway_ae_title,
+    )
+    assert len(report.stored) == len(paths), report.output[-2000:]
+
+
+def _add_accounts(stack: Stack) -> None:
+    db = stack.database()
+    try:
+        registry = SenderRegistry(db)
+        if all(sender.ae_title != SENDER for sender in registry.list_senders()):
+            registry.add_sender(SENDER, HOSPITAL)
+        accounts = Accounts(db)
+        for name, role in ((RADIOLOGIST, Role.RADIOLOGIST), (OUTSIDER, Role.ML_ENGINEER)):
+            with contextlib.suppress(AlreadyExistsError):  # from another module's room
+                accounts.add_user(name, role, PASSWORD)
+    finally:
+        db.dispose()
+
+
+@pytest.fixture(scope="module")
+def reading_room(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> ReadingRoom:
+    """Two critical head CTs and a radiograph triaged on the session stack, and the users."""
+    with stack.client() as client:
+        app = client.get("/app/")
+    if app.status_code != 200 or "html" not in app.headers.get("content-type", ""):
+        pytest.fail(f"the web app is not served at /app/ ({app.status_code}: {app.text[:200]})")
+    _add_accounts(stack)
+    folder = tmp_path_factory.mktemp("reading-room")
+    head_cts = (
+        generate_study("head-ct", 0, seed=707, positive=True),
+        generate_study("head-ct", 1, seed=707, positive=True),
+    )
+    radiograph = generate_study("chest-xr", 2, seed=707, positive=False)
+    for study in (*head_cts, radiograph):
+        _send(stack, study, folder / study.study_instance_uid)
+    final = {
+        study.study_instance_uid: results(stack, study.study_instance_uid) for study in head_cts
+    }
+    final[radiograph.study_instance_uid] = results(stack, radiograph.study_instance_uid)
+    for study in head_cts:
+        (row,) = final[study.study_instance_uid]
+        assert row["status"] == "succeeded" and row["critical"], row
+        assert row["findings"].get("seg_sop_instance_uid"), row["findings"]
+    (chest,) = final[radiograph.study_instance_uid]
+    assert chest["status"] == "succeeded" and not chest["critical"], chest
+    return ReadingRoom(stack, head_cts, radiograph, final)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    """Debian's chromium, headless, driven by Playwright."""
+    if not CHROMIUM.is_file():
+        pytest.fail(f"{CHROMIUM} is missing: `make install` installs Debian's chromium")
+    with sync_playwright() as playwright:
+        launched = launch_chromium(playwright)
+        try:
+            yield launched
+        finally:
+            launched.close()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    """Keep each phase's report on the test, so ``page`` knows whether the test failed."""
+    report = yield
+    setattr(item, f"report_{report.when}", report)
+    return report
+
+
+@pytest.fixture
+def page(
+    browser: Browser, reading_room: ReadingRoom, request: pytest.FixtureRequest
+) -> Iterator[Page]:
+    """A page in a fresh browser context on the app's origin (no token, empty cache)."""
+    context = browser.new_context(
+        base_url=reading_room.base_url, viewport={"width": 1440, "height": 900}
+    )
+    opened = context.new_page()
+    console: list[str] = []
+    opened.on("console", lambda message: console.append(f"{message.type}: {message.text}"))
+    opened.on("pageerror", lambda error: console.append(f"pageerror: {error}"))
+    try:
+        yield opened
+    finally:
+        report = getattr(request.node, "report_call", None)
+        if report is not None and report.failed:
+            ARTIFACT_DIR.mkdir(parents=True, exist_ok=True)
+            stem = ARTIFACT_DIR / f"failed-{request.node.name}"
+            opened.screenshot(path=stem.with_suffix(".png"), full_page=True)
+            stem.with_suffix(".log").write_text(f"{opened.url}\n" + "\n".join(console) + "\n")
+        context.close()
