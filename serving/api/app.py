@@ -29,6 +29,7 @@ from serving.api.routes import (
     metrics,
     reading,
     studies,
+    web,
     worklist,
 )
 from serving.api.security import require_roles
@@ -81,6 +82,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(studies.router)
     app.include_router(reading.router)
     app.include_router(infer.router)
+    app.include_router(web.router)
 
     @app.get("/api/openapi.json", tags=["health"])
     def openapi(_caller: Annotated[Principal, Depends(require_roles())]) -> dict[str, Any]:

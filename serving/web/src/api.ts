@@ -1,0 +1,335 @@
+// The radcloud API as the web app uses it (docs/reading-app.md): typed payloads and one fetch
+// wrapper that adds the bearer token and turns every failure into an ApiError a page can show.
+
+import { getToken } from './auth';
+
+// -- payloads ------------------------------------------------------------------------------------
+
+export type ReadingStatus = 'unread' | 'in_progress' | 'reported';
+export type Decision = 'confirmed' | 'rejected';
+
+export interface Me {
+  name: string;
+  roles: string[];
+  method: string;
+}
+
+export interface TokenAnswer {
+  access_token: string;
+  token_type: string;
+  expires_in: number;
+}
+
+export interface WorklistRow {
+  study_instance_uid: string;
+  patient_id: string | null;
+  patient_name: string | null;
+  accession_number: string | null;
+  study_description: string | null;
+  study_date: string | null;
+  modalities: string | null;
+  hospital: string | null;
+  ready_at: string | null;
+  waiting_minutes: number | null;
+  due_at: string | null;
+  priority_class: string;
+  ai_score: number | null;
+  ai_status: string;
+  critical: boolean;
+  status: ReadingStatus;
+  claimed_by: string | null;
+  version: number;
+}
+
+export interface WorklistPage {
+  items: WorklistRow[];
+  total: number;
+  limit: number;
+  offset: number;
+}
+
+export interface WorklistFilters {
+  statuses: ReadingStatus[];
+  modality: string;
+  q: string;
+}
+
+export interface ReadingState {
+  study_instance_uid: string;
+  status: ReadingStatus;
+  claimed_by: string | null;
+  version: number;
+}
+
+export interface WindowPreset {
+  name: string;
+  window: number;
+  level: number;
+}
+
+export interface ViewerConfig {
+  site: string;
+  presets: WindowPreset[];
+  refresh_seconds: number;
+}
+
+export interface ManifestInstance {
+  sop_instance_uid: string;
+  instance_number: number | null;
+}
+
+export interface ManifestSeries {
+  series_instance_uid: string;
+  modality: string | null;
+  series_description: string | null;
+  series_number: number | null;
+  instances: ManifestInstance[];
+}
+
+export interface Finding {
+  result_id: number;
+  model_name: string;
+  model_version: string;
+  label: string;
+  score: number | null;
+  critical: boolean;
+  threshold: number | null;
+  series_instance_uid: string;
+  seg_series_instance_uid: string | null;
+  slices: number[];
+  verified: boolean;
+}
+
+export interface Region {
+  x: number;
+  y: number;
+  width: number;
+  height: number;
+}
+
+export interface AddedFinding {
+  label: string;
+  series_instance_uid: string;
+  sop_instance_uid: string;
+  region: Region;
+}
+
+export interface SignedReport {
+  signed_by: string;
+  signed_at: string;
+  text: string;
+  sr_sop_instance_uid: string | null;
+  decisions: { result_id: number; decision: Decision }[];
+  added: AddedFinding[];
+}
+
+export interface ViewerManifest {
+  study_instance_uid: string;
+  patient_name: string | null;
+  patient_id: string | null;
+  accession_number: string | null;
+  study_description: string | null;
+  study_date: string | null;
+  modalities: string | null;
+  hospital: string | null;
+  reading: { status: ReadingStatus; claimed_by: string | null; version: number };
+  can_sign: boolean;
+  series: ManifestSeries[];
+  findings: Finding[];
+  report: SignedReport | null;
+}
+
+export interface MaskFrame {
+  index: number;
+  sop_instance_uid: string;
+  bits: string;
+}
+
+export interface FindingMask {
+  series_instance_uid: string;
+  rows: number;
+  columns: number;
+  frames: MaskFrame[];
+}
+
+export interface SignRequest {
+  version: number;
+  text: string;
+  decisions: { result_id: number; decision: Decision }[];
+  added: AddedFinding[];
+}
+
+export interface SignAnswer {
+  study_instance_uid: string;
+  status: ReadingStatus;
+  version: number;
+  sr_sop_instance_uid: string;
+  sr_series_instance_uid: string;
+  labels: number;
+}
+
+/** A DICOM JSON dataset (PS3.18 F.2): tag -> {vr, Value}. */
+export type DicomJson = Record<string, { vr: string; Value?: unknown[] }>;
+
+// -- errors --------------------------------------------------------------------------------------
+
+/** A failed call: `status` 0 when the server could not be reached; `body` the JSON answer. */
+export class ApiError extends Error {
+  readonly status: number;
+  readonly body: Record<string, unknown> | null;
+
+  constructor(status: number, message: string, body: Record<string, unknown> | null = null) {
+    super(message);
+    this.name = 'ApiError';
+    this.status = status;
+    this.body = body;
+  }
+
+  get unauthorized(): boolean {
+    return this.status === 401;
+  }
+
+  get forbidden(): boolean {
+    return this.status === 403;
+  }
+
+  get conflict(): boolean {
+    return this.status === 409;
+  }
+}
+
+function describe(status: number, body: Record<string, unknown> | null, fallback: string): string {
+  const detail = body?.detail;
+  let text = fallback;
+  if (typeof detail === 'string') {
+    text = detail;
+  } else if (Array.isArray(detail)) {
+    // FastAPI validation errors: [{loc, msg}, ...]
+    text = detail
+      .map((item) => (item && typeof item === 'object' && 'msg' in item ? String(item.msg) : ''))
+      .filter(Boolean)
+      .join('; ');
+  }
+  if (status >= 500) {
+    return `Server error ${status}: ${text}`;
+  }
+  return text;
+}
+
+// -- requests ------------------------------------------------------------------------------------
+
+/** Headers for a call on the user's behalf (the bearer token when signed in). */
+export function authHeaders(extra: Record<string, string> = {}): Record<string, string> {
+  const token = getToken();
+  return token ? { ...extra, Authorization: `Bearer ${token}` } : extra;
+}
+
+async function send(path: string, init: RequestInit = {}): Promise<Response> {
+  let response: Response;
+  try {
+    response = await fetch(path, {
+      ...init,
+      headers: authHeaders((init.headers as Record<string, string> | undefined) ?? {}),
+    });
+  } catch (error) {
+    throw new ApiError(0, `Cannot reach radcloud (${String(error)}): check the network`);
+  }
+  if (!response.ok) {
+    let body: Record<string, unknown> | null = null;
+    try {
+      body = (await response.json()) as Record<string, unknown>;
+    } catch {
+      body = null; // not JSON (a proxy's error page): the status says enough
+    }
+    const fallback = response.statusText || `HTTP ${response.status}`;
+    throw new ApiError(response.status, describe(response.status, body, fallback), body);
+  }
+  return response;
+}
+
+async function getJson<T>(path: string, accept = 'application/json'): Promise<T> {
+  const response = await send(path, { headers: { Accept: accept } });
+  return (await response.json()) as T;
+}
+
+async function postJson<T>(path: string, body: unknown): Promise<T> {
+  const response = await send(path, {
+    method: 'POST',
+    headers: { 'Content-Type': 'application/json', Accept: 'application/json' },
+    body: JSON.stringify(body),
+  });
+  return (await response.json()) as T;
+}
+
+const enc = encodeURIComponent;
+
+/** POST /api/auth/token (OAuth2 password grant; docs/reading-app.md says /auth/token). */
+export async function requestToken(username: string, password: string): Promise<TokenAnswer> {
+  const form = new URLSearchParams({ grant_type: 'password', username, password });
+  const response = await send('/api/auth/token', {
+    method: 'POST',
+    headers: { 'Content-Type': 'application/x-www-form-urlencoded' },
+    body: form.toString(),
+  });
+  return (await response.json()) as TokenAnswer;
+}
+
+export const getMe = (): Promise<Me> => getJson<Me>('/api/me');
+
+export const getViewerConfig = (): Promise<ViewerConfig> =>
+  getJson<ViewerConfig>('/api/viewer/config');
+
+/** GET /api/worklist with the page's filters, in the API's priority order. */
+export function getWorklist(filters: WorklistFilters, limit = 200): Promise<WorklistPage> {
+  const params = new URLSearchParams();
+  for (const status of filters.statuses) {
+    params.append('status', status);
+  }
+  if (filters.modality) {
+    params.set('modality', filters.modality);
+  }
+  if (filters.q.trim()) {
+    params.set('q', filters.q.trim());
+  }
+  params.set('limit', String(limit));
+  return getJson<WorklistPage>(`/api/worklist?${params.toString()}`);
+}
+
+export const claimStudy = (uid: string, version: number): Promise<ReadingState> =>
+  postJson<ReadingState>(`/api/worklist/${enc(uid)}/claim`, { version });
+
+export const releaseStudy = (uid: string, version: number): Promise<ReadingState> =>
+  postJson<ReadingState>(`/api/worklist/${enc(uid)}/release`, { version });
+
+export const getViewerManifest = (uid: string): Promise<ViewerManifest> =>
+  getJson<ViewerManifest>(`/api/studies/${enc(uid)}/viewer`);
+
+export const getFindingMask = (uid: string, resultId: number): Promise<FindingMask> =>
+  getJson<FindingMask>(`/api/studies/${enc(uid)}/findings/${resultId}/mask`);
+
+export const signReport = (uid: string, request: SignRequest): Promise<SignAnswer> =>
+  postJson<SignAnswer>(`/api/studies/${enc(uid)}/sign`, request);
+
+/** WADO-RS series metadata (PS3.18 10.4.1.1.2): one DICOM JSON dataset per instance. */
+export const getSeriesMetadata = (study: string, series: string): Promise<DicomJson[]> =>
+  getJson<DicomJson[]>(
+    `/dicom-web/studies/${enc(study)}/series/${enc(series)}/metadata`,
+    'application/dicom+json',
+  );
+
+/** The WADO-RS path of an instance (PS3.18 10.4.1.1.1), below the API's /dicom-web. */
+export function instancePath(study: string, series: string, instance: string): string {
+  return `/dicom-web/studies/${enc(study)}/series/${enc(series)}/instances/${enc(instance)}`;
+}
+
+/** A rendered (JPEG) instance as a blob, for thumbnails: `<img>` cannot send the token. */
+export async function getRenderedInstance(
+  study: string,
+  series: string,
+  instance: string,
+): Promise<Blob> {
+  const response = await send(`${instancePath(study, series, instance)}/rendered`, {
+    headers: { Accept: 'image/jpeg' },
+  });
+  return response.blob();
+}

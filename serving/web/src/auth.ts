@@ -1,0 +1,40 @@
+// The signed-in user's token, kept in sessionStorage (gone with the tab; never in localStorage),
+// and the way back to the sign-in page.
+
+const TOKEN_KEY = 'radcloud.token';
+const EXPIRES_KEY = 'radcloud.token.expires';
+
+/** The bearer token, or null when signed out or expired. */
+export function getToken(): string | null {
+  const token = sessionStorage.getItem(TOKEN_KEY);
+  const expires = Number(sessionStorage.getItem(EXPIRES_KEY) ?? 0);
+  if (!token || (expires && Date.now() >= expires)) {
+    return null;
+  }
+  return token;
+}
+
+export function storeToken(token: string, expiresInSeconds: number): void {
+  sessionStorage.setItem(TOKEN_KEY, token);
+  // a little early, so a request is not sent with a token about to lapse
+  const expires = Date.now() + Math.max(0, expiresInSeconds - 10) * 1000;
+  sessionStorage.setItem(EXPIRES_KEY, String(expires));
+}
+
+export function clearToken(): void {
+  sessionStorage.removeItem(TOKEN_KEY);
+  sessionStorage.removeItem(EXPIRES_KEY);
+}
+
+/** Only pages of this app may be returned to after signing in (no open redirect). */
+export function safeNext(next: string | null): string | null {
+  return next && /^viewer\.html\?study=[0-9.]{1,64}$/.test(next) ? next : null;
+}
+
+/** Leave for the sign-in page, coming back to this viewer page afterwards. */
+export function goToSignIn(): void {
+  clearToken();
+  const here = `${location.pathname.split('/').pop() ?? ''}${location.search}`;
+  const next = safeNext(here);
+  location.href = next ? `./?next=${encodeURIComponent(next)}` : './';
+}

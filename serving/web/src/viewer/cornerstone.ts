@@ -1,0 +1,75 @@
+// Cornerstone3D set-up: the renderer, the DICOM image loader (WADO-RS through the API's
+// authenticated /dicom-web, every request with the bearer token) and the tools; imageIds and
+// metadata of a series.
+
+import { init as initCore } from '@cornerstonejs/core';
+import {
+  init as initDicomImageLoader,
+  wadors,
+  type Types as LoaderTypes,
+} from '@cornerstonejs/dicom-image-loader';
+import { init as initTools } from '@cornerstonejs/tools';
+
+import { getSeriesMetadata, instancePath, type ManifestSeries } from '../api';
+import { getToken } from '../auth';
+
+const SOP_INSTANCE_UID = '00080018';
+
+let initialised = false;
+
+/** Initialise Cornerstone (renderer, loader, tools) once per page. */
+export function initCornerstone(): void {
+  if (initialised) {
+    return;
+  }
+  initCore(); // falls back to CPU rendering where WebGL is missing
+  initDicomImageLoader({
+    maxWebWorkers: Math.min(4, Math.max(1, Math.floor((navigator.hardwareConcurrency || 2) / 2))),
+    // read at each request: the token may be renewed while the viewer is open
+    beforeSend: (): Record<string, string> => {
+      const token = getToken();
+      return token ? { Authorization: `Bearer ${token}` } : {};
+    },
+  });
+  initTools();
+  initialised = true;
+}
+
+/** The Cornerstone imageId of an instance's first frame (`wadors:` scheme, PS3.18 frames). */
+export function imageIdFor(study: string, series: string, sopInstanceUid: string): string {
+  return `wadors:${location.origin}${instancePath(study, series, sopInstanceUid)}/frames/1`;
+}
+
+/** The imageIds of a series in the manifest's display order. */
+export function seriesImageIds(study: string, series: ManifestSeries): string[] {
+  return series.instances.map((instance) =>
+    imageIdFor(study, series.series_instance_uid, instance.sop_instance_uid));
+}
+
+const metadataLoaded = new Map<string, Promise<void>>();
+
+/**
+ * Fetch a series' WADO-RS metadata once and hand each instance's dataset to the loader's
+ * metadata manager, so the images can be decoded and placed (and labelmaps derived from them)
+ * before any pixel data arrives.
+ */
+export function loadSeriesMetadata(study: string, series: ManifestSeries): Promise<void> {
+  const key = series.series_instance_uid;
+  let pending = metadataLoaded.get(key);
+  if (!pending) {
+    pending = getSeriesMetadata(study, key).then((datasets) => {
+      for (const dataset of datasets) {
+        const uid = dataset[SOP_INSTANCE_UID]?.Value?.[0];
+        if (typeof uid === 'string') {
+          wadors.metaDataManager.add(
+            imageIdFor(study, key, uid),
+            dataset as unknown as LoaderTypes.WADORSMetaData,
+          );
+        }
+      }
+    });
+    pending.catch(() => metadataLoaded.delete(key)); // a later try fetches again
+    metadataLoaded.set(key, pending);
+  }
+  return pending;
+}
