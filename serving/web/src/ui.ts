@@ -75,6 +75,7 @@ export function renderUserBar(container: HTMLElement, me: Me): void {
 /** Replace `main` with the access-denied panel: the signed-in role may not see this. */
 export function showAccessDenied(main: HTMLElement, error: unknown, me: Me | null): void {
   const who = me ? `${me.name} (${me.roles.join(', ') || 'no role'})` : 'This account';
+  main.className = 'denied'; // not the page's own layout (the viewer's grid)
   main.replaceChildren(
     h('section', { class: 'panel access-denied', 'data-testid': 'access-denied', role: 'alert' },
       h('h2', {}, 'Access denied'),

@@ -87,6 +87,7 @@ export class WorklistPageView {
   private searchTimer: number | undefined;
   private generation = 0; // answers to superseded requests are dropped
   private opening = false;
+  private showingRefreshError = false; // the banner holds a refresh failure (cleared by success)
 
   constructor(main: HTMLElement, me: Me) {
     this.main = main;
@@ -177,12 +178,16 @@ export class WorklistPageView {
       this.showRows(page);
       this.updated.textContent = `Updated ${new Date().toLocaleTimeString()}`;
       this.updated.classList.remove('stale');
-      showBanner('');
+      if (this.showingRefreshError) {
+        showBanner('');
+        this.showingRefreshError = false;
+      }
     } catch (error) {
       if (generation !== this.generation || this.handleAuthError(error)) {
         return;
       }
       this.updated.classList.add('stale');
+      this.showingRefreshError = true;
       showBanner(`Worklist not updated: ${errorText(error)} (retrying every ` +
         `${this.refreshSeconds} s)`);
     }
@@ -204,6 +209,12 @@ export class WorklistPageView {
       return true;
     }
     return false;
+  }
+
+  /** A message that stays until the next one (a refresh does not clear it). */
+  private notice(text: string): void {
+    this.showingRefreshError = false;
+    showBanner(text);
   }
 
   private showRows(page: WorklistPage): void {
@@ -302,14 +313,14 @@ export class WorklistPageView {
         }
         const holder = error instanceof ApiError ? error.body?.claimed_by : undefined;
         if (error instanceof ApiError && error.conflict && holder !== this.me.name) {
-          showBanner(typeof holder === 'string' && holder
+          this.notice(typeof holder === 'string' && holder
             ? `${formatPersonName(row.patient_name) || uid} is already being read by ${holder}.`
             : `The study changed since the list was loaded: ${errorText(error)}`);
           void this.refresh();
           return;
         }
         if (!(error instanceof ApiError && error.conflict)) {
-          showBanner(`Could not claim the study: ${errorText(error)}`);
+          this.notice(`Could not claim the study: ${errorText(error)}`);
           return;
         }
         // 409 but we hold it already (claimed in another tab): open it

@@ -91,10 +91,17 @@ class ViewerPage {
   async open(): Promise<void> {
     const meLoad = getMe();
     const configLoad = getViewerConfig();
+    // awaited below, or not at all when the manifest fails: never an unhandled rejection
+    meLoad.catch(() => undefined);
+    configLoad.catch(() => undefined);
     let manifest: ViewerManifest;
     try {
       manifest = await getViewerManifest(this.studyUid);
     } catch (error) {
+      this.me = await meLoad.catch(() => null);
+      if (this.me) {
+        renderUserBar(byId('user-bar'), this.me);
+      }
       this.fail(error, 'The study could not be opened');
       return;
     }
