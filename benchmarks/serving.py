@@ -158,6 +158,18 @@ def _efficiency(served: dict[str, dict[str, Any]], raw: float) -> tuple[int, flo
     return int(best), served[best]["inputs_per_s"]["median"] / raw
 
 
+def _model_options(
+    settings: Any, name: str, device: str, env: dict[str, str], quiet: dict[str, Any]
+) -> dict[str, Any]:
+    """Serving's own options for the model deployment (:mod:`serving.application`), named
+    ``model`` and quiet."""
+    from serving.application import model_deployment_options
+
+    gpus = 1 if device == "cuda" else 0
+    options = model_deployment_options(settings, name, gpus=gpus, runtime_env={"env_vars": env})
+    return options | {"name": "model", "logging_config": quiet}
+
+
 def run_serving(
     *,
     device: str = "cpu",
@@ -235,16 +247,7 @@ def run_serving(
                 max_ongoing_requests=max(4 * batch, 64),
                 ray_actor_options={"num_cpus": 0.25},
             ).bind(
-                server.options(
-                    name="model",
-                    logging_config=quiet,
-                    max_ongoing_requests=max(2 * batch, 8),
-                    ray_actor_options={
-                        "num_cpus": 0.5,
-                        "num_gpus": 1 if device == "cuda" else 0,
-                        "runtime_env": {"env_vars": env},
-                    },
-                ).bind(name),
+                server.options(**_model_options(settings, name, device, env, quiet)).bind(name),
                 shape,
             )
             serve.run(app, name="bench", route_prefix="/infer")

@@ -54,10 +54,44 @@ def _deployment(decorated: Any) -> Any:
     return decorated
 
 
+def model_deployment_options(
+    settings: Settings, name: str, *, gpus: float, runtime_env: dict[str, Any]
+) -> dict[str, Any]:
+    """``.options()`` of model ``name``'s ``ModelServer`` deployment (the benchmarks use them
+    too, so that they measure what is served).
+
+    ``max_ongoing_requests`` is 8x the model's batch size, at least 64: well above the batch, or
+    batches never fill (Ray issue #43288), and above the callers expected, because once every
+    replica is at its limit Ray Serve's router retries with back-off (50 ms doubling to 1 s)
+    instead of queueing: measured, 32 closed-loop callers against a limit of 16 got a p95 of
+    1.3-1.9 s and a fifth of the throughput of 16 callers (``benchmarks/README.md``).
+    """
+    from serving.deployments import batch_size
+
+    options: dict[str, Any] = {
+        "name": f"model-{name}",
+        "ray_actor_options": {
+            "num_cpus": settings.serving_cpus_per_model_replica,
+            "num_gpus": gpus,
+            "runtime_env": runtime_env,
+        },
+        "max_ongoing_requests": max(8 * batch_size(settings, name), 64),
+    }
+    if settings.serving_max_replicas > settings.serving_min_replicas:
+        options["autoscaling_config"] = {
+            "min_replicas": settings.serving_min_replicas,
+            "max_replicas": settings.serving_max_replicas,
+            "target_ongoing_requests": settings.serving_target_ongoing_requests,
+        }
+    else:
+        options["num_replicas"] = settings.serving_min_replicas
+    return options
+
+
 def build_application(settings: Settings) -> Any:
     """The Serve application graph for ``settings`` (production models from the registry)."""
     from models.registry import ModelRegistry
-    from serving.deployments import ModelServer, TriageWorker, api_ingress_class, batch_size
+    from serving.deployments import ModelServer, TriageWorker, api_ingress_class
 
     runtime_env = _runtime_env(settings)
     gpus = settings.serving_gpus_per_model_replica if settings.serving_device != "cpu" else 0.0
@@ -68,24 +102,7 @@ def build_application(settings: Settings) -> Any:
     for name in registry.names():
         if registry.production(name) is None:
             continue
-        options: dict[str, Any] = {
-            "name": f"model-{name}",
-            "ray_actor_options": {
-                "num_cpus": settings.serving_cpus_per_model_replica,
-                "num_gpus": gpus,
-                "runtime_env": runtime_env,
-            },
-            # ≥ the batch size, or batches never fill (Ray issue #43288)
-            "max_ongoing_requests": max(4 * batch_size(settings, name), 32),
-        }
-        if settings.serving_max_replicas > settings.serving_min_replicas:
-            options["autoscaling_config"] = {
-                "min_replicas": settings.serving_min_replicas,
-                "max_replicas": settings.serving_max_replicas,
-                "target_ongoing_requests": settings.serving_target_ongoing_requests,
-            }
-        else:
-            options["num_replicas"] = settings.serving_min_replicas
+        options = model_deployment_options(settings, name, gpus=gpus, runtime_env=runtime_env)
         models[name] = _deployment(ModelServer).options(**options).bind(name)
     logger.info("serving models: %s", ", ".join(models) or "none in production")
     small = {"num_cpus": _SMALL_CPU, "runtime_env": runtime_env}

@@ -192,7 +192,7 @@ def fit(
                 output = model(image)
                 if not spec.segmentation:
                     output, target = output.reshape(-1), target.float().reshape(-1)
-                loss = loss_function(output, target)
+                loss: torch.Tensor = loss_function(output, target)
             scaler.scale(loss).backward()  # type: ignore[no-untyped-call]
             scaler.step(optimiser)
             scaler.update()

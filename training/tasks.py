@@ -16,7 +16,6 @@ Pre-processing parameters go into the model card, so serving reproduces them exa
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -71,7 +70,7 @@ class TaskSpec:
         way the model registry rebuilds it."""
         return build_network(self.architecture_ref())
 
-    def loss(self) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    def loss(self) -> torch.nn.Module:
         """The training loss."""
         if self.segmentation:
             # Lesions are ~0.3 % of a head (~2 % of a slice through one): the Dice term scores
