@@ -7,7 +7,7 @@ import { errorText, h } from './ui';
 /** Show the sign-in form in `main`; `onSignedIn` runs once a token is stored. */
 export function showSignIn(main: HTMLElement, onSignedIn: () => void): void {
   const username = h('input', { id: 'username', name: 'username', autocomplete: 'username',
-    required: true, autofocus: true });
+    required: true });
   const password = h('input', { id: 'password', name: 'password', type: 'password',
     autocomplete: 'current-password', required: true });
   const error = h('p', { class: 'error', 'data-testid': 'sign-in-error', role: 'alert',

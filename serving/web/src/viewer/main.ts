@@ -188,6 +188,10 @@ class ViewerPage {
       .then(() => {
         this.report?.renderFindings();
         this.renderOverlayState();
+        const failures = this.overlay.takeFailures();
+        if (failures.length) {
+          showBanner(`Some AI masks could not be shown: ${failures.join('; ')}`);
+        }
       })
       .catch((error: unknown) => showBanner(`AI overlay not shown: ${errorText(error)}`));
   }

@@ -31,6 +31,7 @@ export class AiOverlay {
   private shown: SeriesOverlay | null = null;
   private visible = true;
   private opacity = 0.5;
+  private readonly failures: string[] = [];
 
   constructor(private readonly studyUid: string) {}
 
@@ -72,16 +73,28 @@ export class AiOverlay {
     imageIds: string[],
     findings: Finding[],
   ): Promise<SeriesOverlay | null> {
-    const masks = await Promise.all(findings.map((finding) =>
+    // one finding's mask failing (a SEG Orthanc lost) leaves the others on screen
+    const answers = await Promise.allSettled(findings.map((finding) =>
       getFindingMask(this.studyUid, finding.result_id)));
+    const failed = answers.flatMap((answer, position) => answer.status === 'rejected'
+      ? [`${findings[position].label}: ${String(answer.reason instanceof Error
+        ? answer.reason.message : answer.reason)}`]
+      : []);
+    if (failed.length === findings.length) {
+      throw new Error(failed.join('; '));
+    }
     const labelmaps = imageLoader.createAndCacheDerivedLabelmapImages(imageIds);
     const segmentOf = new Map<number, number>();
     let anyPixel = false;
     findings.forEach((finding, position) => {
-      const segmentIndex = position + 1;
-      segmentOf.set(finding.result_id, segmentIndex);
-      anyPixel = fill(labelmaps, masks[position], segmentIndex) || anyPixel;
+      const answer = answers[position];
+      if (answer.status === 'fulfilled') {
+        const segmentIndex = position + 1;
+        segmentOf.set(finding.result_id, segmentIndex);
+        anyPixel = fill(labelmaps, answer.value, segmentIndex) || anyPixel;
+      }
     });
+    this.failures.push(...failed);
     if (!anyPixel) {
       return null;
     }
@@ -119,6 +132,11 @@ export class AiOverlay {
     const [r, g, b] = segmentation.config.color.getSegmentIndexColor(
       VIEWPORT_ID, this.shown.segmentationId, segmentIndex);
     return `rgb(${r}, ${g}, ${b})`;
+  }
+
+  /** Masks that could not be loaded since the last call ("label: reason"). */
+  takeFailures(): string[] {
+    return this.failures.splice(0);
   }
 
   get hasOverlay(): boolean {
