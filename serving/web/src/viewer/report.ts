@@ -188,8 +188,9 @@ export class ReportPanel {
         signed ? null : remove);
     }));
     if (marks.length === 0) {
-      this.addedList.replaceChildren(h('li', { class: 'muted' }, signed ? 'None.'
-        : 'None yet: draw an ROI (optional), then “Add finding”.'));
+      this.addedList.replaceChildren(h('li', { class: 'muted' },
+        signed || !this.manifest.can_sign ? 'None.'
+          : 'None yet: draw an ROI (optional), then “Add finding”.'));
     }
   }
 
