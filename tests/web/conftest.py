@@ -39,6 +39,7 @@ HOSPITAL = "Reading Room Hospital"
 PASSWORD = "reading-room-password-1"
 RADIOLOGIST = "dr-reader"
 OUTSIDER = "ml-outsider"
+SEED = 707  # of the synthetic studies (deterministic: the same UIDs each run)
 
 expect.set_options(timeout=20_000)  # a 2-core machine builds Cornerstone's first frame slowly
 
@@ -118,10 +119,10 @@ def reading_room(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Read
     _add_accounts(stack)
     folder = tmp_path_factory.mktemp("reading-room")
     head_cts = (
-        generate_study("head-ct", 0, seed=707, positive=True),
-        generate_study("head-ct", 1, seed=707, positive=True),
+        generate_study("head-ct", 0, seed=SEED, positive=True),
+        generate_study("head-ct", 1, seed=SEED, positive=True),
     )
-    radiograph = generate_study("chest-xr", 2, seed=707, positive=False)
+    radiograph = generate_study("chest-xr", 2, seed=SEED, positive=False)
     for study in (*head_cts, radiograph):
         _send(stack, study, folder / study.study_instance_uid)
     final = {

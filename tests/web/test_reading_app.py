@@ -5,6 +5,7 @@ access. The selectors are docs/reading-app.md's; screenshots go to ``test-artifa
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 from typing import Any
@@ -13,7 +14,7 @@ from urllib.parse import urlsplit
 import numpy as np
 import pydicom
 import pytest
-from playwright.sync_api import Page, expect
+from playwright.sync_api import Locator, Page, expect
 from sqlalchemy import select
 
 from radcloud.db.models import Label, Study
@@ -131,7 +132,7 @@ def test_a_window_preset_redraws_the_image_and_the_corner(
     before = canvas_pixels(page)
 
     page.locator(f"[data-testid=preset][data-preset-name='{widest['name']}']").click()
-    expect(corner).to_have_text(f"W {widest['window']} L {widest['level']}")
+    expect(corner).to_have_text(f"W {widest['window']:g} L {widest['level']:g}")
     assert corner.inner_text() != before_text
     _eventually_differs(lambda: canvas_pixels(page), before, f"preset {widest['name']}")
 
@@ -146,43 +147,62 @@ def test_the_ai_overlay_toggles_on_the_findings_slice(
     listed = page.locator(f"[data-testid=finding][data-result-id='{finding['result_id']}']")
     expect(listed).to_contain_text("AI result — not verified")
 
+    first, slices = finding["slices"][0], len(reading_room.head_cts[0].datasets)
+    while _scroll(page, viewport, slices) == first:
+        pass
     listed.get_by_test_id("finding-goto").click()
-    first = finding["slices"][0]
     expect(viewport).to_have_attribute("data-image-index", str(first))
-    expect(page.get_by_test_id("corner-slice")).to_contain_text(f"Im {first + 1} /")
+    expect(page.get_by_test_id("corner-slice")).to_have_text(f"Im {first + 1} / {slices}")
+
+    def shown() -> np.ndarray:
+        return centre(screenshot_pixels(viewport))
+
     toggle = page.get_by_test_id("overlay-toggle")
-    toggle.check()
-    time.sleep(0.5)  # a frame or two for the overlay to be drawn
-    with_overlay = centre(screenshot_pixels(viewport))
     toggle.uncheck()
-    _eventually_differs(lambda: centre(screenshot_pixels(viewport)), with_overlay, "overlay off")
+    time.sleep(0.5)  # a frame or two, should it have been on
+    without_overlay = shown()
     toggle.check()
-    _eventually_differs(
-        lambda: centre(screenshot_pixels(viewport)),
-        centre(screenshot_pixels(viewport)),
-        "overlay on again",
-    )
+    _eventually_differs(shown, without_overlay, "overlay on")
+    with_overlay = shown()
+    toggle.uncheck()
+    _eventually_differs(shown, with_overlay, "overlay off")
+    toggle.check()
+    _eventually_differs(shown, without_overlay, "overlay on again")
+    opaque = shown()
+    page.get_by_test_id("overlay-opacity").fill("25")
+    _eventually_differs(shown, opaque, "overlay opacity 25 %")
     ARTIFACT_DIR.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=ARTIFACT_DIR / "viewer.png")
+
+
+def _image_index(viewport: Locator) -> int:
+    expect(viewport).to_have_attribute("data-image-index", re.compile(r"^\d+$"))
+    return int(viewport.get_attribute("data-image-index") or "")
+
+
+def _scroll(page: Page, viewport: Locator, slices: int) -> int:
+    """Turn the mouse wheel one notch over the image (towards the stack's far end); the new
+    image index, after checking that it changed."""
+    index = _image_index(viewport)
+    box = viewport.bounding_box()
+    assert box is not None
+    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    page.mouse.wheel(0, 120 if index < slices - 1 else -120)
+    expect(viewport).not_to_have_attribute("data-image-index", str(index))
+    return _image_index(viewport)
 
 
 def test_the_mouse_wheel_scrolls_through_the_slices(page: Page, reading_room: ReadingRoom) -> None:
     _signed_in_worklist(page)
     viewport = open_viewer(page, reading_room.head_cts[0].study_instance_uid)
     corner = page.get_by_test_id("corner-slice")
-    index = int(viewport.get_attribute("data-image-index") or "-1")
     slices = len(reading_room.head_cts[0].datasets)
-    assert 0 <= index < slices
-    before_text = corner.inner_text()
+    index = _image_index(viewport)
+    expect(corner).to_have_text(f"Im {index + 1} / {slices}")
 
-    box = viewport.bounding_box()
-    assert box is not None
-    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
-    page.mouse.wheel(0, 120 if index < slices - 1 else -120)
-    expect(viewport).not_to_have_attribute("data-image-index", str(index))
-    expect(corner).not_to_have_text(before_text)
-    now = int(viewport.get_attribute("data-image-index") or "-1")
-    expect(corner).to_contain_text(f"Im {now + 1} / {slices}")
+    now = _scroll(page, viewport, slices)
+    assert now != index and 0 <= now < slices
+    expect(corner).to_have_text(f"Im {now + 1} / {slices}")
 
 
 def _study_sr_uids(room: ReadingRoom, uid: str) -> set[str]:
@@ -242,6 +262,7 @@ def test_confirming_the_findings_and_signing_stores_an_sr_and_training_labels(
     ) as signed:
         sign.click()
     expect(page.get_by_test_id("sign-status")).to_contain_text("Signed")
+    expect(findings.first).not_to_contain_text("not verified")
     assert signed.value.status == 200, signed.value.text()
     outcome = signed.value.json()
 
