@@ -171,6 +171,10 @@ def test_the_ai_overlay_toggles_on_the_findings_slice(
     opaque = shown()
     page.get_by_test_id("overlay-opacity").fill("25")
     _eventually_differs(shown, opaque, "overlay opacity 25 %")
+    _move_mouse_over(page, viewport)
+    for _ in range(slices // 2 - first):  # to mid-brain, for the screenshot
+        page.mouse.wheel(0, 120)
+    expect(page.get_by_test_id("corner-slice")).to_have_text(f"Im {slices // 2 + 1} / {slices}")
     ARTIFACT_DIR.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=ARTIFACT_DIR / "viewer.png")
 
@@ -180,13 +184,17 @@ def _image_index(viewport: Locator) -> int:
     return int(viewport.get_attribute("data-image-index") or "")
 
 
+def _move_mouse_over(page: Page, viewport: Locator) -> None:
+    box = viewport.bounding_box()
+    assert box is not None
+    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+
+
 def _scroll(page: Page, viewport: Locator, slices: int) -> int:
     """Turn the mouse wheel one notch over the image (towards the stack's far end); the new
     image index, after checking that it changed."""
     index = _image_index(viewport)
-    box = viewport.bounding_box()
-    assert box is not None
-    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    _move_mouse_over(page, viewport)
     page.mouse.wheel(0, 120 if index < slices - 1 else -120)
     expect(viewport).not_to_have_attribute("data-image-index", str(index))
     return _image_index(viewport)
