@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Error as PlaywrightError
 
 from benchmarks.viewer import CHROMIUM, launch_chromium
 from dicom_gateway.dcmtk import storescu
@@ -178,6 +179,7 @@ def page(
         if report is not None and report.failed:
             ARTIFACT_DIR.mkdir(parents=True, exist_ok=True)
             stem = ARTIFACT_DIR / f"failed-{request.node.name}"
-            opened.screenshot(path=stem.with_suffix(".png"), full_page=True)
+            with contextlib.suppress(PlaywrightError):  # a crashed page has no screenshot
+                opened.screenshot(path=stem.with_suffix(".png"), full_page=True)
             stem.with_suffix(".log").write_text(f"{opened.url}\n" + "\n".join(console) + "\n")
         context.close()

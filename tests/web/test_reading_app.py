@@ -305,6 +305,8 @@ def test_confirming_the_findings_and_signing_stores_an_sr_and_training_labels(
 def test_a_role_without_access_is_refused_and_sees_no_patient_data(
     page: Page, reading_room: ReadingRoom
 ) -> None:
+    answered: list[tuple[str, int]] = []
+    page.on("response", lambda r: answered.append((urlsplit(r.url).path, r.status)))
     sign_in(page, OUTSIDER, PASSWORD)
     expect(page.get_by_test_id("access-denied")).to_be_visible()
     expect(worklist_rows(page)).to_have_count(0)
@@ -317,3 +319,6 @@ def test_a_role_without_access_is_refused_and_sees_no_patient_data(
         first = shown.datasets[0]
         for value in (first.PatientID, first.PatientName.given_name, first.AccessionNumber):
             assert str(value) not in content, f"{value} shown to a role without access"
+    patient_data = ("/api/worklist", "/api/studies/", "/dicom-web/")
+    served = [(path, status) for path, status in answered if path.startswith(patient_data)]
+    assert served and all(status == 403 for _, status in served), served
