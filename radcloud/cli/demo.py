@@ -249,8 +249,9 @@ def demo(
     elapsed = dt.timedelta(seconds=round(time.monotonic() - started))
     console.print(
         f"done in {elapsed}. Services are up:\n"
-        f"  API, DICOMweb, worklist: {settings.api_url}  (sign in: radcloud users add NAME "
-        "--role radiologist --password ...)\n"
+        f"  reading web app (worklist and viewer): {settings.api_url}/app/  (an account: "
+        "radcloud users add NAME --role radiologist --password)\n"
+        f"  API, DICOMweb: {settings.api_url}\n"
         f"  DICOM gateway: {settings.gateway_ae_title}@{settings.bind_host}:"
         f"{settings.gateway_port}\n"
         f"  Orthanc (internal): http://{settings.bind_host}:{settings.orthanc_http_port}\n"
