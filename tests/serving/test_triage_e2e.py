@@ -42,7 +42,10 @@ def pacs(stack: Stack) -> Stack:
     return stack
 
 
-def push(stack: Stack, directory: Path, files: dict[str, bytes] | list[Any]) -> None:
+def push(
+    stack: Stack, directory: Path, files: dict[str, bytes] | list[Any], *, sender: str = SENDER
+) -> None:
+    """Store ``files`` (datasets or bytes) through the gateway with storescu as ``sender``."""
     directory.mkdir(parents=True, exist_ok=True)
     paths = []
     for number, dataset in enumerate(files):
@@ -56,7 +59,7 @@ def push(stack: Stack, directory: Path, files: dict[str, bytes] | list[Any]) -> 
         paths,
         host="127.0.0.1",
         port=stack.settings.gateway_port,
-        calling_ae=SENDER,
+        calling_ae=sender,
         called_ae=stack.settings.gateway_ae_title,
     )
     assert len(report.stored) == len(paths), report.output[-2000:]

@@ -25,14 +25,13 @@ from playwright.sync_api import Browser, Page, expect, sync_playwright
 from playwright.sync_api import Error as PlaywrightError
 
 from benchmarks.viewer import CHROMIUM, launch_chromium
-from dicom_gateway.dcmtk import storescu
 from dicom_gateway.senders import SenderRegistry
 from imaging.synthetic import SyntheticStudy, generate_study
 from radcloud.db.models import Role
 from radcloud.exceptions import AlreadyExistsError
 from radcloud.security import Accounts
 from tests.conftest import Stack
-from tests.serving.test_triage_e2e import results
+from tests.serving.test_triage_e2e import push, results
 from tests.web.pages import ARTIFACT_DIR
 
 SENDER = "WEBREAD1"
@@ -81,19 +80,7 @@ class ReadingRoom:
 
 
 def _send(stack: Stack, study: SyntheticStudy, directory: Path) -> None:
-    directory.mkdir(parents=True)
-    paths = []
-    for number, dataset in enumerate(study.datasets):
-        paths.append(directory / f"{number:04d}.dcm")
-        dataset.save_as(paths[-1], enforce_file_format=True)
-    report = storescu(
-        paths,
-        host="127.0.0.1",
-        port=stack.settings.gateway_port,
-        calling_ae=SENDER,
-        called_ae=stack.settings.gateway_ae_title,
-    )
-    assert len(report.stored) == len(paths), report.output[-2000:]
+    push(stack, directory, study.datasets, sender=SENDER)
 
 
 def _add_accounts(stack: Stack) -> None:
