@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
 from pathlib import Path
 
 import httpx
@@ -27,13 +28,15 @@ class Client:
         self.app = FastAPI()
         self.app.include_router(web.router)
 
-    async def _request(self, method: str, path: str) -> httpx.Response:
+    async def _request(
+        self, method: str, path: str, headers: dict[str, str] | None = None
+    ) -> httpx.Response:
         transport = httpx.ASGITransport(app=self.app)
         async with httpx.AsyncClient(transport=transport, base_url="http://radcloud") as client:
-            return await client.request(method, path)
+            return await client.request(method, path, headers=headers)
 
-    def get(self, path: str) -> httpx.Response:
-        return asyncio.run(self._request("GET", path))
+    def get(self, path: str, headers: dict[str, str] | None = None) -> httpx.Response:
+        return asyncio.run(self._request("GET", path, headers))
 
     def head(self, path: str) -> httpx.Response:
         return asyncio.run(self._request("HEAD", path))
@@ -77,6 +80,24 @@ def test_the_build_is_served_without_credentials(client: Client, dist: Path) -> 
     assert asset.headers["content-type"].startswith("text/javascript")
     assert "immutable" in asset.headers["cache-control"]
     assert client.head("/app/").status_code == 200
+
+
+def test_a_browser_accepting_gzip_gets_the_precompressed_copy(client: Client, dist: Path) -> None:
+    _build(dist)
+    script = "export const viewer = 1;\n" * 200
+    (dist / "assets" / "viewer-abc123.js").write_text(script)
+    (dist / "assets" / "viewer-abc123.js.gz").write_bytes(gzip.compress(script.encode()))
+    zipped = client.get("/app/assets/viewer-abc123.js", {"Accept-Encoding": "gzip, br"})
+    assert zipped.headers["content-encoding"] == "gzip"
+    assert zipped.headers["content-type"].startswith("text/javascript")
+    assert int(zipped.headers["content-length"]) < len(script) / 10
+    assert zipped.text == script  # httpx decodes it as a browser does
+    plain = client.get("/app/assets/viewer-abc123.js", {"Accept-Encoding": "identity"})
+    assert "content-encoding" not in plain.headers and plain.text == script
+    assert plain.headers["vary"] == "Accept-Encoding"
+    # a file without a .gz copy is sent as it is
+    index = client.get("/app/", {"Accept-Encoding": "gzip"})
+    assert "content-encoding" not in index.headers and "worklist" in index.text
 
 
 def test_paths_outside_the_build_are_not_served(client: Client, dist: Path, tmp_path: Path) -> None:

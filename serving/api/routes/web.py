@@ -4,14 +4,16 @@
 the viewer. The files hold no patient data, so they need no credentials: every API and DICOMweb
 call the pages make does (``docs/reading-app.md``). The build output is looked up on each
 request, so a build made while the API runs is served at once; when it is missing, ``/app/``
-answers 503 with a JSON error telling how to build it.
+answers 503 with a JSON error telling how to build it. A browser that accepts gzip gets the
+build's pre-compressed ``.gz`` copy of a file where there is one (the viewer's script: 4.2 MB,
+1.2 MB gzipped), with ``Content-Encoding: gzip``.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
 
 __all__ = ["WEB_DIST", "router"]
@@ -40,12 +42,13 @@ def app_without_slash() -> RedirectResponse:
 
 
 @router.api_route("/app/{path:path}", methods=["GET", "HEAD"])
-def app_file(path: str) -> Response:
+def app_file(path: str, request: Request) -> Response:
     """A file of the built web app; ``index.html`` for the folder itself."""
-    return web_file(WEB_DIST, path)
+    gzip = "gzip" in request.headers.get("accept-encoding", "").lower()
+    return web_file(WEB_DIST, path, gzip=gzip)
 
 
-def web_file(dist: Path, path: str) -> Response:
+def web_file(dist: Path, path: str, *, gzip: bool = False) -> Response:
     """The answer for ``path`` inside the build output ``dist``.
 
     Parameters
@@ -54,6 +57,8 @@ def web_file(dist: Path, path: str) -> Response:
         The build output folder (``serving/web/dist``).
     path
         The path below ``/app/``; empty for the index page.
+    gzip
+        The client accepts gzip: send the file's ``.gz`` copy when the build has one.
 
     Returns
     -------
@@ -74,8 +79,12 @@ def web_file(dist: Path, path: str) -> Response:
             {"error": "not_found", "detail": f'"/app/{path}" is not a file of the web app'}, 404
         )
     immutable = target.parent == root / "assets"
-    return FileResponse(
-        target,
-        media_type=_MEDIA_TYPES.get(target.suffix),
-        headers={"Cache-Control": _IMMUTABLE if immutable else _REVALIDATE},
+    headers = {"Cache-Control": _IMMUTABLE if immutable else _REVALIDATE, "Vary": "Accept-Encoding"}
+    media_type = _MEDIA_TYPES.get(target.suffix) or (
+        "text/html" if target.suffix == ".html" else None
     )
+    compressed = target.with_name(f"{target.name}.gz")
+    if gzip and compressed.is_file():
+        headers["Content-Encoding"] = "gzip"
+        return FileResponse(compressed, media_type=media_type, headers=headers)
+    return FileResponse(target, media_type=media_type, headers=headers)
