@@ -200,6 +200,10 @@ class _Model:
     card: ModelCard
 
 
+# The "model" of a result row for a study that failed before any model ran (no card needed).
+_NO_MODEL = _Model("(none)", "-", None)  # type: ignore[arg-type]
+
+
 class TriagePipeline:
     """Processes study events; one instance per triage worker (thread-safe per call).
 
@@ -346,9 +350,8 @@ class TriagePipeline:
         try:
             series = self._download(event.payload)
         except UnprocessableStudyError as failure:
-            none = _Model("(none)", "-", None)  # type: ignore[arg-type]
             fetch = {"fetch_s": time.perf_counter() - fetch_started}
-            self._store(event, study_id, [(none, failure, {}, fetch)], outcome)
+            self._store(event, study_id, [(_NO_MODEL, failure, {}, fetch)], outcome)
             return outcome
         fetch_s = time.perf_counter() - fetch_started
         models = self.production_models()
@@ -375,9 +378,8 @@ class TriagePipeline:
             reason = FailureReason.NO_MODEL if not models else FailureReason.UNSUPPORTED
             if not models:
                 detail = "no model is in production"
-            none = _Model("(none)", "-", None)  # type: ignore[arg-type]
             results.append(
-                (none, UnprocessableStudyError(reason, detail), {}, {"fetch_s": fetch_s})
+                (_NO_MODEL, UnprocessableStudyError(reason, detail), {}, {"fetch_s": fetch_s})
             )
         self._store(event, study_id, results, outcome)
         return outcome

@@ -14,6 +14,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 from numpy.typing import ArrayLike
 
+from imaging.synthetic import roc_auc as mann_whitney_auc
+
 __all__ = [
     "BinaryMetrics",
     "binary_metrics",
@@ -43,29 +45,17 @@ def roc_curve(labels: ArrayLike, scores: ArrayLike) -> tuple[np.ndarray, np.ndar
 
 
 def roc_auc(labels: ArrayLike, scores: ArrayLike) -> float:
-    """Area under the ROC curve (ties count half, as Mann-Whitney U)."""
-    y = np.asarray(labels, dtype=np.int64)
-    s = np.asarray(scores, dtype=np.float64)
-    pos, neg = s[y == 1], s[y == 0]
-    if pos.size == 0 or neg.size == 0:
-        raise ValueError("AUC needs both positive and negative cases")
-    ranks = _average_ranks(np.r_[pos, neg])
-    u = ranks[: pos.size].sum() - pos.size * (pos.size + 1) / 2
-    return float(u / (pos.size * neg.size))
+    """Area under the ROC curve (ties count half, as Mann-Whitney U): the one implementation,
+    :func:`imaging.synthetic.roc_auc`, which the synthetic baseline uses too.
 
-
-def _average_ranks(values: np.ndarray) -> np.ndarray:
-    order = np.argsort(values, kind="mergesort")
-    ranks = np.empty(values.size, dtype=np.float64)
-    sorted_values = values[order]
-    i = 0
-    while i < values.size:
-        j = i
-        while j + 1 < values.size and sorted_values[j + 1] == sorted_values[i]:
-            j += 1
-        ranks[order[i : j + 1]] = (i + j) / 2 + 1
-        i = j + 1
-    return ranks
+    Raises
+    ------
+    ValueError
+        ``labels`` lacks a 0 or a 1, or the lengths differ.
+    """
+    return mann_whitney_auc(
+        np.asarray(scores, dtype=np.float64).ravel(), np.asarray(labels).ravel()
+    )
 
 
 def choose_threshold(

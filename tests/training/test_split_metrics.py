@@ -48,7 +48,7 @@ def test_auc_matches_rank_definition_with_ties() -> None:
     expected = np.mean([1.0 if p > n else 0.5 if p == n else 0.0 for p in pos for n in neg])
     assert roc_auc(labels, scores) == pytest.approx(expected)
     assert roc_auc([0, 1], [0.2, 0.9]) == 1.0
-    with pytest.raises(ValueError, match="both positive and negative"):
+    with pytest.raises(ValueError, match="both classes"):
         roc_auc([1, 1], [0.1, 0.2])
 
 
