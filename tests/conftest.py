@@ -28,6 +28,18 @@ from tests.helpers import free_ports
 RADCLOUD = [sys.executable, "-m", "radcloud"]
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Cases marked ``gpu`` are skipped, with the reason, where torch sees no CUDA device."""
+    import torch  # lazily: only when collecting
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="gpu: torch sees no CUDA device")
+    for item in items:
+        if item.get_closest_marker("gpu") is not None:
+            item.add_marker(skip)
+
+
 @pytest.fixture(autouse=True)
 def _isolated_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     """Tests never see the developer's RADCLOUD_* variables or a radcloud.toml."""

@@ -48,10 +48,6 @@ def test_onnx_on_cuda_without_a_gpu_provider_runs_torch() -> None:
 
 @pytest.mark.gpu
 def test_an_onnx_runner_on_cuda_uses_the_gpu(registry: ModelRegistry) -> None:
-    import torch
-
-    if not torch.cuda.is_available():
-        pytest.skip("no CUDA device")
     runner = ModelRunner.from_registry(registry, "head-ct-haemorrhage", backend="onnx")
     assert runner.device == "cuda"
     batch = np.random.default_rng(0).random((2, *runner.input_shape), dtype=np.float32)
