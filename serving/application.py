@@ -114,6 +114,19 @@ def build_application(settings: Settings) -> Any:
     return api_ingress_class().options(name="api", ray_actor_options=small).bind(models, triage)
 
 
+def _release_stale_claims(settings: Settings) -> None:
+    """No triage worker runs yet: leases of the last serving's workers are stale."""
+    from radcloud.db import Database, upgrade
+    from serving.triage import release_claims
+
+    db = Database.from_settings(settings)
+    try:
+        upgrade(db)
+        release_claims(db)
+    finally:
+        db.dispose()
+
+
 def serve_forever(settings: Settings, stop: threading.Event | None = None) -> None:
     """Start (or join) Ray, deploy the application, and block until SIGTERM/SIGINT or ``stop``."""
     import ray
@@ -132,6 +145,7 @@ def serve_forever(settings: Settings, stop: threading.Event | None = None) -> No
             logging_level=logging.WARNING,
         )
     try:
+        _release_stale_claims(settings)
         serve.start(http_options={"host": settings.bind_host, "port": settings.api_port})
         serve.run(build_application(settings), name="radcloud", route_prefix="/", blocking=False)
         logger.info("radcloud serving on http://%s:%d", settings.bind_host, settings.api_port)

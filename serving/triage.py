@@ -61,6 +61,7 @@ __all__ = [
     "Predict",
     "TriagePipeline",
     "UnprocessableStudyError",
+    "release_claims",
     "select_series",
 ]
 
@@ -202,6 +203,30 @@ class _Model:
 
 # The "model" of a result row for a study that failed before any model ran (no card needed).
 _NO_MODEL = _Model("(none)", "-", None)  # type: ignore[arg-type]
+
+
+def release_claims(db: Database) -> int:
+    """Make every pending study event due now; return how many were held.
+
+    Serving calls this as it starts, before any triage worker runs: serving is the outbox's only
+    consumer (one per database), so a lease still in the future belongs to a worker of a serving
+    that has stopped (killed mid-event, or claiming while it shut down) and would otherwise keep
+    its study from triage for up to 5 minutes. Events waiting out a retry back-off are retried
+    at once too: whatever was down may be back.
+    """
+    with db.session() as session:
+        released = (
+            session.query(OutboxEvent)
+            .filter(
+                OutboxEvent.topic.in_(TOPICS),
+                OutboxEvent.processed_at.is_(None),
+                OutboxEvent.available_at > utcnow(),
+            )
+            .update({OutboxEvent.available_at: None}, synchronize_session=False)
+        )
+    if released:
+        logger.info("%d study event(s) held by a stopped triage worker are due again", released)
+    return int(released)
 
 
 class TriagePipeline:
