@@ -68,6 +68,7 @@ __all__ = [
     "SignedReport",
     "ViewerSeries",
     "person_name",
+    "study_by_uid",
 ]
 
 logger = logging.getLogger(__name__)
@@ -221,7 +222,7 @@ class ReadingService:
             The study has no worklist item.
         """
         with self._db.session() as session:
-            study = _study(session, study_instance_uid)
+            study = study_by_uid(session, study_instance_uid)
             hospital = study.hospital.name if study.hospital else None
             results = session.scalars(
                 select(InferenceResult)
@@ -297,7 +298,7 @@ class ReadingService:
             raise NotFoundError("segmentation of result", str(result_id))
         seg = self._seg(seg_uid)
         with self._db.session() as session:
-            orthanc_id = _study(session, study_instance_uid).orthanc_id
+            orthanc_id = study_by_uid(session, study_instance_uid).orthanc_id
         order = {
             i["sop_instance_uid"]: k
             for s in self._series(orthanc_id or "")
@@ -460,7 +461,7 @@ class ReadingService:
 
     def _result_findings(self, study_instance_uid: str, result_id: int) -> dict[str, Any]:
         with self._db.session() as session:
-            study = _study(session, study_instance_uid)
+            study = study_by_uid(session, study_instance_uid)
             result = session.get(InferenceResult, result_id)
             if result is None or result.study_id != study.id:
                 raise NotFoundError("result", str(result_id))
@@ -561,7 +562,14 @@ class ReadingService:
 # -- helpers --------------------------------------------------------------------------------------
 
 
-def _study(session: Session, uid: str) -> Study:
+def study_by_uid(session: Session, uid: str) -> Study:
+    """The study ``uid`` of the application database.
+
+    Raises
+    ------
+    NotFoundError
+        No such study.
+    """
     study: Study | None = session.scalar(select(Study).where(Study.study_instance_uid == uid))
     if study is None:
         raise NotFoundError("study", uid)

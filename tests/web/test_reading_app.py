@@ -48,6 +48,17 @@ def _eventually_differs(
         time.sleep(0.2)
 
 
+def _settled(capture: Callable[[], np.ndarray], timeout_s: float = 10.0) -> np.ndarray:
+    """The image once two captures in a row agree (a pending redraw has landed)."""
+    deadline = time.monotonic() + timeout_s
+    previous = capture()
+    while True:
+        current = capture()
+        if differs(previous, current) == 0 or time.monotonic() > deadline:
+            return current
+        previous = current
+
+
 def _signed_in_worklist(page: Page) -> None:
     sign_in(page, RADIOLOGIST, PASSWORD)
     expect(page.get_by_test_id("user-name")).to_contain_text(RADIOLOGIST)
@@ -159,8 +170,7 @@ def test_the_ai_overlay_toggles_on_the_findings_slice(
 
     toggle = page.get_by_test_id("overlay-toggle")
     toggle.uncheck()
-    time.sleep(0.5)  # a frame or two, should it have been on
-    without_overlay = shown()
+    without_overlay = _settled(shown)
     toggle.check()
     _eventually_differs(shown, without_overlay, "overlay on")
     with_overlay = shown()

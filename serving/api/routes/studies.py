@@ -20,10 +20,11 @@ from pydantic import BaseModel
 from sqlalchemy import select
 
 from radcloud.audit import AuditAction, AuditEventCode
-from radcloud.db.models import InferenceResult, InferenceStatus, OutboxEvent, Role, Study
+from radcloud.db.models import InferenceResult, InferenceStatus, OutboxEvent, Role
 from radcloud.exceptions import NotFoundError
 from radcloud.security import Principal
 from serving.api.security import audit_request, context, require_roles
+from serving.reading import study_by_uid
 
 __all__ = ["STUDY_REPROCESS", "router"]
 
@@ -66,19 +67,12 @@ class ReprocessAccepted(BaseModel):
     topic: str
 
 
-def _study(session: Any, uid: str) -> Study:
-    study: Study | None = session.scalar(select(Study).where(Study.study_instance_uid == uid))
-    if study is None:
-        raise NotFoundError("study", uid)
-    return study
-
-
 @router.get("/{study_uid}/results")
 def get_results(request: Request, caller: ResultsReader, study_uid: StudyUid) -> StudyResults:
     """The study's AI results: per model version its status, score, critical flag, findings,
     per-stage timings and error."""
     with context(request).db.session() as session:
-        study = _study(session, study_uid)
+        study = study_by_uid(session, study_uid)
         rows = session.scalars(
             select(InferenceResult)
             .where(InferenceResult.study_id == study.id)
@@ -145,7 +139,7 @@ def reprocess(
     """Queue the study for the triage pipeline again, recomputing existing results (202)."""
     ctx = context(request)
     with ctx.db.session() as session:
-        study = _study(session, study_uid)
+        study = study_by_uid(session, study_uid)
         ready_at, orthanc_id = study.ready_at, study.orthanc_id
         first, last = study.first_received_at, study.last_received_at
         hospital = study.hospital.name if study.hospital else None
