@@ -114,7 +114,7 @@ def _ingest(quick: bool) -> Any:
 
 def _e2e(quick: bool) -> Any:
     from benchmarks.triage import run_triage
-    from radcloud.config import load_settings
+    from core.config import load_settings
 
     if quick:
         return run_triage(None, slim=True, studies=4, interval_s=1.0)

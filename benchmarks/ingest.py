@@ -38,17 +38,17 @@ from typing import Any
 from pydicom.uid import generate_uid
 
 from benchmarks._env import describe_machine, free_ports, summarise, write_result
+from core.archive import orthanc_client
+from core.config import Settings, load_settings
+from core.db import Database, upgrade
+from core.secrets import load_secrets
 from dicom_gateway.dcmtk import storescu
 from dicom_gateway.senders import SenderRegistry
 from imaging.synthetic import ct_slice
-from radcloud.config import Settings, load_settings
-from radcloud.db import Database, upgrade
-from radcloud.secrets import load_secrets
 from radcloud.services import (
     DicomModality,
     Supervisor,
     api_component,
-    orthanc_client,
     orthanc_component,
 )
 from radcloud.services.components import gateway_component
@@ -94,8 +94,8 @@ def _send_parallel(files: list[Path], associations: int, send: Callable[[list[Pa
 
 def _stow_token(settings: Settings) -> str:
     """A bearer token of a ``pacs`` user created for the benchmark."""
-    from radcloud.db.models import Role
-    from radcloud.security import Accounts, TokenService
+    from core.db.models import Role
+    from core.security import Accounts, TokenService
 
     db = Database.from_settings(settings)
     try:

@@ -211,7 +211,7 @@ def run_serving(
         os.environ["RADCLOUD_HOME"] = home
         os.environ["RADCLOUD_SERVING_MAX_BATCH_SIZE"] = str(batch)
         os.environ["RADCLOUD_SERVING_DEVICE"] = device
-        from radcloud.config import load_settings
+        from core.config import load_settings
 
         settings = load_settings()
         model = register_models(settings.paths.models_dir, slim=slim, tasks=(Task.CHEST_XR,))

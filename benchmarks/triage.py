@@ -59,7 +59,7 @@ def _percentiles(values: list[float]) -> dict[str, float]:
 
 def _records(db: Any, sent: dict[str, str]) -> list[dict[str, Any]]:
     """One record per final result row of the studies sent."""
-    from radcloud.db.models import InferenceResult, InferenceStatus, Study
+    from core.db.models import InferenceResult, InferenceStatus, Study
 
     records: list[dict[str, Any]] = []
     with db.session() as session:
@@ -128,11 +128,11 @@ def run_triage(
     timeout_s
         How long to wait for every result.
     """
+    from core.config import load_settings
+    from core.db import Database, upgrade
     from dicom_gateway.dcmtk import storescu
     from dicom_gateway.senders import SenderRegistry
     from imaging.synthetic import generate_study
-    from radcloud.config import load_settings
-    from radcloud.db import Database, upgrade
     from radcloud.services import Supervisor
 
     with tempfile.TemporaryDirectory(prefix="radcloud-triage-") as tmp:
@@ -228,7 +228,7 @@ def markdown(result: dict[str, Any]) -> str:
 
 def main() -> None:
     """Command line entry point."""
-    from radcloud.config import load_settings
+    from core.config import load_settings
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models-from", type=Path, default=None, help="RADCLOUD_HOME with models")

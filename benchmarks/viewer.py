@@ -49,7 +49,7 @@ from benchmarks._env import describe_machine, free_ports, percentiles, summarise
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Page, Playwright
 
-    from radcloud.config import Settings
+    from core.config import Settings
 
 __all__ = ["CHROMIUM", "QUICK", "launch_chromium", "markdown", "run_viewer", "synthetic_ct"]
 
@@ -136,7 +136,7 @@ def synthetic_ct(slices: int = 64, matrix: int = 512, seed: int = 0) -> list[Dat
 
 
 def _platform_settings(home: Path) -> Settings:
-    from radcloud.config import load_settings
+    from core.config import load_settings
 
     ports = free_ports(5)
     return load_settings(
@@ -164,10 +164,10 @@ def _scratch_platform(tmp: Path) -> Iterator[Settings]:
     import httpx
 
     from benchmarks._models import register_models
+    from core.db import Database, upgrade
+    from core.db.models import Role
+    from core.security import Accounts
     from dicom_gateway.senders import SenderRegistry
-    from radcloud.db import Database, upgrade
-    from radcloud.db.models import Role
-    from radcloud.security import Accounts
     from radcloud.services import Supervisor
     from training.tasks import Task
 
@@ -198,9 +198,9 @@ def _send_and_triage(
     """Send the series through the gateway; the study's final AI result (status, critical)."""
     from sqlalchemy import select
 
+    from core.db import Database
+    from core.db.models import InferenceResult, InferenceStatus, Study
     from dicom_gateway.dcmtk import storescu
-    from radcloud.db import Database
-    from radcloud.db.models import InferenceResult, InferenceStatus, Study
 
     paths = []
     folder.mkdir()

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import logging
 
+from core.config import load_settings
 from dicom_gateway.service import GatewayService
-from radcloud.config import load_settings
 
 
 def main() -> None:

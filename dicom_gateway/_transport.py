@@ -14,8 +14,8 @@ from typing import Any, cast
 
 from pynetdicom.transport import ThreadedAssociationServer
 
-from radcloud.config import Settings
-from radcloud.exceptions import ConfigError
+from core.config import Settings
+from core.exceptions import ConfigError
 
 __all__ = ["AssociationServer", "set_tcp_nodelay", "tls_context"]
 

@@ -29,10 +29,10 @@ from typing import TYPE_CHECKING, Any
 import httpx
 from sqlalchemy import select, update
 
+from core.db import Database
+from core.db.models import Hospital, OutboxEvent, Study, StudyState, utcnow
 from dicom_gateway import metrics
 from dicom_gateway.forwarder import Confirmation
-from radcloud.db import Database
-from radcloud.db.models import Hospital, OutboxEvent, Study, StudyState, utcnow
 
 if TYPE_CHECKING:
     import pyorthanc

@@ -67,6 +67,8 @@ from pynetdicom import AE, AllStoragePresentationContexts, _config, build_contex
 from pynetdicom.pdu import P_DATA_TF
 from pynetdicom.presentation import PresentationContext
 
+from core.audit import AuditAction, AuditEventCode, AuditOutcome, AuditTrail
+from core.config import Settings
 from dicom_gateway import metrics
 from dicom_gateway._archive import MoveOperation, OrthancArchive
 from dicom_gateway._query import (
@@ -88,8 +90,6 @@ from dicom_gateway.exceptions import (
 )
 from dicom_gateway.intake import Intake
 from dicom_gateway.senders import DestinationInfo, SenderInfo, SenderRegistry
-from radcloud.audit import AuditAction, AuditEventCode, AuditOutcome, AuditTrail
-from radcloud.config import Settings
 
 if TYPE_CHECKING:
     import pyorthanc

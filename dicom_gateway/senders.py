@@ -17,11 +17,11 @@ from dataclasses import dataclass
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from core.config import validate_ae_title
+from core.db import Database
+from core.db.models import Hospital, MoveDestination, Sender, Study
+from core.exceptions import AlreadyExistsError, NotFoundError
 from dicom_gateway.exceptions import UnknownSenderError
-from radcloud.config import validate_ae_title
-from radcloud.db import Database
-from radcloud.db.models import Hospital, MoveDestination, Sender, Study
-from radcloud.exceptions import AlreadyExistsError, NotFoundError
 
 __all__ = ["DestinationInfo", "SenderInfo", "SenderRegistry"]
 

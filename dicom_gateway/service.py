@@ -17,17 +17,17 @@ from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from core.archive import orthanc_client
+from core.audit import AuditAction, AuditEventCode, AuditTrail
+from core.config import Settings
+from core.db import Database, upgrade
+from core.secrets import load_secrets
 from dicom_gateway.completeness import StudyTracker
 from dicom_gateway.forwarder import Forwarder
 from dicom_gateway.intake import Intake
 from dicom_gateway.quarantine import Quarantine
 from dicom_gateway.senders import SenderRegistry
 from dicom_gateway.spool import Spool
-from radcloud.audit import AuditAction, AuditEventCode, AuditTrail
-from radcloud.config import Settings
-from radcloud.db import Database, upgrade
-from radcloud.secrets import load_secrets
-from radcloud.services.orthanc import orthanc_client
 
 __all__ = ["GatewayService"]
 

@@ -162,7 +162,7 @@ class OrthancDeidentifier:
     Parameters
     ----------
     client
-        A client of radcloud's Orthanc (:func:`radcloud.services.orthanc_client`; any
+        A client of radcloud's Orthanc (:func:`core.archive.orthanc_client`; any
         ``httpx.Client`` whose ``base_url`` is Orthanc's).
     pseudonyms
         The keyed pseudonyms of the export's destination scope.

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from radcloud.exceptions import NotFoundError, RadcloudError
+from core.exceptions import NotFoundError, RadcloudError
 
 __all__ = [
     "ArchitectureError",

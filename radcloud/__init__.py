@@ -1,4 +1,6 @@
-"""radcloud's platform core: settings, secrets, the application database, security, audit,
-Orthanc and process supervision, and the ``radcloud`` command line."""
+"""radcloud's shell: the ``radcloud`` command line, the process supervisor and the demo. It sits
+on top of the product's parts and imports them; nothing imports it (``docs/architecture.md``)."""
 
-__version__ = "0.1.0"
+from core import __version__
+
+__all__ = ["__version__"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from radcloud.config import load_settings
+from core.config import load_settings
 from serving.application import serve_forever
 
 

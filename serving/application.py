@@ -21,7 +21,7 @@ import signal
 import threading
 from typing import Any
 
-from radcloud.config import Settings
+from core.config import Settings
 
 __all__ = ["build_application", "serve_forever"]
 
@@ -32,7 +32,7 @@ _NAMESPACE = "radcloud"
 
 
 def _runtime_env(settings: Settings) -> dict[str, Any]:
-    from radcloud.services.components import settings_env
+    from core.config import settings_env
 
     env = settings_env(settings)
     for name, value in os.environ.items():  # secrets and overrides the TOML file does not hold
@@ -116,7 +116,7 @@ def build_application(settings: Settings) -> Any:
 
 def _release_stale_claims(settings: Settings) -> None:
     """No triage worker runs yet: leases of the last serving's workers are stale."""
-    from radcloud.db import Database, upgrade
+    from core.db import Database, upgrade
     from serving.triage import release_claims
 
     db = Database.from_settings(settings)

@@ -10,7 +10,7 @@
 - :func:`api_ingress_class`: the FastAPI application of ``serving.api`` as the Serve ingress, so one
   address serves the API, DICOMweb and ad hoc inference.
 
-Every replica rebuilds :class:`~radcloud.config.Settings` from ``RADCLOUD_*`` variables passed
+Every replica rebuilds :class:`~core.config.Settings` from ``RADCLOUD_*`` variables passed
 in its runtime environment, so replicas on other nodes of a joined cluster see the same
 settings as the process that deployed them.
 """
@@ -28,7 +28,7 @@ import numpy as np
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from radcloud.config import Settings, load_settings
+from core.config import Settings, load_settings
 
 __all__ = ["ModelServer", "TriageWorker", "api_ingress_class", "batch_size", "batch_wait_ms"]
 

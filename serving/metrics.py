@@ -37,8 +37,8 @@ from prometheus_client.registry import Collector
 from sqlalchemy import and_, case, func, select
 from sqlalchemy.exc import SQLAlchemyError
 
-from radcloud.db import Database
-from radcloud.db.models import InferenceResult, InferenceStatus, OutboxEvent, utcnow
+from core.db import Database
+from core.db.models import InferenceResult, InferenceStatus, OutboxEvent, utcnow
 from serving.notify import GAVE_UP, TOPIC_CRITICAL
 
 __all__ = [

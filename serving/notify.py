@@ -53,12 +53,12 @@ from sqlalchemy import CursorResult, or_, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from radcloud import __version__
-from radcloud.audit import AuditAction, AuditEventCode, AuditOutcome, AuditTrail
-from radcloud.config import Settings
-from radcloud.db import Database, write_transaction
-from radcloud.db.models import InferenceResult, OutboxEvent, Study, utcnow
-from radcloud.secrets import Secrets
+from core import __version__
+from core.audit import AuditAction, AuditEventCode, AuditOutcome, AuditTrail
+from core.config import Settings
+from core.db import Database, write_transaction
+from core.db.models import InferenceResult, OutboxEvent, Study, utcnow
+from core.secrets import Secrets
 
 __all__ = [
     "REPLAY_WINDOW_S",

@@ -38,10 +38,8 @@ from pydicom.uid import generate_uid
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from imaging.seg import MANUFACTURER
-from imaging.sr import STUDY_TRACKING_ID, read_findings
-from radcloud.db import Database
-from radcloud.db.models import (
+from core.db import Database
+from core.db.models import (
     InferenceResult,
     InferenceStatus,
     Label,
@@ -49,7 +47,9 @@ from radcloud.db.models import (
     Report,
     Study,
 )
-from radcloud.exceptions import NotFoundError, RadcloudError
+from core.exceptions import NotFoundError, RadcloudError
+from imaging.seg import MANUFACTURER
+from imaging.sr import STUDY_TRACKING_ID, read_findings
 from serving.worklist import (
     NotClaimantError,
     ReadingState,

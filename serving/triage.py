@@ -42,16 +42,16 @@ from pydicom import Dataset
 from pydicom.filebase import DicomBytesIO
 from sqlalchemy import or_, select
 
+from core.audit import AuditAction, AuditEventCode, AuditTrail
+from core.config import Settings
+from core.db import Database
+from core.db.models import InferenceResult, InferenceStatus, OutboxEvent, Study, utcnow
 from imaging.exceptions import ImagingError, InconsistentSeriesError
 from imaging.seg import HEMORRHAGE, AlgorithmIdentity, write_segmentation
 from imaging.sr import Finding, write_measurement_report
 from imaging.volume import load_series
 from models.card import ModelCard, SeriesSelection
 from models.registry import ModelRegistry
-from radcloud.audit import AuditAction, AuditEventCode, AuditTrail
-from radcloud.config import Settings
-from radcloud.db import Database
-from radcloud.db.models import InferenceResult, InferenceStatus, OutboxEvent, Study, utcnow
 from serving.inference import ModelOutput, interpret, prepare
 
 __all__ = [
@@ -239,7 +239,7 @@ class TriagePipeline:
     db, audit
         The application database and audit trail.
     orthanc
-        A pyorthanc client (``radcloud.services.orthanc_client``).
+        A pyorthanc client (``core.archive.orthanc_client``).
     registry
         The model registry (production versions are served).
     predict

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from core.archive import orthanc_client
+from core.audit import AuditTrail
+from core.config import Settings
+from core.db import Database, upgrade
+from core.db.models import InferenceResult, Study
+from core.secrets import load_secrets
 from models.registry import ModelRegistry
-from radcloud.audit import AuditTrail
-from radcloud.config import Settings
-from radcloud.db import Database, upgrade
-from radcloud.db.models import InferenceResult, Study
-from radcloud.secrets import load_secrets
-from radcloud.services import orthanc_client
 from serving.notify import WebhookNotifier, enqueue_critical_finding, signing_key
 from serving.triage import Predict, TriagePipeline
 from serving.worklist import WorklistPolicy, ensure_worklist_item, record_ai_outcome

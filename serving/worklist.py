@@ -37,7 +37,7 @@ the claimer or an admin), ``in_progress → reported`` (by the claimer). Every t
 the row ``version`` the client saw; the row's ``version`` column is SQLAlchemy's optimistic lock
 (``version_id_col``), so a transition based on a stale view (another claim, a new AI result)
 fails with :class:`WorklistConflictError` and changes nothing. Transitions run in
-:func:`radcloud.db.write_transaction`, so two radiologists claiming one study are serialised:
+:func:`core.db.write_transaction`, so two radiologists claiming one study are serialised:
 exactly one wins, the other learns who holds it.
 
 Errors::
@@ -61,12 +61,12 @@ from sqlalchemy import ColumnElement, Select, and_, func, or_, select
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.exc import StaleDataError
 
-from radcloud.db import Database, write_transaction
-from radcloud.db.models import Hospital, ReadingStatus, Study, WorklistItem, utcnow
-from radcloud.exceptions import ConfigError, NotFoundError, RadcloudError
+from core.db import Database, write_transaction
+from core.db.models import Hospital, ReadingStatus, Study, WorklistItem, utcnow
+from core.exceptions import ConfigError, NotFoundError, RadcloudError
 
 if TYPE_CHECKING:
-    from radcloud.config import Settings
+    from core.config import Settings
 
 __all__ = [
     "AiStatus",

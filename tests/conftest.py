@@ -18,10 +18,10 @@ from typing import Any
 import httpx
 import pytest
 
-from radcloud.config import Settings, load_settings
-from radcloud.db import Database
-from radcloud.secrets import load_secrets
-from radcloud.services import orthanc_client
+from core.archive import orthanc_client
+from core.config import Settings, load_settings
+from core.db import Database
+from core.secrets import load_secrets
 from tests.fixture_models import register_fixture_models
 from tests.helpers import free_ports
 

@@ -11,9 +11,9 @@ from typing import Any
 from pydicom import Dataset
 from sqlalchemy import select
 
+from core.db import Database
+from core.db.models import Hospital, Label, Study, StudyState
 from imaging.synthetic import SyntheticStudy, generate_study
-from radcloud.db import Database
-from radcloud.db.models import Hospital, Label, Study, StudyState
 
 __all__ = ["StoredStudy", "add_label", "identifiable", "store", "store_study"]
 

@@ -9,8 +9,8 @@ from dataclasses import dataclass
 
 from sqlalchemy import select
 
-from radcloud.db import Database
-from radcloud.db.models import Hospital, Label, Study
+from core.db import Database
+from core.db.models import Hospital, Label, Study
 from training.exceptions import DataSourceError
 from training.tasks import Task
 

@@ -61,14 +61,14 @@ import numpy as np
 import pydicom
 from rich.progress import Progress
 
+from core.audit import AuditAction, AuditEventCode, AuditTrail
+from core.db import Database
+from core.db.models import Study
 from imaging.deid import OrthancDeidentifier, Pseudonymizer
 from imaging.exceptions import DeidentificationError, ImagingError, OrthancUnavailableError
 from imaging.nifti import save_nifti
 from imaging.seg import read_segmentation
 from imaging.volume import Volume, load_series
-from radcloud.audit import AuditAction, AuditEventCode, AuditTrail
-from radcloud.db import Database
-from radcloud.db.models import Study
 from training._labels import (
     SEG_SERIES_KEY,
     SEGMENT_NUMBERS_KEY,
@@ -469,7 +469,7 @@ def export_orthanc_source(
     database
         The application database (``studies``, ``hospitals``, ``labels``).
     orthanc
-        A client of radcloud's Orthanc (:func:`radcloud.services.orthanc_client`).
+        A client of radcloud's Orthanc (:func:`core.archive.orthanc_client`).
     deid_key
         The deployment's de-identification key (``Secrets.deid_hmac_key``).
     hospitals

@@ -13,9 +13,9 @@ import typer
 from rich.console import Console
 from rich.logging import RichHandler
 
-from radcloud.config import Settings, load_settings
-from radcloud.db import Database, upgrade
-from radcloud.exceptions import RadcloudError
+from core.config import Settings, load_settings
+from core.db import Database, upgrade
+from core.exceptions import RadcloudError
 
 __all__ = [
     "command",

@@ -9,10 +9,10 @@ from typing import Annotated
 
 import typer
 
-from radcloud.audit import AuditTrail
+from core.audit import AuditTrail
+from core.db import current_revision, head_revision
+from core.secrets import load_secrets
 from radcloud.cli._common import command, console, database, fail, get_settings
-from radcloud.db import current_revision, head_revision
-from radcloud.secrets import load_secrets
 
 __all__ = ["register"]
 
@@ -71,7 +71,7 @@ def db_upgrade() -> None:
 def db_status() -> None:
     """Show the schema revision and the newest one this radcloud knows."""
     settings = get_settings()
-    from radcloud.db import Database
+    from core.db import Database
 
     db = Database.from_settings(settings)
     console.print(f"url: {db.engine.url.render_as_string(hide_password=True)}")

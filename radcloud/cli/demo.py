@@ -29,9 +29,9 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from sqlalchemy import select
 
+from core.config import Settings
 from radcloud.cli._common import command, console, fail, get_settings, setup_logging
 from radcloud.cli.train import epoch_progress
-from radcloud.config import Settings
 
 __all__ = ["register"]
 
@@ -97,8 +97,8 @@ def _services(settings: Settings, restart_serving: bool) -> None:
 
 
 def _sender(settings: Settings) -> None:
+    from core.db import Database
     from dicom_gateway.senders import SenderRegistry
-    from radcloud.db import Database
 
     db = Database.from_settings(settings)
     registry = SenderRegistry(db)
@@ -140,8 +140,8 @@ def _push(settings: Settings, studies: int, seed: int) -> list[tuple[str, str, f
 
 
 def _wait_for_triage(settings: Settings, uids: list[str], timeout_s: float) -> None:
-    from radcloud.db import Database
-    from radcloud.db.models import InferenceResult, InferenceStatus, Study
+    from core.db import Database
+    from core.db.models import InferenceResult, InferenceStatus, Study
 
     db = Database.from_settings(settings)
     deadline = time.monotonic() + timeout_s
@@ -178,8 +178,8 @@ def _wait_for_triage(settings: Settings, uids: list[str], timeout_s: float) -> N
 
 
 def _worklist(settings: Settings, uids: set[str]) -> None:
-    from radcloud.db import Database
-    from radcloud.db.models import Hospital, InferenceResult, Study, WorklistItem
+    from core.db import Database
+    from core.db.models import Hospital, InferenceResult, Study, WorklistItem
     from serving.worklist import priority_key
 
     db = Database.from_settings(settings)

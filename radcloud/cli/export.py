@@ -24,10 +24,10 @@ def export_orthanc(
     task: str, out: Path, hospitals: list[str], keep_identifiers: bool
 ) -> ExportManifest:
     """Export ``task``'s labelled studies to ``out`` (audited), print a summary; errors exit 1."""
+    from core.archive import orthanc_client
+    from core.audit import AuditTrail
+    from core.secrets import load_secrets
     from imaging.exceptions import ImagingError
-    from radcloud.audit import AuditTrail
-    from radcloud.secrets import load_secrets
-    from radcloud.services import orthanc_client
     from training.exceptions import TrainingError
     from training.orthanc_source import export_orthanc_source
     from training.tasks import Task

@@ -8,10 +8,10 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from core.db.models import Role
+from core.secrets import load_secrets
+from core.security import Accounts, TokenService
 from radcloud.cli._common import command, console, database, get_settings
-from radcloud.db.models import Role
-from radcloud.secrets import load_secrets
-from radcloud.security import Accounts, TokenService
 
 __all__ = ["register"]
 

@@ -10,8 +10,8 @@ from typing import Annotated, NoReturn
 import typer
 from rich.table import Table
 
+from core.exceptions import ServiceError, StartupError
 from radcloud.cli._common import command, console, err_console, fail, get_settings, setup_logging
-from radcloud.exceptions import ServiceError, StartupError
 from radcloud.services import ComponentStatus, Supervisor
 
 __all__ = ["register"]

@@ -1,14 +1,11 @@
-"""radcloud's processes: the supervisor, the component definitions, and Orthanc."""
+"""radcloud's processes (the shell): the supervisor, the component definitions, and Orthanc."""
 
-from radcloud.services.components import api_component, components, settings_env
+from radcloud.services.components import api_component, components
 from radcloud.services.orthanc import (
     DicomModality,
     check_orthanc_installed,
-    orthanc_client,
     orthanc_component,
     orthanc_config,
-    orthanc_healthy,
-    wait_for_orthanc,
     write_orthanc_config,
 )
 from radcloud.services.supervisor import (
@@ -29,11 +26,7 @@ __all__ = [
     "check_ports_free",
     "components",
     "http_ok",
-    "orthanc_client",
     "orthanc_component",
     "orthanc_config",
-    "orthanc_healthy",
-    "settings_env",
-    "wait_for_orthanc",
     "write_orthanc_config",
 ]

@@ -7,39 +7,17 @@ A new component is one more entry in :func:`components`.
 from __future__ import annotations
 
 import functools
-import json
 import sys
 from typing import Any
 
 import httpx
 
-from radcloud.config import ENV_PREFIX, Settings
-from radcloud.secrets import Secrets
+from core.config import ENV_PREFIX, Settings, settings_env
+from core.secrets import Secrets
 from radcloud.services.orthanc import orthanc_component
 from radcloud.services.supervisor import Component, http_ok
 
-__all__ = ["api_component", "components", "gateway_component", "settings_env"]
-
-
-def settings_env(settings: Settings) -> dict[str, str]:
-    """``RADCLOUD_*`` variables that reproduce ``settings`` in a child process.
-
-    Values given as keyword overrides or in a TOML file the child cannot see would otherwise
-    differ between the supervisor and the process it starts (the port it health-checks above
-    all). Secret fields (those hidden from ``repr``) and unset fields are left out; the child
-    reads those from the environment or the TOML file as the parent did.
-    """
-    env: dict[str, str] = {}
-    dumped = settings.model_dump(mode="json")  # nested models (viewer presets) as plain data
-    for name, info in type(settings).model_fields.items():
-        value = getattr(settings, name)
-        if value is None or not info.repr:
-            continue
-        env[f"{ENV_PREFIX}{name.upper()}"] = (
-            json.dumps(dumped[name]) if isinstance(value, dict | list) else str(value)
-        )
-    env[f"{ENV_PREFIX}HOME"] = str(settings.home.absolute())
-    return env
+__all__ = ["api_component", "components", "gateway_component"]
 
 
 def api_component(settings: Settings) -> Component:

@@ -6,7 +6,7 @@ clients (``RemoteAccessAllowed: false``; Orthanc 1.10 has no bind-address option
 accepts associations only from the modalities configured here, checked by calling AE title and
 host. The file holds the password, so it is written with mode 0600.
 
-Everything in radcloud reaches Orthanc through :func:`orthanc_client`.
+Everything in radcloud reaches Orthanc through the archive seam (:mod:`core.archive`).
 """
 
 from __future__ import annotations
@@ -16,33 +16,28 @@ import json
 import logging
 import os
 import shutil
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
-import httpx
-
-from radcloud.config import OrthancIndex, Settings, validate_ae_title
-from radcloud.exceptions import ConfigError, DependencyMissingError, StartupError
-from radcloud.secrets import Secrets
+from core.archive.orthanc import orthanc_healthy
+from core.config import OrthancIndex, Settings, validate_ae_title
+from core.exceptions import ConfigError, DependencyMissingError
+from core.secrets import Secrets
 from radcloud.services.supervisor import Component
 
 if TYPE_CHECKING:
-    import pyorthanc
+    pass
 
 __all__ = [
     "DICOMWEB_PLUGIN",
     "POSTGRESQL_PLUGIN",
     "DicomModality",
     "check_orthanc_installed",
-    "orthanc_client",
     "orthanc_component",
     "orthanc_config",
-    "orthanc_healthy",
-    "wait_for_orthanc",
     "write_orthanc_config",
 ]
 
@@ -265,106 +260,6 @@ def check_orthanc_installed(settings: Settings) -> str:
                 f"the Orthanc PostgreSQL plugin ({postgresql})", POSTGRESQL_INSTALL
             )
     return executable
-
-
-def orthanc_client(
-    settings: Settings, secrets: Secrets, *, timeout_s: float = 30.0
-) -> pyorthanc.Orthanc:
-    """A REST client for radcloud's Orthanc, authenticated with the generated credentials.
-
-    Parameters
-    ----------
-    settings
-        ``orthanc_url`` is used.
-    secrets
-        ``orthanc_user`` and ``orthanc_password`` are used.
-    timeout_s
-        Timeout of each request.
-
-    Returns
-    -------
-    pyorthanc.Orthanc
-        The client (an ``httpx.Client`` with ``base_url`` set, so both pyorthanc's methods and
-        raw paths such as ``client.post("/tools/find", json=...)`` work; close it, or use it as
-        a context manager).
-    """
-    import pyorthanc  # 0.3 s to import: only when a client is needed
-
-    return pyorthanc.Orthanc(
-        settings.orthanc_url,
-        username=secrets.orthanc_user,
-        password=secrets.orthanc_password,
-        timeout=timeout_s,
-        base_url=settings.orthanc_url,  # so raw REST paths work too: client.get("/system")
-    )
-
-
-def orthanc_healthy(settings: Settings, secrets: Secrets, *, timeout_s: float = 2.0) -> bool:
-    """Whether Orthanc answers ``GET /system`` with 200 and a JSON object.
-
-    Parameters
-    ----------
-    settings, secrets
-        Where Orthanc is and the credentials it demands.
-    timeout_s
-        Timeout of the request.
-
-    Returns
-    -------
-    bool
-        ``False`` on any connection error, error status or unexpected body.
-    """
-    url = f"{settings.orthanc_url}/system"
-    try:
-        response = httpx.get(
-            url, auth=(secrets.orthanc_user, secrets.orthanc_password), timeout=timeout_s
-        )
-    except httpx.HTTPError as exc:
-        logger.debug("GET %s failed: %s", url, exc)
-        return False
-    if response.status_code != 200:
-        logger.debug("GET %s answered %d", url, response.status_code)
-        return False
-    try:
-        return isinstance(response.json(), dict)
-    except ValueError:
-        logger.debug("GET %s did not answer JSON", url)
-        return False
-
-
-def wait_for_orthanc(
-    settings: Settings,
-    secrets: Secrets,
-    *,
-    timeout_s: float | None = None,
-    interval_s: float = 0.2,
-) -> None:
-    """Block until Orthanc is healthy (see :func:`orthanc_healthy`).
-
-    Parameters
-    ----------
-    settings, secrets
-        Where Orthanc is and the credentials it demands.
-    timeout_s
-        How long to wait; ``settings.startup_timeout_s`` by default.
-    interval_s
-        Pause between attempts.
-
-    Raises
-    ------
-    StartupError
-        When Orthanc is not healthy in time.
-    """
-    limit = settings.startup_timeout_s if timeout_s is None else timeout_s
-    deadline = time.monotonic() + limit
-    while not orthanc_healthy(settings, secrets):
-        if time.monotonic() >= deadline:
-            raise StartupError(
-                "orthanc",
-                f"{settings.orthanc_url}/system did not answer 200 within {limit:g} s",
-                settings.paths.log_dir / "orthanc.log",
-            )
-        time.sleep(interval_s)
 
 
 def _prepare(

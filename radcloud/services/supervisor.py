@@ -7,7 +7,7 @@ so that a recycled pid is never signalled) in ``RADCLOUD_HOME/run/<name>.pid``.
 :meth:`Supervisor.up` starts the components in order and waits for each to be healthy before the
 next; running it again while everything is up is harmless. :meth:`Supervisor.down` stops them in
 reverse order with SIGTERM to the process group, then SIGKILL. Errors are
-:class:`~radcloud.exceptions.ServiceError` subclasses: ``PortInUseError(port, setting)`` before
+:class:`~core.exceptions.ServiceError` subclasses: ``PortInUseError(port, setting)`` before
 anything is spawned, ``StartupError(component, reason, log_file)`` with the log's last lines when a
 process exits or never becomes healthy.
 """
@@ -27,10 +27,10 @@ from typing import Any
 
 import httpx
 
-from radcloud.config import Settings
-from radcloud.db import Database, upgrade
-from radcloud.exceptions import PortInUseError, StartupError
-from radcloud.secrets import load_secrets
+from core.config import Settings
+from core.db import Database, upgrade
+from core.exceptions import PortInUseError, StartupError
+from core.secrets import load_secrets
 from radcloud.services._process import (
     alive,
     log_tail,
@@ -66,7 +66,7 @@ class Component:
         Program and arguments.
     ports
         ``(port, setting)`` pairs the process listens on; ``setting`` is the ``RADCLOUD_*``
-        variable that changes the port, named in :class:`~radcloud.exceptions.PortInUseError`.
+        variable that changes the port, named in :class:`~core.exceptions.PortInUseError`.
     health
         Returns ``True`` once the component serves requests; must return quickly (short
         timeouts) and not raise for a component that is down.
@@ -78,7 +78,7 @@ class Component:
         Variables added to the supervisor's own environment for the process.
     prepare
         Called just before the process is spawned (write a config file, check a dependency is
-        installed); may raise :class:`~radcloud.exceptions.ServiceError`.
+        installed); may raise :class:`~core.exceptions.ServiceError`.
     details
         Returns a few facts to show in ``radcloud status`` (e.g. spool depth) while healthy;
         ``None`` when there is nothing to show or it cannot be read.

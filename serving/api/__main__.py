@@ -6,7 +6,7 @@ import logging
 
 import uvicorn
 
-from radcloud.config import load_settings
+from core.config import load_settings
 from serving.api.app import create_app
 
 

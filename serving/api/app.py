@@ -15,9 +15,9 @@ from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI
 
-from radcloud import __version__
-from radcloud.config import Settings, load_settings
-from radcloud.security import Principal
+from core import __version__
+from core.config import Settings, load_settings
+from core.security import Principal
 from serving.api.context import ApiContext
 from serving.api.errors import install_error_handlers
 from serving.api.routes import (

@@ -6,15 +6,15 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from core.archive import orthanc_client
+from core.audit import AuditTrail
+from core.config import Settings
+from core.db import Database, upgrade
+from core.secrets import load_secrets
+from core.security import Accounts, TokenService
 from dicom_gateway.intake import Intake
 from dicom_gateway.quarantine import Quarantine
 from dicom_gateway.spool import Spool
-from radcloud.audit import AuditTrail
-from radcloud.config import Settings
-from radcloud.db import Database, upgrade
-from radcloud.secrets import load_secrets
-from radcloud.security import Accounts, TokenService
-from radcloud.services import orthanc_client
 
 if TYPE_CHECKING:
     import pyorthanc

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from radcloud.exceptions import (
+from core.exceptions import (
     AlreadyExistsError,
     AuthenticationError,
     NotFoundError,

@@ -12,10 +12,10 @@ from typing import Any
 
 from fastapi import Request
 
-from radcloud.audit import AuditAction, AuditEventCode, AuditOutcome
-from radcloud.db.models import Role
-from radcloud.exceptions import AuthenticationError, PermissionDeniedError
-from radcloud.security import API_KEY_PREFIX, AuthMethod, Principal
+from core.audit import AuditAction, AuditEventCode, AuditOutcome
+from core.db.models import Role
+from core.exceptions import AuthenticationError, PermissionDeniedError
+from core.security import API_KEY_PREFIX, AuthMethod, Principal
 from serving.api.context import ApiContext
 
 __all__ = ["audit_request", "authenticate", "client_address", "context", "require_roles"]

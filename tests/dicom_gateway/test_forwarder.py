@@ -9,16 +9,16 @@ import pytest
 from pydicom.uid import generate_uid
 from sqlalchemy import select
 
+from core.archive import orthanc_client
+from core.config import load_settings
+from core.db import Database, upgrade
+from core.db.models import OutboxEvent, Study, StudyState
+from core.secrets import load_secrets
 from dicom_gateway.completeness import STUDY_READY, STUDY_UPDATED, StudyTracker
 from dicom_gateway.forwarder import Forwarder, orthanc_instance_id
 from dicom_gateway.quarantine import Quarantine
 from dicom_gateway.spool import Spool
 from dicom_gateway.validation import InstanceInfo, inspect_instance
-from radcloud.config import load_settings
-from radcloud.db import Database, upgrade
-from radcloud.db.models import OutboxEvent, Study, StudyState
-from radcloud.secrets import load_secrets
-from radcloud.services import orthanc_client
 from tests.conftest import Stack
 from tests.dicom_gateway.dicom_files import synthetic_ct
 from tests.helpers import free_port, wait_until

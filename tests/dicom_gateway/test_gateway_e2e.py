@@ -25,10 +25,10 @@ from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID, generate_uid
 from sqlalchemy import select
 
+from core.db.models import OutboxEvent
+from core.secrets import load_secrets
 from dicom_gateway.dcmtk import StoreReport, dcmtk_environment, storescu
 from dicom_gateway.quarantine import Quarantine
-from radcloud.db.models import OutboxEvent
-from radcloud.secrets import load_secrets
 from radcloud.services import DicomModality, Supervisor, orthanc_component
 from tests.conftest import Stack, settings_from_env, stack_env
 from tests.dicom_gateway.dicom_files import synthetic_ct

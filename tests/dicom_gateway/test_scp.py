@@ -29,16 +29,16 @@ from prometheus_client import REGISTRY
 from pydicom.uid import generate_uid
 from sqlalchemy import select
 
+from core.audit import AuditTrail
+from core.config import Settings, load_settings
+from core.db import Database, upgrade
+from core.db.models import Hospital, Study
 from dicom_gateway.dcmtk import TlsFiles, dcmtk_environment, storescu
 from dicom_gateway.intake import Intake
 from dicom_gateway.quarantine import Quarantine
 from dicom_gateway.scp import DicomService
 from dicom_gateway.senders import SenderRegistry
 from dicom_gateway.spool import Spool
-from radcloud.audit import AuditTrail
-from radcloud.config import Settings, load_settings
-from radcloud.db import Database, upgrade
-from radcloud.db.models import Hospital, Study
 from tests.conftest import Stack
 from tests.dicom_gateway.dicom_files import pydicom_file, synthetic_ct
 from tests.helpers import free_port, wait_until

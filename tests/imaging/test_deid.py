@@ -13,6 +13,8 @@ import pydicom
 import pytest
 from pydicom import Dataset
 
+from core.archive import orthanc_client
+from core.secrets import load_secrets
 from imaging.deid import (
     PSEUDONYM_PREFIX,
     DeidentifiedInstance,
@@ -22,8 +24,6 @@ from imaging.deid import (
 from imaging.exceptions import DeidentificationError, OrthancUnavailableError
 from imaging.synthetic import generate_study
 from imaging.volume import load_series
-from radcloud.secrets import load_secrets
-from radcloud.services import orthanc_client
 from tests.conftest import Stack
 from tests.helpers import free_port
 from tests.imaging.dicom_series import assert_dcmtk_accepts

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from radcloud.config import Settings, load_settings
-from radcloud.exceptions import ConfigError, DependencyMissingError, PortInUseError
-from radcloud.secrets import Secrets, load_secrets
+from core.config import Settings, load_settings
+from core.exceptions import ConfigError, DependencyMissingError, PortInUseError
+from core.secrets import Secrets, load_secrets
 from radcloud.services import (
     DicomModality,
     Supervisor,

@@ -13,9 +13,9 @@ import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 
-from radcloud.config import Settings, load_settings
-from radcloud.exceptions import PortInUseError, StartupError
-from radcloud.secrets import Secrets, load_secrets
+from core.config import Settings, load_settings
+from core.exceptions import PortInUseError, StartupError
+from core.secrets import Secrets, load_secrets
 from radcloud.services import (
     Component,
     Supervisor,

@@ -8,9 +8,9 @@ import json
 import jwt
 import pytest
 
-from radcloud.db.models import Role
-from radcloud.secrets import load_secrets
-from radcloud.security import TokenService
+from core.db.models import Role
+from core.secrets import load_secrets
+from core.security import TokenService
 from tests.conftest import Stack
 
 pytestmark = pytest.mark.integration

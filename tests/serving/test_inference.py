@@ -94,8 +94,7 @@ def test_series_selection_follows_the_card(registry: ModelRegistry, tmp_path: Pa
 def test_batching_is_configurable_per_model_and_reaches_the_replicas(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    from radcloud.config import load_settings
-    from radcloud.services.components import settings_env
+    from core.config import load_settings, settings_env
     from serving.deployments import batch_size, batch_wait_ms
 
     monkeypatch.setenv("RADCLOUD_HOME", str(tmp_path))

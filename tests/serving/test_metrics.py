@@ -18,9 +18,9 @@ import pytest
 import uvicorn
 from prometheus_client.parser import text_string_to_metric_families
 
-from radcloud.config import load_settings
-from radcloud.db import Database, upgrade, write_transaction
-from radcloud.db.models import (
+from core.config import load_settings
+from core.db import Database, upgrade, write_transaction
+from core.db.models import (
     InferenceResult,
     InferenceStatus,
     OutboxEvent,
@@ -29,7 +29,7 @@ from radcloud.db.models import (
     StudyState,
     utcnow,
 )
-from radcloud.security import Accounts
+from core.security import Accounts
 from serving.api.app import create_app
 from serving.metrics import render_metrics
 from tests.conftest import Stack
@@ -76,7 +76,7 @@ def _timings(total: float, triage: float) -> dict[str, float]:
 
 @pytest.fixture
 def db(tmp_path: Path) -> Iterator[Database]:
-    database = Database(f"sqlite:///{tmp_path / 'radcloud.db'}")
+    database = Database(f"sqlite:///{tmp_path / 'core.db'}")
     upgrade(database)
     yield database
     database.dispose()

@@ -23,10 +23,10 @@ from typing import Any
 import pytest
 from sqlalchemy import select, update
 
-from radcloud.audit import AuditTrail
-from radcloud.config import Settings, load_settings
-from radcloud.db import Database, upgrade, write_transaction
-from radcloud.db.models import (
+from core.audit import AuditTrail
+from core.config import Settings, load_settings
+from core.db import Database, upgrade, write_transaction
+from core.db.models import (
     Hospital,
     InferenceResult,
     InferenceStatus,
@@ -35,7 +35,7 @@ from radcloud.db.models import (
     StudyState,
     utcnow,
 )
-from radcloud.secrets import load_secrets
+from core.secrets import load_secrets
 from serving.notify import (
     TOPIC_CRITICAL,
     WebhookNotifier,
@@ -140,7 +140,7 @@ class Receiver:
 
 @pytest.fixture
 def db(tmp_path: Path) -> Iterator[Database]:
-    database = Database(f"sqlite:///{tmp_path / 'radcloud.db'}")
+    database = Database(f"sqlite:///{tmp_path / 'core.db'}")
     upgrade(database)
     yield database
     database.dispose()

@@ -14,8 +14,8 @@ import pydicom
 import pytest
 from sqlalchemy import select
 
+from core.db.models import AuditEvent, Label, Report, Study
 from imaging.synthetic import generate_study
-from radcloud.db.models import AuditEvent, Label, Report, Study
 from tests.conftest import Stack
 from tests.serving.test_triage_e2e import SENDER, push, results
 from training._labels import TASK_FINDINGS, study_label

@@ -12,7 +12,7 @@ import pytest
 from pydicom.uid import generate_uid
 from sqlalchemy import select
 
-from radcloud.db.models import InferenceResult, InferenceStatus, OutboxEvent, Study, StudyState
+from core.db.models import InferenceResult, InferenceStatus, OutboxEvent, Study, StudyState
 from tests.conftest import Stack
 from tests.dicom_gateway.dicom_files import synthetic_ct
 from tests.helpers import wait_until

@@ -17,13 +17,13 @@ import pydicom
 import pytest
 from sqlalchemy import func, select
 
+from core.db.models import InferenceResult, OutboxEvent, Study
 from dicom_gateway.dcmtk import storescu
 from imaging.nifti import load_nifti, save_nifti
 from imaging.seg import read_segmentation
 from imaging.sr import read_findings
 from imaging.synthetic import generate_study
 from imaging.volume import load_series
-from radcloud.db.models import InferenceResult, OutboxEvent, Study
 from tests.conftest import Stack
 from tests.dicom_gateway.dicom_files import synthetic_ct
 from tests.fixture_models import register_fixture_models

@@ -5,8 +5,8 @@ from __future__ import annotations
 import datetime as dt
 from pathlib import Path
 
-from radcloud.db import Database, upgrade
-from radcloud.db.models import OutboxEvent, utcnow
+from core.db import Database, upgrade
+from core.db.models import OutboxEvent, utcnow
 from serving.triage import release_claims
 
 

@@ -13,10 +13,10 @@ import sqlalchemy
 from sqlalchemy import select, update
 from sqlalchemy.orm import object_session
 
-from radcloud.config import load_settings
-from radcloud.db import Database, upgrade
-from radcloud.db.models import Hospital, ReadingStatus, Study, StudyState, WorklistItem
-from radcloud.exceptions import ConfigError, NotFoundError
+from core.config import load_settings
+from core.db import Database, upgrade
+from core.db.models import Hospital, ReadingStatus, Study, StudyState, WorklistItem
+from core.exceptions import ConfigError, NotFoundError
 from serving.worklist import (
     NotClaimantError,
     PriorityClass,

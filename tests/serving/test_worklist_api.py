@@ -16,7 +16,7 @@ import pytest
 from pydicom.uid import generate_uid
 from sqlalchemy import select
 
-from radcloud.db.models import Hospital, Study, StudyState
+from core.db.models import Hospital, Study, StudyState
 from serving.worklist import WorklistPolicy, ensure_worklist_item, record_ai_outcome
 from tests.conftest import Stack
 

@@ -16,13 +16,13 @@ import pydicom
 import pytest
 from sqlalchemy import select
 
+from core.archive import orthanc_client
+from core.db.models import AuditEvent, Label
+from core.secrets import load_secrets
 from imaging.deid import Pseudonymizer
 from imaging.nifti import load_nifti
 from imaging.seg import HEMORRHAGE, AlgorithmIdentity, write_segmentation
 from imaging.volume import load_series, load_series_files
-from radcloud.db.models import AuditEvent, Label
-from radcloud.secrets import load_secrets
-from radcloud.services import orthanc_client
 from tests.conftest import Stack
 from tests.helpers import free_port
 from tests.imaging.dicom_series import assert_dcmtk_accepts

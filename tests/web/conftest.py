@@ -25,11 +25,11 @@ from playwright.sync_api import Browser, Page, expect, sync_playwright
 from playwright.sync_api import Error as PlaywrightError
 
 from benchmarks.viewer import CHROMIUM, launch_chromium
+from core.db.models import Role
+from core.exceptions import AlreadyExistsError
+from core.security import Accounts
 from dicom_gateway.senders import SenderRegistry
 from imaging.synthetic import SyntheticStudy, generate_study
-from radcloud.db.models import Role
-from radcloud.exceptions import AlreadyExistsError
-from radcloud.security import Accounts
 from tests.conftest import Stack
 from tests.serving.test_triage_e2e import push, results
 from tests.web.pages import ARTIFACT_DIR

@@ -17,7 +17,7 @@ import pytest
 from playwright.sync_api import Locator, Page, expect
 from sqlalchemy import select
 
-from radcloud.db.models import Label, Study
+from core.db.models import Label, Study
 from tests.web.conftest import OUTSIDER, PASSWORD, RADIOLOGIST, ReadingRoom
 from tests.web.pages import (
     ARTIFACT_DIR,

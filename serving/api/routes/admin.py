@@ -7,9 +7,9 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query, Request, status
 from pydantic import BaseModel, Field
 
-from radcloud.audit import AuditAction, AuditEventCode
-from radcloud.db.models import Role
-from radcloud.security import Principal
+from core.audit import AuditAction, AuditEventCode
+from core.db.models import Role
+from core.security import Principal
 from serving.api.security import audit_request, context, require_roles
 
 router = APIRouter(prefix="/api", tags=["admin"])

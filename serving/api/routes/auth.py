@@ -7,9 +7,9 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Form, Request
 from pydantic import BaseModel
 
-from radcloud.audit import AuditEventCode, AuditOutcome
-from radcloud.exceptions import AuthenticationError
-from radcloud.security import Principal
+from core.audit import AuditEventCode, AuditOutcome
+from core.exceptions import AuthenticationError
+from core.security import Principal
 from serving.api.security import audit_request, context, require_roles
 
 router = APIRouter(prefix="/api", tags=["auth"])

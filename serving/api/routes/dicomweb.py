@@ -32,9 +32,9 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 from starlette.requests import ClientDisconnect
 
-from radcloud.audit import AuditAction, AuditEventCode, AuditOutcome
-from radcloud.db.models import Role
-from radcloud.security import Principal
+from core.audit import AuditAction, AuditEventCode, AuditOutcome
+from core.db.models import Role
+from core.security import Principal
 from serving.api._multipart import (
     BodyPart,
     MultipartError,

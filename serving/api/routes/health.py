@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from radcloud import __version__
+from core import __version__
 
 router = APIRouter()
 

@@ -25,13 +25,13 @@ from fastapi import APIRouter, Depends, Request, UploadFile
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
+from core.audit import AuditAction, AuditEventCode
+from core.db.models import Role
+from core.security import Principal
 from imaging.exceptions import ImagingError
 from imaging.nifti import load_nifti, save_nifti
 from imaging.volume import Volume, load_series
 from models.registry import ModelRegistry
-from radcloud.audit import AuditAction, AuditEventCode
-from radcloud.db.models import Role
-from radcloud.security import Principal
 from serving.api.security import audit_request, context, require_roles
 from serving.inference import interpret, prepare
 

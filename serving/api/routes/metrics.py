@@ -13,8 +13,8 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Request, Response
 from starlette.concurrency import run_in_threadpool
 
-from radcloud.db.models import Role
-from radcloud.security import Principal
+from core.db.models import Role
+from core.security import Principal
 from serving.api.security import context, require_roles
 from serving.metrics import render_metrics
 

@@ -15,10 +15,10 @@ from fastapi import APIRouter, Depends, Path, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
-from radcloud.audit import AuditAction, AuditEventCode, AuditOutcome
-from radcloud.config import WindowPreset
-from radcloud.db.models import ReadingStatus, Role
-from radcloud.security import Principal
+from core.audit import AuditAction, AuditEventCode, AuditOutcome
+from core.config import WindowPreset
+from core.db.models import ReadingStatus, Role
+from core.security import Principal
 from serving.api.security import audit_request, context, require_roles
 from serving.reading import AddedFinding, Decision, ReadingService, SignError
 from serving.worklist import NotClaimantError, WorklistConflictError

@@ -19,10 +19,10 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from sqlalchemy import select
 
-from radcloud.audit import AuditAction, AuditEventCode
-from radcloud.db.models import InferenceResult, InferenceStatus, OutboxEvent, Role
-from radcloud.exceptions import NotFoundError
-from radcloud.security import Principal
+from core.audit import AuditAction, AuditEventCode
+from core.db.models import InferenceResult, InferenceStatus, OutboxEvent, Role
+from core.exceptions import NotFoundError
+from core.security import Principal
 from serving.api.security import audit_request, context, require_roles
 from serving.reading import study_by_uid
 

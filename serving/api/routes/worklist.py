@@ -15,9 +15,9 @@ from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
-from radcloud.audit import AuditAction, AuditEventCode, AuditOutcome
-from radcloud.db.models import ReadingStatus, Role
-from radcloud.security import Principal
+from core.audit import AuditAction, AuditEventCode, AuditOutcome
+from core.db.models import ReadingStatus, Role
+from core.security import Principal
 from serving.api.security import audit_request, context, require_roles
 from serving.worklist import (
     NotClaimantError,

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
-from radcloud.audit import AuditEventCode, AuditOutcome, AuditTrail, _record_hash
-from radcloud.config import load_settings
-from radcloud.db import Database, upgrade
-from radcloud.secrets import load_secrets
+from core.audit import AuditEventCode, AuditOutcome, AuditTrail, _record_hash
+from core.config import load_settings
+from core.db import Database, upgrade
+from core.secrets import load_secrets
 
 
 @pytest.fixture

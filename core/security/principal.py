@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-from radcloud.db.models import Role
+from core.db.models import Role
 
 __all__ = ["AuthMethod", "Principal"]
 

@@ -9,7 +9,7 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
-from radcloud.db.session import Database
+from core.db.session import Database
 
 __all__ = ["current_revision", "head_revision", "upgrade"]
 

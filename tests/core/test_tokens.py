@@ -14,10 +14,10 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from radcloud.config import load_settings
-from radcloud.db.models import Role
-from radcloud.exceptions import AuthenticationError
-from radcloud.security import AuthMethod, TokenService
+from core.config import load_settings
+from core.db.models import Role
+from core.exceptions import AuthenticationError
+from core.security import AuthMethod, TokenService
 
 
 @pytest.fixture(params=["file", "http"])

@@ -19,10 +19,10 @@ from typing import Any
 
 import jwt
 
-from radcloud.config import JwtAlgorithm, Settings
-from radcloud.db.models import Role
-from radcloud.exceptions import AuthenticationError
-from radcloud.security.principal import AuthMethod, Principal
+from core.config import JwtAlgorithm, Settings
+from core.db.models import Role
+from core.exceptions import AuthenticationError
+from core.security.principal import AuthMethod, Principal
 
 __all__ = ["TokenService"]
 
@@ -69,7 +69,7 @@ class TokenService:
     settings
         Issuer, audience, lifetime and the external identity provider's settings.
     signing_key
-        The HS256 secret (from :func:`radcloud.secrets.load_secrets`).
+        The HS256 secret (from :func:`core.secrets.load_secrets`).
     """
 
     def __init__(self, settings: Settings, signing_key: str) -> None:

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from radcloud.config import Mode, load_settings
-from radcloud.exceptions import ConfigError, SecretsError
-from radcloud.secrets import load_secrets
+from core.config import Mode, load_settings
+from core.exceptions import ConfigError, SecretsError
+from core.secrets import load_secrets
 
 
 def test_defaults_bind_loopback_on_documented_ports(tmp_path: Path) -> None:
@@ -21,7 +21,7 @@ def test_defaults_bind_loopback_on_documented_ports(tmp_path: Path) -> None:
     assert (settings.api_port, settings.gateway_port) == (8000, 11112)
     assert (settings.orthanc_http_port, settings.orthanc_dicom_port) == (8042, 4242)
     assert settings.gateway_ae_title == "RADCLOUD"
-    assert settings.sqlalchemy_url == f"sqlite:///{tmp_path}/radcloud.db"
+    assert settings.sqlalchemy_url == f"sqlite:///{tmp_path}/core.db"
     assert settings.mode is Mode.PROD
 
 
@@ -141,7 +141,7 @@ def test_secret_added_later_is_generated_once_into_an_older_file(tmp_path: Path)
     path.write_text(json.dumps(older))
     path.chmod(0o600)
     code = (
-        "from radcloud.config import load_settings; from radcloud.secrets import load_secrets; "
+        "from core.config import load_settings; from core.secrets import load_secrets; "
         f"print(load_secrets(load_settings(home={str(tmp_path)!r})).deid_hmac_key)"
     )
     processes = [  # started together: they must agree on one generated key

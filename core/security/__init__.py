@@ -1,8 +1,8 @@
 """Authentication and roles: tokens, API keys, passwords, and who a request is."""
 
-from radcloud.security.accounts import API_KEY_PREFIX, Accounts, NewApiKey, UserInfo
-from radcloud.security.principal import AuthMethod, Principal
-from radcloud.security.tokens import TokenService
+from core.security.accounts import API_KEY_PREFIX, Accounts, NewApiKey, UserInfo
+from core.security.principal import AuthMethod, Principal
+from core.security.tokens import TokenService
 
 __all__ = [
     "API_KEY_PREFIX",

@@ -9,7 +9,7 @@ HMAC-SHA256 with the instance's audit key, so records can be matched without rev
 Each record stores the SHA-256 of its canonical JSON, which includes the previous record's hash;
 ``audit_head`` keeps the newest sequence number and hash. :meth:`AuditTrail.verify` recomputes
 the chain, so an edited, deleted or inserted record shows. Appends are serialised by an
-exclusive write lock (:func:`radcloud.db.write_transaction`) so the chain stays linear across
+exclusive write lock (:func:`core.db.write_transaction`) so the chain stays linear across
 processes. What the chain cannot stop is someone rewriting the whole chain and the head with
 database access; export it regularly (``radcloud audit export``) to storage they cannot reach.
 """
@@ -28,8 +28,8 @@ from typing import Any, TextIO
 
 from sqlalchemy import select
 
-from radcloud.db import Database, write_transaction
-from radcloud.db.models import AuditEvent, AuditHead, utcnow
+from core.db import Database, write_transaction
+from core.db.models import AuditEvent, AuditHead, utcnow
 
 __all__ = [
     "AuditAction",

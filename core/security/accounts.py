@@ -15,11 +15,11 @@ from dataclasses import dataclass
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from radcloud.db import Database
-from radcloud.db.models import ApiKey, Role, User, utcnow
-from radcloud.exceptions import AlreadyExistsError, AuthenticationError, NotFoundError
-from radcloud.security.passwords import hash_password, verify_password
-from radcloud.security.principal import AuthMethod, Principal
+from core.db import Database
+from core.db.models import ApiKey, Role, User, utcnow
+from core.exceptions import AlreadyExistsError, AuthenticationError, NotFoundError
+from core.security.passwords import hash_password, verify_password
+from core.security.principal import AuthMethod, Principal
 
 __all__ = ["API_KEY_PREFIX", "Accounts", "NewApiKey", "UserInfo"]
 

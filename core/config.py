@@ -3,7 +3,7 @@
 Settings come, highest priority first, from ``RADCLOUD_*`` environment variables, then a TOML
 file (``$RADCLOUD_CONFIG_FILE``, else ``./radcloud.toml`` when present; keys are the field names
 without the prefix), then the defaults below. They are validated once, at start: a bad value
-raises :class:`~radcloud.exceptions.ConfigError` naming the key, the value and what was expected.
+raises :class:`~core.exceptions.ConfigError` naming the key, the value and what was expected.
 
 Every network listener defaults to 127.0.0.1 and every port can be changed, so that two
 instances with different ``RADCLOUD_HOME`` and ports run side by side.
@@ -11,6 +11,7 @@ instances with different ``RADCLOUD_HOME`` and ports run side by side.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from enum import StrEnum
@@ -26,7 +27,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from radcloud.exceptions import ConfigError
+from core.exceptions import ConfigError
 
 __all__ = [
     "DataPaths",
@@ -35,6 +36,7 @@ __all__ = [
     "Settings",
     "WindowPreset",
     "load_settings",
+    "settings_env",
     "url_host",
 ]
 
@@ -76,7 +78,7 @@ class DataPaths:
     def __init__(self, home: Path) -> None:
         self.home = home
         self.secrets_file = home / "secrets.json"
-        self.database_file = home / "radcloud.db"
+        self.database_file = home / "core.db"
         self.orthanc_dir = home / "orthanc"
         self.orthanc_storage = home / "orthanc" / "storage"
         self.orthanc_config = home / "orthanc" / "orthanc.json"
@@ -388,3 +390,24 @@ def load_settings(**overrides: Any) -> Settings:
         if isinstance(value, dict):  # model-level check: the message names the keys itself
             raise ConfigError(key, None, error["msg"].removeprefix("Value error, ")) from exc
         raise ConfigError(key, value, error["msg"].removeprefix("Value error, ")) from exc
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """``RADCLOUD_*`` variables that reproduce ``settings`` in a child process.
+
+    Values given as keyword overrides or in a TOML file the child cannot see would otherwise
+    differ between the supervisor and the process it starts (the port it health-checks above
+    all). Secret fields (those hidden from ``repr``) and unset fields are left out; the child
+    reads those from the environment or the TOML file as the parent did.
+    """
+    env: dict[str, str] = {}
+    dumped = settings.model_dump(mode="json")  # nested models (viewer presets) as plain data
+    for name, info in type(settings).model_fields.items():
+        value = getattr(settings, name)
+        if value is None or not info.repr:
+            continue
+        env[f"{ENV_PREFIX}{name.upper()}"] = (
+            json.dumps(dumped[name]) if isinstance(value, dict | list) else str(value)
+        )
+    env[f"{ENV_PREFIX}HOME"] = str(settings.home.absolute())
+    return env

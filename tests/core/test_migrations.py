@@ -8,8 +8,8 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import inspect
 
-from radcloud.db import Database, current_revision, head_revision, upgrade
-from radcloud.db.models import Base
+from core.db import Database, current_revision, head_revision, upgrade
+from core.db.models import Base
 
 TABLES = {
     "api_keys",

@@ -17,7 +17,7 @@ from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session, sessionmaker
 
-from radcloud.config import Settings
+from core.config import Settings
 
 __all__ = ["Database", "write_transaction"]
 

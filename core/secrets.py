@@ -19,8 +19,8 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from radcloud.config import Mode, Settings
-from radcloud.exceptions import SecretsError
+from core.config import Mode, Settings
+from core.exceptions import SecretsError
 
 __all__ = ["Secrets", "load_secrets"]
 

@@ -1,0 +1,124 @@
+"""Clients of radcloud's image archive (Orthanc): the authenticated REST client, a health check
+and a wait for start-up.
+
+This module is the seam's transport; every Orthanc call in product code goes through it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING
+
+import httpx
+
+from core.config import Settings
+from core.exceptions import StartupError
+from core.secrets import Secrets
+
+if TYPE_CHECKING:
+    import pyorthanc
+
+__all__ = ["orthanc_client", "orthanc_healthy", "wait_for_orthanc"]
+
+logger = logging.getLogger(__name__)
+
+
+def orthanc_client(
+    settings: Settings, secrets: Secrets, *, timeout_s: float = 30.0
+) -> pyorthanc.Orthanc:
+    """A REST client for radcloud's Orthanc, authenticated with the generated credentials.
+
+    Parameters
+    ----------
+    settings
+        ``orthanc_url`` is used.
+    secrets
+        ``orthanc_user`` and ``orthanc_password`` are used.
+    timeout_s
+        Timeout of each request.
+
+    Returns
+    -------
+    pyorthanc.Orthanc
+        The client (an ``httpx.Client`` with ``base_url`` set, so both pyorthanc's methods and
+        raw paths such as ``client.post("/tools/find", json=...)`` work; close it, or use it as
+        a context manager).
+    """
+    import pyorthanc  # 0.3 s to import: only when a client is needed
+
+    return pyorthanc.Orthanc(
+        settings.orthanc_url,
+        username=secrets.orthanc_user,
+        password=secrets.orthanc_password,
+        timeout=timeout_s,
+        base_url=settings.orthanc_url,  # so raw REST paths work too: client.get("/system")
+    )
+
+
+def orthanc_healthy(settings: Settings, secrets: Secrets, *, timeout_s: float = 2.0) -> bool:
+    """Whether Orthanc answers ``GET /system`` with 200 and a JSON object.
+
+    Parameters
+    ----------
+    settings, secrets
+        Where Orthanc is and the credentials it demands.
+    timeout_s
+        Timeout of the request.
+
+    Returns
+    -------
+    bool
+        ``False`` on any connection error, error status or unexpected body.
+    """
+    url = f"{settings.orthanc_url}/system"
+    try:
+        response = httpx.get(
+            url, auth=(secrets.orthanc_user, secrets.orthanc_password), timeout=timeout_s
+        )
+    except httpx.HTTPError as exc:
+        logger.debug("GET %s failed: %s", url, exc)
+        return False
+    if response.status_code != 200:
+        logger.debug("GET %s answered %d", url, response.status_code)
+        return False
+    try:
+        return isinstance(response.json(), dict)
+    except ValueError:
+        logger.debug("GET %s did not answer JSON", url)
+        return False
+
+
+def wait_for_orthanc(
+    settings: Settings,
+    secrets: Secrets,
+    *,
+    timeout_s: float | None = None,
+    interval_s: float = 0.2,
+) -> None:
+    """Block until Orthanc is healthy (see :func:`orthanc_healthy`).
+
+    Parameters
+    ----------
+    settings, secrets
+        Where Orthanc is and the credentials it demands.
+    timeout_s
+        How long to wait; ``settings.startup_timeout_s`` by default.
+    interval_s
+        Pause between attempts.
+
+    Raises
+    ------
+    StartupError
+        When Orthanc is not healthy in time.
+    """
+    limit = settings.startup_timeout_s if timeout_s is None else timeout_s
+    deadline = time.monotonic() + limit
+    while not orthanc_healthy(settings, secrets):
+        if time.monotonic() >= deadline:
+            raise StartupError(
+                "orthanc",
+                f"{settings.orthanc_url}/system did not answer 200 within {limit:g} s",
+                settings.paths.log_dir / "orthanc.log",
+            )
+        time.sleep(interval_s)
