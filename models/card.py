@@ -44,6 +44,7 @@ __all__ = [
     "ModelCard",
     "OperatingThreshold",
     "OutputSpec",
+    "ScoreCalibration",
     "SeriesSelection",
     "Task",
     "TensorFormat",
@@ -199,6 +200,20 @@ class OperatingThreshold(_Strict):
     method: str
 
 
+class ScoreCalibration(_Strict):
+    """Maps the network's raw study score to a calibrated probability of a finding.
+
+    ``platt``: ``p = sigmoid(slope * logit(raw) + intercept)``, with ``raw`` clipped to
+    ``[1e-6, 1 - 1e-6]``; fitted on validation studies, checked on test studies (reliability
+    plot). The operating threshold then applies to the calibrated probability.
+    """
+
+    method: Literal["platt"] = "platt"
+    slope: float
+    intercept: float
+    fitted_on: str = ""
+
+
 class TrainingData(_Strict):
     """Where the training data came from; ``manifest_sha256`` pins the exact file list."""
 
@@ -283,6 +298,7 @@ class ModelCard(_Strict):
     inputs: InputSpec
     outputs: OutputSpec
     threshold: OperatingThreshold | None = None
+    calibration: ScoreCalibration | None = None
     training_data: TrainingData
     metrics: Metrics = Field(default_factory=Metrics)
     intended_use: str = DEMO_INTENDED_USE
