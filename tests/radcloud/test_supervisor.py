@@ -13,6 +13,7 @@ import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 
+from core.archive import orthanc_client
 from core.config import Settings, load_settings
 from core.exceptions import PortInUseError, StartupError
 from core.secrets import Secrets, load_secrets
@@ -20,7 +21,6 @@ from radcloud.services import (
     Component,
     Supervisor,
     check_ports_free,
-    orthanc_client,
     orthanc_component,
 )
 from tests.helpers import free_ports, wait_until
