@@ -73,7 +73,8 @@ test: install  ## run the whole test suite
 test-fast: install  ## the suite without slow cases
 	$(VENV)/bin/pytest -m "not slow" $(PYTEST_ARGS)
 
-lint: install  ## ruff (lint and format check) and mypy
+lint: install  ## the import contract (import-linter), ruff (lint and format check) and mypy
+	$(VENV)/bin/lint-imports
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
