@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import select
 
 from core.config import load_settings
-from core.db import Database
+from core.db import Database, upgrade
 from core.db.models import AuditEvent
 
 __all__ = ["OS_USER", "assert_cli_actor", "audit_records", "radcloud"]
@@ -43,6 +43,7 @@ def audit_records(home: Path, after: int = 0) -> list[dict[str, Any]]:
     first, read from the database (reading them through the trail would itself be audited)."""
     db = Database.from_settings(load_settings(home=home))
     try:
+        upgrade(db)
         with db.session() as session:
             rows = session.scalars(
                 select(AuditEvent).where(AuditEvent.seq > after).order_by(AuditEvent.seq)
