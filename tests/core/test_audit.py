@@ -6,6 +6,7 @@ import io
 import json
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import select, text
@@ -164,10 +165,10 @@ def test_audited_change_is_committed_with_its_record_or_not_at_all(trail: AuditT
         with trail._db.session() as session:
             return list(session.scalars(select(User.name).order_by(User.name)))
 
-    def newest() -> dict[str, object]:
+    def newest() -> dict[str, Any]:
         return max(trail.search(actor=ACTOR, event_code="110113"), key=lambda r: r["seq"])
 
-    create = {"actor": ACTOR, "action": AuditAction.CREATE, "resource_type": "user"}
+    create: dict[str, Any] = {"actor": ACTOR, "action": AuditAction.CREATE, "resource_type": "user"}
     with trail.audited(AuditEventCode.SECURITY_ALERT, resource_id="kept", **create) as change:
         change.session.add(User(name="kept", role=Role.ADMIN))
         change.detail["known once made"] = True

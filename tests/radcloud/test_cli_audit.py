@@ -7,6 +7,7 @@ the audit trail holds exactly one new record naming the action, its outcome and 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import text
 
@@ -24,7 +25,7 @@ PATIENT_ID = "PAT-CLI-AUDIT-0042"
 Step = tuple[tuple[str, ...], int, str]
 
 
-def _run(home: Path, steps: list[Step]) -> list[dict[str, object]]:
+def _run(home: Path, steps: list[Step]) -> list[dict[str, Any]]:
     """Run each step and check its one new record; return those records."""
     seen = audit_records(home)
     last = seen[-1]["seq"] if seen else 0
