@@ -72,7 +72,10 @@ class Gateway:
         return self.settings.gateway_port
 
     def audit_records(self, event_code: str) -> list[dict[str, Any]]:
-        return self.audit.search(actor=Actor.cli(), event_code=event_code, limit=1000)
+        """Records of ``event_code`` the gateway wrote (not the set-up's sender registrations,
+        which the CLI door records as 110113 too)."""
+        records = self.audit.search(actor=Actor.cli(), event_code=event_code, limit=1000)
+        return [r for r in records if r["detail"].get("via") != "cli"]
 
 
 @pytest.fixture
