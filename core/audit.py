@@ -235,43 +235,37 @@ class AuditTrail:
             return self._append(
                 session,
                 event_code,
-                actor=actor,
-                action=action,
-                outcome=outcome,
-                user_name=user_name,
-                role=role,
-                source_address=source_address,
-                resource_type=resource_type,
-                resource_id=resource_id,
-                patient_id=patient_id,
-                detail=detail,
+                {
+                    "actor": actor,
+                    "action": action,
+                    "outcome": outcome,
+                    "user_name": user_name,
+                    "role": role,
+                    "source_address": source_address,
+                    "resource_type": resource_type,
+                    "resource_id": resource_id,
+                    "patient_id": patient_id,
+                    "detail": detail,
+                },
             )
 
     def _append(
-        self,
-        session: Session,
-        event_code: AuditEventCode | str,
-        *,
-        actor: Actor | None,
-        action: AuditAction | str,
-        outcome: AuditOutcome | int,
-        user_name: str | None = None,
-        role: str | None = None,
-        source_address: str | None = None,
-        resource_type: str | None = None,
-        resource_id: str | None = None,
-        patient_id: str | None = None,
-        detail: Mapping[str, Any] | None = None,
+        self, session: Session, event_code: AuditEventCode | str, fields: Mapping[str, Any]
     ) -> int:
-        """Append one record in ``session``, a transaction holding the chain's write lock."""
+        """Append one record of ``fields`` (:meth:`record`'s arguments) in ``session``, a
+        transaction holding the chain's write lock."""
         code = AuditEventCode(event_code)
-        facts = dict(detail or {})
+        actor: Actor | None = fields.get("actor")
+        user_name, role = fields.get("user_name"), fields.get("role")
+        source_address = fields.get("source_address")
+        facts = dict(fields.get("detail") or {})
         if actor is not None:
             user_name = user_name or actor.name
             role = role or actor.role
             source_address = source_address or actor.address
             facts.setdefault("via", actor.door.value)
         clean_detail = json.loads(json.dumps(facts, default=str))
+        patient_id = fields.get("patient_id")
         head = session.get(AuditHead, 1)
         prev_seq, prev_hash = (head.seq, head.hash) if head else (0, GENESIS_HASH)
         event = AuditEvent(
@@ -279,13 +273,13 @@ class AuditTrail:
             time=utcnow(),
             event_code=code.value,
             event_name=code.meaning,
-            action=AuditAction(action).value,
-            outcome=int(AuditOutcome(outcome)),
+            action=AuditAction(fields.get("action", AuditAction.EXECUTE)).value,
+            outcome=int(AuditOutcome(fields.get("outcome", AuditOutcome.SUCCESS))),
             user_name=user_name,
             role=role,
             source_address=source_address,
-            resource_type=resource_type,
-            resource_id=resource_id,
+            resource_type=fields.get("resource_type"),
+            resource_id=fields.get("resource_id"),
             patient_id_hash=self.patient_id_hash(patient_id) if patient_id else None,
             detail=clean_detail,
             prev_hash=prev_hash,
@@ -339,9 +333,7 @@ class AuditTrail:
         try:
             with write_transaction(self._db, _LOCK_KEY) as session:
                 yield AuditedChange(session, facts)
-                self._append(
-                    session, event_code, outcome=AuditOutcome.SUCCESS, detail=facts, **fields
-                )
+                self._append(session, event_code, fields | {"detail": facts})
         except Exception as exc:
             outcome = (
                 AuditOutcome.MINOR_FAILURE

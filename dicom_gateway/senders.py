@@ -18,12 +18,14 @@ from __future__ import annotations
 import logging
 import socket
 import time
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from core.audit import AuditAction, AuditTrail
+from core.audit import AuditAction, AuditedChange, AuditTrail
 from core.config import validate_ae_title
 from core.db import Database
 from core.db.models import Hospital, MoveDestination, Sender, Study
@@ -82,6 +84,14 @@ class SenderRegistry:
         self._audit = audit
         self._dns: dict[str, tuple[float, set[str]]] = {}
 
+    def _change(
+        self, actor: Actor, action: AuditAction, kind: str, ae_title: str, **detail: Any
+    ) -> AbstractContextManager[AuditedChange]:
+        done = "registered" if action is AuditAction.CREATE else "removed"
+        return self._audit.security_change(
+            actor, action, kind, ae_title.strip(), change=f"{kind} {done}", **detail
+        )
+
     # -- senders ---------------------------------------------------------------------------
 
     def add_sender(
@@ -97,14 +107,8 @@ class SenderRegistry:
         ValueError
             The AE title is not valid (PS3.5 6.2).
         """
-        with self._audit.security_change(
-            actor,
-            AuditAction.CREATE,
-            "sender",
-            ae_title.strip(),
-            change="sender registered",
-            hospital=hospital,
-            host=host,
+        with self._change(
+            actor, AuditAction.CREATE, "sender", ae_title, hospital=hospital, host=host
         ) as change:
             ae_title = validate_ae_title(ae_title).strip()
             session = change.session
@@ -116,9 +120,7 @@ class SenderRegistry:
     def remove_sender(self, ae_title: str, *, actor: Actor) -> None:
         """Unregister a sender; :class:`NotFoundError` if it is not registered."""
         ae_title = ae_title.strip()
-        with self._audit.security_change(
-            actor, AuditAction.DELETE, "sender", ae_title, change="sender removed"
-        ) as change:
+        with self._change(actor, AuditAction.DELETE, "sender", ae_title) as change:
             sender = change.session.scalar(select(Sender).where(Sender.ae_title == ae_title))
             if sender is None:
                 raise NotFoundError("sender", ae_title)
@@ -187,16 +189,8 @@ class SenderRegistry:
         ValueError
             Invalid AE title or port.
         """
-        with self._audit.security_change(
-            actor,
-            AuditAction.CREATE,
-            "destination",
-            ae_title.strip(),
-            change="destination registered",
-            host=host,
-            port=port,
-            hospital=hospital,
-        ) as change:
+        where = {"host": host, "port": port, "hospital": hospital}
+        with self._change(actor, AuditAction.CREATE, "destination", ae_title, **where) as change:
             ae_title = validate_ae_title(ae_title).strip()
             if not 1 <= port <= 65535:
                 raise ValueError(f"port {port} is not valid: expected 1-65535")
@@ -215,9 +209,7 @@ class SenderRegistry:
     def remove_destination(self, ae_title: str, *, actor: Actor) -> None:
         """Unregister a destination; :class:`NotFoundError` if it is not registered."""
         ae_title = ae_title.strip()
-        with self._audit.security_change(
-            actor, AuditAction.DELETE, "destination", ae_title, change="destination removed"
-        ) as change:
+        with self._change(actor, AuditAction.DELETE, "destination", ae_title) as change:
             row = change.session.scalar(
                 select(MoveDestination).where(MoveDestination.ae_title == ae_title)
             )
