@@ -39,9 +39,11 @@ from pydicom.uid import generate_uid
 
 from benchmarks._env import describe_machine, free_ports, summarise, write_result
 from core.archive import orthanc_client
+from core.audit import AuditTrail
 from core.config import Settings, load_settings
 from core.db import Database, upgrade
 from core.secrets import load_secrets
+from core.security import Actor
 from dicom_gateway.dcmtk import storescu
 from dicom_gateway.senders import SenderRegistry
 from imaging.synthetic import ct_slice
@@ -92,6 +94,10 @@ def _send_parallel(files: list[Path], associations: int, send: Callable[[list[Pa
     return sum(stored)
 
 
+def _audit(db: Database, settings: Settings) -> AuditTrail:
+    return AuditTrail(db, load_secrets(settings).audit_hmac_key)
+
+
 def _stow_token(settings: Settings) -> str:
     """A bearer token of a ``pacs`` user created for the benchmark."""
     from core.db.models import Role
@@ -99,7 +105,7 @@ def _stow_token(settings: Settings) -> str:
 
     db = Database.from_settings(settings)
     try:
-        Accounts(db).add_user("bench-pacs", Role.PACS)
+        Accounts(db, _audit(db, settings)).add_user("bench-pacs", Role.PACS, actor=Actor.cli())
     finally:
         db.dispose()
     return TokenService(settings, load_secrets(settings).jwt_signing_key).issue(
@@ -274,7 +280,7 @@ def run_ingest(
         supervisor.up()
         db = Database.from_settings(settings)
         upgrade(db)
-        SenderRegistry(db).add_sender(_AE, "Benchmark")
+        SenderRegistry(db, _audit(db, settings)).add_sender(_AE, "Benchmark", actor=Actor.cli())
         stow_send = _stow(settings, _stow_token(settings), per_request) if stow else None
         targets = ("direct", "gateway", "stow") if stow else ("direct", "gateway")
         orthanc = orthanc_client(settings, secrets)

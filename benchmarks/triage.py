@@ -128,8 +128,11 @@ def run_triage(
     timeout_s
         How long to wait for every result.
     """
+    from core.audit import AuditTrail
     from core.config import load_settings
     from core.db import Database, upgrade
+    from core.secrets import load_secrets
+    from core.security import Actor
     from dicom_gateway.dcmtk import storescu
     from dicom_gateway.senders import SenderRegistry
     from imaging.synthetic import generate_study
@@ -153,7 +156,8 @@ def run_triage(
         supervisor.up()
         db = Database.from_settings(settings)
         upgrade(db)
-        SenderRegistry(db).add_sender(_AE, "Benchmark (SYNTHETIC)")
+        audit = AuditTrail(db, load_secrets(settings).audit_hmac_key)
+        SenderRegistry(db, audit).add_sender(_AE, "Benchmark (SYNTHETIC)", actor=Actor.cli())
         sent: dict[str, str] = {}
         try:
             started = time.monotonic()

@@ -164,9 +164,11 @@ def _scratch_platform(tmp: Path) -> Iterator[Settings]:
     import httpx
 
     from benchmarks._models import register_models
+    from core.audit import AuditTrail
     from core.db import Database, upgrade
     from core.db.models import Role
-    from core.security import Accounts
+    from core.secrets import load_secrets
+    from core.security import Accounts, Actor
     from dicom_gateway.senders import SenderRegistry
     from radcloud.services import Supervisor
     from training.tasks import Task
@@ -180,8 +182,9 @@ def _scratch_platform(tmp: Path) -> Iterator[Settings]:
         db = Database.from_settings(settings)
         try:
             upgrade(db)
-            SenderRegistry(db).add_sender(_AE, "Benchmark (SYNTHETIC)")
-            Accounts(db).add_user(_USER, Role.RADIOLOGIST, _PASSWORD)
+            audit, actor = AuditTrail(db, load_secrets(settings).audit_hmac_key), Actor.cli()
+            SenderRegistry(db, audit).add_sender(_AE, "Benchmark (SYNTHETIC)", actor=actor)
+            Accounts(db, audit).add_user(_USER, Role.RADIOLOGIST, _PASSWORD, actor=actor)
         finally:
             db.dispose()
         app = httpx.get(f"{str(settings.api_url).rstrip('/')}/app/", timeout=30)

@@ -12,6 +12,14 @@ the chain, so an edited, deleted or inserted record shows. Appends are serialise
 exclusive write lock (:func:`core.db.write_transaction`) so the chain stays linear across
 processes. What the chain cannot stop is someone rewriting the whole chain and the head with
 database access; export it regularly (``radcloud audit export``) to storage they cannot reach.
+
+The service that performs an audited action writes its record, whichever door the action came
+through: it is handed a :class:`core.security.Actor` (who did it: a signed-in user, a service
+account, the OS user running a command; through which door) and wraps the change in
+:meth:`AuditTrail.audited`, so that the record is committed in the same transaction as the
+change, and a refused or failed action is recorded with a failure outcome. Reading the trail
+(:meth:`AuditTrail.search`, :meth:`~AuditTrail.verify`, :meth:`~AuditTrail.export`) is itself
+recorded (110101 Audit Log Used).
 """
 
 from __future__ import annotations
@@ -22,20 +30,27 @@ import hmac
 import json
 import logging
 from collections.abc import Iterator, Mapping
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from enum import IntEnum, StrEnum
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from core.db import Database, write_transaction
 from core.db.models import AuditEvent, AuditHead, utcnow
+from core.exceptions import RadcloudError
+
+if TYPE_CHECKING:
+    from core.security.principal import Actor
 
 __all__ = [
     "AuditAction",
     "AuditEventCode",
     "AuditOutcome",
     "AuditTrail",
+    "AuditedChange",
     "VerifyReport",
 ]
 
@@ -100,6 +115,18 @@ class AuditOutcome(IntEnum):
     MINOR_FAILURE = 4
     SERIOUS_FAILURE = 8
     MAJOR_FAILURE = 12
+
+
+@dataclass
+class AuditedChange:
+    """An audited action in progress (see :meth:`AuditTrail.audited`).
+
+    ``session`` is the transaction the record is written in: make the change in it.
+    ``detail`` may be completed with facts known only once the change is made.
+    """
+
+    session: Session
+    detail: dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -173,6 +200,7 @@ class AuditTrail:
         self,
         event_code: AuditEventCode | str,
         *,
+        actor: Actor | None = None,
         action: AuditAction | str = AuditAction.EXECUTE,
         outcome: AuditOutcome | int = AuditOutcome.SUCCESS,
         user_name: str | None = None,
@@ -189,10 +217,13 @@ class AuditTrail:
         ----------
         event_code
             A CID 400 event ID.
+        actor
+            The active participant: fills ``user_name``, ``role`` and ``source_address`` where
+            they are not given, and ``detail["via"]``.
         action, outcome
             PS3.15 A.5.1 action code and outcome indicator.
         user_name, role, source_address
-            The active participant.
+            The active participant, where there is no ``actor``.
         resource_type, resource_id
             What was touched, e.g. ``("study", study_instance_uid)``.
         patient_id
@@ -200,35 +231,138 @@ class AuditTrail:
         detail
             Further JSON-serialisable facts (never credentials or patient names).
         """
-        code = AuditEventCode(event_code)
-        clean_detail = json.loads(json.dumps(dict(detail or {}), default=str))
         with write_transaction(self._db, _LOCK_KEY) as session:
-            head = session.get(AuditHead, 1)
-            prev_seq, prev_hash = (head.seq, head.hash) if head else (0, GENESIS_HASH)
-            event = AuditEvent(
-                seq=prev_seq + 1,
-                time=utcnow(),
-                event_code=code.value,
-                event_name=code.meaning,
-                action=AuditAction(action).value,
-                outcome=int(AuditOutcome(outcome)),
-                user_name=user_name,
-                role=role,
-                source_address=source_address,
-                resource_type=resource_type,
-                resource_id=resource_id,
-                patient_id_hash=self.patient_id_hash(patient_id) if patient_id else None,
-                detail=clean_detail,
-                prev_hash=prev_hash,
-                hash="",
+            return self._append(
+                session,
+                event_code,
+                {
+                    "actor": actor,
+                    "action": action,
+                    "outcome": outcome,
+                    "user_name": user_name,
+                    "role": role,
+                    "source_address": source_address,
+                    "resource_type": resource_type,
+                    "resource_id": resource_id,
+                    "patient_id": patient_id,
+                    "detail": detail,
+                },
             )
-            event.hash = _record_hash(_as_dict(event))
-            session.add(event)
-            if head is None:
-                session.add(AuditHead(id=1, seq=event.seq, hash=event.hash))
-            else:
-                head.seq, head.hash = event.seq, event.hash
-            return event.seq
+
+    def _append(
+        self, session: Session, event_code: AuditEventCode | str, fields: Mapping[str, Any]
+    ) -> int:
+        """Append one record of ``fields`` (:meth:`record`'s arguments) in ``session``, a
+        transaction holding the chain's write lock."""
+        code = AuditEventCode(event_code)
+        actor: Actor | None = fields.get("actor")
+        user_name, role = fields.get("user_name"), fields.get("role")
+        source_address = fields.get("source_address")
+        facts = dict(fields.get("detail") or {})
+        if actor is not None:
+            user_name = user_name or actor.name
+            role = role or actor.role
+            source_address = source_address or actor.address
+            facts.setdefault("via", actor.door.value)
+        clean_detail = json.loads(json.dumps(facts, default=str))
+        patient_id = fields.get("patient_id")
+        head = session.get(AuditHead, 1)
+        prev_seq, prev_hash = (head.seq, head.hash) if head else (0, GENESIS_HASH)
+        event = AuditEvent(
+            seq=prev_seq + 1,
+            time=utcnow(),
+            event_code=code.value,
+            event_name=code.meaning,
+            action=AuditAction(fields.get("action", AuditAction.EXECUTE)).value,
+            outcome=int(AuditOutcome(fields.get("outcome", AuditOutcome.SUCCESS))),
+            user_name=user_name,
+            role=role,
+            source_address=source_address,
+            resource_type=fields.get("resource_type"),
+            resource_id=fields.get("resource_id"),
+            patient_id_hash=self.patient_id_hash(patient_id) if patient_id else None,
+            detail=clean_detail,
+            prev_hash=prev_hash,
+            hash="",
+        )
+        event.hash = _record_hash(_as_dict(event))
+        session.add(event)
+        if head is None:
+            session.add(AuditHead(id=1, seq=event.seq, hash=event.hash))
+        else:
+            head.seq, head.hash = event.seq, event.hash
+        return event.seq
+
+    @contextmanager
+    def audited(
+        self,
+        event_code: AuditEventCode,
+        *,
+        actor: Actor,
+        action: AuditAction,
+        resource_type: str | None = None,
+        resource_id: str | None = None,
+        patient_id: str | None = None,
+        detail: Mapping[str, Any] | None = None,
+        refusals: tuple[type[Exception], ...] = (RadcloudError, ValueError),
+    ) -> Iterator[AuditedChange]:
+        """Make a change and its audit record in one transaction.
+
+        The block makes the change in the yielded :attr:`AuditedChange.session` (or on disk);
+        when it ends without error the success record is appended in that transaction and both
+        are committed together. When it raises, the transaction is rolled back, a record with
+        a failure outcome and the error's message as ``detail["reason"]`` is written on its
+        own, and the error propagates.
+
+        Parameters
+        ----------
+        event_code, actor, action, resource_type, resource_id, patient_id, detail
+            As for :meth:`record`.
+        refusals
+            Errors that mean the action was refused (outcome 4, minor failure); any other error
+            is outcome 8 (serious failure).
+        """
+        fields: dict[str, Any] = {
+            "actor": actor,
+            "action": action,
+            "resource_type": resource_type,
+            "resource_id": resource_id,
+            "patient_id": patient_id,
+        }
+        facts = dict(detail or {})
+        try:
+            with write_transaction(self._db, _LOCK_KEY) as session:
+                yield AuditedChange(session, facts)
+                self._append(session, event_code, fields | {"detail": facts})
+        except Exception as exc:
+            outcome = (
+                AuditOutcome.MINOR_FAILURE
+                if isinstance(exc, refusals)
+                else AuditOutcome.SERIOUS_FAILURE
+            )
+            failed = facts | {"reason": str(exc) or type(exc).__name__}
+            try:
+                self.record(event_code, outcome=outcome, detail=failed, **fields)
+            except Exception:  # the action's own error matters more: raise that one
+                logger.exception("cannot write the audit record of a failed %s", event_code)
+            raise
+
+    def security_change(
+        self, actor: Actor, action: AuditAction, kind: str, name: str, **detail: Any
+    ) -> AbstractContextManager[AuditedChange]:
+        """:meth:`audited` for a change of who may do what (110113 Security Alert).
+
+        ``kind`` and ``name`` name the object (``"user"``, ``"alice"``); ``detail`` should say
+        what changed, e.g. ``change="user created"``.
+        """
+        return self.audited(
+            AuditEventCode.SECURITY_ALERT,
+            actor=actor,
+            action=action,
+            resource_type=kind,
+            resource_id=name,
+            detail=detail,
+        )
 
     def _iter_events(
         self, since: dt.datetime | None = None, batch: int = 1000
@@ -245,8 +379,18 @@ class AuditTrail:
             yield from rows
             last = rows[-1].seq
 
-    def verify(self) -> VerifyReport:
-        """Recompute the whole chain and report every break found."""
+    def verify(self, *, actor: Actor) -> VerifyReport:
+        """Recompute the whole chain and report every break found (audited as 110101, E)."""
+        report = self._verify()
+        self.record(
+            AuditEventCode.AUDIT_LOG_USED,
+            actor=actor,
+            action=AuditAction.EXECUTE,
+            detail={"verified": report.ok, "records": report.records},
+        )
+        return report
+
+    def _verify(self) -> VerifyReport:
         problems: list[str] = []
         expected_seq, prev_hash, count = 1, GENESIS_HASH, 0
         for event in self._iter_events():
@@ -273,12 +417,13 @@ class AuditTrail:
     def search(
         self,
         *,
+        actor: Actor,
         resource_id: str | None = None,
         user_name: str | None = None,
         event_code: str | None = None,
         limit: int = 100,
     ) -> list[dict[str, Any]]:
-        """The newest records matching every given filter, newest first."""
+        """The newest records matching every given filter, newest first (audited: 110101, R)."""
         query = select(AuditEvent)
         if resource_id is not None:
             query = query.where(AuditEvent.resource_id == resource_id)
@@ -288,12 +433,39 @@ class AuditTrail:
             query = query.where(AuditEvent.event_code == event_code)
         with self._db.session() as session:
             rows = session.scalars(query.order_by(AuditEvent.seq.desc()).limit(limit))
-            return [_as_dict(row) for row in rows]
+            records = [_as_dict(row) for row in rows]
+        self.record(
+            AuditEventCode.AUDIT_LOG_USED,
+            actor=actor,
+            action=AuditAction.READ,
+            detail={"filters": {"resource_id": resource_id, "user_name": user_name}},
+        )
+        return records
 
-    def export(self, out: TextIO, since: dt.datetime | None = None) -> int:
-        """Write records (all, or from ``since``) as JSON lines; return how many."""
-        count = 0
-        for event in self._iter_events(since):
-            out.write(json.dumps(_as_dict(event), sort_keys=True, ensure_ascii=False) + "\n")
-            count += 1
+    def export(self, out: TextIO, since: dt.datetime | None = None, *, actor: Actor) -> int:
+        """Write records (all, or from ``since``) as JSON lines; return how many.
+
+        Audited as 110101 Audit Log Used (R) once written; a write that fails (a full disk) is
+        audited with outcome 8, serious failure.
+        """
+        when = since.isoformat() if since else None
+        detail: dict[str, Any] = {"operation": "export", "since": when, "records": 0}
+        outcome = AuditOutcome.SERIOUS_FAILURE
+        try:
+            for event in self._iter_events(since):
+                out.write(json.dumps(_as_dict(event), sort_keys=True, ensure_ascii=False) + "\n")
+                detail["records"] += 1
+            outcome = AuditOutcome.SUCCESS
+        except OSError as exc:
+            detail["reason"] = str(exc)
+            raise
+        finally:
+            self.record(
+                AuditEventCode.AUDIT_LOG_USED,
+                actor=actor,
+                action=AuditAction.READ,
+                outcome=outcome,
+                detail=detail,
+            )
+        count: int = detail["records"]
         return count

@@ -2,8 +2,15 @@
 
 Each entry is a directory ``RADCLOUD_HOME/quarantine/<id>/`` with ``instance.dcm`` (the bytes
 as received) and ``reason.json`` (why, who sent it, when, through which path). Operators list,
-show, release (send to Orthanc anyway, through the spool) or delete entries with
+show, export, release (send to Orthanc anyway, through the spool) or delete entries with
 ``radcloud quarantine``.
+
+What operators do with an entry's instance is audited here, whichever door it came through,
+the record committed together with the action (a refused one, such as an unknown entry, with
+outcome 4): :meth:`Quarantine.export` as 110106 Export (R), :meth:`Quarantine.release` as
+110104 DICOM Instances Transferred (C: the archive gains it), :meth:`Quarantine.delete` as
+110103 DICOM Instances Accessed (D). The object is the study (or the entry, when its study is
+unknown); the patient ID only as the audit trail's keyed hash.
 """
 
 from __future__ import annotations
@@ -16,13 +23,17 @@ import os
 import secrets
 import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import pydicom
 
-from dicom_gateway.exceptions import InstanceRejectedError, QuarantineEntryError
+from core.audit import AuditAction, AuditedChange, AuditEventCode, AuditTrail
+from core.security import Actor
+from dicom_gateway.exceptions import GatewayError, InstanceRejectedError, QuarantineEntryError
 from dicom_gateway.spool import Spool, SpoolEntry
 from dicom_gateway.validation import InstanceInfo, inspect_instance, zero_preamble
 
@@ -54,21 +65,31 @@ class QuarantineEntry:
         return asdict(self)
 
 
-def _lenient_uids(data: bytes) -> tuple[str | None, str | None]:
+def _lenient(data: bytes, *keywords: str) -> tuple[str | None, ...]:
+    """The values of ``keywords`` in ``data``, each ``None`` where it cannot be read."""
     try:
         ds = pydicom.dcmread(io.BytesIO(data), force=True, stop_before_pixels=True)
-        sop = ds.get("SOPInstanceUID")
-        study = ds.get("StudyInstanceUID")
-        return (str(sop) if sop else None, str(study) if study else None)
+        values = [ds.get(keyword) for keyword in keywords]
+        return tuple(str(value) if value else None for value in values)
     except Exception:  # noqa: BLE001 - best-effort labels for data already known to be bad
-        return None, None
+        return (None,) * len(keywords)
 
 
 class Quarantine:
-    """The quarantine directory."""
+    """The quarantine directory.
 
-    def __init__(self, directory: Path) -> None:
+    Parameters
+    ----------
+    directory
+        Where the entries are kept.
+    audit
+        The audit trail operators' actions (:meth:`export`, :meth:`release`, :meth:`delete`)
+        are recorded in; a quarantine without one (the intake's, which only adds) refuses them.
+    """
+
+    def __init__(self, directory: Path, audit: AuditTrail | None = None) -> None:
         self.directory = directory
+        self._audit = audit
         directory.mkdir(parents=True, exist_ok=True)
 
     def add(
@@ -97,7 +118,7 @@ class Quarantine:
             Who sent it.
         """
         entry_id = f"{time.time_ns():020d}-{secrets.token_hex(4)}"
-        sop_uid, study_uid = _lenient_uids(data)
+        sop_uid, study_uid = _lenient(data, "SOPInstanceUID", "StudyInstanceUID")
         entry = QuarantineEntry(
             entry_id=entry_id,
             reason=reason,
@@ -152,15 +173,67 @@ class Quarantine:
         return QuarantineEntry(**json.loads((self._dir(entry_id) / _REASON).read_text()))
 
     def data(self, entry_id: str) -> bytes:
-        """One entry's bytes as received."""
+        """One entry's bytes as received (in-process; operators use the audited :meth:`export`)."""
         return (self._dir(entry_id) / _DATA).read_bytes()
 
-    def delete(self, entry_id: str) -> None:
-        """Remove an entry for good."""
-        shutil.rmtree(self._dir(entry_id))
+    @contextmanager
+    def _operator_action(
+        self,
+        entry_id: str,
+        event_code: AuditEventCode,
+        action: AuditAction,
+        actor: Actor,
+        **detail: Any,
+    ) -> Iterator[AuditedChange]:
+        """Audit what ``actor`` does to entry ``entry_id`` in the block (see the module)."""
+        if self._audit is None:
+            raise RuntimeError(
+                f"the quarantine in {self.directory} has no audit trail: operators' actions "
+                "are audited, construct it with audit="
+            )
+        try:
+            study_uid, sop_uid, patient_id = _lenient(
+                self.data(entry_id), "StudyInstanceUID", "SOPInstanceUID", "PatientID"
+            )
+        except QuarantineEntryError:  # unknown: the block raises it again, audited as refused
+            study_uid = sop_uid = patient_id = None
+        with self._audit.audited(
+            event_code,
+            actor=actor,
+            action=action,
+            resource_type="study" if study_uid else "quarantine_entry",
+            resource_id=study_uid or entry_id,
+            patient_id=patient_id,
+            detail={"quarantine_entry": entry_id, "sop_instance_uid": sop_uid} | detail,
+            refusals=(GatewayError,),
+        ) as change:
+            yield change
 
-    def release(self, spool: Spool, entry_id: str) -> SpoolEntry:
-        """Send an entry to Orthanc anyway: put it in the spool, then drop it from quarantine.
+    def export(self, entry_id: str, out: Path, *, actor: Actor) -> QuarantineEntry:
+        """Write one entry's bytes as received to ``out`` (audited: 110106 Export, R).
+
+        Raises
+        ------
+        QuarantineEntryError
+            No such entry.
+        """
+        with self._operator_action(
+            entry_id, AuditEventCode.EXPORT, AuditAction.READ, actor, to=str(out)
+        ):
+            entry = self.show(entry_id)
+            out.write_bytes(self.data(entry_id))
+        return entry
+
+    def delete(self, entry_id: str, *, actor: Actor) -> None:
+        """Remove an entry for good (audited: 110103 DICOM Instances Accessed, D)."""
+        with self._operator_action(
+            entry_id, AuditEventCode.INSTANCES_ACCESSED, AuditAction.DELETE, actor
+        ):
+            shutil.rmtree(self._dir(entry_id))
+
+    def release(self, spool: Spool, entry_id: str, *, actor: Actor) -> SpoolEntry:
+        """Send an entry to Orthanc anyway: put it in the spool, then drop it from quarantine
+        (audited: 110104 DICOM Instances Transferred, C).
 
         Data that fails validation is still released (an operator decided so) if it has the
         UIDs needed to track it; Orthanc may refuse it, and then it comes back here.
@@ -170,6 +243,18 @@ class Quarantine:
         QuarantineEntryError
             No such entry, or it is not a DICOM file with Study and SOP Instance UIDs.
         """
+        with self._operator_action(
+            entry_id,
+            AuditEventCode.INSTANCES_TRANSFERRED,
+            AuditAction.CREATE,
+            actor,
+            change="released from quarantine",
+        ) as change:
+            spooled = self._release(spool, entry_id)
+            change.detail["spooled_as"] = spooled.path.name
+        return spooled
+
+    def _release(self, spool: Spool, entry_id: str) -> SpoolEntry:
         entry = self.show(entry_id)
         data = self.data(entry_id)
         try:
@@ -191,5 +276,5 @@ class Quarantine:
         spooled = spool.put(
             stored, info, sender_ae_title=entry.sender_ae_title, hospital=entry.hospital
         )
-        self.delete(entry_id)
+        shutil.rmtree(self._dir(entry_id))
         return spooled

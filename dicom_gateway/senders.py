@@ -5,6 +5,12 @@ Hospitals are tenants: a sender's C-FIND and C-MOVE see only the studies its own
 (:meth:`SenderRegistry.orthanc_study_ids`), and C-MOVE sends only to destinations of the same
 hospital (or registered without one). Looking across hospitals is the cross-hospital API's job,
 scoped, audited and de-identified.
+
+Registering and removing senders and destinations changes who may reach the archive, so each
+change is audited here, whichever door it came through, in the same transaction as the change:
+110113 Security Alert, action C (registered) or D (removed), object ``sender`` or
+``destination`` and its AE title; a refused change (an AE title taken or unknown, an invalid
+AE title or port) with outcome 4, minor failure.
 """
 
 from __future__ import annotations
@@ -12,15 +18,19 @@ from __future__ import annotations
 import logging
 import socket
 import time
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from core.audit import AuditAction, AuditedChange, AuditTrail
 from core.config import validate_ae_title
 from core.db import Database
 from core.db.models import Hospital, MoveDestination, Sender, Study
 from core.exceptions import AlreadyExistsError, NotFoundError
+from core.security import Actor
 from dicom_gateway.exceptions import UnknownSenderError
 
 __all__ = ["DestinationInfo", "SenderInfo", "SenderRegistry"]
@@ -65,15 +75,28 @@ class SenderRegistry:
     ----------
     db
         The application database.
+    audit
+        The audit trail the registrations and removals are recorded in.
     """
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, audit: AuditTrail) -> None:
         self._db = db
+        self._audit = audit
         self._dns: dict[str, tuple[float, set[str]]] = {}
+
+    def _change(
+        self, actor: Actor, action: AuditAction, kind: str, ae_title: str, **detail: Any
+    ) -> AbstractContextManager[AuditedChange]:
+        done = "registered" if action is AuditAction.CREATE else "removed"
+        return self._audit.security_change(
+            actor, action, kind, ae_title.strip(), change=f"{kind} {done}", **detail
+        )
 
     # -- senders ---------------------------------------------------------------------------
 
-    def add_sender(self, ae_title: str, hospital: str, host: str | None = None) -> SenderInfo:
+    def add_sender(
+        self, ae_title: str, hospital: str, host: str | None = None, *, actor: Actor
+    ) -> SenderInfo:
         """Register a calling AE title for ``hospital`` (created if new), optionally bound to
         ``host`` (a name or address the association must come from).
 
@@ -84,20 +107,24 @@ class SenderRegistry:
         ValueError
             The AE title is not valid (PS3.5 6.2).
         """
-        ae_title = validate_ae_title(ae_title).strip()
-        with self._db.session() as session:
+        with self._change(
+            actor, AuditAction.CREATE, "sender", ae_title, hospital=hospital, host=host
+        ) as change:
+            ae_title = validate_ae_title(ae_title).strip()
+            session = change.session
             if session.scalar(select(Sender).where(Sender.ae_title == ae_title)) is not None:
                 raise AlreadyExistsError("sender", ae_title)
             session.add(Sender(ae_title=ae_title, hospital=_hospital(session, hospital), host=host))
         return SenderInfo(ae_title, hospital, host)
 
-    def remove_sender(self, ae_title: str) -> None:
+    def remove_sender(self, ae_title: str, *, actor: Actor) -> None:
         """Unregister a sender; :class:`NotFoundError` if it is not registered."""
-        with self._db.session() as session:
-            sender = session.scalar(select(Sender).where(Sender.ae_title == ae_title.strip()))
+        ae_title = ae_title.strip()
+        with self._change(actor, AuditAction.DELETE, "sender", ae_title) as change:
+            sender = change.session.scalar(select(Sender).where(Sender.ae_title == ae_title))
             if sender is None:
                 raise NotFoundError("sender", ae_title)
-            session.delete(sender)
+            change.session.delete(sender)
 
     def list_senders(self) -> list[SenderInfo]:
         """Every sender, by AE title."""
@@ -151,7 +178,7 @@ class SenderRegistry:
     # -- C-MOVE destinations ---------------------------------------------------------------
 
     def add_destination(
-        self, ae_title: str, host: str, port: int, hospital: str | None = None
+        self, ae_title: str, host: str, port: int, hospital: str | None = None, *, actor: Actor
     ) -> DestinationInfo:
         """Register a C-MOVE destination.
 
@@ -162,10 +189,12 @@ class SenderRegistry:
         ValueError
             Invalid AE title or port.
         """
-        ae_title = validate_ae_title(ae_title).strip()
-        if not 1 <= port <= 65535:
-            raise ValueError(f"port {port} is not valid: expected 1-65535")
-        with self._db.session() as session:
+        where = {"host": host, "port": port, "hospital": hospital}
+        with self._change(actor, AuditAction.CREATE, "destination", ae_title, **where) as change:
+            ae_title = validate_ae_title(ae_title).strip()
+            if not 1 <= port <= 65535:
+                raise ValueError(f"port {port} is not valid: expected 1-65535")
+            session = change.session
             existing = session.scalar(
                 select(MoveDestination).where(MoveDestination.ae_title == ae_title)
             )
@@ -177,15 +206,16 @@ class SenderRegistry:
             session.add(row)
         return DestinationInfo(ae_title, host, port, hospital)
 
-    def remove_destination(self, ae_title: str) -> None:
+    def remove_destination(self, ae_title: str, *, actor: Actor) -> None:
         """Unregister a destination; :class:`NotFoundError` if it is not registered."""
-        with self._db.session() as session:
-            row = session.scalar(
-                select(MoveDestination).where(MoveDestination.ae_title == ae_title.strip())
+        ae_title = ae_title.strip()
+        with self._change(actor, AuditAction.DELETE, "destination", ae_title) as change:
+            row = change.session.scalar(
+                select(MoveDestination).where(MoveDestination.ae_title == ae_title)
             )
             if row is None:
                 raise NotFoundError("destination", ae_title)
-            session.delete(row)
+            change.session.delete(row)
 
     def list_destinations(self) -> list[DestinationInfo]:
         """Every destination, by AE title."""

@@ -57,7 +57,7 @@ class GatewayService:
         self.spool = Spool.from_settings(settings)
         self.quarantine = Quarantine(settings.paths.quarantine_dir)
         self.intake = Intake(self.spool, self.quarantine, settings.gateway_max_instance_mib * _MIB)
-        self.senders = SenderRegistry(self.db)
+        self.senders = SenderRegistry(self.db, self.audit)
         self.tracker = StudyTracker(
             self.db,
             self.orthanc,

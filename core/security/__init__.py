@@ -1,13 +1,15 @@
 """Authentication and roles: tokens, API keys, passwords, and who a request is."""
 
 from core.security.accounts import API_KEY_PREFIX, Accounts, NewApiKey, UserInfo
-from core.security.principal import AuthMethod, Principal
+from core.security.principal import Actor, AuthMethod, Door, Principal
 from core.security.tokens import TokenService
 
 __all__ = [
     "API_KEY_PREFIX",
     "Accounts",
+    "Actor",
     "AuthMethod",
+    "Door",
     "NewApiKey",
     "Principal",
     "TokenService",

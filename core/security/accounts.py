@@ -3,10 +3,26 @@
 An API key reads ``rck_<key_id>_<secret>``; only ``key_id`` and a SHA-256 of ``secret`` are
 stored (the secret is 256 random bits, so a fast hash is enough, as for GitHub tokens). The full
 key is shown once, when it is created.
+
+Every change and every credential handed out is audited here, whichever door it came through
+(the API, the command line), in the same transaction as the change; a refused one (an unknown
+user, a name taken, a wrong password) with outcome 4, minor failure:
+
+=================================  =============================  ======  ================
+Method                             Event (PS3.16 CID 400)         Action  Object
+=================================  =============================  ======  ================
+:meth:`Accounts.add_user`          110113 Security Alert          C       ``user``
+:meth:`Accounts.set_disabled`      110113 Security Alert          U       ``user``
+:meth:`Accounts.create_api_key`    110113 Security Alert          C       ``api_key``
+:meth:`Accounts.revoke_api_key`    110113 Security Alert          D       ``api_key``
+:meth:`Accounts.sign_in`           110114 User Authentication     E       (the user signing in)
+:meth:`Accounts.issue_token`       110114 User Authentication     E       ``user``
+=================================  =============================  ======  ================
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import hmac
 import secrets
@@ -14,12 +30,15 @@ from dataclasses import dataclass
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
+from core.audit import AuditAction, AuditEventCode, AuditOutcome, AuditTrail
 from core.db import Database
 from core.db.models import ApiKey, Role, User, utcnow
 from core.exceptions import AlreadyExistsError, AuthenticationError, NotFoundError
 from core.security.passwords import hash_password, verify_password
-from core.security.principal import AuthMethod, Principal
+from core.security.principal import Actor, AuthMethod, Principal
+from core.security.tokens import TokenService
 
 __all__ = ["API_KEY_PREFIX", "Accounts", "NewApiKey", "UserInfo"]
 
@@ -52,13 +71,39 @@ def _digest(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
+def _user(session: Session, name: str) -> User:
+    user = session.scalar(select(User).where(User.name == name))
+    if user is None:
+        raise NotFoundError("user", name)
+    return user
+
+
+def _flush_new(session: Session, kind: str, name: str) -> None:
+    """Write a new row now, so that a name already taken shows as :class:`AlreadyExistsError`."""
+    try:
+        session.flush()
+    except IntegrityError as exc:
+        raise AlreadyExistsError(kind, name) from exc
+
+
 class Accounts:
-    """User and API-key management, and checking their credentials."""
+    """User and API-key management, and checking their credentials; every change audited.
 
-    def __init__(self, db: Database) -> None:
+    Parameters
+    ----------
+    db
+        The application database.
+    audit
+        The audit trail the changes are recorded in.
+    """
+
+    def __init__(self, db: Database, audit: AuditTrail) -> None:
         self._db = db
+        self._audit = audit
 
-    def add_user(self, name: str, role: Role | str, password: str | None = None) -> UserInfo:
+    def add_user(
+        self, name: str, role: Role | str, password: str | None = None, *, actor: Actor
+    ) -> UserInfo:
         """Create a user.
 
         Raises
@@ -68,21 +113,19 @@ class Accounts:
         ValueError
             The role is unknown or the password too short.
         """
-        role = Role(role)
-        password_hash = hash_password(password) if password is not None else None
-        try:
-            with self._db.session() as session:
-                session.add(User(name=name, role=role, password_hash=password_hash))
-        except IntegrityError as exc:
-            raise AlreadyExistsError("user", name) from exc
+        with self._audit.security_change(
+            actor, AuditAction.CREATE, "user", name, change="user created", role=role
+        ) as change:
+            role = Role(role)
+            password_hash = hash_password(password) if password is not None else None
+            change.session.add(User(name=name, role=role, password_hash=password_hash))
+            _flush_new(change.session, "user", name)
         return UserInfo(name, role, password_hash is not None, disabled=False)
 
     def get_user(self, name: str) -> UserInfo:
         """The user called ``name``; :class:`NotFoundError` if there is none."""
         with self._db.session() as session:
-            user = session.scalar(select(User).where(User.name == name))
-            if user is None:
-                raise NotFoundError("user", name)
+            user = _user(session, name)
             return UserInfo(user.name, user.role, user.password_hash is not None, user.disabled)
 
     def list_users(self) -> list[UserInfo]:
@@ -93,23 +136,21 @@ class Accounts:
                 UserInfo(u.name, u.role, u.password_hash is not None, u.disabled) for u in users
             ]
 
-    def set_disabled(self, name: str, disabled: bool) -> None:
-        """Disable (or re-enable) a user: their tokens stop working at once."""
-        with self._db.session() as session:
-            user = session.scalar(select(User).where(User.name == name))
-            if user is None:
-                raise NotFoundError("user", name)
-            user.disabled = disabled
-
-    def authenticate_password(self, name: str, password: str) -> Principal:
-        """Check a user's password (sign-in).
+    def set_disabled(self, name: str, disabled: bool, *, actor: Actor) -> None:
+        """Disable (or re-enable) a user: their tokens stop working at once.
 
         Raises
         ------
-        AuthenticationError
-            Unknown user, no password set, wrong password or disabled; one message for all, so
-            the answer does not reveal which names exist.
+        NotFoundError
+            There is no user called ``name``.
         """
+        change = "user disabled" if disabled else "user enabled"
+        with self._audit.security_change(
+            actor, AuditAction.UPDATE, "user", name, change=change
+        ) as audited:
+            _user(audited.session, name).disabled = disabled
+
+    def _authenticate_password(self, name: str, password: str) -> Principal:
         with self._db.session() as session:
             user = session.scalar(select(User).where(User.name == name))
         ok = (
@@ -122,6 +163,70 @@ class Accounts:
             raise AuthenticationError("user name or password is wrong")
         return Principal(user.name, frozenset({user.role}), AuthMethod.TOKEN)
 
+    def sign_in(self, name: str, password: str, tokens: TokenService, *, actor: Actor) -> str:
+        """Check a user's password and return a bearer token for them (sign-in).
+
+        Parameters
+        ----------
+        name, password
+            What the user typed.
+        tokens
+            Signs the token.
+        actor
+            Where the sign-in comes from (its ``name`` is the name claimed).
+
+        Raises
+        ------
+        AuthenticationError
+            Unknown user, no password set, wrong password or disabled; one message for all, so
+            the answer does not reveal which names exist.
+        """
+        detail = {"method": "password"}
+        try:
+            principal = self._authenticate_password(name, password)
+        except AuthenticationError as exc:
+            self._audit.record(
+                AuditEventCode.USER_AUTHENTICATION,
+                actor=actor,
+                outcome=AuditOutcome.MINOR_FAILURE,
+                detail=detail | {"reason": exc.reason},
+            )
+            raise
+        token = tokens.issue(principal.name, principal.roles)
+        signed_in = Actor.from_principal(principal, actor.door, actor.address)
+        self._audit.record(AuditEventCode.USER_AUTHENTICATION, actor=signed_in, detail=detail)
+        return token
+
+    def issue_token(
+        self,
+        name: str,
+        tokens: TokenService,
+        *,
+        actor: Actor,
+        ttl: dt.timedelta | None = None,
+    ) -> str:
+        """A bearer token for user ``name``, handed out by an operator (``radcloud token``).
+
+        Raises
+        ------
+        NotFoundError
+            There is no user called ``name``.
+        AuthenticationError
+            The user is disabled.
+        """
+        with self._audit.audited(
+            AuditEventCode.USER_AUTHENTICATION,
+            actor=actor,
+            action=AuditAction.EXECUTE,
+            resource_type="user",
+            resource_id=name,
+            detail={"method": "token issued"},
+        ) as change:
+            user = _user(change.session, name)
+            if user.disabled:
+                raise AuthenticationError(f'user "{name}" is disabled')
+            return tokens.issue(user.name, [user.role], ttl)
+
     def check_user_active(self, name: str) -> None:
         """Refuse a radcloud-issued token whose user was disabled or removed."""
         with self._db.session() as session:
@@ -131,23 +236,39 @@ class Accounts:
         if user.disabled:
             raise AuthenticationError(f'user "{name}" is disabled')
 
-    def create_api_key(self, name: str, role: Role | str) -> NewApiKey:
-        """Create a service account's API key; the returned key is shown once."""
-        role = Role(role)
+    def create_api_key(self, name: str, role: Role | str, *, actor: Actor) -> NewApiKey:
+        """Create a service account's API key; the returned key is shown once.
+
+        Raises
+        ------
+        AlreadyExistsError
+            An API key of that name exists.
+        ValueError
+            The role is unknown.
+        """
         key_id, secret = secrets.token_hex(8), secrets.token_urlsafe(32)
-        try:
-            with self._db.session() as session:
-                session.add(
-                    ApiKey(name=name, key_id=key_id, secret_hash=_digest(secret), role=role)
-                )
-        except IntegrityError as exc:
-            raise AlreadyExistsError("API key", name) from exc
+        with self._audit.security_change(
+            actor, AuditAction.CREATE, "api_key", name, change="API key created", role=role
+        ) as change:
+            role = Role(role)
+            change.session.add(
+                ApiKey(name=name, key_id=key_id, secret_hash=_digest(secret), role=role)
+            )
+            _flush_new(change.session, "API key", name)
         return NewApiKey(name, role, f"{API_KEY_PREFIX}{key_id}_{secret}")
 
-    def revoke_api_key(self, name: str) -> None:
-        """Revoke the API key called ``name``."""
-        with self._db.session() as session:
-            key = session.scalar(select(ApiKey).where(ApiKey.name == name))
+    def revoke_api_key(self, name: str, *, actor: Actor) -> None:
+        """Revoke the API key called ``name``.
+
+        Raises
+        ------
+        NotFoundError
+            There is no API key called ``name``.
+        """
+        with self._audit.security_change(
+            actor, AuditAction.DELETE, "api_key", name, change="API key revoked"
+        ) as change:
+            key = change.session.scalar(select(ApiKey).where(ApiKey.name == name))
             if key is None:
                 raise NotFoundError("API key", name)
             key.revoked_at = utcnow()

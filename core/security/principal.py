@@ -1,13 +1,17 @@
-"""Who is calling: the identity behind a request, whatever the credential."""
+"""Who is calling: the identity behind a request, whatever the credential (:class:`Principal`),
+and who did an audited action through which door (:class:`Actor`)."""
 
 from __future__ import annotations
 
+import getpass
+import os
+import socket
 from dataclasses import dataclass
 from enum import StrEnum
 
 from core.db.models import Role
 
-__all__ = ["AuthMethod", "Principal"]
+__all__ = ["Actor", "AuthMethod", "Door", "Principal"]
 
 
 class AuthMethod(StrEnum):
@@ -31,3 +35,51 @@ class Principal:
     def role(self) -> str:
         """The roles as one string, for logs and audit records."""
         return ",".join(sorted(self.roles))
+
+
+class Door(StrEnum):
+    """Through which door an action came into radcloud (kept in each record's ``detail.via``)."""
+
+    HTTP = "http"  # the API: a request of a signed-in user or a service account
+    CLI = "cli"  # the ``radcloud`` command line, run by an OS user on the host
+    DIMSE = "dimse"  # a DICOM association with the gateway
+    WORKER = "worker"  # a background worker of radcloud itself
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who did an audited action, and through which door (the PS3.15 A.5 active participant).
+
+    Parameters
+    ----------
+    name
+        The user, service account, OS user or AE title; for a sign-in, the name claimed.
+    door
+        How the action came in.
+    role
+        The radcloud roles held, for logs and records (``None`` for the command line: whoever
+        can run it on the host can reach the database anyway).
+    address
+        The network address the action came from, or the host name for the command line.
+    """
+
+    name: str
+    door: Door
+    role: str | None = None
+    address: str | None = None
+
+    @classmethod
+    def from_principal(
+        cls, principal: Principal, door: Door = Door.HTTP, address: str | None = None
+    ) -> Actor:
+        """An authenticated user or service account, e.g. the caller of an API route."""
+        return cls(principal.name, door, principal.role, address)
+
+    @classmethod
+    def cli(cls) -> Actor:
+        """The OS user running this command on this host."""
+        try:
+            name = getpass.getuser()
+        except (KeyError, OSError):  # no user name for this uid (a bare container)
+            name = f"uid {os.getuid()}"
+        return cls(name, Door.CLI, None, socket.gethostname())

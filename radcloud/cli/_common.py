@@ -13,11 +13,14 @@ import typer
 from rich.console import Console
 from rich.logging import RichHandler
 
+from core.audit import AuditTrail
 from core.config import Settings, load_settings
 from core.db import Database, upgrade
 from core.exceptions import RadcloudError
+from core.secrets import load_secrets
 
 __all__ = [
+    "audit_trail",
     "command",
     "console",
     "database",
@@ -72,6 +75,13 @@ def database() -> Database:
         db = Database.from_settings(get_settings())
         upgrade(db)
         return db
+
+
+@cache
+def audit_trail() -> AuditTrail:
+    """The audit trail, where the services record what commands do (as :meth:`Actor.cli`)."""
+    with reporting_errors():
+        return AuditTrail(database(), load_secrets(get_settings()).audit_hmac_key)
 
 
 def command(func: Callable[..., None]) -> Callable[..., None]:

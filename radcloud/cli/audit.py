@@ -9,10 +9,9 @@ from typing import Annotated
 
 import typer
 
-from core.audit import AuditTrail
 from core.db import current_revision, head_revision
-from core.secrets import load_secrets
-from radcloud.cli._common import command, console, database, fail, get_settings
+from core.security import Actor
+from radcloud.cli._common import audit_trail, command, console, database, fail, get_settings
 
 __all__ = ["register"]
 
@@ -20,15 +19,11 @@ audit_app = typer.Typer(help="Check and export the audit trail.", no_args_is_hel
 db_app = typer.Typer(help="The application database.", no_args_is_help=True)
 
 
-def _trail() -> AuditTrail:
-    return AuditTrail(database(), load_secrets(get_settings()).audit_hmac_key)
-
-
 @audit_app.command("verify")
 @command
 def verify() -> None:
     """Recompute the hash chain; exit 1 if any record was edited, deleted or inserted."""
-    report = _trail().verify()
+    report = audit_trail().verify(actor=Actor.cli())
     if not report.ok:
         for problem in report.problems:
             console.print(f"[red]✗[/] {problem}")
@@ -49,12 +44,12 @@ def export(
     """Write the audit records as JSON lines."""
     if since is not None and since.tzinfo is None:
         since = since.replace(tzinfo=dt.UTC)
-    trail = _trail()
+    trail, actor = audit_trail(), Actor.cli()
     if out is None:
-        count = trail.export(sys.stdout, since)
+        count = trail.export(sys.stdout, since, actor=actor)
     else:
         with out.open("w", encoding="utf-8") as handle:
-            count = trail.export(handle, since)
+            count = trail.export(handle, since, actor=actor)
     typer.echo(f"{count} records exported", err=True)
 
 

@@ -97,13 +97,16 @@ def _services(settings: Settings, restart_serving: bool) -> None:
 
 
 def _sender(settings: Settings) -> None:
+    from core.audit import AuditTrail
     from core.db import Database
+    from core.secrets import load_secrets
+    from core.security import Actor
     from dicom_gateway.senders import SenderRegistry
 
     db = Database.from_settings(settings)
-    registry = SenderRegistry(db)
+    registry = SenderRegistry(db, AuditTrail(db, load_secrets(settings).audit_hmac_key))
     if DEMO_SENDER not in {s.ae_title for s in registry.list_senders()}:
-        registry.add_sender(DEMO_SENDER, DEMO_HOSPITAL)
+        registry.add_sender(DEMO_SENDER, DEMO_HOSPITAL, actor=Actor.cli())
     db.dispose()
 
 

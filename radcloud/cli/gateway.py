@@ -9,11 +9,12 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from core.security import Actor
 from dicom_gateway.exceptions import GatewayError
 from dicom_gateway.quarantine import Quarantine
 from dicom_gateway.senders import SenderRegistry
 from dicom_gateway.spool import Spool
-from radcloud.cli._common import command, console, database, fail, get_settings
+from radcloud.cli._common import audit_trail, command, console, database, fail, get_settings
 
 __all__ = ["register"]
 
@@ -25,11 +26,11 @@ quarantine_app = typer.Typer(help="Instances the gateway refused.", no_args_is_h
 
 
 def _registry() -> SenderRegistry:
-    return SenderRegistry(database())
+    return SenderRegistry(database(), audit_trail())
 
 
 def _quarantine() -> Quarantine:
-    return Quarantine(get_settings().paths.quarantine_dir)
+    return Quarantine(get_settings().paths.quarantine_dir, audit_trail())
 
 
 @senders_app.command("add")
@@ -43,7 +44,7 @@ def senders_add(
 ) -> None:
     """Register a calling AE title for a hospital."""
     try:
-        sender = _registry().add_sender(ae_title, hospital, host)
+        sender = _registry().add_sender(ae_title, hospital, host, actor=Actor.cli())
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="AE_TITLE") from exc
     where = f" from {sender.host}" if sender.host else " from any host"
@@ -64,7 +65,7 @@ def senders_list() -> None:
 @command
 def senders_remove(ae_title: str) -> None:
     """Unregister a sender."""
-    _registry().remove_sender(ae_title)
+    _registry().remove_sender(ae_title, actor=Actor.cli())
     console.print(f"sender [bold]{ae_title}[/] removed")
 
 
@@ -78,7 +79,7 @@ def destinations_add(
 ) -> None:
     """Register a C-MOVE destination."""
     try:
-        dest = _registry().add_destination(ae_title, host, port, hospital)
+        dest = _registry().add_destination(ae_title, host, port, hospital, actor=Actor.cli())
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
     console.print(f"destination [bold]{dest.ae_title}[/] at {dest.host}:{dest.port} registered")
@@ -98,7 +99,7 @@ def destinations_list() -> None:
 @command
 def destinations_remove(ae_title: str) -> None:
     """Unregister a C-MOVE destination."""
-    _registry().remove_destination(ae_title)
+    _registry().remove_destination(ae_title, actor=Actor.cli())
     console.print(f"destination [bold]{ae_title}[/] removed")
 
 
@@ -136,9 +137,10 @@ def quarantine_show(
     """Show one entry's reason and origin."""
     quarantine = _quarantine()
     try:
-        entry = quarantine.show(entry_id)
-        if out is not None:
-            out.write_bytes(quarantine.data(entry_id))
+        if out is None:
+            entry = quarantine.show(entry_id)
+        else:
+            entry = quarantine.export(entry_id, out, actor=Actor.cli())
     except GatewayError as exc:
         fail(str(exc))
     typer.echo(json.dumps(entry.to_json(), indent=2))
@@ -149,7 +151,9 @@ def quarantine_show(
 def quarantine_release(entry_id: str) -> None:
     """Send an entry to Orthanc anyway (through the spool); it may come back if Orthanc refuses."""
     try:
-        spooled = _quarantine().release(Spool.from_settings(get_settings()), entry_id)
+        spooled = _quarantine().release(
+            Spool.from_settings(get_settings()), entry_id, actor=Actor.cli()
+        )
     except GatewayError as exc:
         fail(str(exc))
     console.print(f"released {entry_id}: queued for Orthanc as {spooled.path.name}")
@@ -160,7 +164,7 @@ def quarantine_release(entry_id: str) -> None:
 def quarantine_delete(entry_id: str) -> None:
     """Delete an entry for good."""
     try:
-        _quarantine().delete(entry_id)
+        _quarantine().delete(entry_id, actor=Actor.cli())
     except GatewayError as exc:
         fail(str(exc))
     console.print(f"deleted {entry_id}")

@@ -9,9 +9,10 @@ import typer
 from rich.table import Table
 
 from core.db.models import Role
+from core.exceptions import AuthenticationError
 from core.secrets import load_secrets
-from core.security import Accounts, TokenService
-from radcloud.cli._common import command, console, database, get_settings
+from core.security import Accounts, Actor, TokenService
+from radcloud.cli._common import audit_trail, command, console, database, get_settings
 
 __all__ = ["register"]
 
@@ -22,7 +23,7 @@ RoleOption = Annotated[Role, typer.Option("--role", help="What the account may d
 
 
 def _accounts() -> Accounts:
-    return Accounts(database())
+    return Accounts(database(), audit_trail())
 
 
 @users_app.command("add")
@@ -39,7 +40,7 @@ def users_add(
         typer.prompt("Password", hide_input=True, confirmation_prompt=True) if password else None
     )
     try:
-        user = _accounts().add_user(name, role, secret)
+        user = _accounts().add_user(name, role, secret, actor=Actor.cli())
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--password") from exc
     console.print(f"user [bold]{user.name}[/] created with role [bold]{user.role}[/]")
@@ -61,7 +62,7 @@ def users_list() -> None:
 @command
 def users_disable(name: str) -> None:
     """Disable a user; their tokens stop working at once."""
-    _accounts().set_disabled(name, True)
+    _accounts().set_disabled(name, True, actor=Actor.cli())
     console.print(f"user [bold]{name}[/] disabled")
 
 
@@ -74,19 +75,20 @@ def token(
 ) -> None:
     """Print a bearer token for user NAME."""
     settings = get_settings()
-    user = _accounts().get_user(name)
-    if user.disabled:
-        raise typer.BadParameter(f'user "{name}" is disabled', param_hint="NAME")
     service = TokenService(settings, load_secrets(settings).jwt_signing_key)
     lifetime = dt.timedelta(minutes=ttl) if ttl else None
-    typer.echo(service.issue(user.name, [user.role], lifetime))
+    try:
+        issued = _accounts().issue_token(name, service, actor=Actor.cli(), ttl=lifetime)
+    except AuthenticationError as exc:
+        raise typer.BadParameter(exc.reason, param_hint="NAME") from exc
+    typer.echo(issued)
 
 
 @apikeys_app.command("create")
 @command
 def apikeys_create(name: str, role: RoleOption) -> None:
     """Create an API key for service account NAME; it is printed this once."""
-    new = _accounts().create_api_key(name, role)
+    new = _accounts().create_api_key(name, role, actor=Actor.cli())
     console.print(
         f"API key for [bold]{new.name}[/] ({new.role}); store it now, it is not shown again:",
     )
@@ -107,7 +109,7 @@ def apikeys_list() -> None:
 @command
 def apikeys_revoke(name: str) -> None:
     """Revoke an API key."""
-    _accounts().revoke_api_key(name)
+    _accounts().revoke_api_key(name, actor=Actor.cli())
     console.print(f"API key [bold]{name}[/] revoked")
 
 

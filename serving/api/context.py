@@ -65,11 +65,12 @@ class ApiContext:
             Quarantine(settings.paths.quarantine_dir),
             settings.gateway_max_instance_mib * _MIB,
         )
+        audit = AuditTrail(db, secrets.audit_hmac_key)
         return cls(
             settings=settings,
             db=db,
-            audit=AuditTrail(db, secrets.audit_hmac_key),
-            accounts=Accounts(db),
+            audit=audit,
+            accounts=Accounts(db, audit),
             tokens=TokenService(settings, secrets.jwt_signing_key),
             intake=intake,
             orthanc=orthanc_client(settings, secrets),

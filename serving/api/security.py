@@ -15,10 +15,17 @@ from fastapi import Request
 from core.audit import AuditAction, AuditEventCode, AuditOutcome
 from core.db.models import Role
 from core.exceptions import AuthenticationError, PermissionDeniedError
-from core.security import API_KEY_PREFIX, AuthMethod, Principal
+from core.security import API_KEY_PREFIX, Actor, AuthMethod, Door, Principal
 from serving.api.context import ApiContext
 
-__all__ = ["audit_request", "authenticate", "client_address", "context", "require_roles"]
+__all__ = [
+    "audit_request",
+    "authenticate",
+    "client_address",
+    "context",
+    "request_actor",
+    "require_roles",
+]
 
 
 def context(request: Request) -> ApiContext:
@@ -30,6 +37,11 @@ def context(request: Request) -> ApiContext:
 def client_address(request: Request) -> str | None:
     """The calling network address, for audit records."""
     return request.client.host if request.client else None
+
+
+def request_actor(request: Request, principal: Principal) -> Actor:
+    """Who makes ``request``: the services the route calls audit what it does as this actor."""
+    return Actor.from_principal(principal, Door.HTTP, client_address(request))
 
 
 def audit_request(

@@ -4,19 +4,23 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import subprocess
-import sys
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import select, text
 
-from core.audit import AuditEventCode, AuditOutcome, AuditTrail, _record_hash
+from core.audit import AuditAction, AuditEventCode, AuditOutcome, AuditTrail, _record_hash
 from core.config import load_settings
 from core.db import Database, upgrade
+from core.db.models import Role, User
+from core.exceptions import NotFoundError
 from core.secrets import load_secrets
+from core.security import Actor, Door
+from tests.audit_records import OS_USER, assert_cli_actor, audit_records, radcloud
+
+ACTOR = Actor("auditor", Door.WORKER)
 
 
 @pytest.fixture
@@ -45,7 +49,7 @@ def _sql(trail: AuditTrail, statement: str, **params: object) -> None:
 
 
 def test_intact_chain_verifies(trail: AuditTrail) -> None:
-    report = trail.verify()
+    report = trail.verify(actor=ACTOR)
     assert report.ok, report.problems
     assert report.records == 6
 
@@ -54,7 +58,7 @@ def test_patient_id_is_stored_only_as_keyed_hash(trail: AuditTrail) -> None:
     with trail._db.engine.connect() as connection:
         dump = "\n".join(str(row) for row in connection.execute(text("SELECT * FROM audit_events")))
     assert "PAT-0001" not in dump
-    record = trail.search(resource_id="1.2.826.0.1.3")[0]
+    record = trail.search(actor=ACTOR, resource_id="1.2.826.0.1.3")[0]
     assert record["patient_id_hash"] == trail.patient_id_hash("PAT-0001")
     assert record["patient_id_hash"] != AuditTrail(trail._db, "other key" * 5).patient_id_hash(
         "PAT-0001"
@@ -64,29 +68,29 @@ def test_patient_id_is_stored_only_as_keyed_hash(trail: AuditTrail) -> None:
 
 def test_edited_record_is_detected(trail: AuditTrail) -> None:
     _sql(trail, "UPDATE audit_events SET user_name = 'someone-else' WHERE seq = 3")
-    report = trail.verify()
+    report = trail.verify(actor=ACTOR)
     assert not report.ok
     assert "record 3 was modified" in report.problems[0]
 
 
 def test_deleted_record_in_the_middle_is_detected(trail: AuditTrail) -> None:
     _sql(trail, "DELETE FROM audit_events WHERE seq = 2")
-    problems = trail.verify().problems
+    problems = trail.verify(actor=ACTOR).problems
     assert any("records 2..2 are missing" in p for p in problems)
 
 
 def test_deleted_newest_record_is_detected(trail: AuditTrail) -> None:
     _sql(trail, "DELETE FROM audit_events WHERE seq = 6")
-    problems = trail.verify().problems
+    problems = trail.verify(actor=ACTOR).problems
     assert any("head names record 6" in p for p in problems)
 
 
 def test_rehashed_forgery_still_breaks_the_chain(trail: AuditTrail) -> None:
     """Editing a record and recomputing its own hash does not help: the next record disagrees."""
-    forged = next(r for r in trail.search(limit=10) if r["seq"] == 4) | {"outcome": 8}
+    forged = next(r for r in trail.search(actor=ACTOR, limit=10) if r["seq"] == 4) | {"outcome": 8}
     new_hash = _record_hash(forged)
     _sql(trail, "UPDATE audit_events SET outcome = 8, hash = :hash WHERE seq = 4", hash=new_hash)
-    problems = trail.verify().problems
+    problems = trail.verify(actor=ACTOR).problems
     assert not any("record 4 was modified" in p for p in problems)  # its own hash fits
     assert any("record 5 does not follow" in p for p in problems)
 
@@ -101,7 +105,7 @@ def test_concurrent_writers_keep_one_linear_chain(trail: AuditTrail) -> None:
         thread.start()
     for thread in threads:
         thread.join()
-    report = trail.verify()
+    report = trail.verify(actor=ACTOR)
     assert report.ok, report.problems
     assert report.records == 6 + 4 * 15
 
@@ -109,43 +113,85 @@ def test_concurrent_writers_keep_one_linear_chain(trail: AuditTrail) -> None:
 def test_export_writes_every_record_as_json_lines(trail: AuditTrail) -> None:
     trail.record(AuditEventCode.SECURITY_ALERT, outcome=AuditOutcome.MINOR_FAILURE)
     out = io.StringIO()
-    assert trail.export(out) == 7
+    assert trail.export(out, actor=ACTOR) == 7
     lines = [json.loads(line) for line in out.getvalue().splitlines()]
     assert [line["seq"] for line in lines] == list(range(1, 8))
     assert lines[-1]["outcome"] == 4
     assert lines[1]["prev_hash"] == lines[0]["hash"]
 
 
-def test_cli_verify_and_export(tmp_path: Path) -> None:
+def test_cli_verify_and_export_are_audited(tmp_path: Path) -> None:
     settings = load_settings(home=tmp_path)
     db = Database.from_settings(settings)
     upgrade(db)
     AuditTrail(db, load_secrets(settings).audit_hmac_key).record(
         AuditEventCode.USER_AUTHENTICATION, user_name="alice"
     )
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RADCLOUD_")}
-    env["RADCLOUD_HOME"] = str(tmp_path)
 
-    def radcloud(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "radcloud", *args],
-            check=False,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-
-    verified = radcloud("audit", "verify")
+    verified = radcloud(tmp_path, "audit", "verify")
     assert verified.returncode == 0, verified.stderr
     assert "1 records" in verified.stdout
-    exported = radcloud("audit", "export", "--out", str(tmp_path / "audit.jsonl"))
+    exported = radcloud(tmp_path, "audit", "export", "--out", str(tmp_path / "audit.jsonl"))
     assert exported.returncode == 0, exported.stderr
-    assert json.loads((tmp_path / "audit.jsonl").read_text())["user_name"] == "alice"
+    lines = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
+    assert [line["user_name"] for line in lines] == ["alice", OS_USER]  # and the verification
+    since = radcloud(tmp_path, "audit", "export", "--since", "2000-01-01T00:00:00")
+    assert since.returncode == 0, since.stderr
+
+    used = audit_records(tmp_path, after=1)
+    assert [(r["event_code"], r["action"], r["outcome"]) for r in used] == [
+        ("110101", "E", 0),
+        ("110101", "R", 0),
+        ("110101", "R", 0),
+    ]
+    for record in used:
+        assert_cli_actor(record)
+    assert used[0]["detail"] | {"via": None} == {"verified": True, "records": 1, "via": None}
+    assert used[1]["detail"]["records"] == 2
+    assert used[2]["detail"]["records"] == 3
+    assert used[2]["detail"]["since"].startswith("2000-01-01T00:00:00")
 
     with db.engine.begin() as connection:
         connection.execute(text("UPDATE audit_events SET user_name = 'mallory'"))
-    broken = radcloud("audit", "verify")
+    broken = radcloud(tmp_path, "audit", "verify")
     assert broken.returncode == 1
     assert "record 1 was modified" in broken.stdout
     assert "NOT intact" in broken.stderr
+    assert audit_records(tmp_path)[-1]["detail"]["verified"] is False
+
+
+def test_audited_change_is_committed_with_its_record_or_not_at_all(trail: AuditTrail) -> None:
+    def users() -> list[str]:
+        with trail._db.session() as session:
+            return list(session.scalars(select(User.name).order_by(User.name)))
+
+    def newest() -> dict[str, Any]:
+        return max(trail.search(actor=ACTOR, event_code="110113"), key=lambda r: r["seq"])
+
+    create: dict[str, Any] = {"actor": ACTOR, "action": AuditAction.CREATE, "resource_type": "user"}
+    with trail.audited(AuditEventCode.SECURITY_ALERT, resource_id="kept", **create) as change:
+        change.session.add(User(name="kept", role=Role.ADMIN))
+        change.detail["known once made"] = True
+    assert users() == ["kept"]
+    assert newest()["outcome"] == 0
+    assert newest()["detail"] == {"known once made": True, "via": "worker"}
+
+    with (
+        pytest.raises(OSError, match="disk on fire"),
+        trail.audited(AuditEventCode.SECURITY_ALERT, resource_id="lost", **create) as change,
+    ):
+        change.session.add(User(name="lost", role=Role.ADMIN))
+        change.session.flush()
+        raise OSError("disk on fire")
+    assert users() == ["kept"]
+    failed = newest()
+    assert (failed["resource_id"], failed["outcome"]) == ("lost", 8)
+    assert failed["detail"] == {"reason": "disk on fire", "via": "worker"}
+
+    with (
+        pytest.raises(NotFoundError),
+        trail.audited(AuditEventCode.SECURITY_ALERT, resource_id="nobody", **create),
+    ):
+        raise NotFoundError("user", "nobody")
+    assert newest()["outcome"] == 4  # refused
+    assert trail.verify(actor=ACTOR).ok

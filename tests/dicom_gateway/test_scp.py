@@ -33,6 +33,7 @@ from core.audit import AuditTrail
 from core.config import Settings, load_settings
 from core.db import Database, upgrade
 from core.db.models import Hospital, Study
+from core.security import Actor
 from dicom_gateway.dcmtk import TlsFiles, dcmtk_environment, storescu
 from dicom_gateway.intake import Intake
 from dicom_gateway.quarantine import Quarantine
@@ -71,7 +72,10 @@ class Gateway:
         return self.settings.gateway_port
 
     def audit_records(self, event_code: str) -> list[dict[str, Any]]:
-        return self.audit.search(event_code=event_code, limit=1000)
+        """Records of ``event_code`` the gateway wrote (not the set-up's sender registrations,
+        which the CLI door records as 110113 too)."""
+        records = self.audit.search(actor=Actor.cli(), event_code=event_code, limit=1000)
+        return [r for r in records if r["detail"].get("via") != "cli"]
 
 
 @pytest.fixture
@@ -99,9 +103,9 @@ def make_gateway(tmp_path: Path) -> Iterator[Callable[..., Gateway]]:
         upgrade(db)
         spool = Spool(home / "spool", spool_limit_bytes)
         quarantine = Quarantine(home / "quarantine")
-        senders = SenderRegistry(db)
-        senders.add_sender(SENDER, HOSPITAL)
         audit = AuditTrail(db, "test-audit-key")
+        senders = SenderRegistry(db, audit)
+        senders.add_sender(SENDER, HOSPITAL, actor=Actor.cli())
         if orthanc is None:  # unused unless a test queries: a port nothing listens on
             orthanc = pyorthanc.Orthanc(f"http://127.0.0.1:{free_port()}")
             placeholders.append(orthanc)
@@ -275,7 +279,7 @@ def test_unknown_calling_ae_is_rejected_and_audited(gateway: Gateway, tmp_path: 
 
 
 def test_sender_registered_for_another_host_is_rejected(gateway: Gateway) -> None:
-    gateway.senders.add_sender("ELSEWHERE", HOSPITAL, host="192.0.2.7")
+    gateway.senders.add_sender("ELSEWHERE", HOSPITAL, host="192.0.2.7", actor=Actor.cli())
     assert echo(gateway, calling_ae="ELSEWHERE") != 0
     [alert] = gateway.audit_records("110113")
     assert alert["user_name"] == "ELSEWHERE"
@@ -655,7 +659,7 @@ def destination(archive: Archive, tmp_path: Path) -> Iterator[Path]:
     )
     try:
         assert wait_until(lambda: dcmtk("echoscu", "127.0.0.1", str(port)).returncode == 0)
-        archive.gateway.senders.add_destination("DEST", "127.0.0.1", port)
+        archive.gateway.senders.add_destination("DEST", "127.0.0.1", port, actor=Actor.cli())
         yield received
     finally:
         process.terminate()
@@ -733,7 +737,9 @@ def test_other_hospitals_studies_are_neither_found_nor_moved(
 def test_move_to_another_hospitals_destination_is_refused(
     archive: Archive, destination: Path
 ) -> None:
-    archive.gateway.senders.add_destination("THEIRS", "127.0.0.1", 104, hospital="Other Hospital")
+    archive.gateway.senders.add_destination(
+        "THEIRS", "127.0.0.1", 104, hospital="Other Hospital", actor=Actor.cli()
+    )
     ct = archive.instances["CT_small.dcm"]
     result = move(
         archive, "THEIRS", "QueryRetrieveLevel=STUDY", f"StudyInstanceUID={ct.StudyInstanceUID}"

@@ -10,6 +10,9 @@ from pathlib import Path
 import pydicom
 import pytest
 
+from core.audit import AuditTrail
+from core.db import Database, upgrade
+from core.security import Actor
 from dicom_gateway.exceptions import (
     GatewayError,
     InstanceTooLargeError,
@@ -155,7 +158,10 @@ def test_intake_quarantines_refusals_and_limits_size(tmp_path: Path) -> None:
 
 def test_quarantine_release_and_delete(tmp_path: Path) -> None:
     spool = Spool(tmp_path / "spool", limit_bytes=10_000_000)
-    quarantine = Quarantine(tmp_path / "quarantine")
+    db = Database(f"sqlite:///{tmp_path / 'app.db'}")
+    upgrade(db)
+    quarantine = Quarantine(tmp_path / "quarantine", AuditTrail(db, "k" * 48))
+    actor = Actor.cli()
     odd = quarantine.add(
         pydicom_file("MR_truncated.dcm"),
         reason="truncated",
@@ -167,12 +173,12 @@ def test_quarantine_release_and_delete(tmp_path: Path) -> None:
     junk = quarantine.add(
         b"junk", reason="not DICOM", error="X", source="stow", sender_ae_title=None, hospital=None
     )
-    released = quarantine.release(spool, odd.entry_id)
+    released = quarantine.release(spool, odd.entry_id, actor=actor)
     assert released.info.sop_instance_uid == odd.sop_instance_uid
     assert "released from quarantine" in released.info.warnings[0]
     with pytest.raises(QuarantineEntryError, match="UIDs are unknown"):
-        quarantine.release(spool, junk.entry_id)
-    quarantine.delete(junk.entry_id)
+        quarantine.release(spool, junk.entry_id, actor=actor)
+    quarantine.delete(junk.entry_id, actor=actor)
     assert quarantine.list() == []
     with pytest.raises(QuarantineEntryError, match="no such entry"):
         quarantine.show("../../etc")

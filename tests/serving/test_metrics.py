@@ -29,7 +29,7 @@ from core.db.models import (
     StudyState,
     utcnow,
 )
-from core.security import Accounts
+from core.security import Actor
 from serving.api.app import create_app
 from serving.metrics import render_metrics
 from tests.conftest import Stack
@@ -224,7 +224,8 @@ def test_route_takes_model_statistics_from_the_app(tmp_path: Path) -> None:
     try:
         assert wait_until(lambda: server.started, timeout_s=60)
         app.state.model_stats = model_stats  # as the serving layer sets it
-        key = Accounts(app.state.ctx.db).create_api_key("prometheus", Role.ADMIN).key
+        accounts = app.state.ctx.accounts
+        key = accounts.create_api_key("prometheus", Role.ADMIN, actor=Actor.cli()).key
         answer = httpx.get(
             f"http://127.0.0.1:{port}/metrics",
             headers={"Authorization": f"Bearer {key}"},

@@ -36,6 +36,7 @@ from core.db.models import (
     utcnow,
 )
 from core.secrets import load_secrets
+from core.security import Actor
 from serving.notify import (
     TOPIC_CRITICAL,
     WebhookNotifier,
@@ -218,7 +219,8 @@ def _fast_forward(db: Database) -> None:
 
 
 def _audit_records(audit: AuditTrail, uid: str) -> list[dict[str, Any]]:
-    return [r for r in audit.search(resource_id=uid) if r["event_code"] == "110106"]
+    records = audit.search(actor=Actor.cli(), resource_id=uid)
+    return [r for r in records if r["event_code"] == "110106"]
 
 
 def test_critical_finding_is_posted_signed_and_recorded(

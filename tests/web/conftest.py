@@ -25,9 +25,11 @@ from playwright.sync_api import Browser, Page, expect, sync_playwright
 from playwright.sync_api import Error as PlaywrightError
 
 from benchmarks.viewer import CHROMIUM, launch_chromium
+from core.audit import AuditTrail
 from core.db.models import Role
 from core.exceptions import AlreadyExistsError
-from core.security import Accounts
+from core.secrets import load_secrets
+from core.security import Accounts, Actor
 from dicom_gateway.senders import SenderRegistry
 from imaging.synthetic import SyntheticStudy, generate_study
 from tests.conftest import Stack
@@ -86,13 +88,14 @@ def _send(stack: Stack, study: SyntheticStudy, directory: Path) -> None:
 def _add_accounts(stack: Stack) -> None:
     db = stack.database()
     try:
-        registry = SenderRegistry(db)
+        audit, actor = AuditTrail(db, load_secrets(stack.settings).audit_hmac_key), Actor.cli()
+        registry = SenderRegistry(db, audit)
         if all(sender.ae_title != SENDER for sender in registry.list_senders()):
-            registry.add_sender(SENDER, HOSPITAL)
-        accounts = Accounts(db)
+            registry.add_sender(SENDER, HOSPITAL, actor=actor)
+        accounts = Accounts(db, audit)
         for name, role in ((RADIOLOGIST, Role.RADIOLOGIST), (OUTSIDER, Role.ML_ENGINEER)):
             with contextlib.suppress(AlreadyExistsError):  # from another module's room
-                accounts.add_user(name, role, PASSWORD)
+                accounts.add_user(name, role, PASSWORD, actor=actor)
     finally:
         db.dispose()
 

@@ -7,10 +7,8 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Form, Request
 from pydantic import BaseModel
 
-from core.audit import AuditEventCode, AuditOutcome
-from core.exceptions import AuthenticationError
-from core.security import Principal
-from serving.api.security import audit_request, context, require_roles
+from core.security import Actor, Door, Principal
+from serving.api.security import client_address, context, require_roles
 
 router = APIRouter(prefix="/api", tags=["auth"])
 
@@ -39,24 +37,8 @@ def sign_in(
 ) -> TokenResponse:
     """Exchange a user name and password for a bearer token (OAuth2 password grant)."""
     ctx = context(request)
-    try:
-        principal = ctx.accounts.authenticate_password(username, password)
-    except AuthenticationError as exc:
-        audit_request(
-            request,
-            AuditEventCode.USER_AUTHENTICATION,
-            outcome=AuditOutcome.MINOR_FAILURE,
-            user_name=username,
-            detail={"reason": exc.reason, "method": "password"},
-        )
-        raise
-    token = ctx.tokens.issue(principal.name, principal.roles)
-    audit_request(
-        request,
-        AuditEventCode.USER_AUTHENTICATION,
-        principal=principal,
-        detail={"method": "password"},
-    )
+    claimed = Actor(username, Door.HTTP, address=client_address(request))
+    token = ctx.accounts.sign_in(username, password, ctx.tokens, actor=claimed)
     return TokenResponse(access_token=token, expires_in=ctx.settings.token_ttl_minutes * 60)
 
 
