@@ -7,6 +7,10 @@ truncated elements or pixel data) raises :class:`InstanceRejectedError` and is q
 
 The 128-byte preamble of every stored file is zeroed: a DICOM file can carry an executable
 header there (the DICOM/PE polyglot, CVE-2019-11687). Nothing else in the bytes is changed.
+
+Leniency needs pydicom's reading validation mode at ``WARN`` (its default). Importing this
+module changes no global state: the gateway process sets the mode where it starts
+(:func:`lenient_reading`, called by ``python -m dicom_gateway``).
 """
 
 from __future__ import annotations
@@ -25,7 +29,14 @@ from pydicom.uid import UID
 
 from dicom_gateway.exceptions import NonConformantInstanceError, UnreadableInstanceError
 
-__all__ = ["PREAMBLE_LENGTH", "InstanceInfo", "inspect_instance", "zero_preamble"]
+__all__ = [
+    "PREAMBLE_LENGTH",
+    "InstanceInfo",
+    "inspect_instance",
+    "lenient_reading",
+    "peek_uids",
+    "zero_preamble",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -37,8 +48,14 @@ _REQUIRED_UIDS = (
     ("SeriesInstanceUID", "(0020,000E)"),
     ("SOPInstanceUID", "(0008,0018)"),
 )
+_PEEKED = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID")
 
-pydicom.config.settings.reading_validation_mode = pydicom.config.WARN
+
+def lenient_reading() -> None:
+    """Set pydicom's reading validation mode to ``WARN`` for this process: odd but storable
+    values are logged, not refused. Called once where the gateway process starts.
+    """
+    pydicom.config.settings.reading_validation_mode = pydicom.config.WARN
 
 
 @dataclass(frozen=True)
@@ -76,6 +93,22 @@ def zero_preamble(data: bytes) -> bytes:
     if data[:PREAMBLE_LENGTH] == bytes(PREAMBLE_LENGTH):
         return data
     return bytes(PREAMBLE_LENGTH) + data[PREAMBLE_LENGTH:]
+
+
+def peek_uids(data: bytes) -> tuple[str | None, str | None, str | None]:
+    """SOP Class, SOP Instance and Study Instance UIDs of possibly broken data, each where
+    readable and a valid UID (PS3.5 9.1), else ``None``: labels for a refusal, never a check.
+    """
+    try:
+        ds = pydicom.dcmread(
+            io.BytesIO(data), force=True, stop_before_pixels=True, specific_tags=list(_PEEKED)
+        )
+        values = [ds.get(keyword) for keyword in _PEEKED]
+    except Exception:  # noqa: BLE001 - best-effort labels for data that may be anything
+        return None, None, None
+    uids = [str(value).strip() if value else "" for value in values]
+    valid = [uid if len(uid) <= 64 and _UID_SYNTAX.match(uid) else None for uid in uids]
+    return valid[0], valid[1], valid[2]
 
 
 def _text(ds: Dataset, keyword: str) -> str | None:

@@ -1,17 +1,22 @@
-"""STOW-RS mechanics behind the ``/dicom-web`` routes (PS3.18 10.5): each part of a request goes
-through the gateway's :class:`~dicom_gateway.intake.Intake`, and the outcomes become the Store
-Instances Response Module (PS3.18 Annex I) and the HTTP status (PS3.18 Table 10.5.3-1).
+"""STOW-RS mechanics behind the ``/dicom-web`` routes (PS3.18 10.5): each part of a request is
+handed to the gateway process, the spool's only writer, over its internal STOW endpoint
+(:class:`GatewayIngest`; the protocol is documented in ``dicom_gateway.stow``), and the
+per-instance answers become the Store Instances Response Module (PS3.18 Annex I) and the HTTP
+status (PS3.18 Table 10.5.3-1).
 
-Failure Reason (0008,1197) values (PS3.18 Table I.2-2)::
+Failure Reason (0008,1197) values (PS3.18 Table I.2-2); the gateway decides all but the first
+two rows' "part" cases, which this process finds before sending anything::
 
     0xC000  cannot understand         not DICOM, unparseable, or a part not application/dicom
     0xA900  does not match SOP class  parses, but lacks a UID, transfer syntax or whole pixel data
     0xA700  out of resources          larger than the instance limit, or the spool is full
     0xC409  study mismatch            posted to /studies/{study} but of another study
                                       (implementation specific; dcm4chee-arc uses the same code)
-    0x0110  processing failure        the spool could not be written
+    0x0110  processing failure        the spool could not be written, or the gateway failed
 
 The reason in words is in Error Comment (0000,0902) of each failed item (LO: 64 characters).
+The gateway unreachable raises :class:`httpx.TransportError` out of :meth:`GatewayIngest.store`:
+the route answers 503 (or, when earlier parts were stored, reports the rest as not stored).
 """
 
 from __future__ import annotations
@@ -23,25 +28,24 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any
 
+import httpx
 import pydicom
 
-from dicom_gateway.exceptions import (
-    GatewayError,
-    InstanceRejectedError,
-    InstanceTooLargeError,
-    SpoolFullError,
-    UnreadableInstanceError,
-)
-from dicom_gateway.intake import Intake
+from core.config import Settings, url_host
+from core.secrets import Secrets
 from serving.api._multipart import BodyPart, MultipartError
 
-__all__ = ["FailureReason", "StoreOutcome", "store_part", "store_response"]
+__all__ = ["FailureReason", "GatewayIngest", "StoreOutcome", "store_part", "store_response"]
 
 logger = logging.getLogger(__name__)
 
 _VALID_UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
 _ERROR_COMMENT_MAX = 64
+_DICOM = "application/dicom"
 _PEEKED = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID")
+_MIB = 1024 * 1024
+_STOW_PATH = "/internal/stow/instances"  # dicom_gateway.stow.STOW_PATH
+_CONNECT_TIMEOUT_S = 5.0
 
 
 class FailureReason(IntEnum):
@@ -58,8 +62,9 @@ class FailureReason(IntEnum):
 class StoreOutcome:
     """What became of one part of a STOW-RS request: stored when ``failure`` is ``None``.
 
-    ``server_side`` marks failures for want of resources here (spool full, disk error), worth
-    retrying later unchanged.
+    ``failure`` is a Failure Reason (0008,1197) value: one of :class:`FailureReason`, as
+    answered by the gateway. ``server_side`` marks failures for want of resources here (spool
+    full, disk error), worth retrying later unchanged.
     """
 
     sop_class_uid: str | None
@@ -67,7 +72,7 @@ class StoreOutcome:
     study_instance_uid: str | None
     series_instance_uid: str | None = None
     patient_id: str | None = None
-    failure: FailureReason | None = None
+    failure: int | None = None
     reason: str | None = None
     server_side: bool = False
 
@@ -95,24 +100,86 @@ def _failed(
     return StoreOutcome(sop_class, sop_instance, study, None, None, failure, reason, server_side)
 
 
-def _refused(data: bytes, exc: GatewayError) -> StoreOutcome:
-    """The outcome for an error of :meth:`Intake.accept`."""
-    if isinstance(exc, UnreadableInstanceError):
-        return _failed(data, FailureReason.CANNOT_UNDERSTAND, exc.reason)
-    if isinstance(exc, InstanceRejectedError):
-        return _failed(data, FailureReason.DOES_NOT_MATCH_SOP_CLASS, exc.reason)
-    if isinstance(exc, InstanceTooLargeError):
-        return _failed(data, FailureReason.OUT_OF_RESOURCES, str(exc))
-    if isinstance(exc, SpoolFullError):
-        return _failed(data, FailureReason.OUT_OF_RESOURCES, str(exc), server_side=True)
-    logger.error("STOW-RS instance not spooled: %s", exc)
-    return _failed(data, FailureReason.PROCESSING_FAILURE, str(exc), server_side=True)
+class GatewayIngest:
+    """The gateway's internal STOW endpoint, as the API process calls it (thread-safe).
+
+    Parameters
+    ----------
+    url
+        The endpoint (``http://bind_host:gateway_metrics_port/internal/stow/instances``).
+    ingest_key
+        ``Secrets.gateway_ingest_key``, sent as bearer credential.
+    max_instance_bytes
+        The gateway's instance limit; larger parts are refused here, unsent.
+    timeout_s
+        Read and write timeout of one instance (validation and fsync included).
+    """
+
+    def __init__(
+        self, url: str, ingest_key: str, max_instance_bytes: int, timeout_s: float
+    ) -> None:
+        self.url = url
+        self.max_instance_bytes = max_instance_bytes
+        self._client = httpx.Client(
+            headers={"Authorization": f"Bearer {ingest_key}"},
+            timeout=httpx.Timeout(timeout_s, connect=_CONNECT_TIMEOUT_S),
+        )
+
+    @classmethod
+    def from_settings(cls, settings: Settings, secrets: Secrets) -> GatewayIngest:
+        """The endpoint of this instance's gateway, on its metrics port."""
+        return cls(
+            f"http://{url_host(settings.bind_host)}:{settings.gateway_metrics_port}{_STOW_PATH}",
+            secrets.gateway_ingest_key,
+            settings.gateway_max_instance_mib * _MIB,
+            settings.gateway_network_timeout_s,
+        )
+
+    def store(self, data: bytes, study: str | None) -> StoreOutcome:
+        """Hand one instance to the gateway; returns once it is spooled, or why it is not.
+
+        Raises
+        ------
+        httpx.TransportError
+            The gateway cannot be reached, or broke off: nothing is known to be stored.
+        """
+        params = {"study": study} if study is not None else None
+        answer = self._client.post(
+            self.url, content=data, params=params, headers={"Content-Type": _DICOM}
+        )
+        if answer.status_code != 200:
+            logger.error(
+                "the gateway refused a STOW-RS instance: HTTP %d %s",
+                answer.status_code,
+                answer.text[:200],
+            )
+            reason = f"the gateway refused the instance (HTTP {answer.status_code})"
+            return _failed(data, FailureReason.PROCESSING_FAILURE, reason, server_side=True)
+        body = answer.json()
+        status = int(body["status"])
+        return StoreOutcome(
+            body.get("sop_class_uid"),
+            body.get("sop_instance_uid"),
+            body.get("study_instance_uid"),
+            body.get("series_instance_uid"),
+            body.get("patient_id"),
+            failure=status or None,
+            reason=body.get("reason"),
+            server_side=bool(body.get("retry")),
+        )
+
+    def close(self) -> None:
+        """Release the connections."""
+        self._client.close()
 
 
-def _precheck(part: BodyPart, number: int, study: str | None, limit: int) -> StoreOutcome | None:
-    """A failure found before the intake sees the part, or ``None``."""
+def _precheck(part: BodyPart, number: int, limit: int) -> StoreOutcome | None:
+    """A failure found in the part itself before the gateway sees it, or ``None``."""
     if part.truncated:
-        reason = str(InstanceTooLargeError(part.size, limit))
+        reason = (
+            f"instance of {part.size} bytes exceeds the limit of {limit} bytes "
+            "(RADCLOUD_GATEWAY_MAX_INSTANCE_MIB)"
+        )
         return _failed(part.data, FailureReason.OUT_OF_RESOURCES, reason)
     try:
         content_type = part.content_type
@@ -121,55 +188,40 @@ def _precheck(part: BodyPart, number: int, study: str | None, limit: int) -> Sto
     if content_type not in (None, "application/dicom"):
         reason = f'part {number} is "{content_type}", expected "application/dicom"'
         return _failed(part.data, FailureReason.CANNOT_UNDERSTAND, reason)
-    if study is not None:
-        sop_class, sop_instance, part_study = _peek_uids(part.data)
-        if part_study is not None and part_study != study:
-            reason = f'instance of study "{part_study}" posted to study "{study}"'
-            return StoreOutcome(
-                sop_class,
-                sop_instance,
-                part_study,
-                failure=FailureReason.STUDY_MISMATCH,
-                reason=reason,
-            )
     return None
 
 
-def store_part(intake: Intake, part: BodyPart, number: int, study: str | None) -> StoreOutcome:
-    """Spool one part through ``intake`` (blocking: the spool fsyncs), or say why not.
+def store_part(
+    ingest: GatewayIngest, part: BodyPart, number: int, study: str | None
+) -> StoreOutcome:
+    """Hand one part to the gateway (blocking: the spool fsyncs), or say why not.
 
     Parameters
     ----------
-    intake
-        The gateway's intake: validation, quarantine of refusals, durable spool.
+    ingest
+        The gateway's internal STOW endpoint: validation, quarantine of refusals, durable spool.
     part
         One part of the request body.
     number
         Its position in the request, from 1 (named in reasons).
     study
-        The Study Instance UID of the request's URL (``POST /studies/{study}``), if any; an
-        instance of another study is refused without being spooled or quarantined.
+        The Study Instance UID of the request's URL (``POST /studies/{study}``), if any; the
+        gateway refuses an instance of another study without spooling or quarantining it.
 
     Returns
     -------
     StoreOutcome
         Stored (with the instance's UIDs and patient ID), or failed with a reason.
+
+    Raises
+    ------
+    httpx.TransportError
+        The gateway cannot be reached.
     """
-    early = _precheck(part, number, study, intake.max_instance_bytes)
+    early = _precheck(part, number, ingest.max_instance_bytes)
     if early is not None:
         return early
-    try:
-        entry = intake.accept(part.data, sender_ae_title=None, hospital=None, source="stow")
-    except GatewayError as exc:
-        return _refused(part.data, exc)
-    info = entry.info
-    return StoreOutcome(
-        info.sop_class_uid,
-        info.sop_instance_uid,
-        info.study_instance_uid,
-        info.series_instance_uid,
-        info.patient_id,
-    )
+    return ingest.store(part.data, study)
 
 
 def _element(vr: str, *values: Any) -> dict[str, Any]:

@@ -1,9 +1,13 @@
 """DICOMweb on radcloud's authenticated API (PS3.18 10.4-10.6), under ``/dicom-web``.
 
 - STOW-RS (roles ``pacs``, ``admin``): each part of a ``multipart/related;
-  type="application/dicom"`` body goes through the gateway's :class:`~dicom_gateway.intake.Intake`
-  (validation, quarantine, durable spool), exactly like an instance received over DIMSE; the
-  gateway process forwards it to Orthanc shortly after (failure reasons: :mod:`serving.api._stow`).
+  type="application/dicom"`` body is handed, as soon as it has arrived, to the gateway process
+  over its internal STOW endpoint, where it takes the path of an instance received over DIMSE
+  (validation, quarantine, durable spool; the gateway is the spool's only writer) and is
+  forwarded to Orthanc shortly after (failure reasons: :mod:`serving.api._stow`). The gateway
+  unreachable: 503 with Retry-After, nothing stored (or, if it fails after some parts were
+  stored, 202 naming the rest as not stored); an instance is only ever reported stored once
+  the gateway has it on disk.
 - QIDO-RS and WADO-RS (roles ``radiologist``, ``ml_engineer``, ``admin``): proxied to Orthanc's
   DICOMweb plugin and streamed back, never buffered. Orthanc is told the public host
   (``Forwarded``, RFC 7239) and its own base URL is rewritten in JSON bodies, so no answer names
@@ -493,21 +497,40 @@ async def retrieve_bulk_data(
 # -- STOW-RS (PS3.18 10.5) ---------------------------------------------------------------------
 
 
+class _GatewayGone(Exception):  # noqa: N818 - control flow between two functions of this module
+    """The gateway could not be reached while storing part ``number``."""
+
+    def __init__(self, number: int, cause: httpx.TransportError) -> None:
+        self.number, self.cause = number, cause
+        super().__init__(f"part {number}: {cause!r}")
+
+
 async def _read_parts(
     request: Request,
     reader: MultipartReader,
     study: str | None,
     outcomes: list[StoreOutcome],
 ) -> None:
-    """Spool each part as soon as it has arrived (one part in memory at a time), appending its
-    outcome to ``outcomes``.
+    """Hand each part to the gateway as soon as it has arrived (one part in memory at a time),
+    appending its outcome to ``outcomes``.
+
+    Raises
+    ------
+    MultipartError
+        The body is malformed before any part was read.
+    _GatewayGone
+        The gateway is unreachable; reading stopped there.
     """
-    intake = context(request).intake
+    ingest = context(request).ingest
 
     async def store(parts: list[BodyPart]) -> None:
         for part in parts:
             number = len(outcomes) + 1
-            outcomes.append(await run_in_threadpool(store_part, intake, part, number, study))
+            try:
+                outcome = await run_in_threadpool(store_part, ingest, part, number, study)
+            except httpx.TransportError as exc:
+                raise _GatewayGone(number, exc) from exc
+            outcomes.append(outcome)
 
     try:
         async for chunk in request.stream():
@@ -520,6 +543,26 @@ async def _read_parts(
         outcomes.append(
             StoreOutcome(None, None, None, failure=FailureReason.CANNOT_UNDERSTAND, reason=reason)
         )
+
+
+def _gateway_gone(gone: _GatewayGone, outcomes: list[StoreOutcome]) -> JSONResponse | None:
+    """503 when the gateway was unreachable before any instance was stored; else ``None``,
+    with the failure of part ``gone.number`` and the rest of the body appended to ``outcomes``.
+    """
+    logger.error("the DICOM gateway is unreachable for STOW-RS: %r", gone.cause)
+    if not any(o.failure is None for o in outcomes):
+        return _error(
+            503,
+            "gateway_unavailable",
+            "the DICOM gateway is unavailable: nothing was stored; try again later",
+            {"Retry-After": str(_RETRY_AFTER_S)},
+        )
+    reason = f"the DICOM gateway became unavailable: part {gone.number} and later not stored"
+    failure = FailureReason.PROCESSING_FAILURE
+    outcomes.append(
+        StoreOutcome(None, None, None, failure=failure, reason=reason, server_side=True)
+    )
+    return None
 
 
 def _unique(values: set[str | None]) -> str | None:
@@ -574,6 +617,27 @@ async def _audit_store(
     )
 
 
+async def _store_parts(
+    request: Request, boundary: str, study: str | None, outcomes: list[StoreOutcome]
+) -> Response:
+    """Read the body's parts into ``outcomes`` and answer for them."""
+    limit = context(request).ingest.max_instance_bytes
+    try:
+        reader = MultipartReader(boundary, limit)
+        await _read_parts(request, reader, study, outcomes)
+    except MultipartError as exc:
+        return _error(400, "bad_request", f"malformed multipart/related body: {exc}")
+    except _GatewayGone as gone:
+        unavailable = _gateway_gone(gone, outcomes)
+        if unavailable is not None:
+            return unavailable
+    if not outcomes:
+        return _error(400, "bad_request", "the request holds no instances")
+    status, body = store_response(outcomes, _public_base(request), study)
+    headers = {"Retry-After": str(_RETRY_AFTER_S)} if status == 503 else None
+    return JSONResponse(body, status, headers=headers, media_type=DICOM_JSON)
+
+
 async def _store(request: Request, principal: Principal, study: str | None) -> Response:
     """Run a STOW-RS request and audit it."""
     content_type = request.headers.get("content-type", "")
@@ -591,22 +655,11 @@ async def _store(request: Request, principal: Principal, study: str | None) -> R
             'expected multipart/related; type="application/dicom"',
         )
     else:
-        limit = context(request).intake.max_instance_bytes
         try:
-            reader = MultipartReader(params.get("boundary", ""), limit)
-            await _read_parts(request, reader, study, outcomes)
-        except MultipartError as exc:
-            response = _error(400, "bad_request", f"malformed multipart/related body: {exc}")
+            response = await _store_parts(request, params.get("boundary", ""), study, outcomes)
         except ClientDisconnect:
             await _audit_store(request, principal, study, outcomes, None)
             raise
-        else:
-            if outcomes:
-                status, body = store_response(outcomes, _public_base(request), study)
-                headers = {"Retry-After": str(_RETRY_AFTER_S)} if status == 503 else None
-                response = JSONResponse(body, status, headers=headers, media_type=DICOM_JSON)
-            else:
-                response = _error(400, "bad_request", "the request holds no instances")
     await _audit_store(request, principal, study, outcomes, response.status_code)
     return response
 
