@@ -4,8 +4,8 @@
   ``GET /metrics`` (Prometheus) need no credentials, so that Prometheus can scrape them; they
   carry no patient data (sender AE titles and counts only).
 - ``POST /internal/stow/instances`` takes one STOW-RS instance from the API process (the
-  protocol is in :mod:`dicom_gateway.stow`); it demands the bearer key ``gateway_ingest_key``
-  of ``secrets.json``, compared in constant time.
+  protocol is in :mod:`core.ingest`, the handling in :mod:`dicom_gateway.stow`); it demands
+  the bearer key ``gateway_ingest_key`` of ``secrets.json``, compared in constant time.
 
 HTTP/1.1 with keep-alive, one thread per connection (:class:`ThreadingHTTPServer`).
 """
@@ -24,8 +24,9 @@ from urllib.parse import parse_qs, urlsplit
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from core.ingest import STOW_PATH
 from dicom_gateway.intake import Intake
-from dicom_gateway.stow import STOW_PATH, store_instance
+from dicom_gateway.stow import store_instance
 
 __all__ = ["GatewayHttpServer"]
 

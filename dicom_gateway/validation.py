@@ -34,7 +34,6 @@ __all__ = [
     "InstanceInfo",
     "inspect_instance",
     "lenient_reading",
-    "peek_uids",
     "zero_preamble",
 ]
 
@@ -48,7 +47,6 @@ _REQUIRED_UIDS = (
     ("SeriesInstanceUID", "(0020,000E)"),
     ("SOPInstanceUID", "(0008,0018)"),
 )
-_PEEKED = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID")
 
 
 def lenient_reading() -> None:
@@ -93,22 +91,6 @@ def zero_preamble(data: bytes) -> bytes:
     if data[:PREAMBLE_LENGTH] == bytes(PREAMBLE_LENGTH):
         return data
     return bytes(PREAMBLE_LENGTH) + data[PREAMBLE_LENGTH:]
-
-
-def peek_uids(data: bytes) -> tuple[str | None, str | None, str | None]:
-    """SOP Class, SOP Instance and Study Instance UIDs of possibly broken data, each where
-    readable and a valid UID (PS3.5 9.1), else ``None``: labels for a refusal, never a check.
-    """
-    try:
-        ds = pydicom.dcmread(
-            io.BytesIO(data), force=True, stop_before_pixels=True, specific_tags=list(_PEEKED)
-        )
-        values = [ds.get(keyword) for keyword in _PEEKED]
-    except Exception:  # noqa: BLE001 - best-effort labels for data that may be anything
-        return None, None, None
-    uids = [str(value).strip() if value else "" for value in values]
-    valid = [uid if len(uid) <= 64 and _UID_SYNTAX.match(uid) else None for uid in uids]
-    return valid[0], valid[1], valid[2]
 
 
 def _text(ds: Dataset, keyword: str) -> str | None:

@@ -1,103 +1,36 @@
-"""STOW-RS mechanics behind the ``/dicom-web`` routes (PS3.18 10.5): each part of a request is
-handed to the gateway process, the spool's only writer, over its internal STOW endpoint
-(:class:`GatewayIngest`; the protocol is documented in ``dicom_gateway.stow``), and the
-per-instance answers become the Store Instances Response Module (PS3.18 Annex I) and the HTTP
-status (PS3.18 Table 10.5.3-1).
+"""STOW-RS mechanics behind :mod:`serving.api.routes.stow` (PS3.18 10.5): each part of a request
+is handed to the gateway process, the spool's only writer, over its internal STOW endpoint
+(:class:`GatewayIngest`; the contract, with the Failure Reason values, is :mod:`core.ingest`),
+and the per-instance answers (:class:`~core.ingest.StoreAnswer`) become the Store Instances
+Response Module (PS3.18 Annex I) and the HTTP status (PS3.18 Table 10.5.3-1).
 
-Failure Reason (0008,1197) values (PS3.18 Table I.2-2); the gateway decides all but the first
-two rows' "part" cases, which this process finds before sending anything::
-
-    0xC000  cannot understand         not DICOM, unparseable, or a part not application/dicom
-    0xA900  does not match SOP class  parses, but lacks a UID, transfer syntax or whole pixel data
-    0xA700  out of resources          larger than the instance limit, or the spool is full
-    0xC409  study mismatch            posted to /studies/{study} but of another study
-                                      (implementation specific; dcm4chee-arc uses the same code)
-    0x0110  processing failure        the spool could not be written, or the gateway failed
-
-The reason in words is in Error Comment (0000,0902) of each failed item (LO: 64 characters).
-The gateway unreachable raises :class:`httpx.TransportError` out of :meth:`GatewayIngest.store`:
-the route answers 503 (or, when earlier parts were stored, reports the rest as not stored).
+Two failures are found here, in the part itself, before anything is sent: a part longer than
+the instance limit (0xA700 out of resources) and a part not ``application/dicom`` (0xC000
+cannot understand). The reason in words is in Error Comment (0000,0902) of each failed item
+(LO: 64 characters). The gateway unreachable raises :class:`httpx.TransportError` out of
+:meth:`GatewayIngest.store`; the route answers 503, or reports the rest as not stored.
 """
 
 from __future__ import annotations
 
-import io
 import logging
-import re
-from dataclasses import dataclass
-from enum import IntEnum
 from typing import Any
 
 import httpx
-import pydicom
 
 from core.config import Settings, url_host
+from core.ingest import STOW_PATH, FailureReason, StoreAnswer
 from core.secrets import Secrets
 from serving.api._multipart import BodyPart, MultipartError
 
-__all__ = ["FailureReason", "GatewayIngest", "StoreOutcome", "store_part", "store_response"]
+__all__ = ["GatewayIngest", "store_part", "store_response"]
 
 logger = logging.getLogger(__name__)
 
-_VALID_UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
 _ERROR_COMMENT_MAX = 64
 _DICOM = "application/dicom"
-_PEEKED = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID")
 _MIB = 1024 * 1024
-_STOW_PATH = "/internal/stow/instances"  # dicom_gateway.stow.STOW_PATH
 _CONNECT_TIMEOUT_S = 5.0
-
-
-class FailureReason(IntEnum):
-    """Failure Reason (0008,1197) values used by radcloud (see the module docstring)."""
-
-    PROCESSING_FAILURE = 0x0110
-    OUT_OF_RESOURCES = 0xA700
-    DOES_NOT_MATCH_SOP_CLASS = 0xA900
-    CANNOT_UNDERSTAND = 0xC000
-    STUDY_MISMATCH = 0xC409
-
-
-@dataclass(frozen=True)
-class StoreOutcome:
-    """What became of one part of a STOW-RS request: stored when ``failure`` is ``None``.
-
-    ``failure`` is a Failure Reason (0008,1197) value: one of :class:`FailureReason`, as
-    answered by the gateway. ``server_side`` marks failures for want of resources here (spool
-    full, disk error), worth retrying later unchanged.
-    """
-
-    sop_class_uid: str | None
-    sop_instance_uid: str | None
-    study_instance_uid: str | None
-    series_instance_uid: str | None = None
-    patient_id: str | None = None
-    failure: int | None = None
-    reason: str | None = None
-    server_side: bool = False
-
-
-def _peek_uids(data: bytes) -> tuple[str | None, str | None, str | None]:
-    """SOP Class, SOP Instance and Study Instance UIDs of possibly broken data, where readable
-    and syntactically valid (only valid UIDs are written back in a response).
-    """
-    try:
-        ds = pydicom.dcmread(
-            io.BytesIO(data), force=True, stop_before_pixels=True, specific_tags=list(_PEEKED)
-        )
-        values = [ds.get(keyword) for keyword in _PEEKED]
-    except Exception:  # noqa: BLE001 - best-effort labels for data that may be anything
-        return None, None, None
-    uids = [str(value).strip() if value else "" for value in values]
-    valid = [uid if len(uid) <= 64 and _VALID_UID.match(uid) else None for uid in uids]
-    return valid[0], valid[1], valid[2]
-
-
-def _failed(
-    data: bytes, failure: FailureReason, reason: str, *, server_side: bool = False
-) -> StoreOutcome:
-    sop_class, sop_instance, study = _peek_uids(data)
-    return StoreOutcome(sop_class, sop_instance, study, None, None, failure, reason, server_side)
 
 
 class GatewayIngest:
@@ -129,13 +62,13 @@ class GatewayIngest:
     def from_settings(cls, settings: Settings, secrets: Secrets) -> GatewayIngest:
         """The endpoint of this instance's gateway, on its metrics port."""
         return cls(
-            f"http://{url_host(settings.bind_host)}:{settings.gateway_metrics_port}{_STOW_PATH}",
+            f"http://{url_host(settings.bind_host)}:{settings.gateway_metrics_port}{STOW_PATH}",
             secrets.gateway_ingest_key,
             settings.gateway_max_instance_mib * _MIB,
             settings.gateway_network_timeout_s,
         )
 
-    def store(self, data: bytes, study: str | None) -> StoreOutcome:
+    def store(self, data: bytes, study: str | None) -> StoreAnswer:
         """Hand one instance to the gateway; returns once it is spooled, or why it is not.
 
         Raises
@@ -154,46 +87,37 @@ class GatewayIngest:
                 answer.text[:200],
             )
             reason = f"the gateway refused the instance (HTTP {answer.status_code})"
-            return _failed(data, FailureReason.PROCESSING_FAILURE, reason, server_side=True)
-        body = answer.json()
-        status = int(body["status"])
-        return StoreOutcome(
-            body.get("sop_class_uid"),
-            body.get("sop_instance_uid"),
-            body.get("study_instance_uid"),
-            body.get("series_instance_uid"),
-            body.get("patient_id"),
-            failure=status or None,
-            reason=body.get("reason"),
-            server_side=bool(body.get("retry")),
-        )
+            return StoreAnswer.failed(data, FailureReason.PROCESSING_FAILURE, reason, retry=True)
+        return StoreAnswer.from_json(answer.json())
 
     def close(self) -> None:
         """Release the connections."""
         self._client.close()
 
 
-def _precheck(part: BodyPart, number: int, limit: int) -> StoreOutcome | None:
+def _precheck(part: BodyPart, number: int, limit: int) -> StoreAnswer | None:
     """A failure found in the part itself before the gateway sees it, or ``None``."""
     if part.truncated:
         reason = (
             f"instance of {part.size} bytes exceeds the limit of {limit} bytes "
             "(RADCLOUD_GATEWAY_MAX_INSTANCE_MIB)"
         )
-        return _failed(part.data, FailureReason.OUT_OF_RESOURCES, reason)
+        return StoreAnswer.failed(part.data, FailureReason.OUT_OF_RESOURCES, reason)
     try:
         content_type = part.content_type
     except MultipartError as exc:
-        return _failed(part.data, FailureReason.CANNOT_UNDERSTAND, f"part {number}: {exc}")
+        return StoreAnswer.failed(
+            part.data, FailureReason.CANNOT_UNDERSTAND, f"part {number}: {exc}"
+        )
     if content_type not in (None, "application/dicom"):
         reason = f'part {number} is "{content_type}", expected "application/dicom"'
-        return _failed(part.data, FailureReason.CANNOT_UNDERSTAND, reason)
+        return StoreAnswer.failed(part.data, FailureReason.CANNOT_UNDERSTAND, reason)
     return None
 
 
 def store_part(
     ingest: GatewayIngest, part: BodyPart, number: int, study: str | None
-) -> StoreOutcome:
+) -> StoreAnswer:
     """Hand one part to the gateway (blocking: the spool fsyncs), or say why not.
 
     Parameters
@@ -210,7 +134,7 @@ def store_part(
 
     Returns
     -------
-    StoreOutcome
+    StoreAnswer
         Stored (with the instance's UIDs and patient ID), or failed with a reason.
 
     Raises
@@ -235,16 +159,16 @@ def _error_comment(reason: str) -> str:
     return text if len(text) <= _ERROR_COMMENT_MAX else text[: _ERROR_COMMENT_MAX - 3] + "..."
 
 
-def _failed_item(outcome: StoreOutcome) -> dict[str, Any]:
+def _failed_item(outcome: StoreAnswer) -> dict[str, Any]:
     return {
         "00081150": _element("UI", outcome.sop_class_uid),
         "00081155": _element("UI", outcome.sop_instance_uid),
-        "00081197": _element("US", int(outcome.failure or FailureReason.PROCESSING_FAILURE)),
+        "00081197": _element("US", outcome.status),
         "00000902": _element("LO", _error_comment(outcome.reason or "")),
     }
 
 
-def _stored_item(outcome: StoreOutcome, retrieve_base: str) -> dict[str, Any]:
+def _stored_item(outcome: StoreAnswer, retrieve_base: str) -> dict[str, Any]:
     url = (
         f"{retrieve_base}/studies/{outcome.study_instance_uid}"
         f"/series/{outcome.series_instance_uid}/instances/{outcome.sop_instance_uid}"
@@ -257,7 +181,7 @@ def _stored_item(outcome: StoreOutcome, retrieve_base: str) -> dict[str, Any]:
 
 
 def store_response(
-    outcomes: list[StoreOutcome], retrieve_base: str, study: str | None
+    outcomes: list[StoreAnswer], retrieve_base: str, study: str | None
 ) -> tuple[int, dict[str, Any]]:
     """The HTTP status and the Store Instances Response Module as DICOM JSON.
 
@@ -276,8 +200,8 @@ def store_response(
         200 all stored; 202 some stored; 503 none stored, all for want of resources here
         (retry later); 409 none stored otherwise (PS3.18 Table 10.5.3-1).
     """
-    stored = [o for o in outcomes if o.failure is None]
-    failed = [o for o in outcomes if o.failure is not None]
+    stored = [o for o in outcomes if o.stored]
+    failed = [o for o in outcomes if not o.stored]
     studies = {o.study_instance_uid for o in stored}
     retrieve_study = study or (next(iter(studies)) if len(studies) == 1 else None)
     study_url = f"{retrieve_base}/studies/{retrieve_study}" if retrieve_study and stored else None
@@ -290,4 +214,4 @@ def store_response(
         return 200, body
     if stored:
         return 202, body
-    return (503 if all(o.server_side for o in failed) else 409), body
+    return (503 if all(o.retry for o in failed) else 409), body

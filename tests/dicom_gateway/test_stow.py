@@ -1,6 +1,6 @@
-"""The gateway's internal STOW endpoint (``dicom_gateway.stow``) on its real HTTP listener, with a
-real spool and quarantine in ``tmp_path``, called over HTTP as the API process calls it; and the
-rule that importing the gateway changes no global library state.
+"""The gateway's internal STOW endpoint (``dicom_gateway.stow``, contract ``core.ingest``) on
+its real HTTP listener, with a real spool and quarantine in ``tmp_path``, called over HTTP as
+the API process calls it; and the rule that importing the gateway changes no global state.
 """
 
 from __future__ import annotations
@@ -19,11 +19,11 @@ import httpx
 import pydicom
 import pytest
 
+from core.ingest import STOW_PATH, FailureReason
 from dicom_gateway._http import GatewayHttpServer
 from dicom_gateway.intake import Intake
 from dicom_gateway.quarantine import Quarantine
 from dicom_gateway.spool import Spool
-from dicom_gateway.stow import STOW_PATH, FailureReason
 from tests.dicom_gateway.dicom_files import synthetic_ct
 
 KEY = "test-ingest-key-" + "k" * 32
