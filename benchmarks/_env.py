@@ -239,8 +239,15 @@ def summarise(samples: Sequence[float]) -> dict[str, float]:
 
 
 def percentiles(samples: Sequence[float]) -> dict[str, float]:
-    """p50, p95, min, max and count (nearest rank) of latency samples."""
+    """p50 (median), p95, min, max and count of latency samples; empty without samples.
+
+    The one p95 of every benchmark: the nearest-rank percentile, the smallest sample with at
+    least 95 % of the samples at or below it (``ordered[ceil(0.95 n) - 1]``), so it is always a
+    measured value.
+    """
     ordered = sorted(samples)
+    if not ordered:
+        return {}
 
     def rank(q: float) -> float:
         return ordered[min(len(ordered), max(1, math.ceil(q * len(ordered)))) - 1]

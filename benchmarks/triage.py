@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import logging
 import shutil
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -30,7 +29,7 @@ from typing import Any
 
 from sqlalchemy import select
 
-from benchmarks._env import describe_machine, free_ports, write_result
+from benchmarks._env import describe_machine, free_ports, percentiles, write_result
 
 __all__ = ["main", "run_triage"]
 
@@ -38,23 +37,6 @@ logger = logging.getLogger(__name__)
 
 _AE = "BENCH_PACS"
 _STAGES = ("fetch_s", "preprocess_s", "inference_s", "postprocess_s", "writeback_s", "total_s")
-
-
-def _percentiles(values: list[float]) -> dict[str, float]:
-    ordered = sorted(values)
-    if not ordered:
-        return {}
-
-    def pick(q: float) -> float:
-        return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
-
-    return {
-        "p50": statistics.median(ordered),
-        "p95": pick(0.95),
-        "min": ordered[0],
-        "max": ordered[-1],
-        "n": len(ordered),
-    }
 
 
 def _records(db: Any, sent: dict[str, str]) -> list[dict[str, Any]]:
@@ -193,9 +175,9 @@ def run_triage(
     succeeded = [r for r in records if r["status"] == "succeeded"]
     summary: dict[str, Any] = {}
     for key in ("completeness_wait_s", "triage_s", "time_to_triage_s", *_STAGES):
-        summary[key] = _percentiles([float(r[key]) for r in succeeded if r[key] is not None])
+        summary[key] = percentiles([float(r[key]) for r in succeeded if r[key] is not None])
     by_task = {
-        task: _percentiles([float(r["time_to_triage_s"]) for r in succeeded if r["task"] == task])
+        task: percentiles([float(r["time_to_triage_s"]) for r in succeeded if r["task"] == task])
         for task in ("head-ct", "chest-xr")
     }
     return {

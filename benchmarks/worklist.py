@@ -43,7 +43,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks._env import RESULTS_DIR, describe_machine
+from benchmarks._env import RESULTS_DIR, describe_machine, percentiles
 from serving.worklist import AiStatus, PriorityClass, WorklistPolicy, classify, priority_key
 
 __all__ = [
@@ -256,14 +256,15 @@ def simulate(
 
 
 def summarise_waits(waits: Sequence[float]) -> dict[str, float | int]:
-    """Count, mean, p95 and worst of waiting times (minutes)."""
+    """Count, mean, p95 (nearest rank, as every benchmark: :func:`benchmarks._env.percentiles`)
+    and worst of waiting times (minutes)."""
     if not waits:
         return {"n": 0, "mean": math.nan, "p95": math.nan, "max": math.nan}
     values = np.asarray(waits)
     return {
         "n": len(waits),
         "mean": round(float(values.mean()), 1),
-        "p95": round(float(np.percentile(values, 95)), 1),
+        "p95": round(percentiles(waits)["p95"], 1),
         "max": round(float(values.max()), 1),
     }
 

@@ -6,7 +6,8 @@ file. The file is created atomically with ``O_EXCL`` so two processes starting t
 A secret added in a later radcloud version (``deid_hmac_key``) is generated into an older file
 on first use, under an exclusive lock (``secrets.lock``) and by atomic replacement, so
 processes starting together agree on it too. ``notify_signing_key`` (signs critical-finding
-webhooks) is added the same way.
+webhooks) and ``gateway_ingest_key`` (authenticates the API process to the gateway's internal
+STOW endpoint, :mod:`dicom_gateway.stow`) are added the same way.
 """
 
 from __future__ import annotations
@@ -30,9 +31,10 @@ _FIELDS = (
     "orthanc_password",
     "deid_hmac_key",
     "notify_signing_key",
+    "gateway_ingest_key",
 )
 # generated into files written before they existed
-_ADDED_LATER = ("deid_hmac_key", "notify_signing_key")
+_ADDED_LATER = ("deid_hmac_key", "notify_signing_key", "gateway_ingest_key")
 
 
 @dataclass(frozen=True, repr=False)
@@ -46,6 +48,8 @@ class Secrets:
     """Keys the pseudonyms and UIDs of de-identified exports (``imaging.deid``)."""
     notify_signing_key: str
     """Signs critical-finding webhooks (``serving.notify``); receivers verify with it."""
+    gateway_ingest_key: str
+    """The API's bearer key at the gateway's internal STOW endpoint (``dicom_gateway.stow``)."""
     orthanc_user: str = "radcloud"
 
     def __repr__(self) -> str:

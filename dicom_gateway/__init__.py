@@ -1,4 +1,60 @@
-"""The DICOM gateway: DIMSE and STOW-RS ingest, spool, forwarding, study completeness.
+"""The DICOM gateway: DIMSE and STOW-RS in, the durable spool, forwarding to the image archive,
+study completeness. It runs as its own process (``python -m dicom_gateway``), the spool's only
+writer whichever door an instance came through.
 
-Filled by the gateway issue (#3).
+- :mod:`dicom_gateway.service`: the process, every part started and stopped together;
+- :mod:`dicom_gateway.scp`: the DIMSE service (C-ECHO, C-STORE, C-FIND, C-MOVE), which maps
+  errors to DIMSE statuses;
+- :mod:`dicom_gateway.stow`: STOW-RS instances handed over by the API process on an internal
+  HTTP endpoint, answered with PS3.18 Failure Reasons;
+- :mod:`dicom_gateway.intake`: the one path of every instance (size, validation, spool);
+- :mod:`dicom_gateway.validation`, :mod:`dicom_gateway.spool`,
+  :mod:`dicom_gateway.quarantine`: checks, durable storage, refused instances;
+- :mod:`dicom_gateway.forwarder`, :mod:`dicom_gateway.completeness`: spool to archive, and
+  the ``study.ready`` event once a study is stable;
+- :mod:`dicom_gateway.senders`: who may send, and C-MOVE destinations;
+- :mod:`dicom_gateway.exceptions`: the ``GatewayError`` tree.
+
+Importing the package changes no global library state (the process sets pydicom's reading
+mode where it starts).
 """
+
+from dicom_gateway.exceptions import (
+    ArchiveError,
+    GatewayError,
+    InstanceRejectedError,
+    InstanceTooLargeError,
+    InvalidIdentifierError,
+    NonConformantInstanceError,
+    QuarantineEntryError,
+    SpoolError,
+    SpoolFullError,
+    UnknownSenderError,
+    UnreadableInstanceError,
+)
+from dicom_gateway.intake import Intake
+from dicom_gateway.quarantine import Quarantine, QuarantineEntry
+from dicom_gateway.spool import Spool, SpoolEntry, SpoolUsage
+from dicom_gateway.validation import InstanceInfo, inspect_instance
+
+__all__ = [
+    "ArchiveError",
+    "GatewayError",
+    "InstanceInfo",
+    "InstanceRejectedError",
+    "InstanceTooLargeError",
+    "Intake",
+    "InvalidIdentifierError",
+    "NonConformantInstanceError",
+    "Quarantine",
+    "QuarantineEntry",
+    "QuarantineEntryError",
+    "Spool",
+    "SpoolEntry",
+    "SpoolError",
+    "SpoolFullError",
+    "SpoolUsage",
+    "UnknownSenderError",
+    "UnreadableInstanceError",
+    "inspect_instance",
+]

@@ -6,6 +6,7 @@ import logging
 
 from core.config import load_settings
 from dicom_gateway.service import GatewayService
+from dicom_gateway.validation import lenient_reading
 
 
 def main() -> None:
@@ -14,6 +15,7 @@ def main() -> None:
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("pynetdicom").setLevel(max(logging.WARNING, logging.root.level))
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    lenient_reading()
     GatewayService(settings).run()
 
 

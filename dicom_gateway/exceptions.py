@@ -1,21 +1,28 @@
-"""Errors of the DICOM gateway. Protocol edges map them: the DIMSE handlers to status codes
-(PS3.4 Annex B/C), the DICOMweb routes to HTTP and FailedSOPSequence reasons (PS3.18 10.5).
+"""Errors of the DICOM gateway, under one root that is a :class:`core.exceptions.RadcloudError`
+(the CLI reports every one cleanly). Only the protocol edges map them: the DIMSE handlers
+(:mod:`dicom_gateway.scp`) to status codes (PS3.4 Annex B/C), the internal STOW endpoint
+(:mod:`dicom_gateway.stow`) to Failure Reasons (PS3.18 Table I.2-2), the CLI to exit status 1.
 
 ::
 
     GatewayError
-    ├── InstanceRejectedError(reason)              -> quarantine
-    │   ├── UnreadableInstanceError(reason)        -> 0xC000 cannot understand / HTTP 400
-    │   └── NonConformantInstanceError(reason)     -> 0xA900 dataset does not match SOP class
-    ├── InstanceTooLargeError(size_bytes, limit_bytes)   -> 0xA700 out of resources / HTTP 413
-    ├── SpoolFullError(used_bytes, limit_bytes, reason)  -> 0xA700 out of resources / HTTP 503
-    ├── UnknownSenderError(ae_title, host)         -> association rejected (0x01, 0x01, 0x03)
-    ├── InvalidIdentifierError(reason)             -> C-FIND/C-MOVE 0xA900
-    ├── ArchiveError(reason)                       -> C-FIND 0xC001, C-MOVE 0xA701
+    ├── InstanceRejectedError(reason)                    -> quarantine
+    │   ├── UnreadableInstanceError(reason)              -> 0xC000 cannot understand
+    │   └── NonConformantInstanceError(reason)           -> 0xA900 does not match SOP class
+    ├── InstanceTooLargeError(size_bytes, limit_bytes)   -> 0xA700 out of resources
+    ├── SpoolFullError(used_bytes, limit_bytes, reason)  -> 0xA700 (STOW: retry later, 503)
+    ├── SpoolError(path, reason)                         -> C-STORE 0xC001, STOW 0x0110
+    ├── UnknownSenderError(ae_title, host, reason)       -> association rejected (0x01, 0x01, 0x03)
+    ├── InvalidIdentifierError(reason)                   -> C-FIND/C-MOVE 0xA900
+    ├── ArchiveError(reason)                             -> C-FIND 0xC001, C-MOVE 0xA701
     └── QuarantineEntryError(entry_id, reason)
 """
 
 from __future__ import annotations
+
+from pathlib import Path
+
+from core.exceptions import RadcloudError
 
 __all__ = [
     "ArchiveError",
@@ -25,13 +32,14 @@ __all__ = [
     "InvalidIdentifierError",
     "NonConformantInstanceError",
     "QuarantineEntryError",
+    "SpoolError",
     "SpoolFullError",
     "UnknownSenderError",
     "UnreadableInstanceError",
 ]
 
 
-class GatewayError(Exception):
+class GatewayError(RadcloudError):
     """Root of the gateway's errors."""
 
 
@@ -68,6 +76,16 @@ class SpoolFullError(GatewayError):
     def __init__(self, used_bytes: int, limit_bytes: int, reason: str) -> None:
         self.used_bytes, self.limit_bytes, self.reason = used_bytes, limit_bytes, reason
         super().__init__(f"spool full: {reason} ({used_bytes} of {limit_bytes} bytes used)")
+
+
+class SpoolError(GatewayError):
+    """The spool cannot be written (an I/O error other than a full disk), or a file in it is not
+    a readable spool file.
+    """
+
+    def __init__(self, path: Path, reason: str) -> None:
+        self.path, self.reason = path, reason
+        super().__init__(f"spool {path}: {reason}")
 
 
 class UnknownSenderError(GatewayError):

@@ -1,27 +1,26 @@
 """The gateway process (``python -m dicom_gateway``): DIMSE service, forwarder, study tracker,
-and a small HTTP endpoint on ``gateway_metrics_port`` with ``/healthz`` (JSON: spool depth,
-Orthanc reachability, open associations) and ``/metrics`` (Prometheus).
+and a small HTTP listener on ``gateway_metrics_port`` (:mod:`dicom_gateway._http`) with
+``/healthz``, ``/metrics`` and the internal STOW-RS endpoint of the API process
+(:mod:`dicom_gateway.stow`).
 
-The metrics endpoint carries no patient data (sender AE titles and counts only) and binds to
-``bind_host`` like everything else; it needs no credentials so that Prometheus can scrape it.
+This process is the spool's only writer: instances received by DIMSE and by STOW-RS go through
+its one :class:`Intake` and :class:`Spool`, so the spool's limit, its accounting and its fsync
+rules hold as one.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import signal
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from core.archive import orthanc_client
 from core.audit import AuditAction, AuditEventCode, AuditTrail
 from core.config import Settings
 from core.db import Database, upgrade
 from core.secrets import load_secrets
+from dicom_gateway._http import GatewayHttpServer
 from dicom_gateway.completeness import StudyTracker
 from dicom_gateway.forwarder import Forwarder
 from dicom_gateway.intake import Intake
@@ -78,7 +77,13 @@ class GatewayService:
             audit=self.audit,
             orthanc=self.orthanc,
         )
-        self._http: ThreadingHTTPServer | None = None
+        self._http = GatewayHttpServer(
+            (settings.bind_host, settings.gateway_metrics_port),
+            health=self.health,
+            intake=self.intake,
+            ingest_key=secrets.gateway_ingest_key,
+            timeout_s=settings.gateway_network_timeout_s,
+        )
         self._stopped = threading.Event()
 
     def health(self) -> dict[str, Any]:
@@ -95,38 +100,12 @@ class GatewayService:
             "tls": self.settings.gateway_tls_enabled,
         }
 
-    def _start_http(self) -> None:
-        service = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                if self.path == "/healthz":
-                    body = json.dumps(service.health()).encode()
-                    content_type = "application/json"
-                elif self.path == "/metrics":
-                    body, content_type = generate_latest(), CONTENT_TYPE_LATEST
-                else:
-                    self.send_error(404)
-                    return
-                self.send_response(200)
-                self.send_header("Content-Type", content_type)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                logger.debug("metrics endpoint: " + format, *args)
-
-        address = (self.settings.bind_host, self.settings.gateway_metrics_port)
-        self._http = ThreadingHTTPServer(address, Handler)
-        threading.Thread(target=self._http.serve_forever, name="gateway-http", daemon=True).start()
-
     def start(self) -> None:
-        """Start forwarding, tracking, the DIMSE service and the health endpoint."""
+        """Start forwarding, tracking, the DIMSE service and the HTTP listener."""
         self.forwarder.start()
         self.tracker.start()
         self.dicom.start()
-        self._start_http()
+        self._http.start()
         self.audit.record(
             AuditEventCode.APPLICATION_ACTIVITY,
             action=AuditAction.EXECUTE,
@@ -146,9 +125,7 @@ class GatewayService:
     def stop(self) -> None:
         """Stop accepting, then let in-flight work finish; the spool keeps the rest."""
         self.dicom.stop()
-        if self._http is not None:
-            self._http.shutdown()
-            self._http.server_close()
+        self._http.stop()
         self.tracker.stop()
         self.forwarder.stop()
         self.audit.record(

@@ -2,9 +2,11 @@
 
 :meth:`Spool.put` writes one file per instance into ``RADCLOUD_HOME/spool``: a temporary file is
 written and ``fsync``-ed, renamed to its final name, and the directory is ``fsync``-ed, so after
-``put`` returns the instance survives a crash of the process or of the machine. Several
-processes may put concurrently (the DIMSE service and the DICOMweb API); the gateway's forwarder
-drains the spool into Orthanc and removes a file only after Orthanc confirmed it.
+``put`` returns the instance survives a crash of the process or of the machine. The gateway
+process is the spool's one writer for every ingest door (DIMSE, and STOW-RS handed over by the
+API process, :mod:`dicom_gateway.stow`), so its limit and accounting hold as one; only
+``radcloud quarantine release`` puts from another process. The gateway's forwarder drains the
+spool into Orthanc and removes a file only after Orthanc confirmed it.
 
 File format (``<ns-timestamp>-<random>.spool``; the name never contains anything from the wire,
 and sorts in arrival order)::
@@ -33,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dicom_gateway.exceptions import GatewayError, SpoolFullError
+from dicom_gateway.exceptions import SpoolError, SpoolFullError
 from dicom_gateway.validation import InstanceInfo
 
 __all__ = ["Spool", "SpoolEntry", "SpoolUsage"]
@@ -153,7 +155,7 @@ class Spool:
         ------
         SpoolFullError
             The spool is at its limit or the disk is (nearly) full; nothing was stored.
-        GatewayError
+        SpoolError
             Writing failed for another reason (I/O error); nothing was stored.
         """
         received_at = dt.datetime.now(dt.UTC)
@@ -190,7 +192,7 @@ class Spool:
                 self._usage_bytes -= len(blob)
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise SpoolFullError(self._usage_bytes, self.limit_bytes, "disk full") from exc
-            raise GatewayError(f"cannot write to the spool {self.directory}: {exc}") from exc
+            raise SpoolError(self.directory, f"cannot write: {exc}") from exc
         return SpoolEntry(final, info, sender_ae_title, hospital, received_at, size_bytes=len(blob))
 
     # -- reading -------------------------------------------------------------------------
@@ -204,19 +206,19 @@ class Spool:
 
         Raises
         ------
-        GatewayError
+        SpoolError
             The file is not a spool file (it is moved aside by the caller).
         """
         with path.open("rb") as handle:
             magic = handle.read(len(_MAGIC))
             raw_length = handle.read(4)
             if magic != _MAGIC or len(raw_length) != 4:
-                raise GatewayError(f"{path.name} is not a radcloud spool file")
+                raise SpoolError(path, "not a radcloud spool file")
             (length,) = struct.unpack(">I", raw_length)
             try:
                 header = json.loads(handle.read(length))
             except ValueError as exc:
-                raise GatewayError(f"{path.name} has a corrupt header: {exc}") from exc
+                raise SpoolError(path, f"corrupt header: {exc}") from exc
         return SpoolEntry(
             path=path,
             info=InstanceInfo.from_json(header["info"]),

@@ -7,6 +7,10 @@ truncated elements or pixel data) raises :class:`InstanceRejectedError` and is q
 
 The 128-byte preamble of every stored file is zeroed: a DICOM file can carry an executable
 header there (the DICOM/PE polyglot, CVE-2019-11687). Nothing else in the bytes is changed.
+
+Leniency needs pydicom's reading validation mode at ``WARN`` (its default). Importing this
+module changes no global state: the gateway process sets the mode where it starts
+(:func:`lenient_reading`, called by ``python -m dicom_gateway``).
 """
 
 from __future__ import annotations
@@ -25,7 +29,13 @@ from pydicom.uid import UID
 
 from dicom_gateway.exceptions import NonConformantInstanceError, UnreadableInstanceError
 
-__all__ = ["PREAMBLE_LENGTH", "InstanceInfo", "inspect_instance", "zero_preamble"]
+__all__ = [
+    "PREAMBLE_LENGTH",
+    "InstanceInfo",
+    "inspect_instance",
+    "lenient_reading",
+    "zero_preamble",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +48,12 @@ _REQUIRED_UIDS = (
     ("SOPInstanceUID", "(0008,0018)"),
 )
 
-pydicom.config.settings.reading_validation_mode = pydicom.config.WARN
+
+def lenient_reading() -> None:
+    """Set pydicom's reading validation mode to ``WARN`` for this process: odd but storable
+    values are logged, not refused. Called once where the gateway process starts.
+    """
+    pydicom.config.settings.reading_validation_mode = pydicom.config.WARN
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,6 @@
-"""Exceptions of the imaging core.
+"""Exceptions of the imaging core, under one root that is a
+:class:`core.exceptions.RadcloudError` (the CLI reports every one cleanly; the API's routes map
+them to HTTP).
 
 ::
 
@@ -7,9 +9,12 @@
     ├── UnsupportedDataError      data we cannot decode or represent (transfer syntax, colour)
     ├── GeometryError             geometry that does not fit (mask vs. volume, SEG vs. source)
     ├── ConformanceError          an object we were about to write is not valid DICOM
-    └── DeidentificationError     an instance could not be de-identified (Orthanc refused it,
-        │                         or it declares burned-in annotation)
-        └── OrthancUnavailableError   Orthanc could not be reached
+    ├── DeidentificationError     an instance could not be de-identified (Orthanc refused it,
+    │   │                         or it declares burned-in annotation)
+    │   └── OrthancUnavailableError   Orthanc could not be reached
+    └── SyntheticError            synthetic data cannot be generated (``imaging.synthetic``)
+        ├── InvalidParameterError(name, value, expected)   also a ValueError
+        └── DatasetExistsError(path)  the output directory is not empty
 
 Every subclass carries the data a caller needs to report the problem (the offending
 instance UIDs, the transfer syntax and the missing decoder plugin, ...) besides a message
@@ -19,21 +24,27 @@ that names the bad value and what was expected.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from core.exceptions import RadcloudError
 
 __all__ = [
     "ConformanceError",
+    "DatasetExistsError",
     "DeidentificationError",
     "GeometryError",
     "ImagingError",
     "InconsistentSeriesError",
+    "InvalidParameterError",
     "OrthancUnavailableError",
+    "SyntheticError",
     "UnsupportedDataError",
 ]
 
 _MAX_LISTED = 5
 
 
-class ImagingError(Exception):
+class ImagingError(RadcloudError):
     """Root of the imaging core's exceptions.
 
     Parameters
@@ -170,3 +181,23 @@ class OrthancUnavailableError(DeidentificationError):
     def __init__(self, url: str, reason: str) -> None:
         super().__init__(f"Orthanc at {url} cannot be reached: {reason}")
         self.url = url
+
+
+class SyntheticError(ImagingError):
+    """Root of the synthetic-data errors (:mod:`imaging.synthetic`)."""
+
+
+class InvalidParameterError(SyntheticError, ValueError):
+    """A generator parameter is out of range."""
+
+    def __init__(self, name: str, value: object, expected: str) -> None:
+        self.name, self.value, self.expected = name, value, expected
+        super().__init__(f"{name}={value!r} is not valid: expected {expected}")
+
+
+class DatasetExistsError(SyntheticError):
+    """The output directory already holds files; a dataset is only written to an empty one."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        super().__init__(f'output directory "{path}" is not empty: expected a new or empty one')

@@ -1,7 +1,7 @@
 """Fixtures shared by the whole suite.
 
-``stack`` starts a real radcloud (Orthanc and the HTTP API) once per session with
-``radcloud up`` on free ports in a temporary ``RADCLOUD_HOME``, and stops it at the end.
+``stack`` starts a real radcloud (Orthanc, the DICOM gateway and the HTTP API) once per session
+with ``radcloud up`` on free ports in a temporary ``RADCLOUD_HOME``, and stops it at the end.
 """
 
 from __future__ import annotations

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from training.exceptions import TrainingRunError
 from training.loop import FitResult, fit
 from training.tasks import TaskSpec
 
@@ -89,7 +90,8 @@ def fit_distributed(
         )
         outcome = trainer.fit()
         if outcome.checkpoint is None:
-            raise RuntimeError(f"Ray Train returned no checkpoint: {outcome.error}")
+            run = f"{spec.model_name}-{config.preset}"
+            raise TrainingRunError(run, f"Ray Train returned no checkpoint: {outcome.error}")
         with outcome.checkpoint.as_directory() as directory:
             state = torch.load(Path(directory) / "model.pt", weights_only=True)
             history = json.loads((Path(directory) / "history.json").read_text())

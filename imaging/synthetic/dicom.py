@@ -19,12 +19,13 @@ import datetime as dt
 import uuid
 from dataclasses import dataclass
 from enum import StrEnum
-from pathlib import Path
 
 import numpy as np
 from pydicom import Dataset
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import UID, ExplicitVRLittleEndian
+
+from imaging.exceptions import DatasetExistsError, InvalidParameterError, SyntheticError
 
 __all__ = [
     "GENERATOR_VERSION",
@@ -74,26 +75,6 @@ class SyntheticFinding(StrEnum):
     """Focal lung opacity, nodule to consolidation sized (chest radiograph)."""
     PNEUMOTHORAX = "pneumothorax"
     """Pleural air along the apex and lateral chest wall (chest radiograph)."""
-
-
-class SyntheticError(Exception):
-    """Root of the synthetic-data errors."""
-
-
-class InvalidParameterError(SyntheticError, ValueError):
-    """A generator parameter is out of range."""
-
-    def __init__(self, name: str, value: object, expected: str) -> None:
-        self.name, self.value, self.expected = name, value, expected
-        super().__init__(f"{name}={value!r} is not valid: expected {expected}")
-
-
-class DatasetExistsError(SyntheticError):
-    """The output directory already holds files; a dataset is only written to an empty one."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        super().__init__(f'output directory "{path}" is not empty: expected a new or empty one')
 
 
 def normalise_task(task: SyntheticTask | str) -> SyntheticTask:

@@ -35,6 +35,7 @@ from pydicom import Dataset
 from pydicom.uid import CTImageStorage
 from scipy import ndimage
 
+from imaging.exceptions import SyntheticError
 from imaging.synthetic.dicom import (
     RandomStream,
     StudyIdentity,
@@ -522,7 +523,7 @@ def render_head_ct(seed: int, index: int, patient_index: int, positive: bool) ->
             break
     else:
         if positive:
-            raise RuntimeError(f"no lesion fits head CT study {index} of seed {seed}")
+            raise SyntheticError(f"no lesion fits head CT study {index} of seed {seed}")
     hu = (shell + head.cavity * (contents - shell)).reshape(slab).mean(axis=1)
     _streaks(head, hu, pose)
     hu = ndimage.gaussian_filter(hu, (0, *(2 * [float(pose.uniform(0.4, 0.7))])))

@@ -1,7 +1,7 @@
 """Message-body helpers for the DICOMweb routes: media types, ``multipart/related`` request
 bodies read incrementally (RFC 2046 5.1.1, RFC 2387), and URL rewriting of streamed bodies.
 
-Nothing here knows about DICOM or HTTP frameworks; :mod:`serving.api.routes.dicomweb` uses it.
+Nothing here knows about DICOM or HTTP frameworks; the DICOMweb routes use it.
 """
 
 from __future__ import annotations

@@ -28,6 +28,7 @@ from serving.api.routes import (
     infer,
     metrics,
     reading,
+    stow,
     studies,
     web,
     worklist,
@@ -77,6 +78,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(auth.router)
     app.include_router(admin.router)
     app.include_router(dicomweb.router)
+    app.include_router(stow.router)
     app.include_router(metrics.router)
     app.include_router(worklist.router)
     app.include_router(studies.router)

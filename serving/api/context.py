@@ -12,16 +12,12 @@ from core.config import Settings
 from core.db import Database, upgrade
 from core.secrets import load_secrets
 from core.security import Accounts, TokenService
-from dicom_gateway.intake import Intake
-from dicom_gateway.quarantine import Quarantine
-from dicom_gateway.spool import Spool
+from serving.api._stow import GatewayIngest
 
 if TYPE_CHECKING:
     import pyorthanc
 
 __all__ = ["SERVING_LINKS", "ApiContext", "ServingLinks"]
-
-_MIB = 1024 * 1024
 
 
 @dataclass
@@ -44,14 +40,14 @@ SERVING_LINKS = ServingLinks()
 
 @dataclass(frozen=True)
 class ApiContext:
-    """Settings, database, security, the gateway's intake and Orthanc of one API process."""
+    """Settings, database, security, the gateway's STOW endpoint and Orthanc of one API process."""
 
     settings: Settings
     db: Database
     audit: AuditTrail
     accounts: Accounts
     tokens: TokenService
-    intake: Intake
+    ingest: GatewayIngest
     orthanc: pyorthanc.Orthanc
 
     @classmethod
@@ -60,11 +56,6 @@ class ApiContext:
         secrets = load_secrets(settings)
         db = Database.from_settings(settings)
         upgrade(db)
-        intake = Intake(
-            Spool.from_settings(settings),
-            Quarantine(settings.paths.quarantine_dir),
-            settings.gateway_max_instance_mib * _MIB,
-        )
         audit = AuditTrail(db, secrets.audit_hmac_key)
         return cls(
             settings=settings,
@@ -72,11 +63,12 @@ class ApiContext:
             audit=audit,
             accounts=Accounts(db, audit),
             tokens=TokenService(settings, secrets.jwt_signing_key),
-            intake=intake,
+            ingest=GatewayIngest.from_settings(settings, secrets),
             orthanc=orthanc_client(settings, secrets),
         )
 
     def close(self) -> None:
-        """Release the Orthanc client's connections and the database's."""
+        """Release the connections to Orthanc, the gateway and the database."""
         self.orthanc.close()
+        self.ingest.close()
         self.db.dispose()

@@ -15,10 +15,20 @@ from typing import Any
 import pytest
 from PIL import Image
 
+from benchmarks._env import percentiles
 from benchmarks.harness import SCHEMA, SUITES, BenchError, run_bench
+from benchmarks.worklist import summarise_waits
 
 RADCLOUD = [sys.executable, "-m", "radcloud"]
 MACHINE_KEYS = {"host", "cpu", "cores", "memory_gib", "threads", "packages", "commit", "time"}
+
+
+def test_one_p95_everywhere_the_nearest_rank() -> None:
+    samples = [float(n) for n in range(20, 0, -1)]  # 1..20, unordered
+    assert percentiles(samples) == {"p50": 10.5, "p95": 19.0, "min": 1.0, "max": 20.0, "n": 20}
+    assert percentiles([4.0]) == {"p50": 4.0, "p95": 4.0, "min": 4.0, "max": 4.0, "n": 1}
+    assert percentiles([]) == {}
+    assert summarise_waits(samples)["p95"] == 19.0  # the worklist simulator's, the same
 
 
 def _assert_png(path: Path) -> None:

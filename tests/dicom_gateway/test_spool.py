@@ -12,12 +12,14 @@ import pytest
 
 from core.audit import AuditTrail
 from core.db import Database, upgrade
+from core.exceptions import RadcloudError
 from core.security import Actor
 from dicom_gateway.exceptions import (
     GatewayError,
     InstanceTooLargeError,
     NonConformantInstanceError,
     QuarantineEntryError,
+    SpoolError,
     SpoolFullError,
     UnreadableInstanceError,
 )
@@ -133,8 +135,11 @@ def test_corrupt_spool_file_is_named(tmp_path: Path) -> None:
     spool = Spool(tmp_path / "spool", limit_bytes=10_000_000)
     bad = tmp_path / "spool" / "1-x.spool"
     bad.write_bytes(b"garbage")
-    with pytest.raises(GatewayError, match="not a radcloud spool file"):
+    with pytest.raises(SpoolError, match="not a radcloud spool file") as caught:
         spool.read(bad)
+    assert caught.value.path == bad
+    assert isinstance(caught.value, GatewayError)
+    assert isinstance(caught.value, RadcloudError)  # the CLI reports it cleanly
 
 
 def test_intake_quarantines_refusals_and_limits_size(tmp_path: Path) -> None:

@@ -27,10 +27,6 @@ from tests.helpers import free_ports, wait_until
 
 pytestmark = pytest.mark.integration
 
-needs_orthanc = pytest.mark.skipif(
-    shutil.which("Orthanc") is None, reason="Orthanc is not installed (apt-get install orthanc)"
-)
-
 
 def _settings(home: Path, **overrides: object) -> Settings:
     http, dicom, api, gateway = free_ports(4)
@@ -60,6 +56,9 @@ def _port_free(port: int) -> bool:
 
 @pytest.fixture
 def orthanc(tmp_path: Path) -> Iterator[tuple[Supervisor, Settings, Secrets]]:
+    """A supervisor of Orthanc alone; Orthanc missing is a failure, as for the ``stack``."""
+    if shutil.which("Orthanc") is None:
+        pytest.fail("Orthanc is not installed: run `make install` (apt-get install orthanc)")
     settings = _settings(tmp_path / "home")
     secrets = load_secrets(settings)
     supervisor = Supervisor(settings, [orthanc_component(settings, secrets)])
@@ -69,7 +68,6 @@ def orthanc(tmp_path: Path) -> Iterator[tuple[Supervisor, Settings, Secrets]]:
         supervisor.down()
 
 
-@needs_orthanc
 def test_orthanc_lifecycle(orthanc: tuple[Supervisor, Settings, Secrets], tmp_path: Path) -> None:
     supervisor, settings, secrets = orthanc
 
@@ -115,7 +113,6 @@ def test_orthanc_lifecycle(orthanc: tuple[Supervisor, Settings, Secrets], tmp_pa
     assert supervisor.down() == []  # harmless when nothing runs
 
 
-@needs_orthanc
 def test_stale_pid_file_is_replaced(orthanc: tuple[Supervisor, Settings, Secrets]) -> None:
     supervisor, settings, _ = orthanc
     pid_file = settings.paths.run_dir / "orthanc.pid"

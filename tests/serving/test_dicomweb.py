@@ -2,17 +2,20 @@
 
 Reads use the dicomweb-client library as a viewer would; status codes and malformed requests use
 raw httpx. QIDO/WADO data is uploaded straight to Orthanc, so those tests do not depend on the
-gateway process; STOW goes through the gateway's intake and spool.
+gateway process; STOW goes through the gateway process (the spool's only writer), which
+``radcloud up`` starts, and on to Orthanc.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import shutil
 import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -99,29 +102,67 @@ def ct_small(stack: Stack) -> Dataset:
     return pydicom.dcmread(path)
 
 
-@pytest.fixture(scope="module")
-def degraded_api(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A second API process on the stack's database, whose Orthanc is unreachable and whose spool
-    disk counts as full (it demands more free space than any disk has).
+@contextmanager
+def _process(module: str, env: dict[str, str], health_url: str, log: Path) -> Iterator[None]:
+    """``python -m module`` with ``env``, once ``health_url`` answers; terminated after."""
+    with log.open("wb") as output:
+        process = subprocess.Popen(
+            [sys.executable, "-m", module], env=env, stdout=output, stderr=output
+        )
+    try:
+        started = wait_until(lambda: http_ok(health_url), timeout_s=60, interval_s=0.1)
+        assert started, f"{module} did not start:\n{log.read_text()}"
+        yield
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+@contextmanager
+def _api(stack: Stack, log: Path, **settings: str) -> Iterator[str]:
+    """A second API process on the stack's database, whose Orthanc is unreachable; yields its
+    URL. ``settings``: more ``RADCLOUD_*`` overrides.
     """
     env = stack.env | {
         "RADCLOUD_API_PORT": str(free_port()),
         "RADCLOUD_ORTHANC_HTTP_PORT": str(free_port()),
+    }
+    env |= {f"RADCLOUD_{key.upper()}": value for key, value in settings.items()}
+    url = settings_from_env(env).api_url
+    with _process("serving.api", env, f"{url}/healthz", log):
+        yield url
+
+
+@pytest.fixture(scope="module")
+def full_gateway(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+    """A second gateway process whose spool disk counts as full (it demands more free space than
+    any disk has), in its own home with the stack's secrets; yields its HTTP port.
+    """
+    home = tmp_path_factory.mktemp("full-gateway")
+    shutil.copy2(stack.settings.paths.secrets_file, home / "secrets.json")
+    port = free_port()
+    env = stack.env | {
+        "RADCLOUD_HOME": str(home),
+        "RADCLOUD_GATEWAY_PORT": str(free_port()),
+        "RADCLOUD_GATEWAY_METRICS_PORT": str(port),
+        "RADCLOUD_ORTHANC_HTTP_PORT": str(free_port()),
         "RADCLOUD_GATEWAY_MIN_FREE_DISK_MIB": str(2**40),
     }
-    url = settings_from_env(env).api_url
+    health_url = settings_from_env(env).gateway_health_url
+    with _process("dicom_gateway", env, health_url, home / "gateway.log"):
+        yield port
+
+
+@pytest.fixture(scope="module")
+def degraded_api(
+    stack: Stack, full_gateway: int, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """A second API process on the stack's database, whose Orthanc is unreachable and whose
+    gateway's spool is full.
+    """
     log = tmp_path_factory.mktemp("degraded-api") / "api.log"
-    with log.open("wb") as output:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "serving.api"], env=env, stdout=output, stderr=output
-        )
-    try:
-        started = wait_until(lambda: http_ok(f"{url}/healthz"), timeout_s=60, interval_s=0.1)
-        assert started, f"the second API did not start:\n{log.read_text()}"
+    with _api(stack, log, gateway_metrics_port=str(full_gateway)) as url:
         yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
 
 
 # -- QIDO-RS -----------------------------------------------------------------------------------
@@ -217,11 +258,6 @@ def test_unreachable_image_store_is_503_not_a_stack_trace(degraded_api: str, sta
 # -- STOW-RS -----------------------------------------------------------------------------------
 
 
-def _components(stack: Stack) -> set[str]:
-    listed = json.loads(stack.cli("status", "--json", check=False).stdout)
-    return {entry["name"] for entry in listed}
-
-
 def test_stow_stores_and_the_instance_becomes_retrievable(stack: Stack) -> None:
     ds = _fresh()
     answer = _dicomweb(stack, "pacs").store_instances([ds])
@@ -233,8 +269,6 @@ def test_stow_stores_and_the_instance_becomes_retrievable(stack: Stack) -> None:
         f"/instances/{ds.SOPInstanceUID}"
     )
     assert "FailedSOPSequence" not in answer
-    if "gateway" not in _components(stack):
-        pytest.skip("the gateway process is not part of `radcloud up`: nothing forwards the spool")
     reader = _dicomweb(stack, "radiologist")
     uids = (ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
 
@@ -340,6 +374,25 @@ def test_stow_when_the_spool_is_full_is_503_with_retry_after(
     [failed] = _values(answer.json(), "00081198")
     assert _values(failed, "00081197") == [OUT_OF_RESOURCES]
     assert "free" in _values(failed, "00000902")[0]
+
+
+def test_stow_when_the_gateway_is_down_is_503_and_audited(stack: Stack, tmp_path: Path) -> None:
+    ds = _fresh()
+    headers = {"Authorization": f"Bearer {stack.token_for('pacs')}", "Content-Type": MULTIPART}
+    with _api(stack, tmp_path / "api.log", gateway_metrics_port=str(free_port())) as url:
+        answer = httpx.post(
+            f"{url}/dicom-web/studies/{ds.StudyInstanceUID}",
+            content=_multipart(_encode(ds)),
+            headers=headers,
+            timeout=60,
+        )
+    assert answer.status_code == 503
+    assert int(answer.headers["retry-after"]) > 0
+    assert answer.json()["error"] == "gateway_unavailable"
+    assert "gateway" in answer.json()["detail"]
+    [record] = _audit(stack, "110104", ds.StudyInstanceUID)
+    assert record["detail"]["status"] == 503
+    assert record["detail"]["stored"] == 0
 
 
 # -- roles and audit ---------------------------------------------------------------------------

@@ -1,16 +1,13 @@
-"""DICOMweb on radcloud's authenticated API (PS3.18 10.4-10.6), under ``/dicom-web``.
+"""QIDO-RS and WADO-RS on radcloud's authenticated API (PS3.18 10.4, 10.6), under ``/dicom-web``
+(STOW-RS: :mod:`serving.api.routes.stow`).
 
-- STOW-RS (roles ``pacs``, ``admin``): each part of a ``multipart/related;
-  type="application/dicom"`` body goes through the gateway's :class:`~dicom_gateway.intake.Intake`
-  (validation, quarantine, durable spool), exactly like an instance received over DIMSE; the
-  gateway process forwards it to Orthanc shortly after (failure reasons: :mod:`serving.api._stow`).
-- QIDO-RS and WADO-RS (roles ``radiologist``, ``ml_engineer``, ``admin``): proxied to Orthanc's
-  DICOMweb plugin and streamed back, never buffered. Orthanc is told the public host
-  (``Forwarded``, RFC 7239) and its own base URL is rewritten in JSON bodies, so no answer names
-  Orthanc's internal address.
+Roles ``radiologist``, ``ml_engineer``, ``admin``. Requests are proxied to Orthanc's DICOMweb
+plugin and streamed back, never buffered. Orthanc is told the public host (``Forwarded``,
+RFC 7239) and its own base URL is rewritten in JSON bodies, so no answer names Orthanc's
+internal address.
 
-Every request writes one audit record: 110112 Query, 110103 Instances Accessed (action R) or
-110104 Instances Transferred (action C), with the study UID and the patient ID where known.
+Every request writes one audit record: 110112 Query or 110103 Instances Accessed (action R),
+with the study UID and the patient ID where known.
 """
 
 from __future__ import annotations
@@ -30,36 +27,35 @@ import httpx
 from fastapi import APIRouter, Depends, Path, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
-from starlette.requests import ClientDisconnect
 
-from core.audit import AuditAction, AuditEventCode, AuditOutcome
+from core.audit import AuditAction, AuditEventCode
 from core.db.models import Role
 from core.security import Principal
-from serving.api._multipart import (
-    BodyPart,
-    MultipartError,
-    MultipartReader,
-    UrlRewriter,
-    parse_media_type,
+from serving.api._dicomweb import (
+    DICOM_JSON,
+    PREFIX,
+    RETRY_AFTER_S,
+    UID_PATTERN,
+    StudyUID,
+    audit_outcome,
+    error_response,
+    public_base,
+    public_root,
 )
-from serving.api._stow import FailureReason, StoreOutcome, store_part, store_response
+from serving.api._multipart import MultipartError, UrlRewriter, parse_media_type
 from serving.api.security import audit_request, context, require_roles
 
 __all__ = ["router"]
 
 logger = logging.getLogger(__name__)
 
-PREFIX = "/dicom-web"
 router = APIRouter(prefix=PREFIX, tags=["dicomweb"])
 Viewer = Annotated[
     Principal, Depends(require_roles(Role.RADIOLOGIST, Role.ML_ENGINEER, Role.ADMIN))
 ]
-Sender = Annotated[Principal, Depends(require_roles(Role.PACS, Role.ADMIN))]
 
-_UID_PATTERN = r"^[0-9A-Za-z_-][0-9A-Za-z._-]{0,127}$"  # lenient on stored UIDs, never "." / ".."
-StudyUID = Annotated[str, Path(pattern=_UID_PATTERN, description="Study Instance UID")]
-SeriesUID = Annotated[str, Path(pattern=_UID_PATTERN, description="Series Instance UID")]
-SopUID = Annotated[str, Path(pattern=_UID_PATTERN, description="SOP Instance UID")]
+SeriesUID = Annotated[str, Path(pattern=UID_PATTERN, description="Series Instance UID")]
+SopUID = Annotated[str, Path(pattern=UID_PATTERN, description="SOP Instance UID")]
 FrameList = Annotated[
     str, Path(pattern=r"^[0-9]{1,9}(,[0-9]{1,9}){0,1023}$", description="Frame numbers, e.g. 1,3")
 ]
@@ -67,10 +63,7 @@ BulkPath = Annotated[
     str, Path(pattern=r"^[0-9A-Fa-f]{1,8}(/[0-9A-Fa-f]{1,8}){0,31}$", description="Bulk data path")
 ]
 
-DICOM_JSON = "application/dicom+json"
-_DICOM = "application/dicom"
 _FORWARDED_HOST = re.compile(r"^([A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(:[0-9]{1,5})?$")
-_RETRY_AFTER_S = 30
 
 
 # -- Orthanc proxy (QIDO-RS, WADO-RS) ----------------------------------------------------------
@@ -144,27 +137,6 @@ def _lookup_patient_id(client: httpx.Client, base_url: str, study: str) -> str |
     return str(values[0]) if values else None
 
 
-def _error(
-    status: int, error: str, detail: str, headers: dict[str, str] | None = None
-) -> JSONResponse:
-    return JSONResponse({"error": error, "detail": detail}, status, headers=headers)
-
-
-def _outcome(status: int) -> AuditOutcome:
-    if status < 400:
-        return AuditOutcome.SUCCESS
-    return AuditOutcome.MINOR_FAILURE if status < 500 else AuditOutcome.SERIOUS_FAILURE
-
-
-def _public_root(request: Request) -> str:
-    """``RADCLOUD_PUBLIC_URL``, else the address this request came to."""
-    return context(request).settings.public_url or str(request.base_url).rstrip("/")
-
-
-def _public_base(request: Request) -> str:
-    return f"{_public_root(request)}{PREFIX}"
-
-
 def _accept(accept: str, default: str | None) -> str | None:
     """The Accept header for Orthanc: ``*/*`` and ``multipart/related; type="*/*"`` (what
     dicomweb-client asks for frames), which Orthanc refuses, become the route's default.
@@ -190,7 +162,7 @@ def _upstream_headers(request: Request, kind: _Kind) -> tuple[dict[str, str], st
     accept = _accept(request.headers.get("accept", ""), kind.default_accept)
     if accept:
         headers["Accept"] = accept
-    public = httpx.URL(_public_root(request))
+    public = httpx.URL(public_root(request))
     host = public.netloc.decode()
     if _FORWARDED_HOST.match(host) and public.scheme in ("http", "https"):
         headers["Forwarded"] = f"host={host};proto={public.scheme}"
@@ -208,11 +180,15 @@ def _orthanc_error(answer: httpx.Response, rewriter: UrlRewriter) -> JSONRespons
     detail = b"".join(rewriter.rewrite([detail.encode()])).decode(errors="replace")
     status = answer.status_code
     if status == 404:
-        return _error(404, "not_found", detail or "no such study, series, instance or frame")
+        return error_response(
+            404, "not_found", detail or "no such study, series, instance or frame"
+        )
     if status >= 500:
-        return _error(502, "image_store_error", f"the image store failed: {detail or status}")
+        return error_response(
+            502, "image_store_error", f"the image store failed: {detail or status}"
+        )
     error = {400: "bad_request", 406: "not_acceptable"}.get(status, "image_store_refused")
-    return _error(status, error, detail or f"the image store answered {status}")
+    return error_response(status, error, detail or f"the image store answered {status}")
 
 
 def _open(client: httpx.Client, url: str, headers: dict[str, str]) -> httpx.Response:
@@ -247,12 +223,12 @@ async def _proxy(
     ctx = context(request)
     client: httpx.Client = ctx.orthanc
     orthanc_base = ctx.settings.orthanc_url
-    public_base = _public_base(request)
+    public = public_base(request)
     headers, forwarded_base = _upstream_headers(request, kind)
     internal = f"{orthanc_base}{PREFIX}".encode()
-    replacements = {internal: public_base.encode()}
+    replacements = {internal: public.encode()}
     if forwarded_base:
-        replacements[forwarded_base.encode()] = public_base.encode()
+        replacements[forwarded_base.encode()] = public.encode()
     rewriter = UrlRewriter(replacements)
     url = f"{orthanc_base}{PREFIX}{path}"
     if request.url.query:
@@ -268,11 +244,11 @@ async def _proxy(
         answer = await run_in_threadpool(_open, client, url, headers)
     except httpx.TransportError as exc:
         logger.error("image store (Orthanc) unreachable for %s: %r", path, exc)
-        response = _error(
+        response = error_response(
             503,
             "image_store_unavailable",
             "the image store (Orthanc) is unavailable; try again later",
-            {"Retry-After": str(_RETRY_AFTER_S)},
+            {"Retry-After": str(RETRY_AFTER_S)},
         )
     else:
         if answer.is_success:
@@ -293,7 +269,7 @@ async def _proxy(
             kind.event,
             principal=principal,
             action=AuditAction.EXECUTE if kind is _Kind.QUERY else AuditAction.READ,
-            outcome=_outcome(response.status_code),
+            outcome=audit_outcome(response.status_code),
             resource_type="study" if study else None,
             resource_id=study,
             patient_id=patient_id,
@@ -488,136 +464,3 @@ async def retrieve_bulk_data(
     path = _segments("studies", study, "series", series, "instances", instance, "bulk")
     path += _segments(*bulk.split("/"))
     return await _proxy(request, principal, _Kind.FRAMES, path, study)
-
-
-# -- STOW-RS (PS3.18 10.5) ---------------------------------------------------------------------
-
-
-async def _read_parts(
-    request: Request,
-    reader: MultipartReader,
-    study: str | None,
-    outcomes: list[StoreOutcome],
-) -> None:
-    """Spool each part as soon as it has arrived (one part in memory at a time), appending its
-    outcome to ``outcomes``.
-    """
-    intake = context(request).intake
-
-    async def store(parts: list[BodyPart]) -> None:
-        for part in parts:
-            number = len(outcomes) + 1
-            outcomes.append(await run_in_threadpool(store_part, intake, part, number, study))
-
-    try:
-        async for chunk in request.stream():
-            await store(reader.feed(chunk))
-        await store(reader.close())
-    except MultipartError as exc:
-        if not outcomes:
-            raise
-        reason = f"body malformed after part {len(outcomes)}: {exc}"
-        outcomes.append(
-            StoreOutcome(None, None, None, failure=FailureReason.CANNOT_UNDERSTAND, reason=reason)
-        )
-
-
-def _unique(values: set[str | None]) -> str | None:
-    known = {value for value in values if value}
-    return known.pop() if len(known) == 1 else None
-
-
-async def _audit_store(
-    request: Request,
-    principal: Principal,
-    study: str | None,
-    outcomes: list[StoreOutcome],
-    status: int | None,
-) -> None:
-    """One 110104 record (action C) for a STOW-RS request; ``status`` ``None``: the client left."""
-    failed = [o for o in outcomes if o.failure is not None]
-    studies = {o.study_instance_uid for o in outcomes}
-    detail = {
-        "source": "stow",
-        "status": status,
-        "stored": len(outcomes) - len(failed),
-        "failed": len(failed),
-        "studies": sorted(s for s in studies if s)[:20],
-        "failures": [
-            {
-                "sop_instance_uid": o.sop_instance_uid,
-                "reason": f"{o.failure:04X}",
-                "detail": o.reason,
-            }
-            for o in failed[:20]
-        ],
-    }
-    logger.info(
-        "STOW-RS by %s: %d stored, %d failed (HTTP %s)",
-        principal.name,
-        detail["stored"],
-        len(failed),
-        status or "none: client disconnected",
-    )
-    resource = study or _unique(studies)
-    await run_in_threadpool(
-        audit_request,
-        request,
-        AuditEventCode.INSTANCES_TRANSFERRED,
-        principal=principal,
-        action=AuditAction.CREATE,
-        outcome=_outcome(status) if status not in (None, 202) else AuditOutcome.MINOR_FAILURE,
-        resource_type="study" if resource else None,
-        resource_id=resource,
-        patient_id=_unique({o.patient_id for o in outcomes}),
-        detail=detail,
-    )
-
-
-async def _store(request: Request, principal: Principal, study: str | None) -> Response:
-    """Run a STOW-RS request and audit it."""
-    content_type = request.headers.get("content-type", "")
-    try:
-        media_type, params = parse_media_type(content_type)
-    except MultipartError:
-        media_type, params = "", {}
-    outcomes: list[StoreOutcome] = []
-    response: Response
-    if media_type != "multipart/related" or params.get("type", _DICOM).lower() != _DICOM:
-        response = _error(
-            415,
-            "unsupported_media_type",
-            f'Content-Type "{content_type}" is not supported; '
-            'expected multipart/related; type="application/dicom"',
-        )
-    else:
-        limit = context(request).intake.max_instance_bytes
-        try:
-            reader = MultipartReader(params.get("boundary", ""), limit)
-            await _read_parts(request, reader, study, outcomes)
-        except MultipartError as exc:
-            response = _error(400, "bad_request", f"malformed multipart/related body: {exc}")
-        except ClientDisconnect:
-            await _audit_store(request, principal, study, outcomes, None)
-            raise
-        else:
-            if outcomes:
-                status, body = store_response(outcomes, _public_base(request), study)
-                headers = {"Retry-After": str(_RETRY_AFTER_S)} if status == 503 else None
-                response = JSONResponse(body, status, headers=headers, media_type=DICOM_JSON)
-            else:
-                response = _error(400, "bad_request", "the request holds no instances")
-    await _audit_store(request, principal, study, outcomes, response.status_code)
-    return response
-
-
-@router.post("/studies")
-async def store_instances(request: Request, principal: Sender) -> Response:
-    """Store instances (STOW-RS): validated, spooled durably, then forwarded to the store."""
-    return await _store(request, principal, None)
-
-
-@router.post("/studies/{study}")
-async def store_study_instances(request: Request, principal: Sender, study: StudyUID) -> Response:
-    """Store instances of one study (STOW-RS); instances of other studies are refused."""
-    return await _store(request, principal, study)

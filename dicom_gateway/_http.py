@@ -1,0 +1,164 @@
+"""The gateway's small HTTP listener on ``bind_host:gateway_metrics_port``.
+
+- ``GET /healthz`` (JSON: spool depth, Orthanc reachability, open associations) and
+  ``GET /metrics`` (Prometheus) need no credentials, so that Prometheus can scrape them; they
+  carry no patient data (sender AE titles and counts only).
+- ``POST /internal/stow/instances`` takes one STOW-RS instance from the API process (the
+  protocol is in :mod:`core.ingest`, the handling in :mod:`dicom_gateway.stow`); it demands
+  the bearer key ``gateway_ingest_key`` of ``secrets.json``, compared in constant time.
+
+HTTP/1.1 with keep-alive, one thread per connection (:class:`ThreadingHTTPServer`).
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import re
+import threading
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from core.ingest import STOW_PATH
+from dicom_gateway.intake import Intake
+from dicom_gateway.stow import store_instance
+
+__all__ = ["GatewayHttpServer"]
+
+logger = logging.getLogger(__name__)
+
+_UID = re.compile(r"^[0-9A-Za-z._-]{1,128}$")
+_JSON = "application/json"
+
+
+class _Refusal(Exception):  # noqa: N818 - control flow inside the handler, never raised out
+    """An error answer of the handler: HTTP ``status`` and ``detail``."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        self.status, self.detail = status, detail
+        super().__init__(detail)
+
+
+class GatewayHttpServer:
+    """Health, metrics and the internal STOW endpoint, served from a daemon thread.
+
+    Parameters
+    ----------
+    address
+        ``(host, port)`` to bind.
+    health
+        Returns the ``/healthz`` document.
+    intake
+        Where STOW-RS instances go.
+    ingest_key
+        The API process's bearer key for ``POST`` (``Secrets.gateway_ingest_key``).
+    timeout_s
+        Socket timeout of a connection (a stalled client frees its thread after it).
+    """
+
+    def __init__(
+        self,
+        address: tuple[str, int],
+        *,
+        health: Callable[[], dict[str, Any]],
+        intake: Intake,
+        ingest_key: str,
+        timeout_s: float,
+    ) -> None:
+        self._address = address
+        self._handler = _handler(health, intake, f"Bearer {ingest_key}".encode(), timeout_s)
+        self._server: ThreadingHTTPServer | None = None
+
+    @property
+    def port(self) -> int:
+        """The port listened on (once started; useful when bound to port 0)."""
+        if self._server is None:
+            return self._address[1]
+        return int(self._server.server_address[1])
+
+    def start(self) -> None:
+        """Bind and serve in a background thread."""
+        self._server = ThreadingHTTPServer(self._address, self._handler)
+        self._server.daemon_threads = True
+        serve = threading.Thread(target=self._server.serve_forever, name="gateway-http")
+        serve.daemon = True
+        serve.start()
+
+    def stop(self) -> None:
+        """Stop serving and close the listening socket (nothing to do unless started)."""
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+
+def _handler(
+    health: Callable[[], dict[str, Any]], intake: Intake, authorization: bytes, timeout_s: float
+) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+        timeout = timeout_s
+
+        def _answer(self, status: int, body: bytes, content_type: str) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def _refuse(self, status: int, detail: str) -> None:
+            """An error answer; the connection is closed (its body may be unread)."""
+            self.close_connection = True
+            self._answer(status, json.dumps({"detail": detail}).encode(), _JSON)
+
+        def do_GET(self) -> None:
+            if self.path == "/healthz":
+                self._answer(200, json.dumps(health()).encode(), _JSON)
+            elif self.path == "/metrics":
+                self._answer(200, generate_latest(), CONTENT_TYPE_LATEST)
+            else:
+                self._refuse(404, f'no resource "{self.path}"')
+
+        def _instance(self) -> tuple[str | None, bytes]:
+            """The request's ``study`` parameter and body, once the key is checked."""
+            given = self.headers.get("Authorization", "").encode()
+            if not hmac.compare_digest(given, authorization):
+                logger.warning("internal STOW request from %s: bad key", self.client_address)
+                raise _Refusal(401, "expected the gateway ingest key as bearer credential")
+            study = parse_qs(urlsplit(self.path).query).get("study", [None])[0]
+            if study is not None and not _UID.match(study):
+                raise _Refusal(400, f'study "{study[:80]}" is not a UID')
+            try:
+                length = int(self.headers.get("Content-Length", ""))
+            except ValueError as exc:
+                raise _Refusal(400, "expected a Content-Length header") from exc
+            if not 0 <= length <= intake.max_instance_bytes:
+                raise _Refusal(413, f"{length} bytes: expected at most {intake.max_instance_bytes}")
+            data = self.rfile.read(length)
+            if len(data) != length:
+                raise _Refusal(400, f"body ended after {len(data)} of {length} bytes")
+            return study, data
+
+        def do_POST(self) -> None:
+            try:
+                if urlsplit(self.path).path != STOW_PATH:
+                    raise _Refusal(404, f'no resource "{self.path}"')
+                study, data = self._instance()
+                answer = store_instance(intake, data, study_instance_uid=study)
+            except _Refusal as refusal:
+                self._refuse(refusal.status, refusal.detail)
+            except Exception:  # like a DIMSE handler: answer every request, stay up
+                logger.exception("internal STOW request failed unexpectedly")
+                self._refuse(500, "internal error: instance not stored")
+            else:
+                self._answer(200, json.dumps(answer.to_json()).encode(), _JSON)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            logger.debug("gateway http: " + format, *args)
+
+    return Handler

@@ -1,0 +1,228 @@
+"""STOW-RS on radcloud's authenticated API (PS3.18 10.5): ``POST /dicom-web/studies[/{study}]``,
+roles ``pacs`` and ``admin``.
+
+Each part of a ``multipart/related; type="application/dicom"`` body is handed, as soon as it has
+arrived (one part in memory at a time), to the gateway process over its internal STOW endpoint
+(:class:`~serving.api._stow.GatewayIngest`). There it takes the path of an instance received
+over DIMSE (validation, quarantine, durable spool; the gateway is the spool's only writer, so
+the spool's limit, accounting and fsync rules hold as one) and is forwarded to Orthanc shortly
+after. The per-instance answers become the Store Instances Response (failure reasons:
+:mod:`serving.api._stow`). An instance is reported stored only once the gateway has it on disk.
+
+The gateway unreachable: 503 ``gateway_unavailable`` with Retry-After when nothing was stored;
+when it fails after some parts were stored, 202 with the rest named as not stored (PS3.18
+Table 10.5.3-1). Every request writes one audit record, 110104 Instances Transferred (action
+C), with the study UID and the patient ID where known; the hospital is not known (as before).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated
+
+import httpx
+from fastapi import APIRouter, Depends, Request, Response
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect
+
+from core.audit import AuditAction, AuditEventCode, AuditOutcome
+from core.db.models import Role
+from core.ingest import FailureReason, StoreAnswer
+from core.security import Principal
+from serving.api._dicomweb import (
+    DICOM_JSON,
+    PREFIX,
+    RETRY_AFTER_S,
+    StudyUID,
+    audit_outcome,
+    error_response,
+    public_base,
+)
+from serving.api._multipart import BodyPart, MultipartError, MultipartReader, parse_media_type
+from serving.api._stow import store_part, store_response
+from serving.api.security import audit_request, context, require_roles
+
+__all__ = ["router"]
+
+logger = logging.getLogger(__name__)
+
+router = APIRouter(prefix=PREFIX, tags=["dicomweb"])
+Sender = Annotated[Principal, Depends(require_roles(Role.PACS, Role.ADMIN))]
+
+_DICOM = "application/dicom"
+
+
+class _GatewayGone(Exception):  # noqa: N818 - control flow between two functions of this module
+    """The gateway could not be reached while storing part ``number``."""
+
+    def __init__(self, number: int, cause: httpx.TransportError) -> None:
+        self.number, self.cause = number, cause
+        super().__init__(f"part {number}: {cause!r}")
+
+
+async def _read_parts(
+    request: Request,
+    reader: MultipartReader,
+    study: str | None,
+    outcomes: list[StoreAnswer],
+) -> None:
+    """Hand each part to the gateway as soon as it has arrived (one part in memory at a time),
+    appending its outcome to ``outcomes``.
+
+    Raises
+    ------
+    MultipartError
+        The body is malformed before any part was read.
+    _GatewayGone
+        The gateway is unreachable; reading stopped there.
+    """
+    ingest = context(request).ingest
+
+    async def store(parts: list[BodyPart]) -> None:
+        for part in parts:
+            number = len(outcomes) + 1
+            try:
+                outcome = await run_in_threadpool(store_part, ingest, part, number, study)
+            except httpx.TransportError as exc:
+                raise _GatewayGone(number, exc) from exc
+            outcomes.append(outcome)
+
+    try:
+        async for chunk in request.stream():
+            await store(reader.feed(chunk))
+        await store(reader.close())
+    except MultipartError as exc:
+        if not outcomes:
+            raise
+        reason = f"body malformed after part {len(outcomes)}: {exc}"
+        outcomes.append(StoreAnswer(FailureReason.CANNOT_UNDERSTAND, reason))
+
+
+def _gateway_gone(gone: _GatewayGone, outcomes: list[StoreAnswer]) -> JSONResponse | None:
+    """503 when the gateway was unreachable before any instance was stored; else ``None``,
+    with the failure of part ``gone.number`` and the rest of the body appended to ``outcomes``.
+    """
+    logger.error("the DICOM gateway is unreachable for STOW-RS: %r", gone.cause)
+    if not any(o.stored for o in outcomes):
+        return error_response(
+            503,
+            "gateway_unavailable",
+            "the DICOM gateway is unavailable: nothing was stored; try again later",
+            {"Retry-After": str(RETRY_AFTER_S)},
+        )
+    reason = f"the DICOM gateway became unavailable: part {gone.number} and later not stored"
+    failure = FailureReason.PROCESSING_FAILURE
+    outcomes.append(StoreAnswer(failure, reason, retry=True))
+    return None
+
+
+def _unique(values: set[str | None]) -> str | None:
+    known = {value for value in values if value}
+    return known.pop() if len(known) == 1 else None
+
+
+async def _audit_store(
+    request: Request,
+    principal: Principal,
+    study: str | None,
+    outcomes: list[StoreAnswer],
+    status: int | None,
+) -> None:
+    """One 110104 record (action C) for a STOW-RS request; ``status`` ``None``: the client left."""
+    failed = [o for o in outcomes if not o.stored]
+    studies = {o.study_instance_uid for o in outcomes}
+    detail = {
+        "source": "stow",
+        "status": status,
+        "stored": len(outcomes) - len(failed),
+        "failed": len(failed),
+        "studies": sorted(s for s in studies if s)[:20],
+        "failures": [
+            {
+                "sop_instance_uid": o.sop_instance_uid,
+                "reason": f"{o.status:04X}",
+                "detail": o.reason,
+            }
+            for o in failed[:20]
+        ],
+    }
+    logger.info(
+        "STOW-RS by %s: %d stored, %d failed (HTTP %s)",
+        principal.name,
+        detail["stored"],
+        len(failed),
+        status or "none: client disconnected",
+    )
+    resource = study or _unique(studies)
+    await run_in_threadpool(
+        audit_request,
+        request,
+        AuditEventCode.INSTANCES_TRANSFERRED,
+        principal=principal,
+        action=AuditAction.CREATE,
+        outcome=audit_outcome(status) if status not in (None, 202) else AuditOutcome.MINOR_FAILURE,
+        resource_type="study" if resource else None,
+        resource_id=resource,
+        patient_id=_unique({o.patient_id for o in outcomes}),
+        detail=detail,
+    )
+
+
+async def _store_parts(
+    request: Request, boundary: str, study: str | None, outcomes: list[StoreAnswer]
+) -> Response:
+    """Read the body's parts into ``outcomes`` and answer for them."""
+    limit = context(request).ingest.max_instance_bytes
+    try:
+        reader = MultipartReader(boundary, limit)
+        await _read_parts(request, reader, study, outcomes)
+    except MultipartError as exc:
+        return error_response(400, "bad_request", f"malformed multipart/related body: {exc}")
+    except _GatewayGone as gone:
+        unavailable = _gateway_gone(gone, outcomes)
+        if unavailable is not None:
+            return unavailable
+    if not outcomes:
+        return error_response(400, "bad_request", "the request holds no instances")
+    status, body = store_response(outcomes, public_base(request), study)
+    headers = {"Retry-After": str(RETRY_AFTER_S)} if status == 503 else None
+    return JSONResponse(body, status, headers=headers, media_type=DICOM_JSON)
+
+
+async def _store(request: Request, principal: Principal, study: str | None) -> Response:
+    """Run a STOW-RS request and audit it."""
+    content_type = request.headers.get("content-type", "")
+    try:
+        media_type, params = parse_media_type(content_type)
+    except MultipartError:
+        media_type, params = "", {}
+    outcomes: list[StoreAnswer] = []
+    response: Response
+    if media_type != "multipart/related" or params.get("type", _DICOM).lower() != _DICOM:
+        response = error_response(
+            415,
+            "unsupported_media_type",
+            f'Content-Type "{content_type}" is not supported; '
+            'expected multipart/related; type="application/dicom"',
+        )
+    else:
+        try:
+            response = await _store_parts(request, params.get("boundary", ""), study, outcomes)
+        except ClientDisconnect:
+            await _audit_store(request, principal, study, outcomes, None)
+            raise
+    await _audit_store(request, principal, study, outcomes, response.status_code)
+    return response
+
+
+@router.post("/studies")
+async def store_instances(request: Request, principal: Sender) -> Response:
+    """Store instances (STOW-RS): validated, spooled durably, then forwarded to the store."""
+    return await _store(request, principal, None)
+
+
+@router.post("/studies/{study}")
+async def store_study_instances(request: Request, principal: Sender, study: StudyUID) -> Response:
+    """Store instances of one study (STOW-RS); instances of other studies are refused."""
+    return await _store(request, principal, study)
