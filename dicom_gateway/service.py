@@ -15,7 +15,7 @@ import signal
 import threading
 from typing import Any
 
-from core.archive import orthanc_client
+from core.archive import open_archive
 from core.audit import AuditAction, AuditEventCode, AuditTrail
 from core.config import Settings
 from core.db import Database, upgrade
@@ -52,21 +52,21 @@ class GatewayService:
         self.db = Database.from_settings(settings)
         upgrade(self.db)
         self.audit = AuditTrail(self.db, secrets.audit_hmac_key)
-        self.orthanc = orthanc_client(settings, secrets)
+        self.archive = open_archive(settings, secrets)
         self.spool = Spool.from_settings(settings)
         self.quarantine = Quarantine(settings.paths.quarantine_dir)
         self.intake = Intake(self.spool, self.quarantine, settings.gateway_max_instance_mib * _MIB)
         self.senders = SenderRegistry(self.db, self.audit)
         self.tracker = StudyTracker(
             self.db,
-            self.orthanc,
+            self.archive,
             settings.gateway_stable_seconds,
             pending_studies=lambda: self.forwarder.pending_studies(),  # noqa: PLW0108 - set below
         )
         self.forwarder = Forwarder(
             self.spool,
             self.quarantine,
-            self.orthanc,
+            self.archive,
             record=self.tracker.record,
             workers=settings.gateway_forward_workers,
         )
@@ -75,7 +75,7 @@ class GatewayService:
             intake=self.intake,
             senders=self.senders,
             audit=self.audit,
-            orthanc=self.orthanc,
+            orthanc=self.archive,
         )
         self._http = GatewayHttpServer(
             (settings.bind_host, settings.gateway_metrics_port),
@@ -136,7 +136,7 @@ class GatewayService:
             resource_id="dicom_gateway",
             detail={"activity": "stopped"},
         )
-        self.orthanc.close()
+        self.archive.close()
         self.db.dispose()
 
     def run(self) -> None:
