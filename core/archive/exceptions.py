@@ -3,7 +3,7 @@
 Every method of an :class:`~core.archive.protocol.ImageArchive` raises only these, whichever
 transport is behind it; callers decide retry, quarantine or a 404 from the class alone::
 
-    ArchiveError                    root; an answer the seam cannot understand
+    ArchiveError                    root (a RadcloudError): an answer the seam cannot understand
     ├── ArchiveUnavailableError     unreachable, timed out, 5xx, 401/403/408/429: retry later
     ├── ArchiveNotFoundError        no such study, series, instance (or it was deleted)
     └── ArchiveRejectedError        the archive refused the request, e.g. invalid DICOM (4xx)
@@ -13,6 +13,8 @@ Each carries the data its message is made of.
 
 from __future__ import annotations
 
+from core.exceptions import RadcloudError
+
 __all__ = [
     "ArchiveError",
     "ArchiveNotFoundError",
@@ -21,7 +23,7 @@ __all__ = [
 ]
 
 
-class ArchiveError(Exception):
+class ArchiveError(RadcloudError):
     """Root of the archive's errors.
 
     Parameters
