@@ -10,9 +10,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Annotated, Any, Literal
 
-import httpx
 from fastapi import APIRouter, Depends, Path, Request
-from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from core.audit import AuditAction, AuditEventCode, AuditOutcome
@@ -20,8 +18,13 @@ from core.config import WindowPreset
 from core.db.models import ReadingStatus, Role
 from core.security import Principal
 from serving.api.security import audit_request, context, require_roles
-from serving.reading import AddedFinding, Decision, ReadingService, SignError
-from serving.worklist import NotClaimantError, WorklistConflictError
+from serving.exceptions import (
+    NotClaimantError,
+    PlatformUnavailableError,
+    SignError,
+    WorklistConflictError,
+)
+from serving.reading import AddedFinding, Decision, ReadingService
 
 __all__ = ["router"]
 
@@ -90,12 +93,6 @@ def _service(request: Request) -> ReadingService:
     return ReadingService(ctx.db, ctx.orthanc, ctx.settings.site_name)
 
 
-def _orthanc_down(exc: httpx.HTTPError) -> JSONResponse:
-    return JSONResponse(
-        {"error": "unavailable", "detail": f"Orthanc could not be reached or failed: {exc}"}, 503
-    )
-
-
 def _audit(
     request: Request,
     caller: Principal,
@@ -134,10 +131,7 @@ def viewer_config(request: Request, _reader: Reader) -> ViewerConfig:
 def open_study(request: Request, reader: Reader, study_uid: StudyUid) -> Any:
     """Everything the viewer needs to open a study: series and instances in display order,
     AI findings (not verified until signed), the reading state and the signed report."""
-    try:
-        manifest = _service(request).manifest(study_uid)
-    except httpx.HTTPError as exc:
-        return _orthanc_down(exc)
+    manifest = _service(request).manifest(study_uid)
     body = dataclasses.asdict(manifest)
     body["can_sign"] = Role.RADIOLOGIST in reader.roles
     _audit(
@@ -156,10 +150,7 @@ def open_study(request: Request, reader: Reader, study_uid: StudyUid) -> Any:
 @router.get("/api/studies/{study_uid}/findings/{result_id}/mask")
 def finding_mask(request: Request, reader: Reader, study_uid: StudyUid, result_id: int) -> Any:
     """An AI finding's segmentation, bit-packed per source image (for the viewer's overlay)."""
-    try:
-        mask = _service(request).mask(study_uid, result_id)
-    except httpx.HTTPError as exc:
-        return _orthanc_down(exc)
+    mask = _service(request).mask(study_uid, result_id)
     _audit(
         request,
         reader,
@@ -173,9 +164,7 @@ def finding_mask(request: Request, reader: Reader, study_uid: StudyUid, result_i
 
 
 @router.post("/api/studies/{study_uid}/sign", response_model=SignOut)
-def sign(
-    request: Request, radiologist: Radiologist, study_uid: StudyUid, body: SignIn
-) -> SignOut | JSONResponse:
+def sign(request: Request, radiologist: Radiologist, study_uid: StudyUid, body: SignIn) -> SignOut:
     """Sign the report: a verified DICOM SR in Orthanc, the study ``reported``, the labels
     training uses. 422: text empty, a decision missing or unknown; 409: the study is not the
     caller's in progress, or ``version`` is stale."""
@@ -198,7 +187,7 @@ def sign(
             decisions=decisions,
             added=added,
         )
-    except (SignError, WorklistConflictError, NotClaimantError, httpx.HTTPError) as exc:
+    except (SignError, WorklistConflictError, NotClaimantError, PlatformUnavailableError) as exc:
         _audit(
             request,
             radiologist,
@@ -208,14 +197,7 @@ def sign(
             outcome=AuditOutcome.MINOR_FAILURE,
             reason=str(exc),
         )
-        if isinstance(exc, SignError):
-            return JSONResponse({"error": "invalid_report", "detail": str(exc)}, 422)
-        if isinstance(exc, httpx.HTTPError):
-            return _orthanc_down(exc)
-        held: dict[str, Any] = {"claimed_by": exc.claimed_by}
-        if isinstance(exc, WorklistConflictError):
-            held |= {"status": exc.status, "version": exc.version}
-        return JSONResponse({"error": "conflict", "detail": str(exc), **held}, 409)
+        raise
     _audit(
         request,
         radiologist,

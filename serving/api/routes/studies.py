@@ -24,7 +24,7 @@ from core.db.models import InferenceResult, InferenceStatus, OutboxEvent, Role
 from core.exceptions import NotFoundError
 from core.security import Principal
 from serving.api.security import audit_request, context, require_roles
-from serving.reading import study_by_uid
+from serving.studies import study_by_uid
 
 __all__ = ["STUDY_REPROCESS", "router"]
 

@@ -12,18 +12,16 @@ import datetime as dt
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query, Request
-from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from core.audit import AuditAction, AuditEventCode, AuditOutcome
 from core.db.models import ReadingStatus, Role
 from core.security import Principal
+from serving._rows import copy_row
 from serving.api.security import audit_request, context, require_roles
 from serving.worklist import (
-    NotClaimantError,
     ReadingState,
     Worklist,
-    WorklistConflictError,
     WorklistEntry,
     WorklistError,
     WorklistQuery,
@@ -120,7 +118,7 @@ def get_worklist(
 
 def _transition(
     request: Request, reader: Reader, uid: str, name: str, version: int
-) -> ReadingStateOut | JSONResponse:
+) -> ReadingStateOut:
     worklist = Worklist(context(request).db)
     is_admin = Role.ADMIN in reader.roles
     try:
@@ -139,29 +137,10 @@ def _transition(
             detail={"transition": name, "version": version},
             error=exc,
         )
-        if isinstance(exc, WorklistConflictError):
-            body: dict[str, Any] = {
-                "error": "conflict",
-                "detail": str(exc),
-                "status": exc.status,
-                "claimed_by": exc.claimed_by,
-                "version": exc.version,
-            }
-            return JSONResponse(body, 409)
-        if isinstance(exc, NotClaimantError):
-            body = {"error": "forbidden", "detail": str(exc), "claimed_by": exc.claimed_by}
-            return JSONResponse(body, 403)
-        raise  # not on the worklist: 404 by the error handler
+        raise  # HTTP status by serving.api.errors
     detail = {"transition": name, "status": state.status, "version": state.version}
     _audit(request, reader, uid, patient_id=state.patient_id, detail=detail, error=None)
-    return ReadingStateOut(
-        study_instance_uid=state.study_instance_uid,
-        status=state.status,
-        claimed_by=state.claimed_by,
-        claimed_at=state.claimed_at,
-        reported_at=state.reported_at,
-        version=state.version,
-    )
+    return copy_row(ReadingStateOut, state)
 
 
 def _audit(
@@ -189,7 +168,7 @@ def _audit(
 @router.post("/{study_uid}/claim", response_model=ReadingStateOut)
 def claim(
     request: Request, reader: Reader, study_uid: StudyUid, body: TransitionIn
-) -> ReadingStateOut | JSONResponse:
+) -> ReadingStateOut:
     """Start reading a study (``unread → in_progress``); 409 if someone else holds it."""
     return _transition(request, reader, study_uid, "claim", body.version)
 
@@ -197,7 +176,7 @@ def claim(
 @router.post("/{study_uid}/release", response_model=ReadingStateOut)
 def release(
     request: Request, reader: Reader, study_uid: StudyUid, body: TransitionIn
-) -> ReadingStateOut | JSONResponse:
+) -> ReadingStateOut:
     """Put a claimed study back (``in_progress → unread``); by its claimant or an admin."""
     return _transition(request, reader, study_uid, "release", body.version)
 
@@ -205,6 +184,6 @@ def release(
 @router.post("/{study_uid}/report", response_model=ReadingStateOut)
 def report(
     request: Request, reader: Reader, study_uid: StudyUid, body: TransitionIn
-) -> ReadingStateOut | JSONResponse:
+) -> ReadingStateOut:
     """Mark a claimed study reported (``in_progress → reported``); by its claimant."""
     return _transition(request, reader, study_uid, "report", body.version)
