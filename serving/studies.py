@@ -1,14 +1,63 @@
-"""Studies as the API sees them: the lookup by UID, their AI results, asking for a reprocess."""
+"""Studies as the API sees them: the lookup by UID, their AI results, asking for a reprocess.
+
+A reprocess writes a durable ``study.reprocess`` outbox event with the ``study.ready`` payload
+(see ``dicom_gateway.completeness``) plus ``"force": true``, which tells the triage pipeline to
+recompute even where a result for the model version exists. Reading the results and asking for
+a reprocess are audited as patient record events (110110: read, update).
+"""
 
 from __future__ import annotations
 
+import datetime as dt
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from core.db.models import Study
+from core.audit import AuditAction, AuditEventCode, AuditTrail
+from core.db import Database
+from core.db.models import InferenceResult, InferenceStatus, OutboxEvent, Study
 from core.exceptions import NotFoundError
+from serving._audit import Caller
+from serving._rows import copy_row
+from serving.exceptions import PlatformUnavailableError, StudyNotReadyError
 
-__all__ = ["study_by_uid"]
+__all__ = [
+    "STUDY_REPROCESS",
+    "ReprocessRequest",
+    "StudyResult",
+    "request_reprocess",
+    "study_by_uid",
+    "study_results",
+]
+
+STUDY_REPROCESS = "study.reprocess"
+
+
+@dataclass(frozen=True)
+class StudyResult:
+    """One model version's result on the study."""
+
+    model_name: str
+    model_version: str
+    status: InferenceStatus
+    score: float | None
+    critical: bool
+    findings: dict[str, Any]
+    timings: dict[str, Any]
+    error: str | None
+    created_at: dt.datetime
+
+
+@dataclass(frozen=True)
+class ReprocessRequest:
+    """The queued reprocess event."""
+
+    study_instance_uid: str
+    event_id: int
+    topic: str
 
 
 def study_by_uid(session: Session, uid: str) -> Study:
@@ -23,3 +72,115 @@ def study_by_uid(session: Session, uid: str) -> Study:
     if study is None:
         raise NotFoundError("study", uid)
     return study
+
+
+def study_results(
+    db: Database, audit: AuditTrail, study_instance_uid: str, *, caller: Caller
+) -> list[StudyResult]:
+    """The study's AI results, oldest first: per model version its status, score, critical
+    flag, findings, per-stage timings and error (audited: 110110 read).
+
+    Raises
+    ------
+    NotFoundError
+        No such study.
+    """
+    with db.session() as session:
+        study = study_by_uid(session, study_instance_uid)
+        rows = session.scalars(
+            select(InferenceResult)
+            .where(InferenceResult.study_id == study.id)
+            .order_by(InferenceResult.created_at, InferenceResult.id)
+        ).all()
+        results = [copy_row(StudyResult, row) for row in rows]
+        patient_id = study.patient_id
+    caller.record(
+        audit,
+        AuditEventCode.PATIENT_RECORD,
+        action=AuditAction.READ,
+        resource_type="study",
+        resource_id=study_instance_uid,
+        patient_id=patient_id,
+        detail={"what": "inference results", "count": len(results)},
+    )
+    return results
+
+
+def request_reprocess(
+    db: Database, audit: AuditTrail, orthanc: Any, study_instance_uid: str, *, caller: Caller
+) -> ReprocessRequest:
+    """Queue the study for the triage pipeline again, recomputing existing results (audited:
+    110110 update).
+
+    Raises
+    ------
+    NotFoundError
+        No such study, or it is no longer in Orthanc.
+    StudyNotReadyError
+        The study is still arriving: it is processed when ready.
+    PlatformUnavailableError
+        Orthanc did not answer, or failed.
+    """
+    uid = study_instance_uid
+    with db.session() as session:
+        study = study_by_uid(session, uid)
+        ready_at, orthanc_id = study.ready_at, study.orthanc_id
+        first, last = study.first_received_at, study.last_received_at
+        hospital = study.hospital.name if study.hospital else None
+        patient_id = study.patient_id
+    if ready_at is None or orthanc_id is None:
+        raise StudyNotReadyError(uid)
+    try:
+        series = _series(orthanc, orthanc_id)
+    except httpx.HTTPStatusError as exc:
+        if exc.response.status_code == 404:
+            raise NotFoundError("study in Orthanc", uid) from exc
+        reason = f"Orthanc answered {exc.response.status_code}"
+        raise PlatformUnavailableError(f'study "{uid}": {reason}') from exc
+    except httpx.HTTPError as exc:
+        reason = f"Orthanc cannot be reached ({exc})"
+        raise PlatformUnavailableError(f'study "{uid}": {reason}') from exc
+    payload = {
+        "study_instance_uid": uid,
+        "hospital": hospital,
+        "orthanc_study_id": orthanc_id,
+        "instance_count": sum(s["instance_count"] for s in series),
+        "first_received_at": first.isoformat(),
+        "last_received_at": last.isoformat(),
+        "ready_at": ready_at.isoformat(),
+        "series": series,
+        "force": True,
+        "requested_by": caller.name,
+    }
+    with db.session() as session:
+        event = OutboxEvent(topic=STUDY_REPROCESS, key=uid, payload=payload)
+        session.add(event)
+        session.flush()
+        event_id = event.id
+    caller.record(
+        audit,
+        AuditEventCode.PATIENT_RECORD,
+        action=AuditAction.UPDATE,
+        resource_type="study",
+        resource_id=uid,
+        patient_id=patient_id,
+        detail={"what": "reprocess requested", "event_id": event_id, "topic": STUDY_REPROCESS},
+    )
+    return ReprocessRequest(study_instance_uid=uid, event_id=event_id, topic=STUDY_REPROCESS)
+
+
+def _series(orthanc: Any, orthanc_id: str) -> list[dict[str, Any]]:
+    """The study's series as the ``study.ready`` payload lists them, read from Orthanc."""
+    series = [
+        {
+            "series_instance_uid": tags.get("SeriesInstanceUID"),
+            "modality": tags.get("Modality"),
+            "body_part_examined": tags.get("BodyPartExamined"),
+            "series_description": tags.get("SeriesDescription"),
+            "instance_count": len(item.get("Instances", [])),
+            "orthanc_series_id": item.get("ID"),
+        }
+        for item in orthanc.get_studies_id_series(orthanc_id)
+        for tags in [item.get("MainDicomTags", {})]
+    ]
+    return sorted(series, key=lambda s: s["series_instance_uid"] or "")
