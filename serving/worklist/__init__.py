@@ -27,6 +27,7 @@ from serving.worklist.policy import (
     classify,
     priority_key,
 )
+from serving.worklist.service import WorklistService
 from serving.worklist.state import ReadingState, Worklist
 
 __all__ = [
@@ -41,6 +42,7 @@ __all__ = [
     "WorklistError",
     "WorklistPolicy",
     "WorklistQuery",
+    "WorklistService",
     "classify",
     "ensure_worklist_item",
     "list_worklist",
