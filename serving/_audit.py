@@ -57,3 +57,25 @@ class Caller:
             patient_id=patient_id,
             detail=detail,
         )
+
+    def record_study(
+        self,
+        audit: AuditTrail,
+        study_instance_uid: str,
+        action: AuditAction,
+        *,
+        patient_id: str | None,
+        detail: dict[str, Any],
+        outcome: AuditOutcome = AuditOutcome.SUCCESS,
+    ) -> int:
+        """Record a patient record event (110110) on study ``study_instance_uid``."""
+        return self.record(
+            audit,
+            AuditEventCode.PATIENT_RECORD,
+            action=action,
+            outcome=outcome,
+            resource_type="study",
+            resource_id=study_instance_uid,
+            patient_id=patient_id,
+            detail=detail,
+        )

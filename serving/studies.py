@@ -16,7 +16,7 @@ import httpx
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from core.audit import AuditAction, AuditEventCode, AuditTrail
+from core.audit import AuditAction, AuditTrail
 from core.db import Database
 from core.db.models import InferenceResult, InferenceStatus, OutboxEvent, Study
 from core.exceptions import NotFoundError
@@ -94,12 +94,10 @@ def study_results(
         ).all()
         results = [copy_row(StudyResult, row) for row in rows]
         patient_id = study.patient_id
-    caller.record(
+    caller.record_study(
         audit,
-        AuditEventCode.PATIENT_RECORD,
-        action=AuditAction.READ,
-        resource_type="study",
-        resource_id=study_instance_uid,
+        study_instance_uid,
+        AuditAction.READ,
         patient_id=patient_id,
         detail={"what": "inference results", "count": len(results)},
     )
@@ -157,12 +155,10 @@ def request_reprocess(
         session.add(event)
         session.flush()
         event_id = event.id
-    caller.record(
+    caller.record_study(
         audit,
-        AuditEventCode.PATIENT_RECORD,
-        action=AuditAction.UPDATE,
-        resource_type="study",
-        resource_id=uid,
+        uid,
+        AuditAction.UPDATE,
         patient_id=patient_id,
         detail={"what": "reprocess requested", "event_id": event_id, "topic": STUDY_REPROCESS},
     )

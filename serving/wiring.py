@@ -3,7 +3,7 @@ and by tests that drive the pipeline without Ray)."""
 
 from __future__ import annotations
 
-from typing import Any
+from sqlalchemy.orm import Session
 
 from core.archive import orthanc_client
 from core.audit import AuditTrail
@@ -39,11 +39,11 @@ def build_pipeline(
     upgrade(db)
     policy = WorklistPolicy.from_settings(settings)
 
-    def on_ready(session: Any, study: Study) -> None:
+    def on_ready(session: Session, study: Study) -> None:
         ensure_worklist_item(session, study, policy)
 
     def on_outcome(
-        session: Any,
+        session: Session,
         study: Study,
         *,
         score: float | None,
@@ -56,7 +56,7 @@ def build_pipeline(
             session, study, score=score, critical=critical, failed=failed, policy=chosen
         )
 
-    def on_critical(session: Any, study: Study, result: InferenceResult) -> None:
+    def on_critical(session: Session, study: Study, result: InferenceResult) -> None:
         enqueue_critical_finding(session, study=study, result=result, settings=settings)
 
     return TriagePipeline(

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from core.audit import AuditAction, AuditEventCode, AuditOutcome, AuditTrail
+from core.audit import AuditAction, AuditOutcome, AuditTrail
 from core.db import Database
 from serving._audit import Caller
 from serving.exceptions import (
@@ -139,13 +139,11 @@ class ReadingService:
         patient_id: str | None = None,
         **detail: Any,
     ) -> None:
-        caller.record(
+        caller.record_study(
             self._audit,
-            AuditEventCode.PATIENT_RECORD,
-            action=action,
-            outcome=outcome,
-            resource_type="study",
-            resource_id=uid,
+            uid,
+            action,
             patient_id=patient_id,
             detail={"what": what, **detail},
+            outcome=outcome,
         )

@@ -98,13 +98,11 @@ class WorklistService:
         detail: dict[str, Any],
         error: WorklistError | None,
     ) -> None:
-        caller.record(
+        caller.record_study(
             self._audit,
-            AuditEventCode.PATIENT_RECORD,
-            action=AuditAction.UPDATE,
-            outcome=AuditOutcome.MINOR_FAILURE if error else AuditOutcome.SUCCESS,
-            resource_type="study",
-            resource_id=uid,
+            uid,
+            AuditAction.UPDATE,
             patient_id=patient_id,
             detail=detail | ({"reason": str(error)} if error else {}),
+            outcome=AuditOutcome.MINOR_FAILURE if error else AuditOutcome.SUCCESS,
         )
