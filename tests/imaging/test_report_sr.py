@@ -64,8 +64,10 @@ def test_signed_report_is_verified_final_and_states_each_decision(tmp_path: Path
     agreements = _items(read, AI_AGREEMENT.value)
     assert [a.ConceptCodeSequence[0].CodeValue for a in agreements] == ["373066001", "373067005"]
     texts = [a.ContentSequence[0].TextValue for a in agreements]
-    assert texts[0] == "Haemorrhage by ich-seg 2, score 0.910, critical: confirmed by the radiologist"
-    assert texts[1] == "Fracture by fx-cls 1: rejected by the radiologist"
+    assert texts == [
+        "Haemorrhage by ich-seg 2, score 0.910, critical: confirmed by the radiologist",
+        "Fracture by fx-cls 1: rejected by the radiologist",
+    ]
 
     mass, oedema = _items(read, ADDED_FINDING.value)
     assert (mass.TextValue, oedema.TextValue) == ("Mass", "Oedema")
