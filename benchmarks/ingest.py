@@ -38,7 +38,7 @@ from typing import Any
 from pydicom.uid import generate_uid
 
 from benchmarks._env import describe_machine, free_ports, summarise, write_result
-from core.archive import orthanc_client
+from core.archive import ImageArchive, open_archive
 from core.config import Settings, load_settings
 from core.db import Database, upgrade
 from core.secrets import load_secrets
@@ -166,13 +166,13 @@ def _children_cpu_seconds() -> float:
     return times.children_user + times.children_system
 
 
-def _instances(orthanc: Any) -> int:
-    return int(orthanc.get("/statistics").json()["CountInstances"])
+def _instances(orthanc: ImageArchive) -> int:
+    return orthanc.get_statistics().instances
 
 
 def _one_run(
     settings: Settings,
-    orthanc: Any,
+    orthanc: ImageArchive,
     *,
     target: str,
     files: list[Path],
@@ -277,7 +277,7 @@ def run_ingest(
         SenderRegistry(db).add_sender(_AE, "Benchmark")
         stow_send = _stow(settings, _stow_token(settings), per_request) if stow else None
         targets = ("direct", "gateway", "stow") if stow else ("direct", "gateway")
-        orthanc = orthanc_client(settings, secrets)
+        orthanc = open_archive(settings, secrets)
         pids = {status.name: status.pid for status in supervisor.status()}
         samples: dict[str, list[dict[str, float]]] = {}
         try:

@@ -1,22 +1,25 @@
-"""Orthanc behind the gateway's Query/Retrieve SCP: C-FIND answers and C-MOVE sub-operations
-read through Orthanc's REST API (the translation rules are in :mod:`dicom_gateway._query`).
+"""The image archive behind the gateway's Query/Retrieve SCP: C-FIND answers and C-MOVE
+sub-operations read through the archive seam (:class:`core.archive.ImageArchive`; the translation
+rules are in :mod:`dicom_gateway._query`). The seam's errors become the gateway's
+:class:`~dicom_gateway.exceptions.ArchiveError`.
 """
 
 from __future__ import annotations
 
 import io
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import httpx
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pynetdicom import evt
 from pynetdicom.presentation import build_context
 
+from core import archive as seam
+from core.archive import ArchivedResource, ArchiveId, ImageArchive, ResourceLevel
 from dicom_gateway._query import (
     _COUNTS,
     _RETURN_ONLY,
@@ -30,103 +33,105 @@ from dicom_gateway._query import (
 from dicom_gateway._transport import set_tcp_nodelay
 from dicom_gateway.exceptions import ArchiveError
 
-if TYPE_CHECKING:
-    import pyorthanc
-
-__all__ = ["MoveOperation", "OrthancArchive", "StudyMoveResult"]
+__all__ = ["MoveOperation", "QueryRetrieveArchive", "StudyMoveResult"]
 
 logger = logging.getLogger(__name__)
 
-_ORTHANC_LEVELS = {
-    QueryRetrieveLevel.PATIENT: "Patient",
-    QueryRetrieveLevel.STUDY: "Study",
-    QueryRetrieveLevel.SERIES: "Series",
-    QueryRetrieveLevel.IMAGE: "Instance",
+_LEVELS = {
+    QueryRetrieveLevel.PATIENT: ResourceLevel.PATIENT,
+    QueryRetrieveLevel.STUDY: ResourceLevel.STUDY,
+    QueryRetrieveLevel.SERIES: ResourceLevel.SERIES,
+    QueryRetrieveLevel.IMAGE: ResourceLevel.INSTANCE,
 }
+_COLLECTIONS = {
+    "patients": ResourceLevel.PATIENT,
+    "studies": ResourceLevel.STUDY,
+    "series": ResourceLevel.SERIES,
+}
+_COUNT_FIELDS = {"CountStudies": "studies", "CountSeries": "series", "CountInstances": "instances"}
 _C_STORE_RSP = 0x8001
 _STORE_OK = frozenset({0x0000, 0xB000, 0xB006, 0xB007})  # success and warnings (PS3.4 B.2.3)
 
+_Cache = dict[tuple[str, ResourceLevel, ArchiveId], Any]
 
-class OrthancArchive:
-    """The gateway's view of Orthanc as a Query/Retrieve archive.
+
+class QueryRetrieveArchive:
+    """The gateway's view of the image archive as a Query/Retrieve archive.
 
     Parameters
     ----------
-    client
-        radcloud's Orthanc client.
+    archive
+        radcloud's image archive.
     retrieve_ae_title
         Returned as (0008,0054) RetrieveAETitle: the gateway's AE title.
     """
 
-    def __init__(self, client: pyorthanc.Orthanc, retrieve_ae_title: str) -> None:
-        self._client = client
+    def __init__(self, archive: ImageArchive, retrieve_ae_title: str) -> None:
+        self._archive = archive
         self._retrieve_ae_title = retrieve_ae_title
 
-    # -- REST ------------------------------------------------------------------------------
+    # -- the seam ----------------------------------------------------------------------------
 
-    def _request(self, method: str, path: str, body: Any = None) -> httpx.Response:
-        try:
-            response: httpx.Response = self._client.request(
-                method, f"{self._client.url}{path}", json=body
-            )
-            response.raise_for_status()
-        except httpx.HTTPError as exc:
-            raise ArchiveError(f"Orthanc {method} {path} failed: {exc}") from exc
-        return response
+    def _cached(
+        self,
+        cache: _Cache,
+        what: str,
+        level: ResourceLevel,
+        archive_id: ArchiveId,
+        read: Callable[[ResourceLevel, ArchiveId], Any],
+    ) -> Any:
+        key = (what, level, archive_id)
+        if key not in cache:
+            cache[key] = read(level, archive_id)
+        return cache[key]
 
-    def _json(self, method: str, path: str, body: Any = None) -> Any:
-        response = self._request(method, path, body)
-        try:
-            return response.json()
-        except ValueError as exc:
-            raise ArchiveError(f"Orthanc {method} {path} did not answer JSON: {exc}") from exc
+    def _resource(self, cache: _Cache, level: ResourceLevel, archive_id: ArchiveId) -> Any:
+        return self._cached(cache, "resource", level, archive_id, self._archive.get_resource)
 
-    def _cached(self, cache: dict[str, Any], path: str) -> Any:
-        if path not in cache:
-            cache[path] = self._json("GET", path)
-        return cache[path]
+    def _find(self, query: Query) -> list[ArchivedResource]:
+        search = {
+            ResourceLevel.PATIENT: self._archive.search_for_patients,
+            ResourceLevel.STUDY: self._archive.search_for_studies,
+            ResourceLevel.SERIES: self._archive.search_for_series,
+            ResourceLevel.INSTANCE: self._archive.search_for_instances,
+        }[_LEVELS[query.level]]
+        return search(query.constraints)
 
-    def _find(self, query: Query) -> list[dict[str, Any]]:
-        answer = self._json(
-            "POST",
-            "/tools/find",
-            {"Level": _ORTHANC_LEVELS[query.level], "Query": query.constraints, "Expand": True},
-        )
-        if not isinstance(answer, list):
-            raise ArchiveError(f"Orthanc /tools/find answered {type(answer).__name__}, not a list")
-        return answer
-
-    def instance_file(self, orthanc_id: str) -> bytes:
+    def instance_file(self, archive_id: ArchiveId) -> bytes:
         """The DICOM Part 10 bytes of one instance.
 
         Raises
         ------
         ArchiveError
-            Orthanc does not have it or cannot be reached.
+            The archive does not have it or cannot be reached.
         """
-        return self._request("GET", f"/instances/{orthanc_id}/file").content
+        try:
+            return self._archive.retrieve_instance(archive_id)
+        except seam.ArchiveError as exc:
+            raise ArchiveError(str(exc)) from exc
 
     # -- C-FIND ----------------------------------------------------------------------------
 
     def _in_scope(
         self,
         level: QueryRetrieveLevel,
-        resource: dict[str, Any],
+        resource: ArchivedResource,
         scope: frozenset[str] | None,
-        cache: dict[str, Any],
+        cache: _Cache,
     ) -> bool:
-        """Whether ``resource`` belongs to a study in ``scope`` (Orthanc study IDs; ``None``:
-        no restriction). A patient is in scope when any of their studies is."""
+        """Whether ``resource`` belongs to a study in ``scope`` (the archive's study keys;
+        ``None``: no restriction). A patient is in scope when any of their studies is."""
         if scope is None:
             return True
         if level is QueryRetrieveLevel.PATIENT:
-            return any(study in scope for study in resource.get("Studies", []))
+            return any(study in scope for study in resource.children)
         if level is QueryRetrieveLevel.STUDY:
-            return bool(resource["ID"] in scope)
+            return resource.archive_id in scope
         if level is QueryRetrieveLevel.SERIES:
-            return bool(resource["ParentStudy"] in scope)
-        series = self._cached(cache, f"/series/{resource['ParentSeries']}")
-        return bool(series["ParentStudy"] in scope)
+            return resource.parent in scope
+        assert resource.parent is not None  # noqa: S101 - an instance has a series
+        series = self._resource(cache, ResourceLevel.SERIES, resource.parent)
+        return series.parent in scope
 
     def find(self, query: Query, scope: frozenset[str] | None = None) -> Iterator[Dataset]:
         """The C-FIND answers to ``query``, one identifier per match (PS3.4 C.4.1.3).
@@ -137,17 +142,18 @@ class OrthancArchive:
         Raises
         ------
         ArchiveError
-            Orthanc failed.
+            The archive failed.
         """
-        cache: dict[str, Any] = {}
-        for resource in self._find(query):
-            if self._in_scope(query.level, resource, scope, cache):
-                yield self._answer(query, resource, cache)
+        cache: _Cache = {}
+        try:
+            for resource in self._find(query):
+                if self._in_scope(query.level, resource, scope, cache):
+                    yield self._answer(query, resource, cache)
+        except seam.ArchiveError as exc:
+            raise ArchiveError(str(exc)) from exc
 
-    def _answer(self, query: Query, resource: dict[str, Any], cache: dict[str, Any]) -> Dataset:
-        tags: dict[str, Any] = {}
-        tags.update(resource.get("MainDicomTags") or {})
-        tags.update(resource.get("PatientMainDicomTags") or {})
+    def _answer(self, query: Query, resource: ArchivedResource, cache: _Cache) -> Dataset:
+        tags: dict[str, Any] = dict(resource.attributes)
         wanted = {key.keyword for key in query.return_keys if key.keyword}
         need_parents = bool(wanted - tags.keys() - _RETURN_ONLY) or bool(
             wanted & {*_COUNTS, "ModalitiesInStudy"}
@@ -155,23 +161,33 @@ class OrthancArchive:
         ids = self._resource_ids(query.level, resource, cache, tags, need_parents=need_parents)
         for keyword in wanted & _COUNTS.keys():
             collection, field_name = _COUNTS[keyword]
-            if collection in ids:
-                stats = self._cached(cache, f"/{collection}/{ids[collection]}/statistics")
-                tags[keyword] = str(stats.get(field_name, ""))
-        if "ModalitiesInStudy" in wanted and "ModalitiesInStudy" not in tags and "studies" in ids:
-            series = self._cached(cache, f"/studies/{ids['studies']}/series")
-            modalities = sorted({s["MainDicomTags"].get("Modality", "") for s in series} - {""})
+            level = _COLLECTIONS[collection]
+            if level in ids:
+                stats = self._cached(
+                    cache, "statistics", level, ids[level], self._archive.get_statistics
+                )
+                value = getattr(stats, _COUNT_FIELDS[field_name])
+                tags[keyword] = "" if value is None else str(value)
+        study = ids.get(ResourceLevel.STUDY)
+        if "ModalitiesInStudy" in wanted and "ModalitiesInStudy" not in tags and study:
+            series = self._cached(
+                cache,
+                "series",
+                ResourceLevel.STUDY,
+                study,
+                lambda _, key: self._archive.get_study_series(key),
+            )
+            modalities = sorted({s.modality or "" for s in series} - {""})
             tags["ModalitiesInStudy"] = "\\".join(modalities)
         tags["RetrieveAETitle"] = self._retrieve_ae_title
         tags["InstanceAvailability"] = "ONLINE"
         unknown = wanted - _RETURN_ONLY - {"ModalitiesInStudy"}
         if query.level is QueryRetrieveLevel.IMAGE and unknown - tags.keys():
-            metadata = self._cached(cache, f"/instances/{resource['ID']}/metadata?expand")
-            tags.setdefault("SOPClassUID", metadata.get("SopClassUid", ""))
-            if unknown - tags.keys():  # not indexed by Orthanc: read from the file
-                for name, value in self._json(
-                    "GET", f"/instances/{resource['ID']}/simplified-tags"
-                ).items():
+            stored = self._archive.get_instance_format(resource.archive_id)
+            tags.setdefault("SOPClassUID", stored.sop_class_uid)
+            if unknown - tags.keys():  # not indexed by the archive: read from the file
+                metadata = self._archive.get_instance_metadata(resource.archive_id)
+                for name, value in metadata.items():
                     if isinstance(value, str):
                         tags.setdefault(name, value)
         answer = Dataset()
@@ -180,45 +196,52 @@ class OrthancArchive:
             value = tags.get(key.keyword) if key.keyword else None
             answer.add(_element(key, value if isinstance(value, str) else None))
         if any(not str(value).isascii() for value in tags.values()):
-            answer.SpecificCharacterSet = "ISO_IR 192"  # Orthanc answers UTF-8
+            answer.SpecificCharacterSet = "ISO_IR 192"  # the archive answers UTF-8
         return answer
 
     def _resource_ids(
         self,
         level: QueryRetrieveLevel,
-        resource: dict[str, Any],
-        cache: dict[str, Any],
+        resource: ArchivedResource,
+        cache: _Cache,
         tags: dict[str, Any],
         *,
         need_parents: bool,
-    ) -> dict[str, str]:
-        """Orthanc IDs of ``resource`` and its ancestors, by collection. With
+    ) -> dict[ResourceLevel, ArchiveId]:
+        """The archive's keys of ``resource`` and its ancestors, by level. With
         ``need_parents``, the parents are fetched (once per request) and their tags added to
         ``tags`` where the resource has none of its own."""
-        ids: dict[str, str] = {}
+        ids: dict[ResourceLevel, ArchiveId] = {}
         if level is QueryRetrieveLevel.PATIENT:
-            ids["patients"] = resource["ID"]
+            ids[ResourceLevel.PATIENT] = resource.archive_id
             return ids
         if level is QueryRetrieveLevel.STUDY:
-            ids["studies"], ids["patients"] = resource["ID"], resource["ParentPatient"]
+            ids[ResourceLevel.STUDY] = resource.archive_id
+            if resource.parent is not None:
+                ids[ResourceLevel.PATIENT] = resource.parent
             return ids
         if level is QueryRetrieveLevel.IMAGE:
-            ids["series"] = resource["ParentSeries"]
+            assert resource.parent is not None  # noqa: S101 - an instance has a series
+            ids[ResourceLevel.SERIES] = resource.parent
             if not need_parents:
                 return ids
-            series = self._cached(cache, f"/series/{ids['series']}")
-            for name, value in (series.get("MainDicomTags") or {}).items():
+            series = self._resource(cache, ResourceLevel.SERIES, resource.parent)
+            for name, value in series.attributes.items():
                 tags.setdefault(name, value)
-            ids["studies"] = series["ParentStudy"]
+            ids[ResourceLevel.STUDY] = series.parent
         else:
-            ids["series"], ids["studies"] = resource["ID"], resource["ParentStudy"]
+            assert resource.parent is not None  # noqa: S101 - a series has a study
+            ids[ResourceLevel.SERIES], ids[ResourceLevel.STUDY] = (
+                resource.archive_id,
+                resource.parent,
+            )
             if not need_parents:
                 return ids
-        study = self._cached(cache, f"/studies/{ids['studies']}")
-        for section in ("MainDicomTags", "PatientMainDicomTags"):
-            for name, value in (study.get(section) or {}).items():
-                tags.setdefault(name, value)
-        ids["patients"] = study["ParentPatient"]
+        study = self._resource(cache, ResourceLevel.STUDY, ids[ResourceLevel.STUDY])
+        for name, value in study.attributes.items():
+            tags.setdefault(name, value)
+        if study.parent is not None:
+            ids[ResourceLevel.PATIENT] = study.parent
         return ids
 
     # -- C-MOVE ----------------------------------------------------------------------------
@@ -231,46 +254,52 @@ class OrthancArchive:
         InvalidIdentifierError
             ``query`` lacks the unique key of its level (:meth:`Query.check_retrieve_keys`).
         ArchiveError
-            Orthanc failed.
+            The archive failed.
         """
         query.check_retrieve_keys()
-        cache: dict[str, Any] = {}
-        studies: list[tuple[dict[str, Any], list[dict[str, Any]]]] = []
+        try:
+            return self._move_items(query, scope)
+        except seam.ArchiveError as exc:
+            raise ArchiveError(str(exc)) from exc
+
+    def _move_items(self, query: Query, scope: frozenset[str] | None) -> list[MoveItem]:
+        cache: _Cache = {}
+        studies: list[tuple[ArchivedResource, list[ArchivedResource]]] = []
         for resource in self._find(query):
             if not self._in_scope(query.level, resource, scope, cache):
                 continue
             if query.level is QueryRetrieveLevel.PATIENT:
-                for study in self._json("GET", f"/patients/{resource['ID']}/studies"):
-                    if scope is not None and study["ID"] not in scope:
+                for study in self._archive.get_patient_studies(resource.archive_id):
+                    if scope is not None and study.archive_id not in scope:
                         continue
-                    studies.append((study, self._json("GET", f"/studies/{study['ID']}/instances")))
+                    studies.append((study, self._archive.get_study_instances(study.archive_id)))
             elif query.level is QueryRetrieveLevel.STUDY:
-                studies.append(
-                    (resource, self._json("GET", f"/studies/{resource['ID']}/instances"))
-                )
+                studies.append((resource, self._archive.get_study_instances(resource.archive_id)))
             elif query.level is QueryRetrieveLevel.SERIES:
-                study = self._cached(cache, f"/studies/{resource['ParentStudy']}")
-                studies.append((study, self._json("GET", f"/series/{resource['ID']}/instances")))
+                assert resource.parent is not None  # noqa: S101 - a series has a study
+                study = self._resource(cache, ResourceLevel.STUDY, resource.parent)
+                studies.append((study, self._archive.get_series_instances(resource.archive_id)))
             else:
-                series = self._cached(cache, f"/series/{resource['ParentSeries']}")
-                study = self._cached(cache, f"/studies/{series['ParentStudy']}")
+                assert resource.parent is not None  # noqa: S101 - an instance has a series
+                series = self._resource(cache, ResourceLevel.SERIES, resource.parent)
+                study = self._resource(cache, ResourceLevel.STUDY, series.parent)
                 studies.append((study, [resource]))
         items: list[MoveItem] = []
         seen: set[str] = set()
         for study, instances in studies:
-            study_uid = str(study["MainDicomTags"].get("StudyInstanceUID", ""))
-            patient_id = (study.get("PatientMainDicomTags") or {}).get("PatientID") or None
+            study_uid = study.study_instance_uid or ""
+            patient_id = study.get("PatientID")
             for instance in instances:
-                if instance["ID"] in seen:
+                if instance.archive_id in seen:
                     continue
-                seen.add(instance["ID"])
-                metadata = self._json("GET", f"/instances/{instance['ID']}/metadata?expand")
+                seen.add(instance.archive_id)
+                stored = self._archive.get_instance_format(instance.archive_id)
                 items.append(
                     MoveItem(
-                        orthanc_id=instance["ID"],
-                        sop_instance_uid=str(instance["MainDicomTags"].get("SOPInstanceUID", "")),
-                        sop_class_uid=str(metadata.get("SopClassUid", "")),
-                        transfer_syntax_uid=str(metadata.get("TransferSyntax", "")),
+                        archive_id=instance.archive_id,
+                        sop_instance_uid=instance.sop_instance_uid or "",
+                        sop_class_uid=stored.sop_class_uid,
+                        transfer_syntax_uid=stored.transfer_syntax_uid,
                         study_instance_uid=study_uid,
                         patient_id=patient_id,
                     )
@@ -304,7 +333,7 @@ class MoveOperation:
         The instances to send.
     """
 
-    def __init__(self, archive: OrthancArchive, items: list[MoveItem]) -> None:
+    def __init__(self, archive: QueryRetrieveArchive, items: list[MoveItem]) -> None:
         self._archive = archive
         self.items = items
         self._statuses: dict[str, int] = {}
@@ -331,14 +360,16 @@ class MoveOperation:
             self._statuses[uid] = int(command.Status)
 
     def dataset(self, item: MoveItem) -> Dataset:
-        """The instance to send. When Orthanc cannot give it: a stub that pynetdicom fails to
+        """The instance to send. When the archive cannot give it: a stub that pynetdicom fails to
         send, so that it counts as a failed sub-operation and is listed in (0008,0058) Failed
         SOP Instance UID List (PS3.4 C.4.2.1.4.2)."""
         self._attempted.add(item.sop_instance_uid)
         try:
-            return pydicom.dcmread(io.BytesIO(self._archive.instance_file(item.orthanc_id)))
+            return pydicom.dcmread(
+                io.BytesIO(self._archive.instance_file(ArchiveId(item.archive_id)))
+            )
         except (ArchiveError, InvalidDicomError, EOFError, ValueError, OSError) as exc:
-            logger.error("C-MOVE cannot read instance %s: %s", item.orthanc_id, exc)
+            logger.error("C-MOVE cannot read instance %s: %s", item.archive_id, exc)
             stub = Dataset()
             stub.SOPInstanceUID = item.sop_instance_uid
             return stub

@@ -265,7 +265,7 @@ class Query:
 class MoveItem:
     """One instance a C-MOVE sends."""
 
-    orthanc_id: str
+    archive_id: str  # the image archive's key of the instance
     sop_instance_uid: str
     sop_class_uid: str
     transfer_syntax_uid: str

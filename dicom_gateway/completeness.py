@@ -8,14 +8,8 @@ outbox event is written: ``study.ready`` the first time, ``study.updated`` when 
 arrived after an earlier event. The state change is a compare-and-set on the row's
 ``last_received_at``, so an instance recorded meanwhile keeps the study open.
 
-Event payload (consumers are idempotent per study; the payload is all they need)::
-
-    {"study_instance_uid", "hospital", "orthanc_study_id", "instance_count",
-     "first_received_at", "last_received_at", "ready_at",
-     "series": [{"series_instance_uid", "modality", "body_part_examined",
-                 "series_description", "instance_count", "orthanc_series_id"}]}
-
-Patient identity is not in the payload: consumers read it from Orthanc.
+The event's topics and payload are the core's outbox contract (:mod:`core.events`: one builder
+for the gateway and serving's reprocess); its series list is read from the image archive.
 """
 
 from __future__ import annotations
@@ -24,25 +18,21 @@ import datetime as dt
 import logging
 import threading
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import httpx
 from sqlalchemy import select, update
 
+from core.archive import ArchiveError, ArchiveId, ImageArchive
 from core.db import Database
 from core.db.models import Hospital, OutboxEvent, Study, StudyState, utcnow
+from core.events import STUDY_READY, STUDY_UPDATED, study_payload, study_series
 from dicom_gateway import metrics
 from dicom_gateway.forwarder import Confirmation
-
-if TYPE_CHECKING:
-    import pyorthanc
 
 __all__ = ["STUDY_READY", "STUDY_UPDATED", "StudyTracker"]
 
 logger = logging.getLogger(__name__)
 
-STUDY_READY = "study.ready"
-STUDY_UPDATED = "study.updated"
 _CHECK_INTERVAL_S = 1.0
 
 
@@ -60,8 +50,8 @@ class StudyTracker:
     ----------
     db
         The application database (``studies``, ``hospitals``, ``outbox_events``).
-    orthanc
-        Source of the series list and counts in each event.
+    archive
+        The image archive: source of the series list and counts in each event.
     stable_seconds
         Quiet time after the last instance before a study is ready.
     pending_studies
@@ -71,12 +61,12 @@ class StudyTracker:
     def __init__(
         self,
         db: Database,
-        orthanc: pyorthanc.Orthanc,
+        archive: ImageArchive,
         stable_seconds: float,
         pending_studies: Callable[[], set[str]],
     ) -> None:
         self._db = db
-        self._orthanc = orthanc
+        self._archive = archive
         self._stable = dt.timedelta(seconds=stable_seconds)
         self._pending = pending_studies
         self._stop = threading.Event()
@@ -171,30 +161,15 @@ class StudyTracker:
             if uid in pending or orthanc_id is None:
                 continue
             try:
-                series = self._series(orthanc_id)
-            except httpx.HTTPError as exc:
-                logger.warning("cannot read study %s from Orthanc (%s); retrying later", uid, exc)
+                series = study_series(self._archive, ArchiveId(orthanc_id))
+            except ArchiveError as exc:
+                logger.warning(
+                    "cannot read study %s from the archive (%s); retrying later", uid, exc
+                )
                 continue
             if self._announce(study_id, last_received_at, orthanc_id, series):
                 announced.append(uid)
         return announced
-
-    def _series(self, orthanc_id: str) -> list[dict[str, Any]]:
-        answer: Any = self._orthanc.get_studies_id_series(orthanc_id)
-        series = []
-        for item in answer:
-            tags = item.get("MainDicomTags", {})
-            series.append(
-                {
-                    "series_instance_uid": tags.get("SeriesInstanceUID"),
-                    "modality": tags.get("Modality"),
-                    "body_part_examined": tags.get("BodyPartExamined"),
-                    "series_description": tags.get("SeriesDescription"),
-                    "instance_count": len(item.get("Instances", [])),
-                    "orthanc_series_id": item.get("ID"),
-                }
-            )
-        return sorted(series, key=lambda s: s["series_instance_uid"] or "")
 
     def _announce(
         self,
@@ -218,19 +193,18 @@ class StudyTracker:
                 return False  # a new instance arrived meanwhile: not complete yet
             study = session.get(Study, study_id)
             assert study is not None  # noqa: S101 - just updated
-            topic = STUDY_UPDATED if study.ready_at is not None else STUDY_READY
+            topic = (STUDY_UPDATED if study.ready_at is not None else STUDY_READY).value
             study.ready_at = ready_at
             hospital = session.get(Hospital, study.hospital_id) if study.hospital_id else None
-            payload = {
-                "study_instance_uid": study.study_instance_uid,
-                "hospital": hospital.name if hospital else None,
-                "orthanc_study_id": orthanc_id,
-                "instance_count": sum(s["instance_count"] for s in series),
-                "first_received_at": study.first_received_at.isoformat(),
-                "last_received_at": study.last_received_at.isoformat(),
-                "ready_at": ready_at.isoformat(),
-                "series": series,
-            }
+            payload = study_payload(
+                study_instance_uid=study.study_instance_uid,
+                hospital=hospital.name if hospital else None,
+                study_archive_id=ArchiveId(orthanc_id),
+                series=series,
+                first_received_at=study.first_received_at,
+                last_received_at=study.last_received_at,
+                ready_at=ready_at,
+            )
             session.add(OutboxEvent(topic=topic, key=study.study_instance_uid, payload=payload))
         metrics.STUDIES_READY.labels(topic).inc()
         logger.info("%s %s (%d series)", topic, payload["study_instance_uid"], len(series))

@@ -1,49 +1,46 @@
 """Drain the spool into Orthanc: concurrent, keep-alive, retried with backoff, never lossy.
 
 A scanner thread lists the spool (cheap: headers are read once per file and cached) and queues
-new files; ``workers`` threads POST them to Orthanc's ``/instances`` over one keep-alive
-connection pool (pyorthanc). Whatever is queued when a worker is free (up to 32 instances) goes
-in one request, as an uncompressed ZIP: Orthanc answers one result per member, in order, and
-each result's ID must equal the instance's Orthanc ID (SHA-1 of PatientID, Study, Series and SOP
-Instance UIDs) or the batch is re-sent one instance per request. A batch Orthanc refuses (one
-bad member fails the whole archive) is re-sent the same way, so a refusal lands on exactly the
-instance it concerns. Orthanc's confirmation is handed to the study tracker, and only
-after the tracker committed it is the spool file deleted; a crash anywhere before that leaves the
-file in place and it is sent again (Orthanc answers ``AlreadyStored``: duplicates are harmless).
+new files; ``workers`` threads store them in the image archive (:class:`core.archive.ImageArchive`,
+one keep-alive connection pool). Whatever is queued when a worker is free (up to 32 instances,
+64 MB) goes in one :meth:`~core.archive.ImageArchive.store_instances` call, which answers one
+outcome per instance (Orthanc: one ZIP, re-sent one instance per request when refused, so that a
+refusal lands on exactly the instance it concerns). The archive's receipt is handed to the study
+tracker, and only after the tracker committed it is the spool file deleted; a crash anywhere
+before that leaves the file in place and it is sent again (the archive answers "already stored":
+duplicates are harmless).
 
-Orthanc unreachable or failing (connection error, timeout, HTTP 5xx): every worker pauses with
-exponential backoff (0.5 s doubling to 30 s) and the files stay queued; the spool keeps
-accepting up to its limit and drains by itself once Orthanc is back. Orthanc refusing an
-instance (HTTP 4xx): the instance moves to quarantine with Orthanc's reason.
+Archive unavailable (:class:`~core.archive.ArchiveUnavailableError`: connection error, timeout,
+HTTP 5xx): every worker pauses with exponential backoff (0.5 s doubling to 30 s) and the files
+stay queued; the spool keeps accepting up to its limit and drains by itself once the archive is
+back. The archive refusing an instance (:class:`~core.archive.ArchiveRejectedError`, e.g. not
+DICOM): the instance moves to quarantine with the archive's reason.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
-import io
 import logging
 import queue
 import threading
 import time
-import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
-import httpx
-
+from core.archive import (
+    ArchiveError,
+    ArchiveRejectedError,
+    ArchiveUnavailableError,
+    ImageArchive,
+    StoredInstance,
+)
 from dicom_gateway import metrics
 from dicom_gateway.exceptions import GatewayError
 from dicom_gateway.quarantine import Quarantine
 from dicom_gateway.spool import Spool, SpoolEntry
-from dicom_gateway.validation import InstanceInfo
 
-if TYPE_CHECKING:
-    import pyorthanc
-
-__all__ = ["Confirmation", "Forwarder", "orthanc_instance_id"]
+__all__ = ["Confirmation", "Forwarder"]
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +53,8 @@ _BACKOFF_MAX_S = 30.0
 
 @dataclass(frozen=True)
 class Confirmation:
-    """Orthanc has stored (or already had) a spooled instance."""
+    """The archive has stored (or already had) a spooled instance; the IDs are its keys
+    (:data:`core.archive.ArchiveId`: Orthanc's IDs)."""
 
     entry: SpoolEntry
     orthanc_instance_id: str
@@ -64,19 +62,12 @@ class Confirmation:
     already_stored: bool
 
 
-def orthanc_instance_id(info: InstanceInfo) -> str:
-    """Orthanc's identifier of an instance: SHA-1 of ``PatientID|StudyInstanceUID|
-    SeriesInstanceUID|SOPInstanceUID`` in five groups of eight hex digits."""
-    key = "|".join(
-        (
-            info.patient_id or "",
-            info.study_instance_uid,
-            info.series_instance_uid,
-            info.sop_instance_uid,
-        )
-    )
-    digest = hashlib.sha1(key.encode(), usedforsecurity=False).hexdigest()
-    return "-".join(digest[i : i + 8] for i in range(0, 40, 8))
+def _refusal(error: ArchiveError) -> str:
+    """The archive's reason for refusing an instance, as the quarantine records it."""
+    if isinstance(error, ArchiveRejectedError):
+        status = f"HTTP {error.status_code}: " if error.status_code is not None else ""
+        return f"{status}{error.reason}"
+    return error.message
 
 
 class Forwarder:
@@ -86,8 +77,8 @@ class Forwarder:
     ----------
     spool, quarantine
         Where instances wait, and where Orthanc's refusals go.
-    orthanc
-        The Orthanc client (thread-safe; one connection pool for all workers).
+    archive
+        The image archive (thread-safe; one connection pool for all workers).
     record
         Called with a batch of confirmations; must durably record them before returning (the
         study tracker). Spool files are deleted after it returns.
@@ -99,13 +90,13 @@ class Forwarder:
         self,
         spool: Spool,
         quarantine: Quarantine,
-        orthanc: pyorthanc.Orthanc,
+        archive: ImageArchive,
         record: Callable[[Sequence[Confirmation]], None],
         workers: int = 4,
     ) -> None:
         self._spool = spool
         self._quarantine = quarantine
-        self._orthanc = orthanc
+        self._archive = archive
         self._record = record
         self._workers = workers
         self._queue: queue.Queue[SpoolEntry] = queue.Queue()
@@ -243,103 +234,45 @@ class Forwarder:
                 except queue.Empty:
                     break
                 size += batch[-1].size_bytes
-            if len(batch) > 1:
-                retry = self._forward_batch(batch)
-            else:
-                retry = [entry for entry in batch if not self._forward(entry)]
-            for entry in retry:
+            for entry in self._forward_batch(batch):
                 self._queue.put(entry)
 
     def _forward_batch(self, batch: list[SpoolEntry]) -> list[SpoolEntry]:
-        """Send ``batch`` as one ZIP; returns the entries to retry later."""
+        """Store ``batch`` in the archive; returns the entries to retry later."""
         members: list[tuple[SpoolEntry, bytes]] = []
         for entry in batch:
             try:
                 members.append((entry, entry.read_dicom()))
             except FileNotFoundError:
-                continue  # already forwarded and removed
-        archive = io.BytesIO()
-        with zipfile.ZipFile(archive, "w", zipfile.ZIP_STORED) as zipped:
-            for index, (_, dicom) in enumerate(members):
-                zipped.writestr(f"{index:04d}.dcm", dicom)
-        try:
-            response = self._orthanc.post("/instances", content=archive.getvalue())
-        except httpx.TransportError as exc:
-            metrics.FORWARD_RESULTS.labels("unreachable").inc(len(members))
-            self._orthanc_failed(type(exc).__name__)
-            return [entry for entry, _ in members]
-        if response.status_code >= 500 or response.status_code in (401, 403, 408, 429):
-            metrics.FORWARD_RESULTS.labels("orthanc_error").inc(len(members))
-            self._orthanc_failed(f"HTTP {response.status_code}")
-            return [entry for entry, _ in members]
-        answers = self._batch_answers(response, [entry for entry, _ in members])
-        if answers is None:  # refused, or not the answer expected: one request per instance
-            return [entry for entry, _ in members if not self._forward(entry)]
-        self._orthanc_ok()
-        for (entry, _), answer in zip(members, answers, strict=True):
-            self._confirmed(entry, answer)
-        return []
+                continue  # already forwarded and removed (a duplicate queue entry)
+        if not members:
+            return []
+        outcomes = self._archive.store_instances([dicom for _, dicom in members])
+        retry: list[SpoolEntry] = []
+        for (entry, dicom), outcome in zip(members, outcomes, strict=True):
+            if isinstance(outcome, StoredInstance):
+                self._orthanc_ok()
+                self._confirmed(entry, outcome)
+            elif isinstance(outcome, ArchiveUnavailableError):
+                unreachable = outcome.status_code is None
+                metrics.FORWARD_RESULTS.labels(
+                    "unreachable" if unreachable else "orthanc_error"
+                ).inc()
+                self._orthanc_failed(
+                    outcome.reason if unreachable else f"HTTP {outcome.status_code}"
+                )
+                retry.append(entry)
+            else:
+                metrics.FORWARD_RESULTS.labels("refused").inc()
+                self._refused(entry, dicom, _refusal(outcome))
+        return retry
 
-    @staticmethod
-    def _batch_answers(
-        response: httpx.Response, entries: list[SpoolEntry]
-    ) -> list[dict[str, Any]] | None:
-        if response.status_code != 200:
-            return None
-        try:
-            answers = response.json()
-        except ValueError:
-            return None
-        if not isinstance(answers, list) or len(answers) != len(entries):
-            return None
-        for entry, answer in zip(entries, answers, strict=True):
-            if not isinstance(answer, dict) or answer.get("ID") != orthanc_instance_id(entry.info):
-                return None
-            if "ParentStudy" not in answer:
-                return None
-        return answers
-
-    def _forward(self, entry: SpoolEntry) -> bool:
-        """Send one entry; False when it must be retried later."""
-        try:
-            dicom = entry.read_dicom()
-        except FileNotFoundError:
-            return True  # already forwarded and removed (a duplicate queue entry)
-        try:
-            # The raw httpx call of the same client: pyorthanc's post_instances() hides the
-            # status code in an exception message, and it decides retry versus quarantine.
-            response = self._orthanc.post("/instances", content=dicom)
-        except httpx.TransportError as exc:
-            metrics.FORWARD_RESULTS.labels("unreachable").inc()
-            self._orthanc_failed(type(exc).__name__)
-            return False
-        status = response.status_code
-        if status >= 500 or status in (401, 403, 408, 429):
-            metrics.FORWARD_RESULTS.labels("orthanc_error").inc()
-            self._orthanc_failed(f"HTTP {status}")
-            return False
-        if status >= 400:
-            metrics.FORWARD_RESULTS.labels("refused").inc()
-            self._refused(entry, dicom, f"HTTP {status}: {response.text[:500]}")
-            return True
-        self._orthanc_ok()
-        try:
-            answer: Any = response.json()
-        except ValueError:
-            answer = None
-        if not isinstance(answer, dict) or "ParentStudy" not in answer:
-            metrics.FORWARD_RESULTS.labels("refused").inc()
-            self._refused(entry, dicom, f"unexpected answer from Orthanc: {answer!r:.300}")
-            return True
-        self._confirmed(entry, answer)
-        return True
-
-    def _confirmed(self, entry: SpoolEntry, answer: dict[str, Any]) -> None:
-        already = answer.get("Status") == "AlreadyStored"
+    def _confirmed(self, entry: SpoolEntry, receipt: StoredInstance) -> None:
+        already = receipt.already_stored
         metrics.FORWARD_RESULTS.labels("already_stored" if already else "stored").inc()
         latency = (dt.datetime.now(dt.UTC) - entry.received_at).total_seconds()
         metrics.FORWARD_LATENCY.observe(max(0.0, latency))
-        self._done.put(Confirmation(entry, answer["ID"], answer["ParentStudy"], already))
+        self._done.put(Confirmation(entry, receipt.archive_id, receipt.study_archive_id, already))
 
     def _refused(self, entry: SpoolEntry, dicom: bytes, reason: str) -> None:
         logger.error("Orthanc refused %s: %s", entry.info.sop_instance_uid, reason)

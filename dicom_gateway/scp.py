@@ -70,7 +70,7 @@ from pynetdicom.presentation import PresentationContext
 from core.audit import AuditAction, AuditEventCode, AuditOutcome, AuditTrail
 from core.config import Settings
 from dicom_gateway import metrics
-from dicom_gateway._archive import MoveOperation, OrthancArchive
+from dicom_gateway._archive import MoveOperation, QueryRetrieveArchive
 from dicom_gateway._query import (
     QUERY_RETRIEVE_SOP_CLASSES,
     VERIFICATION,
@@ -92,7 +92,7 @@ from dicom_gateway.intake import Intake
 from dicom_gateway.senders import DestinationInfo, SenderInfo, SenderRegistry
 
 if TYPE_CHECKING:
-    import pyorthanc
+    from core.archive import ImageArchive
 
 __all__ = ["STORAGE_TRANSFER_SYNTAXES", "DicomService", "tls_context"]
 
@@ -169,7 +169,7 @@ class DicomService:
     audit
         The audit trail.
     orthanc
-        radcloud's Orthanc client, for C-FIND and C-MOVE.
+        radcloud's image archive, for C-FIND and C-MOVE.
     """
 
     def __init__(
@@ -179,13 +179,13 @@ class DicomService:
         intake: Intake,
         senders: SenderRegistry,
         audit: AuditTrail,
-        orthanc: pyorthanc.Orthanc,
+        orthanc: ImageArchive,
     ) -> None:
         self._settings = settings
         self._intake = intake
         self._senders = senders
         self._audit = audit
-        self._archive = OrthancArchive(orthanc, settings.gateway_ae_title)
+        self._archive = QueryRetrieveArchive(orthanc, settings.gateway_ae_title)
         self._max_instance_bytes = settings.gateway_max_instance_mib * _MIB
         self._lock = threading.Lock()
         self._peers: dict[Any, _Peer] = {}

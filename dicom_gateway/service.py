@@ -17,7 +17,7 @@ from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from core.archive import orthanc_client
+from core.archive import open_archive
 from core.audit import AuditAction, AuditEventCode, AuditTrail
 from core.config import Settings
 from core.db import Database, upgrade
@@ -53,21 +53,21 @@ class GatewayService:
         self.db = Database.from_settings(settings)
         upgrade(self.db)
         self.audit = AuditTrail(self.db, secrets.audit_hmac_key)
-        self.orthanc = orthanc_client(settings, secrets)
+        self.archive = open_archive(settings, secrets)
         self.spool = Spool.from_settings(settings)
         self.quarantine = Quarantine(settings.paths.quarantine_dir)
         self.intake = Intake(self.spool, self.quarantine, settings.gateway_max_instance_mib * _MIB)
         self.senders = SenderRegistry(self.db)
         self.tracker = StudyTracker(
             self.db,
-            self.orthanc,
+            self.archive,
             settings.gateway_stable_seconds,
             pending_studies=lambda: self.forwarder.pending_studies(),  # noqa: PLW0108 - set below
         )
         self.forwarder = Forwarder(
             self.spool,
             self.quarantine,
-            self.orthanc,
+            self.archive,
             record=self.tracker.record,
             workers=settings.gateway_forward_workers,
         )
@@ -76,7 +76,7 @@ class GatewayService:
             intake=self.intake,
             senders=self.senders,
             audit=self.audit,
-            orthanc=self.orthanc,
+            orthanc=self.archive,
         )
         self._http: ThreadingHTTPServer | None = None
         self._stopped = threading.Event()
@@ -159,7 +159,7 @@ class GatewayService:
             resource_id="dicom_gateway",
             detail={"activity": "stopped"},
         )
-        self.orthanc.close()
+        self.archive.close()
         self.db.dispose()
 
     def run(self) -> None:

@@ -41,14 +41,21 @@ import hashlib
 import hmac
 import io
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
-import httpx
 import pydicom
 from pydicom.errors import InvalidDicomError
 
+from core.archive import (
+    AnonymizingArchive,
+    ArchiveError,
+    ArchiveId,
+    ArchiveNotFoundError,
+    ArchiveRejectedError,
+    ArchiveUnavailableError,
+)
 from imaging.exceptions import DeidentificationError, OrthancUnavailableError
 
 __all__ = [
@@ -161,9 +168,9 @@ class OrthancDeidentifier:
 
     Parameters
     ----------
-    client
-        A client of radcloud's Orthanc (:func:`core.archive.orthanc_client`; any
-        ``httpx.Client`` whose ``base_url`` is Orthanc's).
+    archive
+        radcloud's image archive (:func:`core.archive.open_archive`), which de-identifies
+        instances itself.
     pseudonyms
         The keyed pseudonyms of the export's destination scope.
     keep
@@ -173,9 +180,9 @@ class OrthancDeidentifier:
     """
 
     def __init__(
-        self, client: httpx.Client, pseudonyms: Pseudonymizer, *, keep: Sequence[str] = ()
+        self, archive: AnonymizingArchive, pseudonyms: Pseudonymizer, *, keep: Sequence[str] = ()
     ) -> None:
-        self._client = client
+        self._archive = archive
         self.pseudonyms = pseudonyms
         self._keep = list(keep)
         self._orthanc_version: str | None = None
@@ -189,9 +196,8 @@ class OrthancDeidentifier:
             Orthanc cannot be reached (its version is asked once).
         """
         if self._orthanc_version is None:
-            system = self._request("GET", "/system", action="read its version").json()
-            self._orthanc_version = str(system.get("Version", "unknown"))
-        profile = f"Orthanc {self._orthanc_version} PS3.15-{DICOM_VERSION} E.1-1 Basic Profile"
+            self._orthanc_version = _ask(self._archive.server_version, None, "read its version")
+        profile = f"{self._orthanc_version} PS3.15-{DICOM_VERSION} E.1-1 Basic Profile"
         return [profile[:_MAX_LO], "radcloud keyed HMAC-SHA256 UIDs and patient pseudonyms"]
 
     def replacements(
@@ -239,20 +245,18 @@ class OrthancDeidentifier:
         OrthancUnavailableError
             Orthanc cannot be reached.
         """
-        tags = self._request(
-            "GET", f"/instances/{orthanc_id}/simplified-tags", orthanc_id, "read its tags"
-        ).json()
-        replace = self.replacements(tags, issuer_of_patient_id)
-        body = {
-            "DicomVersion": DICOM_VERSION,
-            "Force": True,
-            "Replace": replace,
-            "Keep": self._keep,
-        }
-        response = self._request(
-            "POST", f"/instances/{orthanc_id}/anonymize", orthanc_id, "anonymize it", json=body
+        instance = ArchiveId(orthanc_id)
+        tags = _ask(
+            lambda: self._archive.get_instance_metadata(instance), orthanc_id, "read its tags"
         )
-        data = response.content
+        replace = self.replacements(tags, issuer_of_patient_id)
+        data = _ask(
+            lambda: self._archive.anonymize_instance(
+                instance, dicom_version=DICOM_VERSION, replace=replace, keep=self._keep
+            ),
+            orthanc_id,
+            "anonymize it",
+        )
         _check_result(data, replace, orthanc_id)
         return DeidentifiedInstance(
             data=data,
@@ -263,42 +267,30 @@ class OrthancDeidentifier:
             source_sop_instance_uid=str(tags["SOPInstanceUID"]),
         )
 
-    def _request(
-        self,
-        method: str,
-        path: str,
-        orthanc_id: str | None = None,
-        action: str = "answer",
-        **kwargs: Any,
-    ) -> httpx.Response:
-        try:
-            response = self._client.request(method, path, **kwargs)
-        except httpx.TransportError as exc:
-            url = str(self._client.base_url.join(path))
-            raise OrthancUnavailableError(url, str(exc) or type(exc).__name__) from exc
-        if response.status_code == 404:
-            raise DeidentificationError(
-                "Orthanc has no such instance", orthanc_id=orthanc_id, status_code=404
-            )
-        if response.is_error:
-            reason = _orthanc_reason(response)
-            raise DeidentificationError(
-                f"Orthanc refused to {action}: HTTP {response.status_code} {reason}",
-                orthanc_id=orthanc_id,
-                status_code=response.status_code,
-            )
-        return response
+
+_T = TypeVar("_T")
 
 
-def _orthanc_reason(response: httpx.Response) -> str:
-    """Orthanc's explanation of an error answer (``HttpDescribeErrors``), else the body."""
+def _ask(call: Callable[[], _T], orthanc_id: str | None, action: str) -> _T:
+    """``call()``, the archive's errors made de-identification errors (``action``: what was
+    asked of Orthanc, for the message)."""
     try:
-        body = response.json()
-    except ValueError:
-        return response.text[:200]
-    if isinstance(body, dict):
-        return str(body.get("Details") or body.get("Message") or body)
-    return str(body)[:200]
+        return call()
+    except ArchiveNotFoundError as exc:
+        raise DeidentificationError(
+            "Orthanc has no such instance", orthanc_id=orthanc_id, status_code=404
+        ) from exc
+    except (ArchiveUnavailableError, ArchiveRejectedError) as exc:
+        if isinstance(exc, ArchiveUnavailableError) and exc.status_code is None:
+            raise OrthancUnavailableError(exc.url, exc.reason) from exc
+        raise DeidentificationError(
+            f"Orthanc refused to {action}: HTTP {exc.status_code} {exc.reason}",
+            orthanc_id=orthanc_id,
+            status_code=exc.status_code,
+        ) from exc
+    except ArchiveError as exc:
+        reason = f"Orthanc failed to {action}: {exc}"
+        raise DeidentificationError(reason, orthanc_id=orthanc_id) from exc
 
 
 def _check_result(data: bytes, replace: Mapping[str, Any], orthanc_id: str) -> None:

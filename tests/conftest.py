@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
-from core.archive import orthanc_client
+from core.archive import OrthancArchive, open_archive, orthanc_client
 from core.config import Settings, load_settings
 from core.db import Database
 from core.secrets import load_secrets
@@ -111,6 +111,10 @@ class Stack:
     def orthanc(self) -> Any:
         """A pyorthanc client for this instance's Orthanc (close it when done)."""
         return orthanc_client(self.settings, load_secrets(self.settings))
+
+    def archive(self) -> OrthancArchive:
+        """This instance's image archive (close it when done)."""
+        return open_archive(self.settings, load_secrets(self.settings))
 
     def database(self) -> Database:
         """This instance's application database."""

@@ -11,6 +11,7 @@ from typing import Any
 from pydicom import Dataset
 from sqlalchemy import select
 
+from core.archive import ImageArchive
 from core.db import Database
 from core.db.models import Hospital, Label, Study, StudyState
 from imaging.synthetic import SyntheticStudy, generate_study
@@ -70,15 +71,13 @@ def identifiable(study: SyntheticStudy, hospital: str, number: int) -> list[Data
     return datasets
 
 
-def store(orthanc: Any, datasets: Sequence[Dataset]) -> str:
-    """Store instances in Orthanc; returns the Orthanc ID of their study."""
+def store(orthanc: ImageArchive, datasets: Sequence[Dataset]) -> str:
+    """Store instances in the archive; returns the archive's key (Orthanc ID) of their study."""
     study_ids = set()
     for ds in datasets:
         buffer = io.BytesIO()
         ds.save_as(buffer, enforce_file_format=True)
-        response = orthanc.post("/instances", content=buffer.getvalue())
-        response.raise_for_status()
-        study_ids.add(response.json()["ParentStudy"])
+        study_ids.add(orthanc.store_instance(buffer.getvalue()).study_archive_id)
     assert len(study_ids) == 1, study_ids
     return study_ids.pop()
 
@@ -93,7 +92,7 @@ def _hospital_id(session: Any, name: str) -> int:
 
 
 def store_study(
-    orthanc: Any,
+    orthanc: ImageArchive,
     database: Database,
     hospital: str,
     number: int,

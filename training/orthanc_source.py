@@ -56,11 +56,17 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
 import pydicom
 from rich.progress import Progress
 
+from core.archive import (
+    AnonymizingArchive,
+    ArchivedResource,
+    ArchiveError,
+    ArchiveId,
+    ArchiveNotFoundError,
+)
 from core.audit import AuditAction, AuditEventCode, AuditTrail
 from core.db import Database
 from core.db.models import Study
@@ -183,50 +189,46 @@ class ExportManifest:
 
 
 class _Orthanc:
-    """The few Orthanc reads of an export; failures become :class:`DataSourceError`."""
+    """The few archive reads of an export; the archive's failures become
+    :class:`DataSourceError`, a missing resource ``None``."""
 
-    def __init__(self, client: httpx.Client) -> None:
-        self.client = client
+    def __init__(self, archive: AnonymizingArchive) -> None:
+        self.archive = archive
 
-    def get(self, path: str) -> httpx.Response | None:
-        """The answer to ``GET path``; ``None`` when Orthanc has no such resource."""
+    def _failed(self, exc: ArchiveError) -> DataSourceError:
+        return DataSourceError(f"Orthanc {self.archive.url}", str(exc))
+
+    def study_series(self, study: Study) -> list[ArchivedResource] | None:
+        """The study's series, or ``None`` if it is not stored."""
         try:
-            response = self.client.get(path)
-        except httpx.TransportError as exc:
-            url = self.client.base_url.join(path)
-            raise DataSourceError(f"Orthanc {url}", f"cannot be reached: {exc}") from exc
-        if response.status_code == 404:
+            if study.orthanc_id:
+                try:
+                    return self.archive.get_study_series(ArchiveId(study.orthanc_id))
+                except ArchiveNotFoundError:
+                    pass  # stale: find it by its UID
+            found = self.archive.search_for_studies({"StudyInstanceUID": study.study_instance_uid})
+            return self.archive.get_study_series(found[0].archive_id) if found else None
+        except ArchiveNotFoundError:
             return None
-        if response.is_error:
-            raise DataSourceError(
-                f"Orthanc {self.client.base_url}",
-                f"GET {path} answered HTTP {response.status_code}",
-            )
-        return response
+        except ArchiveError as exc:
+            raise self._failed(exc) from exc
 
-    def lookup(self, uid: str, level: str) -> str | None:
-        """Orthanc's ID of the study or series with this DICOM UID, if stored."""
+    def series(self, series_instance_uid: str) -> ArchivedResource | None:
+        """The series with this UID, if stored."""
         try:
-            response = self.client.post("/tools/lookup", content=uid)
-        except httpx.TransportError as exc:
-            url = self.client.base_url.join("/tools/lookup")
-            raise DataSourceError(f"Orthanc {url}", f"cannot be reached: {exc}") from exc
-        if response.is_error:
-            raise DataSourceError(
-                f"Orthanc {self.client.base_url}", f"lookup answered HTTP {response.status_code}"
-            )
-        return next((item["ID"] for item in response.json() if item["Type"] == level), None)
+            found = self.archive.search_for_series({"SeriesInstanceUID": series_instance_uid})
+        except ArchiveError as exc:
+            raise self._failed(exc) from exc
+        return found[0] if found else None
 
-    def study_series(self, study: Study) -> list[dict[str, Any]] | None:
-        """The study's series (Orthanc's expanded JSON), or ``None`` if it is not stored."""
-        response = self.get(f"/studies/{study.orthanc_id}/series") if study.orthanc_id else None
-        if response is None:  # not recorded, or stale: find it by its UID
-            orthanc_id = self.lookup(study.study_instance_uid, "Study")
-            response = self.get(f"/studies/{orthanc_id}/series") if orthanc_id else None
-        if response is None:
+    def instance(self, archive_id: ArchiveId) -> bytes | None:
+        """The instance's Part 10 file, or ``None`` if it was deleted."""
+        try:
+            return self.archive.retrieve_instance(archive_id)
+        except ArchiveNotFoundError:
             return None
-        series: list[dict[str, Any]] = response.json()
-        return series
+        except ArchiveError as exc:
+            raise self._failed(exc) from exc
 
 
 class _StudySkippedError(Exception):
@@ -250,7 +252,7 @@ class _Exporter:
         self,
         task: Task,
         staging: Path,
-        orthanc: httpx.Client,
+        archive: AnonymizingArchive,
         pseudonyms: Pseudonymizer,
         keep_identifiers: bool,
     ) -> None:
@@ -258,9 +260,9 @@ class _Exporter:
         self.segmentation = spec.segmentation
         self.modalities = _MODALITIES.get(spec.modality, (spec.modality,))
         self.staging = staging
-        self.orthanc = _Orthanc(orthanc)
+        self.orthanc = _Orthanc(archive)
         self.pseudonyms = pseudonyms
-        self.deidentifier = None if keep_identifiers else OrthancDeidentifier(orthanc, pseudonyms)
+        self.deidentifier = None if keep_identifiers else OrthancDeidentifier(archive, pseudonyms)
 
     def exported_uid(self, uid: str) -> str:
         return uid if self.deidentifier is None else self.pseudonyms.uid(uid)
@@ -273,7 +275,7 @@ class _Exporter:
         if series_list is None:
             raise _StudySkippedError(SkipReason.NOT_IN_ORTHANC)
         series = self._image_series(series_list, label.series_instance_uid)
-        files, source_uids = self._instances(sorted(series["Instances"]), hospital)
+        files, source_uids = self._instances(sorted(series.children), hospital)
         datasets = [pydicom.dcmread(io.BytesIO(data)) for data in files.values()]
         try:
             volume = load_series(datasets)
@@ -300,38 +302,35 @@ class _Exporter:
             instances=len(files),
         )
 
-    def _image_series(self, series_list: list[dict[str, Any]], named: str | None) -> dict[str, Any]:
-        candidates = [
-            s for s in series_list if s["MainDicomTags"].get("Modality") in self.modalities
-        ]
+    def _image_series(
+        self, series_list: list[ArchivedResource], named: str | None
+    ) -> ArchivedResource:
+        candidates = [s for s in series_list if s.modality in self.modalities]
         if not candidates:
-            found = sorted({s["MainDicomTags"].get("Modality", "?") for s in series_list})
+            found = sorted({s.attributes.get("Modality", "?") for s in series_list})
             raise _StudySkippedError(
                 SkipReason.NO_IMAGE_SERIES,
                 f"modalities {found}: expected one of {list(self.modalities)}",
             )
         for series in candidates:
-            if named and series["MainDicomTags"].get("SeriesInstanceUID") == named:
+            if named and series.series_instance_uid == named:
                 return series
-        return max(
-            candidates,
-            key=lambda s: (len(s["Instances"]), s["MainDicomTags"].get("SeriesInstanceUID", "")),
-        )
+        return max(candidates, key=lambda s: (len(s.children), s.series_instance_uid or ""))
 
     def _instances(
-        self, orthanc_ids: Sequence[str], hospital: str
+        self, orthanc_ids: Sequence[ArchiveId], hospital: str
     ) -> tuple[dict[str, bytes], dict[str, str]]:
         """Exported files by their SOPInstanceUID, and exported → original SOPInstanceUID."""
         files: dict[str, bytes] = {}
         source: dict[str, str] = {}
         for orthanc_id in orthanc_ids:
             if self.deidentifier is None:
-                response = self.orthanc.get(f"/instances/{orthanc_id}/file")
-                if response is None:
+                data = self.orthanc.instance(orthanc_id)
+                if data is None:
                     raise _StudySkippedError(SkipReason.NOT_IN_ORTHANC, "an instance was deleted")
-                header = pydicom.dcmread(io.BytesIO(response.content), stop_before_pixels=True)
+                header = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
                 uid = str(header.SOPInstanceUID)
-                files[uid], source[uid] = response.content, uid
+                files[uid], source[uid] = data, uid
                 continue
             try:
                 instance = self.deidentifier.deidentify_instance(
@@ -374,20 +373,18 @@ class _Exporter:
         return mask.astype(np.uint8)
 
     def _seg_mask(self, study: Study, region: SegRegion, volume: Volume) -> np.ndarray:
-        orthanc_id = self.orthanc.lookup(region.series_instance_uid, "Series")
-        response = self.orthanc.get(f"/series/{orthanc_id}") if orthanc_id else None
-        if response is None:
+        series = self.orthanc.series(region.series_instance_uid)
+        if series is None:
             raise _StudySkippedError(SkipReason.UNUSABLE_MASK, "the SEG series is not in Orthanc")
-        series = response.json()
-        if series["MainDicomTags"].get("Modality") != "SEG":
-            modality = series["MainDicomTags"].get("Modality")
+        if series.modality != "SEG":
+            modality = series.modality
             raise _StudySkippedError(SkipReason.UNUSABLE_MASK, f"modality {modality}: expected SEG")
         mask = np.zeros(volume.shape, dtype=bool)
-        for instance_id in sorted(series["Instances"]):
-            file = self.orthanc.get(f"/instances/{instance_id}/file")
+        for instance_id in sorted(series.children):
+            file = self.orthanc.instance(instance_id)
             if file is None:
                 raise _StudySkippedError(SkipReason.UNUSABLE_MASK, "a SEG instance was deleted")
-            seg = pydicom.dcmread(io.BytesIO(file.content))
+            seg = pydicom.dcmread(io.BytesIO(file))
             if seg.get("StudyInstanceUID") != study.study_instance_uid:
                 raise _StudySkippedError(
                     SkipReason.UNUSABLE_MASK, "the SEG belongs to another study"
@@ -448,7 +445,7 @@ def export_orthanc_source(
     out_dir: Path,
     *,
     database: Database,
-    orthanc: httpx.Client,
+    archive: AnonymizingArchive,
     deid_key: str,
     hospitals: Sequence[str] = (),
     keep_identifiers: bool = False,
@@ -468,8 +465,8 @@ def export_orthanc_source(
         A new or empty folder, or an earlier export (replaced atomically when done).
     database
         The application database (``studies``, ``hospitals``, ``labels``).
-    orthanc
-        A client of radcloud's Orthanc (:func:`core.archive.orthanc_client`).
+    archive
+        radcloud's image archive (:func:`core.archive.open_archive`).
     deid_key
         The deployment's de-identification key (``Secrets.deid_hmac_key``).
     hospitals
@@ -515,7 +512,7 @@ def export_orthanc_source(
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     pseudonyms = Pseudonymizer(deid_key, scope)
-    exporter = _Exporter(task, staging, orthanc, pseudonyms, keep_identifiers)
+    exporter = _Exporter(task, staging, archive, pseudonyms, keep_identifiers)
     rows: list[_Row] = []
     skipped: list[SkippedStudy] = []
     try:

@@ -1,5 +1,53 @@
-"""radcloud's image archive seam (Orthanc)."""
+"""radcloud's image archive seam.
 
-from core.archive.orthanc import orthanc_client, orthanc_healthy, wait_for_orthanc
+:class:`ImageArchive` is what product code programs against; :class:`OrthancArchive` is its
+implementation over Orthanc, made by :func:`open_archive`. Errors::
 
-__all__ = ["orthanc_client", "orthanc_healthy", "wait_for_orthanc"]
+    ArchiveError
+    ├── ArchiveUnavailableError     retry later
+    ├── ArchiveNotFoundError        no such resource
+    └── ArchiveRejectedError        refused (e.g. invalid DICOM)
+"""
+
+from core.archive.exceptions import (
+    ArchiveError,
+    ArchiveNotFoundError,
+    ArchiveRejectedError,
+    ArchiveUnavailableError,
+)
+from core.archive.model import (
+    ArchivedResource,
+    ArchiveId,
+    ArchiveStatistics,
+    Change,
+    ChangeFeed,
+    InstanceFormat,
+    ResourceLevel,
+    StoredInstance,
+)
+from core.archive.orthanc import open_archive, orthanc_client, orthanc_healthy, wait_for_orthanc
+from core.archive.orthanc_archive import OrthancArchive, orthanc_instance_id
+from core.archive.protocol import AnonymizingArchive, ImageArchive
+
+__all__ = [
+    "AnonymizingArchive",
+    "ArchiveError",
+    "ArchiveId",
+    "ArchiveNotFoundError",
+    "ArchiveRejectedError",
+    "ArchiveStatistics",
+    "ArchiveUnavailableError",
+    "ArchivedResource",
+    "Change",
+    "ChangeFeed",
+    "ImageArchive",
+    "InstanceFormat",
+    "OrthancArchive",
+    "ResourceLevel",
+    "StoredInstance",
+    "open_archive",
+    "orthanc_client",
+    "orthanc_healthy",
+    "orthanc_instance_id",
+    "wait_for_orthanc",
+]

@@ -1,7 +1,8 @@
-"""Clients of radcloud's image archive (Orthanc): the authenticated REST client, a health check
-and a wait for start-up.
+"""radcloud's Orthanc: the seam's factory (:func:`open_archive`), a health check and a wait
+for start-up.
 
-This module is the seam's transport; every Orthanc call in product code goes through it.
+:func:`orthanc_client` (a raw pyorthanc client) remains only until serving goes through
+:class:`~core.archive.OrthancArchive` too; new code uses :func:`open_archive`.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import TYPE_CHECKING
 
 import httpx
 
+from core.archive.orthanc_archive import OrthancArchive
 from core.config import Settings
 from core.exceptions import StartupError
 from core.secrets import Secrets
@@ -19,9 +21,37 @@ from core.secrets import Secrets
 if TYPE_CHECKING:
     import pyorthanc
 
-__all__ = ["orthanc_client", "orthanc_healthy", "wait_for_orthanc"]
+__all__ = ["open_archive", "orthanc_client", "orthanc_healthy", "wait_for_orthanc"]
 
 logger = logging.getLogger(__name__)
+
+
+def open_archive(
+    settings: Settings, secrets: Secrets, *, timeout_s: float = 30.0
+) -> OrthancArchive:
+    """radcloud's image archive: its Orthanc, authenticated with the generated credentials.
+
+    Parameters
+    ----------
+    settings
+        ``orthanc_url`` is used.
+    secrets
+        ``orthanc_user`` and ``orthanc_password`` are used.
+    timeout_s
+        Timeout of each request (ZIP downloads allow at least 120 s).
+
+    Returns
+    -------
+    OrthancArchive
+        An :class:`~core.archive.ImageArchive` (and :class:`~core.archive.AnonymizingArchive`);
+        close it, or use it as a context manager.
+    """
+    return OrthancArchive(
+        settings.orthanc_url,
+        username=secrets.orthanc_user,
+        password=secrets.orthanc_password,
+        timeout_s=timeout_s,
+    )
 
 
 def orthanc_client(

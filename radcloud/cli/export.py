@@ -24,7 +24,7 @@ def export_orthanc(
     task: str, out: Path, hospitals: list[str], keep_identifiers: bool
 ) -> ExportManifest:
     """Export ``task``'s labelled studies to ``out`` (audited), print a summary; errors exit 1."""
-    from core.archive import orthanc_client
+    from core.archive import open_archive
     from core.audit import AuditTrail
     from core.secrets import load_secrets
     from imaging.exceptions import ImagingError
@@ -39,13 +39,13 @@ def export_orthanc(
     settings = get_settings()
     secrets = load_secrets(settings)
     db = database()
-    with orthanc_client(settings, secrets) as client:
+    with open_archive(settings, secrets) as archive:
         try:
             manifest = export_orthanc_source(
                 task_value,
                 out,
                 database=db,
-                orthanc=client,
+                archive=archive,
                 deid_key=secrets.deid_hmac_key,
                 hospitals=hospitals,
                 keep_identifiers=keep_identifiers,

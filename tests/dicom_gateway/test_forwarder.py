@@ -9,13 +9,13 @@ import pytest
 from pydicom.uid import generate_uid
 from sqlalchemy import select
 
-from core.archive import orthanc_client
+from core.archive import ImageArchive, OrthancArchive, open_archive, orthanc_instance_id
 from core.config import load_settings
 from core.db import Database, upgrade
 from core.db.models import OutboxEvent, Study, StudyState
 from core.secrets import load_secrets
 from dicom_gateway.completeness import STUDY_READY, STUDY_UPDATED, StudyTracker
-from dicom_gateway.forwarder import Forwarder, orthanc_instance_id
+from dicom_gateway.forwarder import Forwarder
 from dicom_gateway.quarantine import Quarantine
 from dicom_gateway.spool import Spool
 from dicom_gateway.validation import InstanceInfo, inspect_instance
@@ -29,7 +29,7 @@ pytestmark = pytest.mark.integration
 class Pipeline:
     """A spool, forwarder and tracker over a test database and a given Orthanc client."""
 
-    def __init__(self, tmp_path: Path, orthanc: object, stable_seconds: float = 0.5) -> None:
+    def __init__(self, tmp_path: Path, orthanc: ImageArchive, stable_seconds: float = 0.5) -> None:
         self.db = Database(f"sqlite:///{tmp_path / 'app.db'}")
         upgrade(self.db)
         self.spool = Spool(tmp_path / "spool", limit_bytes=100_000_000)
@@ -62,14 +62,13 @@ class Pipeline:
 
 
 @pytest.fixture
-def orthanc(stack: Stack) -> Iterator[object]:
-    client = orthanc_client(stack.settings, load_secrets(stack.settings))
-    yield client
-    client.close()
+def orthanc(stack: Stack) -> Iterator[OrthancArchive]:
+    with stack.archive() as archive:
+        yield archive
 
 
 @pytest.fixture
-def pipeline(tmp_path: Path, orthanc: object) -> Iterator[Pipeline]:
+def pipeline(tmp_path: Path, orthanc: OrthancArchive) -> Iterator[Pipeline]:
     running = Pipeline(tmp_path, orthanc)
     running.forwarder.start()
     running.tracker.start()
@@ -79,15 +78,14 @@ def pipeline(tmp_path: Path, orthanc: object) -> Iterator[Pipeline]:
 
 
 def test_instances_reach_orthanc_and_one_ready_event_per_study(
-    pipeline: Pipeline, orthanc: object
+    pipeline: Pipeline, orthanc: OrthancArchive
 ) -> None:
     study_a, series_a = generate_uid(), generate_uid()
     infos = [pipeline.put(synthetic_ct(study_a, series_a, instance=n)) for n in range(1, 4)]
     other = pipeline.put(synthetic_ct(patient_id="SYNTH-002"), sender="CT2", hospital="North")
     wait_until(lambda: pipeline.spool.usage().files == 0, timeout_s=30)
     for info in [*infos, other]:
-        found = orthanc.post("/tools/lookup", content=info.sop_instance_uid).json()  # type: ignore[attr-defined]
-        assert [item["Type"] for item in found] == ["Instance"]
+        assert len(orthanc.search_for_instances({"SOPInstanceUID": info.sop_instance_uid})) == 1
     wait_until(lambda: len(pipeline.events()) == 2, timeout_s=30)
     events = {event.key: event for event in pipeline.events()}
     ready = events[study_a]
@@ -144,7 +142,7 @@ def test_instance_orthanc_refuses_goes_to_quarantine(pipeline: Pipeline) -> None
 
 def test_orthanc_unreachable_keeps_everything_in_the_spool(tmp_path: Path) -> None:
     settings = load_settings(home=tmp_path, orthanc_http_port=free_port())
-    dead = orthanc_client(settings, load_secrets(settings), timeout_s=2)
+    dead = open_archive(settings, load_secrets(settings), timeout_s=2)
     running = Pipeline(tmp_path, dead)
     running.forwarder.start()
     try:
@@ -160,7 +158,7 @@ def test_orthanc_unreachable_keeps_everything_in_the_spool(tmp_path: Path) -> No
 
 
 def test_a_refused_instance_in_a_batch_is_quarantined_alone(
-    tmp_path: Path, orthanc: object
+    tmp_path: Path, orthanc: OrthancArchive
 ) -> None:
     """A ZIP batch with one instance Orthanc refuses is re-sent one by one."""
     running = Pipeline(tmp_path, orthanc)
@@ -186,8 +184,15 @@ def test_a_refused_instance_in_a_batch_is_quarantined_alone(
         assert refused.sop_instance_uid is None or refused.sop_instance_uid == bad.sop_instance_uid
         assert "Orthanc refused" in refused.reason
         for info in good:
-            found = orthanc.post("/tools/lookup", content=info.sop_instance_uid).json()  # type: ignore[attr-defined]
-            assert [item["ID"] for item in found] == [orthanc_instance_id(info)]
+            found = orthanc.search_for_instances({"SOPInstanceUID": info.sop_instance_uid})
+            assert [item.archive_id for item in found] == [
+                orthanc_instance_id(
+                    info.patient_id,
+                    info.study_instance_uid,
+                    info.series_instance_uid,
+                    info.sop_instance_uid,
+                )
+            ]
         wait_until(lambda: len(running.events()) == 1, timeout_s=30)
         assert running.events()[0].payload["instance_count"] == 5
     finally:

@@ -6,6 +6,7 @@ directly, and SIGKILL of Orthanc and of the gateway in the middle of a push.
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import os
@@ -25,6 +26,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID, generate_uid
 from sqlalchemy import select
 
+from core.archive import ArchiveId, ImageArchive
 from core.db.models import OutboxEvent
 from core.secrets import load_secrets
 from dicom_gateway.dcmtk import StoreReport, dcmtk_environment, storescu
@@ -73,9 +75,19 @@ def sop_uid(path: Path) -> str:
     return str(pydicom.dcmread(path, stop_before_pixels=True, force=True).SOPInstanceUID)
 
 
-def in_orthanc(orthanc: Any, uid: str) -> str | None:
-    found = orthanc.post("/tools/lookup", content=uid).json()
-    return next((item["ID"] for item in found if item["Type"] == "Instance"), None)
+def in_orthanc(orthanc: ImageArchive, uid: str) -> ArchiveId | None:
+    found = orthanc.search_for_instances({"SOPInstanceUID": uid})
+    return found[0].archive_id if found else None
+
+
+def _has(orthanc: ImageArchive, uid: str) -> bool:
+    return in_orthanc(orthanc, uid) is not None
+
+
+def _stored(orthanc: ImageArchive, uid: str) -> ArchiveId:
+    archive_id = in_orthanc(orthanc, uid)
+    assert archive_id is not None, uid
+    return archive_id
 
 
 def outbox(stack: Stack, study: str) -> list[OutboxEvent]:
@@ -93,10 +105,10 @@ def test_study_sent_with_storescu_reaches_orthanc_and_is_announced_once(
     study, files = write_study(tmp_path, 6)
     report = send(gateway, files)
     assert sorted(report.stored) == sorted(files), report.output
-    orthanc = gateway.orthanc()
+    orthanc = gateway.archive()
     try:
         wait_until(lambda: all(in_orthanc(orthanc, sop_uid(f)) for f in files), timeout_s=30)
-        stored = orthanc.get_instances_id_file(in_orthanc(orthanc, sop_uid(files[0])))
+        stored = orthanc.retrieve_instance(_stored(orthanc, sop_uid(files[0])))
         assert stored[:128] == bytes(128)
         assert pydicom.dcmread(io.BytesIO(stored)).PixelData == pydicom.dcmread(files[0]).PixelData
     finally:
@@ -204,18 +216,16 @@ def test_pydicom_corpus_gateway_accepts_exactly_what_orthanc_accepts(
     # to arrive, and the forwarder's workers need not keep arrival order: compare those by UID.
     uids = [sop_uid(path) for path in accepted]
     shared = {uid for uid in uids if uids.count(uid) > 1}
-    theirs, ours = direct_orthanc.orthanc(), gateway.orthanc()
+    theirs, ours = direct_orthanc.archive(), gateway.archive()
     compressed = 0
     try:
         for path in sorted(accepted):
             uid = sop_uid(path)
-            wait_until(lambda uid=uid: in_orthanc(ours, uid) is not None, timeout_s=60)
+            wait_until(functools.partial(_has, ours, uid), timeout_s=60)
             if uid in shared:
                 continue
-            mine = pydicom.dcmread(io.BytesIO(ours.get_instances_id_file(in_orthanc(ours, uid))))
-            baseline = pydicom.dcmread(
-                io.BytesIO(theirs.get_instances_id_file(in_orthanc(theirs, uid)))
-            )
+            mine = pydicom.dcmread(io.BytesIO(ours.retrieve_instance(_stored(ours, uid))))
+            baseline = pydicom.dcmread(io.BytesIO(theirs.retrieve_instance(_stored(theirs, uid))))
             assert mine.SOPInstanceUID == baseline.SOPInstanceUID == uid
             assert mine.get("PixelData") == baseline.get("PixelData"), path.name
             syntax = _transfer_syntax(path)
@@ -274,7 +284,7 @@ def _push_and_kill(
 
 
 def _all_arrive(stack: Stack, files: list[Path]) -> None:
-    orthanc = stack.orthanc()
+    orthanc = stack.archive()
     try:
         uids = [sop_uid(path) for path in files]
         wait_until(
@@ -292,10 +302,10 @@ def test_orthanc_killed_mid_push_loses_no_acknowledged_instance(
     stack.cli("senders", "add", SENDER, "--hospital", "General Hospital")
     _, files = write_study(tmp_path, 300)
     spool = stack.settings.paths.spool_dir
-    orthanc_count = stack.orthanc()
+    orthanc_count = stack.archive()
 
     def some_forwarded() -> bool:
-        return len(orthanc_count.get("/instances").json()) >= 40
+        return orthanc_count.get_statistics().instances >= 40
 
     try:
         report = _push_and_kill(stack, files, "orthanc", some_forwarded)
@@ -329,8 +339,8 @@ def test_gateway_killed_mid_push_loses_no_acknowledged_instance(
 
 
 def _orthanc_has_some(stack: Stack) -> bool:
-    orthanc = stack.orthanc()
+    orthanc = stack.archive()
     try:
-        return len(orthanc.get("/instances").json()) >= 20
+        return orthanc.get_statistics().instances >= 20
     finally:
         orthanc.close()

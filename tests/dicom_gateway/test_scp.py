@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import pydicom
-import pyorthanc
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -29,6 +28,7 @@ from prometheus_client import REGISTRY
 from pydicom.uid import generate_uid
 from sqlalchemy import select
 
+from core.archive import OrthancArchive
 from core.audit import AuditTrail
 from core.config import Settings, load_settings
 from core.db import Database, upgrade
@@ -79,7 +79,7 @@ def make_gateway(tmp_path: Path) -> Iterator[Callable[..., Gateway]]:
     """Start DicomServices (stopped at teardown); keywords: ``orthanc``,
     ``max_instance_bytes``, ``spool_limit_bytes`` and settings overrides."""
     started: list[DicomService] = []
-    placeholders: list[pyorthanc.Orthanc] = []
+    placeholders: list[OrthancArchive] = []
     databases: list[Database] = []
 
     def start(
@@ -103,7 +103,7 @@ def make_gateway(tmp_path: Path) -> Iterator[Callable[..., Gateway]]:
         senders.add_sender(SENDER, HOSPITAL)
         audit = AuditTrail(db, "test-audit-key")
         if orthanc is None:  # unused unless a test queries: a port nothing listens on
-            orthanc = pyorthanc.Orthanc(f"http://127.0.0.1:{free_port()}")
+            orthanc = OrthancArchive(f"http://127.0.0.1:{free_port()}", username="", password="")
             placeholders.append(orthanc)
         service = DicomService(
             settings,
@@ -481,10 +481,11 @@ class Archive:
 QR_FILES = ("CT_small.dcm", "MR_small.dcm", "JPEG2000.dcm")
 
 
-def upload(orthanc: Any, gateway: Gateway, data: bytes, hospital: str = HOSPITAL) -> None:
+def upload(
+    orthanc: OrthancArchive, gateway: Gateway, data: bytes, hospital: str = HOSPITAL
+) -> None:
     """Store ``data`` in Orthanc as if ``hospital`` had sent it through the gateway."""
-    answer = orthanc.post("/instances", content=data)
-    answer.raise_for_status()
+    receipt = orthanc.store_instance(data)
     uid = str(pydicom.dcmread(pydicom.filebase.DicomBytesIO(data)).StudyInstanceUID)
     with gateway.db.session() as session:
         if session.scalar(select(Study).where(Study.study_instance_uid == uid)) is None:
@@ -497,14 +498,14 @@ def upload(orthanc: Any, gateway: Gateway, data: bytes, hospital: str = HOSPITAL
                 Study(
                     study_instance_uid=uid,
                     hospital_id=owner.id,
-                    orthanc_id=answer.json()["ParentStudy"],
+                    orthanc_id=receipt.study_archive_id,
                 )
             )
 
 
 @pytest.fixture
 def archive(stack: Stack, make_gateway: Callable[..., Gateway]) -> Iterator[Archive]:
-    orthanc = stack.orthanc()
+    orthanc = stack.archive()
     gateway = make_gateway(orthanc=orthanc)
     instances: dict[str, pydicom.Dataset] = {}
     for name in QR_FILES:
@@ -610,7 +611,7 @@ def test_find_answers_non_ascii_names_in_utf8(
     ds.PatientName = "Müller^Jürgen"
     buffer = pydicom.filebase.DicomBytesIO()
     ds.save_as(buffer, enforce_file_format=True)
-    with stack.orthanc() as orthanc:
+    with stack.archive() as orthanc:
         upload(orthanc, archive.gateway, buffer.getvalue())
     keys = ["QueryRetrieveLevel=STUDY", "PatientID=UTF8-1", "PatientName", "StudyInstanceUID"]
     [answer] = find(archive, tmp_path / "utf8", "-S", keys=keys)
@@ -709,7 +710,7 @@ def test_other_hospitals_studies_are_neither_found_nor_moved(
     archive: Archive, stack: Stack, destination: Path, tmp_path: Path
 ) -> None:
     theirs = pydicom.dcmread(pydicom.filebase.DicomBytesIO(synthetic_ct(patient_id="OTHER-1")))
-    with stack.orthanc() as orthanc:
+    with stack.archive() as orthanc:
         upload(orthanc, archive.gateway, synthetic_ct(theirs.StudyInstanceUID), "Other Hospital")
     found = find(
         archive,

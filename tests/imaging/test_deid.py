@@ -6,14 +6,13 @@ import io
 import re
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pydicom
 import pytest
 from pydicom import Dataset
 
-from core.archive import orthanc_client
+from core.archive import OrthancArchive, open_archive
 from core.secrets import load_secrets
 from imaging.deid import (
     PSEUDONYM_PREFIX,
@@ -68,25 +67,28 @@ def test_empty_key_or_scope_is_refused() -> None:
 
 
 @pytest.fixture(scope="module")
-def orthanc(stack: Stack) -> Iterator[Any]:
-    client = stack.orthanc()
-    yield client
-    client.close()
+def orthanc(stack: Stack) -> Iterator[OrthancArchive]:
+    with stack.archive() as archive:
+        yield archive
 
 
 @pytest.fixture(scope="module")
-def original(orthanc: Any) -> tuple[list[Dataset], list[str]]:
+def original(orthanc: OrthancArchive) -> tuple[list[Dataset], list[str]]:
     """A head CT with a hospital's identifiers in Orthanc, and its instances' Orthanc IDs."""
     datasets = identifiable(generate_study("head-ct", 3, 11, positive=True), HOSPITAL, 901)
     store(orthanc, datasets)
-    ids = [
-        orthanc.post("/tools/lookup", content=str(ds.SOPInstanceUID)).json()[0]["ID"]
-        for ds in datasets
-    ]
+    ids = [_instance_id(orthanc, ds) for ds in datasets]
     return datasets, ids
 
 
-def deidentify(orthanc: Any, ids: list[str], key: str = KEY) -> list[DeidentifiedInstance]:
+def _instance_id(orthanc: OrthancArchive, ds: Dataset) -> str:
+    (found,) = orthanc.search_for_instances({"SOPInstanceUID": str(ds.SOPInstanceUID)})
+    return found.archive_id
+
+
+def deidentify(
+    orthanc: OrthancArchive, ids: list[str], key: str = KEY
+) -> list[DeidentifiedInstance]:
     deidentifier = OrthancDeidentifier(orthanc, Pseudonymizer(key, "training"))
     return [deidentifier.deidentify_instance(i, issuer_of_patient_id=HOSPITAL) for i in ids]
 
@@ -97,7 +99,7 @@ def read(instances: list[DeidentifiedInstance]) -> list[Dataset]:
 
 @pytest.mark.integration
 def test_identifying_attributes_are_removed_or_replaced(
-    orthanc: Any, original: tuple[list[Dataset], list[str]]
+    orthanc: OrthancArchive, original: tuple[list[Dataset], list[str]]
 ) -> None:
     datasets, ids = original
     source = datasets[0]
@@ -137,7 +139,7 @@ def test_identifying_attributes_are_removed_or_replaced(
 
 @pytest.mark.integration
 def test_uids_are_replaced_consistently_and_keyed(
-    orthanc: Any, original: tuple[list[Dataset], list[str]]
+    orthanc: OrthancArchive, original: tuple[list[Dataset], list[str]]
 ) -> None:
     datasets, ids = original
     first, second = deidentify(orthanc, ids), deidentify(orthanc, ids)
@@ -160,7 +162,7 @@ def test_uids_are_replaced_consistently_and_keyed(
 
 @pytest.mark.integration
 def test_series_reads_as_the_same_volume_and_dcmtk_accepts_it(
-    orthanc: Any, original: tuple[list[Dataset], list[str]], tmp_path: Path
+    orthanc: OrthancArchive, original: tuple[list[Dataset], list[str]], tmp_path: Path
 ) -> None:
     datasets, ids = original
     instances = deidentify(orthanc, ids)
@@ -175,24 +177,26 @@ def test_series_reads_as_the_same_volume_and_dcmtk_accepts_it(
 
 
 @pytest.mark.integration
-def test_burned_in_annotation_is_refused(orthanc: Any) -> None:
+def test_burned_in_annotation_is_refused(orthanc: OrthancArchive) -> None:
     ds = identifiable(generate_study("head-ct", 4, 11, positive=False), HOSPITAL, 902)[0]
     ds.BurnedInAnnotation = "YES"
     store(orthanc, [ds])
-    orthanc_id = orthanc.post("/tools/lookup", content=str(ds.SOPInstanceUID)).json()[0]["ID"]
+    orthanc_id = _instance_id(orthanc, ds)
     with pytest.raises(DeidentificationError, match="BurnedInAnnotation is YES") as caught:
         deidentify(orthanc, [orthanc_id])
     assert caught.value.orthanc_id == orthanc_id
 
 
 @pytest.mark.integration
-def test_unknown_instance_and_orthanc_down_are_clear_errors(stack: Stack, orthanc: Any) -> None:
+def test_unknown_instance_and_orthanc_down_are_clear_errors(
+    stack: Stack, orthanc: OrthancArchive
+) -> None:
     with pytest.raises(DeidentificationError, match="Orthanc has no such instance") as caught:
         deidentify(orthanc, ["0000-no-such-instance"])
     assert caught.value.status_code == 404
     down = stack.settings.model_copy(update={"orthanc_http_port": free_port()})
     with (
-        orthanc_client(down, load_secrets(stack.settings), timeout_s=2) as client,
+        open_archive(down, load_secrets(stack.settings), timeout_s=2) as client,
         pytest.raises(OrthancUnavailableError, match="cannot be reached") as unreachable,
     ):
         deidentify(client, ["any"])

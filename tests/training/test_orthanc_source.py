@@ -16,7 +16,7 @@ import pydicom
 import pytest
 from sqlalchemy import select
 
-from core.archive import orthanc_client
+from core.archive import ImageArchive, open_archive
 from core.db.models import AuditEvent, Label
 from core.secrets import load_secrets
 from imaging.deid import Pseudonymizer
@@ -85,13 +85,13 @@ class Archive:
 
     def export(self, out: Path, **kwargs: Any) -> ExportManifest:
         kwargs.setdefault("deid_key", self.key)
-        with self.stack.orthanc() as client:
+        with self.stack.archive() as client:
             return export_orthanc_source(
-                "head-ct", out, database=self.stack.database(), orthanc=client, **kwargs
+                "head-ct", out, database=self.stack.database(), archive=client, **kwargs
             )
 
 
-def store_seg(orthanc: Any, study: StoredStudy) -> str:
+def store_seg(orthanc: ImageArchive, study: StoredStudy) -> str:
     """A radiologist's outline of the study's lesion as DICOM SEG in Orthanc; its series UID."""
     seg = write_segmentation(study.datasets, study.synthetic.mask, [HEMORRHAGE], READER)
     store(orthanc, [seg])
@@ -104,7 +104,7 @@ def archive(stack: Stack) -> Iterator[Archive]:
     with other findings only, one unlabelled. Hospital B: one positive with a SEG."""
     database = stack.database()
     studies: dict[str, StoredStudy] = {}
-    with stack.orthanc() as orthanc:
+    with stack.archive() as orthanc:
         cases = [
             ("positive-1", HOSPITAL_A, True),
             ("positive-2", HOSPITAL_A, True),
@@ -267,14 +267,14 @@ def test_errors_name_the_problem(archive: Archive, tmp_path: Path) -> None:
     settings = archive.stack.settings
     down = settings.model_copy(update={"orthanc_http_port": free_port()})
     with (
-        orthanc_client(down, load_secrets(settings), timeout_s=2) as client,
+        open_archive(down, load_secrets(settings), timeout_s=2) as client,
         pytest.raises(DataSourceError, match="cannot be reached"),
     ):
         export_orthanc_source(
             "head-ct",
             tmp_path / "down",
             database=archive.stack.database(),
-            orthanc=client,
+            archive=client,
             deid_key=archive.key,
             hospitals=[HOSPITAL_B],
         )
@@ -307,7 +307,7 @@ def test_export_training_command_writes_and_audits(archive: Archive, tmp_path: P
 @pytest.mark.integration
 def test_classification_task_keeps_positives_without_a_mask(stack: Stack, tmp_path: Path) -> None:
     database = stack.database()
-    with stack.orthanc() as orthanc:
+    with stack.archive() as orthanc:
         positive = store_study(
             orthanc, database, "Export Hospital D", 300, positive=True, task="chest-xr"
         )
@@ -316,12 +316,12 @@ def test_classification_task_keeps_positives_without_a_mask(stack: Stack, tmp_pa
         )
     add_label(database, positive, "Pneumothorax", True)
     add_label(database, negative, "pneumothorax", False)
-    with stack.orthanc() as client:
+    with stack.archive() as client:
         manifest = export_orthanc_source(
             "chest-xr",
             tmp_path / "chest-xr",
             database=database,
-            orthanc=client,
+            archive=client,
             deid_key="a key",
             hospitals=["Export Hospital D"],
         )
@@ -343,7 +343,7 @@ def test_tiny_training_run_on_the_orthanc_source(stack: Stack) -> None:
     """``radcloud train --source orthanc`` exports hospital C's studies and trains on them."""
     database = stack.database()
     studies = []
-    with stack.orthanc() as orthanc:
+    with stack.archive() as orthanc:
         for number in range(200, 208):
             study = store_study(orthanc, database, HOSPITAL_C, number, positive=number % 2 == 0)
             if number % 2 == 0:

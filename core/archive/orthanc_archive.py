@@ -1,0 +1,424 @@
+"""The image archive over Orthanc's REST API (the one implementation of the seam today).
+
+Orthanc's own resource IDs are this module's business: they appear outside only as
+:data:`~core.archive.model.ArchiveId`. HTTP answers map to the seam's errors::
+
+    no answer (refused, reset, timeout)       ArchiveUnavailableError(status_code=None)
+    5xx, 401, 403, 408, 429                   ArchiveUnavailableError(status_code)
+    404                                       ArchiveNotFoundError
+    other 4xx (e.g. 400 for invalid DICOM)    ArchiveRejectedError(status_code)
+
+Several instances are stored as one uncompressed ZIP (``POST /instances``): Orthanc answers
+one receipt per member, in order, each with the member's Orthanc ID (:func:`orthanc_instance_id`).
+A ZIP Orthanc refuses (one bad member fails the whole archive), or answers otherwise, is sent
+again one instance per request, so that a refusal lands on exactly the instance it concerns.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import zipfile
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import httpx
+
+from core.archive._orthanc_json import (
+    LEVELS,
+    ORTHANC_LEVELS,
+    PATHS,
+    UNAVAILABLE_STATUSES,
+    expected_id,
+    orthanc_instance_id,
+    read_receipt,
+    reason,
+    resource,
+)
+from core.archive.exceptions import (
+    ArchiveError,
+    ArchiveNotFoundError,
+    ArchiveRejectedError,
+    ArchiveUnavailableError,
+)
+from core.archive.model import (
+    ArchivedResource,
+    ArchiveId,
+    ArchiveStatistics,
+    Change,
+    ChangeFeed,
+    InstanceFormat,
+    ResourceLevel,
+    StoredInstance,
+)
+
+if TYPE_CHECKING:
+    from core.archive.protocol import AnonymizingArchive
+
+__all__ = ["OrthancArchive", "orthanc_instance_id"]
+
+logger = logging.getLogger(__name__)
+
+
+class OrthancArchive:
+    """radcloud's image archive over Orthanc's REST API (thread-safe: one connection pool).
+
+    Parameters
+    ----------
+    url
+        Orthanc's HTTP root, e.g. ``http://127.0.0.1:8042``.
+    username, password
+        Orthanc's HTTP basic credentials.
+    timeout_s
+        Timeout of each request.
+    archive_timeout_s
+        Timeout of a ZIP download (a series or study).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        username: str,
+        password: str,
+        timeout_s: float = 30.0,
+        archive_timeout_s: float = 120.0,
+    ) -> None:
+        self._url = url.rstrip("/")
+        self._archive_timeout_s = max(timeout_s, archive_timeout_s)
+        self._client = httpx.Client(
+            base_url=self._url, auth=(username, password), timeout=timeout_s
+        )
+
+    @property
+    def url(self) -> str:
+        """Orthanc's HTTP root."""
+        return self._url
+
+    def __enter__(self) -> OrthancArchive:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the connection pool."""
+        self._client.close()
+
+    # -- transport --------------------------------------------------------------------------
+
+    def _send(
+        self,
+        method: str,
+        path: str,
+        *,
+        missing: tuple[str, str] | None = None,
+        timeout_s: float | None = None,
+        **kwargs: Any,
+    ) -> httpx.Response:
+        """One request; errors mapped as the module docstring draws (``missing``: what a 404
+        means, as ``(resource, identifier)``)."""
+        url = f"{self._url}{path}"
+        timeout = httpx.USE_CLIENT_DEFAULT if timeout_s is None else timeout_s
+        try:
+            response = self._client.request(method, path, timeout=timeout, **kwargs)
+        except httpx.RequestError as exc:
+            raise ArchiveUnavailableError(url, str(exc) or type(exc).__name__) from exc
+        status = response.status_code
+        if status >= 500 or status in UNAVAILABLE_STATUSES:
+            raise ArchiveUnavailableError(url, reason(response), status)
+        if status == 404:
+            resource, identifier = missing or ("resource", path)
+            raise ArchiveNotFoundError(resource, identifier)
+        if status >= 400:
+            raise ArchiveRejectedError(f"{method} {path}: {reason(response)}", status)
+        return response
+
+    def _json(self, method: str, path: str, **kwargs: Any) -> Any:
+        response = self._send(method, path, **kwargs)
+        try:
+            return response.json()
+        except ValueError as exc:
+            raise ArchiveError(f"Orthanc {method} {path} did not answer JSON: {exc}") from exc
+
+    def _list(self, method: str, path: str, **kwargs: Any) -> list[Any]:
+        answer = self._json(method, path, **kwargs)
+        if not isinstance(answer, list):
+            raise ArchiveError(
+                f"Orthanc {method} {path} answered {type(answer).__name__}: expected a list"
+            )
+        return answer
+
+    @staticmethod
+    def _missing(level: ResourceLevel, archive_id: str) -> tuple[str, str]:
+        return (level.name.lower(), archive_id)
+
+    # -- store ------------------------------------------------------------------------------
+
+    def store_instance(self, data: bytes) -> StoredInstance:
+        """Store one DICOM Part 10 file (``POST /instances``).
+
+        Raises
+        ------
+        ArchiveRejectedError
+            Orthanc refused it (e.g. not DICOM), or answered something other than a receipt.
+        ArchiveUnavailableError
+            Orthanc cannot be reached or failed.
+        """
+        answer = self._json("POST", "/instances", content=data)
+        receipt = read_receipt(answer)
+        if receipt is None:
+            raise ArchiveRejectedError(f"unexpected answer from Orthanc: {answer!r:.300}")
+        return receipt
+
+    def store_instances(self, instances: Sequence[bytes]) -> list[StoredInstance | ArchiveError]:
+        """Store DICOM Part 10 files: one ZIP, else one request each (see the module
+        docstring). One outcome per instance, in order; never raises for Orthanc's failures."""
+        if len(instances) > 1:
+            receipts = self._store_zip(instances)
+            if isinstance(receipts, ArchiveUnavailableError):
+                return [receipts] * len(instances)
+            if receipts is not None:
+                return list(receipts)
+        outcomes: list[StoredInstance | ArchiveError] = []
+        for data in instances:
+            if outcomes and isinstance(outcomes[-1], ArchiveUnavailableError):
+                outcomes.append(outcomes[-1])  # no point trying the rest now
+                continue
+            try:
+                outcomes.append(self.store_instance(data))
+            except ArchiveError as exc:
+                outcomes.append(exc)
+        return outcomes
+
+    def _store_zip(
+        self, instances: Sequence[bytes]
+    ) -> list[StoredInstance] | ArchiveUnavailableError | None:
+        """The receipts of one ZIP upload; ``None`` when it must be sent one by one."""
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as zipped:
+            for index, data in enumerate(instances):
+                zipped.writestr(f"{index:04d}.dcm", data)
+        try:
+            answers = self._json("POST", "/instances", content=buffer.getvalue())
+        except ArchiveUnavailableError as exc:
+            return exc
+        except ArchiveError as exc:
+            logger.info(
+                "Orthanc refused a ZIP of %d instances (%s): one by one", len(instances), exc
+            )
+            return None
+        if not isinstance(answers, list) or len(answers) != len(instances):
+            return None
+        receipts = []
+        for data, answer in zip(instances, answers, strict=True):
+            receipt = read_receipt(answer)
+            if receipt is None or receipt.archive_id != expected_id(data):
+                return None
+            receipts.append(receipt)
+        return receipts
+
+    # -- search -----------------------------------------------------------------------------
+
+    def _search(
+        self, level: ResourceLevel, search_filters: Mapping[str, str] | None
+    ) -> list[ArchivedResource]:
+        body = {
+            "Level": ORTHANC_LEVELS[level],
+            "Query": dict(search_filters or {}),
+            "Expand": True,
+        }
+        return [resource(item, level) for item in self._list("POST", "/tools/find", json=body)]
+
+    def search_for_patients(
+        self, search_filters: Mapping[str, str] | None = None
+    ) -> list[ArchivedResource]:
+        """Patients matching ``search_filters`` (``POST /tools/find``)."""
+        return self._search(ResourceLevel.PATIENT, search_filters)
+
+    def search_for_studies(
+        self, search_filters: Mapping[str, str] | None = None
+    ) -> list[ArchivedResource]:
+        """Studies matching ``search_filters`` (``POST /tools/find``)."""
+        return self._search(ResourceLevel.STUDY, search_filters)
+
+    def search_for_series(
+        self, search_filters: Mapping[str, str] | None = None
+    ) -> list[ArchivedResource]:
+        """Series matching ``search_filters`` (``POST /tools/find``)."""
+        return self._search(ResourceLevel.SERIES, search_filters)
+
+    def search_for_instances(
+        self, search_filters: Mapping[str, str] | None = None
+    ) -> list[ArchivedResource]:
+        """Instances matching ``search_filters`` (``POST /tools/find``)."""
+        return self._search(ResourceLevel.INSTANCE, search_filters)
+
+    # -- navigate ---------------------------------------------------------------------------
+
+    def get_resource(self, level: ResourceLevel, archive_id: ArchiveId) -> ArchivedResource:
+        """One resource by its Orthanc ID."""
+        missing = self._missing(level, archive_id)
+        return resource(self._json("GET", f"/{PATHS[level]}/{archive_id}", missing=missing), level)
+
+    def _below(
+        self, level: ResourceLevel, archive_id: ArchiveId, below: ResourceLevel
+    ) -> list[ArchivedResource]:
+        path = f"/{PATHS[level]}/{archive_id}/{PATHS[below]}"
+        items = self._list("GET", path, missing=self._missing(level, archive_id))
+        return [resource(item, below) for item in items]
+
+    def get_patient_studies(self, patient: ArchiveId) -> list[ArchivedResource]:
+        """The patient's studies."""
+        return self._below(ResourceLevel.PATIENT, patient, ResourceLevel.STUDY)
+
+    def get_study_series(self, study: ArchiveId) -> list[ArchivedResource]:
+        """The study's series."""
+        return self._below(ResourceLevel.STUDY, study, ResourceLevel.SERIES)
+
+    def get_study_instances(self, study: ArchiveId) -> list[ArchivedResource]:
+        """Every instance of the study."""
+        return self._below(ResourceLevel.STUDY, study, ResourceLevel.INSTANCE)
+
+    def get_series_instances(self, series: ArchiveId) -> list[ArchivedResource]:
+        """Every instance of the series."""
+        return self._below(ResourceLevel.SERIES, series, ResourceLevel.INSTANCE)
+
+    def get_statistics(
+        self, level: ResourceLevel | None = None, archive_id: ArchiveId | None = None
+    ) -> ArchiveStatistics:
+        """Counts of the whole archive (no arguments) or below one resource."""
+        if (level is None) != (archive_id is None):
+            raise ValueError(f"give both level ({level}) and archive_id ({archive_id}), or neither")
+        if level is None or archive_id is None:
+            path, missing = "/statistics", None
+        else:
+            path, missing = (
+                f"/{PATHS[level]}/{archive_id}/statistics",
+                self._missing(level, archive_id),
+            )
+        answer = self._json("GET", path, missing=missing)
+        if not isinstance(answer, dict):
+            raise ArchiveError(f"Orthanc GET {path} answered {answer!r:.200}: expected an object")
+
+        def count(key: str) -> int | None:
+            value = answer.get(key)
+            return int(value) if value is not None else None
+
+        return ArchiveStatistics(
+            patients=count("CountPatients"),
+            studies=count("CountStudies"),
+            series=count("CountSeries"),
+            instances=count("CountInstances") or 0,
+        )
+
+    # -- retrieve ---------------------------------------------------------------------------
+
+    def retrieve_instance(self, instance: ArchiveId) -> bytes:
+        """The instance's Part 10 file."""
+        missing = self._missing(ResourceLevel.INSTANCE, instance)
+        return self._send("GET", f"/instances/{instance}/file", missing=missing).content
+
+    def retrieve_series_archive(self, series: ArchiveId) -> bytes:
+        """The series as one ZIP."""
+        missing = self._missing(ResourceLevel.SERIES, series)
+        path = f"/series/{series}/archive"
+        return self._send("GET", path, missing=missing, timeout_s=self._archive_timeout_s).content
+
+    def retrieve_study_archive(self, study: ArchiveId) -> bytes:
+        """The study as one ZIP."""
+        missing = self._missing(ResourceLevel.STUDY, study)
+        path = f"/studies/{study}/archive"
+        return self._send("GET", path, missing=missing, timeout_s=self._archive_timeout_s).content
+
+    def get_instance_metadata(self, instance: ArchiveId) -> dict[str, Any]:
+        """The instance's attributes by keyword (``/instances/{id}/simplified-tags``)."""
+        missing = self._missing(ResourceLevel.INSTANCE, instance)
+        answer = self._json("GET", f"/instances/{instance}/simplified-tags", missing=missing)
+        if not isinstance(answer, dict):
+            raise ArchiveError(f"Orthanc answered {answer!r:.200} for the tags of {instance}")
+        return answer
+
+    def get_instance_format(self, instance: ArchiveId) -> InstanceFormat:
+        """SOP Class and Transfer Syntax UIDs from Orthanc's metadata of the instance."""
+        missing = self._missing(ResourceLevel.INSTANCE, instance)
+        answer = self._json("GET", f"/instances/{instance}/metadata?expand", missing=missing)
+        if not isinstance(answer, dict):
+            raise ArchiveError(f"Orthanc answered {answer!r:.200} for the metadata of {instance}")
+        return InstanceFormat(
+            sop_class_uid=str(answer.get("SopClassUid", "")),
+            transfer_syntax_uid=str(answer.get("TransferSyntax", "")),
+        )
+
+    # -- delete -----------------------------------------------------------------------------
+
+    def _delete(self, level: ResourceLevel, archive_id: ArchiveId) -> None:
+        self._send(
+            "DELETE", f"/{PATHS[level]}/{archive_id}", missing=self._missing(level, archive_id)
+        )
+
+    def delete_instance(self, instance: ArchiveId) -> None:
+        """Delete one instance."""
+        self._delete(ResourceLevel.INSTANCE, instance)
+
+    def delete_series(self, series: ArchiveId) -> None:
+        """Delete a series."""
+        self._delete(ResourceLevel.SERIES, series)
+
+    def delete_study(self, study: ArchiveId) -> None:
+        """Delete a study."""
+        self._delete(ResourceLevel.STUDY, study)
+
+    # -- changes ----------------------------------------------------------------------------
+
+    def changes(self, since: int = 0, limit: int = 100) -> ChangeFeed:
+        """A page of Orthanc's change log (``GET /changes``)."""
+        answer = self._json("GET", "/changes", params={"since": since, "limit": limit})
+        if not isinstance(answer, dict):
+            raise ArchiveError(f"Orthanc GET /changes answered {answer!r:.200}: expected an object")
+        changes = tuple(
+            Change(
+                seq=int(item["Seq"]),
+                change_type=str(item["ChangeType"]),
+                level=LEVELS[str(item["ResourceType"])],
+                archive_id=ArchiveId(str(item["ID"])),
+                date=str(item.get("Date", "")),
+            )
+            for item in answer.get("Changes", [])
+            if str(item.get("ResourceType")) in LEVELS
+        )
+        return ChangeFeed(
+            changes, last=int(answer.get("Last", since)), done=bool(answer.get("Done"))
+        )
+
+    # -- Orthanc's own ----------------------------------------------------------------------
+
+    def server_version(self) -> str:
+        """``Orthanc`` and its version (``GET /system``)."""
+        answer = self._json("GET", "/system")
+        version = answer.get("Version", "unknown") if isinstance(answer, dict) else "unknown"
+        return f"Orthanc {version}"
+
+    def anonymize_instance(
+        self,
+        instance: ArchiveId,
+        *,
+        dicom_version: str,
+        replace: Mapping[str, Any],
+        keep: Sequence[str] = (),
+    ) -> bytes:
+        """``POST /instances/{id}/anonymize``: the de-identified file, nothing stored."""
+        body = {
+            "DicomVersion": dicom_version,
+            "Force": True,
+            "Replace": dict(replace),
+            "Keep": list(keep),
+        }
+        missing = self._missing(ResourceLevel.INSTANCE, instance)
+        return self._send(
+            "POST", f"/instances/{instance}/anonymize", missing=missing, json=body
+        ).content
+
+
+if TYPE_CHECKING:  # mypy proves the implementation keeps the protocol
+    _CONFORMS: type[AnonymizingArchive] = OrthancArchive
