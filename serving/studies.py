@@ -1,7 +1,7 @@
 """Studies as the API sees them: the lookup by UID, their AI results, asking for a reprocess.
 
 A reprocess writes a durable ``study.reprocess`` outbox event with the ``study.ready`` payload
-(see ``dicom_gateway.completeness``) plus ``"force": true``, which tells the triage pipeline to
+(one contract: :mod:`core.events`) plus ``"force": true``, which tells the triage pipeline to
 recompute even where a result for the model version exists. Reading the results and asking for
 a reprocess are audited as patient record events (110110: read, update).
 """
@@ -12,13 +12,21 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from core.archive import (
+    ArchiveError,
+    ArchiveId,
+    ArchiveNotFoundError,
+    ArchiveRejectedError,
+    ArchiveUnavailableError,
+    ImageArchive,
+)
 from core.audit import AuditAction, AuditTrail
 from core.db import Database
 from core.db.models import InferenceResult, InferenceStatus, OutboxEvent, Study
+from core.events import STUDY_REPROCESS, study_payload, study_series
 from core.exceptions import NotFoundError
 from serving._audit import Caller
 from serving._rows import copy_row
@@ -32,8 +40,6 @@ __all__ = [
     "study_by_uid",
     "study_results",
 ]
-
-STUDY_REPROCESS = "study.reprocess"
 
 
 @dataclass(frozen=True)
@@ -105,7 +111,12 @@ def study_results(
 
 
 def request_reprocess(
-    db: Database, audit: AuditTrail, orthanc: Any, study_instance_uid: str, *, caller: Caller
+    db: Database,
+    audit: AuditTrail,
+    archive: ImageArchive,
+    study_instance_uid: str,
+    *,
+    caller: Caller,
 ) -> ReprocessRequest:
     """Queue the study for the triage pipeline again, recomputing existing results (audited:
     110110 update).
@@ -113,13 +124,13 @@ def request_reprocess(
     Raises
     ------
     NotFoundError
-        No such study, or it is no longer in Orthanc.
+        No such study, or it is no longer in the image archive.
     StudyNotReadyError
         The study is still arriving: it is processed when ready.
     PlatformUnavailableError
-        Orthanc did not answer, or failed.
+        The image archive did not answer, or failed.
     """
-    uid = study_instance_uid
+    uid, topic = study_instance_uid, STUDY_REPROCESS.value
     with db.session() as session:
         study = study_by_uid(session, uid)
         ready_at, orthanc_id = study.ready_at, study.orthanc_id
@@ -129,29 +140,23 @@ def request_reprocess(
     if ready_at is None or orthanc_id is None:
         raise StudyNotReadyError(uid)
     try:
-        series = _series(orthanc, orthanc_id)
-    except httpx.HTTPStatusError as exc:
-        if exc.response.status_code == 404:
-            raise NotFoundError("study in Orthanc", uid) from exc
-        reason = f"Orthanc answered {exc.response.status_code}"
-        raise PlatformUnavailableError(f'study "{uid}": {reason}') from exc
-    except httpx.HTTPError as exc:
-        reason = f"Orthanc cannot be reached ({exc})"
-        raise PlatformUnavailableError(f'study "{uid}": {reason}') from exc
-    payload = {
-        "study_instance_uid": uid,
-        "hospital": hospital,
-        "orthanc_study_id": orthanc_id,
-        "instance_count": sum(s["instance_count"] for s in series),
-        "first_received_at": first.isoformat(),
-        "last_received_at": last.isoformat(),
-        "ready_at": ready_at.isoformat(),
-        "series": series,
-        "force": True,
-        "requested_by": caller.name,
-    }
+        series = study_series(archive, ArchiveId(orthanc_id))
+    except ArchiveNotFoundError as exc:
+        raise NotFoundError("study in Orthanc", uid) from exc
+    except ArchiveError as exc:
+        raise PlatformUnavailableError(f'study "{uid}": {_archive_failure(exc)}') from exc
+    payload = study_payload(
+        study_instance_uid=uid,
+        hospital=hospital,
+        study_archive_id=ArchiveId(orthanc_id),
+        series=series,
+        first_received_at=first,
+        last_received_at=last,
+        ready_at=ready_at,
+        requested_by=caller.name,
+    )
     with db.session() as session:
-        event = OutboxEvent(topic=STUDY_REPROCESS, key=uid, payload=payload)
+        event = OutboxEvent(topic=topic, key=uid, payload=payload)
         session.add(event)
         session.flush()
         event_id = event.id
@@ -160,23 +165,16 @@ def request_reprocess(
         uid,
         AuditAction.UPDATE,
         patient_id=patient_id,
-        detail={"what": "reprocess requested", "event_id": event_id, "topic": STUDY_REPROCESS},
+        detail={"what": "reprocess requested", "event_id": event_id, "topic": topic},
     )
-    return ReprocessRequest(study_instance_uid=uid, event_id=event_id, topic=STUDY_REPROCESS)
+    return ReprocessRequest(study_instance_uid=uid, event_id=event_id, topic=topic)
 
 
-def _series(orthanc: Any, orthanc_id: str) -> list[dict[str, Any]]:
-    """The study's series as the ``study.ready`` payload lists them, read from Orthanc."""
-    series = [
-        {
-            "series_instance_uid": tags.get("SeriesInstanceUID"),
-            "modality": tags.get("Modality"),
-            "body_part_examined": tags.get("BodyPartExamined"),
-            "series_description": tags.get("SeriesDescription"),
-            "instance_count": len(item.get("Instances", [])),
-            "orthanc_series_id": item.get("ID"),
-        }
-        for item in orthanc.get_studies_id_series(orthanc_id)
-        for tags in [item.get("MainDicomTags", {})]
-    ]
-    return sorted(series, key=lambda s: s["series_instance_uid"] or "")
+def _archive_failure(exc: ArchiveError) -> str:
+    """Why the archive could not list the study's series, for the 503's detail."""
+    status = (
+        exc.status_code if isinstance(exc, ArchiveUnavailableError | ArchiveRejectedError) else None
+    )
+    if status is not None:
+        return f"Orthanc answered {status}"
+    return f"Orthanc cannot be reached ({exc})"

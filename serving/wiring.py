@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from sqlalchemy.orm import Session
 
-from core.archive import orthanc_client
+from core.archive import open_archive
 from core.audit import AuditTrail
 from core.config import Settings
 from core.db import Database, upgrade
@@ -63,7 +63,7 @@ def build_pipeline(
         settings,
         db,
         AuditTrail(db, secrets.audit_hmac_key),
-        orthanc_client(settings, secrets),
+        open_archive(settings, secrets),
         registry=ModelRegistry(settings.paths.models_dir),
         predict=predict,
         served=served,

@@ -6,7 +6,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from core.archive import orthanc_client
+from core.archive import ImageArchive, open_archive, orthanc_client
 from core.audit import AuditTrail
 from core.config import Settings
 from core.db import Database, upgrade
@@ -44,7 +44,12 @@ SERVING_LINKS = ServingLinks()
 
 @dataclass(frozen=True)
 class ApiContext:
-    """Settings, database, security, the gateway's intake and Orthanc of one API process."""
+    """Settings, database, security, the gateway's intake and the image archive of one API
+    process.
+
+    ``orthanc`` is the raw HTTP client of the DICOMweb proxy (``routes/dicomweb.py``); every
+    other use of the archive goes through ``archive``.
+    """
 
     settings: Settings
     db: Database
@@ -52,6 +57,7 @@ class ApiContext:
     accounts: Accounts
     tokens: TokenService
     intake: Intake
+    archive: ImageArchive
     orthanc: pyorthanc.Orthanc
 
     @classmethod
@@ -72,10 +78,12 @@ class ApiContext:
             accounts=Accounts(db),
             tokens=TokenService(settings, secrets.jwt_signing_key),
             intake=intake,
+            archive=open_archive(settings, secrets),
             orthanc=orthanc_client(settings, secrets),
         )
 
     def close(self) -> None:
-        """Release the Orthanc client's connections and the database's."""
+        """Release the archive's and Orthanc client's connections and the database's."""
+        self.archive.close()
         self.orthanc.close()
         self.db.dispose()

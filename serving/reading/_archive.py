@@ -1,60 +1,65 @@
-"""What reading needs of Orthanc: a study's series and instances, instances by UID, and storing
-or deleting the signed SR."""
+"""What reading needs of the image archive: a study's series and instances, instances by DICOM
+UID, and storing or deleting the signed SR.
+
+An unknown resource is a :class:`core.exceptions.NotFoundError` (HTTP 404 at the edge); the
+archive not answering, or failing, is a :class:`~serving.exceptions.PlatformUnavailableError`
+(see :func:`archive_errors`).
+"""
 
 from __future__ import annotations
 
 import io
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TypeVar
 
-import httpx
 import pydicom
 from pydicom import Dataset
 from pydicom.filebase import DicomBytesIO
 
+from core.archive import (
+    ArchivedResource,
+    ArchiveError,
+    ArchiveId,
+    ArchiveNotFoundError,
+    ImageArchive,
+)
 from core.exceptions import NotFoundError
 from serving.exceptions import PlatformUnavailableError
 
-__all__ = ["ReadingArchive", "orthanc_errors"]
+__all__ = ["ReadingArchive", "archive_errors"]
 
 logger = logging.getLogger(__name__)
 
+_T = TypeVar("_T")
+
 
 class ReadingArchive:
-    """Orthanc, as the reading app uses it.
+    """The image archive, as the reading app uses it.
 
     Parameters
     ----------
-    orthanc
-        An Orthanc REST client (``pyorthanc.Orthanc``, an ``httpx.Client``).
+    archive
+        The image archive.
     """
 
-    def __init__(self, orthanc: Any) -> None:
-        self._orthanc = orthanc
+    def __init__(self, archive: ImageArchive) -> None:
+        self._archive = archive
 
-    def study_series(self, orthanc_study_id: str) -> list[dict[str, Any]]:
-        """The study's series (Orthanc's series resources, with ``MainDicomTags``).
+    def study_series(self, study: ArchiveId) -> list[ArchivedResource]:
+        """The study's series.
 
         Raises
         ------
         NotFoundError
-            Orthanc has no such study.
+            The archive has no such study.
         """
-        answer = self._orthanc.get(f"/studies/{orthanc_study_id}/series")
-        if answer.status_code == 404:
-            raise NotFoundError("study in Orthanc", orthanc_study_id)
-        answer.raise_for_status()
-        series: list[dict[str, Any]] = answer.json()
-        return series
+        return _found(lambda: self._archive.get_study_series(study), "study in Orthanc", study)
 
-    def series_instances(self, orthanc_series_id: str) -> list[dict[str, Any]]:
-        """The series' instances (Orthanc's instance resources, with ``MainDicomTags``)."""
-        listing = self._orthanc.get(f"/series/{orthanc_series_id}/instances")
-        listing.raise_for_status()
-        instances: list[dict[str, Any]] = listing.json()
-        return instances
+    def series_instances(self, series: ArchiveId) -> list[ArchivedResource]:
+        """The series' instances."""
+        return self._archive.get_series_instances(series)
 
     def instance(self, sop_instance_uid: str) -> Dataset:
         """The instance ``sop_instance_uid``.
@@ -62,60 +67,61 @@ class ReadingArchive:
         Raises
         ------
         NotFoundError
-            Orthanc has no such instance.
+            The archive has no such instance.
         """
-        return self._download(self._lookup(sop_instance_uid, "Instance"))
+        matches = self._archive.search_for_instances({"SOPInstanceUID": sop_instance_uid})
+        if not matches:
+            raise NotFoundError("instance", sop_instance_uid)
+        return self._download(matches[0].archive_id, sop_instance_uid)
 
     def first_of_series(self, series_instance_uid: str) -> Dataset:
-        """The first instance (by Orthanc ID) of series ``series_instance_uid``, e.g. a SEG.
+        """The first instance (by archive key) of series ``series_instance_uid``, e.g. a SEG.
 
         Raises
         ------
         NotFoundError
-            Orthanc has no such series.
+            The archive has no such series, or it is empty.
         """
-        series_id = self._lookup(series_instance_uid, "Series")
-        listing = self._orthanc.get(f"/series/{series_id}")
-        listing.raise_for_status()
-        return self._download(sorted(listing.json()["Instances"])[0])
+        matches = self._archive.search_for_series({"SeriesInstanceUID": series_instance_uid})
+        if not matches or not matches[0].children:
+            raise NotFoundError("series", series_instance_uid)
+        return self._download(sorted(matches[0].children)[0], series_instance_uid)
 
-    def store(self, dataset: Dataset) -> str:
-        """Store ``dataset``; return its Orthanc ID."""
+    def store(self, dataset: Dataset) -> ArchiveId:
+        """Store ``dataset``; return its archive key."""
         buffer = DicomBytesIO()
         pydicom.dcmwrite(buffer, dataset, enforce_file_format=True)
-        answer = self._orthanc.post("/instances", content=buffer.getvalue())
-        answer.raise_for_status()
-        return str(answer.json()["ID"])
+        return self._archive.store_instance(buffer.getvalue()).archive_id
 
-    def delete(self, orthanc_id: str) -> None:
-        """Delete the instance ``orthanc_id``; a failure is logged, not raised."""
+    def delete(self, instance: ArchiveId) -> None:
+        """Delete the instance; a failure is logged, not raised."""
         try:
-            self._orthanc.delete(f"/instances/{orthanc_id}").raise_for_status()
-        except Exception:
+            self._archive.delete_instance(instance)
+        except ArchiveError:
             logger.exception(
-                "could not delete the SR %s of a report that was not recorded", orthanc_id
+                "could not delete the SR %s of a report that was not recorded", instance
             )
 
-    def _lookup(self, uid: str, level: str) -> str:
-        """The Orthanc ID of the ``level`` (Instance, Series) resource with DICOM UID ``uid``."""
-        found = self._orthanc.post("/tools/lookup", content=uid)
-        found.raise_for_status()
-        matches = [m for m in found.json() if m.get("Type") == level]
-        if not matches:
-            raise NotFoundError(level.lower(), uid)
-        return str(matches[0]["ID"])
+    def _download(self, instance: ArchiveId, uid: str) -> Dataset:
+        data = _found(lambda: self._archive.retrieve_instance(instance), "instance", uid)
+        return pydicom.dcmread(io.BytesIO(data))
 
-    def _download(self, orthanc_id: str) -> Dataset:
-        file = self._orthanc.get(f"/instances/{orthanc_id}/file")
-        file.raise_for_status()
-        return pydicom.dcmread(io.BytesIO(file.content))
+
+def _found(call: Callable[[], _T], kind: str, name: str) -> _T:
+    """``call()``, an unknown resource becoming a :class:`~core.exceptions.NotFoundError`."""
+    try:
+        return call()
+    except ArchiveNotFoundError as exc:
+        raise NotFoundError(kind, name) from exc
 
 
 @contextmanager
-def orthanc_errors() -> Iterator[None]:
-    """Turn Orthanc not answering, or answering with an error, into a
+def archive_errors() -> Iterator[None]:
+    """Turn the archive not answering, or failing, into a
     :class:`~serving.exceptions.PlatformUnavailableError`."""
     try:
         yield
-    except httpx.HTTPError as exc:
-        raise PlatformUnavailableError(f"Orthanc could not be reached or failed: {exc}") from exc
+    except ArchiveError as exc:
+        raise PlatformUnavailableError(
+            f"the image archive could not be reached or failed: {exc}"
+        ) from exc

@@ -15,6 +15,7 @@ from typing import Any
 
 from sqlalchemy import select
 
+from core.archive import ArchiveId
 from core.db import Database
 from core.db.models import InferenceResult, InferenceStatus, Report
 from core.exceptions import NotFoundError
@@ -136,7 +137,7 @@ def build_manifest(db: Database, archive: ReadingArchive, study_instance_uid: st
         rows = [copy_row(_ResultRow, r) for r in results]
     if orthanc_id is None:
         raise NotFoundError("study in Orthanc", study_instance_uid)
-    series = viewer_series(archive, orthanc_id)
+    series = viewer_series(archive, ArchiveId(orthanc_id))
     order = {
         i["sop_instance_uid"]: (s.series_instance_uid, k)
         for s in series

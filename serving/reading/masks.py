@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 from pydicom import Dataset
 
+from core.archive import ArchiveId
 from core.db import Database
 from core.db.models import InferenceResult
 from core.exceptions import NotFoundError
@@ -53,7 +54,7 @@ def finding_mask(
     seg = archive.first_of_series(seg_uid)
     order = {
         i["sop_instance_uid"]: k
-        for s in viewer_series(archive, orthanc_id or "")
+        for s in viewer_series(archive, ArchiveId(orthanc_id or ""))
         for k, i in enumerate(s.instances)
     }
     packed = [

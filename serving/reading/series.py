@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from core.archive import ArchivedResource, ArchiveId
 from serving.reading._archive import ReadingArchive
 
 __all__ = ["NON_IMAGE_MODALITIES", "ViewerSeries", "viewer_series"]
@@ -31,17 +32,17 @@ class ViewerSeries:
     instances: list[dict[str, Any]]  # {"sop_instance_uid", "instance_number"}
 
 
-def viewer_series(archive: ReadingArchive, orthanc_study_id: str) -> list[ViewerSeries]:
+def viewer_series(archive: ReadingArchive, study: ArchiveId) -> list[ViewerSeries]:
     """The study's image series by series number, their instances in display order.
 
     Raises
     ------
     NotFoundError
-        Orthanc has no such study.
+        The archive has no such study.
     """
     series = []
-    for item in archive.study_series(orthanc_study_id):
-        tags = item.get("MainDicomTags", {})
+    for item in archive.study_series(study):
+        tags = item.attributes
         if str(tags.get("Modality", "")).upper() in NON_IMAGE_MODALITIES:
             continue
         series.append(
@@ -50,7 +51,7 @@ def viewer_series(archive: ReadingArchive, orthanc_study_id: str) -> list[Viewer
                 modality=tags.get("Modality"),
                 series_description=tags.get("SeriesDescription"),
                 series_number=_int(tags.get("SeriesNumber")),
-                instances=_display_order(archive.series_instances(item["ID"])),
+                instances=_display_order(archive.series_instances(item.archive_id)),
             )
         )
     return sorted(series, key=lambda s: (s.series_number or 0, s.series_instance_uid))
@@ -70,12 +71,12 @@ def _floats(value: Any) -> list[float] | None:
         return None
 
 
-def _display_order(instances: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def _display_order(instances: list[ArchivedResource]) -> list[dict[str, Any]]:
     """Instances along the slice normal when every one has a position and an orientation;
     else by instance number."""
     rows = []
     for item in instances:
-        tags = item.get("MainDicomTags", {})
+        tags = item.attributes
         rows.append(
             (
                 str(tags.get("SOPInstanceUID")),

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from core.archive import ImageArchive
 from core.audit import AuditAction, AuditOutcome, AuditTrail
 from core.db import Database
 from serving._audit import Caller
@@ -18,7 +19,7 @@ from serving.exceptions import (
     SignError,
     WorklistConflictError,
 )
-from serving.reading._archive import ReadingArchive, orthanc_errors
+from serving.reading._archive import ReadingArchive, archive_errors
 from serving.reading.labels import AddedFinding, Decision
 from serving.reading.manifest import Manifest, build_manifest
 from serving.reading.masks import FindingMask, finding_mask
@@ -30,31 +31,33 @@ _REFUSALS = (SignError, WorklistConflictError, NotClaimantError, PlatformUnavail
 
 
 class ReadingService:
-    """The reading app's view of studies in Orthanc and the database.
+    """The reading app's view of studies in the image archive and the database.
 
-    Orthanc not answering, or answering with an error, is a
+    The image archive not answering, or failing, is a
     :class:`~serving.exceptions.PlatformUnavailableError` from every method.
 
     Parameters
     ----------
     db, audit
         The application database and audit trail.
-    orthanc
-        An Orthanc REST client (``pyorthanc.Orthanc``, an ``httpx.Client``).
+    archive
+        The image archive.
     site_name
         The organisation that verifies signed reports.
     """
 
-    def __init__(self, db: Database, audit: AuditTrail, orthanc: Any, site_name: str) -> None:
+    def __init__(
+        self, db: Database, audit: AuditTrail, archive: ImageArchive, site_name: str
+    ) -> None:
         self._db = db
         self._audit = audit
-        self._archive = ReadingArchive(orthanc)
+        self._archive = ReadingArchive(archive)
         self._site = site_name
 
     def manifest(self, study_instance_uid: str, *, caller: Caller) -> Manifest:
         """The study's series, AI findings, reading state and report
         (:func:`~serving.reading.manifest.build_manifest`)."""
-        with orthanc_errors():
+        with archive_errors():
             manifest = build_manifest(self._db, self._archive, study_instance_uid)
         self._record(
             caller,
@@ -70,7 +73,7 @@ class ReadingService:
     def mask(self, study_instance_uid: str, result_id: int, *, caller: Caller) -> FindingMask:
         """The SEG of ``result_id`` as bit-packed frames
         (:func:`~serving.reading.masks.finding_mask`)."""
-        with orthanc_errors():
+        with archive_errors():
             mask = finding_mask(self._db, self._archive, study_instance_uid, result_id)
         self._record(
             caller,
@@ -95,7 +98,7 @@ class ReadingService:
         """Sign, as ``caller``, the report of a study the caller holds
         (:func:`~serving.reading.signing.sign_report`)."""
         try:
-            with orthanc_errors():
+            with archive_errors():
                 outcome = sign_report(
                     self._db,
                     self._archive,

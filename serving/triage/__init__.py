@@ -1,10 +1,10 @@
-"""The triage pipeline: a ready study → AI results in Orthanc, the database and the worklist.
+"""The triage pipeline: a ready study → AI results in the archive, the database and the worklist.
 
 Roles: :mod:`~serving.triage.outbox` (leasing study events, retries),
-:mod:`~serving.triage.fetch` (the study's series from Orthanc),
+:mod:`~serving.triage.fetch` (the study's series from the image archive),
 :mod:`~serving.triage.selection` (the series each model takes),
 :mod:`~serving.triage.pipeline` (one event from claim to results),
-:mod:`~serving.triage.writeback` (SEG and SR into Orthanc),
+:mod:`~serving.triage.writeback` (SEG and SR into the archive),
 :mod:`~serving.triage.persist` (result rows, worklist and notification hooks, audit).
 """
 

@@ -1,10 +1,11 @@
-"""Downloading a ready study's image series from Orthanc for the triage pipeline.
+"""Downloading a ready study's image series from the image archive for the triage pipeline.
 
-The ``study.ready`` payload names the study's Orthanc series (else the study's series are
-listed); our own results and other non-image series (SEG, SR, PR, KO) are left out, and a
-series deleted meanwhile is skipped. Orthanc not answering is a
-:class:`~serving.exceptions.PlatformUnavailableError` (retried); an instance that is not
-readable DICOM an :class:`~serving.exceptions.UnprocessableStudyError` (recorded).
+The ``study.ready`` payload names the study's series by their archive keys (else the study's
+series are listed); our own results and other non-image series (SEG, SR, PR, KO) are left out,
+and a series deleted meanwhile is skipped. The archive not answering is a
+:class:`~serving.exceptions.PlatformUnavailableError` (retried); an unknown study or series, or
+an instance that is not readable DICOM, an :class:`~serving.exceptions.UnprocessableStudyError`
+(recorded).
 """
 
 from __future__ import annotations
@@ -17,66 +18,68 @@ import pydicom
 from pydicom import Dataset
 from pydicom.filebase import DicomBytesIO
 
+from core.archive import (
+    ArchiveError,
+    ArchiveId,
+    ArchiveNotFoundError,
+    ImageArchive,
+    ResourceLevel,
+)
 from serving.exceptions import FailureReason, PlatformUnavailableError, UnprocessableStudyError
 from serving.triage.selection import SeriesData
 
-__all__ = ["fetch_series", "is_http_error"]
+__all__ = ["fetch_series"]
 
 _AI_MODALITIES = {"SEG", "SR", "PR", "KO"}  # our own results and other non-image series
 
 
-def fetch_series(orthanc: Any, payload: dict[str, Any]) -> list[SeriesData]:
-    """The study's image series from Orthanc (our own SEG/SR series left out).
+def fetch_series(archive: ImageArchive, payload: dict[str, Any]) -> list[SeriesData]:
+    """The study's image series (our own SEG/SR series left out).
 
     Parameters
     ----------
-    orthanc
-        An Orthanc REST client.
+    archive
+        The image archive.
     payload
-        The ``study.ready`` payload (``orthanc_study_id``, ``series``).
+        The ``study.ready`` payload (``orthanc_study_id``, ``series``: see :mod:`core.events`).
 
     Raises
     ------
     PlatformUnavailableError
-        Orthanc did not answer.
+        The archive did not answer, or answered what the seam cannot understand.
     UnprocessableStudyError
-        The study is not in Orthanc, or an instance is not readable DICOM.
+        The study or a listed series is not in the archive, or an instance is not readable
+        DICOM.
     """
-    orthanc_study = payload.get("orthanc_study_id")
+    study = ArchiveId(str(payload.get("orthanc_study_id")))
     try:
         if payload.get("series"):
-            ids = [s["orthanc_series_id"] for s in payload["series"] if s.get("orthanc_series_id")]
+            ids = [
+                ArchiveId(s["orthanc_series_id"])
+                for s in payload["series"]
+                if s.get("orthanc_series_id")
+            ]
         else:
-            ids = _get_json(orthanc, f"/studies/{orthanc_study}")["Series"]
+            ids = list(archive.get_resource(ResourceLevel.STUDY, study).children)
         found = []
         for series_id in ids:
-            info = _get_json(orthanc, f"/series/{series_id}")
-            modality = str(info.get("MainDicomTags", {}).get("Modality", "")).upper()
+            info = archive.get_resource(ResourceLevel.SERIES, series_id)
+            modality = (info.modality or "").upper()
             if modality in _AI_MODALITIES:
                 continue
-            answer = orthanc.get(f"/series/{series_id}/archive", timeout=120)
-            if answer.status_code == 404:
+            try:
+                content = archive.retrieve_series_archive(series_id)
+            except ArchiveNotFoundError:
                 continue  # deleted meanwhile
-            answer.raise_for_status()
-            datasets = _read_archive(answer.content)
+            datasets = _read_archive(content)
             if datasets:
                 uid = str(datasets[0].get("SeriesInstanceUID", series_id))
                 found.append(SeriesData(uid, modality, datasets))
         return found
-    except (PlatformUnavailableError, UnprocessableStudyError):
-        raise
-    except Exception as exc:
-        if is_http_error(exc):
-            raise PlatformUnavailableError(f"Orthanc: {exc}") from exc
-        raise
-
-
-def _get_json(orthanc: Any, path: str) -> Any:
-    answer = orthanc.get(path, timeout=30)
-    if answer.status_code == 404:
-        raise UnprocessableStudyError(FailureReason.INTERNAL, f"Orthanc has no {path}")
-    answer.raise_for_status()
-    return answer.json()
+    except ArchiveNotFoundError as exc:
+        raise UnprocessableStudyError(FailureReason.INTERNAL, str(exc)) from exc
+    except ArchiveError as exc:
+        raise PlatformUnavailableError(f"image archive: {exc}") from exc
 
 
 def _read_archive(content: bytes) -> list[Dataset]:
@@ -92,10 +95,3 @@ def _read_archive(content: bytes) -> list[Dataset]:
                     FailureReason.DECODE_FAILED, f"{name} is not readable DICOM: {exc}"
                 ) from exc
     return datasets
-
-
-def is_http_error(exc: BaseException) -> bool:
-    """Whether ``exc`` says Orthanc could not be reached or answered with an error."""
-    import httpx
-
-    return isinstance(exc, httpx.HTTPError | ConnectionError | TimeoutError)

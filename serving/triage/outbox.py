@@ -1,9 +1,10 @@
 """The triage pipeline's side of the outbox: leasing study events, retries, stale leases.
 
 Serving is the only consumer of ``study.ready``, ``study.updated`` and ``study.reprocess``
-(one per database). A worker claims the oldest due event by moving its ``available_at`` a lease
-ahead, so a second worker leaves it alone; an event whose processing failed for a platform
-reason is due again after an exponential back-off with jitter (at most 5 minutes).
+(:mod:`core.events`; one consumer per database). A worker claims the oldest due event by moving
+its ``available_at`` a lease ahead, so a second worker leaves it alone; an event whose
+processing failed for a platform reason is due again after an exponential back-off with jitter
+(at most 5 minutes).
 """
 
 from __future__ import annotations
@@ -16,12 +17,13 @@ from sqlalchemy import or_, select
 
 from core.db import Database
 from core.db.models import OutboxEvent, utcnow
+from core.events import StudyEventType
 
 __all__ = ["LEASE", "TOPICS", "claim_next", "release_claims", "retry_later"]
 
 logger = logging.getLogger(__name__)
 
-TOPICS = ("study.ready", "study.updated", "study.reprocess")
+TOPICS = tuple(topic.value for topic in StudyEventType)
 LEASE = dt.timedelta(minutes=5)
 
 

@@ -1,4 +1,4 @@
-"""The triage pipeline: a ready study → AI results in Orthanc, the database and the worklist.
+"""The triage pipeline: a ready study → AI results in the archive, the database and the worklist.
 
 :class:`TriagePipeline` consumes ``study.ready``, ``study.updated`` and ``study.reprocess``
 events from the outbox at least once. For one event it:
@@ -6,15 +6,15 @@ events from the outbox at least once. For one event it:
 1. claims it (:mod:`serving.triage.outbox`: ``available_at`` moves past a lease, so a second
    worker leaves it alone);
 2. puts the study on the worklist (AI pending) so it is visible before any result;
-3. downloads the study's series from Orthanc (:mod:`serving.triage.fetch`) and picks, for each
-   production model, the series its card's ``series_selection`` accepts
+3. downloads the study's series from the image archive (:mod:`serving.triage.fetch`) and
+   picks, for each production model, the series its card's ``series_selection`` accepts
    (:mod:`serving.triage.selection`: modality, body part, 2D/3D, orientation, slices);
 4. skips (model, version) pairs that already have a result, unless the event says ``force``
    (idempotent per study and model version);
 5. pre-processes on this worker's CPU, sends the tensor to the model's Serve deployment
    (batched there), and interprets the logits: score, critical flag at the card's threshold,
    lesion mask and volume;
-6. stores a DICOM SEG (when there is a lesion) and a TID 1500 SR in Orthanc as new series of
+6. stores a DICOM SEG (when there is a lesion) and a TID 1500 SR in the archive as new series of
    the study, marked AI-generated and unverified (:mod:`serving.triage.writeback`);
 7. in one transaction (:mod:`serving.triage.persist`): the result row (scores, findings, model
    version, per-stage timings), the worklist priority, a critical-finding notification, and
@@ -22,7 +22,7 @@ events from the outbox at least once. For one event it:
 
 A study that cannot be processed gets a ``failed`` result with the reason (``unsupported``,
 ``inconsistent_series``, ``decode_failed``, ``no_model``) and is read without AI; it never
-blocks other studies. Errors of the platform (Orthanc down, serving down) leave the event in
+blocks other studies. Errors of the platform (the archive down, serving down) leave the event in
 the outbox with a retry time instead, so nothing is lost while a part is away.
 """
 
@@ -37,6 +37,7 @@ import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from core.archive import ImageArchive
 from core.audit import AuditTrail
 from core.config import Settings
 from core.db import Database
@@ -78,8 +79,8 @@ class TriagePipeline:
         The instance's settings.
     db, audit
         The application database and audit trail.
-    orthanc
-        A pyorthanc client (``core.archive.orthanc_client``).
+    archive
+        The image archive (``core.archive.open_archive``).
     registry
         The model registry (production versions are served).
     predict
@@ -99,7 +100,7 @@ class TriagePipeline:
         settings: Settings,
         db: Database,
         audit: AuditTrail,
-        orthanc: Any,
+        archive: ImageArchive,
         *,
         registry: ModelRegistry,
         predict: Predict,
@@ -111,7 +112,7 @@ class TriagePipeline:
         self.settings = settings
         self.db = db
         self.audit = audit
-        self.orthanc = orthanc
+        self.archive = archive
         self.registry = registry
         self.predict = predict
         self.served = served
@@ -159,7 +160,7 @@ class TriagePipeline:
         study_id, done = self._prepare(uid)
         fetch_started = time.perf_counter()
         try:
-            series = fetch_series(self.orthanc, event.payload)
+            series = fetch_series(self.archive, event.payload)
         except UnprocessableStudyError as failure:
             fetch = {"fetch_s": time.perf_counter() - fetch_started}
             self.results.store(event, study_id, [(NO_MODEL, failure, {}, fetch)], outcome)
@@ -243,7 +244,7 @@ class TriagePipeline:
         timings["postprocess_s"] = time.perf_counter() - started
         started = time.perf_counter()
         findings = write_back(
-            self.orthanc, series, output, name=model.name, version=version, card=card
+            self.archive, series, output, name=model.name, version=version, card=card
         )
         timings["writeback_s"] = time.perf_counter() - started
         return output, version, findings

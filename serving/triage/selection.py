@@ -21,7 +21,7 @@ __all__ = ["SeriesData", "select_series"]
 
 @dataclass
 class SeriesData:
-    """One series of the study, downloaded from Orthanc."""
+    """One series of the study, downloaded from the image archive."""
 
     uid: str
     modality: str

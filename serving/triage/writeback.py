@@ -1,5 +1,5 @@
-"""Writing a model's result back to Orthanc: a DICOM SEG (when a lesion was found) and a
-TID 1500 SR, new series of the study, marked AI-generated and unverified."""
+"""Writing a model's result back to the image archive: a DICOM SEG (when a lesion was found)
+and a TID 1500 SR, new series of the study, marked AI-generated and unverified."""
 
 from __future__ import annotations
 
@@ -10,19 +10,19 @@ import pydicom
 from pydicom import Dataset
 from pydicom.filebase import DicomBytesIO
 
+from core.archive import ArchiveError, ImageArchive
 from imaging.seg import HEMORRHAGE, AlgorithmIdentity, write_segmentation
 from imaging.sr import Finding, write_measurement_report
 from models.card import ModelCard
 from serving.exceptions import PlatformUnavailableError
 from serving.inference import ModelOutput
-from serving.triage.fetch import is_http_error
 from serving.triage.selection import SeriesData
 
 __all__ = ["write_back"]
 
 
 def write_back(
-    orthanc: Any,
+    archive: ImageArchive,
     series: SeriesData,
     output: ModelOutput,
     *,
@@ -30,12 +30,13 @@ def write_back(
     version: str,
     card: ModelCard,
 ) -> dict[str, Any]:
-    """Store a SEG (when a lesion was found) and an SR in Orthanc; return the result's findings.
+    """Store a SEG (when a lesion was found) and an SR in the archive; return the result's
+    findings.
 
     Parameters
     ----------
-    orthanc
-        An Orthanc REST client.
+    archive
+        The image archive.
     series
         The series the model ran on (the SEG and SR reference its instances).
     output
@@ -52,7 +53,7 @@ def write_back(
     Raises
     ------
     PlatformUnavailableError
-        Orthanc refused or did not answer.
+        The archive refused or did not answer.
     """
     algorithm = AlgorithmIdentity(
         name=name, version=version, parameters={"threshold": f"{output.threshold:.4f}"}
@@ -93,17 +94,14 @@ def write_back(
     findings["sr_sop_instance_uid"] = str(sr.SOPInstanceUID)
     for dataset in (segmentation, sr):
         if dataset is not None:
-            _store_instance(orthanc, dataset)
+            _store_instance(archive, dataset)
     return findings
 
 
-def _store_instance(orthanc: Any, dataset: Dataset) -> None:
+def _store_instance(archive: ImageArchive, dataset: Dataset) -> None:
     buffer = DicomBytesIO()
     pydicom.dcmwrite(buffer, dataset, enforce_file_format=True)
     try:
-        answer = orthanc.post("/instances", content=buffer.getvalue(), timeout=60)
-        answer.raise_for_status()
-    except Exception as exc:
-        if is_http_error(exc):
-            raise PlatformUnavailableError(f"Orthanc refused the AI result: {exc}") from exc
-        raise
+        archive.store_instance(buffer.getvalue())
+    except ArchiveError as exc:
+        raise PlatformUnavailableError(f"the image archive refused the AI result: {exc}") from exc

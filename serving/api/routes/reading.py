@@ -84,7 +84,7 @@ class SignOut(BaseModel):
 
 def _service(request: Request) -> ReadingService:
     ctx = context(request)
-    return ReadingService(ctx.db, ctx.audit, ctx.orthanc, ctx.settings.site_name)
+    return ReadingService(ctx.db, ctx.audit, ctx.archive, ctx.settings.site_name)
 
 
 def _caller(request: Request, principal: Principal) -> Caller:

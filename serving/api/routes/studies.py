@@ -56,5 +56,5 @@ def reprocess(request: Request, engineer: Engineer, study_uid: StudyUid) -> Repr
     """Queue the study for the triage pipeline again, recomputing existing results (202)."""
     ctx = context(request)
     return request_reprocess(
-        ctx.db, ctx.audit, ctx.orthanc, study_uid, caller=Caller(engineer, client_address(request))
+        ctx.db, ctx.audit, ctx.archive, study_uid, caller=Caller(engineer, client_address(request))
     )
