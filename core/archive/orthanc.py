@@ -57,16 +57,8 @@ def open_archive(
 def orthanc_client(
     settings: Settings, secrets: Secrets, *, timeout_s: float = 30.0
 ) -> pyorthanc.Orthanc:
-    """A REST client for radcloud's Orthanc, authenticated with the generated credentials.
-
-    Parameters
-    ----------
-    settings
-        ``orthanc_url`` is used.
-    secrets
-        ``orthanc_user`` and ``orthanc_password`` are used.
-    timeout_s
-        Timeout of each request.
+    """A raw REST client for radcloud's Orthanc (deprecated: serving's last use until it goes
+    through :func:`open_archive`, which takes the same parameters).
 
     Returns
     -------
