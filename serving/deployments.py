@@ -107,7 +107,7 @@ class ModelServer:
 
 
 def _predict_through(handles: dict[str, DeploymentHandle[Any]]) -> Any:
-    from serving.triage import PlatformUnavailableError
+    from serving.exceptions import PlatformUnavailableError
 
     def predict(name: str, array: np.ndarray) -> tuple[np.ndarray, str]:
         handle = handles.get(name)

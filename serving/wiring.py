@@ -3,9 +3,9 @@ and by tests that drive the pipeline without Ray)."""
 
 from __future__ import annotations
 
-from typing import Any
+from sqlalchemy.orm import Session
 
-from core.archive import orthanc_client
+from core.archive import open_archive
 from core.audit import AuditTrail
 from core.config import Settings
 from core.db import Database, upgrade
@@ -39,11 +39,11 @@ def build_pipeline(
     upgrade(db)
     policy = WorklistPolicy.from_settings(settings)
 
-    def on_ready(session: Any, study: Study) -> None:
+    def on_ready(session: Session, study: Study) -> None:
         ensure_worklist_item(session, study, policy)
 
     def on_outcome(
-        session: Any,
+        session: Session,
         study: Study,
         *,
         score: float | None,
@@ -56,14 +56,14 @@ def build_pipeline(
             session, study, score=score, critical=critical, failed=failed, policy=chosen
         )
 
-    def on_critical(session: Any, study: Study, result: InferenceResult) -> None:
+    def on_critical(session: Session, study: Study, result: InferenceResult) -> None:
         enqueue_critical_finding(session, study=study, result=result, settings=settings)
 
     return TriagePipeline(
         settings,
         db,
         AuditTrail(db, secrets.audit_hmac_key),
-        orthanc_client(settings, secrets),
+        open_archive(settings, secrets),
         registry=ModelRegistry(settings.paths.models_dir),
         predict=predict,
         served=served,

@@ -6,7 +6,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from core.archive import orthanc_client
+from core.archive import ImageArchive, open_archive, orthanc_client
 from core.audit import AuditTrail
 from core.config import Settings
 from core.db import Database, upgrade
@@ -40,7 +40,12 @@ SERVING_LINKS = ServingLinks()
 
 @dataclass(frozen=True)
 class ApiContext:
-    """Settings, database, security, the gateway's STOW endpoint and Orthanc of one API process."""
+    """Settings, database, security, the gateway's STOW endpoint and the image archive of one
+    API process.
+
+    ``orthanc`` is the raw HTTP client of the DICOMweb proxy (``routes/dicomweb.py``); every
+    other use of the archive goes through ``archive``.
+    """
 
     settings: Settings
     db: Database
@@ -48,6 +53,7 @@ class ApiContext:
     accounts: Accounts
     tokens: TokenService
     ingest: GatewayIngest
+    archive: ImageArchive
     orthanc: pyorthanc.Orthanc
 
     @classmethod
@@ -64,11 +70,13 @@ class ApiContext:
             accounts=Accounts(db, audit),
             tokens=TokenService(settings, secrets.jwt_signing_key),
             ingest=GatewayIngest.from_settings(settings, secrets),
+            archive=open_archive(settings, secrets),
             orthanc=orthanc_client(settings, secrets),
         )
 
     def close(self) -> None:
-        """Release the connections to Orthanc, the gateway and the database."""
+        """Release the connections to the archive, Orthanc, the gateway and the database."""
+        self.archive.close()
         self.orthanc.close()
         self.ingest.close()
         self.db.dispose()

@@ -1,6 +1,13 @@
-"""Map radcloud's errors to HTTP answers with a JSON body ``{"error", "detail"}``."""
+"""Map radcloud's errors to HTTP answers with a JSON body ``{"error", "detail", ...}``.
+
+The one place where domain errors become HTTP statuses (the routes raise, never answer an
+error themselves). An error's data the client acts on rides along in the body: a worklist
+conflict's current ``status``, ``claimed_by`` and ``version``.
+"""
 
 from __future__ import annotations
+
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
@@ -12,22 +19,43 @@ from core.exceptions import (
     PermissionDeniedError,
     RadcloudError,
 )
+from serving.exceptions import (
+    NotClaimantError,
+    PlatformUnavailableError,
+    SignError,
+    StudyNotReadyError,
+    UnknownModelError,
+    UnreadableImageError,
+    UploadTooLargeError,
+    WorklistConflictError,
+)
 
 __all__ = ["install_error_handlers"]
 
-_STATUS: tuple[tuple[type[RadcloudError], int, str], ...] = (
-    (AuthenticationError, 401, "unauthorized"),
-    (PermissionDeniedError, 403, "forbidden"),
-    (NotFoundError, 404, "not_found"),
-    (AlreadyExistsError, 409, "conflict"),
+#: (error class, HTTP status, ``error`` code, attributes copied into the body); first match wins.
+_STATUS: tuple[tuple[type[RadcloudError], int, str, tuple[str, ...]], ...] = (
+    (AuthenticationError, 401, "unauthorized", ()),
+    (PermissionDeniedError, 403, "forbidden", ()),
+    (NotClaimantError, 403, "forbidden", ("claimed_by",)),
+    (UnknownModelError, 404, "unknown_model", ()),
+    (NotFoundError, 404, "not_found", ()),
+    (AlreadyExistsError, 409, "conflict", ()),
+    (WorklistConflictError, 409, "conflict", ("status", "claimed_by", "version")),
+    (StudyNotReadyError, 409, "conflict", ()),
+    (UploadTooLargeError, 413, "too_large", ()),
+    (SignError, 422, "invalid_report", ()),
+    (UnreadableImageError, 422, "unreadable_image", ()),
+    (PlatformUnavailableError, 503, "unavailable", ()),
 )
 
 
 def _answer(exc: RadcloudError) -> JSONResponse:
-    for cls, status, error in _STATUS:
+    for cls, status, error, fields in _STATUS:
         if isinstance(exc, cls):
             headers = {"WWW-Authenticate": 'Bearer error="invalid_token"'} if status == 401 else {}
-            return JSONResponse({"error": error, "detail": str(exc)}, status, headers=headers)
+            body: dict[str, Any] = {"error": error, "detail": str(exc)}
+            body |= {name: getattr(exc, name) for name in fields}
+            return JSONResponse(body, status, headers=headers)
     return JSONResponse({"error": "internal", "detail": str(exc)}, 500)
 
 

@@ -336,7 +336,7 @@ def test_row_changed_by_another_writer_is_a_conflict(
     db: Database, add_study: AddStudy, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """On PostgreSQL the pipeline may update the row between our read and our write."""
-    import serving.worklist as module
+    import serving.worklist.state as module
 
     uid = add_study(score=0.2)
     apply = module._apply

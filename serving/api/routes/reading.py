@@ -2,7 +2,7 @@
 
 Contract: ``docs/reading-app.md``; logic: :mod:`serving.reading`. Roles ``radiologist`` and
 ``admin`` read; only a ``radiologist`` signs. Every study opened, mask read and report signed
-(or refused) is an audit event (110110 Patient Record: R, R, C).
+(or refused) is audited by :class:`serving.reading.ReadingService`.
 """
 
 from __future__ import annotations
@@ -10,18 +10,15 @@ from __future__ import annotations
 import dataclasses
 from typing import Annotated, Any, Literal
 
-import httpx
 from fastapi import APIRouter, Depends, Path, Request
-from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
-from core.audit import AuditAction, AuditEventCode, AuditOutcome
 from core.config import WindowPreset
 from core.db.models import ReadingStatus, Role
 from core.security import Principal
-from serving.api.security import audit_request, context, require_roles
-from serving.reading import AddedFinding, Decision, ReadingService, SignError
-from serving.worklist import NotClaimantError, WorklistConflictError
+from serving._audit import Caller
+from serving.api.security import client_address, context, require_roles
+from serving.reading import AddedFinding, Decision, ReadingService
 
 __all__ = ["router"]
 
@@ -87,36 +84,11 @@ class SignOut(BaseModel):
 
 def _service(request: Request) -> ReadingService:
     ctx = context(request)
-    return ReadingService(ctx.db, ctx.orthanc, ctx.settings.site_name)
+    return ReadingService(ctx.db, ctx.audit, ctx.archive, ctx.settings.site_name)
 
 
-def _orthanc_down(exc: httpx.HTTPError) -> JSONResponse:
-    return JSONResponse(
-        {"error": "unavailable", "detail": f"Orthanc could not be reached or failed: {exc}"}, 503
-    )
-
-
-def _audit(
-    request: Request,
-    caller: Principal,
-    uid: str,
-    action: AuditAction,
-    what: str,
-    *,
-    outcome: AuditOutcome = AuditOutcome.SUCCESS,
-    **detail: Any,
-) -> None:
-    audit_request(
-        request,
-        AuditEventCode.PATIENT_RECORD,
-        principal=caller,
-        action=action,
-        outcome=outcome,
-        resource_type="study",
-        resource_id=uid,
-        patient_id=detail.pop("patient_id", None),
-        detail={"what": what, **detail},
-    )
+def _caller(request: Request, principal: Principal) -> Caller:
+    return Caller(principal, client_address(request))
 
 
 @router.get("/api/viewer/config")
@@ -134,48 +106,21 @@ def viewer_config(request: Request, _reader: Reader) -> ViewerConfig:
 def open_study(request: Request, reader: Reader, study_uid: StudyUid) -> Any:
     """Everything the viewer needs to open a study: series and instances in display order,
     AI findings (not verified until signed), the reading state and the signed report."""
-    try:
-        manifest = _service(request).manifest(study_uid)
-    except httpx.HTTPError as exc:
-        return _orthanc_down(exc)
+    manifest = _service(request).manifest(study_uid, caller=_caller(request, reader))
     body = dataclasses.asdict(manifest)
     body["can_sign"] = Role.RADIOLOGIST in reader.roles
-    _audit(
-        request,
-        reader,
-        study_uid,
-        AuditAction.READ,
-        "study opened for reading",
-        patient_id=manifest.patient_id,
-        series=len(manifest.series),
-        findings=len(manifest.findings),
-    )
     return body
 
 
 @router.get("/api/studies/{study_uid}/findings/{result_id}/mask")
 def finding_mask(request: Request, reader: Reader, study_uid: StudyUid, result_id: int) -> Any:
     """An AI finding's segmentation, bit-packed per source image (for the viewer's overlay)."""
-    try:
-        mask = _service(request).mask(study_uid, result_id)
-    except httpx.HTTPError as exc:
-        return _orthanc_down(exc)
-    _audit(
-        request,
-        reader,
-        study_uid,
-        AuditAction.READ,
-        "AI segmentation",
-        result_id=result_id,
-        frames=len(mask.frames),
-    )
+    mask = _service(request).mask(study_uid, result_id, caller=_caller(request, reader))
     return dataclasses.asdict(mask)
 
 
 @router.post("/api/studies/{study_uid}/sign", response_model=SignOut)
-def sign(
-    request: Request, radiologist: Radiologist, study_uid: StudyUid, body: SignIn
-) -> SignOut | JSONResponse:
+def sign(request: Request, radiologist: Radiologist, study_uid: StudyUid, body: SignIn) -> SignOut:
     """Sign the report: a verified DICOM SR in Orthanc, the study ``reported``, the labels
     training uses. 422: text empty, a decision missing or unknown; 409: the study is not the
     caller's in progress, or ``version`` is stale."""
@@ -189,42 +134,13 @@ def sign(
         )
         for a in body.added
     ]
-    try:
-        outcome = _service(request).sign(
-            study_uid,
-            author=radiologist.name,
-            version=body.version,
-            text=body.text,
-            decisions=decisions,
-            added=added,
-        )
-    except (SignError, WorklistConflictError, NotClaimantError, httpx.HTTPError) as exc:
-        _audit(
-            request,
-            radiologist,
-            study_uid,
-            AuditAction.CREATE,
-            "report signing refused",
-            outcome=AuditOutcome.MINOR_FAILURE,
-            reason=str(exc),
-        )
-        if isinstance(exc, SignError):
-            return JSONResponse({"error": "invalid_report", "detail": str(exc)}, 422)
-        if isinstance(exc, httpx.HTTPError):
-            return _orthanc_down(exc)
-        held: dict[str, Any] = {"claimed_by": exc.claimed_by}
-        if isinstance(exc, WorklistConflictError):
-            held |= {"status": exc.status, "version": exc.version}
-        return JSONResponse({"error": "conflict", "detail": str(exc), **held}, 409)
-    _audit(
-        request,
-        radiologist,
+    outcome = _service(request).sign(
         study_uid,
-        AuditAction.CREATE,
-        "report signed",
-        patient_id=outcome.state.patient_id,
-        sr_sop_instance_uid=outcome.sr_sop_instance_uid,
-        labels=outcome.labels,
+        caller=_caller(request, radiologist),
+        version=body.version,
+        text=body.text,
+        decisions=decisions,
+        added=added,
     )
     return SignOut(
         study_instance_uid=study_uid,

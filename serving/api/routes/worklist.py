@@ -1,34 +1,24 @@
 """The radiologists' worklist: listing in priority order and reading-status transitions.
 
-Roles ``radiologist`` and ``admin``. Listing is audited as a query (110112; the search text is
-not recorded, the study UIDs shown are); each transition, and each refused one, as a patient
-record update (110110, action U). Conflicts (stale version, study held by someone else) answer
-409 with the item's current ``status``, ``claimed_by`` and ``version``.
+Roles ``radiologist`` and ``admin``; logic and auditing in
+:class:`serving.worklist.WorklistService`. Conflicts (stale version, study held by someone else)
+answer 409 with the item's current ``status``, ``claimed_by`` and ``version``.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Query, Request
-from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
-from core.audit import AuditAction, AuditEventCode, AuditOutcome
 from core.db.models import ReadingStatus, Role
 from core.security import Principal
-from serving.api.security import audit_request, context, require_roles
-from serving.worklist import (
-    NotClaimantError,
-    ReadingState,
-    Worklist,
-    WorklistConflictError,
-    WorklistEntry,
-    WorklistError,
-    WorklistQuery,
-    list_worklist,
-)
+from serving._audit import Caller
+from serving._rows import copy_row
+from serving.api.security import client_address, context, require_roles
+from serving.worklist import WorklistEntry, WorklistQuery, WorklistService
 
 __all__ = ["router"]
 
@@ -89,27 +79,7 @@ def get_worklist(
         limit=limit,
         offset=offset,
     )
-    with context(request).db.session() as session:
-        entries, total = list_worklist(session, query)
-    audit_request(
-        request,
-        AuditEventCode.QUERY,
-        principal=reader,
-        action=AuditAction.EXECUTE,
-        resource_type="worklist",
-        detail={
-            "filters": {
-                "status": [str(s) for s in query.statuses],
-                "modality": modality,
-                "hospital": hospital,
-                "date_from": date_from.isoformat() if date_from else None,
-                "date_to": date_to.isoformat() if date_to else None,
-                "search_text": q is not None,  # the text may name a patient: not recorded
-            },
-            "total": total,
-            "study_instance_uids": [entry.study_instance_uid for entry in entries],
-        },
-    )
+    entries, total = _service(request).list(query, caller=Caller(reader, client_address(request)))
     return WorklistPage(
         items=list(entries),
         total=total,
@@ -118,93 +88,39 @@ def get_worklist(
     )
 
 
-def _transition(
-    request: Request, reader: Reader, uid: str, name: str, version: int
-) -> ReadingStateOut | JSONResponse:
-    worklist = Worklist(context(request).db)
-    is_admin = Role.ADMIN in reader.roles
-    try:
-        if name == "claim":
-            state: ReadingState = worklist.claim(uid, user=reader.name, version=version)
-        elif name == "release":
-            state = worklist.release(uid, user=reader.name, version=version, is_admin=is_admin)
-        else:
-            state = worklist.report(uid, user=reader.name, version=version)
-    except WorklistError as exc:
-        _audit(
-            request,
-            reader,
-            uid,
-            patient_id=None,
-            detail={"transition": name, "version": version},
-            error=exc,
-        )
-        if isinstance(exc, WorklistConflictError):
-            body: dict[str, Any] = {
-                "error": "conflict",
-                "detail": str(exc),
-                "status": exc.status,
-                "claimed_by": exc.claimed_by,
-                "version": exc.version,
-            }
-            return JSONResponse(body, 409)
-        if isinstance(exc, NotClaimantError):
-            body = {"error": "forbidden", "detail": str(exc), "claimed_by": exc.claimed_by}
-            return JSONResponse(body, 403)
-        raise  # not on the worklist: 404 by the error handler
-    detail = {"transition": name, "status": state.status, "version": state.version}
-    _audit(request, reader, uid, patient_id=state.patient_id, detail=detail, error=None)
-    return ReadingStateOut(
-        study_instance_uid=state.study_instance_uid,
-        status=state.status,
-        claimed_by=state.claimed_by,
-        claimed_at=state.claimed_at,
-        reported_at=state.reported_at,
-        version=state.version,
-    )
-
-
-def _audit(
-    request: Request,
-    reader: Principal,
-    uid: str,
-    *,
-    patient_id: str | None,
-    detail: dict[str, Any],
-    error: WorklistError | None,
-) -> None:
-    audit_request(
-        request,
-        AuditEventCode.PATIENT_RECORD,
-        principal=reader,
-        action=AuditAction.UPDATE,
-        outcome=AuditOutcome.MINOR_FAILURE if error else AuditOutcome.SUCCESS,
-        resource_type="study",
-        resource_id=uid,
-        patient_id=patient_id,
-        detail=detail | ({"reason": str(error)} if error else {}),
-    )
+def _service(request: Request) -> WorklistService:
+    ctx = context(request)
+    return WorklistService(ctx.db, ctx.audit)
 
 
 @router.post("/{study_uid}/claim", response_model=ReadingStateOut)
 def claim(
     request: Request, reader: Reader, study_uid: StudyUid, body: TransitionIn
-) -> ReadingStateOut | JSONResponse:
+) -> ReadingStateOut:
     """Start reading a study (``unread → in_progress``); 409 if someone else holds it."""
-    return _transition(request, reader, study_uid, "claim", body.version)
+    caller = Caller(reader, client_address(request))
+    state = _service(request).claim(study_uid, caller=caller, version=body.version)
+    return copy_row(ReadingStateOut, state)
 
 
 @router.post("/{study_uid}/release", response_model=ReadingStateOut)
 def release(
     request: Request, reader: Reader, study_uid: StudyUid, body: TransitionIn
-) -> ReadingStateOut | JSONResponse:
+) -> ReadingStateOut:
     """Put a claimed study back (``in_progress → unread``); by its claimant or an admin."""
-    return _transition(request, reader, study_uid, "release", body.version)
+    caller = Caller(reader, client_address(request))
+    is_admin = Role.ADMIN in reader.roles
+    state = _service(request).release(
+        study_uid, caller=caller, version=body.version, is_admin=is_admin
+    )
+    return copy_row(ReadingStateOut, state)
 
 
 @router.post("/{study_uid}/report", response_model=ReadingStateOut)
 def report(
     request: Request, reader: Reader, study_uid: StudyUid, body: TransitionIn
-) -> ReadingStateOut | JSONResponse:
+) -> ReadingStateOut:
     """Mark a claimed study reported (``in_progress → reported``); by its claimant."""
-    return _transition(request, reader, study_uid, "report", body.version)
+    caller = Caller(reader, client_address(request))
+    state = _service(request).report(study_uid, caller=caller, version=body.version)
+    return copy_row(ReadingStateOut, state)

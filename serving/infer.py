@@ -1,0 +1,165 @@
+"""Ad hoc inference: a model scores an uploaded DICOM series or NIfTI volume, outside triage.
+
+For ML engineers and radiologists trying a model on a file. The production version of the model
+scores it through the same Serve deployment as triage (only production versions are deployed).
+The answer holds the score, the critical flag at the card's threshold and, for segmenters, the
+lesion volume and the mask as a base64 gzip NIfTI on the input's grid. Nothing is stored; the
+call is audited (110100 Application Activity, execute; the uploaded data is not recorded).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import gzip
+import io
+import logging
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pydicom
+
+from core.audit import AuditAction, AuditEventCode, AuditTrail
+from imaging.exceptions import ImagingError
+from imaging.nifti import load_nifti, save_nifti
+from imaging.volume import Volume, load_series
+from models.registry import ModelRegistry
+from serving._audit import Caller
+from serving.exceptions import UnknownModelError, UnreadableImageError, UploadTooLargeError
+from serving.inference import interpret, prepare
+
+if TYPE_CHECKING:
+    from ray.serve.handle import DeploymentHandle
+
+__all__ = ["MAX_UPLOAD_BYTES", "AdHocInference", "AdHocResult"]
+
+logger = logging.getLogger(__name__)
+
+MAX_UPLOAD_BYTES = 512 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class AdHocResult:
+    """One model's answer on an uploaded image."""
+
+    model: str
+    version: str
+    score: float
+    critical: bool
+    threshold: float
+    lesion_volume_ml: float | None = None
+    mask_nifti_gz_base64: str | None = None
+    note: str = "AI result: not verified by a radiologist"
+
+
+class AdHocInference:
+    """Scores uploads with the served production models.
+
+    Parameters
+    ----------
+    registry
+        The model registry (the cards of the served versions).
+    handles
+        The model deployments by model name.
+    audit
+        The audit trail.
+    """
+
+    def __init__(
+        self,
+        registry: ModelRegistry,
+        handles: Mapping[str, DeploymentHandle[Any]],
+        audit: AuditTrail,
+    ) -> None:
+        self._registry = registry
+        self._handles = handles
+        self._audit = audit
+
+    def check_served(self, model: str) -> None:
+        """Raise :class:`~serving.exceptions.UnknownModelError` unless ``model`` is deployed."""
+        if model not in self._handles:
+            raise UnknownModelError(model, self._handles)
+
+    @staticmethod
+    def check_size(total_bytes: int) -> None:
+        """Raise :class:`~serving.exceptions.UploadTooLargeError` above the upload limit."""
+        if total_bytes > MAX_UPLOAD_BYTES:
+            raise UploadTooLargeError(MAX_UPLOAD_BYTES)
+
+    async def run(
+        self, model: str, uploads: Sequence[tuple[str, bytes]], *, caller: Caller
+    ) -> AdHocResult:
+        """Score ``uploads`` (file name, content) with ``model``'s production version.
+
+        Raises
+        ------
+        UnknownModelError
+            No deployment runs ``model``.
+        UploadTooLargeError
+            The uploads exceed :data:`MAX_UPLOAD_BYTES`.
+        ModelNotFoundError
+            ``model`` has no production version in the registry.
+        UnreadableImageError
+            The uploads are not one DICOM series or one NIfTI volume the model can take.
+        """
+        self.check_served(model)
+        total = sum(len(data) for _, data in uploads)
+        self.check_size(total)
+        card = self._registry.get(model, "production").card
+        try:
+            volume = await asyncio.to_thread(_read_volume, uploads)
+            prepared = await asyncio.to_thread(prepare, card, volume)
+        except (ImagingError, ValueError) as exc:
+            raise UnreadableImageError(str(exc)) from exc
+        logits, served_version = await self._handles[model].predict.remote(prepared.array)
+        if served_version != str(card.version):  # promoted since the deployment started
+            card = self._registry.get(model, served_version).card
+        output = await asyncio.to_thread(interpret, card, prepared, logits)
+        caller.record(
+            self._audit,
+            AuditEventCode.APPLICATION_ACTIVITY,
+            action=AuditAction.EXECUTE,
+            resource_type="model",
+            resource_id=f"{model}:{served_version}",
+            detail={"what": "ad hoc inference", "files": len(uploads), "bytes": total},
+        )
+        return AdHocResult(
+            model=model,
+            version=served_version,
+            score=output.score,
+            critical=output.critical,
+            threshold=output.threshold,
+            lesion_volume_ml=output.lesion_volume_ml,
+            mask_nifti_gz_base64=(
+                await asyncio.to_thread(_mask_nifti, volume, output.mask)
+                if output.mask is not None
+                else None
+            ),
+        )
+
+
+def _read_volume(uploads: Sequence[tuple[str, bytes]]) -> Volume:
+    names = [name.lower() for name, _ in uploads]
+    if len(uploads) == 1 and names[0].endswith((".nii", ".nii.gz")):
+        suffix = ".nii.gz" if names[0].endswith(".gz") else ".nii"
+        with tempfile.NamedTemporaryFile(suffix=suffix) as handle:
+            handle.write(uploads[0][1])
+            handle.flush()
+            return load_nifti(handle.name)
+    datasets = []
+    for name, data in uploads:
+        try:
+            datasets.append(pydicom.dcmread(io.BytesIO(data)))
+        except Exception as exc:
+            raise ImagingError(f"{name} is neither DICOM nor NIfTI: {exc}") from exc
+    return load_series(datasets)
+
+
+def _mask_nifti(volume: Volume, mask: np.ndarray) -> str:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = save_nifti(volume.with_array(mask), Path(tmp) / "mask.nii")
+        return base64.b64encode(gzip.compress(path.read_bytes())).decode()

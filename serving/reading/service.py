@@ -1,0 +1,152 @@
+"""The reading app's domain service: open a study, read an AI mask, sign the report.
+
+Every study opened, mask read and report signed (or refused) is audited here (110110 Patient
+Record: read, read, create), whichever door the call came through.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from core.archive import ImageArchive
+from core.audit import AuditAction, AuditOutcome, AuditTrail
+from core.db import Database
+from serving._audit import Caller
+from serving.exceptions import (
+    NotClaimantError,
+    PlatformUnavailableError,
+    SignError,
+    WorklistConflictError,
+)
+from serving.reading._archive import ReadingArchive, archive_errors
+from serving.reading.labels import AddedFinding, Decision
+from serving.reading.manifest import Manifest, build_manifest
+from serving.reading.masks import FindingMask, finding_mask
+from serving.reading.signing import SignOutcome, sign_report
+
+__all__ = ["ReadingService"]
+
+_REFUSALS = (SignError, WorklistConflictError, NotClaimantError, PlatformUnavailableError)
+
+
+class ReadingService:
+    """The reading app's view of studies in the image archive and the database.
+
+    The image archive not answering, or failing, is a
+    :class:`~serving.exceptions.PlatformUnavailableError` from every method.
+
+    Parameters
+    ----------
+    db, audit
+        The application database and audit trail.
+    archive
+        The image archive.
+    site_name
+        The organisation that verifies signed reports.
+    """
+
+    def __init__(
+        self, db: Database, audit: AuditTrail, archive: ImageArchive, site_name: str
+    ) -> None:
+        self._db = db
+        self._audit = audit
+        self._archive = ReadingArchive(archive)
+        self._site = site_name
+
+    def manifest(self, study_instance_uid: str, *, caller: Caller) -> Manifest:
+        """The study's series, AI findings, reading state and report
+        (:func:`~serving.reading.manifest.build_manifest`)."""
+        with archive_errors():
+            manifest = build_manifest(self._db, self._archive, study_instance_uid)
+        self._record(
+            caller,
+            study_instance_uid,
+            AuditAction.READ,
+            "study opened for reading",
+            patient_id=manifest.patient_id,
+            series=len(manifest.series),
+            findings=len(manifest.findings),
+        )
+        return manifest
+
+    def mask(self, study_instance_uid: str, result_id: int, *, caller: Caller) -> FindingMask:
+        """The SEG of ``result_id`` as bit-packed frames
+        (:func:`~serving.reading.masks.finding_mask`)."""
+        with archive_errors():
+            mask = finding_mask(self._db, self._archive, study_instance_uid, result_id)
+        self._record(
+            caller,
+            study_instance_uid,
+            AuditAction.READ,
+            "AI segmentation",
+            result_id=result_id,
+            frames=len(mask.frames),
+        )
+        return mask
+
+    def sign(
+        self,
+        study_instance_uid: str,
+        *,
+        caller: Caller,
+        version: int,
+        text: str,
+        decisions: Sequence[Decision],
+        added: Sequence[AddedFinding] = (),
+    ) -> SignOutcome:
+        """Sign, as ``caller``, the report of a study the caller holds
+        (:func:`~serving.reading.signing.sign_report`)."""
+        try:
+            with archive_errors():
+                outcome = sign_report(
+                    self._db,
+                    self._archive,
+                    study_instance_uid,
+                    site_name=self._site,
+                    author=caller.name,
+                    version=version,
+                    text=text,
+                    decisions=decisions,
+                    added=added,
+                )
+        except _REFUSALS as exc:
+            self._record(
+                caller,
+                study_instance_uid,
+                AuditAction.CREATE,
+                "report signing refused",
+                outcome=AuditOutcome.MINOR_FAILURE,
+                reason=str(exc),
+            )
+            raise
+        self._record(
+            caller,
+            study_instance_uid,
+            AuditAction.CREATE,
+            "report signed",
+            patient_id=outcome.state.patient_id,
+            sr_sop_instance_uid=outcome.sr_sop_instance_uid,
+            labels=outcome.labels,
+        )
+        return outcome
+
+    def _record(
+        self,
+        caller: Caller,
+        uid: str,
+        action: AuditAction,
+        what: str,
+        *,
+        outcome: AuditOutcome = AuditOutcome.SUCCESS,
+        patient_id: str | None = None,
+        **detail: Any,
+    ) -> None:
+        caller.record_study(
+            self._audit,
+            uid,
+            action,
+            patient_id=patient_id,
+            detail={"what": what, **detail},
+            outcome=outcome,
+        )
