@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from core.audit import AuditAction, AuditEventCode, AuditOutcome, AuditTrail
-from core.security import Principal
+from core.security import Actor, Door, Principal
 
 __all__ = ["Caller"]
 
@@ -21,10 +21,19 @@ class Caller:
         Who asks.
     address
         The calling network address (None where there is none, e.g. a test).
+    door
+        How the request came in (recorded as the audit record's ``via``, as
+        :class:`core.security.Actor` does for the platform's services).
     """
 
     principal: Principal
     address: str | None = None
+    door: Door = Door.HTTP
+
+    @property
+    def actor(self) -> Actor:
+        """The caller as the audit trail's active participant."""
+        return Actor.from_principal(self.principal, self.door, self.address)
 
     @property
     def name(self) -> str:
@@ -49,9 +58,7 @@ class Caller:
             event_code,
             action=action,
             outcome=outcome,
-            user_name=self.principal.name,
-            role=self.principal.role,
-            source_address=self.address,
+            actor=self.actor,
             resource_type=resource_type,
             resource_id=resource_id,
             patient_id=patient_id,
