@@ -189,7 +189,7 @@ class Settings(BaseSettings):
     jwt_roles_claim: str = "roles"
     token_ttl_minutes: int = Field(60, ge=1, le=60 * 24 * 30)
 
-    # worklist (serving/worklist.py): a study is due at ready time + its class's maximum wait;
+    # worklist (serving/worklist/): a study is due at ready time + its class's maximum wait;
     # the worklist is read earliest-due first. Urgent: score ≥ fraction x the model's threshold
     # (worklist_default_threshold when the caller gives none). Critical ≤ urgent ≤ routine.
     worklist_max_wait_critical_min: int = Field(30, ge=1)
