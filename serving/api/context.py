@@ -13,6 +13,7 @@ from core.db import Database, upgrade
 from core.secrets import load_secrets
 from core.security import Accounts, TokenService
 from serving.api._stow import GatewayIngest
+from serving.patient_ids import PatientIdCache
 
 if TYPE_CHECKING:
     import pyorthanc
@@ -54,6 +55,7 @@ class ApiContext:
     tokens: TokenService
     ingest: GatewayIngest
     archive: ImageArchive
+    patient_ids: PatientIdCache
     orthanc: pyorthanc.Orthanc
 
     @classmethod
@@ -63,6 +65,7 @@ class ApiContext:
         db = Database.from_settings(settings)
         upgrade(db)
         audit = AuditTrail(db, secrets.audit_hmac_key)
+        archive = open_archive(settings, secrets)
         return cls(
             settings=settings,
             db=db,
@@ -70,7 +73,8 @@ class ApiContext:
             accounts=Accounts(db, audit),
             tokens=TokenService(settings, secrets.jwt_signing_key),
             ingest=GatewayIngest.from_settings(settings, secrets),
-            archive=open_archive(settings, secrets),
+            archive=archive,
+            patient_ids=PatientIdCache(archive),
             orthanc=orthanc_client(settings, secrets),
         )
 

@@ -15,9 +15,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-import threading
-import time
-from collections import OrderedDict
 from collections.abc import AsyncIterator
 from enum import Enum
 from typing import Annotated, Any
@@ -90,51 +87,6 @@ class _Kind(Enum):
 
     def __init__(self, event: AuditEventCode, accept: str | None, rewrite: bool) -> None:
         self.event, self.default_accept, self.rewrite = event, accept, rewrite
-
-
-class _PatientIds:
-    """Patient ID of recently accessed studies (for audit records), so that a viewer fetching
-    frame after frame does not cost one more Orthanc query each.
-    """
-
-    def __init__(self, size: int = 4096, ttl_s: float = 300.0) -> None:
-        self._size, self._ttl_s = size, ttl_s
-        self._entries: OrderedDict[tuple[str, str], tuple[float, str | None]] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, client: httpx.Client, base_url: str, study: str) -> str | None:
-        key, now = (base_url, study), time.monotonic()
-        with self._lock:
-            cached = self._entries.get(key)
-            if cached is not None and now - cached[0] < self._ttl_s:
-                self._entries.move_to_end(key)
-                return cached[1]
-        patient_id = _lookup_patient_id(client, base_url, study)
-        with self._lock:
-            self._entries[key] = (now, patient_id)
-            self._entries.move_to_end(key)
-            while len(self._entries) > self._size:
-                self._entries.popitem(last=False)
-        return patient_id
-
-
-_patient_ids = _PatientIds()
-
-
-def _lookup_patient_id(client: httpx.Client, base_url: str, study: str) -> str | None:
-    """The study's Patient ID (0010,0020) by a QIDO-RS query to Orthanc; ``None`` if unknown."""
-    try:
-        answer = client.get(
-            f"{base_url}{PREFIX}/studies",
-            params={"StudyInstanceUID": study, "includefield": "00100020"},
-            headers={"Accept": DICOM_JSON},
-        )
-        matches = answer.json() if answer.status_code == 200 else []
-        values = matches[0]["00100020"]["Value"] if matches else []
-    except (httpx.HTTPError, ValueError, LookupError, TypeError) as exc:
-        logger.debug("no patient ID for study %s: %s", study, exc)
-        return None
-    return str(values[0]) if values else None
 
 
 def _accept(accept: str, default: str | None) -> str | None:
@@ -261,7 +213,7 @@ async def _proxy(
                 await run_in_threadpool(answer.close)
     try:
         if streaming is not None and study and kind is not _Kind.QUERY:
-            patient_id = await run_in_threadpool(_patient_ids.get, client, orthanc_base, study)
+            patient_id = await run_in_threadpool(ctx.patient_ids.get, study)
         detail["status"] = response.status_code
         await run_in_threadpool(
             audit_request,
