@@ -18,12 +18,12 @@ from typing import Any
 import httpx
 import pytest
 
-from core.archive import OrthancArchive, open_archive, orthanc_client
+from core.archive import OrthancArchive, open_archive
 from core.config import Settings, load_settings
 from core.db import Database
 from core.secrets import load_secrets
 from tests.fixture_models import register_fixture_models
-from tests.helpers import free_ports
+from tests.helpers import free_ports, orthanc_client
 
 RADCLOUD = [sys.executable, "-m", "radcloud"]
 

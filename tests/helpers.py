@@ -6,8 +6,12 @@ import socket
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
+from typing import Any
 
-__all__ = ["free_port", "free_ports", "wait_until"]
+from core.config import Settings
+from core.secrets import Secrets
+
+__all__ = ["free_port", "free_ports", "orthanc_client", "wait_until"]
 
 
 def free_port() -> int:
@@ -36,3 +40,17 @@ def wait_until(
             return condition()
         time.sleep(interval_s)
     return True
+
+
+def orthanc_client(settings: Settings, secrets: Secrets, *, timeout_s: float = 30.0) -> Any:
+    """A pyorthanc client of an instance's Orthanc, for tests that check Orthanc itself (the
+    product reaches Orthanc only through ``core.archive``); close it when done."""
+    import pyorthanc
+
+    return pyorthanc.Orthanc(
+        settings.orthanc_url,
+        username=secrets.orthanc_user,
+        password=secrets.orthanc_password,
+        timeout=timeout_s,
+        base_url=settings.orthanc_url,
+    )

@@ -25,7 +25,7 @@ from core.archive.model import (
     ResourceLevel,
     StoredInstance,
 )
-from core.archive.orthanc import open_archive, orthanc_client, orthanc_healthy, wait_for_orthanc
+from core.archive.orthanc import dicomweb_client, open_archive, orthanc_healthy, wait_for_orthanc
 from core.archive.orthanc_archive import OrthancArchive, orthanc_instance_id
 from core.archive.protocol import AnonymizingArchive, ImageArchive
 
@@ -45,8 +45,8 @@ __all__ = [
     "OrthancArchive",
     "ResourceLevel",
     "StoredInstance",
+    "dicomweb_client",
     "open_archive",
-    "orthanc_client",
     "orthanc_healthy",
     "orthanc_instance_id",
     "wait_for_orthanc",

@@ -1,15 +1,14 @@
 """radcloud's Orthanc: the seam's factory (:func:`open_archive`), a health check and a wait
 for start-up.
 
-:func:`orthanc_client` (a raw pyorthanc client) remains only until serving goes through
-:class:`~core.archive.OrthancArchive` too; new code uses :func:`open_archive`.
+:func:`dicomweb_client` serves the API's DICOMweb pass-through, which relays DICOMweb (not
+Orthanc's REST API) to Orthanc's plugin.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING
 
 import httpx
 
@@ -18,10 +17,7 @@ from core.config import Settings
 from core.exceptions import StartupError
 from core.secrets import Secrets
 
-if TYPE_CHECKING:
-    import pyorthanc
-
-__all__ = ["open_archive", "orthanc_client", "orthanc_healthy", "wait_for_orthanc"]
+__all__ = ["dicomweb_client", "open_archive", "orthanc_healthy", "wait_for_orthanc"]
 
 logger = logging.getLogger(__name__)
 
@@ -54,27 +50,25 @@ def open_archive(
     )
 
 
-def orthanc_client(
+def dicomweb_client(
     settings: Settings, secrets: Secrets, *, timeout_s: float = 30.0
-) -> pyorthanc.Orthanc:
-    """A raw REST client for radcloud's Orthanc (deprecated: serving's last use until it goes
-    through :func:`open_archive`, which takes the same parameters).
+) -> httpx.Client:
+    """An HTTP client of Orthanc's DICOMweb plugin, for the API's QIDO-RS/WADO-RS pass-through.
+
+    The pass-through relays DICOMweb requests and streams the answers (``serving/api/routes/
+    dicomweb.py``); it speaks DICOMweb, not Orthanc's REST API, which only the archive seam
+    (:func:`open_archive`) speaks.
 
     Returns
     -------
-    pyorthanc.Orthanc
-        The client (an ``httpx.Client`` with ``base_url`` set, so both pyorthanc's methods and
-        raw paths such as ``client.post("/tools/find", json=...)`` work; close it, or use it as
-        a context manager).
+    httpx.Client
+        Authenticated with the generated credentials, ``base_url`` Orthanc's address; close it,
+        or use it as a context manager.
     """
-    import pyorthanc  # 0.3 s to import: only when a client is needed
-
-    return pyorthanc.Orthanc(
-        settings.orthanc_url,
-        username=secrets.orthanc_user,
-        password=secrets.orthanc_password,
+    return httpx.Client(
+        base_url=settings.orthanc_url,
+        auth=(secrets.orthanc_user, secrets.orthanc_password),
         timeout=timeout_s,
-        base_url=settings.orthanc_url,  # so raw REST paths work too: client.get("/system")
     )
 
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from core.archive import ImageArchive, open_archive, orthanc_client
+import httpx
+
+from core.archive import ImageArchive, dicomweb_client, open_archive
 from core.audit import AuditTrail
 from core.config import Settings
 from core.db import Database, upgrade
@@ -14,9 +16,6 @@ from core.secrets import load_secrets
 from core.security import Accounts, TokenService
 from serving.api._stow import GatewayIngest
 from serving.patient_ids import PatientIdCache
-
-if TYPE_CHECKING:
-    import pyorthanc
 
 __all__ = ["SERVING_LINKS", "ApiContext", "ServingLinks"]
 
@@ -56,7 +55,7 @@ class ApiContext:
     ingest: GatewayIngest
     archive: ImageArchive
     patient_ids: PatientIdCache
-    orthanc: pyorthanc.Orthanc
+    orthanc: httpx.Client
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ApiContext:
@@ -75,7 +74,7 @@ class ApiContext:
             ingest=GatewayIngest.from_settings(settings, secrets),
             archive=archive,
             patient_ids=PatientIdCache(archive),
-            orthanc=orthanc_client(settings, secrets),
+            orthanc=dicomweb_client(settings, secrets),
         )
 
     def close(self) -> None:

@@ -13,7 +13,6 @@ import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 
-from core.archive import orthanc_client
 from core.config import Settings, load_settings
 from core.exceptions import PortInUseError, StartupError
 from core.secrets import Secrets, load_secrets
@@ -23,7 +22,7 @@ from radcloud.services import (
     check_ports_free,
     orthanc_component,
 )
-from tests.helpers import free_ports, wait_until
+from tests.helpers import free_ports, orthanc_client, wait_until
 
 pytestmark = pytest.mark.integration
 

@@ -27,12 +27,11 @@ from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
-from core.archive import orthanc_client
 from core.secrets import load_secrets
 from dicom_gateway.quarantine import Quarantine
 from radcloud.services import http_ok
 from tests.conftest import Stack, settings_from_env
-from tests.helpers import free_port, wait_until
+from tests.helpers import free_port, orthanc_client, wait_until
 
 pytestmark = pytest.mark.integration
 
