@@ -1,4 +1,4 @@
-"""``radcloud models list|show|promote|rollback|import``: the model registry.
+"""``radcloud models list|show|promote|rollback|import|ship|verify``: the model registry.
 
 The ``models`` package (torch, MONAI, ONNX Runtime: seconds to import) is imported when a
 ``models`` command runs, not when the ``radcloud`` command starts.
@@ -23,10 +23,18 @@ __all__ = ["register"]
 models_app = typer.Typer(help="Registered models: versions, stages, imports.", no_args_is_help=True)
 
 
-def _registry() -> ModelRegistry:
+def _registry(home: Path | None = None) -> ModelRegistry:
+    """The registry of this radcloud, or of the radcloud home ``home`` (its ``models``)."""
     from models.registry import ModelRegistry
 
-    return ModelRegistry(get_settings().paths.models_dir)
+    return ModelRegistry(home / "models" if home is not None else get_settings().paths.models_dir)
+
+
+_REGISTRY_OPTION = typer.Option(
+    "--registry",
+    help="The RADCLOUD_HOME whose registry to use (default: this radcloud's).",
+    file_okay=False,
+)
 
 
 def _headline(model: RegisteredModel) -> str:
@@ -162,6 +170,40 @@ def import_(
     else:
         fail(f"{path} does not exist: expected a bundle directory or an .onnx file")
     console.print(f"imported {model.name} version {model.version} ([yellow]staged[/])")
+
+
+@models_app.command("ship")
+@command
+def ship(
+    name: str,
+    version: int,
+    registry: Annotated[Path | None, _REGISTRY_OPTION] = None,
+    to: Annotated[
+        Path | None,
+        typer.Option("--to", help="The shipped-models directory (default: models/shipped)."),
+    ] = None,
+    reproduce: Annotated[
+        str | None,
+        typer.Option(
+            "--command", help="The command that reproduces the training (default: as recorded)."
+        ),
+    ] = None,
+    machine: Annotated[
+        str | None,
+        typer.Option("--machine", help="The machine it was trained on (default: as recorded)."),
+    ] = None,
+) -> None:
+    """Ship VERSION of NAME into the repository: a bundle with float16 weights (parity-checked),
+    its card and its provenance, which `radcloud demo` registers instead of training."""
+    from models.shipping import SHIPPED_DIR
+    from models.shipping import ship as ship_model
+
+    model = _registry(registry).get(name, version)
+    path = ship_model(model, to or SHIPPED_DIR, command=reproduce, machine=machine)
+    size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+    console.print(
+        f"shipped {name} version {version} to {path} ({size / 1e6:.1f} MB): {_headline(model)}"
+    )
 
 
 def register(app: typer.Typer) -> None:
