@@ -122,13 +122,18 @@ class Verification:
 
     @property
     def failures(self) -> list[str]:
-        """The figures below their floor, each as "name value < floor"."""
+        """What fails: each figure below its floor ("name value < floor"; a NaN is below any
+        floor), and studies without a finite score."""
         measured = self.measured()
-        return [
+        found = [
             f"{name} {measured[name].value:.3f} < floor {floor:.3f}"
             for name, floor in self.floors.items()
-            if name in measured and measured[name].value < floor
+            if name in measured and not measured[name].value >= floor
         ]
+        unscored = sum(not math.isfinite(s.score) for s in self.studies)
+        if unscored:
+            found.append(f"{unscored} of {len(self.studies)} studies have no finite score")
+        return found
 
     @property
     def passed(self) -> bool:
