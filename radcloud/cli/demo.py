@@ -263,21 +263,25 @@ def _calibrated_models(settings: Settings) -> set[tuple[str, str]]:
 
 
 def _score_text(results: list[Any], calibrated: set[tuple[str, str]]) -> str:
-    """The most urgent result's score, as serving stored it, with its operating threshold:
-    "AI probability 0.87 (threshold 0.42)" for a calibrated model, else "score ..."."""
+    """The most urgent result's score, as serving stored it, in the words the SR and the web
+    app use (:func:`imaging.sr.score_statement`)."""
+    from imaging.sr import score_statement
+
     scored = [r for r in results if r.score is not None]
     if not scored:
         return "-"
 
+    def threshold(result: Any) -> float | None:
+        value = (result.findings or {}).get("threshold")
+        return float(value) if value is not None else None
+
     def urgency(result: Any) -> float:
-        threshold = (result.findings or {}).get("threshold")
-        return float(result.score) / float(threshold) if threshold else float(result.score)
+        limit = threshold(result)
+        return float(result.score) / limit if limit else float(result.score)
 
     lead = max(scored, key=urgency)
-    threshold = (lead.findings or {}).get("threshold")
-    label = "AI probability" if (lead.model_name, lead.model_version) in calibrated else "score"
-    return f"{label} {lead.score:.2f}" + (
-        f" (threshold {float(threshold):.2f})" if threshold is not None else ""
+    return score_statement(
+        float(lead.score), threshold(lead), (lead.model_name, lead.model_version) in calibrated
     )
 
 
