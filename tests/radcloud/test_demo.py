@@ -51,11 +51,12 @@ def test_demo_sends_studies_and_prints_the_triaged_worklist(tmp_path: Path) -> N
         "chest-xr-finding",
     }
     assert "radcloud worklist" in out
-    rows = [line for line in out.splitlines() if "head-ct-haemorrhage v1" in line]
+    worklist = out[out.index("radcloud worklist") :]
+    rows = [line for line in worklist.splitlines() if "head-ct-haemorrhage v1" in line]
     assert rows and "CRITICAL" in rows[0]  # the fixture flags every head CT
-    assert "score 1.00 (threshold 0.00)" in rows[0]  # uncalibrated: the raw score
-    assert "chest-xr-finding v1" in out
-    first = out.index("head-ct-haemorrhage v1")
-    assert first < out.index("chest-xr-finding v1")  # the critical study is read first
+    assert "AI score 1.00 (threshold 0.00)" in rows[0]  # uncalibrated: the raw score
+    assert "chest-xr-finding v1" in worklist
+    first = worklist.index("head-ct-haemorrhage v1")
+    assert first < worklist.index("chest-xr-finding v1")  # the critical study is read first
     assert "Services are up" in out and "radcloud down" in out
     assert status.returncode == 0, status.stdout  # the services stayed up
