@@ -258,7 +258,11 @@ def ship(
             command=command or _reproducing_command(config),
             seed=config.get("seed"),
             machine=machine
-            or (str(recorded_machine) if recorded_machine else f"{this_machine()} (shipped on)"),
+            or (
+                str(recorded_machine)
+                if recorded_machine
+                else f"{this_machine()} (where it was shipped: training recorded no machine)"
+            ),
             training_seconds=_training_seconds(config, metrics),
             trained_at=card.created,
             shipped_at=dt.datetime.now(dt.UTC),
