@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -13,13 +14,14 @@ from models.card import ModelCard
 from models.exceptions import HalfPrecisionParityError
 from models.registry import ModelRegistry
 from models.shipping import PROVENANCE_FILE, Provenance, ship, shipped_bundles
+from tests.conftest import RADCLOUD
 from tests.fixture_models import register_fixture_models
 from training.tasks import Task
 
 
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory: pytest.TempPathFactory) -> ModelRegistry:
-    models = tmp_path_factory.mktemp("models")
+    models = tmp_path_factory.mktemp("home") / "models"
     register_fixture_models(models, tasks=(Task.CHEST_XR,), thresholds={Task.CHEST_XR: 0.5})
     return ModelRegistry(models)
 
@@ -82,3 +84,27 @@ def test_shipping_refuses_weights_float16_changes_too_much(
     # the bundle shipped before is untouched and no staging directory is left
     assert (shipped / "chest-xr-finding" / PROVENANCE_FILE).read_text() == before
     assert [p.name for p in shipped.iterdir()] == ["chest-xr-finding"]
+
+
+def test_the_ship_command_ships_a_version_of_another_registry(
+    registry: ModelRegistry, tmp_path: Path
+) -> None:
+    home = registry.root.parent
+    shipped = tmp_path / "shipped"
+
+    options = ["--registry", str(home), "--to", str(shipped), "--machine", "a test machine"]
+    result = subprocess.run(
+        [*RADCLOUD, "models", "ship", "chest-xr-finding", "1", *options],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "shipped chest-xr-finding version 1" in result.stdout
+    provenance = Provenance.model_validate_json(
+        (shipped / "chest-xr-finding" / PROVENANCE_FILE).read_text()
+    )
+    assert provenance.machine == "a test machine"
+    assert provenance.command.startswith("radcloud train --task chest-xr --preset tiny")

@@ -5,6 +5,8 @@ The floors are the card's figures minus three standard errors of a set of the si
 (see the serving.verify docstring): with 20 positive and 20 negative chest radiographs and a
 card AUC of 0.95 the AUC floor is about 0.84 (Hanley-McNeil standard error 0.037); with 10 and
 10 head CTs about 0.79. A corrupted model scores near chance (AUC about 0.5), far below.
+The seed is fixed (serving.verify.DEFAULT_SEED, never used in training), so for a given bundle
+the outcome is the same on every run: a failure means the bundle or serving's code changed.
 """
 
 from __future__ import annotations
