@@ -64,7 +64,7 @@ $(WEB)/dist/index.html: $(WEB_SOURCES) $(WEB)/node_modules/.package-lock.json
 
 web: $(WEB)/dist/index.html  ## build the reading web app when missing or older than its sources
 
-demo: install  ## the main job: train demo models if needed, start, triage synthetic studies
+demo: install  ## the main job: register the shipped models (or --retrain), start, triage synthetic studies
 	$(VENV)/bin/radcloud demo
 
 test: install  ## run the whole test suite

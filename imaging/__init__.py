@@ -30,7 +30,7 @@ from imaging.seg import (
     read_segmentation,
     write_segmentation,
 )
-from imaging.sr import Finding, read_findings, write_measurement_report
+from imaging.sr import Finding, read_findings, score_statement, write_measurement_report
 from imaging.transforms import WINDOW_PRESETS, WindowPreset, apply_window, resample
 from imaging.volume import (
     SeriesGeometry,
@@ -70,6 +70,7 @@ __all__ = [
     "read_segmentation",
     "resample",
     "save_nifti",
+    "score_statement",
     "series_geometry",
     "split_by_series",
     "write_measurement_report",

@@ -31,7 +31,13 @@ from pydicom.uid import generate_uid
 
 from imaging.seg import AI_RESULT_NOTICE, MANUFACTURER, AlgorithmIdentity, check_conformance
 
-__all__ = ["CRITICAL_FINDING", "Finding", "read_findings", "write_measurement_report"]
+__all__ = [
+    "CRITICAL_FINDING",
+    "Finding",
+    "read_findings",
+    "score_statement",
+    "write_measurement_report",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +68,8 @@ class Finding:
     segment_number
         The SEG segment outlining it, if any.
     score
-        The model's score for it (unitless, e.g. a probability).
+        The model's score for it (unitless): the calibrated probability of the finding when
+        the model calibrates its score, else its raw score (see :func:`score_statement`).
     critical
         Whether it needs communicating at once (ACR actionable finding category 1).
     volume_mm3
@@ -83,6 +90,17 @@ class Finding:
     area_mm2: float | None = None
     text: str | None = None
     finding_type: Code | None = None
+
+
+def score_statement(score: float, threshold: float | None, calibrated: bool) -> str:
+    """An AI score in the words a reader sees everywhere (SR text, worklist, viewer).
+
+    ``"AI probability 0.87 (threshold 0.42)"`` when the score is a calibrated probability of
+    the finding, else ``"AI score 0.87 (threshold 0.42)"``; without a threshold, no bracket.
+    """
+    what = "AI probability" if calibrated else "AI score"
+    limit = f" (threshold {threshold:.2f})" if threshold is not None else ""
+    return f"{what} {score:.2f}{limit}"
 
 
 def write_measurement_report(
@@ -110,7 +128,8 @@ def write_measurement_report(
     algorithm
         The algorithm that produced them.
     study_level_score
-        Score for the whole study (e.g. probability of any bleed), or ``None``.
+        Score for the whole study (the calibrated probability of any finding when the model
+        calibrates its score), or ``None``.
     series_number
         SeriesNumber of the new SR series.
     series_description

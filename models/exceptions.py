@@ -7,6 +7,7 @@
     ├── CardError(source, reason)                a model card that does not validate
     ├── ExportError(path, reason)                torch.onnx.export failed
     ├── ParityError(max_abs_diff, tolerance)     torch and ONNX Runtime disagree
+    │   └── HalfPrecisionParityError             float16 weights change the outputs too much
     ├── ModelLoadError(path, reason)             weights or ONNX file cannot be loaded
     └── RegistryError
         ├── ModelNotFoundError(name, version)    also a radcloud NotFoundError (HTTP 404)
@@ -25,6 +26,7 @@ __all__ = [
     "ArchitectureError",
     "CardError",
     "ExportError",
+    "HalfPrecisionParityError",
     "InvalidBundleError",
     "ModelError",
     "ModelLoadError",
@@ -72,6 +74,18 @@ class ParityError(ModelError):
         super().__init__(
             f"ONNX Runtime and torch outputs differ by up to {max_abs_diff:.3g}: "
             f"expected at most {tolerance:.3g}"
+        )
+
+
+class HalfPrecisionParityError(ParityError):
+    """Weights rounded to float16 (for shipping) change an output probability too much."""
+
+    def __init__(self, max_abs_diff: float, tolerance: float) -> None:
+        self.max_abs_diff, self.tolerance = max_abs_diff, tolerance
+        ModelError.__init__(
+            self,
+            f"float16 weights change an output probability by up to {max_abs_diff:.3g}: "
+            f"expected at most {tolerance:.3g}",
         )
 
 

@@ -72,6 +72,7 @@ from models.card import ModelCard, Task
 from models.exceptions import CardError, ModelNotFoundError, RegistryIndexError, StageError
 from models.export import check_parity, export_onnx, onnx_session
 from models.networks import ARCHITECTURES, DEFAULT_PARITY_TOLERANCE
+from models.shipping import complete_bundle
 
 __all__ = ["ModelRegistry", "RegisteredModel", "RegistryEvent", "Stage"]
 
@@ -420,6 +421,8 @@ class ModelRegistry:
         ``card.json``) and/or ``models/model.onnx`` must load and fit the declared shapes
         (see :func:`models.bundle.validate_bundle`). The bundle is copied as it is (its
         ``metadata.json`` keeps its own version string); ``card.json`` holds the registry's.
+        A radcloud bundle without ``models/model.onnx`` (a shipped one, :mod:`models.shipping`)
+        gets its weights stored as float32 and ONNX exported and parity-checked.
 
         Parameters
         ----------
@@ -436,13 +439,20 @@ class ModelRegistry:
         InvalidBundleError
             Naming what is wrong: missing or malformed metadata, unreadable weights, shapes that
             do not match ``network_data_format``, ONNX and weights that disagree.
+        ParityError
+            When the ONNX file exported for a bundle without one disagrees with its weights.
         """
         with self._staging() as staging:
             card, bundle_copy, ours = stage_bundle(path, staging, name=name, task=task)
+            completed = complete_bundle(card, bundle_copy) if ours else None
             # a radcloud bundle (it has a card) gets metadata for its new version; an external
             # bundle keeps its own metadata.json as it came
             return self._commit(
-                bundle_copy, card, action="import", write_metadata=ours, detail=f"from {path}"
+                bundle_copy,
+                card,
+                action="import",
+                write_metadata=ours,
+                detail=f"from {path}" + (f"; {completed}" if completed else ""),
             )
 
     def import_onnx(

@@ -40,6 +40,7 @@ __all__ = [
     "ModelOutput",
     "ModelRunner",
     "Prepared",
+    "calibrated_score",
     "effective_backend",
     "interpret",
     "prepare",
@@ -187,7 +188,13 @@ def prepare(card: ModelCard, volume: Volume) -> Prepared:
 
 @dataclass
 class ModelOutput:
-    """What one model says about one series."""
+    """What one model says about one series.
+
+    ``score`` is what results, the worklist, the API and the SR show: the calibrated
+    probability of a finding when the card has a calibration (``calibrated``), else the
+    network's raw study score; ``raw_score`` is the network's score either way. The operating
+    ``threshold`` applies to ``score``.
+    """
 
     score: float
     critical: bool
@@ -196,6 +203,8 @@ class ModelOutput:
     mask: np.ndarray | None = None  # uint8 (z, y, x), probability >= 0.5
     lesion_volume_ml: float | None = None
     lesion_voxels: int = 0
+    raw_score: float | None = None
+    calibrated: bool = False
 
 
 def _softmax(logits: np.ndarray, axis: int) -> np.ndarray:
@@ -205,9 +214,38 @@ def _softmax(logits: np.ndarray, axis: int) -> np.ndarray:
     return result
 
 
+_CALIBRATION_CLIP = 1e-6
+
+
+def calibrated_score(card: ModelCard, raw_score: float) -> float:
+    """The card's calibration applied to a raw study score (the raw score without one).
+
+    Platt scaling (:class:`models.card.ScoreCalibration`):
+    ``p = sigmoid(slope * logit(raw) + intercept)``, ``raw`` clipped to ``[1e-6, 1 - 1e-6]``.
+    """
+    calibration = card.calibration
+    if calibration is None:
+        return raw_score
+    raw = min(max(raw_score, _CALIBRATION_CLIP), 1.0 - _CALIBRATION_CLIP)
+    logit = float(np.log(raw / (1.0 - raw)))
+    return float(1.0 / (1.0 + np.exp(-(calibration.slope * logit + calibration.intercept))))
+
+
+def _scored(card: ModelCard, raw_score: float, threshold: float) -> dict[str, Any]:
+    score = calibrated_score(card, raw_score)
+    return {
+        "score": score,
+        "critical": score >= threshold,
+        "threshold": threshold,
+        "raw_score": raw_score,
+        "calibrated": card.calibration is not None,
+    }
+
+
 def interpret(card: ModelCard, prepared: Prepared, logits: np.ndarray) -> ModelOutput:
-    """Score, critical flag (at the card's threshold) and, for segmenters, the lesion mask on
-    the source series' grid with its volume.
+    """Score (calibrated when the card says how: :func:`calibrated_score`), critical flag (at
+    the card's threshold) and, for segmenters, the lesion mask on the source series' grid with
+    its volume.
 
     Parameters
     ----------
@@ -229,7 +267,7 @@ def interpret(card: ModelCard, prepared: Prepared, logits: np.ndarray) -> ModelO
             if outputs.activation == "sigmoid"
             else float(channel)
         )
-        return ModelOutput(score=score, critical=score >= threshold, threshold=threshold)
+        return ModelOutput(**_scored(card, score, threshold))
     probabilities = _softmax(logits, axis=0) if outputs.activation == "softmax" else logits
     lesion = probabilities[-1]
     k = min(outputs.study_score_top_k or 1, lesion.size)
@@ -240,9 +278,7 @@ def interpret(card: ModelCard, prepared: Prepared, logits: np.ndarray) -> ModelO
     mask = (on_source >= 0.5).astype(np.uint8)
     voxel_ml = float(np.prod(prepared.volume.spacing)) / 1000.0
     return ModelOutput(
-        score=score,
-        critical=score >= threshold,
-        threshold=threshold,
+        **_scored(card, score, threshold),
         probability=np.clip(on_source, 0.0, 1.0),
         mask=mask,
         lesion_volume_ml=float(mask.sum()) * voxel_ml,

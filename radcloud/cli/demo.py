@@ -1,8 +1,9 @@
 """``radcloud demo``: the main job, end to end, on SYNTHETIC studies.
 
-1. Models: for each task without a production model, train the demo preset (progress bars),
-   register it and promote it (a demo convenience: in a real deployment an ML engineer promotes
-   after review).
+1. Models: for each task without a production model, register the model shipped with radcloud
+   (``models/shipped/``, :mod:`models.shipping`) and promote it; with ``--retrain`` (or when
+   none is shipped) train the demo preset instead (progress bars), register it and promote it
+   (a demo convenience: in a real deployment an ML engineer promotes after review).
 2. Services: ``radcloud up`` (restarting serving when models were just trained, since serving
    deploys the production models it finds at start).
 3. Studies: synthetic head CTs and chest radiographs (a seed the training data never used) are
@@ -54,6 +55,32 @@ def _missing_models(settings: Settings) -> list[str]:
         if task_spec(task).model_name not in names
         or registry.production(task_spec(task).model_name) is None
     ]
+
+
+def _use_shipped(settings: Settings, task: str, shipped: Path) -> bool:
+    """Register and promote the shipped model of ``task``; ``False`` when none is shipped."""
+    from models.registry import ModelRegistry
+    from models.shipping import shipped_bundles
+    from training.tasks import task_spec
+
+    bundle = shipped_bundles(shipped).get(task_spec(task).model_name)
+    if bundle is None:
+        return False
+    registry = ModelRegistry(settings.paths.models_dir)
+    with console.status(f"registering the shipped {task} model"):
+        model = registry.import_bundle(bundle)
+        registry.promote(model.name, model.version)
+    metrics = model.card.metrics
+    shown = ", ".join(
+        f"{label} {value:.3f}"
+        for label, value in (("test AUC", metrics.auc), ("lesion Dice", metrics.dice))
+        if value is not None
+    )
+    console.print(
+        f"{model.name} v{model.version}: the shipped model ({shown or 'no test figures'}); "
+        "promoted to production. [yellow]SYNTHETIC demo model: not for clinical use.[/]"
+    )
+    return True
 
 
 def _train(settings: Settings, task: str) -> None:
@@ -202,8 +229,10 @@ def _worklist(settings: Settings, uids: set[str]) -> None:
             results.setdefault(result.study_id, []).append(result)
         rows.sort(key=lambda r: priority_key(r[0].due_at, r[0].ai_score, r[1].ready_at))
         table = Table(title="radcloud worklist (SYNTHETIC studies, demo models)")
-        for column in ("#", "priority", "AI", "score", "modality", "study", "model", "to triage"):
-            table.add_column(column, justify="right" if column in {"#", "score"} else "left")
+        columns = ("#", "priority", "AI", "score", "modality", "study", "model")
+        for column in (*columns, "to triage"):
+            table.add_column(column, justify="right" if column == "#" else "left")
+        calibrated = _calibrated_models(settings)
         for rank, (item, study, _hospital) in enumerate(rows, start=1):
             found = results.get(study.id, [])
             flag = "[bold red]CRITICAL[/]" if any(r.critical for r in found) else item.ai_status
@@ -215,7 +244,7 @@ def _worklist(settings: Settings, uids: set[str]) -> None:
                 str(rank),
                 item.priority_class,
                 flag,
-                f"{item.ai_score:.3f}" if item.ai_score is not None else "-",
+                _score_text(found, calibrated) if item.ai_score is not None else "-",
                 study.modalities or "",
                 (study.study_description or "")[:32],
                 models,
@@ -225,6 +254,40 @@ def _worklist(settings: Settings, uids: set[str]) -> None:
     console.print(table)
 
 
+def _calibrated_models(settings: Settings) -> set[tuple[str, str]]:
+    """(name, version) of the registered models whose card calibrates their score."""
+    from models.registry import ModelRegistry
+
+    return {
+        (model.name, str(model.version))
+        for model in ModelRegistry(settings.paths.models_dir).list_models()
+        if model.card.calibration is not None
+    }
+
+
+def _score_text(results: list[Any], calibrated: set[tuple[str, str]]) -> str:
+    """The most urgent result's score, as serving stored it, in the words the SR and the web
+    app use (:func:`imaging.sr.score_statement`)."""
+    from imaging.sr import score_statement
+
+    scored = [r for r in results if r.score is not None]
+    if not scored:
+        return "-"
+
+    def threshold(result: Any) -> float | None:
+        value = (result.findings or {}).get("threshold")
+        return float(value) if value is not None else None
+
+    def urgency(result: Any) -> float:
+        limit = threshold(result)
+        return float(result.score) / limit if limit else float(result.score)
+
+    lead = max(scored, key=urgency)
+    return score_statement(
+        float(lead.score), threshold(lead), (lead.model_name, lead.model_version) in calibrated
+    )
+
+
 def demo(
     studies: Annotated[int, typer.Option(help="Studies of each task to send.")] = 4,
     seed: Annotated[
@@ -232,18 +295,34 @@ def demo(
         typer.Option(help="Seed of the studies (default: from the clock, new studies each run)."),
     ] = None,
     timeout_s: Annotated[float, typer.Option(help="How long to wait for triage.")] = 900.0,
+    retrain: Annotated[
+        bool,
+        typer.Option(
+            "--retrain",
+            help="Train the demo models (minutes per task) and promote them, instead of using "
+            "the shipped ones.",
+        ),
+    ] = False,
+    shipped: Annotated[
+        Path | None,
+        typer.Option(help="Directory of shipped models (default: radcloud's models/shipped)."),
+    ] = None,
 ) -> None:
-    """Train (if needed), start everything, send synthetic studies, show the triaged worklist."""
+    """Register the shipped models (or train with --retrain), start everything, send synthetic
+    studies, show the triaged worklist."""
+    from models.shipping import SHIPPED_DIR
+
     setup_logging("WARNING")
     # The supervisor leaves its components running on purpose: not a leaked subprocess.
     warnings.filterwarnings("ignore", category=ResourceWarning)
     settings = get_settings()
     started = time.monotonic()
     seed = seed if seed is not None else 1000 + int(time.time()) % 1_000_000  # training used 0
-    missing = _missing_models(settings)
-    for task in missing:
-        _train(settings, task)
-    _services(settings, restart_serving=bool(missing))
+    changed = list(_TASKS) if retrain else _missing_models(settings)
+    for task in changed:
+        if retrain or not _use_shipped(settings, task, shipped or SHIPPED_DIR):
+            _train(settings, task)
+    _services(settings, restart_serving=bool(changed))
     _sender(settings)
     console.print(f"sending {studies} SYNTHETIC studies of each task (seed {seed})")
     sent = _push(settings, studies, seed)

@@ -1,4 +1,4 @@
-"""``radcloud models list|show|promote|rollback|import``: the model registry.
+"""``radcloud models list|show|promote|rollback|import|ship|verify``: the model registry.
 
 The ``models`` package (torch, MONAI, ONNX Runtime: seconds to import) is imported when a
 ``models`` command runs, not when the ``radcloud`` command starts.
@@ -23,10 +23,18 @@ __all__ = ["register"]
 models_app = typer.Typer(help="Registered models: versions, stages, imports.", no_args_is_help=True)
 
 
-def _registry() -> ModelRegistry:
+def _registry(home: Path | None = None) -> ModelRegistry:
+    """The registry of this radcloud, or of the radcloud home ``home`` (its ``models``)."""
     from models.registry import ModelRegistry
 
-    return ModelRegistry(get_settings().paths.models_dir)
+    return ModelRegistry(home / "models" if home is not None else get_settings().paths.models_dir)
+
+
+_REGISTRY_OPTION = typer.Option(
+    "--registry",
+    help="The RADCLOUD_HOME whose registry to use (default: this radcloud's).",
+    file_okay=False,
+)
 
 
 def _headline(model: RegisteredModel) -> str:
@@ -162,6 +170,102 @@ def import_(
     else:
         fail(f"{path} does not exist: expected a bundle directory or an .onnx file")
     console.print(f"imported {model.name} version {model.version} ([yellow]staged[/])")
+
+
+@models_app.command("ship")
+@command
+def ship(
+    name: str,
+    version: int,
+    registry: Annotated[Path | None, _REGISTRY_OPTION] = None,
+    to: Annotated[
+        Path | None,
+        typer.Option("--to", help="The shipped-models directory (default: models/shipped)."),
+    ] = None,
+    reproduce: Annotated[
+        str | None,
+        typer.Option(
+            "--command", help="The command that reproduces the training (default: as recorded)."
+        ),
+    ] = None,
+    machine: Annotated[
+        str | None,
+        typer.Option("--machine", help="The machine it was trained on (default: as recorded)."),
+    ] = None,
+) -> None:
+    """Ship VERSION of NAME into the repository: a bundle with float16 weights (parity-checked),
+    its card and its provenance, which `radcloud demo` registers instead of training."""
+    from models.shipping import SHIPPED_DIR
+    from models.shipping import ship as ship_model
+
+    model = _registry(registry).get(name, version)
+    path = ship_model(model, to or SHIPPED_DIR, command=reproduce, machine=machine)
+    size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+    console.print(
+        f"shipped {name} version {version} to {path} ({size / 1e6:.1f} MB): {_headline(model)}"
+    )
+
+
+@models_app.command("verify")
+@command
+def verify(
+    name: str,
+    version: Annotated[
+        str,
+        typer.Option("--version", "-v", help="A version number or 'production'."),
+    ] = "production",
+    studies: Annotated[int, typer.Option(help="Fresh synthetic studies to draw.")] = 100,
+    seed: Annotated[
+        int | None, typer.Option(help="Their seed (default: one no training run uses).")
+    ] = None,
+    registry: Annotated[Path | None, _REGISTRY_OPTION] = None,
+) -> None:
+    """Score a model through serving's own pre- and post-processing on fresh synthetic studies:
+    AUC, sensitivity and specificity at the card's threshold, Dice, with 95 % intervals; exits 1
+    when a figure is below the floor its card sets."""
+    from rich.progress import Progress
+
+    from serving.verify import DEFAULT_SEED, verify_model
+
+    model = _registry(registry).get(name, version)
+    with Progress(console=console, transient=True) as progress:
+        bar = progress.add_task(f"verifying {name} v{model.version}", total=studies)
+        result = verify_model(
+            model,
+            studies=studies,
+            seed=DEFAULT_SEED if seed is None else seed,
+            on_study=lambda done, _total: progress.update(bar, completed=done),
+        )
+    card = model.card.metrics
+    on_card = {
+        "auc": card.auc,
+        "sensitivity": card.sensitivity,
+        "specificity": card.specificity,
+        "dice": card.dice,
+    }
+    score = "calibrated probability" if result.calibrated else "score"
+    table = Table(
+        "figure",
+        "measured [95 % interval]",
+        "card",
+        "floor",
+        title=f"{name} v{model.version} on {result.positives} positive and {result.negatives} "
+        f"negative SYNTHETIC studies (seed {result.seed}); threshold {result.threshold:.3f} "
+        f"on the {score}",
+    )
+    for figure, estimate in result.measured().items():
+        floor = result.floors.get(figure)
+        expected = on_card.get(figure)
+        table.add_row(
+            figure,
+            str(estimate),
+            "-" if expected is None else f"{expected:.3f}",
+            "-" if floor is None else f"{floor:.3f}",
+        )
+    console.print(table)
+    if not result.passed:
+        fail(f"{name} v{model.version} is below its floor: {'; '.join(result.failures)}")
+    console.print("[bold green]passed[/]: every figure reaches its floor")
 
 
 def register(app: typer.Typer) -> None:

@@ -20,6 +20,7 @@ from imaging import (
     Finding,
     load_series,
     read_findings,
+    score_statement,
     write_measurement_report,
     write_segmentation,
 )
@@ -168,3 +169,19 @@ def test_a_finding_needs_its_segment() -> None:
         )
     with pytest.raises(ValueError, match="nothing to report"):
         write_measurement_report(datasets, None, [], ALGORITHM, study_level_score=None)
+
+
+def test_a_calibrated_score_is_stated_as_a_probability_with_its_threshold(
+    tmp_path: Path,
+) -> None:
+    assert score_statement(0.871, 0.42, calibrated=True) == "AI probability 0.87 (threshold 0.42)"
+    assert score_statement(0.991, 0.9, calibrated=False) == "AI score 0.99 (threshold 0.90)"
+    assert score_statement(0.5, None, calibrated=True) == "AI probability 0.50"
+
+    statement = score_statement(0.87, 0.42, calibrated=True)
+    finding = Finding("Hemorrhage", score=0.87, critical=True, text=statement)
+    sr = write_measurement_report(
+        ct_series(slices=4), None, [finding], ALGORITHM, study_level_score=0.87
+    )
+    first = read_findings(written(sr, tmp_path / "sr.dcm"))[0]
+    assert first["score"] == pytest.approx(0.87) and first["text"] == [statement]

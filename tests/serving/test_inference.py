@@ -7,13 +7,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from benchmarks._models import random_weight_card
 from imaging.synthetic import generate_study
 from imaging.volume import load_series
+from models.card import ScoreCalibration
 from models.registry import ModelRegistry
-from serving.inference import Backend, ModelRunner, effective_backend, interpret, prepare
+from serving.inference import (
+    Backend,
+    ModelRunner,
+    calibrated_score,
+    effective_backend,
+    interpret,
+    prepare,
+)
 from serving.triage import SeriesData, select_series
-from tests.fixture_models import register_fixture_models
-from training.tasks import Task
+from tests.fixture_models import SLIM_PARAMS, register_fixture_models
+from training.tasks import Task, task_spec
 
 
 @pytest.fixture(scope="module")
@@ -109,3 +118,26 @@ def test_batching_is_configurable_per_model_and_reaches_the_replicas(
     for name, value in settings_env(settings).items():  # what a replica's environment gets
         monkeypatch.setenv(name, value)
     assert batch_size(load_settings(), "head-ct-haemorrhage") == 2
+
+
+def test_a_calibrated_card_gives_the_calibrated_probability_and_flags_on_it() -> None:
+    card, _ = random_weight_card(
+        task_spec(Task.CHEST_XR), dict(SLIM_PARAMS[Task.CHEST_XR]), 0.6, "calibration test"
+    )
+    study = generate_study("chest-xr", 0, 5)
+    prepared = prepare(card, load_series(study.datasets))
+    logits = np.zeros(1, dtype=np.float32)  # raw probability 0.5
+
+    plain = interpret(card, prepared, logits)
+    calibrated_card = card.model_copy(
+        update={"calibration": ScoreCalibration(slope=1.0, intercept=1.0, fitted_on="test")}
+    )
+    calibrated = interpret(calibrated_card, prepared, logits)
+
+    assert plain.score == pytest.approx(0.5) and not plain.calibrated and not plain.critical
+    assert calibrated.calibrated and calibrated.raw_score == pytest.approx(0.5)
+    assert calibrated.score == pytest.approx(1.0 / (1.0 + np.exp(-1.0)))  # sigmoid(logit + 1)
+    assert calibrated.critical and calibrated.threshold == 0.6  # the threshold is on it
+    # the raw score is clipped before the logit: a saturated network stays finite
+    assert calibrated_score(calibrated_card, 1.0) < 1.0
+    assert calibrated_score(card, 0.3) == 0.3  # no calibration: the raw score

@@ -34,6 +34,10 @@ export interface WorklistRow {
   due_at: string | null;
   priority_class: string;
   ai_score: number | null;
+  /** The lead model's operating threshold, where the API gives it. */
+  ai_threshold?: number | null;
+  /** Whether ai_score is a calibrated probability (the model card calibrates it). */
+  ai_calibrated?: boolean;
   ai_status: string;
   critical: boolean;
   status: ReadingStatus;
@@ -94,6 +98,8 @@ export interface Finding {
   score: number | null;
   critical: boolean;
   threshold: number | null;
+  /** Whether score is a calibrated probability (the model card calibrates it). */
+  calibrated?: boolean;
   series_instance_uid: string;
   seg_series_instance_uid: string | null;
   slices: number[];

@@ -123,3 +123,19 @@ export function formatDicomDate(date: string | null): string {
 export function formatScore(score: number | null): string {
   return score === null ? '–' : score.toFixed(2);
 }
+
+/**
+ * An AI score as a reader reads it, the same words in the worklist and the viewer: "AI
+ * probability 0.87 (threshold 0.42)" when the model's card calibrates its score (the number is
+ * then the probability of a finding), else "AI score 0.87 (threshold 0.42)".
+ */
+export function scoreStatement(
+  score: number | null,
+  threshold: number | null | undefined,
+  calibrated: boolean | undefined,
+): string {
+  const what = calibrated ? 'AI probability' : 'AI score';
+  const limit = threshold === null || threshold === undefined
+    ? '' : ` (threshold ${formatScore(threshold)})`;
+  return `${what} ${formatScore(score)}${limit}`;
+}

@@ -21,6 +21,7 @@ import {
   formatScore,
   formatWaiting,
   h,
+  scoreStatement,
   showAccessDenied,
   showBanner,
 } from './ui';
@@ -276,8 +277,10 @@ export class WorklistPageView {
       return h('span', { class: 'ai-status failed', title: 'no AI result: read unaided' },
         'AI failed');
     }
-    return h('span', { class: row.critical ? 'score critical' : 'score' },
-      formatScore(row.ai_score));
+    return h('span', {
+      class: row.critical ? 'score critical' : 'score',
+      title: scoreStatement(row.ai_score, row.ai_threshold, row.ai_calibrated),
+    }, formatScore(row.ai_score));
   }
 
   private get isRadiologist(): boolean {

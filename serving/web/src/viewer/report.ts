@@ -14,7 +14,7 @@ import {
   type SignedReport,
   type ViewerManifest,
 } from '../api';
-import { errorText, formatScore, h } from '../ui';
+import { errorText, h, scoreStatement } from '../ui';
 
 const NOT_VERIFIED = 'AI result — not verified';
 
@@ -122,8 +122,8 @@ export class ReportPanel {
           title: colour ? 'overlay colour' : 'no overlay' }),
         h('strong', {}, finding.label),
         finding.critical ? h('span', { class: 'badge priority critical' }, 'CRITICAL') : null,
-        h('span', { class: 'score', title: finding.threshold === null ? 'score'
-          : `score (threshold ${formatScore(finding.threshold)})` }, formatScore(finding.score))),
+        h('span', { class: 'score', 'data-testid': 'finding-score' },
+          scoreStatement(finding.score, finding.threshold, finding.calibrated))),
       h('div', { class: 'muted' }, `${finding.model_name} ${finding.model_version}`),
       h('div', { class: signed ? 'verification verified' : 'verification' }, verification),
       h('div', { class: 'finding-actions' }, goTo, confirm, reject));
