@@ -12,7 +12,7 @@ from pydicom.filebase import DicomBytesIO
 
 from core.archive import ArchiveError, ImageArchive
 from imaging.seg import HEMORRHAGE, AlgorithmIdentity, write_segmentation
-from imaging.sr import Finding, write_measurement_report
+from imaging.sr import Finding, score_statement, write_measurement_report
 from models.card import ModelCard
 from serving.exceptions import PlatformUnavailableError
 from serving.inference import ModelOutput
@@ -61,7 +61,10 @@ def write_back(
     findings: dict[str, Any] = {
         "series_instance_uid": series.uid,
         "threshold": output.threshold,
+        "calibrated": output.calibrated,
+        "raw_score": output.raw_score,
     }
+    statement = score_statement(output.score, output.threshold, output.calibrated)
     segmentation = None
     report: list[Finding] = []
     if output.mask is not None and output.lesion_voxels > 0:
@@ -78,6 +81,7 @@ def write_back(
                 score=output.score,
                 critical=output.critical,
                 volume_mm3=(output.lesion_volume_ml or 0.0) * 1000.0,
+                text=statement,
             )
         )
     elif output.critical:
@@ -86,6 +90,7 @@ def write_back(
                 label=card.outputs.channel_def.get(0, "finding"),
                 score=output.score,
                 critical=True,
+                text=statement,
             )
         )
     sr = write_measurement_report(
