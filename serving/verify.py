@@ -236,7 +236,7 @@ def _summarise(
     rng = np.random.default_rng(seed)
 
     def auc(rows: np.ndarray) -> float:
-        return roc_auc(scores[rows], labels[rows])
+        return roc_auc(labels[rows], scores[rows])
 
     def sensitivity(rows: np.ndarray) -> float:
         positive = rows[labels[rows] == 1]

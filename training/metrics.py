@@ -54,7 +54,7 @@ def roc_auc(labels: ArrayLike, scores: ArrayLike) -> float:
         ``labels`` lacks a 0 or a 1, or the lengths differ.
     """
     return mann_whitney_auc(
-        np.asarray(scores, dtype=np.float64).ravel(), np.asarray(labels).ravel()
+        np.asarray(labels).ravel(), np.asarray(scores, dtype=np.float64).ravel()
     )
 
 

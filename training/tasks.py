@@ -25,7 +25,7 @@ from monai import transforms as mt
 from monai.losses import DiceCELoss
 
 from models.card import ArchitectureRef, InputSpec, IntensityNormalization
-from models.networks import build_network
+from models.networks import build_network, get_architecture
 from models.preprocessing import card_transforms
 from models.slice_stack import SliceStackd
 
@@ -190,13 +190,8 @@ TASKS: dict[Task, TaskSpec] = {
         task=Task.HEAD_CT,
         model_name="head-ct-haemorrhage",
         architecture="unet-2.5d",
-        architecture_params={
-            "context": 1,
-            "out_channels": 2,
-            "channels": [32, 64, 128, 256],
-            "strides": [2, 2, 2],
-            "num_res_units": 2,
-        },
+        # the registry's defaults for the architecture (models.networks), defined there only
+        architecture_params=dict(get_architecture("unet-2.5d").params),
         segmentation=True,
         spacing=(2.0, 2.0, 5.0),
         spatial_size=(128, 128, 32),

@@ -13,7 +13,7 @@ from training.data import read_labels_csv
 from training.exceptions import DataSourceError
 from training.pipeline import train
 from training.registration import registry_callback
-from training.split import Split
+from training.split import Part, Split
 
 
 def test_tiny_head_ct_run_learns_evaluates_and_registers_a_staged_version(tmp_path: Path) -> None:
@@ -30,8 +30,18 @@ def test_tiny_head_ct_run_learns_evaluates_and_registers_a_staged_version(tmp_pa
     model = registry.get(report.model_name)
     assert model.stage == "staged"
     assert model.card.intended_use.startswith("synthetic demo model")
-    auc = report.metrics["test"]["auc"]  # NaN when a tiny test set holds one class only
-    assert (model.card.metrics.auc is None) if math.isnan(auc) else model.card.metrics.auc == auc
+    # the AUC is a number in [0, 1] whenever the test patients hold both classes; NaN (and no
+    # AUC on the card) only when this tiny split's test part holds one class
+    split = Split.load_or_create(tmp_path / "training" / "head-ct" / "split.json")
+    data = tmp_path / "training" / "head-ct" / "synthetic-s0-n16"
+    test_labels = {r.label for r in read_labels_csv(data) if split.part(r.patient_id) is Part.TEST}
+    auc = report.metrics["test"]["auc"]
+    if test_labels == {0, 1}:
+        assert 0.0 <= auc <= 1.0, f"test AUC {auc} with both classes among the test patients"
+        assert model.card.metrics.auc == auc
+    else:
+        assert math.isnan(auc)
+        assert model.card.metrics.auc is None
     assert report.metrics["test"]["lesion_dice"] is not None
     assert sum(report.split_counts.values()) == 16
     for plot in report.plots:
