@@ -14,7 +14,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from numpy.typing import ArrayLike
 
-from imaging.synthetic import roc_auc as mann_whitney_auc
+from imaging.synthetic import roc_auc
 
 __all__ = [
     "BinaryMetrics",
@@ -42,20 +42,6 @@ def roc_curve(labels: ArrayLike, scores: ArrayLike) -> tuple[np.ndarray, np.ndar
     tpr = np.r_[0.0, tps / positives]
     thresholds = np.r_[np.inf, s[distinct]]
     return fpr, tpr, thresholds
-
-
-def roc_auc(labels: ArrayLike, scores: ArrayLike) -> float:
-    """Area under the ROC curve (ties count half, as Mann-Whitney U): the one implementation,
-    :func:`imaging.synthetic.roc_auc`, which the synthetic baseline uses too.
-
-    Raises
-    ------
-    ValueError
-        ``labels`` lacks a 0 or a 1, or the lengths differ.
-    """
-    return mann_whitney_auc(
-        np.asarray(scores, dtype=np.float64).ravel(), np.asarray(labels).ravel()
-    )
 
 
 def choose_threshold(

@@ -70,8 +70,11 @@ class BaselineReport(TypedDict):
     """AUC of the studies with each finding against all normal studies."""
 
 
-def roc_auc(scores: Sequence[float] | np.ndarray, labels: Sequence[int] | np.ndarray) -> float:
+def roc_auc(labels: Sequence[int] | np.ndarray, scores: Sequence[float] | np.ndarray) -> float:
     """Area under the ROC curve, as the Mann-Whitney U statistic (ties count one half).
+
+    Arguments in scikit-learn's order (``y_true``, ``y_score``); the one implementation in
+    radcloud (:func:`training.metrics.roc_auc` is this function).
 
     Raises
     ------
@@ -234,7 +237,7 @@ def evaluate_baseline(
     for finding in sorted({f for f in findings if f is not SyntheticFinding.NONE}):
         chosen = normal + [n for n, f in enumerate(findings) if f is finding]
         by_finding[finding.value] = roc_auc(
-            [scores[n] for n in chosen], [labels[n] for n in chosen]
+            [labels[n] for n in chosen], [scores[n] for n in chosen]
         )
     report = BaselineReport(
         task=task.value,
@@ -243,7 +246,7 @@ def evaluate_baseline(
         seed=seed,
         positives=sum(labels),
         negatives=n_studies - sum(labels),
-        auc=roc_auc(scores, labels),
+        auc=roc_auc(labels, scores),
         auc_by_finding=by_finding,
     )
     logger.info("baseline %s: AUC %.3f on %d studies", task.value, report["auc"], n_studies)

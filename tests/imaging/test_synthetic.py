@@ -278,8 +278,8 @@ def test_positive_fraction_is_exact_and_studies_can_share_a_patient(tmp_path: Pa
 
 
 def test_roc_auc_counts_ties_as_half() -> None:
-    assert roc_auc([0.1, 0.4, 0.35, 0.8], [0, 0, 1, 1]) == 0.75
-    assert roc_auc([1, 1, 1, 1], [0, 1, 0, 1]) == 0.5
+    assert roc_auc([0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8]) == 0.75
+    assert roc_auc([0, 1, 0, 1], [1, 1, 1, 1]) == 0.5
     with pytest.raises(InvalidParameterError):
         roc_auc([0.1, 0.2], [1, 1])
 
@@ -292,7 +292,7 @@ def _baseline_and_oracle(task: SyntheticTask, studies: int, seed: int) -> tuple[
         scores.append(baseline_score(task, truth.image))
         oracle.append(float(truth.mask.sum()))  # cheating: reads the ground truth
         labels.append(truth.label)
-    return roc_auc(scores, labels), roc_auc(oracle, labels)
+    return roc_auc(labels, scores), roc_auc(labels, oracle)
 
 
 @pytest.mark.parametrize(("task", "studies"), [("head-ct", 25), ("chest-xr", 40)])
