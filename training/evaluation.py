@@ -43,6 +43,7 @@ __all__ = [
     "fit_platt",
     "plot_reliability",
     "score_heldout",
+    "strata",
     "test_report",
 ]
 
@@ -134,7 +135,7 @@ def auc_interval(
     return float(low), float(high)
 
 
-def _strata(task: str, record: dict[str, Any]) -> dict[str, str]:
+def strata(task: str, record: dict[str, Any]) -> dict[str, str]:
     """The strata a positive study belongs to: finding, size, contrast."""
     if record["label"] == 0:
         return {}
@@ -220,7 +221,7 @@ def test_report(
     columns = {"model": test_p, "baseline": baseline}
     strata: dict[str, dict[str, list[int]]] = {}
     for i in positives:
-        for kind, value in _strata(spec.task.value, test.records[i]).items():
+        for kind, value in strata(spec.task.value, test.records[i]).items():
             strata.setdefault(kind, {}).setdefault(value, []).append(i)
     breakdown: dict[str, dict[str, Any]] = {}
     for kind, groups in strata.items():

@@ -79,6 +79,15 @@ def _oracle(task: Task, positive: GroundTruth, twin: GroundTruth) -> dict[str, f
     return result
 
 
+def _is_positive(index: int, positives: int, negatives: int) -> bool:
+    """Positives and negatives alternate (so a set stopped early is still balanced), then the
+    larger class completes."""
+    pairs = min(positives, negatives)
+    if index < 2 * pairs:
+        return index % 2 == 0
+    return positives > negatives
+
+
 def write_heldout(selection: HeldoutSet, home: Path, *, oracle: bool = True) -> Path:
     """Render, store and measure the held-out studies of ``selection`` (resumes: studies
     already stored are kept); returns the folder."""
@@ -92,7 +101,7 @@ def write_heldout(selection: HeldoutSet, home: Path, *, oracle: bool = True) -> 
         for index in range(total):
             if index in done:
                 continue
-            positive = index < selection.positives  # positives first, then negatives
+            positive = _is_positive(index, selection.positives, selection.negatives)
             truth = render_ground_truth(
                 selection.task.value, index, seed, positive=positive, keep_clean=oracle
             )
@@ -118,6 +127,8 @@ def write_heldout(selection: HeldoutSet, home: Path, *, oracle: bool = True) -> 
             records.flush()
             if index % 25 == 0:
                 logger.info("%s %s: %d/%d studies", selection.task, selection.part, index, total)
+    if total == 0:  # evaluating what is stored: keep its description
+        return folder
     (folder / "selection.json").write_text(
         json.dumps(
             {

@@ -183,11 +183,14 @@ def train_synthetic(
     gpu: bool = False,
     minutes: float | None = None,
     results_dir: Path | None = None,
+    render_heldout: bool = True,
 ) -> dict[str, Any]:
     """Train (resuming), evaluate on held-out studies, register: the synthetic pipeline.
 
     Returns the results (also written to ``results_dir/<model>-<preset>-s<seed>.json`` when
     given, with the ROC, reliability and training-curve plots beside it).
+    ``render_heldout=False`` evaluates on the held-out studies already stored (a set cut short
+    by a deadline) instead of rendering the preset's counts.
     """
     from training.evaluation import score_heldout, test_report
     from training.metrics import plot_curves
@@ -206,15 +209,15 @@ def train_synthetic(
     )
     model = spec.network()
     model.load_state_dict(fitted.state_dict)
-    half = sizes.calibration_studies // 2
+    half = sizes.calibration_studies // 2 if render_heldout else 0
     validation_dir = _heldout(task, StudySet.VALIDATION, seed, home, positives=half, negatives=half)
     test_dir = _heldout(
         task,
         StudySet.TEST,
         seed,
         home,
-        positives=sizes.test_positives,
-        negatives=sizes.test_negatives,
+        positives=sizes.test_positives if render_heldout else 0,
+        negatives=sizes.test_negatives if render_heldout else 0,
     )
     validation = score_heldout(spec, model, validation_dir)
     test = score_heldout(spec, model, test_dir)
@@ -278,3 +281,38 @@ def _card_facts(results: dict[str, Any]) -> dict[str, Any]:
             f"{results['training_seconds'] / 60:.0f} min on {results['machine']}"
         ),
     }
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m training.stream_run``: train (resuming), evaluate and register, with a time
+    budget other than the preset's (``radcloud train`` runs the preset's)."""
+    import argparse
+
+    from training.registration import registry_callback
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--task", required=True, choices=[task.value for task in Task])
+    parser.add_argument("--preset", default="full", choices=["tiny", "demo", "full"])
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--minutes", type=float, default=None)
+    parser.add_argument("--home", type=Path, required=True, help="RADCLOUD_HOME")
+    parser.add_argument("--results", type=Path, default=None, help="results folder")
+    parser.add_argument("--no-register", action="store_true")
+    parser.add_argument("--no-render", action="store_true", help="stored held-out studies only")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    results = train_synthetic(
+        args.task,
+        args.preset,
+        home=args.home,
+        register=None if args.no_register else registry_callback(args.home / "models"),
+        seed=args.seed,
+        minutes=args.minutes,
+        results_dir=args.results,
+        render_heldout=not args.no_render,
+    )
+    logger.info("test %s; version %s", results["test"], results.get("version"))
+
+
+if __name__ == "__main__":
+    main()

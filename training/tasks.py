@@ -81,7 +81,8 @@ class TaskSpec:
         if self.segmentation:
             # No class weight and a Dice over the whole batch (slices without a lesion give it a
             # gradient too): the softmax stays a calibrated per-voxel probability, so the mask's
-            # 0.5 cut-off means what it says (a 10x lesion weight made it p ~ 0.09).
+            # 0.5 cut-off means what it says (a 10x lesion weight over-calls: its 0.5 is far
+            # below a true probability of one half).
             return DiceCELoss(to_onehot_y=True, softmax=True, include_background=False, batch=True)
         return torch.nn.BCEWithLogitsLoss()
 
