@@ -22,6 +22,7 @@ __all__ = [
     "choose_threshold",
     "dice",
     "plot_curves",
+    "plot_quality_vs_time",
     "plot_roc",
     "roc_auc",
     "roc_curve",
@@ -120,6 +121,26 @@ def plot_roc(curves: dict[str, tuple[ArrayLike, ArrayLike]], path: Path, title: 
     axis.set_ylabel("sensitivity")
     axis.set_title(title)
     axis.legend(loc="lower right")
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path)
+    plt.close(figure)
+    return path
+
+
+def plot_quality_vs_time(history: dict[str, list[float]], path: Path, title: str) -> Path:
+    """Validation AUC (and Dice) against training time, wall-clock and process CPU minutes:
+    what a run of a given length buys."""
+    figure, axes = plt.subplots(1, 2, figsize=(10, 4), dpi=100, sharey=True)
+    for axis, clock in zip(axes, ("seconds", "cpu seconds"), strict=True):
+        minutes = np.asarray(history[clock]) / 60.0
+        for name in ("validation AUC", "validation Dice"):
+            if name in history:
+                axis.plot(minutes, history[name], marker="o", label=name)
+        axis.set_xlabel("wall-clock minutes" if clock == "seconds" else "process CPU minutes")
+        axis.grid(alpha=0.3)
+        axis.legend()
+    axes[0].set_title(title)
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path)

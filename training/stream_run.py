@@ -193,7 +193,7 @@ def train_synthetic(
     by a deadline) instead of rendering the preset's counts.
     """
     from training.evaluation import score_heldout, test_report
-    from training.metrics import plot_curves
+    from training.metrics import plot_curves, plot_quality_vs_time
 
     task = Task(task)
     spec = task_spec(task)
@@ -226,6 +226,9 @@ def train_synthetic(
     results = test_report(spec, validation, test, plots_dir=out_dir, name=name)
     results["plots"].append(
         str(plot_curves(fitted.history, out_dir / f"{name}-curves.png", f"{name} (validation)"))
+    )
+    results["plots"].append(
+        str(plot_quality_vs_time(fitted.history, out_dir / f"{name}-time.png", name))
     )
     results |= {
         "config": config.to_json(),
