@@ -24,11 +24,11 @@ import numpy as np
 import pydicom
 
 from core.audit import AuditAction, AuditEventCode, AuditTrail
+from core.security import Actor
 from imaging.exceptions import ImagingError
 from imaging.nifti import load_nifti, save_nifti
 from imaging.volume import Volume, load_series
 from models.registry import ModelRegistry
-from serving._audit import Caller
 from serving.exceptions import UnknownModelError, UnreadableImageError, UploadTooLargeError
 from serving.inference import interpret, prepare
 
@@ -91,7 +91,7 @@ class AdHocInference:
             raise UploadTooLargeError(MAX_UPLOAD_BYTES)
 
     async def run(
-        self, model: str, uploads: Sequence[tuple[str, bytes]], *, caller: Caller
+        self, model: str, uploads: Sequence[tuple[str, bytes]], *, caller: Actor
     ) -> AdHocResult:
         """Score ``uploads`` (file name, content) with ``model``'s production version.
 
@@ -119,9 +119,9 @@ class AdHocInference:
         if served_version != str(card.version):  # promoted since the deployment started
             card = self._registry.get(model, served_version).card
         output = await asyncio.to_thread(interpret, card, prepared, logits)
-        caller.record(
-            self._audit,
+        self._audit.record(
             AuditEventCode.APPLICATION_ACTIVITY,
+            actor=caller,
             action=AuditAction.EXECUTE,
             resource_type="model",
             resource_id=f"{model}:{served_version}",

@@ -28,7 +28,8 @@ from core.db import Database
 from core.db.models import InferenceResult, InferenceStatus, OutboxEvent, Study
 from core.events import STUDY_REPROCESS, study_payload, study_series
 from core.exceptions import NotFoundError
-from serving._audit import Caller
+from core.security import Actor
+from serving._audit import record_study
 from serving._rows import copy_row
 from serving.exceptions import PlatformUnavailableError, StudyNotReadyError
 
@@ -81,7 +82,7 @@ def study_by_uid(session: Session, uid: str) -> Study:
 
 
 def study_results(
-    db: Database, audit: AuditTrail, study_instance_uid: str, *, caller: Caller
+    db: Database, audit: AuditTrail, study_instance_uid: str, *, caller: Actor
 ) -> list[StudyResult]:
     """The study's AI results, oldest first: per model version its status, score, critical
     flag, findings, per-stage timings and error (audited: 110110 read).
@@ -100,8 +101,9 @@ def study_results(
         ).all()
         results = [copy_row(StudyResult, row) for row in rows]
         patient_id = study.patient_id
-    caller.record_study(
+    record_study(
         audit,
+        caller,
         study_instance_uid,
         AuditAction.READ,
         patient_id=patient_id,
@@ -116,7 +118,7 @@ def request_reprocess(
     archive: ImageArchive,
     study_instance_uid: str,
     *,
-    caller: Caller,
+    caller: Actor,
 ) -> ReprocessRequest:
     """Queue the study for the triage pipeline again, recomputing existing results (audited:
     110110 update).
@@ -160,8 +162,9 @@ def request_reprocess(
         session.add(event)
         session.flush()
         event_id = event.id
-    caller.record_study(
+    record_study(
         audit,
+        caller,
         uid,
         AuditAction.UPDATE,
         patient_id=patient_id,

@@ -12,7 +12,8 @@ from typing import Any
 from core.archive import ImageArchive
 from core.audit import AuditAction, AuditOutcome, AuditTrail
 from core.db import Database
-from serving._audit import Caller
+from core.security import Actor
+from serving._audit import record_study
 from serving.exceptions import (
     NotClaimantError,
     PlatformUnavailableError,
@@ -54,7 +55,7 @@ class ReadingService:
         self._archive = ReadingArchive(archive)
         self._site = site_name
 
-    def manifest(self, study_instance_uid: str, *, caller: Caller) -> Manifest:
+    def manifest(self, study_instance_uid: str, *, caller: Actor) -> Manifest:
         """The study's series, AI findings, reading state and report
         (:func:`~serving.reading.manifest.build_manifest`)."""
         with archive_errors():
@@ -70,7 +71,7 @@ class ReadingService:
         )
         return manifest
 
-    def mask(self, study_instance_uid: str, result_id: int, *, caller: Caller) -> FindingMask:
+    def mask(self, study_instance_uid: str, result_id: int, *, caller: Actor) -> FindingMask:
         """The SEG of ``result_id`` as bit-packed frames
         (:func:`~serving.reading.masks.finding_mask`)."""
         with archive_errors():
@@ -89,7 +90,7 @@ class ReadingService:
         self,
         study_instance_uid: str,
         *,
-        caller: Caller,
+        caller: Actor,
         version: int,
         text: str,
         decisions: Sequence[Decision],
@@ -133,7 +134,7 @@ class ReadingService:
 
     def _record(
         self,
-        caller: Caller,
+        caller: Actor,
         uid: str,
         action: AuditAction,
         what: str,
@@ -142,8 +143,9 @@ class ReadingService:
         patient_id: str | None = None,
         **detail: Any,
     ) -> None:
-        caller.record_study(
+        record_study(
             self._audit,
+            caller,
             uid,
             action,
             patient_id=patient_id,

@@ -10,7 +10,8 @@ from typing import Any
 
 from core.audit import AuditAction, AuditEventCode, AuditOutcome, AuditTrail
 from core.db import Database
-from serving._audit import Caller
+from core.security import Actor
+from serving._audit import record_study
 from serving.exceptions import WorklistError
 from serving.worklist.listing import WorklistEntry, WorklistQuery, list_worklist
 from serving.worklist.state import ReadingState, Worklist
@@ -32,14 +33,14 @@ class WorklistService:
         self._audit = audit
         self._worklist = Worklist(db)
 
-    def list(self, query: WorklistQuery, *, caller: Caller) -> tuple[list[WorklistEntry], int]:
+    def list(self, query: WorklistQuery, *, caller: Actor) -> tuple[list[WorklistEntry], int]:
         """The page ``query`` asks for and the total count
         (:func:`~serving.worklist.listing.list_worklist`)."""
         with self._db.session() as session:
             entries, total = list_worklist(session, query)
-        caller.record(
-            self._audit,
+        self._audit.record(
             AuditEventCode.QUERY,
+            actor=caller,
             action=AuditAction.EXECUTE,
             resource_type="worklist",
             detail={
@@ -57,22 +58,22 @@ class WorklistService:
         )
         return entries, total
 
-    def claim(self, study_instance_uid: str, *, caller: Caller, version: int) -> ReadingState:
+    def claim(self, study_instance_uid: str, *, caller: Actor, version: int) -> ReadingState:
         """:meth:`Worklist.claim <serving.worklist.state.Worklist.claim>` for ``caller``."""
         return self._transition(study_instance_uid, "claim", caller, version)
 
     def release(
-        self, study_instance_uid: str, *, caller: Caller, version: int, is_admin: bool = False
+        self, study_instance_uid: str, *, caller: Actor, version: int, is_admin: bool = False
     ) -> ReadingState:
         """:meth:`Worklist.release <serving.worklist.state.Worklist.release>` for ``caller``."""
         return self._transition(study_instance_uid, "release", caller, version, is_admin=is_admin)
 
-    def report(self, study_instance_uid: str, *, caller: Caller, version: int) -> ReadingState:
+    def report(self, study_instance_uid: str, *, caller: Actor, version: int) -> ReadingState:
         """:meth:`Worklist.report <serving.worklist.state.Worklist.report>` for ``caller``."""
         return self._transition(study_instance_uid, "report", caller, version)
 
     def _transition(
-        self, uid: str, name: str, caller: Caller, version: int, *, is_admin: bool = False
+        self, uid: str, name: str, caller: Actor, version: int, *, is_admin: bool = False
     ) -> ReadingState:
         user = caller.name
         try:
@@ -92,14 +93,15 @@ class WorklistService:
 
     def _record(
         self,
-        caller: Caller,
+        caller: Actor,
         uid: str,
         patient_id: str | None,
         detail: dict[str, Any],
         error: WorklistError | None,
     ) -> None:
-        caller.record_study(
+        record_study(
             self._audit,
+            caller,
             uid,
             AuditAction.UPDATE,
             patient_id=patient_id,

@@ -14,8 +14,7 @@ from fastapi import APIRouter, Depends, Request, UploadFile
 from core.db.models import Role
 from core.security import Principal
 from models.registry import ModelRegistry
-from serving._audit import Caller
-from serving.api.security import client_address, context, require_roles
+from serving.api.security import context, request_actor, require_roles
 from serving.infer import AdHocInference, AdHocResult
 
 __all__ = ["router"]
@@ -44,4 +43,4 @@ async def infer(request: Request, user: Scorer, model: str, file: list[UploadFil
         total += len(data)
         service.check_size(total)  # stop reading at the limit
         uploads.append((part.filename or "upload", data))
-    return await service.run(model, uploads, caller=Caller(user, client_address(request)))
+    return await service.run(model, uploads, caller=request_actor(request, user))

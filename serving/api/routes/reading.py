@@ -16,8 +16,7 @@ from pydantic import BaseModel, Field
 from core.config import WindowPreset
 from core.db.models import ReadingStatus, Role
 from core.security import Principal
-from serving._audit import Caller
-from serving.api.security import client_address, context, require_roles
+from serving.api.security import context, request_actor, require_roles
 from serving.reading import AddedFinding, Decision, ReadingService
 
 __all__ = ["router"]
@@ -87,10 +86,6 @@ def _service(request: Request) -> ReadingService:
     return ReadingService(ctx.db, ctx.audit, ctx.archive, ctx.settings.site_name)
 
 
-def _caller(request: Request, principal: Principal) -> Caller:
-    return Caller(principal, client_address(request))
-
-
 @router.get("/api/viewer/config")
 def viewer_config(request: Request, _reader: Reader) -> ViewerConfig:
     """The viewer's window/level presets (per site: ``RADCLOUD_VIEWER_PRESETS``)."""
@@ -106,7 +101,7 @@ def viewer_config(request: Request, _reader: Reader) -> ViewerConfig:
 def open_study(request: Request, reader: Reader, study_uid: StudyUid) -> Any:
     """Everything the viewer needs to open a study: series and instances in display order,
     AI findings (not verified until signed), the reading state and the signed report."""
-    manifest = _service(request).manifest(study_uid, caller=_caller(request, reader))
+    manifest = _service(request).manifest(study_uid, caller=request_actor(request, reader))
     body = dataclasses.asdict(manifest)
     body["can_sign"] = Role.RADIOLOGIST in reader.roles
     return body
@@ -115,7 +110,7 @@ def open_study(request: Request, reader: Reader, study_uid: StudyUid) -> Any:
 @router.get("/api/studies/{study_uid}/findings/{result_id}/mask")
 def finding_mask(request: Request, reader: Reader, study_uid: StudyUid, result_id: int) -> Any:
     """An AI finding's segmentation, bit-packed per source image (for the viewer's overlay)."""
-    mask = _service(request).mask(study_uid, result_id, caller=_caller(request, reader))
+    mask = _service(request).mask(study_uid, result_id, caller=request_actor(request, reader))
     return dataclasses.asdict(mask)
 
 
@@ -136,7 +131,7 @@ def sign(request: Request, radiologist: Radiologist, study_uid: StudyUid, body: 
     ]
     outcome = _service(request).sign(
         study_uid,
-        caller=_caller(request, radiologist),
+        caller=request_actor(request, radiologist),
         version=body.version,
         text=body.text,
         decisions=decisions,

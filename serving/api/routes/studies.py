@@ -15,8 +15,7 @@ from pydantic import BaseModel
 
 from core.db.models import Role
 from core.security import Principal
-from serving._audit import Caller
-from serving.api.security import client_address, context, require_roles
+from serving.api.security import context, request_actor, require_roles
 from serving.studies import ReprocessRequest, StudyResult, request_reprocess, study_results
 
 __all__ = ["router"]
@@ -41,9 +40,7 @@ def get_results(request: Request, caller: ResultsReader, study_uid: StudyUid) ->
     """The study's AI results: per model version its status, score, critical flag, findings,
     per-stage timings and error."""
     ctx = context(request)
-    results = study_results(
-        ctx.db, ctx.audit, study_uid, caller=Caller(caller, client_address(request))
-    )
+    results = study_results(ctx.db, ctx.audit, study_uid, caller=request_actor(request, caller))
     return StudyResults(study_instance_uid=study_uid, results=results)
 
 
@@ -56,5 +53,5 @@ def reprocess(request: Request, engineer: Engineer, study_uid: StudyUid) -> Repr
     """Queue the study for the triage pipeline again, recomputing existing results (202)."""
     ctx = context(request)
     return request_reprocess(
-        ctx.db, ctx.audit, ctx.archive, study_uid, caller=Caller(engineer, client_address(request))
+        ctx.db, ctx.audit, ctx.archive, study_uid, caller=request_actor(request, engineer)
     )

@@ -15,9 +15,8 @@ from pydantic import BaseModel, Field
 
 from core.db.models import ReadingStatus, Role
 from core.security import Principal
-from serving._audit import Caller
 from serving._rows import copy_row
-from serving.api.security import client_address, context, require_roles
+from serving.api.security import context, request_actor, require_roles
 from serving.worklist import WorklistEntry, WorklistQuery, WorklistService
 
 __all__ = ["router"]
@@ -79,7 +78,7 @@ def get_worklist(
         limit=limit,
         offset=offset,
     )
-    entries, total = _service(request).list(query, caller=Caller(reader, client_address(request)))
+    entries, total = _service(request).list(query, caller=request_actor(request, reader))
     return WorklistPage(
         items=list(entries),
         total=total,
@@ -98,7 +97,7 @@ def claim(
     request: Request, reader: Reader, study_uid: StudyUid, body: TransitionIn
 ) -> ReadingStateOut:
     """Start reading a study (``unread → in_progress``); 409 if someone else holds it."""
-    caller = Caller(reader, client_address(request))
+    caller = request_actor(request, reader)
     state = _service(request).claim(study_uid, caller=caller, version=body.version)
     return copy_row(ReadingStateOut, state)
 
@@ -108,7 +107,7 @@ def release(
     request: Request, reader: Reader, study_uid: StudyUid, body: TransitionIn
 ) -> ReadingStateOut:
     """Put a claimed study back (``in_progress → unread``); by its claimant or an admin."""
-    caller = Caller(reader, client_address(request))
+    caller = request_actor(request, reader)
     is_admin = Role.ADMIN in reader.roles
     state = _service(request).release(
         study_uid, caller=caller, version=body.version, is_admin=is_admin
@@ -121,6 +120,6 @@ def report(
     request: Request, reader: Reader, study_uid: StudyUid, body: TransitionIn
 ) -> ReadingStateOut:
     """Mark a claimed study reported (``in_progress → reported``); by its claimant."""
-    caller = Caller(reader, client_address(request))
+    caller = request_actor(request, reader)
     state = _service(request).report(study_uid, caller=caller, version=body.version)
     return copy_row(ReadingStateOut, state)
