@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from imaging.synthetic import generate_study, positive_indices, roc_auc
+from imaging.synthetic import dice, generate_study, positive_indices, roc_auc
 from imaging.volume import load_series
 from models.card import ModelCard, Task
 from models.registry import RegisteredModel
@@ -185,17 +185,6 @@ def floors(
     return found
 
 
-def _dice(predicted: np.ndarray, truth: np.ndarray) -> float:
-    if predicted.shape != truth.shape:
-        raise ValueError(
-            f"lesion mask of shape {predicted.shape} does not match the ground truth's "
-            f"{truth.shape}: expected masks on the source series' grid"
-        )
-    both = float(np.logical_and(predicted > 0, truth > 0).sum())
-    total = float((predicted > 0).sum() + (truth > 0).sum())
-    return 2.0 * both / total if total else 1.0
-
-
 def _bootstrap(
     statistic: Callable[[np.ndarray], float],
     labels: np.ndarray,
@@ -329,7 +318,9 @@ def verify_model(
         prepared = prepare(card, load_series(study.datasets))
         logits = runner.predict(prepared.array[np.newaxis])[0]
         output = interpret(card, prepared, logits)
-        dice = _dice(output.mask, study.mask) if output.mask is not None and study.label else None
+        lesion_dice = (
+            dice(output.mask, study.mask) if output.mask is not None and study.label else None
+        )
         checks.append(
             StudyCheck(
                 index=index,
@@ -338,7 +329,7 @@ def verify_model(
                 score=output.score,
                 raw_score=output.raw_score,
                 critical=output.critical,
-                dice=dice,
+                dice=lesion_dice,
             )
         )
         if on_study is not None:

@@ -14,6 +14,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from numpy.typing import ArrayLike
 
+from imaging.synthetic import dice
 from imaging.synthetic import roc_auc as mann_whitney_auc
 
 __all__ = [
@@ -95,13 +96,6 @@ def binary_metrics(labels: ArrayLike, scores: ArrayLike, threshold: float) -> Bi
     sensitivity = float((predicted & (y == 1)).sum() / max(positives, 1))
     specificity = float((~predicted & (y == 0)).sum() / max(negatives, 1))
     return BinaryMetrics(auc, threshold, sensitivity, specificity, positives, negatives)
-
-
-def dice(prediction: np.ndarray, truth: np.ndarray) -> float:
-    """Dice coefficient of two binary masks (1.0 when both are empty)."""
-    p, t = prediction.astype(bool), truth.astype(bool)
-    total = int(p.sum() + t.sum())
-    return 1.0 if total == 0 else float(2 * (p & t).sum() / total)
 
 
 def plot_curves(history: dict[str, list[float]], path: Path, title: str) -> Path:

@@ -13,6 +13,7 @@ from __future__ import annotations
 from imaging.synthetic.baseline import (
     BaselineReport,
     baseline_score,
+    dice,
     evaluate_baseline,
     intracranial_mask,
     lung_field_mask,
@@ -57,6 +58,7 @@ __all__ = [
     "SyntheticTask",
     "baseline_score",
     "ct_slice",
+    "dice",
     "evaluate_baseline",
     "generate_study",
     "intracranial_mask",

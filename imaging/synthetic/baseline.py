@@ -92,6 +92,24 @@ def roc_auc(labels: Sequence[int] | np.ndarray, scores: Sequence[float] | np.nda
     return u / (positives * negatives)
 
 
+def dice(prediction: np.ndarray, truth: np.ndarray) -> float:
+    """Dice coefficient of two binary masks (non-zero is inside; 1.0 when both are empty): the
+    one implementation, used by training's evaluation and serving's verification.
+
+    Raises
+    ------
+    InvalidParameterError
+        The masks' shapes differ.
+    """
+    if prediction.shape != truth.shape:
+        raise InvalidParameterError(
+            "prediction", prediction.shape, f"a mask of shape {truth.shape}"
+        )
+    p, t = prediction.astype(bool), truth.astype(bool)
+    total = int(p.sum() + t.sum())
+    return 1.0 if total == 0 else float(2 * (p & t).sum() / total)
+
+
 def intracranial_mask(hu: np.ndarray) -> np.ndarray:
     """Brain region of a head CT ``(slices, rows, columns)`` in HU, as the head CT rule uses it."""
     region = np.zeros(hu.shape, dtype=bool)
