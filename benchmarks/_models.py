@@ -30,7 +30,7 @@ BENCH_TASKS = (Task.HEAD_CT, Task.CHEST_XR)
 
 _SLIM_PARAMS: dict[Task, dict[str, Any]] = {
     Task.HEAD_CT: {"channels": [4, 8, 8, 8], "num_res_units": 1},
-    Task.CHEST_XR: {"init_features": 4, "growth_rate": 2},
+    Task.CHEST_XR: {"block_inplanes": [4, 4, 4, 4]},
 }
 _SLIM_SIZE: dict[Task, tuple[int, ...]] = {Task.HEAD_CT: (32, 32, 8), Task.CHEST_XR: (32, 32)}
 _SHA = "0" * 64

@@ -112,7 +112,8 @@ class InputSpec(_Strict):
     ``shape`` excludes the batch axis and starts with channels; ``axes`` names each axis
     (``C`` channels, ``H`` rows, ``W`` columns, ``D`` slices), e.g. ``CHWD`` for a volume.
     ``spacing_mm`` gives the resampled spacing of each spatial axis (``None``: resized to
-    ``shape`` without a fixed spacing, as for radiographs). ``is_patch_data``: the network sees
+    ``shape`` without a fixed spacing, as for radiographs; 0 on an axis: the source's spacing
+    is kept, no resampling). ``is_patch_data``: the network sees
     patches of ``shape`` and larger volumes go through a sliding-window inferer.
     """
 

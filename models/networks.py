@@ -128,6 +128,25 @@ ARCHITECTURES: Mapping[str, Architecture] = {
             description="DenseNet-121, 2D: chest radiograph triage",
         ),
         Architecture(
+            name="resnet-small-2d",
+            target=f"{_MONAI_NETS}.ResNet",
+            params={
+                "block": "basic",
+                "layers": [1, 1, 1, 1],
+                "block_inplanes": [16, 32, 64, 128],
+                "spatial_dims": 2,
+                "n_input_channels": 1,
+                "num_classes": 1,
+                "conv1_t_size": 7,
+                "conv1_t_stride": 2,
+            },
+            input_shape=(1, 256, 256),
+            kind="classification",
+            tasks=(Task.CHEST_XR_TRIAGE,),
+            description="ResNet, 2D, one basic block per stage (16-128 channels, 0.3 M "
+            "parameters): chest radiograph triage at full 256-pixel resolution on CPU",
+        ),
+        Architecture(
             name="densenet121-3d",
             target=f"{_MONAI_NETS}.DenseNet121",
             params={"spatial_dims": 3, "in_channels": 1, "out_channels": 1},
@@ -191,7 +210,7 @@ ARCHITECTURES: Mapping[str, Architecture] = {
             params={
                 "context": 1,
                 "out_channels": 2,
-                "channels": [32, 64, 128, 256],
+                "channels": [16, 32, 64, 128],
                 "strides": [2, 2, 2],
                 "num_res_units": 2,
             },

@@ -79,14 +79,17 @@ def card_transforms(
     steps: list[Any] = []
     volumetric = inputs.spacing_mm is not None
     if inputs.spacing_mm is not None:
-        steps += [
-            mt.Orientationd(keys=keys, axcodes=inputs.orientation or "RAS", labels=_RAS_LABELS),
-            mt.Spacingd(
-                keys=keys,
-                pixdim=inputs.spacing_mm,
-                mode=("bilinear", *["nearest"] * len(label_keys)),
-            ),
-        ]
+        steps.append(
+            mt.Orientationd(keys=keys, axcodes=inputs.orientation or "RAS", labels=_RAS_LABELS)
+        )
+        if any(value > 0 for value in inputs.spacing_mm):  # 0 on an axis: the source spacing
+            steps.append(
+                mt.Spacingd(
+                    keys=keys,
+                    pixdim=inputs.spacing_mm,
+                    mode=("bilinear", *["nearest"] * len(label_keys)),
+                )
+            )
     normalization = _normalization_step(inputs)
     if normalization is not None:
         steps.append(normalization)

@@ -1,9 +1,9 @@
 """A 2.5D segmenter: a 2D MONAI UNet that sees each axial slice with its neighbours.
 
 Head CT is acquired as thick axial slices (4-5 mm, 1.8-2 mm pixels), so a 3D network spends
-most of its compute across an axis that carries little detail. Measured on the synthetic head
-CT task (2 CPU cores, same data and budget): a 3D UNet reached lesion Dice 0.09 in 7 minutes, a
-2D UNet over three-slice stacks reached 0.39 in 2 minutes.
+most of its compute across an axis that carries little detail; a 2D network over three-slice
+stacks costs a fraction of a 3D one per volume (no comparison of their quality on this task is
+committed: ``training/results/`` holds what is measured).
 
 The network takes and returns volumes like a 3D segmenter, ``(batch, 1, H, W, D)`` →
 ``(batch, out, H, W, D)``, so evaluation, ONNX export and serving treat it as one; training

@@ -18,7 +18,7 @@ __all__ = ["SLIM_PARAMS", "register_fixture_models"]
 
 SLIM_PARAMS: dict[Task, dict[str, Any]] = {
     Task.HEAD_CT: {"channels": [4, 8, 8, 8], "num_res_units": 1},
-    Task.CHEST_XR: {"init_features": 4, "growth_rate": 2},
+    Task.CHEST_XR: {"block_inplanes": [4, 4, 4, 4]},
 }
 _SHA = "0" * 64  # no training data
 

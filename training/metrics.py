@@ -14,8 +14,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from numpy.typing import ArrayLike
 
-from imaging.synthetic import dice
-from imaging.synthetic import roc_auc as mann_whitney_auc
+from imaging.synthetic import dice, roc_auc
 
 __all__ = [
     "BinaryMetrics",
@@ -23,6 +22,7 @@ __all__ = [
     "choose_threshold",
     "dice",
     "plot_curves",
+    "plot_quality_vs_time",
     "plot_roc",
     "roc_auc",
     "roc_curve",
@@ -43,20 +43,6 @@ def roc_curve(labels: ArrayLike, scores: ArrayLike) -> tuple[np.ndarray, np.ndar
     tpr = np.r_[0.0, tps / positives]
     thresholds = np.r_[np.inf, s[distinct]]
     return fpr, tpr, thresholds
-
-
-def roc_auc(labels: ArrayLike, scores: ArrayLike) -> float:
-    """Area under the ROC curve (ties count half, as Mann-Whitney U): the one implementation,
-    :func:`imaging.synthetic.roc_auc`, which the synthetic baseline uses too.
-
-    Raises
-    ------
-    ValueError
-        ``labels`` lacks a 0 or a 1, or the lengths differ.
-    """
-    return mann_whitney_auc(
-        np.asarray(labels).ravel(), np.asarray(scores, dtype=np.float64).ravel()
-    )
 
 
 def choose_threshold(
@@ -128,6 +114,26 @@ def plot_roc(curves: dict[str, tuple[ArrayLike, ArrayLike]], path: Path, title: 
     axis.set_ylabel("sensitivity")
     axis.set_title(title)
     axis.legend(loc="lower right")
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path)
+    plt.close(figure)
+    return path
+
+
+def plot_quality_vs_time(history: dict[str, list[float]], path: Path, title: str) -> Path:
+    """Validation AUC (and Dice) against training time, wall-clock and process CPU minutes:
+    what a run of a given length buys."""
+    figure, axes = plt.subplots(1, 2, figsize=(10, 4), dpi=100, sharey=True)
+    for axis, clock in zip(axes, ("seconds", "cpu seconds"), strict=True):
+        minutes = np.asarray(history[clock]) / 60.0
+        for name in ("validation AUC", "validation Dice"):
+            if name in history:
+                axis.plot(minutes, history[name], marker="o", label=name)
+        axis.set_xlabel("wall-clock minutes" if clock == "seconds" else "process CPU minutes")
+        axis.grid(alpha=0.3)
+        axis.legend()
+    axes[0].set_title(title)
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path)

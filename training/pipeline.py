@@ -1,7 +1,12 @@
 """``radcloud train``: data → patient-level split → training → evaluation → staged model.
 
-1. Data: a folder source (``--data DIR`` with ``labels.csv``) or, by default, synthetic studies
-   generated once into ``RADCLOUD_HOME/training/<task>/synthetic-s<seed>-n<count>``.
+By default (no folder source, one worker) the run trains on synthetic studies made in memory,
+fresh ones throughout, for the preset's time budget, resumably, and is evaluated on held-out
+synthetic studies with calibration and an oracle: :mod:`training.stream_run`. A folder source
+(or Ray Train workers) goes through the steps below.
+
+1. Data: a folder source (``--data DIR`` with ``labels.csv``) or, with workers, synthetic
+   studies generated once into ``RADCLOUD_HOME/training/<task>/synthetic-s<seed>-n<count>``.
 2. The patient-level split manifest ``RADCLOUD_HOME/training/<task>/split.json`` is created once
    and extended, never reshuffled, by later runs.
 3. Training (single process, or Ray Train workers with ``workers > 1``), keeping the best
@@ -181,6 +186,60 @@ def _split_items(items: list[dict[str, Any]], split: Split) -> dict[Part, list[d
     return parts
 
 
+def _train_synthetic(
+    task: Task | str,
+    preset: Preset | str,
+    *,
+    home: Path,
+    register: Callable[..., str] | None,
+    on_epoch: Callable[[int, int, dict[str, float]], None] | None,
+    **overrides: Any,
+) -> TrainingReport:
+    """The in-memory synthetic pipeline (:func:`training.stream_run.train_synthetic`) as a
+    :class:`TrainingReport`."""
+    from training.stream_run import train_synthetic
+
+    ignored = sorted(k for k in ("epochs", "studies", "batch_size") if overrides.get(k) is not None)
+    if ignored:
+        logger.warning("synthetic runs are sized by time (preset): %s ignored", ", ".join(ignored))
+    seed = int(overrides.get("seed") or 0)
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S")
+    output_dir = home / "training" / Task(task).value / "runs" / stamp
+    results = train_synthetic(
+        task,
+        Preset(preset).value,
+        home=home,
+        register=register,
+        on_epoch=on_epoch,
+        seed=seed,
+        gpu=bool(overrides.get("gpu")),
+        minutes=overrides.get("minutes"),
+        results_dir=output_dir,
+    )
+    test = dict(results["test"])
+    metrics = {"test": test, "validation_auc": results["validation"]["auc"]}
+    metrics["best_epoch"] = int(np.nanargmax(results["history"]["validation AUC"]) + 1)
+    report = TrainingReport(
+        config=make_config(task, preset, seed=seed, gpu=bool(overrides.get("gpu"))),
+        model_name=results["model"],
+        version=results.get("version"),
+        metrics=metrics,
+        baseline=results["baseline"],
+        split_counts={
+            "validation": results["validation"]["studies"],
+            "test": test["positives"] + test["negatives"],
+        },
+        seconds={
+            "training": results["training_seconds"],
+            "evaluation": results["evaluation_seconds"],
+        },
+        plots=results["plots"],
+        output_dir=str(output_dir),
+    )
+    (output_dir / "report.json").write_text(json.dumps(report.to_json(), indent=2, default=str))
+    return report
+
+
 def train(
     task: Task | str,
     preset: Preset | str,
@@ -210,6 +269,10 @@ def train(
     overrides
         Any :class:`TrainingConfig` field (``epochs``, ``studies``, ``workers``, ``gpu``...).
     """
+    if source is None and int(overrides.get("workers") or 1) == 1:
+        return _train_synthetic(
+            task, preset, home=home, register=register, on_epoch=on_epoch, **overrides
+        )
     config = make_config(task, preset, **overrides)
     spec = task_spec(config.task)
     work_dir = home / "training" / config.task.value

@@ -16,6 +16,7 @@ from models.card import (
     ModelCard,
     OperatingThreshold,
     OutputSpec,
+    ScoreCalibration,
     SeriesSelection,
     TrainingData,
 )
@@ -38,9 +39,21 @@ def _defined(value: float | None) -> float | None:
 
 
 def build_card(spec: TaskSpec, config: Any, extra: dict[str, Any]) -> ModelCard:
-    """The model card of a training run (``extra``: metrics, threshold, data facts)."""
+    """The model card of a training run (``extra``: metrics, threshold, data facts, and, for a
+    run calibrated on validation studies, ``calibration``: Platt slope and intercept, to which
+    the threshold then applies; ``source``: command, seed, machine and time)."""
     test = extra["metrics"]["test"]
     synthetic = bool(extra.get("synthetic"))
+    platt = extra.get("calibration")
+    calibration = (
+        ScoreCalibration(
+            slope=float(platt["slope"]),
+            intercept=float(platt["intercept"]),
+            fitted_on="validation studies (SYNTHETIC, a seed never used in training)",
+        )
+        if platt
+        else None
+    )
     if spec.segmentation:
         outputs = OutputSpec(
             kind="segmentation",
@@ -54,6 +67,8 @@ def build_card(spec: TaskSpec, config: Any, extra: dict[str, Any]) -> ModelCard:
             ),
         )
         applies_to = f"mean of the {spec.top_k} highest lesion probabilities (softmax channel 1)"
+        if calibration is not None:
+            applies_to = f"Platt-calibrated probability of the {applies_to}"
         selection = SeriesSelection(
             modalities=["CT"],
             body_parts=["HEAD", "BRAIN"],
@@ -71,6 +86,8 @@ def build_card(spec: TaskSpec, config: Any, extra: dict[str, Any]) -> ModelCard:
             meaning="logit; sigmoid is the probability of a finding (opacity or pneumothorax)",
         )
         applies_to = "sigmoid probability of output channel 0"
+        if calibration is not None:
+            applies_to = f"Platt-calibrated {applies_to}"
         selection = SeriesSelection(
             modalities=["DX", "CR"], body_parts=["CHEST"], dimensionality="2d", min_slices=1
         )
@@ -90,9 +107,10 @@ def build_card(spec: TaskSpec, config: Any, extra: dict[str, Any]) -> ModelCard:
             applies_to=applies_to,
             method="highest threshold with sensitivity >= 0.9 on the validation patients",
         ),
+        calibration=calibration,
         training_data=TrainingData(
             source=source,
-            manifest_sha256=extra["data_sha256"],
+            manifest_sha256=extra.get("data_sha256"),
             counts=extra["split_counts"],
         ),
         metrics=Metrics(
@@ -101,8 +119,12 @@ def build_card(spec: TaskSpec, config: Any, extra: dict[str, Any]) -> ModelCard:
             sensitivity=_defined(test["sensitivity"]),
             specificity=_defined(test["specificity"]),
             dice=_defined(test.get("lesion_dice")),
-            extra={"baseline_auc": float(extra["baseline"]["auc"])},
+            extra={
+                "baseline_auc": float(extra["baseline"]["auc"]),
+                **{k: float(v) for k, v in extra.get("card_extra", {}).items()},
+            },
         ),
+        source=extra.get("source", "trained by radcloud"),
         intended_use=DEMO_INTENDED_USE if synthetic else "research use; not for clinical use",
         series_selection=selection,
     )
@@ -125,7 +147,7 @@ def registry_callback(
             example,
             metrics={**extra["metrics"], "baseline": extra["baseline"], "run": run_dir},
             training_config={**config.to_json(), "history": extra["history"]},
-            data_manifest_sha256=extra["data_sha256"],
+            data_manifest_sha256=extra.get("data_sha256"),
         )
         logger.info("registered %s version %s (staged)", registered.name, registered.version)
         return str(registered.version)

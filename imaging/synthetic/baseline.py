@@ -72,7 +72,8 @@ class BaselineReport(TypedDict):
 
 def roc_auc(labels: Sequence[int] | np.ndarray, scores: Sequence[float] | np.ndarray) -> float:
     """Area under the ROC curve, as the Mann-Whitney U statistic (ties count one half): the
-    one implementation in radcloud, arguments in scikit-learn's order ``(labels, scores)``.
+    one implementation in radcloud, arguments in scikit-learn's order ``(labels, scores)``
+    (:func:`training.metrics.roc_auc` is this function).
 
     Raises
     ------

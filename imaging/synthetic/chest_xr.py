@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from pydicom import Dataset
@@ -60,6 +60,8 @@ class ChestXrPhantom:
     kvp: float
     exposure_mas: float
     window: tuple[float, float]  # centre, width
+    details: dict[str, float] = field(default_factory=dict)  # finding: size_mm, contrast
+    clean: np.ndarray | None = None  # stored values without noise (``keep_clean=True`` only)
 
 
 class _Body:
@@ -210,11 +212,14 @@ def _vessels(body: _Body, rng: np.random.Generator) -> np.ndarray:
     return density
 
 
-def render_chest_xr(seed: int, index: int, patient_index: int, positive: bool) -> ChestXrPhantom:
+def render_chest_xr(
+    seed: int, index: int, patient_index: int, positive: bool, *, keep_clean: bool = False
+) -> ChestXrPhantom:
     """Render chest radiograph ``index`` (of patient ``patient_index``) of dataset ``seed``.
 
     The anatomy depends on the patient only; positioning, exposure, noise and the finding on the
     study, so the normal and the abnormal rendering of a study differ by the finding alone.
+    ``keep_clean`` also returns the image without noise (the oracle of :mod:`training.oracle`).
     """
     task = SyntheticTask.CHEST_XR
     anatomy = random_stream(task, seed, patient_index, RandomStream.ANATOMY)
@@ -255,17 +260,24 @@ def render_chest_xr(seed: int, index: int, patient_index: int, positive: bool) -
     markings = _vessels(body, anatomy) * lung
     markings += 0.012 * ndimage.gaussian_filter(anatomy.standard_normal(lung.shape), 1.5) * lung
     finding, mask = SyntheticFinding.NONE, np.zeros(lung.shape, dtype=bool)
+    details: dict[str, float] = {}
     if positive:
-        finding, mask, change, markings = _render_finding(body, lung, wall, markings, findings)
+        finding, mask, change, markings, details = _render_finding(
+            body, lung, wall, markings, findings
+        )
         density += change
     density += markings + _ribs(body, anatomy)
-    return _present(body, density, mask, finding, pose=pose, noise=noise)
+    phantom = _present(body, density, mask, finding, pose=pose, noise=noise, keep_clean=keep_clean)
+    phantom.details.update(details)
+    return phantom
 
 
 def _render_finding(
     body: _Body, lung: np.ndarray, wall: np.ndarray, markings: np.ndarray, rng: np.random.Generator
-) -> tuple[SyntheticFinding, np.ndarray, np.ndarray, np.ndarray]:
-    """A nodule/consolidation or a pneumothorax: its mask, attenuation change, new markings."""
+) -> tuple[SyntheticFinding, np.ndarray, np.ndarray, np.ndarray, dict[str, float]]:
+    """A nodule/consolidation or a pneumothorax: its mask, attenuation change, new markings and
+    details (``size_mm``: radius or pleural gap; ``contrast``: attenuation of the opacity or of
+    the pleural line)."""
     x, y, w = body.x, body.y, body.pixel
     if rng.random() < 0.6:
         consolidation = rng.random() < 0.35
@@ -294,6 +306,7 @@ def _render_finding(
             (rho <= 1.0) & (lung > 0.2),
             change.astype(np.float32),
             markings,
+            {"size_mm": radius, "contrast": contrast, "consolidation": float(consolidation)},
         )
     side = float(rng.choice([-1.0, 1.0]))
     gap = float(rng.uniform(6.0, 25.0))
@@ -302,13 +315,15 @@ def _render_finding(
     pocket = (side * x > 0) & (wall < taper) & (lung > 0.5)
     soft_pocket = ndimage.gaussian_filter(pocket.astype(np.float32), 0.7)
     edge = ndimage.binary_dilation(pocket) & ~pocket & (lung > 0.5)
-    change = -0.05 * soft_pocket * lung + float(rng.uniform(0.015, 0.035)) * edge
+    line = float(rng.uniform(0.015, 0.035))
+    change = -0.05 * soft_pocket * lung + line * edge
     logger.debug("chest pneumothorax gap %.0f mm to y=%.0f", gap, lowest)
     return (
         SyntheticFinding.PNEUMOTHORAX,
         pocket,
         change.astype(np.float32),
         markings * (1 - soft_pocket),
+        {"size_mm": gap, "contrast": line},
     )
 
 
@@ -320,6 +335,7 @@ def _present(
     *,
     pose: np.random.Generator,
     noise: np.random.Generator,
+    keep_clean: bool = False,
 ) -> ChestXrPhantom:
     """Processing "for presentation": exposure, unsharp masking, noise, 12-bit quantisation."""
     density = ndimage.gaussian_filter(density, 0.6)
@@ -330,11 +346,13 @@ def _present(
     )
     level = np.clip(offset + gain * density, 0.0, 1.2) ** gamma
     level = level + float(pose.uniform(0.2, 0.6)) * (level - ndimage.gaussian_filter(level, 10.0))
+    clean = level.copy() if keep_clean else None
     sigma = float(noise.uniform(0.006, 0.02))
     grain = ndimage.gaussian_filter(noise.standard_normal(level.shape).astype(np.float32), 0.5)
     level += grain * (sigma / float(grain.std())) * (0.6 + 0.8 * np.clip(level, 0, 1))
     top = float(pose.uniform(0.8, 0.97)) * _MAX_VALUE  # processing leaves headroom
-    level = level * (top / max(float(np.percentile(level, 99.9)), 1e-6))
+    scale = top / max(float(np.percentile(level, 99.9)), 1e-6)
+    level = level * scale
     pixels = np.clip(np.rint(level), 0, _MAX_VALUE).astype(np.float32)
     centre = float(np.percentile(pixels, 50))
     width = float(np.percentile(pixels, 99.5) - np.percentile(pixels, 0.5))
@@ -346,6 +364,7 @@ def _present(
         kvp=float(pose.choice([110.0, 120.0, 125.0])),
         exposure_mas=round(float(pose.uniform(1.2, 4.0)), 2),
         window=(round(centre), round(max(width, 1.0))),
+        clean=None if clean is None else (clean * scale).astype(np.float32),
     )
 
 

@@ -28,7 +28,7 @@ import io
 import json
 import logging
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import nibabel as nib
@@ -89,6 +89,8 @@ class GroundTruth:
     mask: np.ndarray
     finding: SyntheticFinding
     spacing: tuple[float, float, float]
+    details: dict[str, float] = field(default_factory=dict)  # the finding's size and contrast
+    clean: np.ndarray | None = None  # the image without noise (``keep_clean=True`` only)
 
     @property
     def label(self) -> int:
@@ -137,6 +139,8 @@ def _render(
     seed: int,
     positive: bool | None,
     patient_index: int | None,
+    *,
+    keep_clean: bool = False,
 ) -> tuple[SyntheticTask, int, bool, GroundTruth, HeadCtPhantom | ChestXrPhantom]:
     task = normalise_task(task)
     _check_index("seed", seed)
@@ -145,12 +149,15 @@ def _render(
     _check_index("patient_index", patient)
     abnormal = _default_positive(task, seed, index) if positive is None else bool(positive)
     if task is SyntheticTask.HEAD_CT:
-        ct = render_head_ct(seed, index, patient, abnormal)
+        ct = render_head_ct(seed, index, patient, abnormal, keep_clean=keep_clean)
         spacing = (ct.slice_thickness, ct.pixel_spacing, ct.pixel_spacing)
-        return task, patient, abnormal, GroundTruth(ct.hu, ct.mask, ct.finding, spacing), ct
-    xr = render_chest_xr(seed, index, patient, abnormal)
+        truth = GroundTruth(ct.hu, ct.mask, ct.finding, spacing, dict(ct.details), ct.clean)
+        return task, patient, abnormal, truth, ct
+    xr = render_chest_xr(seed, index, patient, abnormal, keep_clean=keep_clean)
     spacing = (1.0, xr.pixel_spacing, xr.pixel_spacing)
-    truth = GroundTruth(xr.pixels[None], xr.mask[None], xr.finding, spacing)
+    clean = None if xr.clean is None else xr.clean[None]
+    details = dict(xr.details)
+    truth = GroundTruth(xr.pixels[None], xr.mask[None], xr.finding, spacing, details, clean)
     return task, patient, abnormal, truth, xr
 
 
@@ -161,18 +168,19 @@ def render_ground_truth(
     *,
     positive: bool | None = None,
     patient_index: int | None = None,
+    keep_clean: bool = False,
 ) -> GroundTruth:
     """The image and ground truth of :func:`generate_study`, without building DICOM.
 
     Same arguments and same pixels as :func:`generate_study`; for baselines and training loops
-    that do not need the instances.
+    that do not need the instances. ``keep_clean`` adds the noise-free image (oracles).
 
     Raises
     ------
     InvalidParameterError
         ``task`` is unknown or a number is negative.
     """
-    return _render(task, index, seed, positive, patient_index)[3]
+    return _render(task, index, seed, positive, patient_index, keep_clean=keep_clean)[3]
 
 
 def generate_study(

@@ -21,14 +21,18 @@ and basal ganglia (15 %) calcifications of 55-500 HU, with and without lesions; 
 bone of the skull base and vertex; bright streaks. Lesions, 50-85 HU or (35 % of
 intraparenchymal and subdural ones) only 8-18 HU above grey matter: intraparenchymal blobs of
 2.5-20 mm radius (45 %), subdural crescents 4-16 mm thick along the inner table (35 %), blood in
-sulci, fissures and cisterns (20 %). The mask marks voxels that are at least half blood.
+sulci, fissures and cisterns (20 %). The mask marks what a radiologist would outline: voxels
+that are at least half blood and not dominated by partial-volume bone (before blur and noise,
+after the scanner's blur and before noise, a voxel whose value exceeds the blood's by more than
+``BONE_MARGIN_HU`` shows as bone; such inner-table voxels of subdural crescents were in the mask
+until this rule).
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from pydicom import Dataset
@@ -45,7 +49,7 @@ from imaging.synthetic.dicom import (
     random_stream,
 )
 
-__all__ = ["HeadCtPhantom", "head_ct_datasets", "render_head_ct"]
+__all__ = ["BONE_MARGIN_HU", "HeadCtPhantom", "head_ct_datasets", "render_head_ct"]
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +59,7 @@ _RESCALE_INTERCEPT = -1024
 _LESION_ATTEMPTS = 20
 _KERNELS = ("H30s", "H31s", "J40s", "STANDARD", "SOFT", "FC21")
 _Window = tuple[slice, slice, slice]
+BONE_MARGIN_HU = 40.0
 
 
 @dataclass(frozen=True, eq=False)
@@ -71,6 +76,8 @@ class HeadCtPhantom:
     kvp: float
     tube_current: int
     kernel: str
+    details: dict[str, float] = field(default_factory=dict)  # lesion: blood HU, contrast, ml
+    clean: np.ndarray | None = None  # HU after blur, before noise (``keep_clean=True`` only)
 
 
 class _Head:
@@ -393,8 +400,9 @@ def _paint_deep_structures(
 
 def _render_lesion(
     head: _Head, hu: np.ndarray, extra_axial: np.ndarray, grey: float, rng: np.random.Generator
-) -> tuple[SyntheticFinding, np.ndarray]:
-    """Paint one acute bleed into the cavity contents ``hu``; return its kind and occupancy."""
+) -> tuple[SyntheticFinding, np.ndarray, dict[str, float]]:
+    """Paint one acute bleed into the cavity contents ``hu``; return its kind, occupancy and
+    details (blood HU, contrast above grey matter, whether it is a low-contrast bleed)."""
     kind = SyntheticFinding(
         rng.choice(
             [
@@ -466,7 +474,12 @@ def _render_lesion(
             occupancy[window] = np.clip(region * extra_axial[window] * 1.6, 0, 1)
     _paint(hu, occupancy, blood)
     logger.debug("head CT lesion %s, %.0f HU", kind.value, blood)
-    return kind, occupancy
+    details = {
+        "blood_hu": blood,
+        "contrast_hu": blood - grey,  # above grey matter
+        "low_contrast": float(low_contrast),
+    }
+    return kind, occupancy, details
 
 
 def _streaks(head: _Head, hu: np.ndarray, rng: np.random.Generator) -> None:
@@ -498,11 +511,15 @@ def _streaks(head: _Head, hu: np.ndarray, rng: np.random.Generator) -> None:
         hu[k] += (weight * pattern * head_region).astype(np.float32)
 
 
-def render_head_ct(seed: int, index: int, patient_index: int, positive: bool) -> HeadCtPhantom:
+def render_head_ct(
+    seed: int, index: int, patient_index: int, positive: bool, *, keep_clean: bool = False
+) -> HeadCtPhantom:
     """Render head CT study ``index`` (of patient ``patient_index``) of dataset ``seed``.
 
     The anatomy depends on the patient only; positioning, noise and the lesion on the study;
     so the normal and the abnormal rendering of a study differ by the lesion alone.
+    ``keep_clean`` also returns the image before noise (for the oracle of
+    :mod:`training.oracle`); it changes nothing else.
     """
     task = SyntheticTask.HEAD_CT
     anatomy = random_stream(task, seed, patient_index, RandomStream.ANATOMY)
@@ -513,11 +530,14 @@ def render_head_ct(seed: int, index: int, patient_index: int, positive: bool) ->
     shell, contents, extra_axial, grey = _render_anatomy(head, anatomy)
     slab = (head.slices, _SUBSLICES, _MATRIX, _MATRIX)
     finding, mask = SyntheticFinding.NONE, np.zeros((head.slices, _MATRIX, _MATRIX), dtype=bool)
+    details: dict[str, float] = {}
     for _ in range(_LESION_ATTEMPTS if positive else 0):  # until the bleed is in the scan
         bleeding = contents.copy()
-        finding, occupancy = _render_lesion(head, bleeding, extra_axial, grey, findings)
+        finding, occupancy, details = _render_lesion(head, bleeding, extra_axial, grey, findings)
         blood = (occupancy * head.cavity).reshape(slab).mean(axis=1)  # blood fraction of voxels
-        mask = blood >= 0.5
+        unblurred = (shell + head.cavity * (bleeding - shell)).reshape(slab).mean(axis=1)
+        # what a radiologist outlines: mostly blood, and not partial-volume bone
+        mask = (blood >= 0.5) & (unblurred <= details["blood_hu"] + BONE_MARGIN_HU)
         if mask.sum() >= 3:
             contents = bleeding
             break
@@ -527,12 +547,20 @@ def render_head_ct(seed: int, index: int, patient_index: int, positive: bool) ->
     hu = (shell + head.cavity * (contents - shell)).reshape(slab).mean(axis=1)
     _streaks(head, hu, pose)
     hu = ndimage.gaussian_filter(hu, (0, *(2 * [float(pose.uniform(0.4, 0.7))])))
+    if finding is not SyntheticFinding.NONE:
+        # after the scanner's blur, bone spills into the crescent's outer voxels: out of the mask
+        visible = mask & (hu <= details["blood_hu"] + BONE_MARGIN_HU)
+        mask = visible if visible.sum() >= 3 else mask
+    clean = hu.copy() if keep_clean else None
     sigma = 3.0 + 5.0 * float(noise.beta(1.5, 2.5))
     grain = ndimage.gaussian_filter(
         noise.standard_normal(hu.shape, dtype=np.float32), (0, 0.6, 0.6)
     )
     hu += grain * (sigma / float(grain.std())) * (hu > -900)
     hu = np.clip(np.rint(hu), -1024, 3071).astype(np.float32)
+    if finding is not SyntheticFinding.NONE:
+        voxel_ml = head.thickness * head.pixel * head.pixel / 1000.0
+        details |= {"volume_ml": float(mask.sum()) * voxel_ml, "noise_hu": sigma}
     return HeadCtPhantom(
         hu=hu,
         mask=mask.astype(np.uint8),
@@ -544,6 +572,8 @@ def render_head_ct(seed: int, index: int, patient_index: int, positive: bool) ->
         kvp=float(pose.choice([100.0, 120.0])),
         tube_current=int(pose.integers(180, 350)),
         kernel=str(pose.choice(_KERNELS)),
+        details=details,
+        clean=clean,
     )
 
 

@@ -92,7 +92,7 @@ def _check_inference(inference: dict[str, Any]) -> None:
     assert inference["baseline"] == "torch-cpu" and inference["slim"] is True
     assert {"head-ct-haemorrhage", "chest-xr-finding"} == set(inference["models"])
     assert inference["models"]["head-ct-haemorrhage"]["architecture"] == "unet-2.5d"
-    assert inference["models"]["chest-xr-finding"]["architecture"] == "densenet121-2d"
+    assert inference["models"]["chest-xr-finding"]["architecture"] == "resnet-small-2d"
     assert {"torch-cpu", "onnx-cpu"} <= set(inference["backends"])
     for gpu_backend in ("torch-cuda-amp", "onnx-cuda", "onnx-tensorrt"):
         assert gpu_backend in inference["backends"] or inference["skipped_backends"][gpu_backend]

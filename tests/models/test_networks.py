@@ -24,6 +24,7 @@ from models.slice_stack import SliceStackd
 # Same depth as the defaults (so the default input shapes are exercised), much less width.
 SLIM: dict[str, dict[str, Any]] = {
     "densenet121-2d": {"init_features": 4, "growth_rate": 2},
+    "resnet-small-2d": {"block_inplanes": [4, 4, 4, 4]},
     "densenet121-3d": {"init_features": 4, "growth_rate": 2},
     "densenet-compact-3d": {},
     "resnet10-3d": {"widen_factor": 0.125},
@@ -39,7 +40,8 @@ DOCUMENTED_PARAMETERS = {
     "densenet-compact-3d": 142_573,
     "resnet10-3d": 14_356_929,
     "unet-3d": 4_806_481,
-    "unet-2.5d": 1_604_053,
+    "unet-2.5d": 402_181,
+    "resnet-small-2d": 308_241,
     "segresnet-3d": 4_700_914,
 }
 
