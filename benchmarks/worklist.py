@@ -24,7 +24,13 @@ Waiting time = start of reading - ready time. For each ordering and each group (
 non-critical: ground truth, not the AI flag) the report gives mean, p95 and worst wait per
 seed and their medians over seeds.
 
-Run: ``python -m benchmarks.worklist [--seeds 20] [--days 2] [--quick] [--out DIR]``.
+With ``--scores CT=head.json --scores DX=chest.json`` the scores are not assumed: each CT or DX
+study draws its score from the measured scores of the shipped model for that modality on
+studies of its class (``radcloud models verify NAME --save FILE``, serving's own pre- and
+post-processing on fresh SYNTHETIC studies) and is flagged at that model's threshold; studies
+of a modality without a model (MR) get no AI result and are routine.
+
+Run: ``python -m benchmarks.worklist [--seeds 20] [--quick] [--out DIR] [--scores M=FILE]``.
 """
 
 from __future__ import annotations
@@ -51,6 +57,7 @@ __all__ = [
     "SCENARIOS",
     "AiModel",
     "Arrival",
+    "EmpiricalScores",
     "Roster",
     "Scenario",
     "Shift",
@@ -83,14 +90,43 @@ class ModalityModel:
 
 
 @dataclass(frozen=True)
+class EmpiricalScores:
+    """A real model's scores on studies with and without a finding, and its threshold: what
+    ``radcloud models verify NAME --save FILE`` measured through serving's own code."""
+
+    model: str
+    threshold: float
+    positives: tuple[float, ...]
+    negatives: tuple[float, ...]
+
+    @classmethod
+    def load(cls, path: Path) -> EmpiricalScores:
+        """Read a file written by ``radcloud models verify --save``."""
+        saved = json.loads(Path(path).read_text())
+        studies = saved["studies"]
+        return cls(
+            model=f"{saved['name']} v{saved['version']}",
+            threshold=float(saved["threshold"]),
+            positives=tuple(float(s["score"]) for s in studies if s["label"] == 1),
+            negatives=tuple(float(s["score"]) for s in studies if s["label"] == 0),
+        )
+
+
+@dataclass(frozen=True)
 class AiModel:
-    """Score model: ``sigmoid(N(mu, sd))`` by ground truth; failures; result latency."""
+    """Score model: ``sigmoid(N(mu, sd))`` by ground truth; failures; result latency.
+
+    With ``empirical`` (modality → a real model's scores), a study of such a modality draws its
+    score from that model's measured scores of its class and is flagged at that model's
+    threshold; a study of any other modality has no model and gets no score (routine).
+    """
 
     positive_logit_mean: float = 1.5
     negative_logit_mean: float = -2.0
     logit_sd: float = 1.2
     failure_rate: float = 0.02
     latency_min: float = 2.0
+    empirical: dict[str, EmpiricalScores] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -141,6 +177,7 @@ class Arrival:
     ai_failed: bool
     ai_done: float
     read_min: float
+    threshold: float | None = None  # the scoring model's own (None: the policy's)
 
 
 def generate_arrivals(stream: StreamModel, seed: int) -> list[Arrival]:
@@ -158,17 +195,26 @@ def generate_arrivals(stream: StreamModel, seed: int) -> list[Arrival]:
             mean = stream.ai.positive_logit_mean if critical else stream.ai.negative_logit_mean
             logit = float(rng.normal(mean, stream.ai.logit_sd))
             failed = bool(rng.random() < stream.ai.failure_rate)
+            score: float | None = 1 / (1 + math.exp(-logit))
+            threshold = None
+            if stream.ai.empirical:
+                measured = stream.ai.empirical.get(modality)
+                score = None
+                if measured is not None:
+                    pool = measured.positives if critical else measured.negatives
+                    score, threshold = float(pool[int(rng.integers(len(pool)))]), measured.threshold
             arrivals.append(
                 Arrival(
                     ready=float(ready),
                     modality=modality,
                     critical=critical,
-                    score=None if failed else 1 / (1 + math.exp(-logit)),
+                    score=None if failed else score,
                     ai_failed=failed,
                     ai_done=float(ready) + stream.ai.latency_min,
                     read_min=float(
                         rng.lognormal(math.log(model.read_median_min), model.read_sigma)
                     ),
+                    threshold=threshold,
                 )
             )
     return arrivals
@@ -182,6 +228,8 @@ def _keys(arrival: Arrival, ordering: str, policy: WorklistPolicy) -> tuple[_Key
     ready = arrival.ready
     if ordering == "fifo":
         return (ready,), (ready,)
+    if arrival.threshold is not None:
+        policy = policy.for_threshold(arrival.threshold)
     flagged = (
         not arrival.ai_failed and arrival.score is not None and arrival.score >= policy.threshold
     )
@@ -308,11 +356,19 @@ _STATS = ("mean", "p95", "max")
 
 
 def _ai_quality(arrivals: Sequence[Arrival], threshold: float) -> dict[str, float]:
-    positives = [a.score for a in arrivals if a.score is not None and a.critical]
-    negatives = [a.score for a in arrivals if a.score is not None and not a.critical]
+    def flagged(a: Arrival) -> bool:
+        return a.score is not None and a.score >= (
+            threshold if a.threshold is None else a.threshold
+        )
+
+    positives = [flagged(a) for a in arrivals if a.score is not None and a.critical]
+    negatives = [flagged(a) for a in arrivals if a.score is not None and not a.critical]
     return {
-        "sensitivity": round(sum(s >= threshold for s in positives) / max(len(positives), 1), 3),
-        "specificity": round(sum(s < threshold for s in negatives) / max(len(negatives), 1), 3),
+        "sensitivity": round(sum(positives) / max(len(positives), 1), 3),
+        "specificity": round((len(negatives) - sum(negatives)) / max(len(negatives), 1), 3),
+        "scored_fraction": round(
+            sum(a.score is not None for a in arrivals) / max(len(arrivals), 1), 3
+        ),
         "failed_fraction": round(sum(a.ai_failed for a in arrivals) / max(len(arrivals), 1), 3),
     }
 
@@ -427,6 +483,7 @@ def run(
     out_dir: Path | None = None,
     progress: Callable[[int], None] | None = None,
     stem: str | None = None,
+    scores: dict[str, EmpiricalScores] | None = None,
 ) -> dict[str, Any]:
     """Simulate ``seeds`` synthetic streams per scenario under each ordering; write JSON and PNG.
 
@@ -448,6 +505,9 @@ def run(
         Called with the number of streams simulated so far.
     stem
         File name stem of the JSON and PNG (default ``<date>-worklist``).
+    scores
+        Modality → a real model's measured scores (:class:`EmpiricalScores`), replacing the
+        assumed score model of every scenario; other modalities then have no AI.
 
     Returns
     -------
@@ -462,6 +522,9 @@ def run(
         scenario = SCENARIOS[name]
         if days is not None:
             scenario = replace(scenario, stream=replace(scenario.stream, days=days))
+        if scores:
+            ai = replace(scenario.stream.ai, empirical=dict(scores))
+            scenario = replace(scenario, stream=replace(scenario.stream, ai=ai))
         runs = []
         for seed in range(seeds):
             runs.append(_one_seed(scenario, policy, seed))
@@ -493,6 +556,21 @@ def run(
             "before_ai_result": {"class": PriorityClass.ROUTINE, "ai_status": AiStatus.PENDING},
         },
         "seeds": seeds,
+        "ai_scores": (
+            {
+                modality: {
+                    "model": m.model,
+                    "threshold": m.threshold,
+                    "positives": len(m.positives),
+                    "negatives": len(m.negatives),
+                    "source": "radcloud models verify --save (serving's own code, SYNTHETIC "
+                    "studies)",
+                }
+                for modality, m in scores.items()
+            }
+            if scores
+            else "assumed: sigmoid(N(mu, sd)) by ground truth (AiModel)"
+        ),
         "scenarios": report_scenarios,
     }
     directory = out_dir or RESULTS_DIR
@@ -531,7 +609,21 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=20)
     parser.add_argument("--quick", action="store_true", help="3 one-day streams, no sweep")
     parser.add_argument("--out", type=Path, default=None, help="results directory")
+    parser.add_argument(
+        "--scores",
+        action="append",
+        default=[],
+        metavar="MODALITY=FILE",
+        help="a real model's scores for a modality (radcloud models verify --save FILE)",
+    )
+    parser.add_argument("--stem", default=None, help="results file name stem")
     args = parser.parse_args()
+    scores = {}
+    for item in args.scores:
+        modality, _, path = item.partition("=")
+        if not path:
+            parser.error(f"--scores {item}: expected MODALITY=FILE")
+        scores[modality.upper()] = EmpiricalScores.load(Path(path))
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     seeds = 3 if args.quick else args.seeds
 
@@ -545,6 +637,8 @@ def main() -> None:
             with_sweep=not args.quick,
             out_dir=args.out,
             progress=lambda done: bar.update(task, completed=done),
+            stem=args.stem,
+            scores=scores or None,
         )
     print(table(report))
 

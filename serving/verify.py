@@ -27,7 +27,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
@@ -134,6 +134,22 @@ class Verification:
         if unscored:
             found.append(f"{unscored} of {len(self.studies)} studies have no finite score")
         return found
+
+    def to_json(self) -> dict[str, object]:
+        """The figures, floors and every study's score (``radcloud models verify --save``: the
+        worklist simulator draws real scores from it)."""
+        return {
+            "name": self.name,
+            "version": self.version,
+            "seed": self.seed,
+            "threshold": self.threshold,
+            "calibrated": self.calibrated,
+            "synthetic": True,
+            "measured": {k: asdict(v) for k, v in self.measured().items()},
+            "floors": self.floors,
+            "passed": self.passed,
+            "studies": [asdict(s) for s in self.studies],
+        }
 
     @property
     def passed(self) -> bool:

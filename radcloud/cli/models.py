@@ -219,6 +219,10 @@ def verify(
         int | None, typer.Option(help="Their seed (default: one no training run uses).")
     ] = None,
     registry: Annotated[Path | None, _REGISTRY_OPTION] = None,
+    save: Annotated[
+        Path | None,
+        typer.Option(help="Write the figures and every study's score to this JSON file."),
+    ] = None,
 ) -> None:
     """Score a model through serving's own pre- and post-processing on fresh synthetic studies:
     AUC, sensitivity and specificity at the card's threshold, Dice, with 95 % intervals; exits 1
@@ -263,6 +267,10 @@ def verify(
             "-" if floor is None else f"{floor:.3f}",
         )
     console.print(table)
+    if save is not None:
+        save.parent.mkdir(parents=True, exist_ok=True)
+        save.write_text(json.dumps(result.to_json(), indent=2) + "\n")
+        console.print(f"wrote {save}")
     if not result.passed:
         fail(f"{name} v{model.version} is below its floor: {'; '.join(result.failures)}")
     console.print("[bold green]passed[/]: every figure reaches its floor")

@@ -11,6 +11,7 @@ from benchmarks.worklist import (
     ORDERINGS,
     SCENARIOS,
     Arrival,
+    EmpiricalScores,
     Roster,
     Shift,
     generate_arrivals,
@@ -52,7 +53,12 @@ def test_quick_run_writes_the_report_and_plot(tmp_path: Path) -> None:
                 assert set(per[group]["max"]) == {"median", "min", "max"}
         seed = scenario["per_seed"][0]
         assert seed["studies"] > seed["critical"] > 0
-        assert set(seed["ai"]) == {"sensitivity", "specificity", "failed_fraction"}
+        assert set(seed["ai"]) == {
+            "sensitivity",
+            "specificity",
+            "failed_fraction",
+            "scored_fraction",
+        }
     assert "| radcloud |" in table(written)
 
 
@@ -96,3 +102,38 @@ def test_unknown_ordering_and_an_empty_roster_are_refused() -> None:
         simulate(arrivals, WorklistPolicy(), ALWAYS_ONE_READER, "lifo")
     with pytest.raises(ValueError, match="unread"):
         simulate(arrivals, WorklistPolicy(), Roster(()), "fifo")
+
+
+def _verification_file(path: Path, positives: list[float], negatives: list[float]) -> Path:
+    studies = [{"label": 1, "score": v} for v in positives] + [
+        {"label": 0, "score": v} for v in negatives
+    ]
+    payload = {"name": "head", "version": 3, "threshold": 0.6, "studies": studies}
+    path.write_text(json.dumps(payload))
+    return path
+
+
+def test_measured_scores_replace_the_assumed_ones(tmp_path: Path) -> None:
+    """With a model's measured scores for CT, every scored study is a CT study whose score is
+    one its class produced, flagged at that model's threshold; other modalities get no AI."""
+    measured = EmpiricalScores.load(
+        _verification_file(tmp_path / "head.json", [0.7, 0.9, 0.55], [0.1, 0.2, 0.65])
+    )
+    assert measured.threshold == 0.6 and measured.model == "head v3"
+    report = run(seeds=2, days=1, with_sweep=False, out_dir=tmp_path, scores={"CT": measured})
+    assert report["ai_scores"]["CT"]["positives"] == 3
+    scenario = SCENARIOS["balanced"]
+    arrivals = generate_arrivals(
+        scenario.stream.__class__(
+            days=1, ai=scenario.stream.ai.__class__(empirical={"CT": measured})
+        ),
+        0,
+    )
+    scored = [a for a in arrivals if a.score is not None]
+    assert scored and all(a.modality == "CT" and a.threshold == 0.6 for a in scored)
+    for a in scored:
+        assert a.score in (measured.positives if a.critical else measured.negatives)
+    assert any(a.modality != "CT" for a in arrivals)
+    # sensitivity at the model's own threshold: 2 of the 3 positive scores reach 0.6
+    quality = report["scenarios"]["balanced"]["per_seed"][0]["ai"]
+    assert 0.0 < quality["sensitivity"] < 1.0 and quality["scored_fraction"] < 1.0

@@ -12,6 +12,7 @@ the outcome is the same on every run: a failure means the bundle or serving's co
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import shutil
 import subprocess
@@ -151,8 +152,9 @@ def test_the_verify_command_prints_intervals_and_exits_1_below_the_floor(
     home = fixture_registry.root.parent
     command = [*RADCLOUD, "models", "verify", "chest-xr-finding", "--studies", "8"]
     env = os.environ | {"COLUMNS": "200"}
+    saved = tmp_path / "scores.json"
     passed = subprocess.run(
-        [*command, "--registry", str(home)],
+        [*command, "--registry", str(home), "--save", str(saved)],
         check=False,
         env=env,
         capture_output=True,
@@ -161,6 +163,10 @@ def test_the_verify_command_prints_intervals_and_exits_1_below_the_floor(
     )
     assert passed.returncode == 0, passed.stderr[-2000:]
     assert "95 % interval" in passed.stdout and "passed" in passed.stdout
+    written = json.loads(saved.read_text())
+    assert written["passed"] is True and len(written["studies"]) == 8
+    assert {s["label"] for s in written["studies"]} == {0, 1}
+    assert all(0.0 <= s["score"] <= 1.0 for s in written["studies"])
 
     # a bundle whose card claims AUC 0.95 for the random-weight fixture is refused
     model = fixture_registry.get("chest-xr-finding", 1)
