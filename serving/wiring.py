@@ -50,10 +50,18 @@ def build_pipeline(
         critical: bool,
         failed: bool,
         threshold: float | None,
+        calibrated: bool | None,
     ) -> None:
         chosen = policy.for_threshold(threshold) if threshold is not None else policy
         record_ai_outcome(
-            session, study, score=score, critical=critical, failed=failed, policy=chosen
+            session,
+            study,
+            score=score,
+            critical=critical,
+            failed=failed,
+            policy=chosen,
+            threshold=threshold,
+            calibrated=calibrated,
         )
 
     def on_critical(session: Session, study: Study, result: InferenceResult) -> None:

@@ -248,6 +248,9 @@ class WorklistItem(Base):
     )
     priority_class: Mapped[str] = mapped_column(String(16), default="routine")
     ai_score: Mapped[float | None] = mapped_column(Float)
+    # the lead model's operating threshold, and whether ai_score is a calibrated probability
+    ai_threshold: Mapped[float | None] = mapped_column(Float)
+    ai_calibrated: Mapped[bool | None] = mapped_column(Boolean)
     # "pending", "succeeded", "failed" (AI could not process the study: it is read unaided)
     ai_status: Mapped[str] = mapped_column(String(16), default="pending")
     # When the study should be read at the latest (ready time + its class's maximum wait):

@@ -49,6 +49,7 @@ class OutcomeHook(Protocol):
         critical: bool,
         failed: bool,
         threshold: float | None,
+        calibrated: bool | None,
     ) -> None: ...
 
 
@@ -179,6 +180,7 @@ class ResultStore:
                 critical=any(r.critical for r in latest),
                 failed=not succeeded,
                 threshold=_threshold(lead) if lead is not None else None,
+                calibrated=bool((lead.findings or {}).get("calibrated")) if lead else None,
             )
         if self.on_critical is not None:
             for row in critical_rows:

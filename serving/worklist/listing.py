@@ -70,6 +70,8 @@ class WorklistEntry:
     due_at: dt.datetime | None
     priority_class: str
     ai_score: float | None
+    ai_threshold: float | None  # the lead model's operating threshold
+    ai_calibrated: bool | None  # whether ai_score is a calibrated probability
     ai_status: str
     critical: bool
     status: ReadingStatus

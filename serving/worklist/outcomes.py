@@ -62,6 +62,8 @@ def record_ai_outcome(
     critical: bool,
     failed: bool,
     policy: WorklistPolicy,
+    threshold: float | None = None,
+    calibrated: bool | None = None,
 ) -> WorklistItem:
     """Set the study's priority class, AI score, AI status and due time from its AI outcome.
 
@@ -84,11 +86,16 @@ def record_ai_outcome(
         The AI could not process the study: it is read unaided, as routine.
     policy
         The worklist policy, with the model's threshold (:meth:`WorklistPolicy.for_threshold`).
+    threshold, calibrated
+        The lead model's operating threshold and whether ``score`` is a calibrated probability:
+        shown beside the score, so that a reader sees it relative to the model's threshold.
     """
     item = ensure_worklist_item(session, study, policy)
     priority_class = classify(score, critical=critical, failed=failed, policy=policy)
     item.priority_class = priority_class.value
     item.ai_score = None if failed else score
+    item.ai_threshold = None if failed else threshold
+    item.ai_calibrated = None if failed else calibrated
     item.ai_status = (AiStatus.FAILED if failed else AiStatus.SUCCEEDED).value
     item.due_at = _ready_time(study) + policy.max_wait(priority_class)
     session.flush()

@@ -158,6 +158,9 @@ def test_head_ct_and_radiograph_are_triaged_into_orthanc_and_the_worklist(
     assert order.index(head.study_instance_uid) < order.index(chest.study_instance_uid)
     head_item = next(i for i in items if i["study_instance_uid"] == head.study_instance_uid)
     assert head_item["priority_class"] == "critical" and head_item["ai_status"] == "succeeded"
+    # the score is shown with its model's threshold and whether it is a calibrated probability
+    assert head_item["ai_threshold"] == pytest.approx(head_result["findings"]["threshold"])
+    assert head_item["ai_calibrated"] is head_result["findings"]["calibrated"]
 
 
 def test_poison_studies_fail_with_the_reason_and_the_next_study_succeeds(

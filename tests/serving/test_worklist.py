@@ -170,6 +170,35 @@ def test_ai_outcome_sets_class_and_due_time(db: Database, add_study: AddStudy) -
     assert (failed.priority_class, failed.ai_status, failed.ai_score) == ("routine", "failed", None)
 
 
+def test_ai_outcome_keeps_the_threshold_and_calibration_beside_the_score(
+    db: Database, add_study: AddStudy
+) -> None:
+    uid = add_study(pending=True)
+    with db.session() as session:
+        study = session.scalar(select(Study).where(Study.study_instance_uid == uid))
+        assert study is not None
+        record_ai_outcome(
+            session,
+            study,
+            score=0.31,
+            critical=True,
+            failed=False,
+            policy=POLICY.for_threshold(0.27),
+            threshold=0.27,
+            calibrated=True,
+        )
+    item = _item(db, uid)
+    assert (item.ai_score, item.ai_threshold, item.ai_calibrated) == (0.31, 0.27, True)
+    with db.session() as session:
+        study = session.scalar(select(Study).where(Study.study_instance_uid == uid))
+        assert study is not None
+        record_ai_outcome(
+            session, study, score=None, critical=False, failed=True, policy=POLICY, threshold=0.27
+        )
+    item = _item(db, uid)
+    assert (item.ai_score, item.ai_threshold, item.ai_calibrated) == (None, None, None)
+
+
 def test_ai_outcome_never_changes_the_reading_status(db: Database, add_study: AddStudy) -> None:
     uid = add_study(score=0.1)
     worklist = Worklist(db)

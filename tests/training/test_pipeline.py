@@ -13,7 +13,7 @@ from training.data import read_labels_csv
 from training.exceptions import DataSourceError
 from training.pipeline import train
 from training.registration import registry_callback
-from training.split import Part, Split
+from training.split import Split
 
 
 def test_tiny_head_ct_run_trains_evaluates_calibrates_and_registers(tmp_path: Path) -> None:
