@@ -24,6 +24,7 @@ __all__ = [
     "plot_curves",
     "plot_quality_vs_time",
     "plot_roc",
+    "quality_at",
     "roc_auc",
     "roc_curve",
 ]
@@ -119,6 +120,32 @@ def plot_roc(curves: dict[str, tuple[ArrayLike, ArrayLike]], path: Path, title: 
     figure.savefig(path)
     plt.close(figure)
     return path
+
+
+def quality_at(
+    history: dict[str, list[float]],
+    minutes: tuple[float, ...] = (2, 4, 8, 16, 32, 64),
+    clock: str = "cpu seconds",
+) -> list[dict[str, float | None]]:
+    """What a run stopped after each of ``minutes`` (process CPU minutes by default) would have
+    had: the last validation at or before that time (``None`` before the first one, and no
+    row past the end of the run)."""
+    times = np.asarray(history.get(clock, []), dtype=float) / 60.0
+    rows: list[dict[str, float | None]] = []
+    for limit in minutes:
+        if not times.size or limit > times[-1] + 1e-9:
+            break  # the run did not last that long
+        done = np.flatnonzero(times <= limit + 1e-9)
+        index = int(done[-1]) if done.size else None
+        row: dict[str, float | None] = {
+            "minutes": float(limit),
+            "at minutes": float(times[index]) if index is not None else None,
+        }
+        for name in ("validation AUC", "validation Dice"):
+            if name in history:
+                row[name] = float(history[name][index]) if index is not None else None
+        rows.append(row)
+    return rows
 
 
 def plot_quality_vs_time(history: dict[str, list[float]], path: Path, title: str) -> Path:

@@ -193,7 +193,7 @@ def train_synthetic(
     by a deadline) instead of rendering the preset's counts.
     """
     from training.evaluation import score_heldout, test_report
-    from training.metrics import plot_curves, plot_quality_vs_time
+    from training.metrics import plot_curves, plot_quality_vs_time, quality_at
 
     task = Task(task)
     spec = task_spec(task)
@@ -233,6 +233,8 @@ def train_synthetic(
     results |= {
         "config": config.to_json(),
         "history": fitted.history,
+        # what a shorter run of the same schedule had by then (validation set, CPU minutes)
+        "quality_vs_time": quality_at(fitted.history),
         "machine": _machine(),
         "training_seconds": fitted.history["seconds"][-1] if fitted.history["seconds"] else 0.0,
         "evaluation_seconds": time.perf_counter() - started - fitted.seconds,

@@ -13,6 +13,7 @@ from training.metrics import (
     dice,
     plot_curves,
     plot_roc,
+    quality_at,
     roc_auc,
 )
 from training.split import Part, Split
@@ -79,3 +80,18 @@ def test_plots_are_png_files(tmp_path: Path) -> None:
     for path in (curves, roc):
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert path.stat().st_size > 5000
+
+
+def test_quality_at_takes_the_last_validation_before_each_time_and_stops_at_the_run_end() -> None:
+    history = {
+        "cpu seconds": [90.0, 300.0, 660.0],
+        "validation AUC": [0.6, 0.8, 0.9],
+        "validation Dice": [0.1, 0.3, 0.5],
+    }
+    rows = quality_at(history, minutes=(1, 2, 8, 11, 16))
+    assert [r["minutes"] for r in rows] == [1, 2, 8, 11]  # the run lasted under 16 minutes
+    assert rows[0]["validation AUC"] is None and rows[0]["at minutes"] is None
+    assert (rows[1]["validation AUC"], rows[1]["at minutes"]) == (0.6, 1.5)
+    assert (rows[2]["validation AUC"], rows[2]["validation Dice"]) == (0.8, 0.3)
+    assert rows[3]["validation AUC"] == 0.9
+    assert quality_at({"cpu seconds": []}) == []
