@@ -114,7 +114,9 @@ def test_the_finding_is_the_only_difference_between_renderings(
     positive, negative = head_pair
     assert positive.image.shape == negative.image.shape
     change = np.abs(positive.image - negative.image)
-    near = ndimage.binary_dilation(positive.mask > 0, iterations=3)
+    # blood is also painted under the inner table's partial-volume bone, which the label leaves
+    # out (a radiologist does not outline bone): the change reaches a few voxels past the mask
+    near = ndimage.binary_dilation(positive.mask > 0, iterations=6)
     assert float(change[near].sum()) > 0.95 * float(change.sum()) > 0
 
 

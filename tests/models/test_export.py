@@ -28,6 +28,7 @@ from models import (
 # Narrow networks on small inputs: the exporter sees the same operators as at full size.
 SMALL: dict[str, tuple[dict[str, Any], tuple[int, ...]]] = {
     "densenet121-2d": ({"init_features": 4, "growth_rate": 2}, (1, 32, 32)),
+    "resnet-small-2d": ({"block_inplanes": [2, 4, 4, 4]}, (1, 32, 32)),
     "densenet121-3d": ({"init_features": 4, "growth_rate": 2}, (1, 32, 32, 32)),
     "densenet-compact-3d": ({}, (1, 32, 32, 32)),
     "resnet10-3d": ({"widen_factor": 0.125}, (1, 32, 32, 16)),

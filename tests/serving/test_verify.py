@@ -168,9 +168,10 @@ def test_the_verify_command_prints_intervals_and_exits_1_below_the_floor(
     assert {s["label"] for s in written["studies"]} == {0, 1}
     assert all(0.0 <= s["score"] <= 1.0 for s in written["studies"])
 
-    # a bundle whose card claims AUC 0.95 for the random-weight fixture is refused
+    # a bundle whose card claims sensitivity 0.95 for the random-weight fixture is refused: its
+    # threshold 1.0 flags no radiograph (its AUC on 8 studies is chance, so it proves nothing)
     model = fixture_registry.get("chest-xr-finding", 1)
-    claims = model.card.model_copy(update={"metrics": Metrics(auc=0.95)})
+    claims = model.card.model_copy(update={"metrics": Metrics(auc=0.95, sensitivity=0.95)})
     boastful = tmp_path / "bundle"
     shutil.copytree(model.path, boastful)
     (boastful / "card.json").write_text(claims.to_json())
@@ -185,3 +186,4 @@ def test_the_verify_command_prints_intervals_and_exits_1_below_the_floor(
         timeout=600,
     )
     assert failed.returncode == 1 and "below its floor" in failed.stderr
+    assert "sensitivity 0.000 < floor" in failed.stderr
