@@ -105,7 +105,9 @@ def _stow_token(settings: Settings) -> str:
 
     db = Database.from_settings(settings)
     try:
-        Accounts(db, _audit(db, settings)).add_user("bench-pacs", Role.PACS, actor=Actor.cli())
+        Accounts(db, _audit(db, settings)).add_user(
+            "bench-pacs", Role.PACS, hospitals=["Benchmark"], actor=Actor.cli()
+        )
     finally:
         db.dispose()
     return TokenService(settings, load_secrets(settings).jwt_signing_key).issue(

@@ -184,7 +184,9 @@ def _scratch_platform(tmp: Path) -> Iterator[Settings]:
             upgrade(db)
             audit, actor = AuditTrail(db, load_secrets(settings).audit_hmac_key), Actor.cli()
             SenderRegistry(db, audit).add_sender(_AE, "Benchmark (SYNTHETIC)", actor=actor)
-            Accounts(db, audit).add_user(_USER, Role.RADIOLOGIST, _PASSWORD, actor=actor)
+            Accounts(db, audit).add_user(
+                _USER, Role.RADIOLOGIST, _PASSWORD, platform_operator=True, actor=actor
+            )
         finally:
             db.dispose()
         app = httpx.get(f"{str(settings.api_url).rstrip('/')}/app/", timeout=30)

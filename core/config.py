@@ -187,6 +187,9 @@ class Settings(BaseSettings):
     jwt_issuer: str = "radcloud"
     jwt_audience: str = "radcloud"
     jwt_roles_claim: str = "roles"
+    # The claim of an OIDC token naming the hospitals (a list, or one name) whose studies the
+    # user may see; a dotted path is followed. OIDC users are never platform operators.
+    jwt_hospitals_claim: str = "hospitals"
     token_ttl_minutes: int = Field(60, ge=1, le=60 * 24 * 30)
 
     # worklist (serving/worklist/): a study is due at ready time + its class's maximum wait;

@@ -5,9 +5,11 @@ contract lives here, in the core, like the outbox contract of :mod:`core.events`
 The API authenticates and authorises the user, splits the ``multipart/related`` body as it
 arrives, and hands each instance to the gateway's internal endpoint on its health/metrics
 listener (``bind_host:gateway_metrics_port``); the gateway validates, quarantines or fsyncs it
-to the spool through the same intake as a DIMSE C-STORE and answers once it is durable::
+to the spool through the same intake as a DIMSE C-STORE and answers once it is durable. The
+``hospital`` is the owner of what is stored: the hospital of the API key (or user) that sent
+it, as a DIMSE sender's hospital owns what it sends (:mod:`core.tenancy`)::
 
-    POST /internal/stow/instances[?study=<Study Instance UID of the request's URL>]
+    POST /internal/stow/instances?hospital=<owner>[&study=<Study Instance UID of the request's URL>]
     Authorization: Bearer <secrets.json gateway_ingest_key>
     Content-Type: application/dicom
     Content-Length: <bytes, at most RADCLOUD_GATEWAY_MAX_INSTANCE_MIB>
@@ -15,7 +17,8 @@ to the spool through the same intake as a DIMSE C-STORE and answers once it is d
     200 application/json  a StoreAnswer: {"status": 0 or a Failure Reason, "reason", "retry",
                           "sop_class_uid", "sop_instance_uid", "study_instance_uid",
                           "series_instance_uid", "patient_id"}
-    400 no Content-Length or a malformed study; 401 no or another key; 413 over the limit;
+    400 no Content-Length, no hospital, or a malformed study; 401 no or another key; 413 over
+    the limit;
     500 the gateway failed unexpectedly (nothing stored)
 
 Failure Reason (0008,1197) values (PS3.18 Table I.2-2; the first three are also the C-STORE

@@ -34,6 +34,7 @@ logger = logging.getLogger(__name__)
 
 _UID = re.compile(r"^[0-9A-Za-z._-]{1,128}$")
 _JSON = "application/json"
+_HOSPITAL_MAX = 128  # hospitals.name
 
 
 class _Refusal(Exception):  # noqa: N818 - control flow inside the handler, never raised out
@@ -124,15 +125,20 @@ def _handler(
             else:
                 self._refuse(404, f'no resource "{self.path}"')
 
-        def _instance(self) -> tuple[str | None, bytes]:
-            """The request's ``study`` parameter and body, once the key is checked."""
+        def _instance(self) -> tuple[str | None, str, bytes]:
+            """The request's ``study`` and ``hospital`` parameters and body, once the key is
+            checked."""
             given = self.headers.get("Authorization", "").encode()
             if not hmac.compare_digest(given, authorization):
                 logger.warning("internal STOW request from %s: bad key", self.client_address)
                 raise _Refusal(401, "expected the gateway ingest key as bearer credential")
-            study = parse_qs(urlsplit(self.path).query).get("study", [None])[0]
+            query = parse_qs(urlsplit(self.path).query)
+            study = query.get("study", [None])[0]
             if study is not None and not _UID.match(study):
                 raise _Refusal(400, f'study "{study[:80]}" is not a UID')
+            hospital = query.get("hospital", [""])[0].strip()
+            if not 0 < len(hospital) <= _HOSPITAL_MAX:
+                raise _Refusal(400, f"expected the owning hospital's name (1-{_HOSPITAL_MAX})")
             try:
                 length = int(self.headers.get("Content-Length", ""))
             except ValueError as exc:
@@ -142,14 +148,16 @@ def _handler(
             data = self.rfile.read(length)
             if len(data) != length:
                 raise _Refusal(400, f"body ended after {len(data)} of {length} bytes")
-            return study, data
+            return study, hospital, data
 
         def do_POST(self) -> None:
             try:
                 if urlsplit(self.path).path != STOW_PATH:
                     raise _Refusal(404, f'no resource "{self.path}"')
-                study, data = self._instance()
-                answer = store_instance(intake, data, study_instance_uid=study)
+                study, hospital, data = self._instance()
+                answer = store_instance(
+                    intake, data, study_instance_uid=study, hospital=hospital
+                )
             except _Refusal as refusal:
                 self._refuse(refusal.status, refusal.detail)
             except Exception:  # like a DIMSE handler: answer every request, stay up

@@ -51,7 +51,9 @@ def _refused(data: bytes, exc: GatewayError) -> StoreAnswer:
     return StoreAnswer.failed(data, FailureReason.PROCESSING_FAILURE, str(exc), retry=True)
 
 
-def store_instance(intake: Intake, data: bytes, *, study_instance_uid: str | None) -> StoreAnswer:
+def store_instance(
+    intake: Intake, data: bytes, *, study_instance_uid: str | None, hospital: str
+) -> StoreAnswer:
     """Spool one instance received by STOW-RS, or say why not (blocking: the spool fsyncs).
 
     Parameters
@@ -63,6 +65,8 @@ def store_instance(intake: Intake, data: bytes, *, study_instance_uid: str | Non
     study_instance_uid
         The Study Instance UID of the request's URL (``POST /studies/{study}``), if any; an
         instance of another study is refused without being spooled or quarantined.
+    hospital
+        The study's owner: the hospital of the API key that sent it.
 
     Returns
     -------
@@ -76,7 +80,7 @@ def store_instance(intake: Intake, data: bytes, *, study_instance_uid: str | Non
             mismatch = int(FailureReason.STUDY_MISMATCH)
             return StoreAnswer(mismatch, reason, False, sop_class, sop_instance, study)
     try:
-        entry = intake.accept(data, sender_ae_title=None, hospital=None, source="stow")
+        entry = intake.accept(data, sender_ae_title=None, hospital=hospital, source="stow")
     except GatewayError as exc:
         return _refused(data, exc)
     info = entry.info

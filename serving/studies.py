@@ -3,7 +3,9 @@
 A reprocess writes a durable ``study.reprocess`` outbox event with the ``study.ready`` payload
 (one contract: :mod:`core.events`) plus ``"force": true``, which tells the triage pipeline to
 recompute even where a result for the model version exists. Reading the results and asking for
-a reprocess are audited as patient record events (110110: read, update).
+a reprocess are audited as patient record events (110110: read, update). A study of a hospital
+outside the caller's scope is not found (:mod:`core.tenancy`), checked before the archive is
+asked anything.
 """
 
 from __future__ import annotations
@@ -29,8 +31,10 @@ from core.db.models import InferenceResult, InferenceStatus, OutboxEvent, Study
 from core.events import STUDY_REPROCESS, study_payload, study_series
 from core.exceptions import NotFoundError
 from core.security import Actor
+from core.tenancy import require_study
 from serving._audit import record_study
 from serving._rows import copy_row
+from serving._scope import require_study_in_scope
 from serving.exceptions import PlatformUnavailableError, StudyNotReadyError
 
 __all__ = [
@@ -90,10 +94,11 @@ def study_results(
     Raises
     ------
     NotFoundError
-        No such study.
+        No such study, or not of the caller's hospitals.
     """
+    require_study_in_scope(db, audit, study_instance_uid, caller=caller)
     with db.session() as session:
-        study = study_by_uid(session, study_instance_uid)
+        study = require_study(session, study_instance_uid, caller.scope)
         rows = session.scalars(
             select(InferenceResult)
             .where(InferenceResult.study_id == study.id)
@@ -126,15 +131,16 @@ def request_reprocess(
     Raises
     ------
     NotFoundError
-        No such study, or it is no longer in the image archive.
+        No such study, not of the caller's hospitals, or no longer in the image archive.
     StudyNotReadyError
         The study is still arriving: it is processed when ready.
     PlatformUnavailableError
         The image archive did not answer, or failed.
     """
     uid, topic = study_instance_uid, STUDY_REPROCESS.value
+    require_study_in_scope(db, audit, uid, caller=caller)
     with db.session() as session:
-        study = study_by_uid(session, uid)
+        study = require_study(session, uid, caller.scope)
         ready_at, orthanc_id = study.ready_at, study.orthanc_id
         first, last = study.first_received_at, study.last_received_at
         hospital = study.hospital.name if study.hospital else None

@@ -26,6 +26,7 @@ from tests.fixture_models import register_fixture_models
 from tests.helpers import free_ports, orthanc_client
 
 RADCLOUD = [sys.executable, "-m", "radcloud"]
+STOW_HOSPITAL = "STOW Test Hospital"
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -101,10 +102,13 @@ class Stack:
         return result
 
     def token_for(self, role: str) -> str:
-        """A bearer token of a user (created on first use) holding ``role``."""
+        """A bearer token of a user (created on first use) holding ``role``: a platform
+        operator, except ``pacs``, which stores for hospital ``STOW_HOSPITAL`` (the hospital
+        boundary itself: ``tests/serving/test_tenancy.py``)."""
         if role not in self.tokens:
             name = f"test-{role}"
-            self.cli("users", "add", name, "--role", role)
+            scope = ("--hospital", STOW_HOSPITAL) if role == "pacs" else ("--platform-operator",)
+            self.cli("users", "add", name, "--role", role, *scope)
             self.tokens[role] = self.cli("token", name).stdout.strip()
         return self.tokens[role]
 

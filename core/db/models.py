@@ -2,7 +2,8 @@
 
 Who writes what (docs/architecture.md has the full picture):
 
-- platform (``radcloud``): ``users``, ``api_keys``, ``audit_events``, ``audit_head``
+- platform (``radcloud``): ``users``, ``user_hospitals``, ``api_keys``, ``audit_events``,
+  ``audit_head``
 - gateway (``dicom_gateway``): ``hospitals``, ``senders``, ``move_destinations``, ``studies``,
   ``outbox_events``
 - serving (``serving``): ``inference_results``, ``worklist_items``; reading writes ``labels``
@@ -52,6 +53,7 @@ __all__ = [
     "StudyState",
     "UTCDateTime",
     "User",
+    "UserHospital",
     "WorklistItem",
     "utcnow",
 ]
@@ -300,7 +302,11 @@ class Report(Base):
 
 
 class User(Base):
-    """A person (or an identity from the hospital's OIDC provider) and their role."""
+    """A person (or an identity from the hospital's OIDC provider) and their role.
+
+    What studies the user sees: the hospitals of its ``user_hospitals`` rows, or every
+    hospital's when ``platform_operator`` (:mod:`core.tenancy`); neither: nothing.
+    """
 
     __tablename__ = "users"
 
@@ -309,11 +315,32 @@ class User(Base):
     role: Mapped[Role] = mapped_column(_enum(Role))
     password_hash: Mapped[str | None] = mapped_column(String(256))
     disabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    platform_operator: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+    hospitals: Mapped[list[Hospital]] = relationship(
+        secondary="user_hospitals", order_by="Hospital.name"
+    )
+
+
+class UserHospital(Base):
+    """A user's explicit assignment to a hospital whose studies they read."""
+
+    __tablename__ = "user_hospitals"
+
+    user_id: Mapped[int] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), primary_key=True
+    )
+    hospital_id: Mapped[int] = mapped_column(ForeignKey("hospitals.id"), primary_key=True)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
 
 class ApiKey(Base):
-    """A service account's API key; only a SHA-256 of the secret part is stored."""
+    """A service account's API key; only a SHA-256 of the secret part is stored.
+
+    A key belongs to one hospital (what it stores by STOW-RS is that hospital's) or is a
+    platform operator's; neither: it sees nothing.
+    """
 
     __tablename__ = "api_keys"
 
@@ -322,8 +349,12 @@ class ApiKey(Base):
     key_id: Mapped[str] = mapped_column(String(32), unique=True)
     secret_hash: Mapped[str] = mapped_column(String(64))
     role: Mapped[Role] = mapped_column(_enum(Role))
+    hospital_id: Mapped[int | None] = mapped_column(ForeignKey("hospitals.id"))
+    platform_operator: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     last_used_at: Mapped[dt.datetime | None]
+
+    hospital: Mapped[Hospital | None] = relationship()
     revoked_at: Mapped[dt.datetime | None]
 
 

@@ -13,11 +13,17 @@ Method                             Event (PS3.16 CID 400)         Action  Object
 =================================  =============================  ======  ================
 :meth:`Accounts.add_user`          110113 Security Alert          C       ``user``
 :meth:`Accounts.set_disabled`      110113 Security Alert          U       ``user``
+:meth:`Accounts.assign_hospital`   110113 Security Alert          U       ``user``
+:meth:`Accounts.unassign_hospital` 110113 Security Alert          U       ``user``
 :meth:`Accounts.create_api_key`    110113 Security Alert          C       ``api_key``
 :meth:`Accounts.revoke_api_key`    110113 Security Alert          D       ``api_key``
 :meth:`Accounts.sign_in`           110114 User Authentication     E       (the user signing in)
 :meth:`Accounts.issue_token`       110114 User Authentication     E       ``user``
 =================================  =============================  ======  ================
+
+Each user is assigned hospitals (``user_hospitals``), each API key one hospital, or either is
+explicitly a platform operator (:mod:`core.tenancy`); the scope is read with the credential on
+every request, so an assignment changed takes effect at once.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import datetime as dt
 import hashlib
 import hmac
 import secrets
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from sqlalchemy import select
@@ -34,11 +41,19 @@ from sqlalchemy.orm import Session
 
 from core.audit import AuditAction, AuditEventCode, AuditOutcome, AuditTrail
 from core.db import Database
-from core.db.models import ApiKey, Role, User, utcnow
+from core.db.models import ApiKey, Role, User, UserHospital, utcnow
 from core.exceptions import AlreadyExistsError, AuthenticationError, NotFoundError
+from core.security._hospitals import (
+    api_key_scope,
+    check_assignment,
+    check_grant,
+    hospital_row,
+    user_scope,
+)
 from core.security.passwords import hash_password, verify_password
 from core.security.principal import Actor, AuthMethod, Principal
 from core.security.tokens import TokenService
+from core.tenancy import HospitalScope
 
 __all__ = ["API_KEY_PREFIX", "Accounts", "NewApiKey", "UserInfo"]
 
@@ -53,6 +68,19 @@ class UserInfo:
     role: Role
     has_password: bool
     disabled: bool
+    hospitals: tuple[str, ...] = ()
+    platform_operator: bool = False
+
+
+def _info(user: User) -> UserInfo:
+    return UserInfo(
+        user.name,
+        user.role,
+        user.password_hash is not None,
+        user.disabled,
+        tuple(hospital.name for hospital in user.hospitals),
+        user.platform_operator,
+    )
 
 
 @dataclass(frozen=True, repr=False)
@@ -62,6 +90,8 @@ class NewApiKey:
     name: str
     role: Role
     key: str
+    hospital: str | None = None
+    platform_operator: bool = False
 
     def __repr__(self) -> str:
         return f"NewApiKey(name={self.name!r}, role={self.role!r}, key=<redacted>)"
@@ -102,39 +132,113 @@ class Accounts:
         self._audit = audit
 
     def add_user(
-        self, name: str, role: Role | str, password: str | None = None, *, actor: Actor
+        self,
+        name: str,
+        role: Role | str,
+        password: str | None = None,
+        *,
+        hospitals: Iterable[str] = (),
+        platform_operator: bool = False,
+        actor: Actor,
     ) -> UserInfo:
-        """Create a user.
+        """Create a user, assigned ``hospitals`` (created if new) or a platform operator; with
+        neither, the user sees no study until assigned one.
 
         Raises
         ------
         AlreadyExistsError
             A user of that name exists.
         ValueError
-            The role is unknown or the password too short.
+            The role is unknown, the password too short, or both hospitals and platform
+            operator given.
         """
+        names = check_assignment(hospitals, platform_operator)
         with self._audit.security_change(
-            actor, AuditAction.CREATE, "user", name, change="user created", role=role
+            actor,
+            AuditAction.CREATE,
+            "user",
+            name,
+            change="user created",
+            role=role,
+            hospitals=names,
+            platform_operator=platform_operator,
         ) as change:
+            check_grant(actor, names, platform_operator)
             role = Role(role)
             password_hash = hash_password(password) if password is not None else None
-            change.session.add(User(name=name, role=role, password_hash=password_hash))
+            user = User(
+                name=name,
+                role=role,
+                password_hash=password_hash,
+                platform_operator=platform_operator,
+                hospitals=[hospital_row(change.session, hospital) for hospital in names],
+            )
+            change.session.add(user)
             _flush_new(change.session, "user", name)
-        return UserInfo(name, role, password_hash is not None, disabled=False)
+            return _info(user)
 
     def get_user(self, name: str) -> UserInfo:
         """The user called ``name``; :class:`NotFoundError` if there is none."""
         with self._db.session() as session:
-            user = _user(session, name)
-            return UserInfo(user.name, user.role, user.password_hash is not None, user.disabled)
+            return _info(_user(session, name))
 
     def list_users(self) -> list[UserInfo]:
         """All users, by name."""
         with self._db.session() as session:
-            users = session.scalars(select(User).order_by(User.name))
-            return [
-                UserInfo(u.name, u.role, u.password_hash is not None, u.disabled) for u in users
-            ]
+            return [_info(u) for u in session.scalars(select(User).order_by(User.name))]
+
+    def assign_hospital(self, name: str, hospital: str, *, actor: Actor) -> UserInfo:
+        """Let user ``name`` see the studies of ``hospital`` (created if new) as well.
+
+        Raises
+        ------
+        NotFoundError
+            There is no user called ``name``.
+        ValueError
+            The user is a platform operator (assigned no hospital).
+        """
+        with self._audit.security_change(
+            actor, AuditAction.UPDATE, "user", name, change="hospital assigned", hospital=hospital
+        ) as change:
+            check_grant(actor, [hospital], False)
+            user = _user(change.session, name)
+            check_assignment([hospital], user.platform_operator)
+            row = hospital_row(change.session, hospital)
+            if row not in user.hospitals:
+                user.hospitals.append(row)
+            change.session.flush()
+            return _info(user)
+
+    def unassign_hospital(self, name: str, hospital: str, *, actor: Actor) -> UserInfo:
+        """Stop user ``name`` seeing the studies of ``hospital``; at once, tokens included.
+
+        Raises
+        ------
+        NotFoundError
+            There is no user called ``name``, or it is not assigned ``hospital``.
+        """
+        with self._audit.security_change(
+            actor,
+            AuditAction.UPDATE,
+            "user",
+            name,
+            change="hospital unassigned",
+            hospital=hospital,
+        ) as change:
+            check_grant(actor, [hospital], False)
+            user = _user(change.session, name)
+            row = next((h for h in user.hospitals if h.name == hospital), None)
+            if row is None:
+                raise NotFoundError(f'hospital assignment of user "{name}"', hospital)
+            change.session.delete(change.session.get_one(UserHospital, (user.id, row.id)))
+            change.session.flush()
+            change.session.refresh(user)
+            return _info(user)
+
+    def user_scope(self, name: str) -> HospitalScope:
+        """The hospitals user ``name`` may see now (:class:`NotFoundError` if none such)."""
+        with self._db.session() as session:
+            return user_scope(_user(session, name))
 
     def set_disabled(self, name: str, disabled: bool, *, actor: Actor) -> None:
         """Disable (or re-enable) a user: their tokens stop working at once.
@@ -236,26 +340,53 @@ class Accounts:
         if user.disabled:
             raise AuthenticationError(f'user "{name}" is disabled')
 
-    def create_api_key(self, name: str, role: Role | str, *, actor: Actor) -> NewApiKey:
-        """Create a service account's API key; the returned key is shown once.
+    def create_api_key(
+        self,
+        name: str,
+        role: Role | str,
+        *,
+        hospital: str | None = None,
+        platform_operator: bool = False,
+        actor: Actor,
+    ) -> NewApiKey:
+        """Create a service account's API key of ``hospital`` (created if new; what the key
+        stores by STOW-RS is that hospital's) or a platform operator's; the returned key is
+        shown once. With neither, the key sees nothing and cannot store.
 
         Raises
         ------
         AlreadyExistsError
             An API key of that name exists.
         ValueError
-            The role is unknown.
+            The role is unknown, or both a hospital and platform operator given.
         """
+        check_assignment([hospital] if hospital else [], platform_operator)
         key_id, secret = secrets.token_hex(8), secrets.token_urlsafe(32)
         with self._audit.security_change(
-            actor, AuditAction.CREATE, "api_key", name, change="API key created", role=role
+            actor,
+            AuditAction.CREATE,
+            "api_key",
+            name,
+            change="API key created",
+            role=role,
+            hospital=hospital,
+            platform_operator=platform_operator,
         ) as change:
+            check_grant(actor, [hospital] if hospital else [], platform_operator)
             role = Role(role)
             change.session.add(
-                ApiKey(name=name, key_id=key_id, secret_hash=_digest(secret), role=role)
+                ApiKey(
+                    name=name,
+                    key_id=key_id,
+                    secret_hash=_digest(secret),
+                    role=role,
+                    hospital=hospital_row(change.session, hospital) if hospital else None,
+                    platform_operator=platform_operator,
+                )
             )
             _flush_new(change.session, "API key", name)
-        return NewApiKey(name, role, f"{API_KEY_PREFIX}{key_id}_{secret}")
+        key = f"{API_KEY_PREFIX}{key_id}_{secret}"
+        return NewApiKey(name, role, key, hospital, platform_operator)
 
     def revoke_api_key(self, name: str, *, actor: Actor) -> None:
         """Revoke the API key called ``name``.
@@ -273,11 +404,14 @@ class Accounts:
                 raise NotFoundError("API key", name)
             key.revoked_at = utcnow()
 
-    def list_api_keys(self) -> list[tuple[str, Role, bool]]:
-        """(name, role, revoked) of every API key."""
+    def list_api_keys(self) -> list[tuple[str, Role, bool, str]]:
+        """(name, role, revoked, scope as words) of every API key."""
         with self._db.session() as session:
             keys = session.scalars(select(ApiKey).order_by(ApiKey.name))
-            return [(k.name, k.role, k.revoked_at is not None) for k in keys]
+            return [
+                (k.name, k.role, k.revoked_at is not None, api_key_scope(k).describe())
+                for k in keys
+            ]
 
     def authenticate_api_key(self, key: str) -> Principal:
         """Check an API key and return its service account.
@@ -298,4 +432,6 @@ class Accounts:
             if row.revoked_at is not None:
                 raise AuthenticationError(f'API key "{row.name}" was revoked')
             row.last_used_at = utcnow()
-            return Principal(row.name, frozenset({row.role}), AuthMethod.API_KEY)
+            return Principal(
+                row.name, frozenset({row.role}), AuthMethod.API_KEY, scope=api_key_scope(row)
+            )

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from core.db.models import Role
+from core.tenancy import HospitalScope
 
 __all__ = ["Actor", "AuthMethod", "Door", "Principal"]
 
@@ -24,12 +25,14 @@ class AuthMethod(StrEnum):
 
 @dataclass(frozen=True)
 class Principal:
-    """An authenticated user or service account."""
+    """An authenticated user or service account, and the hospitals whose studies it may see
+    (``scope``: none unless assigned, :mod:`core.tenancy`)."""
 
     name: str
     roles: frozenset[Role]
     method: AuthMethod
     token_id: str | None = None
+    scope: HospitalScope = HospitalScope()
 
     @property
     def role(self) -> str:
@@ -61,19 +64,23 @@ class Actor:
         can run it on the host can reach the database anyway).
     address
         The network address the action came from, or the host name for the command line.
+    scope
+        The hospitals whose studies the actor may see and change (none unless given; the
+        command line is a platform operator's).
     """
 
     name: str
     door: Door
     role: str | None = None
     address: str | None = None
+    scope: HospitalScope = HospitalScope()
 
     @classmethod
     def from_principal(
         cls, principal: Principal, door: Door = Door.HTTP, address: str | None = None
     ) -> Actor:
         """An authenticated user or service account, e.g. the caller of an API route."""
-        return cls(principal.name, door, principal.role, address)
+        return cls(principal.name, door, principal.role, address, principal.scope)
 
     @classmethod
     def cli(cls) -> Actor:
@@ -82,4 +89,4 @@ class Actor:
             name = getpass.getuser()
         except (KeyError, OSError):  # no user name for this uid (a bare container)
             name = f"uid {os.getuid()}"
-        return cls(name, Door.CLI, None, socket.gethostname())
+        return cls(name, Door.CLI, None, socket.gethostname(), HospitalScope.platform())

@@ -5,7 +5,9 @@ generated signing key, issuer ``jwt_issuer`` and audience ``jwt_audience``. When
 ``jwt_algorithm`` is RS256 or ES256, tokens of that algorithm are also accepted if a key of
 ``jwt_jwks_url`` (an HTTPS URL, or a key-set file copied to local disk) verifies them; their
 roles come from the ``jwt_roles_claim`` claim (a dotted path such as ``realm_access.roles`` is
-followed). The algorithm is fixed per key type, so a token cannot choose how it is checked (no
+followed), their hospitals from the ``jwt_hospitals_claim`` claim (:mod:`core.tenancy`; an
+OIDC user is never a platform operator, and radcloud's own tokens carry no hospitals: the API
+reads a user's from the database on every request). The algorithm is fixed per key type, so a token cannot choose how it is checked (no
 ``alg`` confusion).
 """
 
@@ -23,6 +25,7 @@ from core.config import JwtAlgorithm, Settings
 from core.db.models import Role
 from core.exceptions import AuthenticationError
 from core.security.principal import AuthMethod, Principal
+from core.tenancy import HospitalScope
 
 __all__ = ["TokenService"]
 
@@ -59,6 +62,11 @@ def _roles(value: Any) -> frozenset[Role]:
     names = [value] if isinstance(value, str) else list(value or [])
     known = {role.value for role in Role}
     return frozenset(Role(name) for name in names if isinstance(name, str) and name in known)
+
+
+def _hospitals(value: Any) -> HospitalScope:
+    names = [value] if isinstance(value, str) else list(value or [])
+    return HospitalScope.of(name for name in names if isinstance(name, str) and name.strip())
 
 
 class TokenService:
@@ -128,7 +136,10 @@ class TokenService:
         roles = _roles(_claim(claims, roles_claim))
         if not roles:
             raise AuthenticationError(f'token carries no radcloud role in claim "{roles_claim}"')
-        return Principal(str(claims["sub"]), roles, method, claims.get("jti"))
+        scope = HospitalScope()
+        if method is AuthMethod.OIDC:
+            scope = _hospitals(_claim(claims, self._settings.jwt_hospitals_claim))
+        return Principal(str(claims["sub"]), roles, method, claims.get("jti"), scope)
 
     def _decode_own(self, token: str) -> dict[str, Any]:
         return jwt.decode(

@@ -11,7 +11,7 @@ from rich.table import Table
 from core.db.models import Role
 from core.exceptions import AuthenticationError
 from core.secrets import load_secrets
-from core.security import Accounts, Actor, TokenService
+from core.security import Accounts, Actor, TokenService, UserInfo
 from radcloud.cli._common import audit_trail, command, console, database, get_settings
 
 __all__ = ["register"]
@@ -20,6 +20,13 @@ users_app = typer.Typer(help="Manage users and their roles.", no_args_is_help=Tr
 apikeys_app = typer.Typer(help="Manage service-account API keys.", no_args_is_help=True)
 
 RoleOption = Annotated[Role, typer.Option("--role", help="What the account may do.")]
+PlatformOption = Annotated[
+    bool,
+    typer.Option(
+        "--platform-operator",
+        help="Sees every hospital's studies (runs the platform; assigned no hospital).",
+    ),
+]
 
 
 def _accounts() -> Accounts:
@@ -34,26 +41,79 @@ def users_add(
     password: Annotated[
         bool, typer.Option("--password", help="Prompt for a sign-in password (12+ characters).")
     ] = False,
+    hospital: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--hospital", help="A hospital whose studies the user reads (repeat for several)."
+        ),
+    ] = None,
+    platform_operator: PlatformOption = False,
 ) -> None:
-    """Create a user with a role."""
+    """Create a user with a role, assigned hospitals or a platform operator."""
+    hospitals = hospital or []
+    if hospitals and platform_operator:
+        raise typer.BadParameter("give --hospital or --platform-operator, not both")
     secret = (
         typer.prompt("Password", hide_input=True, confirmation_prompt=True) if password else None
     )
     try:
-        user = _accounts().add_user(name, role, secret, actor=Actor.cli())
+        user = _accounts().add_user(
+            name,
+            role,
+            secret,
+            hospitals=hospitals,
+            platform_operator=platform_operator,
+            actor=Actor.cli(),
+        )
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--password") from exc
-    console.print(f"user [bold]{user.name}[/] created with role [bold]{user.role}[/]")
+    console.print(
+        f"user [bold]{user.name}[/] created with role [bold]{user.role}[/], {_scope(user)}"
+    )
+    if not hospitals and not platform_operator:
+        console.print(
+            "[yellow]the user sees no study until assigned a hospital: "
+            f"radcloud users assign {name} HOSPITAL[/]"
+        )
+
+
+def _scope(user: UserInfo) -> str:
+    if user.platform_operator:
+        return "platform operator"
+    return f"hospitals: {', '.join(user.hospitals)}" if user.hospitals else "no hospital"
+
+
+@users_app.command("assign")
+@command
+def users_assign(name: str, hospital: str) -> None:
+    """Let user NAME read the studies of HOSPITAL as well."""
+    try:
+        user = _accounts().assign_hospital(name, hospital, actor=Actor.cli())
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="NAME") from exc
+    console.print(f"user [bold]{name}[/]: {_scope(user)}")
+
+
+@users_app.command("unassign")
+@command
+def users_unassign(name: str, hospital: str) -> None:
+    """Stop user NAME reading the studies of HOSPITAL (at once, tokens included)."""
+    user = _accounts().unassign_hospital(name, hospital, actor=Actor.cli())
+    console.print(f"user [bold]{name}[/]: {_scope(user)}")
 
 
 @users_app.command("list")
 @command
 def users_list() -> None:
     """List users."""
-    table = Table("name", "role", "password", "disabled")
+    table = Table("name", "role", "sees", "password", "disabled")
     for user in _accounts().list_users():
         table.add_row(
-            user.name, user.role, "yes" if user.has_password else "no", str(user.disabled)
+            user.name,
+            user.role,
+            _scope(user),
+            "yes" if user.has_password else "no",
+            str(user.disabled),
         )
     console.print(table)
 
@@ -86,11 +146,27 @@ def token(
 
 @apikeys_app.command("create")
 @command
-def apikeys_create(name: str, role: RoleOption) -> None:
-    """Create an API key for service account NAME; it is printed this once."""
-    new = _accounts().create_api_key(name, role, actor=Actor.cli())
+def apikeys_create(
+    name: str,
+    role: RoleOption,
+    hospital: Annotated[
+        str | None,
+        typer.Option("--hospital", help="The hospital the key stores and reads for."),
+    ] = None,
+    platform_operator: PlatformOption = False,
+) -> None:
+    """Create an API key for service account NAME of one hospital (or a platform operator's);
+    it is printed this once."""
+    try:
+        new = _accounts().create_api_key(
+            name, role, hospital=hospital, platform_operator=platform_operator, actor=Actor.cli()
+        )
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--hospital") from exc
+    scope = "platform operator" if new.platform_operator else (new.hospital or "no hospital")
     console.print(
-        f"API key for [bold]{new.name}[/] ({new.role}); store it now, it is not shown again:",
+        f"API key for [bold]{new.name}[/] ({new.role}, {scope}); "
+        "store it now, it is not shown again:",
     )
     typer.echo(new.key)
 
@@ -99,9 +175,9 @@ def apikeys_create(name: str, role: RoleOption) -> None:
 @command
 def apikeys_list() -> None:
     """List API keys (never the keys themselves)."""
-    table = Table("name", "role", "revoked")
-    for name, role, revoked in _accounts().list_api_keys():
-        table.add_row(name, role, str(revoked))
+    table = Table("name", "role", "sees", "revoked")
+    for name, role, revoked, scope in _accounts().list_api_keys():
+        table.add_row(name, role, scope, str(revoked))
     console.print(table)
 
 

@@ -68,15 +68,16 @@ class GatewayIngest:
             settings.gateway_network_timeout_s,
         )
 
-    def store(self, data: bytes, study: str | None) -> StoreAnswer:
-        """Hand one instance to the gateway; returns once it is spooled, or why it is not.
+    def store(self, data: bytes, study: str | None, hospital: str) -> StoreAnswer:
+        """Hand one instance to the gateway, owned by ``hospital``; returns once it is spooled,
+        or why it is not.
 
         Raises
         ------
         httpx.TransportError
             The gateway cannot be reached, or broke off: nothing is known to be stored.
         """
-        params = {"study": study} if study is not None else None
+        params = {"hospital": hospital} | ({"study": study} if study is not None else {})
         answer = self._client.post(
             self.url, content=data, params=params, headers={"Content-Type": _DICOM}
         )
@@ -116,7 +117,7 @@ def _precheck(part: BodyPart, number: int, limit: int) -> StoreAnswer | None:
 
 
 def store_part(
-    ingest: GatewayIngest, part: BodyPart, number: int, study: str | None
+    ingest: GatewayIngest, part: BodyPart, number: int, study: str | None, hospital: str
 ) -> StoreAnswer:
     """Hand one part to the gateway (blocking: the spool fsyncs), or say why not.
 
@@ -131,6 +132,8 @@ def store_part(
     study
         The Study Instance UID of the request's URL (``POST /studies/{study}``), if any; the
         gateway refuses an instance of another study without spooling or quarantining it.
+    hospital
+        The owner of the study stored: the sending principal's hospital.
 
     Returns
     -------
@@ -145,7 +148,7 @@ def store_part(
     early = _precheck(part, number, ingest.max_instance_bytes)
     if early is not None:
         return early
-    return ingest.store(part.data, study)
+    return ingest.store(part.data, study, hospital)
 
 
 def _element(vr: str, *values: Any) -> dict[str, Any]:

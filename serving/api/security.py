@@ -1,13 +1,15 @@
 """Authentication and role checks for routes, as FastAPI dependencies.
 
 Credentials: ``Authorization: Bearer <JWT>``, ``Authorization: Bearer rck_...`` (an API key)
-or ``X-API-Key: rck_...``. Every failure is an audit event: 110114 User Authentication for a
+or ``X-API-Key: rck_...``. The principal carries its hospital scope (:mod:`core.tenancy`),
+which every study the routes touch is checked against, in the domain services. Every failure is an audit event: 110114 User Authentication for a
 missing or bad credential (HTTP 401), 110113 Security Alert for a role refused (HTTP 403).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from fastapi import Request
@@ -102,6 +104,8 @@ def authenticate(request: Request) -> Principal:
     principal = ctx.tokens.verify(credential)
     if principal.method is AuthMethod.TOKEN:
         ctx.accounts.check_user_active(principal.name)
+        # the user's hospitals as they are now, not as when the token was signed
+        principal = replace(principal, scope=ctx.accounts.user_scope(principal.name))
     return principal
 
 

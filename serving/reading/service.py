@@ -1,7 +1,9 @@
 """The reading app's domain service: open a study, read an AI mask, sign the report.
 
 Every study opened, mask read and report signed (or refused) is audited here (110110 Patient
-Record: read, read, create), whichever door the call came through.
+Record: read, read, create), whichever door the call came through. Each first checks that the
+study is of the caller's hospitals (:func:`serving._scope.require_study_in_scope`), before the
+image archive is asked anything: a study of another hospital is not found.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from core.audit import AuditAction, AuditOutcome, AuditTrail
 from core.db import Database
 from core.security import Actor
 from serving._audit import record_study
+from serving._scope import require_study_in_scope
 from serving.exceptions import (
     NotClaimantError,
     PlatformUnavailableError,
@@ -58,6 +61,7 @@ class ReadingService:
     def manifest(self, study_instance_uid: str, *, caller: Actor) -> Manifest:
         """The study's series, AI findings, reading state and report
         (:func:`~serving.reading.manifest.build_manifest`)."""
+        require_study_in_scope(self._db, self._audit, study_instance_uid, caller=caller)
         with archive_errors():
             manifest = build_manifest(self._db, self._archive, study_instance_uid)
         self._record(
@@ -74,6 +78,7 @@ class ReadingService:
     def mask(self, study_instance_uid: str, result_id: int, *, caller: Actor) -> FindingMask:
         """The SEG of ``result_id`` as bit-packed frames
         (:func:`~serving.reading.masks.finding_mask`)."""
+        require_study_in_scope(self._db, self._audit, study_instance_uid, caller=caller)
         with archive_errors():
             mask = finding_mask(self._db, self._archive, study_instance_uid, result_id)
         self._record(
@@ -98,6 +103,7 @@ class ReadingService:
     ) -> SignOutcome:
         """Sign, as ``caller``, the report of a study the caller holds
         (:func:`~serving.reading.signing.sign_report`)."""
+        require_study_in_scope(self._db, self._audit, study_instance_uid, caller=caller)
         try:
             with archive_errors():
                 outcome = sign_report(

@@ -12,6 +12,7 @@ from sqlalchemy import ColumnElement, Select, and_, func, or_, select
 from sqlalchemy.orm import Session
 
 from core.db.models import Hospital, ReadingStatus, Study, WorklistItem, utcnow
+from core.tenancy import HospitalScope
 from serving._rows import copy_row
 from serving.worklist.policy import PriorityClass
 
@@ -127,12 +128,12 @@ def _filters(query: WorklistQuery) -> list[ColumnElement[bool]]:
     return conditions
 
 
-def _base(query: WorklistQuery) -> Select[WorklistItem, Study, str]:
+def _base(query: WorklistQuery, scope: HospitalScope) -> Select[WorklistItem, Study, str]:
     return (
         select(WorklistItem, Study, Hospital.name)
         .join(Study, Study.id == WorklistItem.study_id)
         .outerjoin(Hospital, Hospital.id == Study.hospital_id)
-        .where(*_filters(query))
+        .where(scope.study_filter(), *_filters(query))
     )
 
 
@@ -145,17 +146,23 @@ def _waiting_minutes(item: WorklistItem, study: Study, now: dt.datetime) -> floa
 
 
 def list_worklist(
-    session: Session, query: WorklistQuery, now: dt.datetime | None = None
+    session: Session,
+    query: WorklistQuery,
+    now: dt.datetime | None = None,
+    *,
+    scope: HospitalScope,
 ) -> tuple[list[WorklistEntry], int]:
-    """The page of the worklist ``query`` asks for, in priority order, and the total count.
+    """The page of the worklist ``query`` asks for, in priority order, and the total count,
+    both of studies in ``scope`` only (a ``hospital`` filter outside it matches nothing).
 
     ``waiting_minutes`` is the time since the study became ready (until it was claimed, for
     claimed and reported studies).
     """
     now = now or utcnow()
-    total = session.scalar(select(func.count()).select_from(_base(query).subquery())) or 0
+    base = _base(query, scope)
+    total = session.scalar(select(func.count()).select_from(base.subquery())) or 0
     rows = session.execute(
-        _base(query).order_by(*_order_by()).limit(query.limit).offset(query.offset)
+        base.order_by(*_order_by()).limit(query.limit).offset(query.offset)
     )
     entries = [
         copy_row(

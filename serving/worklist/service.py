@@ -2,6 +2,8 @@
 
 A listing is audited as a query (110112; the search text is not recorded, the study UIDs shown
 are); each transition, and each refused one, as a patient record update (110110, action U).
+The listing holds only studies of the caller's hospitals, its total counts only those, and a
+transition on a study of another hospital is not found (:mod:`core.tenancy`).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from core.audit import AuditAction, AuditEventCode, AuditOutcome, AuditTrail
 from core.db import Database
 from core.security import Actor
 from serving._audit import record_study
+from serving._scope import require_study_in_scope
 from serving.exceptions import WorklistError
 from serving.worklist.listing import WorklistEntry, WorklistQuery, list_worklist
 from serving.worklist.state import ReadingState, Worklist
@@ -37,7 +40,7 @@ class WorklistService:
         """The page ``query`` asks for and the total count
         (:func:`~serving.worklist.listing.list_worklist`)."""
         with self._db.session() as session:
-            entries, total = list_worklist(session, query)
+            entries, total = list_worklist(session, query, scope=caller.scope)
         self._audit.record(
             AuditEventCode.QUERY,
             actor=caller,
@@ -75,6 +78,7 @@ class WorklistService:
     def _transition(
         self, uid: str, name: str, caller: Actor, version: int, *, is_admin: bool = False
     ) -> ReadingState:
+        require_study_in_scope(self._db, self._audit, uid, caller=caller)
         user = caller.name
         try:
             if name == "claim":

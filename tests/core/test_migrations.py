@@ -21,6 +21,7 @@ TABLES = {
     "outbox_events",
     "senders",
     "studies",
+    "user_hospitals",
     "users",
     "worklist_items",
 }

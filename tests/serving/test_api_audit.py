@@ -32,7 +32,9 @@ def api(tmp_path: Path) -> Iterator[httpx.Client]:
     db = Database.from_settings(settings)
     upgrade(db)
     trail = AuditTrail(db, load_secrets(settings).audit_hmac_key)
-    Accounts(db, trail).add_user(ADMIN, Role.ADMIN, PASSWORD, actor=Actor.cli())
+    Accounts(db, trail).add_user(
+        ADMIN, Role.ADMIN, PASSWORD, platform_operator=True, actor=Actor.cli()
+    )
     db.dispose()
     port = free_port()
     app = create_app(settings)

@@ -17,6 +17,7 @@ from core.config import load_settings
 from core.db import Database, upgrade
 from core.db.models import Hospital, ReadingStatus, Study, StudyState, WorklistItem
 from core.exceptions import ConfigError, NotFoundError
+from core.tenancy import HospitalScope
 from serving.worklist import (
     NotClaimantError,
     PriorityClass,
@@ -33,6 +34,7 @@ from serving.worklist import (
 )
 
 T0 = dt.datetime(2026, 11, 27, 8, 0, tzinfo=dt.UTC)
+ALL = HospitalScope.platform()
 POLICY = WorklistPolicy()
 
 
@@ -98,7 +100,7 @@ def _item(db: Database, uid: str) -> WorklistItem:
 
 def _order(db: Database, **query: object) -> list[str]:
     with db.session() as session:
-        entries, _ = list_worklist(session, WorklistQuery(**query), now=T0)  # type: ignore[arg-type]
+        entries, _ = list_worklist(session, WorklistQuery(**query), now=T0, scope=ALL)  # type: ignore[arg-type]
     return [entry.study_instance_uid for entry in entries]
 
 
@@ -309,7 +311,7 @@ def test_listing_is_in_priority_order(db: Database, add_study: AddStudy) -> None
     expected = [urgent, critical_new, routine_old, pending, critical_late]
     assert _order(db) == expected
     with db.session() as session:
-        entries, total = list_worklist(session, WorklistQuery(limit=2, offset=1), now=T0)
+        entries, total = list_worklist(session, WorklistQuery(limit=2, offset=1), now=T0, scope=ALL)
         items = {}
         for item, study in session.execute(select(WorklistItem, Study).join(Study)):
             assert item.due_at is not None and study.ready_at is not None
@@ -356,7 +358,7 @@ def test_listing_filters(db: Database, add_study: AddStudy) -> None:
 def test_waiting_minutes_count_until_claimed(db: Database, add_study: AddStudy) -> None:
     add_study(ready_min=-45, score=0.1)
     with db.session() as session:
-        (entry,), _ = list_worklist(session, WorklistQuery(), now=T0)
+        (entry,), _ = list_worklist(session, WorklistQuery(), now=T0, scope=ALL)
     assert entry.waiting_minutes == 45.0
     assert entry.hospital is None and entry.ai_status == "succeeded"
 

@@ -79,7 +79,7 @@ def _uids(body: dict[str, Any]) -> list[str]:
 def _second_radiologist(stack: Stack) -> httpx.Client:
     name = "test-radiologist-2"
     if name not in stack.tokens:
-        stack.cli("users", "add", name, "--role", "radiologist")
+        stack.cli("users", "add", name, "--role", "radiologist", "--platform-operator")
         stack.tokens[name] = stack.cli("token", name).stdout.strip()
     return httpx.Client(
         base_url=stack.settings.api_url,

@@ -95,7 +95,7 @@ def _add_accounts(stack: Stack) -> None:
         accounts = Accounts(db, audit)
         for name, role in ((RADIOLOGIST, Role.RADIOLOGIST), (OUTSIDER, Role.ML_ENGINEER)):
             with contextlib.suppress(AlreadyExistsError):  # from another module's room
-                accounts.add_user(name, role, PASSWORD, actor=actor)
+                accounts.add_user(name, role, PASSWORD, hospitals=[HOSPITAL], actor=actor)
     finally:
         db.dispose()
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request, status
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from core.db.models import Role
-from core.security import Principal
+from core.exceptions import PermissionDeniedError
+from core.security import Principal, UserInfo
 from serving.api.security import context, request_actor, require_roles
 
 router = APIRouter(prefix="/api", tags=["admin"])
@@ -21,6 +22,14 @@ class UserIn(BaseModel):
     name: str = Field(min_length=1, max_length=128)
     role: Role
     password: str | None = Field(None, min_length=12, repr=False)
+    hospitals: list[str] = Field(default_factory=list, max_length=100)
+    platform_operator: bool = False
+
+    @model_validator(mode="after")
+    def _one_scope(self) -> UserIn:
+        if self.hospitals and self.platform_operator:
+            raise ValueError("give hospitals or platform_operator, not both")
+        return self
 
 
 class UserOut(BaseModel):
@@ -30,6 +39,8 @@ class UserOut(BaseModel):
     role: Role
     has_password: bool
     disabled: bool
+    hospitals: list[str]
+    platform_operator: bool
 
 
 class ApiKeyIn(BaseModel):
@@ -37,6 +48,14 @@ class ApiKeyIn(BaseModel):
 
     name: str = Field(min_length=1, max_length=128)
     role: Role
+    hospital: str | None = Field(None, min_length=1, max_length=128)
+    platform_operator: bool = False
+
+    @model_validator(mode="after")
+    def _one_scope(self) -> ApiKeyIn:
+        if self.hospital and self.platform_operator:
+            raise ValueError("give hospital or platform_operator, not both")
+        return self
 
 
 class ApiKeyOut(BaseModel):
@@ -45,28 +64,62 @@ class ApiKeyOut(BaseModel):
     name: str
     role: Role
     key: str
+    hospital: str | None
+    platform_operator: bool
+
+
+def _require_platform_operator(principal: Principal) -> None:
+    if not principal.scope.platform_operator:
+        raise PermissionDeniedError(
+            f"{principal.role} of {principal.scope.describe()}", ["platform operator"]
+        )
 
 
 @router.get("/users")
 def list_users(request: Request, _admin: Admin) -> list[UserOut]:
     """All users and their roles."""
-    return [UserOut(**vars(user)) for user in context(request).accounts.list_users()]
+    return [_user_out(user) for user in context(request).accounts.list_users()]
 
 
 @router.post("/users", status_code=status.HTTP_201_CREATED)
 def add_user(request: Request, body: UserIn, admin: Admin) -> UserOut:
-    """Create a user with a role (and optionally a password for sign-in)."""
+    """Create a user with a role, assigned hospitals or a platform operator (and optionally a
+    password for sign-in)."""
     actor = request_actor(request, admin)
-    user = context(request).accounts.add_user(body.name, body.role, body.password, actor=actor)
-    return UserOut(**vars(user))
+    user = context(request).accounts.add_user(
+        body.name,
+        body.role,
+        body.password,
+        hospitals=body.hospitals,
+        platform_operator=body.platform_operator,
+        actor=actor,
+    )
+    return _user_out(user)
+
+
+def _user_out(user: UserInfo) -> UserOut:
+    return UserOut(**(vars(user) | {"hospitals": list(user.hospitals)}))
 
 
 @router.post("/apikeys", status_code=status.HTTP_201_CREATED)
 def create_api_key(request: Request, body: ApiKeyIn, admin: Admin) -> ApiKeyOut:
-    """Create a service account's API key; the key is in this answer only."""
+    """Create a service account's API key of one hospital (or a platform operator's); the key
+    is in this answer only."""
     actor = request_actor(request, admin)
-    new = context(request).accounts.create_api_key(body.name, body.role, actor=actor)
-    return ApiKeyOut(name=new.name, role=new.role, key=new.key)
+    new = context(request).accounts.create_api_key(
+        body.name,
+        body.role,
+        hospital=body.hospital,
+        platform_operator=body.platform_operator,
+        actor=actor,
+    )
+    return ApiKeyOut(
+        name=new.name,
+        role=new.role,
+        key=new.key,
+        hospital=new.hospital,
+        platform_operator=new.platform_operator,
+    )
 
 
 @router.get("/audit")
@@ -79,7 +132,9 @@ def search_audit(
     event_code: str | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> list[dict[str, Any]]:
-    """Audit records, newest first, filtered by resource, user or event code."""
+    """Audit records, newest first, filtered by resource, user or event code (platform
+    operators only: the trail names every hospital's studies)."""
+    _require_platform_operator(admin)
     return context(request).audit.search(
         actor=request_actor(request, admin),
         resource_id=resource_id,
@@ -91,6 +146,7 @@ def search_audit(
 
 @router.get("/audit/verify")
 def verify_audit(request: Request, admin: Admin) -> dict[str, Any]:
-    """Recompute the audit hash chain and list any breaks."""
+    """Recompute the audit hash chain and list any breaks (platform operators only)."""
+    _require_platform_operator(admin)
     report = context(request).audit.verify(actor=request_actor(request, admin))
     return {"ok": report.ok, "records": report.records, "problems": report.problems}

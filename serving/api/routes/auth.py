@@ -27,6 +27,8 @@ class Me(BaseModel):
     name: str
     roles: list[str]
     method: str
+    hospitals: list[str]  # whose studies the caller sees
+    platform_operator: bool  # sees every hospital's
 
 
 @router.post("/auth/token")
@@ -44,5 +46,11 @@ def sign_in(
 
 @router.get("/me")
 def me(principal: Annotated[Principal, Depends(require_roles())]) -> Me:
-    """The caller's name, roles and how they authenticated."""
-    return Me(name=principal.name, roles=sorted(principal.roles), method=principal.method)
+    """The caller's name, roles, hospitals and how they authenticated."""
+    return Me(
+        name=principal.name,
+        roles=sorted(principal.roles),
+        method=principal.method,
+        hospitals=sorted(principal.scope.hospitals),
+        platform_operator=principal.scope.platform_operator,
+    )

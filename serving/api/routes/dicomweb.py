@@ -8,6 +8,11 @@ internal address.
 
 Every request writes one audit record: 110112 Query or 110103 Instances Accessed (action R),
 with the study UID and the patient ID where known.
+
+The hospital boundary (:mod:`core.tenancy`): a request naming a study in its path is checked
+against the caller's hospitals before Orthanc is asked anything (a study of another hospital is
+404, like one that does not exist); a search across studies keeps only the caller's studies'
+matches before it is paged (:mod:`serving.api._qido`).
 """
 
 from __future__ import annotations
@@ -27,7 +32,11 @@ from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 
 from core.audit import AuditAction, AuditEventCode
 from core.db.models import Role
-from core.security import Principal
+from core.exceptions import NotFoundError
+from core.security import Actor, Principal
+from core.tenancy import visible_study_uids
+from serving._scope import require_study_in_scope
+from serving.api import _qido
 from serving.api._dicomweb import (
     DICOM_JSON,
     PREFIX,
@@ -40,7 +49,7 @@ from serving.api._dicomweb import (
     public_root,
 )
 from serving.api._multipart import MultipartError, UrlRewriter, parse_media_type
-from serving.api.security import audit_request, context, require_roles
+from serving.api.security import audit_request, context, request_actor, require_roles
 
 __all__ = ["router"]
 
@@ -147,6 +156,53 @@ def _open(client: httpx.Client, url: str, headers: dict[str, str]) -> httpx.Resp
     return client.send(client.build_request("GET", url, headers=headers), stream=True)
 
 
+def _not_found(study: str) -> JSONResponse:
+    """The answer for a study that does not exist, or is of another hospital: the same."""
+    return error_response(404, "not_found", f'study "{study}" does not exist')
+
+
+def _in_scope(request: Request, actor: Actor, study: str) -> bool:
+    """Whether ``study`` is of the caller's hospitals (an unknown study is not)."""
+    ctx = context(request)
+    try:
+        require_study_in_scope(ctx.db, ctx.audit, study, caller=actor)
+    except NotFoundError:
+        return False
+    return True
+
+
+def _scoped_search(
+    request: Request, actor: Actor, path: str, headers: dict[str, str], rewriter: UrlRewriter
+) -> Response:
+    """A QIDO-RS search across studies for a caller who is not a platform operator: Orthanc's
+    matches of the caller's hospitals only, then paged (:mod:`serving.api._qido`)."""
+    ctx = context(request)
+    if not actor.scope.hospitals:  # nothing to find: Orthanc is not asked
+        return Response(b"[]", 200, media_type=DICOM_JSON)
+    accept = request.headers.get("accept", "")
+    if "xml" in accept and "json" not in accept and "*/*" not in accept:
+        return error_response(
+            406, "not_acceptable", f"searches answer {DICOM_JSON} only, not {accept[:80]}"
+        )
+    try:
+        params, window = _qido.upstream_query(request.query_params)
+    except ValueError as exc:
+        return error_response(400, "bad_request", str(exc))
+    client: httpx.Client = ctx.orthanc
+    url = httpx.URL(f"{ctx.settings.orthanc_url}{PREFIX}{path}", params=params)
+    answer = client.get(url, headers=headers | {"Accept": DICOM_JSON})
+    if not answer.is_success:
+        return _orthanc_error(answer, rewriter)
+    try:
+        with ctx.db.session() as session:
+            visible = visible_study_uids(session, actor.scope, _qido.study_uids(answer.content))
+        body, _ = _qido.page(answer.content, visible, window)
+    except ValueError as exc:
+        return error_response(502, "image_store_error", f"the image store failed: {exc}")
+    body = b"".join(rewriter.rewrite([body]))
+    return Response(body, 200, media_type=DICOM_JSON)
+
+
 async def _relay(answer: httpx.Response, rewriter: UrlRewriter | None) -> AsyncIterator[bytes]:
     """Orthanc's body, chunk by chunk; the upstream connection is released however it ends."""
     chunks = answer.iter_raw() if rewriter is None else rewriter.rewrite(answer.iter_bytes())
@@ -187,13 +243,30 @@ async def _proxy(
         url = f"{url}?{request.url.query}"
     patient_id: str | None = None
     detail: dict[str, Any] = {"path": f"{PREFIX}{path}"}
+    actor = request_actor(request, principal)
+    named = study
     if kind is _Kind.QUERY:
         study_param, patient_id, detail["query"] = _query_audit(request)
         study = study or study_param
     response: Response
     streaming: httpx.Response | None = None
     try:
-        answer = await run_in_threadpool(_open, client, url, headers)
+        if named is not None and not await run_in_threadpool(_in_scope, request, actor, named):
+            response = _not_found(named)
+        elif named is None and not actor.scope.platform_operator:
+            response = await run_in_threadpool(
+                _scoped_search, request, actor, path, headers, rewriter
+            )
+        else:
+            answer = await run_in_threadpool(_open, client, url, headers)
+            if answer.is_success:
+                streaming = answer
+                response = _streaming(answer, rewriter if kind.rewrite else None)
+            else:
+                try:
+                    response = await run_in_threadpool(_orthanc_error, answer, rewriter)
+                finally:
+                    await run_in_threadpool(answer.close)
     except httpx.TransportError as exc:
         logger.error("image store (Orthanc) unreachable for %s: %r", path, exc)
         response = error_response(
@@ -202,15 +275,6 @@ async def _proxy(
             "the image store (Orthanc) is unavailable; try again later",
             {"Retry-After": str(RETRY_AFTER_S)},
         )
-    else:
-        if answer.is_success:
-            streaming = answer
-            response = _streaming(answer, rewriter if kind.rewrite else None)
-        else:
-            try:
-                response = await run_in_threadpool(_orthanc_error, answer, rewriter)
-            finally:
-                await run_in_threadpool(answer.close)
     try:
         if streaming is not None and study and kind is not _Kind.QUERY:
             patient_id = await run_in_threadpool(ctx.patient_ids.get, study)

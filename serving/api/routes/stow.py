@@ -12,7 +12,12 @@ after. The per-instance answers become the Store Instances Response (failure rea
 The gateway unreachable: 503 ``gateway_unavailable`` with Retry-After when nothing was stored;
 when it fails after some parts were stored, 202 with the rest named as not stored (PS3.18
 Table 10.5.3-1). Every request writes one audit record, 110104 Instances Transferred (action
-C), with the study UID and the patient ID where known; the hospital is not known (as before).
+C), with the study UID and the patient ID where known.
+
+What is stored belongs to the sender's hospital (:mod:`core.tenancy`): the credential must be
+assigned exactly one hospital (a ``pacs`` API key created with ``--hospital``), else 403; a
+``POST /studies/{study}`` naming a study of another hospital is 404, as for an unknown study
+on every other route.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ from serving.api._dicomweb import (
     public_base,
 )
 from serving.api._multipart import BodyPart, MultipartError, MultipartReader, parse_media_type
+from serving._scope import study_of_another_hospital
 from serving.api._stow import store_part, store_response
 from serving.api.security import audit_request, context, require_roles
 
@@ -65,6 +71,7 @@ async def _read_parts(
     request: Request,
     reader: MultipartReader,
     study: str | None,
+    hospital: str,
     outcomes: list[StoreAnswer],
 ) -> None:
     """Hand each part to the gateway as soon as it has arrived (one part in memory at a time),
@@ -83,7 +90,9 @@ async def _read_parts(
         for part in parts:
             number = len(outcomes) + 1
             try:
-                outcome = await run_in_threadpool(store_part, ingest, part, number, study)
+                outcome = await run_in_threadpool(
+                    store_part, ingest, part, number, study, hospital
+                )
             except httpx.TransportError as exc:
                 raise _GatewayGone(number, exc) from exc
             outcomes.append(outcome)
@@ -170,13 +179,17 @@ async def _audit_store(
 
 
 async def _store_parts(
-    request: Request, boundary: str, study: str | None, outcomes: list[StoreAnswer]
+    request: Request,
+    boundary: str,
+    study: str | None,
+    hospital: str,
+    outcomes: list[StoreAnswer],
 ) -> Response:
     """Read the body's parts into ``outcomes`` and answer for them."""
     limit = context(request).ingest.max_instance_bytes
     try:
         reader = MultipartReader(boundary, limit)
-        await _read_parts(request, reader, study, outcomes)
+        await _read_parts(request, reader, study, hospital, outcomes)
     except MultipartError as exc:
         return error_response(400, "bad_request", f"malformed multipart/related body: {exc}")
     except _GatewayGone as gone:
@@ -199,7 +212,19 @@ async def _store(request: Request, principal: Principal, study: str | None) -> R
         media_type, params = "", {}
     outcomes: list[StoreAnswer] = []
     response: Response
-    if media_type != "multipart/related" or params.get("type", _DICOM).lower() != _DICOM:
+    hospital = principal.scope.sole_hospital
+    if hospital is None:
+        response = error_response(
+            403,
+            "forbidden",
+            f'"{principal.name}" stores for no single hospital ({principal.scope.describe()}): '
+            "STOW-RS needs a credential assigned exactly one hospital, the studies' owner",
+        )
+    elif study is not None and await run_in_threadpool(
+        study_of_another_hospital, context(request).db, study, principal.scope
+    ):
+        response = error_response(404, "not_found", f'study "{study}" does not exist')
+    elif media_type != "multipart/related" or params.get("type", _DICOM).lower() != _DICOM:
         response = error_response(
             415,
             "unsupported_media_type",
@@ -208,7 +233,9 @@ async def _store(request: Request, principal: Principal, study: str | None) -> R
         )
     else:
         try:
-            response = await _store_parts(request, params.get("boundary", ""), study, outcomes)
+            response = await _store_parts(
+                request, params.get("boundary", ""), study, hospital, outcomes
+            )
         except ClientDisconnect:
             await _audit_store(request, principal, study, outcomes, None)
             raise

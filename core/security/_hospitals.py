@@ -1,0 +1,80 @@
+"""Hospital assignments of users and API keys as rows, and the scope they give
+(:class:`core.tenancy.HospitalScope`)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from core.db.models import ApiKey, Hospital, User
+from core.exceptions import PermissionDeniedError
+from core.security.principal import Actor
+from core.tenancy import HospitalScope
+
+__all__ = ["api_key_scope", "check_assignment", "check_grant", "hospital_row", "user_scope"]
+
+
+def hospital_row(session: Session, name: str) -> Hospital:
+    """The hospital called ``name``, created if new (as ``radcloud senders add`` does)."""
+    if not name.strip():
+        raise ValueError("a hospital name must not be empty")
+    hospital = session.scalar(select(Hospital).where(Hospital.name == name))
+    if hospital is None:
+        hospital = Hospital(name=name)
+        session.add(hospital)
+        session.flush()
+    return hospital
+
+
+def check_assignment(hospitals: Iterable[str], platform_operator: bool) -> list[str]:
+    """The hospitals named, sorted and de-duplicated.
+
+    Raises
+    ------
+    ValueError
+        Both hospitals and platform operator given: a platform operator is no hospital's.
+    """
+    names = sorted(set(hospitals))
+    if names and platform_operator:
+        raise ValueError(
+            f"a platform operator is assigned no hospital (got {', '.join(names)}): "
+            "give hospitals or platform operator, not both"
+        )
+    return names
+
+
+def check_grant(actor: Actor, hospitals: Iterable[str], platform_operator: bool) -> None:
+    """Refuse an assignment ``actor`` could not hold itself: only a platform operator makes
+    platform operators or assigns a hospital outside its own.
+
+    Raises
+    ------
+    PermissionDeniedError
+        ``actor`` may not grant this.
+    """
+    if actor.scope.platform_operator:
+        return
+    beyond = sorted(set(hospitals) - actor.scope.hospitals)
+    if platform_operator or beyond:
+        granted = "platform operator" if platform_operator else ", ".join(beyond)
+        raise PermissionDeniedError(
+            f"{actor.role or actor.name} of {actor.scope.describe()}",
+            [f"platform operator (to grant {granted})"],
+        )
+
+
+def user_scope(user: User) -> HospitalScope:
+    """What ``user`` may see: its hospitals, or all as a platform operator."""
+    if user.platform_operator:
+        return HospitalScope.platform()
+    return HospitalScope.of(hospital.name for hospital in user.hospitals)
+
+
+def api_key_scope(key: ApiKey) -> HospitalScope:
+    """What the service account of ``key`` may see: its hospital, or all as a platform
+    operator's."""
+    if key.platform_operator:
+        return HospitalScope.platform()
+    return HospitalScope.of([key.hospital.name] if key.hospital else [])

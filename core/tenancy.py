@@ -1,0 +1,127 @@
+"""Hospitals as tenants: which hospitals a principal may see, and the one check of a study's
+owner that every HTTP read and write path makes before it touches the image archive.
+
+A principal (user, API key, OIDC token) is assigned one or more hospitals, or is explicitly a
+platform operator; there is no implicit "all". A study belongs to exactly one hospital (its
+``studies.hospital_id``: the DIMSE sender's hospital, or the STOW-RS API key's). A study
+outside the caller's scope is answered exactly like one that does not exist
+(:class:`~core.exceptions.NotFoundError`, HTTP 404), so its existence does not leak.
+
+Studies without an owner (stored before ownership was recorded) are visible to platform
+operators only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from sqlalchemy import ColumnElement, false, select, true
+from sqlalchemy.orm import Session
+
+from core.db.models import Hospital, Study
+from core.exceptions import NotFoundError
+
+__all__ = ["HospitalScope", "require_study", "study_in_scope", "visible_study_uids"]
+
+
+@dataclass(frozen=True)
+class HospitalScope:
+    """The hospitals a principal may see.
+
+    Parameters
+    ----------
+    hospitals
+        Names of the hospitals assigned (``hospitals.name``).
+    platform_operator
+        Explicitly sees every hospital's studies (runs the platform, not a hospital).
+
+    The default, ``HospitalScope()``, sees nothing.
+    """
+
+    hospitals: frozenset[str] = frozenset()
+    platform_operator: bool = False
+
+    @classmethod
+    def of(cls, hospitals: Iterable[str]) -> HospitalScope:
+        """The scope of the hospitals named."""
+        return cls(frozenset(hospitals))
+
+    @classmethod
+    def platform(cls) -> HospitalScope:
+        """A platform operator's scope: every hospital, by explicit assignment."""
+        return cls(frozenset(), platform_operator=True)
+
+    def covers(self, hospital: str | None) -> bool:
+        """Whether a study owned by ``hospital`` (``None``: no owner) is in this scope."""
+        if self.platform_operator:
+            return True
+        return hospital is not None and hospital in self.hospitals
+
+    @property
+    def sole_hospital(self) -> str | None:
+        """The one hospital of a principal assigned exactly one (not a platform operator), for
+        what it stores: a STOW-RS study's owner; ``None`` otherwise."""
+        if self.platform_operator or len(self.hospitals) != 1:
+            return None
+        return next(iter(self.hospitals))
+
+    def describe(self) -> str:
+        """For logs and audit records."""
+        if self.platform_operator:
+            return "platform operator"
+        return ", ".join(sorted(self.hospitals)) or "no hospital"
+
+    def study_filter(self) -> ColumnElement[bool]:
+        """A SQL condition on :class:`~core.db.models.Study` rows: the study is in this scope."""
+        if self.platform_operator:
+            return true()
+        if not self.hospitals:
+            return false()
+        owned = select(Hospital.id).where(Hospital.name.in_(sorted(self.hospitals)))
+        return Study.hospital_id.in_(owned.scalar_subquery())
+
+
+def study_in_scope(session: Session, study_instance_uid: str, scope: HospitalScope) -> bool:
+    """Whether the study exists and is in ``scope``."""
+    row = session.scalar(
+        select(Study.id).where(
+            Study.study_instance_uid == study_instance_uid, scope.study_filter()
+        )
+    )
+    return row is not None
+
+
+def require_study(session: Session, study_instance_uid: str, scope: HospitalScope) -> Study:
+    """The study ``study_instance_uid`` if it is in ``scope``.
+
+    Raises
+    ------
+    NotFoundError
+        No such study, or one of a hospital outside ``scope``: the two are told apart by
+        nobody outside it.
+    """
+    study: Study | None = session.scalar(
+        select(Study).where(Study.study_instance_uid == study_instance_uid, scope.study_filter())
+    )
+    if study is None:
+        raise NotFoundError("study", study_instance_uid)
+    return study
+
+
+def visible_study_uids(
+    session: Session, scope: HospitalScope, study_instance_uids: Iterable[str]
+) -> set[str]:
+    """The subset of ``study_instance_uids`` that are studies in ``scope``."""
+    wanted = sorted(set(study_instance_uids))
+    visible: set[str] = set()
+    for start in range(0, len(wanted), 500):  # bounded IN lists
+        chunk = wanted[start : start + 500]
+        visible.update(
+            session.scalars(
+                select(Study.study_instance_uid).where(
+                    Study.study_instance_uid.in_(chunk), scope.study_filter()
+                )
+            )
+        )
+    return visible
