@@ -85,9 +85,7 @@ class HospitalScope:
 def study_in_scope(session: Session, study_instance_uid: str, scope: HospitalScope) -> bool:
     """Whether the study exists and is in ``scope``."""
     row = session.scalar(
-        select(Study.id).where(
-            Study.study_instance_uid == study_instance_uid, scope.study_filter()
-        )
+        select(Study.id).where(Study.study_instance_uid == study_instance_uid, scope.study_filter())
     )
     return row is not None
 

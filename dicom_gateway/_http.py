@@ -155,9 +155,7 @@ def _handler(
                 if urlsplit(self.path).path != STOW_PATH:
                     raise _Refusal(404, f'no resource "{self.path}"')
                 study, hospital, data = self._instance()
-                answer = store_instance(
-                    intake, data, study_instance_uid=study, hospital=hospital
-                )
+                answer = store_instance(intake, data, study_instance_uid=study, hospital=hospital)
             except _Refusal as refusal:
                 self._refuse(refusal.status, refusal.detail)
             except Exception:  # like a DIMSE handler: answer every request, stay up

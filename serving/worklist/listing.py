@@ -161,9 +161,7 @@ def list_worklist(
     now = now or utcnow()
     base = _base(query, scope)
     total = session.scalar(select(func.count()).select_from(base.subquery())) or 0
-    rows = session.execute(
-        base.order_by(*_order_by()).limit(query.limit).offset(query.offset)
-    )
+    rows = session.execute(base.order_by(*_order_by()).limit(query.limit).offset(query.offset))
     entries = [
         copy_row(
             WorklistEntry,

@@ -90,9 +90,7 @@ async def _read_parts(
         for part in parts:
             number = len(outcomes) + 1
             try:
-                outcome = await run_in_threadpool(
-                    store_part, ingest, part, number, study, hospital
-                )
+                outcome = await run_in_threadpool(store_part, ingest, part, number, study, hospital)
             except httpx.TransportError as exc:
                 raise _GatewayGone(number, exc) from exc
             outcomes.append(outcome)
