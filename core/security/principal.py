@@ -6,7 +6,7 @@ from __future__ import annotations
 import getpass
 import os
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 
 from core.db.models import Role
@@ -32,7 +32,7 @@ class Principal:
     roles: frozenset[Role]
     method: AuthMethod
     token_id: str | None = None
-    scope: HospitalScope = HospitalScope()
+    scope: HospitalScope = field(default_factory=HospitalScope)
 
     @property
     def role(self) -> str:
@@ -73,7 +73,7 @@ class Actor:
     door: Door
     role: str | None = None
     address: str | None = None
-    scope: HospitalScope = HospitalScope()
+    scope: HospitalScope = field(default_factory=HospitalScope)
 
     @classmethod
     def from_principal(

@@ -7,8 +7,8 @@ generated signing key, issuer ``jwt_issuer`` and audience ``jwt_audience``. When
 roles come from the ``jwt_roles_claim`` claim (a dotted path such as ``realm_access.roles`` is
 followed), their hospitals from the ``jwt_hospitals_claim`` claim (:mod:`core.tenancy`; an
 OIDC user is never a platform operator, and radcloud's own tokens carry no hospitals: the API
-reads a user's from the database on every request). The algorithm is fixed per key type, so a token cannot choose how it is checked (no
-``alg`` confusion).
+reads a user's from the database on every request). The algorithm is fixed per key type, so
+a token cannot choose how it is checked (no ``alg`` confusion).
 """
 
 from __future__ import annotations

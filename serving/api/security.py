@@ -1,9 +1,10 @@
 """Authentication and role checks for routes, as FastAPI dependencies.
 
 Credentials: ``Authorization: Bearer <JWT>``, ``Authorization: Bearer rck_...`` (an API key)
-or ``X-API-Key: rck_...``. The principal carries its hospital scope (:mod:`core.tenancy`),
-which every study the routes touch is checked against, in the domain services. Every failure is an audit event: 110114 User Authentication for a
+or ``X-API-Key: rck_...``. Every failure is an audit event: 110114 User Authentication for a
 missing or bad credential (HTTP 401), 110113 Security Alert for a role refused (HTTP 403).
+The principal carries its hospital scope (:mod:`core.tenancy`), which every study a route
+touches is checked against by the domain services.
 """
 
 from __future__ import annotations

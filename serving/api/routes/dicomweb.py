@@ -258,15 +258,7 @@ async def _proxy(
                 _scoped_search, request, actor, path, headers, rewriter
             )
         else:
-            answer = await run_in_threadpool(_open, client, url, headers)
-            if answer.is_success:
-                streaming = answer
-                response = _streaming(answer, rewriter if kind.rewrite else None)
-            else:
-                try:
-                    response = await run_in_threadpool(_orthanc_error, answer, rewriter)
-                finally:
-                    await run_in_threadpool(answer.close)
+            response, streaming = await _forward(client, url, headers, rewriter, kind)
     except httpx.TransportError as exc:
         logger.error("image store (Orthanc) unreachable for %s: %r", path, exc)
         response = error_response(
@@ -296,6 +288,19 @@ async def _proxy(
             streaming.close()
         raise
     return response
+
+
+async def _forward(
+    client: httpx.Client, url: str, headers: dict[str, str], rewriter: UrlRewriter, kind: _Kind
+) -> tuple[Response, httpx.Response | None]:
+    """Orthanc's answer to a GET, as our response, and the upstream answer being streamed."""
+    answer = await run_in_threadpool(_open, client, url, headers)
+    if answer.is_success:
+        return _streaming(answer, rewriter if kind.rewrite else None), answer
+    try:
+        return await run_in_threadpool(_orthanc_error, answer, rewriter), None
+    finally:
+        await run_in_threadpool(answer.close)
 
 
 def _streaming(answer: httpx.Response, rewriter: UrlRewriter | None) -> StreamingResponse:

@@ -35,6 +35,7 @@ from core.audit import AuditAction, AuditEventCode, AuditOutcome
 from core.db.models import Role
 from core.ingest import FailureReason, StoreAnswer
 from core.security import Principal
+from serving._scope import study_of_another_hospital
 from serving.api._dicomweb import (
     DICOM_JSON,
     PREFIX,
@@ -45,7 +46,6 @@ from serving.api._dicomweb import (
     public_base,
 )
 from serving.api._multipart import BodyPart, MultipartError, MultipartReader, parse_media_type
-from serving._scope import study_of_another_hospital
 from serving.api._stow import store_part, store_response
 from serving.api.security import audit_request, context, require_roles
 
