@@ -136,15 +136,17 @@ def _handler(
             study = query.get("study", [None])[0]
             if study is not None and not _UID.match(study):
                 raise _Refusal(400, f'study "{study[:80]}" is not a UID')
-            hospital = query.get("hospital", [""])[0].strip()
-            if not 0 < len(hospital) <= _HOSPITAL_MAX:
-                raise _Refusal(400, f"expected the owning hospital's name (1-{_HOSPITAL_MAX})")
             try:
                 length = int(self.headers.get("Content-Length", ""))
             except ValueError as exc:
                 raise _Refusal(400, "expected a Content-Length header") from exc
             if not 0 <= length <= intake.max_instance_bytes:
                 raise _Refusal(413, f"{length} bytes: expected at most {intake.max_instance_bytes}")
+            hospital = query.get("hospital", [""])[0].strip()
+            if not 0 < len(hospital) <= _HOSPITAL_MAX:
+                raise _Refusal(
+                    400, f"expected the owning hospital's name (1 to {_HOSPITAL_MAX} characters)"
+                )
             data = self.rfile.read(length)
             if len(data) != length:
                 raise _Refusal(400, f"body ended after {len(data)} of {length} bytes")

@@ -27,6 +27,7 @@ from dicom_gateway.spool import Spool
 from tests.dicom_gateway.dicom_files import synthetic_ct
 
 KEY = "test-ingest-key-" + "k" * 32
+HOSPITAL = "STOW Hospital"
 
 
 @dataclass
@@ -41,7 +42,8 @@ class Endpoint:
         headers = {"Content-Type": "application/dicom"}
         if key is not None:
             headers["Authorization"] = f"Bearer {key}"
-        return httpx.post(self.url, content=data, params=params, headers=headers, timeout=30)
+        query = {"hospital": HOSPITAL} | params
+        return httpx.post(self.url, content=data, params=query, headers=headers, timeout=30)
 
 
 @pytest.fixture
@@ -88,7 +90,16 @@ def test_instance_is_spooled_before_the_answer(endpoint: Endpoint) -> None:
     [entry] = list(endpoint.spool.entries())
     assert entry.info.sop_instance_uid == body["sop_instance_uid"]
     assert entry.read_dicom()[128:] == data[128:]
-    assert entry.sender_ae_title is None and entry.hospital is None  # STOW: as before
+    assert entry.sender_ae_title is None
+    assert entry.hospital == HOSPITAL  # the sending API key's: the study's owner
+
+
+def test_an_instance_without_an_owning_hospital_is_refused(endpoint: Endpoint) -> None:
+    for hospital in ("", " ", "x" * 129):
+        answer = endpoint.post(synthetic_ct(), hospital=hospital)
+        assert answer.status_code == 400
+        assert "hospital" in answer.json()["detail"]
+    assert not list(endpoint.spool.entries())
 
 
 def test_missing_or_wrong_key_is_401_and_stores_nothing(endpoint: Endpoint) -> None:
