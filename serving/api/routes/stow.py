@@ -141,6 +141,7 @@ async def _audit_store(
     studies = {o.study_instance_uid for o in outcomes}
     detail = {
         "source": "stow",
+        "hospital": principal.scope.sole_hospital,  # the owner of what was stored
         "status": status,
         "stored": len(outcomes) - len(failed),
         "failed": len(failed),
