@@ -60,7 +60,13 @@ def test_account_commands_are_audited_with_refusals(tmp_path: Path) -> None:
         ],
     )
     details = [record["detail"] for record in records]
-    assert details[0] == {"change": "user created", "role": "radiologist", "via": "cli"}
+    assert details[0] == {
+        "change": "user created",
+        "role": "radiologist",
+        "hospitals": [],
+        "platform_operator": False,
+        "via": "cli",
+    }
     assert details[1]["reason"] == 'user "alice" already exists'
     assert details[3]["change"] == "user disabled"
     assert details[4]["reason"] == 'user "alice" is disabled'
