@@ -40,6 +40,8 @@ def test_valid_token_identifies_the_user(stack: Stack) -> None:
             "name": "test-radiologist",
             "roles": ["radiologist"],
             "method": "token",
+            "hospitals": [],
+            "platform_operator": True,  # the suite's users see all: tenancy has its own test
         }
 
 
@@ -111,12 +113,18 @@ def test_admin_may_read_the_audit_trail_which_shows_failures(stack: Stack) -> No
 
 
 def test_api_key_in_either_header_and_revocation(stack: Stack) -> None:
-    created = stack.cli("apikeys", "create", "pacs-edge-1", "--role", "pacs")
+    created = stack.cli("apikeys", "create", "pacs-edge-1", "--role", "pacs", "--hospital", "Edge")
     key = created.stdout.strip().splitlines()[-1]
     assert key.startswith("rck_")
     with stack.client() as client:
         me = client.get("/api/me", headers={"X-API-Key": key}).json()
-        assert me == {"name": "pacs-edge-1", "roles": ["pacs"], "method": "api_key"}
+        assert me == {
+            "name": "pacs-edge-1",
+            "roles": ["pacs"],
+            "method": "api_key",
+            "hospitals": ["Edge"],
+            "platform_operator": False,
+        }
         assert client.get("/api/me", headers=_bearer(key)).status_code == 200
         assert client.get("/api/audit", headers={"X-API-Key": key}).status_code == 403
         wrong = key[:-4] + ("AAAA" if not key.endswith("AAAA") else "BBBB")

@@ -12,6 +12,8 @@ export interface Me {
   name: string;
   roles: string[];
   method: string;
+  hospitals: string[]; // whose studies the caller sees
+  platform_operator: boolean; // sees every hospital's
 }
 
 export interface TokenAnswer {
