@@ -153,13 +153,9 @@ class Accounts:
     def _authenticate_password(self, name: str, password: str) -> Principal:
         with self._db.session() as session:
             user = session.scalar(select(User).where(User.name == name))
-        ok = (
-            user is not None
-            and user.password_hash is not None
-            and verify_password(user.password_hash, password)
-            and not user.disabled
-        )
-        if not ok or user is None:
+        # Argon2 runs for every name, known or not (no timing oracle), before anything else.
+        matches = verify_password(user.password_hash if user else None, password)
+        if not matches or user is None or user.disabled:
             raise AuthenticationError("user name or password is wrong")
         return Principal(user.name, frozenset({user.role}), AuthMethod.TOKEN)
 
