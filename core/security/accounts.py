@@ -240,13 +240,17 @@ class Accounts:
                 raise AuthenticationError(f'user "{name}" is disabled')
             return tokens.issue(user.name, [user.role], ttl)
 
-    def check_user_active(self, name: str) -> None:
-        """Refuse a radcloud-issued token whose user was disabled or removed."""
+    def check_user_active(self, name: str, *, must_exist: bool = True) -> None:
+        """Refuse a token whose user was disabled or removed.
+
+        ``must_exist=False`` is for tokens of the hospital's identity provider, whose users need
+        no row here: such a token is refused only when a user of its name is disabled.
+        """
         with self._db.session() as session:
             user = session.scalar(select(User).where(User.name == name))
-        if user is None:
+        if user is None and must_exist:
             raise AuthenticationError(f'user "{name}" no longer exists')
-        if user.disabled:
+        if user is not None and user.disabled:
             raise AuthenticationError(f'user "{name}" is disabled')
 
     def create_api_key(self, name: str, role: Role | str, *, actor: Actor) -> NewApiKey:

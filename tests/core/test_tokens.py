@@ -18,6 +18,7 @@ from core.config import load_settings
 from core.db.models import Role
 from core.exceptions import AuthenticationError
 from core.security import AuthMethod, TokenService
+from core.security._jwks import RemoteKeySet
 
 
 @pytest.fixture(params=["file", "http"])
@@ -65,6 +66,7 @@ def test_identity_provider_token_is_accepted_with_nested_roles(
     )
     settings = load_settings(
         home=tmp_path,
+        mode="dev",  # the "http" key set is served over plain HTTP
         jwt_algorithm=algorithm,
         jwt_jwks_url=jwks_url(key.public_key(), algorithm),
         jwt_jwks_issuer="https://idp.hospital.example",
@@ -121,3 +123,50 @@ def test_own_tokens_round_trip_and_carry_expiry(tmp_path: Path) -> None:
     assert claims["roles"] == ["admin", "ml_engineer"]
     assert 290 <= claims["exp"] - claims["iat"] <= 300
     assert service.verify(token).roles == frozenset({Role.ADMIN, Role.ML_ENGINEER})
+
+
+def test_unknown_key_ids_refetch_the_key_set_once_per_interval(tmp_path: Path) -> None:
+    """A rotated key is found after at most one interval; made-up key IDs in between cost no
+    fetch (the JWKS server counts what it is asked)."""
+    old_key, new_key = (rsa.generate_private_key(65537, 2048) for _ in range(2))
+    served: list[dict[str, object]] = []
+    fetches: list[str] = []
+
+    class Handler(SimpleHTTPRequestHandler):
+        def do_GET(self) -> None:
+            fetches.append(self.path)
+            body = json.dumps({"keys": served}).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *_args: object) -> None:
+            pass
+
+    def jwk(key: rsa.RSAPrivateKey, kid: str) -> dict[str, object]:
+        public: dict[str, object] = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(key.public_key()))
+        return public | {"kid": kid, "use": "sig", "alg": "RS256"}
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    now = [0.0]
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/jwks.json"
+        keys = RemoteKeySet(url, refetch_interval_s=60, clock=lambda: now[0])
+        served.append(jwk(old_key, "key-1"))
+        assert keys.signing_key("key-1").key_id == "key-1"
+        served[:] = [jwk(old_key, "key-1"), jwk(new_key, "key-2")]  # the provider rotates
+        for second in range(50):
+            now[0] = float(second)
+            with pytest.raises(AuthenticationError, match="not in the identity provider"):
+                keys.signing_key(f"made-up-{second}")
+        assert len(fetches) == 1
+        now[0] = 60.0
+        assert keys.signing_key("key-2").key_id == "key-2"  # one refetch: the rotated key
+        with pytest.raises(AuthenticationError, match="not in the identity provider"):
+            keys.signing_key("made-up-again")
+        assert len(fetches) == 2
+    finally:
+        server.shutdown()
+        server.server_close()
