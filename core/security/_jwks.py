@@ -88,7 +88,7 @@ class RemoteKeySet:
         self._fetched_at = self._clock()
         try:
             keys = self._client.get_signing_keys()
-        except jwt.PyJWKClientError as exc:
+        except (jwt.PyJWTError, ValueError) as exc:  # unreachable, not JSON, no usable key
             logger.warning("cannot fetch the identity provider's key set %s: %s", self._url, exc)
             if kid not in self._keys:
                 raise AuthenticationError(
