@@ -11,7 +11,8 @@
     │   └── StartupError(component, reason, log_file)
     ├── AuthError
     │   ├── AuthenticationError(reason)           -> HTTP 401
-    │   └── PermissionDeniedError(role, allowed)  -> HTTP 403
+    │   ├── PermissionDeniedError(role, allowed)  -> HTTP 403
+    │   └── TooManyAttemptsError(reason, retry_after_s) -> HTTP 429
     ├── NotFoundError(kind, name)                 -> HTTP 404
     ├── AlreadyExistsError(kind, name)            -> HTTP 409
     └── AuditChainError(problems)
@@ -37,6 +38,7 @@ __all__ = [
     "SecretsError",
     "ServiceError",
     "StartupError",
+    "TooManyAttemptsError",
 ]
 
 
@@ -111,6 +113,14 @@ class PermissionDeniedError(AuthError):
     def __init__(self, role: str, allowed: Sequence[str]) -> None:
         self.role, self.allowed = role, tuple(allowed)
         super().__init__(f'role "{role}" may not do this; allowed roles: {", ".join(allowed)}')
+
+
+class TooManyAttemptsError(AuthError):
+    """Too many sign-in attempts: refused whatever the password for ``retry_after_s`` (HTTP 429)."""
+
+    def __init__(self, reason: str, retry_after_s: int) -> None:
+        self.reason, self.retry_after_s = reason, retry_after_s
+        super().__init__(f"{reason}: try again in {retry_after_s} s")
 
 
 class NotFoundError(RadcloudError):

@@ -18,6 +18,7 @@ from core.exceptions import (
     NotFoundError,
     PermissionDeniedError,
     RadcloudError,
+    TooManyAttemptsError,
 )
 from serving.exceptions import (
     NotClaimantError,
@@ -43,6 +44,7 @@ _STATUS: tuple[tuple[type[RadcloudError], int, str, tuple[str, ...]], ...] = (
     (WorklistConflictError, 409, "conflict", ("status", "claimed_by", "version")),
     (StudyNotReadyError, 409, "conflict", ()),
     (UploadTooLargeError, 413, "too_large", ()),
+    (TooManyAttemptsError, 429, "too_many_requests", ("retry_after_s",)),
     (SignError, 422, "invalid_report", ()),
     (UnreadableImageError, 422, "unreadable_image", ()),
     (PlatformUnavailableError, 503, "unavailable", ()),
@@ -53,6 +55,8 @@ def _answer(exc: RadcloudError) -> JSONResponse:
     for cls, status, error, fields in _STATUS:
         if isinstance(exc, cls):
             headers = {"WWW-Authenticate": 'Bearer error="invalid_token"'} if status == 401 else {}
+            if isinstance(exc, TooManyAttemptsError):  # RFC 9110 10.2.3
+                headers["Retry-After"] = str(exc.retry_after_s)
             body: dict[str, Any] = {"error": error, "detail": str(exc)}
             body |= {name: getattr(exc, name) for name in fields}
             return JSONResponse(body, status, headers=headers)

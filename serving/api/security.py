@@ -100,8 +100,8 @@ def authenticate(request: Request) -> Principal:
     if credential.startswith(API_KEY_PREFIX):
         return ctx.accounts.authenticate_api_key(credential)
     principal = ctx.tokens.verify(credential)
-    if principal.method is AuthMethod.TOKEN:
-        ctx.accounts.check_user_active(principal.name)
+    # A user disabled here is refused whoever signed the token; an OIDC user needs no row here.
+    ctx.accounts.check_user_active(principal.name, must_exist=principal.method is AuthMethod.TOKEN)
     return principal
 
 
