@@ -32,6 +32,7 @@ from typing import Any
 import pydicom
 
 from core.audit import AuditAction, AuditedChange, AuditEventCode, AuditTrail
+from core.files import private_directory
 from core.security import Actor
 from dicom_gateway.exceptions import GatewayError, InstanceRejectedError, QuarantineEntryError
 from dicom_gateway.spool import Spool, SpoolEntry
@@ -90,7 +91,7 @@ class Quarantine:
     def __init__(self, directory: Path, audit: AuditTrail | None = None) -> None:
         self.directory = directory
         self._audit = audit
-        directory.mkdir(parents=True, exist_ok=True)
+        private_directory(directory)
 
     def add(
         self,
