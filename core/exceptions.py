@@ -15,6 +15,7 @@
     │   └── TooManyAttemptsError(reason, retry_after_s) -> HTTP 429
     ├── NotFoundError(kind, name)                 -> HTTP 404
     ├── AlreadyExistsError(kind, name)            -> HTTP 409
+    ├── InvalidUidError(keyword, value, reason)   -> HTTP 400, DIMSE 0xA900 (core.uids)
     └── AuditChainError(problems)
 """
 
@@ -31,6 +32,7 @@ __all__ = [
     "AuthenticationError",
     "ConfigError",
     "DependencyMissingError",
+    "InvalidUidError",
     "NotFoundError",
     "PermissionDeniedError",
     "PortInUseError",
@@ -137,6 +139,15 @@ class AlreadyExistsError(RadcloudError):
     def __init__(self, kind: str, name: str) -> None:
         self.kind, self.name = kind, name
         super().__init__(f'{kind} "{name}" already exists')
+
+
+class InvalidUidError(RadcloudError):
+    """A value that should be a UID is not one radcloud may use (:mod:`core.uids`)."""
+
+    def __init__(self, keyword: str, value: str, reason: str) -> None:
+        self.keyword, self.value, self.reason = keyword, value, reason
+        shown = repr(value if len(value) <= 80 else f"{value[:80]}...")
+        super().__init__(f"{keyword} {shown} is not a valid UID: {reason}")
 
 
 class AuditChainError(RadcloudError):

@@ -28,11 +28,11 @@ from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 from core.audit import AuditAction, AuditEventCode
 from core.db.models import Role
 from core.security import Principal
+from core.uids import InvalidUidError, check_uid_list
 from serving.api._dicomweb import (
     DICOM_JSON,
     PREFIX,
     RETRY_AFTER_S,
-    UID_PATTERN,
     StudyUID,
     audit_outcome,
     error_response,
@@ -40,6 +40,7 @@ from serving.api._dicomweb import (
     public_root,
 )
 from serving.api._multipart import MultipartError, UrlRewriter, parse_media_type
+from serving.api._params import SeriesUID, SopUID
 from serving.api.security import audit_request, context, require_roles
 
 __all__ = ["router"]
@@ -51,8 +52,6 @@ Viewer = Annotated[
     Principal, Depends(require_roles(Role.RADIOLOGIST, Role.ML_ENGINEER, Role.ADMIN))
 ]
 
-SeriesUID = Annotated[str, Path(pattern=UID_PATTERN, description="Series Instance UID")]
-SopUID = Annotated[str, Path(pattern=UID_PATTERN, description="SOP Instance UID")]
 FrameList = Annotated[
     str, Path(pattern=r"^[0-9]{1,9}(,[0-9]{1,9}){0,1023}$", description="Frame numbers, e.g. 1,3")
 ]
@@ -160,6 +159,58 @@ async def _relay(answer: httpx.Response, rewriter: UrlRewriter | None) -> AsyncI
         answer.close()
 
 
+_UID_KEYS = frozenset(
+    {"StudyInstanceUID", "0020000D", "SeriesInstanceUID", "0020000E", "SOPInstanceUID", "00080018"}
+)
+
+
+def _invalid_uid_key(request: Request) -> str | None:
+    """Why a QIDO UID matching key is not a list of safe UIDs (PS3.18 8.3.4.1: comma-separated;
+    no wildcards for UIDs, PS3.4 C.2.2.2.2), or ``None``; checked before Orthanc is asked."""
+    for name, value in request.query_params.multi_items():
+        if name in _UID_KEYS:
+            try:
+                check_uid_list(re.split(r"[,\\]", value), name)
+            except InvalidUidError as exc:
+                return str(exc)
+    return None
+
+
+async def _forward(
+    client: httpx.Client,
+    url: str,
+    *,
+    headers: dict[str, str],
+    path: str,
+    kind: _Kind,
+    rewriter: UrlRewriter,
+) -> tuple[Response, httpx.Response | None]:
+    """Orthanc's answer to a GET: streamed (with the upstream response, which the caller closes
+    if it never relays it), or our JSON error."""
+    response: Response
+    streaming: httpx.Response | None = None
+    try:
+        answer = await run_in_threadpool(_open, client, url, headers)
+    except httpx.TransportError as exc:
+        logger.error("image store (Orthanc) unreachable for %s: %r", path, exc)
+        response = error_response(
+            503,
+            "image_store_unavailable",
+            "the image store (Orthanc) is unavailable; try again later",
+            {"Retry-After": str(RETRY_AFTER_S)},
+        )
+    else:
+        if answer.is_success:
+            streaming = answer
+            response = _streaming(answer, rewriter if kind.rewrite else None)
+        else:
+            try:
+                response = await run_in_threadpool(_orthanc_error, answer, rewriter)
+            finally:
+                await run_in_threadpool(answer.close)
+    return response, streaming
+
+
 def _query_audit(request: Request) -> tuple[str | None, str | None, list[str]]:
     """Study UID, patient ID and parameter names of a QIDO query (never its other values)."""
     params = request.query_params
@@ -192,25 +243,13 @@ async def _proxy(
         study = study or study_param
     response: Response
     streaming: httpx.Response | None = None
-    try:
-        answer = await run_in_threadpool(_open, client, url, headers)
-    except httpx.TransportError as exc:
-        logger.error("image store (Orthanc) unreachable for %s: %r", path, exc)
-        response = error_response(
-            503,
-            "image_store_unavailable",
-            "the image store (Orthanc) is unavailable; try again later",
-            {"Retry-After": str(RETRY_AFTER_S)},
-        )
+    refused = _invalid_uid_key(request) if kind is _Kind.QUERY else None
+    if refused is not None:
+        response = error_response(400, "bad_request", refused)
     else:
-        if answer.is_success:
-            streaming = answer
-            response = _streaming(answer, rewriter if kind.rewrite else None)
-        else:
-            try:
-                response = await run_in_threadpool(_orthanc_error, answer, rewriter)
-            finally:
-                await run_in_threadpool(answer.close)
+        response, streaming = await _forward(
+            client, url, headers=headers, path=path, kind=kind, rewriter=rewriter
+        )
     try:
         if streaming is not None and study and kind is not _Kind.QUERY:
             patient_id = await run_in_threadpool(ctx.patient_ids.get, study)
