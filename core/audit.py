@@ -13,6 +13,11 @@ exclusive write lock (:func:`core.db.write_transaction`) so the chain stays line
 processes. What the chain cannot stop is someone rewriting the whole chain and the head with
 database access; export it regularly (``radcloud audit export``) to storage they cannot reach.
 
+Values a caller controls (a claimed user name, a route's path, an error message quoting them)
+are bounded before they are written: each column to its declared length, each string in
+``detail`` to :data:`MAX_DETAIL_CHARS`, cut with a note of how much was dropped, so one request
+cannot write megabytes into the trail or fail its own record on a strict database.
+
 The service that performs an audited action writes its record, whichever door the action came
 through: it is handed a :class:`core.security.Actor` (who did it: a signed-in user, a service
 account, the OS user running a command; through which door) and wraps the change in
@@ -57,6 +62,11 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 GENESIS_HASH = "0" * 64
+MAX_DETAIL_CHARS = 1024
+_COLUMN_LENGTHS: dict[str, int] = {
+    name: int(getattr(AuditEvent.__table__.columns[name].type, "length", MAX_DETAIL_CHARS))
+    for name in ("user_name", "role", "source_address", "resource_type", "resource_id")
+}
 _LOCK_KEY = 0x52414443  # "RADC": PostgreSQL advisory lock for the chain
 
 
@@ -166,6 +176,24 @@ def _as_dict(event: AuditEvent) -> dict[str, Any]:
     return data
 
 
+def _bounded(value: str | None, limit: int) -> str | None:
+    """``value`` cut to ``limit`` characters, its end saying how many were dropped."""
+    if value is None or len(value) <= limit:
+        return value
+    kept = limit - len(f"…[{len(value)} more]")
+    return f"{value[:kept]}…[{len(value) - kept} more]"
+
+
+def _bounded_detail(value: Any) -> Any:
+    if isinstance(value, str):
+        return _bounded(value, MAX_DETAIL_CHARS)
+    if isinstance(value, dict):
+        return {key: _bounded_detail(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_bounded_detail(item) for item in value]
+    return value
+
+
 def _record_hash(data: Mapping[str, Any]) -> str:
     canonical = json.dumps(
         {name: data[name] for name in _HASHED},
@@ -264,7 +292,7 @@ class AuditTrail:
             role = role or actor.role
             source_address = source_address or actor.address
             facts.setdefault("via", actor.door.value)
-        clean_detail = json.loads(json.dumps(facts, default=str))
+        clean_detail = _bounded_detail(json.loads(json.dumps(facts, default=str)))
         patient_id = fields.get("patient_id")
         head = session.get(AuditHead, 1)
         prev_seq, prev_hash = (head.seq, head.hash) if head else (0, GENESIS_HASH)
@@ -285,6 +313,8 @@ class AuditTrail:
             prev_hash=prev_hash,
             hash="",
         )
+        for name, length in _COLUMN_LENGTHS.items():
+            setattr(event, name, _bounded(getattr(event, name), length))
         event.hash = _record_hash(_as_dict(event))
         session.add(event)
         if head is None:

@@ -190,7 +190,19 @@ class Settings(BaseSettings):
     # The claim of an OIDC token naming the hospitals (a list, or one name) whose studies the
     # user may see; a dotted path is followed. OIDC users are never platform operators.
     jwt_hospitals_claim: str = "hospitals"
+    # An unknown key ID makes radcloud fetch the provider's key set again at most this often
+    # (the set is fetched anyway once it is 5 minutes old).
+    jwt_jwks_refetch_interval_s: float = Field(60.0, ge=0, le=300)
     token_ttl_minutes: int = Field(60, ge=1, le=60 * 24 * 30)
+
+    # Sign-in abuse (POST /api/auth/token), counted per API process: signin_max_failures failed
+    # sign-ins of one user name within signin_failure_window_s lock that name for
+    # signin_lockout_s; one network address may try signin_attempts_per_minute times a minute.
+    # Either answers 429 with Retry-After.
+    signin_max_failures: int = Field(5, ge=1)
+    signin_failure_window_s: int = Field(900, ge=1)
+    signin_lockout_s: int = Field(900, ge=1)
+    signin_attempts_per_minute: int = Field(30, ge=1)
 
     # worklist (serving/worklist/): a study is due at ready time + its class's maximum wait;
     # the worklist is read earliest-due first. Urgent: score ≥ fraction x the model's threshold
@@ -309,12 +321,37 @@ class Settings(BaseSettings):
                 f"{ENV_PREFIX}JWT_ALGORITHM={self.jwt_algorithm} needs {ENV_PREFIX}JWT_JWKS_URL "
                 "(the identity provider's JSON Web Key Set)"
             )
+        if self.jwt_algorithm is not JwtAlgorithm.HS256:
+            self._check_identity_provider()
         if self.mode is Mode.PROD and self.jwt_secret is not None and len(self.jwt_secret) < 32:
             raise ValueError(
                 f"{ENV_PREFIX}JWT_SECRET is too short for prod mode: expected at least 32 "
                 "characters, or leave it unset to use a generated secret"
             )
         return self
+
+    def _check_identity_provider(self) -> None:
+        """An external token's issuer is always checked; in prod, issuer and key set come over
+        HTTPS (or the key set from a local file), so no one on the path can swap the keys."""
+        if not self.jwt_jwks_issuer:
+            raise ValueError(
+                f"{ENV_PREFIX}JWT_ALGORITHM={self.jwt_algorithm} needs {ENV_PREFIX}JWT_JWKS_ISSUER "
+                "(the identity provider's issuer, the tokens' iss claim)"
+            )
+        if self.mode is Mode.DEV:
+            return
+        if not self.jwt_jwks_issuer.startswith("https://"):
+            raise ValueError(
+                f'{ENV_PREFIX}JWT_JWKS_ISSUER "{self.jwt_jwks_issuer}" is not an https:// URL: '
+                f"expected one in prod mode (OpenID Connect Core 1.0, 2; {ENV_PREFIX}MODE=dev "
+                "allows others)"
+            )
+        if self.jwt_jwks_url and self.jwt_jwks_url.startswith("http://"):
+            raise ValueError(
+                f'{ENV_PREFIX}JWT_JWKS_URL "{self.jwt_jwks_url}" is plain HTTP: expected an '
+                f"https:// URL or a local key-set file in prod mode ({ENV_PREFIX}MODE=dev "
+                "allows http://)"
+            )
 
     @cached_property
     def paths(self) -> DataPaths:

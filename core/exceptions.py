@@ -11,9 +11,11 @@
     │   └── StartupError(component, reason, log_file)
     ├── AuthError
     │   ├── AuthenticationError(reason)           -> HTTP 401
-    │   └── PermissionDeniedError(role, allowed)  -> HTTP 403
+    │   ├── PermissionDeniedError(role, allowed)  -> HTTP 403
+    │   └── TooManyAttemptsError(reason, retry_after_s) -> HTTP 429
     ├── NotFoundError(kind, name)                 -> HTTP 404
     ├── AlreadyExistsError(kind, name)            -> HTTP 409
+    ├── InvalidUidError(keyword, value, reason)   -> HTTP 400, DIMSE 0xA900 (core.uids)
     └── AuditChainError(problems)
 """
 
@@ -30,6 +32,7 @@ __all__ = [
     "AuthenticationError",
     "ConfigError",
     "DependencyMissingError",
+    "InvalidUidError",
     "NotFoundError",
     "PermissionDeniedError",
     "PortInUseError",
@@ -37,6 +40,7 @@ __all__ = [
     "SecretsError",
     "ServiceError",
     "StartupError",
+    "TooManyAttemptsError",
 ]
 
 
@@ -113,6 +117,14 @@ class PermissionDeniedError(AuthError):
         super().__init__(f'role "{role}" may not do this; allowed roles: {", ".join(allowed)}')
 
 
+class TooManyAttemptsError(AuthError):
+    """Too many sign-in attempts: refused whatever the password for ``retry_after_s`` (HTTP 429)."""
+
+    def __init__(self, reason: str, retry_after_s: int) -> None:
+        self.reason, self.retry_after_s = reason, retry_after_s
+        super().__init__(f"{reason}: try again in {retry_after_s} s")
+
+
 class NotFoundError(RadcloudError):
     """A named thing does not exist."""
 
@@ -127,6 +139,15 @@ class AlreadyExistsError(RadcloudError):
     def __init__(self, kind: str, name: str) -> None:
         self.kind, self.name = kind, name
         super().__init__(f'{kind} "{name}" already exists')
+
+
+class InvalidUidError(RadcloudError):
+    """A value that should be a UID is not one radcloud may use (:mod:`core.uids`)."""
+
+    def __init__(self, keyword: str, value: str, reason: str) -> None:
+        self.keyword, self.value, self.reason = keyword, value, reason
+        shown = repr(value if len(value) <= 80 else f"{value[:80]}...")
+        super().__init__(f"{keyword} {shown} is not a valid UID: {reason}")
 
 
 class AuditChainError(RadcloudError):

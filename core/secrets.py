@@ -22,6 +22,7 @@ from pathlib import Path
 
 from core.config import Mode, Settings
 from core.exceptions import SecretsError
+from core.files import private_directory
 
 __all__ = ["Secrets", "load_secrets"]
 
@@ -72,7 +73,7 @@ def _write_private(path: Path, data: dict[str, str]) -> Path:
 
 
 def _write_new(path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private_directory(path.parent)
     tmp = _write_private(path, _generate())
     try:
         os.link(tmp, path)  # atomic, and fails if another process won the race

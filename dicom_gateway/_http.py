@@ -15,7 +15,6 @@ from __future__ import annotations
 import hmac
 import json
 import logging
-import re
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -25,6 +24,7 @@ from urllib.parse import parse_qs, urlsplit
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from core.ingest import STOW_PATH
+from core.uids import is_safe_uid
 from dicom_gateway.intake import Intake
 from dicom_gateway.stow import store_instance
 
@@ -32,7 +32,6 @@ __all__ = ["GatewayHttpServer"]
 
 logger = logging.getLogger(__name__)
 
-_UID = re.compile(r"^[0-9A-Za-z._-]{1,128}$")
 _JSON = "application/json"
 _HOSPITAL_MAX = 128  # hospitals.name
 
@@ -134,7 +133,7 @@ def _handler(
                 raise _Refusal(401, "expected the gateway ingest key as bearer credential")
             query = parse_qs(urlsplit(self.path).query)
             study = query.get("study", [None])[0]
-            if study is not None and not _UID.match(study):
+            if study is not None and not is_safe_uid(study):
                 raise _Refusal(400, f'study "{study[:80]}" is not a UID')
             try:
                 length = int(self.headers.get("Content-Length", ""))

@@ -32,6 +32,7 @@ from pydicom.tag import BaseTag, Tag
 from pydicom.uid import UID
 from pynetdicom.presentation import PresentationContext, build_context
 
+from core.uids import InvalidUidError, check_uid_list
 from dicom_gateway.exceptions import InvalidIdentifierError
 
 if TYPE_CHECKING:
@@ -150,6 +151,15 @@ def _query_value(element: DataElement) -> str:
     return str(value).strip()
 
 
+def _check_uid_list(value: str, name: str) -> None:
+    """A UI matching key is a UID or a list of UIDs, without wildcards (PS3.4 C.2.2.2.2); each
+    must be safe to pass on (:func:`core.uids.is_safe_uid`)."""
+    try:
+        check_uid_list(value.split("\\"), name)
+    except InvalidUidError as exc:
+        raise InvalidIdentifierError(str(exc)) from exc
+
+
 @dataclass(frozen=True)
 class _ReturnKey:
     tag: BaseTag
@@ -185,7 +195,8 @@ class Query:
         Raises
         ------
         InvalidIdentifierError
-            No or an unknown Query/Retrieve Level, or one the model does not have.
+            No or an unknown Query/Retrieve Level, or one the model does not have, or a UID
+            matching key that is not a list of UIDs.
         """
         raw_level = str(identifier.get("QueryRetrieveLevel", "") or "").strip().upper()
         if not raw_level:
@@ -219,6 +230,8 @@ class Query:
                 continue  # sequence matching is not supported: a return key only
             value = _query_value(element)
             if value and value != "*":
+                if element.VR == "UI":
+                    _check_uid_list(value, name)
                 constraints[name] = value
         return cls(level, constraints, tuple(keys), frozenset(redacted))
 

@@ -32,7 +32,9 @@ from typing import Any
 import pydicom
 
 from core.audit import AuditAction, AuditedChange, AuditEventCode, AuditTrail
+from core.files import private_directory
 from core.security import Actor
+from core.uids import is_safe_uid
 from dicom_gateway.exceptions import GatewayError, InstanceRejectedError, QuarantineEntryError
 from dicom_gateway.spool import Spool, SpoolEntry
 from dicom_gateway.validation import InstanceInfo, inspect_instance, zero_preamble
@@ -90,7 +92,7 @@ class Quarantine:
     def __init__(self, directory: Path, audit: AuditTrail | None = None) -> None:
         self.directory = directory
         self._audit = audit
-        directory.mkdir(parents=True, exist_ok=True)
+        private_directory(directory)
 
     def add(
         self,
@@ -197,12 +199,13 @@ class Quarantine:
             )
         except QuarantineEntryError:  # unknown: the block raises it again, audited as refused
             study_uid = sop_uid = patient_id = None
+        safe_study = study_uid is not None and is_safe_uid(study_uid)
         with self._audit.audited(
             event_code,
             actor=actor,
             action=action,
-            resource_type="study" if study_uid else "quarantine_entry",
-            resource_id=study_uid or entry_id,
+            resource_type="study" if safe_study else "quarantine_entry",
+            resource_id=study_uid if safe_study else entry_id,
             patient_id=patient_id,
             detail={"quarantine_entry": entry_id, "sop_instance_uid": sop_uid} | detail,
             refusals=(GatewayError,),
@@ -236,12 +239,14 @@ class Quarantine:
         (audited: 110104 DICOM Instances Transferred, C).
 
         Data that fails validation is still released (an operator decided so) if it has the
-        UIDs needed to track it; Orthanc may refuse it, and then it comes back here.
+        UIDs needed to track it, and they are safe to use as keys (:func:`core.uids.is_safe_uid`:
+        an instance quarantined for a UID such as ``../../x`` is never released); Orthanc may
+        refuse it, and then it comes back here.
 
         Raises
         ------
         QuarantineEntryError
-            No such entry, or it is not a DICOM file with Study and SOP Instance UIDs.
+            No such entry, or it is not a DICOM file with safe Study and SOP Instance UIDs.
         """
         with self._operator_action(
             entry_id,
@@ -263,6 +268,10 @@ class Quarantine:
             if not (entry.sop_instance_uid and entry.study_instance_uid):
                 raise QuarantineEntryError(
                     entry_id, f"cannot release: {exc.reason}, and its UIDs are unknown"
+                ) from exc
+            if not (is_safe_uid(entry.sop_instance_uid) and is_safe_uid(entry.study_instance_uid)):
+                raise QuarantineEntryError(
+                    entry_id, f"cannot release: {exc.reason}; its UIDs cannot be used as keys"
                 ) from exc
             stored = zero_preamble(data)
             info = InstanceInfo(

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from core.files import private_directory
 from dicom_gateway.exceptions import SpoolError, SpoolFullError
 from dicom_gateway.validation import InstanceInfo
 
@@ -101,7 +102,7 @@ class Spool:
         self.directory = directory
         self.limit_bytes = limit_bytes
         self.min_free_bytes = min_free_bytes
-        directory.mkdir(parents=True, exist_ok=True)
+        private_directory(directory)
         self._lock = threading.Lock()
         self._usage_bytes = 0
         self._usage_at = 0.0

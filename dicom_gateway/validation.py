@@ -1,9 +1,16 @@
 """Parse and check every incoming instance before it is acknowledged.
 
-Lenient on what arrives, strict on what we store: values that are odd but storable (a UID with
-bad characters, a value longer than its VR allows) are stored and the oddity is logged; data
-that cannot be stored (not DICOM, no transfer syntax, no Study/Series/SOP Instance UID,
-truncated elements or pixel data) raises :class:`InstanceRejectedError` and is quarantined.
+Lenient on what arrives, strict on what we store: values that are odd but storable (a value
+longer than its VR allows, a UID component with a leading zero such as ``1.2.03``) are stored
+and the oddity is logged; data that cannot be stored (not DICOM, no transfer syntax, no
+Study/Series/SOP Instance UID, truncated elements or pixel data) raises
+:class:`InstanceRejectedError` and is quarantined.
+
+The Study, Series and SOP Instance UIDs become keys of the database, values of archive queries
+and parts of URLs downstream, so they must be safe (:func:`core.uids.is_safe_uid`: digits and
+dots, no empty component, at most 64 characters): an instance whose UID is not (``../../x``,
+``1.2.abc``, 65 characters, ``*``) is refused as non-conformant and quarantined with the reason.
+Only a leading zero in a component stays a warning: it breaks PS3.5 9.1 but nothing downstream.
 
 The 128-byte preamble of every stored file is zeroed: a DICOM file can carry an executable
 header there (the DICOM/PE polyglot, CVE-2019-11687). Nothing else in the bytes is changed.
@@ -17,7 +24,6 @@ from __future__ import annotations
 
 import io
 import logging
-import re
 import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -27,6 +33,7 @@ from pydicom.dataset import Dataset, FileDataset
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID
 
+from core.uids import InvalidUidError, check_uid, is_valid_uid
 from dicom_gateway.exceptions import NonConformantInstanceError, UnreadableInstanceError
 
 __all__ = [
@@ -41,7 +48,6 @@ logger = logging.getLogger(__name__)
 
 PREAMBLE_LENGTH = 128
 _MAGIC = b"DICM"
-_UID_SYNTAX = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
 _REQUIRED_UIDS = (
     ("StudyInstanceUID", "(0020,000D)"),
     ("SeriesInstanceUID", "(0020,000E)"),
@@ -140,6 +146,18 @@ def _check_truncation(ds: Dataset) -> None:
             )
 
 
+def _check_required_uids(ds: Dataset) -> None:
+    """The Study, Series and SOP Instance UIDs are present and safe to use (the module)."""
+    for keyword, tag in _REQUIRED_UIDS:
+        value = _text(ds, keyword)
+        if not value:
+            raise NonConformantInstanceError(f"required {tag} {keyword} is missing or empty")
+        try:
+            check_uid(value, keyword)
+        except InvalidUidError as exc:
+            raise NonConformantInstanceError(f"{tag} {exc}") from exc
+
+
 def inspect_instance(data: bytes) -> tuple[InstanceInfo, bytes]:
     """Parse a DICOM Part 10 file and check it can be stored.
 
@@ -158,7 +176,8 @@ def inspect_instance(data: bytes) -> tuple[InstanceInfo, bytes]:
     UnreadableInstanceError
         Not a DICOM Part 10 file, or its elements cannot be parsed.
     NonConformantInstanceError
-        Parses, but lacks a transfer syntax, a required UID, or complete pixel data.
+        Parses, but lacks a transfer syntax, a required UID, or complete pixel data, or its
+        Study, Series or SOP Instance UID is not safe to use (see the module docstring).
     """
     if len(data) < PREAMBLE_LENGTH + 4 or data[PREAMBLE_LENGTH : PREAMBLE_LENGTH + 4] != _MAGIC:
         raise UnreadableInstanceError(
@@ -182,15 +201,13 @@ def inspect_instance(data: bytes) -> tuple[InstanceInfo, bytes]:
     transfer_syntax = UID(str(transfer_syntax))
     if not transfer_syntax.is_transfer_syntax:
         raise NonConformantInstanceError(f'transfer syntax "{transfer_syntax}" is not known')
-    for keyword, tag in _REQUIRED_UIDS:
-        if not _text(ds, keyword):
-            raise NonConformantInstanceError(f"required {tag} {keyword} is missing or empty")
+    _check_required_uids(ds)
     oddities = [str(w.message) for w in caught]
     _check_pixel_data(ds, transfer_syntax, oddities)
     sop_class = _text(ds, "SOPClassUID") or _text(ds.file_meta, "MediaStorageSOPClassUID") or ""
     for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID"):
         value = _text(ds, keyword)
-        if value and (len(value) > 64 or not _UID_SYNTAX.match(value)):
+        if value and not is_valid_uid(value):
             oddities.append(f'{keyword} "{value}" is not a valid UID (PS3.5 9.1)')
     meta_uid = _text(ds.file_meta, "MediaStorageSOPInstanceUID")
     if meta_uid and meta_uid != _text(ds, "SOPInstanceUID"):

@@ -78,6 +78,7 @@ def write_report_sr(
     text: str,
     decisions: Sequence[FindingDecisionItem],
     added: Sequence[AddedFindingItem] = (),
+    previous_versions: Sequence[Dataset] = (),
 ) -> hd.sr.ComprehensiveSR:
     """The signed report as a new Comprehensive SR series of the study.
 
@@ -96,6 +97,9 @@ def write_report_sr(
         One item per AI finding.
     added
         Findings the AI missed.
+    previous_versions
+        The SR documents this one amends (an amended report): referenced in its Predecessor
+        Documents Sequence (PS3.3 C.17.2.3); they stay in the archive unchanged.
 
     Returns
     -------
@@ -117,6 +121,7 @@ def write_report_sr(
         verifying_observer_name=person_name(author),
         verifying_organization=organization,
         series_description="Radiologist report",
+        previous_versions=list(previous_versions) or None,
     )
 
 

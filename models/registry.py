@@ -39,6 +39,7 @@ import torch
 from pydantic import BaseModel, ValidationError
 from torch import nn
 
+from core.files import private_directory
 from models._store import (
     INDEX_FILE,
     MANIFEST_FILE,
@@ -187,7 +188,7 @@ class ModelRegistry:
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
-        self.root.mkdir(parents=True, exist_ok=True)
+        private_directory(self.root)
         with (self.root / ".lock").open("a") as handle:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
             try:
@@ -270,7 +271,7 @@ class ModelRegistry:
 
     @contextlib.contextmanager
     def _staging(self) -> Iterator[Path]:
-        self.root.mkdir(parents=True, exist_ok=True)
+        private_directory(self.root)
         staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=self.root))
         try:
             yield staging

@@ -14,8 +14,9 @@ none) and optionally ``finding``, ``mask`` (a NIfTI label map on the image's vox
 to the folder) and ``image`` (a DICOM directory or NIfTI file, relative to the folder; by default
 ``dicom/<study_instance_uid>``).
 
-DICOM series are converted once to NIfTI in a cache directory (``imaging.volume`` reads them:
-slice order from positions, rescale to modality units, inconsistent series refused), so the
+DICOM series are converted once to NIfTI in a cache directory, each file named by a hash of
+the study's UID, never by the value itself (``imaging.volume`` reads them: slice order from
+positions, rescale to modality units, inconsistent series refused), so the
 MONAI pipelines read NIfTI through ``LoadImaged`` and ``PersistentDataset`` caches the
 deterministic transforms.
 """
@@ -29,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from core.uids import is_safe_uid
 from training.exceptions import DataSourceError
 
 __all__ = ["StudyRecord", "labels_sha256", "read_labels_csv", "to_monai_items"]
@@ -78,6 +80,12 @@ def read_labels_csv(root: Path) -> list[StudyRecord]:
                     root, f'labels.csv line {number}: label "{row["label"]}", expected 0 or 1'
                 )
             uid = row["study_instance_uid"]
+            if not row.get("image") and not is_safe_uid(uid):
+                raise DataSourceError(
+                    root,
+                    f"labels.csv line {number}: study_instance_uid {uid[:80]!r} is not a UID, "
+                    "so it cannot name its image folder: give an image column",
+                )
             image = root / (row.get("image") or f"dicom/{uid}")
             if not image.exists():
                 raise DataSourceError(root, f"labels.csv line {number}: {image} does not exist")
@@ -98,7 +106,8 @@ def _nifti_image(record: StudyRecord, cache_dir: Path) -> Path:
     """The record's image as NIfTI, converting a DICOM series once."""
     if record.image.is_file() and record.image.name.endswith((".nii", ".nii.gz")):
         return record.image
-    target = cache_dir / f"{record.study_instance_uid}.nii.gz"
+    name = hashlib.sha256(record.study_instance_uid.encode()).hexdigest()[:32]
+    target = cache_dir / f"{name}.nii.gz"  # a hash: never a path built from a DICOM value
     if not target.exists():
         from imaging.nifti import save_nifti
         from imaging.volume import load_series_files

@@ -205,19 +205,19 @@ def test_report(
         },
     }
     positives = [i for i, record in enumerate(test.records) if record["label"] == 1]
-    oracle_pos = [test.records[i].get("oracle_positive") for i in positives]
-    if all(v is not None for v in oracle_pos) and oracle_pos:
+    oracle_pos = _floats(test.records, positives, "oracle_positive")
+    if oracle_pos:
         twins = [float(test.records[i]["oracle_negative"]) for i in positives]
         oracle_labels = [1] * len(positives) + [0] * len(twins)
         results["oracle"] = {
-            "auc": roc_auc(oracle_labels, [float(v) for v in oracle_pos] + twins),
+            "auc": roc_auc(oracle_labels, oracle_pos + twins),
             "scored": "each positive and its lesion-free twin (matched filter, known signal)",
         }
     if spec.segmentation:
         results["test"]["lesion_dice"] = float(np.mean(list(test.dices.values())))
-        oracle_dices = [test.records[i].get("oracle_dice") for i in positives]
-        if all(v is not None for v in oracle_dices) and oracle_dices:
-            results["oracle"]["dice"] = float(np.mean([float(v) for v in oracle_dices]))
+        oracle_dices = _floats(test.records, positives, "oracle_dice")
+        if oracle_dices:
+            results["oracle"]["dice"] = float(np.mean(oracle_dices))
     columns = {"model": test_p, "baseline": baseline}
     groups_by_kind: dict[str, dict[str, list[int]]] = {}
     for i in positives:
@@ -250,17 +250,23 @@ def test_report(
     return results
 
 
-def _mean_key(records: list[dict[str, Any]], rows: list[int], key: str) -> float | None:
+def _floats(records: list[dict[str, Any]], rows: list[int], key: str) -> list[float]:
+    """``key`` of each row's record as floats; empty when any of them lacks it."""
     values = [records[i].get(key) for i in rows]
-    return float(np.mean(values)) if values and all(v is not None for v in values) else None
+    return [float(v) for v in values if v is not None] if None not in values else []
+
+
+def _mean_key(records: list[dict[str, Any]], rows: list[int], key: str) -> float | None:
+    values = _floats(records, rows, key)
+    return float(np.mean(values)) if values else None
 
 
 def _oracle_auc(records: list[dict[str, Any]], rows: list[int]) -> float | None:
-    pos = [records[i].get("oracle_positive") for i in rows]
-    neg = [records[i].get("oracle_negative") for i in rows]
-    if not pos or any(v is None for v in pos + neg):
+    pos = _floats(records, rows, "oracle_positive")
+    neg = _floats(records, rows, "oracle_negative")
+    if not pos or not neg:
         return None
-    return roc_auc([1] * len(pos) + [0] * len(neg), [float(v) for v in pos + neg])
+    return roc_auc([1] * len(pos) + [0] * len(neg), pos + neg)
 
 
 def _plot_roc(labels: np.ndarray, curves: dict[str, np.ndarray], path: Path, title: str) -> Path:

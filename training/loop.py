@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import time
 import warnings
 from collections.abc import Callable
@@ -283,7 +284,7 @@ class StreamSchedule:
 def _lr_at(schedule: StreamSchedule, elapsed: float) -> float:
     """Cosine decay over the time budget (a resumed run continues on the same curve)."""
     fraction = min(elapsed / max(schedule.minutes * 60.0, 1e-6), 1.0)
-    return schedule.learning_rate * (0.05 + 0.95 * 0.5 * (1.0 + np.cos(np.pi * fraction)))
+    return schedule.learning_rate * (0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * fraction)))
 
 
 def fit_stream(
@@ -329,7 +330,8 @@ def fit_stream(
             "resuming %s at %.0f s, step %d (%s)", spec.model_name, elapsed, step, checkpoint
         )
     started, cpu_started = time.perf_counter() - elapsed, time.process_time() - cpu_before
-    last_validation, losses = elapsed, []
+    losses: list[float] = []
+    last_validation = elapsed
     budget = schedule.minutes * 60.0
     while True:
         elapsed = time.perf_counter() - started

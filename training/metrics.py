@@ -77,9 +77,10 @@ def binary_metrics(labels: ArrayLike, scores: ArrayLike, threshold: float) -> Bi
     """AUC (NaN when one class is absent), and sensitivity and specificity at ``threshold``
     (score ≥ threshold is positive)."""
     y = np.asarray(labels, dtype=np.int64)
-    predicted = np.asarray(scores, dtype=np.float64) >= threshold
+    values = np.asarray(scores, dtype=np.float64)
+    predicted = values >= threshold
     positives, negatives = int(y.sum()), int((1 - y).sum())
-    auc = roc_auc(y, scores) if positives and negatives else float("nan")
+    auc = roc_auc(y, values) if positives and negatives else float("nan")
     sensitivity = float((predicted & (y == 1)).sum() / max(positives, 1))
     specificity = float((~predicted & (y == 0)).sum() / max(negatives, 1))
     return BinaryMetrics(auc, threshold, sensitivity, specificity, positives, negatives)
@@ -109,7 +110,8 @@ def plot_roc(curves: dict[str, tuple[ArrayLike, ArrayLike]], path: Path, title: 
         if len(set(np.asarray(labels).tolist())) < 2:
             axis.plot(fpr, tpr, label=f"{name} (AUC undefined: one class only)")
         else:
-            axis.plot(fpr, tpr, label=f"{name} (AUC {roc_auc(labels, scores):.3f})")
+            auc = roc_auc(np.asarray(labels), np.asarray(scores, dtype=np.float64))
+            axis.plot(fpr, tpr, label=f"{name} (AUC {auc:.3f})")
     axis.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=0.8)
     axis.set_xlabel("1 - specificity")
     axis.set_ylabel("sensitivity")

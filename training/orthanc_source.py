@@ -34,6 +34,11 @@ holds the remapped StudyInstanceUID and the pseudonym, and nothing in the folder
 patient, Orthanc's IDs or the original UIDs. Identifiers are kept only when one hospital is
 exported and ``keep_identifiers`` is asked for: the folder then stays in that hospital's scope.
 
+**File names.** The folder's files are named by the exported Study and SOP Instance UIDs, and
+only after they are checked safe (:func:`core.uids.check_uid`: digits and dots, at most 64
+characters); a study with a UID that is not (which the gateway would have quarantined, but an
+archive may hold older data) is skipped as ``invalid-uid``, never written to a path built from it.
+
 **Deterministic.** The same database, Orthanc content and key give byte-identical
 ``labels.csv``, DICOM files and masks (rows and files named and ordered by the exported UIDs);
 only ``manifest.json`` records the time. A re-export replaces an earlier export atomically.
@@ -70,6 +75,7 @@ from core.archive import (
 from core.audit import AuditAction, AuditEventCode, AuditTrail
 from core.db import Database
 from core.db.models import Study
+from core.uids import InvalidUidError, check_uid, check_uid_list
 from imaging.deid import OrthancDeidentifier, Pseudonymizer
 from imaging.exceptions import DeidentificationError, ImagingError, OrthancUnavailableError
 from imaging.nifti import save_nifti
@@ -122,6 +128,7 @@ class SkipReason(StrEnum):
     UNREADABLE_SERIES = "unreadable-series"
     NO_MASK = "positive-without-mask"
     UNUSABLE_MASK = "unusable-mask"
+    INVALID_UID = "invalid-uid"
 
 
 @dataclass(frozen=True)
@@ -283,6 +290,11 @@ class _Exporter:
             raise _StudySkippedError(SkipReason.UNREADABLE_SERIES, exc.reason) from exc
         mask = self._mask(study, label, volume, source_uids)
         uid = str(datasets[0].StudyInstanceUID)
+        try:  # they name the files written below: never a path from an unchecked value
+            check_uid(uid, "StudyInstanceUID")
+            check_uid_list(files, "SOPInstanceUID")
+        except InvalidUidError as exc:
+            raise _StudySkippedError(SkipReason.INVALID_UID, str(exc)) from exc
         series_dir = self.staging / "dicom" / uid
         series_dir.mkdir(parents=True)
         for sop_instance_uid, data in sorted(files.items()):

@@ -147,7 +147,7 @@ def registry_callback(
             example,
             metrics={**extra["metrics"], "baseline": extra["baseline"], "run": run_dir},
             training_config={**config.to_json(), "history": extra["history"]},
-            data_manifest_sha256=extra.get("data_sha256"),
+            data_manifest_sha256=str(extra["data_sha256"]),
         )
         logger.info("registered %s version %s (staged)", registered.name, registered.version)
         return str(registered.version)

@@ -28,6 +28,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    event,
 )
 from sqlalchemy import Enum as SAEnum
 from sqlalchemy.engine import Dialect
@@ -286,7 +287,12 @@ class Label(Base):
 
 
 class Report(Base):
-    """A radiologist's signed report of a study (its DICOM SR is in Orthanc)."""
+    """A radiologist's signed report of a study (its DICOM SR is in Orthanc), or an amendment.
+
+    Append-only: a signed report is never altered nor deleted (the ORM refuses, below); it is
+    amended by a new row and a new SR that references it (``serving.reading.amending``). The
+    rows of a study, oldest first, are its versions: the signed report, then each amendment.
+    """
 
     __tablename__ = "reports"
 
@@ -299,6 +305,15 @@ class Report(Base):
     sr_sop_instance_uid: Mapped[str] = mapped_column(UID)
     sr_series_instance_uid: Mapped[str] = mapped_column(UID)
     signed_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+@event.listens_for(Report, "before_update")
+@event.listens_for(Report, "before_delete")
+def _reports_are_append_only(_mapper: Any, _connection: Any, target: Report) -> None:
+    raise ValueError(
+        f"report {target.id} of study {target.study_id} is signed: it cannot be altered or "
+        "deleted, only amended with a new report"
+    )
 
 
 class User(Base):

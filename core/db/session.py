@@ -4,20 +4,23 @@ SQLite (the default) runs in WAL mode with foreign keys on, a busy timeout, and 
 Its driver's own transaction handling is replaced (SQLAlchemy's documented recipe) so that
 :func:`write_transaction` can take the write lock up front with ``BEGIN IMMEDIATE``: writers
 that must serialise (the audit chain) never deadlock on a lock upgrade. On PostgreSQL the same
-function takes a transaction-scoped advisory lock.
+function takes a transaction-scoped advisory lock. A SQLite database file is created 0600 in a
+0700 directory (:mod:`core.files`), whichever process opens it first.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import Engine, create_engine, event, make_url, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.config import Settings
+from core.files import private_directory, private_file
 
 __all__ = ["Database", "write_transaction"]
 
@@ -44,6 +47,15 @@ def _configure_sqlite(engine: Engine) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
 
+def _create_private(url: str) -> None:
+    """Create a SQLite database file 0600 (its directory 0700) before SQLite does: SQLite
+    would create it, and then its ``-wal`` and ``-shm`` files, with the umask's mode (0644).
+    """
+    database = make_url(url).database
+    if database and database != ":memory:" and not database.startswith("file:"):
+        private_file(Path(database))
+
+
 class Database:
     """The application database: one engine and a session factory.
 
@@ -56,6 +68,8 @@ class Database:
     def __init__(self, url: str) -> None:
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
+        if self.is_sqlite:
+            _create_private(url)
         connect_args: dict[str, Any] = {"timeout": 30} if self.is_sqlite else {}
         self.engine = create_engine(url, connect_args=connect_args, pool_pre_ping=True)
         if self.is_sqlite:
@@ -65,7 +79,7 @@ class Database:
     @classmethod
     def from_settings(cls, settings: Settings) -> Database:
         """Open the database named by ``settings`` (creating ``RADCLOUD_HOME`` if needed)."""
-        settings.home.mkdir(parents=True, exist_ok=True)
+        private_directory(settings.home)
         return cls(settings.sqlalchemy_url)
 
     @contextmanager

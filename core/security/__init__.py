@@ -1,6 +1,7 @@
 """Authentication and roles: tokens, API keys, passwords, and who a request is."""
 
 from core.security.accounts import API_KEY_PREFIX, Accounts, NewApiKey, UserInfo
+from core.security.lockout import SignInGuard
 from core.security.principal import Actor, AuthMethod, Door, Principal
 from core.security.tokens import TokenService
 
@@ -12,6 +13,7 @@ __all__ = [
     "Door",
     "NewApiKey",
     "Principal",
+    "SignInGuard",
     "TokenService",
     "UserInfo",
 ]

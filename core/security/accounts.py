@@ -6,7 +6,8 @@ key is shown once, when it is created.
 
 Every change and every credential handed out is audited here, whichever door it came through
 (the API, the command line), in the same transaction as the change; a refused one (an unknown
-user, a name taken, a wrong password) with outcome 4, minor failure:
+user, a name taken, a wrong password, a sign-in throttled by :class:`SignInGuard`) with outcome
+4, minor failure:
 
 =================================  =============================  ======  ================
 Method                             Event (PS3.16 CID 400)         Action  Object
@@ -42,7 +43,12 @@ from sqlalchemy.orm import Session
 from core.audit import AuditAction, AuditEventCode, AuditOutcome, AuditTrail
 from core.db import Database
 from core.db.models import ApiKey, Role, User, UserHospital, utcnow
-from core.exceptions import AlreadyExistsError, AuthenticationError, NotFoundError
+from core.exceptions import (
+    AlreadyExistsError,
+    AuthenticationError,
+    NotFoundError,
+    TooManyAttemptsError,
+)
 from core.security._hospitals import (
     api_key_scope,
     check_assignment,
@@ -50,6 +56,7 @@ from core.security._hospitals import (
     hospital_row,
     user_scope,
 )
+from core.security.lockout import SignInGuard
 from core.security.passwords import hash_password, verify_password
 from core.security.principal import Actor, AuthMethod, Principal
 from core.security.tokens import TokenService
@@ -125,11 +132,14 @@ class Accounts:
         The application database.
     audit
         The audit trail the changes are recorded in.
+    guard
+        Throttles :meth:`sign_in` (default: a :class:`SignInGuard` with its default limits).
     """
 
-    def __init__(self, db: Database, audit: AuditTrail) -> None:
+    def __init__(self, db: Database, audit: AuditTrail, guard: SignInGuard | None = None) -> None:
         self._db = db
         self._audit = audit
+        self._guard = guard or SignInGuard()
 
     def add_user(
         self,
@@ -257,13 +267,9 @@ class Accounts:
     def _authenticate_password(self, name: str, password: str) -> Principal:
         with self._db.session() as session:
             user = session.scalar(select(User).where(User.name == name))
-        ok = (
-            user is not None
-            and user.password_hash is not None
-            and verify_password(user.password_hash, password)
-            and not user.disabled
-        )
-        if not ok or user is None:
+        # Argon2 runs for every name, known or not (no timing oracle), before anything else.
+        matches = verify_password(user.password_hash if user else None, password)
+        if not matches or user is None or user.disabled:
             raise AuthenticationError("user name or password is wrong")
         return Principal(user.name, frozenset({user.role}), AuthMethod.TOKEN)
 
@@ -284,11 +290,17 @@ class Accounts:
         AuthenticationError
             Unknown user, no password set, wrong password or disabled; one message for all, so
             the answer does not reveal which names exist.
+        TooManyAttemptsError
+            The address tried too often, or the name is locked after failed sign-ins
+            (:class:`SignInGuard`); the password is not checked.
         """
-        detail = {"method": "password"}
+        detail: dict[str, object] = {"method": "password"}
         try:
+            self._guard.admit(name, actor.address)
             principal = self._authenticate_password(name, password)
-        except AuthenticationError as exc:
+        except (AuthenticationError, TooManyAttemptsError) as exc:
+            if isinstance(exc, AuthenticationError) and self._guard.failed(name):
+                detail["locked"] = True
             self._audit.record(
                 AuditEventCode.USER_AUTHENTICATION,
                 actor=actor,
@@ -296,6 +308,7 @@ class Accounts:
                 detail=detail | {"reason": exc.reason},
             )
             raise
+        self._guard.succeeded(name)
         token = tokens.issue(principal.name, principal.roles)
         signed_in = Actor.from_principal(principal, actor.door, actor.address)
         self._audit.record(AuditEventCode.USER_AUTHENTICATION, actor=signed_in, detail=detail)
@@ -331,13 +344,17 @@ class Accounts:
                 raise AuthenticationError(f'user "{name}" is disabled')
             return tokens.issue(user.name, [user.role], ttl)
 
-    def check_user_active(self, name: str) -> None:
-        """Refuse a radcloud-issued token whose user was disabled or removed."""
+    def check_user_active(self, name: str, *, must_exist: bool = True) -> None:
+        """Refuse a token whose user was disabled or removed.
+
+        ``must_exist=False`` is for tokens of the hospital's identity provider, whose users need
+        no row here: such a token is refused only when a user of its name is disabled.
+        """
         with self._db.session() as session:
             user = session.scalar(select(User).where(User.name == name))
-        if user is None:
+        if user is None and must_exist:
             raise AuthenticationError(f'user "{name}" no longer exists')
-        if user.disabled:
+        if user is not None and user.disabled:
             raise AuthenticationError(f'user "{name}" is disabled')
 
     def create_api_key(

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import secrets
+from functools import cache
+
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
@@ -26,9 +29,20 @@ def hash_password(password: str) -> str:
     return _hasher.hash(password)
 
 
-def verify_password(password_hash: str, password: str) -> bool:
-    """True when ``password`` matches ``password_hash``."""
+@cache
+def _stand_in_hash() -> str:
+    """A hash of a random password no one knows, made with the same parameters as every other."""
+    return _hasher.hash(secrets.token_urlsafe(32))
+
+
+def verify_password(password_hash: str | None, password: str) -> bool:
+    """True when ``password`` matches ``password_hash``.
+
+    ``None`` (an unknown user, or one without a password) is checked against a stand-in hash
+    and is never a match: the same Argon2 work is done either way, so the time of the answer
+    does not tell whether a user name exists.
+    """
     try:
-        return _hasher.verify(password_hash, password)
+        return _hasher.verify(password_hash or _stand_in_hash(), password) and bool(password_hash)
     except (VerifyMismatchError, VerificationError, InvalidHashError):
         return False

@@ -3,12 +3,14 @@
 radcloud's own tokens (``radcloud token NAME``, ``POST /api/auth/token``) are HS256 with the
 generated signing key, issuer ``jwt_issuer`` and audience ``jwt_audience``. When
 ``jwt_algorithm`` is RS256 or ES256, tokens of that algorithm are also accepted if a key of
-``jwt_jwks_url`` (an HTTPS URL, or a key-set file copied to local disk) verifies them; their
-roles come from the ``jwt_roles_claim`` claim (a dotted path such as ``realm_access.roles`` is
-followed), their hospitals from the ``jwt_hospitals_claim`` claim (:mod:`core.tenancy`; an
-OIDC user is never a platform operator, and radcloud's own tokens carry no hospitals: the API
-reads a user's from the database on every request). The algorithm is fixed per key type, so
-a token cannot choose how it is checked (no ``alg`` confusion).
+``jwt_jwks_url`` (an HTTPS URL, or a key-set file copied to local disk) verifies them and
+their issuer is ``jwt_jwks_issuer``; their roles come from the ``jwt_roles_claim`` claim (a
+dotted path such as ``realm_access.roles`` is followed), their hospitals from the
+``jwt_hospitals_claim`` claim (:mod:`core.tenancy`; an OIDC user is never a platform operator,
+and radcloud's own tokens carry no hospitals: the API reads a user's from the database on every
+request). The algorithm is fixed per key type, so a token cannot choose how it is checked (no
+``alg`` confusion). A key set fetched over HTTP(S) is fetched again for an unknown key ID at
+most every ``jwt_jwks_refetch_interval_s`` (:class:`~core.security._jwks.RemoteKeySet`).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import jwt
 from core.config import JwtAlgorithm, Settings
 from core.db.models import Role
 from core.exceptions import AuthenticationError
+from core.security._jwks import RemoteKeySet
 from core.security.principal import AuthMethod, Principal
 from core.tenancy import HospitalScope
 
@@ -83,11 +86,13 @@ class TokenService:
     def __init__(self, settings: Settings, signing_key: str) -> None:
         self._settings = settings
         self._key = signing_key
-        self._jwks: jwt.PyJWKClient | jwt.PyJWKSet | None = None
+        self._jwks: RemoteKeySet | jwt.PyJWKSet | None = None
         url = settings.jwt_jwks_url
         if settings.jwt_algorithm is not JwtAlgorithm.HS256 and url:
             if url.startswith(("http://", "https://")):
-                self._jwks = jwt.PyJWKClient(url, cache_keys=True, timeout=10)
+                self._jwks = RemoteKeySet(
+                    url, refetch_interval_s=settings.jwt_jwks_refetch_interval_s
+                )
             else:  # a key set copied to local disk (file:// URL or path)
                 path = Path(url.removeprefix("file://"))
                 self._jwks = jwt.PyJWKSet.from_json(path.read_text(encoding="utf-8"))
@@ -152,10 +157,10 @@ class TokenService:
         )
 
     def _decode_external(self, token: str) -> dict[str, Any]:
-        if isinstance(self._jwks, jwt.PyJWKClient):
-            key = self._jwks.get_signing_key_from_jwt(token).key
+        kid = jwt.get_unverified_header(token).get("kid")
+        if isinstance(self._jwks, RemoteKeySet):
+            key = self._jwks.signing_key(kid).key
         elif self._jwks is not None:
-            kid = jwt.get_unverified_header(token).get("kid")
             try:
                 key = self._jwks[str(kid)].key
             except KeyError:
@@ -170,5 +175,5 @@ class TokenService:
             algorithms=[self._settings.jwt_algorithm.value],
             audience=self._settings.jwt_audience,
             issuer=self._settings.jwt_jwks_issuer,
-            options={"require": ["exp", "sub"]},
+            options={"require": ["exp", "sub", "iss"]},
         )

@@ -14,6 +14,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from core.files import private_directory
+
 __all__ = [
     "alive",
     "log_tail",
@@ -89,7 +91,7 @@ def read_pid_file(path: Path) -> tuple[int, str | None] | None:
 
 def write_pid_file(path: Path, pid: int) -> None:
     """Atomically write ``pid`` and its start time to ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private_directory(path.parent)
     tmp = path.with_suffix(f".tmp{os.getpid()}")
     tmp.write_text(f"{pid}\n{_start_time(pid) or ''}\n")
     tmp.replace(path)

@@ -25,6 +25,7 @@ from urllib.parse import unquote, urlsplit
 from core.archive.orthanc import orthanc_healthy
 from core.config import OrthancIndex, Settings, validate_ae_title
 from core.exceptions import ConfigError, DependencyMissingError
+from core.files import private_directory
 from core.secrets import Secrets
 from radcloud.services.supervisor import Component
 
@@ -213,7 +214,7 @@ def write_orthanc_config(
         The configuration file.
     """
     path = settings.paths.orthanc_config
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    private_directory(path.parent)
     text = json.dumps(orthanc_config(settings, secrets, modalities), indent=2, sort_keys=True)
     tmp = path.with_suffix(f".tmp{os.getpid()}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

@@ -30,6 +30,7 @@ import httpx
 from core.config import Settings
 from core.db import Database, upgrade
 from core.exceptions import PortInUseError, StartupError
+from core.files import private_directory
 from core.secrets import load_secrets
 from radcloud.services._process import (
     alive,
@@ -312,7 +313,7 @@ class Supervisor:
             paths.quarantine_dir,
             paths.models_dir,
         ):
-            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            private_directory(directory)
 
     def _ensure_running(self, component: Component) -> None:
         timeout_s = self.settings.startup_timeout_s
@@ -341,7 +342,7 @@ class Supervisor:
 
     def _spawn(self, component: Component) -> None:
         timeout_s = self.settings.startup_timeout_s * component.startup_factor
-        component.log_file.parent.mkdir(parents=True, exist_ok=True)
+        private_directory(component.log_file.parent)
         with component.log_file.open("ab") as log:
             offset = log.tell()
             stamp = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")

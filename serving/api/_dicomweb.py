@@ -5,19 +5,17 @@ error body and the audit outcome of an HTTP status.
 
 from __future__ import annotations
 
-from typing import Annotated
-
-from fastapi import Path, Request
+from fastapi import Request
 from fastapi.responses import JSONResponse
 
 from core.audit import AuditOutcome
+from serving.api._params import StudyUID
 from serving.api.security import context
 
 __all__ = [
     "DICOM_JSON",
     "PREFIX",
     "RETRY_AFTER_S",
-    "UID_PATTERN",
     "StudyUID",
     "audit_outcome",
     "error_response",
@@ -29,9 +27,6 @@ PREFIX = "/dicom-web"
 DICOM_JSON = "application/dicom+json"
 RETRY_AFTER_S = 30
 """Retry-After (seconds) of a 503: the image store or the gateway is unavailable."""
-
-UID_PATTERN = r"^[0-9A-Za-z_-][0-9A-Za-z._-]{0,127}$"  # lenient on stored UIDs, never "." / ".."
-StudyUID = Annotated[str, Path(pattern=UID_PATTERN, description="Study Instance UID")]
 
 
 def error_response(

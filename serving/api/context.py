@@ -13,7 +13,7 @@ from core.audit import AuditTrail
 from core.config import Settings
 from core.db import Database, upgrade
 from core.secrets import load_secrets
-from core.security import Accounts, TokenService
+from core.security import Accounts, SignInGuard, TokenService
 from serving.api._stow import GatewayIngest
 from serving.patient_ids import PatientIdCache
 
@@ -69,7 +69,7 @@ class ApiContext:
             settings=settings,
             db=db,
             audit=audit,
-            accounts=Accounts(db, audit),
+            accounts=Accounts(db, audit, SignInGuard.from_settings(settings)),
             tokens=TokenService(settings, secrets.jwt_signing_key),
             ingest=GatewayIngest.from_settings(settings, secrets),
             archive=archive,

@@ -3,6 +3,11 @@
 The one place where domain errors become HTTP statuses (the routes raise, never answer an
 error themselves). An error's data the client acts on rides along in the body: a worklist
 conflict's current ``status``, ``claimed_by`` and ``version``.
+
+A path parameter that does not fit its pattern (a UID that is not one,
+:mod:`serving.api._params`) is a bad request, 400, answered before the route runs, whatever
+else is wrong with the request: the path names no resource, so nothing is looked up by it.
+Other invalid input keeps FastAPI's 422.
 """
 
 from __future__ import annotations
@@ -10,14 +15,18 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.exception_handlers import request_validation_exception_handler
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from core.exceptions import (
     AlreadyExistsError,
     AuthenticationError,
+    InvalidUidError,
     NotFoundError,
     PermissionDeniedError,
     RadcloudError,
+    TooManyAttemptsError,
 )
 from serving.exceptions import (
     NotClaimantError,
@@ -40,9 +49,11 @@ _STATUS: tuple[tuple[type[RadcloudError], int, str, tuple[str, ...]], ...] = (
     (UnknownModelError, 404, "unknown_model", ()),
     (NotFoundError, 404, "not_found", ()),
     (AlreadyExistsError, 409, "conflict", ()),
+    (InvalidUidError, 400, "bad_request", ("keyword",)),
     (WorklistConflictError, 409, "conflict", ("status", "claimed_by", "version")),
     (StudyNotReadyError, 409, "conflict", ()),
     (UploadTooLargeError, 413, "too_large", ()),
+    (TooManyAttemptsError, 429, "too_many_requests", ("retry_after_s",)),
     (SignError, 422, "invalid_report", ()),
     (UnreadableImageError, 422, "unreadable_image", ()),
     (PlatformUnavailableError, 503, "unavailable", ()),
@@ -53,6 +64,8 @@ def _answer(exc: RadcloudError) -> JSONResponse:
     for cls, status, error, fields in _STATUS:
         if isinstance(exc, cls):
             headers = {"WWW-Authenticate": 'Bearer error="invalid_token"'} if status == 401 else {}
+            if isinstance(exc, TooManyAttemptsError):  # RFC 9110 10.2.3
+                headers["Retry-After"] = str(exc.retry_after_s)
             body: dict[str, Any] = {"error": error, "detail": str(exc)}
             body |= {name: getattr(exc, name) for name in fields}
             return JSONResponse(body, status, headers=headers)
@@ -66,4 +79,15 @@ def install_error_handlers(app: FastAPI) -> None:
         assert isinstance(exc, RadcloudError)  # noqa: S101 - registered for this type only
         return _answer(exc)
 
+    async def handle_invalid(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)  # noqa: S101 - registered for it only
+        in_path = [error for error in exc.errors() if error.get("loc", ("",))[0] == "path"]
+        if in_path:
+            where = ", ".join(str(error["loc"][-1]) for error in in_path)
+            return JSONResponse(
+                {"error": "bad_request", "detail": f"invalid path parameter: {where}"}, 400
+            )
+        return await request_validation_exception_handler(request, exc)
+
     app.add_exception_handler(RadcloudError, handle)
+    app.add_exception_handler(RequestValidationError, handle_invalid)

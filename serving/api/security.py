@@ -103,9 +103,11 @@ def authenticate(request: Request) -> Principal:
     if credential.startswith(API_KEY_PREFIX):
         return ctx.accounts.authenticate_api_key(credential)
     principal = ctx.tokens.verify(credential)
+    # A user disabled here is refused whoever signed the token; an OIDC user needs no row here.
+    ctx.accounts.check_user_active(principal.name, must_exist=principal.method is AuthMethod.TOKEN)
     if principal.method is AuthMethod.TOKEN:
-        ctx.accounts.check_user_active(principal.name)
-        # the user's hospitals as they are now, not as when the token was signed
+        # the user's hospitals as they are now, not as when the token was signed (an OIDC
+        # token's hospitals come from its claim)
         principal = replace(principal, scope=ctx.accounts.user_scope(principal.name))
     return principal
 

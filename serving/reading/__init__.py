@@ -4,13 +4,15 @@
 contract in ``docs/reading-app.md``). Roles: :mod:`~serving.reading.series` (image series in
 display order), :mod:`~serving.reading.manifest` (the study opened for reading),
 :mod:`~serving.reading.masks` (a finding's SEG, bit-packed), :mod:`~serving.reading.signing`
-(the signed SR and the report transaction), :mod:`~serving.reading.labels` (the labels training
-reads), :mod:`~serving.reading.service` (the facade the routes call); the SR itself is built by
-:mod:`imaging.report_sr`.
+(the signed SR and the report transaction), :mod:`~serving.reading.amending` (an amendment:
+a new SR referencing the signed one, never an edit), :mod:`~serving.reading.labels` (the
+labels training reads), :mod:`~serving.reading.service` (the facade the routes call); the SR
+itself is built by :mod:`imaging.report_sr`.
 """
 
 from imaging.report_sr import person_name
 from serving.exceptions import SignError
+from serving.reading.amending import AmendOutcome
 from serving.reading.labels import AddedFinding, Decision
 from serving.reading.manifest import AiFinding, Manifest, SignedReport
 from serving.reading.masks import FindingMask
@@ -22,6 +24,7 @@ from serving.studies import study_by_uid
 __all__ = [
     "AddedFinding",
     "AiFinding",
+    "AmendOutcome",
     "Decision",
     "FindingMask",
     "Manifest",

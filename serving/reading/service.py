@@ -1,9 +1,10 @@
-"""The reading app's domain service: open a study, read an AI mask, sign the report.
+"""The reading app's domain service: open a study, read an AI mask, sign the report, amend it.
 
-Every study opened, mask read and report signed (or refused) is audited here (110110 Patient
-Record: read, read, create), whichever door the call came through. Each first checks that the
-study is of the caller's hospitals (:func:`serving._scope.require_study_in_scope`), before the
-image archive is asked anything: a study of another hospital is not found.
+Every study opened, mask read, report signed and report amended (or refused) is audited here
+(110110 Patient Record: read, read, create, create), whichever door the call came through. Each
+first checks that the study is of the caller's hospitals
+(:func:`serving._scope.require_study_in_scope`), before the image archive is asked anything: a
+study of another hospital is not found.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from serving.exceptions import (
     WorklistConflictError,
 )
 from serving.reading._archive import ReadingArchive, archive_errors
+from serving.reading.amending import AmendOutcome, amend_report
 from serving.reading.labels import AddedFinding, Decision
 from serving.reading.manifest import Manifest, build_manifest
 from serving.reading.masks import FindingMask, finding_mask
@@ -135,6 +137,41 @@ class ReadingService:
             patient_id=outcome.state.patient_id,
             sr_sop_instance_uid=outcome.sr_sop_instance_uid,
             labels=outcome.labels,
+        )
+        return outcome
+
+    def amend(self, study_instance_uid: str, *, caller: Actor, text: str) -> AmendOutcome:
+        """Amend, as ``caller``, the signed report of a reported study with a new SR that
+        references it (:func:`~serving.reading.amending.amend_report`)."""
+        require_study_in_scope(self._db, self._audit, study_instance_uid, caller=caller)
+        try:
+            with archive_errors():
+                outcome = amend_report(
+                    self._db,
+                    self._archive,
+                    study_instance_uid,
+                    site_name=self._site,
+                    author=caller.name,
+                    text=text,
+                )
+        except _REFUSALS as exc:
+            self._record(
+                caller,
+                study_instance_uid,
+                AuditAction.CREATE,
+                "report amendment refused",
+                outcome=AuditOutcome.MINOR_FAILURE,
+                reason=str(exc),
+            )
+            raise
+        self._record(
+            caller,
+            study_instance_uid,
+            AuditAction.CREATE,
+            "report amended",
+            patient_id=outcome.patient_id,
+            sr_sop_instance_uid=outcome.sr_sop_instance_uid,
+            amends_sr_sop_instance_uid=outcome.amends_sr_sop_instance_uid,
         )
         return outcome
 

@@ -1,7 +1,9 @@
 """The reading-status state machine of worklist items: claim, release, report.
 
 ``unread → in_progress`` (claim; records who and when), ``in_progress → unread`` (release, by
-the claimer or an admin), ``in_progress → reported`` (by the claimer). Every transition names
+the claimer or an admin), ``in_progress → reported`` (by the claimer, and only with a signed
+report: the transaction that reports must hold the study's ``reports`` row, which signing
+writes in it, :mod:`serving.reading.signing`; a bare report is a conflict). Every transition names
 the row ``version`` the client saw; the row's ``version`` column is SQLAlchemy's optimistic lock
 (``version_id_col``), so a transition based on a stale view (another claim, a new AI result)
 fails with :class:`~serving.exceptions.WorklistConflictError` and changes nothing. Transitions
@@ -21,7 +23,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.orm.exc import StaleDataError
 
 from core.db import Database, write_transaction
-from core.db.models import ReadingStatus, Study, WorklistItem, utcnow
+from core.db.models import ReadingStatus, Report, Study, WorklistItem, utcnow
 from serving._rows import copy_row
 from serving.exceptions import NotClaimantError, StudyNotOnWorklistError, WorklistConflictError
 
@@ -137,7 +139,8 @@ class Worklist:
         Raises
         ------
         StudyNotOnWorklistError, WorklistConflictError, NotClaimantError
-            As for :meth:`release`.
+            As for :meth:`release`; also :class:`WorklistConflictError` when the study has no
+            signed report once ``also`` has run.
         """
         return self._transition(study_instance_uid, _Transition.REPORT, user, version, also=also)
 
@@ -166,12 +169,22 @@ class Worklist:
         try:
             with write_transaction(self._db, _LOCK_KEY) as session:
                 item, study = self._load(session, uid)
+                before = (item.status, item.claimed_by)  # what a refusal reports: it rolls back
                 now = utcnow()
                 _apply(
                     uid, item, transition, user=user, version=version, is_admin=is_admin, now=now
                 )
                 if also is not None:
                     also(session, study)
+                if transition is _Transition.REPORT and not _signed(session, study):
+                    raise WorklistConflictError(
+                        uid,
+                        "the study has no signed report: a study is reported by signing its "
+                        f"report (POST /api/studies/{uid}/sign)",
+                        status=before[0],
+                        claimed_by=before[1],
+                        version=item.version,
+                    )
                 session.flush()  # UPDATE ... WHERE version = <seen>: StaleDataError if it moved
                 return _state(uid, item, study)
         except StaleDataError as exc:  # a writer outside this lock (the pipeline) changed it
@@ -190,6 +203,11 @@ class Worklist:
             raise StudyNotOnWorklistError(uid)
         item, study = row
         return item, study
+
+
+def _signed(session: Session, study: Study) -> bool:
+    """Whether the study has a signed report (in this transaction: signing adds it here)."""
+    return session.scalar(select(Report.id).where(Report.study_id == study.id).limit(1)) is not None
 
 
 def _state(uid: str, item: WorklistItem, study: Study) -> ReadingState:

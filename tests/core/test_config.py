@@ -166,3 +166,28 @@ def test_short_jwt_secret_only_in_dev_mode(tmp_path: Path) -> None:
 def test_external_algorithm_needs_a_key_set() -> None:
     with pytest.raises(ConfigError, match="RADCLOUD_JWT_JWKS_URL"):
         load_settings(jwt_algorithm="RS256")
+
+
+def test_identity_provider_needs_an_issuer_and_https_outside_dev(tmp_path: Path) -> None:
+    oidc = {"home": tmp_path, "jwt_algorithm": "RS256"}
+    idp = "https://idp.hospital.example"
+    with pytest.raises(ConfigError, match="RADCLOUD_JWT_JWKS_ISSUER"):
+        load_settings(**oidc, jwt_jwks_url=f"{idp}/certs")
+    with pytest.raises(ConfigError, match="is not an https:// URL"):
+        load_settings(
+            **oidc, jwt_jwks_url=f"{idp}/certs", jwt_jwks_issuer="http://idp.hospital.example"
+        )
+    with pytest.raises(ConfigError, match=r"JWT_JWKS_URL .* is plain HTTP"):
+        load_settings(**oidc, jwt_jwks_url="http://idp.hospital.example/certs", jwt_jwks_issuer=idp)
+    assert load_settings(**oidc, jwt_jwks_url=f"{idp}/certs", jwt_jwks_issuer=idp).jwt_jwks_url
+    copied = load_settings(
+        **oidc, jwt_jwks_url="file:///etc/radcloud/jwks.json", jwt_jwks_issuer=idp
+    )
+    assert copied.jwt_jwks_issuer == idp
+    dev = load_settings(
+        **oidc,
+        mode="dev",
+        jwt_jwks_url="http://127.0.0.1:8080/certs",
+        jwt_jwks_issuer="http://127.0.0.1:8080",
+    )
+    assert dev.jwt_jwks_url == "http://127.0.0.1:8080/certs"

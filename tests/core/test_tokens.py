@@ -6,6 +6,7 @@ import datetime as dt
 import json
 import threading
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -18,6 +19,7 @@ from core.config import load_settings
 from core.db.models import Role
 from core.exceptions import AuthenticationError
 from core.security import AuthMethod, TokenService
+from core.security._jwks import RemoteKeySet
 
 
 @pytest.fixture(params=["file", "http"])
@@ -65,6 +67,7 @@ def test_identity_provider_token_is_accepted_with_nested_roles(
     )
     settings = load_settings(
         home=tmp_path,
+        mode="dev",  # the "http" key set is served over plain HTTP
         jwt_algorithm=algorithm,
         jwt_jwks_url=jwks_url(key.public_key(), algorithm),
         jwt_jwks_issuer="https://idp.hospital.example",
@@ -121,3 +124,87 @@ def test_own_tokens_round_trip_and_carry_expiry(tmp_path: Path) -> None:
     assert claims["roles"] == ["admin", "ml_engineer"]
     assert 290 <= claims["exp"] - claims["iat"] <= 300
     assert service.verify(token).roles == frozenset({Role.ADMIN, Role.ML_ENGINEER})
+
+
+@dataclass
+class _KeySetServer:
+    """A JWKS endpoint on loopback that serves ``body`` and counts the fetches."""
+
+    url: str = ""
+    body: bytes = b""
+    fetches: list[str] = field(default_factory=list)
+
+
+@pytest.fixture
+def key_set_server() -> Iterator[_KeySetServer]:
+    published = _KeySetServer()
+
+    class Handler(SimpleHTTPRequestHandler):
+        def do_GET(self) -> None:
+            published.fetches.append(self.path)
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(published.body)))
+            self.end_headers()
+            self.wfile.write(published.body)
+
+        def log_message(self, *_args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    published.url = f"http://127.0.0.1:{server.server_address[1]}/jwks.json"
+    yield published
+    server.shutdown()
+    server.server_close()
+
+
+def _key_set(*keys: tuple[rsa.RSAPrivateKey, str]) -> bytes:
+    jwks = []
+    for key, kid in keys:
+        public: dict[str, object] = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(key.public_key()))
+        jwks.append(public | {"kid": kid, "use": "sig", "alg": "RS256"})
+    return json.dumps({"keys": jwks}).encode()
+
+
+def test_unknown_key_ids_refetch_the_key_set_once_per_interval(
+    key_set_server: _KeySetServer,
+) -> None:
+    """A rotated key is found after at most one interval; made-up key IDs in between cost no
+    fetch (the JWKS server counts what it is asked)."""
+    old_key, new_key = (rsa.generate_private_key(65537, 2048) for _ in range(2))
+    now = [0.0]
+    keys = RemoteKeySet(key_set_server.url, refetch_interval_s=60, clock=lambda: now[0])
+    key_set_server.body = _key_set((old_key, "key-1"))
+    assert keys.signing_key("key-1").key_id == "key-1"
+    key_set_server.body = _key_set((old_key, "key-1"), (new_key, "key-2"))  # the provider rotates
+    for second in range(50):
+        now[0] = float(second)
+        with pytest.raises(AuthenticationError, match="not in the identity provider"):
+            keys.signing_key(f"made-up-{second}")
+    assert len(key_set_server.fetches) == 1
+    now[0] = 60.0
+    assert keys.signing_key("key-2").key_id == "key-2"  # one refetch: the rotated key
+    with pytest.raises(AuthenticationError, match="not in the identity provider"):
+        keys.signing_key("made-up-again")
+    assert len(key_set_server.fetches) == 2
+
+
+def test_a_broken_key_set_refuses_the_token_and_keeps_the_known_keys(
+    key_set_server: _KeySetServer,
+) -> None:
+    key = rsa.generate_private_key(65537, 2048)
+    now = [0.0]
+    keys = RemoteKeySet(key_set_server.url, refetch_interval_s=60, clock=lambda: now[0])
+    key_set_server.body = b"<html>maintenance</html>"
+    with pytest.raises(AuthenticationError, match="key set cannot be fetched"):
+        keys.signing_key("key-1")
+    with pytest.raises(AuthenticationError, match="not in the identity provider"):
+        keys.signing_key("key-1")  # the failed fetch started the interval too
+    assert len(key_set_server.fetches) == 1
+    now[0] = 60.0
+    key_set_server.body = _key_set((key, "key-1"))
+    assert keys.signing_key("key-1").key_id == "key-1"
+    now[0] = 400.0  # old enough to fetch again, and the provider is down
+    key_set_server.body = b'{"keys": []}'
+    assert keys.signing_key("key-1").key_id == "key-1"
+    assert len(key_set_server.fetches) == 3

@@ -9,10 +9,12 @@ the peers, always with ``TCP_NODELAY=1``.
 from __future__ import annotations
 
 import datetime as dt
+import io
 import ipaddress
 import re
 import socket
 import subprocess
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -341,6 +343,52 @@ def test_malformed_instance_is_quarantined_and_the_service_stays_up(
     assert entry.source == "dimse"
     assert len(list(gateway.spool.entries())) == 1
     assert echo(gateway) == 0
+
+
+def _with_uids(data: bytes, **uids: str) -> bytes:
+    ds = pydicom.dcmread(io.BytesIO(data))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # pydicom warns of the invalid UIDs
+        for keyword, value in uids.items():
+            setattr(ds, keyword, value)
+        buffer = io.BytesIO()
+        ds.save_as(buffer)
+    return buffer.getvalue()
+
+
+def test_instances_with_path_traversal_uids_are_quarantined_not_stored(
+    gateway: Gateway, tmp_path: Path
+) -> None:
+    """The attack of issue 14 (item 5): UIDs that are paths. Each is refused with a reason
+    (0xA900, the Error Comment names the attribute) and quarantined under the gateway's own
+    name; nothing is spooled, and nothing is written outside the gateway's directories."""
+    home = gateway.settings.home
+    attacks = [
+        write(tmp_path / "a.dcm", _with_uids(synthetic_ct(), StudyInstanceUID="../../x")),
+        write(tmp_path / "b.dcm", _with_uids(synthetic_ct(), SeriesInstanceUID="1.2/../../../y")),
+        write(tmp_path / "c.dcm", _with_uids(synthetic_ct(), StudyInstanceUID="1." + "9" * 70)),
+    ]
+    good = write(tmp_path / "good.dcm", synthetic_ct())
+    before = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*"))
+    sent = store(gateway, *attacks, good)
+    assert sent.statuses == [0xA900, 0xA900, 0xA900, 0x0000], sent.output
+    assert "not a valid UID" in sent.output  # the Error Comment says why
+    entries = gateway.quarantine.list()
+    assert sorted(e.reason.split(" ")[1] for e in entries) == [
+        "SeriesInstanceUID",
+        "StudyInstanceUID",
+        "StudyInstanceUID",
+    ]
+    assert all(e.sender_ae_title == SENDER and e.source == "dimse" for e in entries)
+    assert {p.name for p in gateway.quarantine.directory.iterdir()} == {e.entry_id for e in entries}
+    [spooled] = list(gateway.spool.entries())
+    assert spooled.info.sop_instance_uid == pydicom.dcmread(good).SOPInstanceUID
+    after = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*"))
+    outside = [
+        path for path in set(after) - set(before) if not (tmp_path / path).is_relative_to(home)
+    ]
+    assert outside == []
+    assert not (tmp_path.parent / "x").exists() and not (home.parent / "x").exists()
 
 
 # -- TLS -------------------------------------------------------------------------------------
@@ -748,3 +796,37 @@ def test_move_to_another_hospitals_destination_is_refused(
     assert "MoveDestinationUnknown" in result.stdout  # status 0xA801
     [alert] = archive.gateway.audit_records("110113")
     assert alert["detail"]["reason"] == "C-MOVE to another hospital's destination"
+
+
+@pytest.mark.parametrize("uid", ["../../x", "1.2.3*", "1.2.abc"])
+def test_find_and_move_by_an_unsafe_uid_are_refused_before_the_archive(
+    gateway: Gateway, tmp_path: Path, uid: str
+) -> None:
+    """A UID matching key is a list of UIDs (PS3.4 C.2.2.2.2): one that is not is refused with
+    0xA900 before any query reaches the archive (this gateway's archive is a closed port, so a
+    query that got through would answer 0xC001 or 0xA701 instead)."""
+    found = dcmtk(
+        "findscu", "-d", "-S", "-aet", SENDER, "-aec", AE_TITLE,
+        "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={uid}",
+        "127.0.0.1", str(gateway.port),
+    )  # fmt: skip
+    assert [int(code, 16) for code in _STATUS.findall(found.stdout)] == [0xA900], found.stdout
+    port = free_port()
+    listener = subprocess.Popen(
+        ["storescp", "-aet", "DEST", "-od", str(tmp_path), str(port)],
+        env=dcmtk_environment(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        assert wait_until(lambda: dcmtk("echoscu", "127.0.0.1", str(port)).returncode == 0)
+        gateway.senders.add_destination("DEST", "127.0.0.1", port, actor=Actor.cli())
+        moved = dcmtk(
+            "movescu", "-d", "-S", "-aet", SENDER, "-aec", AE_TITLE, "-aem", "DEST",
+            "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={uid}",
+            "127.0.0.1", str(gateway.port),
+        )  # fmt: skip
+    finally:
+        listener.terminate()
+        listener.wait(timeout=10)
+    assert [int(code, 16) for code in _STATUS.findall(moved.stdout)] == [0xA900], moved.stdout

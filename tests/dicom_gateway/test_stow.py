@@ -10,6 +10,7 @@ import io
 import json
 import subprocess
 import sys
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -120,6 +121,27 @@ def test_refusals_carry_their_failure_reason_and_are_quarantined(endpoint: Endpo
     assert nonconformant["sop_instance_uid"]  # labels of refused data, where readable
     assert not garbage["retry"] and not nonconformant["retry"]
     assert endpoint.quarantine.count() == 2
+    assert endpoint.spool.usage().files == 0
+
+
+def test_instance_with_a_path_traversal_uid_is_refused_and_quarantined(
+    endpoint: Endpoint,
+) -> None:
+    ds = pydicom.dcmread(io.BytesIO(synthetic_ct()))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # pydicom warns of the invalid UID
+        ds.StudyInstanceUID = "../../x"
+        buffer = io.BytesIO()
+        ds.save_as(buffer)
+    assert endpoint.post(buffer.getvalue(), study="../../x").status_code == 400
+    assert endpoint.quarantine.count() == 0
+    answer = endpoint.post(buffer.getvalue()).json()
+    assert answer["status"] == FailureReason.DOES_NOT_MATCH_SOP_CLASS
+    assert "StudyInstanceUID '../../x' is not a valid UID" in answer["reason"]
+    assert not answer["retry"]
+    [entry] = endpoint.quarantine.list()
+    assert entry.source == "stow"
+    assert "not a valid UID" in entry.reason
     assert endpoint.spool.usage().files == 0
 
 

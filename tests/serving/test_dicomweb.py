@@ -240,7 +240,7 @@ def test_wado_unknown_study_is_404_json_and_audited(stack: Stack) -> None:
         bad_uid = client.get("/dicom-web/studies/..$uid/metadata")
     assert answer.status_code == 404
     assert answer.json()["error"] == "not_found"
-    assert bad_uid.status_code == 422
+    assert bad_uid.status_code == 400  # not a UID: refused before any lookup (issue 14)
     [record] = _audit(stack, "110103", study)
     assert record["outcome"] == 4
     assert record["detail"]["status"] == 404

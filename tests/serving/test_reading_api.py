@@ -189,3 +189,88 @@ def test_training_reads_the_signed_labels(stack: Stack, head_ct: Any) -> None:
         labels = session.scalars(select(Label).where(Label.study_id == study_id)).all()
         label = study_label(labels, TASK_FINDINGS[Task.HEAD_CT])
     assert label.label == 1 and label.regions
+
+
+def _referenced(items: Any) -> list[str]:
+    """Every ReferencedSOPInstanceUID under a sequence's items."""
+    found = []
+    for item in items or []:
+        if "ReferencedSOPInstanceUID" in item:
+            found.append(str(item.ReferencedSOPInstanceUID))
+        for element in item:
+            if element.VR == "SQ":
+                found += _referenced(element.value)
+    return found
+
+
+def test_a_signed_report_is_amended_never_altered(stack: Stack, head_ct: Any) -> None:
+    """Issue 14, item 7: once signed, neither signing again nor a bare report transition can
+    change the report (409); an amendment is a new verified SR whose Predecessor Documents
+    Sequence references the signed one, recorded as a new report row and audited, while the
+    signed SR and its row stay as they were."""
+    uid = head_ct.study_instance_uid
+    with stack.client("radiologist") as client:
+        viewer = client.get(f"/api/studies/{uid}/viewer").json()
+        assert viewer["reading"]["status"] == "reported"
+        signed = viewer["report"]
+        version = viewer["reading"]["version"]
+        decisions = [
+            {"result_id": f["result_id"], "decision": "rejected"} for f in viewer["findings"]
+        ]
+        resign = client.post(
+            f"/api/studies/{uid}/sign",
+            json={"version": version, "text": "No haemorrhage.", "decisions": decisions},
+        )
+        assert resign.status_code == 409, resign.text
+        bare = client.post(f"/api/worklist/{uid}/report", json={"version": version})
+        assert bare.status_code == 409, bare.text
+        assert client.post(f"/api/studies/{uid}/amend", json={"text": "  "}).status_code == 422
+        text = "Acute haemorrhage. Addendum: also a small left subdural collection."
+        amended = client.post(f"/api/studies/{uid}/amend", json={"text": text})
+        assert amended.status_code == 200, amended.text
+        outcome = amended.json()
+        assert outcome["amends_sr_sop_instance_uid"] == signed["sr_sop_instance_uid"]
+        after = client.get(f"/api/studies/{uid}/viewer").json()
+    assert after["report"]["text"] == text
+    assert after["report"]["sr_sop_instance_uid"] == outcome["sr_sop_instance_uid"]
+    assert after["report"]["decisions"] == signed["decisions"]  # carried over
+    assert after["reading"]["status"] == "reported"
+
+    with stack.orthanc() as orthanc:
+
+        def sr(sop_instance_uid: str) -> pydicom.Dataset:
+            found = orthanc.post("/tools/lookup", content=sop_instance_uid).json()
+            (instance,) = [f["ID"] for f in found if f["Type"] == "Instance"]
+            data = orthanc.get(f"/instances/{instance}/file").content
+            return pydicom.dcmread(pydicom.filebase.DicomBytesIO(data))
+
+        new, old = sr(outcome["sr_sop_instance_uid"]), sr(signed["sr_sop_instance_uid"])
+    assert new.VerificationFlag == "VERIFIED" and new.StudyInstanceUID == uid
+    assert _referenced(new.PredecessorDocumentsSequence) == [signed["sr_sop_instance_uid"]]
+    assert text in " | ".join(_texts(new))
+    assert "Acute haemorrhage." in " | ".join(_texts(old))  # the signed SR is unchanged
+    assert "PredecessorDocumentsSequence" not in old
+
+    database = stack.database()
+    try:
+        with database.session() as session:
+            study_id = session.scalar(select(Study.id).where(Study.study_instance_uid == uid))
+            rows = session.scalars(
+                select(Report).where(Report.study_id == study_id).order_by(Report.id)
+            ).all()
+            assert [r.sr_sop_instance_uid for r in rows] == [
+                signed["sr_sop_instance_uid"],
+                outcome["sr_sop_instance_uid"],
+            ]
+            assert rows[0].text == "Acute haemorrhage." and rows[1].text == text
+            events = session.scalars(select(AuditEvent).where(AuditEvent.resource_id == uid)).all()
+            amendments = [e.detail for e in events if e.detail.get("what") == "report amended"]
+        assert amendments[0]["amends_sr_sop_instance_uid"] == signed["sr_sop_instance_uid"]
+        with pytest.raises(ValueError, match="cannot be altered"), database.session() as session:
+            first = session.get(Report, rows[0].id)
+            assert first is not None
+            first.text = "rewritten"
+        with database.session() as session:
+            assert session.get(Report, rows[0].id).text == "Acute haemorrhage."  # type: ignore[union-attr]
+    finally:
+        database.dispose()

@@ -85,7 +85,7 @@ def test_results_roles_and_unknown_study(stack: Stack) -> None:
             assert client.get(f"/api/studies/{uid}/results").status_code == 403
     with stack.client("radiologist") as client:
         assert client.get("/api/studies/1.2.3.4.404/results").status_code == 404
-        assert client.get("/api/studies/not-a-uid/results").status_code == 422
+        assert client.get("/api/studies/not-a-uid/results").status_code == 400
 
 
 def test_results_list_every_model_version(stack: Stack) -> None:

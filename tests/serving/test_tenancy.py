@@ -255,6 +255,7 @@ def _not_found_is_ours(answer: httpx.Response, study: str) -> bool:
 def test_the_openapi_lists_the_routes_this_test_covers() -> None:
     assert len(STUDY_ROUTES) >= 20  # every DICOMweb and API route that names a study
     assert ("POST", "/api/studies/{study_uid}/sign") in STUDY_ROUTES
+    assert ("POST", "/api/studies/{study_uid}/amend") in STUDY_ROUTES
     assert "/api/worklist" in LIST_ROUTES and "/dicom-web/studies" in LIST_ROUTES
 
 

@@ -11,11 +11,11 @@ from typing import Any
 import pytest
 import sqlalchemy
 from sqlalchemy import select, update
-from sqlalchemy.orm import object_session
+from sqlalchemy.orm import Session, object_session
 
 from core.config import load_settings
 from core.db import Database, upgrade
-from core.db.models import Hospital, ReadingStatus, Study, StudyState, WorklistItem
+from core.db.models import Hospital, ReadingStatus, Report, Study, StudyState, WorklistItem
 from core.exceptions import ConfigError, NotFoundError
 from core.tenancy import HospitalScope
 from serving.worklist import (
@@ -205,7 +205,7 @@ def test_ai_outcome_never_changes_the_reading_status(db: Database, add_study: Ad
     uid = add_study(score=0.1)
     worklist = Worklist(db)
     state = worklist.claim(uid, user="alice", version=_item(db, uid).version)
-    worklist.report(uid, user="alice", version=state.version)
+    worklist.report(uid, user="alice", version=state.version, also=_signed_by("alice"))
     with db.session() as session:
         study = session.scalar(select(Study).where(Study.study_instance_uid == uid))
         assert study is not None
@@ -221,6 +221,42 @@ def test_ai_outcome_never_changes_the_reading_status(db: Database, add_study: Ad
 # -- transitions --------------------------------------------------------------------------------
 
 
+def _signed_by(author: str) -> Callable[[Session, Study], None]:
+    """What signing writes in the reporting transaction: the study's signed report row."""
+
+    def record(session: Session, study: Study) -> None:
+        session.add(
+            Report(
+                study_id=study.id,
+                author=author,
+                text="No acute intracranial abnormality.",
+                sr_sop_instance_uid="1.2.826.0.1.3680043.8.498.11",
+                sr_series_instance_uid="1.2.826.0.1.3680043.8.498.12",
+            )
+        )
+
+    return record
+
+
+def test_a_study_without_a_signed_report_cannot_be_reported(
+    db: Database, add_study: AddStudy
+) -> None:
+    """Issue 14, item 7: reporting is signing; a bare report transition is a conflict (409)
+    and changes nothing."""
+    uid = add_study(score=0.2)
+    worklist = Worklist(db)
+    claimed = worklist.claim(uid, user="alice", version=_item(db, uid).version)
+    with pytest.raises(WorklistConflictError, match="no signed report") as caught:
+        worklist.report(uid, user="alice", version=claimed.version)
+    assert caught.value.status is ReadingStatus.IN_PROGRESS
+    item = _item(db, uid)
+    assert (item.status, item.version, item.reported_at) == (
+        ReadingStatus.IN_PROGRESS,
+        claimed.version,
+        None,
+    )
+
+
 def test_claim_release_report(db: Database, add_study: AddStudy) -> None:
     uid = add_study(score=0.2)
     worklist = Worklist(db)
@@ -230,7 +266,7 @@ def test_claim_release_report(db: Database, add_study: AddStudy) -> None:
     released = worklist.release(uid, user="alice", version=claimed.version)
     assert (released.status, released.claimed_by) == (ReadingStatus.UNREAD, None)
     again = worklist.claim(uid, user="bob", version=released.version)
-    reported = worklist.report(uid, user="bob", version=again.version)
+    reported = worklist.report(uid, user="bob", version=again.version, also=_signed_by("bob"))
     assert reported.status is ReadingStatus.REPORTED
     assert reported.reported_at is not None
     with pytest.raises(WorklistConflictError, match="cannot claim a study that is reported"):

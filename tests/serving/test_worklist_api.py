@@ -175,10 +175,14 @@ def test_claim_conflict_release_and_report(
         released = alice.post(f"/api/worklist/{uid}/release", json={"version": current})
         assert released.json()["status"] == "unread"
         again = bob.post(f"/api/worklist/{uid}/claim", json={"version": released.json()["version"]})
-        done = bob.post(f"/api/worklist/{uid}/report", json={"version": again.json()["version"]})
-        assert done.status_code == 200 and done.json()["status"] == "reported"
-        assert _uids(_worklist(alice, hospital)) == []
-        assert _uids(_worklist(alice, hospital, status="reported")) == [uid]
+        # reporting is signing (issue 14, item 7): without a signed report, a conflict
+        bare = bob.post(f"/api/worklist/{uid}/report", json={"version": again.json()["version"]})
+        assert bare.status_code == 409, bare.text
+        assert "no signed report" in bare.json()["detail"]
+        assert bare.json()["status"] == "in_progress"
+        assert bare.json()["claimed_by"] == "test-radiologist-2"
+        assert _uids(_worklist(alice, hospital, status="reported")) == []
+        assert _uids(_worklist(alice, hospital, status="in_progress")) == [uid]
 
         unknown = alice.post("/api/worklist/1.2.3.4.5.6/claim", json={"version": 1})
         assert unknown.status_code == 404
@@ -198,7 +202,7 @@ def test_claim_conflict_release_and_report(
         ("test-radiologist", "report", 4),
         ("test-radiologist", "release", 0),
         ("test-radiologist-2", "claim", 0),
-        ("test-radiologist-2", "report", 0),
+        ("test-radiologist-2", "report", 4),
     ]
     assert all(r["action"] == "U" for r in records if r["event_code"] == "110110")
 

@@ -17,16 +17,24 @@ import pytest
 from sqlalchemy import select
 
 from core.archive import ImageArchive, open_archive
-from core.db.models import AuditEvent, Label
+from core.db.models import AuditEvent, Label, Study, StudyState
 from core.secrets import load_secrets
 from imaging.deid import Pseudonymizer
 from imaging.nifti import load_nifti
 from imaging.seg import HEMORRHAGE, AlgorithmIdentity, write_segmentation
+from imaging.synthetic import generate_study
 from imaging.volume import load_series, load_series_files
 from tests.conftest import Stack
 from tests.helpers import free_port
 from tests.imaging.dicom_series import assert_dcmtk_accepts
-from tests.orthanc_studies import StoredStudy, add_label, store, store_study
+from tests.orthanc_studies import (
+    StoredStudy,
+    _hospital_id,
+    add_label,
+    identifiable,
+    store,
+    store_study,
+)
 from training._labels import study_label
 from training.data import read_labels_csv
 from training.exceptions import DataSourceError
@@ -375,3 +383,56 @@ def test_tiny_training_run_on_the_orthanc_source(stack: Stack) -> None:
     assert report["metrics"]["test"]["positives"] == 1
     assert report["metrics"]["test"]["lesion_dice"] is not None
     database.dispose()
+
+
+@pytest.mark.integration
+def test_study_whose_uid_is_a_path_is_skipped_not_written(stack: Stack, tmp_path: Path) -> None:
+    """The attack of issue 14 (item 5) on the exporter: an archive holding a study whose UID is
+    a path (stored straight into Orthanc, past the gateway that would quarantine it). Exported
+    with identifiers kept, the study is skipped as ``invalid-uid``; nothing is written outside
+    the export folder, and no file is named after the UID."""
+    hospital, number = "Export Hospital Traversal", 190
+    synthetic = generate_study("head-ct", number, 7, positive=False)
+    datasets = identifiable(synthetic, hospital, number)
+    evil = "1.2.826.0.1.3680043.8.498.190/../../../../escaped"
+    for ds in datasets:
+        ds.StudyInstanceUID = evil
+    database = stack.database()
+    try:
+        with stack.archive() as orthanc:
+            orthanc_id = store(orthanc, datasets)
+        with database.session() as session:
+            row = Study(
+                study_instance_uid=evil,
+                hospital_id=_hospital_id(session, hospital),
+                patient_id=str(datasets[0].PatientID),
+                modalities="CT",
+                state=StudyState.READY,
+                instance_count=len(datasets),
+                orthanc_id=orthanc_id,
+            )
+            session.add(row)
+            session.flush()
+            study_id = int(row.id)
+        stored = StoredStudy(synthetic, datasets, study_id, orthanc_id, hospital)
+        add_label(database, stored, "haemorrhage", False)
+        out = tmp_path / "a" / "b" / "c" / "export"
+        with stack.archive() as client:
+            manifest = export_orthanc_source(
+                "head-ct",
+                out,
+                database=database,
+                archive=client,
+                hospitals=[hospital],
+                keep_identifiers=True,
+                deid_key=load_secrets(stack.settings).deid_hmac_key,
+            )
+    finally:
+        database.dispose()
+    assert manifest.studies == 0
+    [skipped] = manifest.skipped
+    assert skipped.reason is SkipReason.INVALID_UID
+    assert "is not a valid UID" in skipped.detail
+    written = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*"))
+    assert not any("escaped" in p for p in written), written
+    assert not (tmp_path / "escaped").exists()

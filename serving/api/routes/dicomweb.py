@@ -35,13 +35,13 @@ from core.db.models import Role
 from core.exceptions import NotFoundError
 from core.security import Actor, Principal
 from core.tenancy import visible_study_uids
+from core.uids import InvalidUidError, check_uid_list
 from serving._scope import require_study_in_scope
 from serving.api import _qido
 from serving.api._dicomweb import (
     DICOM_JSON,
     PREFIX,
     RETRY_AFTER_S,
-    UID_PATTERN,
     StudyUID,
     audit_outcome,
     error_response,
@@ -49,6 +49,7 @@ from serving.api._dicomweb import (
     public_root,
 )
 from serving.api._multipart import MultipartError, UrlRewriter, parse_media_type
+from serving.api._params import SeriesUID, SopUID
 from serving.api.security import audit_request, context, request_actor, require_roles
 
 __all__ = ["router"]
@@ -60,8 +61,6 @@ Viewer = Annotated[
     Principal, Depends(require_roles(Role.RADIOLOGIST, Role.ML_ENGINEER, Role.ADMIN))
 ]
 
-SeriesUID = Annotated[str, Path(pattern=UID_PATTERN, description="Series Instance UID")]
-SopUID = Annotated[str, Path(pattern=UID_PATTERN, description="SOP Instance UID")]
 FrameList = Annotated[
     str, Path(pattern=r"^[0-9]{1,9}(,[0-9]{1,9}){0,1023}$", description="Frame numbers, e.g. 1,3")
 ]
@@ -216,6 +215,58 @@ async def _relay(answer: httpx.Response, rewriter: UrlRewriter | None) -> AsyncI
         answer.close()
 
 
+_UID_KEYS = frozenset(
+    {"StudyInstanceUID", "0020000D", "SeriesInstanceUID", "0020000E", "SOPInstanceUID", "00080018"}
+)
+
+
+def _invalid_uid_key(request: Request) -> str | None:
+    """Why a QIDO UID matching key is not a list of safe UIDs (PS3.18 8.3.4.1: comma-separated;
+    no wildcards for UIDs, PS3.4 C.2.2.2.2), or ``None``; checked before Orthanc is asked."""
+    for name, value in request.query_params.multi_items():
+        if name in _UID_KEYS:
+            try:
+                check_uid_list(re.split(r"[,\\]", value), name)
+            except InvalidUidError as exc:
+                return str(exc)
+    return None
+
+
+async def _forward(
+    client: httpx.Client,
+    url: str,
+    *,
+    headers: dict[str, str],
+    path: str,
+    kind: _Kind,
+    rewriter: UrlRewriter,
+) -> tuple[Response, httpx.Response | None]:
+    """Orthanc's answer to a GET: streamed (with the upstream response, which the caller closes
+    if it never relays it), or our JSON error."""
+    response: Response
+    streaming: httpx.Response | None = None
+    try:
+        answer = await run_in_threadpool(_open, client, url, headers)
+    except httpx.TransportError as exc:
+        logger.error("image store (Orthanc) unreachable for %s: %r", path, exc)
+        response = error_response(
+            503,
+            "image_store_unavailable",
+            "the image store (Orthanc) is unavailable; try again later",
+            {"Retry-After": str(RETRY_AFTER_S)},
+        )
+    else:
+        if answer.is_success:
+            streaming = answer
+            response = _streaming(answer, rewriter if kind.rewrite else None)
+        else:
+            try:
+                response = await run_in_threadpool(_orthanc_error, answer, rewriter)
+            finally:
+                await run_in_threadpool(answer.close)
+    return response, streaming
+
+
 def _query_audit(request: Request) -> tuple[str | None, str | None, list[str]]:
     """Study UID, patient ID and parameter names of a QIDO query (never its other values)."""
     params = request.query_params
@@ -250,16 +301,22 @@ async def _proxy(
         study = study or study_param
     response: Response
     streaming: httpx.Response | None = None
+    # UID matching keys are checked first: a 400 for a malformed key tells nothing of a study
+    refused = _invalid_uid_key(request) if kind is _Kind.QUERY else None
     try:
-        if named is not None and not await run_in_threadpool(_in_scope, request, actor, named):
+        if refused is not None:
+            response = error_response(400, "bad_request", refused)
+        elif named is not None and not await run_in_threadpool(_in_scope, request, actor, named):
             response = _not_found(named)
         elif named is None and not actor.scope.platform_operator:
             response = await run_in_threadpool(
                 _scoped_search, request, actor, path, headers, rewriter
             )
         else:
-            response, streaming = await _forward(client, url, headers, rewriter, kind)
-    except httpx.TransportError as exc:
+            response, streaming = await _forward(
+                client, url, headers=headers, path=path, kind=kind, rewriter=rewriter
+            )
+    except httpx.TransportError as exc:  # the scoped search's request to Orthanc
         logger.error("image store (Orthanc) unreachable for %s: %r", path, exc)
         response = error_response(
             503,
@@ -288,19 +345,6 @@ async def _proxy(
             streaming.close()
         raise
     return response
-
-
-async def _forward(
-    client: httpx.Client, url: str, headers: dict[str, str], rewriter: UrlRewriter, kind: _Kind
-) -> tuple[Response, httpx.Response | None]:
-    """Orthanc's answer to a GET, as our response, and the upstream answer being streamed."""
-    answer = await run_in_threadpool(_open, client, url, headers)
-    if answer.is_success:
-        return _streaming(answer, rewriter if kind.rewrite else None), answer
-    try:
-        return await run_in_threadpool(_orthanc_error, answer, rewriter), None
-    finally:
-        await run_in_threadpool(answer.close)
 
 
 def _streaming(answer: httpx.Response, rewriter: UrlRewriter | None) -> StreamingResponse:

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path, Request, status
+from fastapi import APIRouter, Depends, Request, status
 from pydantic import BaseModel
 
 from core.db.models import Role
 from core.security import Principal
+from serving.api._params import StudyUID
 from serving.api.security import context, request_actor, require_roles
 from serving.studies import ReprocessRequest, StudyResult, request_reprocess, study_results
 
@@ -25,7 +26,6 @@ ResultsReader = Annotated[
     Principal, Depends(require_roles(Role.RADIOLOGIST, Role.ML_ENGINEER, Role.ADMIN))
 ]
 Engineer = Annotated[Principal, Depends(require_roles(Role.ML_ENGINEER, Role.ADMIN))]
-StudyUid = Annotated[str, Path(pattern=r"^[0-9.]{1,64}$", description="StudyInstanceUID")]
 
 
 class StudyResults(BaseModel):
@@ -36,7 +36,7 @@ class StudyResults(BaseModel):
 
 
 @router.get("/{study_uid}/results")
-def get_results(request: Request, caller: ResultsReader, study_uid: StudyUid) -> StudyResults:
+def get_results(request: Request, caller: ResultsReader, study_uid: StudyUID) -> StudyResults:
     """The study's AI results: per model version its status, score, critical flag, findings,
     per-stage timings and error."""
     ctx = context(request)
@@ -49,7 +49,7 @@ def get_results(request: Request, caller: ResultsReader, study_uid: StudyUid) ->
     status_code=status.HTTP_202_ACCEPTED,
     response_model=ReprocessRequest,
 )
-def reprocess(request: Request, engineer: Engineer, study_uid: StudyUid) -> ReprocessRequest:
+def reprocess(request: Request, engineer: Engineer, study_uid: StudyUID) -> ReprocessRequest:
     """Queue the study for the triage pipeline again, recomputing existing results (202)."""
     ctx = context(request)
     return request_reprocess(

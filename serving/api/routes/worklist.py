@@ -10,12 +10,13 @@ from __future__ import annotations
 import datetime as dt
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, Field
 
 from core.db.models import ReadingStatus, Role
 from core.security import Principal
 from serving._rows import copy_row
+from serving.api._params import StudyUID
 from serving.api.security import context, request_actor, require_roles
 from serving.worklist import WorklistEntry, WorklistQuery, WorklistService
 
@@ -23,7 +24,6 @@ __all__ = ["router"]
 
 router = APIRouter(prefix="/api/worklist", tags=["worklist"])
 Reader = Annotated[Principal, Depends(require_roles(Role.RADIOLOGIST, Role.ADMIN))]
-StudyUid = Annotated[str, Path(pattern=r"^[0-9.]{1,64}$", description="StudyInstanceUID")]
 
 
 class WorklistPage(BaseModel):
@@ -94,7 +94,7 @@ def _service(request: Request) -> WorklistService:
 
 @router.post("/{study_uid}/claim", response_model=ReadingStateOut)
 def claim(
-    request: Request, reader: Reader, study_uid: StudyUid, body: TransitionIn
+    request: Request, reader: Reader, study_uid: StudyUID, body: TransitionIn
 ) -> ReadingStateOut:
     """Start reading a study (``unread → in_progress``); 409 if someone else holds it."""
     caller = request_actor(request, reader)
@@ -104,7 +104,7 @@ def claim(
 
 @router.post("/{study_uid}/release", response_model=ReadingStateOut)
 def release(
-    request: Request, reader: Reader, study_uid: StudyUid, body: TransitionIn
+    request: Request, reader: Reader, study_uid: StudyUID, body: TransitionIn
 ) -> ReadingStateOut:
     """Put a claimed study back (``in_progress → unread``); by its claimant or an admin."""
     caller = request_actor(request, reader)
@@ -117,9 +117,11 @@ def release(
 
 @router.post("/{study_uid}/report", response_model=ReadingStateOut)
 def report(
-    request: Request, reader: Reader, study_uid: StudyUid, body: TransitionIn
+    request: Request, reader: Reader, study_uid: StudyUID, body: TransitionIn
 ) -> ReadingStateOut:
-    """Mark a claimed study reported (``in_progress → reported``); by its claimant."""
+    """Mark a claimed study reported (``in_progress → reported``); by its claimant, and only
+    with a signed report: signing (``POST /api/studies/{uid}/sign``) reports the study itself,
+    so without one this answers 409."""
     caller = request_actor(request, reader)
     state = _service(request).report(study_uid, caller=caller, version=body.version)
     return copy_row(ReadingStateOut, state)
