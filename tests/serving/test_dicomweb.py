@@ -22,16 +22,16 @@ from typing import Any
 import httpx
 import pydicom
 import pytest
+import requests
 from dicomweb_client.api import DICOMwebClient
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
-from core.secrets import load_secrets
 from dicom_gateway.quarantine import Quarantine
 from radcloud.services import http_ok
 from tests.conftest import Stack, settings_from_env
-from tests.helpers import free_port, orthanc_client, wait_until
+from tests.helpers import free_port, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -93,12 +93,24 @@ def _audit(stack: Stack, event_code: str, resource_id: str) -> list[dict[str, An
 
 @pytest.fixture(scope="module")
 def ct_small(stack: Stack) -> Dataset:
-    """CT_small.dcm, uploaded straight to Orthanc (not through the gateway)."""
-    path = Path(get_testdata_file("CT_small.dcm"))
-    with orthanc_client(stack.settings, load_secrets(stack.settings)) as orthanc:
-        answer = orthanc.post_instances(path.read_bytes())
-    assert answer["Status"] in ("Success", "AlreadyStored")
-    return pydicom.dcmread(path)
+    """CT_small.dcm, stored through STOW-RS by the test hospital's PACS key: a study the API
+    serves must have an owning hospital, which only the gateway records (an instance put
+    straight into Orthanc belongs to no one and answers 404)."""
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    answer = _dicomweb(stack, "pacs").store_instances([ds])
+    assert "FailedSOPSequence" not in answer
+    reader = _dicomweb(stack, "radiologist")
+
+    def owned() -> bool:
+        try:
+            return bool(reader.search_for_series(ds.StudyInstanceUID))
+        except requests.HTTPError as exc:
+            if exc.response is None or exc.response.status_code != 404:
+                raise
+            return False
+
+    assert wait_until(owned, timeout_s=60, interval_s=0.2)
+    return ds
 
 
 @contextmanager
@@ -272,7 +284,14 @@ def test_stow_stores_and_the_instance_becomes_retrievable(stack: Stack) -> None:
     uids = (ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
 
     def retrievable() -> bool:
-        return bool(reader.search_for_instances(ds.StudyInstanceUID, ds.SeriesInstanceUID))
+        # STOW-RS answers once the instance is spooled; the study is the API's (its owning
+        # hospital known) once the gateway has stored it: until then the study is 404
+        try:
+            return bool(reader.search_for_instances(ds.StudyInstanceUID, ds.SeriesInstanceUID))
+        except requests.HTTPError as exc:
+            if exc.response is None or exc.response.status_code != 404:
+                raise
+            return False
 
     assert wait_until(retrievable, timeout_s=30, interval_s=0.1)
     instance = reader.retrieve_instance(*uids)
