@@ -232,6 +232,17 @@ def _invalid_uid_key(request: Request) -> str | None:
     return None
 
 
+def _store_unavailable(path: str, exc: httpx.TransportError) -> Response:
+    """503 with Retry-After: Orthanc did not answer the request for ``path``."""
+    logger.error("image store (Orthanc) unreachable for %s: %r", path, exc)
+    return error_response(
+        503,
+        "image_store_unavailable",
+        "the image store (Orthanc) is unavailable; try again later",
+        {"Retry-After": str(RETRY_AFTER_S)},
+    )
+
+
 async def _forward(
     client: httpx.Client,
     url: str,
@@ -248,13 +259,7 @@ async def _forward(
     try:
         answer = await run_in_threadpool(_open, client, url, headers)
     except httpx.TransportError as exc:
-        logger.error("image store (Orthanc) unreachable for %s: %r", path, exc)
-        response = error_response(
-            503,
-            "image_store_unavailable",
-            "the image store (Orthanc) is unavailable; try again later",
-            {"Retry-After": str(RETRY_AFTER_S)},
-        )
+        response = _store_unavailable(path, exc)
     else:
         if answer.is_success:
             streaming = answer
@@ -317,13 +322,7 @@ async def _proxy(
                 client, url, headers=headers, path=path, kind=kind, rewriter=rewriter
             )
     except httpx.TransportError as exc:  # the scoped search's request to Orthanc
-        logger.error("image store (Orthanc) unreachable for %s: %r", path, exc)
-        response = error_response(
-            503,
-            "image_store_unavailable",
-            "the image store (Orthanc) is unavailable; try again later",
-            {"Retry-After": str(RETRY_AFTER_S)},
-        )
+        response = _store_unavailable(path, exc)
     try:
         if streaming is not None and study and kind is not _Kind.QUERY:
             patient_id = await run_in_threadpool(ctx.patient_ids.get, study)
