@@ -1,5 +1,6 @@
-"""Writing a model's result back to the image archive: a DICOM SEG (when a lesion was found)
-and a TID 1500 SR, new series of the study, marked AI-generated and unverified."""
+"""Writing a model's result back to the image archive: a DICOM SEG (when the model flags the study
+and outlines a lesion) and a TID 1500 SR, new series of the study, marked AI-generated and
+unverified."""
 
 from __future__ import annotations
 
@@ -30,8 +31,8 @@ def write_back(
     version: str,
     card: ModelCard,
 ) -> dict[str, Any]:
-    """Store a SEG (when a lesion was found) and an SR in the archive; return the result's
-    findings.
+    """Store a SEG (when the study is flagged critical and a lesion outlined) and an SR in the
+    archive; return the result's findings.
 
     Parameters
     ----------
@@ -67,7 +68,9 @@ def write_back(
     statement = score_statement(output.score, output.threshold, output.calibrated)
     segmentation = None
     report: list[Finding] = []
-    if output.mask is not None and output.lesion_voxels > 0:
+    if output.mask is not None and output.lesion_voxels > 0 and output.critical:
+        # the overlay shows what the AI flags: below the threshold the SR keeps the score and
+        # no outline, so a head the model reads as normal shows no scattered voxels
         segmentation = write_segmentation(series.datasets, output.mask, [HEMORRHAGE], algorithm)
         findings["seg_sop_instance_uid"] = str(segmentation.SOPInstanceUID)
         findings["seg_series_instance_uid"] = str(segmentation.SeriesInstanceUID)
