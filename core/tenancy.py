@@ -22,7 +22,14 @@ from sqlalchemy.orm import Session
 from core.db.models import Hospital, Study
 from core.exceptions import NotFoundError
 
-__all__ = ["HospitalScope", "require_study", "study_in_scope", "visible_study_uids"]
+__all__ = [
+    "HospitalScope",
+    "find_hospital",
+    "hospital_row",
+    "require_study",
+    "study_in_scope",
+    "visible_study_uids",
+]
 
 
 @dataclass(frozen=True)
@@ -80,6 +87,33 @@ class HospitalScope:
             return false()
         owned = select(Hospital.id).where(Hospital.name.in_(sorted(self.hospitals)))
         return Study.hospital_id.in_(owned.scalar_subquery())
+
+
+def hospital_row(session: Session, name: str) -> Hospital:
+    """The hospital called ``name``, created if new: the one lookup of hospital rows for every
+    writer (users, API keys, senders, destinations, study owners).
+
+    Raises
+    ------
+    ValueError
+        ``name`` is empty or longer than 128 characters.
+    """
+    if not name.strip():
+        raise ValueError("a hospital name must not be empty")
+    if len(name) > 128:
+        raise ValueError(f'hospital name "{name[:32]}..." is longer than 128 characters')
+    hospital = find_hospital(session, name)
+    if hospital is None:
+        hospital = Hospital(name=name)
+        session.add(hospital)
+        session.flush()
+    return hospital
+
+
+def find_hospital(session: Session, name: str) -> Hospital | None:
+    """The hospital called ``name``, or ``None`` (nothing is created)."""
+    hospital: Hospital | None = session.scalar(select(Hospital).where(Hospital.name == name))
+    return hospital
 
 
 def study_in_scope(session: Session, study_instance_uid: str, scope: HospitalScope) -> bool:

@@ -189,6 +189,10 @@ class Study(Base):
     hospital_id: Mapped[int | None] = mapped_column(ForeignKey("hospitals.id"))
     patient_id: Mapped[str | None] = mapped_column(String(64))
     patient_name: Mapped[str | None] = mapped_column(String(324))
+    # with patient_id and patient_name, the identity of the study's first instance: every
+    # later instance must carry the same (dicom_gateway.ownership)
+    issuer_of_patient_id: Mapped[str | None] = mapped_column(String(64))
+    patient_birth_date: Mapped[str | None] = mapped_column(String(8))
     accession_number: Mapped[str | None] = mapped_column(String(16))
     study_description: Mapped[str | None] = mapped_column(String(64))
     study_date: Mapped[str | None] = mapped_column(String(8))
@@ -347,6 +351,8 @@ class UserHospital(Base):
         ForeignKey("users.id", ondelete="CASCADE"), primary_key=True
     )
     hospital_id: Mapped[int] = mapped_column(ForeignKey("hospitals.id"), primary_key=True)
+    # an ml_engineer sees this hospital's identified data only with it (de-identified otherwise)
+    identified: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
 

@@ -5,27 +5,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from sqlalchemy import select
-from sqlalchemy.orm import Session
-
-from core.db.models import ApiKey, Hospital, User
+from core.db.models import ApiKey, User
 from core.exceptions import PermissionDeniedError
 from core.security.principal import Actor
-from core.tenancy import HospitalScope
+from core.tenancy import HospitalScope, hospital_row
 
 __all__ = ["api_key_scope", "check_assignment", "check_grant", "hospital_row", "user_scope"]
-
-
-def hospital_row(session: Session, name: str) -> Hospital:
-    """The hospital called ``name``, created if new (as ``radcloud senders add`` does)."""
-    if not name.strip():
-        raise ValueError("a hospital name must not be empty")
-    hospital = session.scalar(select(Hospital).where(Hospital.name == name))
-    if hospital is None:
-        hospital = Hospital(name=name)
-        session.add(hospital)
-        session.flush()
-    return hospital
 
 
 def check_assignment(hospitals: Iterable[str], platform_operator: bool) -> list[str]:
