@@ -324,7 +324,8 @@ class User(Base):
     """A person (or an identity from the hospital's OIDC provider) and their role.
 
     What studies the user sees: the hospitals of its ``user_hospitals`` rows, or every
-    hospital's when ``platform_operator`` (:mod:`core.tenancy`); neither: nothing.
+    hospital's when ``platform_operator`` (:mod:`core.tenancy`); neither: nothing. An
+    ``ml_engineer`` sees a hospital's identified data only where its row says ``identified``.
     """
 
     __tablename__ = "users"
@@ -338,7 +339,10 @@ class User(Base):
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
     hospitals: Mapped[list[Hospital]] = relationship(
-        secondary="user_hospitals", order_by="Hospital.name"
+        secondary="user_hospitals", order_by="Hospital.name", viewonly=True
+    )
+    assignments: Mapped[list[UserHospital]] = relationship(
+        cascade="all, delete-orphan", passive_deletes=True
     )
 
 
@@ -354,6 +358,8 @@ class UserHospital(Base):
     # an ml_engineer sees this hospital's identified data only with it (de-identified otherwise)
     identified: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+    hospital: Mapped[Hospital] = relationship()
 
 
 class ApiKey(Base):

@@ -77,16 +77,19 @@ class UserInfo:
     disabled: bool
     hospitals: tuple[str, ...] = ()
     platform_operator: bool = False
+    identified_hospitals: tuple[str, ...] = ()  # an ml_engineer's grants of identified data
 
 
 def _info(user: User) -> UserInfo:
+    assignments = sorted(user.assignments, key=lambda a: a.hospital.name)
     return UserInfo(
         user.name,
         user.role,
         user.password_hash is not None,
         user.disabled,
-        tuple(hospital.name for hospital in user.hospitals),
+        tuple(a.hospital.name for a in assignments),
         user.platform_operator,
+        tuple(a.hospital.name for a in assignments if a.identified),
     )
 
 
@@ -181,7 +184,10 @@ class Accounts:
                 role=role,
                 password_hash=password_hash,
                 platform_operator=platform_operator,
-                hospitals=[hospital_row(change.session, hospital) for hospital in names],
+                assignments=[
+                    UserHospital(hospital=hospital_row(change.session, hospital))
+                    for hospital in names
+                ],
             )
             change.session.add(user)
             _flush_new(change.session, "user", name)
@@ -197,8 +203,15 @@ class Accounts:
         with self._db.session() as session:
             return [_info(u) for u in session.scalars(select(User).order_by(User.name))]
 
-    def assign_hospital(self, name: str, hospital: str, *, actor: Actor) -> UserInfo:
-        """Let user ``name`` see the studies of ``hospital`` (created if new) as well.
+    def assign_hospital(
+        self, name: str, hospital: str, *, identified: bool = False, actor: Actor
+    ) -> UserInfo:
+        """Let user ``name`` see the studies of ``hospital`` (created if new) as well; again
+        for an assigned hospital, set whether the grant includes identified data.
+
+        ``identified`` matters for an ``ml_engineer`` only, who otherwise gets the hospital's
+        data de-identified (the training export) and none of its identified data (DICOMweb,
+        results, the viewer): :func:`core.security._hospitals.user_scope`.
 
         Raises
         ------
@@ -206,16 +219,27 @@ class Accounts:
             There is no user called ``name``.
         ValueError
             The user is a platform operator (assigned no hospital).
+        PermissionDeniedError
+            ``actor`` is not assigned ``hospital`` itself (nor a platform operator).
         """
         with self._audit.security_change(
-            actor, AuditAction.UPDATE, "user", name, change="hospital assigned", hospital=hospital
+            actor,
+            AuditAction.UPDATE,
+            "user",
+            name,
+            change="hospital assigned",
+            hospital=hospital,
+            identified=identified,
         ) as change:
             check_grant(actor, [hospital], False)
             user = _user(change.session, name)
             check_assignment([hospital], user.platform_operator)
             row = hospital_row(change.session, hospital)
-            if row not in user.hospitals:
-                user.hospitals.append(row)
+            assignment = next((a for a in user.assignments if a.hospital_id == row.id), None)
+            if assignment is None:
+                user.assignments.append(UserHospital(hospital=row, identified=identified))
+            else:
+                assignment.identified = identified
             change.session.flush()
             return _info(user)
 
@@ -226,6 +250,8 @@ class Accounts:
         ------
         NotFoundError
             There is no user called ``name``, or it is not assigned ``hospital``.
+        PermissionDeniedError
+            ``actor`` is not assigned ``hospital`` itself (nor a platform operator).
         """
         with self._audit.security_change(
             actor,
@@ -237,12 +263,11 @@ class Accounts:
         ) as change:
             check_grant(actor, [hospital], False)
             user = _user(change.session, name)
-            row = next((h for h in user.hospitals if h.name == hospital), None)
-            if row is None:
+            assignment = next((a for a in user.assignments if a.hospital.name == hospital), None)
+            if assignment is None:
                 raise NotFoundError(f'hospital assignment of user "{name}"', hospital)
-            change.session.delete(change.session.get_one(UserHospital, (user.id, row.id)))
+            user.assignments.remove(assignment)
             change.session.flush()
-            change.session.refresh(user)
             return _info(user)
 
     def user_scope(self, name: str) -> HospitalScope:

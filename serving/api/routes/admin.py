@@ -41,6 +41,7 @@ class UserOut(BaseModel):
     disabled: bool
     hospitals: list[str]
     platform_operator: bool
+    identified_hospitals: list[str]
 
 
 class ApiKeyIn(BaseModel):
@@ -98,7 +99,15 @@ def add_user(request: Request, body: UserIn, admin: Admin) -> UserOut:
 
 
 def _user_out(user: UserInfo) -> UserOut:
-    return UserOut(**(vars(user) | {"hospitals": list(user.hospitals)}))
+    return UserOut(
+        **(
+            vars(user)
+            | {
+                "hospitals": list(user.hospitals),
+                "identified_hospitals": list(user.identified_hospitals),
+            }
+        )
+    )
 
 
 @router.post("/apikeys", status_code=status.HTTP_201_CREATED)
