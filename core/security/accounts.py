@@ -111,11 +111,21 @@ def _digest(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
-def _user(session: Session, name: str) -> User:
+def _user(session: Session, name: str, scope: HospitalScope | None = None) -> User:
+    """The user called ``name``; with ``scope``, only one it covers (:func:`_covers`)."""
     user = session.scalar(select(User).where(User.name == name))
-    if user is None:
+    if user is None or (scope is not None and not _covers(scope, user)):
         raise NotFoundError("user", name)
     return user
+
+
+def _covers(scope: HospitalScope, user: User) -> bool:
+    """Whether an administrator of ``scope`` may see and manage ``user``: a platform operator
+    every user, a hospital's administrator the users assigned one of its hospitals (others
+    are answered as if they did not exist)."""
+    if scope.platform_operator:
+        return True
+    return any(a.hospital.name in scope.hospitals for a in user.assignments)
 
 
 def _flush_new(session: Session, kind: str, name: str) -> None:
@@ -198,10 +208,12 @@ class Accounts:
         with self._db.session() as session:
             return _info(_user(session, name))
 
-    def list_users(self) -> list[UserInfo]:
-        """All users, by name."""
+    def list_users(self, scope: HospitalScope | None = None) -> list[UserInfo]:
+        """All users, by name; with ``scope``, those an administrator of it manages (assigned
+        one of its hospitals; all for a platform operator)."""
         with self._db.session() as session:
-            return [_info(u) for u in session.scalars(select(User).order_by(User.name))]
+            users = session.scalars(select(User).order_by(User.name))
+            return [_info(u) for u in users if scope is None or _covers(scope, u)]
 
     def assign_hospital(
         self, name: str, hospital: str, *, identified: bool = False, actor: Actor
@@ -216,7 +228,8 @@ class Accounts:
         Raises
         ------
         NotFoundError
-            There is no user called ``name``.
+            There is no user called ``name`` (or none ``actor`` manages: one assigned none of
+            its hospitals, unless ``actor`` is a platform operator).
         ValueError
             The user is a platform operator (assigned no hospital).
         PermissionDeniedError
@@ -232,7 +245,7 @@ class Accounts:
             identified=identified,
         ) as change:
             check_grant(actor, [hospital], False)
-            user = _user(change.session, name)
+            user = _user(change.session, name, actor.scope)
             check_assignment([hospital], user.platform_operator)
             row = hospital_row(change.session, hospital)
             assignment = next((a for a in user.assignments if a.hospital_id == row.id), None)
@@ -249,7 +262,8 @@ class Accounts:
         Raises
         ------
         NotFoundError
-            There is no user called ``name``, or it is not assigned ``hospital``.
+            There is no user called ``name`` (that ``actor`` manages), or it is not assigned
+            ``hospital``.
         PermissionDeniedError
             ``actor`` is not assigned ``hospital`` itself (nor a platform operator).
         """
@@ -262,7 +276,7 @@ class Accounts:
             hospital=hospital,
         ) as change:
             check_grant(actor, [hospital], False)
-            user = _user(change.session, name)
+            user = _user(change.session, name, actor.scope)
             assignment = next((a for a in user.assignments if a.hospital.name == hospital), None)
             if assignment is None:
                 raise NotFoundError(f'hospital assignment of user "{name}"', hospital)
