@@ -47,6 +47,7 @@ from core.exceptions import (
     AlreadyExistsError,
     AuthenticationError,
     NotFoundError,
+    PermissionDeniedError,
     TooManyAttemptsError,
 )
 from core.security._hospitals import (
@@ -283,6 +284,41 @@ class Accounts:
             user.assignments.remove(assignment)
             change.session.flush()
             return _info(user)
+
+    def export_hospitals(
+        self, name: str, hospitals: Iterable[str], *, keep_identifiers: bool
+    ) -> tuple[str, ...]:
+        """The hospitals a data export made for user ``name`` may hold: those asked for (all
+        of the user's when none are), each one the user is assigned; identifiers kept only
+        where the user sees identified data (an ``ml_engineer``: its ``--identified`` grants).
+
+        Raises
+        ------
+        NotFoundError
+            There is no user called ``name``.
+        PermissionDeniedError
+            A hospital the user is not assigned, none at all, or identifiers asked for where
+            the user gets de-identified data only.
+        """
+        user = self.get_user(name)
+        asked = tuple(dict.fromkeys(hospitals))
+        if user.platform_operator:
+            return asked
+        chosen = asked or user.hospitals
+        beyond = sorted(set(chosen) - set(user.hospitals))
+        if beyond or not chosen:
+            raise PermissionDeniedError(
+                f'user "{name}" of {", ".join(user.hospitals) or "no hospital"}',
+                [f"an assignment to {', '.join(beyond) or 'a hospital'}"],
+            )
+        if keep_identifiers and user.role is Role.ML_ENGINEER:
+            plain = sorted(set(chosen) - set(user.identified_hospitals))
+            if plain:
+                raise PermissionDeniedError(
+                    f'ml_engineer "{name}" (de-identified data only of {", ".join(plain)})',
+                    [f"identified access to {', '.join(plain)} (users assign --identified)"],
+                )
+        return tuple(chosen)
 
     def user_scope(self, name: str) -> HospitalScope:
         """The hospitals user ``name`` may see now (:class:`NotFoundError` if none such)."""
