@@ -3,9 +3,10 @@
 Every study has exactly one owner from its first instance on: the DIMSE sender's hospital, or
 the STOW-RS API key's. The first instance of a Study Instance UID *claims* it: the ``studies``
 row is inserted with the owner and the patient identity that instance carries (Patient ID,
-Issuer of Patient ID, Patient's Name, Patient's Birth Date). The table's unique constraint on
-the UID makes the claim atomic: of two hospitals racing on one UID, one insert wins and the
-other finds the winner's row.
+Issuer of Patient ID, Patient's Name, Patient's Birth Date). The claim is one transaction
+holding the write lock (SQLite ``BEGIN IMMEDIATE``, a PostgreSQL advisory lock) that looks
+again and inserts, with the table's unique UID as a backstop: of two hospitals racing on one
+UID, one wins and the other finds the winner's row.
 
 A later instance *joins* the study only when it comes from the owner and carries the same
 patient identity as the study recorded. Otherwise it never joins (PS3.4 and PS3.3 make a
@@ -31,9 +32,10 @@ from dataclasses import dataclass
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from core.audit import AuditAction, AuditEventCode, AuditOutcome, AuditTrail
-from core.db import Database
+from core.db import Database, write_transaction
 from core.db.models import Hospital, Study, StudyState
 from core.tenancy import hospital_row
 from dicom_gateway.exceptions import StudyCollisionError
@@ -44,6 +46,7 @@ __all__ = ["PatientIdentity", "StudyOwnership"]
 logger = logging.getLogger(__name__)
 
 _CACHE_SIZE = 10_000
+_LOCK_KEY = 0x52434C4D  # "RCLM": PostgreSQL advisory lock serialising claims
 
 
 @dataclass(frozen=True)
@@ -144,16 +147,16 @@ class StudyOwnership:
         assert hospital is not None  # noqa: S101 - refused above
         owner, recorded = self._claim(uid, hospital, identity)
         if owner != hospital:
+            # the kind first: a DIMSE error comment keeps 64 characters
             reason = (
-                f"study {uid} belongs to another hospital"
+                f"Study Instance UID is another hospital's study ({uid})"
                 if owner is not None
-                else f"study {uid} has no owning hospital (assign one: radcloud studies "
-                "assign-owner)"
+                else f"no owning hospital: study {uid} (assign one: radcloud studies assign-owner)"
             )
             self._refuse(info, hospital, reason, sender=sender, source=source, owner=owner)
         differences = recorded.differences(identity)
         if differences:
-            reason = f"patient identity differs from study {uid}'s: {', '.join(differences)}"
+            reason = f"patient identity differs ({', '.join(differences)}) from study {uid}'s"
             self._refuse(info, hospital, reason, sender=sender, source=source, owner=owner)
         with self._lock:
             self._joined[key] = None
@@ -169,7 +172,10 @@ class StudyOwnership:
         if found is not None:
             return found
         try:
-            with self._db.session() as session:
+            with write_transaction(self._db, _LOCK_KEY) as session:
+                found = self._owner(uid, session)  # under the write lock: decided once
+                if found is not None:
+                    return found
                 session.add(
                     Study(
                         study_instance_uid=uid,
@@ -182,7 +188,7 @@ class StudyOwnership:
                         instance_count=0,
                     )
                 )
-        except IntegrityError:  # another hospital's (or thread's) claim won
+        except IntegrityError:  # the unique UID: a row written without the lock won
             found = self._owner(uid)
             if found is None:
                 raise
@@ -190,17 +196,22 @@ class StudyOwnership:
         logger.info("study %s claimed by %s", uid, hospital)
         return hospital, identity
 
-    def _owner(self, uid: str) -> tuple[str | None, PatientIdentity] | None:
-        with self._db.session() as session:
-            row = session.execute(
-                select(Study, Hospital.name)
-                .outerjoin(Hospital, Study.hospital_id == Hospital.id)
-                .where(Study.study_instance_uid == uid)
-            ).first()
-            if row is None:
-                return None
-            study, owner = row
-            return owner, PatientIdentity.of_study(study)
+    def _owner(
+        self, uid: str, session: Session | None = None
+    ) -> tuple[str | None, PatientIdentity] | None:
+        """The study's owner and recorded identity, ``None`` when there is no such study."""
+        if session is None:
+            with self._db.session() as own:
+                return self._owner(uid, own)
+        row = session.execute(
+            select(Study, Hospital.name)
+            .outerjoin(Hospital, Study.hospital_id == Hospital.id)
+            .where(Study.study_instance_uid == uid)
+        ).first()
+        if row is None:
+            return None
+        study, owner = row
+        return owner, PatientIdentity.of_study(study)
 
     def _refuse(
         self,

@@ -167,7 +167,7 @@ def test_study_uid_of_another_hospital_is_quarantined_and_the_owner_never_change
     assert "another hospital" in status.ErrorComment
     [entry] = quarantined(gateway, _sop(intruder))
     assert entry.hospital == HOSPITAL_B
-    assert f"study {study} belongs to another hospital" in entry.reason
+    assert f"another hospital's study ({study})" in entry.reason
     [alert] = alerts(gateway, study)
     assert alert.user_name == SENDER_B
     assert alert.detail["owner"] == HOSPITAL_A and alert.detail["hospital"] == HOSPITAL_B
