@@ -29,6 +29,7 @@ import logging
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import NoReturn
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -144,7 +145,6 @@ class StudyOwnership:
             if key in self._joined:
                 self._joined.move_to_end(key)
                 return
-        assert hospital is not None  # noqa: S101 - refused above
         owner, recorded = self._claim(uid, hospital, identity)
         if owner != hospital:
             # the kind first: a DIMSE error comment keeps 64 characters
@@ -222,7 +222,7 @@ class StudyOwnership:
         sender: str,
         source: str,
         owner: str | None,
-    ) -> None:
+    ) -> NoReturn:
         logger.warning("instance %s from %s refused: %s", info.sop_instance_uid, sender, reason)
         self._audit.record(
             AuditEventCode.SECURITY_ALERT,
