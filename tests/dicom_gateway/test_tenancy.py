@@ -10,6 +10,7 @@ caller's hospital's studies, though Orthanc merges the two hospitals' patients o
 from __future__ import annotations
 
 import io
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +23,11 @@ from pynetdicom.sop_class import PatientRootQueryRetrieveInformationModelFind
 from sqlalchemy import select
 
 from core.db.models import AuditEvent, Hospital, Study
+from core.secrets import load_secrets
 from dicom_gateway.dcmtk import storescu
 from dicom_gateway.quarantine import Quarantine
-from tests.conftest import Stack
+from radcloud.services import Supervisor, gateway_component, orthanc_component
+from tests.conftest import Stack, settings_from_env, stack_env
 from tests.dicom_gateway.dicom_files import synthetic_ct
 from tests.helpers import wait_until
 
@@ -35,13 +38,23 @@ SENDER_B, HOSPITAL_B = "TENANT_B", "Tenancy Hospital B"
 
 
 @pytest.fixture(scope="module")
-def gateway(stack: Stack) -> Stack:
-    """The session stack with one sender of each hospital."""
-    listed = stack.cli("senders", "list").stdout
-    for sender, hospital in ((SENDER_A, HOSPITAL_A), (SENDER_B, HOSPITAL_B)):
-        if sender not in listed:
-            stack.cli("senders", "add", sender, "--hospital", hospital)
-    return stack
+def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """A radcloud of its own with only its Orthanc and gateway (the doors under test; no API,
+    no Ray), and one sender of each hospital."""
+    env = stack_env(tmp_path_factory.mktemp("tenancy-gateway"))
+    settings = settings_from_env(env)
+    supervisor = Supervisor(
+        settings,
+        [orthanc_component(settings, load_secrets(settings)), gateway_component(settings)],
+    )
+    running = Stack(env, settings)
+    try:
+        supervisor.up()
+        for sender, hospital in ((SENDER_A, HOSPITAL_A), (SENDER_B, HOSPITAL_B)):
+            running.cli("senders", "add", sender, "--hospital", hospital)
+        yield running
+    finally:
+        supervisor.down()
 
 
 def instance(study: str, series: str, number: int, **attributes: str) -> bytes:
