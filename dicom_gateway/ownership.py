@@ -9,7 +9,8 @@ again and inserts, with the table's unique UID as a backstop: of two hospitals r
 UID, one wins and the other finds the winner's row.
 
 A later instance *joins* the study only when it comes from the owner and carries the same
-patient identity as the study recorded. Otherwise it never joins (PS3.4 and PS3.3 make a
+patient identity as the study recorded (Patient ID always; the issuer, name and birth date
+where the study recorded one). Otherwise it never joins (PS3.4 and PS3.3 make a
 Study Instance UID globally unique; a reused or forged one, or a misfiled patient, must not
 mingle two hospitals' or two patients' images): :class:`StudyCollisionError` is raised, the
 intake quarantines the instance with the reason, the protocol edges answer a failure
@@ -80,8 +81,10 @@ class PatientIdentity:
         )
 
     def differences(self, other: PatientIdentity) -> list[str]:
-        """The attributes in which ``other`` disagrees with this identity (names only: the
-        reason is logged and kept with the quarantined instance, values are patient data)."""
+        """The attributes in which ``other`` (an instance's) disagrees with this identity (the
+        study's): Patient ID always, the others where the study recorded a value (a study
+        recorded before migration 0007 has no issuer or birth date). Names only: the reason
+        is logged and kept with the quarantined instance, values are patient data."""
         names = {
             "patient_id": "(0010,0020) PatientID",
             "issuer_of_patient_id": "(0010,0021) IssuerOfPatientID",
@@ -91,7 +94,8 @@ class PatientIdentity:
         return [
             label
             for field_name, label in names.items()
-            if (getattr(self, field_name) or "") != (getattr(other, field_name) or "")
+            if (field_name == "patient_id" or getattr(self, field_name) is not None)
+            and (getattr(self, field_name) or "") != (getattr(other, field_name) or "")
         ]
 
 

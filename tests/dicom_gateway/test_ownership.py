@@ -158,3 +158,13 @@ def test_two_hospitals_racing_on_the_same_uids_never_both_win(db: Database) -> N
     assert sorted(won["A"] + won["B"]) == sorted(studies)  # each UID exactly one winner
     assert all(owner(db, study) == ("A" if study in won["A"] else "B") for study in studies)
     assert len(alerts(db)) == len(studies)  # every loser audited
+
+
+def test_attributes_a_study_did_not_record_are_not_compared(db: Database) -> None:
+    gate = ownership(db)
+    gate.admit(
+        info(issuer_of_patient_id=None, patient_birth_date=None), "A", sender="CT_A", source="dimse"
+    )
+    gate.admit(info(sop="1.2.3.7"), "A", sender="CT_A", source="dimse")  # brings both: joins
+    with pytest.raises(StudyCollisionError, match="PatientID"):
+        gate.admit(info(sop="1.2.3.8", patient_id=None), "A", sender="CT_A", source="dimse")
