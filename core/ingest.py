@@ -28,8 +28,11 @@ statuses of the same failures, PS3.4 B.2.3)::
     0xA900  does not match SOP class  parses, but lacks a UID, transfer syntax or whole
                                       pixel data
     0xA700  out of resources          larger than the instance limit, or the spool is full
-    0xC409  study mismatch            of another study than the request's URL names
-                                      (implementation specific; dcm4chee-arc uses the same code)
+    0xC409  study mismatch            of another study than the request's URL names (neither
+                                      spooled nor quarantined), or of a study of another
+                                      hospital or patient (quarantined, the gateway's
+                                      ``ownership``); implementation specific, dcm4chee-arc
+                                      uses the same code
     0x0110  processing failure        the spool could not be written, or the gateway failed
 
 ``retry`` marks failures for want of resources at the receiving end (spool full, I/O error,

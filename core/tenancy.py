@@ -8,21 +8,37 @@ outside the caller's scope is answered exactly like one that does not exist
 (:class:`~core.exceptions.NotFoundError`, HTTP 404), so its existence does not leak.
 
 Studies without an owner (stored before ownership was recorded) are visible to platform
-operators only.
+operators only, take no new instance at the gateway, and get an owner once, by an operator's
+audited act (:func:`assign_study_owner`, ``radcloud studies assign-owner UID HOSPITAL``). An
+owner, once set, is never changed.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from sqlalchemy import ColumnElement, false, select, true
 from sqlalchemy.orm import Session
 
+from core.audit import AuditAction, AuditTrail
 from core.db.models import Hospital, Study
-from core.exceptions import NotFoundError
+from core.exceptions import NotFoundError, PermissionDeniedError, RadcloudError
 
-__all__ = ["HospitalScope", "require_study", "study_in_scope", "visible_study_uids"]
+if TYPE_CHECKING:
+    from core.security.principal import Actor
+
+__all__ = [
+    "HospitalScope",
+    "OwnerAlreadySetError",
+    "assign_study_owner",
+    "find_hospital",
+    "hospital_row",
+    "require_study",
+    "study_in_scope",
+    "visible_study_uids",
+]
 
 
 @dataclass(frozen=True)
@@ -82,6 +98,33 @@ class HospitalScope:
         return Study.hospital_id.in_(owned.scalar_subquery())
 
 
+def hospital_row(session: Session, name: str) -> Hospital:
+    """The hospital called ``name``, created if new: the one lookup of hospital rows for every
+    writer (users, API keys, senders, destinations, study owners).
+
+    Raises
+    ------
+    ValueError
+        ``name`` is empty or longer than 128 characters.
+    """
+    if not name.strip():
+        raise ValueError("a hospital name must not be empty")
+    if len(name) > 128:
+        raise ValueError(f'hospital name "{name[:32]}..." is longer than 128 characters')
+    hospital = find_hospital(session, name)
+    if hospital is None:
+        hospital = Hospital(name=name)
+        session.add(hospital)
+        session.flush()
+    return hospital
+
+
+def find_hospital(session: Session, name: str) -> Hospital | None:
+    """The hospital called ``name``, or ``None`` (nothing is created)."""
+    hospital: Hospital | None = session.scalar(select(Hospital).where(Hospital.name == name))
+    return hospital
+
+
 def study_in_scope(session: Session, study_instance_uid: str, scope: HospitalScope) -> bool:
     """Whether the study exists and is in ``scope``."""
     row = session.scalar(
@@ -123,3 +166,65 @@ def visible_study_uids(
             )
         )
     return visible
+
+
+class OwnerAlreadySetError(RadcloudError):
+    """A study has an owning hospital already: it is never changed."""
+
+    def __init__(self, study_instance_uid: str, owner: str) -> None:
+        self.study_instance_uid, self.owner = study_instance_uid, owner
+        super().__init__(
+            f'study "{study_instance_uid}" is owned by hospital "{owner}" already: an owner is '
+            "never changed"
+        )
+
+
+def assign_study_owner(
+    audit: AuditTrail, study_instance_uid: str, hospital: str, *, actor: Actor
+) -> None:
+    """Give a study without an owner (stored before ownership was recorded) its hospital.
+
+    Audited as 110113 Security Alert (U) on the study, in the same transaction; a refusal too.
+
+    Parameters
+    ----------
+    audit
+        The audit trail (its database holds the study).
+    study_instance_uid
+        The study.
+    hospital
+        Its owner from now on (created if new).
+    actor
+        Who assigns: a platform operator (the command line is one).
+
+    Raises
+    ------
+    NotFoundError
+        No such study.
+    OwnerAlreadySetError
+        The study has an owner (the same or another): owners never change.
+    PermissionDeniedError
+        ``actor`` is not a platform operator.
+    """
+    with audit.security_change(
+        actor,
+        AuditAction.UPDATE,
+        "study",
+        study_instance_uid,
+        change="owner assigned",
+        hospital=hospital,
+    ) as change:
+        if not actor.scope.platform_operator:
+            raise PermissionDeniedError(
+                f"{actor.role or actor.name} of {actor.scope.describe()}", ["platform operator"]
+            )
+        session = change.session
+        study: Study | None = session.scalar(
+            select(Study).where(Study.study_instance_uid == study_instance_uid)
+        )
+        if study is None:
+            raise NotFoundError("study", study_instance_uid)
+        if study.hospital_id is not None:
+            owner = session.get(Hospital, study.hospital_id)
+            raise OwnerAlreadySetError(study_instance_uid, owner.name if owner else "?")
+        study.hospital_id = hospital_row(session, hospital).id

@@ -120,7 +120,9 @@ class QueryRetrieveArchive:
         cache: _Cache,
     ) -> bool:
         """Whether ``resource`` belongs to a study in ``scope`` (the archive's study keys;
-        ``None``: no restriction). A patient is in scope when any of their studies is."""
+        ``None``: no restriction). A patient is in scope when any of their studies is (what a
+        C-MOVE then sends is limited to those studies; C-FIND answers patients from them
+        only, :meth:`_find_patients`)."""
         if scope is None:
             return True
         if level is QueryRetrieveLevel.PATIENT:
@@ -146,11 +148,56 @@ class QueryRetrieveArchive:
         """
         cache: _Cache = {}
         try:
+            if query.level is QueryRetrieveLevel.PATIENT and scope is not None:
+                yield from self._find_patients(query, scope, cache)
+                return
             for resource in self._find(query):
                 if self._in_scope(query.level, resource, scope, cache):
                     yield self._answer(query, resource, cache)
         except seam.ArchiveError as exc:
             raise ArchiveError(str(exc)) from exc
+
+    def _find_patients(
+        self, query: Query, scope: frozenset[str], cache: _Cache
+    ) -> Iterator[Dataset]:
+        """Patient-level answers made of the in-scope studies only.
+
+        The archive merges patients by Patient ID across hospitals, so its patient resource
+        (attributes, counts) may be another hospital's. Here the matching runs on studies
+        (the archive matches patient keys at study level, on the patient attributes each study
+        was stored with), the studies outside ``scope`` are dropped, and each patient's answer
+        is built from the remaining studies: their patient attributes and their counts
+        (NumberOfPatientRelated*, PS3.4 C.6.1.1.5), never the merged patient's.
+        """
+        by_patient: dict[ArchiveId, list[ArchivedResource]] = {}
+        for study in self._archive.search_for_studies(query.constraints):
+            if study.archive_id in scope and study.parent is not None:
+                by_patient.setdefault(study.parent, []).append(study)
+        wanted = {key.keyword for key in query.return_keys if key.keyword}
+        for studies in by_patient.values():
+            tags: dict[str, Any] = dict(studies[0].attributes)
+            if "NumberOfPatientRelatedStudies" in wanted:
+                tags["NumberOfPatientRelatedStudies"] = str(len(studies))
+            for keyword, field_name in (
+                ("NumberOfPatientRelatedSeries", "series"),
+                ("NumberOfPatientRelatedInstances", "instances"),
+            ):
+                if keyword in wanted:
+                    counts = [
+                        getattr(
+                            self._cached(
+                                cache,
+                                "statistics",
+                                ResourceLevel.STUDY,
+                                study.archive_id,
+                                self._archive.get_statistics,
+                            ),
+                            field_name,
+                        )
+                        for study in studies
+                    ]
+                    tags[keyword] = "" if None in counts else str(sum(counts))
+            yield self._dataset(query, tags)
 
     def _answer(self, query: Query, resource: ArchivedResource, cache: _Cache) -> Dataset:
         tags: dict[str, Any] = dict(resource.attributes)
@@ -179,8 +226,6 @@ class QueryRetrieveArchive:
             )
             modalities = sorted({s.modality or "" for s in series} - {""})
             tags["ModalitiesInStudy"] = "\\".join(modalities)
-        tags["RetrieveAETitle"] = self._retrieve_ae_title
-        tags["InstanceAvailability"] = "ONLINE"
         unknown = wanted - _RETURN_ONLY - {"ModalitiesInStudy"}
         if query.level is QueryRetrieveLevel.IMAGE and unknown - tags.keys():
             stored = self._archive.get_instance_format(resource.archive_id)
@@ -190,6 +235,12 @@ class QueryRetrieveArchive:
                 for name, value in metadata.items():
                     if isinstance(value, str):
                         tags.setdefault(name, value)
+        return self._dataset(query, tags)
+
+    def _dataset(self, query: Query, tags: dict[str, Any]) -> Dataset:
+        """The answer's identifier: the query's return keys, valued from ``tags``."""
+        tags["RetrieveAETitle"] = self._retrieve_ae_title
+        tags["InstanceAvailability"] = "ONLINE"
         answer = Dataset()
         answer.QueryRetrieveLevel = query.level.value
         for key in query.return_keys:

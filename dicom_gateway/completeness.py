@@ -26,6 +26,7 @@ from core.archive import ArchiveError, ArchiveId, ImageArchive
 from core.db import Database
 from core.db.models import Hospital, OutboxEvent, Study, StudyState, utcnow
 from core.events import STUDY_READY, STUDY_UPDATED, study_payload, study_series
+from core.tenancy import hospital_row
 from dicom_gateway import metrics
 from dicom_gateway.forwarder import Confirmation
 
@@ -86,42 +87,41 @@ class StudyTracker:
                     select(Study).where(Study.study_instance_uid.in_(list(by_study)))
                 )
             }
-            hospitals: dict[str, int] = {}
             for uid, group in by_study.items():
-                self._record_study(session, rows.get(uid), group, hospitals)
+                self._record_study(session, rows.get(uid), group)
 
-    def _hospital_id(self, session: Any, name: str, cache: dict[str, int]) -> int:
-        if name not in cache:
-            hospital = session.scalar(select(Hospital).where(Hospital.name == name))
-            if hospital is None:
-                hospital = Hospital(name=name)
-                session.add(hospital)
-                session.flush()
-            cache[name] = hospital.id
-        return cache[name]
-
-    def _record_study(
-        self,
-        session: Any,
-        study: Study | None,
-        group: list[Confirmation],
-        hospitals: dict[str, int],
-    ) -> None:
+    def _record_study(self, session: Any, study: Study | None, group: list[Confirmation]) -> None:
+        """Fill in the study's row. Its owner was decided before the instances were spooled
+        (:mod:`dicom_gateway.ownership` claimed the row): it is never changed here, nor is the
+        archive's study the row points at. A row is created here only for instances that
+        bypassed the intake (released from quarantine by an operator, spooled before owners
+        were recorded): with the owner their spool entry names."""
         first = group[0].entry
         if study is None:
+            hospital = next((c.entry.hospital for c in group if c.entry.hospital), None)
             study = Study(
                 study_instance_uid=first.info.study_instance_uid,
+                hospital_id=hospital_row(session, hospital).id if hospital else None,
                 first_received_at=min(c.entry.received_at for c in group),
                 last_received_at=first.received_at,
                 instance_count=0,
                 state=StudyState.RECEIVING,
             )
             session.add(study)
-        hospital = next((c.entry.hospital for c in group if c.entry.hospital), None)
-        if hospital and study.hospital_id is None:
-            study.hospital_id = self._hospital_id(session, hospital, hospitals)
         info = first.info
-        study.orthanc_id = group[0].orthanc_study_id
+        archive_ids = {c.orthanc_study_id for c in group}
+        if study.orthanc_id is None:
+            study.orthanc_id = group[0].orthanc_study_id
+        if archive_ids - {study.orthanc_id}:
+            # The archive filed some instances under another study (another patient with the
+            # same Study Instance UID, released from quarantine by an operator): the row keeps
+            # pointing at the study it tracks.
+            logger.warning(
+                "study %s: %d instance(s) filed by the archive under another study than %s",
+                study.study_instance_uid,
+                sum(c.orthanc_study_id != study.orthanc_id for c in group),
+                study.orthanc_id,
+            )
         study.patient_id = study.patient_id or info.patient_id
         study.patient_name = study.patient_name or info.patient_name
         study.accession_number = study.accession_number or info.accession_number

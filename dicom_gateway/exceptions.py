@@ -8,7 +8,9 @@
     GatewayError
     ├── InstanceRejectedError(reason)                    -> quarantine
     │   ├── UnreadableInstanceError(reason)              -> 0xC000 cannot understand
-    │   └── NonConformantInstanceError(reason)           -> 0xA900 does not match SOP class
+    │   ├── NonConformantInstanceError(reason)           -> 0xA900 does not match SOP class
+    │   └── StudyCollisionError(reason)                  -> 0xC409 study of another hospital
+    │                                                       or patient (ownership.py)
     ├── InstanceTooLargeError(size_bytes, limit_bytes)   -> 0xA700 out of resources
     ├── SpoolFullError(used_bytes, limit_bytes, reason)  -> 0xA700 (STOW: retry later, 503)
     ├── SpoolError(path, reason)                         -> C-STORE 0xC001, STOW 0x0110
@@ -34,6 +36,7 @@ __all__ = [
     "QuarantineEntryError",
     "SpoolError",
     "SpoolFullError",
+    "StudyCollisionError",
     "UnknownSenderError",
     "UnreadableInstanceError",
 ]
@@ -57,6 +60,11 @@ class UnreadableInstanceError(InstanceRejectedError):
 
 class NonConformantInstanceError(InstanceRejectedError):
     """The dataset parses but lacks what storing it requires (UIDs, consistent pixel data)."""
+
+
+class StudyCollisionError(InstanceRejectedError):
+    """An instance would join a study of another hospital (or of none), or one whose patient
+    identity it does not share (:mod:`dicom_gateway.ownership`)."""
 
 
 class InstanceTooLargeError(GatewayError):

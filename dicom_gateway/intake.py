@@ -1,5 +1,6 @@
 """The one path every incoming instance takes, whether it came by DIMSE or STOW-RS:
-size limit, validation (refusals are quarantined), then the durable spool.
+size limit, validation, the study's owner and patient (:mod:`dicom_gateway.ownership`;
+refusals of both are quarantined), then the durable spool.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from dicom_gateway.exceptions import (
     InstanceTooLargeError,
     SpoolFullError,
 )
+from dicom_gateway.ownership import StudyOwnership
 from dicom_gateway.quarantine import Quarantine
 from dicom_gateway.spool import Spool, SpoolEntry
 from dicom_gateway.validation import inspect_instance
@@ -30,12 +32,21 @@ class Intake:
         Where accepted and refused instances go.
     max_instance_bytes
         Larger instances are refused (and not quarantined).
+    ownership
+        Decides whether an instance may join its study (claiming a new one for its hospital).
     """
 
-    def __init__(self, spool: Spool, quarantine: Quarantine, max_instance_bytes: int) -> None:
+    def __init__(
+        self,
+        spool: Spool,
+        quarantine: Quarantine,
+        max_instance_bytes: int,
+        ownership: StudyOwnership,
+    ) -> None:
         self.spool = spool
         self.quarantine = quarantine
         self.max_instance_bytes = max_instance_bytes
+        self.ownership = ownership
 
     def accept(
         self, data: bytes, *, sender_ae_title: str | None, hospital: str | None, source: str
@@ -61,7 +72,8 @@ class Intake:
         InstanceTooLargeError
             Larger than the limit.
         InstanceRejectedError
-            Unreadable or non-conformant; the bytes are in quarantine.
+            Unreadable or non-conformant, or of a study of another hospital or patient
+            (:class:`StudyCollisionError`); the bytes are in quarantine.
         SpoolFullError
             No room in the spool.
         """
@@ -71,6 +83,7 @@ class Intake:
             raise InstanceTooLargeError(len(data), self.max_instance_bytes)
         try:
             info, stored = inspect_instance(data)
+            self.ownership.admit(info, hospital, sender=sender, source=source)
         except InstanceRejectedError as exc:
             metrics.INSTANCES_FAILED.labels(sender, source, type(exc).__name__).inc()
             self.quarantine.add(

@@ -20,6 +20,8 @@ C-STORE (PS3.4 B.2.3)
     ``SpoolFullError``
     ``NonConformantInstanceError`` (quarantined)        0xA900 Data Set does not match SOP Class
     ``UnreadableInstanceError`` (quarantined)           0xC000 Cannot understand
+    ``StudyCollisionError`` (quarantined): the study    0xC409 (a Cannot understand code, as
+    is another hospital's, or of another patient        STOW-RS's study mismatch)
     any other ``GatewayError``, unexpected errors       0xC001 Cannot understand (logged)
     ==================================================  =======================================
 
@@ -85,6 +87,7 @@ from dicom_gateway.exceptions import (
     InvalidIdentifierError,
     NonConformantInstanceError,
     SpoolFullError,
+    StudyCollisionError,
     UnknownSenderError,
     UnreadableInstanceError,
 )
@@ -126,6 +129,7 @@ _STOP_GRACE_S = 10.0
 _DUL_POLL_S = 0.0005
 _ROLE = "pacs"
 _SUCCESS, _PENDING, _CANCEL = 0x0000, 0xFF00, 0xFE00
+_STUDY_COLLISION = 0xC409  # in the Cxxx "cannot understand" range; STOW-RS uses the same code
 
 
 def _status(code: int, comment: str) -> Dataset:
@@ -470,6 +474,8 @@ class DicomService:
         if isinstance(exc, SpoolFullError):
             logger.warning("refused instance from %s: %s", sender.ae_title, exc)
             return _status(0xA700, "out of resources: the gateway's spool is full")
+        if isinstance(exc, StudyCollisionError):
+            return _status(_STUDY_COLLISION, exc.reason)
         if isinstance(exc, NonConformantInstanceError):
             return _status(0xA900, exc.reason)
         if isinstance(exc, UnreadableInstanceError):

@@ -31,6 +31,7 @@ from core.db import Database
 from core.db.models import Hospital, MoveDestination, Sender, Study
 from core.exceptions import AlreadyExistsError, NotFoundError
 from core.security import Actor
+from core.tenancy import hospital_row
 from dicom_gateway.exceptions import UnknownSenderError
 
 __all__ = ["DestinationInfo", "SenderInfo", "SenderRegistry"]
@@ -57,15 +58,6 @@ class DestinationInfo:
     host: str
     port: int
     hospital: str | None
-
-
-def _hospital(session: Session, name: str) -> Hospital:
-    hospital = session.scalar(select(Hospital).where(Hospital.name == name))
-    if hospital is None:
-        hospital = Hospital(name=name)
-        session.add(hospital)
-        session.flush()
-    return hospital
 
 
 class SenderRegistry:
@@ -114,7 +106,8 @@ class SenderRegistry:
             session = change.session
             if session.scalar(select(Sender).where(Sender.ae_title == ae_title)) is not None:
                 raise AlreadyExistsError("sender", ae_title)
-            session.add(Sender(ae_title=ae_title, hospital=_hospital(session, hospital), host=host))
+            owner = hospital_row(session, hospital)
+            session.add(Sender(ae_title=ae_title, hospital=owner, host=host))
         return SenderInfo(ae_title, hospital, host)
 
     def remove_sender(self, ae_title: str, *, actor: Actor) -> None:
@@ -202,7 +195,7 @@ class SenderRegistry:
                 raise AlreadyExistsError("destination", ae_title)
             row = MoveDestination(ae_title=ae_title, host=host, port=port)
             if hospital:
-                row.hospital_id = _hospital(session, hospital).id
+                row.hospital_id = hospital_row(session, hospital).id
             session.add(row)
         return DestinationInfo(ae_title, host, port, hospital)
 

@@ -24,6 +24,7 @@ from dicom_gateway._http import GatewayHttpServer
 from dicom_gateway.completeness import StudyTracker
 from dicom_gateway.forwarder import Forwarder
 from dicom_gateway.intake import Intake
+from dicom_gateway.ownership import StudyOwnership
 from dicom_gateway.quarantine import Quarantine
 from dicom_gateway.senders import SenderRegistry
 from dicom_gateway.spool import Spool
@@ -55,7 +56,12 @@ class GatewayService:
         self.archive = open_archive(settings, secrets)
         self.spool = Spool.from_settings(settings)
         self.quarantine = Quarantine(settings.paths.quarantine_dir)
-        self.intake = Intake(self.spool, self.quarantine, settings.gateway_max_instance_mib * _MIB)
+        self.intake = Intake(
+            self.spool,
+            self.quarantine,
+            settings.gateway_max_instance_mib * _MIB,
+            StudyOwnership(self.db, self.audit),
+        )
         self.senders = SenderRegistry(self.db, self.audit)
         self.tracker = StudyTracker(
             self.db,

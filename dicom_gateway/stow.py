@@ -12,9 +12,11 @@ answers into the Store Instances Response and writes the audit record (it knows 
 
 This module is the protocol edge of the gateway's errors for STOW-RS (as :mod:`dicom_gateway.scp`
 is for DIMSE): ``UnreadableInstanceError`` → 0xC000, ``NonConformantInstanceError`` → 0xA900
-(both quarantined), ``InstanceTooLargeError`` → 0xA700, ``SpoolFullError`` → 0xA700 with
-``retry``, any other ``GatewayError`` → 0x0110 with ``retry``; an instance of another study
-than the request's URL names → 0xC409, neither spooled nor quarantined.
+(both quarantined), ``StudyCollisionError`` → 0xC409 (quarantined: the study is another
+hospital's or another patient's, :mod:`dicom_gateway.ownership`),
+``InstanceTooLargeError`` → 0xA700, ``SpoolFullError`` → 0xA700 with ``retry``, any other
+``GatewayError`` → 0x0110 with ``retry``; an instance of another study than the request's URL
+names → 0xC409, neither spooled nor quarantined.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from dicom_gateway.exceptions import (
     InstanceRejectedError,
     InstanceTooLargeError,
     SpoolFullError,
+    StudyCollisionError,
     UnreadableInstanceError,
 )
 from dicom_gateway.intake import Intake
@@ -38,6 +41,8 @@ logger = logging.getLogger(__name__)
 
 def _refused(data: bytes, exc: GatewayError) -> StoreAnswer:
     """The answer for an error of :meth:`Intake.accept` (the protocol edge's mapping)."""
+    if isinstance(exc, StudyCollisionError):
+        return StoreAnswer.failed(data, FailureReason.STUDY_MISMATCH, exc.reason)
     if isinstance(exc, UnreadableInstanceError):
         return StoreAnswer.failed(data, FailureReason.CANNOT_UNDERSTAND, exc.reason)
     if isinstance(exc, InstanceRejectedError):

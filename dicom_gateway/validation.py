@@ -74,6 +74,8 @@ class InstanceInfo:
     modality: str | None = None
     patient_id: str | None = None
     patient_name: str | None = None
+    issuer_of_patient_id: str | None = None
+    patient_birth_date: str | None = None
     accession_number: str | None = None
     study_date: str | None = None
     study_description: str | None = None
@@ -88,7 +90,7 @@ class InstanceInfo:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> InstanceInfo:
-        """Inverse of :meth:`to_json`."""
+        """Inverse of :meth:`to_json` (a spool header written before a field existed lacks it)."""
         return cls(**{**data, "warnings": tuple(data.get("warnings", ()))})
 
 
@@ -221,6 +223,8 @@ def inspect_instance(data: bytes) -> tuple[InstanceInfo, bytes]:
         modality=_text(ds, "Modality"),
         patient_id=_text(ds, "PatientID"),
         patient_name=_text(ds, "PatientName"),
+        issuer_of_patient_id=_text(ds, "IssuerOfPatientID"),
+        patient_birth_date=_text(ds, "PatientBirthDate"),
         accession_number=_text(ds, "AccessionNumber"),
         study_date=_text(ds, "StudyDate"),
         study_description=_text(ds, "StudyDescription"),

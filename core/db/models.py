@@ -189,6 +189,10 @@ class Study(Base):
     hospital_id: Mapped[int | None] = mapped_column(ForeignKey("hospitals.id"))
     patient_id: Mapped[str | None] = mapped_column(String(64))
     patient_name: Mapped[str | None] = mapped_column(String(324))
+    # with patient_id and patient_name, the identity of the study's first instance: every
+    # later instance must carry the same (dicom_gateway.ownership)
+    issuer_of_patient_id: Mapped[str | None] = mapped_column(String(64))
+    patient_birth_date: Mapped[str | None] = mapped_column(String(8))
     accession_number: Mapped[str | None] = mapped_column(String(16))
     study_description: Mapped[str | None] = mapped_column(String(64))
     study_date: Mapped[str | None] = mapped_column(String(8))
@@ -320,7 +324,8 @@ class User(Base):
     """A person (or an identity from the hospital's OIDC provider) and their role.
 
     What studies the user sees: the hospitals of its ``user_hospitals`` rows, or every
-    hospital's when ``platform_operator`` (:mod:`core.tenancy`); neither: nothing.
+    hospital's when ``platform_operator`` (:mod:`core.tenancy`); neither: nothing. An
+    ``ml_engineer`` sees a hospital's identified data only where its row says ``identified``.
     """
 
     __tablename__ = "users"
@@ -334,7 +339,10 @@ class User(Base):
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
     hospitals: Mapped[list[Hospital]] = relationship(
-        secondary="user_hospitals", order_by="Hospital.name"
+        secondary="user_hospitals", order_by="Hospital.name", viewonly=True
+    )
+    assignments: Mapped[list[UserHospital]] = relationship(
+        cascade="all, delete-orphan", passive_deletes=True
     )
 
 
@@ -347,7 +355,11 @@ class UserHospital(Base):
         ForeignKey("users.id", ondelete="CASCADE"), primary_key=True
     )
     hospital_id: Mapped[int] = mapped_column(ForeignKey("hospitals.id"), primary_key=True)
+    # an ml_engineer sees this hospital's identified data only with it (de-identified otherwise)
+    identified: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+    hospital: Mapped[Hospital] = relationship()
 
 
 class ApiKey(Base):

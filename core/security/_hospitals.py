@@ -5,27 +5,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from sqlalchemy import select
-from sqlalchemy.orm import Session
-
-from core.db.models import ApiKey, Hospital, User
+from core.db.models import ApiKey, Role, User
 from core.exceptions import PermissionDeniedError
 from core.security.principal import Actor
-from core.tenancy import HospitalScope
+from core.tenancy import HospitalScope, hospital_row
 
 __all__ = ["api_key_scope", "check_assignment", "check_grant", "hospital_row", "user_scope"]
-
-
-def hospital_row(session: Session, name: str) -> Hospital:
-    """The hospital called ``name``, created if new (as ``radcloud senders add`` does)."""
-    if not name.strip():
-        raise ValueError("a hospital name must not be empty")
-    hospital = session.scalar(select(Hospital).where(Hospital.name == name))
-    if hospital is None:
-        hospital = Hospital(name=name)
-        session.add(hospital)
-        session.flush()
-    return hospital
 
 
 def check_assignment(hospitals: Iterable[str], platform_operator: bool) -> list[str]:
@@ -66,15 +51,25 @@ def check_grant(actor: Actor, hospitals: Iterable[str], platform_operator: bool)
 
 
 def user_scope(user: User) -> HospitalScope:
-    """What ``user`` may see: its hospitals, or all as a platform operator."""
+    """What ``user`` may see: its hospitals, or all as a platform operator.
+
+    An ``ml_engineer`` gets de-identified data only (the training export) unless granted
+    identified access for a hospital (``radcloud users assign NAME HOSPITAL --identified``):
+    its scope, which every identified data path checks (DICOMweb, results, viewer, masks,
+    reprocess, inference), holds only the hospitals so granted.
+    """
     if user.platform_operator:
         return HospitalScope.platform()
-    return HospitalScope.of(hospital.name for hospital in user.hospitals)
+    if user.role is Role.ML_ENGINEER:
+        return HospitalScope.of(a.hospital.name for a in user.assignments if a.identified)
+    return HospitalScope.of(a.hospital.name for a in user.assignments)
 
 
 def api_key_scope(key: ApiKey) -> HospitalScope:
     """What the service account of ``key`` may see: its hospital, or all as a platform
-    operator's."""
+    operator's. An ``ml_engineer`` key sees no identified data (grants are a user's)."""
     if key.platform_operator:
         return HospitalScope.platform()
+    if key.role is Role.ML_ENGINEER:
+        return HospitalScope()
     return HospitalScope.of([key.hospital.name] if key.hospital else [])

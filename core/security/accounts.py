@@ -47,6 +47,7 @@ from core.exceptions import (
     AlreadyExistsError,
     AuthenticationError,
     NotFoundError,
+    PermissionDeniedError,
     TooManyAttemptsError,
 )
 from core.security._hospitals import (
@@ -77,16 +78,19 @@ class UserInfo:
     disabled: bool
     hospitals: tuple[str, ...] = ()
     platform_operator: bool = False
+    identified_hospitals: tuple[str, ...] = ()  # an ml_engineer's grants of identified data
 
 
 def _info(user: User) -> UserInfo:
+    assignments = sorted(user.assignments, key=lambda a: a.hospital.name)
     return UserInfo(
         user.name,
         user.role,
         user.password_hash is not None,
         user.disabled,
-        tuple(hospital.name for hospital in user.hospitals),
+        tuple(a.hospital.name for a in assignments),
         user.platform_operator,
+        tuple(a.hospital.name for a in assignments if a.identified),
     )
 
 
@@ -108,11 +112,21 @@ def _digest(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
-def _user(session: Session, name: str) -> User:
+def _user(session: Session, name: str, scope: HospitalScope | None = None) -> User:
+    """The user called ``name``; with ``scope``, only one it covers (:func:`_covers`)."""
     user = session.scalar(select(User).where(User.name == name))
-    if user is None:
+    if user is None or (scope is not None and not _covers(scope, user)):
         raise NotFoundError("user", name)
     return user
+
+
+def _covers(scope: HospitalScope, user: User) -> bool:
+    """Whether an administrator of ``scope`` may see and manage ``user``: a platform operator
+    every user, a hospital's administrator the users assigned one of its hospitals (others
+    are answered as if they did not exist)."""
+    if scope.platform_operator:
+        return True
+    return any(a.hospital.name in scope.hospitals for a in user.assignments)
 
 
 def _flush_new(session: Session, kind: str, name: str) -> None:
@@ -181,7 +195,10 @@ class Accounts:
                 role=role,
                 password_hash=password_hash,
                 platform_operator=platform_operator,
-                hospitals=[hospital_row(change.session, hospital) for hospital in names],
+                assignments=[
+                    UserHospital(hospital=hospital_row(change.session, hospital))
+                    for hospital in names
+                ],
             )
             change.session.add(user)
             _flush_new(change.session, "user", name)
@@ -192,30 +209,51 @@ class Accounts:
         with self._db.session() as session:
             return _info(_user(session, name))
 
-    def list_users(self) -> list[UserInfo]:
-        """All users, by name."""
+    def list_users(self, scope: HospitalScope | None = None) -> list[UserInfo]:
+        """All users, by name; with ``scope``, those an administrator of it manages (assigned
+        one of its hospitals; all for a platform operator)."""
         with self._db.session() as session:
-            return [_info(u) for u in session.scalars(select(User).order_by(User.name))]
+            users = session.scalars(select(User).order_by(User.name))
+            return [_info(u) for u in users if scope is None or _covers(scope, u)]
 
-    def assign_hospital(self, name: str, hospital: str, *, actor: Actor) -> UserInfo:
-        """Let user ``name`` see the studies of ``hospital`` (created if new) as well.
+    def assign_hospital(
+        self, name: str, hospital: str, *, identified: bool = False, actor: Actor
+    ) -> UserInfo:
+        """Let user ``name`` see the studies of ``hospital`` (created if new) as well; again
+        for an assigned hospital, set whether the grant includes identified data.
+
+        ``identified`` matters for an ``ml_engineer`` only, who otherwise gets the hospital's
+        data de-identified (the training export) and none of its identified data (DICOMweb,
+        results, the viewer): :func:`core.security._hospitals.user_scope`.
 
         Raises
         ------
         NotFoundError
-            There is no user called ``name``.
+            There is no user called ``name`` (or none ``actor`` manages: one assigned none of
+            its hospitals, unless ``actor`` is a platform operator).
         ValueError
             The user is a platform operator (assigned no hospital).
+        PermissionDeniedError
+            ``actor`` is not assigned ``hospital`` itself (nor a platform operator).
         """
         with self._audit.security_change(
-            actor, AuditAction.UPDATE, "user", name, change="hospital assigned", hospital=hospital
+            actor,
+            AuditAction.UPDATE,
+            "user",
+            name,
+            change="hospital assigned",
+            hospital=hospital,
+            identified=identified,
         ) as change:
             check_grant(actor, [hospital], False)
-            user = _user(change.session, name)
+            user = _user(change.session, name, actor.scope)
             check_assignment([hospital], user.platform_operator)
             row = hospital_row(change.session, hospital)
-            if row not in user.hospitals:
-                user.hospitals.append(row)
+            assignment = next((a for a in user.assignments if a.hospital_id == row.id), None)
+            if assignment is None:
+                user.assignments.append(UserHospital(hospital=row, identified=identified))
+            else:
+                assignment.identified = identified
             change.session.flush()
             return _info(user)
 
@@ -225,7 +263,10 @@ class Accounts:
         Raises
         ------
         NotFoundError
-            There is no user called ``name``, or it is not assigned ``hospital``.
+            There is no user called ``name`` (that ``actor`` manages), or it is not assigned
+            ``hospital``.
+        PermissionDeniedError
+            ``actor`` is not assigned ``hospital`` itself (nor a platform operator).
         """
         with self._audit.security_change(
             actor,
@@ -236,14 +277,48 @@ class Accounts:
             hospital=hospital,
         ) as change:
             check_grant(actor, [hospital], False)
-            user = _user(change.session, name)
-            row = next((h for h in user.hospitals if h.name == hospital), None)
-            if row is None:
+            user = _user(change.session, name, actor.scope)
+            assignment = next((a for a in user.assignments if a.hospital.name == hospital), None)
+            if assignment is None:
                 raise NotFoundError(f'hospital assignment of user "{name}"', hospital)
-            change.session.delete(change.session.get_one(UserHospital, (user.id, row.id)))
+            user.assignments.remove(assignment)
             change.session.flush()
-            change.session.refresh(user)
             return _info(user)
+
+    def export_hospitals(
+        self, name: str, hospitals: Iterable[str], *, keep_identifiers: bool
+    ) -> tuple[str, ...]:
+        """The hospitals a data export made for user ``name`` may hold: those asked for (all
+        of the user's when none are), each one the user is assigned; identifiers kept only
+        where the user sees identified data (an ``ml_engineer``: its ``--identified`` grants).
+
+        Raises
+        ------
+        NotFoundError
+            There is no user called ``name``.
+        PermissionDeniedError
+            A hospital the user is not assigned, none at all, or identifiers asked for where
+            the user gets de-identified data only.
+        """
+        user = self.get_user(name)
+        asked = tuple(dict.fromkeys(hospitals))
+        if user.platform_operator:
+            return asked
+        chosen = asked or user.hospitals
+        beyond = sorted(set(chosen) - set(user.hospitals))
+        if beyond or not chosen:
+            raise PermissionDeniedError(
+                f'user "{name}" of {", ".join(user.hospitals) or "no hospital"}',
+                [f"an assignment to {', '.join(beyond) or 'a hospital'}"],
+            )
+        if keep_identifiers and user.role is Role.ML_ENGINEER:
+            plain = sorted(set(chosen) - set(user.identified_hospitals))
+            if plain:
+                raise PermissionDeniedError(
+                    f'ml_engineer "{name}" (de-identified data only of {", ".join(plain)})',
+                    [f"identified access to {', '.join(plain)} (users assign --identified)"],
+                )
+        return tuple(chosen)
 
     def user_scope(self, name: str) -> HospitalScope:
         """The hospitals user ``name`` may see now (:class:`NotFoundError` if none such)."""

@@ -7,6 +7,7 @@ generated signing key, issuer ``jwt_issuer`` and audience ``jwt_audience``. When
 their issuer is ``jwt_jwks_issuer``; their roles come from the ``jwt_roles_claim`` claim (a
 dotted path such as ``realm_access.roles`` is followed), their hospitals from the
 ``jwt_hospitals_claim`` claim (:mod:`core.tenancy`; an OIDC user is never a platform operator,
+an OIDC ``ml_engineer`` gets no hospital's identified data,
 and radcloud's own tokens carry no hospitals: the API reads a user's from the database on every
 request). The algorithm is fixed per key type, so a token cannot choose how it is checked (no
 ``alg`` confusion). A key set fetched over HTTP(S) is fetched again for an unknown key ID at
@@ -142,7 +143,8 @@ class TokenService:
         if not roles:
             raise AuthenticationError(f'token carries no radcloud role in claim "{roles_claim}"')
         scope = HospitalScope()
-        if method is AuthMethod.OIDC:
+        if method is AuthMethod.OIDC and roles != {Role.ML_ENGINEER}:
+            # an ml_engineer sees identified data only by a user's grant here, never by a claim
             scope = _hospitals(_claim(claims, self._settings.jwt_hospitals_claim))
         return Principal(str(claims["sub"]), roles, method, claims.get("jti"), scope)
 

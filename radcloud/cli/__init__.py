@@ -13,6 +13,7 @@ from radcloud.cli import (
     models,
     security,
     services,
+    studies,
     synth,
     train,
 )
@@ -34,6 +35,7 @@ models.register(app)
 synth.register(app)
 train.register(app)
 export.register(app)
+studies.register(app)
 demo.register(app)
 bench.register(app)
 

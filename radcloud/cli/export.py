@@ -21,12 +21,23 @@ ORTHANC_SOURCE = "orthanc"
 
 
 def export_orthanc(
-    task: str, out: Path, hospitals: list[str], keep_identifiers: bool
+    task: str,
+    out: Path,
+    hospitals: list[str],
+    keep_identifiers: bool,
+    for_user: str | None = None,
 ) -> ExportManifest:
-    """Export ``task``'s labelled studies to ``out`` (audited), print a summary; errors exit 1."""
+    """Export ``task``'s labelled studies to ``out`` (audited), print a summary; errors exit 1.
+
+    With ``for_user``, the export is that user's: only their hospitals, identifiers kept only
+    where they see identified data (an ml_engineer: ``radcloud users assign --identified``),
+    recorded under their name.
+    """
     from core.archive import open_archive
     from core.audit import AuditTrail
+    from core.exceptions import RadcloudError
     from core.secrets import load_secrets
+    from core.security import Accounts
     from imaging.exceptions import ImagingError
     from training.exceptions import TrainingError
     from training.orthanc_source import export_orthanc_source
@@ -39,6 +50,18 @@ def export_orthanc(
     settings = get_settings()
     secrets = load_secrets(settings)
     db = database()
+    audit = AuditTrail(db, secrets.audit_hmac_key)
+    user_name = getpass.getuser()
+    if for_user is not None:
+        try:
+            hospitals = list(
+                Accounts(db, audit).export_hospitals(
+                    for_user, hospitals, keep_identifiers=keep_identifiers
+                )
+            )
+        except RadcloudError as exc:
+            fail(str(exc))
+        user_name = f"{for_user} (exported by {user_name})"
     with open_archive(settings, secrets) as archive:
         try:
             manifest = export_orthanc_source(
@@ -49,8 +72,8 @@ def export_orthanc(
                 deid_key=secrets.deid_hmac_key,
                 hospitals=hospitals,
                 keep_identifiers=keep_identifiers,
-                audit=AuditTrail(db, secrets.audit_hmac_key),
-                user_name=getpass.getuser(),
+                audit=audit,
+                user_name=user_name,
                 progress=True,
             )
         except (TrainingError, ImagingError) as exc:
@@ -115,10 +138,18 @@ def export_training(
             help="Keep UIDs and patient IDs (one --hospital only; the folder stays in its scope).",
         ),
     ] = False,
+    for_user: Annotated[
+        str | None,
+        typer.Option(
+            "--for-user",
+            help="Export for this user: their hospitals only (default all of theirs); an "
+            "ml_engineer's is de-identified unless granted identified access to the hospital.",
+        ),
+    ] = None,
 ) -> None:
     """Export the radiologist-labelled studies in Orthanc as a training folder (de-identified)."""
     setup_logging("WARNING")
-    export_orthanc(task, out, hospital or [], keep_identifiers)
+    export_orthanc(task, out, hospital or [], keep_identifiers, for_user)
 
 
 def register(app: typer.Typer) -> None:

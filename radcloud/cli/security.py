@@ -80,15 +80,32 @@ def users_add(
 def _scope(user: UserInfo) -> str:
     if user.platform_operator:
         return "platform operator"
-    return f"hospitals: {', '.join(user.hospitals)}" if user.hospitals else "no hospital"
+    if not user.hospitals:
+        return "no hospital"
+    names = [
+        f"{name} (identified)" if name in user.identified_hospitals else name
+        for name in user.hospitals
+    ]
+    return f"hospitals: {', '.join(names)}"
 
 
 @users_app.command("assign")
 @command
-def users_assign(name: str, hospital: str) -> None:
+def users_assign(
+    name: str,
+    hospital: str,
+    identified: Annotated[
+        bool,
+        typer.Option(
+            "--identified",
+            help="An ml_engineer also sees HOSPITAL's identified data (without: de-identified "
+            "only). Assigning again without it withdraws the grant.",
+        ),
+    ] = False,
+) -> None:
     """Let user NAME read the studies of HOSPITAL as well."""
     try:
-        user = _accounts().assign_hospital(name, hospital, actor=Actor.cli())
+        user = _accounts().assign_hospital(name, hospital, identified=identified, actor=Actor.cli())
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="NAME") from exc
     console.print(f"user [bold]{name}[/]: {_scope(user)}")

@@ -1,6 +1,6 @@
 """radcloud's processes (the shell): the supervisor, the component definitions, and Orthanc."""
 
-from radcloud.services.components import api_component, components
+from radcloud.services.components import api_component, components, gateway_component
 from radcloud.services.orthanc import (
     DicomModality,
     check_orthanc_installed,
@@ -25,6 +25,7 @@ __all__ = [
     "check_orthanc_installed",
     "check_ports_free",
     "components",
+    "gateway_component",
     "http_ok",
     "orthanc_component",
     "orthanc_config",

@@ -18,7 +18,16 @@ from core.db import Database, upgrade
 from core.db.models import AuditEvent, Hospital, Role, Study, StudyState
 from core.exceptions import NotFoundError, PermissionDeniedError
 from core.security import Accounts, Actor, Door, TokenService
-from core.tenancy import HospitalScope, require_study, study_in_scope, visible_study_uids
+from core.tenancy import (
+    HospitalScope,
+    OwnerAlreadySetError,
+    assign_study_owner,
+    find_hospital,
+    hospital_row,
+    require_study,
+    study_in_scope,
+    visible_study_uids,
+)
 from serving.worklist import WorklistPolicy, WorklistQuery, ensure_worklist_item, list_worklist
 
 T0 = dt.datetime(2026, 12, 6, 8, 0, tzinfo=dt.UTC)
@@ -170,3 +179,80 @@ def test_an_oidc_token_names_its_hospitals_in_the_configured_claim(
     assert principal.scope == expected
     assert not principal.scope.platform_operator
     assert not principal.scope.covers(None)
+
+
+def test_an_ml_engineer_sees_identified_data_only_where_granted(accounts: Accounts) -> None:
+    operator = Actor.cli()
+    accounts.add_user("ml", Role.ML_ENGINEER, hospitals=["A", "B"], actor=operator)
+    assert accounts.user_scope("ml") == HospitalScope()  # de-identified data only
+    info = accounts.assign_hospital("ml", "A", identified=True, actor=operator)
+    assert info.hospitals == ("A", "B") and info.identified_hospitals == ("A",)
+    assert accounts.user_scope("ml") == HospitalScope.of(["A"])
+    # the training export made for them: their hospitals, identifiers only where granted
+    assert accounts.export_hospitals("ml", [], keep_identifiers=False) == ("A", "B")
+    assert accounts.export_hospitals("ml", ["A"], keep_identifiers=True) == ("A",)
+    with pytest.raises(PermissionDeniedError, match="de-identified data only of B"):
+        accounts.export_hospitals("ml", ["B"], keep_identifiers=True)
+    with pytest.raises(PermissionDeniedError):
+        accounts.export_hospitals("ml", ["C"], keep_identifiers=False)
+    # assigning again without the grant withdraws it; an API key never has one
+    assert accounts.assign_hospital("ml", "A", actor=operator).identified_hospitals == ()
+    assert accounts.user_scope("ml") == HospitalScope()
+    key = accounts.create_api_key("ml-key", Role.ML_ENGINEER, hospital="A", actor=operator)
+    assert accounts.authenticate_api_key(key.key).scope == HospitalScope()
+    # the grant is for ml_engineers: a radiologist sees identified data of every assignment
+    accounts.add_user("rad", Role.RADIOLOGIST, hospitals=["A"], actor=operator)
+    assert accounts.user_scope("rad") == HospitalScope.of(["A"])
+
+
+def test_a_hospitals_admin_manages_only_users_of_its_hospitals(accounts: Accounts) -> None:
+    operator = Actor.cli()
+    accounts.add_user("rad-a", Role.RADIOLOGIST, hospitals=["A"], actor=operator)
+    accounts.add_user("rad-b", Role.RADIOLOGIST, hospitals=["B"], actor=operator)
+    admin_of_a = Actor("admin-a", Door.HTTP, "admin", "127.0.0.1", HospitalScope.of(["A"]))
+    listed = [user.name for user in accounts.list_users(HospitalScope.of(["A"]))]
+    assert listed == ["rad-a"]
+    assert {u.name for u in accounts.list_users(HospitalScope.platform())} == {"rad-a", "rad-b"}
+    with pytest.raises(NotFoundError, match='user "rad-b"'):  # as if it did not exist
+        accounts.assign_hospital("rad-b", "A", actor=admin_of_a)
+    with pytest.raises(NotFoundError, match='user "rad-b"'):
+        accounts.unassign_hospital("rad-b", "A", actor=admin_of_a)
+    assert accounts.assign_hospital("rad-a", "A", identified=True, actor=admin_of_a).hospitals == (
+        "A",
+    )
+
+
+def test_hospital_rows_are_looked_up_in_one_place(db: Database) -> None:
+    with db.session() as session:
+        first = hospital_row(session, "New Hospital")
+        assert hospital_row(session, "New Hospital").id == first.id
+        assert find_hospital(session, "New Hospital") is first
+        assert find_hospital(session, "Nowhere") is None
+        with pytest.raises(ValueError, match="must not be empty"):
+            hospital_row(session, "  ")
+
+
+def test_an_owner_less_study_gets_an_owner_once(db: Database) -> None:
+    audit = AuditTrail(db, "k" * 32)
+    legacy = UIDS[None]
+    admin_of_a = Actor("admin-a", Door.HTTP, "admin", "127.0.0.1", HospitalScope.of(["A"]))
+    with pytest.raises(PermissionDeniedError):
+        assign_study_owner(audit, legacy, "A", actor=admin_of_a)
+    assign_study_owner(audit, legacy, "A", actor=Actor.cli())
+    with db.session() as session:
+        assert visible_study_uids(session, HospitalScope.of(["A"]), [legacy]) == {legacy}
+    with pytest.raises(OwnerAlreadySetError, match='owned by hospital "A" already'):
+        assign_study_owner(audit, legacy, "B", actor=Actor.cli())
+    with pytest.raises(OwnerAlreadySetError, match='owned by hospital "B" already'):
+        assign_study_owner(audit, UIDS["B"], "A", actor=Actor.cli())
+    with pytest.raises(NotFoundError):
+        assign_study_owner(audit, "1.2.3.404", "A", actor=Actor.cli())
+    with db.session() as session:
+        records = session.scalars(
+            select(AuditEvent).where(AuditEvent.resource_id == legacy).order_by(AuditEvent.seq)
+        ).all()
+    assert [(r.outcome, r.detail.get("change")) for r in records] == [
+        (4, "owner assigned"),
+        (0, "owner assigned"),
+        (4, "owner assigned"),
+    ]

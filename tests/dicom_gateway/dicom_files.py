@@ -7,6 +7,9 @@ from typing import Any
 
 from pydicom.data import get_testdata_file
 
+from core.audit import AuditTrail
+from core.db import Database, upgrade
+from dicom_gateway.ownership import StudyOwnership
 from imaging.synthetic import ct_slice
 
 
@@ -27,3 +30,12 @@ def synthetic_ct(
 ) -> bytes:
     """A small synthetic CT slice (see :func:`imaging.synthetic.ct_slice`)."""
     return ct_slice(study_uid, series_uid, instance_number=instance, omit=drop, **kwargs)
+
+
+def study_ownership(directory: Path, db: Database | None = None) -> StudyOwnership:
+    """The intake's owner check over ``db`` (a new SQLite database in ``directory`` if none)."""
+    if db is None:
+        directory.mkdir(parents=True, exist_ok=True)
+        db = Database(f"sqlite:///{directory / 'ownership.db'}")
+        upgrade(db)
+    return StudyOwnership(db, AuditTrail(db, "test-audit-key-" + "k" * 32))

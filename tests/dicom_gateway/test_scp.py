@@ -38,6 +38,7 @@ from core.db.models import Hospital, Study
 from core.security import Actor
 from dicom_gateway.dcmtk import TlsFiles, dcmtk_environment, storescu
 from dicom_gateway.intake import Intake
+from dicom_gateway.ownership import StudyOwnership
 from dicom_gateway.quarantine import Quarantine
 from dicom_gateway.scp import DicomService
 from dicom_gateway.senders import SenderRegistry
@@ -113,7 +114,7 @@ def make_gateway(tmp_path: Path) -> Iterator[Callable[..., Gateway]]:
             placeholders.append(orthanc)
         service = DicomService(
             settings,
-            intake=Intake(spool, quarantine, max_instance_bytes),
+            intake=Intake(spool, quarantine, max_instance_bytes, StudyOwnership(db, audit)),
             senders=senders,
             audit=audit,
             orthanc=orthanc,

@@ -28,7 +28,7 @@ from dicom_gateway.intake import Intake
 from dicom_gateway.quarantine import Quarantine
 from dicom_gateway.spool import Spool
 from dicom_gateway.validation import inspect_instance
-from tests.dicom_gateway.dicom_files import pydicom_file, synthetic_ct
+from tests.dicom_gateway.dicom_files import pydicom_file, study_ownership, synthetic_ct
 
 
 def test_valid_instance_is_described_and_its_preamble_zeroed() -> None:
@@ -102,7 +102,7 @@ def test_instance_with_an_unsafe_uid_is_quarantined_with_the_reason(
 ) -> None:
     spool = Spool(tmp_path / "spool", limit_bytes=10_000_000)
     quarantine = Quarantine(tmp_path / "quarantine")
-    intake = Intake(spool, quarantine, max_instance_bytes=10_000_000)
+    intake = Intake(spool, quarantine, 10_000_000, study_ownership(tmp_path / "db"))
     data = _with_values(synthetic_ct(), **{keyword: uid})
     with pytest.raises(NonConformantInstanceError, match=f"{keyword} .* is not a valid UID"):
         intake.accept(data, sender_ae_title="CT1", hospital="General", source="dimse")
@@ -113,7 +113,7 @@ def test_instance_with_an_unsafe_uid_is_quarantined_with_the_reason(
     assert spool.usage().files == 0
     # nothing on disk is named after the UID: the entry's name is the gateway's own
     assert [p.name for p in (tmp_path / "quarantine").iterdir()] == [entry.entry_id]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["quarantine", "spool"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["db", "quarantine", "spool"]
 
 
 def test_spool_round_trip_is_durable_and_ordered(tmp_path: Path) -> None:
@@ -193,7 +193,7 @@ def test_corrupt_spool_file_is_named(tmp_path: Path) -> None:
 def test_intake_quarantines_refusals_and_limits_size(tmp_path: Path) -> None:
     spool = Spool(tmp_path / "spool", limit_bytes=10_000_000)
     quarantine = Quarantine(tmp_path / "quarantine")
-    intake = Intake(spool, quarantine, max_instance_bytes=5000)
+    intake = Intake(spool, quarantine, 5000, study_ownership(tmp_path))
     bad = synthetic_ct(drop=("StudyInstanceUID",))
     with pytest.raises(NonConformantInstanceError):
         intake.accept(bad, sender_ae_title="CT1", hospital="General", source="dimse")
@@ -242,7 +242,7 @@ def test_instance_quarantined_for_an_unsafe_uid_is_never_released(tmp_path: Path
     db = Database(f"sqlite:///{tmp_path / 'app.db'}")
     upgrade(db)
     quarantine = Quarantine(tmp_path / "quarantine", AuditTrail(db, "k" * 48))
-    intake = Intake(spool, quarantine, max_instance_bytes=10_000_000)
+    intake = Intake(spool, quarantine, 10_000_000, study_ownership(tmp_path, db))
     data = _with_values(synthetic_ct(), StudyInstanceUID="../../x", SOPInstanceUID="../../y")
     with pytest.raises(NonConformantInstanceError):
         intake.accept(data, sender_ae_title=None, hospital=None, source="stow")

@@ -25,7 +25,7 @@ from dicom_gateway._http import GatewayHttpServer
 from dicom_gateway.intake import Intake
 from dicom_gateway.quarantine import Quarantine
 from dicom_gateway.spool import Spool
-from tests.dicom_gateway.dicom_files import synthetic_ct
+from tests.dicom_gateway.dicom_files import study_ownership, synthetic_ct
 
 KEY = "test-ingest-key-" + "k" * 32
 HOSPITAL = "STOW Hospital"
@@ -59,7 +59,7 @@ def make_endpoint(tmp_path: Path) -> Iterator[Callable[..., Endpoint]]:
         server = GatewayHttpServer(
             ("127.0.0.1", 0),
             health=lambda: {"status": "ok"},
-            intake=Intake(spool, quarantine, 10_000_000),
+            intake=Intake(spool, quarantine, 10_000_000, study_ownership(home)),
             ingest_key=KEY,
             timeout_s=30,
         )

@@ -141,3 +141,38 @@ def test_gateway_commands_are_audited_without_patient_ids(tmp_path: Path) -> Non
         db.dispose()
     assert not any(PATIENT_ID in row for row in dump)
     assert {r["patient_id_hash"] for r in (exported, released, deleted)} == {expected_hash}
+
+
+def test_tenancy_commands_are_audited(tmp_path: Path) -> None:
+    legacy = "1.2.826.0.1.3680043.10.77.1"
+    settings = load_settings(home=tmp_path)
+    radcloud(tmp_path, "users", "list")  # creates the home and the database
+    db = Database(settings.sqlalchemy_url)
+    try:
+        upgrade(db)
+        with db.session() as session:  # a study stored before owners were recorded
+            session.execute(
+                text(
+                    "INSERT INTO studies (study_instance_uid, state, instance_count, "
+                    "first_received_at, last_received_at) "
+                    "VALUES (:uid, 'ready', 1, '2026-01-01', '2026-01-01')"
+                ),
+                {"uid": legacy},
+            )
+    finally:
+        db.dispose()
+    records = _run(
+        tmp_path,
+        [
+            (("users", "add", "eve", "--role", "ml_engineer"), 0, "110113 C 0 user eve"),
+            (("users", "assign", "eve", "St Mary", "--identified"), 0, "110113 U 0 user eve"),
+            (("studies", "assign-owner", legacy, "St Mary"), 0, f"110113 U 0 study {legacy}"),
+            (("studies", "assign-owner", legacy, "County"), 1, f"110113 U 4 study {legacy}"),
+            (("studies", "assign-owner", "1.2.3.404", "County"), 1, "110113 U 4 study 1.2.3.404"),
+        ],
+    )
+    assert records[1]["detail"]["identified"] is True
+    assert records[2]["detail"]["hospital"] == "St Mary"
+    assert "never changed" in records[3]["detail"]["reason"]
+    listed = radcloud(tmp_path, "users", "list").stdout
+    assert "St Mary (identified)" in listed

@@ -93,10 +93,12 @@ def _audit(stack: Stack, event_code: str, resource_id: str) -> list[dict[str, An
 
 @pytest.fixture(scope="module")
 def ct_small(stack: Stack) -> Dataset:
-    """CT_small.dcm, stored through STOW-RS by the test hospital's PACS key: a study the API
-    serves must have an owning hospital, which only the gateway records (an instance put
-    straight into Orthanc belongs to no one and answers 404)."""
-    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    """CT_small.dcm with new UIDs, stored through STOW-RS by the test hospital's PACS key: a
+    study the API serves must have an owning hospital, which only the gateway records (an
+    instance put straight into Orthanc belongs to no one and answers 404). New UIDs: the
+    file's own study may be another test hospital's already (the gateway's corpus test sends
+    it from its sender), and then the gateway refuses it (another hospital's study)."""
+    ds = _fresh("CT_small.dcm")
     answer = _dicomweb(stack, "pacs").store_instances([ds])
     assert "FailedSOPSequence" not in answer
     reader = _dicomweb(stack, "radiologist")

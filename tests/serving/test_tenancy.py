@@ -386,3 +386,102 @@ def test_stow_stores_for_the_keys_hospital_only(world: World, stack: Stack) -> N
     intruder.StudyInstanceUID = world.b.study
     answer = _stow(world.clients["pacs-a"], intruder, world.b.study)
     assert _not_found_is_ours(answer, world.b.study)
+
+
+def test_stow_of_an_instance_claiming_another_hospitals_study_is_refused(
+    world: World, stack: Stack
+) -> None:
+    # no study in the URL: the gateway itself refuses to let it join B's study (0xC409)
+    intruder = _instance(world.b.patient_id, world.b.patient_name)
+    intruder.StudyInstanceUID = world.b.study
+    answer = _stow(world.clients["pacs-a"], intruder)
+    assert answer.status_code == 409, answer.text
+    [failed] = answer.json()["00081198"]["Value"]  # Failed SOP Sequence
+    assert failed["00081197"]["Value"] == [0xC409]  # Failure Reason
+    assert failed["00081155"]["Value"] == [intruder.SOPInstanceUID]
+    db = stack.database()
+    try:
+        with db.session() as session:
+            study = session.scalar(select(Study).where(Study.study_instance_uid == world.b.study))
+            assert study is not None and study.hospital is not None
+            assert study.hospital.name == world.b.hospital  # the owner never changes
+            assert study.instance_count == 1
+    finally:
+        db.dispose()
+
+
+def test_admins_assign_hospitals_through_the_api_within_their_own(
+    world: World, stack: Stack
+) -> None:
+    a, b = world.a, world.b
+    tag = a.hospital.split()[-1]
+    admin = world.clients["admin-a"]
+    listed = {user["name"] for user in admin.get("/api/users").json()}
+    assert {f"rad-a-{tag}", f"ml-a-{tag}", f"reader-{tag}"} <= listed
+    assert f"rad-b-{tag}" not in listed and f"nobody-{tag}" not in listed
+    # another hospital's user is not found; another hospital is not the admin's to grant
+    other = admin.post(f"/api/users/rad-b-{tag}/hospitals", json={"hospital": a.hospital})
+    assert other.status_code == 404, other.text
+    beyond = admin.post(f"/api/users/rad-a-{tag}/hospitals", json={"hospital": b.hospital})
+    assert beyond.status_code == 403, beyond.text
+    withdraw = admin.delete(f"/api/users/reader-{tag}/hospitals/{b.hospital}")
+    assert withdraw.status_code == 403, withdraw.text
+    for name in ("rad-a", "ml-a"):  # not an admin
+        answer = world.clients[name].post(
+            f"/api/users/rad-a-{tag}/hospitals", json={"hospital": a.hospital}
+        )
+        assert answer.status_code == 403
+
+    # the ML engineer of A sees A's identified data only once granted, and not after
+    ml = world.clients["ml-a"]
+
+    def ml_sees_a() -> bool:
+        found = ml.get("/dicom-web/studies", params={"StudyInstanceUID": a.study})
+        assert found.status_code == 200, found.text
+        return a.study in found.text and a.patient_id in found.text
+
+    assert not ml_sees_a()
+    assert ml.get(f"/api/studies/{a.study}/results").status_code == 404
+    path = f"/api/users/ml-a-{tag}/hospitals"
+    granted = admin.post(path, json={"hospital": a.hospital, "identified": True})
+    assert granted.status_code == 200, granted.text
+    assert granted.json()["identified_hospitals"] == [a.hospital]
+    try:
+        assert ml_sees_a()
+        assert ml.get(f"/api/studies/{a.study}/results").status_code == 200
+    finally:
+        plain = admin.post(path, json={"hospital": a.hospital, "identified": False})
+        assert plain.status_code == 200 and plain.json()["identified_hospitals"] == []
+    assert not ml_sees_a()
+
+    # a reader of A alone, withdrawn and given back
+    tmp = f"reader-{tag}"
+    removed = admin.delete(f"/api/users/{tmp}/hospitals/{a.hospital}")
+    assert removed.status_code == 200 and removed.json()["hospitals"] == [b.hospital]
+    assert world.clients["reader"].get(f"/api/studies/{a.study}/viewer").status_code == 404
+    # no longer assigned any of A's hospitals: no longer A's admin's user
+    assert admin.post(f"/api/users/{tmp}/hospitals", json={"hospital": a.hospital}).status_code == (
+        404
+    )
+    operator = _client(stack, Authorization=f"Bearer {stack.token_for('admin')}")
+    try:
+        back = operator.post(f"/api/users/{tmp}/hospitals", json={"hospital": a.hospital})
+        assert back.status_code == 200 and back.json()["hospitals"] == sorted(
+            [a.hospital, b.hospital]
+        )
+    finally:
+        operator.close()
+    db = stack.database()
+    try:
+        with db.session() as session:
+            records = session.scalars(
+                select(AuditEvent).where(
+                    AuditEvent.event_code == "110113", AuditEvent.resource_id == f"ml-a-{tag}"
+                )
+            ).all()
+    finally:
+        db.dispose()
+    grants = [
+        r.detail.get("identified") for r in records if r.detail.get("change") == "hospital assigned"
+    ]
+    assert grants[-2:] == [True, False]  # each grant and withdrawal audited

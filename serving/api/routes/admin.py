@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request, status
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
 from pydantic import BaseModel, Field, model_validator
 
 from core.db.models import Role
@@ -41,6 +41,7 @@ class UserOut(BaseModel):
     disabled: bool
     hospitals: list[str]
     platform_operator: bool
+    identified_hospitals: list[str]
 
 
 class ApiKeyIn(BaseModel):
@@ -75,10 +76,41 @@ def _require_platform_operator(principal: Principal) -> None:
         )
 
 
+class AssignmentIn(BaseModel):
+    """A hospital to assign a user, and whether an ml_engineer sees its identified data."""
+
+    hospital: str = Field(min_length=1, max_length=128)
+    identified: bool = False
+
+
 @router.get("/users")
-def list_users(request: Request, _admin: Admin) -> list[UserOut]:
-    """All users and their roles."""
-    return [_user_out(user) for user in context(request).accounts.list_users()]
+def list_users(request: Request, admin: Admin) -> list[UserOut]:
+    """The users this administrator manages (assigned one of its hospitals; a platform
+    operator: all), their roles and hospitals."""
+    return [_user_out(user) for user in context(request).accounts.list_users(admin.scope)]
+
+
+@router.post("/users/{name}/hospitals")
+def assign_hospital(request: Request, name: str, body: AssignmentIn, admin: Admin) -> UserOut:
+    """Assign user ``name`` a hospital (one of the administrator's own; again for an assigned
+    one: set ``identified``); audited."""
+    try:
+        user = context(request).accounts.assign_hospital(
+            name, body.hospital, identified=body.identified, actor=request_actor(request, admin)
+        )
+    except ValueError as exc:  # a platform operator is assigned no hospital
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, str(exc)) from exc
+    return _user_out(user)
+
+
+@router.delete("/users/{name}/hospitals/{hospital}")
+def unassign_hospital(request: Request, name: str, hospital: str, admin: Admin) -> UserOut:
+    """Withdraw user ``name``'s assignment to ``hospital`` (one of the administrator's own),
+    at once, tokens included; audited."""
+    user = context(request).accounts.unassign_hospital(
+        name, hospital, actor=request_actor(request, admin)
+    )
+    return _user_out(user)
 
 
 @router.post("/users", status_code=status.HTTP_201_CREATED)
@@ -98,7 +130,15 @@ def add_user(request: Request, body: UserIn, admin: Admin) -> UserOut:
 
 
 def _user_out(user: UserInfo) -> UserOut:
-    return UserOut(**(vars(user) | {"hospitals": list(user.hospitals)}))
+    return UserOut(
+        **(
+            vars(user)
+            | {
+                "hospitals": list(user.hospitals),
+                "identified_hospitals": list(user.identified_hospitals),
+            }
+        )
+    )
 
 
 @router.post("/apikeys", status_code=status.HTTP_201_CREATED)

@@ -1,0 +1,262 @@
+"""Hospitals as tenants at the DIMSE door, against the real gateway and Orthanc.
+
+Two senders of two hospitals. A Study Instance UID of hospital A's study sent by hospital B,
+or an instance whose patient disagrees with the study it would join, never joins it: it is
+quarantined with the reason, the sender gets C-STORE 0xC409 with an error comment, a Security
+Alert is audited, and the study's owner stays A. A patient-level C-FIND answers only from the
+caller's hospital's studies, though Orthanc merges the two hospitals' patients of one Patient ID.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pydicom
+import pytest
+from pydicom.dataset import Dataset
+from pydicom.uid import generate_uid
+from pynetdicom import AE, StoragePresentationContexts
+from pynetdicom.sop_class import PatientRootQueryRetrieveInformationModelFind
+from sqlalchemy import select
+
+from core.db.models import AuditEvent, Hospital, Study
+from core.secrets import load_secrets
+from dicom_gateway.dcmtk import storescu
+from dicom_gateway.quarantine import Quarantine
+from radcloud.services import Supervisor, gateway_component, orthanc_component
+from tests.conftest import Stack, settings_from_env, stack_env
+from tests.dicom_gateway.dicom_files import synthetic_ct
+from tests.helpers import wait_until
+
+pytestmark = pytest.mark.integration
+
+SENDER_A, HOSPITAL_A = "TENANT_A", "Tenancy Hospital A"
+SENDER_B, HOSPITAL_B = "TENANT_B", "Tenancy Hospital B"
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """A radcloud of its own with only its Orthanc and gateway (the doors under test; no API,
+    no Ray), and one sender of each hospital."""
+    env = stack_env(tmp_path_factory.mktemp("tenancy-gateway"))
+    settings = settings_from_env(env)
+    supervisor = Supervisor(
+        settings,
+        [orthanc_component(settings, load_secrets(settings)), gateway_component(settings)],
+    )
+    running = Stack(env, settings)
+    try:
+        supervisor.up()
+        for sender, hospital in ((SENDER_A, HOSPITAL_A), (SENDER_B, HOSPITAL_B)):
+            running.cli("senders", "add", sender, "--hospital", hospital)
+        yield running
+    finally:
+        supervisor.down()
+
+
+def instance(study: str, series: str, number: int, **attributes: str) -> bytes:
+    """A synthetic CT slice of ``study`` with patient ``attributes`` (keyword: value)."""
+    ds = pydicom.dcmread(io.BytesIO(synthetic_ct(study, series, instance=number)))
+    for keyword, value in attributes.items():
+        setattr(ds, keyword, value)
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    return out.getvalue()
+
+
+def store_with_storescu(stack: Stack, sender: str, directory: Path, files: list[bytes]) -> None:
+    """Send ``files`` with dcmtk's storescu as ``sender``; every one must be acknowledged."""
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for number, data in enumerate(files):
+        path = directory / f"{number:03d}.dcm"
+        path.write_bytes(data)
+        paths.append(path)
+    report = storescu(
+        paths,
+        host="127.0.0.1",
+        port=stack.settings.gateway_port,
+        calling_ae=sender,
+        called_ae=stack.settings.gateway_ae_title,
+    )
+    assert sorted(report.stored) == sorted(paths), report.output
+
+
+def c_store(stack: Stack, sender: str, data: bytes) -> Dataset:
+    """One C-STORE with pynetdicom as ``sender``; the response's status data set."""
+    ae = AE(ae_title=sender)
+    ae.requested_contexts = StoragePresentationContexts[:100]
+    assoc = ae.associate(
+        "127.0.0.1", stack.settings.gateway_port, ae_title=stack.settings.gateway_ae_title
+    )
+    assert assoc.is_established
+    try:
+        status: Dataset = assoc.send_c_store(pydicom.dcmread(io.BytesIO(data)))
+    finally:
+        assoc.release()
+    return status
+
+
+def c_find_patients(
+    stack: Stack, sender: str, patient_id: str, patient_name: str = ""
+) -> list[Dataset]:
+    """A Patient Root C-FIND at PATIENT level for ``patient_id`` as ``sender``."""
+    query = Dataset()
+    query.QueryRetrieveLevel = "PATIENT"
+    query.PatientID = patient_id
+    query.PatientName = patient_name
+    query.PatientBirthDate = ""
+    query.NumberOfPatientRelatedStudies = ""
+    query.NumberOfPatientRelatedInstances = ""
+    ae = AE(ae_title=sender)
+    ae.add_requested_context(PatientRootQueryRetrieveInformationModelFind)
+    assoc = ae.associate(
+        "127.0.0.1", stack.settings.gateway_port, ae_title=stack.settings.gateway_ae_title
+    )
+    assert assoc.is_established
+    answers: list[Dataset] = []
+    try:
+        for status, identifier in assoc.send_c_find(
+            query, PatientRootQueryRetrieveInformationModelFind
+        ):
+            assert status is not None and status.Status in (0x0000, 0xFF00, 0xFF01), status
+            if identifier is not None:
+                answers.append(identifier)
+    finally:
+        assoc.release()
+    return answers
+
+
+def study_row(stack: Stack, uid: str) -> tuple[str | None, str | None, int]:
+    """The study's owner, archive ID and instance count as the database has them."""
+    with stack.database().session() as session:
+        row = session.execute(
+            select(Hospital.name, Study.orthanc_id, Study.instance_count)
+            .outerjoin(Hospital, Study.hospital_id == Hospital.id)
+            .where(Study.study_instance_uid == uid)
+        ).one()
+        return row[0], row[1], row[2]
+
+
+def quarantined(stack: Stack, sop_instance_uid: str) -> list[Any]:
+    entries = Quarantine(stack.settings.paths.quarantine_dir).list()
+    return [entry for entry in entries if entry.sop_instance_uid == sop_instance_uid]
+
+
+def alerts(stack: Stack, study: str) -> list[AuditEvent]:
+    with stack.database().session() as session:
+        return list(
+            session.scalars(
+                select(AuditEvent).where(
+                    AuditEvent.event_code == "110113", AuditEvent.resource_id == study
+                )
+            )
+        )
+
+
+def _sop(data: bytes) -> str:
+    return str(pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True).SOPInstanceUID)
+
+
+def test_study_uid_of_another_hospital_is_quarantined_and_the_owner_never_changes(
+    gateway: Stack, tmp_path: Path
+) -> None:
+    study, series = generate_uid(), generate_uid()
+    patient = {"PatientID": "TEN-A-1", "PatientName": "ALPHA^ANNA", "PatientBirthDate": "19700101"}
+    store_with_storescu(
+        gateway, SENDER_A, tmp_path / "a", [instance(study, series, n, **patient) for n in (1, 2)]
+    )
+    wait_until(lambda: study_row(gateway, study)[1] is not None, timeout_s=30)
+    owner, archive_id, count = study_row(gateway, study)
+    assert owner == HOSPITAL_A
+
+    # Hospital B reuses the UID, with the same patient identity even: it never joins.
+    intruder = instance(study, generate_uid(), 1, **patient)
+    status = c_store(gateway, SENDER_B, intruder)
+    assert status.Status == 0xC409
+    assert "another hospital" in status.ErrorComment
+    [entry] = quarantined(gateway, _sop(intruder))
+    assert entry.hospital == HOSPITAL_B
+    assert f"another hospital's study ({study})" in entry.reason
+    [alert] = alerts(gateway, study)
+    assert alert.user_name == SENDER_B
+    assert alert.detail["owner"] == HOSPITAL_A and alert.detail["hospital"] == HOSPITAL_B
+
+    # A's own later instance still joins, and nothing moved the study.
+    store_with_storescu(gateway, SENDER_A, tmp_path / "a3", [instance(study, series, 3, **patient)])
+    wait_until(lambda: study_row(gateway, study)[2] == count + 1, timeout_s=30)
+    assert study_row(gateway, study) == (HOSPITAL_A, archive_id, count + 1)
+    orthanc = gateway.archive()
+    try:
+        assert not orthanc.search_for_instances({"SOPInstanceUID": _sop(intruder)})
+    finally:
+        orthanc.close()
+
+
+@pytest.mark.parametrize(
+    ("keyword", "value"),
+    [
+        ("PatientID", "TEN-OTHER"),
+        ("IssuerOfPatientID", "OTHER-ISSUER"),
+        ("PatientName", "OMEGA^OTTO"),
+        ("PatientBirthDate", "19991231"),
+    ],
+)
+def test_instance_of_another_patient_never_joins_the_study(
+    gateway: Stack, tmp_path: Path, keyword: str, value: str
+) -> None:
+    study, series = generate_uid(), generate_uid()
+    patient = {
+        "PatientID": "TEN-B-7",
+        "IssuerOfPatientID": "HOSPITAL-B-MRN",
+        "PatientName": "BETA^BEN",
+        "PatientBirthDate": "19800202",
+    }
+    store_with_storescu(gateway, SENDER_B, tmp_path, [instance(study, series, 1, **patient)])
+    misfiled = instance(study, series, 2, **(patient | {keyword: value}))
+    status = c_store(gateway, SENDER_B, misfiled)
+    assert status.Status == 0xC409
+    assert "patient identity differs" in status.ErrorComment
+    [entry] = quarantined(gateway, _sop(misfiled))
+    assert keyword in entry.reason and value not in entry.reason  # names, not patient data
+    wait_until(lambda: study_row(gateway, study)[1] is not None, timeout_s=30)
+    assert study_row(gateway, study)[0] == HOSPITAL_B
+
+
+def test_patient_level_c_find_answers_only_from_the_callers_studies(
+    gateway: Stack, tmp_path: Path
+) -> None:
+    # One Patient ID at two hospitals (two people): Orthanc merges them into one patient.
+    patient_id = f"TEN-SHARED-{generate_uid()[-8:]}"
+    a = {"PatientID": patient_id, "PatientName": "ALPHA^AMY", "PatientBirthDate": "19600606"}
+    b = {"PatientID": patient_id, "PatientName": "BETA^BORIS", "PatientBirthDate": "19900909"}
+    study_a, study_b = generate_uid(), generate_uid()
+    series_a, series_b = generate_uid(), generate_uid()
+    store_with_storescu(
+        gateway, SENDER_A, tmp_path / "a", [instance(study_a, series_a, n, **a) for n in (1, 2)]
+    )
+    store_with_storescu(
+        gateway, SENDER_B, tmp_path / "b", [instance(study_b, series_b, n, **b) for n in (1, 2, 3)]
+    )
+    wait_until(
+        lambda: all(study_row(gateway, uid)[2] > 0 for uid in (study_a, study_b)), timeout_s=30
+    )
+    wait_until(lambda: all(study_row(gateway, uid)[1] for uid in (study_a, study_b)), timeout_s=30)
+
+    [answer_a] = c_find_patients(gateway, SENDER_A, patient_id)
+    assert str(answer_a.PatientName) == "ALPHA^AMY"
+    assert answer_a.PatientBirthDate == "19600606"
+    assert int(answer_a.NumberOfPatientRelatedStudies) == 1
+    assert int(answer_a.NumberOfPatientRelatedInstances) == 2
+
+    [answer_b] = c_find_patients(gateway, SENDER_B, patient_id)
+    assert str(answer_b.PatientName) == "BETA^BORIS"
+    assert int(answer_b.NumberOfPatientRelatedStudies) == 1
+    assert int(answer_b.NumberOfPatientRelatedInstances) == 3
+
+    # Matching on the other hospital's patient attributes finds nothing.
+    assert c_find_patients(gateway, SENDER_A, patient_id, "BETA^BORIS") == []
+    assert len(c_find_patients(gateway, SENDER_B, patient_id, "BETA^BORIS")) == 1
