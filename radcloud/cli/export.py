@@ -49,7 +49,7 @@ def export_orthanc(
                 deid_key=secrets.deid_hmac_key,
                 hospitals=hospitals,
                 keep_identifiers=keep_identifiers,
-                audit=AuditTrail(db, secrets.audit_hmac_key),
+                audit=AuditTrail.from_secrets(db, secrets),
                 user_name=getpass.getuser(),
                 progress=True,
             )

@@ -48,7 +48,7 @@ def db(tmp_path: Path) -> Database:
 
 @pytest.fixture
 def accounts(db: Database, tmp_path: Path) -> Accounts:
-    return Accounts(db, AuditTrail(db, "k" * 32))
+    return Accounts(db, AuditTrail(db, "k" * 32, "c" * 32))
 
 
 def _visible(db: Database, scope: HospitalScope) -> dict[str, set[str]]:

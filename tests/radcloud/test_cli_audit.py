@@ -131,10 +131,11 @@ def test_gateway_commands_are_audited_without_patient_ids(tmp_path: Path) -> Non
     assert refused["patient_id_hash"] is None
     assert [entry.entry_id for entry in quarantine.list()] == [first]
 
-    key = load_secrets(settings).audit_hmac_key
     db = Database.from_settings(settings)
     try:
-        expected_hash = AuditTrail(db, key).patient_id_hash(PATIENT_ID)
+        expected_hash = AuditTrail.from_secrets(db, load_secrets(settings)).patient_id_hash(
+            PATIENT_ID
+        )
         with db.engine.connect() as connection:
             dump = [str(row) for row in connection.execute(text("SELECT * FROM audit_events"))]
     finally:

@@ -31,7 +31,7 @@ def api(tmp_path: Path) -> Iterator[httpx.Client]:
     settings = load_settings(home=tmp_path, mode="dev")
     db = Database.from_settings(settings)
     upgrade(db)
-    trail = AuditTrail(db, load_secrets(settings).audit_hmac_key)
+    trail = AuditTrail.from_secrets(db, load_secrets(settings))
     Accounts(db, trail).add_user(
         ADMIN, Role.ADMIN, PASSWORD, platform_operator=True, actor=Actor.cli()
     )
