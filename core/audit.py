@@ -58,8 +58,8 @@ from core._audit_chain import (
     record_mac,
 )
 from core.db import Database, write_transaction
-from core.db.models import AuditEvent, AuditHead, utcnow
-from core.exceptions import RadcloudError
+from core.db.models import AuditEvent, AuditHead, Hospital, utcnow
+from core.exceptions import NotFoundError, RadcloudError
 
 if TYPE_CHECKING:
     from core.secrets import Secrets
@@ -530,3 +530,61 @@ class AuditTrail:
             )
         count: int = detail["records"]
         return count
+
+    def export_fhir(
+        self,
+        out: TextIO,
+        hospital: str,
+        since: dt.datetime | None = None,
+        *,
+        actor: Actor,
+        site: str = "radcloud",
+    ) -> int:
+        """Write ``hospital``'s records (all, or from ``since``) as a FHIR R4 Bundle of
+        AuditEvent (:mod:`core.audit_fhir`); return how many. Audited as 110101 Audit Log Used
+        (R), with the hospital.
+
+        Raises
+        ------
+        NotFoundError
+            No hospital is named ``hospital``.
+        """
+        from core import audit_fhir
+        from core.tenancy import HospitalScope, visible_study_uids
+
+        with self._db.session() as session:
+            if session.scalar(select(Hospital.id).where(Hospital.name == hospital)) is None:
+                raise NotFoundError("hospital", hospital)
+        records = [_as_dict(event) for event in self._iter_events(since)]
+        named = {uid for record in records for uid, _ in audit_fhir.named_studies(record)}
+        with self._db.session() as session:
+            owned = visible_study_uids(session, HospitalScope.of([hospital]), named)
+        events = []
+        for record in records:
+            studies = audit_fhir.hospital_entities(record, hospital, owned)
+            if studies is not None:
+                events.append((record["hash"], audit_fhir.audit_event(record, studies, site)))
+        detail: dict[str, Any] = {
+            "operation": "export",
+            "format": "fhir",
+            "hospital": hospital,
+            "since": since.isoformat() if since else None,
+            "records": len(events),
+        }
+        outcome = AuditOutcome.SERIOUS_FAILURE
+        try:
+            out.write(audit_fhir.audit_bundle(events, hospital).model_dump_json(indent=1))
+            out.write("\n")
+            outcome = AuditOutcome.SUCCESS
+        except OSError as exc:
+            detail["reason"] = str(exc)
+            raise
+        finally:
+            self.record(
+                AuditEventCode.AUDIT_LOG_USED,
+                actor=actor,
+                action=AuditAction.READ,
+                outcome=outcome,
+                detail=detail,
+            )
+        return len(events)
