@@ -18,6 +18,8 @@ from core.secrets import load_secrets
 from dicom_gateway.quarantine import Quarantine
 from tests.audit_records import assert_cli_actor, audit_records, radcloud
 from tests.dicom_gateway.dicom_files import synthetic_ct
+from tests.fixture_models import register_fixture_models
+from training.tasks import Task
 
 PATIENT_ID = "PAT-CLI-AUDIT-0042"
 
@@ -142,3 +144,31 @@ def test_gateway_commands_are_audited_without_patient_ids(tmp_path: Path) -> Non
         db.dispose()
     assert not any(PATIENT_ID in row for row in dump)
     assert {r["patient_id_hash"] for r in (exported, released, deleted)} == {expected_hash}
+
+
+def test_model_registry_commands_are_audited_with_refusals(tmp_path: Path) -> None:
+    """Which version serves patients is changed by ``models promote|rollback``: each change,
+    and each refused one, is an audit record on the model."""
+    models_dir = load_settings(home=tmp_path).paths.models_dir
+    register_fixture_models(models_dir, tasks=(Task.CHEST_XR,))
+    [name] = register_fixture_models(models_dir, tasks=(Task.CHEST_XR,))  # version 2 serves
+    records = _run(
+        tmp_path,
+        [
+            (("models", "rollback", name), 0, f"110100 U 0 model {name}"),
+            (("models", "promote", name, "2"), 0, f"110100 U 0 model {name}"),
+            (("models", "promote", name, "99"), 1, f"110100 U 4 model {name}"),
+            (("models", "promote", "no-such-model", "1"), 1, "110100 U 4 model no-such-model"),
+        ],
+    )
+    rolled_back, promoted, refused, unknown = (record["detail"] for record in records)
+    assert rolled_back | {"via": None} == {
+        "change": "rolled back",
+        "archived": 2,
+        "version": 1,
+        "via": None,
+    }
+    assert (promoted["change"], promoted["version"], promoted["archived"]) == ("promoted", 2, 1)
+    assert "99" in refused["reason"]
+    assert "no-such-model" in unknown["reason"]
+    assert radcloud(tmp_path, "audit", "verify").returncode == 0
