@@ -95,7 +95,7 @@ def _send_parallel(files: list[Path], associations: int, send: Callable[[list[Pa
 
 
 def _audit(db: Database, settings: Settings) -> AuditTrail:
-    return AuditTrail(db, load_secrets(settings).audit_hmac_key)
+    return AuditTrail.from_secrets(db, load_secrets(settings))
 
 
 def _stow_token(settings: Settings) -> str:

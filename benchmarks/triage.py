@@ -138,7 +138,7 @@ def run_triage(
         supervisor.up()
         db = Database.from_settings(settings)
         upgrade(db)
-        audit = AuditTrail(db, load_secrets(settings).audit_hmac_key)
+        audit = AuditTrail.from_secrets(db, load_secrets(settings))
         SenderRegistry(db, audit).add_sender(_AE, "Benchmark (SYNTHETIC)", actor=Actor.cli())
         sent: dict[str, str] = {}
         try:

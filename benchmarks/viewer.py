@@ -182,7 +182,7 @@ def _scratch_platform(tmp: Path) -> Iterator[Settings]:
         db = Database.from_settings(settings)
         try:
             upgrade(db)
-            audit, actor = AuditTrail(db, load_secrets(settings).audit_hmac_key), Actor.cli()
+            audit, actor = AuditTrail.from_secrets(db, load_secrets(settings)), Actor.cli()
             SenderRegistry(db, audit).add_sender(_AE, "Benchmark (SYNTHETIC)", actor=actor)
             Accounts(db, audit).add_user(
                 _USER, Role.RADIOLOGIST, _PASSWORD, platform_operator=True, actor=actor

@@ -6,12 +6,16 @@ Records are modelled on DICOM PS3.15 A.5 (IHE ATNA): an event ID from PS3.16 CID
 network address) and the participant object (a study UID; a patient ID only as a keyed hash,
 HMAC-SHA256 with the instance's audit key, so records can be matched without revealing it).
 
-Each record stores the SHA-256 of its canonical JSON, which includes the previous record's hash;
-``audit_head`` keeps the newest sequence number and hash. :meth:`AuditTrail.verify` recomputes
-the chain, so an edited, deleted or inserted record shows. Appends are serialised by an
-exclusive write lock (:func:`core.db.write_transaction`) so the chain stays linear across
-processes. What the chain cannot stop is someone rewriting the whole chain and the head with
-database access; export it regularly (``radcloud audit export``) to storage they cannot reach.
+Each record stores a MAC, HMAC-SHA256 keyed with the instance's ``audit_chain_key`` (in
+``secrets.json``, never in the database), of its canonical JSON, which includes the previous
+record's MAC; ``audit_head`` keeps the newest sequence number and MAC. :meth:`AuditTrail.verify`
+recomputes the chain, so an edited, deleted or inserted record shows, even when whoever edited
+it recomputed every hash: without the key no MAC can be made. A chain written before it was
+keyed (plain SHA-256) is sealed by a checkpoint record on first use, so its old records still
+verify by the old rule (:mod:`core._audit_chain`). Appends are serialised by an exclusive write
+lock (:func:`core.db.write_transaction`) so the chain stays linear across processes. The chain
+cannot stop someone who holds the key *and* the database; export it regularly (``radcloud
+audit export``, also as FHIR AuditEvent for a hospital's SIEM, :mod:`core.audit_fhir`).
 
 Values a caller controls (a claimed user name, a route's path, an error message quoting them)
 are bounded before they are written: each column to its declared length, each string in
@@ -36,18 +40,29 @@ import json
 import logging
 from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import IntEnum, StrEnum
 from typing import TYPE_CHECKING, Any, TextIO
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from core._audit_chain import (
+    CHECKPOINT_RESOURCE,
+    GENESIS_HASH,
+    HASHED,
+    ChainBreak,
+    VerifyReport,
+    check_chain,
+    is_keyed,
+    record_mac,
+)
 from core.db import Database, write_transaction
-from core.db.models import AuditEvent, AuditHead, utcnow
-from core.exceptions import RadcloudError
+from core.db.models import AuditEvent, AuditHead, Hospital, utcnow
+from core.exceptions import NotFoundError, RadcloudError
 
 if TYPE_CHECKING:
+    from core.secrets import Secrets
     from core.security.principal import Actor
 
 __all__ = [
@@ -56,12 +71,12 @@ __all__ = [
     "AuditOutcome",
     "AuditTrail",
     "AuditedChange",
+    "ChainBreak",
     "VerifyReport",
 ]
 
 logger = logging.getLogger(__name__)
 
-GENESIS_HASH = "0" * 64
 MAX_DETAIL_CHARS = 1024
 _COLUMN_LENGTHS: dict[str, int] = {
     name: int(getattr(AuditEvent.__table__.columns[name].type, "length", MAX_DETAIL_CHARS))
@@ -139,39 +154,8 @@ class AuditedChange:
     detail: dict[str, Any]
 
 
-@dataclass(frozen=True)
-class VerifyReport:
-    """Result of checking the chain: how many records, and what is wrong (empty when intact)."""
-
-    records: int
-    problems: list[str] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        """True when the chain is intact."""
-        return not self.problems
-
-
-_HASHED = (
-    "seq",
-    "time",
-    "event_code",
-    "event_name",
-    "action",
-    "outcome",
-    "user_name",
-    "role",
-    "source_address",
-    "resource_type",
-    "resource_id",
-    "patient_id_hash",
-    "detail",
-    "prev_hash",
-)
-
-
 def _as_dict(event: AuditEvent) -> dict[str, Any]:
-    data = {name: getattr(event, name) for name in (*_HASHED, "hash")}
+    data = {name: getattr(event, name) for name in (*HASHED, "hash")}
     data["time"] = event.time.astimezone(dt.UTC).isoformat(timespec="microseconds")
     return data
 
@@ -194,17 +178,6 @@ def _bounded_detail(value: Any) -> Any:
     return value
 
 
-def _record_hash(data: Mapping[str, Any]) -> str:
-    canonical = json.dumps(
-        {name: data[name] for name in _HASHED},
-        sort_keys=True,
-        separators=(",", ":"),
-        ensure_ascii=False,
-        default=str,
-    )
-    return hashlib.sha256(canonical.encode()).hexdigest()
-
-
 class AuditTrail:
     """Append to, verify and export the audit trail.
 
@@ -214,11 +187,76 @@ class AuditTrail:
         The application database.
     hmac_key
         The instance's audit key, used to pseudonymise patient IDs.
+    chain_key
+        The key of the chain's MACs; the database must not hold it.
     """
 
-    def __init__(self, db: Database, hmac_key: str) -> None:
+    def __init__(self, db: Database, hmac_key: str, chain_key: str) -> None:
+        if not chain_key:
+            raise ValueError("the audit chain key is empty: expected the secrets file's key")
         self._db = db
         self._key = hmac_key.encode()
+        self._chain_key = chain_key.encode()
+        self._sealed = False
+
+    @classmethod
+    def from_secrets(cls, db: Database, secrets: Secrets) -> AuditTrail:
+        """The trail of ``db`` keyed with the instance's secrets; an unkeyed chain written by an
+        older radcloud is sealed now (:meth:`seal`)."""
+        trail = cls(db, secrets.audit_hmac_key, secrets.audit_chain_key)
+        trail.seal()
+        return trail
+
+    def seal(self) -> int | None:
+        """Seal a chain whose newest record carries no MAC (written before the chain was keyed)
+        with a keyed checkpoint record; return its sequence number, or ``None`` when the chain
+        is empty or already keyed. Idempotent and safe across processes (under the chain's
+        write lock)."""
+        if self._sealed:
+            return None
+        with write_transaction(self._db, _LOCK_KEY) as session:
+            return self._seal_in(session)
+
+    def _was_keyed(self, session: Session) -> bool:
+        """Whether the chain was keyed already: its first record, or a checkpoint, has a MAC."""
+        first = session.get(AuditEvent, 1)
+        candidates = [first] if first is not None else []
+        candidates += session.scalars(
+            select(AuditEvent).where(AuditEvent.resource_type == CHECKPOINT_RESOURCE)
+        )
+        return any(is_keyed(self._chain_key, _as_dict(event)) for event in candidates)
+
+    def _seal_in(self, session: Session) -> int | None:
+        """:meth:`seal` in ``session``, a transaction holding the chain's write lock."""
+        head = session.get(AuditHead, 1)
+        newest = session.get(AuditEvent, head.seq) if head is not None else None
+        if head is None or newest is None or is_keyed(self._chain_key, _as_dict(newest)):
+            # empty, keyed, or broken (a missing newest record is reported by verify, not sealed)
+            self._sealed = head is None or newest is not None
+            return None
+        if self._was_keyed(session):
+            # unkeyed records after keyed ones were written without the key: verify names
+            # them; sealing them would hide them
+            logger.error("the newest audit record carries no MAC: run `radcloud audit verify`")
+            self._sealed = True
+            return None
+        logger.warning("sealing %d unkeyed audit records with a keyed checkpoint", head.seq)
+        self._sealed = True
+        return self._append(
+            session,
+            AuditEventCode.APPLICATION_ACTIVITY,
+            {
+                "user_name": "radcloud",
+                "resource_type": CHECKPOINT_RESOURCE,
+                "resource_id": "checkpoint",
+                "detail": {
+                    "what": "audit chain keyed: records up to here verify by SHA-256, "
+                    "from here on by HMAC-SHA256",
+                    "sealed_records": head.seq,
+                    "sealed_head": head.hash,
+                },
+            },
+        )
 
     def patient_id_hash(self, patient_id: str) -> str:
         """HMAC-SHA256 of a patient ID: equal IDs match, the ID itself is not stored."""
@@ -294,6 +332,8 @@ class AuditTrail:
             facts.setdefault("via", actor.door.value)
         clean_detail = _bounded_detail(json.loads(json.dumps(facts, default=str)))
         patient_id = fields.get("patient_id")
+        if not self._sealed and fields.get("resource_type") != CHECKPOINT_RESOURCE:
+            self._seal_in(session)
         head = session.get(AuditHead, 1)
         prev_seq, prev_hash = (head.seq, head.hash) if head else (0, GENESIS_HASH)
         event = AuditEvent(
@@ -315,7 +355,7 @@ class AuditTrail:
         )
         for name, length in _COLUMN_LENGTHS.items():
             setattr(event, name, _bounded(getattr(event, name), length))
-        event.hash = _record_hash(_as_dict(event))
+        event.hash = record_mac(self._chain_key, _as_dict(event))
         session.add(event)
         if head is None:
             session.add(AuditHead(id=1, seq=event.seq, hash=event.hash))
@@ -410,39 +450,30 @@ class AuditTrail:
             last = rows[-1].seq
 
     def verify(self, *, actor: Actor) -> VerifyReport:
-        """Recompute the whole chain and report every break found (audited as 110101, E)."""
+        """Recompute the whole chain and report every break found (audited as 110101, E; with
+        outcome 4 and the first bad record when it is broken)."""
         report = self._verify()
+        detail: dict[str, Any] = {"verified": report.ok, "records": report.records}
+        if report.first_bad is not None:
+            detail["first_bad_record"] = report.first_bad.seq
         self.record(
             AuditEventCode.AUDIT_LOG_USED,
             actor=actor,
             action=AuditAction.EXECUTE,
-            detail={"verified": report.ok, "records": report.records},
+            outcome=AuditOutcome.SUCCESS if report.ok else AuditOutcome.MINOR_FAILURE,
+            detail=detail,
         )
         return report
 
     def _verify(self) -> VerifyReport:
-        problems: list[str] = []
-        expected_seq, prev_hash, count = 1, GENESIS_HASH, 0
-        for event in self._iter_events():
-            count += 1
-            if event.seq != expected_seq:
-                problems.append(f"records {expected_seq}..{event.seq - 1} are missing")
-            if event.prev_hash != prev_hash:
-                problems.append(f"record {event.seq} does not follow the record before it")
-            if _record_hash(_as_dict(event)) != event.hash:
-                problems.append(f"record {event.seq} was modified after it was written")
-            expected_seq, prev_hash = event.seq + 1, event.hash
         with self._db.session() as session:
             head = session.get(AuditHead, 1)
-        head_seq, head_hash = (head.seq, head.hash) if head else (0, GENESIS_HASH)
-        if head_seq != expected_seq - 1 or head_hash != prev_hash:
-            problems.append(
-                f"the chain ends at record {expected_seq - 1} but the head names record "
-                f"{head_seq}: newest records were deleted or the head was altered"
-            )
-        if problems:
-            logger.error("audit chain verification failed: %s", "; ".join(problems))
-        return VerifyReport(count, problems)
+            head_at = (head.seq, head.hash) if head else (0, GENESIS_HASH)
+        records = (_as_dict(event) for event in self._iter_events())
+        report = check_chain(self._chain_key, records, head_at)
+        if not report.ok:
+            logger.error("audit chain verification failed: %s", "; ".join(report.problems))
+        return report
 
     def search(
         self,
@@ -499,3 +530,61 @@ class AuditTrail:
             )
         count: int = detail["records"]
         return count
+
+    def export_fhir(
+        self,
+        out: TextIO,
+        hospital: str,
+        since: dt.datetime | None = None,
+        *,
+        actor: Actor,
+        site: str = "radcloud",
+    ) -> int:
+        """Write ``hospital``'s records (all, or from ``since``) as a FHIR R4 Bundle of
+        AuditEvent (:mod:`core.audit_fhir`); return how many. Audited as 110101 Audit Log Used
+        (R), with the hospital.
+
+        Raises
+        ------
+        NotFoundError
+            No hospital is named ``hospital``.
+        """
+        from core import audit_fhir
+        from core.tenancy import HospitalScope, visible_study_uids
+
+        with self._db.session() as session:
+            if session.scalar(select(Hospital.id).where(Hospital.name == hospital)) is None:
+                raise NotFoundError("hospital", hospital)
+        records = [_as_dict(event) for event in self._iter_events(since)]
+        named = {uid for record in records for uid, _ in audit_fhir.named_studies(record)}
+        with self._db.session() as session:
+            owned = visible_study_uids(session, HospitalScope.of([hospital]), named)
+        events = []
+        for record in records:
+            studies = audit_fhir.hospital_entities(record, hospital, owned)
+            if studies is not None:
+                events.append((record["hash"], audit_fhir.audit_event(record, studies, site)))
+        detail: dict[str, Any] = {
+            "operation": "export",
+            "format": "fhir",
+            "hospital": hospital,
+            "since": since.isoformat() if since else None,
+            "records": len(events),
+        }
+        outcome = AuditOutcome.SERIOUS_FAILURE
+        try:
+            out.write(audit_fhir.audit_bundle(events, hospital).model_dump_json(indent=1))
+            out.write("\n")
+            outcome = AuditOutcome.SUCCESS
+        except OSError as exc:
+            detail["reason"] = str(exc)
+            raise
+        finally:
+            self.record(
+                AuditEventCode.AUDIT_LOG_USED,
+                actor=actor,
+                action=AuditAction.READ,
+                outcome=outcome,
+                detail=detail,
+            )
+        return len(events)

@@ -7,7 +7,8 @@ A secret added in a later radcloud version (``deid_hmac_key``) is generated into
 on first use, under an exclusive lock (``secrets.lock``) and by atomic replacement, so
 processes starting together agree on it too. ``notify_signing_key`` (signs critical-finding
 webhooks) and ``gateway_ingest_key`` (authenticates the API process to the gateway's internal
-STOW endpoint, :mod:`dicom_gateway.stow`) are added the same way.
+STOW endpoint, :mod:`dicom_gateway.stow`) and ``audit_chain_key`` (keys the audit chain's
+HMACs, :mod:`core.audit`) are added the same way.
 """
 
 from __future__ import annotations
@@ -33,9 +34,10 @@ _FIELDS = (
     "deid_hmac_key",
     "notify_signing_key",
     "gateway_ingest_key",
+    "audit_chain_key",
 )
 # generated into files written before they existed
-_ADDED_LATER = ("deid_hmac_key", "notify_signing_key", "gateway_ingest_key")
+_ADDED_LATER = ("deid_hmac_key", "notify_signing_key", "gateway_ingest_key", "audit_chain_key")
 
 
 @dataclass(frozen=True, repr=False)
@@ -51,6 +53,9 @@ class Secrets:
     """Signs critical-finding webhooks (``serving.notify``); receivers verify with it."""
     gateway_ingest_key: str
     """The API's bearer key at the gateway's internal STOW endpoint (``dicom_gateway.stow``)."""
+    audit_chain_key: str
+    """Keys the audit chain's MACs (``core.audit``): the database holds none of it, so a record
+    rewritten in the table no longer verifies."""
     orthanc_user: str = "radcloud"
 
     def __repr__(self) -> str:

@@ -52,7 +52,7 @@ class GatewayService:
         secrets = load_secrets(settings)
         self.db = Database.from_settings(settings)
         upgrade(self.db)
-        self.audit = AuditTrail(self.db, secrets.audit_hmac_key)
+        self.audit = AuditTrail.from_secrets(self.db, secrets)
         self.archive = open_archive(settings, secrets)
         self.spool = Spool.from_settings(settings)
         self.quarantine = Quarantine(settings.paths.quarantine_dir)

@@ -4,7 +4,8 @@ For ML engineers and radiologists trying a model on a file. The production versi
 scores it through the same Serve deployment as triage (only production versions are deployed).
 The answer holds the score, the critical flag at the card's threshold and, for segmenters, the
 lesion volume and the mask as a base64 gzip NIfTI on the input's grid. Nothing is stored; the
-call is audited (110100 Application Activity, execute; the uploaded data is not recorded).
+call is audited (110100 Application Activity, execute, naming the patient of a DICOM upload by
+the keyed hash of its Patient ID; the uploaded data is not recorded).
 """
 
 from __future__ import annotations
@@ -111,7 +112,7 @@ class AdHocInference:
         self.check_size(total)
         card = self._registry.get(model, "production").card
         try:
-            volume = await asyncio.to_thread(_read_volume, uploads)
+            volume, patient_id = await asyncio.to_thread(_read_volume, uploads)
             prepared = await asyncio.to_thread(prepare, card, volume)
         except (ImagingError, ValueError) as exc:
             raise UnreadableImageError(str(exc)) from exc
@@ -125,6 +126,7 @@ class AdHocInference:
             action=AuditAction.EXECUTE,
             resource_type="model",
             resource_id=f"{model}:{served_version}",
+            patient_id=patient_id,
             detail={"what": "ad hoc inference", "files": len(uploads), "bytes": total},
         )
         return AdHocResult(
@@ -142,21 +144,24 @@ class AdHocInference:
         )
 
 
-def _read_volume(uploads: Sequence[tuple[str, bytes]]) -> Volume:
+def _read_volume(uploads: Sequence[tuple[str, bytes]]) -> tuple[Volume, str | None]:
+    """The uploaded volume and its patient's ID (0010,0020) for the audit record (``None``
+    for NIfTI, which names no patient)."""
     names = [name.lower() for name, _ in uploads]
     if len(uploads) == 1 and names[0].endswith((".nii", ".nii.gz")):
         suffix = ".nii.gz" if names[0].endswith(".gz") else ".nii"
         with tempfile.NamedTemporaryFile(suffix=suffix) as handle:
             handle.write(uploads[0][1])
             handle.flush()
-            return load_nifti(handle.name)
+            return load_nifti(handle.name), None
     datasets = []
     for name, data in uploads:
         try:
             datasets.append(pydicom.dcmread(io.BytesIO(data)))
         except Exception as exc:
             raise ImagingError(f"{name} is neither DICOM nor NIfTI: {exc}") from exc
-    return load_series(datasets)
+    patient_ids = [str(ds.get("PatientID", "") or "") for ds in datasets]
+    return load_series(datasets), next((pid for pid in patient_ids if pid), None)
 
 
 def _mask_nifti(volume: Volume, mask: np.ndarray) -> str:

@@ -70,7 +70,7 @@ def build_pipeline(
     return TriagePipeline(
         settings,
         db,
-        AuditTrail(db, secrets.audit_hmac_key),
+        AuditTrail.from_secrets(db, secrets),
         open_archive(settings, secrets),
         registry=ModelRegistry(settings.paths.models_dir),
         predict=predict,
@@ -91,5 +91,5 @@ def build_notifier(settings: Settings) -> WebhookNotifier | None:
         db,
         settings,
         signing_key(settings, secrets),
-        AuditTrail(db, secrets.audit_hmac_key),
+        AuditTrail.from_secrets(db, secrets),
     )

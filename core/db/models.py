@@ -388,8 +388,10 @@ class ApiKey(Base):
 class AuditEvent(Base):
     """One append-only audit record, modelled on DICOM PS3.15 A.5 / IHE ATNA.
 
-    ``hash`` covers every other column plus ``prev_hash``, chaining each record to the one
-    before; ``radcloud audit verify`` recomputes the chain.
+    ``hash`` is the HMAC-SHA256, keyed with ``audit_chain_key`` from ``secrets.json``, of every
+    other column plus ``prev_hash``, chaining each record to the one before (records of an
+    older radcloud: a plain SHA-256, sealed by a keyed checkpoint, :mod:`core._audit_chain`);
+    ``radcloud audit verify`` recomputes the chain.
     """
 
     __tablename__ = "audit_events"
@@ -412,7 +414,7 @@ class AuditEvent(Base):
 
 
 class AuditHead(Base):
-    """The chain's last sequence number and hash, so deleting the newest records shows."""
+    """The chain's last sequence number and MAC, so deleting the newest records shows."""
 
     __tablename__ = "audit_head"
 

@@ -81,7 +81,7 @@ def database() -> Database:
 def audit_trail() -> AuditTrail:
     """The audit trail, where the services record what commands do (as :meth:`Actor.cli`)."""
     with reporting_errors():
-        return AuditTrail(database(), load_secrets(get_settings()).audit_hmac_key)
+        return AuditTrail.from_secrets(database(), load_secrets(get_settings()))
 
 
 def command(func: Callable[..., None]) -> Callable[..., None]:

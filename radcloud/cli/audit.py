@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import sys
+from collections.abc import Iterator
+from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, TextIO
 
 import typer
 
@@ -22,13 +25,24 @@ db_app = typer.Typer(help="The application database.", no_args_is_help=True)
 @audit_app.command("verify")
 @command
 def verify() -> None:
-    """Recompute the hash chain; exit 1 if any record was edited, deleted or inserted."""
+    """Recompute the keyed chain; exit 1, naming the first bad record and why, if any record
+    was edited, deleted or inserted."""
     report = audit_trail().verify(actor=Actor.cli())
-    if not report.ok:
+    if report.first_bad is not None:
         for problem in report.problems:
             console.print(f"[red]✗[/] {problem}")
-        fail(f"audit trail is NOT intact ({report.records} records checked)")
+        fail(
+            f"audit trail is NOT intact ({report.records} records checked): first bad record "
+            f"{report.first_bad.seq}: {report.first_bad.reason}"
+        )
     console.print(f"[green]✓[/] audit trail intact: {report.records} records")
+
+
+class ExportFormat(StrEnum):
+    """What ``radcloud audit export`` writes."""
+
+    JSONL = "jsonl"
+    FHIR = "fhir"
 
 
 @audit_app.command("export")
@@ -40,17 +54,49 @@ def export(
     since: Annotated[
         dt.datetime | None, typer.Option(help="Only records at or after this UTC time.")
     ] = None,
+    format_: Annotated[
+        ExportFormat,
+        typer.Option(
+            "--format",
+            help="jsonl: every record as stored, one JSON object a line; fhir: a FHIR R4 Bundle "
+            "of AuditEvent with one hospital's records (needs --hospital), for its SIEM.",
+        ),
+    ] = ExportFormat.JSONL,
+    hospital: Annotated[
+        str | None, typer.Option(help="The hospital whose records a FHIR export holds.")
+    ] = None,
 ) -> None:
-    """Write the audit records as JSON lines."""
+    """Write the audit records as JSON lines, or one hospital's as FHIR AuditEvent."""
     if since is not None and since.tzinfo is None:
         since = since.replace(tzinfo=dt.UTC)
+    if format_ is ExportFormat.FHIR and not hospital:
+        raise typer.BadParameter("--format fhir exports one hospital's records: give --hospital")
+    if format_ is ExportFormat.JSONL and hospital:
+        raise typer.BadParameter("--hospital scopes a FHIR export: add --format fhir")
     trail, actor = audit_trail(), Actor.cli()
-    if out is None:
-        count = trail.export(sys.stdout, since, actor=actor)
-    else:
-        with out.open("w", encoding="utf-8") as handle:
+    site = get_settings().site_name
+    with _output(out) as handle:
+        if format_ is ExportFormat.FHIR and hospital:
+            count = trail.export_fhir(handle, hospital, since, actor=actor, site=site)
+        else:
             count = trail.export(handle, since, actor=actor)
     typer.echo(f"{count} records exported", err=True)
+
+
+@contextlib.contextmanager
+def _output(out: Path | None) -> Iterator[TextIO]:
+    """Standard output, or a file beside ``out`` that replaces it only once fully written (a
+    refused or failed export leaves an existing ``out`` as it was)."""
+    if out is None:
+        yield sys.stdout
+        return
+    partial = out.with_name(f".{out.name}.partial")
+    try:
+        with partial.open("w", encoding="utf-8") as handle:
+            yield handle
+        partial.replace(out)
+    finally:
+        partial.unlink(missing_ok=True)
 
 
 @db_app.command("upgrade")

@@ -131,7 +131,7 @@ def _sender(settings: Settings) -> None:
     from dicom_gateway.senders import SenderRegistry
 
     db = Database.from_settings(settings)
-    registry = SenderRegistry(db, AuditTrail(db, load_secrets(settings).audit_hmac_key))
+    registry = SenderRegistry(db, AuditTrail.from_secrets(db, load_secrets(settings)))
     if DEMO_SENDER not in {s.ae_title for s in registry.list_senders()}:
         registry.add_sender(DEMO_SENDER, DEMO_HOSPITAL, actor=Actor.cli())
     db.dispose()

@@ -50,7 +50,7 @@ def export_orthanc(
     settings = get_settings()
     secrets = load_secrets(settings)
     db = database()
-    audit = AuditTrail(db, secrets.audit_hmac_key)
+    audit = AuditTrail.from_secrets(db, secrets)
     user_name = getpass.getuser()
     if for_user is not None:
         try:

@@ -7,13 +7,16 @@ The ``models`` package (torch, MONAI, ONNX Runtime: seconds to import) is import
 from __future__ import annotations
 
 import json
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
 
-from radcloud.cli._common import command, console, fail, get_settings
+from core.audit import AuditAction, AuditedChange, AuditEventCode
+from core.security import Actor
+from radcloud.cli._common import audit_trail, command, console, fail, get_settings
 
 if TYPE_CHECKING:
     from models.registry import ModelRegistry, RegisteredModel
@@ -114,13 +117,31 @@ def show(
     console.print_json(model.card.to_json())
 
 
+def _audited(
+    action: AuditAction, name: str, change: str, **detail: object
+) -> AbstractContextManager[AuditedChange]:
+    """:meth:`~core.audit.AuditTrail.audited` for a change of which model version serves
+    patients (110100 Application Activity on the model, by the OS user); a refusal is recorded
+    with its reason."""
+    return audit_trail().audited(
+        AuditEventCode.APPLICATION_ACTIVITY,
+        actor=Actor.cli(),
+        action=action,
+        resource_type="model",
+        resource_id=name,
+        detail={"change": change, **detail},
+    )
+
+
 @models_app.command("promote")
 @command
 def promote(name: str, version: int) -> None:
     """Make VERSION the production version of NAME; the previous one is archived."""
     registry = _registry()
-    before = registry.production(name)
-    model = registry.promote(name, version)
+    with _audited(AuditAction.UPDATE, name, "promoted", version=version) as change:
+        before = registry.production(name)
+        model = registry.promote(name, version)
+        change.detail["archived"] = before.version if before else None
     if before is not None and before.version == model.version:
         console.print(f"{name} version {version} is already production")
         return
@@ -133,8 +154,10 @@ def promote(name: str, version: int) -> None:
 def rollback(name: str) -> None:
     """Archive NAME's production version and restore the one in production before it."""
     registry = _registry()
-    before = registry.production(name)
-    model = registry.rollback(name)
+    with _audited(AuditAction.UPDATE, name, "rolled back") as change:
+        before = registry.production(name)
+        model = registry.rollback(name)
+        change.detail |= {"archived": before.version if before else None, "version": model.version}
     was = f" (version {before.version} archived)" if before else ""
     console.print(f"{name} rolled back: version {model.version} is production again{was}")
 
@@ -162,13 +185,17 @@ def import_(
     if path.is_dir():
         if metadata is not None:
             fail("--metadata is for an .onnx file; a bundle has configs/metadata.json")
-        model = registry.import_bundle(path, name=name, task=task)
     elif path.is_file():
         if metadata is None:
             fail(f"{path} is a file: expected --metadata JSON (model card or MONAI metadata)")
-        model = registry.import_onnx(path, metadata, name=name, task=task)
     else:
         fail(f"{path} does not exist: expected a bundle directory or an .onnx file")
+    with _audited(AuditAction.CREATE, name or path.stem, "imported", source=str(path)) as change:
+        if metadata is None:
+            model = registry.import_bundle(path, name=name, task=task)
+        else:
+            model = registry.import_onnx(path, metadata, name=name, task=task)
+        change.detail |= {"name": model.name, "version": model.version}
     console.print(f"imported {model.name} version {model.version} ([yellow]staged[/])")
 
 

@@ -63,7 +63,7 @@ class ApiContext:
         secrets = load_secrets(settings)
         db = Database.from_settings(settings)
         upgrade(db)
-        audit = AuditTrail(db, secrets.audit_hmac_key)
+        audit = AuditTrail.from_secrets(db, secrets)
         archive = open_archive(settings, secrets)
         return cls(
             settings=settings,

@@ -16,7 +16,7 @@ from core.archive import ImageArchive
 from core.audit import AuditAction, AuditOutcome, AuditTrail
 from core.db import Database
 from core.security import Actor
-from serving._audit import record_study
+from serving._audit import record_study, study_patient_ids
 from serving._scope import require_study_in_scope
 from serving.exceptions import (
     NotClaimantError,
@@ -88,6 +88,7 @@ class ReadingService:
             study_instance_uid,
             AuditAction.READ,
             "AI segmentation",
+            patient_id=study_patient_ids(self._db, [study_instance_uid])[study_instance_uid],
             result_id=result_id,
             frames=len(mask.frames),
         )

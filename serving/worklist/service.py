@@ -1,9 +1,10 @@
 """The worklist as radiologists use it: a listing and reading-status transitions, each audited.
 
-A listing is audited as a query (110112; the search text is not recorded, the study UIDs shown
-are); each transition, and each refused one, as a patient record update (110110, action U).
-The listing holds only studies of the caller's hospitals, its total counts only those, and a
-transition on a study of another hospital is not found (:mod:`core.tenancy`).
+A listing is audited as a query (110112; the search text is not recorded, the studies shown
+are, each with the keyed hash of its patient's ID); each transition, and each refused one, as a
+patient record update (110110, action U). The listing holds only studies of the caller's
+hospitals, its total counts only those, and a transition on a study of another hospital is not
+found (:mod:`core.tenancy`).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Any
 from core.audit import AuditAction, AuditEventCode, AuditOutcome, AuditTrail
 from core.db import Database
 from core.security import Actor
-from serving._audit import record_study
+from serving._audit import record_study, returned_studies
 from serving._scope import require_study_in_scope
 from serving.exceptions import WorklistError
 from serving.worklist.listing import WorklistEntry, WorklistQuery, list_worklist
@@ -56,7 +57,9 @@ class WorklistService:
                     "search_text": query.q is not None,  # may name a patient: not recorded
                 },
                 "total": total,
-                "study_instance_uids": [entry.study_instance_uid for entry in entries],
+                "returned": returned_studies(
+                    self._audit, ((e.study_instance_uid, e.patient_id) for e in entries)
+                ),
             },
         )
         return entries, total

@@ -1,4 +1,6 @@
-"""The audit trail: records, pseudonymised patient IDs, and a chain that shows tampering."""
+"""The audit trail: records, pseudonymised patient IDs, and a keyed chain that shows tampering
+(an edited, deleted or inserted row, a chain rewritten by the unkeyed rule), with a chain
+written before it was keyed sealed by a checkpoint."""
 
 from __future__ import annotations
 
@@ -11,7 +13,8 @@ from typing import Any
 import pytest
 from sqlalchemy import select, text
 
-from core.audit import AuditAction, AuditEventCode, AuditOutcome, AuditTrail, _record_hash
+from core._audit_chain import GENESIS_HASH, legacy_hash, record_mac
+from core.audit import AuditAction, AuditEventCode, AuditOutcome, AuditTrail, _as_dict
 from core.config import load_settings
 from core.db import Database, upgrade
 from core.db.models import Role, User
@@ -21,13 +24,14 @@ from core.security import Actor, Door
 from tests.audit_records import OS_USER, assert_cli_actor, audit_records, radcloud
 
 ACTOR = Actor("auditor", Door.WORKER)
+CHAIN_KEY = "c" * 48
 
 
 @pytest.fixture
 def trail(tmp_path: Path) -> AuditTrail:
     db = Database(f"sqlite:///{tmp_path / 'app.db'}")
     upgrade(db)
-    audit = AuditTrail(db, "k" * 48)
+    audit = AuditTrail(db, "k" * 48, CHAIN_KEY)
     for index in range(6):
         audit.record(
             AuditEventCode.INSTANCES_ACCESSED,
@@ -60,9 +64,9 @@ def test_patient_id_is_stored_only_as_keyed_hash(trail: AuditTrail) -> None:
     assert "PAT-0001" not in dump
     record = trail.search(actor=ACTOR, resource_id="1.2.826.0.1.3")[0]
     assert record["patient_id_hash"] == trail.patient_id_hash("PAT-0001")
-    assert record["patient_id_hash"] != AuditTrail(trail._db, "other key" * 5).patient_id_hash(
-        "PAT-0001"
-    )
+    assert record["patient_id_hash"] != AuditTrail(
+        trail._db, "other key" * 5, CHAIN_KEY
+    ).patient_id_hash("PAT-0001")
     assert record["event_name"] == "DICOM Instances Accessed"
 
 
@@ -85,14 +89,118 @@ def test_deleted_newest_record_is_detected(trail: AuditTrail) -> None:
     assert any("head names record 6" in p for p in problems)
 
 
+def _rows(trail: AuditTrail) -> list[dict[str, Any]]:
+    """Every record as stored, oldest first (read without writing an audit record)."""
+    return [_as_dict(event) for event in trail._iter_events()]
+
+
 def test_rehashed_forgery_still_breaks_the_chain(trail: AuditTrail) -> None:
-    """Editing a record and recomputing its own hash does not help: the next record disagrees."""
-    forged = next(r for r in trail.search(actor=ACTOR, limit=10) if r["seq"] == 4) | {"outcome": 8}
-    new_hash = _record_hash(forged)
-    _sql(trail, "UPDATE audit_events SET outcome = 8, hash = :hash WHERE seq = 4", hash=new_hash)
-    problems = trail.verify(actor=ACTOR).problems
-    assert not any("record 4 was modified" in p for p in problems)  # its own hash fits
-    assert any("record 5 does not follow" in p for p in problems)
+    """Editing a record and recomputing its hash does not help: without the key no MAC fits."""
+    forged = next(r for r in _rows(trail) if r["seq"] == 4) | {"outcome": 8}
+    _sql(
+        trail,
+        "UPDATE audit_events SET outcome = 8, hash = :hash WHERE seq = 4",
+        hash=legacy_hash(forged),
+    )
+    report = trail.verify(actor=ACTOR)
+    assert report.first_bad is not None and report.first_bad.seq == 4
+    assert "record 4 was modified" in report.first_bad.reason
+    assert "MAC does not match" in report.first_bad.reason
+
+
+def test_a_chain_rewritten_by_the_unkeyed_rule_does_not_verify(trail: AuditTrail) -> None:
+    """Someone with the database but not the key rewrites every record and the head by SHA-256:
+    consistent as a hash chain, but no record carries the key's MAC."""
+    prev = GENESIS_HASH
+    for row in _rows(trail):
+        row |= {"prev_hash": prev, "user_name": "mallory"}
+        prev = legacy_hash(row)
+        _sql(
+            trail,
+            "UPDATE audit_events SET user_name = 'mallory', prev_hash = :prev, hash = :hash "
+            "WHERE seq = :seq",
+            prev=row["prev_hash"],
+            hash=prev,
+            seq=row["seq"],
+        )
+    _sql(trail, "UPDATE audit_head SET hash = :hash", hash=prev)
+    report = trail.verify(actor=ACTOR)
+    assert not report.ok
+    assert "carry no MAC of the audit key" in " ".join(report.problems)
+
+
+def test_an_inserted_record_is_detected(trail: AuditTrail) -> None:
+    """A row appended by SQL, chained to the newest and with the head moved to it, has no MAC;
+    with a MAC under another key it fails too."""
+    newest = _rows(trail)[-1]
+    for key, expected in ((None, "record 7 was modified"), (b"guessed", "record 7 was modified")):
+        row = newest | {"seq": 7, "prev_hash": newest["hash"], "user_name": "ghost"}
+        row["hash"] = legacy_hash(row) if key is None else record_mac(key, row)
+        _sql(trail, "DELETE FROM audit_events WHERE seq = 7")
+        _sql(
+            trail,
+            "INSERT INTO audit_events (seq, time, event_code, event_name, action, outcome, "
+            "user_name, role, source_address, resource_type, resource_id, patient_id_hash, "
+            "detail, prev_hash, hash) SELECT 7, time, event_code, event_name, action, outcome, "
+            "'ghost', role, source_address, resource_type, resource_id, patient_id_hash, "
+            "detail, :prev, :hash FROM audit_events WHERE seq = 6",
+            prev=row["prev_hash"],
+            hash=row["hash"],
+        )
+        _sql(trail, "UPDATE audit_head SET seq = 7, hash = :hash", hash=row["hash"])
+        report = trail._verify()
+        assert report.first_bad is not None and report.first_bad.seq == 7, report.problems
+        assert expected in report.first_bad.reason
+
+
+def test_legacy_chain_is_sealed_by_a_keyed_checkpoint(tmp_path: Path) -> None:
+    """Records written before the chain was keyed (plain SHA-256) still verify after a keyed
+    checkpoint seals them; new records carry MACs; a legacy record edited later is found."""
+    settings = load_settings(home=tmp_path)
+    secrets = load_secrets(settings)
+    db = Database.from_settings(settings)
+    upgrade(db)
+    old = AuditTrail(db, secrets.audit_hmac_key, secrets.audit_chain_key)
+    for index in range(3):
+        old.record(AuditEventCode.QUERY, user_name="before", detail={"i": index})
+    prev = GENESIS_HASH  # rewrite them as the older radcloud wrote them: unkeyed
+    for row in _rows(old):
+        row["prev_hash"] = prev
+        prev = legacy_hash(row)
+        _sql(
+            old,
+            "UPDATE audit_events SET prev_hash = :prev, hash = :hash WHERE seq = :seq",
+            prev=row["prev_hash"],
+            hash=prev,
+            seq=row["seq"],
+        )
+    _sql(old, "UPDATE audit_head SET hash = :hash", hash=prev)
+    assert "never sealed" in " ".join(old._verify().problems)
+
+    trail = AuditTrail.from_secrets(db, secrets)
+    trail.record(AuditEventCode.QUERY, user_name="after")
+    rows = _rows(trail)
+    checkpoint = rows[3]
+    assert (checkpoint["seq"], checkpoint["resource_type"]) == (4, "audit_chain")
+    assert checkpoint["detail"]["sealed_records"] == 3
+    assert checkpoint["detail"]["sealed_head"] == prev == checkpoint["prev_hash"]
+    key = secrets.audit_chain_key.encode()
+    assert all(row["hash"] == record_mac(key, row) for row in rows[3:])
+    assert AuditTrail.from_secrets(db, secrets).seal() is None  # once only
+    report = trail.verify(actor=ACTOR)
+    assert report.ok, report.problems
+    assert report.records == 5
+
+    _sql(trail, "UPDATE audit_events SET user_name = 'mallory' WHERE seq = 2")
+    report = trail.verify(actor=ACTOR)
+    assert report.first_bad is not None and report.first_bad.seq == 2
+    assert "record 2 was modified" in report.first_bad.reason
+
+
+def test_a_record_is_not_verified_under_another_chain_key(trail: AuditTrail) -> None:
+    other = AuditTrail(trail._db, "k" * 48, "another chain key")
+    report = other._verify()
+    assert report.first_bad is not None and report.first_bad.seq == 1
 
 
 def test_concurrent_writers_keep_one_linear_chain(trail: AuditTrail) -> None:
@@ -124,7 +232,7 @@ def test_cli_verify_and_export_are_audited(tmp_path: Path) -> None:
     settings = load_settings(home=tmp_path)
     db = Database.from_settings(settings)
     upgrade(db)
-    AuditTrail(db, load_secrets(settings).audit_hmac_key).record(
+    AuditTrail.from_secrets(db, load_secrets(settings)).record(
         AuditEventCode.USER_AUTHENTICATION, user_name="alice"
     )
 

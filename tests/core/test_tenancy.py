@@ -57,7 +57,7 @@ def db(tmp_path: Path) -> Database:
 
 @pytest.fixture
 def accounts(db: Database, tmp_path: Path) -> Accounts:
-    return Accounts(db, AuditTrail(db, "k" * 32))
+    return Accounts(db, AuditTrail(db, "k" * 32, "c" * 32))
 
 
 def _visible(db: Database, scope: HospitalScope) -> dict[str, set[str]]:
@@ -233,7 +233,7 @@ def test_hospital_rows_are_looked_up_in_one_place(db: Database) -> None:
 
 
 def test_an_owner_less_study_gets_an_owner_once(db: Database) -> None:
-    audit = AuditTrail(db, "k" * 32)
+    audit = AuditTrail(db, "k" * 32, "c" * 32)
     legacy = UIDS[None]
     admin_of_a = Actor("admin-a", Door.HTTP, "admin", "127.0.0.1", HospitalScope.of(["A"]))
     with pytest.raises(PermissionDeniedError):

@@ -38,4 +38,4 @@ def study_ownership(directory: Path, db: Database | None = None) -> StudyOwnersh
         directory.mkdir(parents=True, exist_ok=True)
         db = Database(f"sqlite:///{directory / 'ownership.db'}")
         upgrade(db)
-    return StudyOwnership(db, AuditTrail(db, "test-audit-key-" + "k" * 32))
+    return StudyOwnership(db, AuditTrail(db, "test-audit-key-" + "k" * 32, "test-chain-key"))

@@ -29,7 +29,7 @@ def db(tmp_path: Path) -> Database:
 
 
 def ownership(db: Database) -> StudyOwnership:
-    return StudyOwnership(db, AuditTrail(db, "k" * 32))
+    return StudyOwnership(db, AuditTrail(db, "k" * 32, "c" * 32))
 
 
 def info(study: str = STUDY, sop: str = "1.2.3.1", **patient: str | None) -> InstanceInfo:

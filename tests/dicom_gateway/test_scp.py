@@ -106,7 +106,7 @@ def make_gateway(tmp_path: Path) -> Iterator[Callable[..., Gateway]]:
         upgrade(db)
         spool = Spool(home / "spool", spool_limit_bytes)
         quarantine = Quarantine(home / "quarantine")
-        audit = AuditTrail(db, "test-audit-key")
+        audit = AuditTrail(db, "test-audit-key", "test-chain-key")
         senders = SenderRegistry(db, audit)
         senders.add_sender(SENDER, HOSPITAL, actor=Actor.cli())
         if orthanc is None:  # unused unless a test queries: a port nothing listens on

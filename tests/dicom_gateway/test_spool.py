@@ -213,7 +213,7 @@ def test_quarantine_release_and_delete(tmp_path: Path) -> None:
     spool = Spool(tmp_path / "spool", limit_bytes=10_000_000)
     db = Database(f"sqlite:///{tmp_path / 'app.db'}")
     upgrade(db)
-    quarantine = Quarantine(tmp_path / "quarantine", AuditTrail(db, "k" * 48))
+    quarantine = Quarantine(tmp_path / "quarantine", AuditTrail(db, "k" * 48, "c" * 48))
     actor = Actor.cli()
     odd = quarantine.add(
         pydicom_file("MR_truncated.dcm"),
@@ -241,7 +241,7 @@ def test_instance_quarantined_for_an_unsafe_uid_is_never_released(tmp_path: Path
     spool = Spool(tmp_path / "spool", limit_bytes=10_000_000)
     db = Database(f"sqlite:///{tmp_path / 'app.db'}")
     upgrade(db)
-    quarantine = Quarantine(tmp_path / "quarantine", AuditTrail(db, "k" * 48))
+    quarantine = Quarantine(tmp_path / "quarantine", AuditTrail(db, "k" * 48, "c" * 48))
     intake = Intake(spool, quarantine, 10_000_000, study_ownership(tmp_path, db))
     data = _with_values(synthetic_ct(), StudyInstanceUID="../../x", SOPInstanceUID="../../y")
     with pytest.raises(NonConformantInstanceError):

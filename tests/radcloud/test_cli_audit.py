@@ -18,6 +18,8 @@ from core.secrets import load_secrets
 from dicom_gateway.quarantine import Quarantine
 from tests.audit_records import assert_cli_actor, audit_records, radcloud
 from tests.dicom_gateway.dicom_files import synthetic_ct
+from tests.fixture_models import register_fixture_models
+from training.tasks import Task
 
 PATIENT_ID = "PAT-CLI-AUDIT-0042"
 
@@ -131,10 +133,11 @@ def test_gateway_commands_are_audited_without_patient_ids(tmp_path: Path) -> Non
     assert refused["patient_id_hash"] is None
     assert [entry.entry_id for entry in quarantine.list()] == [first]
 
-    key = load_secrets(settings).audit_hmac_key
     db = Database.from_settings(settings)
     try:
-        expected_hash = AuditTrail(db, key).patient_id_hash(PATIENT_ID)
+        expected_hash = AuditTrail.from_secrets(db, load_secrets(settings)).patient_id_hash(
+            PATIENT_ID
+        )
         with db.engine.connect() as connection:
             dump = [str(row) for row in connection.execute(text("SELECT * FROM audit_events"))]
     finally:
@@ -176,3 +179,31 @@ def test_tenancy_commands_are_audited(tmp_path: Path) -> None:
     assert "never changed" in records[3]["detail"]["reason"]
     listed = radcloud(tmp_path, "users", "list").stdout
     assert "St Mary (identified)" in listed
+
+
+def test_model_registry_commands_are_audited_with_refusals(tmp_path: Path) -> None:
+    """Which version serves patients is changed by ``models promote|rollback``: each change,
+    and each refused one, is an audit record on the model."""
+    models_dir = load_settings(home=tmp_path).paths.models_dir
+    register_fixture_models(models_dir, tasks=(Task.CHEST_XR,))
+    [name] = register_fixture_models(models_dir, tasks=(Task.CHEST_XR,))  # version 2 serves
+    records = _run(
+        tmp_path,
+        [
+            (("models", "rollback", name), 0, f"110100 U 0 model {name}"),
+            (("models", "promote", name, "2"), 0, f"110100 U 0 model {name}"),
+            (("models", "promote", name, "99"), 1, f"110100 U 4 model {name}"),
+            (("models", "promote", "no-such-model", "1"), 1, "110100 U 4 model no-such-model"),
+        ],
+    )
+    rolled_back, promoted, refused, unknown = (record["detail"] for record in records)
+    assert rolled_back | {"via": None} == {
+        "change": "rolled back",
+        "archived": 2,
+        "version": 1,
+        "via": None,
+    }
+    assert (promoted["change"], promoted["version"], promoted["archived"]) == ("promoted", 2, 1)
+    assert "99" in refused["reason"]
+    assert "no-such-model" in unknown["reason"]
+    assert radcloud(tmp_path, "audit", "verify").returncode == 0

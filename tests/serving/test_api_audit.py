@@ -1,8 +1,11 @@
 """The API's sign-in, administration and audit routes: the services they call audit each
-action once, as the caller, through the HTTP door (the routes themselves record nothing)."""
+action once, as the caller, through the HTTP door (the routes themselves record nothing); a
+worklist listing names the patients it showed by keyed hash; ``GET /api/audit/verify`` is for
+platform operators and hospital admins, and reports a rewritten table."""
 
 from __future__ import annotations
 
+import datetime as dt
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,18 +14,25 @@ from typing import Any
 import httpx
 import pytest
 import uvicorn
+from pydicom.uid import generate_uid
+from sqlalchemy import text
 
 from core.audit import AuditTrail
 from core.config import load_settings
 from core.db import Database, upgrade
-from core.db.models import Role
+from core.db.models import Hospital, Role, Study, StudyState
 from core.secrets import load_secrets
 from core.security import Accounts, Actor
 from serving.api.app import create_app
+from serving.worklist import WorklistPolicy, ensure_worklist_item, record_ai_outcome
 from tests.audit_records import audit_records
 from tests.helpers import free_port, wait_until
 
 ADMIN, PASSWORD = "root-admin", "a long admin passphrase"
+USERS = {  # name: (role, hospitals); each signs in with PASSWORD
+    "dr-a": (Role.RADIOLOGIST, ["A"]),
+    "auditor-a": (Role.ADMIN, ["A"]),
+}
 
 
 @pytest.fixture
@@ -31,10 +41,11 @@ def api(tmp_path: Path) -> Iterator[httpx.Client]:
     settings = load_settings(home=tmp_path, mode="dev")
     db = Database.from_settings(settings)
     upgrade(db)
-    trail = AuditTrail(db, load_secrets(settings).audit_hmac_key)
-    Accounts(db, trail).add_user(
-        ADMIN, Role.ADMIN, PASSWORD, platform_operator=True, actor=Actor.cli()
-    )
+    trail = AuditTrail.from_secrets(db, load_secrets(settings))
+    accounts = Accounts(db, trail)
+    accounts.add_user(ADMIN, Role.ADMIN, PASSWORD, platform_operator=True, actor=Actor.cli())
+    for name, (role, hospitals) in USERS.items():
+        accounts.add_user(name, role, PASSWORD, hospitals=hospitals, actor=Actor.cli())
     db.dispose()
     port = free_port()
     app = create_app(settings)
@@ -106,3 +117,82 @@ def test_each_admin_action_over_http_is_audited_once(api: httpx.Client, tmp_path
     assert (verified["event_code"], verified["action"]) == ("110101", "E")
     assert verified["answer"].json()["ok"] is True
     assert verified["detail"]["verified"] is True
+
+
+def _sign_in(api: httpx.Client, name: str) -> dict[str, str]:
+    answer = api.post("/api/auth/token", data={"username": name, "password": PASSWORD})
+    assert answer.status_code == 200, answer.text
+    return {"Authorization": f"Bearer {answer.json()['access_token']}"}
+
+
+def _add_worklist_study(home: Path, hospital: str, patient_id: str) -> str:
+    uid = generate_uid()
+    db = Database.from_settings(load_settings(home=home))
+    try:
+        with db.session() as session:
+            ready = dt.datetime.now(dt.UTC)
+            owner = session.query(Hospital).filter_by(name=hospital).one_or_none()
+            study = Study(
+                study_instance_uid=uid,
+                hospital=owner or Hospital(name=hospital),
+                patient_id=patient_id,
+                state=StudyState.READY,
+                ready_at=ready,
+                modalities="CT",
+            )
+            session.add(study)
+            session.flush()
+            policy = WorklistPolicy()
+            ensure_worklist_item(session, study, policy)
+            record_ai_outcome(
+                session, study, score=0.5, critical=False, failed=False, policy=policy
+            )
+    finally:
+        db.dispose()
+    return uid
+
+
+def test_worklist_listing_names_its_patients_by_keyed_hash(
+    api: httpx.Client, tmp_path: Path
+) -> None:
+    mine = _add_worklist_study(tmp_path, "A", "PAT-A-WL-1")
+    _add_worklist_study(tmp_path, "B", "PAT-B-WL-2")  # another hospital's: neither shown nor named
+    last = audit_records(tmp_path)[-1]["seq"]
+    answer = api.get("/api/worklist", headers=_sign_in(api, "dr-a"))
+    assert answer.status_code == 200, answer.text
+    assert [item["study_instance_uid"] for item in answer.json()["items"]] == [mine]
+
+    [listing] = [r for r in audit_records(tmp_path, after=last) if r["event_code"] == "110112"]
+    settings = load_settings(home=tmp_path)
+    db = Database.from_settings(settings)
+    try:
+        expected = AuditTrail.from_secrets(db, load_secrets(settings)).patient_id_hash("PAT-A-WL-1")
+    finally:
+        db.dispose()
+    assert listing["detail"]["returned"] == [
+        {"study_instance_uid": mine, "patient_id_hash": expected}
+    ]
+    assert "PAT-A-WL" not in str(listing) and "PAT-B" not in str(listing)
+
+
+def test_verify_is_for_operators_and_hospital_admins_and_sees_a_rewritten_row(
+    api: httpx.Client, tmp_path: Path
+) -> None:
+    assert api.get("/api/audit/verify").status_code == 401
+    refused = api.get("/api/audit/verify", headers=_sign_in(api, "dr-a"))
+    assert refused.status_code == 403
+    for name in ("auditor-a", ADMIN):
+        answer = api.get("/api/audit/verify", headers=_sign_in(api, name))
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["ok"] is True and answer.json()["first_bad"] is None
+
+    db = Database.from_settings(load_settings(home=tmp_path))
+    try:
+        with db.engine.begin() as connection:
+            connection.execute(text("UPDATE audit_events SET user_name = 'x' WHERE seq = 2"))
+    finally:
+        db.dispose()
+    broken = api.get("/api/audit/verify", headers=_sign_in(api, "auditor-a")).json()
+    assert broken["ok"] is False
+    assert broken["first_bad"]["seq"] == 2
+    assert "record 2 was modified" in broken["first_bad"]["reason"]

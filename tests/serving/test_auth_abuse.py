@@ -41,7 +41,7 @@ ISSUER = "https://idp.hospital.example"
 def _accounts(settings: Settings) -> tuple[Accounts, Database]:
     db = Database.from_settings(settings)
     upgrade(db)
-    return Accounts(db, AuditTrail(db, load_secrets(settings).audit_hmac_key)), db
+    return Accounts(db, AuditTrail.from_secrets(db, load_secrets(settings))), db
 
 
 @contextmanager
@@ -167,7 +167,7 @@ def test_a_huge_user_name_is_cut_in_the_audit_trail(tmp_path: Path) -> None:
     assert route["resource_id"].startswith("GET /api/studies/999")
     assert all(len(json.dumps(r, default=str)) < 4096 for r in (signed_in, route))
     _, db = _accounts(settings)
-    trail = AuditTrail(db, load_secrets(settings).audit_hmac_key)
+    trail = AuditTrail.from_secrets(db, load_secrets(settings))
     assert trail.verify(actor=Actor.cli()).ok  # cut before hashing: the chain holds
     db.dispose()
 

@@ -28,6 +28,8 @@ from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
+from core.audit import AuditTrail
+from core.secrets import load_secrets
 from dicom_gateway.quarantine import Quarantine
 from radcloud.services import http_ok
 from tests.conftest import Stack, settings_from_env
@@ -443,12 +445,28 @@ def test_queries_retrievals_and_stores_are_audited(stack: Stack, ct_small: Datas
     study = ct_small.StudyInstanceUID
     reader = _dicomweb(stack, "radiologist")
     reader.search_for_series(study)
+    reader.search_for_studies(search_filters={"StudyInstanceUID": study})
     reader.retrieve_study_metadata(study)
     stored = _fresh()
     _dicomweb(stack, "pacs").store_instances([stored])
 
     queries = _audit(stack, "110112", study)
     assert any(r["user_name"] == "test-radiologist" and r["outcome"] == 0 for r in queries)
+    # each query names the studies it answered with and their patients, by keyed hash
+    db = stack.database()
+    try:
+        key = AuditTrail.from_secrets(db, load_secrets(stack.settings))
+        expected = [
+            {
+                "study_instance_uid": study,
+                "patient_id_hash": key.patient_id_hash(str(ct_small.PatientID)),
+            }
+        ]
+    finally:
+        db.dispose()
+    searched = {r["detail"]["path"].rsplit("/", 1)[-1]: r for r in queries[:2]}
+    assert searched["studies"]["detail"]["returned"] == expected  # a search across studies
+    assert searched["series"]["detail"]["returned"] == expected  # within the study
     accesses = _audit(stack, "110103", study)
     access = next(r for r in accesses if r["detail"]["path"].endswith("/metadata"))
     assert access["action"] == "R"

@@ -149,7 +149,7 @@ def db(tmp_path: Path) -> Iterator[Database]:
 
 @pytest.fixture
 def audit(db: Database) -> AuditTrail:
-    return AuditTrail(db, "audit-key-" + "a" * 40)
+    return AuditTrail(db, "audit-key-" + "a" * 40, "chain-key-" + "c" * 40)
 
 
 @pytest.fixture
@@ -392,7 +392,7 @@ def test_two_notifiers_never_send_one_event_twice(
     notifiers = []
     for _ in range(2):  # each with its own engine, as two processes would have
         own = Database(url)
-        notifiers.append(WebhookNotifier(own, settings, KEY, AuditTrail(own, "a" * 40)))
+        notifiers.append(WebhookNotifier(own, settings, KEY, AuditTrail(own, "a" * 40, "c" * 40)))
     start = threading.Barrier(2)
     delivered: list[int] = []
 

@@ -14,7 +14,9 @@ import pydicom
 import pytest
 from sqlalchemy import select
 
+from core.audit import AuditTrail
 from core.db.models import AuditEvent, Label, Report, Study
+from core.secrets import load_secrets
 from imaging.synthetic import generate_study
 from tests.conftest import Stack
 from tests.serving.test_triage_e2e import SENDER, push, results
@@ -70,6 +72,16 @@ def test_mask_frames_are_on_the_finding_slices(stack: Stack, head_ct: Any) -> No
         (finding,) = client.get(f"/api/studies/{uid}/viewer").json()["findings"]
         mask = client.get(f"/api/studies/{uid}/findings/{finding['result_id']}/mask").json()
         missing = client.get(f"/api/studies/{uid}/findings/999999/mask")
+    with stack.client("admin") as admin:
+        records = admin.get("/api/audit", params={"resource_id": uid, "event_code": "110110"})
+    [read] = [r for r in records.json() if r["detail"]["what"] == "AI segmentation"][:1]
+    db = stack.database()
+    try:
+        trail = AuditTrail.from_secrets(db, load_secrets(stack.settings))
+        patient_id = str(head_ct.datasets[0].PatientID)
+        assert read["patient_id_hash"] == trail.patient_id_hash(patient_id)  # never the ID
+    finally:
+        db.dispose()
     assert [f["index"] for f in mask["frames"]] == finding["slices"]
     rows, columns = mask["rows"], mask["columns"]
     for frame in mask["frames"]:

@@ -164,7 +164,7 @@ def world(stack: Stack) -> Iterator[World]:
     db = stack.database()
     secrets = load_secrets(stack.settings)
     try:
-        accounts = Accounts(db, AuditTrail(db, secrets.audit_hmac_key))
+        accounts = Accounts(db, AuditTrail.from_secrets(db, secrets))
         users = {
             "rad-a": (Role.RADIOLOGIST, [a]),
             "ml-a": (Role.ML_ENGINEER, [a]),

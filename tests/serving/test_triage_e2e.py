@@ -17,7 +17,9 @@ import pydicom
 import pytest
 from sqlalchemy import func, select
 
+from core.audit import AuditTrail
 from core.db.models import InferenceResult, OutboxEvent, Study
+from core.secrets import load_secrets
 from dicom_gateway.dcmtk import storescu
 from imaging.nifti import load_nifti, save_nifti
 from imaging.seg import read_segmentation
@@ -329,4 +331,15 @@ def test_ad_hoc_inference_on_dicom_and_nifti_uploads(pacs: Stack, tmp_path: Path
 
     with pacs.client("admin") as client:
         exposition = client.get("/metrics").text
+        inferred = client.get(
+            "/api/audit", params={"event_code": "110100", "user_name": "test-ml_engineer"}
+        ).json()
     assert 'radcloud_model_requests_total{model="head-ct-haemorrhage"' in exposition
+    # each inference names its patient by the keyed hash (a NIfTI names none), never the ID
+    by_hash = AuditTrail.from_secrets(pacs.database(), load_secrets(pacs.settings))
+    patient_id = str(head.datasets[0].PatientID)
+    assert [record["patient_id_hash"] for record in inferred[:2]] == [
+        None,
+        by_hash.patient_id_hash(patient_id),
+    ]
+    assert patient_id not in str(inferred)

@@ -88,7 +88,7 @@ def _send(stack: Stack, study: SyntheticStudy, directory: Path) -> None:
 def _add_accounts(stack: Stack) -> None:
     db = stack.database()
     try:
-        audit, actor = AuditTrail(db, load_secrets(stack.settings).audit_hmac_key), Actor.cli()
+        audit, actor = AuditTrail.from_secrets(db, load_secrets(stack.settings)), Actor.cli()
         registry = SenderRegistry(db, audit)
         if all(sender.ae_title != SENDER for sender in registry.list_senders()):
             registry.add_sender(SENDER, HOSPITAL, actor=actor)

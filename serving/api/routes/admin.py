@@ -186,7 +186,14 @@ def search_audit(
 
 @router.get("/audit/verify")
 def verify_audit(request: Request, admin: Admin) -> dict[str, Any]:
-    """Recompute the audit hash chain and list any breaks (platform operators only)."""
-    _require_platform_operator(admin)
+    """Recompute the keyed audit chain: whether it is intact, and the first bad record and why
+    (platform operators and each hospital's admins, its auditors: the answer names record
+    numbers and reasons, nothing of any study)."""
     report = context(request).audit.verify(actor=request_actor(request, admin))
-    return {"ok": report.ok, "records": report.records, "problems": report.problems}
+    first = report.first_bad
+    return {
+        "ok": report.ok,
+        "records": report.records,
+        "first_bad": None if first is None else {"seq": first.seq, "reason": first.reason},
+        "problems": report.problems,
+    }

@@ -7,7 +7,8 @@ RFC 7239) and its own base URL is rewritten in JSON bodies, so no answer names O
 internal address.
 
 Every request writes one audit record: 110112 Query or 110103 Instances Accessed (action R),
-with the study UID and the patient ID where known.
+with the study UID and the patient ID (keyed hash) where known; a query's record lists the
+studies it answered with, each with its patient's keyed hash (``detail["returned"]``).
 
 The hospital boundary (:mod:`core.tenancy`): a request naming a study in its path is checked
 against the caller's hospitals before Orthanc is asked anything (a study of another hospital is
@@ -36,6 +37,7 @@ from core.exceptions import NotFoundError
 from core.security import Actor, Principal
 from core.tenancy import visible_study_uids
 from core.uids import InvalidUidError, check_uid_list
+from serving._audit import returned_studies, study_patient_ids
 from serving._scope import require_study_in_scope
 from serving.api import _qido
 from serving.api._dicomweb import (
@@ -172,34 +174,41 @@ def _in_scope(request: Request, actor: Actor, study: str) -> bool:
 
 def _scoped_search(
     request: Request, actor: Actor, path: str, headers: dict[str, str], rewriter: UrlRewriter
-) -> Response:
-    """A QIDO-RS search across studies for a caller who is not a platform operator: Orthanc's
-    matches of the caller's hospitals only, then paged (:mod:`serving.api._qido`)."""
+) -> tuple[Response, list[str]]:
+    """A QIDO-RS search across studies: Orthanc's matches of the caller's hospitals only, then
+    paged (:mod:`serving.api._qido`; a platform operator's search is paged by Orthanc and kept
+    whole); and the study UIDs it answered with, for the audit record."""
     ctx = context(request)
-    if not actor.scope.hospitals:  # nothing to find: Orthanc is not asked
-        return Response(b"[]", 200, media_type=DICOM_JSON)
+    operator = actor.scope.platform_operator
+    if not operator and not actor.scope.hospitals:  # nothing to find: Orthanc is not asked
+        return Response(b"[]", 200, media_type=DICOM_JSON), []
     accept = request.headers.get("accept", "")
     if "xml" in accept and "json" not in accept and "*/*" not in accept:
-        return error_response(
-            406, "not_acceptable", f"searches answer {DICOM_JSON} only, not {accept[:80]}"
-        )
+        message = f"searches answer {DICOM_JSON} only, not {accept[:80]}"
+        return error_response(406, "not_acceptable", message), []
     try:
         params, window = _qido.upstream_query(request.query_params)
     except ValueError as exc:
-        return error_response(400, "bad_request", str(exc))
+        return error_response(400, "bad_request", str(exc)), []
+    if operator:
+        params = [*request.query_params.multi_items(), ("includefield", _qido.STUDY_UID_TAG)]
+        window = _qido.Page(None, 0)
     client: httpx.Client = ctx.orthanc
     url = httpx.URL(f"{ctx.settings.orthanc_url}{PREFIX}{path}", params=params)
     answer = client.get(url, headers=headers | {"Accept": DICOM_JSON})
     if not answer.is_success:
-        return _orthanc_error(answer, rewriter)
+        return _orthanc_error(answer, rewriter), []
     try:
-        with ctx.db.session() as session:
-            visible = visible_study_uids(session, actor.scope, _qido.study_uids(answer.content))
-        body, _ = _qido.page(answer.content, visible, window)
+        visible = None
+        if not operator:
+            with ctx.db.session() as session:
+                found = _qido.study_uids(answer.content)
+                visible = visible_study_uids(session, actor.scope, found)
+        body, returned = _qido.page(answer.content, visible, window)
     except ValueError as exc:
-        return error_response(502, "image_store_error", f"the image store failed: {exc}")
+        return error_response(502, "image_store_error", f"the image store failed: {exc}"), []
     body = b"".join(rewriter.rewrite([body]))
-    return Response(body, 200, media_type=DICOM_JSON)
+    return Response(body, 200, media_type=DICOM_JSON), returned
 
 
 async def _relay(answer: httpx.Response, rewriter: UrlRewriter | None) -> AsyncIterator[bytes]:
@@ -306,6 +315,7 @@ async def _proxy(
         study = study or study_param
     response: Response
     streaming: httpx.Response | None = None
+    returned: list[str] = []
     # UID matching keys are checked first: a 400 for a malformed key tells nothing of a study
     refused = _invalid_uid_key(request) if kind is _Kind.QUERY else None
     try:
@@ -313,8 +323,8 @@ async def _proxy(
             response = error_response(400, "bad_request", refused)
         elif named is not None and not await run_in_threadpool(_in_scope, request, actor, named):
             response = _not_found(named)
-        elif named is None and not actor.scope.platform_operator:
-            response = await run_in_threadpool(
+        elif named is None:
+            response, returned = await run_in_threadpool(
                 _scoped_search, request, actor, path, headers, rewriter
             )
         else:
@@ -326,6 +336,10 @@ async def _proxy(
     try:
         if streaming is not None and study and kind is not _Kind.QUERY:
             patient_id = await run_in_threadpool(ctx.patient_ids.get, study)
+        if kind is _Kind.QUERY and response.status_code < 300:  # which patients it showed
+            shown = [named] if named else returned
+            patients = await run_in_threadpool(study_patient_ids, ctx.db, shown)
+            detail["returned"] = returned_studies(ctx.audit, patients.items())
         detail["status"] = response.status_code
         await run_in_threadpool(
             audit_request,
