@@ -9,7 +9,8 @@ study of another hospital is not found.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from core.archive import ImageArchive
@@ -106,30 +107,18 @@ class ReadingService:
     ) -> SignOutcome:
         """Sign, as ``caller``, the report of a study the caller holds
         (:func:`~serving.reading.signing.sign_report`)."""
-        require_study_in_scope(self._db, self._audit, study_instance_uid, caller=caller)
-        try:
-            with archive_errors():
-                outcome = sign_report(
-                    self._db,
-                    self._archive,
-                    study_instance_uid,
-                    site_name=self._site,
-                    author=caller.name,
-                    version=version,
-                    text=text,
-                    decisions=decisions,
-                    added=added,
-                )
-        except _REFUSALS as exc:
-            self._record(
-                caller,
+        with self._report_act(caller, study_instance_uid, "report signing"):
+            outcome = sign_report(
+                self._db,
+                self._archive,
                 study_instance_uid,
-                AuditAction.CREATE,
-                "report signing refused",
-                outcome=AuditOutcome.MINOR_FAILURE,
-                reason=str(exc),
+                site_name=self._site,
+                author=caller.name,
+                version=version,
+                text=text,
+                decisions=decisions,
+                added=added,
             )
-            raise
         self._record(
             caller,
             study_instance_uid,
@@ -144,27 +133,15 @@ class ReadingService:
     def amend(self, study_instance_uid: str, *, caller: Actor, text: str) -> AmendOutcome:
         """Amend, as ``caller``, the signed report of a reported study with a new SR that
         references it (:func:`~serving.reading.amending.amend_report`)."""
-        require_study_in_scope(self._db, self._audit, study_instance_uid, caller=caller)
-        try:
-            with archive_errors():
-                outcome = amend_report(
-                    self._db,
-                    self._archive,
-                    study_instance_uid,
-                    site_name=self._site,
-                    author=caller.name,
-                    text=text,
-                )
-        except _REFUSALS as exc:
-            self._record(
-                caller,
+        with self._report_act(caller, study_instance_uid, "report amendment"):
+            outcome = amend_report(
+                self._db,
+                self._archive,
                 study_instance_uid,
-                AuditAction.CREATE,
-                "report amendment refused",
-                outcome=AuditOutcome.MINOR_FAILURE,
-                reason=str(exc),
+                site_name=self._site,
+                author=caller.name,
+                text=text,
             )
-            raise
         self._record(
             caller,
             study_instance_uid,
@@ -175,6 +152,25 @@ class ReadingService:
             amends_sr_sop_instance_uid=outcome.amends_sr_sop_instance_uid,
         )
         return outcome
+
+    @contextmanager
+    def _report_act(self, caller: Actor, uid: str, act: str) -> Iterator[None]:
+        """Run a report act on a study of the caller's hospitals: the archive's errors
+        translated, a refusal audited as ``"<act> refused"`` before it propagates."""
+        require_study_in_scope(self._db, self._audit, uid, caller=caller)
+        try:
+            with archive_errors():
+                yield
+        except _REFUSALS as exc:
+            self._record(
+                caller,
+                uid,
+                AuditAction.CREATE,
+                f"{act} refused",
+                outcome=AuditOutcome.MINOR_FAILURE,
+                reason=str(exc),
+            )
+            raise
 
     def _record(
         self,
