@@ -17,6 +17,7 @@ C-STORE (PS3.4 B.2.3)
 
     ==================================================  =======================================
     over the size limit, ``InstanceTooLargeError``,     0xA700 Refused: Out of Resources
+    a deflate bomb (``InflationTooLargeError``),
     ``SpoolFullError``
     ``NonConformantInstanceError`` (quarantined)        0xA900 Data Set does not match SOP Class
     ``UnreadableInstanceError`` (quarantined)           0xC000 Cannot understand
@@ -81,6 +82,7 @@ from dicom_gateway._transport import AssociationServer, tls_context
 from dicom_gateway.exceptions import (
     ArchiveError,
     GatewayError,
+    InflationTooLargeError,
     InstanceTooLargeError,
     InvalidIdentifierError,
     NonConformantInstanceError,
@@ -464,6 +466,9 @@ class DicomService:
     @staticmethod
     def _store_failure(sender: SenderInfo, exc: GatewayError) -> Dataset:
         """The C-STORE failure status for ``exc`` (PS3.4 B.2.3)."""
+        if isinstance(exc, InflationTooLargeError):
+            logger.warning("refused instance from %s: %s", sender.ae_title, exc)
+            return _status(0xA700, f"deflated data set inflates beyond {exc.limit_bytes} bytes")
         if isinstance(exc, InstanceTooLargeError):
             logger.warning("refused instance from %s: %s", sender.ae_title, exc)
             return _status(0xA700, f"instance exceeds the limit of {exc.limit_bytes} bytes")
