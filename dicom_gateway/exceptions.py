@@ -17,6 +17,7 @@
     ├── UnknownSenderError(ae_title, host, reason)       -> association rejected (0x01, 0x01, 0x03)
     ├── InvalidIdentifierError(reason)                   -> C-FIND/C-MOVE 0xA900
     ├── ArchiveError(reason)                             -> C-FIND 0xC001, C-MOVE 0xA701
+    │   └── QueryTooBroadError(reason)                   -> C-FIND 0xA700 out of resources
     └── QuarantineEntryError(entry_id, reason)
 """
 
@@ -36,6 +37,7 @@ __all__ = [
     "NonConformantInstanceError",
     "QuarantineEntryError",
     "QuarantineFullError",
+    "QueryTooBroadError",
     "SpoolError",
     "SpoolFullError",
     "UnknownSenderError",
@@ -143,3 +145,7 @@ class ArchiveError(GatewayError):
     def __init__(self, reason: str) -> None:
         self.reason = reason
         super().__init__(reason)
+
+
+class QueryTooBroadError(ArchiveError):
+    """A query matches more than ``RADCLOUD_ARCHIVE_MAX_FIND_RESULTS`` resources."""

@@ -26,9 +26,10 @@ C-STORE (PS3.4 B.2.3)
 
 C-FIND, C-MOVE (PS3.4 C.4.1, C.4.2)
     Patient Root and Study Root, answered from Orthanc (:mod:`dicom_gateway._query`). An
-    invalid identifier gives 0xA900; Orthanc failing gives 0xC001 (C-FIND) or 0xA701
-    (C-MOVE); C-CANCEL gives 0xFE00. C-MOVE sends only to registered destinations
-    (:meth:`SenderRegistry.destination`), else 0xA801; pynetdicom counts the sub-operations
+    invalid identifier gives 0xA900; more matches than ``RADCLOUD_ARCHIVE_MAX_FIND_RESULTS``
+    (before the hospital scope is applied) 0xA700 out of resources; Orthanc failing gives
+    0xC001 (C-FIND) or 0xA701 (C-MOVE); C-CANCEL gives 0xFE00. C-MOVE sends only to
+    registered destinations (:meth:`SenderRegistry.destination`), else 0xA801; pynetdicom counts the sub-operations
     and sends the final 0x0000, 0xB000 (some failed) or 0xA702 (all failed).
 
 Audit
@@ -86,6 +87,7 @@ from dicom_gateway.exceptions import (
     InstanceTooLargeError,
     InvalidIdentifierError,
     NonConformantInstanceError,
+    QueryTooBroadError,
     SpoolFullError,
     UnknownSenderError,
     UnreadableInstanceError,
@@ -513,6 +515,10 @@ class DicomService:
         except InvalidIdentifierError as exc:
             status = 0xA900
             yield _status(0xA900, exc.reason), None
+        except QueryTooBroadError as exc:
+            logger.warning("C-FIND from %s: %s", peer.sender.ae_title, exc)
+            status = 0xA700
+            yield _status(0xA700, "out of resources: too many matches, narrow the query"), None
         except ArchiveError as exc:
             logger.error("C-FIND from %s: %s", peer.sender.ae_title, exc)
             status = 0xC001
