@@ -182,9 +182,9 @@ class Settings(BaseSettings):
     triage_workers: int = Field(1, ge=1, le=64)
     triage_poll_interval_s: float = Field(0.5, gt=0)
 
-    # HTTP API resource budget, enforced before routing and authentication (serving/api/
-    # _body_limit.py, also in Ray Serve's proxy): request bodies of JSON routes, of ad hoc
-    # inference (/api/infer) and of STOW-RS; STOW-RS parts per request; voxels of an uploaded
+    # HTTP API resource budget, enforced before routing and authentication
+    # (serving/_body_limit.py, also in Ray Serve's proxy): request bodies of JSON routes, of
+    # ad hoc inference (/api/infer) and of STOW-RS; STOW-RS parts per request; voxels of an uploaded
     # volume (NIfTI header or DICOM image attributes, checked before decoding).
     api_max_body_kib: int = Field(1024, ge=1)
     api_max_infer_mib: int = Field(512, ge=1)

@@ -29,8 +29,9 @@ C-FIND, C-MOVE (PS3.4 C.4.1, C.4.2)
     invalid identifier gives 0xA900; more matches than ``RADCLOUD_ARCHIVE_MAX_FIND_RESULTS``
     (before the hospital scope is applied) 0xA700 out of resources; Orthanc failing gives
     0xC001 (C-FIND) or 0xA701 (C-MOVE); C-CANCEL gives 0xFE00. C-MOVE sends only to
-    registered destinations (:meth:`SenderRegistry.destination`), else 0xA801; pynetdicom counts the sub-operations
-    and sends the final 0x0000, 0xB000 (some failed) or 0xA702 (all failed).
+    registered destinations (:meth:`SenderRegistry.destination`), else 0xA801; pynetdicom
+    counts the sub-operations and sends the final 0x0000, 0xB000 (some failed) or 0xA702
+    (all failed).
 
 Audit
     Per association, one Instances Transferred (110104, C) record per study stored, written

@@ -4,7 +4,7 @@
 the model deployments (``/api/infer``); ``python -m serving.api`` runs it alone under uvicorn
 (development: no models). Every route except ``/healthz`` requires a credential and declares the
 roles it admits (``serving.api.security.require_roles``). Request bodies have a budget per
-route class, enforced before routing and authentication (:mod:`serving.api._body_limit`).
+route class, enforced before routing and authentication (:mod:`serving._body_limit`).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from fastapi import Depends, FastAPI
 from core import __version__
 from core.config import Settings, load_settings
 from core.security import Principal
-from serving.api._body_limit import BodyLimitMiddleware, BodyLimits
+from serving._body_limit import BodyLimitMiddleware, BodyLimits
 from serving.api.context import ApiContext
 from serving.api.errors import install_error_handlers
 from serving.api.routes import (
@@ -76,7 +76,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         openapi_url=None,  # served below, behind authentication
     )
     # Outermost but for Starlette's error middleware: before routing, authentication and
-    # any body parsing (serving/api/_body_limit.py).
+    # any body parsing (serving/_body_limit.py).
     app.add_middleware(BodyLimitMiddleware, limits=BodyLimits.from_settings(resolved))
     install_error_handlers(app)
     app.include_router(health.router)

@@ -51,7 +51,7 @@ _MAX_FILES = 4096  # instances of one series
 async def infer(request: Request, user: Scorer, model: str) -> Any:
     """Score an uploaded DICOM series or NIfTI volume with ``model``."""
     # The form is parsed here, after authentication (a declared form parameter would be read
-    # before it); the body's size was bounded before routing (serving/api/_body_limit.py).
+    # before it); the body's size was bounded before routing (serving/_body_limit.py).
     links = getattr(request.app.state, "links", None)
     ctx = context(request)
     service = AdHocInference(

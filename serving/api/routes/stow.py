@@ -10,8 +10,8 @@ after. The per-instance answers become the Store Instances Response (failure rea
 :mod:`serving.api._stow`). An instance is reported stored only once the gateway has it on disk.
 
 Budget: the body is bounded before routing (``RADCLOUD_API_MAX_STOW_MIB``,
-:mod:`serving.api._body_limit`); a request of more than ``RADCLOUD_API_MAX_STOW_PARTS`` parts
-is answered 413 once that many were handled, the rest unread.
+:mod:`serving._body_limit`); a request of more than ``RADCLOUD_API_MAX_STOW_PARTS``
+parts is answered 413 once that many were handled, the rest unread.
 
 The gateway unreachable: 503 ``gateway_unavailable`` with Retry-After when nothing was stored;
 when it fails after some parts were stored, 202 with the rest named as not stored (PS3.18

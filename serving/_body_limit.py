@@ -20,7 +20,9 @@ Nothing past the budget is read, so memory and disk stay flat however much is se
 
 Ray Serve's HTTP proxy reads request bodies into an unbounded queue in front of the replica, so
 the same middleware also runs in the proxy (:func:`proxy_middlewares`, named by
-``RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH``, which :mod:`serving.application` sets).
+``RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH``, which :mod:`serving.application` sets). The
+proxy imports this module while its health check waits, so it lives outside :mod:`serving.api`
+(whose import pulls in the whole application) and imports only Starlette and the settings.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from core.config import Settings, load_settings
 __all__ = ["PROXY_CALLBACK", "BodyLimitMiddleware", "BodyLimits", "proxy_middlewares"]
 
 #: The import path Ray Serve's proxy calls for its middlewares.
-PROXY_CALLBACK = "serving.api._body_limit.proxy_middlewares"
+PROXY_CALLBACK = "serving._body_limit.proxy_middlewares"
 
 _KIB = 1024
 _MIB = 1024 * 1024
