@@ -68,7 +68,7 @@ class Intake:
             inflates beyond it; not quarantined.
         InstanceRejectedError
             Unreadable or non-conformant; the bytes are in quarantine, unless it is full (the
-            reason then says so and nothing is kept).
+            reason then starts "not kept, quarantine full" and nothing is kept).
         SpoolFullError
             No room in the spool.
         """
@@ -97,7 +97,7 @@ class Intake:
             except QuarantineFullError as full:
                 logger.warning("refused instance from %s not kept: %s", sender, full)
                 metrics.INSTANCES_FAILED.labels(sender, source, "quarantine_full").inc()
-                raise type(exc)(f"{exc.reason}; not kept: {full}") from exc
+                raise type(exc)(f"not kept, quarantine full: {exc.reason}") from exc
             raise
         try:
             entry = self.spool.put(stored, info, sender_ae_title=sender_ae_title, hospital=hospital)

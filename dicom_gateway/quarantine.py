@@ -135,10 +135,16 @@ class Quarantine:
                 if not full:
                     self._usage = (files + 1, used + size)
                     return
+            quota = [
+                f"{limit} {unit} ({setting})"
+                for limit, unit, setting in (
+                    (self.max_files, "entries", "RADCLOUD_GATEWAY_QUARANTINE_MAX_FILES"),
+                    (self.limit_bytes, "bytes", "RADCLOUD_GATEWAY_QUARANTINE_LIMIT_MIB"),
+                )
+                if limit is not None
+            ]
             raise QuarantineFullError(
-                f"{files} entries of {used} bytes; the quota is {self.max_files} entries "
-                f"(RADCLOUD_GATEWAY_QUARANTINE_MAX_FILES) and {self.limit_bytes} bytes "
-                "(RADCLOUD_GATEWAY_QUARANTINE_LIMIT_MIB)"
+                f"{files} entries of {used} bytes; the quota is {' and '.join(quota)}"
             )
 
     def _release_reservation(self, size: int) -> None:

@@ -16,7 +16,6 @@ affine, which tools that rewrite the file keep authoritative.
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import tempfile
@@ -182,10 +181,11 @@ def _is_orthogonal(affine: np.ndarray) -> bool:
 
 def _header(head: bytes) -> Any:
     """The NIfTI-1/2 header at the start of ``head`` (nibabel), by its ``sizeof_hdr``."""
-    for order in ("little", "big"):
-        name = _HEADER_SIZES.get(int.from_bytes(head[:4], order))
-        if name is not None and len(head) >= int.from_bytes(head[:4], order):
-            return getattr(nib, name).from_fileobj(io.BytesIO(head))
+    for order, endianness in (("little", "<"), ("big", ">")):
+        size = int.from_bytes(head[:4], order)
+        name = _HEADER_SIZES.get(size)
+        if name is not None and len(head) >= size:  # the binary block only: no extensions
+            return getattr(nib, name)(binaryblock=head[:size], endianness=endianness)
     raise UnsupportedDataError("not a NIfTI-1 or NIfTI-2 file: sizeof_hdr is neither 348 nor 540")
 
 

@@ -7,6 +7,7 @@ answers, so a "multi-GB" attack costs the test only what the server actually rea
 from __future__ import annotations
 
 import gzip
+import json
 import select
 import socket
 import time
@@ -17,7 +18,9 @@ from dataclasses import dataclass
 import nibabel
 import numpy as np
 import pytest
+from starlette.datastructures import QueryParams
 
+from serving.api import _qido
 from tests.conftest import Stack
 
 pytestmark = pytest.mark.integration
@@ -220,3 +223,15 @@ def test_gzip_bomb_nifti_is_refused_after_its_declared_size(stack: Stack) -> Non
     assert status == 413, body
     assert "inflates beyond" in str(body["detail"])
     _still_serves(stack)
+
+
+# -- scoped QIDO-RS: Orthanc is asked with a limit --------------------------------------------
+
+
+def test_scoped_search_asks_orthanc_with_a_limit_and_refuses_a_broader_answer() -> None:
+    params, window = _qido.upstream_query(QueryParams("PatientID=x&limit=5&offset=2"), 100)
+    assert ("limit", "101") in params and ("limit", "5") not in params
+    assert (window.limit, window.offset) == (5, 2)
+    _qido.check_breadth(json.dumps([{}] * 100).encode(), 100)
+    with pytest.raises(_qido.SearchTooBroadError, match="RADCLOUD_ARCHIVE_MAX_FIND_RESULTS"):
+        _qido.check_breadth(json.dumps([{}] * 101).encode(), 100)
