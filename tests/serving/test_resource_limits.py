@@ -6,6 +6,7 @@ answers, so a "multi-GB" attack costs the test only what the server actually rea
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import json
 import select
@@ -14,12 +15,14 @@ import time
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import nibabel
 import numpy as np
 import pytest
 from starlette.datastructures import QueryParams
 
+from serving._body_limit import BodyLimitMiddleware, BodyLimits
 from serving.api import _qido
 from tests.conftest import Stack
 
@@ -235,3 +238,58 @@ def test_scoped_search_asks_orthanc_with_a_limit_and_refuses_a_broader_answer() 
     _qido.check_breadth(json.dumps([{}] * 100).encode(), 100)
     with pytest.raises(_qido.SearchTooBroadError, match="RADCLOUD_ARCHIVE_MAX_FIND_RESULTS"):
         _qido.check_breadth(json.dumps([{}] * 101).encode(), 100)
+
+
+# -- the middleware itself (as `python -m serving.api` runs it, without Ray's proxy) ----------
+
+
+def _run(middleware: BodyLimitMiddleware, path: str, chunks: list[bytes], headers: list) -> dict:
+    """Drive one request through ``middleware``; what the app read and what was sent."""
+    seen: dict = {"app_read": 0, "app_called": False, "sent": [], "asked": 0}
+    messages = [
+        {"type": "http.request", "body": chunk, "more_body": i < len(chunks) - 1}
+        for i, chunk in enumerate(chunks)
+    ]
+
+    async def receive() -> dict:
+        seen["asked"] += 1
+        return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+    async def send(message: dict) -> None:
+        seen["sent"].append(message)
+
+    async def app(scope: dict, receive: Any, send: Any) -> None:
+        seen["app_called"] = True
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise ConnectionError("client went away")
+            seen["app_read"] += len(message["body"])
+            if not message.get("more_body"):
+                break
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    middleware.app = app
+    scope = {"type": "http", "method": "POST", "path": path, "headers": headers}
+    asyncio.run(middleware(scope, receive, send))
+    return seen
+
+
+def test_the_body_budget_per_route_class() -> None:
+    limits = BodyLimits(json_bytes=10, infer_bytes=100, stow_bytes=1000)
+    middleware = BodyLimitMiddleware(lambda *a: None, limits)  # type: ignore[arg-type]
+
+    declared = _run(middleware, "/api/users", [b""], [(b"content-length", b"11")])
+    assert not declared["app_called"] and declared["sent"][0]["status"] == 413
+    assert b"RADCLOUD_API_MAX_BODY_KIB" in declared["sent"][1]["body"]
+
+    chunked = _run(middleware, "/api/users", [b"x" * 6] * 100, [])
+    assert chunked["sent"][0]["status"] == 413 and len(chunked["sent"]) == 2  # app's answer dropped
+    assert chunked["app_read"] == 6 and chunked["asked"] == 2  # nothing past the budget is read
+
+    infer = _run(middleware, "/api/infer/m", [b"x" * 50, b"x" * 50], [])
+    assert infer["sent"][0]["status"] == 200 and infer["app_read"] == 100
+    stow = _run(middleware, "/dicom-web/studies", [b"x" * 600, b"x" * 600], [])
+    assert stow["sent"][0]["status"] == 413
+    assert b"RADCLOUD_API_MAX_STOW_MIB" in stow["sent"][1]["body"]
