@@ -21,7 +21,7 @@ import logging
 import tempfile
 import zlib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import nibabel
 import numpy as np
@@ -181,7 +181,8 @@ def _is_orthogonal(affine: np.ndarray) -> bool:
 
 def _header(head: bytes) -> Any:
     """The NIfTI-1/2 header at the start of ``head`` (nibabel), by its ``sizeof_hdr``."""
-    for order, endianness in (("little", "<"), ("big", ">")):
+    orders: tuple[tuple[Literal["little", "big"], str], ...] = (("little", "<"), ("big", ">"))
+    for order, endianness in orders:
         size = int.from_bytes(head[:4], order)
         name = _HEADER_SIZES.get(size)
         if name is not None and len(head) >= size:  # the binary block only: no extensions
