@@ -152,9 +152,14 @@ def deflated_dataset_offset(data: bytes) -> int | None:
     return position if transfer_syntax == DEFLATED_TRANSFER_SYNTAX else None
 
 
-def check_part10_inflation(data: bytes, limit: int) -> None:
+def check_part10_inflation(data: bytes, limit: int) -> int:
     """Refuse a deflated DICOM Part 10 file whose data set inflates beyond ``limit`` bytes (the
     file meta counted); files in other transfer syntaxes pass unread.
+
+    Returns
+    -------
+    int
+        The file's size once inflated (``len(data)`` when it is not deflated).
 
     Raises
     ------
@@ -165,10 +170,10 @@ def check_part10_inflation(data: bytes, limit: int) -> None:
     """
     offset = deflated_dataset_offset(data)
     if offset is None:
-        return
+        return len(data)
     what = "the deflated data set (transfer syntax 1.2.840.10008.1.2.1.99)"
     try:
-        _inflate(
+        inflated, _ = _inflate(
             memoryview(data)[offset:],
             limit=max(0, limit - offset),
             wbits=RAW_DEFLATE_WBITS,
@@ -177,3 +182,4 @@ def check_part10_inflation(data: bytes, limit: int) -> None:
         )
     except InflationLimitError:
         raise InflationLimitError(what, limit) from None
+    return offset + inflated

@@ -174,9 +174,10 @@ def _read_volume(uploads: Sequence[tuple[str, bytes]], max_bytes: int, max_voxel
     if len(uploads) == 1 and names[0].endswith((".nii", ".nii.gz")):
         return load_nifti_bytes(uploads[0][1], max_voxels=max_voxels)
     datasets = []
-    voxels = 0
+    voxels = inflated = 0
     for name, data in uploads:
-        check_part10_inflation(data, max_bytes)  # before pydicom inflates it whole
+        # Before pydicom inflates it whole; deflated files count inflated, all of them together.
+        inflated += check_part10_inflation(data, max_bytes - inflated)
         try:
             ds = pydicom.dcmread(io.BytesIO(data))
         except Exception as exc:
