@@ -236,6 +236,8 @@ class OrthancArchive:
         """``POST /tools/find`` with ``Limit`` and ``Since``: never unbounded. Without ``limit``
         one more than the maximum is asked for, so that a broader search shows and is refused.
         """
+        if limit is not None and limit <= 0:
+            return []  # Orthanc reads a Limit of 0 as none
         body = {
             "Level": ORTHANC_LEVELS[level],
             "Query": dict(search_filters or {}),
