@@ -144,6 +144,10 @@ class Settings(BaseSettings):
     gateway_network_timeout_s: float = Field(120.0, gt=0)
     gateway_forward_workers: int = Field(4, ge=1, le=64)
     gateway_stable_seconds: float = Field(10.0, gt=0)
+    # Quarantine quota: beyond either, a refused instance is answered with its failure status
+    # but not kept (the forwarder's quarantine of acknowledged instances is never refused).
+    gateway_quarantine_limit_mib: int = Field(2048, ge=1)
+    gateway_quarantine_max_files: int = Field(10000, ge=1)
     gateway_tls_certificate: Path | None = None
     gateway_tls_private_key: Path | None = None
     gateway_tls_ca_certificates: Path | None = None  # set: client certificates are required
@@ -153,6 +157,9 @@ class Settings(BaseSettings):
     orthanc_plugins_dir: Path = Path("/usr/share/orthanc/plugins")
     orthanc_index: OrthancIndex = OrthancIndex.SQLITE
     orthanc_postgresql_url: str | None = None
+    # Most resources one archive search returns (Orthanc's LimitFindResults and
+    # LimitFindInstances, and the seam's paging): a broader search is refused, not truncated.
+    archive_max_find_results: int = Field(10000, ge=1)
     startup_timeout_s: float = Field(60.0, gt=0)
 
     # serving (serving/): Ray Serve runs the API (ingress), one deployment per production
@@ -174,6 +181,16 @@ class Settings(BaseSettings):
     serving_target_ongoing_requests: float = Field(4.0, gt=0)
     triage_workers: int = Field(1, ge=1, le=64)
     triage_poll_interval_s: float = Field(0.5, gt=0)
+
+    # HTTP API resource budget, enforced before routing and authentication
+    # (serving/_body_limit.py, also in Ray Serve's proxy): request bodies of JSON routes, of
+    # ad hoc inference (/api/infer) and of STOW-RS; STOW-RS parts per request; voxels of an uploaded
+    # volume (NIfTI header or DICOM image attributes, checked before decoding).
+    api_max_body_kib: int = Field(1024, ge=1)
+    api_max_infer_mib: int = Field(512, ge=1)
+    api_max_stow_mib: int = Field(4096, ge=1)
+    api_max_stow_parts: int = Field(2000, ge=1)
+    api_max_infer_voxels: int = Field(2**28, ge=1)
 
     # Application database: SQLite in RADCLOUD_HOME unless a URL is given.
     database_url: str | None = None

@@ -49,7 +49,12 @@ from typing import Any
 
 import pydicom
 
-__all__ = ["STOW_PATH", "FailureReason", "StoreAnswer", "peek_uids"]
+from core.inflation import check_part10_inflation
+
+#: The most a deflated data set may inflate to be read for labels (:func:`peek_uids`).
+PEEK_INFLATED_BYTES = 64 * 1024 * 1024
+
+__all__ = ["PEEK_INFLATED_BYTES", "STOW_PATH", "FailureReason", "StoreAnswer", "peek_uids"]
 
 STOW_PATH = "/internal/stow/instances"
 
@@ -67,12 +72,16 @@ class FailureReason(IntEnum):
     STUDY_MISMATCH = 0xC409
 
 
-def peek_uids(data: bytes) -> tuple[str | None, str | None, str | None]:
+def peek_uids(
+    data: bytes, max_inflated_bytes: int = PEEK_INFLATED_BYTES
+) -> tuple[str | None, str | None, str | None]:
     """SOP Class, SOP Instance and Study Instance UIDs of possibly broken data, each where
     readable and a valid UID (PS3.5 9.1; only valid UIDs are written back in a response), else
-    ``None``: labels for a refusal, never a check.
+    ``None``: labels for a refusal, never a check. A deflated data set that inflates beyond
+    ``max_inflated_bytes`` is not read (:mod:`core.inflation`).
     """
     try:
+        check_part10_inflation(data, max_inflated_bytes)
         ds = pydicom.dcmread(
             io.BytesIO(data), force=True, stop_before_pixels=True, specific_tags=list(_PEEKED)
         )

@@ -31,7 +31,7 @@ from dicom_gateway._query import (
     move_contexts,
 )
 from dicom_gateway._transport import set_tcp_nodelay
-from dicom_gateway.exceptions import ArchiveError
+from dicom_gateway.exceptions import ArchiveError, QueryTooBroadError
 
 __all__ = ["MoveOperation", "QueryRetrieveArchive", "StudyMoveResult"]
 
@@ -143,6 +143,8 @@ class QueryRetrieveArchive:
 
         Raises
         ------
+        QueryTooBroadError
+            The query matches more than the archive's maximum (before the scope is applied).
         ArchiveError
             The archive failed.
         """
@@ -154,6 +156,8 @@ class QueryRetrieveArchive:
             for resource in self._find(query):
                 if self._in_scope(query.level, resource, scope, cache):
                     yield self._answer(query, resource, cache)
+        except seam.ArchiveQueryTooBroadError as exc:
+            raise QueryTooBroadError(str(exc)) from exc
         except seam.ArchiveError as exc:
             raise ArchiveError(str(exc)) from exc
 

@@ -12,11 +12,14 @@
     │   └── StudyCollisionError(reason)                  -> 0xC409 study of another hospital
     │                                                       or patient (ownership.py)
     ├── InstanceTooLargeError(size_bytes, limit_bytes)   -> 0xA700 out of resources
+    │   └── InflationTooLargeError(size_bytes, limit_bytes) -> 0xA700 (a deflate bomb)
+    ├── QuarantineFullError(reason)                      -> the refusal stands, nothing kept
     ├── SpoolFullError(used_bytes, limit_bytes, reason)  -> 0xA700 (STOW: retry later, 503)
     ├── SpoolError(path, reason)                         -> C-STORE 0xC001, STOW 0x0110
     ├── UnknownSenderError(ae_title, host, reason)       -> association rejected (0x01, 0x01, 0x03)
     ├── InvalidIdentifierError(reason)                   -> C-FIND/C-MOVE 0xA900
     ├── ArchiveError(reason)                             -> C-FIND 0xC001, C-MOVE 0xA701
+    │   └── QueryTooBroadError(reason)                   -> C-FIND 0xA700 out of resources
     └── QuarantineEntryError(entry_id, reason)
 """
 
@@ -29,11 +32,14 @@ from core.exceptions import RadcloudError
 __all__ = [
     "ArchiveError",
     "GatewayError",
+    "InflationTooLargeError",
     "InstanceRejectedError",
     "InstanceTooLargeError",
     "InvalidIdentifierError",
     "NonConformantInstanceError",
     "QuarantineEntryError",
+    "QuarantineFullError",
+    "QueryTooBroadError",
     "SpoolError",
     "SpoolFullError",
     "StudyCollisionError",
@@ -70,12 +76,33 @@ class StudyCollisionError(InstanceRejectedError):
 class InstanceTooLargeError(GatewayError):
     """An instance is larger than ``gateway_max_instance_mib``."""
 
-    def __init__(self, size_bytes: int, limit_bytes: int) -> None:
+    def __init__(self, size_bytes: int, limit_bytes: int, message: str | None = None) -> None:
         self.size_bytes, self.limit_bytes = size_bytes, limit_bytes
         super().__init__(
-            f"instance of {size_bytes} bytes exceeds the limit of {limit_bytes} bytes "
+            message
+            or f"instance of {size_bytes} bytes exceeds the limit of {limit_bytes} bytes "
             "(RADCLOUD_GATEWAY_MAX_INSTANCE_MIB)"
         )
+
+
+class InflationTooLargeError(InstanceTooLargeError):
+    """A deflated data set inflates beyond ``gateway_max_instance_mib`` (counted, never kept)."""
+
+    def __init__(self, size_bytes: int, limit_bytes: int) -> None:
+        super().__init__(
+            size_bytes,
+            limit_bytes,
+            f"instance of {size_bytes} bytes: its deflated data set inflates beyond the limit "
+            f"of {limit_bytes} bytes (RADCLOUD_GATEWAY_MAX_INSTANCE_MIB)",
+        )
+
+
+class QuarantineFullError(GatewayError):
+    """The quarantine is at its quota: a refused instance is not kept."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(f"quarantine full: {reason}")
 
 
 class SpoolFullError(GatewayError):
@@ -126,3 +153,7 @@ class ArchiveError(GatewayError):
     def __init__(self, reason: str) -> None:
         self.reason = reason
         super().__init__(reason)
+
+
+class QueryTooBroadError(ArchiveError):
+    """A query matches more than ``RADCLOUD_ARCHIVE_MAX_FIND_RESULTS`` resources."""

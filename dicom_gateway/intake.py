@@ -1,17 +1,22 @@
 """The one path every incoming instance takes, whether it came by DIMSE or STOW-RS:
-size limit, validation, the study's owner and patient (:mod:`dicom_gateway.ownership`;
-refusals of both are quarantined), then the durable spool.
+size limit (a deflated data set counted inflated, :mod:`core.inflation`), validation, the
+study's owner and patient (:mod:`dicom_gateway.ownership`; refusals of both are quarantined
+while the quarantine is within its quota), then the durable spool.
 """
 
 from __future__ import annotations
 
 import logging
 
+from core.inflation import CorruptCompressedDataError, InflationLimitError, check_part10_inflation
 from dicom_gateway import metrics
 from dicom_gateway.exceptions import (
+    InflationTooLargeError,
     InstanceRejectedError,
     InstanceTooLargeError,
+    QuarantineFullError,
     SpoolFullError,
+    UnreadableInstanceError,
 )
 from dicom_gateway.ownership import StudyOwnership
 from dicom_gateway.quarantine import Quarantine
@@ -70,10 +75,12 @@ class Intake:
         Raises
         ------
         InstanceTooLargeError
-            Larger than the limit.
+            Larger than the limit, or (``InflationTooLargeError``) a deflated data set that
+            inflates beyond it; not quarantined.
         InstanceRejectedError
             Unreadable or non-conformant, or of a study of another hospital or patient
-            (:class:`StudyCollisionError`); the bytes are in quarantine.
+            (:class:`StudyCollisionError`); the bytes are in quarantine, unless it is full (the
+            reason then starts "not kept, quarantine full" and nothing is kept).
         SpoolFullError
             No room in the spool.
         """
@@ -82,18 +89,28 @@ class Intake:
             metrics.INSTANCES_FAILED.labels(sender, source, "too_large").inc()
             raise InstanceTooLargeError(len(data), self.max_instance_bytes)
         try:
+            self.check_inflation(data)
             info, stored = inspect_instance(data)
             self.ownership.admit(info, hospital, sender=sender, source=source)
+        except InflationTooLargeError:
+            metrics.INSTANCES_FAILED.labels(sender, source, "inflation_too_large").inc()
+            raise
         except InstanceRejectedError as exc:
             metrics.INSTANCES_FAILED.labels(sender, source, type(exc).__name__).inc()
-            self.quarantine.add(
-                data,
-                reason=exc.reason,
-                error=type(exc).__name__,
-                source=source,
-                sender_ae_title=sender_ae_title,
-                hospital=hospital,
-            )
+            try:
+                self.quarantine.add(
+                    data,
+                    reason=exc.reason,
+                    error=type(exc).__name__,
+                    source=source,
+                    sender_ae_title=sender_ae_title,
+                    hospital=hospital,
+                    within_quota=True,
+                )
+            except QuarantineFullError as full:
+                logger.warning("refused instance from %s not kept: %s", sender, full)
+                metrics.INSTANCES_FAILED.labels(sender, source, "quarantine_full").inc()
+                raise type(exc)(f"not kept, quarantine full: {exc.reason}") from exc
             raise
         try:
             entry = self.spool.put(stored, info, sender_ae_title=sender_ae_title, hospital=hospital)
@@ -103,3 +120,21 @@ class Intake:
         metrics.INSTANCES_RECEIVED.labels(sender, source).inc()
         metrics.INSTANCE_BYTES_RECEIVED.labels(sender, source).inc(len(data))
         return entry
+
+    def check_inflation(self, data: bytes) -> None:
+        """Refuse a deflated data set that inflates beyond the instance limit, counting it in
+        steps and keeping nothing (pydicom would inflate it whole).
+
+        Raises
+        ------
+        InflationTooLargeError
+            It inflates beyond the limit.
+        UnreadableInstanceError
+            Its deflate stream is corrupt.
+        """
+        try:
+            check_part10_inflation(data, self.max_instance_bytes)
+        except InflationLimitError as exc:
+            raise InflationTooLargeError(len(data), self.max_instance_bytes) from exc
+        except CorruptCompressedDataError as exc:
+            raise UnreadableInstanceError(str(exc)) from exc

@@ -22,6 +22,7 @@ import logging
 import os
 import secrets
 import shutil
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -33,9 +34,15 @@ import pydicom
 
 from core.audit import AuditAction, AuditedChange, AuditEventCode, AuditTrail
 from core.files import private_directory
+from core.inflation import check_part10_inflation
 from core.security import Actor
 from core.uids import is_safe_uid
-from dicom_gateway.exceptions import GatewayError, InstanceRejectedError, QuarantineEntryError
+from dicom_gateway.exceptions import (
+    GatewayError,
+    InstanceRejectedError,
+    QuarantineEntryError,
+    QuarantineFullError,
+)
 from dicom_gateway.spool import Spool, SpoolEntry
 from dicom_gateway.validation import InstanceInfo, inspect_instance, zero_preamble
 
@@ -45,6 +52,7 @@ logger = logging.getLogger(__name__)
 
 _DATA = "instance.dcm"
 _REASON = "reason.json"
+_LABEL_INFLATED_BYTES = 64 * 1024 * 1024  # a deflated data set read for its labels
 
 
 @dataclass(frozen=True)
@@ -70,6 +78,7 @@ class QuarantineEntry:
 def _lenient(data: bytes, *keywords: str) -> tuple[str | None, ...]:
     """The values of ``keywords`` in ``data``, each ``None`` where it cannot be read."""
     try:
+        check_part10_inflation(data, _LABEL_INFLATED_BYTES)  # never inflate a bomb
         ds = pydicom.dcmread(io.BytesIO(data), force=True, stop_before_pixels=True)
         values = [ds.get(keyword) for keyword in keywords]
         return tuple(str(value) if value else None for value in values)
@@ -87,12 +96,61 @@ class Quarantine:
     audit
         The audit trail operators' actions (:meth:`export`, :meth:`release`, :meth:`delete`)
         are recorded in; a quarantine without one (the intake's, which only adds) refuses them.
+    limit_bytes, max_files
+        The quota (``RADCLOUD_GATEWAY_QUARANTINE_LIMIT_MIB`` and ``_MAX_FILES``) that
+        :meth:`add` keeps when asked to (refusals at intake); ``None``: none.
     """
 
-    def __init__(self, directory: Path, audit: AuditTrail | None = None) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        audit: AuditTrail | None = None,
+        *,
+        limit_bytes: int | None = None,
+        max_files: int | None = None,
+    ) -> None:
         self.directory = directory
         self._audit = audit
+        self.limit_bytes, self.max_files = limit_bytes, max_files
+        self._usage: tuple[int, int] | None = None  # (files, bytes), counted once, then kept
+        self._usage_lock = threading.Lock()
         private_directory(directory)
+
+    def _measure(self) -> tuple[int, int]:
+        dirs = self._entry_dirs()
+        return len(dirs), sum((path / _DATA).stat().st_size for path in dirs)
+
+    def _reserve(self, size: int) -> None:
+        """Count ``size`` more bytes in one more entry, or raise :class:`QuarantineFullError`
+        when that passes the quota. Counted once, then kept up to date by this process; when the
+        quota looks reached, counted again (operators may have deleted entries since)."""
+        with self._usage_lock:
+            for recount in (False, True):
+                if self._usage is None or recount:
+                    self._usage = self._measure()
+                files, used = self._usage
+                full = (self.max_files is not None and files + 1 > self.max_files) or (
+                    self.limit_bytes is not None and used + size > self.limit_bytes
+                )
+                if not full:
+                    self._usage = (files + 1, used + size)
+                    return
+            quota = [
+                f"{limit} {unit} ({setting})"
+                for limit, unit, setting in (
+                    (self.max_files, "entries", "RADCLOUD_GATEWAY_QUARANTINE_MAX_FILES"),
+                    (self.limit_bytes, "bytes", "RADCLOUD_GATEWAY_QUARANTINE_LIMIT_MIB"),
+                )
+                if limit is not None
+            ]
+            raise QuarantineFullError(
+                f"{files} entries of {used} bytes; the quota is {' and '.join(quota)}"
+            )
+
+    def _release_reservation(self, size: int) -> None:
+        with self._usage_lock:
+            if self._usage is not None:
+                self._usage = (self._usage[0] - 1, self._usage[1] - size)
 
     def add(
         self,
@@ -103,6 +161,7 @@ class Quarantine:
         source: str,
         sender_ae_title: str | None,
         hospital: str | None,
+        within_quota: bool = False,
     ) -> QuarantineEntry:
         """Keep ``data`` with ``reason``; returns the new entry.
 
@@ -118,7 +177,44 @@ class Quarantine:
             ``dimse``, ``stow`` or ``forward`` (Orthanc refused it after acceptance).
         sender_ae_title, hospital
             Who sent it.
+        within_quota
+            Keep the quota: refusals at intake, which the sender is told of, ask for it; an
+            instance already acknowledged (the forwarder's) is kept whatever the quota.
+
+        Raises
+        ------
+        QuarantineFullError
+            ``within_quota`` and keeping ``data`` would pass the quota; nothing is written.
         """
+        if within_quota:
+            self._reserve(len(data))
+        else:
+            with self._usage_lock:
+                if self._usage is not None:
+                    self._usage = (self._usage[0] + 1, self._usage[1] + len(data))
+        try:
+            return self._write(
+                data,
+                reason=reason,
+                error=error,
+                source=source,
+                sender_ae_title=sender_ae_title,
+                hospital=hospital,
+            )
+        except BaseException:
+            self._release_reservation(len(data))
+            raise
+
+    def _write(
+        self,
+        data: bytes,
+        *,
+        reason: str,
+        error: str,
+        source: str,
+        sender_ae_title: str | None,
+        hospital: str | None,
+    ) -> QuarantineEntry:
         entry_id = f"{time.time_ns():020d}-{secrets.token_hex(4)}"
         sop_uid, study_uid = _lenient(data, "SOPInstanceUID", "StudyInstanceUID")
         entry = QuarantineEntry(

@@ -17,6 +17,7 @@ C-STORE (PS3.4 B.2.3)
 
     ==================================================  =======================================
     over the size limit, ``InstanceTooLargeError``,     0xA700 Refused: Out of Resources
+    a deflate bomb (``InflationTooLargeError``),
     ``SpoolFullError``
     ``NonConformantInstanceError`` (quarantined)        0xA900 Data Set does not match SOP Class
     ``UnreadableInstanceError`` (quarantined)           0xC000 Cannot understand
@@ -27,10 +28,12 @@ C-STORE (PS3.4 B.2.3)
 
 C-FIND, C-MOVE (PS3.4 C.4.1, C.4.2)
     Patient Root and Study Root, answered from Orthanc (:mod:`dicom_gateway._query`). An
-    invalid identifier gives 0xA900; Orthanc failing gives 0xC001 (C-FIND) or 0xA701
-    (C-MOVE); C-CANCEL gives 0xFE00. C-MOVE sends only to registered destinations
-    (:meth:`SenderRegistry.destination`), else 0xA801; pynetdicom counts the sub-operations
-    and sends the final 0x0000, 0xB000 (some failed) or 0xA702 (all failed).
+    invalid identifier gives 0xA900; more matches than ``RADCLOUD_ARCHIVE_MAX_FIND_RESULTS``
+    (before the hospital scope is applied) 0xA700 out of resources; Orthanc failing gives
+    0xC001 (C-FIND) or 0xA701 (C-MOVE); C-CANCEL gives 0xFE00. C-MOVE sends only to
+    registered destinations (:meth:`SenderRegistry.destination`), else 0xA801; pynetdicom
+    counts the sub-operations and sends the final 0x0000, 0xB000 (some failed) or 0xA702
+    (all failed).
 
 Audit
     Per association, one Instances Transferred (110104, C) record per study stored, written
@@ -83,9 +86,12 @@ from dicom_gateway._transport import AssociationServer, tls_context
 from dicom_gateway.exceptions import (
     ArchiveError,
     GatewayError,
+    InflationTooLargeError,
+    InstanceRejectedError,
     InstanceTooLargeError,
     InvalidIdentifierError,
     NonConformantInstanceError,
+    QueryTooBroadError,
     SpoolFullError,
     StudyCollisionError,
     UnknownSenderError,
@@ -468,18 +474,12 @@ class DicomService:
     @staticmethod
     def _store_failure(sender: SenderInfo, exc: GatewayError) -> Dataset:
         """The C-STORE failure status for ``exc`` (PS3.4 B.2.3)."""
-        if isinstance(exc, InstanceTooLargeError):
+        if isinstance(exc, InstanceTooLargeError | SpoolFullError):
             logger.warning("refused instance from %s: %s", sender.ae_title, exc)
-            return _status(0xA700, f"instance exceeds the limit of {exc.limit_bytes} bytes")
-        if isinstance(exc, SpoolFullError):
-            logger.warning("refused instance from %s: %s", sender.ae_title, exc)
-            return _status(0xA700, "out of resources: the gateway's spool is full")
-        if isinstance(exc, StudyCollisionError):
-            return _status(_STUDY_COLLISION, exc.reason)
-        if isinstance(exc, NonConformantInstanceError):
-            return _status(0xA900, exc.reason)
-        if isinstance(exc, UnreadableInstanceError):
-            return _status(0xC000, exc.reason)
+            return _status(0xA700, _out_of_resources(exc))
+        for kind, status in _REJECTIONS:
+            if isinstance(exc, kind):
+                return _status(status, exc.reason)
         logger.error("cannot store instance from %s: %s", sender.ae_title, exc)
         return _status(0xC001, "instance not stored: gateway error")
 
@@ -514,6 +514,10 @@ class DicomService:
         except InvalidIdentifierError as exc:
             status = 0xA900
             yield _status(0xA900, exc.reason), None
+        except QueryTooBroadError as exc:
+            logger.warning("C-FIND from %s: %s", peer.sender.ae_title, exc)
+            status = 0xA700
+            yield _status(0xA700, "out of resources: too many matches, narrow the query"), None
         except ArchiveError as exc:
             logger.error("C-FIND from %s: %s", peer.sender.ae_title, exc)
             status = 0xC001
@@ -656,3 +660,20 @@ class DicomService:
                     "hospital": peer.sender.hospital,
                 },
             )
+
+
+# Refusals of the instance itself, with the failure status each answers (PS3.4 B.2.3).
+_REJECTIONS: tuple[tuple[type[InstanceRejectedError], int], ...] = (
+    (StudyCollisionError, _STUDY_COLLISION),
+    (NonConformantInstanceError, 0xA900),
+    (UnreadableInstanceError, 0xC000),
+)
+
+
+def _out_of_resources(exc: InstanceTooLargeError | SpoolFullError) -> str:
+    """The error comment of a 0xA700 (Refused: Out of Resources) answer."""
+    if isinstance(exc, InflationTooLargeError):
+        return f"deflated data set inflates beyond {exc.limit_bytes} bytes"
+    if isinstance(exc, InstanceTooLargeError):
+        return f"instance exceeds the limit of {exc.limit_bytes} bytes"
+    return "out of resources: the gateway's spool is full"

@@ -55,7 +55,11 @@ class GatewayService:
         self.audit = AuditTrail.from_secrets(self.db, secrets)
         self.archive = open_archive(settings, secrets)
         self.spool = Spool.from_settings(settings)
-        self.quarantine = Quarantine(settings.paths.quarantine_dir)
+        self.quarantine = Quarantine(
+            settings.paths.quarantine_dir,
+            limit_bytes=settings.gateway_quarantine_limit_mib * _MIB,
+            max_files=settings.gateway_quarantine_max_files,
+        )
         self.intake = Intake(
             self.spool,
             self.quarantine,

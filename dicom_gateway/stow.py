@@ -79,7 +79,11 @@ def store_instance(
         Stored (with the instance's UIDs and patient ID), or failed with a reason.
     """
     if study_instance_uid is not None:
-        sop_class, sop_instance, study = peek_uids(data)
+        try:
+            intake.check_inflation(data)  # before peek_uids reads the data set
+        except GatewayError as exc:
+            return _refused(data, exc)
+        sop_class, sop_instance, study = peek_uids(data, intake.max_instance_bytes)
         if study is not None and study != study_instance_uid:
             reason = f'instance of study "{study}" posted to study "{study_instance_uid}"'
             mismatch = int(FailureReason.STUDY_MISMATCH)

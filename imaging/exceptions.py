@@ -7,6 +7,7 @@ them to HTTP).
     ImagingError                  root: catch this to handle any imaging failure
     ├── InconsistentSeriesError   the instances do not form one regular volume
     ├── UnsupportedDataError      data we cannot decode or represent (transfer syntax, colour)
+    ├── VolumeTooLargeError(voxels, limit)   more voxels than a caller's budget, or a bomb
     ├── GeometryError             geometry that does not fit (mask vs. volume, SEG vs. source)
     ├── ConformanceError          an object we were about to write is not valid DICOM
     ├── DeidentificationError     an instance could not be de-identified (Orthanc refused it,
@@ -39,6 +40,7 @@ __all__ = [
     "OrthancUnavailableError",
     "SyntheticError",
     "UnsupportedDataError",
+    "VolumeTooLargeError",
 ]
 
 _MAX_LISTED = 5
@@ -114,6 +116,15 @@ class UnsupportedDataError(ImagingError):
         super().__init__(reason)
         self.transfer_syntax_uid = transfer_syntax_uid
         self.missing_plugins: tuple[str, ...] = tuple(missing_plugins)
+
+
+class VolumeTooLargeError(ImagingError):
+    """A volume has more voxels than the caller's budget (``voxels`` ``None``: compressed
+    data that inflates beyond what its header declares), found before it is decoded."""
+
+    def __init__(self, reason: str, *, voxels: int | None, limit: int) -> None:
+        super().__init__(reason)
+        self.reason, self.voxels, self.limit = reason, voxels, limit
 
 
 class GeometryError(ImagingError):

@@ -18,16 +18,24 @@ from __future__ import annotations
 
 import json
 import logging
+import tempfile
+import zlib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import nibabel
 import numpy as np
 
-from imaging.exceptions import UnsupportedDataError
+from core.inflation import (
+    GZIP_WBITS,
+    CorruptCompressedDataError,
+    InflationLimitError,
+    inflate,
+)
+from imaging.exceptions import UnsupportedDataError, VolumeTooLargeError
 from imaging.volume import LPS_TO_RAS, Volume
 
-__all__ = ["load_nifti", "save_nifti"]
+__all__ = ["load_nifti", "load_nifti_bytes", "save_nifti"]
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +44,10 @@ _EXTENSION_CODE = 6  # NIFTI_ECODE_COMMENT
 _EXTENSION_KEY = "radcloud.volume"
 _SCANNER_XFORM = 1  # NIFTI_XFORM_SCANNER_ANAT
 _KJI_TO_IJK = [2, 1, 0, 3]
+_GZIP_MAGIC = b"\x1f\x8b"
+_HEADER_SIZES = {348: "Nifti1Header", 540: "Nifti2Header"}
+_MAX_HEADER = 540
+_EXTENSIONS_SLACK = 1 << 20  # bytes a file may carry beyond header, extensions and voxels
 
 
 def save_nifti(volume: Volume, path: Path | str) -> Path:
@@ -165,3 +177,66 @@ def _provenance(header: Any) -> dict[str, Any]:
 def _is_orthogonal(affine: np.ndarray) -> bool:
     columns = affine[:3, :3] / np.linalg.norm(affine[:3, :3], axis=0)
     return bool(np.allclose(columns.T @ columns, np.eye(3), atol=1e-6))
+
+
+def _header(head: bytes) -> Any:
+    """The NIfTI-1/2 header at the start of ``head`` (nibabel), by its ``sizeof_hdr``."""
+    orders: tuple[tuple[Literal["little", "big"], str], ...] = (("little", "<"), ("big", ">"))
+    for order, endianness in orders:
+        size = int.from_bytes(head[:4], order)
+        name = _HEADER_SIZES.get(size)
+        if name is not None and len(head) >= size:  # the binary block only: no extensions
+            return getattr(nib, name)(binaryblock=head[:size], endianness=endianness)
+    raise UnsupportedDataError("not a NIfTI-1 or NIfTI-2 file: sizeof_hdr is neither 348 nor 540")
+
+
+def load_nifti_bytes(data: bytes, *, max_voxels: int, label_map: bool = False) -> Volume:
+    """Read NIfTI-1/2 bytes (gzip or not) as :func:`load_nifti` does, within a voxel budget.
+
+    The header is read first (for gzip, by inflating only its first bytes) and a volume of more
+    than ``max_voxels`` is refused before anything else is read; gzip data is then inflated to
+    at most what the header declares (plus 1 MiB of slack), so a gzip bomb is refused after
+    inflating at most that (:mod:`core.inflation`).
+
+    Raises
+    ------
+    VolumeTooLargeError
+        The header declares more than ``max_voxels`` voxels, or the data inflates beyond it.
+    UnsupportedDataError
+        Not NIfTI, or corrupt.
+    """
+    compressed = data[:2] == _GZIP_MAGIC
+    try:
+        head = (
+            zlib.decompressobj(GZIP_WBITS).decompress(data[: 1 << 16], _MAX_HEADER)
+            if compressed
+            else data[:_MAX_HEADER]
+        )
+        header = _header(head)
+    except (zlib.error, ValueError, nibabel.spatialimages.HeaderDataError) as exc:
+        raise UnsupportedDataError(f"cannot read the NIfTI header: {exc}") from exc
+    shape = header.get_data_shape()
+    voxels = int(np.prod(shape, dtype=np.int64)) if shape else 0
+    if voxels > max_voxels:
+        raise VolumeTooLargeError(
+            f"the NIfTI header declares {voxels} voxels {tuple(shape)}, more than the "
+            f"limit of {max_voxels} (RADCLOUD_API_MAX_INFER_VOXELS)",
+            voxels=voxels,
+            limit=max_voxels,
+        )
+    if compressed:
+        expected = int(header.get_data_offset()) + voxels * header.get_data_dtype().itemsize
+        try:
+            data = inflate(data, limit=expected + _EXTENSIONS_SLACK, what="the gzip NIfTI file")
+        except InflationLimitError as exc:
+            raise VolumeTooLargeError(
+                f"{exc}: more than its header's {voxels} voxels declare",
+                voxels=None,
+                limit=max_voxels,
+            ) from exc
+        except CorruptCompressedDataError as exc:
+            raise UnsupportedDataError(str(exc)) from exc
+    with tempfile.NamedTemporaryFile(suffix=".nii") as handle:
+        handle.write(data)
+        handle.flush()
+        return load_nifti(handle.name, label_map=label_map)

@@ -132,7 +132,13 @@ def serve_forever(settings: Settings, stop: threading.Event | None = None) -> No
     import ray
     from ray import serve
 
+    from serving._body_limit import PROXY_CALLBACK
+
     stop = stop or threading.Event()
+    # Ray Serve's proxy buffers request bodies before the replica sees them: it gets the same
+    # body budget (serving/_body_limit.py). Read by Ray's processes, which a local cluster
+    # starts with this environment; a joined cluster needs it set where its head started.
+    os.environ.setdefault("RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH", PROXY_CALLBACK)
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     if settings.ray_address:

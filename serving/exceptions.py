@@ -19,6 +19,7 @@ a retry).
     └── InferenceRequestError
         ├── UnknownModelError(model, served)     no deployment serves the model: 404
         ├── UploadTooLargeError(limit_bytes)     the upload exceeds the limit: 413
+        ├── TooManyVoxelsError(reason, limit)    the volume exceeds the voxel budget: 413
         └── UnreadableImageError(reason)         neither a DICOM series nor NIfTI: 422
 """
 
@@ -39,6 +40,7 @@ __all__ = [
     "SignError",
     "StudyNotOnWorklistError",
     "StudyNotReadyError",
+    "TooManyVoxelsError",
     "UnknownModelError",
     "UnprocessableStudyError",
     "UnreadableImageError",
@@ -161,9 +163,20 @@ class UnknownModelError(InferenceRequestError):
 class UploadTooLargeError(InferenceRequestError):
     """The uploaded files together exceed the limit."""
 
-    def __init__(self, limit_bytes: int) -> None:
+    def __init__(self, limit_bytes: int, reason: str | None = None) -> None:
         self.limit_bytes = limit_bytes
-        super().__init__(f"uploads above {limit_bytes >> 20} MiB are refused")
+        super().__init__(
+            reason
+            or f"uploads above {limit_bytes >> 20} MiB are refused (RADCLOUD_API_MAX_INFER_MIB)"
+        )
+
+
+class TooManyVoxelsError(InferenceRequestError):
+    """The uploaded volume has more voxels than ``limit`` (found before decoding)."""
+
+    def __init__(self, reason: str, limit: int) -> None:
+        self.reason, self.limit = reason, limit
+        super().__init__(reason)
 
 
 class UnreadableImageError(InferenceRequestError):

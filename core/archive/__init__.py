@@ -7,11 +7,13 @@ implementation over Orthanc, made by :func:`open_archive`. Errors::
     ├── ArchiveUnavailableError     retry later
     ├── ArchiveNotFoundError        no such resource
     └── ArchiveRejectedError        refused (e.g. invalid DICOM)
+        └── ArchiveQueryTooBroadError   a search matches more than the maximum
 """
 
 from core.archive.exceptions import (
     ArchiveError,
     ArchiveNotFoundError,
+    ArchiveQueryTooBroadError,
     ArchiveRejectedError,
     ArchiveUnavailableError,
 )
@@ -34,6 +36,7 @@ __all__ = [
     "ArchiveError",
     "ArchiveId",
     "ArchiveNotFoundError",
+    "ArchiveQueryTooBroadError",
     "ArchiveRejectedError",
     "ArchiveStatistics",
     "ArchiveUnavailableError",

@@ -7,6 +7,7 @@ transport is behind it; callers decide retry, quarantine or a 404 from the class
     ├── ArchiveUnavailableError     unreachable, timed out, 5xx, 401/403/408/429: retry later
     ├── ArchiveNotFoundError        no such study, series, instance (or it was deleted)
     └── ArchiveRejectedError        the archive refused the request, e.g. invalid DICOM (4xx)
+        └── ArchiveQueryTooBroadError(level, limit)   a search matches more than the maximum
 
 Each carries the data its message is made of.
 """
@@ -18,6 +19,7 @@ from core.exceptions import RadcloudError
 __all__ = [
     "ArchiveError",
     "ArchiveNotFoundError",
+    "ArchiveQueryTooBroadError",
     "ArchiveRejectedError",
     "ArchiveUnavailableError",
 ]
@@ -89,3 +91,15 @@ class ArchiveRejectedError(ArchiveError):
         status = f"HTTP {status_code}: " if status_code is not None else ""
         super().__init__(f"the image archive refused the request: {status}{reason}")
         self.reason, self.status_code = reason, status_code
+
+
+class ArchiveQueryTooBroadError(ArchiveRejectedError):
+    """A search without a ``limit`` matches more than ``limit`` resources at ``level``
+    (``RADCLOUD_ARCHIVE_MAX_FIND_RESULTS``): refused rather than cut short."""
+
+    def __init__(self, level: str, limit: int) -> None:
+        self.level, self.limit = level, limit
+        super().__init__(
+            f"the search matches more than {limit} {level} resources "
+            "(RADCLOUD_ARCHIVE_MAX_FIND_RESULTS): narrow it"
+        )

@@ -47,6 +47,7 @@ def open_archive(
         username=secrets.orthanc_user,
         password=secrets.orthanc_password,
         timeout_s=timeout_s,
+        max_find_results=settings.archive_max_find_results,
     )
 
 

@@ -38,6 +38,7 @@ from core.archive._orthanc_json import (
 from core.archive.exceptions import (
     ArchiveError,
     ArchiveNotFoundError,
+    ArchiveQueryTooBroadError,
     ArchiveRejectedError,
     ArchiveUnavailableError,
 )
@@ -73,6 +74,9 @@ class OrthancArchive:
         Timeout of each request.
     archive_timeout_s
         Timeout of a ZIP download (a series or study).
+    max_find_results
+        The most matches one search returns (``RADCLOUD_ARCHIVE_MAX_FIND_RESULTS``, also
+        Orthanc's ``LimitFindResults``); a broader search without ``limit`` is refused.
     """
 
     def __init__(
@@ -83,8 +87,10 @@ class OrthancArchive:
         password: str,
         timeout_s: float = 30.0,
         archive_timeout_s: float = 120.0,
+        max_find_results: int = 10000,
     ) -> None:
         self._url = url.rstrip("/")
+        self.max_find_results = max_find_results
         self._archive_timeout_s = max(timeout_s, archive_timeout_s)
         self._client = httpx.Client(
             base_url=self._url, auth=(username, password), timeout=timeout_s
@@ -221,38 +227,70 @@ class OrthancArchive:
     # -- search -----------------------------------------------------------------------------
 
     def _search(
-        self, level: ResourceLevel, search_filters: Mapping[str, str] | None
+        self,
+        level: ResourceLevel,
+        search_filters: Mapping[str, str] | None,
+        limit: int | None,
+        offset: int,
     ) -> list[ArchivedResource]:
+        """``POST /tools/find`` with ``Limit`` and ``Since``: never unbounded. Without ``limit``
+        one more than the maximum is asked for, so that a broader search shows and is refused.
+        """
+        if limit is not None and limit <= 0:
+            return []  # Orthanc reads a Limit of 0 as none
         body = {
             "Level": ORTHANC_LEVELS[level],
             "Query": dict(search_filters or {}),
             "Expand": True,
+            "Limit": min(limit, self.max_find_results)
+            if limit is not None
+            else self.max_find_results + 1,
+            "Since": offset,
         }
-        return [resource(item, level) for item in self._list("POST", "/tools/find", json=body)]
+        found = [resource(item, level) for item in self._list("POST", "/tools/find", json=body)]
+        if limit is None and len(found) > self.max_find_results:
+            raise ArchiveQueryTooBroadError(ORTHANC_LEVELS[level], self.max_find_results)
+        return found
 
     def search_for_patients(
-        self, search_filters: Mapping[str, str] | None = None
+        self,
+        search_filters: Mapping[str, str] | None = None,
+        *,
+        limit: int | None = None,
+        offset: int = 0,
     ) -> list[ArchivedResource]:
         """Patients matching ``search_filters`` (``POST /tools/find``)."""
-        return self._search(ResourceLevel.PATIENT, search_filters)
+        return self._search(ResourceLevel.PATIENT, search_filters, limit, offset)
 
     def search_for_studies(
-        self, search_filters: Mapping[str, str] | None = None
+        self,
+        search_filters: Mapping[str, str] | None = None,
+        *,
+        limit: int | None = None,
+        offset: int = 0,
     ) -> list[ArchivedResource]:
         """Studies matching ``search_filters`` (``POST /tools/find``)."""
-        return self._search(ResourceLevel.STUDY, search_filters)
+        return self._search(ResourceLevel.STUDY, search_filters, limit, offset)
 
     def search_for_series(
-        self, search_filters: Mapping[str, str] | None = None
+        self,
+        search_filters: Mapping[str, str] | None = None,
+        *,
+        limit: int | None = None,
+        offset: int = 0,
     ) -> list[ArchivedResource]:
         """Series matching ``search_filters`` (``POST /tools/find``)."""
-        return self._search(ResourceLevel.SERIES, search_filters)
+        return self._search(ResourceLevel.SERIES, search_filters, limit, offset)
 
     def search_for_instances(
-        self, search_filters: Mapping[str, str] | None = None
+        self,
+        search_filters: Mapping[str, str] | None = None,
+        *,
+        limit: int | None = None,
+        offset: int = 0,
     ) -> list[ArchivedResource]:
         """Instances matching ``search_filters`` (``POST /tools/find``)."""
-        return self._search(ResourceLevel.INSTANCE, search_filters)
+        return self._search(ResourceLevel.INSTANCE, search_filters, limit, offset)
 
     # -- navigate ---------------------------------------------------------------------------
 

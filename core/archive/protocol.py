@@ -62,27 +62,46 @@ class ImageArchive(Protocol):
         ...
 
     # -- search (QIDO) ----------------------------------------------------------------------
+    # Every search is bounded: ``limit`` matches from ``offset`` (paging); without ``limit``
+    # all matches, refused with ArchiveQueryTooBroadError beyond the archive's maximum
+    # (RADCLOUD_ARCHIVE_MAX_FIND_RESULTS) rather than cut short.
 
     def search_for_patients(
-        self, search_filters: Mapping[str, str] | None = None
+        self,
+        search_filters: Mapping[str, str] | None = None,
+        *,
+        limit: int | None = None,
+        offset: int = 0,
     ) -> list[ArchivedResource]:
         """Patients matching ``search_filters`` (DICOM keyword to value, PS3.4 C.2.2.2)."""
         ...
 
     def search_for_studies(
-        self, search_filters: Mapping[str, str] | None = None
+        self,
+        search_filters: Mapping[str, str] | None = None,
+        *,
+        limit: int | None = None,
+        offset: int = 0,
     ) -> list[ArchivedResource]:
         """Studies matching ``search_filters``, e.g. ``{"StudyInstanceUID": uid}``."""
         ...
 
     def search_for_series(
-        self, search_filters: Mapping[str, str] | None = None
+        self,
+        search_filters: Mapping[str, str] | None = None,
+        *,
+        limit: int | None = None,
+        offset: int = 0,
     ) -> list[ArchivedResource]:
         """Series matching ``search_filters`` (study attributes allowed)."""
         ...
 
     def search_for_instances(
-        self, search_filters: Mapping[str, str] | None = None
+        self,
+        search_filters: Mapping[str, str] | None = None,
+        *,
+        limit: int | None = None,
+        offset: int = 0,
     ) -> list[ArchivedResource]:
         """Instances matching ``search_filters`` (study and series attributes allowed)."""
         ...

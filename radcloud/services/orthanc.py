@@ -162,6 +162,11 @@ def orthanc_config(
         "HttpServerEnabled": True,
         "HttpPort": settings.orthanc_http_port,
         "RemoteAccessAllowed": False,
+        # Bounded finds for every client (REST, DICOMweb QIDO, C-FIND): at most this many
+        # candidates are examined; radcloud's own searches ask for one more and refuse a
+        # broader one (core/archive, serving/api/_qido.py).
+        "LimitFindResults": settings.archive_max_find_results,
+        "LimitFindInstances": settings.archive_max_find_results,
         "AuthenticationEnabled": True,
         "RegisteredUsers": {secrets.orthanc_user: secrets.orthanc_password},
         "HttpDescribeErrors": True,

@@ -6,6 +6,9 @@ a platform operator the search goes to Orthanc without its ``limit`` and ``offse
 StudyInstanceUID as an included field (PS3.18 10.6.1.2.2); every match of a study outside the
 caller's hospitals is dropped, and only then is the page taken, so a page is full and its
 matches are all the caller's (no count shrinks or grows with another hospital's studies).
+Orthanc is still asked with a ``limit``: one more than ``RADCLOUD_ARCHIVE_MAX_FIND_RESULTS``;
+a search that matches more is refused as too broad (:class:`SearchTooBroadError`), never
+answered from a silently cut list.
 """
 
 from __future__ import annotations
@@ -16,10 +19,29 @@ from typing import Any
 
 from starlette.datastructures import QueryParams
 
-__all__ = ["STUDY_UID_TAG", "Page", "match_study_uid", "page", "upstream_query"]
+__all__ = [
+    "STUDY_UID_TAG",
+    "Page",
+    "SearchTooBroadError",
+    "check_breadth",
+    "match_study_uid",
+    "page",
+    "upstream_query",
+]
 
 STUDY_UID_TAG = "0020000D"
 _PAGING = ("limit", "offset")
+
+
+class SearchTooBroadError(ValueError):
+    """Orthanc matched more than ``limit`` resources for a scoped search."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        super().__init__(
+            f"the search matches more than {limit} resources across the archive "
+            "(RADCLOUD_ARCHIVE_MAX_FIND_RESULTS): narrow it, e.g. by StudyDate or PatientID"
+        )
 
 
 class Page:
@@ -29,9 +51,9 @@ class Page:
         self.limit, self.offset = limit, offset
 
 
-def upstream_query(params: QueryParams) -> tuple[list[tuple[str, str]], Page]:
-    """The query for Orthanc (the caller's filters, no paging, StudyInstanceUID included)
-    and the caller's page.
+def upstream_query(params: QueryParams, max_results: int) -> tuple[list[tuple[str, str]], Page]:
+    """The query for Orthanc (the caller's filters, StudyInstanceUID included, a ``limit`` of
+    ``max_results + 1`` so that a broader search shows) and the caller's page.
 
     Raises
     ------
@@ -49,6 +71,7 @@ def upstream_query(params: QueryParams) -> tuple[list[tuple[str, str]], Page]:
         values[name] = int(given)
     kept = [(key, value) for key, value in params.multi_items() if key.lower() not in _PAGING]
     kept.append(("includefield", STUDY_UID_TAG))
+    kept.append(("limit", str(max_results + 1)))
     return kept, Page(values["limit"], values["offset"] or 0)
 
 
@@ -81,6 +104,14 @@ def page(body: bytes, visible: set[str] | None, window: Page) -> tuple[bytes, li
     matches = matches[window.offset : end]
     uids = [uid for uid in (match_study_uid(m) for m in matches) if uid]
     return json.dumps(matches, separators=(",", ":")).encode(), uids
+
+
+def check_breadth(body: bytes, max_results: int) -> None:
+    """Raise :class:`SearchTooBroadError` when Orthanc's answer holds more than
+    ``max_results`` matches (it was asked for one more)."""
+    matches = json.loads(body) if body.strip() else []
+    if isinstance(matches, list) and len(matches) > max_results:
+        raise SearchTooBroadError(max_results)
 
 
 def study_uids(body: bytes) -> list[str]:

@@ -3,7 +3,8 @@
 ``radcloud up`` runs it as the Ray Serve ingress (``serving.application``), where it also reaches
 the model deployments (``/api/infer``); ``python -m serving.api`` runs it alone under uvicorn
 (development: no models). Every route except ``/healthz`` requires a credential and declares the
-roles it admits (``serving.api.security.require_roles``).
+roles it admits (``serving.api.security.require_roles``). Request bodies have a budget per
+route class, enforced before routing and authentication (:mod:`serving._body_limit`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from fastapi import Depends, FastAPI
 from core import __version__
 from core.config import Settings, load_settings
 from core.security import Principal
+from serving._body_limit import BodyLimitMiddleware, BodyLimits
 from serving.api.context import ApiContext
 from serving.api.errors import install_error_handlers
 from serving.api.routes import (
@@ -73,6 +75,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redoc_url=None,
         openapi_url=None,  # served below, behind authentication
     )
+    # Outermost but for Starlette's error middleware: before routing, authentication and
+    # any body parsing (serving/_body_limit.py).
+    app.add_middleware(BodyLimitMiddleware, limits=BodyLimits.from_settings(resolved))
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(auth.router)

@@ -18,6 +18,7 @@ from core.archive import (
     ArchiveError,
     ArchiveId,
     ArchiveNotFoundError,
+    ArchiveQueryTooBroadError,
     ArchiveRejectedError,
     ArchiveUnavailableError,
     OrthancArchive,
@@ -246,3 +247,28 @@ def test_wrong_credentials_are_unavailable(orthanc: tuple[Settings, Secrets]) ->
 def test_statistics_need_both_level_and_id(archive: OrthancArchive) -> None:
     with pytest.raises(ValueError, match="give both"):
         archive.get_statistics(ResourceLevel.STUDY)
+
+
+def test_searches_are_paged_and_a_broader_one_is_refused(
+    orthanc: tuple[Settings, Secrets], archive: OrthancArchive
+) -> None:
+    """Orthanc is never asked without a Limit: a page is ``limit`` from ``offset``, and a
+    search without one that matches more than the maximum is refused, not cut short."""
+    for _ in range(3):
+        archive.store_instances(_series(1)[2])
+    first = archive.search_for_studies(limit=1)
+    second = archive.search_for_studies(limit=1, offset=1)
+    assert len(first) == len(second) == 1
+    assert first[0].archive_id != second[0].archive_id
+    settings, secrets = orthanc
+    with OrthancArchive(
+        settings.orthanc_url,
+        username=secrets.orthanc_user,
+        password=secrets.orthanc_password,
+        max_find_results=2,
+    ) as narrow:
+        with pytest.raises(ArchiveQueryTooBroadError, match="more than 2 Study"):
+            narrow.search_for_studies()
+        assert len(narrow.search_for_studies(limit=2)) == 2  # a page is fine
+        (study,) = narrow.search_for_studies({"StudyInstanceUID": first[0].study_instance_uid})
+        assert study.archive_id == first[0].archive_id

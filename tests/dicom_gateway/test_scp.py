@@ -84,7 +84,8 @@ class Gateway:
 @pytest.fixture
 def make_gateway(tmp_path: Path) -> Iterator[Callable[..., Gateway]]:
     """Start DicomServices (stopped at teardown); keywords: ``orthanc``,
-    ``max_instance_bytes``, ``spool_limit_bytes`` and settings overrides."""
+    ``max_instance_bytes``, ``spool_limit_bytes``, ``quarantine_max_files`` and settings
+    overrides."""
     started: list[DicomService] = []
     placeholders: list[OrthancArchive] = []
     databases: list[Database] = []
@@ -94,6 +95,7 @@ def make_gateway(tmp_path: Path) -> Iterator[Callable[..., Gateway]]:
         orthanc: Any = None,
         max_instance_bytes: int = 64 * 1024 * 1024,
         spool_limit_bytes: int = 1024 * 1024 * 1024,
+        quarantine_max_files: int | None = None,
         **overrides: Any,
     ) -> Gateway:
         home = tmp_path / f"gateway{len(started)}"
@@ -105,7 +107,7 @@ def make_gateway(tmp_path: Path) -> Iterator[Callable[..., Gateway]]:
         databases.append(db)
         upgrade(db)
         spool = Spool(home / "spool", spool_limit_bytes)
-        quarantine = Quarantine(home / "quarantine")
+        quarantine = Quarantine(home / "quarantine", max_files=quarantine_max_files)
         audit = AuditTrail(db, "test-audit-key", "test-chain-key")
         senders = SenderRegistry(db, audit)
         senders.add_sender(SENDER, HOSPITAL, actor=Actor.cli())
@@ -344,6 +346,39 @@ def test_malformed_instance_is_quarantined_and_the_service_stays_up(
     assert entry.source == "dimse"
     assert len(list(gateway.spool.entries())) == 1
     assert echo(gateway) == 0
+
+
+def test_full_quarantine_refuses_without_keeping_and_acknowledges_nothing_lost(
+    make_gateway: Callable[..., Gateway], tmp_path: Path
+) -> None:
+    """Past the quota a refused instance still gets its failure status, saying it was not
+    kept; nothing is written; good instances are still stored."""
+    gateway = make_gateway(quarantine_max_files=1)
+    first = write(tmp_path / "bad1.dcm", synthetic_ct(drop=("StudyInstanceUID",)))
+    second = write(tmp_path / "bad2.dcm", synthetic_ct(drop=("StudyInstanceUID",)))
+    good = sample("CT_small.dcm", tmp_path)
+    sent = store(gateway, first, second, good)
+    assert sent.statuses == [0xA900, 0xA900, 0x0000], sent.output
+    assert "not kept" in sent.output  # the second refusal's Error Comment
+    [entry] = gateway.quarantine.list()
+    assert entry.sop_instance_uid == pydicom.dcmread(first).SOPInstanceUID
+    assert len(list(gateway.quarantine.directory.iterdir())) == 1  # no leftover of the second
+    assert len(list(gateway.spool.entries())) == 1
+    assert echo(gateway) == 0
+
+
+def test_deflate_bomb_is_refused_and_not_quarantined(
+    make_gateway: Callable[..., Gateway], tmp_path: Path
+) -> None:
+    from tests.dicom_gateway.test_bombs import deflate_bomb
+
+    gateway = make_gateway(max_instance_bytes=8 * 1024 * 1024)
+    bomb = write(tmp_path / "bomb.dcm", deflate_bomb(generate_uid(), pixel_mib=64))
+    sent = store(gateway, bomb, options=("-xd",))
+    assert sent.statuses == [0xA700], sent.output
+    assert "inflates beyond" in sent.output
+    assert not gateway.quarantine.list()
+    assert not list(gateway.spool.entries())
 
 
 def _with_uids(data: bytes, **uids: str) -> bytes:

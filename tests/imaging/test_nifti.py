@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gzip
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +12,8 @@ import numpy as np
 import pytest
 
 from imaging import UnsupportedDataError, load_nifti, load_series, save_nifti
+from imaging.exceptions import VolumeTooLargeError
+from imaging.nifti import load_nifti_bytes
 from tests.imaging.dicom_series import chest_radiograph, ct_series, enhanced_ct
 
 nib: Any = nibabel  # untyped API
@@ -84,3 +88,41 @@ def test_four_dimensional_data_is_refused(tmp_path: Path) -> None:
     nib.save(nib.Nifti1Image(np.zeros((4, 4, 4, 3), np.float32), np.eye(4)), tmp_path / "4d.nii")
     with pytest.raises(UnsupportedDataError, match=r"\(4, 4, 4, 3\)"):
         load_nifti(tmp_path / "4d.nii")
+
+
+def _header_bytes(shape: tuple[int, ...]) -> bytes:
+    header = nibabel.Nifti1Header()
+    header.set_data_dtype(np.float32)
+    header.set_data_shape(shape)
+    return bytes(header.binaryblock) + b"\0" * 4
+
+
+def test_nifti_bytes_load_within_the_voxel_budget(tmp_path: Path) -> None:
+    volume = load_series(ct_series())
+    for name in ("ct.nii", "ct.nii.gz"):
+        data = save_nifti(volume, tmp_path / name).read_bytes()
+        loaded = load_nifti_bytes(data, max_voxels=volume.array.size)
+        assert np.array_equal(loaded.array, volume.array)
+        with pytest.raises(VolumeTooLargeError, match="RADCLOUD_API_MAX_INFER_VOXELS"):
+            load_nifti_bytes(data, max_voxels=volume.array.size - 1)
+
+
+def test_a_header_declaring_too_many_voxels_is_refused_before_reading() -> None:
+    small_file = _header_bytes((4096, 4096, 4096))  # declares 256 GiB, holds nothing
+    with pytest.raises(VolumeTooLargeError) as refused:
+        load_nifti_bytes(gzip.compress(small_file), max_voxels=2**28)
+    assert refused.value.voxels == 4096**3
+
+
+def test_a_gzip_bomb_is_refused_after_its_declared_size() -> None:
+    deflater = zlib.compressobj(1, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    zeros = bytes(1 << 20)
+    bomb = deflater.compress(_header_bytes((8, 8, 8)))
+    bomb += b"".join(deflater.compress(zeros) for _ in range(64)) + deflater.flush()
+    with pytest.raises(VolumeTooLargeError, match="inflates beyond"):
+        load_nifti_bytes(bomb, max_voxels=2**28)
+
+
+def test_not_nifti_bytes_are_unsupported() -> None:
+    with pytest.raises(UnsupportedDataError, match="sizeof_hdr"):
+        load_nifti_bytes(b"\0" * 600, max_voxels=100)

@@ -184,3 +184,18 @@ def test_up_checks_ports_before_starting_anything(settings: Settings, secrets: S
             supervisor.up()
     assert not settings.paths.orthanc_config.exists()  # nothing was prepared
     assert not (settings.paths.run_dir / "orthanc.pid").exists()
+
+
+def test_finds_are_bounded_for_every_client(tmp_path: Path) -> None:
+    http, dicom, api, gateway = free_ports(4)
+    settings = load_settings(
+        home=tmp_path,
+        orthanc_http_port=http,
+        orthanc_dicom_port=dicom,
+        api_port=api,
+        gateway_port=gateway,
+        archive_max_find_results=250,
+    )
+    config = orthanc_config(settings, load_secrets(settings))
+    assert config["LimitFindResults"] == 250
+    assert config["LimitFindInstances"] == 250

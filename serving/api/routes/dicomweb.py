@@ -186,8 +186,9 @@ def _scoped_search(
     if "xml" in accept and "json" not in accept and "*/*" not in accept:
         message = f"searches answer {DICOM_JSON} only, not {accept[:80]}"
         return error_response(406, "not_acceptable", message), []
+    max_results = ctx.settings.archive_max_find_results
     try:
-        params, window = _qido.upstream_query(request.query_params)
+        params, window = _qido.upstream_query(request.query_params, max_results)
     except ValueError as exc:
         return error_response(400, "bad_request", str(exc)), []
     if operator:
@@ -200,13 +201,18 @@ def _scoped_search(
         return _orthanc_error(answer, rewriter), []
     try:
         visible = None
-        if not operator:
+        if not operator:  # a platform operator's search is paged by Orthanc, bounded by its limit
+            _qido.check_breadth(answer.content, max_results)
             with ctx.db.session() as session:
                 found = _qido.study_uids(answer.content)
                 visible = visible_study_uids(session, actor.scope, found)
         body, returned = _qido.page(answer.content, visible, window)
-    except ValueError as exc:
-        return error_response(502, "image_store_error", f"the image store failed: {exc}"), []
+    except ValueError as exc:  # a SearchTooBroadError is the caller's to narrow: 413
+        if isinstance(exc, _qido.SearchTooBroadError):
+            status, error, detail = 413, "too_broad", str(exc)
+        else:
+            status, error, detail = 502, "image_store_error", f"the image store failed: {exc}"
+        return error_response(status, error, detail), []
     body = b"".join(rewriter.rewrite([body]))
     return Response(body, 200, media_type=DICOM_JSON), returned
 

@@ -9,6 +9,10 @@ the spool's limit, accounting and fsync rules hold as one) and is forwarded to O
 after. The per-instance answers become the Store Instances Response (failure reasons:
 :mod:`serving.api._stow`). An instance is reported stored only once the gateway has it on disk.
 
+Budget: the body is bounded before routing (``RADCLOUD_API_MAX_STOW_MIB``,
+:mod:`serving._body_limit`); a request of more than ``RADCLOUD_API_MAX_STOW_PARTS``
+parts is answered 413 once that many were handled, the rest unread.
+
 The gateway unreachable: 503 ``gateway_unavailable`` with Retry-After when nothing was stored;
 when it fails after some parts were stored, 202 with the rest named as not stored (PS3.18
 Table 10.5.3-1). Every request writes one audit record, 110104 Instances Transferred (action
@@ -59,6 +63,10 @@ Sender = Annotated[Principal, Depends(require_roles(Role.PACS, Role.ADMIN))]
 _DICOM = "application/dicom"
 
 
+class _TooManyParts(Exception):  # noqa: N818 - control flow between two functions of this module
+    """The request has more parts than ``RADCLOUD_API_MAX_STOW_PARTS``; reading stopped."""
+
+
 class _GatewayGone(Exception):  # noqa: N818 - control flow between two functions of this module
     """The gateway could not be reached while storing part ``number``."""
 
@@ -83,12 +91,17 @@ async def _read_parts(
         The body is malformed before any part was read.
     _GatewayGone
         The gateway is unreachable; reading stopped there.
+    _TooManyParts
+        More parts than the limit; the first were handled, reading stopped there.
     """
     ingest = context(request).ingest
+    max_parts = context(request).settings.api_max_stow_parts
 
     async def store(parts: list[BodyPart]) -> None:
         for part in parts:
             number = len(outcomes) + 1
+            if number > max_parts:
+                raise _TooManyParts
             try:
                 outcome = await run_in_threadpool(store_part, ingest, part, number, study, hospital)
             except httpx.TransportError as exc:
@@ -195,6 +208,15 @@ async def _store_parts(
         unavailable = _gateway_gone(gone, outcomes)
         if unavailable is not None:
             return unavailable
+    except _TooManyParts:
+        stored = sum(1 for o in outcomes if o.stored)
+        return error_response(
+            413,
+            "too_large",
+            f"more than {len(outcomes)} parts in one request (RADCLOUD_API_MAX_STOW_PARTS): "
+            f"the first {len(outcomes)} were handled ({stored} stored), the rest was not read; "
+            "send it in further requests (storing an instance again is harmless)",
+        )
     if not outcomes:
         return error_response(400, "bad_request", "the request holds no instances")
     status, body = store_response(outcomes, public_base(request), study)
