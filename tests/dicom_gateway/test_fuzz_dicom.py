@@ -470,7 +470,12 @@ def _part10(drawn: Drawn) -> bytes:
     meta.MediaStorageSOPInstanceUID = drawn.sop_instance_uid
     meta.TransferSyntaxUID = drawn.transfer_syntax_uid
     buffer = io.BytesIO()
-    pydicom.filewriter.write_file_meta_info(buffer, meta, enforce_standard=True)
+    try:
+        pydicom.filewriter.write_file_meta_info(buffer, meta, enforce_standard=True)
+    except ValueError:  # an SOP class UID pydicom will not write: announced as a CT image
+        meta.MediaStorageSOPClassUID = CT_IMAGE_STORAGE
+        buffer = io.BytesIO()
+        pydicom.filewriter.write_file_meta_info(buffer, meta, enforce_standard=True)
     return bytes(128) + b"DICM" + buffer.getvalue() + drawn.body
 
 
