@@ -35,6 +35,11 @@ C-FIND, C-MOVE (PS3.4 C.4.1, C.4.2)
     counts the sub-operations and sends the final 0x0000, 0xB000 (some failed) or 0xA702
     (all failed).
 
+Invalid messages
+    A DIMSE message whose command set cannot be decoded (no Command Field, an unknown one) ends
+    the association with A-ABORT and a Security Alert (110113) naming the reason
+    (:mod:`dicom_gateway._messages`); the service keeps answering everyone else.
+
 Audit
     Per association, one Instances Transferred (110104, C) record per study stored, written
     at release or abort; one Query (110112) record per C-FIND; one Instances Transferred
@@ -76,6 +81,7 @@ from core.audit import AuditAction, AuditEventCode, AuditOutcome, AuditTrail
 from core.config import Settings
 from dicom_gateway import metrics
 from dicom_gateway._archive import MoveOperation, QueryRetrieveArchive
+from dicom_gateway._messages import guard_message_decoding
 from dicom_gateway._query import (
     QUERY_RETRIEVE_SOP_CLASSES,
     VERIFICATION,
@@ -352,6 +358,20 @@ class DicomService:
             return
         with self._lock:
             self._peers[assoc] = _Peer(sender, address)
+        guard_message_decoding(
+            assoc, lambda reason: self._on_invalid_message(sender, address, reason)
+        )
+
+    def _on_invalid_message(self, sender: SenderInfo, address: str, reason: str) -> None:
+        """A message the gateway cannot decode: the association is aborted; audited."""
+        self._record(
+            AuditEventCode.SECURITY_ALERT,
+            action=AuditAction.EXECUTE,
+            outcome=AuditOutcome.MINOR_FAILURE,
+            user_name=sender.ae_title,
+            source_address=address,
+            detail={"reason": reason},
+        )
 
     @staticmethod
     def _reject(assoc: Any, result: int, source: int, diagnostic: int) -> None:
