@@ -133,7 +133,7 @@ def _sender(settings: Settings) -> None:
     db = Database.from_settings(settings)
     registry = SenderRegistry(db, AuditTrail(db, load_secrets(settings).audit_hmac_key))
     if DEMO_SENDER not in {s.ae_title for s in registry.list_senders()}:
-        registry.add_sender(DEMO_SENDER, DEMO_HOSPITAL, actor=Actor.cli())
+        registry.add_sender(DEMO_SENDER, DEMO_HOSPITAL, "127.0.0.1", actor=Actor.cli())
     db.dispose()
 
 

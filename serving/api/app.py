@@ -18,6 +18,7 @@ from fastapi import Depends, FastAPI
 from core import __version__
 from core.config import Settings, load_settings
 from core.security import Principal
+from serving.api._headers import SecurityHeadersMiddleware
 from serving.api.context import ApiContext
 from serving.api.errors import install_error_handlers
 from serving.api.routes import (
@@ -74,6 +75,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         openapi_url=None,  # served below, behind authentication
     )
     install_error_handlers(app)
+    app.add_middleware(SecurityHeadersMiddleware)  # the last added is outermost
     app.include_router(health.router)
     app.include_router(auth.router)
     app.include_router(admin.router)

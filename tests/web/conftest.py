@@ -91,7 +91,7 @@ def _add_accounts(stack: Stack) -> None:
         audit, actor = AuditTrail(db, load_secrets(stack.settings).audit_hmac_key), Actor.cli()
         registry = SenderRegistry(db, audit)
         if all(sender.ae_title != SENDER for sender in registry.list_senders()):
-            registry.add_sender(SENDER, HOSPITAL, actor=actor)
+            registry.add_sender(SENDER, HOSPITAL, "127.0.0.1", actor=actor)
         accounts = Accounts(db, audit)
         for name, role in ((RADIOLOGIST, Role.RADIOLOGIST), (OUTSIDER, Role.ML_ENGINEER)):
             with contextlib.suppress(AlreadyExistsError):  # from another module's room
