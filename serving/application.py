@@ -184,6 +184,8 @@ def _release_stale_claims(settings: Settings) -> None:
 
 def serve_forever(settings: Settings, stop: threading.Event | None = None) -> None:
     """Start (or join) Ray, deploy the application, and block until SIGTERM/SIGINT or ``stop``."""
+    if not settings.ray_address:
+        os.environ[_RAY_CLUSTER_ENV] = "0"  # before Ray is imported: see _start_local_ray
     import ray
     from ray import serve
 
