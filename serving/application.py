@@ -31,6 +31,7 @@ import threading
 from typing import Any
 
 from core.config import ENV_PREFIX, Settings, is_loopback_host
+from serving._ray_loopback import SETUP_HOOK
 from serving.exceptions import ServingError
 
 __all__ = ["build_application", "http_options", "serve_forever"]
@@ -59,7 +60,10 @@ def _runtime_env(settings: Settings) -> dict[str, Any]:
     if toml is not None:  # a replica's working directory is not ours
         env[CONFIG_FILE_ENV] = str(toml.absolute())
     env["TCP_NODELAY"] = "1"
-    return {"env_vars": env}
+    runtime_env: dict[str, Any] = {"env_vars": env}
+    if not settings.ray_address:  # one machine: Serve's replica servers on loopback too
+        runtime_env["worker_process_setup_hook"] = SETUP_HOOK
+    return runtime_env
 
 
 def _start_local_ray(settings: Settings) -> None:
