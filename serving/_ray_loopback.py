@@ -5,9 +5,10 @@ Ray Serve 2.60 starts, in every replica, a gRPC server for calls between deploym
 authenticates its callers with the cluster token, but it is still a door beyond loopback). On a
 local Ray, whose node address is loopback (``serving.application``), nothing needs to reach
 it from elsewhere: :func:`bind_replica_servers_to_loopback`, run by Ray in each replica's
-worker process before the replica starts (``runtime_env["worker_process_setup_hook"]``), makes
-it bind to 127.0.0.1. ``tests/serving/test_transport.py`` checks every listening socket of the
-running cluster, so a Ray upgrade that moves this server is noticed.
+worker process before the replica starts (Ray's worker setup hook, named in the replicas'
+runtime environment by ``serving.application``), makes it bind to 127.0.0.1.
+``tests/serving/test_transport.py`` checks every listening socket of the running cluster, so a
+Ray upgrade that moves this server is noticed.
 """
 
 from __future__ import annotations

@@ -60,10 +60,13 @@ def _runtime_env(settings: Settings) -> dict[str, Any]:
     if toml is not None:  # a replica's working directory is not ours
         env[CONFIG_FILE_ENV] = str(toml.absolute())
     env["TCP_NODELAY"] = "1"
-    runtime_env: dict[str, Any] = {"env_vars": env}
     if not settings.ray_address:  # one machine: Serve's replica servers on loopback too
-        runtime_env["worker_process_setup_hook"] = SETUP_HOOK
-    return runtime_env
+        # Ray takes runtime_env["worker_process_setup_hook"] only for a whole job; per actor,
+        # the variable it would set is what its workers read at start.
+        from ray._private.ray_constants import WORKER_PROCESS_SETUP_HOOK_ENV_VAR
+
+        env[WORKER_PROCESS_SETUP_HOOK_ENV_VAR] = SETUP_HOOK
+    return {"env_vars": env}
 
 
 def _start_local_ray(settings: Settings) -> None:
