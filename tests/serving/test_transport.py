@@ -225,7 +225,8 @@ def test_no_secret_travels_in_rays_state_or_logs(exposed: Stack) -> None:
     processes = _ray_processes(exposed)
     dumped = subprocess.run(
         [sys.executable, "-c", _RAY_STATE, _gcs_address(processes)],
-        env={**exposed.env, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"},
+        # a driver of this machine, with the token Ray made for its local clusters
+        env={**exposed.env, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "token"},
         capture_output=True,
         text=True,
         timeout=120,
