@@ -25,6 +25,7 @@ from core.config import is_loopback_host
 from core.secrets import load_secrets
 from serving.api._headers import CONTENT_SECURITY_POLICY
 from tests.conftest import RADCLOUD, Stack, settings_from_env, stack_env
+from tests.helpers import wait_until
 from tests.pki import CertificateAuthority, non_loopback_address
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -251,3 +252,40 @@ def test_no_secret_travels_in_rays_state_or_logs(exposed: Stack) -> None:
         if value.encode() in path.read_bytes()
     }
     assert leaked == {}
+
+
+def test_the_api_alone_under_uvicorn_speaks_https_too(
+    tmp_path: Path, authority: CertificateAuthority
+) -> None:
+    """``python -m serving.api`` (the API without Ray) takes the same certificate settings."""
+    server = authority.server("uvicorn")
+    env = stack_env(
+        tmp_path / "home",
+        api_tls_certificate=server.certificate,
+        api_tls_private_key=server.key,
+    )
+    settings = settings_from_env(env)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "serving.api"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    context = ssl.create_default_context(cafile=str(authority.certificate))
+    url = f"https://127.0.0.1:{settings.api_port}/healthz"
+
+    def healthy() -> bool:
+        try:
+            return httpx.get(url, verify=context, timeout=5).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    try:
+        assert wait_until(healthy, timeout_s=120, interval_s=0.5), "uvicorn did not answer"
+        answer = httpx.get(url, verify=context, timeout=5)
+        assert answer.headers["content-security-policy"] == CONTENT_SECURITY_POLICY
+        assert answer.headers["strict-transport-security"].startswith("max-age=")
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
