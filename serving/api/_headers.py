@@ -30,7 +30,7 @@ CONTENT_SECURITY_POLICY = "; ".join(
         "style-src-attr 'unsafe-inline'",
         "img-src 'self' data: blob:",
         "font-src 'self'",
-        "connect-src 'self'",
+        "connect-src 'self' blob:",  # Cornerstone's loaders may read the blobs they made
         "object-src 'none'",
         "base-uri 'none'",
         "form-action 'self'",
