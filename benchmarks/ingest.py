@@ -282,7 +282,9 @@ def run_ingest(
         supervisor.up()
         db = Database.from_settings(settings)
         upgrade(db)
-        SenderRegistry(db, _audit(db, settings)).add_sender(_AE, "Benchmark", actor=Actor.cli())
+        SenderRegistry(db, _audit(db, settings)).add_sender(
+            _AE, "Benchmark", "127.0.0.1", actor=Actor.cli()
+        )
         stow_send = _stow(settings, _stow_token(settings), per_request) if stow else None
         targets = ("direct", "gateway", "stow") if stow else ("direct", "gateway")
         orthanc = open_archive(settings, secrets)

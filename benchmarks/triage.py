@@ -139,7 +139,9 @@ def run_triage(
         db = Database.from_settings(settings)
         upgrade(db)
         audit = AuditTrail.from_secrets(db, load_secrets(settings))
-        SenderRegistry(db, audit).add_sender(_AE, "Benchmark (SYNTHETIC)", actor=Actor.cli())
+        SenderRegistry(db, audit).add_sender(
+            _AE, "Benchmark (SYNTHETIC)", "127.0.0.1", actor=Actor.cli()
+        )
         sent: dict[str, str] = {}
         try:
             started = time.monotonic()

@@ -183,7 +183,9 @@ def _scratch_platform(tmp: Path) -> Iterator[Settings]:
         try:
             upgrade(db)
             audit, actor = AuditTrail.from_secrets(db, load_secrets(settings)), Actor.cli()
-            SenderRegistry(db, audit).add_sender(_AE, "Benchmark (SYNTHETIC)", actor=actor)
+            SenderRegistry(db, audit).add_sender(
+                _AE, "Benchmark (SYNTHETIC)", "127.0.0.1", actor=actor
+            )
             Accounts(db, audit).add_user(
                 _USER, Role.RADIOLOGIST, _PASSWORD, platform_operator=True, actor=actor
             )

@@ -11,6 +11,7 @@ instances with different ``RADCLOUD_HOME`` and ports run side by side.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import re
@@ -35,7 +36,10 @@ __all__ = [
     "OrthancIndex",
     "Settings",
     "WindowPreset",
+    "config_file",
+    "is_loopback_host",
     "load_settings",
+    "secret_setting_names",
     "settings_env",
     "url_host",
 ]
@@ -127,6 +131,11 @@ class Settings(BaseSettings):
     # answers (DICOMweb RetrieveURL, BulkDataURI) use it. Default: taken from each request.
     public_url: str | None = None
     api_port: Port = 8000
+    # HTTPS for the API and the web app (Ray Serve's proxy, or uvicorn for `python -m
+    # serving.api`): a PEM certificate (chain) and its private key, set together. In prod mode a
+    # bind_host beyond loopback needs them (and the gateway's TLS files).
+    api_tls_certificate: Path | None = None
+    api_tls_private_key: Path | None = None
     gateway_port: Port = 11112
     gateway_ae_title: str = "RADCLOUD"
     orthanc_http_port: Port = 8042
@@ -156,7 +165,7 @@ class Settings(BaseSettings):
     orthanc_executable: str = "Orthanc"
     orthanc_plugins_dir: Path = Path("/usr/share/orthanc/plugins")
     orthanc_index: OrthancIndex = OrthancIndex.SQLITE
-    orthanc_postgresql_url: str | None = None
+    orthanc_postgresql_url: str | None = Field(None, repr=False)  # holds a password
     # Most resources one archive search returns (Orthanc's LimitFindResults and
     # LimitFindInstances, and the seam's paging): a broader search is refused, not truncated.
     archive_max_find_results: int = Field(10000, ge=1)
@@ -193,7 +202,7 @@ class Settings(BaseSettings):
     api_max_infer_voxels: int = Field(2**28, ge=1)
 
     # Application database: SQLite in RADCLOUD_HOME unless a URL is given.
-    database_url: str | None = None
+    database_url: str | None = Field(None, repr=False)  # may hold a password
 
     # Authentication. radcloud signs its own tokens with HS256; jwt_algorithm RS256/ES256 also
     # accepts tokens from the hospital's OIDC provider, verified against jwt_jwks_url.
@@ -329,6 +338,13 @@ class Settings(BaseSettings):
                 f"{ENV_PREFIX}GATEWAY_TLS_CERTIFICATE and {ENV_PREFIX}GATEWAY_TLS_PRIVATE_KEY "
                 "must be set together"
             )
+        if (self.api_tls_certificate is None) != (self.api_tls_private_key is None):
+            raise ValueError(
+                f"{ENV_PREFIX}API_TLS_CERTIFICATE and {ENV_PREFIX}API_TLS_PRIVATE_KEY "
+                "must be set together"
+            )
+        if self.mode is Mode.PROD and not is_loopback_host(self.bind_host):
+            self._check_transport_encrypted()
         if self.gateway_tls_ca_certificates and not self.gateway_tls_certificate:
             raise ValueError(
                 f"{ENV_PREFIX}GATEWAY_TLS_CA_CERTIFICATES needs {ENV_PREFIX}GATEWAY_TLS_CERTIFICATE"
@@ -346,6 +362,25 @@ class Settings(BaseSettings):
                 "characters, or leave it unset to use a generated secret"
             )
         return self
+
+    def _check_transport_encrypted(self) -> None:
+        """Beyond loopback, prod mode speaks only TLS: HTTPS on the API and the web app,
+        DICOM TLS (PS3.15 B.1) on the gateway."""
+        missing = [
+            f"{ENV_PREFIX}{name.upper()}"
+            for name, value in (
+                ("api_tls_certificate", self.api_tls_certificate),
+                ("gateway_tls_certificate", self.gateway_tls_certificate),
+            )
+            if value is None
+        ]
+        if missing:
+            raise ValueError(
+                f'{ENV_PREFIX}BIND_HOST "{self.bind_host}" is beyond loopback, which prod mode '
+                f"allows only with TLS on every listener: expected {' and '.join(missing)} "
+                f"(with their private keys), or {ENV_PREFIX}BIND_HOST=127.0.0.1 behind a "
+                f"TLS-terminating proxy ({ENV_PREFIX}MODE=dev allows plain text)"
+            )
 
     def _check_identity_provider(self) -> None:
         """An external token's issuer is always checked; in prod, issuer and key set come over
@@ -386,14 +421,21 @@ class Settings(BaseSettings):
         return self.gateway_tls_certificate is not None
 
     @property
+    def api_tls_enabled(self) -> bool:
+        """True when the API and the web app are served over HTTPS."""
+        return self.api_tls_certificate is not None
+
+    @property
     def api_url(self) -> str:
-        """Base URL of radcloud's HTTP API."""
-        return f"http://{url_host(self.bind_host)}:{self.api_port}"
+        """Base URL of radcloud's HTTP API (``https://`` with ``api_tls_certificate``)."""
+        scheme = "https" if self.api_tls_enabled else "http"
+        return f"{scheme}://{url_host(self.bind_host)}:{self.api_port}"
 
     @property
     def gateway_health_url(self) -> str:
-        """The gateway's health endpoint (JSON) on its metrics port."""
-        return f"http://{url_host(self.bind_host)}:{self.gateway_metrics_port}/healthz"
+        """The gateway's health endpoint (JSON) on its metrics port, which listens on loopback
+        only (:mod:`dicom_gateway._http`)."""
+        return f"http://127.0.0.1:{self.gateway_metrics_port}/healthz"
 
     @property
     def orthanc_url(self) -> str:
@@ -401,11 +443,39 @@ class Settings(BaseSettings):
         return f"http://127.0.0.1:{self.orthanc_http_port}"
 
 
+def is_loopback_host(host: str) -> bool:
+    """True when ``host`` (an address or ``localhost``) is reachable from this machine only."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:  # a name: it may resolve to anything
+        return False
+
+
 def url_host(host: str) -> str:
     """``host`` as it goes in a URL (a wildcard bind becomes loopback, IPv6 is bracketed)."""
     if host in ("0.0.0.0", "::"):  # noqa: S104 - reachable address for a wildcard bind
         return "127.0.0.1"
     return f"[{host}]" if ":" in host else host
+
+
+def secret_setting_names() -> frozenset[str]:
+    """Names of the settings that hold secrets (hidden from ``repr``): they never leave a
+    process in an environment it builds (:func:`settings_env`, Ray's runtime environment)."""
+    return frozenset(name for name, info in Settings.model_fields.items() if not info.repr)
+
+
+def config_file() -> Path | None:
+    """The TOML file settings are read from: ``$RADCLOUD_CONFIG_FILE``, else
+    ``./radcloud.toml`` when present, else ``None``.
+
+    Raises
+    ------
+    ConfigError
+        ``RADCLOUD_CONFIG_FILE`` names no file.
+    """
+    return _config_file()
 
 
 def _config_file() -> Path | None:

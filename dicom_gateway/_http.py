@@ -1,8 +1,10 @@
-"""The gateway's small HTTP listener on ``bind_host:gateway_metrics_port``.
+"""The gateway's small HTTP listener on ``127.0.0.1:gateway_metrics_port``: loopback only,
+whatever ``bind_host`` is, so no one beyond this machine learns the sender AE titles its
+metrics are labelled with (a remote Prometheus scrapes through an agent or proxy on the host).
 
 - ``GET /healthz`` (JSON: spool depth, Orthanc reachability, open associations) and
-  ``GET /metrics`` (Prometheus) need no credentials, so that Prometheus can scrape them; they
-  carry no patient data (sender AE titles and counts only).
+  ``GET /metrics`` (Prometheus) need no credentials, so that a local Prometheus agent can
+  scrape them; they carry no patient data (sender AE titles and counts only).
 - ``POST /internal/stow/instances`` takes one STOW-RS instance from the API process (the
   protocol is in :mod:`core.ingest`, the handling in :mod:`dicom_gateway.stow`); it demands
   the bearer key ``gateway_ingest_key`` of ``secrets.json``, compared in constant time.

@@ -16,8 +16,9 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from core.config import Settings
 from core.exceptions import ConfigError
+from dicom_gateway.senders import ClientCertificate
 
-__all__ = ["AssociationServer", "set_tcp_nodelay", "tls_context"]
+__all__ = ["AssociationServer", "client_certificate", "set_tcp_nodelay", "tls_context"]
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +68,23 @@ def tls_context(settings: Settings) -> ssl.SSLContext:
                 f"a file of PEM CA certificates ({exc})",
             ) from exc
     return context
+
+
+def client_certificate(sock: object) -> ClientCertificate | None:
+    """The subject of the client certificate ``sock`` verified, or ``None`` (plain TCP, or
+    TLS without client certificates: ``getpeercert()`` is empty unless verified)."""
+    if not isinstance(sock, ssl.SSLSocket):
+        return None
+    try:
+        certificate = sock.getpeercert()
+    except (ValueError, OSError):  # no handshake done, or the connection is gone
+        return None
+    if not certificate:
+        return None
+    # ((name, value), ...) per relative distinguished name; typeshed types it loosely
+    rdns: Any = certificate.get("subject", ())
+    subject = {str(key): str(value) for rdn in rdns for key, value in rdn}
+    return ClientCertificate(subject.get("commonName"), subject.get("organizationName"))
 
 
 class AssociationServer(ThreadedAssociationServer):

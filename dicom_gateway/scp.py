@@ -1,8 +1,10 @@
 """The gateway's DIMSE service: Verification, Storage and Query/Retrieve (Find, Move) SCP.
 
 Who may call
-    Every association request is checked against the sender registry (calling AE title and
-    peer address, :meth:`SenderRegistry.authorise`). Unknown senders are rejected with
+    Every association request is checked against the sender registry (calling AE title, peer
+    address and, over TLS with client certificates, the certificate's subject CN = AE title,
+    O = hospital; :meth:`SenderRegistry.authorise`). In prod mode a sender bound to neither a
+    host nor a certificate is refused: an AE title alone is no credential. Refusals get
     A-ASSOCIATE-RJ (rejected-permanent, service-user, calling AE title not recognised;
     PS3.8 9.3.4) and a Security Alert (110113) is audited. The called AE title must be the
     gateway's (otherwise: called AE title not recognised). With TLS configured (PS3.15 B.1),
@@ -78,7 +80,7 @@ from pynetdicom.pdu import P_DATA_TF
 from pynetdicom.presentation import PresentationContext
 
 from core.audit import AuditAction, AuditEventCode, AuditOutcome, AuditTrail
-from core.config import Settings
+from core.config import Mode, Settings
 from dicom_gateway import metrics
 from dicom_gateway._archive import MoveOperation, QueryRetrieveArchive
 from dicom_gateway._messages import guard_message_decoding
@@ -88,7 +90,7 @@ from dicom_gateway._query import (
     Query,
     information_model,
 )
-from dicom_gateway._transport import AssociationServer, tls_context
+from dicom_gateway._transport import AssociationServer, client_certificate, tls_context
 from dicom_gateway.exceptions import (
     ArchiveError,
     GatewayError,
@@ -339,7 +341,12 @@ class DicomService:
         try:
             calling = str(assoc.requestor.primitive.calling_ae_title).strip()
             address = str(assoc.requestor.address)
-            sender = self._senders.authorise(calling, address)
+            sender = self._senders.authorise(
+                calling,
+                address,
+                client_certificate(getattr(assoc.dul.socket, "socket", None)),
+                require_binding=self._settings.mode is Mode.PROD,
+            )
         except UnknownSenderError as exc:
             logger.warning("rejected association from %s at %s: %s", calling, address, exc.reason)
             self._record(

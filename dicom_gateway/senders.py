@@ -1,6 +1,12 @@
 """Who may send to the gateway (senders, by calling AE title and host) and where C-MOVE may
 send (destinations), each mapped to a hospital. Stored in the application database.
 
+A sender is bound to where it calls from: its host (a name, an address or a network in CIDR
+notation, ``10.1.2.0/24``) and, over TLS with client certificates, its certificate, whose subject
+must name the sender's AE title (CN) and hospital (O). An AE title alone is no credential (any
+peer can claim one), so in prod mode a sender bound to neither is refused
+(:meth:`SenderRegistry.authorise` with ``require_binding``).
+
 Hospitals are tenants: a sender's C-FIND and C-MOVE see only the studies its own hospital sent
 (:meth:`SenderRegistry.orthanc_study_ids`), and C-MOVE sends only to destinations of the same
 hospital (or registered without one). Looking across hospitals is the cross-hospital API's job,
@@ -15,6 +21,7 @@ AE title or port) with outcome 4, minor failure.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import socket
 import time
@@ -34,7 +41,7 @@ from core.security import Actor
 from core.tenancy import hospital_row
 from dicom_gateway.exceptions import UnknownSenderError
 
-__all__ = ["DestinationInfo", "SenderInfo", "SenderRegistry"]
+__all__ = ["ClientCertificate", "DestinationInfo", "SenderInfo", "SenderRegistry"]
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +58,14 @@ class SenderInfo:
 
 
 @dataclass(frozen=True)
+class ClientCertificate:
+    """The subject of a TLS client certificate the gateway verified against its CAs."""
+
+    common_name: str | None
+    organization: str | None
+
+
+@dataclass(frozen=True)
 class DestinationInfo:
     """A registered C-MOVE destination."""
 
@@ -58,6 +73,33 @@ class DestinationInfo:
     host: str
     port: int
     hospital: str | None
+
+
+def _check_host(host: str) -> str:
+    """``host`` if it is a name, an address or a CIDR network, else ``ValueError``."""
+    host = host.strip()
+    if "/" in host:
+        try:
+            ipaddress.ip_network(host, strict=False)
+        except ValueError as exc:
+            raise ValueError(
+                f'host "{host}" is not valid: expected a name, an address or a CIDR network '
+                "such as 10.1.2.0/24"
+            ) from exc
+    elif not host or any(c.isspace() for c in host):
+        raise ValueError(f'host "{host}" is not valid: expected a name or an address')
+    return host
+
+
+def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """``text`` as an IP address (an IPv4-mapped IPv6 address as IPv4), or ``None``."""
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
 
 
 class SenderRegistry:
@@ -90,19 +132,20 @@ class SenderRegistry:
         self, ae_title: str, hospital: str, host: str | None = None, *, actor: Actor
     ) -> SenderInfo:
         """Register a calling AE title for ``hospital`` (created if new), optionally bound to
-        ``host`` (a name or address the association must come from).
+        ``host`` (a name, an address or a CIDR network the association must come from).
 
         Raises
         ------
         AlreadyExistsError
             The AE title is registered already.
         ValueError
-            The AE title is not valid (PS3.5 6.2).
+            The AE title (PS3.5 6.2) or the host is not valid.
         """
         with self._change(
             actor, AuditAction.CREATE, "sender", ae_title, hospital=hospital, host=host
         ) as change:
             ae_title = validate_ae_title(ae_title).strip()
+            host = _check_host(host) if host is not None else None
             session = change.session
             if session.scalar(select(Sender).where(Sender.ae_title == ae_title)) is not None:
                 raise AlreadyExistsError("sender", ae_title)
@@ -138,13 +181,43 @@ class SenderRegistry:
         self._dns[host] = (time.monotonic(), addresses)
         return addresses
 
-    def authorise(self, ae_title: str, address: str | None) -> SenderInfo:
+    def _from_host(self, host: str, address: str | None) -> bool:
+        """Whether ``address`` is ``host``: in its network, one of its addresses, or itself."""
+        if address is None:
+            return False
+        if "/" in host:
+            network = ipaddress.ip_network(host, strict=False)
+            peer = _address(address)
+            return peer is not None and peer.version == network.version and peer in network
+        peer = _address(address)
+        candidates = {_address(known) or known for known in self._addresses(host)}
+        return (peer or address) in candidates
+
+    def authorise(
+        self,
+        ae_title: str,
+        address: str | None,
+        certificate: ClientCertificate | None = None,
+        *,
+        require_binding: bool = False,
+    ) -> SenderInfo:
         """The sender calling as ``ae_title`` from ``address``, if it may.
+
+        Parameters
+        ----------
+        ae_title, address
+            The calling AE title and the peer's address.
+        certificate
+            The subject of the peer's verified TLS client certificate, if it presented one.
+        require_binding
+            Refuse a sender bound neither to a host nor by ``certificate`` (prod mode).
 
         Raises
         ------
         UnknownSenderError
-            The AE title is not registered, or it is bound to a host that ``address`` is not.
+            The AE title is not registered; it is bound to a host that ``address`` is not; the
+            certificate names another AE title or hospital; or ``require_binding`` and the
+            sender is bound to nothing.
         """
         ae_title = ae_title.strip()
         with self._db.session() as session:
@@ -152,9 +225,25 @@ class SenderRegistry:
             if sender is None:
                 raise UnknownSenderError(ae_title, address, "calling AE title is not registered")
             info = SenderInfo(sender.ae_title, sender.hospital.name, sender.host)
-        if info.host and (address is None or address not in self._addresses(info.host)):
+        if info.host and not self._from_host(info.host, address):
             raise UnknownSenderError(
                 ae_title, address, f'calling AE title is registered for host "{info.host}"'
+            )
+        if certificate is not None:
+            named = (certificate.common_name, certificate.organization)
+            if named != (info.ae_title, info.hospital):
+                raise UnknownSenderError(
+                    ae_title,
+                    address,
+                    f'client certificate names CN="{named[0]}", O="{named[1]}": expected '
+                    f'CN="{info.ae_title}", O="{info.hospital}"',
+                )
+        elif require_binding and not info.host:
+            raise UnknownSenderError(
+                ae_title,
+                address,
+                "sender is bound to no host and presented no client certificate, which "
+                "prod mode requires (radcloud senders add --host)",
             )
         return info
 

@@ -87,8 +87,8 @@ class GatewayService:
             audit=self.audit,
             orthanc=self.archive,
         )
-        self._http = GatewayHttpServer(
-            (settings.bind_host, settings.gateway_metrics_port),
+        self._http = GatewayHttpServer(  # loopback only, whatever bind_host says
+            ("127.0.0.1", settings.gateway_metrics_port),
             health=self.health,
             intake=self.intake,
             ingest_key=secrets.gateway_ingest_key,

@@ -8,6 +8,15 @@ cluster at ``RADCLOUD_RAY_ADDRESS`` or starts a local one, starts Serve's HTTP p
           │                                   ▲
           └──▶ triage (TriageWorker) ─handles─┘
 
+Isolation: a local Ray (no ``ray_address``) has every one of its servers (GCS, raylets, workers,
+agents) listen on loopback only, and no dashboard. Secrets never travel in Ray's runtime
+environment, whose variables Ray keeps in its state (``ray list actors --detail``) and logs: the
+replicas get the non-secret settings only, and each process reads the secrets itself, from
+``secrets.json`` under ``RADCLOUD_HOME``, the TOML file of ``RADCLOUD_CONFIG_FILE`` or the
+environment it inherits from this process (a local Ray's workers are its children).
+
+HTTPS: with ``api_tls_certificate`` and ``api_tls_private_key``, Serve's proxy speaks only TLS.
+
 Resources: model replicas declare ``serving_cpus_per_model_replica`` CPUs and, when the cluster
 has GPUs, ``serving_gpus_per_model_replica`` GPUs (fractions share one card); the API and the
 triage workers take a quarter CPU each, so the whole application fits a 2-core machine.
@@ -21,9 +30,11 @@ import signal
 import threading
 from typing import Any
 
-from core.config import Settings
+from core.config import ENV_PREFIX, Settings, is_loopback_host
+from serving._ray_loopback import SETUP_HOOK
+from serving.exceptions import ServingError
 
-__all__ = ["build_application", "serve_forever"]
+__all__ = ["build_application", "http_options", "serve_forever"]
 
 logger = logging.getLogger(__name__)
 
@@ -31,15 +42,57 @@ _SMALL_CPU = 0.25
 _NAMESPACE = "radcloud"
 
 
+# Read by Ray at import: off, a node's IP is the loopback address, and Ray's servers bind to it.
+_RAY_CLUSTER_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
 def _runtime_env(settings: Settings) -> dict[str, Any]:
-    from core.config import settings_env
+    """The replicas' runtime environment: the non-secret settings (never a secret: Ray shows
+    runtime environments in its state API and logs), and the config file, by absolute path."""
+    from core.config import CONFIG_FILE_ENV, config_file, secret_setting_names, settings_env
 
     env = settings_env(settings)
-    for name, value in os.environ.items():  # secrets and overrides the TOML file does not hold
-        if name.startswith("RADCLOUD_"):
+    secret = {f"{ENV_PREFIX}{name.upper()}" for name in secret_setting_names()}
+    for name, value in os.environ.items():  # overrides that are not settings fields
+        if name.startswith(ENV_PREFIX) and name not in secret:
             env.setdefault(name, value)
+    toml = config_file()
+    if toml is not None:  # a replica's working directory is not ours
+        env[CONFIG_FILE_ENV] = str(toml.absolute())
     env["TCP_NODELAY"] = "1"
+    if not settings.ray_address:  # one machine: Serve's replica servers on loopback too
+        # Ray takes runtime_env["worker_process_setup_hook"] only for a whole job; per actor,
+        # the variable it would set is what its workers read at start.
+        from ray._private.ray_constants import WORKER_PROCESS_SETUP_HOOK_ENV_VAR
+
+        env[WORKER_PROCESS_SETUP_HOOK_ENV_VAR] = SETUP_HOOK
     return {"env_vars": env}
+
+
+def _start_local_ray(settings: Settings) -> None:
+    """A Ray of this machine alone: every server on loopback, no dashboard.
+
+    Raises
+    ------
+    ServingError
+        Ray was imported before with clusters on, so its servers would listen beyond loopback.
+    """
+    os.environ[_RAY_CLUSTER_ENV] = "0"
+    import ray
+
+    ray.init(
+        num_cpus=settings.ray_num_cpus or os.cpu_count(),
+        include_dashboard=False,
+        namespace=_NAMESPACE,
+        logging_level=logging.WARNING,
+    )
+    node_ip: str = ray.util.get_node_ip_address()  # type: ignore[no-untyped-call]
+    if not is_loopback_host(node_ip):
+        ray.shutdown()
+        raise ServingError(
+            f'the local Ray node took address "{node_ip}": expected loopback (Ray was imported '
+            f"before {_RAY_CLUSTER_ENV}=0 was set)"
+        )
 
 
 def _cluster_gpus() -> float:
@@ -114,6 +167,15 @@ def build_application(settings: Settings) -> Any:
     return api_ingress_class().options(name="api", ray_actor_options=small).bind(models, triage)
 
 
+def http_options(settings: Settings) -> dict[str, Any]:
+    """Serve's proxy: ``bind_host:api_port``, HTTPS with the API's certificate when set."""
+    options: dict[str, Any] = {"host": settings.bind_host, "port": settings.api_port}
+    if settings.api_tls_enabled:
+        options["ssl_certfile"] = str(settings.api_tls_certificate)
+        options["ssl_keyfile"] = str(settings.api_tls_private_key)
+    return options
+
+
 def _release_stale_claims(settings: Settings) -> None:
     """No triage worker runs yet: leases of the last serving's workers are stale."""
     from core.db import Database, upgrade
@@ -129,6 +191,8 @@ def _release_stale_claims(settings: Settings) -> None:
 
 def serve_forever(settings: Settings, stop: threading.Event | None = None) -> None:
     """Start (or join) Ray, deploy the application, and block until SIGTERM/SIGINT or ``stop``."""
+    if not settings.ray_address:
+        os.environ[_RAY_CLUSTER_ENV] = "0"  # before Ray is imported: see _start_local_ray
     import ray
     from ray import serve
 
@@ -144,17 +208,12 @@ def serve_forever(settings: Settings, stop: threading.Event | None = None) -> No
     if settings.ray_address:
         ray.init(address=settings.ray_address, namespace=_NAMESPACE, logging_level=logging.WARNING)
     else:
-        ray.init(
-            num_cpus=settings.ray_num_cpus or os.cpu_count(),
-            include_dashboard=False,
-            namespace=_NAMESPACE,
-            logging_level=logging.WARNING,
-        )
+        _start_local_ray(settings)
     try:
         _release_stale_claims(settings)
-        serve.start(http_options={"host": settings.bind_host, "port": settings.api_port})
+        serve.start(http_options=http_options(settings))
         serve.run(build_application(settings), name="radcloud", route_prefix="/", blocking=False)
-        logger.info("radcloud serving on http://%s:%d", settings.bind_host, settings.api_port)
+        logger.info("radcloud serving on %s", settings.api_url)
         stop.wait()
     finally:
         logger.info("shutting down Serve")

@@ -30,7 +30,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from sqlalchemy import select
 
-from core.config import Settings
+from core.config import Settings, url_host
 from radcloud.cli._common import command, console, fail, get_settings, setup_logging
 from radcloud.cli.train import epoch_progress
 
@@ -123,6 +123,11 @@ def _services(settings: Settings, restart_serving: bool) -> None:
         supervisor.up()
 
 
+def _push_host(settings: Settings) -> str:
+    """Where the demo sends to, and so the address its associations come from."""
+    return url_host(settings.bind_host).strip("[]")
+
+
 def _sender(settings: Settings) -> None:
     from core.audit import AuditTrail
     from core.db import Database
@@ -133,7 +138,8 @@ def _sender(settings: Settings) -> None:
     db = Database.from_settings(settings)
     registry = SenderRegistry(db, AuditTrail.from_secrets(db, load_secrets(settings)))
     if DEMO_SENDER not in {s.ae_title for s in registry.list_senders()}:
-        registry.add_sender(DEMO_SENDER, DEMO_HOSPITAL, actor=Actor.cli())
+        # bound to the address it sends from (prod admits no unbound sender)
+        registry.add_sender(DEMO_SENDER, DEMO_HOSPITAL, _push_host(settings), actor=Actor.cli())
     db.dispose()
 
 
@@ -157,7 +163,7 @@ def _push(settings: Settings, studies: int, seed: int) -> list[tuple[str, str, f
                     paths.append(path)
                 report = storescu(
                     paths,
-                    host="127.0.0.1" if settings.bind_host == "0.0.0.0" else settings.bind_host,  # noqa: S104
+                    host=_push_host(settings),
                     port=settings.gateway_port,
                     calling_ae=DEMO_SENDER,
                     called_ae=settings.gateway_ae_title,

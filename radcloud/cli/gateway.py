@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from core.config import Mode
 from core.security import Actor
 from dicom_gateway.exceptions import GatewayError
 from dicom_gateway.quarantine import Quarantine
@@ -39,15 +40,30 @@ def senders_add(
     ae_title: str,
     hospital: Annotated[str, typer.Option("--hospital", help="The sender's hospital.")],
     host: Annotated[
-        str | None, typer.Option("--host", help="Only accept associations from this host.")
+        str | None,
+        typer.Option(
+            "--host",
+            help="Only accept associations from this host: a name, an address or a CIDR "
+            "network (10.1.2.0/24). In prod mode a sender needs a host, or a TLS client "
+            "certificate with CN = AE title and O = hospital.",
+        ),
     ] = None,
 ) -> None:
     """Register a calling AE title for a hospital."""
     try:
         sender = _registry().add_sender(ae_title, hospital, host, actor=Actor.cli())
     except ValueError as exc:
-        raise typer.BadParameter(str(exc), param_hint="AE_TITLE") from exc
-    where = f" from {sender.host}" if sender.host else " from any host"
+        hint = "--host" if host is not None and "host" in str(exc) else "AE_TITLE"
+        raise typer.BadParameter(str(exc), param_hint=hint) from exc
+    if sender.host:
+        where = f" from {sender.host}"
+    elif get_settings().mode is Mode.PROD:
+        where = (
+            f" (no host: prod mode admits it only with a TLS client certificate naming "
+            f"CN={sender.ae_title}, O={sender.hospital})"
+        )
+    else:
+        where = " from any host (dev mode)"
     console.print(f"sender [bold]{sender.ae_title}[/] ({sender.hospital}){where} registered")
 
 
@@ -57,7 +73,7 @@ def senders_list() -> None:
     """List registered senders."""
     table = Table("AE title", "hospital", "host")
     for sender in _registry().list_senders():
-        table.add_row(sender.ae_title, sender.hospital, sender.host or "any")
+        table.add_row(sender.ae_title, sender.hospital, sender.host or "none")
     console.print(table)
 
 

@@ -39,7 +39,10 @@ def api_component(settings: Settings) -> Component:
         name="api",
         argv=[sys.executable, "-m", "serving"],
         ports=[(settings.api_port, f"{ENV_PREFIX}API_PORT")],
-        health=functools.partial(http_ok, f"{settings.api_url}/healthz"),
+        # a liveness probe on loopback: the certificate names the public host, not 127.0.0.1
+        health=functools.partial(
+            http_ok, f"{settings.api_url}/healthz", verify=not settings.api_tls_enabled
+        ),
         url=settings.api_url,
         env=settings_env(settings) | {"TCP_NODELAY": "1"},
         startup_factor=3.0,  # Ray starts, then every model replica loads and warms up

@@ -4,7 +4,9 @@ The configuration is locked down for an internal service: HTTP needs a password
 (``AuthenticationEnabled``, the generated ``orthanc_password``) and only answers loopback
 clients (``RemoteAccessAllowed: false``; Orthanc 1.10 has no bind-address option); DICOM
 accepts associations only from the modalities configured here, checked by calling AE title and
-host. The file holds the password, so it is written with mode 0600.
+host; with no modality configured (radcloud configures none: everything arrives through the
+gateway, which stores over REST), Orthanc's DICOM server is off and its port closed. The file
+holds the password, so it is written with mode 0600.
 
 Everything in radcloud reaches Orthanc through the archive seam (:mod:`core.archive`).
 """
@@ -176,8 +178,8 @@ def orthanc_config(
         "WebDavEnabled": False,
         "ExecuteLuaEnabled": False,
         "MetricsEnabled": True,
-        # DICOM: only the configured modalities, checked by AE title and host
-        "DicomServerEnabled": True,
+        # DICOM: off unless modalities are configured; then only they, by AE title and host
+        "DicomServerEnabled": bool(modalities),
         "DicomAet": settings.orthanc_ae_title,
         "DicomPort": settings.orthanc_dicom_port,
         "DicomCheckCalledAet": True,

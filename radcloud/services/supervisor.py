@@ -158,10 +158,18 @@ class ComponentStatus:
         }
 
 
-def http_ok(url: str, *, auth: tuple[str, str] | None = None, timeout_s: float = 2.0) -> bool:
-    """Whether ``GET url`` answers 200; any connection or protocol error counts as ``False``."""
+def http_ok(
+    url: str,
+    *,
+    auth: tuple[str, str] | None = None,
+    timeout_s: float = 2.0,
+    verify: bool = True,
+) -> bool:
+    """Whether ``GET url`` answers 200; any connection or protocol error counts as ``False``.
+    ``verify=False`` skips the TLS certificate check (a liveness probe of our own child on
+    loopback, whose certificate names the public host)."""
     try:
-        response = httpx.get(url, auth=auth, timeout=timeout_s)
+        response = httpx.get(url, auth=auth, timeout=timeout_s, verify=verify)
     except httpx.HTTPError as exc:
         logger.debug("GET %s failed: %s", url, exc)
         return False

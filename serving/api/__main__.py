@@ -11,7 +11,7 @@ from serving.api.app import create_app
 
 
 def main() -> None:
-    """Serve the API on ``bind_host:api_port`` until SIGTERM."""
+    """Serve the API on ``bind_host:api_port`` (HTTPS with ``api_tls_*``) until SIGTERM."""
     settings = load_settings()
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(name)s: %(message)s")
     uvicorn.run(
@@ -20,6 +20,8 @@ def main() -> None:
         port=settings.api_port,
         log_level=settings.log_level.lower(),
         proxy_headers=False,
+        ssl_certfile=settings.api_tls_certificate,
+        ssl_keyfile=settings.api_tls_private_key,
     )
 
 

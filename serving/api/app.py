@@ -20,6 +20,7 @@ from core import __version__
 from core.config import Settings, load_settings
 from core.security import Principal
 from serving._body_limit import BodyLimitMiddleware, BodyLimits
+from serving.api._headers import SecurityHeadersMiddleware
 from serving.api.context import ApiContext
 from serving.api.errors import install_error_handlers
 from serving.api.routes import (
@@ -79,6 +80,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # any body parsing (serving/_body_limit.py).
     app.add_middleware(BodyLimitMiddleware, limits=BodyLimits.from_settings(resolved))
     install_error_handlers(app)
+    app.add_middleware(SecurityHeadersMiddleware)  # the last added is outermost
     app.include_router(health.router)
     app.include_router(auth.router)
     app.include_router(admin.router)

@@ -191,3 +191,45 @@ def test_identity_provider_needs_an_issuer_and_https_outside_dev(tmp_path: Path)
         jwt_jwks_issuer="http://127.0.0.1:8080",
     )
     assert dev.jwt_jwks_url == "http://127.0.0.1:8080/certs"
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "192.0.2.10", "pacs.example.org", "::"])  # noqa: S104
+def test_prod_beyond_loopback_needs_tls_on_every_listener(tmp_path: Path, host: str) -> None:
+    with pytest.raises(ConfigError, match="RADCLOUD_API_TLS_CERTIFICATE and RADCLOUD_GATEWAY"):
+        load_settings(home=tmp_path, bind_host=host)
+    api_only = {"api_tls_certificate": "a.crt", "api_tls_private_key": "a.key"}
+    with pytest.raises(ConfigError, match="expected RADCLOUD_GATEWAY_TLS_CERTIFICATE"):
+        load_settings(home=tmp_path, bind_host=host, **api_only)
+    both = api_only | {"gateway_tls_certificate": "g.crt", "gateway_tls_private_key": "g.key"}
+    settings = load_settings(home=tmp_path, bind_host=host, **both)
+    assert settings.api_url.startswith("https://")
+    assert load_settings(home=tmp_path, bind_host=host, mode="dev").api_url.startswith("http://")
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.2", "::1", "localhost"])
+def test_prod_on_loopback_needs_no_tls(tmp_path: Path, host: str) -> None:
+    assert load_settings(home=tmp_path, bind_host=host).mode is Mode.PROD
+
+
+def test_api_tls_files_come_together(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="must be set together"):
+        load_settings(home=tmp_path, api_tls_certificate="a.crt")
+
+
+def test_secret_settings_are_hidden_and_named(tmp_path: Path) -> None:
+    from core.config import secret_setting_names, settings_env
+
+    assert secret_setting_names() >= {
+        "jwt_secret",
+        "notify_signing_key",
+        "database_url",
+        "orthanc_postgresql_url",
+    }
+    settings = load_settings(
+        home=tmp_path,
+        jwt_secret="s" * 40,
+        database_url="postgresql+psycopg://radcloud:pw-in-url@db/radcloud",
+    )
+    env = settings_env(settings)
+    assert not any("s" * 40 in value or "pw-in-url" in value for value in env.values())
+    assert "pw-in-url" not in repr(settings)

@@ -73,7 +73,7 @@ def bomb_file(tmp_path_factory: pytest.TempPathFactory, bomb_study: str) -> Path
 @pytest.fixture
 def gateway(stack: Stack) -> Stack:
     if SENDER not in stack.cli("senders", "list").stdout:
-        stack.cli("senders", "add", SENDER, "--hospital", "Bomb Hospital")
+        stack.cli("senders", "add", SENDER, "--hospital", "Bomb Hospital", "--host", "127.0.0.1")
     return stack
 
 

@@ -419,7 +419,7 @@ def target(stack: Stack) -> FuzzTarget:
     """The session stack with a sender and a STOW-RS key of a hospital of their own."""
     tag = uuid.uuid4().hex[:6].upper()
     hospital, sender = f"Fuzz Hospital {tag}", f"FUZZ{tag}"
-    stack.cli("senders", "add", sender, "--hospital", hospital)
+    stack.cli("senders", "add", sender, "--hospital", hospital, "--host", "127.0.0.1")
     made = stack.cli("apikeys", "create", f"fuzz-{tag}", "--role", "pacs", "--hospital", hospital)
     return FuzzTarget(stack, sender, made.stdout.strip().splitlines()[-1])
 

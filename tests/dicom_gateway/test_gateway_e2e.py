@@ -45,7 +45,7 @@ SENDER = "MODALITY1"
 def gateway(stack: Stack) -> Stack:
     """The session stack with a registered sender."""
     if SENDER not in stack.cli("senders", "list").stdout:
-        stack.cli("senders", "add", SENDER, "--hospital", "General Hospital")
+        stack.cli("senders", "add", SENDER, "--hospital", "General Hospital", "--host", "127.0.0.1")
     return stack
 
 
@@ -299,7 +299,7 @@ def test_orthanc_killed_mid_push_loses_no_acknowledged_instance(
     make_stack: Callable[..., Stack], tmp_path: Path
 ) -> None:
     stack = make_stack()
-    stack.cli("senders", "add", SENDER, "--hospital", "General Hospital")
+    stack.cli("senders", "add", SENDER, "--hospital", "General Hospital", "--host", "127.0.0.1")
     _, files = write_study(tmp_path, 300)
     spool = stack.settings.paths.spool_dir
     orthanc_count = stack.archive()
@@ -322,7 +322,7 @@ def test_gateway_killed_mid_push_loses_no_acknowledged_instance(
     make_stack: Callable[..., Stack], tmp_path: Path
 ) -> None:
     stack = make_stack()
-    stack.cli("senders", "add", SENDER, "--hospital", "General Hospital")
+    stack.cli("senders", "add", SENDER, "--hospital", "General Hospital", "--host", "127.0.0.1")
     study, files = write_study(tmp_path, 300)
     spool = stack.settings.paths.spool_dir
 

@@ -8,9 +8,7 @@ the peers, always with ``TCP_NODELAY=1``.
 
 from __future__ import annotations
 
-import datetime as dt
 import io
-import ipaddress
 import re
 import socket
 import subprocess
@@ -22,10 +20,6 @@ from typing import Any
 
 import pydicom
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.x509.oid import NameOID
 from prometheus_client import REGISTRY
 from pydicom.uid import generate_uid
 from sqlalchemy import select
@@ -46,6 +40,7 @@ from dicom_gateway.spool import Spool
 from tests.conftest import Stack
 from tests.dicom_gateway.dicom_files import pydicom_file, synthetic_ct
 from tests.helpers import free_port, wait_until
+from tests.pki import CertificateAuthority, KeyPair
 
 pytestmark = pytest.mark.integration
 
@@ -84,8 +79,9 @@ class Gateway:
 @pytest.fixture
 def make_gateway(tmp_path: Path) -> Iterator[Callable[..., Gateway]]:
     """Start DicomServices (stopped at teardown); keywords: ``orthanc``,
-    ``max_instance_bytes``, ``spool_limit_bytes``, ``quarantine_max_files`` and settings
-    overrides."""
+    ``max_instance_bytes``, ``spool_limit_bytes``, ``quarantine_max_files``, ``sender_host``
+    (where ``SENDER`` is bound; default 127.0.0.1) and settings overrides (prod mode unless
+    ``mode`` says otherwise)."""
     started: list[DicomService] = []
     placeholders: list[OrthancArchive] = []
     databases: list[Database] = []
@@ -96,6 +92,7 @@ def make_gateway(tmp_path: Path) -> Iterator[Callable[..., Gateway]]:
         max_instance_bytes: int = 64 * 1024 * 1024,
         spool_limit_bytes: int = 1024 * 1024 * 1024,
         quarantine_max_files: int | None = None,
+        sender_host: str | None = "127.0.0.1",
         **overrides: Any,
     ) -> Gateway:
         home = tmp_path / f"gateway{len(started)}"
@@ -110,7 +107,7 @@ def make_gateway(tmp_path: Path) -> Iterator[Callable[..., Gateway]]:
         quarantine = Quarantine(home / "quarantine", max_files=quarantine_max_files)
         audit = AuditTrail(db, "test-audit-key", "test-chain-key")
         senders = SenderRegistry(db, audit)
-        senders.add_sender(SENDER, HOSPITAL, actor=Actor.cli())
+        senders.add_sender(SENDER, HOSPITAL, sender_host, actor=Actor.cli())
         if orthanc is None:  # unused unless a test queries: a port nothing listens on
             orthanc = OrthancArchive(f"http://127.0.0.1:{free_port()}", username="", password="")
             placeholders.append(orthanc)
@@ -430,91 +427,39 @@ def test_instances_with_path_traversal_uids_are_quarantined_not_stored(
 # -- TLS -------------------------------------------------------------------------------------
 
 
-def _key() -> rsa.RSAPrivateKey:
-    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
-
-
-def _certificate(
-    subject: str,
-    key: rsa.RSAPrivateKey,
-    issuer: x509.Certificate | None = None,
-    issuer_key: rsa.RSAPrivateKey | None = None,
-    *,
-    ca: bool = False,
-    server: bool = False,
-) -> x509.Certificate:
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
-    now = dt.datetime.now(dt.UTC)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(issuer.subject if issuer else name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-    )
-    if server:
-        builder = builder.add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-            ),
-            critical=False,
-        )
-    return builder.sign(issuer_key or key, hashes.SHA256())
-
-
-def _write_pair(
-    directory: Path, name: str, key: rsa.RSAPrivateKey, cert: x509.Certificate
-) -> tuple[Path, Path]:
-    key_path, cert_path = directory / f"{name}.key", directory / f"{name}.crt"
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    return key_path, cert_path
-
-
 @dataclass
 class Pki:
     ca: Path
-    server: tuple[Path, Path]
-    trusted_client: tuple[Path, Path]
-    untrusted_client: tuple[Path, Path]
+    server: KeyPair
+    trusted_client: KeyPair  # CN = SENDER, O = HOSPITAL, signed by the CA
+    untrusted_client: KeyPair  # the same subject, self-signed
+    other_sender: KeyPair  # CN = "IMPOSTOR", O = HOSPITAL, signed by the CA
+    other_hospital: KeyPair  # CN = SENDER, O = "Other Hospital", signed by the CA
 
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    """A CA, a server certificate and two client certificates (one CA-signed, one not)."""
-    directory = tmp_path_factory.mktemp("pki")
-    ca_key = _key()
-    ca = _certificate("radcloud test CA", ca_key, ca=True)
-    _, ca_path = _write_pair(directory, "ca", ca_key, ca)
-    server_key, client_key, rogue_key = _key(), _key(), _key()
+    """A CA, a server certificate and client certificates naming senders (tests/pki.py)."""
+    authority = CertificateAuthority(tmp_path_factory.mktemp("pki"))
     return Pki(
-        ca=ca_path,
-        server=_write_pair(
-            directory, "server", server_key, _certificate("gateway", server_key, ca, ca_key)
-        ),
-        trusted_client=_write_pair(
-            directory, "client", client_key, _certificate(SENDER, client_key, ca, ca_key)
-        ),
-        untrusted_client=_write_pair(
-            directory, "rogue", rogue_key, _certificate(SENDER, rogue_key)
-        ),
+        ca=authority.certificate,
+        server=authority.server(),
+        trusted_client=authority.client("client", SENDER, HOSPITAL),
+        untrusted_client=authority.client("rogue", SENDER, HOSPITAL, signed=False),
+        other_sender=authority.client("impostor", "IMPOSTOR", HOSPITAL),
+        other_hospital=authority.client("elsewhere", SENDER, "Other Hospital"),
     )
+
+
+def _tls(pair: KeyPair, pki: Pki) -> tuple[str, ...]:
+    return ("+tls", str(pair.key), str(pair.certificate), "+cf", str(pki.ca))
 
 
 @pytest.fixture
 def tls_gateway(make_gateway: Callable[..., Gateway], pki: Pki) -> Gateway:
     return make_gateway(
-        gateway_tls_certificate=pki.server[1],
-        gateway_tls_private_key=pki.server[0],
+        gateway_tls_certificate=pki.server.certificate,
+        gateway_tls_private_key=pki.server.key,
         gateway_tls_ca_certificates=pki.ca,
     )
 
@@ -522,15 +467,15 @@ def tls_gateway(make_gateway: Callable[..., Gateway], pki: Pki) -> Gateway:
 def test_tls_client_with_a_trusted_certificate_is_served(
     tls_gateway: Gateway, pki: Pki, tmp_path: Path
 ) -> None:
-    key, cert = pki.trusted_client
-    assert echo(tls_gateway, "+tls", str(key), str(cert), "+cf", str(pki.ca)) == 0
+    client = pki.trusted_client
+    assert echo(tls_gateway, *_tls(client, pki)) == 0
     report = storescu(
         [sample("CT_small.dcm", tmp_path)],
         host="127.0.0.1",
         port=tls_gateway.port,
         calling_ae=SENDER,
         called_ae=AE_TITLE,
-        tls=TlsFiles(key, cert, pki.ca),
+        tls=TlsFiles(client.key, client.certificate, pki.ca),
     )
     assert report.returncode == 0, report.output
     assert len(list(tls_gateway.spool.entries())) == 1
@@ -539,20 +484,152 @@ def test_tls_client_with_a_trusted_certificate_is_served(
 def test_tls_client_with_an_untrusted_certificate_is_refused(
     tls_gateway: Gateway, pki: Pki
 ) -> None:
-    key, cert = pki.untrusted_client
-    assert echo(tls_gateway, "+tls", str(key), str(cert), "+cf", str(pki.ca)) != 0
+    assert echo(tls_gateway, *_tls(pki.untrusted_client, pki)) != 0
     assert wait_until(lambda: len(tls_gateway.audit_records("110113")) == 1)
     [alert] = tls_gateway.audit_records("110113")
     assert "TLS" in alert["detail"]["reason"]
     assert echo(tls_gateway) != 0  # no TLS at all
-    trusted_key, trusted_cert = pki.trusted_client
-    assert echo(tls_gateway, "+tls", str(trusted_key), str(trusted_cert), "+cf", str(pki.ca)) == 0
+    assert echo(tls_gateway, *_tls(pki.trusted_client, pki)) == 0
 
 
 def test_silent_tcp_client_does_not_block_tls_associations(tls_gateway: Gateway, pki: Pki) -> None:
-    key, cert = pki.trusted_client
     with socket.create_connection(("127.0.0.1", tls_gateway.port)):  # never says a word
-        assert echo(tls_gateway, "+tls", str(key), str(cert), "+cf", str(pki.ca)) == 0
+        assert echo(tls_gateway, *_tls(pki.trusted_client, pki)) == 0
+
+
+# -- binding a sender to its host or its certificate (prod mode) -----------------------------
+
+
+def _rejection(gateway: Gateway, calling_ae: str) -> str:
+    """The reason of the one Security Alert the gateway audited for ``calling_ae``."""
+    assert wait_until(lambda: len(gateway.audit_records("110113")) == 1)
+    [alert] = gateway.audit_records("110113")
+    assert alert["user_name"] == calling_ae and alert["outcome"] == 4
+    return str(alert["detail"]["reason"])
+
+
+def test_prod_refuses_a_sender_bound_to_nothing(make_gateway: Callable[..., Gateway]) -> None:
+    gateway = make_gateway(sender_host=None)
+    assert gateway.settings.mode == "prod"
+    assert echo(gateway) != 0  # the right AE title, from the right machine: not enough
+    assert "bound to no host" in _rejection(gateway, SENDER)
+    assert not list(gateway.spool.entries())
+
+
+def test_dev_mode_admits_a_sender_bound_to_nothing(make_gateway: Callable[..., Gateway]) -> None:
+    assert echo(make_gateway(sender_host=None, mode="dev")) == 0
+
+
+@pytest.mark.parametrize(
+    ("host", "admitted"),
+    [
+        ("127.0.0.0/8", True),
+        ("localhost", True),
+        ("10.0.0.0/8", False),
+        ("::1/128", False),  # IPv4 loopback is not in an IPv6 network
+    ],
+)
+def test_a_sender_is_admitted_from_its_host_or_network_only(
+    make_gateway: Callable[..., Gateway], host: str, admitted: bool
+) -> None:
+    gateway = make_gateway(sender_host=host)
+    assert (echo(gateway) == 0) is admitted
+    if not admitted:
+        assert f'registered for host "{host}"' in _rejection(gateway, SENDER)
+
+
+def test_an_invalid_host_is_refused_at_registration(gateway: Gateway) -> None:
+    with pytest.raises(ValueError, match="CIDR"):
+        gateway.senders.add_sender("NETLESS", HOSPITAL, "10.0.0.0/33", actor=Actor.cli())
+
+
+def test_a_certificate_naming_the_sender_binds_it_without_a_host(
+    make_gateway: Callable[..., Gateway], pki: Pki, tmp_path: Path
+) -> None:
+    gateway = make_gateway(
+        sender_host=None,
+        gateway_tls_certificate=pki.server.certificate,
+        gateway_tls_private_key=pki.server.key,
+        gateway_tls_ca_certificates=pki.ca,
+    )
+    client = pki.trusted_client
+    report = storescu(
+        [sample("CT_small.dcm", tmp_path)],
+        host="127.0.0.1",
+        port=gateway.port,
+        calling_ae=SENDER,
+        called_ae=AE_TITLE,
+        tls=TlsFiles(client.key, client.certificate, pki.ca),
+    )
+    assert report.returncode == 0, report.output
+    [entry] = gateway.spool.entries()
+    assert (entry.sender_ae_title, entry.hospital) == (SENDER, HOSPITAL)
+
+
+@pytest.mark.parametrize(
+    ("client", "named"),
+    [
+        ("other_sender", 'CN="IMPOSTOR", O="General Hospital"'),
+        ("other_hospital", 'CN="MODALITY", O="Other Hospital"'),
+    ],
+)
+def test_a_trusted_certificate_of_another_sender_is_rejected(
+    make_gateway: Callable[..., Gateway], pki: Pki, client: str, named: str
+) -> None:
+    """The CA signed it, so TLS succeeds; but it names another sender or hospital than the
+    calling AE title's: A-ASSOCIATE-RJ, and the alert names both."""
+    gateway = make_gateway(
+        gateway_tls_certificate=pki.server.certificate,
+        gateway_tls_private_key=pki.server.key,
+        gateway_tls_ca_certificates=pki.ca,
+    )
+    result = dcmtk(
+        "echoscu",
+        *_tls(getattr(pki, client), pki),
+        "-aet",
+        SENDER,
+        "-aec",
+        AE_TITLE,
+        "127.0.0.1",
+        str(gateway.port),
+    )
+    assert result.returncode != 0
+    assert "Calling AE Title Not Recognized" in result.stdout
+    reason = _rejection(gateway, SENDER)
+    assert named in reason and 'expected CN="MODALITY", O="General Hospital"' in reason
+
+
+def test_pynetdicom_peer_with_a_foreign_certificate_is_rejected(
+    make_gateway: Callable[..., Gateway], pki: Pki
+) -> None:
+    """The same with pynetdicom as the peer (another DICOM implementation than dcmtk)."""
+    import ssl
+
+    from pynetdicom import AE
+
+    gateway = make_gateway(
+        sender_host=None,
+        gateway_tls_certificate=pki.server.certificate,
+        gateway_tls_private_key=pki.server.key,
+        gateway_tls_ca_certificates=pki.ca,
+    )
+
+    def associate(pair: KeyPair) -> bool:
+        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(pki.ca))
+        context.load_cert_chain(str(pair.certificate), str(pair.key))
+        ae = AE(ae_title=SENDER)
+        ae.add_requested_context("1.2.840.10008.1.1")
+        assoc = ae.associate(
+            "127.0.0.1", gateway.port, ae_title=AE_TITLE, tls_args=(context, "127.0.0.1")
+        )
+        established = bool(assoc.is_established)
+        if established:
+            assoc.release()
+        return established
+
+    assert associate(pki.other_sender) is False
+    assert "IMPOSTOR" in _rejection(gateway, SENDER)
+    assert associate(pki.trusted_client) is True
 
 
 # -- C-FIND, C-MOVE --------------------------------------------------------------------------

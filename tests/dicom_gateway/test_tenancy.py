@@ -51,7 +51,7 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     try:
         supervisor.up()
         for sender, hospital in ((SENDER_A, HOSPITAL_A), (SENDER_B, HOSPITAL_B)):
-            running.cli("senders", "add", sender, "--hospital", hospital)
+            running.cli("senders", "add", sender, "--hospital", hospital, "--host", "127.0.0.1")
         yield running
     finally:
         supervisor.down()

@@ -183,7 +183,9 @@ def world(stack: Stack) -> Iterator[Boundary]:
     servers = []
     for letter in "AB":
         hospital = Hospital(f"DIMSE {letter} {tag}", f"SEND{letter}{tag}", f"DEST{letter}{tag}")
-        stack.cli("senders", "add", hospital.sender, "--hospital", hospital.name)
+        stack.cli(
+            "senders", "add", hospital.sender, "--hospital", hospital.name, "--host", "127.0.0.1"
+        )
         server, port = _destination(hospital.received, hospital.destination)
         servers.append(server)
         stack.cli(

@@ -57,6 +57,7 @@ def test_http_demands_password_and_refuses_remote_clients(
 
 def test_dicom_accepts_only_configured_modalities(settings: Settings, secrets: Secrets) -> None:
     config = orthanc_config(settings, secrets)
+    assert config["DicomServerEnabled"] is False  # no modality: the DICOM port stays closed
     assert config["DicomAet"] == "TEST_STORE"
     assert config["DicomPort"] == settings.orthanc_dicom_port
     assert config["DicomModalities"] == {}
@@ -66,7 +67,9 @@ def test_dicom_accepts_only_configured_modalities(settings: Settings, secrets: S
     assert config["DicomCheckCalledAet"] is True
 
     gateway = DicomModality("RADCLOUD", "127.0.0.1", settings.gateway_port, allow_move=False)
-    entry = orthanc_config(settings, secrets, {"gateway": gateway})["DicomModalities"]["gateway"]
+    with_modality = orthanc_config(settings, secrets, {"gateway": gateway})
+    assert with_modality["DicomServerEnabled"] is True
+    entry = with_modality["DicomModalities"]["gateway"]
     assert entry["AET"] == "RADCLOUD"
     assert entry["Host"] == "127.0.0.1"
     assert entry["Port"] == settings.gateway_port

@@ -40,7 +40,7 @@ SENDER = "TRIAGE1"
 def pacs(stack: Stack) -> Stack:
     """The session stack with a registered sender."""
     if SENDER not in stack.cli("senders", "list").stdout:
-        stack.cli("senders", "add", SENDER, "--hospital", "Triage Hospital")
+        stack.cli("senders", "add", SENDER, "--hospital", "Triage Hospital", "--host", "127.0.0.1")
     return stack
 
 
@@ -253,7 +253,7 @@ def test_studies_arriving_while_serving_is_down_wait_for_it_and_critical_ones_no
         notify_webhook_url=receiver.url,
         notify_signing_key=key,
     )
-    own.cli("senders", "add", SENDER, "--hospital", "Downtime Hospital")
+    own.cli("senders", "add", SENDER, "--hospital", "Downtime Hospital", "--host", "127.0.0.1")
     os.kill(own.pid("api"), signal.SIGTERM)
     poll(lambda: not _answers(own.settings.api_url), timeout_s=60, what="serving to stop")
 

@@ -9,7 +9,10 @@ headless. Both fail, never skip, when what they need is missing: the app must be
 chromium installed wherever ``make install`` ran.
 
 Each test gets a fresh browser context (``page``); when a test fails, a screenshot of its page
-and the browser's console are saved to ``test-artifacts/web/``.
+and the browser's console are saved to ``test-artifacts/web/``. Every page runs under the API's
+Content Security Policy (``serving/api/_headers.py``), and a test whose page broke it fails: each
+``securitypolicyviolation`` event and each console report of a refused resource is collected,
+and the fixture asserts there were none.
 """
 
 from __future__ import annotations
@@ -91,7 +94,7 @@ def _add_accounts(stack: Stack) -> None:
         audit, actor = AuditTrail.from_secrets(db, load_secrets(stack.settings)), Actor.cli()
         registry = SenderRegistry(db, audit)
         if all(sender.ae_title != SENDER for sender in registry.list_senders()):
-            registry.add_sender(SENDER, HOSPITAL, actor=actor)
+            registry.add_sender(SENDER, HOSPITAL, "127.0.0.1", actor=actor)
         accounts = Accounts(db, audit)
         for name, role in ((RADIOLOGIST, Role.RADIOLOGIST), (OUTSIDER, Role.ML_ENGINEER)):
             with contextlib.suppress(AlreadyExistsError):  # from another module's room
@@ -150,20 +153,50 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     return report
 
 
+_REPORT_CSP_VIOLATIONS = """
+document.addEventListener("securitypolicyviolation", (event) => {
+  window.radcloudCspViolation(
+    `${event.effectiveDirective} refused ${event.blockedURI || "inline"} ` +
+    `at ${event.sourceFile}:${event.lineNumber}`
+  );
+});
+"""
+
+
+@pytest.fixture
+def csp_violations() -> list[str]:
+    """What the test's ``page`` reported breaking the Content Security Policy."""
+    return []
+
+
 @pytest.fixture
 def page(
-    browser: Browser, reading_room: ReadingRoom, request: pytest.FixtureRequest
+    browser: Browser,
+    reading_room: ReadingRoom,
+    request: pytest.FixtureRequest,
+    csp_violations: list[str],
 ) -> Iterator[Page]:
     """A page in a fresh browser context on the app's origin (no token, empty cache)."""
     context = browser.new_context(
         base_url=reading_room.base_url, viewport={"width": 1440, "height": 900}
     )
+    violations = csp_violations
+    context.expose_function("radcloudCspViolation", violations.append)
+    context.add_init_script(_REPORT_CSP_VIOLATIONS)
     opened = context.new_page()
     console: list[str] = []
-    opened.on("console", lambda message: console.append(f"{message.type}: {message.text}"))
+
+    def on_console(message: Any) -> None:
+        console.append(f"{message.type}: {message.text}")
+        if "Content Security Policy" in message.text:
+            violations.append(message.text)
+
+    opened.on("console", on_console)
     opened.on("pageerror", lambda error: console.append(f"pageerror: {error}"))
     try:
         yield opened
+        opened.wait_for_timeout(200)  # let a violation of the last action be reported
+        assert violations == [], f"the page broke the Content Security Policy: {violations}"
     finally:
         report = getattr(request.node, "report_call", None)
         if report is not None and report.failed:

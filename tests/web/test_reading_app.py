@@ -332,3 +332,24 @@ def test_a_role_without_access_is_refused_and_sees_no_patient_data(
     patient_data = ("/api/worklist", "/api/studies/", "/dicom-web/")
     served = [(path, status) for path, status in answered if path.startswith(patient_data)]
     assert served and all(status == 403 for _, status in served), served
+
+
+def test_the_app_runs_under_a_csp_that_refuses_injected_inline_script(
+    page: Page, reading_room: ReadingRoom, csp_violations: list[str]
+) -> None:
+    """The app signs in and lists under its Content Security Policy (every test's ``page``
+    fails on a violation); a script injected inline, as an XSS would, does not run, and the
+    violation is reported (so the check of the other tests can fail)."""
+    _signed_in_worklist(page)
+    assert csp_violations == []
+    page.evaluate(
+        """() => {
+          const script = document.createElement("script");
+          script.textContent = "window.injected = true";
+          document.body.append(script);
+        }"""
+    )
+    page.wait_for_timeout(500)
+    assert page.evaluate("() => window.injected === undefined")
+    assert any("script-src" in violation for violation in csp_violations), csp_violations
+    csp_violations.clear()  # the one violation this test caused on purpose
