@@ -511,23 +511,10 @@ class AuditTrail:
         """
         when = since.isoformat() if since else None
         detail: dict[str, Any] = {"operation": "export", "since": when, "records": 0}
-        outcome = AuditOutcome.SERIOUS_FAILURE
-        try:
+        with self._log_used(actor, detail):
             for event in self._iter_events(since):
                 out.write(json.dumps(_as_dict(event), sort_keys=True, ensure_ascii=False) + "\n")
                 detail["records"] += 1
-            outcome = AuditOutcome.SUCCESS
-        except OSError as exc:
-            detail["reason"] = str(exc)
-            raise
-        finally:
-            self.record(
-                AuditEventCode.AUDIT_LOG_USED,
-                actor=actor,
-                action=AuditAction.READ,
-                outcome=outcome,
-                detail=detail,
-            )
         count: int = detail["records"]
         return count
 
@@ -571,10 +558,19 @@ class AuditTrail:
             "since": since.isoformat() if since else None,
             "records": len(events),
         }
-        outcome = AuditOutcome.SERIOUS_FAILURE
-        try:
+        with self._log_used(actor, detail):
             out.write(audit_fhir.audit_bundle(events, hospital).model_dump_json(indent=1))
             out.write("\n")
+        return len(events)
+
+    @contextmanager
+    def _log_used(self, actor: Actor, detail: dict[str, Any]) -> Iterator[None]:
+        """Audit one use of the trail (110101 Audit Log Used, R) once the block has run:
+        success, or outcome 8 (serious failure) with the reason of a write that failed (a full
+        disk)."""
+        outcome = AuditOutcome.SERIOUS_FAILURE
+        try:
+            yield
             outcome = AuditOutcome.SUCCESS
         except OSError as exc:
             detail["reason"] = str(exc)
@@ -587,4 +583,3 @@ class AuditTrail:
                 outcome=outcome,
                 detail=detail,
             )
-        return len(events)
