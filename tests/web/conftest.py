@@ -181,7 +181,11 @@ def page(
         base_url=reading_room.base_url, viewport={"width": 1440, "height": 900}
     )
     violations = csp_violations
-    context.expose_function("radcloudCspViolation", violations.append)
+
+    def on_violation(report: str) -> None:  # a Python function: Playwright tags it
+        violations.append(report)
+
+    context.expose_function("radcloudCspViolation", on_violation)
     context.add_init_script(_REPORT_CSP_VIOLATIONS)
     opened = context.new_page()
     console: list[str] = []
