@@ -18,6 +18,7 @@ from fastapi import FastAPI, Request
 from fastapi.exception_handlers import request_validation_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
 
 from core.exceptions import (
     AlreadyExistsError,
@@ -28,6 +29,7 @@ from core.exceptions import (
     RadcloudError,
     TooManyAttemptsError,
 )
+from serving.api.security import require_roles
 from serving.exceptions import (
     NotClaimantError,
     PlatformUnavailableError,
@@ -74,6 +76,11 @@ def _answer(exc: RadcloudError) -> JSONResponse:
     return JSONResponse({"error": "internal", "detail": str(exc)}, 500)
 
 
+# The routes that answer without credentials (sign-in, health); any other route's invalid
+# request is first authenticated.
+_ANONYMOUS_PATHS = frozenset({"/healthz", "/api/auth/token"})
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Register the handlers on ``app``."""
 
@@ -83,6 +90,14 @@ def install_error_handlers(app: FastAPI) -> None:
 
     async def handle_invalid(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)  # noqa: S101 - registered for it only
+        if request.url.path not in _ANONYMOUS_PATHS:
+            # FastAPI validates a body before it runs the route's dependencies: authenticate
+            # first, so a caller without valid credentials gets the 401 (audited) it gets from
+            # every route, not a description of the body the route expects.
+            try:
+                await run_in_threadpool(require_roles(), request)
+            except AuthenticationError as refused:
+                return _answer(refused)
         in_path = [error for error in exc.errors() if error.get("loc", ("",))[0] == "path"]
         if in_path:
             where = ", ".join(str(error["loc"][-1]) for error in in_path)

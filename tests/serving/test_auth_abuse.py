@@ -152,6 +152,36 @@ def test_unknown_names_cost_the_same_argon2_work(
     assert spy.verified == [real_parameters] * 4  # one verify each, with the same parameters
 
 
+def test_an_invalid_body_without_credentials_is_refused_as_unauthenticated(
+    tmp_path: Path,
+) -> None:
+    """FastAPI validates a body before the route's authentication runs; a caller without
+    credentials still gets 401 (audited), never a description of the body a route expects."""
+    settings = load_settings(home=tmp_path, mode="dev")
+    with _api(settings) as client:
+        last = audit_records(tmp_path)[-1]["seq"]
+        for path in ("/api/users", f"/api/users/{NAME}/hospitals"):
+            anonymous = client.post(
+                path, content=b"{not json", headers={"Content-Type": "application/json"}
+            )
+            assert anonymous.status_code == 401, (path, anonymous.text)
+            assert "not json" not in anonymous.text
+        token = _sign_in(client, NAME, PASSWORD).json()["access_token"]
+        signed_in = client.post(
+            "/api/users",
+            content=b"{not json",
+            headers={"Content-Type": "application/json", "Authorization": f"Bearer {token}"},
+        )
+        assert signed_in.status_code == 422  # the caller is known: told what is wrong
+        malformed = client.post("/api/auth/token", data={"password": PASSWORD})
+        assert malformed.status_code == 422  # sign-in itself needs no credentials
+    refused = [r for r in audit_records(tmp_path, after=last) if r["outcome"] == 4]
+    assert [r["resource_id"] for r in refused][:2] == [
+        "POST /api/users",
+        f"POST /api/users/{NAME}/hospitals",
+    ]
+
+
 def test_a_huge_user_name_is_cut_in_the_audit_trail(tmp_path: Path) -> None:
     settings = load_settings(home=tmp_path, mode="dev")
     huge = "A" * 10_240
