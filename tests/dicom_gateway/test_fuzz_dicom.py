@@ -31,7 +31,7 @@ from typing import Any
 import httpx
 import pydicom
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, given, reject, settings
 from hypothesis import strategies as st
 from pydicom.data import get_testdata_files
 from pydicom.dataset import Dataset, FileMetaDataset
@@ -290,15 +290,23 @@ def instances(draw: st.DrawFn) -> Drawn:
         getattr(meta, "MediaStorageSOPClassUID", "") or CT_IMAGE_STORAGE
     )
     label = path.name
-    mutation = draw(st.sampled_from(["none", "fresh uids", "header", "bytes", "cut", "command"]))
-    command: dict[str, Any] = {}
-    if mutation in ("fresh uids", "header") and ds is not None:
+    if ds is not None:
+        # Fresh UIDs for every readable file, mutated or not: the corpus's own studies stay
+        # unclaimed on the shared stack, where test_gateway_e2e sends them as another hospital
+        # (a study belongs to the hospital that sent it first).
         for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"):
-            setattr(ds, keyword, generate_uid())  # a new instance: none of it is stored yet
-        changes = _mutate_header(draw, ds) if mutation == "header" else ""
+            setattr(ds, keyword, generate_uid())
+        encoded = _encode(ds, syntax)
+        if encoded is None:
+            reject()  # cannot be written again with new UIDs: not sent
+        body = encoded
+    mutation = draw(st.sampled_from(["none", "header", "bytes", "cut", "command"]))
+    command: dict[str, Any] = {}
+    if mutation == "header" and ds is not None:
+        changes = _mutate_header(draw, ds)
         encoded = _encode(ds, syntax)
         if encoded is not None:
-            body, label = encoded, f"{label} ({mutation}{changes})"
+            body, label = encoded, f"{label} (header{changes})"
     elif mutation in ("bytes", "cut"):
         body, change = _mutate_bytes(draw, body, mutation)
         label += change
@@ -400,10 +408,14 @@ def _find_later(stack: Stack, ledger: Ledger) -> None:
 
 
 FUZZ = settings(
-    max_examples=60,
+    max_examples=30,
     deadline=None,
     database=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    suppress_health_check=[
+        HealthCheck.too_slow,
+        HealthCheck.data_too_large,
+        HealthCheck.filter_too_much,
+    ],
 )
 
 
@@ -488,7 +500,7 @@ def test_random_dicom_over_stow_rs(target: FuzzTarget) -> None:
     )
     content_type = f'multipart/related; type="application/dicom"; boundary="{BOUNDARY}"'
 
-    @settings(FUZZ, max_examples=40)
+    @settings(FUZZ, max_examples=20)
     @given(instances())
     def store_one(drawn: Drawn) -> None:
         answer = client.post(

@@ -74,7 +74,7 @@ def test_the_live_openapi_is_the_one_fuzzed(world: World) -> None:
 @SCHEMA.given(user=st.sampled_from(A_USERS), guess=st.booleans())
 @SCHEMA.parametrize()
 @settings(
-    max_examples=6,
+    max_examples=3,
     deadline=None,
     database=None,
     suppress_health_check=list(HealthCheck),
