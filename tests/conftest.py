@@ -163,8 +163,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     env = stack_env(home)
     running = Stack(env, settings_from_env(env))
     register_fixture_models(running.settings.paths.models_dir)
-    running.cli("up")
     try:
+        running.cli("up")  # inside: a start that fails stops what it did start
         yield running
     finally:
         running.cli("down", check=False)

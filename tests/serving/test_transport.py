@@ -57,8 +57,8 @@ def exposed(
         notify_signing_key=NOTIFY_KEY,
     )
     running = Stack(env, settings_from_env(env))
-    running.cli("up")
     try:
+        running.cli("up")  # inside: a start that fails stops what it did start
         yield running
     finally:
         running.cli("down", check=False)

@@ -80,8 +80,8 @@ def shipped_room(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ShippedRo
     for bundle in shipped_bundles(SHIPPED_DIR).values():
         model = registry.import_bundle(bundle)
         registry.promote(model.name, model.version)
-    stack.cli("up")
     try:
+        stack.cli("up")  # inside: a start that fails stops what it did start
         _add_accounts(stack)
         lesion = _lesion_study()
         normals = [generate_study("head-ct", i, SEED, positive=False) for i in range(NORMALS)]
