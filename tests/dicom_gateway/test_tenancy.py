@@ -24,12 +24,12 @@ from sqlalchemy import select
 
 from core.db.models import AuditEvent, Hospital, Study
 from core.secrets import load_secrets
-from dicom_gateway.dcmtk import storescu
 from dicom_gateway.quarantine import Quarantine
 from radcloud.services import Supervisor, gateway_component, orthanc_component
 from tests.conftest import Stack, settings_from_env, stack_env
 from tests.dicom_gateway.dicom_files import synthetic_ct
 from tests.helpers import wait_until
+from tests.serving.test_triage_e2e import push
 
 pytestmark = pytest.mark.integration
 
@@ -65,24 +65,6 @@ def instance(study: str, series: str, number: int, **attributes: str) -> bytes:
     out = io.BytesIO()
     ds.save_as(out, enforce_file_format=True)
     return out.getvalue()
-
-
-def store_with_storescu(stack: Stack, sender: str, directory: Path, files: list[bytes]) -> None:
-    """Send ``files`` with dcmtk's storescu as ``sender``; every one must be acknowledged."""
-    directory.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for number, data in enumerate(files):
-        path = directory / f"{number:03d}.dcm"
-        path.write_bytes(data)
-        paths.append(path)
-    report = storescu(
-        paths,
-        host="127.0.0.1",
-        port=stack.settings.gateway_port,
-        calling_ae=sender,
-        called_ae=stack.settings.gateway_ae_title,
-    )
-    assert sorted(report.stored) == sorted(paths), report.output
 
 
 def c_store(stack: Stack, sender: str, data: bytes) -> Dataset:
@@ -166,8 +148,11 @@ def test_study_uid_of_another_hospital_is_quarantined_and_the_owner_never_change
 ) -> None:
     study, series = generate_uid(), generate_uid()
     patient = {"PatientID": "TEN-A-1", "PatientName": "ALPHA^ANNA", "PatientBirthDate": "19700101"}
-    store_with_storescu(
-        gateway, SENDER_A, tmp_path / "a", [instance(study, series, n, **patient) for n in (1, 2)]
+    push(
+        gateway,
+        tmp_path / "a",
+        [instance(study, series, n, **patient) for n in (1, 2)],
+        sender=SENDER_A,
     )
     wait_until(lambda: study_row(gateway, study)[1] is not None, timeout_s=30)
     owner, archive_id, count = study_row(gateway, study)
@@ -186,7 +171,7 @@ def test_study_uid_of_another_hospital_is_quarantined_and_the_owner_never_change
     assert alert.detail["owner"] == HOSPITAL_A and alert.detail["hospital"] == HOSPITAL_B
 
     # A's own later instance still joins, and nothing moved the study.
-    store_with_storescu(gateway, SENDER_A, tmp_path / "a3", [instance(study, series, 3, **patient)])
+    push(gateway, tmp_path / "a3", [instance(study, series, 3, **patient)], sender=SENDER_A)
     wait_until(lambda: study_row(gateway, study)[2] == count + 1, timeout_s=30)
     assert study_row(gateway, study) == (HOSPITAL_A, archive_id, count + 1)
     orthanc = gateway.archive()
@@ -215,7 +200,7 @@ def test_instance_of_another_patient_never_joins_the_study(
         "PatientName": "BETA^BEN",
         "PatientBirthDate": "19800202",
     }
-    store_with_storescu(gateway, SENDER_B, tmp_path, [instance(study, series, 1, **patient)])
+    push(gateway, tmp_path, [instance(study, series, 1, **patient)], sender=SENDER_B)
     misfiled = instance(study, series, 2, **(patient | {keyword: value}))
     status = c_store(gateway, SENDER_B, misfiled)
     assert status.Status == 0xC409
@@ -235,11 +220,17 @@ def test_patient_level_c_find_answers_only_from_the_callers_studies(
     b = {"PatientID": patient_id, "PatientName": "BETA^BORIS", "PatientBirthDate": "19900909"}
     study_a, study_b = generate_uid(), generate_uid()
     series_a, series_b = generate_uid(), generate_uid()
-    store_with_storescu(
-        gateway, SENDER_A, tmp_path / "a", [instance(study_a, series_a, n, **a) for n in (1, 2)]
+    push(
+        gateway,
+        tmp_path / "a",
+        [instance(study_a, series_a, n, **a) for n in (1, 2)],
+        sender=SENDER_A,
     )
-    store_with_storescu(
-        gateway, SENDER_B, tmp_path / "b", [instance(study_b, series_b, n, **b) for n in (1, 2, 3)]
+    push(
+        gateway,
+        tmp_path / "b",
+        [instance(study_b, series_b, n, **b) for n in (1, 2, 3)],
+        sender=SENDER_B,
     )
     wait_until(
         lambda: all(study_row(gateway, uid)[2] > 0 for uid in (study_a, study_b)), timeout_s=30
