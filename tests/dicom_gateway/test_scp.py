@@ -455,6 +455,18 @@ def _tls(pair: KeyPair, pki: Pki) -> tuple[str, ...]:
     return ("+tls", str(pair.key), str(pair.certificate), "+cf", str(pki.ca))
 
 
+def _store_over_tls(gateway: Gateway, client: KeyPair, pki: Pki, tmp_path: Path) -> Any:
+    """storescu of CT_small over TLS as ``SENDER`` with ``client``'s certificate."""
+    return storescu(
+        [sample("CT_small.dcm", tmp_path)],
+        host="127.0.0.1",
+        port=gateway.port,
+        calling_ae=SENDER,
+        called_ae=AE_TITLE,
+        tls=TlsFiles(client.key, client.certificate, pki.ca),
+    )
+
+
 @pytest.fixture
 def tls_gateway(make_gateway: Callable[..., Gateway], pki: Pki) -> Gateway:
     return make_gateway(
@@ -469,14 +481,7 @@ def test_tls_client_with_a_trusted_certificate_is_served(
 ) -> None:
     client = pki.trusted_client
     assert echo(tls_gateway, *_tls(client, pki)) == 0
-    report = storescu(
-        [sample("CT_small.dcm", tmp_path)],
-        host="127.0.0.1",
-        port=tls_gateway.port,
-        calling_ae=SENDER,
-        called_ae=AE_TITLE,
-        tls=TlsFiles(client.key, client.certificate, pki.ca),
-    )
+    report = _store_over_tls(tls_gateway, client, pki, tmp_path)
     assert report.returncode == 0, report.output
     assert len(list(tls_gateway.spool.entries())) == 1
 
@@ -553,14 +558,7 @@ def test_a_certificate_naming_the_sender_binds_it_without_a_host(
         gateway_tls_ca_certificates=pki.ca,
     )
     client = pki.trusted_client
-    report = storescu(
-        [sample("CT_small.dcm", tmp_path)],
-        host="127.0.0.1",
-        port=gateway.port,
-        calling_ae=SENDER,
-        called_ae=AE_TITLE,
-        tls=TlsFiles(client.key, client.certificate, pki.ca),
-    )
+    report = _store_over_tls(gateway, client, pki, tmp_path)
     assert report.returncode == 0, report.output
     [entry] = gateway.spool.entries()
     assert (entry.sender_ae_title, entry.hospital) == (SENDER, HOSPITAL)
