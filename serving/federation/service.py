@@ -1,0 +1,233 @@
+"""The federated study search a route calls: who may ask what, which nodes are asked, what the
+answer may show, and the audit record of it (the requesting side of IHE XCA-I).
+
+Purpose of use decides everything (:class:`Purpose`):
+
+- ``treatment``: bound to one patient (the token's patient context). Every hospital holding an
+  identifier linked to that patient key is asked for that identifier's studies; each answered
+  study is kept only if its patient identifier resolves to the same key (a node that ignores a
+  filter cannot leak another patient). Identified rows.
+- ``research``: no patient; every tenant and every remote node is asked by modality and date.
+  Rows are de-identified (:data:`Deidentify`) before they leave: pseudonymous patient, remapped
+  Study Instance UID, shifted date, no name, birth date, accession or description.
+
+A missing purpose is refused before anything is asked.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, replace
+from enum import StrEnum
+from typing import Any
+
+from core.audit import AuditAction, AuditEventCode, AuditTrail
+from core.exceptions import AuthError
+from core.security import Actor
+from serving.federation.fanout import StudyNode, fan_out
+from serving.federation.model import (
+    FederatedAnswer,
+    FederatedStudy,
+    NodeAnswer,
+    NodeState,
+    StudyQuery,
+)
+
+__all__ = ["Deidentify", "FederatedSearch", "Identifier", "Purpose", "SearchRequest"]
+
+Identifier = tuple[str, str, str | None]
+"""A patient identifier: (hospital, Patient ID, Issuer of Patient ID or ``None``)."""
+
+Deidentify = Callable[[FederatedStudy, str], FederatedStudy]
+"""De-identifies one row for research, given its patient key (or a key made of its
+identifier when the patient is not linked)."""
+
+
+class Purpose(StrEnum):
+    """Purpose of use of a federated request (HL7 v3 PurposeOfUse: TREAT, HRESCH)."""
+
+    TREATMENT = "treatment"
+    RESEARCH = "research"
+
+
+class PurposeRequiredError(AuthError):
+    """A federated request without a purpose, or without the patient a treatment needs."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(reason)
+
+
+@dataclass(frozen=True)
+class SearchRequest:
+    """What a caller asks: its purpose (and for treatment, the patient), and the filters."""
+
+    purpose: Purpose | None
+    patient_key: str | None = None
+    modality: str | None = None
+    study_date: str | None = None
+    limit: int = 200
+    reason: str | None = None  # a break-glass reason the token carries, recorded
+
+
+def unlinked_key(hospital: str, patient_id: str | None, issuer: str | None) -> str:
+    """The key of a patient not linked across hospitals: its identifier, so the same local
+    patient still gets one pseudonym."""
+    return f"unlinked|{hospital}|{issuer or ''}|{patient_id or ''}"
+
+
+class _OfPatient:
+    """A node whose answers are kept only where the row's patient identifier, at the node's
+    hospital, resolves to ``key`` (checked before the merge, while the row is the node's own)."""
+
+    def __init__(
+        self, node: StudyNode, key: str, key_of: Callable[[str, str, str | None], str | None]
+    ) -> None:
+        self._node, self._key, self._key_of = node, key, key_of
+        self.hospital, self.kind, self.timeout_s = node.hospital, node.kind, node.timeout_s
+
+    def search_for_studies(self, query: StudyQuery) -> list[FederatedStudy]:
+        return [
+            replace(study, patient_key=self._key)
+            for study in self._node.search_for_studies(query)
+            if self._key_of(self.hospital, study.patient_id or "", study.issuer_of_patient_id)
+            == self._key
+        ]
+
+
+class FederatedSearch:
+    """Answers federated study searches.
+
+    Parameters
+    ----------
+    audit
+        Where each search is recorded.
+    identifiers_of
+        The identifiers linked to a patient key (the cross-reference, :mod:`core.identity`).
+    key_of
+        The patient key of an identifier, ``None`` when not registered.
+    tenants
+        Nodes for this deployment's hospitals, by hospital name.
+    remotes
+        Nodes for the registered remote hospitals.
+    deidentify
+        De-identifies a row for research.
+    """
+
+    def __init__(
+        self,
+        *,
+        audit: AuditTrail,
+        identifiers_of: Callable[[str], Iterable[Identifier]],
+        key_of: Callable[[str, str, str | None], str | None],
+        tenants: Callable[[], Sequence[StudyNode]],
+        remotes: Callable[[], Sequence[StudyNode]],
+        deidentify: Deidentify,
+    ) -> None:
+        self._audit = audit
+        self._identifiers_of = identifiers_of
+        self._key_of = key_of
+        self._tenants = tenants
+        self._remotes = remotes
+        self._deidentify = deidentify
+
+    def search(self, actor: Actor, request: SearchRequest) -> FederatedAnswer:
+        """Ask the nodes the purpose allows, merge, and record the search.
+
+        Raises
+        ------
+        PurposeRequiredError
+            No purpose, or a treatment search without a patient.
+        """
+        if request.purpose is None:
+            raise PurposeRequiredError("a federated search needs a purpose of use")
+        if request.purpose is Purpose.TREATMENT:
+            if not request.patient_key:
+                raise PurposeRequiredError("a treatment search is bound to one patient")
+            answer = self._treatment(request)
+            returned = [(s.study_instance_uid, s.held_by) for s in answer.studies]
+        else:
+            answer, returned = self._research(request)
+        self._record(actor, request, answer, returned)
+        return answer
+
+    # -- treatment ------------------------------------------------------------------------
+
+    def _treatment(self, request: SearchRequest) -> FederatedAnswer:
+        key = str(request.patient_key)
+        by_hospital: dict[str, list[tuple[str, str | None]]] = defaultdict(list)
+        for hospital, patient_id, issuer in self._identifiers_of(key):
+            by_hospital[hospital].append((patient_id, issuer))
+        asked: list[tuple[StudyNode, StudyQuery]] = []
+        not_asked: list[NodeAnswer] = []
+        for node in [*self._tenants(), *self._remotes()]:
+            ids = by_hospital.get(node.hospital)
+            if not ids:
+                if node.kind.value == "remote":
+                    not_asked.append(
+                        NodeAnswer(
+                            node.hospital,
+                            node.kind,
+                            NodeState.OK,
+                            reason="no identifier of this patient is linked at this hospital",
+                        )
+                    )
+                continue
+            query = StudyQuery(tuple(ids), request.modality, request.study_date, request.limit)
+            asked.append((_OfPatient(node, key, self._key_of), query))
+        answer = fan_out(asked)
+        return FederatedAnswer(answer.studies, [*answer.nodes, *not_asked])
+
+    # -- research -------------------------------------------------------------------------
+
+    def _research(
+        self, request: SearchRequest
+    ) -> tuple[FederatedAnswer, list[tuple[str, tuple[str, ...]]]]:
+        query = StudyQuery((), request.modality, request.study_date, request.limit)
+        nodes = [*self._tenants(), *self._remotes()]
+        answer = fan_out([(node, query) for node in nodes])
+        studies = []
+        for study in answer.studies:
+            hospital = study.held_by[0]
+            key = self._key_of(
+                hospital, study.patient_id or "", study.issuer_of_patient_id
+            ) or unlinked_key(hospital, study.patient_id, study.issuer_of_patient_id)
+            studies.append(self._deidentify(study, key))
+        returned = [(s.study_instance_uid, s.held_by) for s in answer.studies]
+        return FederatedAnswer(studies, answer.nodes), returned
+
+    # -- audit ----------------------------------------------------------------------------
+
+    def _record(
+        self,
+        actor: Actor,
+        request: SearchRequest,
+        answer: FederatedAnswer,
+        returned: list[tuple[str, tuple[str, ...]]],
+    ) -> None:
+        """One 110112 record; ``returned`` names the original studies (a research answer's
+        rows are de-identified, the trail is not)."""
+        detail: dict[str, Any] = {
+            "federated": True,
+            "purpose": str(request.purpose),
+            "patient_key": request.patient_key,
+            "filters": {"modality": request.modality, "study_date": request.study_date},
+            "nodes": [
+                {"hospital": n.hospital, "kind": str(n.kind), "state": str(n.state)}
+                for n in answer.nodes
+            ],
+            "returned": [
+                {"study_instance_uid": uid, "held_by": list(held_by)} for uid, held_by in returned
+            ],
+        }
+        if request.reason:
+            detail["break_glass_reason"] = request.reason
+        self._audit.record(
+            AuditEventCode.QUERY,
+            actor=actor,
+            action=AuditAction.EXECUTE,
+            resource_type="patient" if request.patient_key else None,
+            resource_id=request.patient_key,
+            detail=detail,
+        )
