@@ -1,52 +1,85 @@
-"""De-identification of DICOM instances stored in Orthanc (PS3.15 Annex E), for exports that
-leave the hospital scope.
+"""De-identification of DICOM for data that leaves the hospital scope (PS3.15 Annex E).
 
-The attribute work is Orthanc's own, well-kept implementation of the Basic Application
-Confidentiality Profile: ``POST /instances/{id}/anonymize`` with ``DicomVersion`` 2021b applies
-PS3.15-2021b Table E.1-1 (identifying attributes removed, emptied or replaced, private tags
-removed) and answers the de-identified Part 10 file without storing it. radcloud adds what one
-call per instance cannot give:
+Two de-identifiers share one keyed :class:`Pseudonymizer`:
 
-- **Consistent UID remapping** (action U of Table E.1-1). Orthanc draws new UIDs at random on
-  every call, so the instances of one series exported one by one would fall apart. radcloud
-  therefore replaces StudyInstanceUID, SeriesInstanceUID, SOPInstanceUID and
-  FrameOfReferenceUID with UIDs derived from the original by HMAC-SHA256 keyed with the
-  deployment's secret (``deid_hmac_key`` in ``secrets.json``) and the destination scope::
+- :class:`Deidentifier`, radcloud's own, for research: works on any pydicom Dataset, a Part 10
+  file, or DICOM JSON (PS3.18 F.2, what QIDO-RS and WADO-RS metadata answer, e.g. from a
+  remote DICOMweb node), with no archive involved. It applies the Basic Application
+  Confidentiality Profile with the Retain Longitudinal Temporal Information with Modified Dates
+  option:
+
+  * every attribute of PS3.15 Table E.1-1 gets its action (the table is data, taken from the
+    ``dicom-anonymizer`` package, see :mod:`imaging._deid_table`): X removed, Z emptied, D a
+    dummy value, U a keyed UID; X/Z, Z/D, X/Z/D emptied, X/D a dummy; a sequence with D or
+    X/D (Content Sequence, ...) or X/Z/U* (Referenced Image, Source Image) keeps its items,
+    which are cleaned by the same table, so that references survive remapped; private
+    attributes, group lengths and attributes of unknown VR are removed;
+  * **every UID** that is not well known (SOP classes, transfer syntaxes, coding schemes: see
+    :func:`imaging._deid_rules.is_well_known_uid`) is replaced by its keyed UID, at any depth:
+    ReferencedSOPInstanceUID, the Referenced Series Sequence of a SEG, the Source Image
+    Sequence... so a de-identified SEG or SR still points to its de-identified sources, and the
+    same study from two hospitals gets the same UID (UIDs are derived from the original UID
+    only);
+  * PatientID and PatientName become the patient's pseudonym, and every DA/DT value (Patient's
+    Birth Date excepted: Z) is shifted by the patient's whole-day shift, so that intervals
+    between a patient's studies are kept; a whole-day shift leaves times of day (TM) as they
+    are. Both derive from the **patient key** the caller passes (radcloud's cross-hospital
+    patient key; :func:`local_patient_key` when there is none), so one patient gets one
+    pseudonym and one shift across hospitals and queries;
+  * URIs (RetrieveURL, RetrieveURI, BulkDataURI) are rewritten onto the DICOMweb base that
+    serves the de-identified data, their UIDs remapped, or dropped without one;
+  * Patient Identity Removed (0012,0062) YES, Longitudinal Temporal Information Modified
+    (0028,0303) MODIFIED, De-identification Method (0012,0063) and its Code Sequence (0012,0064):
+    DCM 113100 and 113107;
+  * instances that may show identifying text in their pixels are withheld
+    (:class:`~imaging.exceptions.BurnedInAnnotationError`), since the Clean Pixel Data option
+    is not applied;
+  * a final check refuses any result where an original UID is still found inside a text value
+    or the original PatientID is still a value.
+
+- :class:`OrthancDeidentifier`, used by the training export: Orthanc's own implementation of
+  the Basic Profile (``POST /instances/{id}/anonymize`` with ``DicomVersion`` 2021b, which
+  answers the de-identified Part 10 file without storing it), plus consistent keyed
+  StudyInstanceUID, SeriesInstanceUID, SOPInstanceUID and FrameOfReferenceUID (UIDs inside
+  sequences keep Orthanc's random per-call remapping), the patient pseudonym, the De-
+  identification Method and its code, and checks of the result.
+
+The keys. Everything is HMAC-SHA256 keyed with the deployment's secret (``deid_hmac_key`` in
+``secrets.json``) and the destination scope (e.g. ``"training"``, ``"research"``)::
 
       digest = HMAC-SHA256(key, scope ␟ "uid" ␟ original UID)
       uid    = "2.25." + decimal(digest[:16] as a UUID version 8, RFC 9562)   (PS3.5 B.2)
+      pseudonym  = "ANON-" + base32(HMAC-SHA256(key, scope ␟ "patient-key" ␟ patient key)[:10])
+      date shift = -(365 + int(HMAC-SHA256(key, scope ␟ "date-shift" ␟ patient key)[:8])
+                     mod 3288) days                               (1 to 10 years back)
 
-  PatientID and PatientName become a pseudonym, ``ANON-`` and 16 base32 characters of
-  ``HMAC-SHA256(key, scope ␟ "patient" ␟ issuer ␟ PatientID)`` (the issuer is the hospital,
-  since patient IDs are unique only within one). The same instance, key and scope give the
-  same values on every export; another key or scope gives unlinkable ones. UIDs elsewhere
-  (references inside sequences) keep Orthanc's random per-call remapping: unlinkable, but not
-  consistent between instances.
-- **The record of what was done**: Orthanc writes Patient Identity Removed (0012,0062) YES;
-  Orthanc 1.10.1 writes no De-identification Method (0012,0063), so radcloud does (Orthanc's
-  version, the profile, the keyed pseudonyms) along with a De-identification Method Code
-  Sequence (0012,0064) holding DCM 113100 "Basic Application Confidentiality Profile".
-- **Checks of the result** before anyone may write it: the replaced UIDs and pseudonym are
-  there and Patient Identity Removed is YES; an instance declaring Burned In Annotation
-  (0028,0301) YES is refused, since the Clean Pixel Data option is not applied.
+The same input, key and scope give the same output; another key or scope gives unlinkable
+values. The Orthanc path's pseudonym is ``HMAC(key, scope ␟ "patient" ␟ issuer ␟ PatientID)``
+(:meth:`Pseudonymizer.patient_id`), unchanged so that earlier exports stay stable.
 
-Errors are :class:`~imaging.exceptions.DeidentificationError` (Orthanc refused, with its reason)
+Errors are :class:`~imaging.exceptions.DeidentificationError` (Orthanc refused, with its reason;
+a result that failed a check), :class:`~imaging.exceptions.BurnedInAnnotationError` (withheld)
 and :class:`~imaging.exceptions.OrthancUnavailableError` (Orthanc cannot be reached).
 """
 
 from __future__ import annotations
 
 import base64
+import copy
 import hashlib
 import hmac
 import io
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any, TypeVar
 
 import pydicom
+from pydicom import Dataset
+from pydicom.dataset import FileMetaDataset
 from pydicom.errors import InvalidDicomError
+from pydicom.uid import PYDICOM_IMPLEMENTATION_UID
 
 from core.archive import (
     AnonymizingArchive,
@@ -56,16 +89,28 @@ from core.archive import (
     ArchiveRejectedError,
     ArchiveUnavailableError,
 )
-from imaging.exceptions import DeidentificationError, OrthancUnavailableError
+from imaging._deid_dataset import Keys, clean_dataset, find_leaks
+from imaging._deid_json import put_back_bulk_data, take_out_bulk_data
+from imaging._deid_rules import burned_in_annotation_reason
+from imaging._deid_table import PROFILE_EDITION
+from imaging.exceptions import (
+    BurnedInAnnotationError,
+    DeidentificationError,
+    OrthancUnavailableError,
+)
 
 __all__ = [
     "BASIC_PROFILE_CODE",
     "DICOM_VERSION",
+    "MODIFIED_DATES_CODE",
+    "PROFILE_EDITION",
     "PSEUDONYM_PREFIX",
     "REMAPPED_UIDS",
     "DeidentifiedInstance",
+    "Deidentifier",
     "OrthancDeidentifier",
     "Pseudonymizer",
+    "local_patient_key",
 ]
 
 logger = logging.getLogger(__name__)
@@ -78,6 +123,12 @@ BASIC_PROFILE_CODE = {
     "CodeMeaning": "Basic Application Confidentiality Profile",
 }
 """PS3.16 CID 7050 code written into De-identification Method Code Sequence (0012,0064)."""
+MODIFIED_DATES_CODE = {
+    "CodeValue": "113107",
+    "CodingSchemeDesignator": "DCM",
+    "CodeMeaning": "Retain Longitudinal Temporal Information Modified Dates Option",
+}
+"""PS3.16 CID 7050 code of the option :class:`Deidentifier` applies."""
 PSEUDONYM_PREFIX = "ANON-"
 REMAPPED_UIDS = (
     "StudyInstanceUID",
@@ -88,6 +139,7 @@ REMAPPED_UIDS = (
 """UID attributes replaced by keyed, consistent UIDs (when the instance has them)."""
 _SEPARATOR = "\x1f"  # ASCII unit separator: cannot occur in a UID, scope or patient ID
 _MAX_LO = 64  # PS3.5 6.2: a LO value holds at most 64 characters
+_MIN_SHIFT_DAYS, _SHIFT_SPAN_DAYS = 365, 3288  # shifts of 1 to 10 years back
 
 
 class Pseudonymizer:
@@ -142,6 +194,206 @@ class Pseudonymizer:
         """
         digest = self._digest("patient", issuer, patient_id.strip())
         return PSEUDONYM_PREFIX + base64.b32encode(digest[:10]).decode()
+
+    def patient_pseudonym(self, patient_key: str) -> str:
+        """The pseudonym of the patient with ``patient_key`` (radcloud's cross-hospital patient
+        key, or :func:`local_patient_key`): PatientID and PatientName of
+        :class:`Deidentifier`'s output, e.g. ``ANON-3QK7...``."""
+        digest = self._digest("patient-key", _checked_patient_key(patient_key))
+        return PSEUDONYM_PREFIX + base64.b32encode(digest[:10]).decode()
+
+    def date_shift(self, patient_key: str) -> timedelta:
+        """The whole-day shift of every date of the patient with ``patient_key``: 1 to 10
+        years back, the same for all the patient's studies, whichever hospital holds them."""
+        digest = self._digest("date-shift", _checked_patient_key(patient_key))
+        days = _MIN_SHIFT_DAYS + int.from_bytes(digest[:8], "big") % _SHIFT_SPAN_DAYS
+        return timedelta(days=-days)
+
+
+def _checked_patient_key(patient_key: str) -> str:
+    if not patient_key or not patient_key.strip():
+        raise ValueError("patient key is empty: expected radcloud's patient key")
+    return patient_key.strip()
+
+
+def local_patient_key(hospital: str, patient_id: str, issuer_of_patient_id: str = "") -> str:
+    """The patient key of a patient radcloud has not linked across hospitals: the hospital,
+    the Issuer of Patient ID (0010,0021) and the PatientID, so the same local ID at two
+    hospitals stays two patients.
+
+    Raises
+    ------
+    ValueError
+        An empty hospital or patient ID.
+    """
+    if not hospital.strip() or not patient_id.strip():
+        raise ValueError(
+            f"local patient key needs a hospital and a patient ID: got {hospital!r}, {patient_id!r}"
+        )
+    return _SEPARATOR.join(
+        ("local", hospital.strip(), issuer_of_patient_id.strip(), patient_id.strip())
+    )
+
+
+class Deidentifier:
+    """De-identifies any DICOM instance or DICOM JSON for research (see the module docstring).
+
+    Parameters
+    ----------
+    pseudonyms
+        The keyed pseudonyms of the destination scope (e.g. ``Pseudonymizer(key, "research")``).
+    uri_base
+        The DICOMweb base URL that serves the de-identified data (radcloud's research WADO-RS);
+        RetrieveURL, RetrieveURI and BulkDataURI values are rewritten onto it with their UIDs
+        remapped. ``None`` drops them.
+    """
+
+    def __init__(self, pseudonyms: Pseudonymizer, *, uri_base: str | None = None) -> None:
+        self.pseudonyms = pseudonyms
+        self.uri_base = uri_base
+
+    def __repr__(self) -> str:
+        return f"Deidentifier(scope={self.pseudonyms.scope!r}, uri_base={self.uri_base!r})"
+
+    @staticmethod
+    def method() -> list[str]:
+        """The De-identification Method (0012,0063) values written into every result."""
+        return [
+            f"PS3.15-{PROFILE_EDITION} E.1-1 Basic Profile",
+            "Retain Longitudinal Temporal Information Modified Dates",
+            "radcloud keyed HMAC-SHA256 UIDs, pseudonyms and date shift",
+        ]
+
+    def _keys(self, patient_key: str) -> Keys:
+        return Keys(
+            remap_uid=self.pseudonyms.uid,
+            patient_pseudonym=self.pseudonyms.patient_pseudonym(patient_key),
+            shift_days=self.pseudonyms.date_shift(patient_key).days,
+            uri_base=self.uri_base,
+        )
+
+    def deidentify_dataset(self, dataset: Dataset, *, patient_key: str) -> Dataset:
+        """A de-identified copy of ``dataset``; the original is left as it was.
+
+        Parameters
+        ----------
+        dataset
+            An instance (with or without pixel data and file meta), or a QIDO-RS study or
+            series result as a Dataset.
+        patient_key
+            The patient's radcloud key (or :func:`local_patient_key`): it decides the
+            pseudonym and the date shift.
+
+        Returns
+        -------
+        Dataset
+            The de-identified instance; with file meta when the input had it (Media Storage SOP
+            Instance UID remapped, radcloud's implementation).
+
+        Raises
+        ------
+        BurnedInAnnotationError
+            The instance may show identifying text in its pixels (only datasets with a
+            SOPInstanceUID are judged).
+        DeidentificationError
+            The result failed the final check (an original UID or PatientID left).
+        ValueError
+            An empty patient key.
+        """
+        _check_burned_in(dataset)
+        keys = self._keys(patient_key)
+        result = copy.deepcopy(dataset)
+        meta = getattr(dataset, "file_meta", None)
+        if meta is not None:
+            result.file_meta = FileMetaDataset()
+        clean_dataset(result, keys)
+        self._record(result)
+        if meta is not None:
+            result.file_meta = _file_meta(meta, result)
+        if hasattr(result, "preamble") and result.preamble is not None:
+            result.preamble = b"\x00" * 128  # a preamble may hold anything (PS3.10 7.1)
+        find_leaks(result, keys, {str(dataset.get("PatientID", "") or "")})
+        return result
+
+    def deidentify_file(self, data: bytes, *, patient_key: str) -> bytes:
+        """The de-identified Part 10 file of the Part 10 file ``data`` (same transfer syntax).
+
+        Raises
+        ------
+        DeidentificationError
+            ``data`` is not DICOM, or as :meth:`deidentify_dataset`.
+        """
+        try:
+            dataset = pydicom.dcmread(io.BytesIO(data))
+        except (InvalidDicomError, OSError, ValueError) as exc:
+            raise DeidentificationError(f"not a DICOM Part 10 file: {exc}") from exc
+        result = self.deidentify_dataset(dataset, patient_key=patient_key)
+        out = io.BytesIO()
+        result.save_as(out, enforce_file_format=True)
+        return out.getvalue()
+
+    def deidentify_json(self, dataset: Mapping[str, Any], *, patient_key: str) -> dict[str, Any]:
+        """The de-identified DICOM JSON (PS3.18 F.2) of one dataset of a QIDO-RS or WADO-RS
+        metadata answer: the same actions, pseudonym, UIDs and dates as
+        :meth:`deidentify_dataset` gives the same instance. InlineBinary values are treated like
+        any value; a BulkDataURI is kept (rewritten onto ``uri_base``) only where the profile
+        keeps its attribute, else dropped.
+
+        Raises
+        ------
+        BurnedInAnnotationError, DeidentificationError, ValueError
+            As :meth:`deidentify_dataset`; also DICOM JSON that does not parse.
+        """
+        stripped, bulk = take_out_bulk_data(dataset)
+        try:
+            parsed = Dataset.from_json(stripped)
+        except (ValueError, TypeError, KeyError) as exc:
+            raise DeidentificationError(f"not DICOM JSON (PS3.18 F.2): {exc}") from exc
+        result = self.deidentify_dataset(parsed, patient_key=patient_key)
+        answer: dict[str, Any] = result.to_json_dict(bulk_data_threshold=2**62)
+        put_back_bulk_data(answer, bulk, self.uri_base, self.pseudonyms.uid)
+        return answer
+
+    def _record(self, ds: Dataset) -> None:
+        """Write what was done (PS3.15 E.1.1, PS3.3 C.7.1.1 and C.7.6.1)."""
+        ds.PatientIdentityRemoved = "YES"
+        ds.LongitudinalTemporalInformationModified = "MODIFIED"
+        ds.DeidentificationMethod = self.method()
+        codes = []
+        for code in (BASIC_PROFILE_CODE, MODIFIED_DATES_CODE):
+            item = Dataset()
+            for keyword, value in code.items():
+                setattr(item, keyword, value)
+            codes.append(item)
+        ds.DeidentificationMethodCodeSequence = codes
+
+
+def _check_burned_in(dataset: Dataset) -> None:
+    sop_instance_uid = str(dataset.get("SOPInstanceUID", "") or "")
+    if not sop_instance_uid:
+        return  # a study or series result: no pixels to judge
+    modality = str(dataset.get("Modality", "") or "") or None
+    sop_class_uid = str(dataset.get("SOPClassUID", "") or "") or None
+    reason = burned_in_annotation_reason(
+        str(dataset.get("BurnedInAnnotation", "") or ""), modality, sop_class_uid
+    )
+    if reason is not None:
+        raise BurnedInAnnotationError(
+            sop_instance_uid, reason, modality=modality, sop_class_uid=sop_class_uid
+        )
+
+
+def _file_meta(original: FileMetaDataset, ds: Dataset) -> FileMetaDataset:
+    """File meta for the de-identified ``ds``: nothing of the original but its transfer
+    syntax (the source AE title and implementation may identify the sender)."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = ds.get("SOPClassUID", original.get("MediaStorageSOPClassUID"))
+    meta.MediaStorageSOPInstanceUID = ds.get("SOPInstanceUID", "")
+    if "TransferSyntaxUID" in original:
+        meta.TransferSyntaxUID = original.TransferSyntaxUID
+    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+    meta.ImplementationVersionName = "RADCLOUD_DEID"
+    return meta
 
 
 @dataclass(frozen=True, repr=False)
