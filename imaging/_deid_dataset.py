@@ -82,7 +82,7 @@ def clean_dataset(ds: Dataset, keys: Keys) -> None:
             del ds[tag]
         elif tag in (_PATIENT_ID, _PATIENT_NAME):
             elem.value = keys.patient_pseudonym
-        elif action_of(tag) is Action.X:
+        elif action_of(tag) is Action.X and not _is_modified_date(elem):
             del ds[tag]
         else:
             _clean_element(ds, elem, keys)
@@ -100,14 +100,19 @@ def _clean_element(ds: Dataset, elem: DataElement, keys: Keys) -> None:
             del ds[elem.tag]
         else:
             elem.value = uri
-    elif elem.VR in ("DA", "DT") and elem.tag not in _BIRTH:
-        _shift(elem, keys.shift_days)
-    elif elem.VR == "TM" and elem.tag not in _BIRTH:
-        pass  # whole-day shifts leave the time of day as it was (see imaging.deid)
+    elif _is_modified_date(elem):
+        if elem.VR != "TM":  # whole-day shifts leave the time of day as it was
+            _shift(elem, keys.shift_days)
     elif action in _EMPTIED or action is Action.U:
         elem.value = None
     elif action in _DUMMY:
         elem.value = dummy_value(elem.VR)
+
+
+def _is_modified_date(elem: DataElement) -> bool:
+    """Whether the option's action C (modified dates) replaces the Basic Profile's action:
+    every DA, DT and TM attribute but Patient's Birth Date and Time (PS3.15 E.3.6)."""
+    return elem.VR in ("DA", "DT", "TM") and elem.tag not in _BIRTH
 
 
 def _clean_sequence(elem: DataElement, action: Action | None, keys: Keys) -> None:

@@ -312,7 +312,11 @@ class Deidentifier:
             result.file_meta = _file_meta(meta, result)
         if hasattr(result, "preamble") and result.preamble is not None:
             result.preamble = b"\x00" * 128  # a preamble may hold anything (PS3.10 7.1)
-        find_leaks(result, keys, {str(dataset.get("PatientID", "") or "")})
+        identifiers = {
+            str(dataset.get(keyword, "") or "")
+            for keyword in ("PatientID", "PatientName", "AccessionNumber", "OtherPatientIDs")
+        }
+        find_leaks(result, keys, identifiers)
         return result
 
     def deidentify_file(self, data: bytes, *, patient_key: str) -> bytes:

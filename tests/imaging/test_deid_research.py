@@ -19,8 +19,15 @@ from pydicom.data import get_testdata_file
 from pydicom.dataelem import DataElement
 from pydicom.multival import MultiValue
 
-from imaging import HEMORRHAGE, AlgorithmIdentity, write_segmentation
-from imaging._deid_rules import dummy_value, is_well_known_uid
+from imaging import (
+    HEMORRHAGE,
+    AlgorithmIdentity,
+    Finding,
+    read_findings,
+    write_measurement_report,
+    write_segmentation,
+)
+from imaging._deid_rules import dummy_value, is_well_known_uid, shift_da, shift_dt
 from imaging._deid_table import Action, action_of
 from imaging.deid import Deidentifier, Pseudonymizer, local_patient_key
 from imaging.exceptions import BurnedInAnnotationError, DeidentificationError
@@ -96,18 +103,24 @@ def assert_follows_profile(original: Dataset, result: Dataset, pseudonyms: Pseud
         action = action_of(elem.tag)
         where = f"{elem.keyword or elem.tag} ({action})"
         assert not elem.tag.is_private, where
-        assert action is not Action.X, where
+        modified_date = elem.VR in ("DA", "DT", "TM") and "Birth" not in elem.keyword
+        assert action is not Action.X or modified_date, where  # the option's C
         if elem.VR == "UI":
             for uid in values(elem):
                 assert is_well_known_uid(uid) or uid in remapped, where
         elif elem.keyword in ("PatientID", "PatientName"):
             assert values(elem) == [pseudonyms.patient_pseudonym(PATIENT)], where
-        elif action is None or elem.VR in ("DA", "DT", "TM") or elem.VR == "SQ":
+        elif action is None or modified_date or elem.VR == "SQ":
             continue  # kept; dates shifted (checked below); sequences walked
         elif action in (Action.D, Action.X_D):
             assert values(elem) in ([], [str(dummy_value(elem.VR))]), where
         else:
             assert values(elem) == [], where
+    days = pseudonyms.date_shift(PATIENT).days
+    for elem in original:  # top-level dates: each moved by the patient's shift
+        if elem.VR in ("DA", "DT") and "Birth" not in elem.keyword and values(elem):
+            shift = shift_da if elem.VR == "DA" else shift_dt
+            assert values(result[elem.tag]) == [shift(v, days) for v in values(elem)], elem
     text = " ".join(v for e in walk(result) if e.VR != "SQ" for v in values(e))
     assert not set(UID_TOKEN.findall(text)) & uids, "an original UID left"
     assert result.PatientIdentityRemoved == "YES"
@@ -336,3 +349,64 @@ def test_empty_patient_key_is_refused(head_ct: list[Dataset]) -> None:
         deidentifier().deidentify_dataset(head_ct[0], patient_key=" ")
     with pytest.raises(ValueError, match="needs a hospital and a patient ID"):
         local_patient_key("Hospital A", "")
+
+
+def without_bulk(expected: dict, original: dict, uris: list[str] | None = None) -> dict:
+    """``expected`` without the attributes that are BulkDataURIs in ``original`` (their URIs
+    collected in ``uris``), sequences included."""
+    kept = {}
+    for tag, attribute in expected.items():
+        source = original.get(tag, {})
+        if "BulkDataURI" in source:
+            if uris is not None:
+                uris.append(source["BulkDataURI"])
+            continue
+        kept[tag] = attribute
+        if attribute.get("vr") == "SQ" and attribute.get("Value"):
+            items = source.get("Value") or [{}] * len(attribute["Value"])
+            pairs = zip(attribute["Value"], items, strict=True)
+            kept[tag] = {**attribute, "Value": [without_bulk(i, o, uris) for i, o in pairs]}
+    return kept
+
+
+@pytest.mark.parametrize("name", sorted(set(CORPUS) - WITHHELD))
+def test_json_path_agrees_with_binary_path_on_the_corpus(name: str) -> None:
+    original = corpus(name)
+    if "SOPInstanceUID" not in original:
+        pytest.skip(f"{name} is not an instance")
+    deid = deidentifier()
+    as_json = metadata_json(original)
+    result = deid.deidentify_json(as_json, patient_key=PATIENT)
+    binary = deid.deidentify_dataset(original, patient_key=PATIENT)
+    expected = without_bulk(binary.to_json_dict(bulk_data_threshold=2**62), as_json)
+    study, series = binary.StudyInstanceUID, binary.SeriesInstanceUID
+    retrieve_url = f"{BASE}/studies/{study}/series/{series}/instances/{binary.SOPInstanceUID}"
+    assert result.pop("00081190") == {"vr": "UR", "Value": [retrieve_url]}
+    uris: list[str] = []
+    assert without_bulk(result, result, uris) == expected
+    uids = original_uids(original)
+    for uri in uris:
+        assert uri.startswith(f"{retrieve_url}/bulkdata/"), uri
+        assert not set(UID_TOKEN.findall(uri)) & uids
+
+
+def test_ai_report_sr_references_point_to_deidentified_seg_and_sources(
+    head_ct: list[Dataset],
+) -> None:
+    mask = np.zeros((len(head_ct), head_ct[0].Rows, head_ct[0].Columns), dtype=np.uint8)
+    mask[1, 10:20, 10:20] = 1
+    algorithm = AlgorithmIdentity("ich-seg", "1.0")
+    seg = write_segmentation(head_ct, mask, [HEMORRHAGE], algorithm)
+    finding = Finding("Hemorrhage", segment_number=1, score=0.93, critical=True)
+    sr = write_measurement_report(head_ct, seg, [finding], algorithm, study_level_score=0.9)
+    deid = deidentifier()
+    targets = {deid.deidentify_dataset(seg, patient_key=PATIENT).SOPInstanceUID} | {
+        deid.deidentify_dataset(ds, patient_key=PATIENT).SOPInstanceUID for ds in head_ct
+    }
+    result = deid.deidentify_dataset(sr, patient_key=PATIENT)
+    assert_follows_profile(sr, result, Pseudonymizer(KEY, "research"))
+    referenced = {str(e.value) for e in walk(result) if e.keyword == "ReferencedSOPInstanceUID"}
+    assert referenced and referenced <= targets
+    findings = [f for f in read_findings(result) if f.get("finding") == "Hemorrhage"]
+    assert [(f["score"], f["critical"]) for f in findings] == [(0.93, True)]
+    assert findings[0]["segmentation_sop_instance_uid"] in targets
