@@ -33,8 +33,19 @@ _CODING_SCHEMES = frozenset(
 )
 _UID_SEGMENT = re.compile(r"^[0-9]+(\.[0-9]+)+$")
 _NUMBERS_OR_TAG = re.compile(r"^([0-9]+(,[0-9]+)*|[0-9A-Fa-f]{8})$")  # frame lists, tags
+# the path words of DICOMweb resources (PS3.18 10.4); "bulk" is Orthanc's bulk data path
 _DICOMWEB_WORDS = frozenset(
-    {"studies", "series", "instances", "frames", "metadata", "rendered", "thumbnail", "bulkdata"}
+    {
+        "studies",
+        "series",
+        "instances",
+        "frames",
+        "metadata",
+        "rendered",
+        "thumbnail",
+        "bulkdata",
+        "bulk",
+    }
 )
 
 

@@ -95,7 +95,9 @@ def original_uids(ds: Dataset) -> set[str]:
     return {u for u in found if not is_well_known_uid(u)}
 
 
-def assert_follows_profile(original: Dataset, result: Dataset, pseudonyms: Pseudonymizer) -> None:
+def assert_follows_profile(
+    original: Dataset, result: Dataset, pseudonyms: Pseudonymizer, patient_key: str = PATIENT
+) -> None:
     """Every element of ``result`` (sequences included) as Table E.1-1 and the option want."""
     uids = original_uids(original)
     remapped = {pseudonyms.uid(u) for u in uids}
@@ -109,14 +111,14 @@ def assert_follows_profile(original: Dataset, result: Dataset, pseudonyms: Pseud
             for uid in values(elem):
                 assert is_well_known_uid(uid) or uid in remapped, where
         elif elem.keyword in ("PatientID", "PatientName"):
-            assert values(elem) == [pseudonyms.patient_pseudonym(PATIENT)], where
+            assert values(elem) == [pseudonyms.patient_pseudonym(patient_key)], where
         elif action is None or modified_date or elem.VR == "SQ":
             continue  # kept; dates shifted (checked below); sequences walked
         elif action in (Action.D, Action.X_D):
             assert values(elem) in ([], [str(dummy_value(elem.VR))]), where
         else:
             assert values(elem) == [], where
-    days = pseudonyms.date_shift(PATIENT).days
+    days = pseudonyms.date_shift(patient_key).days
     for elem in original:  # top-level dates: each moved by the patient's shift
         if elem.VR in ("DA", "DT") and "Birth" not in elem.keyword and values(elem):
             shift = shift_da if elem.VR == "DA" else shift_dt
