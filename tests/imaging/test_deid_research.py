@@ -412,3 +412,19 @@ def test_ai_report_sr_references_point_to_deidentified_seg_and_sources(
     findings = [f for f in read_findings(result) if f.get("finding") == "Hemorrhage"]
     assert [(f["score"], f["critical"]) for f in findings] == [(0.93, True)]
     assert findings[0]["segmentation_sop_instance_uid"] in targets
+
+
+def test_a_metadata_answer_keeps_what_may_go_and_counts_what_is_withheld(
+    head_ct: list[Dataset],
+) -> None:
+    us = copy.deepcopy(head_ct[1])
+    us.Modality = "US"
+    del us.BurnedInAnnotation
+    answer = [metadata_json(head_ct[0]), metadata_json(us), metadata_json(head_ct[2])]
+    deid = deidentifier()
+    kept, withheld = deid.deidentify_json_answer(answer, patient_key=lambda row: PATIENT)
+    assert [row["00080018"]["Value"][0] for row in kept] == [
+        deid.pseudonyms.uid(head_ct[0].SOPInstanceUID),
+        deid.pseudonyms.uid(head_ct[2].SOPInstanceUID),
+    ]
+    assert [exc.sop_instance_uid for exc in withheld] == [us.SOPInstanceUID]
