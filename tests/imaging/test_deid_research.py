@@ -16,8 +16,10 @@ import pydicom
 import pytest
 from pydicom import Dataset
 from pydicom.data import get_testdata_file
+from pydicom.datadict import dictionary_VR, keyword_for_tag
 from pydicom.dataelem import DataElement
 from pydicom.multival import MultiValue
+from pydicom.tag import Tag
 
 from imaging import (
     HEMORRHAGE,
@@ -28,7 +30,7 @@ from imaging import (
     write_segmentation,
 )
 from imaging._deid_rules import dummy_value, is_well_known_uid, shift_da, shift_dt
-from imaging._deid_table import Action, action_of
+from imaging._deid_table import TABLE, Action, action_of
 from imaging.deid import Deidentifier, Pseudonymizer, local_patient_key
 from imaging.exceptions import BurnedInAnnotationError, DeidentificationError
 from imaging.synthetic import generate_study
@@ -428,3 +430,91 @@ def test_a_metadata_answer_keeps_what_may_go_and_counts_what_is_withheld(
         deid.pseudonyms.uid(head_ct[2].SOPInstanceUID),
     ]
     assert [exc.sop_instance_uid for exc in withheld] == [us.SOPInstanceUID]
+
+
+SAMPLES: dict[str, object] = {
+    "PN": "DOE^IDENT",
+    "DA": "20200102",
+    "DT": "20200102030405",
+    "TM": "030405",
+    "DS": "7.5",
+    "IS": "7",
+    "AS": "042Y",
+    "US": 7,
+    "SS": 7,
+    "UL": 7,
+    "SL": 7,
+    "UV": 7,
+    "SV": 7,
+    "FL": 7.5,
+    "FD": 7.5,
+    "AT": 0x00100010,
+    "OB": b"IDENT!",
+    "OW": b"IDENT!",
+    "OF": b"IDEN",
+    "OD": b"IDENTIFY",
+    "OL": b"IDEN",
+    "OV": b"IDENTIFY",
+    "UN": b"IDENT!",
+    "UR": "https://hospital.example/IDENT",
+    "CS": "IDENT",
+}
+
+
+def every_table_attribute() -> tuple[Dataset, dict[int, str]]:
+    """A dataset holding every attribute of Table E.1-1 (and one of each repeating group) with
+    an identifying value, sequences with an identifying item; and each tag's VR."""
+    tags = [*TABLE, 0x60003000, 0x60004000, 0x50000010]
+    ds, vrs = Dataset(), {}
+    for tag in tags:
+        try:
+            vr = dictionary_VR(tag)
+        except KeyError:
+            continue
+        if " or " in vr:
+            vr = vr.split(" or ")[0]
+        if vr == "SQ":
+            item = Dataset()
+            item.PatientName = "NESTED^IDENT"
+            item.ReferencedSOPInstanceUID = f"1.2.3.4.{tag}"
+            value: object = [item]
+        elif vr == "UI":
+            value = f"1.2.3.{tag}"
+        else:
+            value = SAMPLES.get(vr, f"IDENT{tag:08X}"[:16])
+        ds.add_new(tag, vr, value)
+        vrs[tag] = vr
+    ds.SOPInstanceUID, ds.BurnedInAnnotation = "1.2.3.99", "NO"
+    return ds, vrs
+
+
+def test_every_attribute_of_table_e11_gets_its_action() -> None:
+    original, vrs = every_table_attribute()
+    assert len(vrs) > 550
+    pseudonyms = Pseudonymizer(KEY, "research")
+    result = deidentifier(base=None).deidentify_dataset(original, patient_key=PATIENT)
+    days = pseudonyms.date_shift(PATIENT).days
+    for tag, vr in vrs.items():
+        action, elem = action_of(tag), result.get(tag)
+        where = f"{Tag(tag)} {keyword_for_tag(tag)} {vr} {action}"
+        if tag in (0x00100010, 0x00100020):  # PatientName, PatientID: the pseudonym
+            assert str(elem.value) == pseudonyms.patient_pseudonym(PATIENT), where
+        elif vr in ("DA", "DT", "TM") and tag not in (0x00100030, 0x00100032):
+            shifted = {"DA": shift_da, "DT": shift_dt}.get(vr)
+            expected = shifted(str(original[tag].value), days) if shifted else "030405"
+            assert elem is not None and elem.value == expected, where  # the option's C
+        elif action is Action.X or vr in ("UN", "UR"):
+            assert elem is None, where  # removed (a URI too, without a research base)
+        elif vr == "UI":
+            assert elem.value == pseudonyms.uid(original[tag].value), where
+        elif vr == "SQ" and action in (Action.D, Action.X_D, Action.X_Z_U):
+            (item,) = elem.value  # kept, cleaned by the same table
+            assert str(item.PatientName) == pseudonyms.patient_pseudonym(PATIENT), where
+            assert item.ReferencedSOPInstanceUID == pseudonyms.uid(f"1.2.3.4.{tag}"), where
+        elif vr == "SQ":
+            assert elem is not None and len(elem.value) == 0, where  # Z: an empty sequence
+        elif action in (Action.D, Action.X_D):
+            assert elem is not None and elem.value == dummy_value(vr), where
+        else:  # Z, Z/D, X/Z, X/Z/D, X/Z/U*, U on a value that is no UID
+            assert elem is not None and elem.value in (None, "", b""), where
+    assert "IDENT" not in str(result)
