@@ -103,7 +103,7 @@ class Deidentifier:
             result.preamble = b"\x00" * 128  # a preamble may hold anything (PS3.10 7.1)
         identifiers = {
             str(dataset.get(keyword, "") or "")
-            for keyword in ("PatientID", "PatientName", "AccessionNumber", "OtherPatientIDs")
+            for keyword in ("PatientID", "PatientName", "OtherPatientIDs")
         }
         find_leaks(result, keys, identifiers)
         return result

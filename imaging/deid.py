@@ -35,7 +35,7 @@ Two de-identifiers share one keyed :class:`Pseudonymizer`:
     (:class:`~imaging.exceptions.BurnedInAnnotationError`), since the Clean Pixel Data option
     is not applied;
   * a final check refuses any result where an original UID is still found inside a text value
-    or the original PatientID is still a value.
+    or the original PatientID or PatientName is still a value.
 
 - :class:`OrthancDeidentifier`, used by the training export: Orthanc's own implementation of
   the Basic Profile (``POST /instances/{id}/anonymize`` with ``DicomVersion`` 2021b, which
