@@ -5,14 +5,16 @@
 * :mod:`imaging.transforms` - windowing presets and the DICOM linear window, resampling;
 * :mod:`imaging.nifti` - NIfTI export/import with an exact LPS ↔ RAS affine;
 * :mod:`imaging.seg` / :mod:`imaging.sr` - AI results as DICOM SEG and TID 1500 SR;
-* :mod:`imaging.deid` - de-identification through Orthanc's PS3.15 Basic Profile with keyed,
-  consistent UIDs and patient pseudonyms;
+* :mod:`imaging.deid` - de-identification (PS3.15 Basic Profile): :class:`Deidentifier` for
+  research on any Dataset or DICOM JSON (every UID keyed, per-patient date shift, burned-in
+  annotation withheld), and Orthanc's own with keyed UIDs for the training export;
 * :mod:`imaging.exceptions` - the package's exception tree;
 * ``imaging.synthetic`` - synthetic (SYNTHETIC-labelled) studies; import it directly.
 """
 
-from imaging.deid import OrthancDeidentifier, Pseudonymizer
+from imaging.deid import Deidentifier, OrthancDeidentifier, Pseudonymizer, local_patient_key
 from imaging.exceptions import (
+    BurnedInAnnotationError,
     ConformanceError,
     DeidentificationError,
     GeometryError,
@@ -47,8 +49,10 @@ __all__ = [
     "HEMORRHAGE",
     "WINDOW_PRESETS",
     "AlgorithmIdentity",
+    "BurnedInAnnotationError",
     "ConformanceError",
     "DeidentificationError",
+    "Deidentifier",
     "Finding",
     "GeometryError",
     "ImagingError",
@@ -66,6 +70,7 @@ __all__ = [
     "load_nifti",
     "load_series",
     "load_series_files",
+    "local_patient_key",
     "read_findings",
     "read_segmentation",
     "resample",

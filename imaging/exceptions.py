@@ -12,7 +12,9 @@ them to HTTP).
     ├── ConformanceError          an object we were about to write is not valid DICOM
     ├── DeidentificationError     an instance could not be de-identified (Orthanc refused it,
     │   │                         or it declares burned-in annotation)
-    │   └── OrthancUnavailableError   Orthanc could not be reached
+    │   ├── OrthancUnavailableError   Orthanc could not be reached
+    │   └── BurnedInAnnotationError(sop_instance_uid, reason)   withheld: text may be in the
+    │                             pixels (flagged, or a modality/SOP class known to carry it)
     └── SyntheticError            synthetic data cannot be generated (``imaging.synthetic``)
         ├── InvalidParameterError(name, value, expected)   also a ValueError
         └── DatasetExistsError(path)  the output directory is not empty
@@ -30,6 +32,7 @@ from pathlib import Path
 from core.exceptions import RadcloudError
 
 __all__ = [
+    "BurnedInAnnotationError",
     "ConformanceError",
     "DatasetExistsError",
     "DeidentificationError",
@@ -192,6 +195,37 @@ class OrthancUnavailableError(DeidentificationError):
     def __init__(self, url: str, reason: str) -> None:
         super().__init__(f"Orthanc at {url} cannot be reached: {reason}")
         self.url = url
+
+
+class BurnedInAnnotationError(DeidentificationError):
+    """An instance is withheld from de-identified output: its pixels may show identifying text
+    (Burned In Annotation (0028,0301) YES, or a modality or SOP class known to carry it), and
+    the Clean Pixel Data option of PS3.15 E.3.1 is not applied. Callers count and report these.
+
+    Parameters
+    ----------
+    sop_instance_uid
+        The original SOPInstanceUID (for the caller's report inside the hospital scope).
+    reason
+        Which flag, modality or SOP class decided it.
+    modality
+        The instance's Modality, when it has one.
+    sop_class_uid
+        The instance's SOPClassUID, when it has one.
+    """
+
+    def __init__(
+        self,
+        sop_instance_uid: str,
+        reason: str,
+        *,
+        modality: str | None = None,
+        sop_class_uid: str | None = None,
+    ) -> None:
+        super().__init__(f"{reason}: withheld, since the Clean Pixel Data option is not applied")
+        self.sop_instance_uid = sop_instance_uid
+        self.modality = modality
+        self.sop_class_uid = sop_class_uid
 
 
 class SyntheticError(ImagingError):
