@@ -16,6 +16,7 @@
     │   │   └── NoCareRelationshipError(user, patient_key) -> HTTP 403 (core.identity)
     │   └── TooManyAttemptsError(reason, retry_after_s) -> HTTP 429
     ├── NotFoundError(kind, name)                 -> HTTP 404
+    │   └── UnknownIdentifierDomainError(parameter, system) -> HTTP 404/403 (FHIR PIXm)
     ├── AlreadyExistsError(kind, name)            -> HTTP 409
     ├── InvalidUidError(keyword, value, reason)   -> HTTP 400, DIMSE 0xA900 (core.uids)
     ├── IdentityLinkError(identifier, reason)     -> HTTP 409 (core.identity)
@@ -47,6 +48,7 @@ __all__ = [
     "ServiceError",
     "StartupError",
     "TooManyAttemptsError",
+    "UnknownIdentifierDomainError",
 ]
 
 
@@ -164,6 +166,16 @@ class NotFoundError(RadcloudError):
     def __init__(self, kind: str, name: str) -> None:
         self.kind, self.name = kind, name
         super().__init__(f'{kind} "{name}" does not exist')
+
+
+class UnknownIdentifierDomainError(NotFoundError):
+    """A patient identifier system (domain) radcloud does not know, named by ``parameter``
+    (``sourceIdentifier`` or ``targetSystem`` of ``$ihe-pix``, IHE PIXm ITI-83)."""
+
+    def __init__(self, parameter: str, system: str) -> None:
+        self.parameter, self.system = parameter, system
+        self.kind, self.name = f"{parameter} identifier domain", system
+        RadcloudError.__init__(self, f'{parameter} identifier domain "{system}" is not known')
 
 
 class AlreadyExistsError(RadcloudError):

@@ -20,6 +20,7 @@ from core.identity.identifiers import (
     authority_system,
     parse_system,
 )
+from core.identity.pixm import PixAnswer, operation_outcome, pix_query
 from core.identity.service import PatientIdentity
 
 __all__ = [
@@ -31,9 +32,12 @@ __all__ = [
     "PatientIdentifier",
     "PatientIdentity",
     "PatientLinkInfo",
+    "PixAnswer",
     "Registered",
     "authority_system",
     "issue_context_token",
+    "operation_outcome",
     "parse_system",
+    "pix_query",
     "register_in",
 ]

@@ -203,6 +203,40 @@ class PatientIdentity:
                     break
         return [(key, sorted(ids)) for key, ids in list(groups.items())[:limit]]
 
+    def domain_known(self, hospital: str | None, issuer_of_patient_id: str | None) -> bool:
+        """Whether radcloud knows the identifier domain: a hospital's issuer (an identifier of
+        it was registered), or with ``hospital=None`` a registered authority."""
+        with self._db.session() as session:
+            if hospital is None:
+                query = select(PatientIdAuthority.id).where(
+                    PatientIdAuthority.issuer_of_patient_id == (issuer_of_patient_id or "")
+                )
+            else:
+                query = (
+                    select(PatientIdentifierEntry.id)
+                    .join(Hospital)
+                    .where(
+                        Hospital.name == hospital,
+                        PatientIdentifierEntry.issuer_of_patient_id == (issuer_of_patient_id or ""),
+                    )
+                )
+            return session.scalar(query.limit(1)) is not None
+
+    def key_in_domain(
+        self, hospital: str | None, issuer_of_patient_id: str | None, patient_id: str
+    ) -> str | None:
+        """The patient key of ``patient_id`` in a domain (:meth:`domain_known`); for an
+        authority (``hospital=None``), of that ID at whichever hospital."""
+        query = select(PatientIdentifierEntry.patient_key).where(
+            PatientIdentifierEntry.patient_id == patient_id,
+            PatientIdentifierEntry.issuer_of_patient_id == (issuer_of_patient_id or ""),
+        )
+        if hospital is not None:
+            query = query.join(Hospital).where(Hospital.name == hospital)
+        with self._db.session() as session:
+            key: str | None = session.scalars(query).first()
+            return key
+
     def hospitals_of(self, patient_key: str) -> set[str]:
         """The hospitals holding an identifier of patient ``patient_key``."""
         return {i.hospital for i in self.identifiers(patient_key)}
