@@ -4,7 +4,9 @@
 Who may ask (checked here, before any lookup):
 
 - an ``admin``: about an identifier of a hospital in its scope (another hospital's domain is
-  answered as unknown, 404);
+  answered as unknown, 404); the answer holds the identifiers of its own hospitals' domains
+  and of authorities, other hospitals' local IDs only to a platform operator or with a
+  treatment token of that patient (the tenancy rule: an admin sees its hospitals' identifiers);
 - a ``peer_hospital`` user: only with a treatment token (:mod:`core.identity.context`), and
   only about the patient the token is bound to (another patient's identifier is answered
   with an empty ``Parameters``, as an unknown patient is).
@@ -112,8 +114,16 @@ def pix_query(
     if refused is not None:
         return PixAnswer(None, refused=refused)
     authorities = {rule.issuer_of_patient_id for rule in identity.authorities()}
+    treating = (
+        principal.purpose is Purpose.TREATMENT
+        and identity.current_key(principal.patient_key or "") == key
+    )
     targets: list[tuple[str, str]] = []
     for i in identity.identifiers(key):
+        if admin and not treating and not principal.scope.covers(i.hospital):
+            if i.issuer_of_patient_id in authorities:
+                targets.append((authority_system(i.issuer_of_patient_id), i.patient_id))
+            continue
         targets.append((i.system, i.patient_id))
         if i.issuer_of_patient_id in authorities:
             targets.append((authority_system(i.issuer_of_patient_id), i.patient_id))

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from sqlalchemy import delete, or_, select
+from sqlalchemy import delete, func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -182,26 +182,40 @@ class PatientIdentity:
         return sorted(i for i in found if scope is None or scope.covers(i.hospital))
 
     def patients(
-        self, scope: HospitalScope, *, hospital: str | None = None, limit: int = 1000
+        self,
+        scope: HospitalScope,
+        *,
+        hospital: str | None = None,
+        limit: int = 1000,
+        actor: Actor | None = None,
     ) -> list[tuple[str, list[PatientIdentifier]]]:
-        """Patients with an identifier in ``scope`` (of ``hospital`` only, when given): each
-        key with its identifiers in ``scope``, newest patients first."""
+        """Patients with an identifier in ``scope`` (held by ``hospital``, when given): each
+        key with its identifiers in ``scope``, most recently registered first. With ``actor``,
+        the read is audited (110110 Patient Record, R)."""
+        newest = func.max(PatientIdentifierEntry.id)
+        query = (
+            select(PatientIdentifierEntry.patient_key)
+            .join(Hospital)
+            .group_by(PatientIdentifierEntry.patient_key)
+            .order_by(newest.desc())
+            .limit(limit)
+        )
+        if not scope.platform_operator:
+            query = query.where(Hospital.name.in_(sorted(scope.hospitals)))
+        if hospital is not None:
+            query = query.where(Hospital.name == hospital)
         with self._db.session() as session:
-            query = (
-                select(PatientIdentifierEntry)
-                .join(Hospital)
-                .order_by(PatientIdentifierEntry.id.desc())
+            keys = list(session.scalars(query))
+        found = [(key, self.identifiers(key, scope)) for key in keys]
+        if actor is not None:
+            self._audit.record(
+                AuditEventCode.PATIENT_RECORD,
+                actor=actor,
+                action=AuditAction.READ,
+                resource_type="patient",
+                detail={"change": "patients listed", "hospital": hospital, "patients": len(keys)},
             )
-            if hospital is not None:
-                query = query.where(Hospital.name == hospital)
-            groups: dict[str, list[PatientIdentifier]] = {}
-            for row in session.scalars(query):
-                identifier = identifier_of(row)
-                if scope.covers(identifier.hospital):
-                    groups.setdefault(row.patient_key, []).append(identifier)
-                if len(groups) > limit:
-                    break
-        return [(key, sorted(ids)) for key, ids in list(groups.items())[:limit]]
+        return found
 
     def domain_known(self, hospital: str | None, issuer_of_patient_id: str | None) -> bool:
         """Whether radcloud knows the identifier domain: a hospital's issuer (an identifier of

@@ -85,6 +85,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(auth.router)
     app.include_router(identity.router)
+    app.include_router(identity.patients_router)
     app.include_router(admin.router)
     app.include_router(dicomweb.router)
     app.include_router(stow.router)

@@ -33,6 +33,7 @@ from tests.helpers import free_port, wait_until
 
 USERS = {
     "admin-a": (Role.ADMIN, ["A"]),
+    "admin-ab": (Role.ADMIN, ["A", "B"]),
     "dr-a": (Role.PEER_HOSPITAL, ["A"]),
     "dr-b": (Role.PEER_HOSPITAL, ["B"]),
     "dr-c": (Role.PEER_HOSPITAL, ["C"]),
@@ -127,18 +128,22 @@ def _outcome(answer: httpx.Response, status: int, code: str) -> None:
 def test_ihe_pix_answers_an_admin_per_pixm(world: World) -> None:
     admin = world.bearer("admin-a")
     found, ids = _targets(world.pix(admin, f"{A1.system}|{A1.patient_id}"))
-    assert found == {
+    # A's admin: A's domains and the national number, never B's local ID
+    assert found == {("urn:radcloud:pid:A:NHS", NHS), (authority_system("NHS"), NHS)}
+    assert ids == [f"Patient/{world.patient}"]
+    both = world.bearer("admin-ab")
+    assert _targets(world.pix(both, f"{A1.system}|{A1.patient_id}"))[0] == {
         (B7.system, "B-77"),
         ("urn:radcloud:pid:A:NHS", NHS),
         ("urn:radcloud:pid:B:NHS", NHS),
         (authority_system("NHS"), NHS),
     }
-    assert ids == [f"Patient/{world.patient}"]
     # narrowed to B's domain; by the national number as source
-    assert _targets(world.pix(admin, f"{A1.system}|A-0001", targetSystem=B7.system))[0] == {
+    assert _targets(world.pix(both, f"{A1.system}|A-0001", targetSystem=B7.system))[0] == {
         (B7.system, "B-77")
     }
-    assert (B7.system, "B-77") in _targets(world.pix(admin, f"{authority_system('NHS')}|{NHS}"))[0]
+    assert (B7.system, "B-77") in _targets(world.pix(both, f"{authority_system('NHS')}|{NHS}"))[0]
+    assert _targets(world.pix(admin, f"{A1.system}|A-0001", targetSystem=B7.system))[0] == set()
     # a known domain without that patient: an empty Parameters
     assert _targets(world.pix(admin, f"{A1.system}|A-9999")) == (set(), [])
     _outcome(world.pix(admin, "urn:radcloud:pid:Nowhere|1"), 404, "not-found")
@@ -148,7 +153,7 @@ def test_ihe_pix_answers_an_admin_per_pixm(world: World) -> None:
     # B's domain is not A's admin's to ask about: unknown to it
     _outcome(world.pix(admin, f"{B7.system}|B-77"), 404, "not-found")
     queries = [r for r in audit_records(world.home) if r["event_code"] == "110112"]
-    assert len(queries) == 9
+    assert len(queries) == 11
     assert queries[0]["resource_id"] == world.patient and queries[0]["patient_id_hash"]
     assert "A-0001" not in str([q["detail"] for q in queries])
 
@@ -229,3 +234,55 @@ def test_require_purpose_refuses_missing_wrong_and_expired(world: World) -> None
     ]
     assert [r["event_code"] for r in alerts] == ["110113", "110113", "110114"]
     assert alerts[0]["detail"]["reason"] == "purpose of use not allowed"
+
+
+def test_patient_administration_stays_inside_the_admins_hospitals(world: World) -> None:
+    admin_a, admin_ab = world.bearer("admin-a"), world.bearer("admin-ab")
+    c = world.client
+    listed = c.get("/api/patients", headers=admin_a).json()
+    assert {i["hospital"] for p in listed for i in p["identifiers"]} == {"A"}
+    assert "B-77" not in c.get(f"/api/patients/{world.patient}", headers=admin_a).text
+    assert c.get(f"/api/patients/{world.other}", headers=admin_a).status_code == 404  # B's only
+    assert c.get("/api/patients/not-a-key", headers=admin_a).status_code == 400
+
+    c5 = {"hospital": "B", "patient_id": "B-99", "issuer_of_patient_id": "HOSP_B"}
+    a1 = {"hospital": "A", "patient_id": "A-0001", "issuer_of_patient_id": "HOSP_A"}
+    body = {"a": a1, "b": c5, "reason": "same patient: referral letter"}
+    refused = c.post("/api/patients/links", json=body, headers=admin_a)
+    assert refused.status_code == 404 and "B-99" not in refused.text
+    linked = c.post("/api/patients/links", json=body, headers=admin_ab)
+    assert linked.status_code == 200, linked.text
+    assert linked.json()["patient_key"] == world.patient
+    shown = c.get(f"/api/patients/{world.other}", headers=admin_ab).json()  # merged: resolved
+    assert shown["patient_key"] == world.patient
+    assert [(link["kind"], link["reason"]) for link in shown["links"] if link["kind"] == "manual"]
+    unlinked = c.post(
+        "/api/patients/unlink", json={"identifier": c5, "reason": "wrong patient"}, headers=admin_a
+    )
+    assert unlinked.status_code == 404  # B's identifier: not A's admin's
+    unlinked = c.post(
+        "/api/patients/unlink", json={"identifier": c5, "reason": "wrong patient"}, headers=admin_ab
+    )
+    assert unlinked.json()["patient_key"] == world.other
+    again = c.post(
+        "/api/patients/unlink", json={"identifier": c5, "reason": "again"}, headers=admin_ab
+    )
+    assert again.status_code == 409 and again.json()["error"] == "conflict"
+    nhs = {"issuer_of_patient_id": "NATIONAL2", "kind": "national"}
+    assert c.post("/api/patients/authorities", json=nhs, headers=admin_ab).status_code == 403
+    assert c.get("/api/patients/authorities", headers=admin_a).json() == [
+        {"issuer_of_patient_id": "NHS", "kind": "national"}
+    ]
+    changes = [
+        (r["user_name"], r["detail"].get("change"), r["outcome"])
+        for r in audit_records(world.home)
+        if r["event_code"] == "110113" and r["detail"].get("via") == "http"
+    ]
+    assert changes == [
+        ("admin-a", "identifiers linked", 4),
+        ("admin-ab", "identifiers linked", 0),
+        ("admin-a", "identifier unlinked", 4),
+        ("admin-ab", "identifier unlinked", 0),
+        ("admin-ab", "identifier unlinked", 4),
+        ("admin-ab", "authority rule added", 4),
+    ]
