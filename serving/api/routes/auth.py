@@ -100,7 +100,7 @@ def context_token(
     )
 
 
-@router.get("/me")
+@router.get("/me", response_model_exclude_none=True)  # purpose, patient: context tokens
 def me(principal: Annotated[Principal, Depends(require_roles())]) -> Me:
     """The caller's name, roles, hospitals and how they authenticated."""
     return Me(
