@@ -183,8 +183,9 @@ class TokenService:
         if not roles:
             raise AuthenticationError(f'token carries no radcloud role in claim "{roles_claim}"')
         scope = HospitalScope()
-        if method is AuthMethod.OIDC and roles != {Role.ML_ENGINEER}:
-            # an ml_engineer sees identified data only by a user's grant here, never by a claim
+        if method is AuthMethod.OIDC and not roles <= {Role.ML_ENGINEER, Role.RESEARCHER}:
+            # an ml_engineer sees identified data only by a user's grant here, never by a
+            # claim; a researcher never sees any
             scope = _hospitals(_claim(claims, self._settings.jwt_hospitals_claim))
         purpose, patient_key, reason = self._context(claims, method)
         return Principal(

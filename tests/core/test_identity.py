@@ -32,7 +32,7 @@ from core.identity import (
     issue_context_token,
     parse_system,
 )
-from core.security import Actor, AuthMethod, Door, Principal, Purpose, TokenService
+from core.security import Accounts, Actor, AuthMethod, Door, Principal, Purpose, TokenService
 from core.tenancy import HospitalScope
 from dicom_gateway.ownership import StudyOwnership
 from dicom_gateway.validation import InstanceInfo, _other_patient_ids
@@ -307,3 +307,10 @@ def test_token_claims_are_checked(tmp_path: Path) -> None:
     forged["purpose"] = "marketing"
     with pytest.raises(AuthenticationError, match="not known"):
         tokens.verify(jwt.encode(forged, "s" * 32, algorithm="HS256"))
+
+
+def test_a_researcher_sees_no_hospitals_identified_data(db: Database, audit: AuditTrail) -> None:
+    accounts = Accounts(db, audit)
+    accounts.add_user("res", Role.RESEARCHER, hospitals=["A"], actor=OPERATOR)
+    assert accounts.get_user("res").hospitals == ("A",)  # what research may ask about
+    assert accounts.user_scope("res") == HospitalScope()  # no identified data path opens
