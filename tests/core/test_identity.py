@@ -6,11 +6,13 @@ context tokens are bound to a purpose (and a treatment token to one patient)."""
 from __future__ import annotations
 
 import datetime as dt
+import json
 from collections.abc import Iterable
 from pathlib import Path
 
 import jwt
 import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
 from pydicom.dataset import Dataset
 from sqlalchemy import select
 
@@ -314,3 +316,42 @@ def test_a_researcher_sees_no_hospitals_identified_data(db: Database, audit: Aud
     accounts.add_user("res", Role.RESEARCHER, hospitals=["A"], actor=OPERATOR)
     assert accounts.get_user("res").hospitals == ("A",)  # what research may ask about
     assert accounts.user_scope("res") == HospitalScope()  # no identified data path opens
+
+
+def test_an_oidc_token_states_purpose_and_patient_in_the_configured_claims(
+    tmp_path: Path,
+) -> None:
+    key = rsa.generate_private_key(65537, 2048)
+    jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(key.public_key()))
+    (tmp_path / "jwks.json").write_text(json.dumps({"keys": [jwk | {"kid": "k1", "alg": "RS256"}]}))
+    settings = load_settings(
+        home=tmp_path,
+        jwt_algorithm="RS256",
+        jwt_jwks_url=(tmp_path / "jwks.json").as_uri(),
+        jwt_jwks_issuer="https://idp.example",
+        jwt_purpose_claim="context.purpose_of_use",
+        jwt_patient_claim="context.patient",
+    )
+    base = {
+        "sub": "dr-oidc",
+        "aud": "radcloud",
+        "iss": "https://idp.example",
+        "exp": dt.datetime.now(dt.UTC) + dt.timedelta(minutes=5),
+        "roles": ["peer_hospital"],
+        "hospitals": ["A"],
+    }
+    service = TokenService(settings, "s" * 48)
+
+    def verify(**claims: object) -> Principal:
+        token = jwt.encode(base | claims, key, algorithm="RS256", headers={"kid": "k1"})
+        return service.verify(token)
+
+    treating = verify(context={"purpose_of_use": "treatment", "patient": "rcp-" + "0" * 32})
+    assert (treating.purpose, treating.patient_key) == (Purpose.TREATMENT, "rcp-" + "0" * 32)
+    assert verify().purpose is None  # no claim: no purpose
+    # radcloud's own claim names mean nothing in an OIDC token configured otherwise
+    assert verify(purpose="research").purpose is None
+    with pytest.raises(AuthenticationError, match="names no patient"):
+        verify(context={"purpose_of_use": "treatment"})
+    with pytest.raises(AuthenticationError, match="not known"):
+        verify(context={"purpose_of_use": ["treatment", "research"]})
