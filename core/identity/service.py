@@ -44,6 +44,7 @@ from core.db.models import (
     PatientIdentifierEntry,
     PatientLink,
     PatientLinkKind,
+    Study,
 )
 from core.exceptions import (
     AlreadyExistsError,
@@ -250,6 +251,21 @@ class PatientIdentity:
         with self._db.session() as session:
             key: str | None = session.scalars(query).first()
             return key
+
+    def patient_of_study(self, study_instance_uid: str) -> str | None:
+        """The patient key of a study this deployment holds (its owner's identifier, as the
+        gateway recorded it); ``None`` for an unknown study or one without a Patient ID. A
+        treatment token's routes compare it with ``principal.patient_key`` (through
+        :meth:`current_key`) before serving the study."""
+        with self._db.session() as session:
+            row = session.execute(
+                select(Hospital.name, Study.patient_id, Study.issuer_of_patient_id)
+                .join(Hospital, Study.hospital_id == Hospital.id)
+                .where(Study.study_instance_uid == study_instance_uid)
+            ).first()
+        if row is None or not row.patient_id:
+            return None
+        return self.key_for(row.name, row.patient_id, row.issuer_of_patient_id)
 
     def hospitals_of(self, patient_key: str) -> set[str]:
         """The hospitals holding an identifier of patient ``patient_key``."""

@@ -122,6 +122,8 @@ def test_claiming_a_study_registers_its_identifiers(
     ownership.admit(info, "A", sender="MODALITY_A", source="dimse")
     key = identity.key_for("A", "A-0001", "HOSP_A")
     assert key is not None and key.startswith("rcp-")
+    assert identity.patient_of_study("1.2.826.0.1.3680043.10.9.1") == key
+    assert identity.patient_of_study("1.2.826.0.1.3680043.10.9.2") is None
     # the other ID is hospital A's identifier of the same patient, asserted by its study
     assert identity.key_for("A", "9434765919", "NHS") == key
     assert identity.identifiers(key) == [
