@@ -220,6 +220,15 @@ class Settings(BaseSettings):
     # (the set is fetched anyway once it is 5 minutes old).
     jwt_jwks_refetch_interval_s: float = Field(60.0, ge=0, le=300)
     token_ttl_minutes: int = Field(60, ge=1, le=60 * 24 * 30)
+    # Purpose of use (core.identity): the claims of an OIDC token stating its purpose
+    # ("treatment" or "research"), the radcloud patient key a treatment token is bound to, and
+    # a break-glass reason (dotted paths followed); radcloud's own context tokens
+    # (POST /api/auth/context-token) use "purpose", "patient" and "reason" and live
+    # context_token_ttl_minutes.
+    jwt_purpose_claim: str = "purpose"
+    jwt_patient_claim: str = "patient"
+    jwt_reason_claim: str = "reason"
+    context_token_ttl_minutes: int = Field(15, ge=1, le=24 * 60)
 
     # Sign-in abuse (POST /api/auth/token), counted per API process: signin_max_failures failed
     # sign-ins of one user name within signin_failure_window_s lock that name for

@@ -12,10 +12,14 @@
     ├── AuthError
     │   ├── AuthenticationError(reason)           -> HTTP 401
     │   ├── PermissionDeniedError(role, allowed)  -> HTTP 403
+    │   │   ├── PurposeRequiredError(purpose, allowed)  -> HTTP 403 (core.identity)
+    │   │   └── NoCareRelationshipError(user, patient_key) -> HTTP 403 (core.identity)
     │   └── TooManyAttemptsError(reason, retry_after_s) -> HTTP 429
     ├── NotFoundError(kind, name)                 -> HTTP 404
+    │   └── UnknownIdentifierDomainError(parameter, system) -> HTTP 404/403 (FHIR PIXm)
     ├── AlreadyExistsError(kind, name)            -> HTTP 409
     ├── InvalidUidError(keyword, value, reason)   -> HTTP 400, DIMSE 0xA900 (core.uids)
+    ├── IdentityLinkError(identifier, reason)     -> HTTP 409 (core.identity)
     └── AuditChainError(problems)
 """
 
@@ -32,15 +36,19 @@ __all__ = [
     "AuthenticationError",
     "ConfigError",
     "DependencyMissingError",
+    "IdentityLinkError",
     "InvalidUidError",
+    "NoCareRelationshipError",
     "NotFoundError",
     "PermissionDeniedError",
     "PortInUseError",
+    "PurposeRequiredError",
     "RadcloudError",
     "SecretsError",
     "ServiceError",
     "StartupError",
     "TooManyAttemptsError",
+    "UnknownIdentifierDomainError",
 ]
 
 
@@ -117,6 +125,33 @@ class PermissionDeniedError(AuthError):
         super().__init__(f'role "{role}" may not do this; allowed roles: {", ".join(allowed)}')
 
 
+class PurposeRequiredError(PermissionDeniedError):
+    """The token states no purpose of use, or not one this action allows (HTTP 403); a
+    missing purpose is never taken for "any"."""
+
+    def __init__(self, purpose: str | None, allowed: Sequence[str]) -> None:
+        self.purpose = purpose
+        self.role, self.allowed = f"purpose {purpose or '(none)'}", tuple(allowed)
+        stated = f'purpose of use "{purpose}"' if purpose else "a token without a purpose of use"
+        AuthError.__init__(
+            self, f"{stated} may not do this; allowed purposes: {', '.join(allowed)}"
+        )
+
+
+class NoCareRelationshipError(PermissionDeniedError):
+    """A treatment token asked for a patient none of the caller's hospitals holds an
+    identifier of, without a break-glass reason (HTTP 403)."""
+
+    def __init__(self, user: str, patient_key: str) -> None:
+        self.user, self.patient_key = user, patient_key
+        self.role, self.allowed = user, ("a care relationship", "a break-glass reason")
+        AuthError.__init__(
+            self,
+            f'"{user}" has no care relationship with patient {patient_key} (none of its '
+            "hospitals holds an identifier of the patient): state a break-glass reason",
+        )
+
+
 class TooManyAttemptsError(AuthError):
     """Too many sign-in attempts: refused whatever the password for ``retry_after_s`` (HTTP 429)."""
 
@@ -131,6 +166,16 @@ class NotFoundError(RadcloudError):
     def __init__(self, kind: str, name: str) -> None:
         self.kind, self.name = kind, name
         super().__init__(f'{kind} "{name}" does not exist')
+
+
+class UnknownIdentifierDomainError(NotFoundError):
+    """A patient identifier system (domain) radcloud does not know, named by ``parameter``
+    (``sourceIdentifier`` or ``targetSystem`` of ``$ihe-pix``, IHE PIXm ITI-83)."""
+
+    def __init__(self, parameter: str, system: str) -> None:
+        self.parameter, self.system = parameter, system
+        self.kind, self.name = f"{parameter} identifier domain", system
+        RadcloudError.__init__(self, f'{parameter} identifier domain "{system}" is not known')
 
 
 class AlreadyExistsError(RadcloudError):
@@ -148,6 +193,15 @@ class InvalidUidError(RadcloudError):
         self.keyword, self.value, self.reason = keyword, value, reason
         shown = repr(value if len(value) <= 80 else f"{value[:80]}...")
         super().__init__(f"{keyword} {shown} is not a valid UID: {reason}")
+
+
+class IdentityLinkError(RadcloudError):
+    """A link of patient identifiers cannot be made or undone as asked (HTTP 409), e.g. an
+    unlink of an identifier that no manual link joins."""
+
+    def __init__(self, identifier: str, reason: str) -> None:
+        self.identifier, self.reason = identifier, reason
+        super().__init__(f"patient identifier {identifier}: {reason}")
 
 
 class AuditChainError(RadcloudError):

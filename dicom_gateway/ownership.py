@@ -19,6 +19,12 @@ intake quarantines the instance with the reason, the protocol edges answer a fai
 A study without an owner (stored before ownership was recorded) takes no instance either,
 until an operator gives it one (``radcloud studies assign-owner``).
 
+Claiming a study also records its patient's identifiers in the cross-reference of
+:mod:`core.identity` (PatientID within IssuerOfPatientID, and each item of
+OtherPatientIDsSequence with its issuer, as the sending hospital's), in the claim's
+transaction: a study is never held without its patient's identifiers. New identifiers are
+audited as 110110 Patient Record (C) once the claim is committed.
+
 An owner never changes here nor anywhere in the gateway (the completeness tracker only fills
 in a row claimed here); decisions already taken are cached, so a study's later instances cost
 no database round trip.
@@ -39,6 +45,8 @@ from sqlalchemy.orm import Session
 from core.audit import AuditAction, AuditEventCode, AuditOutcome, AuditTrail
 from core.db import Database, write_transaction
 from core.db.models import Hospital, Study, StudyState
+from core.identity import PatientIdentity as CrossReference
+from core.identity import Registered, register_in
 from core.tenancy import hospital_row
 from dicom_gateway.exceptions import StudyCollisionError
 from dicom_gateway.validation import InstanceInfo
@@ -113,6 +121,7 @@ class StudyOwnership:
     def __init__(self, db: Database, audit: AuditTrail) -> None:
         self._db = db
         self._audit = audit
+        self._xref = CrossReference(db, audit)
         self._lock = threading.Lock()
         self._joined: OrderedDict[tuple[str, str, PatientIdentity], None] = OrderedDict()
 
@@ -149,7 +158,7 @@ class StudyOwnership:
             if key in self._joined:
                 self._joined.move_to_end(key)
                 return
-        owner, recorded = self._claim(uid, hospital, identity)
+        owner, recorded = self._claim(uid, hospital, identity, info.other_patient_ids)
         if owner != hospital:
             # the kind first: a DIMSE error comment keeps 64 characters
             reason = (
@@ -168,13 +177,19 @@ class StudyOwnership:
                 self._joined.popitem(last=False)
 
     def _claim(
-        self, uid: str, hospital: str, identity: PatientIdentity
+        self,
+        uid: str,
+        hospital: str,
+        identity: PatientIdentity,
+        other_ids: tuple[tuple[str, str | None], ...] = (),
     ) -> tuple[str | None, PatientIdentity]:
         """The study's owner and recorded identity; a new study is claimed for ``hospital``
-        with ``identity`` (one insert: the unique UID decides a race)."""
+        with ``identity`` (one insert: the unique UID decides a race), and its patient's
+        identifiers registered in the same transaction."""
         found = self._owner(uid)
         if found is not None:
             return found
+        registered = Registered(None)
         try:
             with write_transaction(self._db, _LOCK_KEY) as session:
                 found = self._owner(uid, session)  # under the write lock: decided once
@@ -192,12 +207,20 @@ class StudyOwnership:
                         instance_count=0,
                     )
                 )
+                registered = register_in(
+                    session,
+                    hospital,
+                    identity.patient_id,
+                    identity.issuer_of_patient_id,
+                    other_ids,
+                )
         except IntegrityError:  # the unique UID: a row written without the lock won
             found = self._owner(uid)
             if found is None:
                 raise
             return found
         logger.info("study %s claimed by %s", uid, hospital)
+        self._xref.audit_registered(registered, hospital, study_instance_uid=uid)
         return hospital, identity
 
     def _owner(

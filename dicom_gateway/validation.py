@@ -81,17 +81,24 @@ class InstanceInfo:
     study_description: str | None = None
     body_part_examined: str | None = None
     warnings: tuple[str, ...] = field(default=())
+    # (PatientID, IssuerOfPatientID) of each item of OtherPatientIDsSequence (0010,1002):
+    # recorded in the patient identity cross-reference (core.identity) as the study is claimed
+    other_patient_ids: tuple[tuple[str, str | None], ...] = field(default=())
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-serialisable dict (the spool header)."""
         data = asdict(self)
         data["warnings"] = list(self.warnings)
+        data["other_patient_ids"] = [list(pair) for pair in self.other_patient_ids]
         return data
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> InstanceInfo:
         """Inverse of :meth:`to_json` (a spool header written before a field existed lacks it)."""
-        return cls(**{**data, "warnings": tuple(data.get("warnings", ()))})
+        others = tuple((str(p), i) for p, i in data.get("other_patient_ids", ()))
+        return cls(
+            **{**data, "warnings": tuple(data.get("warnings", ())), "other_patient_ids": others}
+        )
 
 
 def zero_preamble(data: bytes) -> bytes:
@@ -106,6 +113,16 @@ def _text(ds: Dataset, keyword: str) -> str | None:
     if value is None or value == "":
         return None
     return str(value).strip() or None
+
+
+def _other_patient_ids(ds: Dataset) -> tuple[tuple[str, str | None], ...]:
+    """(PatientID, IssuerOfPatientID) of each item of OtherPatientIDsSequence with an ID."""
+    found: list[tuple[str, str | None]] = []
+    for item in ds.get("OtherPatientIDsSequence") or ():
+        patient_id = _text(item, "PatientID")
+        if patient_id and len(patient_id) <= 64:
+            found.append((patient_id, _text(item, "IssuerOfPatientID")))
+    return tuple(dict.fromkeys(found))
 
 
 def _check_pixel_data(ds: Dataset, transfer_syntax: UID, oddities: list[str]) -> None:
@@ -230,6 +247,7 @@ def inspect_instance(data: bytes) -> tuple[InstanceInfo, bytes]:
         study_description=_text(ds, "StudyDescription"),
         body_part_examined=_text(ds, "BodyPartExamined"),
         warnings=tuple(dict.fromkeys(oddities)),
+        other_patient_ids=_other_patient_ids(ds),
     )
     if info.warnings:
         logger.warning(

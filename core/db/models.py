@@ -6,6 +6,8 @@ Who writes what (docs/architecture.md has the full picture):
   ``audit_head``
 - gateway (``dicom_gateway``): ``hospitals``, ``senders``, ``move_destinations``, ``studies``,
   ``outbox_events``
+- identity (``core.identity``; the gateway registers at ingest): ``patient_identifiers``,
+  ``patient_links``, ``patient_id_authorities``
 - serving (``serving``): ``inference_results``, ``worklist_items``; reading writes ``labels``
 
 Schema changes go through alembic migrations in ``radcloud/db/migrations``.
@@ -46,6 +48,11 @@ __all__ = [
     "Label",
     "MoveDestination",
     "OutboxEvent",
+    "PatientIdAuthority",
+    "PatientIdAuthorityKind",
+    "PatientIdentifierEntry",
+    "PatientLink",
+    "PatientLinkKind",
     "ReadingStatus",
     "Report",
     "Role",
@@ -85,6 +92,7 @@ class Role(StrEnum):
     PACS = "pacs"  # ingest only
     PEER_HOSPITAL = "peer_hospital"  # cross-hospital lookup only
     ADMIN = "admin"
+    RESEARCHER = "researcher"  # research purpose only: de-identified data across hospitals
 
 
 class StudyState(StrEnum):
@@ -421,3 +429,73 @@ class AuditHead(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     seq: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"))
     hash: Mapped[str] = mapped_column(String(64))
+
+
+class PatientIdAuthorityKind(StrEnum):
+    """How wide an assigning authority's patient IDs are valid (IHE PIX "identity domain")."""
+
+    ENTERPRISE = "enterprise"  # every hospital of one enterprise
+    NATIONAL = "national"  # a national patient number
+
+
+class PatientLinkKind(StrEnum):
+    """Why two patient identifiers are linked (one rule each; never demographic matching)."""
+
+    # one hospital's study named both: PatientID + IssuerOfPatientID and an item of its
+    # OtherPatientIDsSequence (PS3.3 C.7.1.1)
+    ASSERTED = "asserted"
+    MANUAL = "manual"  # an administrator's link, with a written reason
+
+
+class PatientIdentifierEntry(Base):
+    """One hospital's patient identifier (PatientID within IssuerOfPatientID) and the radcloud
+    patient key it belongs to (:mod:`core.identity`).
+
+    ``own_key`` is the key the identifier got when first registered and keeps for ever;
+    ``patient_key`` is the key of its linked group now: the ``own_key`` of the group's
+    earliest identifier (so an identifier split off by an unlink gets its own key back).
+    ``issuer_of_patient_id`` is ``""`` when the instance named none.
+    """
+
+    __tablename__ = "patient_identifiers"
+    __table_args__ = (UniqueConstraint("hospital_id", "issuer_of_patient_id", "patient_id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    hospital_id: Mapped[int] = mapped_column(ForeignKey("hospitals.id"), index=True)
+    patient_id: Mapped[str] = mapped_column(String(64))
+    issuer_of_patient_id: Mapped[str] = mapped_column(String(64), default="")
+    patient_key: Mapped[str] = mapped_column(String(40), index=True)
+    own_key: Mapped[str] = mapped_column(String(40), unique=True)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+    hospital: Mapped[Hospital] = relationship()
+
+
+class PatientLink(Base):
+    """An explicit link of two patient identifiers: asserted by a hospital's study, or an
+    administrator's manual link. Links of an assigning authority are not rows: they follow
+    from :class:`PatientIdAuthority`."""
+
+    __tablename__ = "patient_links"
+    __table_args__ = (UniqueConstraint("identifier_a_id", "identifier_b_id", "kind"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    identifier_a_id: Mapped[int] = mapped_column(ForeignKey("patient_identifiers.id"), index=True)
+    identifier_b_id: Mapped[int] = mapped_column(ForeignKey("patient_identifiers.id"), index=True)
+    kind: Mapped[PatientLinkKind] = mapped_column(_enum(PatientLinkKind))
+    reason: Mapped[str | None] = mapped_column(Text)
+    created_by: Mapped[str | None] = mapped_column(String(128))
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class PatientIdAuthority(Base):
+    """An assigning authority (IssuerOfPatientID) registered as enterprise-wide or national:
+    its identifiers of one value are one patient at whichever hospital they appear."""
+
+    __tablename__ = "patient_id_authorities"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    issuer_of_patient_id: Mapped[str] = mapped_column(String(64), unique=True)
+    kind: Mapped[PatientIdAuthorityKind] = mapped_column(_enum(PatientIdAuthorityKind))
+    created_by: Mapped[str | None] = mapped_column(String(128))
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)

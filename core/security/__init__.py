@@ -2,7 +2,7 @@
 
 from core.security.accounts import API_KEY_PREFIX, Accounts, NewApiKey, UserInfo
 from core.security.lockout import SignInGuard
-from core.security.principal import Actor, AuthMethod, Door, Principal
+from core.security.principal import Actor, AuthMethod, Door, Principal, Purpose
 from core.security.tokens import TokenService
 
 __all__ = [
@@ -13,6 +13,7 @@ __all__ = [
     "Door",
     "NewApiKey",
     "Principal",
+    "Purpose",
     "SignInGuard",
     "TokenService",
     "UserInfo",

@@ -56,10 +56,13 @@ def user_scope(user: User) -> HospitalScope:
     An ``ml_engineer`` gets de-identified data only (the training export) unless granted
     identified access for a hospital (``radcloud users assign NAME HOSPITAL --identified``):
     its scope, which every identified data path checks (DICOMweb, results, viewer, masks,
-    reprocess, inference), holds only the hospitals so granted.
+    reprocess, inference), holds only the hospitals so granted. A ``researcher`` sees no
+    hospital's identified data at all: research paths read its assignments themselves.
     """
     if user.platform_operator:
         return HospitalScope.platform()
+    if user.role is Role.RESEARCHER:  # de-identified data only, by research paths (issue 15)
+        return HospitalScope()
     if user.role is Role.ML_ENGINEER:
         return HospitalScope.of(a.hospital.name for a in user.assignments if a.identified)
     return HospitalScope.of(a.hospital.name for a in user.assignments)
@@ -70,6 +73,6 @@ def api_key_scope(key: ApiKey) -> HospitalScope:
     operator's. An ``ml_engineer`` key sees no identified data (grants are a user's)."""
     if key.platform_operator:
         return HospitalScope.platform()
-    if key.role is Role.ML_ENGINEER:
+    if key.role in {Role.ML_ENGINEER, Role.RESEARCHER}:
         return HospitalScope()
     return HospitalScope.of([key.hospital.name] if key.hospital else [])

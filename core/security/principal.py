@@ -12,7 +12,7 @@ from enum import StrEnum
 from core.db.models import Role
 from core.tenancy import HospitalScope
 
-__all__ = ["Actor", "AuthMethod", "Door", "Principal"]
+__all__ = ["Actor", "AuthMethod", "Door", "Principal", "Purpose"]
 
 
 class AuthMethod(StrEnum):
@@ -23,16 +23,34 @@ class AuthMethod(StrEnum):
     API_KEY = "api_key"  # a service account's key
 
 
+class Purpose(StrEnum):
+    """The purpose of use a token states (HL7 v3 PurposeOfUse: TREAT, HRESCH), modelled on
+    SMART's launch context: ``treatment`` is bound to one patient, ``research`` to none and
+    sees de-identified data only. A token without one has no purpose-bound access at all."""
+
+    TREATMENT = "treatment"
+    RESEARCH = "research"
+
+
 @dataclass(frozen=True)
 class Principal:
     """An authenticated user or service account, and the hospitals whose studies it may see
-    (``scope``: none unless assigned, :mod:`core.tenancy`)."""
+    (``scope``: none unless assigned, :mod:`core.tenancy`).
+
+    ``purpose``, ``patient_key`` and ``reason`` come from a context token
+    (``POST /api/auth/context-token``, :mod:`core.identity`) or an OIDC token's claims:
+    the purpose of use, the radcloud patient key a treatment token is bound to, and the
+    break-glass reason it was issued with, if any.
+    """
 
     name: str
     roles: frozenset[Role]
     method: AuthMethod
     token_id: str | None = None
     scope: HospitalScope = field(default_factory=HospitalScope)
+    purpose: Purpose | None = None
+    patient_key: str | None = None
+    reason: str | None = None
 
     @property
     def role(self) -> str:

@@ -12,6 +12,14 @@ and radcloud's own tokens carry no hospitals: the API reads a user's from the da
 request). The algorithm is fixed per key type, so a token cannot choose how it is checked (no
 ``alg`` confusion). A key set fetched over HTTP(S) is fetched again for an unknown key ID at
 most every ``jwt_jwks_refetch_interval_s`` (:class:`~core.security._jwks.RemoteKeySet`).
+
+Purpose of use: a token may state ``purpose`` (``treatment`` or ``research``), with a
+treatment token's ``patient`` (a radcloud patient key) and break-glass ``reason``
+(:class:`~core.security.principal.Purpose`; radcloud issues such tokens through
+:func:`core.identity.issue_context_token`). An OIDC token's come from the
+``jwt_purpose_claim``, ``jwt_patient_claim`` and ``jwt_reason_claim`` claims. A token naming
+an unknown purpose, or a treatment token without a patient, is refused; a token without a
+purpose is valid, with no purpose (never "any").
 """
 
 from __future__ import annotations
@@ -28,7 +36,7 @@ from core.config import JwtAlgorithm, Settings
 from core.db.models import Role
 from core.exceptions import AuthenticationError
 from core.security._jwks import RemoteKeySet
-from core.security.principal import AuthMethod, Principal
+from core.security.principal import AuthMethod, Principal, Purpose
 from core.tenancy import HospitalScope
 
 __all__ = ["TokenService"]
@@ -98,11 +106,37 @@ class TokenService:
                 path = Path(url.removeprefix("file://"))
                 self._jwks = jwt.PyJWKSet.from_json(path.read_text(encoding="utf-8"))
 
-    def issue(self, name: str, roles: Iterable[Role], ttl: dt.timedelta | None = None) -> str:
-        """Sign a token for ``name`` with ``roles`` valid for ``ttl`` (default from settings)."""
+    def issue(
+        self,
+        name: str,
+        roles: Iterable[Role],
+        ttl: dt.timedelta | None = None,
+        *,
+        purpose: Purpose | str | None = None,
+        patient_key: str | None = None,
+        reason: str | None = None,
+    ) -> str:
+        """Sign a token for ``name`` with ``roles`` valid for ``ttl`` (default from settings).
+
+        Parameters
+        ----------
+        name, roles, ttl
+            Who, with which roles, for how long.
+        purpose, patient_key, reason
+            A context token's purpose of use, the patient a treatment token is bound to, and
+            its break-glass reason (:func:`core.identity.issue_context_token` checks them).
+
+        Raises
+        ------
+        ValueError
+            A treatment purpose without a patient key, or a patient key without treatment.
+        """
         now = dt.datetime.now(dt.UTC)
         lifetime = ttl or dt.timedelta(minutes=self._settings.token_ttl_minutes)
-        claims = {
+        stated = Purpose(purpose) if purpose is not None else None
+        if (stated is Purpose.TREATMENT) != (patient_key is not None):
+            raise ValueError("a patient key goes with a treatment purpose, and only with it")
+        claims: dict[str, Any] = {
             "sub": name,
             "roles": sorted(Role(role).value for role in roles),
             "iss": self._settings.jwt_issuer,
@@ -112,6 +146,12 @@ class TokenService:
             "exp": now + lifetime,
             "jti": uuid.uuid4().hex,
         }
+        if stated is not None:
+            claims["purpose"] = stated.value
+        if patient_key is not None:
+            claims["patient"] = patient_key
+        if reason:
+            claims["reason"] = reason
         return jwt.encode(claims, self._key, algorithm="HS256")
 
     def verify(self, token: str) -> Principal:
@@ -143,10 +183,57 @@ class TokenService:
         if not roles:
             raise AuthenticationError(f'token carries no radcloud role in claim "{roles_claim}"')
         scope = HospitalScope()
-        if method is AuthMethod.OIDC and roles != {Role.ML_ENGINEER}:
-            # an ml_engineer sees identified data only by a user's grant here, never by a claim
+        if method is AuthMethod.OIDC and not roles <= {Role.ML_ENGINEER, Role.RESEARCHER}:
+            # an ml_engineer sees identified data only by a user's grant here, never by a
+            # claim; a researcher never sees any
             scope = _hospitals(_claim(claims, self._settings.jwt_hospitals_claim))
-        return Principal(str(claims["sub"]), roles, method, claims.get("jti"), scope)
+        purpose, patient_key, reason = self._context(claims, method)
+        return Principal(
+            str(claims["sub"]),
+            roles,
+            method,
+            claims.get("jti"),
+            scope,
+            purpose=purpose,
+            patient_key=patient_key,
+            reason=reason,
+        )
+
+    def _context(
+        self, claims: dict[str, Any], method: AuthMethod
+    ) -> tuple[Purpose | None, str | None, str | None]:
+        """The purpose of use, patient key and reason a token's claims state."""
+        own = method is AuthMethod.TOKEN
+        names = (
+            ("purpose", "patient", "reason")
+            if own
+            else (
+                self._settings.jwt_purpose_claim,
+                self._settings.jwt_patient_claim,
+                self._settings.jwt_reason_claim,
+            )
+        )
+        stated, patient, reason = (_claim(claims, name) for name in names)
+        if stated is None:
+            if patient is not None:
+                raise AuthenticationError("token names a patient but no purpose of use")
+            return None, None, None
+        known = {purpose.value for purpose in Purpose}
+        if not isinstance(stated, str) or stated not in known:
+            raise AuthenticationError(
+                f'token purpose of use "{stated}" is not known: expected one of '
+                f"{', '.join(sorted(known))}"
+            )
+        purpose = Purpose(stated)
+        if purpose is Purpose.TREATMENT and not (isinstance(patient, str) and patient.strip()):
+            raise AuthenticationError("treatment token names no patient")
+        if purpose is Purpose.RESEARCH and patient is not None:
+            raise AuthenticationError("research token must not name a patient")
+        return (
+            purpose,
+            patient if purpose is Purpose.TREATMENT else None,
+            reason if isinstance(reason, str) and reason else None,
+        )
 
     def _decode_own(self, token: str) -> dict[str, Any]:
         return jwt.decode(

@@ -11,6 +11,7 @@ from radcloud.cli import (
     export,
     gateway,
     models,
+    patients,
     security,
     services,
     studies,
@@ -36,6 +37,7 @@ synth.register(app)
 train.register(app)
 export.register(app)
 studies.register(app)
+patients.register(app)
 demo.register(app)
 bench.register(app)
 

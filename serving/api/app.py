@@ -28,6 +28,7 @@ from serving.api.routes import (
     auth,
     dicomweb,
     health,
+    identity,
     infer,
     metrics,
     reading,
@@ -83,6 +84,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(SecurityHeadersMiddleware)  # the last added is outermost
     app.include_router(health.router)
     app.include_router(auth.router)
+    app.include_router(identity.router)
+    app.include_router(identity.patients_router)
     app.include_router(admin.router)
     app.include_router(dicomweb.router)
     app.include_router(stow.router)

@@ -23,6 +23,7 @@ from starlette.concurrency import run_in_threadpool
 from core.exceptions import (
     AlreadyExistsError,
     AuthenticationError,
+    IdentityLinkError,
     InvalidUidError,
     NotFoundError,
     PermissionDeniedError,
@@ -52,6 +53,7 @@ _STATUS: tuple[tuple[type[RadcloudError], int, str, tuple[str, ...]], ...] = (
     (UnknownModelError, 404, "unknown_model", ()),
     (NotFoundError, 404, "not_found", ()),
     (AlreadyExistsError, 409, "conflict", ()),
+    (IdentityLinkError, 409, "conflict", ()),
     (InvalidUidError, 400, "bad_request", ("keyword",)),
     (WorklistConflictError, 409, "conflict", ("status", "claimed_by", "version")),
     (StudyNotReadyError, 409, "conflict", ()),

@@ -5,11 +5,16 @@ or ``X-API-Key: rck_...``. Every failure is an audit event: 110114 User Authenti
 missing or bad credential (HTTP 401), 110113 Security Alert for a role refused (HTTP 403).
 The principal carries its hospital scope (:mod:`core.tenancy`), which every study a route
 touches is checked against by the domain services.
+
+:func:`require_purpose` admits only tokens that state one of the purposes a route allows
+(:class:`~core.security.Purpose`, a context token of ``POST /api/auth/context-token`` or an
+OIDC token's claims); a token without a purpose, an API key included, is refused with 403
+(110113), never taken for "any"; an expired one is 401 as everywhere.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import replace
 from typing import Any
 
@@ -17,8 +22,8 @@ from fastapi import Request
 
 from core.audit import AuditAction, AuditEventCode, AuditOutcome
 from core.db.models import Role
-from core.exceptions import AuthenticationError, PermissionDeniedError
-from core.security import API_KEY_PREFIX, Actor, AuthMethod, Door, Principal
+from core.exceptions import AuthenticationError, PermissionDeniedError, PurposeRequiredError
+from core.security import API_KEY_PREFIX, Actor, AuthMethod, Door, Principal, Purpose
 from serving.api.context import ApiContext
 
 __all__ = [
@@ -27,6 +32,7 @@ __all__ = [
     "client_address",
     "context",
     "request_actor",
+    "require_purpose",
     "require_roles",
 ]
 
@@ -142,6 +148,48 @@ def require_roles(*roles: Role) -> Callable[[Request], Principal]:
             )
             raise PermissionDeniedError(principal.role, sorted(allowed))
         request.state.principal = principal
+        return principal
+
+    return dependency
+
+
+def require_purpose(
+    *purposes: Purpose, roles: Iterable[Role] = ()
+) -> Callable[[Request], Principal]:
+    """A dependency that admits callers whose token states one of ``purposes`` (and who hold
+    one of ``roles``; any role when none given).
+
+    A treatment token is bound to one patient (``principal.patient_key``): the route checks
+    that what it serves is that patient's. A research token names no patient: the route serves
+    de-identified data only.
+
+    Raises
+    ------
+    ValueError
+        No purpose given (at import of the route: a missing purpose is never "any").
+    """
+    if not purposes:
+        raise ValueError("require_purpose needs at least one purpose")
+    allowed = frozenset(Purpose(purpose) for purpose in purposes)
+    by_role = require_roles(*roles)
+
+    def dependency(request: Request) -> Principal:
+        principal = by_role(request)
+        if principal.purpose not in allowed:
+            audit_request(
+                request,
+                AuditEventCode.SECURITY_ALERT,
+                principal=principal,
+                outcome=AuditOutcome.MINOR_FAILURE,
+                resource_type="route",
+                resource_id=f"{request.method} {request.url.path}",
+                detail={
+                    "reason": "purpose of use not allowed",
+                    "purpose": principal.purpose,
+                    "allowed": sorted(allowed),
+                },
+            )
+            raise PurposeRequiredError(principal.purpose, sorted(allowed))
         return principal
 
     return dependency

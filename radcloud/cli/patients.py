@@ -1,0 +1,152 @@
+"""``radcloud patients``: the patient identity cross-reference (:mod:`core.identity`).
+
+Identifiers are written ``HOSPITAL:ISSUER:PATIENTID`` (``HOSPITAL::PATIENTID`` without an
+issuer; the patient ID may hold colons, hospital and issuer may not). The command line is a
+platform operator's: it sees every hospital's identifiers. Every change is audited.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from core.db.models import PatientIdAuthorityKind
+from core.identity import PatientIdentifier, PatientIdentity
+from core.security import Actor
+from core.tenancy import HospitalScope
+from radcloud.cli._common import audit_trail, command, console, database
+
+__all__ = ["register"]
+
+patients_app = typer.Typer(
+    help="Patient identity across hospitals (IHE PIX): identifiers, links, authorities.",
+    no_args_is_help=True,
+)
+authority_app = typer.Typer(
+    help="Assigning authorities whose patient IDs are valid across hospitals.",
+    no_args_is_help=True,
+)
+
+ReasonOption = Annotated[str, typer.Option("--reason", help="Why (kept in the audit trail).")]
+
+
+def _identity() -> PatientIdentity:
+    return PatientIdentity(database(), audit_trail())
+
+
+def _identifier(text: str, hint: str) -> PatientIdentifier:
+    try:
+        return PatientIdentifier.parse(text)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint=hint) from exc
+
+
+@patients_app.command("list")
+@command
+def patients_list(
+    hospital: Annotated[
+        str | None, typer.Option("--hospital", help="Only patients this hospital holds.")
+    ] = None,
+    limit: Annotated[int, typer.Option("--limit", min=1)] = 100,
+) -> None:
+    """Patients and their identifiers, newest first."""
+    table = Table("patient key", "identifiers")
+    for key, identifiers in _identity().patients(
+        HospitalScope.platform(), hospital=hospital, limit=limit
+    ):
+        table.add_row(key, "\n".join(str(i) for i in identifiers))
+    console.print(table)
+
+
+@patients_app.command("show")
+@command
+def patients_show(key: str) -> None:
+    """A patient's identifiers and the explicit links between them."""
+    identity = _identity()
+    current = identity.current_key(key)
+    if current is None:
+        console.print(f"[red]no patient {key}[/]")
+        raise typer.Exit(1)
+    if current != key:
+        console.print(f"[yellow]{key} was merged into {current}[/]")
+    console.print(f"patient [bold]{current}[/]")
+    for identifier in identity.identifiers(current):
+        console.print(f"  {identifier}  [dim]{identifier.system}[/]")
+    links = identity.links(HospitalScope.platform(), patient_key=current)
+    if links:
+        table = Table("link", "kind", "between", "reason", "by", "when")
+        for link in links:
+            table.add_row(
+                str(link.id),
+                link.kind,
+                f"{link.a}\n{link.b}",
+                link.reason or "",
+                link.created_by or "",
+                link.created_at.isoformat(timespec="seconds"),
+            )
+        console.print(table)
+
+
+@patients_app.command("link")
+@command
+def patients_link(a: str, b: str, reason: ReasonOption) -> None:
+    """Link identifiers A and B as one patient (an operator's manual link; audited)."""
+    key = _identity().link(_identifier(a, "A"), _identifier(b, "B"), reason, actor=Actor.cli())
+    console.print(f"{a} and {b}: patient [bold]{key}[/]")
+
+
+@patients_app.command("unlink")
+@command
+def patients_unlink(identifier: str, reason: ReasonOption) -> None:
+    """Undo the manual links of IDENTIFIER: it gets its own patient key back (audited).
+
+    Links of an assigning authority are undone only with the rule
+    (``radcloud patients authority remove``).
+    """
+    key = _identity().unlink(_identifier(identifier, "IDENTIFIER"), reason, actor=Actor.cli())
+    console.print(f"{identifier}: patient [bold]{key}[/]")
+
+
+@authority_app.command("add")
+@command
+def authority_add(
+    issuer: str,
+    kind: Annotated[
+        PatientIdAuthorityKind, typer.Option("--kind", help="How wide its IDs are valid.")
+    ],
+) -> None:
+    """Register ISSUER (IssuerOfPatientID) as enterprise-wide or national: its IDs of one
+    value are one patient at every hospital (audited)."""
+    count = _identity().add_authority(issuer, kind, actor=Actor.cli())
+    console.print(f"authority [bold]{issuer}[/] ({kind}): {count} identifiers relabelled")
+
+
+@authority_app.command("list")
+@command
+def authority_list() -> None:
+    """The registered assigning authorities."""
+    table = Table("issuer", "kind", "by", "since")
+    for rule in _identity().authorities():
+        table.add_row(
+            rule.issuer_of_patient_id,
+            rule.kind,
+            rule.created_by or "",
+            rule.created_at.isoformat(timespec="seconds"),
+        )
+    console.print(table)
+
+
+@authority_app.command("remove")
+@command
+def authority_remove(issuer: str) -> None:
+    """Remove ISSUER's rule: patients it joined are split again (audited)."""
+    count = _identity().remove_authority(issuer, actor=Actor.cli())
+    console.print(f"authority [bold]{issuer}[/] removed: {count} identifiers relabelled")
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``patients`` to ``app``."""
+    patients_app.add_typer(authority_app, name="authority")
+    app.add_typer(patients_app, name="patients")
