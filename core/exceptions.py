@@ -40,6 +40,7 @@ __all__ = [
     "InvalidUidError",
     "NoCareRelationshipError",
     "NotFoundError",
+    "PatientContextError",
     "PermissionDeniedError",
     "PortInUseError",
     "PurposeRequiredError",
@@ -150,6 +151,17 @@ class NoCareRelationshipError(PermissionDeniedError):
             f'"{user}" has no care relationship with patient {patient_key} (none of its '
             "hospitals holds an identifier of the patient): state a break-glass reason",
         )
+
+
+class PatientContextError(PermissionDeniedError):
+    """A treatment token asked for another patient than the one it is bound to, or a research
+    token named a patient (HTTP 403)."""
+
+    def __init__(self, user: str, asked: str, bound: str | None) -> None:
+        self.user, self.asked, self.bound = user, asked, bound
+        self.role, self.allowed = user, (bound or "no patient",)
+        what = f"bound to patient {bound}" if bound else "bound to no patient (research)"
+        AuthError.__init__(self, f'the token of "{user}" is {what}; it may not ask for {asked}')
 
 
 class TooManyAttemptsError(AuthError):

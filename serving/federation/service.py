@@ -19,12 +19,11 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
-from enum import StrEnum
 from typing import Any
 
 from core.audit import AuditAction, AuditEventCode, AuditTrail
-from core.exceptions import AuthError
-from core.security import Actor
+from core.exceptions import PurposeRequiredError
+from core.security import Actor, Purpose
 from serving.federation.fanout import StudyNode, fan_out
 from serving.federation.model import (
     FederatedAnswer,
@@ -34,7 +33,7 @@ from serving.federation.model import (
     StudyQuery,
 )
 
-__all__ = ["Deidentify", "FederatedSearch", "Identifier", "Purpose", "SearchRequest"]
+__all__ = ["Deidentify", "FederatedSearch", "Identifier", "SearchRequest", "unlinked_key"]
 
 Identifier = tuple[str, str, str | None]
 """A patient identifier: (hospital, Patient ID, Issuer of Patient ID or ``None``)."""
@@ -42,21 +41,6 @@ Identifier = tuple[str, str, str | None]
 Deidentify = Callable[[FederatedStudy, str], FederatedStudy]
 """De-identifies one row for research, given its patient key (or a key made of its
 identifier when the patient is not linked)."""
-
-
-class Purpose(StrEnum):
-    """Purpose of use of a federated request (HL7 v3 PurposeOfUse: TREAT, HRESCH)."""
-
-    TREATMENT = "treatment"
-    RESEARCH = "research"
-
-
-class PurposeRequiredError(AuthError):
-    """A federated request without a purpose, or without the patient a treatment needs."""
-
-    def __init__(self, reason: str) -> None:
-        self.reason = reason
-        super().__init__(reason)
 
 
 @dataclass(frozen=True)
@@ -138,13 +122,14 @@ class FederatedSearch:
         Raises
         ------
         PurposeRequiredError
-            No purpose, or a treatment search without a patient.
+            No purpose, or a treatment search without a patient (a token never says "all").
         """
+        allowed = [str(p) for p in Purpose]
         if request.purpose is None:
-            raise PurposeRequiredError("a federated search needs a purpose of use")
+            raise PurposeRequiredError(None, allowed)
         if request.purpose is Purpose.TREATMENT:
             if not request.patient_key:
-                raise PurposeRequiredError("a treatment search is bound to one patient")
+                raise PurposeRequiredError("treatment without a patient", allowed)
             answer = self._treatment(request)
             returned = [(s.study_instance_uid, s.held_by) for s in answer.studies]
         else:

@@ -13,16 +13,12 @@ from core.audit import AuditTrail
 from core.db import Database
 from core.db.migrate import upgrade
 from core.db.models import AuditEvent, Study, StudyState
-from core.security import Actor, Door
+from core.exceptions import PurposeRequiredError
+from core.security import Actor, Door, Purpose
 from core.tenancy import hospital_row
 from serving.federation import FederatedStudy, NodeKind, NodeState, StudyQuery
 from serving.federation.nodes import TenantNode
-from serving.federation.service import (
-    FederatedSearch,
-    Purpose,
-    PurposeRequiredError,
-    SearchRequest,
-)
+from serving.federation.service import FederatedSearch, SearchRequest
 
 ACTOR = Actor("dr-peer", Door.HTTP, "peer_hospital", "127.0.0.1")
 KEY = "rcp-jane"
