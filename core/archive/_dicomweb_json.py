@@ -31,6 +31,7 @@ __all__ = [
     "dataset_keywords",
     "query_params",
     "resource_from_json",
+    "stow_outcomes",
     "tag_of",
 ]
 
@@ -46,6 +47,8 @@ _DEPTH = {
     ResourceLevel.SERIES: 2,
     ResourceLevel.INSTANCE: 3,
 }
+# STOW-RS answer (PS3.18 10.5.3): ReferencedSOPSequence, FailedSOPSequence, FailureReason
+_REFERENCED, _FAILED, _FAILURE_REASON = "00081199", "00081198", "00081197"
 UID_KEYWORDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
 
 
@@ -231,3 +234,20 @@ def query_params(
     if offset:
         params.append(("offset", str(offset)))
     return params
+
+
+def stow_outcomes(answer: Any) -> dict[str, str | None]:
+    """A STOW-RS answer read: each SOP Instance UID it names to ``None`` (stored, in the
+    Referenced SOP Sequence) or its failure (in the Failed SOP Sequence, with the Failure
+    Reason code, PS3.18 Table I.2-1)."""
+    outcome: dict[str, str | None] = {}
+    if not isinstance(answer, dict):
+        return outcome
+    for key, failed in ((_REFERENCED, False), (_FAILED, True)):
+        for item in (answer.get(key) or {}).get("Value") or []:
+            if not isinstance(item, dict):
+                continue
+            uid = attributes(item).get("ReferencedSOPInstanceUID", "")
+            reason = (item.get(_FAILURE_REASON) or {}).get("Value") or ["?"]
+            outcome[uid] = f"failure reason {reason[0]}" if failed else None
+    return outcome

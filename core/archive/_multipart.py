@@ -7,11 +7,12 @@ Only one part is held at a time: a study of many instances is never buffered who
 from __future__ import annotations
 
 import re
+import uuid
 from collections.abc import Iterable, Iterator
 
 from core.archive.exceptions import ArchiveError
 
-__all__ = ["boundary_of", "iter_parts"]
+__all__ = ["boundary_of", "encode_parts", "iter_parts"]
 
 _BOUNDARY = re.compile(r';\s*boundary\s*=\s*(?:"([^"]+)"|([^;\s]+))', re.IGNORECASE)
 _HEADERS_MAX = 16 * 1024
@@ -90,3 +91,16 @@ def iter_parts(chunks: Iterable[bytes], boundary: bytes) -> Iterator[tuple[dict[
             line_end = buffer.find(b"\r\n")
         # keep the CRLF: a part with no headers starts with it, so the block separator matches
         del buffer[:line_end]
+
+
+def encode_parts(bodies: Iterable[bytes], media_type: str) -> tuple[str, bytes]:
+    """A ``multipart/related`` body of ``bodies``, each of ``media_type`` (a STOW-RS request,
+    PS3.18 10.5.1.2); returns its ``Content-Type`` and the body."""
+    boundary = uuid.uuid4().hex
+    body = bytearray()
+    for data in bodies:
+        body += f"--{boundary}\r\nContent-Type: {media_type}\r\n\r\n".encode()
+        body += data
+        body += b"\r\n"
+    body += f"--{boundary}--\r\n".encode()
+    return f'multipart/related; type="{media_type}"; boundary={boundary}', bytes(body)

@@ -22,7 +22,6 @@ import io
 import logging
 import re
 import ssl
-import uuid
 import zipfile
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
@@ -35,12 +34,12 @@ from pydicom.errors import InvalidDicomError
 
 from core.archive._dicomweb_json import (
     ResourcePath,
-    attributes,
     dataset_keywords,
     query_params,
     resource_from_json,
+    stow_outcomes,
 )
-from core.archive._multipart import boundary_of, iter_parts
+from core.archive._multipart import boundary_of, encode_parts, iter_parts
 from core.archive.dicomweb_stream import (
     DicomwebStream,
     check_answer,
@@ -86,10 +85,7 @@ _INCLUDE = {
     ResourceLevel.SERIES: ("StudyInstanceUID", "NumberOfSeriesRelatedInstances"),
     ResourceLevel.INSTANCE: ("StudyInstanceUID", "SeriesInstanceUID"),
 }
-# STOW-RS answer (PS3.18 10.5.3): ReferencedSOPSequence, FailedSOPSequence and their items
-_REFERENCED, _FAILED = "00081199", "00081198"
 _TRANSFER_SYNTAX = re.compile(r'transfer-syntax\s*=\s*(?:"([0-9.]+)"|([0-9.]+))', re.IGNORECASE)
-_SOP_INSTANCE, _FAILURE_REASON = "00081155", "00081197"
 
 
 def _unsupported(operation: str, url: str, why: str) -> ArchiveUnsupportedError:
@@ -267,19 +263,12 @@ class DicomwebArchive:
 
     def _stow(self, instances: list[bytes]) -> dict[str, str | None] | ArchiveError:
         """SOP Instance UID to ``None`` (stored) or the failure reason; an error for all."""
-        boundary = uuid.uuid4().hex
-        body = bytearray()
-        for data in instances:
-            body += f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode()
-            body += data
-            body += b"\r\n"
-        body += f"--{boundary}--\r\n".encode()
-        content_type = f'multipart/related; type="application/dicom"; boundary={boundary}'
+        content_type, body = encode_parts(instances, "application/dicom")
         url = f"{self._url}/studies"
         try:
             response = self._client.post(
                 "studies",
-                content=bytes(body),
+                content=body,
                 headers={"Content-Type": content_type, "Accept": DICOM_JSON},
             )
         except httpx.RequestError as exc:
@@ -295,17 +284,7 @@ class DicomwebArchive:
             return ArchiveRejectedError(
                 f"STOW-RS answer is not DICOM JSON: {response.text[:200]}", response.status_code
             )
-        outcome: dict[str, str | None] = {}
-        if isinstance(answer, dict):
-            for key, failed in ((_REFERENCED, False), (_FAILED, True)):
-                for item in (answer.get(key) or {}).get("Value") or []:
-                    if not isinstance(item, dict):
-                        continue
-                    found = attributes(item)
-                    uid = found.get("ReferencedSOPInstanceUID", "")
-                    reason = (item.get(_FAILURE_REASON) or {}).get("Value") or ["?"]
-                    outcome[uid] = f"failure reason {reason[0]}" if failed else None
-        return outcome
+        return stow_outcomes(answer)
 
     def _receipt(
         self, path: ResourcePath, answered: dict[str, str | None] | ArchiveError
