@@ -67,13 +67,15 @@ from core.archive.model import (
 if TYPE_CHECKING:
     from core.archive.protocol import ImageArchive
 
-__all__ = ["DICOM_PARTS", "DicomwebArchive"]
+__all__ = ["DICOM_PARTS", "STOW_BATCH_BYTES", "DicomwebArchive"]
 
 logger = logging.getLogger(__name__)
 
 DICOM_JSON = "application/dicom+json"
 DICOM_PARTS = 'multipart/related; type="application/dicom"; transfer-syntax=*'
 """The Accept of a retrieval: Part 10 instances, in the transfer syntax the node stores."""
+STOW_BATCH_BYTES = 64 * 1024 * 1024
+"""The most bytes of instances one STOW-RS request carries (one instance may exceed it)."""
 
 _QIDO_PATHS = {
     ResourceLevel.STUDY: "studies",
@@ -235,10 +237,10 @@ class DicomwebArchive:
         return outcome
 
     def store_instances(self, instances: Sequence[bytes]) -> list[StoredInstance | ArchiveError]:
-        """Store DICOM Part 10 files in one STOW-RS request; one outcome per instance, in
-        order, from the answer's Referenced and Failed SOP Sequences (PS3.18 10.5.3). A file
-        whose header cannot be read is refused here, without being sent. ``already_stored`` is
-        always ``False``: STOW-RS does not say."""
+        """Store DICOM Part 10 files by STOW-RS, as few requests as :data:`STOW_BATCH_BYTES`
+        allows; one outcome per instance, in order, from the answers' Referenced and Failed SOP
+        Sequences (PS3.18 10.5.3). A file whose header cannot be read is refused here, without
+        being sent. ``already_stored`` is always ``False``: STOW-RS does not say."""
         outcomes: list[StoredInstance | ArchiveError | None] = []
         sent: list[tuple[int, ResourcePath, bytes]] = []
         for index, data in enumerate(instances):
@@ -255,10 +257,18 @@ class DicomwebArchive:
                 continue
             outcomes.append(None)
             sent.append((index, path, data))
-        if sent:
-            answered = self._stow([data for _, _, data in sent])
-            for index, path, _ in sent:
+        start = 0
+        while start < len(sent):
+            end, size = start, 0
+            while end < len(sent) and (
+                end == start or size + len(sent[end][2]) <= STOW_BATCH_BYTES
+            ):
+                size += len(sent[end][2])
+                end += 1
+            answered = self._stow([data for _, _, data in sent[start:end]])
+            for index, path, _ in sent[start:end]:
                 outcomes[index] = self._receipt(path, answered)
+            start = end
         return [o if o is not None else ArchiveError("no outcome") for o in outcomes]
 
     def _stow(self, instances: list[bytes]) -> dict[str, str | None] | ArchiveError:

@@ -9,6 +9,7 @@ import shutil
 import socket
 import threading
 import time
+import tracemalloc
 import zipfile
 from collections.abc import Iterator
 
@@ -30,6 +31,7 @@ from core.archive import (
     RemoteNode,
     ResourceLevel,
     StoredInstance,
+    dicomweb_archive,
     node_status,
     open_dicomweb_stream,
     open_local_dicomweb,
@@ -75,9 +77,9 @@ def archive(orthanc: tuple[Settings, Secrets]) -> Iterator[DicomwebArchive]:
         yield opened
 
 
-def _series(count: int, **attributes: str) -> tuple[str, str, list[bytes]]:
+def _series(count: int, size: int = 16, **attributes: str) -> tuple[str, str, list[bytes]]:
     study, series = generate_uid(), generate_uid()
-    files = [synthetic_ct(study, series, instance=n) for n in range(1, count + 1)]
+    files = [synthetic_ct(study, series, instance=n, size=size) for n in range(1, count + 1)]
     return study, series, [_with(data, **attributes) for data in files]
 
 
@@ -172,24 +174,41 @@ def test_a_search_broader_than_the_maximum_is_refused(archive: DicomwebArchive) 
     assert len(archive.search_for_instances(limit=5)) == 5
 
 
-def test_streaming_a_study_relays_chunks_without_buffering(archive: DicomwebArchive) -> None:
-    study_uid, _, files = _series(50)
+def test_streaming_a_study_relays_chunks_without_buffering(
+    archive: DicomwebArchive, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(dicomweb_archive, "STOW_BATCH_BYTES", 2 * 1024 * 1024)  # several requests
+    study_uid, _, files = _series(50, size=256)  # ~130 KB each, ~6.5 MB in all
+    uids = sorted(_uid(f) for f in files)
     assert all(isinstance(r, StoredInstance) for r in archive.store_instances(files))
     total = sum(len(f) for f in files)
+    del files
     chunks = 0
     received = 0
-    with archive.open_dicomweb_stream(
-        f"studies/{study_uid}", headers={"Accept": DICOM_PARTS}, check=True
-    ) as stream:
-        assert stream.status_code == 200
-        assert stream.headers["content-type"].startswith("multipart/related")
-        for chunk in stream.chunks:
-            chunks += 1
-            received += len(chunk)
-            assert len(chunk) <= 64 * 1024  # never more than one chunk held
-    assert chunks > 1 and received > total
-    parts = list(archive.iter_instances(ResourceLevel.STUDY, f"studies/{study_uid}"))
-    assert sorted(_uid(p) for p in parts) == sorted(_uid(f) for f in files)
+    tracemalloc.start()
+    try:
+        with archive.open_dicomweb_stream(
+            f"studies/{study_uid}", headers={"Accept": DICOM_PARTS}, check=True
+        ) as stream:
+            assert stream.status_code == 200
+            assert stream.headers["content-type"].startswith("multipart/related")
+            for chunk in stream.chunks:
+                chunks += 1
+                received += len(chunk)
+        relayed_peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.reset_peak()
+        parts = 0
+        seen = []
+        for part in archive.iter_instances(ResourceLevel.STUDY, f"studies/{study_uid}"):
+            parts += 1
+            seen.append(_uid(part))
+        parsed_peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert chunks > 10 and received > total
+    assert relayed_peak < total / 4, (relayed_peak, total)  # never the whole study at once
+    assert parsed_peak < total / 4, (parsed_peak, total)
+    assert parts == 50 and sorted(seen) == uids
     # the shared function over any client: an unknown study's answer is relayed as it is
     with open_dicomweb_stream(archive.http_client, f"studies/{generate_uid()}") as missing:
         assert missing.status_code == 404
