@@ -5,6 +5,7 @@ streaming, and the error contract (stopped node, silent node, wrong password, un
 from __future__ import annotations
 
 import io
+import json
 import shutil
 import socket
 import threading
@@ -32,6 +33,7 @@ from core.archive import (
     ResourceLevel,
     StoredInstance,
     dicomweb_archive,
+    dicomweb_client,
     node_status,
     open_dicomweb_stream,
     open_local_dicomweb,
@@ -289,3 +291,24 @@ def test_silent_node_times_out_fast(orthanc: tuple[Settings, Secrets]) -> None:
     assert elapsed < 5
     assert isinstance(caught.value, ArchiveUnavailableError)
     assert node_status(caught.value) is NodeStatus.TIMEOUT
+
+
+def test_the_local_pass_through_client_streams_too(
+    orthanc: tuple[Settings, Secrets], archive: DicomwebArchive
+) -> None:
+    """:func:`open_dicomweb_stream` over the API's client of Orthanc (``dicomweb_client``,
+    based at Orthanc's root), as the federated pass-through will use it for local studies."""
+    study_uid, _, files = _series(2)
+    assert all(isinstance(r, StoredInstance) for r in archive.store_instances(files))
+    with (
+        dicomweb_client(*orthanc) as client,
+        open_dicomweb_stream(
+            client,
+            f"dicom-web/studies/{study_uid}/metadata",
+            {"includefield": "all"},
+            decoded=True,  # raw chunks keep the answer's Content-Encoding, for relaying
+        ) as stream,
+    ):
+        assert stream.status_code == 200
+        body = b"".join(stream.chunks)
+    assert {item["00080018"]["Value"][0] for item in json.loads(body)} == {_uid(f) for f in files}
