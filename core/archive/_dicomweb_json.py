@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, unquote
 
+import httpx
 from pydicom.datadict import keyword_for_tag, tag_for_keyword
 
 from core.archive.exceptions import ArchiveError
@@ -28,6 +29,8 @@ from core.archive.model import ArchivedResource, ArchiveId, ResourceLevel
 __all__ = [
     "ResourcePath",
     "attributes",
+    "count_of",
+    "cut_short",
     "dataset_keywords",
     "query_params",
     "resource_from_json",
@@ -251,3 +254,22 @@ def stow_outcomes(answer: Any) -> dict[str, str | None]:
             reason = (item.get(_FAILURE_REASON) or {}).get("Value") or ["?"]
             outcome[uid] = f"failure reason {reason[0]}" if failed else None
     return outcome
+
+
+def cut_short(headers: httpx.Headers) -> bool:
+    """Whether a QIDO-RS answer says the node returned fewer matches than exist (PS3.18
+    8.3.4.1: ``Warning: 299 {service}: "The number of results exceeded the maximum supported
+    by the server. Additional results can be requested."``)."""
+    return any(
+        value.lstrip().startswith("299") and "additional results" in value.lower()
+        for value in headers.get_list("warning")
+    )
+
+
+def count_of(resource: ArchivedResource, keyword: str) -> int:
+    """An integer attribute of ``resource`` (e.g. Number of Study Related Instances), 0 if
+    absent or unreadable."""
+    try:
+        return int(resource.get(keyword) or 0)
+    except ValueError:
+        return 0

@@ -34,6 +34,8 @@ from pydicom.errors import InvalidDicomError
 
 from core.archive._dicomweb_json import (
     ResourcePath,
+    count_of,
+    cut_short,
     dataset_keywords,
     query_params,
     resource_from_json,
@@ -191,13 +193,19 @@ class DicomwebArchive:
         return check_answer(response, missing=missing)
 
     def _json(self, path: str, *, missing: tuple[str, str] | None = None, **kwargs: Any) -> Any:
+        return self._json_answer(path, missing=missing, **kwargs)[0]
+
+    def _json_answer(
+        self, path: str, *, missing: tuple[str, str] | None = None, **kwargs: Any
+    ) -> tuple[Any, httpx.Headers]:
+        """The JSON of ``GET path`` (``[]`` for 204 No Content) and the answer's headers."""
         response = self._send(
             "GET", path, missing=missing, headers={"Accept": DICOM_JSON}, **kwargs
         )
         if response.status_code == 204 or not response.content.strip():
-            return []  # QIDO-RS: no match
+            return [], response.headers  # QIDO-RS: no match
         try:
-            return response.json()
+            return response.json(), response.headers
         except ValueError as exc:
             raise ArchiveError(
                 f"DICOMweb GET {self._url}/{path} did not answer JSON: {exc}"
@@ -326,14 +334,18 @@ class DicomwebArchive:
         missing: tuple[str, str] | None = None,
     ) -> list[ArchivedResource]:
         """One QIDO-RS request, bounded as :meth:`OrthancArchive._search` is: without ``limit``
-        one more than the maximum is asked for, so that a broader search is refused."""
+        one more than the maximum is asked for, so that a broader search is refused; so is one
+        the node cut short itself (a ``Warning: 299`` saying more results exist, PS3.18
+        8.3.4.1), rather than taken as complete."""
         if limit is not None and limit <= 0:
             return []
         bound = (
             min(limit, self.max_find_results) if limit is not None else self.max_find_results + 1
         )
         params = query_params(search_filters, bound, offset, _INCLUDE[level])
-        answer = self._json(path, missing=missing, params=params)
+        answer, headers = self._json_answer(path, missing=missing, params=params)
+        if limit is None and cut_short(headers):
+            raise ArchiveQueryTooBroadError(level.name.lower(), len(answer))
         if not isinstance(answer, list):
             raise ArchiveError(f"QIDO-RS {path} answered {type(answer).__name__}: expected a list")
         found = [resource_from_json(item, level) for item in answer]
@@ -450,7 +462,7 @@ class DicomwebArchive:
             return ArchiveStatistics(None, None, None, instances=1)
         if level is ResourceLevel.SERIES:
             series = self.get_resource(level, archive_id)
-            count = _count(series, "NumberOfSeriesRelatedInstances")
+            count = count_of(series, "NumberOfSeriesRelatedInstances")
             return ArchiveStatistics(None, None, None, instances=count)
         if level is ResourceLevel.STUDY:
             studies = [self.get_resource(level, archive_id)]
@@ -459,8 +471,8 @@ class DicomwebArchive:
         return ArchiveStatistics(
             patients=None,
             studies=len(studies) if level is ResourceLevel.PATIENT else None,
-            series=sum(_count(s, "NumberOfStudyRelatedSeries") for s in studies),
-            instances=sum(_count(s, "NumberOfStudyRelatedInstances") for s in studies),
+            series=sum(count_of(s, "NumberOfStudyRelatedSeries") for s in studies),
+            instances=sum(count_of(s, "NumberOfStudyRelatedInstances") for s in studies),
         )
 
     # -- retrieve (WADO-RS) -----------------------------------------------------------------
@@ -573,13 +585,6 @@ class DicomwebArchive:
         """Refused: DICOMweb does not de-identify on the server (de-identify locally,
         :mod:`imaging.deid`)."""
         raise _unsupported("anonymize_instance", self._url, "DICOMweb has no server-side anonymize")
-
-
-def _count(resource: ArchivedResource, keyword: str) -> int:
-    try:
-        return int(resource.get(keyword) or 0)
-    except ValueError:
-        return 0
 
 
 if TYPE_CHECKING:  # mypy proves the implementation keeps the protocol

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from core.archive import NodeStatus
+from core.archive import ArchiveQueryTooBroadError, NodeStatus
 from core.audit import AuditTrail
 from core.config import load_settings
 from core.db import Database, upgrade
@@ -25,6 +25,11 @@ from core.tenancy import hospital_row
 from tests.pki import CertificateAuthority
 
 TOKEN = "node-token-" + "t" * 40
+_MANY = {"vr": "LO", "Value": ["MANY"]}
+_WARNING = (
+    '299 pacs: "The number of results exceeded the maximum supported by the server. '
+    'Additional results can be requested."'
+)
 
 
 class _Qido(http.server.BaseHTTPRequestHandler):
@@ -35,8 +40,13 @@ class _Qido(http.server.BaseHTTPRequestHandler):
             self.send_response(401)
             self.end_headers()
             return
-        body = json.dumps([]).encode() if self.path.startswith("/dicom-web/studies") else b""
+        found = []
+        if "PatientID=MANY" in self.path:  # more than the node returns: it says so
+            found = [{"0020000D": {"vr": "UI", "Value": ["1.2.3"]}, "00100020": _MANY}]
+        body = json.dumps(found).encode() if self.path.startswith("/dicom-web/studies") else b""
         self.send_response(200 if body else 404)
+        if found:
+            self.send_header("Warning", _WARNING)
         self.send_header("Content-Type", "application/dicom+json")
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
@@ -94,6 +104,11 @@ def test_a_node_behind_a_private_ca_with_a_token(
     assert registry.credentials("East") == token
     with registry.open_archive("East") as archive:
         assert TOKEN not in repr(archive)
+        # a node that cuts a search short says so (PS3.18 8.3.4.1): refused, not taken whole
+        with pytest.raises(ArchiveQueryTooBroadError):
+            archive.search_for_studies({"PatientID": "MANY"})
+        (paged,) = archive.search_for_studies({"PatientID": "MANY"}, limit=1)
+        assert paged.study_instance_uid == "1.2.3"
 
 
 def test_tenants_and_nodes_are_listed_and_a_referenced_hospital_is_kept(
