@@ -272,6 +272,17 @@ class NodeRegistry:
         return open_node_archive(node, self.credentials(name), self._settings)
 
     def check_node(self, name: str) -> NodeCheck:
-        """Ask node ``name``'s QIDO-RS whether it answers (:func:`check_archive`)."""
-        with self.open_archive(name) as archive:
+        """Ask node ``name``'s QIDO-RS whether it answers (:func:`check_archive`); a node
+        that cannot even be opened (its CA file gone) is an ``error``.
+
+        Raises
+        ------
+        NotFoundError
+            No remote node of that name.
+        """
+        try:
+            archive = self.open_archive(name)
+        except ArchiveError as exc:
+            return NodeCheck(name, node_status(exc), str(exc), 0.0)
+        with archive:
             return check_archive(archive, name)

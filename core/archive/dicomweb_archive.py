@@ -116,6 +116,11 @@ class DicomwebArchive:
         (:class:`~core.archive.ArchiveQueryTooBroadError`).
     name
         The node's name, for messages.
+
+    Raises
+    ------
+    ArchiveError
+        ``ca_file`` cannot be read as PEM certificates.
     """
 
     def __init__(
@@ -142,7 +147,12 @@ class DicomwebArchive:
         headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
         verify: ssl.SSLContext | bool = True
         if ca_file is not None:
-            verify = ssl.create_default_context(cafile=str(ca_file))
+            try:
+                verify = ssl.create_default_context(cafile=str(ca_file))
+            except (OSError, ssl.SSLError) as exc:
+                raise ArchiveError(
+                    f'the CA file "{ca_file}" of DICOMweb node {self._url} cannot be used: {exc}'
+                ) from exc
         self._client = httpx.Client(
             base_url=f"{self._url}/",
             auth=(username, password) if username is not None and password is not None else None,

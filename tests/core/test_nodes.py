@@ -96,6 +96,12 @@ def test_a_node_behind_a_private_ca_with_a_token(
     registry.add_node("East-system-CAs", url, credentials=token, actor=actor)
     untrusted = registry.check_node("East-system-CAs")
     assert untrusted.status is NodeStatus.UNREACHABLE and "CERTIFICATE" in untrusted.reason.upper()
+    gone = ca_file.with_name("gone.crt")
+    gone.write_bytes(ca_file.read_bytes())
+    registry.add_node("East-gone-CA", url, credentials=token, ca_file=gone, actor=actor)
+    gone.unlink()
+    lost = registry.check_node("East-gone-CA")
+    assert lost.status is NodeStatus.ERROR and "gone.crt" in lost.reason
     wrong = NodeCredentials(token="not-" + TOKEN)
     registry.add_node("East-wrong", url, credentials=wrong, ca_file=ca_file, actor=actor)
     assert registry.check_node("East-wrong").status is NodeStatus.REFUSED
