@@ -169,6 +169,10 @@ class Settings(BaseSettings):
     # Most resources one archive search returns (Orthanc's LimitFindResults and
     # LimitFindInstances, and the seam's paging): a broader search is refused, not truncated.
     archive_max_find_results: int = Field(10000, ge=1)
+    # Remote DICOMweb nodes (core.nodes, `radcloud hospitals add`): per request, connecting and
+    # waiting for each read; a node registered with --timeout overrides the read timeout.
+    remote_connect_timeout_s: float = Field(3.0, gt=0, le=300)
+    remote_read_timeout_s: float = Field(15.0, gt=0, le=3600)
     startup_timeout_s: float = Field(60.0, gt=0)
 
     # serving (serving/): Ray Serve runs the API (ingress), one deployment per production

@@ -5,9 +5,12 @@ transport is behind it; callers decide retry, quarantine or a 404 from the class
 
     ArchiveError                    root (a RadcloudError): an answer the seam cannot understand
     ├── ArchiveUnavailableError     unreachable, timed out, 5xx, 401/403/408/429: retry later
+    │   └── ArchiveTimeoutError     no answer within the timeout (connect or read)
     ├── ArchiveNotFoundError        no such study, series, instance (or it was deleted)
     └── ArchiveRejectedError        the archive refused the request, e.g. invalid DICOM (4xx)
-        └── ArchiveQueryTooBroadError(level, limit)   a search matches more than the maximum
+        ├── ArchiveQueryTooBroadError(level, limit)   a search matches more than the maximum
+        └── ArchiveUnsupportedError(operation, url)   the archive's protocol has no such verb
+                                                      (a DICOMweb node: delete, changes, ...)
 
 Each carries the data its message is made of.
 """
@@ -21,7 +24,9 @@ __all__ = [
     "ArchiveNotFoundError",
     "ArchiveQueryTooBroadError",
     "ArchiveRejectedError",
+    "ArchiveTimeoutError",
     "ArchiveUnavailableError",
+    "ArchiveUnsupportedError",
 ]
 
 
@@ -103,3 +108,41 @@ class ArchiveQueryTooBroadError(ArchiveRejectedError):
             f"the search matches more than {limit} {level} resources "
             "(RADCLOUD_ARCHIVE_MAX_FIND_RESULTS): narrow it"
         )
+
+
+class ArchiveTimeoutError(ArchiveUnavailableError):
+    """The archive did not answer within the timeout (connecting, or reading its answer).
+
+    Parameters
+    ----------
+    url
+        The request that timed out.
+    reason
+        The transport's description (which phase timed out).
+    timeout_s
+        The timeout that ran out, when known.
+    """
+
+    def __init__(self, url: str, reason: str, timeout_s: float | None = None) -> None:
+        limit = f" (timeout {timeout_s:g} s)" if timeout_s is not None else ""
+        super().__init__(url, f"timed out{limit}: {reason}")
+        self.timeout_s = timeout_s
+
+
+class ArchiveUnsupportedError(ArchiveRejectedError):
+    """The archive's protocol cannot do ``operation`` at all (e.g. delete over DICOMweb):
+    refused before anything is sent; retrying never helps.
+
+    Parameters
+    ----------
+    operation
+        The seam's method asked for, e.g. ``delete_study``.
+    url
+        Where the archive is.
+    why
+        What the protocol lacks.
+    """
+
+    def __init__(self, operation: str, url: str, why: str) -> None:
+        self.operation, self.url = operation, url
+        super().__init__(f"{operation} is not supported by the DICOMweb archive {url}: {why}")

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
+from pathlib import Path
 from typing import NewType
 
 __all__ = [
@@ -21,6 +22,7 @@ __all__ = [
     "Change",
     "ChangeFeed",
     "InstanceFormat",
+    "RemoteNode",
     "ResourceLevel",
     "StoredInstance",
 ]
@@ -162,3 +164,28 @@ class ChangeFeed:
     changes: tuple[Change, ...]
     last: int
     done: bool
+
+
+@dataclass(frozen=True)
+class RemoteNode:
+    """A remote DICOMweb node as registered (``radcloud hospitals add``): no credentials.
+
+    Attributes
+    ----------
+    name
+        Its hospital's name (``hospitals.name``).
+    dicomweb_url
+        Its DICOMweb service root, e.g. ``https://pacs.example.org/dicom-web``.
+    ca_file
+        PEM file of the CAs its TLS certificate is verified against (else the system's).
+    timeout_s
+        Its read timeout, overriding ``RADCLOUD_REMOTE_READ_TIMEOUT_S``.
+    auth
+        How it is authenticated: ``"basic"``, ``"token"`` or ``"none"``.
+    """
+
+    name: str
+    dicomweb_url: str
+    ca_file: Path | None = None
+    timeout_s: float | None = None
+    auth: str = "none"

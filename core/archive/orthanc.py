@@ -1,5 +1,6 @@
-"""radcloud's Orthanc: the seam's factory (:func:`open_archive`), a health check and a wait
-for start-up.
+"""The seam's factories: radcloud's Orthanc (:func:`open_archive`, :func:`open_local_dicomweb`)
+and a remote DICOMweb node (:func:`open_node_archive`); a health check of Orthanc and a wait for
+its start-up.
 
 :func:`dicomweb_client` serves the API's DICOMweb pass-through, which relays DICOMweb (not
 Orthanc's REST API) to Orthanc's plugin.
@@ -9,15 +10,92 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Protocol
 
 import httpx
 
+from core.archive.dicomweb_archive import DicomwebArchive
+from core.archive.model import RemoteNode
 from core.archive.orthanc_archive import OrthancArchive
 from core.config import Settings
 from core.exceptions import StartupError
 from core.secrets import Secrets
 
-__all__ = ["dicomweb_client", "open_archive", "orthanc_healthy", "wait_for_orthanc"]
+__all__ = [
+    "NodeAuth",
+    "dicomweb_client",
+    "open_archive",
+    "open_local_dicomweb",
+    "open_node_archive",
+    "orthanc_healthy",
+    "wait_for_orthanc",
+]
+
+ORTHANC_DICOMWEB_ROOT = "/dicom-web"  # radcloud/services/orthanc.py: DicomWeb.Root
+
+
+class NodeAuth(Protocol):
+    """A node's credentials (:class:`core.nodes.NodeCredentials`): basic, a token, or none."""
+
+    @property
+    def username(self) -> str | None: ...
+
+    @property
+    def password(self) -> str | None: ...
+
+    @property
+    def token(self) -> str | None: ...
+
+
+def open_node_archive(
+    node: RemoteNode, credentials: NodeAuth | None, settings: Settings
+) -> DicomwebArchive:
+    """A remote node's archive over DICOMweb.
+
+    Parameters
+    ----------
+    node
+        The node as registered (:func:`core.nodes.NodeRegistry.get_node`).
+    credentials
+        Its credentials (:meth:`core.nodes.NodeRegistry.credentials`), ``None`` for none.
+    settings
+        ``remote_connect_timeout_s``, ``remote_read_timeout_s`` (unless the node has its own
+        ``timeout_s``) and ``archive_max_find_results`` are used.
+
+    Returns
+    -------
+    DicomwebArchive
+        An :class:`~core.archive.ImageArchive`; close it, or use it as a context manager.
+    """
+    return DicomwebArchive(
+        node.dicomweb_url,
+        username=credentials.username if credentials else None,
+        password=credentials.password if credentials else None,
+        token=credentials.token if credentials else None,
+        ca_file=node.ca_file,
+        connect_timeout_s=settings.remote_connect_timeout_s,
+        read_timeout_s=node.timeout_s or settings.remote_read_timeout_s,
+        max_find_results=settings.archive_max_find_results,
+        name=node.name,
+    )
+
+
+def open_local_dicomweb(
+    settings: Settings, secrets: Secrets, *, timeout_s: float = 30.0
+) -> DicomwebArchive:
+    """radcloud's own Orthanc seen through its DICOMweb plugin: the same interface, and the
+    same streaming (:meth:`DicomwebArchive.open_dicomweb_stream`), as a remote node's, so a
+    fan-out treats the local archive and remote nodes alike."""
+    return DicomwebArchive(
+        f"{settings.orthanc_url}{ORTHANC_DICOMWEB_ROOT}",
+        username=secrets.orthanc_user,
+        password=secrets.orthanc_password,
+        connect_timeout_s=settings.remote_connect_timeout_s,
+        read_timeout_s=timeout_s,
+        max_find_results=settings.archive_max_find_results,
+        name="local",
+    )
+
 
 logger = logging.getLogger(__name__)
 

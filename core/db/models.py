@@ -9,6 +9,7 @@ Who writes what (docs/architecture.md has the full picture):
 - identity (``core.identity``; the gateway registers at ingest): ``patient_identifiers``,
   ``patient_links``, ``patient_id_authorities``
 - serving (``serving``): ``inference_results``, ``worklist_items``; reading writes ``labels``
+- core (``core.nodes``, ``radcloud hospitals``): ``remote_nodes``
 
 Schema changes go through alembic migrations in ``radcloud/db/migrations``.
 """
@@ -54,6 +55,7 @@ __all__ = [
     "PatientLink",
     "PatientLinkKind",
     "ReadingStatus",
+    "RemoteDicomwebNode",
     "Report",
     "Role",
     "Sender",
@@ -499,3 +501,22 @@ class PatientIdAuthority(Base):
     kind: Mapped[PatientIdAuthorityKind] = mapped_column(_enum(PatientIdAuthorityKind))
     created_by: Mapped[str | None] = mapped_column(String(128))
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+class RemoteDicomwebNode(Base):
+    """A hospital that is a remote DICOMweb node (``radcloud hospitals add NAME --dicomweb``):
+    another radcloud or any DICOMweb archive. Its credentials are not here but in
+    ``RADCLOUD_HOME/node-credentials.json`` (:mod:`core.nodes`). A hospital without such a row
+    is a tenant of this deployment."""
+
+    __tablename__ = "remote_nodes"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    hospital_id: Mapped[int] = mapped_column(
+        ForeignKey("hospitals.id", ondelete="CASCADE"), unique=True
+    )
+    dicomweb_url: Mapped[str] = mapped_column(String(2048))
+    ca_file: Mapped[str | None] = mapped_column(String(4096))
+    timeout_s: Mapped[float | None] = mapped_column(Float)
+    auth: Mapped[str] = mapped_column(String(16), default="none")  # basic, token, none
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+    hospital: Mapped[Hospital] = relationship()

@@ -10,6 +10,7 @@ from radcloud.cli import (
     demo,
     export,
     gateway,
+    hospitals,
     models,
     patients,
     security,
@@ -32,6 +33,7 @@ services.register(app)
 security.register(app)
 audit.register(app)
 gateway.register(app)
+hospitals.register(app)
 models.register(app)
 synth.register(app)
 train.register(app)
