@@ -173,6 +173,9 @@ class Settings(BaseSettings):
     # waiting for each read; a node registered with --timeout overrides the read timeout.
     remote_connect_timeout_s: float = Field(3.0, gt=0, le=300)
     remote_read_timeout_s: float = Field(15.0, gt=0, le=3600)
+    # Federated search (serving.federation): how long a tenant of this deployment may take to
+    # answer (a database query); a remote node's is its connect plus read timeout.
+    federation_tenant_timeout_s: float = Field(10.0, gt=0, le=300)
     startup_timeout_s: float = Field(60.0, gt=0)
 
     # serving (serving/): Ray Serve runs the API (ingress), one deployment per production

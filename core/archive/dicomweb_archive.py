@@ -84,8 +84,12 @@ _QIDO_PATHS = {
     ResourceLevel.SERIES: "series",
     ResourceLevel.INSTANCE: "instances",
 }
-_INCLUDE = {
-    ResourceLevel.STUDY: ("NumberOfStudyRelatedSeries", "NumberOfStudyRelatedInstances"),
+_INCLUDE = {  # beyond PS3.18 Table 6.7.1-2a's defaults: the issuer makes a Patient ID whole
+    ResourceLevel.STUDY: (
+        "IssuerOfPatientID",
+        "NumberOfStudyRelatedSeries",
+        "NumberOfStudyRelatedInstances",
+    ),
     ResourceLevel.SERIES: ("StudyInstanceUID", "NumberOfSeriesRelatedInstances"),
     ResourceLevel.INSTANCE: ("StudyInstanceUID", "SeriesInstanceUID"),
 }

@@ -27,6 +27,7 @@ from serving.api.routes import (
     admin,
     auth,
     dicomweb,
+    federated,
     health,
     identity,
     infer,
@@ -86,6 +87,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(auth.router)
     app.include_router(identity.router)
     app.include_router(identity.patients_router)
+    app.include_router(federated.router)
     app.include_router(admin.router)
     app.include_router(dicomweb.router)
     app.include_router(stow.router)

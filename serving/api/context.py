@@ -15,6 +15,8 @@ from core.db import Database, upgrade
 from core.secrets import load_secrets
 from core.security import Accounts, SignInGuard, TokenService
 from serving.api._stow import GatewayIngest
+from serving.federation import FederatedSearch
+from serving.federation.wiring import federated_search
 from serving.patient_ids import PatientIdCache
 
 __all__ = ["SERVING_LINKS", "ApiContext", "ServingLinks"]
@@ -56,6 +58,7 @@ class ApiContext:
     archive: ImageArchive
     patient_ids: PatientIdCache
     orthanc: httpx.Client
+    federation: FederatedSearch
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ApiContext:
@@ -75,6 +78,7 @@ class ApiContext:
             archive=archive,
             patient_ids=PatientIdCache(archive),
             orthanc=dicomweb_client(settings, secrets),
+            federation=federated_search(db, audit, settings, secrets.deid_hmac_key),
         )
 
     def close(self) -> None:

@@ -12,13 +12,16 @@ from serving.federation.model import (
     NodeState,
     StudyQuery,
 )
+from serving.federation.service import FederatedSearch, SearchRequest
 
 __all__ = [
     "FederatedAnswer",
+    "FederatedSearch",
     "FederatedStudy",
     "NodeAnswer",
     "NodeKind",
     "NodeState",
+    "SearchRequest",
     "StudyNode",
     "StudyQuery",
     "classify_failure",

@@ -15,7 +15,7 @@ from concurrent import futures
 from dataclasses import replace
 from typing import Protocol
 
-from core.archive import ArchiveError, ArchiveUnavailableError
+from core.archive import ArchiveError, NodeStatus, node_status
 from core.exceptions import AuthError
 from serving.federation.model import (
     FederatedAnswer,
@@ -29,8 +29,6 @@ from serving.federation.model import (
 __all__ = ["StudyNode", "classify_failure", "fan_out", "merge_studies"]
 
 logger = logging.getLogger(__name__)
-
-_REFUSED_STATUS = frozenset({401, 403})
 
 
 class StudyNode(Protocol):
@@ -60,25 +58,21 @@ def classify_failure(exc: BaseException) -> tuple[NodeState, str]:
     """The state and reason a node's failure is reported with.
 
     Refused: the node answered 401/403, or our own rule forbade asking it. Timeout: no answer in
-    time. Error: everything else (unreachable, 5xx, an unreadable answer).
+    time (ours, or the node client's :class:`~core.archive.ArchiveTimeoutError`). Error:
+    everything else (unreachable, 5xx, an unreadable answer).
     """
     if isinstance(exc, futures.TimeoutError | TimeoutError):
         return NodeState.TIMEOUT, "no answer within the node's timeout"
     if isinstance(exc, AuthError):
         return NodeState.REFUSED, str(exc)
-    if isinstance(exc, ArchiveUnavailableError):
-        return _unavailable(exc)
+    status = node_status(exc)
+    if status is NodeStatus.TIMEOUT:
+        return NodeState.TIMEOUT, str(exc)
+    if status is NodeStatus.REFUSED:
+        return NodeState.REFUSED, str(exc)
     if isinstance(exc, ArchiveError):
         return NodeState.ERROR, str(exc)
     return NodeState.ERROR, f"{type(exc).__name__}: {exc}"
-
-
-def _unavailable(exc: ArchiveUnavailableError) -> tuple[NodeState, str]:
-    if exc.status_code in _REFUSED_STATUS:
-        return NodeState.REFUSED, f"the node refused the request (HTTP {exc.status_code})"
-    if "timed out" in exc.reason.lower() or "timeout" in exc.reason.lower():
-        return NodeState.TIMEOUT, exc.reason
-    return NodeState.ERROR, exc.reason
 
 
 def merge_studies(answers: Sequence[Sequence[FederatedStudy]]) -> list[FederatedStudy]:

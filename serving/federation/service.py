@@ -24,16 +24,18 @@ from typing import Any
 from core.audit import AuditAction, AuditEventCode, AuditTrail
 from core.exceptions import PurposeRequiredError
 from core.security import Actor, Purpose
+from imaging.deid import local_patient_key
 from serving.federation.fanout import StudyNode, fan_out
 from serving.federation.model import (
     FederatedAnswer,
     FederatedStudy,
     NodeAnswer,
+    NodeKind,
     NodeState,
     StudyQuery,
 )
 
-__all__ = ["Deidentify", "FederatedSearch", "Identifier", "SearchRequest", "unlinked_key"]
+__all__ = ["Deidentify", "FederatedSearch", "Identifier", "SearchRequest", "research_key"]
 
 Identifier = tuple[str, str, str | None]
 """A patient identifier: (hospital, Patient ID, Issuer of Patient ID or ``None``)."""
@@ -55,28 +57,40 @@ class SearchRequest:
     reason: str | None = None  # a break-glass reason the token carries, recorded
 
 
-def unlinked_key(hospital: str, patient_id: str | None, issuer: str | None) -> str:
-    """The key of a patient not linked across hospitals: its identifier, so the same local
-    patient still gets one pseudonym."""
-    return f"unlinked|{hospital}|{issuer or ''}|{patient_id or ''}"
+def research_key(hospital: str, study: FederatedStudy) -> str:
+    """The key a research row of a patient not linked across hospitals is pseudonymised by:
+    its local identifier (:func:`imaging.deid.local_patient_key`), or the study itself when
+    the node gave no Patient ID."""
+    patient_id = study.patient_id or f"no-patient-id:{study.study_instance_uid}"
+    return local_patient_key(hospital, patient_id, study.issuer_of_patient_id or "")
 
 
 class _OfPatient:
     """A node whose answers are kept only where the row's patient identifier, at the node's
-    hospital, resolves to ``key`` (checked before the merge, while the row is the node's own)."""
+    hospital, resolves to ``key``, or is one of the patient's enterprise or national
+    identifiers (``shared``); checked before the merge, while the row is the node's own."""
 
     def __init__(
-        self, node: StudyNode, key: str, key_of: Callable[[str, str, str | None], str | None]
+        self,
+        node: StudyNode,
+        key: str,
+        key_of: Callable[[str, str, str | None], str | None],
+        shared: set[tuple[str, str | None]],
     ) -> None:
-        self._node, self._key, self._key_of = node, key, key_of
+        self._node, self._key, self._key_of, self._shared = node, key, key_of, shared
         self.hospital, self.kind, self.timeout_s = node.hospital, node.kind, node.timeout_s
+
+    def _is_patients(self, study: FederatedStudy) -> bool:
+        patient_id, issuer = study.patient_id or "", study.issuer_of_patient_id
+        if (patient_id, issuer) in self._shared:
+            return True
+        return self._key_of(self.hospital, patient_id, issuer) == self._key
 
     def search_for_studies(self, query: StudyQuery) -> list[FederatedStudy]:
         return [
             replace(study, patient_key=self._key)
             for study in self._node.search_for_studies(query)
-            if self._key_of(self.hospital, study.patient_id or "", study.issuer_of_patient_id)
-            == self._key
+            if self._is_patients(study)
         ]
 
 
@@ -91,6 +105,8 @@ class FederatedSearch:
         The identifiers linked to a patient key (the cross-reference, :mod:`core.identity`).
     key_of
         The patient key of an identifier, ``None`` when not registered.
+    authorities
+        The issuers registered as enterprise-wide or national assigning authorities.
     tenants
         Nodes for this deployment's hospitals, by hospital name.
     remotes
@@ -105,6 +121,7 @@ class FederatedSearch:
         audit: AuditTrail,
         identifiers_of: Callable[[str], Iterable[Identifier]],
         key_of: Callable[[str, str, str | None], str | None],
+        authorities: Callable[[], set[str]],
         tenants: Callable[[], Sequence[StudyNode]],
         remotes: Callable[[], Sequence[StudyNode]],
         deidentify: Deidentify,
@@ -112,6 +129,7 @@ class FederatedSearch:
         self._audit = audit
         self._identifiers_of = identifiers_of
         self._key_of = key_of
+        self._authorities = authorities
         self._tenants = tenants
         self._remotes = remotes
         self._deidentify = deidentify
@@ -141,26 +159,33 @@ class FederatedSearch:
 
     def _treatment(self, request: SearchRequest) -> FederatedAnswer:
         key = str(request.patient_key)
-        by_hospital: dict[str, list[tuple[str, str | None]]] = defaultdict(list)
-        for hospital, patient_id, issuer in self._identifiers_of(key):
-            by_hospital[hospital].append((patient_id, issuer))
+        identifiers = list(self._identifiers_of(key))
+        authorities = self._authorities()
+        # an enterprise or national identifier names the patient at any hospital: remote
+        # nodes, whose patients radcloud never registered, are asked for it too
+        shared: set[tuple[str, str | None]] = {
+            (pid, issuer) for _, pid, issuer in identifiers if issuer in authorities
+        }
+        by_hospital: dict[str, set[tuple[str, str | None]]] = defaultdict(set)
+        for hospital, patient_id, issuer in identifiers:
+            by_hospital[hospital].add((patient_id, issuer))
         asked: list[tuple[StudyNode, StudyQuery]] = []
         not_asked: list[NodeAnswer] = []
         for node in [*self._tenants(), *self._remotes()]:
-            ids = by_hospital.get(node.hospital)
+            ids = set(by_hospital.get(node.hospital, ()))
+            if node.kind is NodeKind.REMOTE:
+                ids |= shared
             if not ids:
-                if node.kind.value == "remote":
+                if node.kind is NodeKind.REMOTE:
+                    reason = "no identifier of this patient is known at this hospital"
                     not_asked.append(
-                        NodeAnswer(
-                            node.hospital,
-                            node.kind,
-                            NodeState.OK,
-                            reason="no identifier of this patient is linked at this hospital",
-                        )
+                        NodeAnswer(node.hospital, node.kind, NodeState.OK, reason=reason)
                     )
                 continue
-            query = StudyQuery(tuple(ids), request.modality, request.study_date, request.limit)
-            asked.append((_OfPatient(node, key, self._key_of), query))
+            query = StudyQuery(
+                tuple(sorted(ids, key=str)), request.modality, request.study_date, request.limit
+            )
+            asked.append((_OfPatient(node, key, self._key_of, shared), query))
         answer = fan_out(asked)
         return FederatedAnswer(answer.studies, [*answer.nodes, *not_asked])
 
@@ -177,7 +202,7 @@ class FederatedSearch:
             hospital = study.held_by[0]
             key = self._key_of(
                 hospital, study.patient_id or "", study.issuer_of_patient_id
-            ) or unlinked_key(hospital, study.patient_id, study.issuer_of_patient_id)
+            ) or research_key(hospital, study)
             studies.append(self._deidentify(study, key))
         returned = [(s.study_instance_uid, s.held_by) for s in answer.studies]
         return FederatedAnswer(studies, answer.nodes), returned

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from core.archive import ArchiveRejectedError, ArchiveUnavailableError
+from core.archive import ArchiveRejectedError, ArchiveTimeoutError, ArchiveUnavailableError
 from core.exceptions import AuthError
 from serving.federation import (
     FederatedStudy,
@@ -90,7 +90,7 @@ def test_nodes_are_asked_concurrently() -> None:
     [
         (ArchiveUnavailableError("http://b", "connection refused"), NodeState.ERROR),
         (ArchiveUnavailableError("http://b", "HTTP 401", status_code=401), NodeState.REFUSED),
-        (ArchiveUnavailableError("http://b", "read timed out"), NodeState.TIMEOUT),
+        (ArchiveTimeoutError("http://b", "ReadTimeout: timed out"), NodeState.TIMEOUT),
         (ArchiveRejectedError("bad query", 400), NodeState.ERROR),
         (AuthError("not shared with you"), NodeState.REFUSED),
         (ValueError("unreadable answer"), NodeState.ERROR),

@@ -76,6 +76,7 @@ def service(db: Database, remote: RemoteNode) -> tuple[FederatedSearch, AuditTra
         audit=audit,
         identifiers_of=lambda key: [i for i, k in LINKS.items() if k == key],
         key_of=lambda h, p, i: LINKS.get((h, p, i)),
+        authorities=set,
         tenants=lambda: [TenantNode(db, "North"), TenantNode(db, "South")],
         remotes=lambda: [remote],
         deidentify=lambda study, key: replace(

@@ -1,0 +1,309 @@
+"""Federated search on real parts: the API under uvicorn, two tenants of this deployment (their
+studies and patients in the application database, as the gateway records them), a plain
+Orthanc with its DICOMweb plugin registered as a remote node, and a registered node that is
+down. The same patient is known as N-1 at North, S-77 at South (linked by a national number),
+and under that national number at Lakeside."""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import threading
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pydicom
+import pytest
+import uvicorn
+from fhir.resources.R4B.bundle import Bundle
+from pydicom.uid import generate_uid
+
+from core.archive import open_local_dicomweb
+from core.audit import AuditTrail
+from core.config import Settings, load_settings
+from core.db import Database, upgrade
+from core.db.models import Role, Study, StudyState
+from core.identity import PatientIdentity
+from core.nodes import NodeCredentials, NodeRegistry
+from core.secrets import Secrets, load_secrets
+from core.security import Accounts, Actor, TokenService
+from core.tenancy import hospital_row
+from imaging.deid import Pseudonymizer
+from serving.api.app import create_app
+from serving.federation.wiring import RESEARCH_SCOPE
+from tests.audit_records import audit_records
+from tests.core.test_dicomweb_archive import orthanc  # noqa: F401 - the remote node's Orthanc
+from tests.dicom_gateway.dicom_files import synthetic_ct
+from tests.helpers import free_port, wait_until
+
+pytestmark = pytest.mark.integration
+
+USERS = {
+    "dr-north": (Role.PEER_HOSPITAL, ["North"]),
+    "dr-east": (Role.PEER_HOSPITAL, ["East"]),
+    "res": (Role.RESEARCHER, []),
+}
+
+
+@dataclass
+class World:
+    client: httpx.Client
+    tokens: TokenService
+    home: Path
+    patient: str  # N-1 at North = S-77 at South = the national number at Lakeside
+    national: str  # the patient's national number (new per test: the Orthanc is the module's)
+    other: str  # N-2 at North
+    studies: dict[str, str]  # name -> Study Instance UID
+    pseudonyms: Pseudonymizer  # the research scope's, to find this test's studies
+
+    def bearer(self, name: str, **claims: Any) -> dict[str, str]:
+        role, _ = USERS[name]
+        return {"Authorization": f"Bearer {self.tokens.issue(name, [role], **claims)}"}
+
+    def context(self, name: str, **body: Any) -> dict[str, str]:
+        answer = self.client.post("/api/auth/context-token", json=body, headers=self.bearer(name))
+        assert answer.status_code == 200, answer.text
+        return {"Authorization": f"Bearer {answer.json()['access_token']}"}
+
+
+def _instance(study: str, **attributes: str) -> bytes:
+    dataset = pydicom.dcmread(io.BytesIO(synthetic_ct(study, generate_uid())))
+    for keyword, value in attributes.items():
+        setattr(dataset, keyword, value)
+    out = io.BytesIO()
+    dataset.save_as(out, enforce_file_format=True)
+    return out.getvalue()
+
+
+def _tenant_study(db: Database, hospital: str, patient_id: str, issuer: str, date: str) -> str:
+    uid = generate_uid()
+    with db.session() as session:
+        session.add(
+            Study(
+                study_instance_uid=uid,
+                hospital_id=hospital_row(session, hospital).id,
+                patient_id=patient_id,
+                issuer_of_patient_id=issuer,
+                patient_name="DOE^JANE",
+                patient_birth_date="19700101",
+                accession_number="ACC" + patient_id,
+                study_date=date,
+                modalities="CT",
+                state=StudyState.READY,
+                instance_count=1,
+            )
+        )
+    return uid
+
+
+@pytest.fixture
+def world(
+    tmp_path: Path,
+    orthanc: tuple[Settings, Secrets],  # noqa: F811
+) -> Iterator[World]:
+    remote_settings, remote_secrets = orthanc
+    national = str(uuid.uuid4().int)[:10]
+    lakeside = generate_uid()
+    stranger = generate_uid()
+    with open_local_dicomweb(remote_settings, remote_secrets) as node:
+        node.store_instances(
+            [
+                _instance(
+                    lakeside,
+                    PatientID=national,
+                    IssuerOfPatientID="NHS",
+                    PatientName="DOE^JANE",
+                    StudyDate="20240102",
+                ),
+                _instance(stranger, PatientID="L-999", PatientName="ROE^RICHARD"),
+            ]
+        )
+    settings = load_settings(home=tmp_path, mode="dev", remote_read_timeout_s=5.0)
+    db = Database.from_settings(settings)
+    upgrade(db)
+    trail = AuditTrail.from_secrets(db, load_secrets(settings))
+    accounts = Accounts(db, trail)
+    for name, (role, hospitals) in USERS.items():
+        accounts.add_user(name, role, hospitals=hospitals, actor=Actor.cli())
+    registry = NodeRegistry(db, trail, settings)
+    port = remote_settings.orthanc_http_port
+    registry.add_node(
+        "Lakeside",
+        f"http://127.0.0.1:{port}/dicom-web",
+        credentials=NodeCredentials(remote_secrets.orthanc_user, remote_secrets.orthanc_password),
+        actor=Actor.cli(),
+    )
+    registry.add_node("Offline", f"http://127.0.0.1:{free_port()}/dicom-web", actor=Actor.cli())
+    identity = PatientIdentity(db, trail)
+    identity.add_authority("NHS", "national", actor=Actor.cli())
+    patient = identity.register("North", "N-1", "MRN-N", [(national, "NHS")])
+    identity.register("South", "S-77", "MRN-S", [(national, "NHS")])
+    other = identity.register("North", "N-2", "MRN-N")
+    studies = {
+        "north": _tenant_study(db, "North", "N-1", "MRN-N", "20250110"),
+        "north-other": _tenant_study(db, "North", "N-2", "MRN-N", "20250111"),
+        "south": _tenant_study(db, "South", "S-77", "MRN-S", "20230505"),
+        "lakeside": lakeside,
+        "stranger": stranger,
+    }
+    db.dispose()
+    app = create_app(settings)
+    api_port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=api_port, log_level="warning")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        assert wait_until(lambda: server.started, timeout_s=60)
+        with httpx.Client(base_url=f"http://127.0.0.1:{api_port}", timeout=60) as client:
+            tokens = TokenService(settings, load_secrets(settings).jwt_signing_key)
+            research = Pseudonymizer(load_secrets(settings).deid_hmac_key, RESEARCH_SCOPE)
+            yield World(client, tokens, tmp_path, patient, national, other, studies, research)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+def _states(answer: dict[str, Any]) -> dict[str, str]:
+    return {node["hospital"]: node["state"] for node in answer["nodes"]}
+
+
+def test_treatment_search_returns_the_patients_studies_from_every_hospital(world: World) -> None:
+    headers = world.context("dr-north", purpose="treatment", patient=world.patient)
+    answer = world.client.get("/api/federated/studies", headers=headers)
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    rows = {row["study_instance_uid"]: row for row in body["studies"]}
+    s = world.studies
+    assert set(rows) == {s["north"], s["south"], s["lakeside"]}
+    assert rows[s["north"]]["held_by"] == ["North"]
+    assert rows[s["lakeside"]]["held_by"] == ["Lakeside"]
+    assert rows[s["lakeside"]]["patient_id"] == world.national
+    assert {row["patient_key"] for row in rows.values()} == {world.patient}
+    assert rows[s["north"]]["retrieve_urls"]["North"].endswith(
+        f"/api/federated/hospitals/North/dicom-web/studies/{s['north']}"
+    )
+    # a node that is down is named, not silently missing
+    assert _states(body) == {
+        "North": "ok",
+        "South": "ok",
+        "Lakeside": "ok",
+        "Offline": "error",
+    }
+    assert body["partial"] is True
+    # audited at the requesting side: who, why, which patient, which nodes, which studies
+    [record] = [
+        r
+        for r in audit_records(world.home)
+        if r["event_code"] == "110112" and (r["detail"] or {}).get("federated")
+    ]
+    assert record["user_name"] == "dr-north"
+    assert record["detail"]["purpose"] == "treatment"
+    assert record["resource_id"] == world.patient
+    assert {n["hospital"] for n in record["detail"]["nodes"]} == set(_states(body))
+    assert {r["study_instance_uid"] for r in record["detail"]["returned"]} == set(rows)
+
+
+def test_fhir_imaging_study_search_is_a_partial_searchset(world: World) -> None:
+    headers = world.context("dr-north", purpose="treatment", patient=world.patient)
+    answer = world.client.get(
+        "/api/fhir/ImagingStudy",
+        params={"patient": f"Patient/{world.patient}", "started": "ge2024-01-01"},
+        headers=headers,
+    )
+    assert answer.status_code == 200, answer.text
+    assert answer.headers["content-type"].startswith("application/fhir+json")
+    bundle = Bundle.model_validate_json(answer.text)
+    assert bundle.type == "searchset"
+    matches = [e.resource for e in bundle.entry if e.search.mode == "match"]
+    uids = {r.identifier[0].value.removeprefix("urn:oid:") for r in matches}
+    assert uids == {world.studies["north"], world.studies["lakeside"]}  # south is 2023
+    endpoints = [e.resource for e in bundle.entry if e.search.mode == "include"]
+    assert {e.connectionType.code for e in endpoints} == {"dicom-wado-rs"}
+    [outcome] = [e.resource for e in bundle.entry if e.search.mode == "outcome"]
+    assert "Offline" in outcome.issue[0].diagnostics
+
+
+def test_a_treatment_token_cannot_search_another_patient(world: World) -> None:
+    headers = world.context("dr-north", purpose="treatment", patient=world.patient)
+    answer = world.client.get(
+        "/api/federated/studies", params={"patient": world.other}, headers=headers
+    )
+    assert answer.status_code == 403, answer.text
+    assert world.studies["north-other"] not in answer.text
+
+
+def test_tokens_without_purpose_wrong_purpose_or_expired_are_refused(world: World) -> None:
+    plain = world.client.get("/api/federated/studies", headers=world.bearer("dr-north"))
+    assert plain.status_code == 403
+    expired = world.bearer(
+        "dr-north", purpose="treatment", patient_key=world.patient, ttl=dt.timedelta(seconds=-5)
+    )
+    assert world.client.get("/api/federated/studies", headers=expired).status_code == 401
+    research = world.context("res", purpose="research")
+    named = world.client.get(
+        "/api/federated/studies", params={"patient": world.patient}, headers=research
+    )
+    assert named.status_code == 403  # a research token names no patient
+
+
+def _walk(value: Any) -> Iterator[str]:
+    if isinstance(value, dict):
+        for item in value.values():
+            yield from _walk(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _walk(item)
+    elif value is not None:
+        yield str(value)
+
+
+def test_research_search_is_deidentified_with_one_pseudonym_per_patient(world: World) -> None:
+    headers = world.context("res", purpose="research")
+    first = world.client.get("/api/federated/studies", params={"modality": "CT"}, headers=headers)
+    assert first.status_code == 200, first.text
+    body = first.json()
+    assert _states(body)["Lakeside"] == "ok"
+    values = set(_walk(body["studies"]))
+    originals = set(world.studies.values()) | {
+        "N-1",
+        "N-2",
+        "S-77",
+        world.national,
+        "L-999",
+        "DOE^JANE",
+        "ROE^RICHARD",
+        "MRN-N",
+        "19700101",
+        "ACCN-1",
+        "20250110",
+    }
+    uids = set(world.studies.values())
+    leaked = (values & originals) | {v for v in values for uid in uids if uid in v}
+    assert not leaked, f"identifying values in a research answer: {leaked}"
+    mine = {world.pseudonyms.uid(uid): name for name, uid in world.studies.items()}
+    rows = {r["study_instance_uid"]: r for r in body["studies"] if r["study_instance_uid"] in mine}
+    assert set(rows) == set(mine)  # the module's Orthanc holds other tests' studies too
+    pseudonym = {mine[uid]: row["patient_id"] for uid, row in rows.items()}
+    # N-1, S-77 and the national number are one patient: one pseudonym at three hospitals
+    assert pseudonym["north"] == pseudonym["south"] == pseudonym["lakeside"], pseudonym
+    assert len({pseudonym["north"], pseudonym["north-other"], pseudonym["stranger"]}) == 3
+    # dates moved by the patient's shift, intervals kept
+    north, south = (
+        rows[world.pseudonyms.uid(world.studies["north"])],
+        rows[world.pseudonyms.uid(world.studies["south"])],
+    )
+    day = dt.datetime.strptime
+    kept = day(north["study_date"], "%Y%m%d") - day(south["study_date"], "%Y%m%d")
+    assert kept == day("20250110", "%Y%m%d") - day("20230505", "%Y%m%d")
+    assert north["study_date"] != "20250110"
+    again = world.client.get(
+        "/api/federated/studies", params={"modality": "CT"}, headers=headers
+    ).json()
+    same = {r["study_instance_uid"]: r["patient_id"] for r in again["studies"]}
+    assert {uid: same[uid] for uid in rows} == {uid: r["patient_id"] for uid, r in rows.items()}
