@@ -501,6 +501,8 @@ class PatientIdAuthority(Base):
     kind: Mapped[PatientIdAuthorityKind] = mapped_column(_enum(PatientIdAuthorityKind))
     created_by: Mapped[str | None] = mapped_column(String(128))
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
 class RemoteDicomwebNode(Base):
     """A hospital that is a remote DICOMweb node (``radcloud hospitals add NAME --dicomweb``):
     another radcloud or any DICOMweb archive. Its credentials are not here but in
