@@ -36,12 +36,12 @@ import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from core.audit import AuditAction, AuditEventCode, AuditOutcome, AuditTrail
-from core.db import Database
+from core.db import Database, write_transaction
 from core.db.models import ApiKey, Role, User, UserHospital, utcnow
 from core.exceptions import (
     AlreadyExistsError,
@@ -66,6 +66,8 @@ from core.tenancy import HospitalScope
 __all__ = ["API_KEY_PREFIX", "Accounts", "NewApiKey", "UserInfo"]
 
 API_KEY_PREFIX = "rck_"
+_API_KEY_LOCK_KEY = 0x52414B55  # "RAKU": PostgreSQL advisory lock of an API key's last use
+_LAST_USED_RESOLUTION = dt.timedelta(minutes=1)  # last_used_at is kept to the minute
 
 
 @dataclass(frozen=True)
@@ -523,7 +525,15 @@ class Accounts:
                 raise AuthenticationError("API key is not valid")
             if row.revoked_at is not None:
                 raise AuthenticationError(f'API key "{row.name}" was revoked')
-            row.last_used_at = utcnow()
-            return Principal(
+            principal = Principal(
                 row.name, frozenset({row.role}), AuthMethod.API_KEY, scope=api_key_scope(row)
             )
+            last_used, row_id = row.last_used_at, row.id
+        now = utcnow()
+        if last_used is None or now - last_used >= _LAST_USED_RESOLUTION:
+            # its own write transaction (BEGIN IMMEDIATE on SQLite: it waits for the lock),
+            # not an upgrade of the read above, which SQLite refuses at once ("database is
+            # locked") while another writer is active; and at most once a minute per key
+            with write_transaction(self._db, _API_KEY_LOCK_KEY) as session:
+                session.execute(update(ApiKey).where(ApiKey.id == row_id).values(last_used_at=now))
+        return principal
