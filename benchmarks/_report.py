@@ -35,8 +35,8 @@ def _machine(report: dict[str, Any]) -> list[str]:
 
 def render(report: dict[str, Any]) -> str:
     """Every suite's tables, the machine, the plots and any failure, as markdown."""
+    from benchmarks import federation, ingest, serving, triage, viewer, worklist
     from benchmarks import inference as inference_suite
-    from benchmarks import ingest, serving, triage, viewer, worklist
 
     results = report["results"]
     out = [
@@ -59,6 +59,7 @@ def render(report: dict[str, Any]) -> str:
         ("e2e", "Time to triage (SYNTHETIC studies)", triage.markdown),
         ("worklist", "Worklist waits in minutes (SIMULATED, SYNTHETIC streams)", worklist.table),
         ("viewer", "Viewer: first image in the browser (SYNTHETIC CT, loopback)", viewer.markdown),
+        ("federation", "Federation: search and retrieval across hospitals", federation.markdown),
     )
     for key, title, render_suite in sections:
         if key in results:

@@ -1,7 +1,8 @@
 """The benchmark harness: run suites, write one report (JSON, markdown, PNG plots).
 
-``radcloud bench [--suite inference|serving|ingest|e2e|worklist|viewer|all] [--device cpu|cuda|auto]
-[--quick] [--out DIR]`` (``make bench``) calls :func:`run_bench`, which writes
+``radcloud bench [--suite inference|serving|ingest|e2e|worklist|viewer|federation|all]
+[--device cpu|cuda|auto] [--quick] [--out DIR]`` (``make bench``) calls :func:`run_bench`, which
+writes
 
 - ``<out>/<date>-<host>-<device>.json``: every suite's raw samples and summary, the machine
   (CPU model and cores, memory, thread settings, GPU name and driver when present, library
@@ -9,7 +10,8 @@
 - ``<stem>.md``: the summary tables;
 - ``<stem>-throughput.png`` (throughput vs batch size per backend), ``<stem>-latency.png``
   (latency CDFs), ``<stem>-triage.png`` (time-to-triage stage breakdown) and
-  ``<stem>-worklist.png`` (waiting times, FIFO vs prioritised), for the suites that ran.
+  ``<stem>-worklist.png`` (waiting times, FIFO vs prioritised) and ``<stem>-federation.png``
+  (federated search latency against each node, retrieval MB/s), for the suites that ran.
 
 A numbered suffix (``-2``) keeps an earlier report of the same day, host and device. A suite
 that fails is recorded under ``errors`` and the others still run. ``--quick`` makes every suite
@@ -36,7 +38,7 @@ __all__ = ["SCHEMA", "SUITES", "BenchError", "Timing", "resolve_device", "run_be
 logger = logging.getLogger(__name__)
 
 SCHEMA = "radcloud-bench/1"
-SUITES = ("inference", "serving", "ingest", "e2e", "worklist", "viewer")
+SUITES = ("inference", "serving", "ingest", "e2e", "worklist", "viewer", "federation")
 
 
 class BenchError(Exception):
@@ -159,6 +161,16 @@ def _viewer(quick: bool) -> Any:
     return run_viewer(**QUICK) if quick else run_viewer()
 
 
+def _federation(quick: bool, say: Callable[[str], None]) -> Any:
+    import shutil
+
+    from benchmarks.federation import QUICK, run_federation
+
+    if shutil.which("Orthanc") is None:
+        raise SuiteSkippedError("Orthanc is not installed: `make install` installs it")
+    return run_federation(QUICK if quick else None, progress=say)
+
+
 def _failure(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
@@ -220,6 +232,7 @@ def run_bench(
         "e2e": lambda: _e2e(quick),
         "worklist": lambda: _worklist(quick, stem),
         "viewer": lambda: _viewer(quick),
+        "federation": lambda: _federation(quick, say),
     }
     if threads:
         import torch
@@ -296,6 +309,12 @@ def _write(report: dict[str, Any], stem: Path) -> dict[str, Any]:
         plots["triage_stages"] = path.name
     if "worklist" in results:
         plots["worklist"] = results["worklist"]["files"]["png"]
+    if "federation" in results:
+        from benchmarks.federation import plot
+
+        path = stem.with_name(f"{stem.name}-federation.png")
+        plot(results["federation"], path, f"Federation (SYNTHETIC, loopback): {label}")
+        plots["federation"] = path.name
     files = {
         "directory": str(stem.parent),
         "json": f"{stem.name}.json",

@@ -22,6 +22,7 @@ class Suite(StrEnum):
     E2E = "e2e"
     WORKLIST = "worklist"
     VIEWER = "viewer"
+    FEDERATION = "federation"
     ALL = "all"
 
 
@@ -85,7 +86,8 @@ def bench(
     ] = None,
 ) -> None:
     """Measure inference (GPU vs CPU), serving efficiency, ingest, time to triage, worklist
-    waits and the viewer's first image; write <date>-<host>-<device>.json, .md and PNG plots."""
+    waits, the viewer's first image and federated search and retrieval; write
+    <date>-<host>-<device>.json, .md and PNG plots."""
     from benchmarks.harness import BenchError, Timing, run_bench
 
     setup_logging("WARNING")
