@@ -437,3 +437,106 @@ def test_a_treatment_token_cannot_retrieve_another_patients_study(world: World) 
         f"/api/federated/hospitals/North/dicom-web/studies/{north}/metadata", headers=research
     )
     assert answer.status_code == 403
+
+
+@dataclass
+class West:
+    """A second radcloud deployment, registered as remote node "West" of the world's."""
+
+    study: str
+    home: Path
+    url: str
+    tokens: TokenService
+
+
+@pytest.fixture
+def west(world: World, tmp_path_factory: pytest.TempPathFactory) -> Iterator[West]:
+    home = tmp_path_factory.mktemp("west-home")
+    http, dicom, api, gateway = free_ports(4)
+    settings = load_settings(
+        home=home,
+        mode="dev",
+        orthanc_http_port=http,
+        orthanc_dicom_port=dicom,
+        api_port=api,
+        gateway_port=gateway,
+    )
+    secrets = load_secrets(settings)
+    stack = contextlib.ExitStack()
+    orthanc_process = Supervisor(settings, [orthanc_component(settings, secrets)])
+    orthanc_process.up()
+    stack.callback(orthanc_process.down)
+    try:
+        db = Database.from_settings(settings)
+        upgrade(db)
+        trail = AuditTrail.from_secrets(db, secrets)
+        # West shares its hospital's studies with the world's deployment: a peer_hospital
+        # API key scoped to West, given to the other deployment's administrator
+        west_accounts = Accounts(db, trail)
+        key = west_accounts.create_api_key(
+            "east-radcloud", Role.PEER_HOSPITAL, hospital="West", actor=Actor.cli()
+        )
+        west_accounts.add_user("dr-west", Role.PEER_HOSPITAL, hospitals=["West"], actor=Actor.cli())
+        with open_local_dicomweb(settings, secrets) as local:
+            study = _tenant_study(
+                db, local, "West", patient_id=world.national, issuer="NHS", date="20221212"
+            )
+        db.dispose()
+        server = uvicorn.Server(
+            uvicorn.Config(create_app(settings), host="127.0.0.1", port=api, log_level="warning")
+        )
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        stack.callback(thread.join, timeout=30)
+        stack.callback(setattr, server, "should_exit", True)
+        assert wait_until(lambda: server.started, timeout_s=60)
+        url = f"http://127.0.0.1:{api}"
+        ours = load_settings(home=world.home, mode="dev")
+        ours_db = Database.from_settings(ours)
+        NodeRegistry(ours_db, AuditTrail.from_secrets(ours_db, load_secrets(ours)), ours).add_node(
+            "West",
+            f"{url}/dicom-web",
+            credentials=NodeCredentials(token=key.key),
+            actor=Actor.cli(),
+        )
+        ours_db.dispose()
+        west_tokens = TokenService(settings, secrets.jwt_signing_key)
+        yield West(study, home, url, west_tokens)
+    finally:
+        stack.close()
+
+
+def test_a_second_radcloud_answers_as_a_remote_node_and_audits_the_asserted_user(
+    world: World, west: West
+) -> None:
+    headers = world.context("dr-north", purpose="treatment", patient=world.patient)
+    found = world.client.get("/api/federated/studies", headers=headers)
+    assert found.status_code == 200, found.text
+    rows = {r["study_instance_uid"]: r["held_by"] for r in found.json()["studies"]}
+    assert rows[west.study] == ["West"]
+    assert _states(found.json())["West"] == "ok"
+    base = f"/api/federated/hospitals/West/dicom-web/studies/{west.study}"
+    metadata = world.client.get(f"{base}/metadata", headers=headers)
+    assert metadata.status_code == 200, metadata.text
+    assert metadata.json()[0]["0020000D"]["Value"] == [west.study]
+    # the responding deployment recorded the peer's key and the user it asserts
+    answered = [
+        r
+        for r in audit_records(west.home)
+        if r["event_code"] == "110103" and r["resource_id"] == west.study
+    ]
+    assert answered, "West did not record the retrieval"
+    assert answered[-1]["user_name"] == "east-radcloud"
+    assert answered[-1]["detail"]["asserted_requester"] == {
+        "user": "dr-north",
+        "hospitals": "North",
+        "purpose": "treatment",
+    }
+    # a clinician's own peer_hospital token does not open West's DICOMweb door
+    with httpx.Client(base_url=west.url, timeout=30) as client:
+        token = west.tokens.issue("dr-west", [Role.PEER_HOSPITAL])
+        refused = client.get(
+            f"/dicom-web/studies/{west.study}/metadata",
+            headers={"Authorization": f"Bearer {token}"},
+        )
+    assert refused.status_code == 403, refused.text
