@@ -28,6 +28,7 @@ from serving.api.routes import (
     auth,
     dicomweb,
     federated,
+    federated_wado,
     health,
     identity,
     infer,
@@ -88,6 +89,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(identity.router)
     app.include_router(identity.patients_router)
     app.include_router(federated.router)
+    app.include_router(federated_wado.router)
     app.include_router(admin.router)
     app.include_router(dicomweb.router)
     app.include_router(stow.router)

@@ -16,7 +16,8 @@ from core.secrets import load_secrets
 from core.security import Accounts, SignInGuard, TokenService
 from serving.api._stow import GatewayIngest
 from serving.federation import FederatedSearch
-from serving.federation.wiring import federated_search
+from serving.federation.retrieval import FederatedRetrieval
+from serving.federation.wiring import federated_retrieval, federated_search
 from serving.patient_ids import PatientIdCache
 
 __all__ = ["SERVING_LINKS", "ApiContext", "ServingLinks"]
@@ -59,6 +60,7 @@ class ApiContext:
     patient_ids: PatientIdCache
     orthanc: httpx.Client
     federation: FederatedSearch
+    retrieval: FederatedRetrieval
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ApiContext:
@@ -68,6 +70,7 @@ class ApiContext:
         upgrade(db)
         audit = AuditTrail.from_secrets(db, secrets)
         archive = open_archive(settings, secrets)
+        orthanc = dicomweb_client(settings, secrets)
         return cls(
             settings=settings,
             db=db,
@@ -77,8 +80,9 @@ class ApiContext:
             ingest=GatewayIngest.from_settings(settings, secrets),
             archive=archive,
             patient_ids=PatientIdCache(archive),
-            orthanc=dicomweb_client(settings, secrets),
+            orthanc=orthanc,
             federation=federated_search(db, audit, settings, secrets.deid_hmac_key),
+            retrieval=federated_retrieval(db, audit, settings, orthanc),
         )
 
     def close(self) -> None:

@@ -9,6 +9,8 @@ import datetime as dt
 from dataclasses import replace
 from functools import partial
 
+import httpx
+
 from core.audit import AuditTrail
 from core.config import Settings
 from core.db import Database
@@ -18,9 +20,16 @@ from imaging.deid import Pseudonymizer
 from serving.federation.fanout import StudyNode
 from serving.federation.model import FederatedStudy
 from serving.federation.nodes import ArchiveNode, TenantNode
+from serving.federation.retrieval import FederatedRetrieval
 from serving.federation.service import Deidentify, FederatedSearch
 
-__all__ = ["RESEARCH_SCOPE", "federated_search", "research_rows"]
+__all__ = [
+    "RESEARCH_SCOPE",
+    "PatientKeys",
+    "federated_retrieval",
+    "federated_search",
+    "research_rows",
+]
 
 RESEARCH_SCOPE = "research"
 """The pseudonym scope of everything radcloud shows a research purpose: the federated search,
@@ -61,11 +70,48 @@ def research_rows(pseudonyms: Pseudonymizer) -> Deidentify:
     return deidentify
 
 
+class PatientKeys:
+    """Patient keys as the federation asks for them, over :class:`core.identity.PatientIdentity`.
+
+    An identifier issued by an enterprise or national authority names the patient at any
+    hospital, so it resolves wherever it was registered: a remote node's patients are never
+    registered here, and are found by such identifiers.
+    """
+
+    def __init__(self, identity: PatientIdentity) -> None:
+        self._identity = identity
+
+    def authorities(self) -> set[str]:
+        """The issuers registered as enterprise-wide or national."""
+        return {rule.issuer_of_patient_id for rule in self._identity.authorities()}
+
+    def key_of(self, hospital: str, patient_id: str, issuer: str | None) -> str | None:
+        """The patient key of ``hospital``'s identifier, or of an authority's identifier."""
+        key = self._identity.key_for(hospital, patient_id, issuer)
+        if key is None and issuer and issuer in self.authorities():
+            key = self._identity.key_in_domain(None, issuer, patient_id)
+        return key
+
+    def identifiers_of(self, key: str) -> list[tuple[str, str, str | None]]:
+        """The patient's identifiers as (hospital, Patient ID, issuer)."""
+        return [
+            (i.hospital, i.patient_id, i.issuer_of_patient_id)
+            for i in self._identity.identifiers(key)
+        ]
+
+    def shared_ids_of(self, key: str) -> set[tuple[str, str | None]]:
+        """The patient's enterprise and national identifiers as (Patient ID, issuer)."""
+        authorities = self.authorities()
+        return {
+            (pid, issuer) for _, pid, issuer in self.identifiers_of(key) if issuer in authorities
+        }
+
+
 def federated_search(
     db: Database, audit: AuditTrail, settings: Settings, deid_key: str
 ) -> FederatedSearch:
     """The federated search of this deployment (cheap to build: sites are read per search)."""
-    identity = PatientIdentity(db, audit)
+    keys = PatientKeys(PatientIdentity(db, audit))
     registry = NodeRegistry(db, audit, settings)
     tenant_timeout = settings.federation_tenant_timeout_s
 
@@ -80,33 +126,35 @@ def federated_search(
         nodes: list[StudyNode] = []
         for site in registry.sites():
             if site.remote is not None:
-                timeout = site.remote.timeout_s or settings.remote_read_timeout_s
+                read_s = site.remote.timeout_s or settings.remote_read_timeout_s
+                timeout = read_s + settings.remote_connect_timeout_s
                 opener = partial(registry.open_archive, site.name)
-                nodes.append(
-                    ArchiveNode(site.name, opener, timeout + settings.remote_connect_timeout_s)
-                )
+                nodes.append(ArchiveNode(site.name, opener, timeout))
         return nodes
-
-    def authorities() -> set[str]:
-        return {rule.issuer_of_patient_id for rule in identity.authorities()}
-
-    def key_of(hospital: str, patient_id: str, issuer: str | None) -> str | None:
-        """The patient key of an identifier at ``hospital``, or, for an identifier issued by an
-        enterprise or national authority, of that identifier wherever it was registered (a
-        remote node's patients are never registered here)."""
-        key = identity.key_for(hospital, patient_id, issuer)
-        if key is None and issuer and issuer in authorities():
-            key = identity.key_in_domain(None, issuer, patient_id)
-        return key
 
     return FederatedSearch(
         audit=audit,
-        identifiers_of=lambda key: [
-            (i.hospital, i.patient_id, i.issuer_of_patient_id) for i in identity.identifiers(key)
-        ],
-        key_of=key_of,
-        authorities=authorities,
+        identifiers_of=keys.identifiers_of,
+        key_of=keys.key_of,
+        authorities=keys.authorities,
         tenants=tenants,
         remotes=remotes,
         deidentify=research_rows(Pseudonymizer(deid_key, RESEARCH_SCOPE)),
+    )
+
+
+def federated_retrieval(
+    db: Database, audit: AuditTrail, settings: Settings, local: httpx.Client
+) -> FederatedRetrieval:
+    """The federated WADO-RS sources of this deployment; ``local`` is its Orthanc's client."""
+    identity = PatientIdentity(db, audit)
+    keys = PatientKeys(identity)
+    return FederatedRetrieval(
+        db=db,
+        audit=audit,
+        settings=settings,
+        local=local,
+        key_of=keys.key_of,
+        shared_ids_of=keys.shared_ids_of,
+        current_key=identity.current_key,
     )

@@ -6,6 +6,7 @@ and under that national number at Lakeside."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import io
 import threading
@@ -22,7 +23,7 @@ import uvicorn
 from fhir.resources.R4B.bundle import Bundle
 from pydicom.uid import generate_uid
 
-from core.archive import open_local_dicomweb
+from core.archive import DicomwebArchive, open_local_dicomweb
 from core.audit import AuditTrail
 from core.config import Settings, load_settings
 from core.db import Database, upgrade
@@ -33,12 +34,13 @@ from core.secrets import Secrets, load_secrets
 from core.security import Accounts, Actor, TokenService
 from core.tenancy import hospital_row
 from imaging.deid import Pseudonymizer
+from radcloud.services import Supervisor, orthanc_component
 from serving.api.app import create_app
 from serving.federation.wiring import RESEARCH_SCOPE
 from tests.audit_records import audit_records
 from tests.core.test_dicomweb_archive import orthanc  # noqa: F401 - the remote node's Orthanc
 from tests.dicom_gateway.dicom_files import synthetic_ct
-from tests.helpers import free_port, wait_until
+from tests.helpers import free_port, free_ports, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -79,8 +81,26 @@ def _instance(study: str, **attributes: str) -> bytes:
     return out.getvalue()
 
 
-def _tenant_study(db: Database, hospital: str, patient_id: str, issuer: str, date: str) -> str:
+def _tenant_study(
+    db: Database,
+    archive: DicomwebArchive,
+    hospital: str,
+    *,
+    patient_id: str,
+    issuer: str,
+    date: str,
+) -> str:
+    """A study of ``hospital`` as the gateway leaves it: in the local Orthanc and its row."""
     uid = generate_uid()
+    archive.store_instance(
+        _instance(
+            uid,
+            PatientID=patient_id,
+            IssuerOfPatientID=issuer,
+            PatientName="DOE^JANE",
+            StudyDate=date,
+        )
+    )
     with db.session() as session:
         session.add(
             Study(
@@ -122,7 +142,22 @@ def world(
                 _instance(stranger, PatientID="L-999", PatientName="ROE^RICHARD"),
             ]
         )
-    settings = load_settings(home=tmp_path, mode="dev", remote_read_timeout_s=5.0)
+    http, dicom, api, gateway = free_ports(4)
+    settings = load_settings(
+        home=tmp_path,
+        mode="dev",
+        remote_read_timeout_s=5.0,
+        orthanc_http_port=http,
+        orthanc_dicom_port=dicom,
+        api_port=api,
+        gateway_port=gateway,
+    )
+    secrets = load_secrets(settings)
+    local_orthanc = Supervisor(settings, [orthanc_component(settings, secrets)])
+    local_orthanc.up()
+    stack = contextlib.ExitStack()
+    stack.callback(local_orthanc.down)
+    local = stack.enter_context(open_local_dicomweb(settings, secrets))
     db = Database.from_settings(settings)
     upgrade(db)
     trail = AuditTrail.from_secrets(db, load_secrets(settings))
@@ -144,9 +179,15 @@ def world(
     identity.register("South", "S-77", "MRN-S", [(national, "NHS")])
     other = identity.register("North", "N-2", "MRN-N")
     studies = {
-        "north": _tenant_study(db, "North", "N-1", "MRN-N", "20250110"),
-        "north-other": _tenant_study(db, "North", "N-2", "MRN-N", "20250111"),
-        "south": _tenant_study(db, "South", "S-77", "MRN-S", "20230505"),
+        "north": _tenant_study(
+            db, local, "North", patient_id="N-1", issuer="MRN-N", date="20250110"
+        ),
+        "north-other": _tenant_study(
+            db, local, "North", patient_id="N-2", issuer="MRN-N", date="20250111"
+        ),
+        "south": _tenant_study(
+            db, local, "South", patient_id="S-77", issuer="MRN-S", date="20230505"
+        ),
         "lakeside": lakeside,
         "stranger": stranger,
     }
@@ -167,6 +208,7 @@ def world(
     finally:
         server.should_exit = True
         thread.join(timeout=30)
+        stack.close()
 
 
 def _states(answer: dict[str, Any]) -> dict[str, str]:
@@ -307,3 +349,194 @@ def test_research_search_is_deidentified_with_one_pseudonym_per_patient(world: W
     ).json()
     same = {r["study_instance_uid"]: r["patient_id"] for r in again["studies"]}
     assert {uid: same[uid] for uid in rows} == {uid: r["patient_id"] for uid, r in rows.items()}
+
+
+def _uris(value: Any) -> Iterator[tuple[str, str]]:
+    """(key, URI) of every BulkDataURI and RetrieveURL in a DICOM JSON answer."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if key in ("BulkDataURI", "RetrieveURL") and isinstance(item, str):
+                yield key, item
+            else:
+                yield from _uris(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _uris(item)
+
+
+def _parts(answer: httpx.Response) -> list[bytes]:
+    """The bodies of a multipart/related answer."""
+    boundary = answer.headers["content-type"].split("boundary=")[1].split(";")[0].strip('"')
+    chunks = answer.content.split(b"--" + boundary.encode())[1:-1]
+    return [chunk.split(b"\r\n\r\n", 1)[1].removesuffix(b"\r\n") for chunk in chunks]
+
+
+def test_treatment_retrieves_the_patients_studies_from_tenant_and_remote(world: World) -> None:
+    headers = world.context("dr-north", purpose="treatment", patient=world.patient)
+    for hospital, name in (("South", "south"), ("Lakeside", "lakeside")):
+        base = f"/api/federated/hospitals/{hospital}/dicom-web/studies/{world.studies[name]}"
+        metadata = world.client.get(f"{base}/metadata", headers=headers)
+        assert metadata.status_code == 200, metadata.text
+        [instance] = metadata.json()
+        assert instance["0020000D"]["Value"] == [world.studies[name]]
+        root = str(world.client.base_url).rstrip("/")
+        ours = f"{root}/api/federated/hospitals/{hospital}/dicom-web/studies/"
+        uris = [v for k, v in _uris(metadata.json())]
+        assert uris and all(uri.startswith(ours) for uri in uris), uris  # node URLs rewritten
+        bulk = world.client.get(uris[0].removeprefix(root), headers=headers)
+        assert bulk.status_code == 200, bulk.text
+        series = world.client.get(f"{base}/series", headers=headers)
+        assert series.status_code == 200, series.text
+        [row] = series.json()
+        series_uid = row["0020000E"]["Value"][0]
+        study = world.client.get(base, headers=headers)
+        assert study.status_code == 200, study.text
+        [part] = _parts(study)
+        dataset = pydicom.dcmread(io.BytesIO(part))
+        assert dataset.StudyInstanceUID == world.studies[name]
+        frames = world.client.get(
+            f"{base}/series/{series_uid}/instances/{dataset.SOPInstanceUID}/frames/1",
+            headers=headers,
+        )
+        assert frames.status_code == 200, frames.text
+        assert len(_parts(frames)[0]) == dataset.Rows * dataset.Columns * 2
+    records = [
+        r
+        for r in audit_records(world.home)
+        if r["event_code"] == "110103" and (r["detail"] or {}).get("federated")
+    ]
+    assert {r["detail"]["hospital"] for r in records} == {"South", "Lakeside"}
+    assert {r["detail"]["node"] for r in records} == {"tenant", "remote"}
+    assert all(r["detail"]["patient_key"] == world.patient for r in records)
+
+
+def test_a_treatment_token_cannot_retrieve_another_patients_study(world: World) -> None:
+    headers = world.context("dr-north", purpose="treatment", patient=world.patient)
+    guesses = [
+        ("North", world.studies["north-other"]),  # another patient of the same hospital
+        ("Lakeside", world.studies["stranger"]),  # another patient at the remote node
+        ("South", world.studies["north"]),  # the patient's study, but not South's
+        ("North", generate_uid()),  # no such study
+    ]
+    for hospital, uid in guesses:
+        answer = world.client.get(
+            f"/api/federated/hospitals/{hospital}/dicom-web/studies/{uid}/metadata",
+            headers=headers,
+        )
+        assert answer.status_code == 404, (hospital, answer.text)
+        assert "DOE" not in answer.text and "ROE" not in answer.text
+    alerts = [
+        r
+        for r in audit_records(world.home)
+        if r["event_code"] == "110113" and (r["detail"] or {}).get("federated")
+    ]
+    assert {r["resource_id"] for r in alerts} == {uid for _, uid in guesses}
+    research = world.context("res", purpose="research")
+    north = world.studies["north"]
+    answer = world.client.get(
+        f"/api/federated/hospitals/North/dicom-web/studies/{north}/metadata", headers=research
+    )
+    assert answer.status_code == 403
+
+
+@dataclass
+class West:
+    """A second radcloud deployment, registered as remote node "West" of the world's."""
+
+    study: str
+    home: Path
+    url: str
+    tokens: TokenService
+
+
+@pytest.fixture
+def west(world: World, tmp_path_factory: pytest.TempPathFactory) -> Iterator[West]:
+    home = tmp_path_factory.mktemp("west-home")
+    http, dicom, api, gateway = free_ports(4)
+    settings = load_settings(
+        home=home,
+        mode="dev",
+        orthanc_http_port=http,
+        orthanc_dicom_port=dicom,
+        api_port=api,
+        gateway_port=gateway,
+    )
+    secrets = load_secrets(settings)
+    stack = contextlib.ExitStack()
+    orthanc_process = Supervisor(settings, [orthanc_component(settings, secrets)])
+    orthanc_process.up()
+    stack.callback(orthanc_process.down)
+    try:
+        db = Database.from_settings(settings)
+        upgrade(db)
+        trail = AuditTrail.from_secrets(db, secrets)
+        # West shares its hospital's studies with the world's deployment: a peer_hospital
+        # API key scoped to West, given to the other deployment's administrator
+        west_accounts = Accounts(db, trail)
+        key = west_accounts.create_api_key(
+            "east-radcloud", Role.PEER_HOSPITAL, hospital="West", actor=Actor.cli()
+        )
+        west_accounts.add_user("dr-west", Role.PEER_HOSPITAL, hospitals=["West"], actor=Actor.cli())
+        with open_local_dicomweb(settings, secrets) as local:
+            study = _tenant_study(
+                db, local, "West", patient_id=world.national, issuer="NHS", date="20221212"
+            )
+        db.dispose()
+        server = uvicorn.Server(
+            uvicorn.Config(create_app(settings), host="127.0.0.1", port=api, log_level="warning")
+        )
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        stack.callback(thread.join, timeout=30)
+        stack.callback(setattr, server, "should_exit", True)
+        assert wait_until(lambda: server.started, timeout_s=60)
+        url = f"http://127.0.0.1:{api}"
+        ours = load_settings(home=world.home, mode="dev")
+        ours_db = Database.from_settings(ours)
+        NodeRegistry(ours_db, AuditTrail.from_secrets(ours_db, load_secrets(ours)), ours).add_node(
+            "West",
+            f"{url}/dicom-web",
+            credentials=NodeCredentials(token=key.key),
+            actor=Actor.cli(),
+        )
+        ours_db.dispose()
+        west_tokens = TokenService(settings, secrets.jwt_signing_key)
+        yield West(study, home, url, west_tokens)
+    finally:
+        stack.close()
+
+
+def test_a_second_radcloud_answers_as_a_remote_node_and_audits_the_asserted_user(
+    world: World, west: West
+) -> None:
+    headers = world.context("dr-north", purpose="treatment", patient=world.patient)
+    found = world.client.get("/api/federated/studies", headers=headers)
+    assert found.status_code == 200, found.text
+    rows = {r["study_instance_uid"]: r["held_by"] for r in found.json()["studies"]}
+    assert rows[west.study] == ["West"]
+    assert _states(found.json())["West"] == "ok"
+    base = f"/api/federated/hospitals/West/dicom-web/studies/{west.study}"
+    metadata = world.client.get(f"{base}/metadata", headers=headers)
+    assert metadata.status_code == 200, metadata.text
+    assert metadata.json()[0]["0020000D"]["Value"] == [west.study]
+    # the responding deployment recorded the peer's key and the user it asserts
+    answered = [
+        r
+        for r in audit_records(west.home)
+        if r["event_code"] == "110103" and r["resource_id"] == west.study
+    ]
+    assert answered, "West did not record the retrieval"
+    assert answered[-1]["user_name"] == "east-radcloud"
+    assert answered[-1]["detail"]["asserted_requester"] == {
+        "user": "dr-north",
+        "hospitals": "North",
+        "purpose": "treatment",
+    }
+    # a clinician's own peer_hospital token does not open West's DICOMweb door
+    with httpx.Client(base_url=west.url, timeout=30) as client:
+        token = west.tokens.issue("dr-west", [Role.PEER_HOSPITAL])
+        refused = client.get(
+            f"/dicom-web/studies/{west.study}/metadata",
+            headers={"Authorization": f"Bearer {token}"},
+        )
+    assert refused.status_code == 403, refused.text

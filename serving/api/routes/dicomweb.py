@@ -1,10 +1,11 @@
 """QIDO-RS and WADO-RS on radcloud's authenticated API (PS3.18 10.4, 10.6), under ``/dicom-web``
 (STOW-RS: :mod:`serving.api.routes.stow`).
 
-Roles ``radiologist``, ``ml_engineer``, ``admin``. Requests are proxied to Orthanc's DICOMweb
-plugin and streamed back, never buffered. Orthanc is told the public host (``Forwarded``,
-RFC 7239) and its own base URL is rewritten in JSON bodies, so no answer names Orthanc's
-internal address.
+Roles ``radiologist``, ``ml_engineer``, ``admin``, and ``peer_hospital`` as another radcloud's
+API key (its record names the requester that deployment asserts). Requests are proxied to
+Orthanc's DICOMweb plugin and streamed back, never buffered. Orthanc is told the public host
+(``Forwarded``, RFC 7239) and its own base URL is rewritten in JSON bodies, so no answer names
+Orthanc's internal address.
 
 Every request writes one audit record: 110112 Query or 110103 Instances Accessed (action R),
 with the study UID and the patient ID (keyed hash) where known; a query's record lists the
@@ -31,10 +32,10 @@ from fastapi import APIRouter, Depends, Path, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 
-from core.audit import AuditAction, AuditEventCode
+from core.audit import AuditAction, AuditEventCode, AuditOutcome
 from core.db.models import Role
-from core.exceptions import NotFoundError
-from core.security import Actor, Principal
+from core.exceptions import NotFoundError, PermissionDeniedError
+from core.security import Actor, AuthMethod, Principal
 from core.tenancy import visible_study_uids
 from core.uids import InvalidUidError, check_uid_list
 from serving._audit import returned_studies, study_patient_ids
@@ -59,9 +60,51 @@ __all__ = ["router"]
 logger = logging.getLogger(__name__)
 
 router = APIRouter(prefix=PREFIX, tags=["dicomweb"])
-Viewer = Annotated[
-    Principal, Depends(require_roles(Role.RADIOLOGIST, Role.ML_ENGINEER, Role.ADMIN))
-]
+_VIEWER_ROLES = (Role.RADIOLOGIST, Role.ML_ENGINEER, Role.ADMIN, Role.PEER_HOSPITAL)
+_by_role = require_roles(*_VIEWER_ROLES)
+ASSERTED_REQUESTER = {
+    "x-radcloud-requesting-user": "user",
+    "x-radcloud-requesting-hospitals": "hospitals",
+    "x-radcloud-purpose": "purpose",
+}
+"""Headers in which another radcloud's federated retrieval says who asks (as asserted)."""
+
+
+def _viewer(request: Request) -> Principal:
+    """Radiologists, ML engineers and admins; ``peer_hospital`` only as a service account's API
+    key: another radcloud deployment asking for the studies of the hospitals that share with it
+    (the key's scope), on behalf of its users. A clinician's own ``peer_hospital`` token reads
+    other hospitals' studies through ``/api/federated`` with a treatment token instead."""
+    principal = _by_role(request)
+    peer_only = not principal.roles & {Role.RADIOLOGIST, Role.ML_ENGINEER, Role.ADMIN}
+    if peer_only and principal.method is not AuthMethod.API_KEY:
+        reason = "peer_hospital reads DICOMweb only with a peer deployment's API key"
+        audit_request(
+            request,
+            AuditEventCode.SECURITY_ALERT,
+            principal=principal,
+            outcome=AuditOutcome.MINOR_FAILURE,
+            resource_type="route",
+            resource_id=f"{request.method} {request.url.path}",
+            detail={"reason": reason},
+        )
+        raise PermissionDeniedError(principal.role, [r.value for r in _VIEWER_ROLES[:3]])
+    return principal
+
+
+Viewer = Annotated[Principal, Depends(_viewer)]
+
+
+def _asserted(request: Request) -> dict[str, Any]:
+    """``{"asserted_requester": ...}`` when another radcloud says on whose behalf it asks: the
+    responding side's record of the initiating side's assertion (IHE XCA-I), else nothing."""
+    asserted = {
+        name: request.headers[header][:128]
+        for header, name in ASSERTED_REQUESTER.items()
+        if header in request.headers
+    }
+    return {"asserted_requester": asserted} if asserted else {}
+
 
 FrameList = Annotated[
     str, Path(pattern=r"^[0-9]{1,9}(,[0-9]{1,9}){0,1023}$", description="Frame numbers, e.g. 1,3")
@@ -313,7 +356,7 @@ async def _proxy(
     if request.url.query:
         url = f"{url}?{request.url.query}"
     patient_id: str | None = None
-    detail: dict[str, Any] = {"path": f"{PREFIX}{path}"}
+    detail: dict[str, Any] = {"path": f"{PREFIX}{path}"} | _asserted(request)
     actor = request_actor(request, principal)
     named = study
     if kind is _Kind.QUERY:
