@@ -325,7 +325,7 @@ def _has_retrieval_route(settings: Any) -> bool:
     """Whether radcloud's API (at the measured commit) serves federated WADO-RS."""
     from serving.api.app import create_app
 
-    paths = {str(getattr(route, "path", "")) for route in create_app(settings).routes}
+    paths = create_app(settings).openapi().get("paths", {})
     return any(
         p.startswith("/api/federated/hospitals/") and "/dicom-web/studies/" in p for p in paths
     )
@@ -526,7 +526,7 @@ def markdown(result: dict[str, Any]) -> str:
             lines.append(
                 f"| {label} | {s['mb_per_s']['median']:.1f} ({s['mb_per_s']['min']:.1f}-"
                 f"{s['mb_per_s']['max']:.1f}) | {s['instances_per_s']['median']:.0f} | "
-                f"{s['seconds']['median']:.2f} |"
+                f"{s['seconds']['median']:.3f} |"
             )
         lines += ["", f"Ratio radcloud / direct: {r['ratio']:.2f} (goal >= {r['goal_ratio']})."]
     return "\n".join(lines)
