@@ -522,3 +522,16 @@ class RemoteDicomwebNode(Base):
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
     hospital: Mapped[Hospital] = relationship()
+
+
+class ResearchUid(Base):
+    """A study's research pseudonym (the keyed Study Instance UID a research answer showed)
+    and the study it stands for, so a research retrieval names only the pseudonym
+    (PS3.15 E.1: the de-identifier may keep the mapping; it never leaves radcloud)."""
+
+    __tablename__ = "research_uids"
+
+    deidentified_uid: Mapped[str] = mapped_column(UID, primary_key=True)
+    original_uid: Mapped[str] = mapped_column(UID)
+    hospital_id: Mapped[int] = mapped_column(ForeignKey("hospitals.id", ondelete="CASCADE"))
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
