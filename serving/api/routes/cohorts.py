@@ -34,7 +34,7 @@ router = APIRouter(prefix="/api/cohorts", tags=["cohorts"])
 Researcher = Annotated[
     Principal, Depends(require_purpose(Purpose.RESEARCH, roles=(Role.RESEARCHER, Role.ADMIN)))
 ]
-CohortId = Annotated[int, Path(ge=1, description="the cohort's ID")]
+CohortId = Annotated[int, Path(ge=1, le=2**31 - 1, description="the cohort's ID")]
 
 
 class AiFindingIO(BaseModel):
