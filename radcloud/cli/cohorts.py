@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 __all__ = ["COHORT_SOURCE_PREFIX", "cohort_training_source", "register"]
 
 COHORT_SOURCE_PREFIX = "cohort:"
+CohortIdArgument = Annotated[int, typer.Argument(min=1, max=2**31 - 1, help="the cohort's ID")]
 
 cohorts_app = typer.Typer(
     help="Research cohorts: counts per hospital (small cells suppressed) and de-identified "
@@ -138,7 +139,7 @@ def cohorts_create(
 
 @cohorts_app.command("show")
 @command
-def cohorts_show(cohort_id: int) -> None:
+def cohorts_show(cohort_id: CohortIdArgument) -> None:
     """A stored cohort: counts and de-identified study list (audited)."""
     with _service() as service:
         _print(service.get(Actor.cli(), cohort_id))
@@ -146,7 +147,7 @@ def cohorts_show(cohort_id: int) -> None:
 
 @cohorts_app.command("run")
 @command
-def cohorts_run(cohort_id: int) -> None:
+def cohorts_run(cohort_id: CohortIdArgument) -> None:
     """Run a stored cohort's query again (audited)."""
     with _service() as service:
         _print(service.rerun(Actor.cli(), cohort_id))
@@ -184,7 +185,7 @@ def cohort_training_source(task: str, source: str, data: Path | None) -> Path:
             "give --data or --source cohort:ID, not both", param_hint="--source"
         )
     text = source.removeprefix(COHORT_SOURCE_PREFIX)
-    if not text.isdigit():
+    if not text.isdigit() or not 1 <= int(text) < 2**31:
         raise typer.BadParameter(
             f'"{source}": expected cohort:ID, e.g. cohort:3', param_hint="--source"
         )
