@@ -42,7 +42,7 @@ from core.archive import AnonymizingArchive, ArchiveId, ImageArchive
 from core.audit import AuditAction, AuditEventCode, AuditTrail
 from core.db import Database
 from core.db.models import Cohort, CohortStudy, Label, Study
-from imaging.deid import Deidentifier, Pseudonymizer
+from imaging.deid import RESEARCH_SCOPE, Deidentifier, Pseudonymizer
 from imaging.exceptions import BurnedInAnnotationError, DeidentificationError
 from training._labels import TASK_FINDINGS, normalise_finding, study_label
 from training.exceptions import DataSourceError
@@ -61,7 +61,7 @@ __all__ = ["COHORT_SCOPE", "CohortExport", "export_cohort_source"]
 
 logger = logging.getLogger(__name__)
 
-COHORT_SCOPE = "research"
+COHORT_SCOPE = RESEARCH_SCOPE  # the cohort answered with it
 """The de-identification scope of cohorts (``serving.cohorts.RESEARCH_SCOPE``)."""
 _MANIFEST_SOURCE = "cohort"
 

@@ -18,11 +18,10 @@ from serving.cohorts.model import (
     LabelFinding,
     normalise_finding,
 )
-from serving.cohorts.service import RESEARCH_SCOPE, CohortService, shifted_date
+from serving.cohorts.service import CohortService, shifted_date
 from serving.cohorts.suppression import SuppressedCounts, suppress
 
 __all__ = [
-    "RESEARCH_SCOPE",
     "AiFinding",
     "CohortAnswer",
     "CohortError",

@@ -42,16 +42,15 @@ from core.db.models import (
 )
 from core.identity import PatientIdentity
 from core.security import Actor, Door
-from imaging.deid import Pseudonymizer, local_patient_key
+from imaging.deid import RESEARCH_SCOPE, Pseudonymizer, local_patient_key
 from serving.cohorts.exceptions import CohortNotFoundError
 from serving.cohorts.model import CohortAnswer, CohortQuery, CohortStudyRow
 from serving.cohorts.selection import matching_studies
 from serving.cohorts.suppression import suppress
 from serving.exceptions import PlatformUnavailableError
 
-__all__ = ["RESEARCH_SCOPE", "CohortService", "shifted_date"]
+__all__ = ["CohortService", "shifted_date"]
 
-RESEARCH_SCOPE = "research"
 """The de-identification scope of cohorts, as of the federated search's research rows."""
 
 

@@ -33,10 +33,9 @@ from core.nodes import NodeCredentials, NodeRegistry
 from core.secrets import Secrets, load_secrets
 from core.security import Accounts, Actor, TokenService
 from core.tenancy import hospital_row
-from imaging.deid import Pseudonymizer
+from imaging.deid import RESEARCH_SCOPE, Pseudonymizer
 from radcloud.services import Supervisor, orthanc_component
 from serving.api.app import create_app
-from serving.federation.wiring import RESEARCH_SCOPE
 from tests.audit_records import audit_records
 from tests.core.test_dicomweb_archive import orthanc  # noqa: F401 - the remote node's Orthanc
 from tests.dicom_gateway.dicom_files import synthetic_ct
@@ -540,3 +539,71 @@ def test_a_second_radcloud_answers_as_a_remote_node_and_audits_the_asserted_user
             headers={"Authorization": f"Bearer {token}"},
         )
     assert refused.status_code == 403, refused.text
+
+
+def _elements(dataset: pydicom.Dataset) -> Iterator[pydicom.DataElement]:
+    for element in dataset:
+        if element.VR == "SQ":
+            for item in element.value:
+                yield from _elements(item)
+        else:
+            yield element
+
+
+def test_research_retrieval_is_deidentified_by_pseudonym_only(world: World) -> None:
+    headers = world.context("res", purpose="research")
+    rows = world.client.get("/api/federated/studies", params={"modality": "CT"}, headers=headers)
+    assert rows.status_code == 200, rows.text
+    by_uid = {r["study_instance_uid"]: r for r in rows.json()["studies"]}
+    mine = {name: world.pseudonyms.uid(uid) for name, uid in world.studies.items()}
+    assert all(by_uid[mine[name]]["held_by"] == [] for name in mine)  # no institution either
+    originals = {
+        *world.studies.values(),
+        "N-1",
+        "S-77",
+        world.national,
+        "DOE^JANE",
+        "MRN-N",
+        "MRN-S",
+        "19700101",
+    }
+    seen_patients = {}
+    for name in ("north", "south", "lakeside"):
+        url = by_uid[mine[name]]["retrieve_urls"]["research"]
+        metadata = world.client.get(f"{url}/metadata", headers=headers)
+        assert metadata.status_code == 200, metadata.text
+        [instance] = metadata.json()
+        assert instance["0020000D"]["Value"] == [mine[name]]
+        assert instance["00120062"]["Value"] == ["YES"]  # Patient Identity Removed
+        text = metadata.text
+        assert not [o for o in originals if o in text], name
+        study = world.client.get(url, headers=headers)
+        assert study.status_code == 200, study.text
+        [part] = _parts(study)
+        dataset = pydicom.dcmread(io.BytesIO(part))
+        assert dataset.StudyInstanceUID == mine[name]
+        values = {str(e.value) for e in _elements(dataset) if e.tag != 0x7FE00010}
+        assert not {v for v in values for o in originals if o == v or (len(o) > 12 and o in v)}
+        assert dataset.PatientIdentityRemoved == "YES"
+        assert "113107" in {c.CodeValue for c in dataset.DeidentificationMethodCodeSequence}
+        seen_patients[name] = dataset.PatientID
+    # one patient at three hospitals: one pseudonym in the retrieved files, as in the rows
+    assert len(set(seen_patients.values())) == 1
+    assert seen_patients["north"] == by_uid[mine["north"]]["patient_id"]
+    # a pseudonym no research answer showed, and a treatment token, are refused
+    unknown = world.client.get(
+        f"/api/federated/research/studies/{generate_uid()}/metadata", headers=headers
+    )
+    assert unknown.status_code == 404
+    treatment = world.context("dr-north", purpose="treatment", patient=world.patient)
+    refused = world.client.get(f"{url}/metadata", headers=treatment)
+    assert refused.status_code == 403
+    records = [
+        r
+        for r in audit_records(world.home)
+        if r["event_code"] == "110103" and (r["detail"] or {}).get("purpose") == "research"
+    ]
+    assert {r["resource_id"] for r in records} >= {
+        world.studies["north"],
+        world.studies["lakeside"],
+    }
