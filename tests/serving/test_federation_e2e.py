@@ -88,9 +88,10 @@ def _tenant_study(
     patient_id: str,
     issuer: str,
     date: str,
+    uid: str | None = None,
 ) -> str:
     """A study of ``hospital`` as the gateway leaves it: in the local Orthanc and its row."""
-    uid = generate_uid()
+    uid = uid or generate_uid()
     archive.store_instance(
         _instance(
             uid,
@@ -128,6 +129,7 @@ def world(
     national = str(uuid.uuid4().int)[:10]
     lakeside = generate_uid()
     stranger = generate_uid()
+    shared = generate_uid()  # sent to both South and Lakeside: one row held by both
     with open_local_dicomweb(remote_settings, remote_secrets) as node:
         node.store_instances(
             [
@@ -139,6 +141,13 @@ def world(
                     StudyDate="20240102",
                 ),
                 _instance(stranger, PatientID="L-999", PatientName="ROE^RICHARD"),
+                _instance(
+                    shared,
+                    PatientID=national,
+                    IssuerOfPatientID="NHS",
+                    PatientName="DOE^JANE",
+                    StudyDate="20240606",
+                ),
             ]
         )
     http, dicom, api, gateway = free_ports(4)
@@ -189,6 +198,9 @@ def world(
         ),
         "lakeside": lakeside,
         "stranger": stranger,
+        "shared": _tenant_study(
+            db, local, "South", patient_id="S-77", issuer="MRN-S", date="20240606", uid=shared
+        ),
     }
     db.dispose()
     app = create_app(settings)
@@ -221,7 +233,8 @@ def test_treatment_search_returns_the_patients_studies_from_every_hospital(world
     body = answer.json()
     rows = {row["study_instance_uid"]: row for row in body["studies"]}
     s = world.studies
-    assert set(rows) == {s["north"], s["south"], s["lakeside"]}
+    assert set(rows) == {s["north"], s["south"], s["lakeside"], s["shared"]}
+    assert rows[s["shared"]]["held_by"] == ["South", "Lakeside"]  # one row, both holders
     assert rows[s["north"]]["held_by"] == ["North"]
     assert rows[s["lakeside"]]["held_by"] == ["Lakeside"]
     assert rows[s["lakeside"]]["patient_id"] == world.national
@@ -263,7 +276,7 @@ def test_fhir_imaging_study_search_is_a_partial_searchset(world: World) -> None:
     assert bundle.type == "searchset"
     matches = [e.resource for e in bundle.entry if e.search.mode == "match"]
     uids = {r.identifier[0].value.removeprefix("urn:oid:") for r in matches}
-    assert uids == {world.studies["north"], world.studies["lakeside"]}  # south is 2023
+    assert uids == {world.studies[n] for n in ("north", "lakeside", "shared")}  # south: 2023
     endpoints = [e.resource for e in bundle.entry if e.search.mode == "include"]
     assert {e.connectionType.code for e in endpoints} == {"dicom-wado-rs"}
     [outcome] = [e.resource for e in bundle.entry if e.search.mode == "outcome"]
