@@ -236,6 +236,11 @@ class Settings(BaseSettings):
     jwt_patient_claim: str = "patient"
     jwt_reason_claim: str = "reason"
     context_token_ttl_minutes: int = Field(15, ge=1, le=24 * 60)
+    # Research cohorts (serving.cohorts): a hospital's count below this is reported as
+    # suppressed ("<10"), never exactly, and a cohort whose total is below it lists no study.
+    # 10: the stricter of the usual small-cell rules (NHS England suppresses 1-7, CMS 1-10),
+    # and fewer studies are too few to train or validate a model on anyway.
+    cohort_min_cell_size: int = Field(10, ge=2, le=1000)
 
     # Sign-in abuse (POST /api/auth/token), counted per API process: signin_max_failures failed
     # sign-ins of one user name within signin_failure_window_s lock that name for

@@ -93,9 +93,15 @@ __all__ = [
     "PROFILE_EDITION",
     "PSEUDONYM_PREFIX",
     "REMAPPED_UIDS",
+    "RESEARCH_SCOPE",
     "DeidentifiedInstance",
     "Deidentifier",
     "OrthancDeidentifier",
     "Pseudonymizer",
     "local_patient_key",
 ]
+
+RESEARCH_SCOPE = "research"
+"""The pseudonym scope of everything radcloud shows a research purpose (federated search and
+retrieval, cohorts, the cohort training export): one study or patient has one pseudonym in
+all of them."""

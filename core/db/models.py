@@ -8,7 +8,9 @@ Who writes what (docs/architecture.md has the full picture):
   ``outbox_events``
 - identity (``core.identity``; the gateway registers at ingest): ``patient_identifiers``,
   ``patient_links``, ``patient_id_authorities``
-- serving (``serving``): ``inference_results``, ``worklist_items``; reading writes ``labels``
+- serving (``serving``): ``inference_results``, ``worklist_items``; reading writes ``labels``;
+  research cohorts (``serving.cohorts``): ``cohorts``, ``cohort_studies``; research retrieval
+  (``serving.federation.research``): ``research_uids``
 - core (``core.nodes``, ``radcloud hospitals``): ``remote_nodes``
 
 Schema changes go through alembic migrations in ``radcloud/db/migrations``.
@@ -522,3 +524,57 @@ class RemoteDicomwebNode(Base):
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
     hospital: Mapped[Hospital] = relationship()
+
+
+class ResearchUid(Base):
+    """A study's research pseudonym (the keyed Study Instance UID a research answer showed)
+    and the study it stands for, so a research retrieval names only the pseudonym
+    (PS3.15 E.1: the de-identifier may keep the mapping; it never leaves radcloud)."""
+
+    __tablename__ = "research_uids"
+
+    deidentified_uid: Mapped[str] = mapped_column(UID, primary_key=True)
+    original_uid: Mapped[str] = mapped_column(UID)
+    hospital_id: Mapped[int] = mapped_column(ForeignKey("hospitals.id", ondelete="CASCADE"))
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class Cohort(Base):
+    """A research cohort (:mod:`serving.cohorts`): its query, who made it and when, the
+    minimum cell size it was answered with, and the exact counts of its last run (per hospital,
+    server-side only: answers show them suppressed)."""
+
+    __tablename__ = "cohorts"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str | None] = mapped_column(String(128))
+    query: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_by: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    run_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    runs: Mapped[int] = mapped_column(Integer, default=1)
+    min_cell_size: Mapped[int] = mapped_column(Integer)
+    counts: Mapped[dict[str, Any]] = mapped_column(default=dict)  # hospital -> exact count
+
+
+class CohortStudy(Base):
+    """One study of a cohort: the de-identified row the API shows, and, server-side only, the
+    original Study Instance UID and hospital the training export fetches. ``listed`` is false
+    for a study the answer leaves out of its list (its hospital's count is suppressed)."""
+
+    __tablename__ = "cohort_studies"
+    __table_args__ = (UniqueConstraint("cohort_id", "deid_study_instance_uid"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    cohort_id: Mapped[int] = mapped_column(ForeignKey("cohorts.id", ondelete="CASCADE"), index=True)
+    study_id: Mapped[int | None] = mapped_column(ForeignKey("studies.id", ondelete="SET NULL"))
+    study_instance_uid: Mapped[str] = mapped_column(UID)  # the original: never answered
+    hospital: Mapped[str] = mapped_column(String(128))  # the holder: never answered
+    patient_key: Mapped[str] = mapped_column(String(400))  # keyed the pseudonym: never answered
+    deid_study_instance_uid: Mapped[str] = mapped_column(UID)
+    patient_pseudonym: Mapped[str] = mapped_column(String(64))
+    study_date: Mapped[str | None] = mapped_column(String(8))  # shifted
+    modality: Mapped[str | None] = mapped_column(String(64))
+    body_part: Mapped[str | None] = mapped_column(String(64))
+    finding: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    listed: Mapped[bool] = mapped_column(Boolean, default=True)

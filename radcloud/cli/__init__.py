@@ -7,6 +7,7 @@ import typer
 from radcloud.cli import (
     audit,
     bench,
+    cohorts,
     demo,
     export,
     gateway,
@@ -40,6 +41,7 @@ train.register(app)
 export.register(app)
 studies.register(app)
 patients.register(app)
+cohorts.register(app)
 demo.register(app)
 bench.register(app)
 

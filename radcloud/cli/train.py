@@ -15,6 +15,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from radcloud.cli._common import command, console, get_settings, setup_logging
+from radcloud.cli.cohorts import COHORT_SOURCE_PREFIX, cohort_training_source
 from radcloud.cli.export import training_source
 
 __all__ = ["register"]
@@ -65,7 +66,8 @@ def train(
         str | None,
         typer.Option(
             "--source",
-            help="orthanc: the radiologist-labelled studies in Orthanc, exported de-identified.",
+            help="orthanc: the radiologist-labelled studies in Orthanc, exported de-identified; "
+            "cohort:ID: a research cohort's studies (radcloud cohorts create), de-identified.",
         ),
     ] = None,
     hospital: Annotated[
@@ -95,8 +97,16 @@ def train(
         task_value, preset_value = Task(task), Preset(preset)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
+    # --- cohort source: export the cohort's studies de-identified, then train on them ---
+    if source is not None and source.startswith(COHORT_SOURCE_PREFIX):
+        if hospital or keep_identifiers:
+            raise typer.BadParameter(
+                "a cohort is de-identified across hospitals: no --hospital or --keep-identifiers",
+                param_hint="--source",
+            )
+        data = cohort_training_source(task_value.value, source, data)
     # --- Orthanc source: export to a folder, then train on it as on --data ---
-    if source is not None or hospital or keep_identifiers:
+    elif source is not None or hospital or keep_identifiers:
         data = training_source(task_value.value, source, data, hospital or [], keep_identifiers)
     # --- end of the Orthanc source ---
     with epoch_progress(f"training {task_value}") as on_epoch:

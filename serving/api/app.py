@@ -26,6 +26,7 @@ from serving.api.errors import install_error_handlers
 from serving.api.routes import (
     admin,
     auth,
+    cohorts,
     dicomweb,
     federated,
     federated_wado,
@@ -90,6 +91,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(identity.patients_router)
     app.include_router(federated.router)
     app.include_router(federated_wado.router)
+    app.include_router(cohorts.router)
     app.include_router(admin.router)
     app.include_router(dicomweb.router)
     app.include_router(stow.router)

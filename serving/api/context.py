@@ -16,8 +16,9 @@ from core.secrets import load_secrets
 from core.security import Accounts, SignInGuard, TokenService
 from serving.api._stow import GatewayIngest
 from serving.federation import FederatedSearch
+from serving.federation.research import ResearchRetrieval
 from serving.federation.retrieval import FederatedRetrieval
-from serving.federation.wiring import federated_retrieval, federated_search
+from serving.federation.wiring import federated_retrieval, federated_search, research_retrieval
 from serving.patient_ids import PatientIdCache
 
 __all__ = ["SERVING_LINKS", "ApiContext", "ServingLinks"]
@@ -61,6 +62,7 @@ class ApiContext:
     orthanc: httpx.Client
     federation: FederatedSearch
     retrieval: FederatedRetrieval
+    research: ResearchRetrieval
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ApiContext:
@@ -71,6 +73,7 @@ class ApiContext:
         audit = AuditTrail.from_secrets(db, secrets)
         archive = open_archive(settings, secrets)
         orthanc = dicomweb_client(settings, secrets)
+        research = research_retrieval(db, audit, settings, secrets)
         return cls(
             settings=settings,
             db=db,
@@ -81,8 +84,9 @@ class ApiContext:
             archive=archive,
             patient_ids=PatientIdCache(archive),
             orthanc=orthanc,
-            federation=federated_search(db, audit, settings, secrets.deid_hmac_key),
+            federation=federated_search(db, audit, settings, secrets.deid_hmac_key, research),
             retrieval=federated_retrieval(db, audit, settings, orthanc),
+            research=research,
         )
 
     def close(self) -> None:

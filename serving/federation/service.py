@@ -113,6 +113,9 @@ class FederatedSearch:
         Nodes for the registered remote hospitals.
     deidentify
         De-identifies a row for research.
+    remember
+        Keeps (pseudonym, original Study Instance UID, hospital) of each research row, so a
+        research retrieval can name the study by its pseudonym only.
     """
 
     def __init__(
@@ -125,6 +128,7 @@ class FederatedSearch:
         tenants: Callable[[], Sequence[StudyNode]],
         remotes: Callable[[], Sequence[StudyNode]],
         deidentify: Deidentify,
+        remember: Callable[[Iterable[tuple[str, str, str]]], None] = lambda rows: None,
     ) -> None:
         self._audit = audit
         self._identifiers_of = identifiers_of
@@ -133,6 +137,7 @@ class FederatedSearch:
         self._tenants = tenants
         self._remotes = remotes
         self._deidentify = deidentify
+        self._remember = remember
 
     def search(self, actor: Actor, request: SearchRequest) -> FederatedAnswer:
         """Ask the nodes the purpose allows, merge, and record the search.
@@ -204,6 +209,10 @@ class FederatedSearch:
                 hospital, study.patient_id or "", study.issuer_of_patient_id
             ) or research_key(hospital, study)
             studies.append(self._deidentify(study, key))
+        self._remember(
+            (shown.study_instance_uid, original.study_instance_uid, original.held_by[0])
+            for shown, original in zip(studies, answer.studies, strict=True)
+        )
         returned = [(s.study_instance_uid, s.held_by) for s in answer.studies]
         return FederatedAnswer(studies, answer.nodes), returned
 

@@ -11,29 +11,28 @@ from functools import partial
 
 import httpx
 
+from core.archive import DicomwebArchive, open_local_dicomweb
 from core.audit import AuditTrail
 from core.config import Settings
 from core.db import Database
 from core.identity import PatientIdentity
 from core.nodes import NodeRegistry
-from imaging.deid import Pseudonymizer
+from core.secrets import Secrets
+from imaging.deid import RESEARCH_SCOPE, Deidentifier, Pseudonymizer, local_patient_key
 from serving.federation.fanout import StudyNode
 from serving.federation.model import FederatedStudy
 from serving.federation.nodes import ArchiveNode, TenantNode
+from serving.federation.research import ResearchRetrieval
 from serving.federation.retrieval import FederatedRetrieval
 from serving.federation.service import Deidentify, FederatedSearch
 
 __all__ = [
-    "RESEARCH_SCOPE",
     "PatientKeys",
     "federated_retrieval",
     "federated_search",
+    "research_retrieval",
     "research_rows",
 ]
-
-RESEARCH_SCOPE = "research"
-"""The pseudonym scope of everything radcloud shows a research purpose: the federated search,
-cohorts and research retrieval use it, so one study or patient has one pseudonym in all."""
 
 
 def _shifted(date: str | None, shift: dt.timedelta) -> str | None:
@@ -50,12 +49,15 @@ def research_rows(pseudonyms: Pseudonymizer) -> Deidentify:
     """De-identifies a federated row as :class:`imaging.deid.Deidentifier` does an instance:
     keyed Study Instance UID, the patient's pseudonym, the study date moved by the patient's
     shift (Retain Longitudinal Temporal Information with Modified Dates); name, birth date,
-    issuer, accession number, description and time removed (PS3.15 Table E.1-1 X/Z)."""
+    issuer, accession number, description and time removed (PS3.15 Table E.1-1 X/Z), and the
+    holding hospital too (Institution Name is X): a research row is retrieved by its
+    pseudonym alone (:mod:`serving.federation.research`)."""
 
     def deidentify(study: FederatedStudy, patient_key: str) -> FederatedStudy:
         return replace(
             study,
             study_instance_uid=pseudonyms.uid(study.study_instance_uid),
+            held_by=(),
             patient_id=pseudonyms.patient_pseudonym(patient_key),
             issuer_of_patient_id=None,
             patient_name=None,
@@ -107,10 +109,44 @@ class PatientKeys:
         }
 
 
+def research_retrieval(
+    db: Database, audit: AuditTrail, settings: Settings, secrets: Secrets
+) -> ResearchRetrieval:
+    """Research retrieval over this deployment's Orthanc (through its DICOMweb plugin) and its
+    remote nodes, with the research scope's keys."""
+    keys = PatientKeys(PatientIdentity(db, audit))
+    registry = NodeRegistry(db, audit, settings)
+
+    def open_node(hospital: str) -> DicomwebArchive:
+        remote = {site.name for site in registry.sites() if site.is_remote}
+        if hospital in remote:
+            return registry.open_archive(hospital)
+        return open_local_dicomweb(settings, secrets)
+
+    def patient_key(hospital: str, patient_id: str | None, issuer: str | None, study: str) -> str:
+        key = keys.key_of(hospital, patient_id, issuer) if patient_id else None
+        return key or local_patient_key(
+            hospital, patient_id or f"no-patient-id:{study}", issuer or ""
+        )
+
+    pseudonyms = Pseudonymizer(secrets.deid_hmac_key, RESEARCH_SCOPE)
+    return ResearchRetrieval(
+        db=db,
+        deidentifier=Deidentifier(pseudonyms),
+        open_node=open_node,
+        patient_key=patient_key,
+    )
+
+
 def federated_search(
-    db: Database, audit: AuditTrail, settings: Settings, deid_key: str
+    db: Database,
+    audit: AuditTrail,
+    settings: Settings,
+    deid_key: str,
+    research: ResearchRetrieval | None = None,
 ) -> FederatedSearch:
-    """The federated search of this deployment (cheap to build: sites are read per search)."""
+    """The federated search of this deployment (cheap to build: sites are read per search);
+    ``research`` keeps the pseudonyms of research rows for retrieval."""
     keys = PatientKeys(PatientIdentity(db, audit))
     registry = NodeRegistry(db, audit, settings)
     tenant_timeout = settings.federation_tenant_timeout_s
@@ -140,6 +176,7 @@ def federated_search(
         tenants=tenants,
         remotes=remotes,
         deidentify=research_rows(Pseudonymizer(deid_key, RESEARCH_SCOPE)),
+        remember=research.remember if research is not None else lambda rows: None,
     )
 
 

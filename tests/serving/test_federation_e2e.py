@@ -33,10 +33,9 @@ from core.nodes import NodeCredentials, NodeRegistry
 from core.secrets import Secrets, load_secrets
 from core.security import Accounts, Actor, TokenService
 from core.tenancy import hospital_row
-from imaging.deid import Pseudonymizer
+from imaging.deid import RESEARCH_SCOPE, Pseudonymizer
 from radcloud.services import Supervisor, orthanc_component
 from serving.api.app import create_app
-from serving.federation.wiring import RESEARCH_SCOPE
 from tests.audit_records import audit_records
 from tests.core.test_dicomweb_archive import orthanc  # noqa: F401 - the remote node's Orthanc
 from tests.dicom_gateway.dicom_files import synthetic_ct
@@ -89,9 +88,10 @@ def _tenant_study(
     patient_id: str,
     issuer: str,
     date: str,
+    uid: str | None = None,
 ) -> str:
     """A study of ``hospital`` as the gateway leaves it: in the local Orthanc and its row."""
-    uid = generate_uid()
+    uid = uid or generate_uid()
     archive.store_instance(
         _instance(
             uid,
@@ -129,6 +129,7 @@ def world(
     national = str(uuid.uuid4().int)[:10]
     lakeside = generate_uid()
     stranger = generate_uid()
+    shared = generate_uid()  # sent to both South and Lakeside: one row held by both
     with open_local_dicomweb(remote_settings, remote_secrets) as node:
         node.store_instances(
             [
@@ -140,6 +141,13 @@ def world(
                     StudyDate="20240102",
                 ),
                 _instance(stranger, PatientID="L-999", PatientName="ROE^RICHARD"),
+                _instance(
+                    shared,
+                    PatientID=national,
+                    IssuerOfPatientID="NHS",
+                    PatientName="DOE^JANE",
+                    StudyDate="20240606",
+                ),
             ]
         )
     http, dicom, api, gateway = free_ports(4)
@@ -190,6 +198,9 @@ def world(
         ),
         "lakeside": lakeside,
         "stranger": stranger,
+        "shared": _tenant_study(
+            db, local, "South", patient_id="S-77", issuer="MRN-S", date="20240606", uid=shared
+        ),
     }
     db.dispose()
     app = create_app(settings)
@@ -222,7 +233,8 @@ def test_treatment_search_returns_the_patients_studies_from_every_hospital(world
     body = answer.json()
     rows = {row["study_instance_uid"]: row for row in body["studies"]}
     s = world.studies
-    assert set(rows) == {s["north"], s["south"], s["lakeside"]}
+    assert set(rows) == {s["north"], s["south"], s["lakeside"], s["shared"]}
+    assert rows[s["shared"]]["held_by"] == ["South", "Lakeside"]  # one row, both holders
     assert rows[s["north"]]["held_by"] == ["North"]
     assert rows[s["lakeside"]]["held_by"] == ["Lakeside"]
     assert rows[s["lakeside"]]["patient_id"] == world.national
@@ -264,7 +276,7 @@ def test_fhir_imaging_study_search_is_a_partial_searchset(world: World) -> None:
     assert bundle.type == "searchset"
     matches = [e.resource for e in bundle.entry if e.search.mode == "match"]
     uids = {r.identifier[0].value.removeprefix("urn:oid:") for r in matches}
-    assert uids == {world.studies["north"], world.studies["lakeside"]}  # south is 2023
+    assert uids == {world.studies[n] for n in ("north", "lakeside", "shared")}  # south: 2023
     endpoints = [e.resource for e in bundle.entry if e.search.mode == "include"]
     assert {e.connectionType.code for e in endpoints} == {"dicom-wado-rs"}
     [outcome] = [e.resource for e in bundle.entry if e.search.mode == "outcome"]
@@ -540,3 +552,71 @@ def test_a_second_radcloud_answers_as_a_remote_node_and_audits_the_asserted_user
             headers={"Authorization": f"Bearer {token}"},
         )
     assert refused.status_code == 403, refused.text
+
+
+def _elements(dataset: pydicom.Dataset) -> Iterator[pydicom.DataElement]:
+    for element in dataset:
+        if element.VR == "SQ":
+            for item in element.value:
+                yield from _elements(item)
+        else:
+            yield element
+
+
+def test_research_retrieval_is_deidentified_by_pseudonym_only(world: World) -> None:
+    headers = world.context("res", purpose="research")
+    rows = world.client.get("/api/federated/studies", params={"modality": "CT"}, headers=headers)
+    assert rows.status_code == 200, rows.text
+    by_uid = {r["study_instance_uid"]: r for r in rows.json()["studies"]}
+    mine = {name: world.pseudonyms.uid(uid) for name, uid in world.studies.items()}
+    assert all(by_uid[mine[name]]["held_by"] == [] for name in mine)  # no institution either
+    originals = {
+        *world.studies.values(),
+        "N-1",
+        "S-77",
+        world.national,
+        "DOE^JANE",
+        "MRN-N",
+        "MRN-S",
+        "19700101",
+    }
+    seen_patients = {}
+    for name in ("north", "south", "lakeside"):
+        url = by_uid[mine[name]]["retrieve_urls"]["research"]
+        metadata = world.client.get(f"{url}/metadata", headers=headers)
+        assert metadata.status_code == 200, metadata.text
+        [instance] = metadata.json()
+        assert instance["0020000D"]["Value"] == [mine[name]]
+        assert instance["00120062"]["Value"] == ["YES"]  # Patient Identity Removed
+        text = metadata.text
+        assert not [o for o in originals if o in text], name
+        study = world.client.get(url, headers=headers)
+        assert study.status_code == 200, study.text
+        [part] = _parts(study)
+        dataset = pydicom.dcmread(io.BytesIO(part))
+        assert dataset.StudyInstanceUID == mine[name]
+        values = {str(e.value) for e in _elements(dataset) if e.tag != 0x7FE00010}
+        assert not {v for v in values for o in originals if o == v or (len(o) > 12 and o in v)}
+        assert dataset.PatientIdentityRemoved == "YES"
+        assert "113107" in {c.CodeValue for c in dataset.DeidentificationMethodCodeSequence}
+        seen_patients[name] = dataset.PatientID
+    # one patient at three hospitals: one pseudonym in the retrieved files, as in the rows
+    assert len(set(seen_patients.values())) == 1
+    assert seen_patients["north"] == by_uid[mine["north"]]["patient_id"]
+    # a pseudonym no research answer showed, and a treatment token, are refused
+    unknown = world.client.get(
+        f"/api/federated/research/studies/{generate_uid()}/metadata", headers=headers
+    )
+    assert unknown.status_code == 404
+    treatment = world.context("dr-north", purpose="treatment", patient=world.patient)
+    refused = world.client.get(f"{url}/metadata", headers=treatment)
+    assert refused.status_code == 403
+    records = [
+        r
+        for r in audit_records(world.home)
+        if r["event_code"] == "110103" and (r["detail"] or {}).get("purpose") == "research"
+    ]
+    assert {r["resource_id"] for r in records} >= {
+        world.studies["north"],
+        world.studies["lakeside"],
+    }

@@ -10,22 +10,29 @@ audit record: :mod:`serving.federation`.
 
 from __future__ import annotations
 
+import json
 import re
-from typing import Annotated
+from collections.abc import Iterator
+from typing import Annotated, Any
 from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import Response
+from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel
+from starlette.background import BackgroundTask
 
+from core.audit import AuditAction, AuditEventCode
 from core.db.models import Role
 from core.exceptions import PatientContextError
 from core.security import Principal
 from core.security.principal import Purpose
-from serving.api._dicomweb import public_root
-from serving.api.security import context, request_actor, require_purpose
-from serving.federation import FederatedAnswer, SearchRequest, imaging_study_bundle
+from imaging.exceptions import BurnedInAnnotationError
+from serving.api._dicomweb import DICOM_JSON, public_root
+from serving.api._params import StudyUID
+from serving.api.security import audit_request, context, request_actor, require_purpose
+from serving.federation import FederatedAnswer, FederatedStudy, SearchRequest, imaging_study_bundle
+from serving.federation.research import ResearchStudy
 
 __all__ = ["router"]
 
@@ -147,9 +154,7 @@ def federated_studies(
             StudyOut(
                 study_instance_uid=s.study_instance_uid,
                 held_by=list(s.held_by),
-                retrieve_urls={
-                    h: f"{wado_base(request, h)}/studies/{s.study_instance_uid}" for h in s.held_by
-                },
+                retrieve_urls=_retrieve_urls(request, caller, s),
                 patient_key=s.patient_key,
                 patient_id=s.patient_id,
                 issuer_of_patient_id=s.issuer_of_patient_id,
@@ -165,6 +170,88 @@ def federated_studies(
             for s in answer.studies
         ],
     )
+
+
+def _retrieve_urls(request: Request, caller: Principal, study: FederatedStudy) -> dict[str, str]:
+    """Where to retrieve a row: per holding hospital (treatment), or by its pseudonym alone
+    (research, :mod:`serving.federation.research`)."""
+    if caller.purpose is Purpose.RESEARCH:
+        root = public_root(request)
+        return {"research": f"{root}/api/federated/research/studies/{study.study_instance_uid}"}
+    return {h: f"{wado_base(request, h)}/studies/{study.study_instance_uid}" for h in study.held_by}
+
+
+Researcher = Annotated[
+    Principal,
+    Depends(require_purpose(Purpose.RESEARCH, roles=(Role.RESEARCHER, Role.ADMIN))),
+]
+_PARTS_BOUNDARY = "radcloud-research-part"
+
+
+def _record_research(
+    request: Request, caller: Principal, found: ResearchStudy, what: str, detail: dict[str, Any]
+) -> None:
+    audit_request(
+        request,
+        AuditEventCode.INSTANCES_ACCESSED,
+        principal=caller,
+        action=AuditAction.READ,
+        resource_type="study",
+        resource_id=found.original_uid,
+        detail={
+            "federated": True,
+            "purpose": "research",
+            "deidentified_uid": found.deidentified_uid,
+            "hospital": found.hospital,
+            "what": what,
+        }
+        | detail,
+    )
+
+
+@router.get("/federated/research/studies/{study}/metadata")
+def research_study_metadata(request: Request, caller: Researcher, study: StudyUID) -> Response:
+    """A research row's study metadata (DICOM JSON), by its pseudonym, de-identified (PS3.15
+    Basic Profile, modified dates); instances that may carry burned-in annotation are left out
+    and counted in ``X-Radcloud-Withheld``."""
+    ctx = context(request)
+    found = ctx.research.resolve(study)
+    datasets, withheld = ctx.research.metadata(found)
+    _record_research(request, caller, found, "metadata", {"withheld": withheld})
+    return Response(
+        json.dumps(datasets),
+        media_type=DICOM_JSON,
+        headers={"X-Radcloud-Withheld": str(withheld)},
+    )
+
+
+@router.get("/federated/research/studies/{study}")
+def research_study(request: Request, caller: Researcher, study: StudyUID) -> Response:
+    """A research row's study (multipart/related; application/dicom), by its pseudonym, each
+    instance de-identified as it arrives from the holding node; instances that may carry
+    burned-in annotation are left out (counted in the audit record)."""
+    ctx = context(request)
+    found = ctx.research.resolve(study)
+    withheld: list[BurnedInAnnotationError] = []
+    sent = [0]
+
+    def parts() -> Iterator[bytes]:
+        for data in ctx.research.instances(found, withheld):
+            sent[0] += 1
+            yield (
+                f"--{_PARTS_BOUNDARY}\r\nContent-Type: application/dicom\r\n\r\n".encode()
+                + data
+                + b"\r\n"
+            )
+        yield f"--{_PARTS_BOUNDARY}--\r\n".encode()
+
+    def record() -> None:
+        _record_research(
+            request, caller, found, "instances", {"sent": sent[0], "withheld": len(withheld)}
+        )
+
+    media = f'multipart/related; type="application/dicom"; boundary={_PARTS_BOUNDARY}'
+    return StreamingResponse(parts(), media_type=media, background=BackgroundTask(record))
 
 
 def _fhir_date(started: list[str]) -> str | None:
