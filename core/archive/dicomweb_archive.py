@@ -18,6 +18,7 @@ answer chunk by chunk for the federated pass-through. Resources from a search ca
 
 from __future__ import annotations
 
+import functools
 import io
 import logging
 import re
@@ -28,6 +29,7 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import certifi
 import httpx
 import pydicom
 from pydicom.errors import InvalidDicomError
@@ -96,6 +98,23 @@ _INCLUDE = {  # beyond PS3.18 Table 6.7.1-2a's defaults: the issuer makes a Pati
 _TRANSFER_SYNTAX = re.compile(r'transfer-syntax\s*=\s*(?:"([0-9.]+)"|([0-9.]+))', re.IGNORECASE)
 
 
+def _ssl_context(ca_file: str | None) -> ssl.SSLContext:
+    """The TLS context of a node: its CA file's, or the system's (certifi) trust store.
+
+    Built once per CA file (and again when the file changes): httpx would load the whole trust
+    store for every client, 25-60 ms of CPU per federated search of a node
+    (``benchmarks/results/2026-12-06-vm-cpu.json``, the federation suite's notes).
+    """
+    if ca_file is None:
+        return _cached_context(None, 0.0)
+    return _cached_context(ca_file, Path(ca_file).stat().st_mtime)
+
+
+@functools.lru_cache(maxsize=32)
+def _cached_context(ca_file: str | None, _mtime: float) -> ssl.SSLContext:
+    return ssl.create_default_context(cafile=ca_file or certifi.where())
+
+
 def _unsupported(operation: str, url: str, why: str) -> ArchiveUnsupportedError:
     return ArchiveUnsupportedError(operation, url, why)
 
@@ -149,14 +168,12 @@ class DicomwebArchive:
         self.max_find_results = max_find_results
         self.timeout = dicomweb_timeout(connect_timeout_s, read_timeout_s)
         headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
-        verify: ssl.SSLContext | bool = True
-        if ca_file is not None:
-            try:
-                verify = ssl.create_default_context(cafile=str(ca_file))
-            except (OSError, ssl.SSLError) as exc:
-                raise ArchiveError(
-                    f'the CA file "{ca_file}" of DICOMweb node {self._url} cannot be used: {exc}'
-                ) from exc
+        try:
+            verify = _ssl_context(str(ca_file) if ca_file is not None else None)
+        except (OSError, ssl.SSLError) as exc:
+            raise ArchiveError(
+                f'the CA file "{ca_file}" of DICOMweb node {self._url} cannot be used: {exc}'
+            ) from exc
         self._client = httpx.Client(
             base_url=f"{self._url}/",
             auth=(username, password) if username is not None and password is not None else None,

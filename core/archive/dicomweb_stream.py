@@ -49,7 +49,7 @@ logger = logging.getLogger(__name__)
 
 UNAVAILABLE_STATUSES = frozenset({401, 403, 408, 429})
 REFUSED_STATUSES = frozenset({401, 403})
-CHUNK_BYTES = 64 * 1024
+CHUNK_BYTES = 256 * 1024  # 64 KiB chunks relayed at about half the throughput (federation bench)
 
 
 class NodeStatus(StrEnum):

@@ -39,6 +39,7 @@ from core.archive import (
     open_local_dicomweb,
     open_node_archive,
 )
+from core.archive.dicomweb_stream import CHUNK_BYTES
 from core.config import Settings, load_settings
 from core.secrets import Secrets, load_secrets
 from radcloud.services import Supervisor, orthanc_component
@@ -207,9 +208,10 @@ def test_streaming_a_study_relays_chunks_without_buffering(
         parsed_peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
-    assert chunks > 10 and received > total
-    assert relayed_peak < total / 4, (relayed_peak, total)  # never the whole study at once
-    assert parsed_peak < total / 4, (parsed_peak, total)
+    assert chunks >= total // CHUNK_BYTES > 1 and received > total  # relayed as it arrives
+    # never the whole study at once: a few chunks' worth (httpx's and the decoder's buffers)
+    assert relayed_peak < min(total / 2, 8 * CHUNK_BYTES), (relayed_peak, total)
+    assert parsed_peak < min(total / 2, 8 * CHUNK_BYTES), (parsed_peak, total)
     assert parts == 50 and sorted(seen) == uids
     # the shared function over any client: an unknown study's answer is relayed as it is
     with open_dicomweb_stream(archive.http_client, f"studies/{generate_uid()}") as missing:
