@@ -23,7 +23,7 @@ from pydicom import Dataset
 from sqlalchemy import select
 
 from core.audit import AuditTrail
-from core.db.models import Role, Study, StudyState, WorklistItem
+from core.db.models import AuditEvent, Role, Study, StudyState, WorklistItem
 from core.exceptions import AlreadyExistsError
 from core.secrets import load_secrets
 from core.security import Accounts, Actor
@@ -40,6 +40,7 @@ NORTH, SOUTH = "North Infirmary", "South General"
 SENDERS = {NORTH: "PRIORS-NORTH", SOUTH: "PRIORS-SOUTH"}
 OFFLINE = "Eastbrook Offline"  # a remote node registered but not running
 READER = "dr-north-priors"  # a radiologist of North
+OPERATOR = "admin-priors"  # a platform operator's admin: no hospital of its own
 PASSWORD = "priors-reader-password-1"
 SEED = 1515
 DOCS_IMAGES = Path(__file__).resolve().parents[2] / "docs" / "images"
@@ -102,10 +103,11 @@ def shared_patient(
         for hospital, ae_title in SENDERS.items():
             if ae_title not in known:
                 registry.add_sender(ae_title, hospital, "127.0.0.1", actor=actor)
+        accounts = Accounts(db, audit)
         with contextlib.suppress(AlreadyExistsError):
-            Accounts(db, audit).add_user(
-                READER, Role.RADIOLOGIST, PASSWORD, hospitals=[NORTH], actor=actor
-            )
+            accounts.add_user(READER, Role.RADIOLOGIST, PASSWORD, hospitals=[NORTH], actor=actor)
+        with contextlib.suppress(AlreadyExistsError):
+            accounts.add_user(OPERATOR, Role.ADMIN, PASSWORD, platform_operator=True, actor=actor)
     finally:
         db.dispose()
     authorities = stack.cli("patients", "authority", "list").stdout
@@ -199,3 +201,47 @@ def test_a_reader_sees_a_prior_from_another_hospital_and_opens_it_read_only(
         expect(page.get_by_test_id(control)).to_have_count(0)
     expect(page.get_by_role("button", name="Release")).to_have_count(0)
     page.screenshot(path=DOCS_IMAGES / "remote-study.png")
+
+    # Each image came through radcloud's federated WADO-RS, audited for the reader and South.
+    fetched = [
+        event.detail
+        for event in _audit_events(shared_patient.stack, READER)
+        if event.detail.get("federated") and event.outcome == 0
+    ]
+    frames = [d for d in fetched if "/frames/" in str(d.get("path"))]
+    assert frames and all(d["hospital"] == SOUTH for d in frames), fetched[-3:]
+    assert {d["purpose"] for d in fetched} == {"treatment"}
+
+
+def test_without_a_care_relationship_priors_are_refused_plainly(
+    page: Page, shared_patient: SharedPatient
+) -> None:
+    """A platform operator's admin holds no identifier of the patient: the treatment token is
+    refused without a reason, and the panel says so and offers nothing (no break-glass)."""
+    north, south = shared_patient.north.study_instance_uid, shared_patient.south.study_instance_uid
+    sign_in(page, OPERATOR, PASSWORD)
+    expect(page.get_by_test_id("user-name")).to_contain_text(OPERATOR)
+    page.goto(f"/app/viewer.html?study={north}")
+    expect(page.get_by_test_id("viewport")).to_have_attribute("data-loaded", "true")
+    panel = page.get_by_test_id("priors-panel")
+    expect(panel.get_by_test_id("priors-refused")).to_contain_text("no record of this patient")
+    expect(panel.get_by_test_id("prior")).to_have_count(0)
+    expect(panel.locator("input, textarea, button, a")).to_have_count(0)
+    assert page.evaluate("sessionStorage.getItem('radcloud.context')") is None
+    # nor does the read-only viewer open South's study for it by URL
+    page.goto(f"/app/viewer.html?hospital={quote(SOUTH)}&study={south}&federated=1")
+    expect(page.locator("#banner")).to_contain_text("No patient context")
+    expect(page.get_by_test_id("viewport")).to_have_attribute("data-loaded", "false")
+
+
+def _audit_events(stack: Stack, user: str) -> list[AuditEvent]:
+    db = stack.database()
+    try:
+        with db.session() as session:
+            events = session.scalars(
+                select(AuditEvent).where(AuditEvent.user_name == user).order_by(AuditEvent.seq)
+            ).all()
+            session.expunge_all()
+            return list(events)
+    finally:
+        db.dispose()

@@ -129,10 +129,13 @@ export class RemoteViewerPage {
     initCornerstone(this.source);
     this.stack = new StackView(this.element);
     this.tools = new ViewerTools();
-    this.stack.firstRender().then(() => {
-      performance.mark('radcloud:first-image');
-      this.element.dataset.loaded = 'true';
-      this.showWindowLevel(this.stack.windowLevel());
+    // loaded once an image of a series is drawn (an empty viewport renders too, on resize)
+    this.stack.onRender(() => {
+      if (this.series && this.stack.imageIds.length && this.element.dataset.loaded !== 'true') {
+        performance.mark('radcloud:first-image');
+        this.element.dataset.loaded = 'true';
+        this.showWindowLevel(this.stack.windowLevel());
+      }
     });
     this.stack.onImage((index) => this.showSlice(index));
     this.stack.onWindowLevel((wl) => this.showWindowLevel(wl));
@@ -238,7 +241,8 @@ export class RemoteViewerPage {
     const imageIds = seriesImageIds(this.source, this.studyUid, series);
     this.series = series;
     this.browser?.select(series.series_instance_uid);
-    await this.stack.showStack(imageIds, 0);
+    // a prior is glanced at: a CT or MR opens at its middle slice
+    await this.stack.showStack(imageIds, Math.floor(imageIds.length / 2));
     this.showSlice(this.stack.currentIndex);
     toolUtilities.stackPrefetch.enable(this.element);
   }
