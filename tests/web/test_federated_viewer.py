@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import pytest
@@ -176,6 +177,10 @@ def test_a_reader_sees_a_prior_from_another_hospital_and_opens_it_read_only(
     # The other hospital's study: read-only, South named, the image drawn, no reading controls.
     prior.get_by_test_id("prior-open").click()
     page.wait_for_url(f"**/app/viewer.html?hospital={quote(SOUTH)}&study={south}&federated=1")
+    manifest = _api(shared_patient.stack, READER, f"/api/studies/{north}/viewer")
+    assert manifest["patient_key"], "the viewer manifest names the study's patient key"
+    bound_to = page.evaluate("sessionStorage.getItem('radcloud.context.patient')")
+    assert bound_to == manifest["patient_key"], "the context token is bound to that patient"
     context_token = page.evaluate("sessionStorage.getItem('radcloud.context')")
     assert context_token, "the context token is kept in sessionStorage"
     assert context_token not in page.url, "the context token must never be in the URL"
@@ -232,6 +237,17 @@ def test_without_a_care_relationship_priors_are_refused_plainly(
     page.goto(f"/app/viewer.html?hospital={quote(SOUTH)}&study={south}&federated=1")
     expect(page.locator("#banner")).to_contain_text("No patient context")
     expect(page.get_by_test_id("viewport")).to_have_attribute("data-loaded", "false")
+
+
+def _api(stack: Stack, user: str, path: str) -> Any:
+    """``user``'s JSON answer to ``GET path`` (signed in with the password, as the app is)."""
+    with stack.client() as client:
+        signed_in = client.post("/api/auth/token", data={"username": user, "password": PASSWORD})
+        assert signed_in.status_code == 200, signed_in.text
+        client.headers["Authorization"] = f"Bearer {signed_in.json()['access_token']}"
+        answer = client.get(path)
+    assert answer.status_code == 200, f"{path}: {answer.status_code} {answer.text[:300]}"
+    return answer.json()
 
 
 def _audit_events(stack: Stack, user: str) -> list[AuditEvent]:
