@@ -77,6 +77,7 @@ class Manifest:
     series: list[ViewerSeries]
     findings: list[AiFinding]
     report: SignedReport | None
+    patient_key: str | None = None  # the radcloud patient key (core.identity), for priors
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ study of another hospital is not found.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -16,6 +17,7 @@ from typing import Any
 from core.archive import ImageArchive
 from core.audit import AuditAction, AuditOutcome, AuditTrail
 from core.db import Database
+from core.identity import PatientIdentity
 from core.security import Actor
 from serving._audit import record_study, study_patient_ids
 from serving._scope import require_study_in_scope
@@ -63,10 +65,14 @@ class ReadingService:
 
     def manifest(self, study_instance_uid: str, *, caller: Actor) -> Manifest:
         """The study's series, AI findings, reading state and report
-        (:func:`~serving.reading.manifest.build_manifest`)."""
+        (:func:`~serving.reading.manifest.build_manifest`), with the study's patient key
+        (:meth:`core.identity.PatientIdentity.patient_of_study`; ``None`` when the study has no
+        Patient ID), with which the viewer asks for the patient's priors at other hospitals."""
         require_study_in_scope(self._db, self._audit, study_instance_uid, caller=caller)
         with archive_errors():
             manifest = build_manifest(self._db, self._archive, study_instance_uid)
+        patient_key = PatientIdentity(self._db, self._audit).patient_of_study(study_instance_uid)
+        manifest = dataclasses.replace(manifest, patient_key=patient_key)
         self._record(
             caller,
             study_instance_uid,

@@ -169,17 +169,22 @@ def csp_violations() -> list[str]:
     return []
 
 
+@pytest.fixture(scope="module")
+def web_origin(reading_room: ReadingRoom) -> str:
+    """The origin ``page`` opens: the reading room's API (a module with studies of its own
+    overrides this fixture, e.g. ``tests/web/test_federated_viewer.py``)."""
+    return reading_room.base_url
+
+
 @pytest.fixture
 def page(
     browser: Browser,
-    reading_room: ReadingRoom,
+    web_origin: str,
     request: pytest.FixtureRequest,
     csp_violations: list[str],
 ) -> Iterator[Page]:
     """A page in a fresh browser context on the app's origin (no token, empty cache)."""
-    context = browser.new_context(
-        base_url=reading_room.base_url, viewport={"width": 1440, "height": 900}
-    )
+    context = browser.new_context(base_url=web_origin, viewport={"width": 1440, "height": 900})
     violations = csp_violations
 
     def on_violation(report: str) -> None:  # a Python function: Playwright tags it

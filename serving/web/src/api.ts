@@ -2,6 +2,7 @@
 // wrapper that adds the bearer token and turns every failure into an ApiError a page can show.
 
 import { getToken } from './auth';
+import { getContextToken } from './context';
 
 // -- payloads ------------------------------------------------------------------------------------
 
@@ -145,6 +146,8 @@ export interface ViewerManifest {
   series: ManifestSeries[];
   findings: Finding[];
   report: SignedReport | null;
+  /** The radcloud patient key of the study's patient (null: the study names no Patient ID). */
+  patient_key: string | null;
 }
 
 export interface MaskFrame {
@@ -178,6 +181,72 @@ export interface SignAnswer {
 
 /** A DICOM JSON dataset (PS3.18 F.2): tag -> {vr, Value}. */
 export type DicomJson = Record<string, { vr: string; Value?: unknown[] }>;
+
+/** POST /api/auth/context-token: a short-lived token bound to a purpose (and a patient). */
+export interface ContextTokenAnswer {
+  access_token: string;
+  expires_in: number;
+  purpose: string;
+  patient: string | null;
+  break_glass: boolean;
+}
+
+/** How one hospital's node answered a federated search. */
+export interface FederatedNode {
+  hospital: string;
+  kind: string;
+  state: string; // ok | timeout | error | refused
+  studies: number;
+  elapsed_ms: number;
+  reason: string | null;
+}
+
+/** A study of the patient at one or more hospitals. */
+export interface FederatedStudy {
+  study_instance_uid: string;
+  held_by: string[];
+  retrieve_urls: Record<string, string>;
+  patient_id: string | null;
+  patient_name: string | null;
+  study_date: string | null;
+  accession_number: string | null;
+  study_description: string | null;
+  modalities_in_study: string[];
+  number_of_study_related_series: number | null;
+  number_of_study_related_instances: number | null;
+}
+
+/** GET /api/federated/studies: the merged studies and every node's state. */
+export interface FederatedStudies {
+  purpose: string;
+  patient_key: string | null;
+  partial: boolean;
+  nodes: FederatedNode[];
+  studies: FederatedStudy[];
+}
+
+/**
+ * A DICOMweb service the viewer reads images from, and the bearer token it takes: the API's
+ * own /dicom-web with the signed-in user's token, or another hospital's study through
+ * radcloud's federated WADO-RS with the patient's context token.
+ */
+export interface DicomWebSource {
+  /** The service's root path on this origin, without a trailing slash. */
+  readonly base: string;
+  /** The bearer token to send, read at each request (it may be renewed meanwhile). */
+  token(): string | null;
+}
+
+/** The API's own DICOMweb (studies of the caller's hospitals; the user's token). */
+export const LOCAL_DICOMWEB: DicomWebSource = { base: '/dicom-web', token: getToken };
+
+/** ``hospital``'s studies through radcloud's federated WADO-RS (the context token). */
+export function federatedDicomWeb(hospital: string): DicomWebSource {
+  return {
+    base: `/api/federated/hospitals/${encodeURIComponent(hospital)}/dicom-web`,
+    token: getContextToken,
+  };
+}
 
 // -- errors --------------------------------------------------------------------------------------
 
@@ -227,17 +296,24 @@ function describe(status: number, body: Record<string, unknown> | null, fallback
 // -- requests ------------------------------------------------------------------------------------
 
 /** Headers for a call on the user's behalf (the bearer token when signed in). */
-export function authHeaders(extra: Record<string, string> = {}): Record<string, string> {
-  const token = getToken();
+export function authHeaders(
+  extra: Record<string, string> = {},
+  token: string | null = getToken(),
+): Record<string, string> {
   return token ? { ...extra, Authorization: `Bearer ${token}` } : extra;
 }
 
-async function send(path: string, init: RequestInit = {}): Promise<Response> {
+/** `path` fetched with `token` (by default the signed-in user's). */
+async function send(
+  path: string,
+  init: RequestInit = {},
+  token: string | null = getToken(),
+): Promise<Response> {
   let response: Response;
   try {
     response = await fetch(path, {
       ...init,
-      headers: authHeaders((init.headers as Record<string, string> | undefined) ?? {}),
+      headers: authHeaders((init.headers as Record<string, string> | undefined) ?? {}, token),
     });
   } catch (error) {
     throw new ApiError(0, `Cannot reach radcloud (${String(error)}): check the network`);
@@ -255,8 +331,12 @@ async function send(path: string, init: RequestInit = {}): Promise<Response> {
   return response;
 }
 
-async function getJson<T>(path: string, accept = 'application/json'): Promise<T> {
-  const response = await send(path, { headers: { Accept: accept } });
+async function getJson<T>(
+  path: string,
+  accept = 'application/json',
+  token: string | null = getToken(),
+): Promise<T> {
+  const response = await send(path, { headers: { Accept: accept } }, token);
   return (await response.json()) as T;
 }
 
@@ -318,25 +398,53 @@ export const getFindingMask = (uid: string, resultId: number): Promise<FindingMa
 export const signReport = (uid: string, request: SignRequest): Promise<SignAnswer> =>
   postJson<SignAnswer>(`/api/studies/${enc(uid)}/sign`, request);
 
+/**
+ * POST /api/auth/context-token for treatment of `patient` (the user's token): no reason is
+ * sent, so a patient the user's hospitals have no record of is refused (403), never opened by
+ * break-glass from here.
+ */
+export const requestTreatmentToken = (patient: string): Promise<ContextTokenAnswer> =>
+  postJson<ContextTokenAnswer>('/api/auth/context-token', { purpose: 'treatment', patient });
+
+/** GET /api/federated/studies with a treatment context token: the patient's studies everywhere. */
+export const getFederatedStudies = (contextToken: string): Promise<FederatedStudies> =>
+  getJson<FederatedStudies>('/api/federated/studies', 'application/json', contextToken);
+
+/** QIDO-RS of a study's series (PS3.18 10.6.1.2.2) from `source`. */
+export const searchForSeries = (source: DicomWebSource, study: string): Promise<DicomJson[]> =>
+  getJson<DicomJson[]>(`${source.base}/studies/${enc(study)}/series`, 'application/dicom+json',
+    source.token());
+
 /** WADO-RS series metadata (PS3.18 10.4.1.1.2): one DICOM JSON dataset per instance. */
-export const getSeriesMetadata = (study: string, series: string): Promise<DicomJson[]> =>
+export const getSeriesMetadata = (
+  source: DicomWebSource,
+  study: string,
+  series: string,
+): Promise<DicomJson[]> =>
   getJson<DicomJson[]>(
-    `/dicom-web/studies/${enc(study)}/series/${enc(series)}/metadata`,
+    `${source.base}/studies/${enc(study)}/series/${enc(series)}/metadata`,
     'application/dicom+json',
+    source.token(),
   );
 
-/** The WADO-RS path of an instance (PS3.18 10.4.1.1.1), below the API's /dicom-web. */
-export function instancePath(study: string, series: string, instance: string): string {
-  return `/dicom-web/studies/${enc(study)}/series/${enc(series)}/instances/${enc(instance)}`;
+/** The WADO-RS path of an instance (PS3.18 10.4.1.1.1) below `source`'s base. */
+export function instancePath(
+  source: DicomWebSource,
+  study: string,
+  series: string,
+  instance: string,
+): string {
+  return `${source.base}/studies/${enc(study)}/series/${enc(series)}/instances/${enc(instance)}`;
 }
 
-/** A rendered (JPEG) instance as a blob, for thumbnails: `<img>` cannot send the token. */
+/** A rendered (JPEG) instance of the API's own DICOMweb as a blob, for thumbnails: `<img>`
+ * cannot send the token. */
 export async function getRenderedInstance(
   study: string,
   series: string,
   instance: string,
 ): Promise<Blob> {
-  const response = await send(`${instancePath(study, series, instance)}/rendered`, {
+  const response = await send(`${instancePath(LOCAL_DICOMWEB, study, series, instance)}/rendered`, {
     headers: { Accept: 'image/jpeg' },
   });
   return response.blob();

@@ -1,6 +1,8 @@
 // The signed-in user's token, kept in sessionStorage (gone with the tab; never in localStorage),
 // and the way back to the sign-in page.
 
+import { clearContextToken } from './context';
+
 const TOKEN_KEY = 'radcloud.token';
 const EXPIRES_KEY = 'radcloud.token.expires';
 
@@ -21,14 +23,19 @@ export function storeToken(token: string, expiresInSeconds: number): void {
   sessionStorage.setItem(EXPIRES_KEY, String(expires));
 }
 
+/** Forget the sign-in token, and with it any patient context token it got. */
 export function clearToken(): void {
   sessionStorage.removeItem(TOKEN_KEY);
   sessionStorage.removeItem(EXPIRES_KEY);
+  clearContextToken();
 }
 
-/** Only pages of this app may be returned to after signing in (no open redirect). */
+/** Only pages of this app may be returned to after signing in (no open redirect): a viewer
+ * of a study of the user's hospitals, or of another hospital's (read-only) study. */
 export function safeNext(next: string | null): string | null {
-  return next && /^viewer\.html\?study=[0-9.]{1,64}$/.test(next) ? next : null;
+  const local = /^viewer\.html\?study=[0-9.]{1,64}$/;
+  const remote = /^viewer\.html\?hospital=[A-Za-z0-9%._~-]{1,384}&study=[0-9.]{1,64}&federated=1$/;
+  return next && (local.test(next) || remote.test(next)) ? next : null;
 }
 
 /** Leave for the sign-in page, coming back to this viewer page afterwards. */

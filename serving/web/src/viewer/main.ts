@@ -12,6 +12,7 @@ import {
   getMe,
   getViewerConfig,
   getViewerManifest,
+  LOCAL_DICOMWEB,
   releaseStudy,
   type Finding,
   type ManifestSeries,
@@ -32,18 +33,13 @@ import {
 } from '../ui';
 import { initCornerstone, loadSeriesMetadata, seriesImageIds } from './cornerstone';
 import { AiOverlay } from './overlay';
+import { PriorsPanel } from './priors';
+import { RemoteViewerPage } from './remote';
 import { ReportPanel, type Mark } from './report';
 import { SeriesBrowser } from './series';
-import { isTypingTarget, StackView, type WindowLevel } from './stack';
-import { CHOOSABLE_TOOLS, ViewerTools, type ToolKey } from './tools';
-
-const FALLBACK_PRESETS: ViewerConfig['presets'] = [
-  { name: 'CT brain', window: 80, level: 40 },
-  { name: 'Subdural', window: 200, level: 80 },
-  { name: 'Stroke', window: 40, level: 40 },
-  { name: 'Bone', window: 2800, level: 600 },
-  { name: 'Lung', window: 1500, level: -600 },
-];
+import { FALLBACK_PRESETS, renderPresets, renderToolButtons } from './controls';
+import { StackView, type WindowLevel } from './stack';
+import { ViewerTools } from './tools';
 
 // The viewer starts loading the study (docs/reading-app.md; read by benchmarks/viewer.py).
 performance.mark('radcloud:open');
@@ -127,7 +123,7 @@ class ViewerPage {
       return;
     }
     renderUserBar(byId('user-bar'), this.me);
-    this.renderPresets(config?.presets ?? FALLBACK_PRESETS);
+    renderPresets(byId('presets'), config?.presets ?? FALLBACK_PRESETS, this.stack);
     this.browser = new SeriesBrowser(byId('series-browser'), this.studyUid,
       (series) => void this.switchSeries(series, 0));
     const perSeries = new Map<string, number>();
@@ -150,6 +146,8 @@ class ViewerPage {
       signInAgain: goToSignIn,
     });
     this.renderReading();
+    void new PriorsPanel(byId('priors-panel'), this.studyUid, goToSignIn)
+      .load(manifest.patient_key, this.me);
   }
 
   /** The series of the first finding at its first slice, else the first series' first image. */
@@ -176,8 +174,8 @@ class ViewerPage {
       await this.stack.goTo(index);
       return;
     }
-    await loadSeriesMetadata(this.studyUid, series);
-    const imageIds = seriesImageIds(this.studyUid, series);
+    await loadSeriesMetadata(LOCAL_DICOMWEB, this.studyUid, series);
+    const imageIds = seriesImageIds(LOCAL_DICOMWEB, this.studyUid, series);
     this.series = series;
     this.browser?.select(series.series_instance_uid);
     await this.stack.showStack(imageIds, index);
@@ -291,48 +289,13 @@ class ViewerPage {
   }
 
   private bindToolbar(): void {
-    const toolbar = byId('tools');
-    for (const [key, tool] of Object.entries(CHOOSABLE_TOOLS) as [ToolKey, typeof CHOOSABLE_TOOLS[ToolKey]][]) {
-      const button = h('button', { type: 'button', class: 'tool', 'data-testid': key,
-        title: tool.title, 'aria-pressed': String(key === this.tools.activeTool) }, tool.label);
-      button.addEventListener('click', () => {
-        this.tools.choose(key);
-        toolbar.querySelectorAll<HTMLButtonElement>('button.tool').forEach((other) =>
-          other.setAttribute('aria-pressed', String(other === button)));
-      });
-      toolbar.append(button);
-    }
-    const reset = h('button', { type: 'button', class: 'secondary', 'data-testid': 'reset-view',
-      title: 'Reset zoom, pan and window' }, 'Reset');
-    reset.addEventListener('click', () => this.stack.reset());
-    toolbar.append(reset);
+    renderToolButtons(byId('tools'), this.tools, this.stack);
 
     const toggle = byId<HTMLInputElement>('overlay-toggle');
     const opacity = byId<HTMLInputElement>('overlay-opacity');
     toggle.addEventListener('change', () => this.overlay.setVisible(toggle.checked));
     opacity.addEventListener('input', () => this.overlay.setOpacity(Number(opacity.value) / 100));
     this.overlay.setOpacity(Number(opacity.value) / 100);
-  }
-
-  private renderPresets(presets: ViewerConfig['presets']): void {
-    const container = byId('presets');
-    container.replaceChildren(...presets.map((preset, position) => {
-      const button = h('button', { type: 'button', class: 'preset', 'data-testid': 'preset',
-        'data-preset-name': preset.name,
-        title: `W ${preset.window} L ${preset.level}${position < 9 ? ` (key ${position + 1})` : ''}`,
-      }, preset.name);
-      button.addEventListener('click', () => this.stack.applyPreset(preset));
-      return button;
-    }));
-    document.addEventListener('keydown', (event) => {
-      if (isTypingTarget(event.target) || event.ctrlKey || event.metaKey || event.altKey) {
-        return;
-      }
-      const preset = presets[Number(event.key) - 1];
-      if (/^[1-9]$/.test(event.key) && preset) {
-        this.stack.applyPreset(preset);
-      }
-    });
   }
 
   private renderOverlayState(): void {
@@ -366,13 +329,19 @@ class ViewerPage {
 }
 
 function start(): void {
-  const study = new URLSearchParams(location.search).get('study');
+  const params = new URLSearchParams(location.search);
+  const study = params.get('study');
   if (!study || !/^[0-9.]{1,64}$/.test(study)) {
     showBanner('No study given: open one from the worklist.');
     return;
   }
   if (!getToken()) {
     goToSignIn();
+    return;
+  }
+  const hospital = params.get('hospital');
+  if (params.get('federated') === '1' && hospital) {
+    void new RemoteViewerPage(hospital, study).open();
     return;
   }
   void new ViewerPage(study).open();

@@ -1,5 +1,7 @@
 // The series browser: one thumbnail per image series (the middle instance, rendered by the
 // server; fetched with the token and shown through a blob URL, since <img> cannot send it).
+// Another hospital's study has no rendered thumbnails (federated WADO-RS serves no /rendered):
+// its series are listed without previews.
 
 import { getRenderedInstance, type ManifestSeries } from '../api';
 import { h } from '../ui';
@@ -11,12 +13,16 @@ export class SeriesBrowser {
     private readonly container: HTMLElement,
     private readonly studyUid: string,
     private readonly onChoose: (series: ManifestSeries) => void,
+    private readonly previews = true,
   ) {}
 
   render(series: ManifestSeries[], badges: Map<string, number>): void {
     this.container.replaceChildren(h('h2', {}, 'Series'));
     for (const entry of series) {
       const image = h('img', { alt: '', width: 96, height: 96, loading: 'lazy' });
+      const frame = this.previews
+        ? h('span', { class: 'thumb-frame' }, image)
+        : null;
       const findings = badges.get(entry.series_instance_uid) ?? 0;
       const item = h('button', {
         type: 'button',
@@ -25,7 +31,7 @@ export class SeriesBrowser {
         'data-series-uid': entry.series_instance_uid,
         title: entry.series_description ?? '',
       },
-      h('span', { class: 'thumb-frame' }, image),
+      frame,
       h('span', { class: 'thumb-text' },
         h('strong', {}, `${entry.modality ?? ''} ${entry.series_number ?? ''}`.trim() || 'Series'),
         h('span', {}, entry.series_description ?? ''),
@@ -34,7 +40,9 @@ export class SeriesBrowser {
       item.addEventListener('click', () => this.onChoose(entry));
       this.items.set(entry.series_instance_uid, item);
       this.container.append(item);
-      void this.loadThumbnail(entry, image);
+      if (this.previews) {
+        void this.loadThumbnail(entry, image);
+      }
     }
   }
 
