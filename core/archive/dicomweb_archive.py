@@ -174,13 +174,14 @@ class DicomwebArchive:
             raise ArchiveError(
                 f'the CA file "{ca_file}" of DICOMweb node {self._url} cannot be used: {exc}'
             ) from exc
-        self._client = httpx.Client(
-            base_url=f"{self._url}/",
-            auth=(username, password) if username is not None and password is not None else None,
-            headers=headers,
-            timeout=self.timeout,
-            verify=verify,
-        )
+        self._client_options: dict[str, Any] = {
+            "base_url": f"{self._url}/",
+            "auth": (username, password) if username is not None and password is not None else None,
+            "headers": headers,
+            "timeout": self.timeout,
+            "verify": verify,
+        }
+        self._client = httpx.Client(**self._client_options)
 
     def __repr__(self) -> str:  # never the credentials
         return f"DicomwebArchive({self._url!r})"
@@ -195,6 +196,11 @@ class DicomwebArchive:
         """The authenticated client (``base_url`` the service root), for
         :func:`~core.archive.open_dicomweb_stream`."""
         return self._client
+
+    def async_http_client(self) -> httpx.AsyncClient:
+        """A new asynchronous client with the same root, credentials, TLS and timeouts, for a
+        relay on an event loop (close it)."""
+        return httpx.AsyncClient(**self._client_options)
 
     def __enter__(self) -> DicomwebArchive:
         return self

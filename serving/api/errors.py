@@ -15,10 +15,14 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.exception_handlers import request_validation_exception_handler
+from fastapi.exception_handlers import (
+    http_exception_handler,
+    request_validation_exception_handler,
+)
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from core.exceptions import (
     AlreadyExistsError,
@@ -108,5 +112,17 @@ def install_error_handlers(app: FastAPI) -> None:
             )
         return await request_validation_exception_handler(request, exc)
 
+    async def handle_http(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, StarletteHTTPException)  # noqa: S101 - registered for it only
+        if exc.status_code == 400 and request.url.path not in _ANONYMOUS_PATHS:
+            # a body FastAPI cannot even decode (e.g. not UTF-8) is refused with 400 before
+            # the route's dependencies run: as for an invalid body, authenticate first
+            try:
+                await run_in_threadpool(require_roles(), request)
+            except AuthenticationError as refused:
+                return _answer(refused)
+        return await http_exception_handler(request, exc)
+
     app.add_exception_handler(RadcloudError, handle)
     app.add_exception_handler(RequestValidationError, handle_invalid)
+    app.add_exception_handler(StarletteHTTPException, handle_http)

@@ -49,6 +49,7 @@ class StudySource:
     prefix: str
     upstream_base: str
     patient_key: str | None
+    async_client: Callable[[], httpx.AsyncClient] = field(repr=False, default=httpx.AsyncClient)
     _close: Callable[[], None] = field(default=lambda: None, repr=False)
 
     def close(self) -> None:
@@ -135,7 +136,16 @@ class FederatedRetrieval:
         if row is None:
             return None
         base = f"{self._settings.orthanc_url}/dicom-web"
-        source = StudySource(hospital, NodeKind.TENANT, self._local, "dicom-web/", base, None)
+        local = self._local
+
+        def async_client() -> httpx.AsyncClient:
+            return httpx.AsyncClient(
+                base_url=local.base_url, auth=local.auth, timeout=local.timeout
+            )
+
+        source = StudySource(
+            hospital, NodeKind.TENANT, local, "dicom-web/", base, None, async_client
+        )
         return source, row.patient_id, row.issuer_of_patient_id
 
     def _remote_source(
@@ -159,6 +169,7 @@ class FederatedRetrieval:
             "",
             archive.url.rstrip("/"),
             None,
+            archive.async_http_client,
             archive.close,
         )
         return source, found[0].get("PatientID"), found[0].get("IssuerOfPatientID")

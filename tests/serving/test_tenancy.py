@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import pydicom
@@ -49,7 +50,15 @@ def _routes() -> list[tuple[str, str]]:
 
 
 ROUTES = _routes()
-STUDY_ROUTES = [(method, path) for method, path in ROUTES if "{study" in path]
+FEDERATED = "/api/federated/"
+"""The cross-hospital door: another hospital's study is reached there only with a
+purpose-bound token of that study's patient (treatment) or by a research pseudonym; a guessed
+study of another patient is 404 there too (tests/serving/test_federation_e2e.py). Here: a
+hospital's users with their ordinary tokens are refused at that door (no purpose)."""
+FEDERATED_ROUTES = [(m, p) for m, p in ROUTES if p.startswith(FEDERATED) and "{study" in p]
+STUDY_ROUTES = [
+    (method, path) for method, path in ROUTES if "{study" in path and not path.startswith(FEDERATED)
+]
 LIST_ROUTES = [path for method, path in ROUTES if method == "GET" and "{" not in path]
 
 
@@ -222,6 +231,7 @@ def _path(template: str, tenant: Tenant, study: str | None = None) -> str:
         "bulk": "7FE00010",
         "result_id": "1",
         "model": "none",
+        "hospital": quote(tenant.hospital, safe=""),
     }
     return template.format(**values)
 
@@ -257,6 +267,7 @@ def test_the_openapi_lists_the_routes_this_test_covers() -> None:
     assert ("POST", "/api/studies/{study_uid}/sign") in STUDY_ROUTES
     assert ("POST", "/api/studies/{study_uid}/amend") in STUDY_ROUTES
     assert "/api/worklist" in LIST_ROUTES and "/dicom-web/studies" in LIST_ROUTES
+    assert len(FEDERATED_ROUTES) >= 10  # treatment WADO-RS and research retrieval
 
 
 @pytest.mark.parametrize(
@@ -282,6 +293,19 @@ def test_another_hospitals_study_is_not_found(
     # the reader assigned to both hospitals is not turned away from B's study
     seen = _call(world.clients["reader"], method, _path(template, b), b)
     assert not _not_found_is_ours(seen, b.study), (seen.status_code, seen.text[:300])
+
+
+@pytest.mark.parametrize(
+    ("method", "template"), FEDERATED_ROUTES, ids=[f"{m} {p}" for m, p in FEDERATED_ROUTES]
+)
+def test_the_federated_door_refuses_a_token_without_purpose(
+    world: World, method: str, template: str
+) -> None:
+    path = _path(template, world.b)
+    for name in ("rad-a", "ml-a", "admin-a", "pacs-a"):
+        answer = _call(world.clients[name], method, path, world.b)
+        assert answer.status_code == 403, (name, answer.status_code, answer.text[:200])
+        assert not any(value in answer.text for value in world.b.identifiers)
 
 
 def test_a_refused_look_at_another_hospitals_study_is_audited(world: World, stack: Stack) -> None:
