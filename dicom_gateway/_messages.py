@@ -3,7 +3,8 @@
 pynetdicom decodes a message's command set on the association's reactor thread, and reads
 (0000,0100) Command Field and (0000,0800) Command Data Set Type without checking that they are
 there or known: a command set without them (or with a Command Field no DIMSE service has) raises
-there, the reactor thread dies, the peer waits for an answer that never comes and the
+there (and a request without (0000,0110) Message ID fails later, building its response), the
+reactor thread dies, the peer waits for an answer that never comes and the
 association is never closed (its slot of ``gateway_max_associations`` stays taken until the
 process ends; found by ``tests/dicom_gateway/test_fuzz_dicom.py``).
 
@@ -29,7 +30,24 @@ _INVALID_PDU = "Evt19"  # PS3.8 Table 9-10: unrecognised or invalid PDU received
 _COMMAND_ELEMENTS = {
     "CommandField": Tag(0x0000, 0x0100),
     "CommandDataSetType": Tag(0x0000, 0x0800),
+    "MessageID": Tag(0x0000, 0x0110),
 }
+
+
+def _check_request(dimse: Any) -> None:
+    """Refuse a decoded request without (0000,0110) Message ID: pynetdicom queues it, and its
+    service then fails building the response (Message ID Being Responded To), on a thread that
+    dies silently: the peer waits for an answer that never comes (the fuzz test's C-STORE-RQ
+    without Message ID waited its whole DIMSE timeout)."""
+    pending = dimse.msg_queue
+    with pending.mutex:
+        if not pending.queue:
+            return
+        _, message = pending.queue[-1]
+        is_request = getattr(message, "MessageIDBeingRespondedTo", None) is None
+        if is_request and getattr(message, "MessageID", None) is None:
+            pending.queue.pop()
+            raise AttributeError("the request has no MessageID")
 
 
 def invalid_message_reason(exc: BaseException) -> str:
@@ -59,6 +77,7 @@ def guard_message_decoding(assoc: Any, on_invalid: Callable[[str], None]) -> Non
     def receive_primitive(primitive: Any) -> None:
         try:
             receive(primitive)
+            _check_request(dimse)
         except Exception as exc:  # noqa: BLE001 - a peer's bytes must never end the reactor thread
             dimse.message = None  # the half-decoded message is dropped
             reason = invalid_message_reason(exc)

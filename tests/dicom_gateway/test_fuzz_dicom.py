@@ -118,6 +118,10 @@ BROKEN_COMMANDS = {
         {"CommandField": C_ECHO_RQ, "CommandDataSetType": None},
         "no (0000,0800) CommandDataSetType",
     ),
+    "no MessageID": (
+        {"CommandField": C_ECHO_RQ, "CommandDataSetType": NO_DATA_SET, "MessageID": None},
+        "no (0000,0110) MessageID",
+    ),
 }
 
 
@@ -128,7 +132,7 @@ def test_a_broken_command_set_aborts_its_association_and_is_audited(
     elements, reason = BROKEN_COMMANDS[broken]
     assoc = associate(gateway.port)
     assert assoc.is_established
-    command = command_set(AffectedSOPClassUID=VERIFICATION, MessageID=1, **elements)
+    command = command_set(**({"AffectedSOPClassUID": VERIFICATION, "MessageID": 1} | elements))
     send_fragments(assoc, assoc.accepted_contexts[0].context_id, (0x03, command))
     # the peer is told at once (A-ABORT), and the association's slot is free again
     assert wait_until(lambda: assoc.is_aborted, timeout_s=10), "no A-ABORT came"
