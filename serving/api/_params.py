@@ -28,3 +28,9 @@ SopUID = Annotated[
     str,
     Path(pattern=SAFE_UID_PATTERN, max_length=UID_MAX_LENGTH, description="SOP Instance UID"),
 ]
+FrameList = Annotated[
+    str, Path(pattern=r"^[0-9]{1,9}(,[0-9]{1,9}){0,1023}$", description="Frame numbers, e.g. 1,3")
+]
+BulkPath = Annotated[
+    str, Path(pattern=r"^[0-9A-Fa-f]{1,8}(/[0-9A-Fa-f]{1,8}){0,31}$", description="Bulk data path")
+]

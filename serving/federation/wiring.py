@@ -5,7 +5,6 @@ PatientIdentity` and research rows pseudonymised by :class:`imaging.deid.Pseudon
 
 from __future__ import annotations
 
-import datetime as dt
 from dataclasses import replace
 from functools import partial
 
@@ -19,6 +18,7 @@ from core.identity import PatientIdentity
 from core.nodes import NodeRegistry
 from core.secrets import Secrets
 from imaging.deid import RESEARCH_SCOPE, Deidentifier, Pseudonymizer, local_patient_key
+from serving.cohorts import shifted_date
 from serving.federation.fanout import StudyNode
 from serving.federation.model import FederatedStudy
 from serving.federation.nodes import ArchiveNode, TenantNode
@@ -33,16 +33,6 @@ __all__ = [
     "research_retrieval",
     "research_rows",
 ]
-
-
-def _shifted(date: str | None, shift: dt.timedelta) -> str | None:
-    if not date or len(date) != 8 or not date.isdigit():
-        return None
-    try:
-        day = dt.date(int(date[:4]), int(date[4:6]), int(date[6:]))
-    except ValueError:
-        return None
-    return (day + shift).strftime("%Y%m%d")
 
 
 def research_rows(pseudonyms: Pseudonymizer) -> Deidentify:
@@ -62,7 +52,7 @@ def research_rows(pseudonyms: Pseudonymizer) -> Deidentify:
             issuer_of_patient_id=None,
             patient_name=None,
             patient_birth_date=None,
-            study_date=_shifted(study.study_date, pseudonyms.date_shift(patient_key)),
+            study_date=shifted_date(study.study_date, pseudonyms.date_shift(patient_key)),
             study_time=None,
             accession_number=None,
             study_description=None,

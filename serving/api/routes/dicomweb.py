@@ -28,7 +28,7 @@ from typing import Annotated, Any
 from urllib.parse import quote
 
 import httpx
-from fastapi import APIRouter, Depends, Path, Request, Response
+from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 
@@ -52,7 +52,7 @@ from serving.api._dicomweb import (
     public_root,
 )
 from serving.api._multipart import MultipartError, UrlRewriter, parse_media_type
-from serving.api._params import SeriesUID, SopUID
+from serving.api._params import BulkPath, FrameList, SeriesUID, SopUID
 from serving.api.security import audit_request, context, request_actor, require_roles
 
 __all__ = ["router"]
@@ -105,13 +105,6 @@ def _asserted(request: Request) -> dict[str, Any]:
     }
     return {"asserted_requester": asserted} if asserted else {}
 
-
-FrameList = Annotated[
-    str, Path(pattern=r"^[0-9]{1,9}(,[0-9]{1,9}){0,1023}$", description="Frame numbers, e.g. 1,3")
-]
-BulkPath = Annotated[
-    str, Path(pattern=r"^[0-9A-Fa-f]{1,8}(/[0-9A-Fa-f]{1,8}){0,31}$", description="Bulk data path")
-]
 
 _FORWARDED_HOST = re.compile(r"^([A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(:[0-9]{1,5})?$")
 

@@ -34,7 +34,7 @@ from core.exceptions import NotFoundError
 from core.security import Principal, Purpose
 from serving.api._dicomweb import DICOM_JSON, audit_outcome, error_response, public_root
 from serving.api._multipart import UrlRewriter
-from serving.api._params import SeriesUID, SopUID, StudyUID
+from serving.api._params import BulkPath, FrameList, SeriesUID, SopUID, StudyUID
 from serving.api.security import audit_request, context, request_actor, require_purpose
 from serving.federation.retrieval import StudySource
 
@@ -50,12 +50,6 @@ Clinician = Annotated[
     ),
 ]
 Hospital = Annotated[str, Path(min_length=1, max_length=128, description="The holding hospital")]
-FrameList = Annotated[
-    str, Path(pattern=r"^[0-9]{1,9}(,[0-9]{1,9}){0,1023}$", description="Frame numbers, e.g. 1,3")
-]
-BulkPath = Annotated[
-    str, Path(pattern=r"^[0-9A-Fa-f]{1,8}(/[0-9A-Fa-f]{1,8}){0,31}$", description="Bulk data path")
-]
 REQUESTER_HEADERS = (
     "X-Radcloud-Requesting-User",
     "X-Radcloud-Requesting-Hospitals",
