@@ -107,10 +107,9 @@ class FederatedSearch:
         The patient key of an identifier, ``None`` when not registered.
     authorities
         The issuers registered as enterprise-wide or national assigning authorities.
-    tenants
-        Nodes for this deployment's hospitals, by hospital name.
-    remotes
-        Nodes for the registered remote hospitals.
+    nodes
+        Every hospital's node, read per search: this deployment's tenants, then the
+        registered remote nodes.
     deidentify
         De-identifies a row for research.
     remember
@@ -125,8 +124,7 @@ class FederatedSearch:
         identifiers_of: Callable[[str], Iterable[Identifier]],
         key_of: Callable[[str, str, str | None], str | None],
         authorities: Callable[[], set[str]],
-        tenants: Callable[[], Sequence[StudyNode]],
-        remotes: Callable[[], Sequence[StudyNode]],
+        nodes: Callable[[], Sequence[StudyNode]],
         deidentify: Deidentify,
         remember: Callable[[Iterable[tuple[str, str, str]]], None] = lambda rows: None,
     ) -> None:
@@ -134,8 +132,7 @@ class FederatedSearch:
         self._identifiers_of = identifiers_of
         self._key_of = key_of
         self._authorities = authorities
-        self._tenants = tenants
-        self._remotes = remotes
+        self._nodes = nodes
         self._deidentify = deidentify
         self._remember = remember
 
@@ -176,7 +173,7 @@ class FederatedSearch:
             by_hospital[hospital].add((patient_id, issuer))
         asked: list[tuple[StudyNode, StudyQuery]] = []
         not_asked: list[NodeAnswer] = []
-        for node in [*self._tenants(), *self._remotes()]:
+        for node in self._nodes():
             ids = set(by_hospital.get(node.hospital, ()))
             if node.kind is NodeKind.REMOTE:
                 ids |= shared
@@ -200,7 +197,7 @@ class FederatedSearch:
         self, request: SearchRequest
     ) -> tuple[FederatedAnswer, list[tuple[str, tuple[str, ...]]]]:
         query = StudyQuery((), request.modality, request.study_date, request.limit)
-        nodes = [*self._tenants(), *self._remotes()]
+        nodes = self._nodes()
         answer = fan_out([(node, query) for node in nodes])
         studies = []
         for study in answer.studies:

@@ -141,30 +141,26 @@ def federated_search(
     registry = NodeRegistry(db, audit, settings)
     tenant_timeout = settings.federation_tenant_timeout_s
 
-    def tenants() -> list[StudyNode]:
-        return [
-            TenantNode(db, site.name, tenant_timeout)
-            for site in registry.sites()
-            if not site.is_remote
-        ]
-
-    def remotes() -> list[StudyNode]:
-        nodes: list[StudyNode] = []
+    def nodes() -> list[StudyNode]:
+        """Tenants, then remote nodes, from one read of the registry."""
+        tenants: list[StudyNode] = []
+        remotes: list[StudyNode] = []
         for site in registry.sites():
-            if site.remote is not None:
-                read_s = site.remote.timeout_s or settings.remote_read_timeout_s
-                timeout = read_s + settings.remote_connect_timeout_s
-                opener = partial(registry.open_archive, site.name)
-                nodes.append(ArchiveNode(site.name, opener, timeout))
-        return nodes
+            if site.remote is None:
+                tenants.append(TenantNode(db, site.name, tenant_timeout))
+                continue
+            read_s = site.remote.timeout_s or settings.remote_read_timeout_s
+            timeout = read_s + settings.remote_connect_timeout_s
+            opener = partial(registry.open_archive, site.name)
+            remotes.append(ArchiveNode(site.name, opener, timeout))
+        return tenants + remotes
 
     return FederatedSearch(
         audit=audit,
         identifiers_of=keys.identifiers_of,
         key_of=keys.key_of,
         authorities=keys.authorities,
-        tenants=tenants,
-        remotes=remotes,
+        nodes=nodes,
         deidentify=research_rows(Pseudonymizer(deid_key, RESEARCH_SCOPE)),
         remember=research.remember if research is not None else lambda rows: None,
     )

@@ -77,8 +77,7 @@ def service(db: Database, remote: RemoteNode) -> tuple[FederatedSearch, AuditTra
         identifiers_of=lambda key: [i for i, k in LINKS.items() if k == key],
         key_of=lambda h, p, i: LINKS.get((h, p, i)),
         authorities=set,
-        tenants=lambda: [TenantNode(db, "North"), TenantNode(db, "South")],
-        remotes=lambda: [remote],
+        nodes=lambda: [TenantNode(db, "North"), TenantNode(db, "South"), remote],
         deidentify=lambda study, key: replace(
             study,
             study_instance_uid="2.25." + str(abs(hash(study.study_instance_uid))),
