@@ -4,7 +4,8 @@
 :class:`OrthancArchive` over Orthanc's REST API, made by :func:`open_archive` (radcloud's own
 archive), and :class:`DicomwebArchive` over DICOMweb, made by :func:`open_node_archive` (a remote
 node, :mod:`core.nodes`) or :func:`open_local_dicomweb` (the local Orthanc's plugin).
-:func:`open_dicomweb_stream` streams any DICOMweb answer for a pass-through; :func:`node_status`
+:func:`open_dicomweb_stream` streams any DICOMweb answer for a pass-through (blocking),
+:func:`open_relay` on an event loop (:class:`HttpEndpoint`: where and how); :func:`node_status`
 sorts a node's outcome for a fan-out. Errors::
 
     ArchiveError
@@ -47,6 +48,7 @@ from core.archive.model import (
 )
 from core.archive.orthanc import (
     dicomweb_client,
+    local_endpoint,
     open_archive,
     open_local_dicomweb,
     open_node_archive,
@@ -55,6 +57,7 @@ from core.archive.orthanc import (
 )
 from core.archive.orthanc_archive import OrthancArchive, orthanc_instance_id
 from core.archive.protocol import AnonymizingArchive, ImageArchive
+from core.archive.relay import HttpEndpoint, RelayedAnswer, open_relay
 
 __all__ = [
     "DICOM_PARTS",
@@ -73,21 +76,25 @@ __all__ = [
     "ChangeFeed",
     "DicomwebArchive",
     "DicomwebStream",
+    "HttpEndpoint",
     "ImageArchive",
     "InstanceFormat",
     "NodeCheck",
     "NodeStatus",
     "OrthancArchive",
+    "RelayedAnswer",
     "RemoteNode",
     "ResourceLevel",
     "StoredInstance",
     "dicomweb_client",
     "dicomweb_timeout",
+    "local_endpoint",
     "node_status",
     "open_archive",
     "open_dicomweb_stream",
     "open_local_dicomweb",
     "open_node_archive",
+    "open_relay",
     "orthanc_healthy",
     "orthanc_instance_id",
     "wait_for_orthanc",

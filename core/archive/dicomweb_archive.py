@@ -67,6 +67,7 @@ from core.archive.model import (
     ResourceLevel,
     StoredInstance,
 )
+from core.archive.relay import HttpEndpoint
 
 if TYPE_CHECKING:
     from core.archive.protocol import ImageArchive
@@ -182,6 +183,14 @@ class DicomwebArchive:
             "verify": verify,
         }
         self._client = httpx.Client(**self._client_options)
+        self._endpoint = HttpEndpoint(
+            f"{self._url}/",
+            self._client_options["auth"],
+            headers,
+            verify,
+            connect_timeout_s,
+            read_timeout_s,
+        )
 
     def __repr__(self) -> str:  # never the credentials
         return f"DicomwebArchive({self._url!r})"
@@ -197,10 +206,11 @@ class DicomwebArchive:
         :func:`~core.archive.open_dicomweb_stream`."""
         return self._client
 
-    def async_http_client(self) -> httpx.AsyncClient:
-        """A new asynchronous client with the same root, credentials, TLS and timeouts, for a
-        relay on an event loop (close it)."""
-        return httpx.AsyncClient(**self._client_options)
+    @property
+    def endpoint(self) -> HttpEndpoint:
+        """The same root, credentials, TLS and timeouts, for a relay on an event loop
+        (:func:`~core.archive.relay.open_relay`)."""
+        return self._endpoint
 
     def __enter__(self) -> DicomwebArchive:
         return self

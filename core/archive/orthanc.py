@@ -17,6 +17,7 @@ import httpx
 from core.archive.dicomweb_archive import DicomwebArchive
 from core.archive.model import RemoteNode
 from core.archive.orthanc_archive import OrthancArchive
+from core.archive.relay import HttpEndpoint
 from core.config import Settings
 from core.exceptions import StartupError
 from core.secrets import Secrets
@@ -148,6 +149,19 @@ def dicomweb_client(
         base_url=settings.orthanc_url,
         auth=(secrets.orthanc_user, secrets.orthanc_password),
         timeout=timeout_s,
+    )
+
+
+def local_endpoint(
+    settings: Settings, secrets: Secrets, *, timeout_s: float = 30.0
+) -> HttpEndpoint:
+    """This deployment's Orthanc (its root: the DICOMweb service is below ``dicom-web/``) as
+    an :class:`~core.archive.relay.HttpEndpoint`, for a relay on an event loop."""
+    return HttpEndpoint(
+        f"{str(settings.orthanc_url).rstrip('/')}/",
+        (secrets.orthanc_user, secrets.orthanc_password),
+        connect_timeout_s=timeout_s,
+        read_timeout_s=timeout_s,
     )
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import httpx
 
-from core.archive import ImageArchive, dicomweb_client, open_archive
+from core.archive import ImageArchive, dicomweb_client, local_endpoint, open_archive
 from core.audit import AuditTrail
 from core.config import Settings
 from core.db import Database, upgrade
@@ -85,7 +85,7 @@ class ApiContext:
             patient_ids=PatientIdCache(archive),
             orthanc=orthanc,
             federation=federated_search(db, audit, settings, secrets.deid_hmac_key, research),
-            retrieval=federated_retrieval(db, audit, settings, orthanc),
+            retrieval=federated_retrieval(db, audit, settings, local_endpoint(settings, secrets)),
             research=research,
         )
 

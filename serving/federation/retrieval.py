@@ -16,12 +16,11 @@ byte is asked for, :meth:`FederatedRetrieval.source` checks the purpose of use:
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-import httpx
 from sqlalchemy import select
 
-from core.archive import ArchiveError, ArchiveNotFoundError, DicomwebArchive
+from core.archive import ArchiveNotFoundError, HttpEndpoint
 from core.audit import AuditAction, AuditEventCode, AuditOutcome, AuditTrail
 from core.config import Settings
 from core.db import Database
@@ -38,23 +37,17 @@ __all__ = ["FederatedRetrieval", "StudySource"]
 class StudySource:
     """A study's holding node, ready to be asked over DICOMweb.
 
-    ``client`` has the node's root as ``base_url``; ``prefix`` leads from it to the DICOMweb
-    service (``dicom-web/`` for this deployment's Orthanc); ``upstream_base`` is the node's
-    DICOMweb base as it writes it into its answers (BulkDataURI, RetrieveURL), for rewriting.
+    ``endpoint`` is the node's root; ``prefix`` leads from it to the DICOMweb service
+    (``dicom-web/`` for this deployment's Orthanc); ``upstream_base`` is the node's DICOMweb
+    base as it writes it into its answers (BulkDataURI, RetrieveURL), for rewriting.
     """
 
     hospital: str
     kind: NodeKind
-    client: httpx.Client
+    endpoint: HttpEndpoint
     prefix: str
     upstream_base: str
-    patient_key: str | None
-    async_client: Callable[[], httpx.AsyncClient] = field(repr=False, default=httpx.AsyncClient)
-    _close: Callable[[], None] = field(default=lambda: None, repr=False)
-
-    def close(self) -> None:
-        """Release the node's connections (a remote node's client is the request's own)."""
-        self._close()
+    patient_key: str | None = None
 
 
 class FederatedRetrieval:
@@ -65,7 +58,7 @@ class FederatedRetrieval:
     db, audit, settings
         This deployment's database, audit trail and settings.
     local
-        The HTTP client of this deployment's Orthanc (``base_url`` Orthanc's root).
+        This deployment's Orthanc (its root).
     key_of
         The patient key of a hospital's identifier (enterprise and national ones wherever
         registered), ``None`` when unknown.
@@ -81,7 +74,7 @@ class FederatedRetrieval:
         db: Database,
         audit: AuditTrail,
         settings: Settings,
-        local: httpx.Client,
+        local: HttpEndpoint,
         key_of: Callable[[str, str, str | None], str | None],
         shared_ids_of: Callable[[str], set[tuple[str, str | None]]],
         current_key: Callable[[str], str | None],
@@ -114,8 +107,6 @@ class FederatedRetrieval:
         else:
             source = self._tenant_source(hospital, study)
         if source is None or not self._is_patients(hospital, source[1], source[2], key):
-            if source is not None:
-                source[0].close()
             self._refuse(actor, hospital, study, key, known=source is not None)
             raise NotFoundError("study", study)
         found = source[0]
@@ -136,41 +127,21 @@ class FederatedRetrieval:
         if row is None:
             return None
         base = f"{self._settings.orthanc_url}/dicom-web"
-        local = self._local
-
-        def async_client() -> httpx.AsyncClient:
-            return httpx.AsyncClient(
-                base_url=local.base_url, auth=local.auth, timeout=local.timeout
-            )
-
-        source = StudySource(
-            hospital, NodeKind.TENANT, local, "dicom-web/", base, None, async_client
-        )
+        source = StudySource(hospital, NodeKind.TENANT, self._local, "dicom-web/", base)
         return source, row.patient_id, row.issuer_of_patient_id
 
     def _remote_source(
         self, hospital: str, study: str
     ) -> tuple[StudySource, str | None, str | None] | None:
-        archive: DicomwebArchive = self._registry.open_archive(hospital)
-        try:
-            found = archive.search_for_studies({"StudyInstanceUID": study}, limit=1)
-        except ArchiveNotFoundError:
-            found = []
-        except ArchiveError:
-            archive.close()
-            raise
+        with self._registry.open_archive(hospital) as archive:
+            try:
+                found = archive.search_for_studies({"StudyInstanceUID": study}, limit=1)
+            except ArchiveNotFoundError:
+                found = []
         if not found:
-            archive.close()
             return None
         source = StudySource(
-            hospital,
-            NodeKind.REMOTE,
-            archive.http_client,
-            "",
-            archive.url.rstrip("/"),
-            None,
-            archive.async_http_client,
-            archive.close,
+            hospital, NodeKind.REMOTE, archive.endpoint, "", archive.url.rstrip("/")
         )
         return source, found[0].get("PatientID"), found[0].get("IssuerOfPatientID")
 

@@ -8,9 +8,7 @@ from __future__ import annotations
 from dataclasses import replace
 from functools import partial
 
-import httpx
-
-from core.archive import DicomwebArchive, open_local_dicomweb
+from core.archive import DicomwebArchive, HttpEndpoint, open_local_dicomweb
 from core.audit import AuditTrail
 from core.config import Settings
 from core.db import Database
@@ -167,9 +165,9 @@ def federated_search(
 
 
 def federated_retrieval(
-    db: Database, audit: AuditTrail, settings: Settings, local: httpx.Client
+    db: Database, audit: AuditTrail, settings: Settings, local: HttpEndpoint
 ) -> FederatedRetrieval:
-    """The federated WADO-RS sources of this deployment; ``local`` is its Orthanc's client."""
+    """The federated WADO-RS sources of this deployment; ``local`` is its Orthanc."""
     identity = PatientIdentity(db, audit)
     keys = PatientKeys(identity)
     return FederatedRetrieval(

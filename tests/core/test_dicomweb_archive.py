@@ -1,9 +1,11 @@
 """The DICOMweb archive (the seam's second implementation) against a real Orthanc with its
 DICOMweb plugin and basic authentication: STOW-RS, QIDO-RS with filters and paging, WADO-RS,
-streaming, and the error contract (stopped node, silent node, wrong password, unknown study)."""
+streaming (blocking, and the event loop's relay), and the error contract (stopped node, silent
+node, wrong password, unknown study)."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import shutil
@@ -28,16 +30,19 @@ from core.archive import (
     ArchiveUnavailableError,
     ArchiveUnsupportedError,
     DicomwebArchive,
+    HttpEndpoint,
     NodeStatus,
     RemoteNode,
     ResourceLevel,
     StoredInstance,
     dicomweb_archive,
     dicomweb_client,
+    local_endpoint,
     node_status,
     open_dicomweb_stream,
     open_local_dicomweb,
     open_node_archive,
+    open_relay,
 )
 from core.archive.dicomweb_stream import CHUNK_BYTES
 from core.config import Settings, load_settings
@@ -314,3 +319,59 @@ def test_the_local_pass_through_client_streams_too(
         assert stream.status_code == 200
         body = b"".join(stream.chunks)
     assert {item["00080018"]["Value"][0] for item in json.loads(body)} == {_uid(f) for f in files}
+
+
+async def _relayed(endpoint: HttpEndpoint, path: str, **headers: str) -> tuple[int, int, int]:
+    """Status, chunks and bytes of an answer relayed by :func:`open_relay`."""
+    chunks = received = 0
+    async with open_relay(endpoint, path, headers=headers) as answer:
+        async for chunk in answer.chunks():
+            chunks += 1
+            received += len(chunk)
+        return answer.status_code, chunks, received
+
+
+def test_the_relay_streams_a_study_as_it_arrives(
+    orthanc: tuple[Settings, Secrets], archive: DicomwebArchive
+) -> None:
+    """:func:`open_relay` (the federated WADO-RS relay's transport) over a remote node's
+    endpoint and over the local Orthanc's: chunks as they arrive, never the whole study."""
+    study_uid, _, files = _series(80, size=256)  # ~130 KB each, ~10 MB in all
+    assert all(isinstance(r, StoredInstance) for r in archive.store_instances(files))
+    total = sum(len(f) for f in files)
+    del files
+    tracemalloc.start()
+    try:
+        status, chunks, received = asyncio.run(
+            _relayed(archive.endpoint, f"studies/{study_uid}", Accept=DICOM_PARTS)
+        )
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert status == 200 and received > total and chunks > 1
+    assert peak < total / 2, (peak, total)  # its read buffer (4 MiB at most), not the study
+    # the local Orthanc's endpoint (its root): the DICOMweb service below dicom-web/
+    local = local_endpoint(*orthanc)
+    assert asyncio.run(_relayed(local, f"dicom-web/studies/{study_uid}/metadata"))[0] == 200
+    # an error status is the node's answer, relayed as it is, not raised
+    assert asyncio.run(_relayed(archive.endpoint, f"studies/{generate_uid()}"))[0] == 404
+    wrong = HttpEndpoint(archive.endpoint.base_url, ("orthanc", "not-the-password"))
+    assert asyncio.run(_relayed(wrong, f"studies/{study_uid}"))[0] == 401
+
+
+def test_the_relay_maps_a_stopped_and_a_silent_node_to_the_seams_errors() -> None:
+    stopped = HttpEndpoint(f"http://127.0.0.1:{free_port()}/dicom-web/", connect_timeout_s=1)
+    with pytest.raises(ArchiveUnavailableError) as caught:
+        asyncio.run(_relayed(stopped, "studies"))
+    assert node_status(caught.value) is NodeStatus.UNREACHABLE
+    with socket.socket() as listener:  # accepts and never answers
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        silent = HttpEndpoint(f"http://127.0.0.1:{port}/", read_timeout_s=0.5)
+        started = time.monotonic()
+        with pytest.raises(ArchiveTimeoutError) as timed_out:
+            asyncio.run(_relayed(silent, "studies"))
+        elapsed = time.monotonic() - started
+    assert elapsed < 5
+    assert node_status(timed_out.value) is NodeStatus.TIMEOUT

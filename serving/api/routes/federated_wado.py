@@ -20,14 +20,12 @@ import logging
 from typing import Annotated, Any
 from urllib.parse import quote
 
-import httpx
 from fastapi import APIRouter, Depends, Path, Request, Response
 from fastapi.responses import StreamingResponse
 from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 
-from core.archive import ArchiveError, ArchiveUnavailableError
-from core.archive.dicomweb_stream import CHUNK_BYTES, transport_error
+from core.archive import ArchiveError, ArchiveUnavailableError, RelayedAnswer, open_relay
 from core.audit import AuditAction, AuditEventCode
 from core.db.models import Role
 from core.exceptions import NotFoundError
@@ -107,7 +105,6 @@ async def _relay(
             source = await run_in_threadpool(
                 ctx.retrieval.source, actor, principal, hospital, study
             )
-            stack.push_async_callback(run_in_threadpool, source.close)
             detail["node"] = str(source.kind)
             answer = await _open(stack, source, request, principal, path, default_accept)
         except NotFoundError:
@@ -130,12 +127,12 @@ async def _relay(
                 rewriter = UrlRewriter(
                     {source.upstream_base.encode(): federated_base(request, hospital).encode()}
                 )
-                body = b"".join(rewriter.rewrite([await answer.aread()]))
+                body = b"".join(rewriter.rewrite([await answer.read()]))
                 response = Response(body, answer.status_code, media_type=DICOM_JSON)
             else:
                 passed = ("content-type", "content-length", "content-encoding")
                 response = StreamingResponse(
-                    answer.aiter_raw(CHUNK_BYTES),
+                    answer.chunks(),
                     answer.status_code,
                     headers={k: answer.headers[k] for k in passed if k in answer.headers},
                     background=BackgroundTask(stack.aclose),
@@ -167,9 +164,8 @@ async def _open(  # noqa: PLR0917 - where, whom for, what, as what
     principal: Principal,
     path: str,
     default_accept: str,
-) -> httpx.Response:
-    """The node's streamed answer, on the event loop (no thread per chunk); closed with
-    ``stack``.
+) -> RelayedAnswer:
+    """The node's answer, unread, on the event loop; closed with ``stack``.
 
     Raises
     ------
@@ -182,19 +178,13 @@ async def _open(  # noqa: PLR0917 - where, whom for, what, as what
         headers["Accept"] = accept
     if source.kind.value == "remote":
         headers |= _requester(principal)
-    client = await stack.enter_async_context(source.async_client())
-    upstream = client.build_request(
-        "GET",
+    relay = open_relay(
+        source.endpoint,
         source.prefix + path,
-        params=httpx.QueryParams(list(request.query_params.multi_items())),
+        query=list(request.query_params.multi_items()),
         headers=headers,
     )
-    try:
-        answer = await client.send(upstream, stream=True)
-    except httpx.RequestError as exc:
-        raise transport_error(str(upstream.url), exc) from exc
-    stack.push_async_callback(answer.aclose)
-    return answer
+    return await stack.enter_async_context(relay)
 
 
 @router.get("/studies/{study}")
