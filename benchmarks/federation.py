@@ -85,7 +85,7 @@ class FederationConfig:
     connect_timeout_s: float = 1.0  # radcloud's RADCLOUD_REMOTE_CONNECT_TIMEOUT_S
     retrieval_instances: int = 300
     retrieval_matrix: int = 512
-    repeats: int = 5  # retrievals from each side
+    repeats: int = 11  # retrievals from each side (alternated; the median is reported)
     retrieval_warmup: int = 1
 
 

@@ -412,6 +412,13 @@ def test_treatment_retrieves_the_patients_studies_from_tenant_and_remote(world: 
         )
         assert frames.status_code == 200, frames.text
         assert len(_parts(frames)[0]) == dataset.Rows * dataset.Columns * 2
+        rendered = world.client.get(  # the reading app's thumbnail
+            f"{base}/series/{series_uid}/instances/{dataset.SOPInstanceUID}/rendered",
+            headers=headers,
+        )
+        assert rendered.status_code == 200, rendered.text
+        assert rendered.headers["content-type"] == "image/jpeg"
+        assert rendered.content.startswith(b"\xff\xd8")  # a JPEG's SOI marker
     records = [
         r
         for r in audit_records(world.home)
@@ -436,6 +443,12 @@ def test_a_treatment_token_cannot_retrieve_another_patients_study(world: World) 
             headers=headers,
         )
         assert answer.status_code == 404, (hospital, answer.text)
+        rendered = world.client.get(
+            f"/api/federated/hospitals/{hospital}/dicom-web/studies/{uid}/series/"
+            f"{generate_uid()}/instances/{generate_uid()}/rendered",
+            headers=headers,
+        )
+        assert rendered.status_code == 404, (hospital, rendered.text)
         assert "DOE" not in answer.text and "ROE" not in answer.text
     alerts = [
         r

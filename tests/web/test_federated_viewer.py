@@ -11,6 +11,7 @@ to ``docs/images/`` (``priors.png``, ``remote-study.png``) for the README."""
 from __future__ import annotations
 
 import contextlib
+import re
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -205,6 +206,15 @@ def test_a_reader_sees_a_prior_from_another_hospital_and_opens_it_read_only(
     ):
         expect(page.get_by_test_id(control)).to_have_count(0)
     expect(page.get_by_role("button", name="Release")).to_have_count(0)
+    # each series' thumbnail is rendered by South, through radcloud (a decoded image, not the
+    # "no preview" placeholder)
+    thumbnail = page.locator("[data-testid=series-thumb] .thumb-frame img").first
+    expect(thumbnail).to_have_attribute("src", re.compile(r"^blob:"))
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('[data-testid=series-thumb] img')]"
+        ".every((image) => image.complete && image.naturalWidth > 0)"
+    )
+    expect(page.locator(".thumb-missing")).to_have_count(0)
     page.screenshot(path=DOCS_IMAGES / "remote-study.png")
 
     # Each image came through radcloud's federated WADO-RS, audited for the reader and South.
@@ -215,6 +225,8 @@ def test_a_reader_sees_a_prior_from_another_hospital_and_opens_it_read_only(
     ]
     frames = [d for d in fetched if "/frames/" in str(d.get("path"))]
     assert frames and all(d["hospital"] == SOUTH for d in frames), fetched[-3:]
+    thumbnails = [d for d in fetched if str(d.get("path")).endswith("/rendered")]
+    assert thumbnails and all(d["hospital"] == SOUTH for d in thumbnails), fetched[-3:]
     assert {d["purpose"] for d in fetched} == {"treatment"}
 
 

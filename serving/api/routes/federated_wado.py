@@ -2,8 +2,9 @@
 ``/api/federated/hospitals/{hospital}/dicom-web`` (PS3.18 10.4), for a treatment token of that
 study's patient.
 
-Study, series and instance retrieval, their metadata and frames, and the study's series
-(QIDO-RS ``/studies/{study}/series``) are relayed from the holding node chunk by chunk, never
+Study, series and instance retrieval, their metadata and frames, an instance rendered (JPEG or
+PNG: the reading app's thumbnails), and the study's series (QIDO-RS ``/studies/{study}/series``)
+are relayed from the holding node chunk by chunk, never
 buffered: this deployment's Orthanc for a tenant, the remote node's DICOMweb service for a
 remote hospital (:mod:`serving.federation.retrieval` decides which, and whether the caller may).
 URLs the node writes into JSON answers are rewritten onto this base. A study of another patient
@@ -55,6 +56,7 @@ REQUESTER_HEADERS = (
 )
 _INSTANCES = 'multipart/related; type="application/dicom"; transfer-syntax=*'
 _FRAMES = 'multipart/related; type="application/octet-stream"; transfer-syntax=*'
+_RENDERED = "image/jpeg"
 
 
 def federated_base(request: Request, hospital: str) -> str:
@@ -312,6 +314,30 @@ async def retrieve_instance_metadata(
         path=path,
         default_accept=DICOM_JSON,
         json_body=True,
+    )
+
+
+@router.get("/studies/{study}/series/{series}/instances/{instance}/rendered")
+async def retrieve_instance_rendered(
+    request: Request,
+    caller: Clinician,
+    *,
+    hospital: Hospital,
+    study: StudyUID,
+    series: SeriesUID,
+    instance: SopUID,
+) -> Response:
+    """One instance rendered as an image (WADO-RS rendered, PS3.18 10.4.1.1.3): JPEG unless
+    the client asks for another type the node renders."""
+    path = f"studies/{study}/series/{series}/instances/{instance}/rendered"
+    return await _relay(
+        request,
+        caller,
+        hospital=hospital,
+        study=study,
+        path=path,
+        default_accept=_RENDERED,
+        json_body=False,
     )
 
 

@@ -437,15 +437,16 @@ export function instancePath(
   return `${source.base}/studies/${enc(study)}/series/${enc(series)}/instances/${enc(instance)}`;
 }
 
-/** A rendered (JPEG) instance of the API's own DICOMweb as a blob, for thumbnails: `<img>`
- * cannot send the token. */
+/** A rendered (JPEG) instance of `source` (the API's own DICOMweb, or another hospital's
+ * through the federated base) as a blob, for thumbnails: `<img>` cannot send the token. */
 export async function getRenderedInstance(
+  source: DicomWebSource,
   study: string,
   series: string,
   instance: string,
 ): Promise<Blob> {
-  const response = await send(`${instancePath(LOCAL_DICOMWEB, study, series, instance)}/rendered`, {
+  const response = await send(`${instancePath(source, study, series, instance)}/rendered`, {
     headers: { Accept: 'image/jpeg' },
-  });
+  }, source.token());
   return response.blob();
 }

@@ -194,7 +194,7 @@ export class RemoteViewerPage {
     }
     this.renderStudyHeader(firstDataset);
     this.browser = new SeriesBrowser(byId('series-browser'), this.studyUid,
-      (chosen) => void this.switchSeries(chosen), false);
+      (chosen) => void this.switchSeries(chosen), this.source);
     this.browser.render(series, new Map());
     const shown = series[0];
     if (!shown) {

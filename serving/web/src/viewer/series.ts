@@ -1,9 +1,8 @@
 // The series browser: one thumbnail per image series (the middle instance, rendered by the
-// server; fetched with the token and shown through a blob URL, since <img> cannot send it).
-// Another hospital's study has no rendered thumbnails (federated WADO-RS serves no /rendered):
-// its series are listed without previews.
+// server that holds it: this radcloud's DICOMweb, or another hospital's through the federated
+// base; fetched with the token and shown through a blob URL, since <img> cannot send it).
 
-import { getRenderedInstance, type ManifestSeries } from '../api';
+import { getRenderedInstance, LOCAL_DICOMWEB, type DicomWebSource, type ManifestSeries } from '../api';
 import { h } from '../ui';
 
 export class SeriesBrowser {
@@ -13,16 +12,14 @@ export class SeriesBrowser {
     private readonly container: HTMLElement,
     private readonly studyUid: string,
     private readonly onChoose: (series: ManifestSeries) => void,
-    private readonly previews = true,
+    private readonly source: DicomWebSource = LOCAL_DICOMWEB,
   ) {}
 
   render(series: ManifestSeries[], badges: Map<string, number>): void {
     this.container.replaceChildren(h('h2', {}, 'Series'));
     for (const entry of series) {
       const image = h('img', { alt: '', width: 96, height: 96, loading: 'lazy' });
-      const frame = this.previews
-        ? h('span', { class: 'thumb-frame' }, image)
-        : null;
+      const frame = h('span', { class: 'thumb-frame' }, image);
       const findings = badges.get(entry.series_instance_uid) ?? 0;
       const item = h('button', {
         type: 'button',
@@ -40,9 +37,7 @@ export class SeriesBrowser {
       item.addEventListener('click', () => this.onChoose(entry));
       this.items.set(entry.series_instance_uid, item);
       this.container.append(item);
-      if (this.previews) {
-        void this.loadThumbnail(entry, image);
-      }
+      void this.loadThumbnail(entry, image);
     }
   }
 
@@ -60,7 +55,7 @@ export class SeriesBrowser {
     }
     try {
       const blob = await getRenderedInstance(
-        this.studyUid, series.series_instance_uid, middle.sop_instance_uid);
+        this.source, this.studyUid, series.series_instance_uid, middle.sop_instance_uid);
       const url = URL.createObjectURL(blob);
       image.addEventListener('load', () => URL.revokeObjectURL(url), { once: true });
       image.src = url;
