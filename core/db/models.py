@@ -7,7 +7,7 @@ Who writes what (docs/architecture.md has the full picture):
 - gateway (``dicom_gateway``): ``hospitals``, ``senders``, ``move_destinations``, ``studies``,
   ``outbox_events``
 - identity (``core.identity``; the gateway registers at ingest): ``patient_identifiers``,
-  ``patient_links``, ``patient_id_authorities``
+  ``patient_links``, ``patient_id_authorities``, ``patient_link_retractions``
 - serving (``serving``): ``inference_results``, ``worklist_items``; reading writes ``labels``;
   research cohorts (``serving.cohorts``): ``cohorts``, ``cohort_studies``; research retrieval
   (``serving.federation.research``): ``research_uids``
@@ -56,6 +56,7 @@ __all__ = [
     "PatientIdentifierEntry",
     "PatientLink",
     "PatientLinkKind",
+    "PatientLinkRetraction",
     "ReadingStatus",
     "RemoteDicomwebNode",
     "Report",
@@ -503,6 +504,27 @@ class PatientIdAuthority(Base):
     kind: Mapped[PatientIdAuthorityKind] = mapped_column(_enum(PatientIdAuthorityKind))
     created_by: Mapped[str | None] = mapped_column(String(128))
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class PatientLinkRetraction(Base):
+    """An administrator's retraction of a hospital's assertion that two of its identifiers are
+    one patient (an ``asserted`` :class:`PatientLink` found wrong): the link is gone, and while
+    this row exists a study naming the two together again does not re-create it (``withheld``
+    counts those studies). ``asserted_by`` and ``asserted_at`` are the retracted link's, so
+    lifting the retraction restores it as it was."""
+
+    __tablename__ = "patient_link_retractions"
+    __table_args__ = (UniqueConstraint("identifier_a_id", "identifier_b_id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    identifier_a_id: Mapped[int] = mapped_column(ForeignKey("patient_identifiers.id"), index=True)
+    identifier_b_id: Mapped[int] = mapped_column(ForeignKey("patient_identifiers.id"), index=True)
+    reason: Mapped[str] = mapped_column(Text)
+    created_by: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    asserted_by: Mapped[str | None] = mapped_column(String(128))
+    asserted_at: Mapped[dt.datetime]
+    withheld: Mapped[int] = mapped_column(Integer, default=0)
 
 
 class RemoteDicomwebNode(Base):

@@ -4,6 +4,8 @@
   to radcloud patient keys, linked by explicit rules only (:mod:`core.identity.service`);
 - :class:`PatientIdentifier`: one identifier, ``HOSPITAL:ISSUER:PATIENTID`` or a FHIR
   identifier system URN (:mod:`core.identity.identifiers`);
+- :class:`AssertionRetractions`: an administrator's retraction of a link a hospital's study
+  asserted, honoured by later registrations (:mod:`core.identity.retractions`);
 - :func:`register_in`: the gateway's registration inside its own claim transaction;
 - :func:`issue_context_token`: treatment (one patient) and research tokens
   (:mod:`core.identity.context`).
@@ -17,16 +19,19 @@ from core.identity.identifiers import (
     AuthorityRule,
     PatientIdentifier,
     PatientLinkInfo,
+    RetractionInfo,
     authority_system,
     parse_system,
 )
 from core.identity.pixm import PixAnswer, operation_outcome, pix_query
+from core.identity.retractions import AssertionRetractions
 from core.identity.service import PatientIdentity
 
 __all__ = [
     "AUTHORITY_SYSTEM_PREFIX",
     "HOSPITAL_SYSTEM_PREFIX",
     "PURPOSE_ROLES",
+    "AssertionRetractions",
     "AuthorityRule",
     "ContextToken",
     "PatientIdentifier",
@@ -34,6 +39,7 @@ __all__ = [
     "PatientLinkInfo",
     "PixAnswer",
     "Registered",
+    "RetractionInfo",
     "authority_system",
     "issue_context_token",
     "operation_outcome",

@@ -2,10 +2,12 @@
 
 Identifiers are nodes; edges are the rows of ``patient_links`` (asserted by a study, or
 manual) and, for an issuer registered as an authority, every pair of its identifiers of the
-same value. A patient is a connected group; its key is the ``own_key`` of its earliest
-identifier (lowest id), so merging keeps the older key and a split part gets back the key of
-its own earliest identifier. Every change relabels the groups around the identifiers it
-touched (:func:`relabel`), in the caller's transaction.
+same value. A pair in ``patient_link_retractions`` gets no asserted edge however often its
+hospital's studies name the two together (:func:`register_in` counts them as withheld).
+A patient is a connected group; its key is the ``own_key`` of its earliest identifier (lowest
+id), so merging keeps the older key and a split part gets back the key of its own earliest
+identifier. Every change relabels the groups around the identifiers it touched
+(:func:`relabel`), in the caller's transaction.
 """
 
 from __future__ import annotations
@@ -23,13 +25,29 @@ from core.db.models import (
     PatientIdentifierEntry,
     PatientLink,
     PatientLinkKind,
+    PatientLinkRetraction,
 )
+from core.exceptions import NotFoundError
 from core.identity.identifiers import PatientIdentifier
-from core.tenancy import find_hospital, hospital_row
+from core.tenancy import HospitalScope, find_hospital, hospital_row
 
-__all__ = ["Registered", "entry", "identifier_of", "new_key", "register_in", "relabel"]
+__all__ = [
+    "Registered",
+    "asserted_reason",
+    "entry",
+    "identifier_of",
+    "new_key",
+    "register_in",
+    "relabel",
+    "require",
+]
 
 IDENTITY_LOCK_KEY = 0x52434944  # "RCID": PostgreSQL advisory lock serialising relabels
+
+
+def asserted_reason(hospital: str) -> str:
+    """The reason an asserted link states: which hospital's study named the two together."""
+    return f"named together in a study of {hospital}"
 
 
 def new_key() -> str:
@@ -61,6 +79,23 @@ def entry(session: Session, identifier: PatientIdentifier) -> PatientIdentifierE
         )
     )
     return found
+
+
+def require(
+    session: Session, identifier: PatientIdentifier, scope: HospitalScope
+) -> PatientIdentifierEntry:
+    """The row of ``identifier`` when its hospital is in ``scope``.
+
+    Raises
+    ------
+    NotFoundError
+        Not registered, or of a hospital outside ``scope`` (answered alike).
+    """
+    row = entry(session, identifier) if scope.covers(identifier.hospital) else None
+    if row is None:
+        # the domain only: the message reaches audit records, where patient IDs are hashed
+        raise NotFoundError("patient identifier in domain", identifier.domain)
+    return row
 
 
 def _neighbours(session: Session, row: PatientIdentifierEntry, authorities: set[str]) -> set[int]:
@@ -121,11 +156,13 @@ def relabel(session: Session, seeds: Iterable[int]) -> dict[int, str]:
 
 @dataclass
 class Registered:
-    """What :func:`register_in` did: the patient key, and the identifiers that are new."""
+    """What :func:`register_in` did: the patient key, the identifiers that are new, and the
+    links the study asserted that a retraction withheld."""
 
     patient_key: str | None
     created: list[PatientIdentifier] = field(default_factory=list)
     merged_keys: set[str] = field(default_factory=set)  # keys now replaced by patient_key
+    withheld: list[tuple[PatientIdentifier, PatientIdentifier]] = field(default_factory=list)
 
 
 def _row(
@@ -194,6 +231,16 @@ def register_in(
         before.add(other.patient_key)
         seeds.append(other.id)
         a, b = sorted((primary.id, other.id))
+        retraction = session.scalar(
+            select(PatientLinkRetraction).where(
+                PatientLinkRetraction.identifier_a_id == a,
+                PatientLinkRetraction.identifier_b_id == b,
+            )
+        )
+        if retraction is not None:
+            retraction.withheld += 1
+            out.withheld.append((identifier_of(primary), identifier_of(other)))
+            continue
         exists = session.scalar(
             select(PatientLink.id).where(
                 PatientLink.identifier_a_id == a,
@@ -207,7 +254,7 @@ def register_in(
                     identifier_a_id=a,
                     identifier_b_id=b,
                     kind=PatientLinkKind.ASSERTED,
-                    reason=f"named together in a study of {hospital}",
+                    reason=asserted_reason(hospital),
                     created_by=hospital,
                 )
             )

@@ -25,6 +25,7 @@ __all__ = [
     "AuthorityRule",
     "PatientIdentifier",
     "PatientLinkInfo",
+    "RetractionInfo",
     "authority_system",
     "parse_system",
 ]
@@ -147,3 +148,20 @@ class AuthorityRule:
     kind: PatientIdAuthorityKind
     created_by: str | None
     created_at: dt.datetime
+
+
+@dataclass(frozen=True)
+class RetractionInfo:
+    """A retracted assertion of two identifiers of one hospital, as listed to administrators:
+    who retracted it and why, whose assertion it was and since when, and how many later
+    studies asserted it again (``withheld``: not linked)."""
+
+    id: int
+    a: PatientIdentifier
+    b: PatientIdentifier
+    reason: str
+    created_by: str
+    created_at: dt.datetime
+    asserted_by: str | None
+    asserted_at: dt.datetime
+    withheld: int

@@ -14,8 +14,9 @@ Links are made by explicit rules only, never by demographic matching:
 :meth:`PatientIdentity.unlink` undoes an identifier's *manual* links only: an identifier
 joined by an authority stays joined until the authority rule is removed
 (:meth:`PatientIdentity.remove_authority`), and one joined by its own hospital's assertion
-stays so (:class:`~core.exceptions.IdentityLinkError` says which rule holds it, when no
-manual link does).
+until an administrator retracts that assertion (:class:`~core.identity.AssertionRetractions`,
+which later studies then honour); :class:`~core.exceptions.IdentityLinkError` says which rule
+holds it, when no manual link does.
 
 Tenancy (:mod:`core.tenancy`): an administrator sees the identifiers of the hospitals in
 its scope only (others are answered as if they did not exist) and links two identifiers only
@@ -60,6 +61,7 @@ from core.identity._graph import (
     lock,
     register_in,
     relabel,
+    require,
 )
 from core.identity.identifiers import AuthorityRule, PatientIdentifier, PatientLinkInfo
 from core.security.principal import Actor
@@ -68,14 +70,13 @@ from core.tenancy import HospitalScope
 __all__ = ["PatientIdentity"]
 
 
-def _require(
-    session: Session, identifier: PatientIdentifier, scope: HospitalScope
-) -> PatientIdentifierEntry:
-    row = entry(session, identifier) if scope.covers(identifier.hospital) else None
-    if row is None:
-        # the domain only: the message reaches audit records, where patient IDs are hashed
-        raise NotFoundError("patient identifier in domain", identifier.domain)
-    return row
+def described(audit: AuditTrail, identifier: PatientIdentifier) -> dict[str, str | None]:
+    """An identifier for an audit record: its domain, and its patient ID hashed."""
+    return {
+        "hospital": identifier.hospital,
+        "issuer_of_patient_id": identifier.issuer_of_patient_id,
+        "patient_id_hash": audit.patient_id_hash(identifier.patient_id),
+    }
 
 
 def _platform_only(actor: Actor) -> None:
@@ -130,9 +131,12 @@ class PatientIdentity:
     def audit_registered(
         self, done: Registered, hospital: str, *, actor: Actor | None = None, **detail: object
     ) -> None:
-        """Audit what :func:`register_in` recorded (110110 Patient Record, C), if anything."""
-        if not done.created and not done.merged_keys:
+        """Audit what :func:`register_in` recorded (110110 Patient Record, C), if anything: new
+        identifiers, merged keys, and asserted links a retraction withheld."""
+        if not done.created and not done.merged_keys and not done.withheld:
             return
+        pairs = [[self._described(a), self._described(b)] for a, b in done.withheld]
+        withheld = {"withheld_links": pairs} if pairs else {}
         self._audit.record(
             AuditEventCode.PATIENT_RECORD,
             actor=actor,
@@ -145,6 +149,7 @@ class PatientIdentity:
                 "hospital": hospital,
                 "identifiers": [self._described(i) for i in done.created],
                 "merged_keys": sorted(done.merged_keys),
+                **withheld,
                 **detail,
             },
         )
@@ -290,7 +295,7 @@ class PatientIdentity:
         with self._db.session() as session:
             query = select(PatientLink).order_by(PatientLink.id)
             if identifier is not None:
-                row = _require(session, identifier, scope)
+                row = require(session, identifier, scope)
                 query = query.where(
                     or_(
                         PatientLink.identifier_a_id == row.id, PatientLink.identifier_b_id == row.id
@@ -345,8 +350,8 @@ class PatientIdentity:
                 raise ValueError(f"cannot link identifier {a} with itself")
             session = change.session
             lock(session)
-            row_a = _require(session, a, actor.scope)
-            row_b = _require(session, b, actor.scope)
+            row_a = require(session, a, actor.scope)
+            row_b = require(session, b, actor.scope)
             first, second = sorted((row_a.id, row_b.id))
             change.detail["keys_before"] = sorted({row_a.patient_key, row_b.patient_key})
             session.add(
@@ -378,7 +383,7 @@ class PatientIdentity:
             The identifier is not registered, or of a hospital outside ``actor``'s scope.
         IdentityLinkError
             No manual link joins it (an authority rule or its hospital's own study does:
-            remove the authority rule instead; a hospital's assertion is not undone here).
+            remove the authority rule, or retract the assertion, instead).
         ValueError
             No reason written.
         """
@@ -401,7 +406,7 @@ class PatientIdentity:
                 raise ValueError("an unlink needs a written reason")
             session = change.session
             lock(session)
-            row = _require(session, identifier, actor.scope)
+            row = require(session, identifier, actor.scope)
             manual = list(
                 session.scalars(
                     select(PatientLink).where(
@@ -437,12 +442,7 @@ class PatientIdentity:
             return key
 
     def _described(self, identifier: PatientIdentifier) -> dict[str, str | None]:
-        """An identifier for an audit record: its domain, and its patient ID hashed."""
-        return {
-            "hospital": identifier.hospital,
-            "issuer_of_patient_id": identifier.issuer_of_patient_id,
-            "patient_id_hash": self._audit.patient_id_hash(identifier.patient_id),
-        }
+        return described(self._audit, identifier)
 
     def _why_joined(self, session: Session, row: PatientIdentifierEntry) -> str:
         """Which rule joins ``row`` to others, when no manual link does."""
@@ -466,15 +466,18 @@ class PatientIdentity:
             .where(PatientIdAuthority.issuer_of_patient_id.in_(sorted(issuers)))
             .order_by(PatientIdAuthority.issuer_of_patient_id)
         )
-        if authority is not None:
-            return (
-                f"no manual link joins it; it is linked by the {authority.kind} authority rule "
-                f'of issuer "{authority.issuer_of_patient_id}" (radcloud patients authority '
-                "remove undoes that rule for every patient)"
-            )
+        why = ["no manual link joins it"]
         if asserted:
-            return "no manual link joins it; its hospital's own studies name it with the others"
-        return "no manual link joins it"
+            why.append(
+                "its hospital's own studies name it with other identifiers (radcloud patients "
+                "retract undoes one such assertion)"
+            )
+        if authority is not None:
+            why.append(
+                f'the {authority.kind} authority rule of issuer "{authority.issuer_of_patient_id}" '
+                "links it (radcloud patients authority remove undoes that rule for every patient)"
+            )
+        return "; ".join(why)
 
     # -- authority rules -----------------------------------------------------------------
 
