@@ -286,3 +286,50 @@ def test_patient_administration_stays_inside_the_admins_hospitals(world: World) 
         ("admin-ab", "identifier unlinked", 4),
         ("admin-ab", "authority rule added", 4),
     ]
+
+
+def test_an_admin_retracts_its_hospitals_asserted_link_and_lifts_it(world: World) -> None:
+    admin_a, c = world.bearer("admin-a"), world.client
+    a1 = {"hospital": "A", "patient_id": "A-0001", "issuer_of_patient_id": "HOSP_A"}
+    a_nhs = {"hospital": "A", "patient_id": NHS, "issuer_of_patient_id": "NHS"}
+    b7 = {"hospital": "B", "patient_id": "B-77", "issuer_of_patient_id": "HOSP_B"}
+    b_nhs = {"hospital": "B", "patient_id": NHS, "issuer_of_patient_id": "NHS"}
+    ghost = {"hospital": "A", "patient_id": "A-9999", "issuer_of_patient_id": "HOSP_A"}
+    wrong = {"identifier": a1, "other": a_nhs, "reason": "NHS number of another patient"}
+
+    def retract(body: dict[str, Any]) -> httpx.Response:
+        return c.post("/api/patients/retractions", json=body, headers=admin_a)
+
+    assert retract(wrong | {"reason": " "}).status_code == 422
+    assert retract(wrong | {"other": ghost}).status_code == 404
+    outside = retract({"identifier": b7, "other": b_nhs, "reason": "not A's to retract"})
+    assert outside.status_code == 404 and "B-77" not in outside.text
+    done = retract(wrong)
+    assert done.status_code == 200, done.text
+    assert done.json()["patient_key"] == world.patient
+    assert done.json()["other_patient_key"] != world.patient  # A-0001 split off
+    assert retract(wrong).status_code == 409
+    [listed] = c.get("/api/patients/retractions", headers=admin_a).json()
+    assert (listed["identifier"], listed["other"]["patient_id"], listed["asserted_by"]) == (
+        a1 | {"system": "urn:radcloud:pid:A:HOSP_A"},
+        NHS,
+        "A",
+    )
+    lifted = c.post("/api/patients/retractions/lift", json=wrong, headers=admin_a)
+    assert lifted.status_code == 200, lifted.text
+    assert lifted.json()["patient_key"] == world.patient
+    assert {i["patient_id"] for i in lifted.json()["identifiers"]} == {"A-0001", NHS}  # A's only
+    assert c.get("/api/patients/retractions", headers=admin_a).json() == []
+    changes = [
+        (r["detail"].get("change"), r["outcome"])
+        for r in audit_records(world.home)
+        if r["event_code"] == "110113" and r["user_name"] == "admin-a"
+    ]
+    assert changes == [
+        ("assertion retracted", 4),
+        ("assertion retracted", 4),
+        ("assertion retracted", 4),
+        ("assertion retracted", 0),
+        ("assertion retracted", 4),
+        ("retraction lifted", 0),
+    ]

@@ -8,13 +8,15 @@ patient of a known domain, or an ``OperationOutcome``: 404 ``not-found`` for an 
 malformed parameter (:mod:`core.identity.pixm`). Every query is audited (110112 Query).
 
 ``/api/patients`` (role ``admin``): list patients, show one, link two identifiers by hand,
-unlink one, and the authority rules (a platform operator's). A hospital's admin sees and links
-its hospitals' identifiers only (:class:`core.identity.PatientIdentity`); every change is
-audited there.
+unlink one, retract a link a hospital's study asserted (list and lift retractions), and the
+authority rules (a platform operator's). A hospital's admin sees and changes its hospitals'
+identifiers only (:class:`core.identity.PatientIdentity`,
+:class:`core.identity.AssertionRetractions`); every change is audited there.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, status
@@ -24,7 +26,13 @@ from pydantic import BaseModel, Field
 from core.audit import AuditAction, AuditEventCode, AuditOutcome
 from core.db.models import PatientIdAuthorityKind, Role
 from core.exceptions import NotFoundError, PurposeRequiredError, UnknownIdentifierDomainError
-from core.identity import PatientIdentifier, PatientIdentity, operation_outcome, pix_query
+from core.identity import (
+    AssertionRetractions,
+    PatientIdentifier,
+    PatientIdentity,
+    operation_outcome,
+    pix_query,
+)
 from core.security import Principal
 from serving.api.security import audit_request, context, request_actor, require_roles
 
@@ -167,6 +175,37 @@ class PatientDetail(PatientOut):
     links: list[LinkOut]
 
 
+class RetractionIn(BaseModel):
+    """A link of two identifiers that their hospital's study asserted, and why it is retracted
+    (or why the retraction is lifted)."""
+
+    identifier: IdentifierIO
+    other: IdentifierIO
+    reason: str = Field(min_length=1, max_length=1000)
+
+
+class RetractionOut(BaseModel):
+    """A retraction in force: who retracted whose assertion, when and why, and how many later
+    studies asserted it again (``withheld``)."""
+
+    identifier: IdentifierIO
+    other: IdentifierIO
+    reason: str
+    created_by: str
+    created_at: dt.datetime
+    asserted_by: str | None
+    asserted_at: dt.datetime
+    withheld: int
+
+
+class RetractedOut(BaseModel):
+    """The patient keys of the two identifiers after a retraction (one key when another rule
+    still joins them)."""
+
+    patient_key: str
+    other_patient_key: str
+
+
 class AuthorityIO(BaseModel):
     """An assigning authority whose IDs are valid across hospitals."""
 
@@ -177,6 +216,11 @@ class AuthorityIO(BaseModel):
 def _identity(request: Request) -> PatientIdentity:
     ctx = context(request)
     return PatientIdentity(ctx.db, ctx.audit)
+
+
+def _retractions(request: Request) -> AssertionRetractions:
+    ctx = context(request)
+    return AssertionRetractions(ctx.db, ctx.audit)
 
 
 def _unprocessable(exc: ValueError) -> HTTPException:
@@ -222,6 +266,55 @@ def add_authority(request: Request, principal: Admin, body: AuthorityIO) -> Auth
     except ValueError as exc:
         raise _unprocessable(exc) from exc
     return body
+
+
+@patients_router.get("/retractions")
+def list_retractions(request: Request, principal: Admin) -> list[RetractionOut]:
+    """Retracted assertions of identifiers of the caller's hospitals, oldest first."""
+    return [
+        RetractionOut(
+            identifier=IdentifierIO.of(r.a),
+            other=IdentifierIO.of(r.b),
+            reason=r.reason,
+            created_by=r.created_by,
+            created_at=r.created_at,
+            asserted_by=r.asserted_by,
+            asserted_at=r.asserted_at,
+            withheld=r.withheld,
+        )
+        for r in _retractions(request).retractions(principal.scope)
+    ]
+
+
+@patients_router.post("/retractions")
+def retract_assertion(request: Request, principal: Admin, body: RetractionIn) -> RetractedOut:
+    """Retract a link a hospital's study asserted: later studies do not make it again."""
+    try:
+        key, other_key = _retractions(request).retract(
+            body.identifier.identifier(),
+            body.other.identifier(),
+            body.reason,
+            actor=request_actor(request, principal),
+        )
+    except ValueError as exc:
+        raise _unprocessable(exc) from exc
+    return RetractedOut(patient_key=key, other_patient_key=other_key)
+
+
+@patients_router.post("/retractions/lift")
+def lift_retraction(request: Request, principal: Admin, body: RetractionIn) -> PatientOut:
+    """Lift a retraction: the hospital's asserted link is restored."""
+    try:
+        key = _retractions(request).lift(
+            body.identifier.identifier(),
+            body.other.identifier(),
+            body.reason,
+            actor=request_actor(request, principal),
+        )
+    except ValueError as exc:
+        raise _unprocessable(exc) from exc
+    identifiers = _identity(request).identifiers(key, principal.scope)
+    return PatientOut(patient_key=key, identifiers=[IdentifierIO.of(i) for i in identifiers])
 
 
 @patients_router.get("/{patient_key}")
