@@ -13,7 +13,7 @@ import typer
 from rich.table import Table
 
 from core.db.models import PatientIdAuthorityKind
-from core.identity import PatientIdentifier, PatientIdentity
+from core.identity import AssertionRetractions, PatientIdentifier, PatientIdentity
 from core.security import Actor
 from core.tenancy import HospitalScope
 from radcloud.cli._common import audit_trail, command, console, database
@@ -21,7 +21,8 @@ from radcloud.cli._common import audit_trail, command, console, database
 __all__ = ["register"]
 
 patients_app = typer.Typer(
-    help="Patient identity across hospitals (IHE PIX): identifiers, links, authorities.",
+    help="Patient identity across hospitals (IHE PIX): identifiers, links, retractions, "
+    "authorities.",
     no_args_is_help=True,
 )
 authority_app = typer.Typer(
@@ -30,10 +31,21 @@ authority_app = typer.Typer(
 )
 
 ReasonOption = Annotated[str, typer.Option("--reason", help="Why (kept in the audit trail).")]
+FromOption = Annotated[
+    str,
+    typer.Option(
+        "--from",
+        help="The other identifier the hospital's study named (HOSPITAL:ISSUER:PATIENTID).",
+    ),
+]
 
 
 def _identity() -> PatientIdentity:
     return PatientIdentity(database(), audit_trail())
+
+
+def _retractions() -> AssertionRetractions:
+    return AssertionRetractions(database(), audit_trail())
 
 
 def _identifier(text: str, hint: str) -> PatientIdentifier:
@@ -63,7 +75,7 @@ def patients_list(
 @patients_app.command("show")
 @command
 def patients_show(key: str) -> None:
-    """A patient's identifiers and the explicit links between them."""
+    """A patient's identifiers, the explicit links between them and retracted assertions."""
     identity = _identity()
     current = identity.current_key(key)
     if current is None:
@@ -87,6 +99,22 @@ def patients_show(key: str) -> None:
                 link.created_at.isoformat(timespec="seconds"),
             )
         console.print(table)
+    mine = set(identity.identifiers(current))
+    retracted = [
+        r
+        for r in _retractions().retractions(HospitalScope.platform())
+        if r.a in mine or r.b in mine
+    ]
+    if retracted:
+        table = Table("retracted assertion", "reason", "by", "when")
+        for retraction in retracted:
+            table.add_row(
+                f"{retraction.a}\n{retraction.b}",
+                retraction.reason,
+                retraction.created_by,
+                retraction.created_at.isoformat(timespec="seconds"),
+            )
+        console.print(table)
 
 
 @patients_app.command("link")
@@ -103,10 +131,62 @@ def patients_unlink(identifier: str, reason: ReasonOption) -> None:
     """Undo the manual links of IDENTIFIER: it gets its own patient key back (audited).
 
     Links of an assigning authority are undone only with the rule
-    (``radcloud patients authority remove``).
+    (``radcloud patients authority remove``); those a hospital's study asserted, by
+    ``radcloud patients retract``.
     """
     key = _identity().unlink(_identifier(identifier, "IDENTIFIER"), reason, actor=Actor.cli())
     console.print(f"{identifier}: patient [bold]{key}[/]")
+
+
+@patients_app.command("retract")
+@command
+def patients_retract(identifier: str, other: FromOption, reason: ReasonOption) -> None:
+    """Retract the link of IDENTIFIER with --from that their hospital's studies asserted
+    (OtherPatientIDsSequence): they are split, and later studies naming them together do not
+    link them again until the retraction is lifted (audited)."""
+    key, other_key = _retractions().retract(
+        _identifier(identifier, "IDENTIFIER"),
+        _identifier(other, "--from"),
+        reason,
+        actor=Actor.cli(),
+    )
+    console.print(f"{identifier}: patient [bold]{key}[/]; {other}: patient [bold]{other_key}[/]")
+    if key == other_key:
+        console.print("[yellow]still one patient: another rule joins them[/]")
+
+
+@patients_app.command("retractions")
+@command
+def patients_retractions(
+    identifier: Annotated[str | None, typer.Argument(help="Only this identifier's.")] = None,
+) -> None:
+    """The retracted assertions in force, and how many later studies asserted them again."""
+    table = Table("between", "reason", "by", "when", "asserted by", "asserted again")
+    chosen = _identifier(identifier, "IDENTIFIER") if identifier is not None else None
+    for retraction in _retractions().retractions(HospitalScope.platform(), identifier=chosen):
+        table.add_row(
+            f"{retraction.a}\n{retraction.b}",
+            retraction.reason,
+            retraction.created_by,
+            retraction.created_at.isoformat(timespec="seconds"),
+            retraction.asserted_by or "",
+            str(retraction.withheld),
+        )
+    console.print(table)
+
+
+@patients_app.command("lift-retraction")
+@command
+def patients_lift_retraction(identifier: str, other: FromOption, reason: ReasonOption) -> None:
+    """Lift the retraction of IDENTIFIER with --from: their hospital's assertion links them
+    again (audited)."""
+    key = _retractions().lift(
+        _identifier(identifier, "IDENTIFIER"),
+        _identifier(other, "--from"),
+        reason,
+        actor=Actor.cli(),
+    )
+    console.print(f"{identifier} and {other}: patient [bold]{key}[/]")
 
 
 @authority_app.command("add")

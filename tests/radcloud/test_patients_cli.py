@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,7 @@ import pytest
 from core.audit import AuditTrail
 from core.config import load_settings
 from core.db import Database, upgrade
-from core.identity import PatientIdentity
+from core.identity import PatientIdentifier, PatientIdentity
 from core.secrets import load_secrets
 from tests.audit_records import assert_cli_actor, audit_records, radcloud
 
@@ -69,6 +70,66 @@ def test_authority_link_unlink_from_the_command_line(
         ("identifier unlinked", 4),
         ("identifier unlinked", 0),
         ("authority rule removed", 0),
+    ]
+    for record in records:
+        assert_cli_actor(record)
+
+
+def test_retract_list_and_lift_an_asserted_link_from_the_command_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COLUMNS", "250")
+    identity, db = _identity(tmp_path)
+    key_a = identity.register("A", "A-0001", "HOSP_A", [("9434765919", "NHS")])
+    db.dispose()
+    last = audit_records(tmp_path)[-1]["seq"]
+
+    missing = radcloud(tmp_path, "patients", "retract", "A:HOSP_A:A-0001", "--from", "A:NHS:1")
+    assert missing.returncode == 2 and "--reason" in missing.stderr  # no reason: not even tried
+    blank = ("--reason", " ")
+    empty = radcloud(
+        tmp_path, "patients", "retract", "A:HOSP_A:A-0001", "--from", "A:NHS:9434765919", *blank
+    )
+    assert empty.returncode == 1 and "reason" in empty.stderr
+    unknown = radcloud(
+        tmp_path, "patients", "retract", "A:HOSP_A:A-0001", "--from", "A:NHS:1", "--reason", "x"
+    )
+    assert unknown.returncode == 1 and "does not exist" in unknown.stderr
+    wrong = ("A:HOSP_A:A-0001", "--from", "A:NHS:9434765919")
+    retracted = radcloud(tmp_path, "patients", "retract", *wrong, "--reason", "misfiled number")
+    assert retracted.returncode == 0, retracted.stderr
+    assert key_a in retracted.stdout and "still one patient" not in retracted.stdout
+
+    # a later study asserting it again: not linked, and counted on the retraction
+    identity, db = _identity(tmp_path)
+    assert identity.register("A", "A-0001", "HOSP_A", [("9434765919", "NHS")]) == key_a
+    assert identity.identifiers(key_a) == [PatientIdentifier("A", "A-0001", "HOSP_A")]
+    db.dispose()
+    listed = radcloud(tmp_path, "patients", "retractions").stdout
+    assert "A:NHS:9434765919" in listed and "misfiled number" in listed
+    # reason, by, when, asserted by hospital A, asserted again once
+    assert re.search(r"misfiled number\s*│[^│\n]*│[^│\n]*│\s*A\s*│\s*1\s*│", listed), listed
+    assert "misfiled number" in radcloud(tmp_path, "patients", "show", key_a).stdout
+
+    lifted = radcloud(tmp_path, "patients", "lift-retraction", *wrong, "--reason", "confirmed")
+    assert lifted.returncode == 0, lifted.stderr
+    identity, db = _identity(tmp_path)
+    assert identity.key_for("A", "9434765919", "NHS") == key_a
+    db.dispose()
+    again = radcloud(tmp_path, "patients", "lift-retraction", *wrong, "--reason", "again")
+    assert again.returncode == 1 and "does not exist" in again.stderr
+
+    records = [
+        r
+        for r in audit_records(tmp_path, after=last)
+        if r["detail"].get("change") in ("assertion retracted", "retraction lifted")
+    ]
+    assert [(r["detail"]["change"], r["outcome"]) for r in records] == [
+        ("assertion retracted", 4),
+        ("assertion retracted", 4),
+        ("assertion retracted", 0),
+        ("retraction lifted", 0),
+        ("retraction lifted", 4),
     ]
     for record in records:
         assert_cli_actor(record)
