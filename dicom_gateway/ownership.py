@@ -51,12 +51,22 @@ from core.tenancy import hospital_row
 from dicom_gateway.exceptions import StudyCollisionError
 from dicom_gateway.validation import InstanceInfo
 
-__all__ = ["PatientIdentity", "StudyOwnership"]
+__all__ = ["CLAIM_LOCK_KEY", "PatientIdentity", "StudyOwnership", "register_identifiers"]
 
 logger = logging.getLogger(__name__)
 
 _CACHE_SIZE = 10_000
-_LOCK_KEY = 0x52434C4D  # "RCLM": PostgreSQL advisory lock serialising claims
+CLAIM_LOCK_KEY = 0x52434C4D  # "RCLM": PostgreSQL advisory lock serialising claims
+
+
+def register_identifiers(session: Session, hospital: str, info: InstanceInfo) -> Registered:
+    """Record the patient identifiers an instance of ``hospital`` carries in ``session`` (a
+    claim's transaction, or a back-fill's, :mod:`dicom_gateway.backfill`): PatientID within
+    IssuerOfPatientID, and each item of OtherPatientIDsSequence as the hospital's assertion
+    that it is the same patient (:func:`core.identity.register_in`)."""
+    return register_in(
+        session, hospital, info.patient_id, info.issuer_of_patient_id, info.other_patient_ids
+    )
 
 
 @dataclass(frozen=True)
@@ -158,7 +168,7 @@ class StudyOwnership:
             if key in self._joined:
                 self._joined.move_to_end(key)
                 return
-        owner, recorded = self._claim(uid, hospital, identity, info.other_patient_ids)
+        owner, recorded = self._claim(info, hospital, identity)
         if owner != hospital:
             # the kind first: a DIMSE error comment keeps 64 characters
             reason = (
@@ -177,21 +187,18 @@ class StudyOwnership:
                 self._joined.popitem(last=False)
 
     def _claim(
-        self,
-        uid: str,
-        hospital: str,
-        identity: PatientIdentity,
-        other_ids: tuple[tuple[str, str | None], ...] = (),
+        self, info: InstanceInfo, hospital: str, identity: PatientIdentity
     ) -> tuple[str | None, PatientIdentity]:
         """The study's owner and recorded identity; a new study is claimed for ``hospital``
         with ``identity`` (one insert: the unique UID decides a race), and its patient's
         identifiers registered in the same transaction."""
+        uid = info.study_instance_uid
         found = self._owner(uid)
         if found is not None:
             return found
         registered = Registered(None)
         try:
-            with write_transaction(self._db, _LOCK_KEY) as session:
+            with write_transaction(self._db, CLAIM_LOCK_KEY) as session:
                 found = self._owner(uid, session)  # under the write lock: decided once
                 if found is not None:
                     return found
@@ -207,13 +214,7 @@ class StudyOwnership:
                         instance_count=0,
                     )
                 )
-                registered = register_in(
-                    session,
-                    hospital,
-                    identity.patient_id,
-                    identity.issuer_of_patient_id,
-                    other_ids,
-                )
+                registered = register_identifiers(session, hospital, info)
         except IntegrityError:  # the unique UID: a row written without the lock won
             found = self._owner(uid)
             if found is None:

@@ -16,7 +16,7 @@ from core.db.models import PatientIdAuthorityKind
 from core.identity import AssertionRetractions, PatientIdentifier, PatientIdentity
 from core.security import Actor
 from core.tenancy import HospitalScope
-from radcloud.cli._common import audit_trail, command, console, database
+from radcloud.cli._common import audit_trail, command, console, database, get_settings
 
 __all__ = ["register"]
 
@@ -187,6 +187,53 @@ def patients_lift_retraction(identifier: str, other: FromOption, reason: ReasonO
         actor=Actor.cli(),
     )
     console.print(f"{identifier} and {other}: patient [bold]{key}[/]")
+
+
+@patients_app.command("backfill")
+@command
+def patients_backfill(
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Read and count; register nothing.")
+    ] = False,
+) -> None:
+    """Register the identifiers of studies stored before the cross-reference existed
+    (migration 0008): one instance of each is read from the archive and registered as the
+    gateway does. A second run finds nothing to do; unreadable studies are listed (audited
+    once per run)."""
+    from rich.progress import Progress
+
+    from core.archive import open_archive
+    from core.secrets import load_secrets
+    from dicom_gateway.backfill import IdentityBackfill
+
+    settings = get_settings()
+    with open_archive(settings, load_secrets(settings)) as archive:
+        backfill = IdentityBackfill(database(), audit_trail(), archive)
+        studies = backfill.pending()
+        with Progress(console=console, transient=True) as progress:
+            task = progress.add_task("reading studies", total=len(studies))
+            report = backfill.run(
+                studies,
+                actor=Actor.cli(),
+                dry_run=dry_run,
+                on_study=lambda _study: progress.advance(task),
+            )
+    verb = "would register" if dry_run else "registered"
+    console.print(
+        f"{report.pending} studies without identifiers: {verb} {report.registered} "
+        f"({len(report.new_identifiers)} new identifiers, {report.withheld_links} retracted "
+        f"links withheld), {len(report.skipped)} skipped"
+    )
+    if report.without_owner or report.without_patient_id:
+        console.print(
+            f"left out: {report.without_owner} studies without an owner (radcloud studies "
+            f"assign-owner), {report.without_patient_id} without a Patient ID"
+        )
+    if report.skipped:
+        table = Table("skipped study", "why")
+        for skipped in report.skipped:
+            table.add_row(skipped.study_instance_uid, skipped.reason)
+        console.print(table)
 
 
 @authority_app.command("add")
