@@ -12,6 +12,8 @@ writer whichever door an instance came through.
   :mod:`dicom_gateway.quarantine`: checks, durable storage, refused instances;
 - :mod:`dicom_gateway.forwarder`, :mod:`dicom_gateway.completeness`: spool to archive, and
   the ``study.ready`` event once a study is stable;
+- :mod:`dicom_gateway.ownership`: a study's owner and patient, and its identifiers in the
+  patient cross-reference; :mod:`dicom_gateway.backfill` those of studies stored before it;
 - :mod:`dicom_gateway.senders`: who may send, and C-MOVE destinations;
 - :mod:`dicom_gateway.exceptions`: the ``GatewayError`` tree.
 
