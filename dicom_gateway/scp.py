@@ -15,18 +15,9 @@ C-STORE (PS3.4 B.2.3)
     The data set is taken as received (no decoding) and handed to :class:`Intake`, which
     validates it, quarantines refusals and fsyncs it to the spool; only then is 0x0000 sent.
     A data set over ``gateway_max_instance_mib`` is not even buffered: its fragments are
-    dropped as they arrive. Errors map to statuses:
-
-    ==================================================  =======================================
-    over the size limit, ``InstanceTooLargeError``,     0xA700 Refused: Out of Resources
-    a deflate bomb (``InflationTooLargeError``),
-    ``SpoolFullError``
-    ``NonConformantInstanceError`` (quarantined)        0xA900 Data Set does not match SOP Class
-    ``UnreadableInstanceError`` (quarantined)           0xC000 Cannot understand
-    ``StudyCollisionError`` (quarantined): the study    0xC409 (a Cannot understand code, as
-    is another hospital's, or of another patient        STOW-RS's study mismatch)
-    any other ``GatewayError``, unexpected errors       0xC001 Cannot understand (logged)
-    ==================================================  =======================================
+    dropped as they arrive. Errors map to statuses as :mod:`dicom_gateway._store_status` draws
+    (0xA700 out of resources, 0xA900 non-conformant, 0xC000 unreadable, 0xC409 another
+    hospital's or patient's study, 0xC001 anything else), with an Error Comment.
 
 C-FIND, C-MOVE (PS3.4 C.4.1, C.4.2)
     Patient Root and Study Root, answered from Orthanc (:mod:`dicom_gateway._query`). An
@@ -90,20 +81,15 @@ from dicom_gateway._query import (
     Query,
     information_model,
 )
+from dicom_gateway._store_status import CANNOT_UNDERSTAND, OUT_OF_RESOURCES, store_failure
 from dicom_gateway._transport import AssociationServer, client_certificate, tls_context
 from dicom_gateway.exceptions import (
     ArchiveError,
     GatewayError,
-    InflationTooLargeError,
-    InstanceRejectedError,
     InstanceTooLargeError,
     InvalidIdentifierError,
-    NonConformantInstanceError,
     QueryTooBroadError,
-    SpoolFullError,
-    StudyCollisionError,
     UnknownSenderError,
-    UnreadableInstanceError,
 )
 from dicom_gateway.intake import Intake
 from dicom_gateway.senders import DestinationInfo, SenderInfo, SenderRegistry
@@ -143,7 +129,6 @@ _STOP_GRACE_S = 10.0
 _DUL_POLL_S = 0.0005
 _ROLE = "pacs"
 _SUCCESS, _PENDING, _CANCEL = 0x0000, 0xFF00, 0xFE00
-_STUDY_COLLISION = 0xC409  # in the Cxxx "cannot understand" range; STOW-RS uses the same code
 
 
 def _status(code: int, comment: str) -> Dataset:
@@ -500,15 +485,14 @@ class DicomService:
 
     @staticmethod
     def _store_failure(sender: SenderInfo, exc: GatewayError) -> Dataset:
-        """The C-STORE failure status for ``exc`` (PS3.4 B.2.3)."""
-        if isinstance(exc, InstanceTooLargeError | SpoolFullError):
+        """The C-STORE failure status for ``exc`` (PS3.4 B.2.3, :mod:`._store_status`)."""
+        failure = store_failure(exc)
+        if failure is None:
+            logger.error("cannot store instance from %s: %s", sender.ae_title, exc)
+            return _status(CANNOT_UNDERSTAND, "instance not stored: gateway error")
+        if failure[0] == OUT_OF_RESOURCES:
             logger.warning("refused instance from %s: %s", sender.ae_title, exc)
-            return _status(0xA700, _out_of_resources(exc))
-        for kind, status in _REJECTIONS:
-            if isinstance(exc, kind):
-                return _status(status, exc.reason)
-        logger.error("cannot store instance from %s: %s", sender.ae_title, exc)
-        return _status(0xC001, "instance not stored: gateway error")
+        return _status(*failure)
 
     # -- C-FIND, C-MOVE --------------------------------------------------------------------
 
@@ -687,20 +671,3 @@ class DicomService:
                     "hospital": peer.sender.hospital,
                 },
             )
-
-
-# Refusals of the instance itself, with the failure status each answers (PS3.4 B.2.3).
-_REJECTIONS: tuple[tuple[type[InstanceRejectedError], int], ...] = (
-    (StudyCollisionError, _STUDY_COLLISION),
-    (NonConformantInstanceError, 0xA900),
-    (UnreadableInstanceError, 0xC000),
-)
-
-
-def _out_of_resources(exc: InstanceTooLargeError | SpoolFullError) -> str:
-    """The error comment of a 0xA700 (Refused: Out of Resources) answer."""
-    if isinstance(exc, InflationTooLargeError):
-        return f"deflated data set inflates beyond {exc.limit_bytes} bytes"
-    if isinstance(exc, InstanceTooLargeError):
-        return f"instance exceeds the limit of {exc.limit_bytes} bytes"
-    return "out of resources: the gateway's spool is full"

@@ -66,7 +66,7 @@ class GatewayService:
             settings.gateway_max_instance_mib * _MIB,
             StudyOwnership(self.db, self.audit),
         )
-        self.senders = SenderRegistry(self.db, self.audit)
+        self.senders = SenderRegistry(self.db, self.audit, edge=settings.gateway_edge)
         self.tracker = StudyTracker(
             self.db,
             self.archive,
