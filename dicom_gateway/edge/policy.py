@@ -37,6 +37,7 @@ from typing import Any, Protocol
 
 from pydicom.uid import UID
 
+from core.archive.orthanc_archive import orthanc_study_id
 from core.audit import AuditAction, AuditEventCode, AuditOutcome
 from dicom_gateway import metrics
 from dicom_gateway._retrieve import QueryRetrievePolicy
@@ -315,6 +316,9 @@ class StorePolicy:
                 has_pixel_data=instance.has_pixel_data,
             )
             self._ownership.admit(info, sender.hospital, sender=calling, source=_SOURCE)
+            self._ownership.link_archive(
+                info.study_instance_uid, orthanc_study_id(info.patient_id, info.study_instance_uid)
+            )
         except InstanceRejectedError as exc:
             refusal = quarantine_refused(
                 self._quarantine,
