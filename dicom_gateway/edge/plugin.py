@@ -20,16 +20,16 @@ import sys
 from io import BytesIO
 from typing import Any
 
-import orthanc  # the module the plugin provides; only importable inside Orthanc
+import orthanc  # type: ignore[import-not-found]  # the plugin's module, only inside Orthanc
 from pydicom import dcmwrite
 from pydicom.dataset import FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
 from core.config import load_settings
 from dicom_gateway.edge.query import identifier_of
 from dicom_gateway.edge.runtime import Edge
 
-_FIND_SOP_CLASS = "1.2.840.10008.5.1.4.1.2.1.1"  # Patient Root Query/Retrieve - FIND
+_FIND_SOP_CLASS = UID("1.2.840.10008.5.1.4.1.2.1.1")  # Patient Root Query/Retrieve - FIND
 
 
 class _Instance:

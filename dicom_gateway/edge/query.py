@@ -29,6 +29,7 @@ from pydicom.dataset import Dataset
 from pydicom.tag import Tag
 
 from core.archive.exceptions import ArchiveError as SeamArchiveError
+from core.archive.model import ArchiveId
 from core.archive.orthanc_peers import OrthancPeers
 from dicom_gateway._archive import QueryRetrieveArchive, StudyMoveResult
 from dicom_gateway._query import InformationModel, MoveItem, Query
@@ -192,7 +193,7 @@ class EdgeQueryRetrieve:
     def _send_study(self, peer: str, items: list[MoveItem]) -> StudyMoveResult:
         first = items[0]
         try:
-            answer = self._orthanc_peers.store(peer, [item.archive_id for item in items])
+            answer = self._orthanc_peers.store(peer, [ArchiveId(item.archive_id) for item in items])
         except SeamArchiveError as exc:
             logger.error("C-MOVE of study %s to %s failed: %s", first.study_instance_uid, peer, exc)
             return StudyMoveResult(
