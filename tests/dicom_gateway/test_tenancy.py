@@ -68,7 +68,7 @@ def error_comment(stack: Stack, status: Dataset, sop_instance_uid: str) -> str:
     if stack.settings.gateway_edge is GatewayEdge.ORTHANC:
         assert "ErrorComment" not in status
         [entry] = quarantined(stack, sop_instance_uid)
-        return entry.reason
+        return str(entry.reason)
     return str(status.ErrorComment)
 
 
