@@ -7,7 +7,7 @@ SHELL := /bin/bash
 
 VENV := .venv
 PY := $(VENV)/bin/python
-APT_PACKAGES := orthanc orthanc-dicomweb dcmtk python3-venv python3-dev build-essential chromium
+APT_PACKAGES := orthanc orthanc-dicomweb orthanc-python dcmtk python3-venv python3-dev build-essential chromium
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 PYTEST_ARGS ?=
 

@@ -32,6 +32,7 @@ from core.exceptions import ConfigError
 
 __all__ = [
     "DataPaths",
+    "GatewayEdge",
     "Mode",
     "OrthancIndex",
     "Settings",
@@ -59,6 +60,18 @@ class Mode(StrEnum):
 
     DEV = "dev"
     PROD = "prod"
+
+
+class GatewayEdge(StrEnum):
+    """Which DICOM server receives associations on ``gateway_port`` (README "Sending studies").
+
+    ``pynetdicom``: the gateway process's own DIMSE service (spool, forwarder); ``orthanc``:
+    Orthanc's DICOM server, with radcloud's policy in an orthanc-python plugin
+    (:mod:`dicom_gateway.edge`).
+    """
+
+    PYNETDICOM = "pynetdicom"
+    ORTHANC = "orthanc"
 
 
 class OrthancIndex(StrEnum):
@@ -138,6 +151,11 @@ class Settings(BaseSettings):
     api_tls_private_key: Path | None = None
     gateway_port: Port = 11112
     gateway_ae_title: str = "RADCLOUD"
+    # Who answers DICOM on gateway_port: the gateway's own pynetdicom service (spools, so it
+    # accepts while Orthanc is down), or Orthanc's DICOM server with radcloud's policy in a
+    # plugin (no Python on the byte path; refuses while Orthanc is down). README "Sending
+    # studies (the DICOM gateway)" says what each promises.
+    gateway_edge: GatewayEdge = GatewayEdge.PYNETDICOM
     orthanc_http_port: Port = 8042
     orthanc_dicom_port: Port = 4242
     orthanc_ae_title: str = "RADCLOUD_STORE"

@@ -23,9 +23,46 @@ from dicom_gateway.quarantine import Quarantine
 from dicom_gateway.spool import Spool, SpoolEntry
 from dicom_gateway.validation import inspect_instance
 
-__all__ = ["Intake"]
+__all__ = ["Intake", "quarantine_refused"]
 
 logger = logging.getLogger(__name__)
+
+
+def quarantine_refused(
+    quarantine: Quarantine,
+    data: bytes,
+    exc: InstanceRejectedError,
+    *,
+    sender_ae_title: str | None,
+    hospital: str | None,
+    source: str,
+) -> InstanceRejectedError:
+    """Keep a refused instance in ``quarantine`` (within its quota) and count the refusal; both
+    DICOM edges and STOW-RS refuse this way.
+
+    Returns
+    -------
+    InstanceRejectedError
+        ``exc``, or when the quarantine is full the same kind of error whose reason starts
+        "not kept, quarantine full": the one to raise.
+    """
+    sender = sender_ae_title or "-"
+    metrics.INSTANCES_FAILED.labels(sender, source, type(exc).__name__).inc()
+    try:
+        quarantine.add(
+            data,
+            reason=exc.reason,
+            error=type(exc).__name__,
+            source=source,
+            sender_ae_title=sender_ae_title,
+            hospital=hospital,
+            within_quota=True,
+        )
+    except QuarantineFullError as full:
+        logger.warning("refused instance from %s not kept: %s", sender, full)
+        metrics.INSTANCES_FAILED.labels(sender, source, "quarantine_full").inc()
+        return type(exc)(f"not kept, quarantine full: {exc.reason}")
+    return exc
 
 
 class Intake:
@@ -96,22 +133,17 @@ class Intake:
             metrics.INSTANCES_FAILED.labels(sender, source, "inflation_too_large").inc()
             raise
         except InstanceRejectedError as exc:
-            metrics.INSTANCES_FAILED.labels(sender, source, type(exc).__name__).inc()
-            try:
-                self.quarantine.add(
-                    data,
-                    reason=exc.reason,
-                    error=type(exc).__name__,
-                    source=source,
-                    sender_ae_title=sender_ae_title,
-                    hospital=hospital,
-                    within_quota=True,
-                )
-            except QuarantineFullError as full:
-                logger.warning("refused instance from %s not kept: %s", sender, full)
-                metrics.INSTANCES_FAILED.labels(sender, source, "quarantine_full").inc()
-                raise type(exc)(f"not kept, quarantine full: {exc.reason}") from exc
-            raise
+            refusal = quarantine_refused(
+                self.quarantine,
+                data,
+                exc,
+                sender_ae_title=sender_ae_title,
+                hospital=hospital,
+                source=source,
+            )
+            if refusal is exc:
+                raise
+            raise refusal from exc
         try:
             entry = self.spool.put(stored, info, sender_ae_title=sender_ae_title, hospital=hospital)
         except SpoolFullError:

@@ -38,7 +38,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import NoReturn
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -134,6 +134,7 @@ class StudyOwnership:
         self._xref = CrossReference(db, audit)
         self._lock = threading.Lock()
         self._joined: OrderedDict[tuple[str, str, PatientIdentity], None] = OrderedDict()
+        self._linked: OrderedDict[str, None] = OrderedDict()
 
     def admit(self, info: InstanceInfo, hospital: str | None, *, sender: str, source: str) -> None:
         """Let the instance ``info`` of ``hospital`` join its study (claiming it if new).
@@ -185,6 +186,24 @@ class StudyOwnership:
             self._joined[key] = None
             if len(self._joined) > _CACHE_SIZE:
                 self._joined.popitem(last=False)
+
+    def link_archive(self, study_instance_uid: str, archive_id: str) -> None:
+        """Record the archive's key of a study claimed here, when it has none yet (the Orthanc
+        edge knows it before Orthanc stores the study: C-FIND and C-MOVE scope by it). Done
+        once per study and process; the key of a study that has one is never changed."""
+        with self._lock:
+            if study_instance_uid in self._linked:
+                return
+        with self._db.session() as session:
+            session.execute(
+                update(Study)
+                .where(Study.study_instance_uid == study_instance_uid, Study.orthanc_id.is_(None))
+                .values(orthanc_id=archive_id)
+            )
+        with self._lock:
+            self._linked[study_instance_uid] = None
+            if len(self._linked) > _CACHE_SIZE:
+                self._linked.popitem(last=False)
 
     def _claim(
         self, info: InstanceInfo, hospital: str, identity: PatientIdentity

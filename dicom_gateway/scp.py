@@ -15,18 +15,9 @@ C-STORE (PS3.4 B.2.3)
     The data set is taken as received (no decoding) and handed to :class:`Intake`, which
     validates it, quarantines refusals and fsyncs it to the spool; only then is 0x0000 sent.
     A data set over ``gateway_max_instance_mib`` is not even buffered: its fragments are
-    dropped as they arrive. Errors map to statuses:
-
-    ==================================================  =======================================
-    over the size limit, ``InstanceTooLargeError``,     0xA700 Refused: Out of Resources
-    a deflate bomb (``InflationTooLargeError``),
-    ``SpoolFullError``
-    ``NonConformantInstanceError`` (quarantined)        0xA900 Data Set does not match SOP Class
-    ``UnreadableInstanceError`` (quarantined)           0xC000 Cannot understand
-    ``StudyCollisionError`` (quarantined): the study    0xC409 (a Cannot understand code, as
-    is another hospital's, or of another patient        STOW-RS's study mismatch)
-    any other ``GatewayError``, unexpected errors       0xC001 Cannot understand (logged)
-    ==================================================  =======================================
+    dropped as they arrive. Errors map to statuses as :mod:`dicom_gateway._store_status` draws
+    (0xA700 out of resources, 0xA900 non-conformant, 0xC000 unreadable, 0xC409 another
+    hospital's or patient's study, 0xC001 anything else), with an Error Comment.
 
 C-FIND, C-MOVE (PS3.4 C.4.1, C.4.2)
     Patient Root and Study Root, answered from Orthanc (:mod:`dicom_gateway._query`). An
@@ -90,20 +81,16 @@ from dicom_gateway._query import (
     Query,
     information_model,
 )
+from dicom_gateway._retrieve import QueryRetrievePolicy
+from dicom_gateway._store_status import CANNOT_UNDERSTAND, OUT_OF_RESOURCES, store_failure
 from dicom_gateway._transport import AssociationServer, client_certificate, tls_context
 from dicom_gateway.exceptions import (
     ArchiveError,
     GatewayError,
-    InflationTooLargeError,
-    InstanceRejectedError,
     InstanceTooLargeError,
     InvalidIdentifierError,
-    NonConformantInstanceError,
     QueryTooBroadError,
-    SpoolFullError,
-    StudyCollisionError,
     UnknownSenderError,
-    UnreadableInstanceError,
 )
 from dicom_gateway.intake import Intake
 from dicom_gateway.senders import DestinationInfo, SenderInfo, SenderRegistry
@@ -143,7 +130,6 @@ _STOP_GRACE_S = 10.0
 _DUL_POLL_S = 0.0005
 _ROLE = "pacs"
 _SUCCESS, _PENDING, _CANCEL = 0x0000, 0xFF00, 0xFE00
-_STUDY_COLLISION = 0xC409  # in the Cxxx "cannot understand" range; STOW-RS uses the same code
 
 
 def _status(code: int, comment: str) -> Dataset:
@@ -204,6 +190,7 @@ class DicomService:
         self._senders = senders
         self._audit = audit
         self._archive = QueryRetrieveArchive(orthanc, settings.gateway_ae_title)
+        self._retrieve = QueryRetrievePolicy(senders, audit)
         self._max_instance_bytes = settings.gateway_max_instance_mib * _MIB
         self._lock = threading.Lock()
         self._peers: dict[Any, _Peer] = {}
@@ -318,12 +305,7 @@ class DicomService:
     # -- association events ----------------------------------------------------------------
 
     def _record(self, code: AuditEventCode, **fields: Any) -> None:
-        try:
-            self._audit.record(code, **fields)
-        except Exception:  # an audit failure must not take the DIMSE service down
-            logger.exception(  # not the fields: they may hold a patient ID
-                "cannot write audit record %s (%s)", code.value, fields.get("resource_id")
-            )
+        self._retrieve.record(code, **fields)
 
     def _on_tls_failure(self, address: str, exc: ssl.SSLError) -> None:
         self._record(
@@ -500,15 +482,14 @@ class DicomService:
 
     @staticmethod
     def _store_failure(sender: SenderInfo, exc: GatewayError) -> Dataset:
-        """The C-STORE failure status for ``exc`` (PS3.4 B.2.3)."""
-        if isinstance(exc, InstanceTooLargeError | SpoolFullError):
+        """The C-STORE failure status for ``exc`` (PS3.4 B.2.3, :mod:`._store_status`)."""
+        failure = store_failure(exc)
+        if failure is None:
+            logger.error("cannot store instance from %s: %s", sender.ae_title, exc)
+            return _status(CANNOT_UNDERSTAND, "instance not stored: gateway error")
+        if failure[0] == OUT_OF_RESOURCES:
             logger.warning("refused instance from %s: %s", sender.ae_title, exc)
-            return _status(0xA700, _out_of_resources(exc))
-        for kind, status in _REJECTIONS:
-            if isinstance(exc, kind):
-                return _status(status, exc.reason)
-        logger.error("cannot store instance from %s: %s", sender.ae_title, exc)
-        return _status(0xC001, "instance not stored: gateway error")
+        return _status(*failure)
 
     # -- C-FIND, C-MOVE --------------------------------------------------------------------
 
@@ -530,7 +511,7 @@ class DicomService:
         matches, status = 0, _SUCCESS
         try:
             query = self._query(event)
-            scope = self._senders.orthanc_study_ids(peer.sender.hospital)
+            scope = self._retrieve.scope(peer.sender)
             for answer in self._archive.find(query, scope):
                 if event.is_cancelled:
                     status = _CANCEL
@@ -554,20 +535,13 @@ class DicomService:
             status = 0xC001
             yield _status(0xC001, "internal error"), None
         finally:
-            detail: dict[str, Any] = query.audit_detail() if query else {}
-            self._record(
-                AuditEventCode.QUERY,
-                action=AuditAction.EXECUTE,
-                outcome=AuditOutcome.SUCCESS
-                if status in (_SUCCESS, _CANCEL)
-                else AuditOutcome.SERIOUS_FAILURE,
-                user_name=peer.sender.ae_title,
-                role=_ROLE,
-                source_address=peer.address,
-                resource_type="query",
-                resource_id=str(event.request.AffectedSOPClassUID),
-                patient_id=query.patient_id if query else None,
-                detail={**detail, "matches": matches, "status": f"0x{status:04X}"},
+            self._retrieve.audit_query(
+                peer.sender,
+                peer.address,
+                str(event.request.AffectedSOPClassUID),
+                query,
+                status=status,
+                matches=matches,
             )
 
     def _on_move(self, event: Any) -> Iterator[Any]:
@@ -579,7 +553,7 @@ class DicomService:
             return
         failure: Dataset | None = None
         try:
-            scope = self._senders.orthanc_study_ids(peer.sender.hospital)
+            scope = self._retrieve.scope(peer.sender)
             items = self._archive.move_items(self._query(event), scope)
         except InvalidIdentifierError as exc:
             failure = _status(0xA900, exc.reason)
@@ -607,100 +581,15 @@ class DicomService:
                     return
                 yield _PENDING, operation.dataset(item)
         finally:
-            self._audit_moved(peer, destination, operation, cancelled=cancelled)
+            self._retrieve.audit_moved(
+                peer.sender,
+                peer.address,
+                destination,
+                operation.study_results(),
+                cancelled=cancelled,
+            )
 
     def _move_destination(self, peer: _Peer | None, ae_title: str) -> DestinationInfo | None:
         if peer is None:
             return None
-        try:
-            destination = self._senders.destination(ae_title)
-        except Exception:
-            logger.exception("cannot look up C-MOVE destination %s", ae_title)
-            return None
-        if destination is None:
-            logger.warning(
-                "C-MOVE from %s to unregistered destination %s", peer.sender.ae_title, ae_title
-            )
-            self._record(
-                AuditEventCode.SECURITY_ALERT,
-                action=AuditAction.EXECUTE,
-                outcome=AuditOutcome.MINOR_FAILURE,
-                user_name=peer.sender.ae_title,
-                source_address=peer.address,
-                detail={"reason": "C-MOVE to an unregistered destination", "destination": ae_title},
-            )
-        elif destination.hospital not in (None, peer.sender.hospital):
-            logger.warning(
-                "C-MOVE from %s (%s) to %s of %s refused",
-                peer.sender.ae_title,
-                peer.sender.hospital,
-                ae_title,
-                destination.hospital,
-            )
-            self._record(
-                AuditEventCode.SECURITY_ALERT,
-                action=AuditAction.EXECUTE,
-                outcome=AuditOutcome.MINOR_FAILURE,
-                user_name=peer.sender.ae_title,
-                source_address=peer.address,
-                detail={
-                    "reason": "C-MOVE to another hospital's destination",
-                    "destination": ae_title,
-                },
-            )
-            return None
-        return destination
-
-    def _audit_moved(
-        self,
-        peer: _Peer,
-        destination: DestinationInfo,
-        operation: MoveOperation,
-        *,
-        cancelled: bool,
-    ) -> None:
-        for study in operation.study_results():
-            if study.failed == 0:
-                outcome = AuditOutcome.SUCCESS
-            elif study.completed:
-                outcome = AuditOutcome.MINOR_FAILURE
-            else:
-                outcome = AuditOutcome.SERIOUS_FAILURE
-            self._record(
-                AuditEventCode.INSTANCES_TRANSFERRED,
-                action=AuditAction.READ,
-                outcome=outcome,
-                user_name=peer.sender.ae_title,
-                role=_ROLE,
-                source_address=peer.address,
-                resource_type="study",
-                resource_id=study.study_instance_uid,
-                patient_id=study.patient_id,
-                detail={
-                    "destination": destination.ae_title,
-                    "destination_address": f"{destination.host}:{destination.port}",
-                    "instances": study.instances,
-                    "completed": study.completed,
-                    "failed": study.failed,
-                    "not_sent": study.instances - study.completed - study.failed,
-                    "cancelled": cancelled,
-                    "hospital": peer.sender.hospital,
-                },
-            )
-
-
-# Refusals of the instance itself, with the failure status each answers (PS3.4 B.2.3).
-_REJECTIONS: tuple[tuple[type[InstanceRejectedError], int], ...] = (
-    (StudyCollisionError, _STUDY_COLLISION),
-    (NonConformantInstanceError, 0xA900),
-    (UnreadableInstanceError, 0xC000),
-)
-
-
-def _out_of_resources(exc: InstanceTooLargeError | SpoolFullError) -> str:
-    """The error comment of a 0xA700 (Refused: Out of Resources) answer."""
-    if isinstance(exc, InflationTooLargeError):
-        return f"deflated data set inflates beyond {exc.limit_bytes} bytes"
-    if isinstance(exc, InstanceTooLargeError):
-        return f"instance exceeds the limit of {exc.limit_bytes} bytes"
-    return "out of resources: the gateway's spool is full"
+        return self._retrieve.destination(peer.sender, peer.address, ae_title)

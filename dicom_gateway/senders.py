@@ -17,6 +17,12 @@ change is audited here, whichever door it came through, in the same transaction 
 110113 Security Alert, action C (registered) or D (removed), object ``sender`` or
 ``destination`` and its AE title; a refused change (an AE title taken or unknown, an invalid
 AE title or port) with outcome 4, minor failure.
+
+With the Orthanc edge (``RADCLOUD_GATEWAY_EDGE=orthanc``) Orthanc itself checks who associates
+(:mod:`dicom_gateway.edge`): one entry per AE title with one host address, no networks, no
+names, no certificate subject. A registry made with ``edge=GatewayEdge.ORTHANC`` therefore
+refuses, with the reason, what that edge could not enforce: a sender without a host, a host
+that is a network or a name, and a destination that shares a sender's AE title on another host.
 """
 
 from __future__ import annotations
@@ -33,7 +39,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from core.audit import AuditAction, AuditedChange, AuditTrail
-from core.config import validate_ae_title
+from core.config import GatewayEdge, validate_ae_title
 from core.db import Database
 from core.db.models import Hospital, MoveDestination, Sender, Study
 from core.exceptions import AlreadyExistsError, NotFoundError
@@ -111,12 +117,52 @@ class SenderRegistry:
         The application database.
     audit
         The audit trail the registrations and removals are recorded in.
+    edge
+        Which DICOM edge enforces the registry (``RADCLOUD_GATEWAY_EDGE``): with
+        ``orthanc``, registrations it cannot enforce are refused (the module docstring).
     """
 
-    def __init__(self, db: Database, audit: AuditTrail) -> None:
+    def __init__(
+        self, db: Database, audit: AuditTrail, *, edge: GatewayEdge = GatewayEdge.PYNETDICOM
+    ) -> None:
         self._db = db
         self._audit = audit
+        self._edge = edge
         self._dns: dict[str, tuple[float, set[str]]] = {}
+
+    def _check_orthanc_sender(self, session: Session, ae_title: str, host: str | None) -> None:
+        """Refuse a sender the Orthanc edge could not hold to its host (``ValueError``)."""
+        if self._edge is not GatewayEdge.ORTHANC:
+            return
+        if host is None or _address(host) is None:
+            given = f'host "{host}"' if host else "no host"
+            raise ValueError(
+                f"{given} cannot be enforced by the Orthanc DICOM edge "
+                "(RADCLOUD_GATEWAY_EDGE=orthanc): Orthanc checks a calling AE title against "
+                "one IP address, with no networks, names or certificate subjects: expected "
+                "--host with one IP address"
+            )
+        destination = session.scalar(
+            select(MoveDestination).where(MoveDestination.ae_title == ae_title)
+        )
+        if destination is not None and _address(destination.host) != _address(host):
+            raise ValueError(
+                f'host "{host}" differs from destination {ae_title}\'s host '
+                f'"{destination.host}": the Orthanc DICOM edge keeps one host per AE title'
+            )
+
+    def _check_orthanc_destination(self, session: Session, ae_title: str, host: str) -> None:
+        """Refuse a destination sharing a sender's AE title on another host (``ValueError``)."""
+        if self._edge is not GatewayEdge.ORTHANC:
+            return
+        sender = session.scalar(select(Sender).where(Sender.ae_title == ae_title))
+        if sender is not None and (_address(host) or host) != (
+            _address(sender.host or "") or sender.host
+        ):
+            raise ValueError(
+                f'host "{host}" differs from sender {ae_title}\'s host "{sender.host}": the '
+                "Orthanc DICOM edge keeps one host per AE title"
+            )
 
     def _change(
         self, actor: Actor, action: AuditAction, kind: str, ae_title: str, **detail: Any
@@ -149,6 +195,7 @@ class SenderRegistry:
             session = change.session
             if session.scalar(select(Sender).where(Sender.ae_title == ae_title)) is not None:
                 raise AlreadyExistsError("sender", ae_title)
+            self._check_orthanc_sender(session, ae_title, host)
             owner = hospital_row(session, hospital)
             session.add(Sender(ae_title=ae_title, hospital=owner, host=host))
         return SenderInfo(ae_title, hospital, host)
@@ -282,6 +329,7 @@ class SenderRegistry:
             )
             if existing is not None:
                 raise AlreadyExistsError("destination", ae_title)
+            self._check_orthanc_destination(session, ae_title, host)
             row = MoveDestination(ae_title=ae_title, host=host, port=port)
             if hospital:
                 row.hospital_id = hospital_row(session, hospital).id

@@ -6,6 +6,10 @@ and a small HTTP listener on ``gateway_metrics_port`` (:mod:`dicom_gateway._http
 This process is the spool's only writer: instances received by DIMSE and by STOW-RS go through
 its one :class:`Intake` and :class:`Spool`, so the spool's limit, its accounting and its fsync
 rules hold as one.
+
+With ``RADCLOUD_GATEWAY_EDGE=orthanc`` Orthanc's DICOM server receives DIMSE instead (the
+plugin of :mod:`dicom_gateway.edge`): this process then opens no DIMSE port, and keeps the
+rest (STOW-RS hand-over, spool and forwarder for it, study tracker, quarantine, metrics).
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from typing import Any
 
 from core.archive import open_archive
 from core.audit import AuditAction, AuditEventCode, AuditTrail
-from core.config import Settings
+from core.config import GatewayEdge, Settings
 from core.db import Database, upgrade
 from core.secrets import load_secrets
 from dicom_gateway._http import GatewayHttpServer
@@ -46,8 +50,6 @@ class GatewayService:
     """
 
     def __init__(self, settings: Settings) -> None:
-        from dicom_gateway.scp import DicomService  # pynetdicom: only in the gateway process
-
         self.settings = settings
         secrets = load_secrets(settings)
         self.db = Database.from_settings(settings)
@@ -66,7 +68,7 @@ class GatewayService:
             settings.gateway_max_instance_mib * _MIB,
             StudyOwnership(self.db, self.audit),
         )
-        self.senders = SenderRegistry(self.db, self.audit)
+        self.senders = SenderRegistry(self.db, self.audit, edge=settings.gateway_edge)
         self.tracker = StudyTracker(
             self.db,
             self.archive,
@@ -80,13 +82,17 @@ class GatewayService:
             record=self.tracker.record,
             workers=settings.gateway_forward_workers,
         )
-        self.dicom = DicomService(
-            settings,
-            intake=self.intake,
-            senders=self.senders,
-            audit=self.audit,
-            orthanc=self.archive,
-        )
+        self.dicom: Any = None
+        if settings.gateway_edge is GatewayEdge.PYNETDICOM:
+            from dicom_gateway.scp import DicomService  # pynetdicom: only in this process
+
+            self.dicom = DicomService(
+                settings,
+                intake=self.intake,
+                senders=self.senders,
+                audit=self.audit,
+                orthanc=self.archive,
+            )
         self._http = GatewayHttpServer(  # loopback only, whatever bind_host says
             ("127.0.0.1", settings.gateway_metrics_port),
             health=self.health,
@@ -104,7 +110,10 @@ class GatewayService:
             "spool": {"files": usage.files, "bytes": usage.bytes, "limit_bytes": usage.limit_bytes},
             "quarantine": self.quarantine.count(),
             "orthanc_available": self.forwarder.orthanc_available,
-            "associations_open": self.dicom.associations_open,
+            "associations_open": self.dicom.associations_open if self.dicom else None,
+            # who answers DICOM on the port: this process, or Orthanc (whose plugin reports at
+            # GET /radcloud/edge on Orthanc's REST API)
+            "edge": self.settings.gateway_edge.value,
             "ae_title": self.settings.gateway_ae_title,
             "port": self.settings.gateway_port,
             "tls": self.settings.gateway_tls_enabled,
@@ -114,7 +123,8 @@ class GatewayService:
         """Start forwarding, tracking, the DIMSE service and the HTTP listener."""
         self.forwarder.start()
         self.tracker.start()
-        self.dicom.start()
+        if self.dicom is not None:
+            self.dicom.start()
         self._http.start()
         self.audit.record(
             AuditEventCode.APPLICATION_ACTIVITY,
@@ -122,19 +132,25 @@ class GatewayService:
             user_name=self.settings.gateway_ae_title,
             resource_type="application",
             resource_id="dicom_gateway",
-            detail={"activity": "started", "port": self.settings.gateway_port},
+            detail={
+                "activity": "started",
+                "port": self.settings.gateway_port,
+                "edge": self.settings.gateway_edge.value,
+            },
         )
         logger.info(
-            "gateway %s listening on %s:%d (TLS %s)",
+            "gateway %s on %s:%d (TLS %s), DICOM answered by %s",
             self.settings.gateway_ae_title,
             self.settings.bind_host,
             self.settings.gateway_port,
             "on" if self.settings.gateway_tls_enabled else "off",
+            "this process" if self.dicom else "Orthanc (RADCLOUD_GATEWAY_EDGE=orthanc)",
         )
 
     def stop(self) -> None:
         """Stop accepting, then let in-flight work finish; the spool keeps the rest."""
-        self.dicom.stop()
+        if self.dicom is not None:
+            self.dicom.stop()
         self._http.stop()
         self.tracker.stop()
         self.forwarder.stop()

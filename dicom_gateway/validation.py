@@ -25,6 +25,7 @@ from __future__ import annotations
 import io
 import logging
 import warnings
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -39,8 +40,11 @@ from dicom_gateway.exceptions import NonConformantInstanceError, UnreadableInsta
 __all__ = [
     "PREAMBLE_LENGTH",
     "InstanceInfo",
+    "check_required_uids",
+    "expected_pixel_bytes",
     "inspect_instance",
     "lenient_reading",
+    "uid_oddities",
     "zero_preamble",
 ]
 
@@ -125,6 +129,15 @@ def _other_patient_ids(ds: Dataset) -> tuple[tuple[str, str | None], ...]:
     return tuple(dict.fromkeys(found))
 
 
+def expected_pixel_bytes(
+    rows: int, columns: int, *, samples: int, bits: int, frames: int, photometric: str
+) -> int:
+    """Bytes of native (uncompressed) Pixel Data these image attributes need (PS3.5 8.1.1)."""
+    if samples == 3 and photometric == "YBR_FULL_422":
+        samples = 2  # PS3.5 8.2.1: two chroma samples shared by each pair of pixels
+    return (rows * columns * samples * frames * bits + 7) // 8
+
+
 def _check_pixel_data(ds: Dataset, transfer_syntax: UID, oddities: list[str]) -> None:
     if "PixelData" not in ds or transfer_syntax.is_compressed:
         return
@@ -136,9 +149,10 @@ def _check_pixel_data(ds: Dataset, transfer_syntax: UID, oddities: list[str]) ->
     except (AttributeError, TypeError, ValueError) as exc:
         oddities.append(f"pixel data present but image attributes are missing or invalid ({exc})")
         return
-    if samples == 3 and str(ds.get("PhotometricInterpretation", "")) == "YBR_FULL_422":
-        samples = 2  # PS3.5 8.2.1: two chroma samples shared by each pair of pixels
-    expected = (rows * columns * samples * frames * bits + 7) // 8
+    photometric = str(ds.get("PhotometricInterpretation", ""))
+    expected = expected_pixel_bytes(
+        rows, columns, samples=samples, bits=bits, frames=frames, photometric=photometric
+    )
     actual = len(ds.PixelData)
     if actual < expected:
         raise NonConformantInstanceError(
@@ -165,16 +179,43 @@ def _check_truncation(ds: Dataset) -> None:
             )
 
 
-def _check_required_uids(ds: Dataset) -> None:
-    """The Study, Series and SOP Instance UIDs are present and safe to use (the module)."""
+def check_required_uids(values: Mapping[str, str | None]) -> None:
+    """The Study, Series and SOP Instance UIDs are present and safe to use (the module
+    docstring).
+
+    Parameters
+    ----------
+    values
+        The instance's values by keyword (``StudyInstanceUID``, ...), ``None`` when absent.
+
+    Raises
+    ------
+    NonConformantInstanceError
+        One is missing, empty or not safe (:func:`core.uids.check_uid`).
+    """
     for keyword, tag in _REQUIRED_UIDS:
-        value = _text(ds, keyword)
+        value = values.get(keyword)
         if not value:
             raise NonConformantInstanceError(f"required {tag} {keyword} is missing or empty")
         try:
             check_uid(value, keyword)
         except InvalidUidError as exc:
             raise NonConformantInstanceError(f"{tag} {exc}") from exc
+
+
+def uid_oddities(values: Mapping[str, str | None]) -> list[str]:
+    """Warnings for the instance UIDs in ``values`` (by keyword) that are safe but not valid
+    (PS3.5 9.1; a leading zero in a component): stored, and logged."""
+    return [
+        f'{keyword} "{value}" is not a valid UID (PS3.5 9.1)'
+        for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID")
+        if (value := values.get(keyword)) and not is_valid_uid(value)
+    ]
+
+
+def _uid_values(ds: Dataset) -> dict[str, str | None]:
+    keywords = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID")
+    return {keyword: _text(ds, keyword) for keyword in keywords}
 
 
 def inspect_instance(data: bytes) -> tuple[InstanceInfo, bytes]:
@@ -220,14 +261,12 @@ def inspect_instance(data: bytes) -> tuple[InstanceInfo, bytes]:
     transfer_syntax = UID(str(transfer_syntax))
     if not transfer_syntax.is_transfer_syntax:
         raise NonConformantInstanceError(f'transfer syntax "{transfer_syntax}" is not known')
-    _check_required_uids(ds)
+    uids = _uid_values(ds)
+    check_required_uids(uids)
     oddities = [str(w.message) for w in caught]
     _check_pixel_data(ds, transfer_syntax, oddities)
     sop_class = _text(ds, "SOPClassUID") or _text(ds.file_meta, "MediaStorageSOPClassUID") or ""
-    for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID"):
-        value = _text(ds, keyword)
-        if value and not is_valid_uid(value):
-            oddities.append(f'{keyword} "{value}" is not a valid UID (PS3.5 9.1)')
+    oddities += uid_oddities(uids)
     meta_uid = _text(ds.file_meta, "MediaStorageSOPInstanceUID")
     if meta_uid and meta_uid != _text(ds, "SOPInstanceUID"):
         oddities.append("MediaStorageSOPInstanceUID differs from SOPInstanceUID")

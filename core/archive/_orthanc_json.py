@@ -51,6 +51,14 @@ def orthanc_instance_id(
     return ArchiveId("-".join(digest[i : i + 8] for i in range(0, 40, 8)))
 
 
+def orthanc_study_id(patient_id: str | None, study_instance_uid: str) -> ArchiveId:
+    """Orthanc's ID of a study: SHA-1 of ``PatientID|StudyInstanceUID``, as
+    :func:`orthanc_instance_id` (known before Orthanc stores the study's first instance)."""
+    key = f"{patient_id or ''}|{study_instance_uid}"
+    digest = hashlib.sha1(key.encode(), usedforsecurity=False).hexdigest()
+    return ArchiveId("-".join(digest[i : i + 8] for i in range(0, 40, 8)))
+
+
 def expected_id(data: bytes) -> ArchiveId | None:
     """The Orthanc ID ``data`` will be stored under; ``None`` when its header is unreadable."""
     try:

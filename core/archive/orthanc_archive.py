@@ -31,6 +31,7 @@ from core.archive._orthanc_json import (
     UNAVAILABLE_STATUSES,
     expected_id,
     orthanc_instance_id,
+    orthanc_study_id,
     read_receipt,
     reason,
     resource,
@@ -56,7 +57,7 @@ from core.archive.model import (
 if TYPE_CHECKING:
     from core.archive.protocol import AnonymizingArchive
 
-__all__ = ["OrthancArchive", "orthanc_instance_id"]
+__all__ = ["OrthancArchive", "orthanc_instance_id", "orthanc_study_id"]
 
 logger = logging.getLogger(__name__)
 

@@ -136,7 +136,9 @@ def _sender(settings: Settings) -> None:
     from dicom_gateway.senders import SenderRegistry
 
     db = Database.from_settings(settings)
-    registry = SenderRegistry(db, AuditTrail.from_secrets(db, load_secrets(settings)))
+    registry = SenderRegistry(
+        db, AuditTrail.from_secrets(db, load_secrets(settings)), edge=settings.gateway_edge
+    )
     if DEMO_SENDER not in {s.ae_title for s in registry.list_senders()}:
         # bound to the address it sends from (prod admits no unbound sender)
         registry.add_sender(DEMO_SENDER, DEMO_HOSPITAL, _push_host(settings), actor=Actor.cli())

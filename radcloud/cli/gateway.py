@@ -27,7 +27,7 @@ quarantine_app = typer.Typer(help="Instances the gateway refused.", no_args_is_h
 
 
 def _registry() -> SenderRegistry:
-    return SenderRegistry(database(), audit_trail())
+    return SenderRegistry(database(), audit_trail(), edge=get_settings().gateway_edge)
 
 
 def _quarantine() -> Quarantine:

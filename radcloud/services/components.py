@@ -12,7 +12,7 @@ from typing import Any
 
 import httpx
 
-from core.config import ENV_PREFIX, Settings, settings_env
+from core.config import ENV_PREFIX, GatewayEdge, Settings, settings_env
 from core.secrets import Secrets
 from radcloud.services.orthanc import orthanc_component
 from radcloud.services.supervisor import Component, http_ok
@@ -59,13 +59,15 @@ def _gateway_details(health_url: str) -> dict[str, Any] | None:
         "spool": f"{spool.get('files', '?')} instances, {spool.get('bytes', 0) / 1e6:.1f} MB",
         "quarantine": answer.get("quarantine"),
         "associations": answer.get("associations_open"),
+        "edge": answer.get("edge"),
         "orthanc": "reachable" if answer.get("orthanc_available") else "UNREACHABLE",
     }
 
 
 def gateway_component(settings: Settings) -> Component:
-    """The DICOM gateway (``python -m dicom_gateway``): DIMSE on ``gateway_port``, health and
-    metrics on ``gateway_metrics_port``.
+    """The DICOM gateway (``python -m dicom_gateway``): DIMSE on ``gateway_port`` (unless
+    Orthanc is the DICOM edge, ``gateway_edge=orthanc``), health and metrics on
+    ``gateway_metrics_port``.
 
     Parameters
     ----------
@@ -78,15 +80,15 @@ def gateway_component(settings: Settings) -> Component:
         Named ``gateway``, healthy when ``GET /healthz`` on the metrics port answers 200.
     """
     health_url = settings.gateway_health_url
+    ports = [(settings.gateway_metrics_port, f"{ENV_PREFIX}GATEWAY_METRICS_PORT")]
+    if settings.gateway_edge is GatewayEdge.PYNETDICOM:
+        ports.insert(0, (settings.gateway_port, f"{ENV_PREFIX}GATEWAY_PORT"))
     return Component.create(
         settings,
         name="gateway",
         argv=[sys.executable, "-m", "dicom_gateway"],
         env=settings_env(settings) | {"TCP_NODELAY": "1"},
-        ports=[
-            (settings.gateway_port, f"{ENV_PREFIX}GATEWAY_PORT"),
-            (settings.gateway_metrics_port, f"{ENV_PREFIX}GATEWAY_METRICS_PORT"),
-        ],
+        ports=ports,
         health=functools.partial(http_ok, health_url),
         url=f"dicom://{settings.gateway_ae_title}@{settings.bind_host}:{settings.gateway_port}",
         details=functools.partial(_gateway_details, health_url),

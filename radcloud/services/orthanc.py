@@ -8,6 +8,11 @@ host; with no modality configured (radcloud configures none: everything arrives 
 gateway, which stores over REST), Orthanc's DICOM server is off and its port closed. The file
 holds the password, so it is written with mode 0600.
 
+With ``RADCLOUD_GATEWAY_EDGE=orthanc``, Orthanc's DICOM server is the gateway instead
+(:func:`edge_config`): it listens on the gateway's AE title and port, admits radcloud's senders
+(its peer table, kept equal to the registry by the plugin, :mod:`dicom_gateway.edge`), and
+runs radcloud's policy in the orthanc-python plugin.
+
 Everything in radcloud reaches Orthanc through the archive seam (:mod:`core.archive`).
 """
 
@@ -18,17 +23,19 @@ import json
 import logging
 import os
 import shutil
+import sysconfig
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
 from core.archive.orthanc import orthanc_healthy
-from core.config import OrthancIndex, Settings, validate_ae_title
+from core.archive.orthanc_peers import DicomModality
+from core.config import GatewayEdge, OrthancIndex, Settings, settings_env
 from core.exceptions import ConfigError, DependencyMissingError
 from core.files import private_directory
 from core.secrets import Secrets
+from dicom_gateway.edge import PLUGIN_SCRIPT
 from radcloud.services.supervisor import Component
 
 if TYPE_CHECKING:
@@ -37,6 +44,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DICOMWEB_PLUGIN",
     "POSTGRESQL_PLUGIN",
+    "PYTHON_PLUGIN",
     "DicomModality",
     "check_orthanc_installed",
     "orthanc_component",
@@ -50,50 +58,12 @@ DICOMWEB_PLUGIN = "libOrthancDicomWeb.so"
 POSTGRESQL_PLUGIN = "libOrthancPostgreSQLIndex.so"
 ORTHANC_INSTALL = "apt-get install -y orthanc orthanc-dicomweb"
 POSTGRESQL_INSTALL = "apt-get install -y orthanc-postgresql"
+PYTHON_PLUGIN = "libOrthancPython.so"
+PYTHON_INSTALL = "apt-get install -y orthanc-python"
+# Orthanc accepts PDUs of 4096-131072 bytes; the largest means the fewest PDUs, reads and
+# writes per instance (a 512x512 CT slice is 4 PDUs instead of 32 at the default 16384).
+_MAX_PDU_BYTES = 131072
 _URL_SETTING = "RADCLOUD_ORTHANC_POSTGRESQL_URL"
-
-
-@dataclass(frozen=True)
-class DicomModality:
-    """A DICOM peer Orthanc accepts associations from (Orthanc's ``DicomModalities`` entry).
-
-    Parameters
-    ----------
-    ae_title
-        The peer's AE title (PS3.5 6.2); with ``DicomCheckCalledAet`` and
-        ``DicomCheckModalityHost`` on, the calling AE title and host must both match.
-    host, port
-        Where the peer's own SCP listens.
-    allow_echo, allow_find, allow_get, allow_move, allow_store
-        Which DIMSE services (PS3.4) the peer may request.
-    """
-
-    ae_title: str
-    host: str
-    port: int
-    allow_echo: bool = True
-    allow_find: bool = True
-    allow_get: bool = True
-    allow_move: bool = True
-    allow_store: bool = True
-
-    def __post_init__(self) -> None:
-        validate_ae_title(self.ae_title)
-        if not 1 <= self.port <= 65535:
-            raise ValueError(f"port {self.port} of modality {self.ae_title!r}: expected 1-65535")
-
-    def to_orthanc(self) -> dict[str, Any]:
-        """The entry's value in Orthanc's configuration."""
-        return {
-            "AET": self.ae_title,
-            "Host": self.host,
-            "Port": self.port,
-            "AllowEcho": self.allow_echo,
-            "AllowFind": self.allow_find,
-            "AllowGet": self.allow_get,
-            "AllowMove": self.allow_move,
-            "AllowStore": self.allow_store,
-        }
 
 
 def _redact(url: str) -> str:
@@ -198,11 +168,66 @@ def orthanc_config(
         "ConcurrentJobs": 2,
         "SaveJobs": True,
     }
+    if settings.gateway_edge is GatewayEdge.ORTHANC:
+        plugins.append(str(settings.orthanc_plugins_dir / PYTHON_PLUGIN))
+        config.update(edge_config(settings))
     if settings.orthanc_index is OrthancIndex.POSTGRESQL:
         if not settings.orthanc_postgresql_url:  # the settings validator already demands it
             raise ConfigError(_URL_SETTING, None, "a URL when RADCLOUD_ORTHANC_INDEX=postgresql")
         plugins.append(str(settings.orthanc_plugins_dir / POSTGRESQL_PLUGIN))
         config["PostgreSQL"] = _postgresql_section(settings.orthanc_postgresql_url)
+    return config
+
+
+def edge_config(settings: Settings) -> dict[str, Any]:
+    """Orthanc's DICOM settings when it is radcloud's DICOM edge (``gateway_edge=orthanc``).
+
+    - It answers as the gateway: ``gateway_ae_title`` on ``gateway_port`` (Orthanc 1.10 binds
+      every interface; the peer table admits registered senders from their addresses only).
+    - Only registered peers, from their host, for the services their entry allows; no service
+      is allowed to anyone else (``DicomAlwaysAllow*`` off). C-GET is allowed to no one (the
+      plugin cannot scope it); C-FIND and C-MOVE are the plugin's.
+    - No deflated transfer syntax: DCMTK would inflate a data set whole, so a deflate bomb
+      could take the memory; it is refused at negotiation instead (no presentation context).
+    - ``DicomThreadsCount`` = ``gateway_max_associations``: Orthanc serves each association on
+      one of these threads and queues the rest, so this is how many associations are served at
+      once (an idle thread costs nothing, and the plugin's interpreter serialises the Python
+      work anyway). ``MaximumPduLength``: the largest Orthanc allows (fewest PDUs).
+    - ``DicomScpTimeout``: an idle association is closed after ``gateway_network_timeout_s``.
+    - DICOM TLS from the ``gateway_tls_*`` files; with ``gateway_tls_ca_certificates`` client
+      certificates signed by those CAs are required (Orthanc 1.10 needs a trusted certificate
+      file in any case: without CAs, the server's own certificate, so that anonymous clients
+      are served and any certificate other than it is refused).
+    """
+    config: dict[str, Any] = {
+        "DicomServerEnabled": True,
+        "DicomAet": settings.gateway_ae_title,
+        "DicomPort": settings.gateway_port,
+        "DicomCheckCalledAet": True,
+        "DicomCheckModalityHost": True,
+        "DicomAlwaysAllowEcho": False,
+        "DicomAlwaysAllowStore": False,
+        "DicomAlwaysAllowFind": False,
+        "DicomAlwaysAllowFindWorklist": False,
+        "DicomAlwaysAllowGet": False,
+        "DicomAlwaysAllowMove": False,
+        "DeflatedTransferSyntaxAccepted": False,
+        "UnknownSopClassAccepted": False,
+        "DicomThreadsCount": settings.gateway_max_associations,
+        "MaximumPduLength": _MAX_PDU_BYTES,
+        "DicomScpTimeout": max(1, round(settings.gateway_network_timeout_s)),
+        "PythonScript": str(PLUGIN_SCRIPT),
+        "PythonVerbose": False,
+    }
+    if settings.gateway_tls_certificate is not None:
+        trusted = settings.gateway_tls_ca_certificates or settings.gateway_tls_certificate
+        config |= {
+            "DicomTlsEnabled": True,
+            "DicomTlsCertificate": str(settings.gateway_tls_certificate),
+            "DicomTlsPrivateKey": str(settings.gateway_tls_private_key),
+            "DicomTlsTrustedCertificates": str(trusted),
+            "DicomTlsRemoteCertificateRequired": settings.gateway_tls_ca_certificates is not None,
+        }
     return config
 
 
@@ -261,6 +286,9 @@ def check_orthanc_installed(settings: Settings) -> str:
         raise DependencyMissingError(
             f"the Orthanc DICOMweb plugin ({dicomweb})", "apt-get install -y orthanc-dicomweb"
         )
+    python = settings.orthanc_plugins_dir / PYTHON_PLUGIN
+    if settings.gateway_edge is GatewayEdge.ORTHANC and not python.is_file():
+        raise DependencyMissingError(f"the Orthanc Python plugin ({python})", PYTHON_INSTALL)
     if settings.orthanc_index is OrthancIndex.POSTGRESQL:
         postgresql = settings.orthanc_plugins_dir / POSTGRESQL_PLUGIN
         if not postgresql.is_file():
@@ -270,11 +298,46 @@ def check_orthanc_installed(settings: Settings) -> str:
     return executable
 
 
+def edge_modalities(settings: Settings, secrets: Secrets) -> dict[str, DicomModality]:
+    """The peers of the Orthanc edge at start: radcloud's registered senders and destinations
+    (:func:`dicom_gateway.edge.peers.peers_of`); the plugin keeps them up to date after."""
+    from core.audit import AuditTrail
+    from core.db import Database
+    from dicom_gateway.edge.peers import peers_of
+    from dicom_gateway.senders import SenderRegistry
+
+    db = Database.from_settings(settings)
+    try:
+        audit = AuditTrail(db, secrets.audit_hmac_key, secrets.audit_chain_key)  # reads only
+        registry = SenderRegistry(db, audit, edge=settings.gateway_edge)
+        modalities, problems = peers_of(registry.list_senders(), registry.list_destinations())
+    finally:
+        db.dispose()
+    for problem in problems:
+        logger.error("%s", problem)
+    return modalities
+
+
 def _prepare(
     settings: Settings, secrets: Secrets, modalities: Mapping[str, DicomModality] | None
 ) -> None:
     check_orthanc_installed(settings)
+    if settings.gateway_edge is GatewayEdge.ORTHANC:
+        modalities = {**(modalities or {}), **edge_modalities(settings, secrets)}
     write_orthanc_config(settings, secrets, modalities)
+
+
+def _plugin_environment(settings: Settings) -> dict[str, str]:
+    """What the edge's plugin needs in Orthanc's environment: the settings (``RADCLOUD_*``),
+    and the repository and this virtual environment on ``PYTHONPATH`` (the plugin embeds the
+    system's Python 3.11, which knows neither)."""
+    repository = Path(PLUGIN_SCRIPT).resolve().parents[2]
+    site_packages = dict.fromkeys(
+        [sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]]
+    )
+    return settings_env(settings) | {
+        "PYTHONPATH": os.pathsep.join([str(repository), *site_packages]),
+    }
 
 
 def orthanc_component(
@@ -286,7 +349,9 @@ def orthanc_component(
 
     Before it is spawned, the installation is checked (:func:`check_orthanc_installed`) and the
     configuration written. It runs with ``TCP_NODELAY=1``, which DCMTK honours: without it
-    Nagle's algorithm and delayed ACKs cost about 40 ms per DIMSE message.
+    Nagle's algorithm and delayed ACKs cost about 40 ms per DIMSE message. As the DICOM edge
+    (``gateway_edge=orthanc``) it listens on ``gateway_port`` and its environment carries
+    what the plugin needs (:func:`_plugin_environment`).
 
     Parameters
     ----------
@@ -301,15 +366,17 @@ def orthanc_component(
         Named ``orthanc``, healthy when :func:`orthanc_healthy`.
     """
     executable = shutil.which(settings.orthanc_executable) or settings.orthanc_executable
+    env = {"TCP_NODELAY": "1"}
+    dicom_port = (settings.orthanc_dicom_port, "RADCLOUD_ORTHANC_DICOM_PORT")
+    if settings.gateway_edge is GatewayEdge.ORTHANC:
+        env |= _plugin_environment(settings)
+        dicom_port = (settings.gateway_port, "RADCLOUD_GATEWAY_PORT")
     return Component.create(
         settings,
         name="orthanc",
         argv=[executable, str(settings.paths.orthanc_config)],
-        env={"TCP_NODELAY": "1"},
-        ports=[
-            (settings.orthanc_http_port, "RADCLOUD_ORTHANC_HTTP_PORT"),
-            (settings.orthanc_dicom_port, "RADCLOUD_ORTHANC_DICOM_PORT"),
-        ],
+        env=env,
+        ports=[(settings.orthanc_http_port, "RADCLOUD_ORTHANC_HTTP_PORT"), dicom_port],
         health=functools.partial(orthanc_healthy, settings, secrets),
         url=settings.orthanc_url,
         prepare=functools.partial(_prepare, settings, secrets, modalities),
