@@ -12,6 +12,16 @@ sent with storescu (``TCP_NODELAY=1``) with 1 and with 4 parallel associations:
   gateway's intake and the gateway process forwards them. This needs the whole platform (the
   API's Ray Serve with its triage workers shares the CPUs), so it is optional (``stow``).
 
+With ``edge="orthanc"`` (``--edge orthanc``) radcloud's DICOM edge is Orthanc's own DICOM server
+with radcloud's policy in its Python plugin (``RADCLOUD_GATEWAY_EDGE=orthanc``), and the
+baseline is a second, plain Orthanc started by the same component code with the same settings
+and no plugin:
+
+- ``direct``: to the plain Orthanc's DICOM port;
+- ``edge``: to radcloud's port, answered by Orthanc with the plugin's checks (sender, UIDs,
+  owner and patient of the study), while the gateway process follows Orthanc's change log for
+  study completeness (its CPU is counted: it shares the cores).
+
 Two times per run: until storescu finished (every instance acknowledged) and until Orthanc
 holds every instance (``/statistics``). For ``direct`` they coincide; for the gateway the second
 is the honest one, and the ratio gateway/direct is computed on it. Also recorded: the CPU time
@@ -38,7 +48,8 @@ from typing import Any
 from pydicom.uid import generate_uid
 
 from benchmarks._env import describe_machine, free_ports, summarise, write_result
-from core.archive import ImageArchive, open_archive
+from core.archive import ImageArchive, OrthancArchive, open_archive
+from core.archive.orthanc_peers import OrthancPeers
 from core.audit import AuditTrail
 from core.config import Settings, load_settings
 from core.db import Database, upgrade
@@ -178,6 +189,35 @@ def _instances(orthanc: ImageArchive) -> int:
     return orthanc.get_statistics().instances
 
 
+def _plain_orthanc(home: Path, bench: dict[str, DicomModality]) -> tuple[Settings, Supervisor]:
+    """A second Orthanc, radcloud's configuration without its plugin: the edge's baseline."""
+    http, dicom, api, gateway, metrics = free_ports(5)
+    settings = load_settings(
+        home=home,
+        orthanc_http_port=http,
+        orthanc_dicom_port=dicom,
+        api_port=api,
+        gateway_port=gateway,
+        gateway_metrics_port=metrics,
+        log_level="WARNING",
+        gateway_edge="pynetdicom",
+    )
+    component = orthanc_component(settings, load_secrets(settings), bench)
+    return settings, Supervisor(settings, [component])
+
+
+def _wait_for_peer(orthanc: ImageArchive, ae_title: str, timeout_s: float = 30.0) -> None:
+    """Wait until the edge's plugin has mirrored the benchmark's sender into Orthanc."""
+    if not isinstance(orthanc, OrthancArchive):
+        raise TypeError("the Orthanc edge needs the Orthanc archive")
+    peers = OrthancPeers(orthanc)
+    deadline = time.monotonic() + timeout_s
+    while not any(m.ae_title == ae_title for m in peers.list().values()):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the edge did not admit {ae_title} within {timeout_s:.0f} s")
+        time.sleep(0.2)
+
+
 def _one_run(
     settings: Settings,
     orthanc: ImageArchive,
@@ -187,7 +227,11 @@ def _one_run(
     associations: int,
     pids: dict[str, int | None],
     stow: Callable[[list[Path]], int] | None = None,
+    direct: tuple[Settings, ImageArchive] | None = None,
 ) -> dict[str, float]:
+    """One run; ``direct`` is the plain Orthanc of an edge run (its settings, its archive)."""
+    if target == "direct" and direct is not None:
+        settings, orthanc = direct
     port, called = (
         (settings.orthanc_dicom_port, settings.orthanc_ae_title)
         if target == "direct"
@@ -238,6 +282,7 @@ def run_ingest(
     stow: bool = True,
     per_request: int = 50,
     write: bool = True,
+    edge: str = "pynetdicom",
 ) -> dict[str, Any]:
     """Measure ingest throughput direct vs. through the gateway (and STOW-RS); return the result.
 
@@ -257,7 +302,13 @@ def run_ingest(
         Instances per STOW-RS request.
     write
         Write ``<date>-<host>-cpu-ingest.json`` (the harness writes its own report instead).
+    edge
+        ``pynetdicom`` (the gateway process answers DICOM) or ``orthanc`` (Orthanc's DICOM
+        server with radcloud's plugin, against a plain Orthanc; no STOW-RS).
     """
+    if edge not in {"pynetdicom", "orthanc"}:
+        raise ValueError(f'edge "{edge}": pynetdicom or orthanc')
+    stow = stow and edge == "pynetdicom"
     with tempfile.TemporaryDirectory(prefix="radcloud-bench-") as tmp:
         ports = free_ports(5)
         settings = load_settings(
@@ -268,27 +319,36 @@ def run_ingest(
             orthanc_http_port=ports[3],
             orthanc_dicom_port=ports[4],
             log_level="WARNING",
+            gateway_edge=edge,
         )
         secrets = load_secrets(settings)
         bench = {"bench": DicomModality(_AE, "127.0.0.1", 104)}
+        db = Database.from_settings(settings)
+        upgrade(db)
+        SenderRegistry(db, _audit(db, settings), edge=settings.gateway_edge).add_sender(
+            _AE, "Benchmark", "127.0.0.1", actor=Actor.cli()
+        )
         supervisor = Supervisor(
             settings,
             [
-                orthanc_component(settings, secrets, bench),
+                orthanc_component(settings, secrets, bench if edge == "pynetdicom" else {}),
                 gateway_component(settings),
                 *([api_component(settings)] if stow else []),
             ],
         )
+        plain = _plain_orthanc(Path(tmp) / "plain", bench) if edge == "orthanc" else None
         supervisor.up()
-        db = Database.from_settings(settings)
-        upgrade(db)
-        SenderRegistry(db, _audit(db, settings)).add_sender(
-            _AE, "Benchmark", "127.0.0.1", actor=Actor.cli()
-        )
+        if plain is not None:
+            plain[1].up()
         stow_send = _stow(settings, _stow_token(settings), per_request) if stow else None
-        targets = ("direct", "gateway", "stow") if stow else ("direct", "gateway")
+        through = "gateway" if edge == "pynetdicom" else "edge"
+        targets = ("direct", through, "stow") if stow else ("direct", through)
         orthanc = open_archive(settings, secrets)
+        direct = (plain[0], open_archive(plain[0], load_secrets(plain[0]))) if plain else None
         pids = {status.name: status.pid for status in supervisor.status()}
+        if plain is not None:
+            pids["orthanc_direct"] = plain[1].status()[0].pid
+            _wait_for_peer(orthanc, _AE)
         samples: dict[str, list[dict[str, float]]] = {}
         try:
             for repeat in range(repeats):
@@ -305,6 +365,7 @@ def run_ingest(
                             associations=count,
                             pids=pids,
                             stow=stow_send,
+                            direct=direct,
                         )
                         samples.setdefault(f"{target}/{count}", []).append(measured)
                         logger.info("%s x%d: %s", target, count, measured)
@@ -312,6 +373,9 @@ def run_ingest(
             orthanc.close()
             db.dispose()
             supervisor.down()
+            if plain is not None and direct is not None:
+                direct[1].close()
+                plain[1].down()
     summary: dict[str, Any] = {}
     for key, runs in samples.items():
         summary[key] = {metric: summarise([run[metric] for run in runs]) for metric in runs[0]}
@@ -325,6 +389,10 @@ def run_ingest(
         "suite": "ingest",
         "machine": describe_machine(),
         "parameters": {
+            "edge": edge,
+            "baseline": "a plain Orthanc, same settings, no plugin"
+            if edge == "orthanc"
+            else "the same Orthanc's own DICOM port",
             "instances": instances,
             "repeats": repeats,
             "associations": list(associations),
@@ -335,7 +403,7 @@ def run_ingest(
         "samples": samples,
         "summary": summary,
         "ratios": ratios,
-        "goal": "gateway/direct >= 0.8 (instances stored in Orthanc per second)",
+        "goal": f"{through}/direct >= 0.8 (instances stored in Orthanc per second)",
     }
     if write:
         result["path"] = str(write_result("ingest", "cpu", result, out_dir))
@@ -358,7 +426,7 @@ def markdown(result: dict[str, Any]) -> str:
         )
     names = [
         n
-        for n in ("orthanc", "gateway", "api", "storescu")
+        for n in ("orthanc", "orthanc_direct", "gateway", "api", "storescu")
         if any(f"cpu_ms_per_instance_{n}" in m for m in result["summary"].values())
     ]
     lines.append(
@@ -385,13 +453,21 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--no-stow", action="store_true", help="skip STOW-RS (no Ray Serve)")
     parser.add_argument("--quick", action="store_true", help="40 instances, 1 repeat")
+    parser.add_argument(
+        "--edge",
+        choices=("pynetdicom", "orthanc"),
+        default="pynetdicom",
+        help="radcloud's DICOM edge: the gateway process, or Orthanc with radcloud's plugin",
+    )
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
     if args.quick:
         args.instances, args.repeats = 40, 1
-    result = run_ingest(args.instances, args.repeats, out_dir=args.out, stow=not args.no_stow)
+    result = run_ingest(
+        args.instances, args.repeats, out_dir=args.out, stow=not args.no_stow, edge=args.edge
+    )
     print(markdown(result))
     print(f"\nresults: {result['path']}")
 
