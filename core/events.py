@@ -16,6 +16,10 @@ study; the payload is all they need::
 (:data:`~core.archive.ArchiveId`) of the study and its series; they keep their first names so
 that events already in the outbox stay readable. Patient identity is not in the payload:
 consumers read it from the archive.
+
+Instances radcloud writes into a study itself (AI results, reports: series with Manufacturer
+:data:`DERIVED_MANUFACTURER`, as :mod:`imaging.seg` writes them) are not arrivals: they never
+reopen a study nor give a ``study.updated`` (else every result would trigger its own triage).
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from typing import Any
 from core.archive import ArchiveId, ImageArchive
 
 __all__ = [
+    "DERIVED_MANUFACTURER",
     "STUDY_READY",
     "STUDY_REPROCESS",
     "STUDY_UPDATED",
@@ -47,6 +52,9 @@ class StudyEventType(StrEnum):
 STUDY_READY = StudyEventType.READY
 STUDY_UPDATED = StudyEventType.UPDATED
 STUDY_REPROCESS = StudyEventType.REPROCESS
+
+DERIVED_MANUFACTURER = "radcloud"
+"""(0008,0070) Manufacturer of the series radcloud itself writes (see the module docstring)."""
 
 
 def study_series(archive: ImageArchive, study: ArchiveId) -> list[dict[str, Any]]:
