@@ -17,9 +17,11 @@ study; the payload is all they need::
 that events already in the outbox stay readable. Patient identity is not in the payload:
 consumers read it from the archive.
 
-Instances radcloud writes into a study itself (AI results, reports: series with Manufacturer
-:data:`DERIVED_MANUFACTURER`, as :mod:`imaging.seg` writes them) are not arrivals: they never
-reopen a study nor give a ``study.updated`` (else every result would trigger its own triage).
+Instances radcloud writes into a study itself (AI results, reports: SEG and SR series with
+Manufacturer :data:`DERIVED_MANUFACTURER`, as :mod:`imaging.seg` and :mod:`imaging.sr` write them;
+:func:`is_derived_series`) are not arrivals: they never reopen a study nor give a
+``study.updated`` (else every result would trigger its own triage). The Manufacturer alone does
+not tell: radcloud's synthetic demo images carry it too.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ __all__ = [
     "STUDY_REPROCESS",
     "STUDY_UPDATED",
     "StudyEventType",
+    "is_derived_series",
     "study_payload",
     "study_series",
 ]
@@ -55,6 +58,13 @@ STUDY_REPROCESS = StudyEventType.REPROCESS
 
 DERIVED_MANUFACTURER = "radcloud"
 """(0008,0070) Manufacturer of the series radcloud itself writes (see the module docstring)."""
+_DERIVED_MODALITIES = frozenset({"SEG", "SR"})
+
+
+def is_derived_series(modality: str | None, manufacturer: str | None) -> bool:
+    """Whether a series is one radcloud wrote itself (an AI result or a report), not an
+    arrival: SEG or SR with Manufacturer :data:`DERIVED_MANUFACTURER`."""
+    return manufacturer == DERIVED_MANUFACTURER and modality in _DERIVED_MODALITIES
 
 
 def study_series(archive: ImageArchive, study: ArchiveId) -> list[dict[str, Any]]:

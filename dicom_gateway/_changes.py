@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 from core.archive import ArchivedResource, ArchiveId, ImageArchive, ResourceLevel
-from core.events import DERIVED_MANUFACTURER
+from core.events import is_derived_series
 
 _K = TypeVar("_K")
 _V = TypeVar("_V")
@@ -138,7 +138,7 @@ class InstanceResolver:
             read = SeriesFacts(
                 study=item.parent,
                 modality=item.modality,
-                derived=item.get("Manufacturer") == DERIVED_MANUFACTURER,
+                derived=is_derived_series(item.modality, item.get("Manufacturer")),
             )
             self._series.put(item.archive_id, read)
             facts[item.archive_id] = read

@@ -28,8 +28,8 @@ What counts as an arrival:
   know whose it is); it is logged once and counted
   (``radcloud_gateway_instances_untracked_total{reason="unclaimed"}``). Should a hospital send
   the same study later, the claim makes its row and the next instance announces it whole;
-- instances of series radcloud writes itself (AI results, reports: :data:`core.events.
-  DERIVED_MANUFACTURER`) are no arrival (``reason="derived"``);
+- instances of series radcloud writes itself (AI results, reports:
+  :func:`core.events.is_derived_series`) are no arrival (``reason="derived"``);
 - an instance the archive filed under another study than the row tracks (another patient with
   the same Study Instance UID) does not change the row (logged).
 

@@ -145,18 +145,31 @@ def tracking(tmp_path: Path, orthanc: Orthanc) -> Iterator[Tracking]:
     running.close()
 
 
-def _study(count: int) -> tuple[str, str, list[bytes]]:
-    study, series = generate_uid(), generate_uid()
-    return study, series, [synthetic_ct(study, series, instance=n) for n in range(1, count + 1)]
-
-
-def _derived(study: str) -> bytes:
-    """An instance as radcloud's write-back stores it: a new series of the study."""
-    dataset = pydicom.dcmread(io.BytesIO(synthetic_ct(study)))
-    dataset.Manufacturer = DERIVED_MANUFACTURER
+def _rewritten(data: bytes, **attributes: str) -> bytes:
+    dataset = pydicom.dcmread(io.BytesIO(data))
+    for keyword, value in attributes.items():
+        setattr(dataset, keyword, value)
     out = io.BytesIO()
     dataset.save_as(out, enforce_file_format=True)
     return out.getvalue()
+
+
+def _study(count: int) -> tuple[str, str, list[bytes]]:
+    """CT slices with radcloud's Manufacturer, as its synthetic demo studies carry it."""
+    study, series = generate_uid(), generate_uid()
+    return (
+        study,
+        series,
+        [
+            _rewritten(synthetic_ct(study, series, instance=n), Manufacturer=DERIVED_MANUFACTURER)
+            for n in range(1, count + 1)
+        ],
+    )
+
+
+def _derived(study: str) -> bytes:
+    """An instance as radcloud's write-back stores it: a new SEG series of the study."""
+    return _rewritten(synthetic_ct(study), Manufacturer=DERIVED_MANUFACTURER, Modality="SEG")
 
 
 def test_a_study_sent_by_storescu_into_orthanc_is_announced_once_then_updated(
