@@ -16,6 +16,12 @@ study; the payload is all they need::
 (:data:`~core.archive.ArchiveId`) of the study and its series; they keep their first names so
 that events already in the outbox stay readable. Patient identity is not in the payload:
 consumers read it from the archive.
+
+Instances radcloud writes into a study itself (AI results, reports: SEG and SR series with
+Manufacturer :data:`DERIVED_MANUFACTURER`, as :mod:`imaging.seg` and :mod:`imaging.sr` write them;
+:func:`is_derived_series`) are not arrivals: they never reopen a study nor give a
+``study.updated`` (else every result would trigger its own triage). The Manufacturer alone does
+not tell: radcloud's synthetic demo images carry it too.
 """
 
 from __future__ import annotations
@@ -27,10 +33,12 @@ from typing import Any
 from core.archive import ArchiveId, ImageArchive
 
 __all__ = [
+    "DERIVED_MANUFACTURER",
     "STUDY_READY",
     "STUDY_REPROCESS",
     "STUDY_UPDATED",
     "StudyEventType",
+    "is_derived_series",
     "study_payload",
     "study_series",
 ]
@@ -47,6 +55,16 @@ class StudyEventType(StrEnum):
 STUDY_READY = StudyEventType.READY
 STUDY_UPDATED = StudyEventType.UPDATED
 STUDY_REPROCESS = StudyEventType.REPROCESS
+
+DERIVED_MANUFACTURER = "radcloud"
+"""(0008,0070) Manufacturer of the series radcloud itself writes (see the module docstring)."""
+_DERIVED_MODALITIES = frozenset({"SEG", "SR"})
+
+
+def is_derived_series(modality: str | None, manufacturer: str | None) -> bool:
+    """Whether a series is one radcloud wrote itself (an AI result or a report), not an
+    arrival: SEG or SR with Manufacturer :data:`DERIVED_MANUFACTURER`."""
+    return manufacturer == DERIVED_MANUFACTURER and modality in _DERIVED_MODALITIES
 
 
 def study_series(archive: ImageArchive, study: ArchiveId) -> list[dict[str, Any]]:

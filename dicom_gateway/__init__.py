@@ -10,8 +10,9 @@ writer whichever door an instance came through.
 - :mod:`dicom_gateway.intake`: the one path of every instance (size, validation, spool);
 - :mod:`dicom_gateway.validation`, :mod:`dicom_gateway.spool`,
   :mod:`dicom_gateway.quarantine`: checks, durable storage, refused instances;
-- :mod:`dicom_gateway.forwarder`, :mod:`dicom_gateway.completeness`: spool to archive, and
-  the ``study.ready`` event once a study is stable;
+- :mod:`dicom_gateway.forwarder`: spool to archive;
+- :mod:`dicom_gateway.completeness`: follows the archive's change feed (whatever stored the
+  instances) and writes the ``study.ready`` event once a study is stable;
 - :mod:`dicom_gateway.ownership`: a study's owner and patient, and its identifiers in the
   patient cross-reference; :mod:`dicom_gateway.backfill` those of studies stored before it;
 - :mod:`dicom_gateway.senders`: who may send, and C-MOVE destinations;

@@ -1,12 +1,37 @@
 """Study completeness: when is a study ready, and the one durable event that says so.
 
-The tracker keeps one ``studies`` row per StudyInstanceUID in the application database (so its
-state survives restarts, unlike Orthanc's in-memory stable-study timer). A study becomes ready
-when no new instance arrived for ``stable_seconds`` *and* none of its instances is still in the
-spool, i.e. all it has are in Orthanc. Then, in one transaction, the row turns ``ready`` and an
-outbox event is written: ``study.ready`` the first time, ``study.updated`` when new instances
-arrived after an earlier event. The state change is a compare-and-set on the row's
-``last_received_at``, so an instance recorded meanwhile keeps the study open.
+The tracker follows the image archive's persistent change feed (Orthanc's ``/changes``, through
+:meth:`~core.archive.ImageArchive.changes`), so instances stored by any path count: the
+gateway's forwarder (DIMSE and STOW-RS through the spool), Orthanc's own DICOM server, anything
+else that stores into the archive. Its position in the feed is kept in the application database
+(``change_cursors``), written in the same transaction as the ``studies`` rows the changes it
+covers updated: a crash (SIGKILL of the gateway, Orthanc restarted) replays the feed from the
+last committed position, and nothing is counted twice. Orthanc's own stable-study timer and
+on-change callback are in memory and not replayed after a restart, so the tracker decides
+stability itself.
+
+A study becomes ready when no new instance arrived for ``stable_seconds`` *and* none of its
+instances is still in the spool, and the feed was read to its end just before deciding (the
+spool is looked at first: an instance that leaves it for the archive is then in the feed).
+Then, in one transaction, the row turns ``ready`` and an outbox event is written:
+``study.ready`` the first time, ``study.updated`` when new instances arrived after an earlier
+event. The state change is a compare-and-set on the row's ``last_received_at``, so an instance
+recorded meanwhile keeps the study open.
+
+What counts as an arrival:
+
+- a new instance of a study with a ``studies`` row (claimed by :mod:`dicom_gateway.ownership`
+  when its first instance came in): the row is filled in (archive key, accession number, date,
+  description, modalities), counted and kept open;
+- a study without a row was stored by another path (an operator's upload to Orthanc, a tool):
+  no hospital owns it, so no row is made for it and no event is written (a consumer would not
+  know whose it is); it is logged once and counted
+  (``radcloud_gateway_instances_untracked_total{reason="unclaimed"}``). Should a hospital send
+  the same study later, the claim makes its row and the next instance announces it whole;
+- instances of series radcloud writes itself (AI results, reports:
+  :func:`core.events.is_derived_series`) are no arrival (``reason="derived"``);
+- an instance the archive filed under another study than the row tracks (another patient with
+  the same Study Instance UID) does not change the row (logged).
 
 The event's topics and payload are the core's outbox contract (:mod:`core.events`: one builder
 for the gateway and serving's reprocess); its series list is read from the image archive.
@@ -17,42 +42,48 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import select, update
+from sqlalchemy.orm import Session
 
 from core.archive import ArchiveError, ArchiveId, ImageArchive
 from core.db import Database
-from core.db.models import Hospital, OutboxEvent, Study, StudyState, utcnow
+from core.db.models import ChangeCursor, Hospital, OutboxEvent, Study, StudyState, utcnow
 from core.events import STUDY_READY, STUDY_UPDATED, study_payload, study_series
-from core.tenancy import hospital_row
 from dicom_gateway import metrics
-from dicom_gateway.forwarder import Confirmation
+from dicom_gateway._changes import Arrivals, InstanceResolver, Resolved
+from dicom_gateway.exceptions import GatewayError
 
-__all__ = ["STUDY_READY", "STUDY_UPDATED", "StudyTracker"]
+__all__ = ["CURSOR_NAME", "NEW_INSTANCE", "STUDY_READY", "STUDY_UPDATED", "StudyTracker"]
 
 logger = logging.getLogger(__name__)
 
 _CHECK_INTERVAL_S = 1.0
+_PAGE = 1000  # changes asked for per request (Orthanc answers at most its own maximum)
+_UNCLAIMED_LOGGED = 1000
+CURSOR_NAME = "study_completeness"
+NEW_INSTANCE = "NewInstance"
+"""The change type of a stored instance in the archive's feed (Orthanc's word)."""
 
 
-def _merge_modalities(current: str | None, modality: str | None) -> str | None:
-    values = set(filter(None, (current or "").split("\\")))
-    if modality:
-        values.add(modality)
+def _merge_modalities(current: str | None, modalities: set[str]) -> str | None:
+    values = set(filter(None, (current or "").split("\\"))) | modalities
     return "\\".join(sorted(values)) or None
 
 
 class StudyTracker:
-    """Records what reached Orthanc and announces complete studies.
+    """Follows the archive's change feed and announces complete studies.
 
     Parameters
     ----------
     db
-        The application database (``studies``, ``hospitals``, ``outbox_events``).
+        The application database (``studies``, ``hospitals``, ``outbox_events``,
+        ``change_cursors``).
     archive
-        The image archive: source of the series list and counts in each event.
+        The image archive: its change feed, and the series list and counts of each event.
     stable_seconds
         Quiet time after the last instance before a study is ready.
     pending_studies
@@ -70,79 +101,149 @@ class StudyTracker:
         self._archive = archive
         self._stable = dt.timedelta(seconds=stable_seconds)
         self._pending = pending_studies
+        self._resolver = InstanceResolver(archive)
+        self._unclaimed: OrderedDict[str, None] = OrderedDict()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    # -- recording ---------------------------------------------------------------------------
+    # -- following the change feed -----------------------------------------------------------
 
-    def record(self, confirmations: Sequence[Confirmation]) -> None:
-        """Record instances Orthanc confirmed: one transaction, one row update per study."""
-        by_study: dict[str, list[Confirmation]] = {}
-        for confirmation in confirmations:
-            by_study.setdefault(confirmation.entry.info.study_instance_uid, []).append(confirmation)
+    def follow(self) -> int:
+        """Read the change feed to its end, recording new instances; returns how many changes
+        were read.
+
+        Raises
+        ------
+        ArchiveError
+            The archive cannot answer now; what was recorded stays, the rest is read later.
+        """
+        position = self._position()
+        read = 0
+        while True:
+            feed = self._archive.changes(since=position, limit=_PAGE)
+            if not feed.changes:
+                if feed.last < position:  # the archive's feed restarted (a new database)
+                    logger.warning(
+                        "the archive's change feed ends at %d, before this tracker's position "
+                        "%d: a new archive database? following it from its end",
+                        feed.last,
+                        position,
+                    )
+                    self._commit(Resolved(), position, feed.last)
+                return read
+            new = [c.archive_id for c in feed.changes if c.change_type == NEW_INSTANCE]
+            resolved = self._resolver.resolve(new)
+            last = max(feed.last, *(c.seq for c in feed.changes))
+            self._commit(resolved, position, last)
+            read += len(feed.changes)
+            position = last
+            if feed.done:
+                return read
+
+    def _position(self) -> int:
+        """The committed position; the first time, the feed's newest (the past is not
+        replayed: see migration 0013)."""
         with self._db.session() as session:
-            rows = {
-                study.study_instance_uid: study
-                for study in session.scalars(
-                    select(Study).where(Study.study_instance_uid.in_(list(by_study)))
-                )
-            }
-            for uid, group in by_study.items():
-                self._record_study(session, rows.get(uid), group)
+            cursor = session.get(ChangeCursor, CURSOR_NAME)
+            if cursor is not None:
+                return cursor.position
+        latest = self._archive.latest_change()
+        with self._db.session() as session:
+            if session.get(ChangeCursor, CURSOR_NAME) is None:
+                session.add(ChangeCursor(name=CURSOR_NAME, position=latest))
+                logger.info("following the archive's change feed from position %d", latest)
+                return latest
+        return self._position()
 
-    def _record_study(self, session: Any, study: Study | None, group: list[Confirmation]) -> None:
-        """Fill in the study's row. Its owner was decided before the instances were spooled
-        (:mod:`dicom_gateway.ownership` claimed the row): it is never changed here, nor is the
-        archive's study the row points at. A row is created here only for instances that
-        bypassed the intake (released from quarantine by an operator, spooled before owners
-        were recorded): with the owner their spool entry names."""
-        first = group[0].entry
-        if study is None:
-            hospital = next((c.entry.hospital for c in group if c.entry.hospital), None)
-            study = Study(
-                study_instance_uid=first.info.study_instance_uid,
-                hospital_id=hospital_row(session, hospital).id if hospital else None,
-                first_received_at=min(c.entry.received_at for c in group),
-                last_received_at=first.received_at,
-                instance_count=0,
-                state=StudyState.RECEIVING,
+    def _commit(self, resolved: Resolved, position: int, last: int) -> None:
+        """Record ``resolved`` and move the cursor from ``position`` to ``last``, in one
+        transaction (compare-and-set: a second follower's move fails this one)."""
+        now = utcnow()
+        with self._db.session() as session:
+            moved = session.execute(
+                update(ChangeCursor)
+                .where(ChangeCursor.name == CURSOR_NAME, ChangeCursor.position == position)
+                .values(position=last, updated_at=now)
             )
-            session.add(study)
-        info = first.info
-        archive_ids = {c.orthanc_study_id for c in group}
+            if moved.rowcount != 1:  # type: ignore[attr-defined]
+                raise GatewayError(
+                    f"the change cursor moved from {position} meanwhile: is a second gateway "
+                    "following the same archive?"
+                )
+            if resolved.arrivals:
+                self._record(session, resolved.arrivals, now)
+        metrics.CHANGE_FEED_POSITION.set(last)
+        if resolved.derived:
+            metrics.INSTANCES_UNTRACKED.labels("derived").inc(resolved.derived)
+
+    def _record(self, session: Session, arrivals: dict[str, Arrivals], now: dt.datetime) -> None:
+        rows = {
+            study.study_instance_uid: study
+            for study in session.scalars(
+                select(Study).where(Study.study_instance_uid.in_(list(arrivals)))
+            )
+        }
+        for uid, group in arrivals.items():
+            study = rows.get(uid)
+            if study is None:
+                self._untracked(uid, group)
+            else:
+                self._record_study(study, group, now)
+
+    def _untracked(self, uid: str, group: Arrivals) -> None:
+        metrics.INSTANCES_UNTRACKED.labels("unclaimed").inc(group.instances)
+        if uid in self._unclaimed:
+            return
+        self._unclaimed[uid] = None
+        if len(self._unclaimed) > _UNCLAIMED_LOGGED:
+            self._unclaimed.popitem(last=False)
+        logger.info(
+            "study %s (archive %s) was stored by another path than radcloud's ingest: no "
+            "hospital owns it, no study event",
+            uid,
+            group.study.archive_id,
+        )
+
+    @staticmethod
+    def _record_study(study: Study, group: Arrivals, now: dt.datetime) -> None:
+        """Fill in the study's row. Its owner was decided before the instances were stored
+        (:mod:`dicom_gateway.ownership` claimed the row): it is never changed here."""
+        archive_id = group.study.archive_id
         if study.orthanc_id is None:
-            study.orthanc_id = group[0].orthanc_study_id
-        if archive_ids - {study.orthanc_id}:
-            # The archive filed some instances under another study (another patient with the
-            # same Study Instance UID, released from quarantine by an operator): the row keeps
-            # pointing at the study it tracks.
+            study.orthanc_id = archive_id
+        elif study.orthanc_id != archive_id:
+            # another patient with the same Study Instance UID (released from quarantine by an
+            # operator, or stored by another path): the row keeps the study it tracks
             logger.warning(
                 "study %s: %d instance(s) filed by the archive under another study than %s",
                 study.study_instance_uid,
-                sum(c.orthanc_study_id != study.orthanc_id for c in group),
+                group.instances,
                 study.orthanc_id,
             )
-        study.patient_id = study.patient_id or info.patient_id
-        study.patient_name = study.patient_name or info.patient_name
-        study.accession_number = study.accession_number or info.accession_number
-        study.study_date = study.study_date or info.study_date
-        study.study_description = study.study_description or info.study_description
-        modalities = study.modalities
-        for confirmation in group:
-            modalities = _merge_modalities(modalities, confirmation.entry.info.modality)
-        study.modalities = modalities
-        new = [c for c in group if not c.already_stored]
-        if not new and study.state is StudyState.READY:
-            return  # duplicates of what was announced: nothing new
-        study.instance_count += len(new)
-        latest = max(c.entry.received_at for c in group)
-        study.last_received_at = max(study.last_received_at, latest)
+            return
+        tags = group.study.attributes
+        study.patient_id = study.patient_id or tags.get("PatientID")
+        study.patient_name = study.patient_name or tags.get("PatientName")
+        study.accession_number = study.accession_number or tags.get("AccessionNumber") or None
+        study.study_date = study.study_date or tags.get("StudyDate") or None
+        study.study_description = study.study_description or tags.get("StudyDescription") or None
+        study.modalities = _merge_modalities(study.modalities, group.modalities)
+        study.instance_count += group.instances
+        study.last_received_at = max(study.last_received_at, now)
         study.state = StudyState.RECEIVING
 
     # -- announcing --------------------------------------------------------------------------
 
     def check(self, now: dt.datetime | None = None) -> list[str]:
-        """Announce every study that is now complete; returns their UIDs."""
+        """Read the change feed, then announce every study that is now complete; returns their
+        UIDs (none while the feed cannot be read to its end: a study is never declared
+        complete on a stale view)."""
+        pending = self._pending()  # first: what leaves the spool now is in the feed below
+        try:
+            self.follow()
+        except ArchiveError as exc:
+            logger.warning("cannot read the archive's change feed (%s); retrying", exc)
+            return []
         cutoff = (now or utcnow()) - self._stable
         with self._db.session() as session:
             candidates = [
@@ -153,9 +254,6 @@ class StudyTracker:
                     )
                 )
             ]
-        if not candidates:
-            return []
-        pending = self._pending()
         announced = []
         for study_id, uid, orthanc_id, last_received_at in candidates:
             if uid in pending or orthanc_id is None:
@@ -213,7 +311,13 @@ class StudyTracker:
     # -- background loop ---------------------------------------------------------------------
 
     def start(self) -> None:
-        """Check for complete studies every second in a background thread."""
+        """Follow the feed and check for complete studies every second in a background thread
+        (the first position is taken now if the archive answers, so that nothing stored after
+        the gateway started is missed)."""
+        try:
+            self._position()
+        except ArchiveError as exc:
+            logger.warning("the archive's change feed is not readable yet (%s)", exc)
         self._thread = threading.Thread(target=self._loop, name="gateway-tracker", daemon=True)
         self._thread.start()
 

@@ -5,10 +5,12 @@ new files; ``workers`` threads store them in the image archive (:class:`core.arc
 one keep-alive connection pool). Whatever is queued when a worker is free (up to 32 instances,
 64 MB) goes in one :meth:`~core.archive.ImageArchive.store_instances` call, which answers one
 outcome per instance (Orthanc: one ZIP, re-sent one instance per request when refused, so that a
-refusal lands on exactly the instance it concerns). The archive's receipt is handed to the study
-tracker, and only after the tracker committed it is the spool file deleted; a crash anywhere
-before that leaves the file in place and it is sent again (the archive answers "already stored":
-duplicates are harmless).
+refusal lands on exactly the instance it concerns). The spool file is deleted once the archive
+has answered its receipt: the instance is then committed in the archive, and so is its entry in
+the archive's change feed, which the study tracker (:mod:`dicom_gateway.completeness`) follows;
+the forwarder tells the tracker nothing itself. A crash anywhere before the deletion leaves the
+file in place and it is sent again (the archive answers "already stored": duplicates are
+harmless).
 
 Archive unavailable (:class:`~core.archive.ArchiveUnavailableError`: connection error, timeout,
 HTTP 5xx): every worker pauses with exponential backoff (0.5 s doubling to 30 s) and the files
@@ -24,8 +26,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 
 from core.archive import (
@@ -40,7 +41,7 @@ from dicom_gateway.exceptions import GatewayError
 from dicom_gateway.quarantine import Quarantine
 from dicom_gateway.spool import Spool, SpoolEntry
 
-__all__ = ["Confirmation", "Forwarder"]
+__all__ = ["Forwarder"]
 
 logger = logging.getLogger(__name__)
 
@@ -49,17 +50,6 @@ _BATCH_MAX = 32
 _BATCH_MAX_BYTES = 64 * 1024 * 1024
 _BACKOFF_START_S = 0.5
 _BACKOFF_MAX_S = 30.0
-
-
-@dataclass(frozen=True)
-class Confirmation:
-    """The archive has stored (or already had) a spooled instance; the IDs are its keys
-    (:data:`core.archive.ArchiveId`: Orthanc's IDs)."""
-
-    entry: SpoolEntry
-    orthanc_instance_id: str
-    orthanc_study_id: str
-    already_stored: bool
 
 
 def _refusal(error: ArchiveError) -> str:
@@ -79,9 +69,6 @@ class Forwarder:
         Where instances wait, and where Orthanc's refusals go.
     archive
         The image archive (thread-safe; one connection pool for all workers).
-    record
-        Called with a batch of confirmations; must durably record them before returning (the
-        study tracker). Spool files are deleted after it returns.
     workers
         Concurrent uploads.
     """
@@ -91,16 +78,13 @@ class Forwarder:
         spool: Spool,
         quarantine: Quarantine,
         archive: ImageArchive,
-        record: Callable[[Sequence[Confirmation]], None],
         workers: int = 4,
     ) -> None:
         self._spool = spool
         self._quarantine = quarantine
         self._archive = archive
-        self._record = record
         self._workers = workers
         self._queue: queue.Queue[SpoolEntry] = queue.Queue()
-        self._done: queue.Queue[Confirmation] = queue.Queue()
         self._known: dict[Path, SpoolEntry] = {}
         self._known_lock = threading.Lock()
         self._stop = threading.Event()
@@ -114,11 +98,10 @@ class Forwarder:
     # -- lifecycle ---------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Start the scanner, the workers and the recorder."""
+        """Start the scanner and the workers."""
         self._spool.recover()
         targets: list[tuple[str, Callable[[], None]]] = [("scan", self._scan_loop)]
         targets += [(f"forward-{n}", self._work_loop) for n in range(self._workers)]
-        targets.append(("record", self._record_loop))
         for name, target in targets:
             thread = threading.Thread(target=target, name=f"gateway-{name}", daemon=True)
             thread.start()
@@ -272,7 +255,7 @@ class Forwarder:
         metrics.FORWARD_RESULTS.labels("already_stored" if already else "stored").inc()
         latency = (dt.datetime.now(dt.UTC) - entry.received_at).total_seconds()
         metrics.FORWARD_LATENCY.observe(max(0.0, latency))
-        self._done.put(Confirmation(entry, receipt.archive_id, receipt.study_archive_id, already))
+        self._spool.remove(entry)
 
     def _refused(self, entry: SpoolEntry, dicom: bytes, reason: str) -> None:
         logger.error("Orthanc refused %s: %s", entry.info.sop_instance_uid, reason)
@@ -285,30 +268,3 @@ class Forwarder:
             hospital=entry.hospital,
         )
         self._spool.remove(entry)
-
-    # -- recording ---------------------------------------------------------------------------
-
-    def _record_loop(self) -> None:
-        while not (self._stop.is_set() and self._done.empty()):
-            try:
-                batch = [self._done.get(timeout=0.2)]
-            except queue.Empty:
-                continue
-            while len(batch) < 500:
-                try:
-                    batch.append(self._done.get_nowait())
-                except queue.Empty:
-                    break
-            self._commit(batch)
-
-    def _commit(self, batch: list[Confirmation]) -> None:
-        while True:
-            try:
-                self._record(batch)
-                break
-            except Exception:
-                logger.exception("cannot record %d confirmations; retrying", len(batch))
-                if self._stop.wait(1.0):
-                    return  # files stay in the spool and are re-sent after restart
-        for confirmation in batch:
-            self._spool.remove(confirmation.entry)

@@ -6,10 +6,12 @@ from prometheus_client import Counter, Gauge, Histogram
 
 __all__ = [
     "ASSOCIATIONS_OPEN",
+    "CHANGE_FEED_POSITION",
     "FORWARD_LATENCY",
     "FORWARD_RESULTS",
     "INSTANCES_FAILED",
     "INSTANCES_RECEIVED",
+    "INSTANCES_UNTRACKED",
     "INSTANCE_BYTES_RECEIVED",
     "SPOOL_BYTES",
     "SPOOL_FILES",
@@ -44,4 +46,14 @@ FORWARD_RESULTS = Counter(
 ASSOCIATIONS_OPEN = Gauge("radcloud_gateway_associations_open", "DIMSE associations open")
 STUDIES_READY = Counter(
     "radcloud_gateway_study_events_total", "Study completeness events written", ["topic"]
+)
+CHANGE_FEED_POSITION = Gauge(
+    "radcloud_gateway_change_feed_position",
+    "Position in the archive's change feed up to which the study tracker has committed",
+)
+INSTANCES_UNTRACKED = Counter(
+    "radcloud_gateway_instances_untracked_total",
+    "New instances in the archive that no study counts: a study no hospital claimed "
+    "(unclaimed) or a series radcloud wrote itself (derived)",
+    ["reason"],
 )

@@ -79,7 +79,6 @@ class GatewayService:
             self.spool,
             self.quarantine,
             self.archive,
-            record=self.tracker.record,
             workers=settings.gateway_forward_workers,
         )
         self.dicom: Any = None
@@ -120,9 +119,10 @@ class GatewayService:
         }
 
     def start(self) -> None:
-        """Start forwarding, tracking, the DIMSE service and the HTTP listener."""
-        self.forwarder.start()
+        """Start tracking (first: its position in the change feed is taken before anything is
+        forwarded), forwarding, the DIMSE service and the HTTP listener."""
         self.tracker.start()
+        self.forwarder.start()
         if self.dicom is not None:
             self.dicom.start()
         self._http.start()

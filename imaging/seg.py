@@ -25,6 +25,7 @@ from pydicom.sr.coding import Code
 from pydicom.uid import SegmentationStorage, generate_uid
 from pydicom.valuerep import IS, DSdecimal, DSfloat, validate_value
 
+from core.events import DERIVED_MANUFACTURER
 from imaging.exceptions import ConformanceError, GeometryError, UnsupportedDataError
 from imaging.volume import Volume, series_geometry
 
@@ -41,7 +42,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-MANUFACTURER = "radcloud"
+MANUFACTURER = DERIVED_MANUFACTURER  # the gateway's tracker knows radcloud's own series by it
 AI_RESULT_NOTICE = "AI-generated, not verified by a radiologist"
 DEVICE_SERIAL_NUMBER = "radcloud-ai"
 """Software has no serial number; SEG requires one (Enhanced General Equipment, type 1)."""

@@ -464,6 +464,18 @@ class DicomwebArchive:
             raise ArchiveNotFoundError(level.name.lower(), archive_id)
         return found[0]
 
+    def get_resources(
+        self, level: ResourceLevel, archive_ids: Sequence[ArchiveId]
+    ) -> list[ArchivedResource]:
+        """Several resources: one search each (DICOMweb has no bulk read by key)."""
+        found = []
+        for archive_id in dict.fromkeys(archive_ids):
+            try:
+                found.append(self.get_resource(level, archive_id))
+            except ArchiveNotFoundError:
+                continue
+        return found
+
     def get_patient_studies(self, patient: ArchiveId) -> list[ArchivedResource]:
         """The patient's studies (a study search on the Patient ID)."""
         path = ResourcePath.parse(ResourceLevel.PATIENT, patient)
@@ -627,6 +639,10 @@ class DicomwebArchive:
     def changes(self, since: int = 0, limit: int = 100) -> ChangeFeed:
         """Refused: DICOMweb has no change feed (poll QIDO-RS by date instead)."""
         raise _unsupported("changes", self._url, "DICOMweb has no change feed")
+
+    def latest_change(self) -> int:
+        """Refused: DICOMweb has no change feed."""
+        raise _unsupported("latest_change", self._url, "DICOMweb has no change feed")
 
     def anonymize_instance(self, instance: ArchiveId, **_: Any) -> bytes:
         """Refused: DICOMweb does not de-identify on the server (de-identify locally,

@@ -61,6 +61,8 @@ __all__ = ["OrthancArchive", "orthanc_instance_id", "orthanc_study_id"]
 
 logger = logging.getLogger(__name__)
 
+_BULK = 1000  # keys per POST /tools/bulk-content
+
 
 class OrthancArchive:
     """radcloud's image archive over Orthanc's REST API (thread-safe: one connection pool).
@@ -300,6 +302,21 @@ class OrthancArchive:
         missing = self._missing(level, archive_id)
         return resource(self._json("GET", f"/{PATHS[level]}/{archive_id}", missing=missing), level)
 
+    def get_resources(
+        self, level: ResourceLevel, archive_ids: Sequence[ArchiveId]
+    ) -> list[ArchivedResource]:
+        """Several resources of one level: ``POST /tools/bulk-content``, one request per
+        ``_BULK`` keys (Orthanc leaves out the keys it does not have)."""
+        found: list[ArchivedResource] = []
+        keys = list(dict.fromkeys(archive_ids))
+        for start in range(0, len(keys), _BULK):
+            body = {"Resources": keys[start : start + _BULK], "Level": ORTHANC_LEVELS[level]}
+            found += [
+                resource(item, level)
+                for item in self._list("POST", "/tools/bulk-content", json=body)
+            ]
+        return found
+
     def _below(
         self, level: ResourceLevel, archive_id: ArchiveId, below: ResourceLevel
     ) -> list[ArchivedResource]:
@@ -429,6 +446,13 @@ class OrthancArchive:
         return ChangeFeed(
             changes, last=int(answer.get("Last", since)), done=bool(answer.get("Done"))
         )
+
+    def latest_change(self) -> int:
+        """The ``Seq`` of Orthanc's newest change (``GET /changes?last``)."""
+        answer = self._json("GET", "/changes", params={"last": ""})
+        if not isinstance(answer, dict):
+            raise ArchiveError(f"Orthanc GET /changes?last answered {answer!r:.200}")
+        return int(answer.get("Last", 0))
 
     # -- Orthanc's own ----------------------------------------------------------------------
 

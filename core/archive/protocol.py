@@ -112,6 +112,13 @@ class ImageArchive(Protocol):
         """One resource by its key."""
         ...
 
+    def get_resources(
+        self, level: ResourceLevel, archive_ids: Sequence[ArchiveId]
+    ) -> list[ArchivedResource]:
+        """Several resources of one level by their keys, in as few requests as the archive
+        allows; keys it no longer has are left out, and the order is not kept."""
+        ...
+
     def get_patient_studies(self, patient: ArchiveId) -> list[ArchivedResource]:
         """The patient's studies."""
         ...
@@ -174,6 +181,11 @@ class ImageArchive(Protocol):
 
     def changes(self, since: int = 0, limit: int = 100) -> ChangeFeed:
         """The changes after position ``since`` (at most ``limit``)."""
+        ...
+
+    def latest_change(self) -> int:
+        """The position of the newest change (0 while the feed is empty): where a follower
+        that must not replay the past starts."""
         ...
 
     def close(self) -> None:

@@ -5,7 +5,7 @@ Who writes what (docs/architecture.md has the full picture):
 - platform (``radcloud``): ``users``, ``user_hospitals``, ``api_keys``, ``audit_events``,
   ``audit_head``
 - gateway (``dicom_gateway``): ``hospitals``, ``senders``, ``move_destinations``, ``studies``,
-  ``outbox_events``
+  ``outbox_events``, ``change_cursors``
 - identity (``core.identity``; the gateway registers at ingest): ``patient_identifiers``,
   ``patient_links``, ``patient_id_authorities``, ``patient_link_retractions``
 - serving (``serving``): ``inference_results``, ``worklist_items``; reading writes ``labels``;
@@ -45,6 +45,7 @@ __all__ = [
     "AuditEvent",
     "AuditHead",
     "Base",
+    "ChangeCursor",
     "Hospital",
     "InferenceResult",
     "InferenceStatus",
@@ -235,6 +236,17 @@ class OutboxEvent(Base):
     last_error: Mapped[str | None] = mapped_column(Text)
     # Not before this time (retry backoff); None: at once.
     available_at: Mapped[dt.datetime | None] = mapped_column(index=True)
+
+
+class ChangeCursor(Base):
+    """How far a follower of the archive's change feed has read (the feed's ``seq``), written
+    with what the changes up to it caused (:mod:`dicom_gateway.completeness`)."""
+
+    __tablename__ = "change_cursors"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    position: Mapped[int] = mapped_column(BigInteger)
+    updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
 
 class InferenceResult(Base):

@@ -170,6 +170,37 @@ def test_the_change_feed_lists_new_instances(archive: OrthancArchive) -> None:
     assert all(c.seq > start for c in feed.changes)
 
 
+def test_the_newest_change_is_where_a_follower_starts(archive: OrthancArchive) -> None:
+    before = archive.latest_change()
+    receipt = archive.store_instance(_series(1)[2][0])
+    after = archive.latest_change()
+    assert after > before
+    assert archive.changes(since=after).changes == ()
+    feed = archive.changes(since=before, limit=100)
+    assert feed.last == after
+    assert receipt.archive_id in {c.archive_id for c in feed.changes}
+
+
+def test_many_resources_are_read_in_one_call(archive: OrthancArchive) -> None:
+    study_uid, series_uid, files = _series(3)
+    receipts = [r for r in archive.store_instances(files) if isinstance(r, StoredInstance)]
+    gone = archive.store_instance(_series(1)[2][0])
+    archive.delete_instance(gone.archive_id)
+    instances = archive.get_resources(
+        ResourceLevel.INSTANCE, [*(r.archive_id for r in receipts), gone.archive_id]
+    )
+    assert {i.archive_id for i in instances} == {r.archive_id for r in receipts}  # gone left out
+    assert {i.parent for i in instances} == {receipts[0].series_archive_id}
+    assert {i.sop_instance_uid for i in instances} == {_uid(f) for f in files}
+    [series] = archive.get_resources(ResourceLevel.SERIES, [receipts[0].series_archive_id] * 2)
+    assert (series.series_instance_uid, series.modality) == (series_uid, "CT")
+    assert series.parent == receipts[0].study_archive_id
+    assert set(series.children) == {r.archive_id for r in receipts}
+    [study] = archive.get_resources(ResourceLevel.STUDY, [receipts[0].study_archive_id])
+    assert study.study_instance_uid == study_uid
+    assert archive.get_resources(ResourceLevel.STUDY, []) == []
+
+
 def test_the_study_event_payload_lists_the_series(archive: OrthancArchive) -> None:
     study_uid, series_uid, files = _series(2)
     receipts = archive.store_instances(files)

@@ -23,6 +23,7 @@ from pydicom.uid import generate_uid
 from core.archive import (
     DICOM_PARTS,
     ArchiveError,
+    ArchiveId,
     ArchiveNotFoundError,
     ArchiveQueryTooBroadError,
     ArchiveRejectedError,
@@ -150,6 +151,11 @@ def test_store_search_and_retrieve_a_series(archive: DicomwebArchive) -> None:
     assert (counts.series, counts.instances) == (1, 3)
     patient = f"patients/{study.get('PatientID')}"
     assert study_uid in {s.study_instance_uid for s in archive.get_patient_studies(patient)}
+    unknown = ArchiveId(f"studies/{generate_uid()}")
+    assert [
+        s.archive_id
+        for s in archive.get_resources(ResourceLevel.STUDY, [study.archive_id, unknown])
+    ] == [study.archive_id]
 
 
 def test_search_filters_and_paging(archive: DicomwebArchive) -> None:
@@ -239,6 +245,7 @@ def test_errors_of_a_reachable_node(archive: DicomwebArchive) -> None:
     for operation in (
         lambda: archive.delete_study(unknown),
         archive.changes,
+        archive.latest_change,
         archive.get_statistics,
     ):
         with pytest.raises(ArchiveUnsupportedError):

@@ -1,4 +1,5 @@
-"""The forwarder drains the spool into a real Orthanc; the tracker announces complete studies."""
+"""The forwarder drains the spool into a real Orthanc; the tracker, following Orthanc's change
+feed, announces complete studies."""
 
 from __future__ import annotations
 
@@ -20,18 +21,20 @@ from dicom_gateway.quarantine import Quarantine
 from dicom_gateway.spool import Spool
 from dicom_gateway.validation import InstanceInfo, inspect_instance
 from tests.conftest import Stack
-from tests.dicom_gateway.dicom_files import synthetic_ct
+from tests.dicom_gateway.dicom_files import study_ownership, synthetic_ct
 from tests.helpers import free_port, wait_until
 
 pytestmark = pytest.mark.integration
 
 
 class Pipeline:
-    """A spool, forwarder and tracker over a test database and a given Orthanc client."""
+    """A spool, forwarder and tracker over a test database and a given Orthanc client; ``put``
+    claims the study as the intake would."""
 
     def __init__(self, tmp_path: Path, orthanc: ImageArchive, stable_seconds: float = 0.5) -> None:
         self.db = Database(f"sqlite:///{tmp_path / 'app.db'}")
         upgrade(self.db)
+        self.ownership = study_ownership(tmp_path, self.db)
         self.spool = Spool(tmp_path / "spool", limit_bytes=100_000_000)
         self.quarantine = Quarantine(tmp_path / "quarantine")
         self.tracker = StudyTracker(
@@ -40,12 +43,11 @@ class Pipeline:
             stable_seconds,
             lambda: self.forwarder.pending_studies(),  # noqa: PLW0108 - forwarder made below
         )
-        self.forwarder = Forwarder(
-            self.spool, self.quarantine, orthanc, self.tracker.record, workers=3
-        )
+        self.forwarder = Forwarder(self.spool, self.quarantine, orthanc, workers=3)
 
     def put(self, data: bytes, sender: str = "CT1", hospital: str = "General") -> InstanceInfo:
         info, stored = inspect_instance(data)
+        self.ownership.admit(info, hospital, sender=sender, source="dimse")
         self.spool.put(stored, info, sender_ae_title=sender, hospital=hospital)
         self.forwarder.notify()
         return info
@@ -70,8 +72,8 @@ def orthanc(stack: Stack) -> Iterator[OrthancArchive]:
 @pytest.fixture
 def pipeline(tmp_path: Path, orthanc: OrthancArchive) -> Iterator[Pipeline]:
     running = Pipeline(tmp_path, orthanc)
-    running.forwarder.start()
     running.tracker.start()
+    running.forwarder.start()
     yield running
     running.tracker.stop()
     running.forwarder.stop()
@@ -174,10 +176,10 @@ def test_a_refused_instance_in_a_batch_is_quarantined_alone(
     running.spool.put(
         bytes(128) + b"DICM" + b"\x02\x00" * 50, bad, sender_ae_title="CT1", hospital=None
     )
+    running.tracker.start()
     entries = list(running.spool.entries())
     assert running.forwarder._forward_batch(entries) == []  # one ZIP, refused, then one by one
-    running.forwarder.start()  # records the confirmations and empties the spool
-    running.tracker.start()
+    running.forwarder.start()
     try:
         wait_until(lambda: running.spool.usage().files == 0, timeout_s=30)
         [refused] = running.quarantine.list()

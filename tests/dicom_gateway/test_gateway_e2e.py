@@ -338,6 +338,24 @@ def test_gateway_killed_mid_push_loses_no_acknowledged_instance(
     assert outbox(stack, study)[0].payload["instance_count"] >= len(report.stored)
 
 
+@pytest.mark.slow
+def test_gateway_killed_between_storing_and_the_event_announces_once_after_restart(
+    make_stack: Callable[..., Stack], tmp_path: Path
+) -> None:
+    stack = make_stack(gateway_stable_seconds=8)
+    stack.cli("senders", "add", SENDER, "--hospital", "General Hospital", "--host", "127.0.0.1")
+    study, files = write_study(tmp_path, 5)
+    assert sorted(send(stack, files).stored) == sorted(files)
+    _all_arrive(stack, files)  # in Orthanc and in its change feed; the study not yet quiet
+    assert outbox(stack, study) == []
+    os.kill(stack.pid("gateway"), signal.SIGKILL)
+    stack.cli("up")  # the tracker reads on from its committed position
+    assert wait_until(lambda: len(outbox(stack, study)) == 1, timeout_s=60)
+    assert not wait_until(lambda: len(outbox(stack, study)) > 1, timeout_s=12)
+    [event] = outbox(stack, study)
+    assert (event.topic, event.payload["instance_count"]) == ("study.ready", 5)
+
+
 def _orthanc_has_some(stack: Stack) -> bool:
     orthanc = stack.archive()
     try:
