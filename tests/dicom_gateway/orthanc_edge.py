@@ -21,6 +21,7 @@ from dicom_gateway.edge.peers import peer_name
 from dicom_gateway.quarantine import Quarantine
 from dicom_gateway.senders import SenderRegistry
 from radcloud.services import Supervisor, orthanc_component
+from radcloud.services.components import gateway_component
 from tests.conftest import settings_from_env, stack_env
 from tests.helpers import wait_until
 
@@ -101,13 +102,16 @@ class OrthancEdge:
         self.db.dispose()
 
 
-def start_orthanc_edge(home: Path, **settings: object) -> OrthancEdge:
+def start_orthanc_edge(home: Path, *, gateway: bool = False, **settings: object) -> OrthancEdge:
     """Start Orthanc as the DICOM edge in ``home`` (dev mode unless ``settings`` say otherwise).
 
     Parameters
     ----------
     home
         ``RADCLOUD_HOME``.
+    gateway
+        Also start the gateway process (study completeness from Orthanc's change log, the
+        ``study.ready`` events; no DIMSE port of its own in this mode).
     settings
         Further settings (TLS files, limits).
     """
@@ -119,6 +123,9 @@ def start_orthanc_edge(home: Path, **settings: object) -> OrthancEdge:
     upgrade(db)
     audit = AuditTrail.from_secrets(db, secrets)
     registry = SenderRegistry(db, audit, edge=config.gateway_edge)
-    supervisor = Supervisor(config, [orthanc_component(config, secrets)])
+    components = [orthanc_component(config, secrets)]
+    if gateway:
+        components.append(gateway_component(config))
+    supervisor = Supervisor(config, components)
     supervisor.up()
     return OrthancEdge(config, secrets, db, audit, registry, supervisor)

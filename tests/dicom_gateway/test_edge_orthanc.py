@@ -19,8 +19,10 @@ import pydicom
 import pytest
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, generate_uid
 from pynetdicom import AE
+from sqlalchemy import select
 
 from core.config import GatewayEdge, load_settings
+from core.db.models import OutboxEvent
 from core.security import Actor
 from dicom_gateway.dcmtk import TlsFiles, dcmtk_environment, storescu
 from dicom_gateway.senders import SenderRegistry
@@ -39,7 +41,9 @@ _CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 
 @pytest.fixture(scope="module")
 def edge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OrthancEdge]:
-    running = start_orthanc_edge(tmp_path_factory.mktemp("orthanc-edge"))
+    running = start_orthanc_edge(
+        tmp_path_factory.mktemp("orthanc-edge"), gateway=True, gateway_stable_seconds=1.0
+    )
     try:
         running.add_sender(SENDER, HOSPITAL)
         running.add_sender(OTHER, OTHER_HOSPITAL)
@@ -93,6 +97,15 @@ def with_values(data: bytes, **values: str) -> bytes:
         buffer = io.BytesIO()
         ds.save_as(buffer)
     return buffer.getvalue()
+
+
+def study_events(edge: OrthancEdge, study: str) -> list[tuple[str, int]]:
+    """The outbox's events of ``study``: topic and instances counted, oldest first."""
+    with edge.db.session() as session:
+        rows = session.scalars(
+            select(OutboxEvent).where(OutboxEvent.key == study).order_by(OutboxEvent.id)
+        ).all()
+        return [(row.topic, row.payload["instance_count"]) for row in rows]
 
 
 # -- admission -------------------------------------------------------------------------------
@@ -453,3 +466,26 @@ def _acknowledged(output: str) -> list[int]:
 def test_orthanc_mode_settings_validate() -> None:
     settings = load_settings(gateway_edge="orthanc")
     assert settings.gateway_edge is GatewayEdge.ORTHANC
+
+
+# -- completeness ----------------------------------------------------------------------------
+
+
+def test_a_study_through_the_edge_gives_one_ready_event_then_an_update(
+    edge: OrthancEdge, tmp_path: Path
+) -> None:
+    """The gateway process, with no DIMSE port of its own, follows Orthanc's change log: a study
+    the edge stored is announced once with every instance; instances later, once more."""
+    study = generate_uid()
+    first = [write(tmp_path / f"a{i}.dcm", synthetic_ct(study, instance=i)) for i in range(4)]
+    statuses, output = store(edge, *first)
+    assert statuses == [0] * 4, output
+    assert wait_until(lambda: study_events(edge, study), timeout_s=30)
+    assert study_events(edge, study) == [("study.ready", 4)]
+    later = [write(tmp_path / f"b{i}.dcm", synthetic_ct(study, instance=10 + i)) for i in range(2)]
+    statuses, output = store(edge, *later)
+    assert statuses == [0, 0], output
+    assert wait_until(lambda: len(study_events(edge, study)) == 2, timeout_s=30)
+    assert study_events(edge, study) == [("study.ready", 4), ("study.updated", 6)]
+    time.sleep(2)  # quiet again: nothing more is announced
+    assert len(study_events(edge, study)) == 2
