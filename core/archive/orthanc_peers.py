@@ -46,6 +46,10 @@ class DicomModality:
         Where the peer's own SCP listens.
     allow_echo, allow_find, allow_get, allow_move, allow_store
         Which DIMSE services (PS3.4) the peer may request.
+    allow_storage_commitment
+        Whether it may ask for storage commitment (N-ACTION) and be sent its N-EVENT-REPORT:
+        off, radcloud offers no storage commitment (Orthanc's default would answer it for any
+        study, whichever hospital's).
     """
 
     ae_title: str
@@ -56,6 +60,7 @@ class DicomModality:
     allow_get: bool = True
     allow_move: bool = True
     allow_store: bool = True
+    allow_storage_commitment: bool = False
 
     def __post_init__(self) -> None:
         validate_ae_title(self.ae_title)
@@ -73,6 +78,8 @@ class DicomModality:
             "AllowGet": self.allow_get,
             "AllowMove": self.allow_move,
             "AllowStore": self.allow_store,
+            "AllowNAction": self.allow_storage_commitment,
+            "AllowEventReport": self.allow_storage_commitment,
         }
 
     @classmethod
@@ -87,6 +94,8 @@ class DicomModality:
             allow_get=bool(entry.get("AllowGet", True)),
             allow_move=bool(entry.get("AllowMove", True)),
             allow_store=bool(entry.get("AllowStore", True)),
+            allow_storage_commitment=bool(entry.get("AllowNAction", True))
+            and bool(entry.get("AllowEventReport", True)),
         )
 
 

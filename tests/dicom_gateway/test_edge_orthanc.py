@@ -173,6 +173,15 @@ def test_wrong_called_ae_is_rejected_at_association(edge: OrthancEdge, tmp_path:
     assert "Called AE Title Not Recognized" in output
 
 
+def test_peers_may_not_ask_for_storage_commitment(edge: OrthancEdge) -> None:
+    """Orthanc would answer N-ACTION storage commitment for any study: the mirrored peers
+    may not ask (radcloud offers no storage commitment)."""
+    peers = edge.get("/modalities?expand")
+    mirrored = [p for p in peers.values() if p["AET"] in {SENDER, OTHER}]
+    assert len(mirrored) == 2, peers
+    assert all(p["AllowNAction"] is False and p["AllowEventReport"] is False for p in mirrored)
+
+
 def test_a_removed_sender_is_rejected_again(edge: OrthancEdge, tmp_path: Path) -> None:
     edge.add_sender("EDGE_GONE", HOSPITAL)
     edge.senders.remove_sender("EDGE_GONE", actor=Actor.cli())
