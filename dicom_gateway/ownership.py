@@ -136,7 +136,15 @@ class StudyOwnership:
         self._joined: OrderedDict[tuple[str, str, PatientIdentity], None] = OrderedDict()
         self._linked: OrderedDict[str, None] = OrderedDict()
 
-    def admit(self, info: InstanceInfo, hospital: str | None, *, sender: str, source: str) -> None:
+    def admit(
+        self,
+        info: InstanceInfo,
+        hospital: str | None,
+        *,
+        sender: str,
+        source: str,
+        archive_id: str | None = None,
+    ) -> None:
         """Let the instance ``info`` of ``hospital`` join its study (claiming it if new).
 
         Parameters
@@ -147,6 +155,10 @@ class StudyOwnership:
             The sender's hospital (DIMSE), or the API key's (STOW-RS).
         sender, source
             For the audit record: the AE title or user, and ``dimse`` or ``stow``.
+        archive_id
+            The archive's key of the study, where the caller knows it before the archive stores
+            it (the Orthanc edge): a new study is claimed with it, in the same transaction
+            (:meth:`link_archive` then has nothing to do for it).
 
         Raises
         ------
@@ -169,7 +181,7 @@ class StudyOwnership:
             if key in self._joined:
                 self._joined.move_to_end(key)
                 return
-        owner, recorded = self._claim(info, hospital, identity)
+        owner, recorded = self._claim(info, hospital, identity, archive_id)
         if owner != hospital:
             # the kind first: a DIMSE error comment keeps 64 characters
             reason = (
@@ -200,13 +212,16 @@ class StudyOwnership:
                 .where(Study.study_instance_uid == study_instance_uid, Study.orthanc_id.is_(None))
                 .values(orthanc_id=archive_id)
             )
+        self._remember_linked(study_instance_uid)
+
+    def _remember_linked(self, study_instance_uid: str) -> None:
         with self._lock:
             self._linked[study_instance_uid] = None
             if len(self._linked) > _CACHE_SIZE:
                 self._linked.popitem(last=False)
 
     def _claim(
-        self, info: InstanceInfo, hospital: str, identity: PatientIdentity
+        self, info: InstanceInfo, hospital: str, identity: PatientIdentity, archive_id: str | None
     ) -> tuple[str | None, PatientIdentity]:
         """The study's owner and recorded identity; a new study is claimed for ``hospital``
         with ``identity`` (one insert: the unique UID decides a race), and its patient's
@@ -231,6 +246,7 @@ class StudyOwnership:
                         patient_birth_date=identity.patient_birth_date,
                         state=StudyState.RECEIVING,
                         instance_count=0,
+                        orthanc_id=archive_id,
                     )
                 )
                 registered = register_identifiers(session, hospital, info)
@@ -240,6 +256,8 @@ class StudyOwnership:
                 raise
             return found
         logger.info("study %s claimed by %s", uid, hospital)
+        if archive_id is not None:
+            self._remember_linked(uid)
         self._xref.audit_registered(registered, hospital, study_instance_uid=uid)
         return hospital, identity
 

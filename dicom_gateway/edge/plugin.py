@@ -30,6 +30,9 @@ from dicom_gateway.edge.query import identifier_of
 from dicom_gateway.edge.runtime import Edge
 
 _FIND_SOP_CLASS = UID("1.2.840.10008.5.1.4.1.2.1.1")  # Patient Root Query/Retrieve - FIND
+_JSON_FORMAT = orthanc.DicomToJsonFormat.HUMAN
+_JSON_FLAGS = orthanc.DicomToJsonFlags.SKIP_GROUP_LENGTHS
+_JSON_MAX_STRING = 256
 
 
 class _Instance:
@@ -57,7 +60,10 @@ class _Instance:
         return bool(self._instance.HasInstancePixelData())
 
     def tags(self) -> dict[str, Any]:
-        return json.loads(self._instance.GetInstanceSimplifiedJson())  # type: ignore[no-any-return]
+        # keyword -> value like the "simplified JSON", without private, unknown or binary
+        # elements and with long strings cut: the policy reads short public attributes only
+        text = self._instance.GetInstanceAdvancedJson(_JSON_FORMAT, _JSON_FLAGS, _JSON_MAX_STRING)
+        return json.loads(text)  # type: ignore[no-any-return]
 
     def data(self) -> bytes:
         return bytes(self._instance.GetInstanceData())

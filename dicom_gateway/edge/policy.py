@@ -315,10 +315,11 @@ class StorePolicy:
                 size,
                 has_pixel_data=instance.has_pixel_data,
             )
-            self._ownership.admit(info, sender.hospital, sender=calling, source=_SOURCE)
-            self._ownership.link_archive(
-                info.study_instance_uid, orthanc_study_id(info.patient_id, info.study_instance_uid)
+            archive_id = orthanc_study_id(info.patient_id, info.study_instance_uid)
+            self._ownership.admit(
+                info, sender.hospital, sender=calling, source=_SOURCE, archive_id=archive_id
             )
+            self._ownership.link_archive(info.study_instance_uid, archive_id)  # claimed earlier
         except InstanceRejectedError as exc:
             refusal = quarantine_refused(
                 self._quarantine,
