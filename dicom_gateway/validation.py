@@ -42,6 +42,7 @@ __all__ = [
     "InstanceInfo",
     "check_required_uids",
     "expected_pixel_bytes",
+    "inspect_header",
     "inspect_instance",
     "lenient_reading",
     "uid_oddities",
@@ -162,6 +163,18 @@ def _check_pixel_data(ds: Dataset, transfer_syntax: UID, oddities: list[str]) ->
 
 
 _UNDEFINED_LENGTH = 0xFFFFFFFF
+_DEFERRED_BYTES = 1024  # inspect_header locates longer values without reading them
+_INFO_KEYWORDS = {  # InstanceInfo's field: the DICOM keyword it holds
+    "modality": "Modality",
+    "patient_id": "PatientID",
+    "patient_name": "PatientName",
+    "issuer_of_patient_id": "IssuerOfPatientID",
+    "patient_birth_date": "PatientBirthDate",
+    "accession_number": "AccessionNumber",
+    "study_date": "StudyDate",
+    "study_description": "StudyDescription",
+    "body_part_examined": "BodyPartExamined",
+}
 
 
 def _check_truncation(ds: Dataset) -> None:
@@ -213,9 +226,132 @@ def uid_oddities(values: Mapping[str, str | None]) -> list[str]:
     ]
 
 
+_UID_KEYWORDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID")
+
+
 def _uid_values(ds: Dataset) -> dict[str, str | None]:
-    keywords = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID")
-    return {keyword: _text(ds, keyword) for keyword in keywords}
+    return {keyword: _text(ds, keyword) for keyword in _UID_KEYWORDS}
+
+
+def _check_last_element(ds: Dataset, size: int) -> None:
+    """The last top-level element, the only one a cut-off file can have cut (the others were
+    read past), is whole: read, or when a deferred read skipped its value (:func:`inspect_header`)
+    located within the file."""
+    tags = list(ds.keys())
+    if not tags:
+        return
+    raw = ds.get_item(tags[-1])
+    length, value = getattr(raw, "length", None), getattr(raw, "value", b"")
+    if length in (None, _UNDEFINED_LENGTH):
+        return
+    if value is None:
+        tell = getattr(raw, "value_tell", None)
+        arrived = max(size - tell, 0) if tell is not None else length
+    elif isinstance(value, bytes | bytearray):
+        arrived = len(value)
+    else:
+        return
+    if arrived < length:
+        raise UnreadableInstanceError(
+            f"file is truncated: element {tags[-1]} declares {length} bytes but only "
+            f"{arrived} arrived"
+        )
+
+
+def _fast_text(ds: Dataset, keyword: str) -> str | None:
+    """:func:`_text`, decoding a single ASCII value of a deferred read's raw element itself
+    (the common case, about ten times faster than pydicom's conversion)."""
+    raw = ds.get_item(keyword) if keyword in ds else None
+    value = getattr(raw, "value", None)
+    if isinstance(value, bytes) and value.isascii() and b"\\" not in value:
+        return value.decode("ascii").strip(" \0") or None
+    return _text(ds, keyword)
+
+
+def _check_pixel_length(ds: Dataset, transfer_syntax: UID) -> None:
+    """:func:`_check_pixel_data` on a deferred read: the declared length of native Pixel
+    Data against what its image attributes need."""
+    raw = ds.get_item("PixelData") if "PixelData" in ds else None
+    length = getattr(raw, "length", None)
+    if raw is None or transfer_syntax.is_compressed or length in (None, _UNDEFINED_LENGTH):
+        return
+    try:
+        rows, columns = int(ds.Rows), int(ds.Columns)
+        bits = int(ds.BitsAllocated)
+        samples = int(ds.get("SamplesPerPixel", 1))
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+    except (AttributeError, TypeError, ValueError):
+        return  # odd, not refused (as _check_pixel_data)
+    photometric = str(ds.get("PhotometricInterpretation", ""))
+    expected = expected_pixel_bytes(
+        rows, columns, samples=samples, bits=bits, frames=frames, photometric=photometric
+    )
+    if length < expected:
+        raise NonConformantInstanceError(
+            f"pixel data has {length} bytes, expected {expected} "
+            f"({rows}x{columns}, {samples} samples, {bits} bits, {frames} frames)"
+        )
+
+
+def inspect_header(data: bytes) -> InstanceInfo:
+    """The checks of :func:`inspect_instance` that need no value beyond the ones read: for an
+    archive that parses every value itself as it stores (the Orthanc edge's STOW-RS), at about a
+    third of the cost.
+
+    The file meta and the data set's top-level elements are read, values longer than
+    :data:`_DEFERRED_BYTES` only located (each must lie within the file), and only the values
+    the checks and :class:`InstanceInfo` need are decoded. Checked as by
+    :func:`inspect_instance`: the ``DICM`` prefix, the transfer syntax, the required UIDs and
+    their safety, the length of native pixel data. Not checked: the values inside sequences
+    and of the other elements; Orthanc refuses what it cannot parse.
+
+    Raises
+    ------
+    UnreadableInstanceError, NonConformantInstanceError
+        As :func:`inspect_instance`.
+    """
+    if len(data) < PREAMBLE_LENGTH + 4 or data[PREAMBLE_LENGTH : PREAMBLE_LENGTH + 4] != _MAGIC:
+        raise UnreadableInstanceError(
+            'not a DICOM Part 10 file: no "DICM" prefix after the 128-byte preamble'
+        )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            ds: FileDataset = pydicom.dcmread(io.BytesIO(data), defer_size=_DEFERRED_BYTES)
+            _check_last_element(ds, len(data))
+            transfer_syntax = UID(str(ds.file_meta.get("TransferSyntaxUID") or ""))
+            uids = {keyword: _fast_text(ds, keyword) for keyword in _UID_KEYWORDS}
+            values = {name: _fast_text(ds, keyword) for name, keyword in _INFO_KEYWORDS.items()}
+            others = _other_patient_ids(ds) if "OtherPatientIDsSequence" in ds else ()
+        except (InvalidDicomError, EOFError, ValueError, TypeError, KeyError, OSError) as exc:
+            raise UnreadableInstanceError(f"cannot parse the dataset: {exc}") from exc
+        except (AttributeError, IndexError, NotImplementedError, OverflowError) as exc:
+            raise UnreadableInstanceError(f"cannot parse the dataset: {exc!r}") from exc
+    if not transfer_syntax:
+        raise NonConformantInstanceError("file meta has no (0002,0010) TransferSyntaxUID")
+    if not transfer_syntax.is_transfer_syntax:
+        raise NonConformantInstanceError(f'transfer syntax "{transfer_syntax}" is not known')
+    check_required_uids(uids)
+    _check_pixel_length(ds, transfer_syntax)
+    oddities = [str(w.message) for w in caught] + uid_oddities(uids)
+    meta_uid = _text(ds.file_meta, "MediaStorageSOPInstanceUID")
+    if meta_uid and meta_uid != uids["SOPInstanceUID"]:
+        oddities.append("MediaStorageSOPInstanceUID differs from SOPInstanceUID")
+    info = InstanceInfo(
+        sop_class_uid=uids["SOPClassUID"] or _text(ds.file_meta, "MediaStorageSOPClassUID") or "",
+        sop_instance_uid=str(uids["SOPInstanceUID"]),
+        study_instance_uid=str(uids["StudyInstanceUID"]),
+        series_instance_uid=str(uids["SeriesInstanceUID"]),
+        transfer_syntax_uid=str(transfer_syntax),
+        **values,
+        warnings=tuple(dict.fromkeys(oddities)),
+        other_patient_ids=others,
+    )
+    if info.warnings:
+        logger.warning(
+            "instance %s stored with oddities: %s", info.sop_instance_uid, "; ".join(info.warnings)
+        )
+    return info
 
 
 def inspect_instance(data: bytes) -> tuple[InstanceInfo, bytes]:
