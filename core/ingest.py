@@ -88,8 +88,8 @@ STOW_PATH = "/internal/stow/instances"
 BATCH_PATH = "/internal/stow/batch"
 #: The API starts a new batch before one would hold more parts or bytes than these (a single
 #: part larger than ``BATCH_MAX_BYTES``, within the instance limit, travels alone).
-BATCH_MAX_PARTS = 64
-BATCH_MAX_BYTES = 16 * 1024 * 1024
+BATCH_MAX_PARTS = 16
+BATCH_MAX_BYTES = 8 * 1024 * 1024
 _LENGTH_BYTES = 8
 
 _VALID_UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")

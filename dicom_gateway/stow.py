@@ -169,7 +169,12 @@ class ArchiveStow:
         answers: list[StoreAnswer | None] = []
         accepted: list[tuple[int, InstanceInfo, bytes]] = []
         for index, data in enumerate(parts):
-            answer, info = self._check(data, study_instance_uid, hospital)
+            try:
+                answer, info = self._check(data, study_instance_uid, hospital)
+            except Exception:  # one part's surprise fails that part, not the batch
+                logger.exception("STOW-RS part %d of a batch failed unexpectedly", index + 1)
+                failure, reason = FailureReason.PROCESSING_FAILURE, "internal error: not stored"
+                answer, info = StoreAnswer.failed(data, failure, reason), None
             answers.append(answer)
             if info is not None:
                 accepted.append((index, info, data))

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from typing import Annotated
 
 import httpx
@@ -68,6 +69,7 @@ router = APIRouter(prefix=PREFIX, tags=["dicomweb"])
 Sender = Annotated[Principal, Depends(require_roles(Role.PACS, Role.ADMIN))]
 
 _DICOM = "application/dicom"
+_IN_FLIGHT = 2  # batches being stored at once by one request (Orthanc edge)
 
 
 class _TooManyParts(Exception):  # noqa: N818 - control flow between two functions of this module
@@ -142,31 +144,31 @@ async def _read_batches(
     ingest = context(request).ingest
     max_parts = context(request).settings.api_max_stow_parts
     batch = PartBatch()
-    in_flight: asyncio.Future[list[StoreAnswer]] | None = None
-    first_in_flight = 0
+    in_flight: deque[tuple[int, asyncio.Future[list[StoreAnswer]]]] = deque()
     count = 0
 
-    async def land() -> None:
-        """Wait for the batch being stored; its answers join ``outcomes``."""
-        nonlocal in_flight
-        if in_flight is None:
-            return
-        waiting, in_flight = in_flight, None
-        try:
-            outcomes.extend(await waiting)
-        except httpx.TransportError as exc:
-            raise _GatewayGone(first_in_flight, exc) from exc
+    async def land(keep: int = 0) -> None:
+        """Wait for the oldest batches being stored until ``keep`` are left; their answers
+        join ``outcomes``, in order."""
+        while len(in_flight) > keep:
+            first, waiting = in_flight.popleft()
+            try:
+                outcomes.extend(await waiting)
+            except httpx.TransportError as exc:
+                for _, later in in_flight:  # let them finish; their answers are not reported
+                    later.add_done_callback(lambda done: done.exception())
+                in_flight.clear()
+                raise _GatewayGone(first, exc) from exc
 
     async def send() -> None:
-        """Hand the batch read so far over, once the one before it is stored."""
-        nonlocal in_flight, first_in_flight
-        await land()
+        """Hand the batch read so far over, once at most one other is being stored."""
+        await land(keep=_IN_FLIGHT - 1)
         if batch.parts:
             parts = batch.take()
-            first_in_flight = parts[0][1]
-            in_flight = asyncio.ensure_future(
+            stored = asyncio.ensure_future(
                 run_in_threadpool(store_batch, ingest, parts, study, hospital)
             )
+            in_flight.append((parts[0][1], stored))
 
     async def store(parts: list[BodyPart]) -> None:
         nonlocal count
