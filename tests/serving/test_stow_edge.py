@@ -152,7 +152,9 @@ def test_refusals_carry_their_reason_and_are_quarantined(edge_stack: Stack) -> N
 
 
 def test_another_hospitals_study_or_patient_is_refused(edge_stack: Stack) -> None:
-    edge_stack.cli("users", "add", "edge-other-pacs", "--role", "pacs", "--hospital", OTHER_HOSPITAL)
+    edge_stack.cli(
+        "users", "add", "edge-other-pacs", "--role", "pacs", "--hospital", OTHER_HOSPITAL
+    )
     other_token = edge_stack.cli("token", "edge-other-pacs").stdout.strip()
     study = generate_uid()
     first = synthetic_ct(study, instance=1)
