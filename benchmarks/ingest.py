@@ -20,7 +20,14 @@ and no plugin:
 - ``direct``: to the plain Orthanc's DICOM port;
 - ``edge``: to radcloud's port, answered by Orthanc with the plugin's checks (sender, UIDs,
   owner and patient of the study), while the gateway process follows Orthanc's change log for
-  study completeness (its CPU is counted: it shares the cores).
+  study completeness (its CPU is counted: it shares the cores);
+- ``stow_direct``: STOW-RS straight into the plain Orthanc's DICOMweb plugin (basic auth), the
+  same kind of requests as ``stow``;
+- ``stow``: STOW-RS on radcloud's API, which hands the parts to the gateway in batches, and the
+  gateway checks them and stores them with radcloud's Orthanc's own STOW-RS (no spool). The
+  ratio is ``stow``/``stow_direct``.
+
+``--stow-only`` skips the storescu targets.
 
 Two times per run: until storescu finished (every instance acknowledged) and until Orthanc
 holds every instance (``/statistics``). For ``direct`` they coincide; for the gateway the second
@@ -419,6 +426,21 @@ def run_ingest(
         if target in baselines and baselines[target] in targets
         for count in associations
     }
+    # the same repetition's runs back to back: the least noisy comparison on a shared machine
+    paired = {
+        name.replace(" x", " paired x"): summarise(
+            [
+                run["stored_per_s"] / base["stored_per_s"]
+                for run, base in zip(
+                    samples[f"{name.split('/')[0]}/{count}"],
+                    samples[f"{name.split('/')[1].split(' ')[0]}/{count}"],
+                    strict=True,
+                )
+            ]
+        )
+        for name in ratios
+        for count in [int(name.rsplit("x", 1)[1])]
+    }
     result: dict[str, Any] = {
         "suite": "ingest",
         "machine": describe_machine(),
@@ -437,6 +459,7 @@ def run_ingest(
         "samples": samples,
         "summary": summary,
         "ratios": ratios,
+        "paired_ratios": paired,
         "goal": f"{through}/direct and stow/{baselines['stow']} >= 0.8 "
         "(instances stored in Orthanc per second)",
     }
@@ -478,6 +501,11 @@ def markdown(result: dict[str, Any]) -> str:
         lines.append(f"| {target} | {count} | " + " | ".join(f"{c:.2f}" for c in cpu) + " |")
     for name, ratio in result["ratios"].items():
         lines.append(f"\n{name}: **{ratio:.2f}**")
+    for name, spread in result.get("paired_ratios", {}).items():
+        lines.append(
+            f"\n{name} (per repetition): {spread['median']:.2f} "
+            f"({spread['min']:.2f}-{spread['max']:.2f})"
+        )
     return "\n".join(lines)
 
 
