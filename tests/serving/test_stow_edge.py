@@ -6,7 +6,8 @@ refusals with Orthanc's (``dicom_gateway.stow.ArchiveStow``).
 Checked as a PACS would notice: an instance is answered stored only once Orthanc has it (read
 back at once, its preamble zeroed); refusals carry their Failure Reason and are quarantined
 with their bytes; another hospital's or patient's study is 0xC409; many parts span several
-batches in order; Orthanc down is 503 with Retry-After and nothing reported stored.
+batches in order; a deflate bomb is 0xA700, never inflated; a stored study gives its one
+``study.ready``; Orthanc down is 503 with Retry-After and nothing reported stored.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from core.ingest import BATCH_MAX_PARTS
 from dicom_gateway.quarantine import Quarantine
 from tests.conftest import STOW_HOSPITAL, Stack, settings_from_env, stack_env
 from tests.dicom_gateway.dicom_files import synthetic_ct
+from tests.dicom_gateway.test_bombs import deflate_bomb
 from tests.helpers import wait_until
 
 pytestmark = pytest.mark.integration
@@ -40,12 +42,18 @@ MULTIPART = f'multipart/related; type="application/dicom"; boundary="{BOUNDARY}"
 CANNOT_UNDERSTAND, DOES_NOT_MATCH_SOP_CLASS, STUDY_MISMATCH = 0xC000, 0xA900, 0xC409
 PROCESSING_FAILURE = 0x0110
 OTHER_HOSPITAL = "Edge Other Hospital"
+MAX_INSTANCE_MIB = 64
+OUT_OF_RESOURCES = 0xA700
 
 
 @pytest.fixture(scope="module")
 def edge_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """A radcloud whose DICOM edge is Orthanc (its STOW-RS goes straight into Orthanc)."""
-    env = stack_env(tmp_path_factory.mktemp("radcloud-edge-stow"), gateway_edge="orthanc")
+    env = stack_env(
+        tmp_path_factory.mktemp("radcloud-edge-stow"),
+        gateway_edge="orthanc",
+        gateway_max_instance_mib=MAX_INSTANCE_MIB,
+    )
     running = Stack(env, settings_from_env(env))
     assert running.settings.gateway_edge is GatewayEdge.ORTHANC
     try:
@@ -176,6 +184,16 @@ def test_refusals_carry_their_reason_and_are_quarantined(edge_stack: Stack) -> N
     for refused in (no_study, short_pixels):
         assert _in_orthanc(edge_stack, refused) is None
     assert _in_orthanc(edge_stack, good) is not None
+
+
+def test_a_deflate_bomb_is_refused_without_being_stored(edge_stack: Stack) -> None:
+    study = generate_uid()
+    answer = _stow(edge_stack, deflate_bomb(study, pixel_mib=MAX_INSTANCE_MIB + 16))
+    assert answer.status_code == 409, answer.text
+    [failed] = _values(answer.json(), "00081198")
+    assert _values(failed, "00081197") == [OUT_OF_RESOURCES]
+    with edge_stack.archive() as archive:
+        assert archive.search_for_studies({"StudyInstanceUID": study}) == []
 
 
 def test_another_hospitals_study_or_patient_is_refused(edge_stack: Stack) -> None:
