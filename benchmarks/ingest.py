@@ -20,7 +20,14 @@ and no plugin:
 - ``direct``: to the plain Orthanc's DICOM port;
 - ``edge``: to radcloud's port, answered by Orthanc with the plugin's checks (sender, UIDs,
   owner and patient of the study), while the gateway process follows Orthanc's change log for
-  study completeness (its CPU is counted: it shares the cores).
+  study completeness (its CPU is counted: it shares the cores);
+- ``stow_direct``: STOW-RS straight into the plain Orthanc's DICOMweb plugin (basic auth), the
+  same kind of requests as ``stow``;
+- ``stow``: STOW-RS on radcloud's API, which hands the parts to the gateway in batches, and the
+  gateway checks them and stores them with radcloud's Orthanc's own STOW-RS (no spool). The
+  ratio is ``stow``/``stow_direct``.
+
+``--stow-only`` skips the storescu targets.
 
 Two times per run: until storescu finished (every instance acknowledged) and until Orthanc
 holds every instance (``/statistics``). For ``direct`` they coincide; for the gateway the second
@@ -74,6 +81,7 @@ _AE = "BENCH"
 _SLICE_SIZE = 128  # 128x128 16-bit: about 33 kB per instance, like pydicom's CT_small
 _BOUNDARY = "radcloud-bench-boundary"
 _STOW_TYPE = f'multipart/related; type="application/dicom"; boundary="{_BOUNDARY}"'
+_TO_PLAIN = ("direct", "stow_direct")  # the targets of the plain Orthanc in an edge run
 
 
 def _corpus(directory: Path, count: int, run: int) -> list[Path]:
@@ -135,24 +143,48 @@ def _stow_body(paths: list[Path]) -> bytes:
     return b"".join(parts) + delimiter + b"--\r\n"
 
 
-def _stow(settings: Settings, token: str, per_request: int) -> Callable[[list[Path]], int]:
-    """A sender posting ``per_request`` instances per STOW-RS request; returns how many stored."""
+def _stow(
+    url: str, per_request: int, *, token: str | None = None, auth: tuple[str, str] | None = None
+) -> Callable[[list[Path]], int]:
+    """A sender posting ``per_request`` instances per STOW-RS request to ``url`` (radcloud's
+    API with a bearer ``token``, or an Orthanc's DICOMweb plugin with basic ``auth``); returns
+    how many were stored (a request counts when answered 200, every instance referenced)."""
     import httpx
 
     def send(chunk: list[Path]) -> int:
         stored = 0
-        headers = {"Authorization": f"Bearer {token}", "Content-Type": _STOW_TYPE}
-        with httpx.Client(base_url=settings.api_url, headers=headers, timeout=300) as client:
+        headers = {"Content-Type": _STOW_TYPE, "Accept": "application/dicom+json"}
+        if token is not None:
+            headers["Authorization"] = f"Bearer {token}"
+        with httpx.Client(headers=headers, auth=auth, timeout=300) as client:
             for start in range(0, len(chunk), per_request):
                 part = chunk[start : start + per_request]
-                answer = client.post("/dicom-web/studies", content=_stow_body(part))
-                if answer.status_code == 200:
+                answer = client.post(url, content=_stow_body(part))
+                failed = answer.json().get("00081198", {}) if answer.status_code == 200 else {}
+                if answer.status_code == 200 and not failed.get("Value"):
                     stored += len(part)
                 else:
-                    logger.warning("stow: HTTP %d: %s", answer.status_code, answer.text[:200])
+                    logger.warning("stow: HTTP %d: %s", answer.status_code, answer.text[:300])
         return stored
 
     return send
+
+
+def _stow_senders(
+    settings: Settings, plain: Settings | None, per_request: int
+) -> dict[str, Callable[[list[Path]], int]]:
+    """The STOW-RS targets: ``stow`` (radcloud's API) and, in an edge run, ``stow_direct`` (the
+    plain Orthanc's own STOW-RS)."""
+    api = f"{settings.api_url}/dicom-web/studies"
+    senders = {"stow": _stow(api, per_request, token=_stow_token(settings))}
+    if plain is not None:
+        secrets = load_secrets(plain)
+        senders["stow_direct"] = _stow(
+            f"{plain.orthanc_url}/dicom-web/studies",
+            per_request,
+            auth=(secrets.orthanc_user, secrets.orthanc_password),
+        )
+    return senders
 
 
 def _cpu_seconds(pid: int | None) -> float:
@@ -226,11 +258,12 @@ def _one_run(
     files: list[Path],
     associations: int,
     pids: dict[str, int | None],
-    stow: Callable[[list[Path]], int] | None = None,
+    senders: dict[str, Callable[[list[Path]], int]] | None = None,
     direct: tuple[Settings, ImageArchive] | None = None,
 ) -> dict[str, float]:
-    """One run; ``direct`` is the plain Orthanc of an edge run (its settings, its archive)."""
-    if target == "direct" and direct is not None:
+    """One run; ``senders``: how the STOW-RS targets send; ``direct``: the plain Orthanc of an
+    edge run (its settings, its archive), which ``direct`` and ``stow_direct`` go to."""
+    if target in _TO_PLAIN and direct is not None:
         settings, orthanc = direct
     port, called = (
         (settings.orthanc_dicom_port, settings.orthanc_ae_title)
@@ -244,7 +277,7 @@ def _one_run(
             logger.warning("%s: %d failed, e.g. %s", target, len(report.failed), report.failed)
         return len(report.stored)
 
-    send = stow if target == "stow" and stow is not None else storescu_send
+    send = (senders or {}).get(target, storescu_send)
 
     before = _instances(orthanc)
     cpu_before = {name: _cpu_seconds(pid) for name, pid in pids.items()}
@@ -280,6 +313,7 @@ def run_ingest(
     out_dir: Path | None = None,
     *,
     stow: bool = True,
+    dimse: bool = True,
     per_request: int = 50,
     write: bool = True,
     edge: str = "pynetdicom",
@@ -297,7 +331,10 @@ def run_ingest(
     out_dir
         Where to write the JSON result (default ``benchmarks/results``).
     stow
-        Also measure STOW-RS through the API (starts Ray Serve too).
+        Also measure STOW-RS through the API (starts Ray Serve too) and, with
+        ``edge="orthanc"``, into the plain Orthanc's own STOW-RS.
+    dimse
+        Measure storescu (``False``: STOW-RS only).
     per_request
         Instances per STOW-RS request.
     write
@@ -308,7 +345,6 @@ def run_ingest(
     """
     if edge not in {"pynetdicom", "orthanc"}:
         raise ValueError(f'edge "{edge}": pynetdicom or orthanc')
-    stow = stow and edge == "pynetdicom"
     with tempfile.TemporaryDirectory(prefix="radcloud-bench-") as tmp:
         ports = free_ports(5)
         settings = load_settings(
@@ -340,9 +376,10 @@ def run_ingest(
         supervisor.up()
         if plain is not None:
             plain[1].up()
-        stow_send = _stow(settings, _stow_token(settings), per_request) if stow else None
         through = "gateway" if edge == "pynetdicom" else "edge"
-        targets = ("direct", through, "stow") if stow else ("direct", through)
+        targets: tuple[str, ...] = ("direct", through) if dimse else ()
+        senders = _stow_senders(settings, plain[0] if plain else None, per_request) if stow else {}
+        targets += tuple(senders)
         orthanc = open_archive(settings, secrets)
         direct = (plain[0], open_archive(plain[0], load_secrets(plain[0]))) if plain else None
         pids = {status.name: status.pid for status in supervisor.status()}
@@ -364,7 +401,7 @@ def run_ingest(
                             files=files,
                             associations=count,
                             pids=pids,
-                            stow=stow_send,
+                            senders=senders,
                             direct=direct,
                         )
                         samples.setdefault(f"{target}/{count}", []).append(measured)
@@ -379,11 +416,30 @@ def run_ingest(
     summary: dict[str, Any] = {}
     for key, runs in samples.items():
         summary[key] = {metric: summarise([run[metric] for run in runs]) for metric in runs[0]}
+    baselines = {through: "direct", "stow": "stow_direct" if plain else "direct"}
     ratios = {
-        f"{target}/direct x{count}": summary[f"{target}/{count}"]["stored_per_s"]["median"]
-        / summary[f"direct/{count}"]["stored_per_s"]["median"]
-        for target in targets[1:]
+        f"{target}/{baselines[target]} x{count}": summary[f"{target}/{count}"]["stored_per_s"][
+            "median"
+        ]
+        / summary[f"{baselines[target]}/{count}"]["stored_per_s"]["median"]
+        for target in targets
+        if target in baselines and baselines[target] in targets
         for count in associations
+    }
+    # the same repetition's runs back to back: the least noisy comparison on a shared machine
+    paired = {
+        name.replace(" x", " paired x"): summarise(
+            [
+                run["stored_per_s"] / base["stored_per_s"]
+                for run, base in zip(
+                    samples[f"{name.split('/')[0]}/{count}"],
+                    samples[f"{name.split('/')[1].split(' ')[0]}/{count}"],
+                    strict=True,
+                )
+            ]
+        )
+        for name in ratios
+        for count in [int(name.rsplit("x", 1)[1])]
     }
     result: dict[str, Any] = {
         "suite": "ingest",
@@ -403,7 +459,9 @@ def run_ingest(
         "samples": samples,
         "summary": summary,
         "ratios": ratios,
-        "goal": f"{through}/direct >= 0.8 (instances stored in Orthanc per second)",
+        "paired_ratios": paired,
+        "goal": f"{through}/direct and stow/{baselines['stow']} >= 0.8 "
+        "(instances stored in Orthanc per second)",
     }
     if write:
         result["path"] = str(write_result("ingest", "cpu", result, out_dir))
@@ -443,6 +501,11 @@ def markdown(result: dict[str, Any]) -> str:
         lines.append(f"| {target} | {count} | " + " | ".join(f"{c:.2f}" for c in cpu) + " |")
     for name, ratio in result["ratios"].items():
         lines.append(f"\n{name}: **{ratio:.2f}**")
+    for name, spread in result.get("paired_ratios", {}).items():
+        lines.append(
+            f"\n{name} (per repetition): {spread['median']:.2f} "
+            f"({spread['min']:.2f}-{spread['max']:.2f})"
+        )
     return "\n".join(lines)
 
 
@@ -452,6 +515,7 @@ def main() -> None:
     parser.add_argument("--instances", type=int, default=400)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--no-stow", action="store_true", help="skip STOW-RS (no Ray Serve)")
+    parser.add_argument("--stow-only", action="store_true", help="skip storescu")
     parser.add_argument("--quick", action="store_true", help="40 instances, 1 repeat")
     parser.add_argument(
         "--edge",
@@ -466,7 +530,12 @@ def main() -> None:
     if args.quick:
         args.instances, args.repeats = 40, 1
     result = run_ingest(
-        args.instances, args.repeats, out_dir=args.out, stow=not args.no_stow, edge=args.edge
+        args.instances,
+        args.repeats,
+        out_dir=args.out,
+        stow=not args.no_stow,
+        dimse=not args.stow_only,
+        edge=args.edge,
     )
     print(markdown(result))
     print(f"\nresults: {result['path']}")

@@ -21,6 +21,20 @@ it, as a DIMSE sender's hospital owns what it sends (:mod:`core.tenancy`)::
     the limit;
     500 the gateway failed unexpectedly (nothing stored)
 
+With ``RADCLOUD_GATEWAY_EDGE=orthanc`` the gateway keeps no spool for STOW-RS: the API hands
+the parts over in batches, and the gateway checks each one, admits it to its study, and stores
+the accepted ones in Orthanc with one STOW-RS request, answering once Orthanc has stored them
+(:mod:`dicom_gateway.stow`)::
+
+    POST /internal/stow/batch?hospital=<owner>[&study=<Study Instance UID of the request's URL>]
+    Authorization: Bearer <secrets.json gateway_ingest_key>
+    Content-Type: application/octet-stream
+    Content-Length: <bytes, at most batch_limit_bytes(max instance bytes)>
+
+    body: the parts, each as its length (8 bytes, big-endian) then its bytes (encode_batch)
+    200 application/json  {"answers": [a StoreAnswer per part, in order]}
+    400, 401, 413, 500 as above; 404 when the gateway's edge is not ``orthanc``
+
 Failure Reason (0008,1197) values (PS3.18 Table I.2-2; the first three are also the C-STORE
 statuses of the same failures, PS3.4 B.2.3)::
 
@@ -33,7 +47,8 @@ statuses of the same failures, PS3.4 B.2.3)::
                                       hospital or patient (quarantined, the gateway's
                                       ``ownership``); implementation specific, dcm4chee-arc
                                       uses the same code
-    0x0110  processing failure        the spool could not be written, or the gateway failed
+    0x0110  processing failure        the spool could not be written, the gateway failed, or
+                                      (orthanc edge) Orthanc could not be reached or failed
 
 ``retry`` marks failures for want of resources at the receiving end (spool full, I/O error,
 gateway gone), worth sending again unchanged.
@@ -43,6 +58,7 @@ from __future__ import annotations
 
 import io
 import re
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 from enum import IntEnum
 from typing import Any
@@ -54,9 +70,27 @@ from core.inflation import check_part10_inflation
 #: The most a deflated data set may inflate to be read for labels (:func:`peek_uids`).
 PEEK_INFLATED_BYTES = 64 * 1024 * 1024
 
-__all__ = ["PEEK_INFLATED_BYTES", "STOW_PATH", "FailureReason", "StoreAnswer", "peek_uids"]
+__all__ = [
+    "BATCH_MAX_BYTES",
+    "BATCH_MAX_PARTS",
+    "BATCH_PATH",
+    "PEEK_INFLATED_BYTES",
+    "STOW_PATH",
+    "FailureReason",
+    "StoreAnswer",
+    "batch_limit_bytes",
+    "decode_batch",
+    "encode_batch",
+    "peek_uids",
+]
 
 STOW_PATH = "/internal/stow/instances"
+BATCH_PATH = "/internal/stow/batch"
+#: The API starts a new batch before one would hold more parts or bytes than these (a single
+#: part larger than ``BATCH_MAX_BYTES``, within the instance limit, travels alone).
+BATCH_MAX_PARTS = 16
+BATCH_MAX_BYTES = 8 * 1024 * 1024
+_LENGTH_BYTES = 8
 
 _VALID_UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
 _PEEKED = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID")
@@ -137,3 +171,48 @@ class StoreAnswer:
         return cls(
             **{**values, "status": int(values["status"]), "retry": bool(values.get("retry"))}
         )
+
+
+def encode_batch(parts: Sequence[bytes]) -> bytes:
+    """The body of a batch hand-over: each part as its length (8 bytes, big-endian), then its
+    bytes."""
+    framed = bytearray()
+    for data in parts:
+        framed += len(data).to_bytes(_LENGTH_BYTES, "big")
+        framed += data
+    return bytes(framed)
+
+
+def decode_batch(body: bytes, max_parts: int = BATCH_MAX_PARTS) -> list[bytes]:
+    """The parts of a batch hand-over (inverse of :func:`encode_batch`).
+
+    Raises
+    ------
+    ValueError
+        A length runs past the body, or there are more than ``max_parts`` parts.
+    """
+    view = memoryview(body)
+    parts: list[bytes] = []
+    offset = 0
+    while offset < len(view):
+        if len(parts) == max_parts:
+            raise ValueError(f"more than {max_parts} parts in one batch")
+        if offset + _LENGTH_BYTES > len(view):
+            raise ValueError(f"batch ends inside the length of part {len(parts) + 1}")
+        length = int.from_bytes(view[offset : offset + _LENGTH_BYTES], "big")
+        offset += _LENGTH_BYTES
+        if offset + length > len(view):
+            raise ValueError(
+                f"part {len(parts) + 1} declares {length} bytes, "
+                f"{len(view) - offset} are left in the batch"
+            )
+        parts.append(bytes(view[offset : offset + length]))
+        offset += length
+    return parts
+
+
+def batch_limit_bytes(max_instance_bytes: int) -> int:
+    """The most bytes a batch hand-over may have, with an instance limit of
+    ``max_instance_bytes``: its parts never exceed :data:`BATCH_MAX_BYTES`, or the instance
+    limit for a part that travels alone."""
+    return max(BATCH_MAX_BYTES, max_instance_bytes) + _LENGTH_BYTES * BATCH_MAX_PARTS

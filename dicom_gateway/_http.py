@@ -5,11 +5,14 @@ metrics are labelled with (a remote Prometheus scrapes through an agent or proxy
 - ``GET /healthz`` (JSON: spool depth, Orthanc reachability, open associations) and
   ``GET /metrics`` (Prometheus) need no credentials, so that a local Prometheus agent can
   scrape them; they carry no patient data (sender AE titles and counts only).
-- ``POST /internal/stow/instances`` takes one STOW-RS instance from the API process (the
-  protocol is in :mod:`core.ingest`, the handling in :mod:`dicom_gateway.stow`); it demands
-  the bearer key ``gateway_ingest_key`` of ``secrets.json``, compared in constant time.
+- ``POST /internal/stow/instances`` takes one STOW-RS instance from the API process, and with
+  the Orthanc edge ``POST /internal/stow/batch`` a batch of them (the protocol is in
+  :mod:`core.ingest`, the handling in :mod:`dicom_gateway.stow`); both demand the bearer key
+  ``gateway_ingest_key`` of ``secrets.json``, compared in constant time.
 
-HTTP/1.1 with keep-alive, one thread per connection (:class:`ThreadingHTTPServer`).
+HTTP/1.1 with keep-alive, one thread per connection (:class:`ThreadingHTTPServer`), with
+``TCP_NODELAY``: an answer's header and body leave in two writes, and Nagle's algorithm would
+hold the second until the client's delayed acknowledgement (40 ms per request).
 """
 
 from __future__ import annotations
@@ -25,10 +28,10 @@ from urllib.parse import parse_qs, urlsplit
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from core.ingest import STOW_PATH
+from core.ingest import BATCH_PATH, STOW_PATH, batch_limit_bytes, decode_batch
 from core.uids import is_safe_uid
 from dicom_gateway.intake import Intake
-from dicom_gateway.stow import store_instance
+from dicom_gateway.stow import ArchiveStow, store_instance
 
 __all__ = ["GatewayHttpServer"]
 
@@ -61,6 +64,8 @@ class GatewayHttpServer:
         The API process's bearer key for ``POST`` (``Secrets.gateway_ingest_key``).
     timeout_s
         Socket timeout of a connection (a stalled client frees its thread after it).
+    archive_stow
+        Where batches go, with the Orthanc edge (``None``: no batch endpoint).
     """
 
     def __init__(
@@ -71,9 +76,12 @@ class GatewayHttpServer:
         intake: Intake,
         ingest_key: str,
         timeout_s: float,
+        archive_stow: ArchiveStow | None = None,
     ) -> None:
         self._address = address
-        self._handler = _handler(health, intake, f"Bearer {ingest_key}".encode(), timeout_s)
+        self._handler = _handler(
+            health, intake, archive_stow, f"Bearer {ingest_key}".encode(), timeout_s
+        )
         self._server: ThreadingHTTPServer | None = None
 
     @property
@@ -100,11 +108,16 @@ class GatewayHttpServer:
 
 
 def _handler(
-    health: Callable[[], dict[str, Any]], intake: Intake, authorization: bytes, timeout_s: float
+    health: Callable[[], dict[str, Any]],
+    intake: Intake,
+    archive_stow: ArchiveStow | None,
+    authorization: bytes,
+    timeout_s: float,
 ) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
         timeout = timeout_s
+        disable_nagle_algorithm = True  # TCP_NODELAY (the module docstring)
 
         def _answer(self, status: int, body: bytes, content_type: str) -> None:
             self.send_response(status)
@@ -126,9 +139,9 @@ def _handler(
             else:
                 self._refuse(404, f'no resource "{self.path}"')
 
-        def _instance(self) -> tuple[str | None, str, bytes]:
-            """The request's ``study`` and ``hospital`` parameters and body, once the key is
-            checked."""
+        def _instance(self, limit: int) -> tuple[str | None, str, bytes]:
+            """The request's ``study`` and ``hospital`` parameters and body (at most ``limit``
+            bytes), once the key is checked."""
             given = self.headers.get("Authorization", "").encode()
             if not hmac.compare_digest(given, authorization):
                 logger.warning("internal STOW request from %s: bad key", self.client_address)
@@ -141,8 +154,8 @@ def _handler(
                 length = int(self.headers.get("Content-Length", ""))
             except ValueError as exc:
                 raise _Refusal(400, "expected a Content-Length header") from exc
-            if not 0 <= length <= intake.max_instance_bytes:
-                raise _Refusal(413, f"{length} bytes: expected at most {intake.max_instance_bytes}")
+            if not 0 <= length <= limit:
+                raise _Refusal(413, f"{length} bytes: expected at most {limit}")
             hospital = query.get("hospital", [""])[0].strip()
             if not 0 < len(hospital) <= _HOSPITAL_MAX:
                 raise _Refusal(
@@ -153,19 +166,36 @@ def _handler(
                 raise _Refusal(400, f"body ended after {len(data)} of {length} bytes")
             return study, hospital, data
 
-        def do_POST(self) -> None:
+        def _batch(self) -> dict[str, Any]:
+            if archive_stow is None:
+                raise _Refusal(404, "no batch STOW-RS: the gateway's edge is not orthanc")
+            study, hospital, body = self._instance(batch_limit_bytes(intake.max_instance_bytes))
             try:
-                if urlsplit(self.path).path != STOW_PATH:
+                parts = decode_batch(body)
+            except ValueError as exc:
+                raise _Refusal(400, f"malformed batch: {exc}") from exc
+            answers = archive_stow.store_batch(parts, study_instance_uid=study, hospital=hospital)
+            return {"answers": [answer.to_json() for answer in answers]}
+
+        def do_POST(self) -> None:
+            path = urlsplit(self.path).path
+            try:
+                if path == STOW_PATH:
+                    study, hospital, data = self._instance(intake.max_instance_bytes)
+                    answer = store_instance(
+                        intake, data, study_instance_uid=study, hospital=hospital
+                    ).to_json()
+                elif path == BATCH_PATH:
+                    answer = self._batch()
+                else:
                     raise _Refusal(404, f'no resource "{self.path}"')
-                study, hospital, data = self._instance()
-                answer = store_instance(intake, data, study_instance_uid=study, hospital=hospital)
             except _Refusal as refusal:
                 self._refuse(refusal.status, refusal.detail)
             except Exception:  # like a DIMSE handler: answer every request, stay up
                 logger.exception("internal STOW request failed unexpectedly")
                 self._refuse(500, "internal error: instance not stored")
             else:
-                self._answer(200, json.dumps(answer.to_json()).encode(), _JSON)
+                self._answer(200, json.dumps(answer).encode(), _JSON)
 
         def log_message(self, format: str, *args: Any) -> None:
             logger.debug("gateway http: " + format, *args)

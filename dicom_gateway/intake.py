@@ -7,6 +7,7 @@ while the quarantine is within its quota), then the durable spool.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from core.inflation import CorruptCompressedDataError, InflationLimitError, check_part10_inflation
 from dicom_gateway import metrics
@@ -21,7 +22,7 @@ from dicom_gateway.exceptions import (
 from dicom_gateway.ownership import StudyOwnership
 from dicom_gateway.quarantine import Quarantine
 from dicom_gateway.spool import Spool, SpoolEntry
-from dicom_gateway.validation import inspect_instance
+from dicom_gateway.validation import InstanceInfo, inspect_header, inspect_instance
 
 __all__ = ["Intake", "quarantine_refused"]
 
@@ -121,13 +122,68 @@ class Intake:
         SpoolFullError
             No room in the spool.
         """
+        info, stored = self._admit(
+            data,
+            inspect_instance,
+            sender_ae_title=sender_ae_title,
+            hospital=hospital,
+            source=source,
+        )
+        sender = sender_ae_title or "-"
+        try:
+            entry = self.spool.put(stored, info, sender_ae_title=sender_ae_title, hospital=hospital)
+        except SpoolFullError:
+            metrics.INSTANCES_FAILED.labels(sender, source, "spool_full").inc()
+            raise
+        metrics.INSTANCES_RECEIVED.labels(sender, source).inc()
+        metrics.INSTANCE_BYTES_RECEIVED.labels(sender, source).inc(len(data))
+        return entry
+
+    def admit(
+        self, data: bytes, *, sender_ae_title: str | None, hospital: str | None, source: str
+    ) -> InstanceInfo:
+        """The checks of :meth:`accept` for a store that parses every value itself as it
+        stores (Orthanc, for the Orthanc edge's STOW-RS): the size and inflation limits, the
+        header's checks (:func:`~dicom_gateway.validation.inspect_header`) and the study's
+        owner and patient; nothing is spooled, and nothing is counted as received.
+
+        Returns
+        -------
+        InstanceInfo
+            What the instance is: it may now be stored (with its preamble zeroed).
+
+        Raises
+        ------
+        InstanceTooLargeError, InstanceRejectedError
+            As :meth:`accept` (refusals of the checks quarantined).
+        """
+        info, _ = self._admit(
+            data,
+            lambda whole: (inspect_header(whole), whole),
+            sender_ae_title=sender_ae_title,
+            hospital=hospital,
+            source=source,
+        )
+        return info
+
+    def _admit(
+        self,
+        data: bytes,
+        inspect: Callable[[bytes], tuple[InstanceInfo, bytes]],
+        *,
+        sender_ae_title: str | None,
+        hospital: str | None,
+        source: str,
+    ) -> tuple[InstanceInfo, bytes]:
+        """Size, inflation, ``inspect`` and ownership, refusals quarantined; ``inspect``'s
+        answer."""
         sender = sender_ae_title or "-"
         if len(data) > self.max_instance_bytes:
             metrics.INSTANCES_FAILED.labels(sender, source, "too_large").inc()
             raise InstanceTooLargeError(len(data), self.max_instance_bytes)
         try:
             self.check_inflation(data)
-            info, stored = inspect_instance(data)
+            info, stored = inspect(data)
             self.ownership.admit(info, hospital, sender=sender, source=source)
         except InflationTooLargeError:
             metrics.INSTANCES_FAILED.labels(sender, source, "inflation_too_large").inc()
@@ -144,14 +200,7 @@ class Intake:
             if refusal is exc:
                 raise
             raise refusal from exc
-        try:
-            entry = self.spool.put(stored, info, sender_ae_title=sender_ae_title, hospital=hospital)
-        except SpoolFullError:
-            metrics.INSTANCES_FAILED.labels(sender, source, "spool_full").inc()
-            raise
-        metrics.INSTANCES_RECEIVED.labels(sender, source).inc()
-        metrics.INSTANCE_BYTES_RECEIVED.labels(sender, source).inc(len(data))
-        return entry
+        return info, stored
 
     def check_inflation(self, data: bytes) -> None:
         """Refuse a deflated data set that inflates beyond the instance limit, counting it in

@@ -19,7 +19,7 @@ import signal
 import threading
 from typing import Any
 
-from core.archive import open_archive
+from core.archive import DicomwebArchive, open_archive, open_local_dicomweb
 from core.audit import AuditAction, AuditEventCode, AuditTrail
 from core.config import GatewayEdge, Settings
 from core.db import Database, upgrade
@@ -32,6 +32,7 @@ from dicom_gateway.ownership import StudyOwnership
 from dicom_gateway.quarantine import Quarantine
 from dicom_gateway.senders import SenderRegistry
 from dicom_gateway.spool import Spool
+from dicom_gateway.stow import ArchiveStow
 
 __all__ = ["GatewayService"]
 
@@ -82,7 +83,12 @@ class GatewayService:
             workers=settings.gateway_forward_workers,
         )
         self.dicom: Any = None
-        if settings.gateway_edge is GatewayEdge.PYNETDICOM:
+        self._dicomweb: DicomwebArchive | None = None
+        if settings.gateway_edge is GatewayEdge.ORTHANC:  # STOW-RS straight into Orthanc
+            self._dicomweb = open_local_dicomweb(
+                settings, secrets, timeout_s=settings.gateway_network_timeout_s
+            )
+        else:
             from dicom_gateway.scp import DicomService  # pynetdicom: only in this process
 
             self.dicom = DicomService(
@@ -98,6 +104,7 @@ class GatewayService:
             intake=self.intake,
             ingest_key=secrets.gateway_ingest_key,
             timeout_s=settings.gateway_network_timeout_s,
+            archive_stow=ArchiveStow(self.intake, self._dicomweb) if self._dicomweb else None,
         )
         self._stopped = threading.Event()
 
@@ -163,6 +170,8 @@ class GatewayService:
             detail={"activity": "stopped"},
         )
         self.archive.close()
+        if self._dicomweb is not None:
+            self._dicomweb.close()
         self.db.dispose()
 
     def run(self) -> None:

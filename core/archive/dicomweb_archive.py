@@ -116,6 +116,22 @@ def _cached_context(ca_file: str | None, _mtime: float) -> ssl.SSLContext:
     return ssl.create_default_context(cafile=ca_file or certifi.where())
 
 
+def _uids_of(data: bytes) -> tuple[str, str, str]:
+    """The Study, Series and SOP Instance UIDs of a Part 10 file.
+
+    Raises
+    ------
+    InvalidDicomError, OSError, ValueError, EOFError, AttributeError
+        Its header cannot be read, or lacks one of them.
+    """
+    header = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+    return (
+        str(header.StudyInstanceUID),
+        str(header.SeriesInstanceUID),
+        str(header.SOPInstanceUID),
+    )
+
+
 def _unsupported(operation: str, url: str, why: str) -> ArchiveUnsupportedError:
     return ArchiveUnsupportedError(operation, url, why)
 
@@ -291,27 +307,33 @@ class DicomwebArchive:
             raise outcome
         return outcome
 
-    def store_instances(self, instances: Sequence[bytes]) -> list[StoredInstance | ArchiveError]:
+    def store_instances(
+        self,
+        instances: Sequence[bytes],
+        *,
+        uids: Sequence[tuple[str, str, str]] | None = None,
+    ) -> list[StoredInstance | ArchiveError]:
         """Store DICOM Part 10 files by STOW-RS, as few requests as :data:`STOW_BATCH_BYTES`
         allows; one outcome per instance, in order, from the answers' Referenced and Failed SOP
         Sequences (PS3.18 10.5.3). A file whose header cannot be read is refused here, without
-        being sent. ``already_stored`` is always ``False``: STOW-RS does not say."""
+        being sent. ``already_stored`` is always ``False``: STOW-RS does not say.
+
+        ``uids``: the Study, Series and SOP Instance UIDs of each file, where the caller has
+        read them already (then the files are not parsed here). A request the node refuses
+        whole (an HTTP error, not a Failed SOP Sequence) is sent again one instance per
+        request, so that a refusal lands on the instance it concerns."""
         outcomes: list[StoredInstance | ArchiveError | None] = []
         sent: list[tuple[int, ResourcePath, bytes]] = []
         for index, data in enumerate(instances):
             try:
-                header = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
-                path = ResourcePath(
-                    ResourceLevel.INSTANCE,
-                    str(header.StudyInstanceUID),
-                    str(header.SeriesInstanceUID),
-                    str(header.SOPInstanceUID),
-                )
+                study, series, instance = uids[index] if uids is not None else _uids_of(data)
             except (InvalidDicomError, OSError, ValueError, EOFError, AttributeError) as exc:
                 outcomes.append(ArchiveRejectedError(f"instance {index} is not DICOM: {exc}"))
                 continue
             outcomes.append(None)
-            sent.append((index, path, data))
+            sent.append(
+                (index, ResourcePath(ResourceLevel.INSTANCE, study, series, instance), data)
+            )
         start = 0
         while start < len(sent):
             end, size = start, 0
@@ -321,12 +343,14 @@ class DicomwebArchive:
                 size += len(sent[end][2])
                 end += 1
             answered = self._stow([data for _, _, data in sent[start:end]])
-            for index, path, _ in sent[start:end]:
-                outcomes[index] = self._receipt(path, answered)
+            whole_refused = isinstance(answered, ArchiveRejectedError) and end - start > 1
+            for index, path, data in sent[start:end]:
+                alone = self._stow([data]) if whole_refused else answered
+                outcomes[index] = self._receipt(path, alone)
             start = end
         return [o if o is not None else ArchiveError("no outcome") for o in outcomes]
 
-    def _stow(self, instances: list[bytes]) -> dict[str, str | None] | ArchiveError:
+    def _stow(self, instances: Sequence[bytes]) -> dict[str, str | None] | ArchiveError:
         """SOP Instance UID to ``None`` (stored) or the failure reason; an error for all."""
         content_type, body = encode_parts(instances, "application/dicom")
         url = f"{self._url}/studies"

@@ -1,6 +1,7 @@
 """STOW-RS mechanics behind :mod:`serving.api.routes.stow` (PS3.18 10.5): each part of a request
 is handed to the gateway process, the spool's only writer, over its internal STOW endpoint
 (:class:`GatewayIngest`; the contract, with the Failure Reason values, is :mod:`core.ingest`),
+or with the Orthanc edge in batches (:class:`PartBatch`, :func:`store_batch`),
 and the per-instance answers (:class:`~core.ingest.StoreAnswer`) become the Store Instances
 Response Module (PS3.18 Annex I) and the HTTP status (PS3.18 Table 10.5.3-1).
 
@@ -18,12 +19,20 @@ from typing import Any
 
 import httpx
 
-from core.config import Settings, url_host
-from core.ingest import STOW_PATH, FailureReason, StoreAnswer
+from core.config import GatewayEdge, Settings, url_host
+from core.ingest import (
+    BATCH_MAX_BYTES,
+    BATCH_MAX_PARTS,
+    BATCH_PATH,
+    STOW_PATH,
+    FailureReason,
+    StoreAnswer,
+    encode_batch,
+)
 from core.secrets import Secrets
 from serving.api._multipart import BodyPart, MultipartError
 
-__all__ = ["GatewayIngest", "store_part", "store_response"]
+__all__ = ["GatewayIngest", "PartBatch", "store_batch", "store_part", "store_response"]
 
 logger = logging.getLogger(__name__)
 
@@ -45,13 +54,22 @@ class GatewayIngest:
     max_instance_bytes
         The gateway's instance limit; larger parts are refused here, unsent.
     timeout_s
-        Read and write timeout of one instance (validation and fsync included).
+        Read and write timeout of one instance (validation and fsync included), or of a batch.
+    batch_url
+        The batch endpoint, with the Orthanc edge (``RADCLOUD_GATEWAY_EDGE=orthanc``): parts
+        are then handed over in batches (:func:`store_batch`); ``None``: one by one.
     """
 
     def __init__(
-        self, url: str, ingest_key: str, max_instance_bytes: int, timeout_s: float
+        self,
+        url: str,
+        ingest_key: str,
+        max_instance_bytes: int,
+        timeout_s: float,
+        batch_url: str | None = None,
     ) -> None:
         self.url = url
+        self.batch_url = batch_url
         self.max_instance_bytes = max_instance_bytes
         self._client = httpx.Client(
             headers={"Authorization": f"Bearer {ingest_key}"},
@@ -61,11 +79,14 @@ class GatewayIngest:
     @classmethod
     def from_settings(cls, settings: Settings, secrets: Secrets) -> GatewayIngest:
         """The endpoint of this instance's gateway, on its metrics port."""
+        root = f"http://{url_host(settings.bind_host)}:{settings.gateway_metrics_port}"
+        batched = settings.gateway_edge is GatewayEdge.ORTHANC
         return cls(
-            f"http://{url_host(settings.bind_host)}:{settings.gateway_metrics_port}{STOW_PATH}",
+            f"{root}{STOW_PATH}",
             secrets.gateway_ingest_key,
             settings.gateway_max_instance_mib * _MIB,
             settings.gateway_network_timeout_s,
+            f"{root}{BATCH_PATH}" if batched else None,
         )
 
     def store(self, data: bytes, study: str | None, hospital: str) -> StoreAnswer:
@@ -90,6 +111,41 @@ class GatewayIngest:
             reason = f"the gateway refused the instance (HTTP {answer.status_code})"
             return StoreAnswer.failed(data, FailureReason.PROCESSING_FAILURE, reason, retry=True)
         return StoreAnswer.from_json(answer.json())
+
+    def store_batch(
+        self, parts: list[bytes], study: str | None, hospital: str
+    ) -> list[StoreAnswer]:
+        """Hand a batch of instances to the gateway (Orthanc edge), owned by ``hospital``;
+        returns once Orthanc has stored the accepted ones, an answer per part, in order.
+
+        Raises
+        ------
+        httpx.TransportError
+            The gateway cannot be reached, or broke off: nothing is known to be stored.
+        """
+        if self.batch_url is None:
+            raise RuntimeError("the gateway takes no batches: its edge is not orthanc")
+        params = {"hospital": hospital} | ({"study": study} if study is not None else {})
+        answer = self._client.post(
+            self.batch_url,
+            content=encode_batch(parts),
+            params=params,
+            headers={"Content-Type": "application/octet-stream"},
+        )
+        answers: list[StoreAnswer] = []
+        if answer.status_code == 200:
+            answers = [StoreAnswer.from_json(item) for item in answer.json()["answers"]]
+        if len(answers) != len(parts):
+            logger.error(
+                "the gateway refused a STOW-RS batch of %d: HTTP %d %s",
+                len(parts),
+                answer.status_code,
+                answer.text[:200],
+            )
+            reason = f"the gateway refused the instance (HTTP {answer.status_code})"
+            failure = FailureReason.PROCESSING_FAILURE
+            return [StoreAnswer.failed(data, failure, reason, retry=True) for data in parts]
+        return answers
 
     def close(self) -> None:
         """Release the connections."""
@@ -149,6 +205,50 @@ def store_part(
     if early is not None:
         return early
     return ingest.store(part.data, study, hospital)
+
+
+class PartBatch:
+    """Parts read but not yet handed over (the Orthanc edge hands them over in batches of at
+    most ``BATCH_MAX_PARTS`` parts and ``BATCH_MAX_BYTES`` bytes, :mod:`core.ingest`)."""
+
+    def __init__(self) -> None:
+        self.parts: list[tuple[BodyPart, int]] = []
+        self._bytes = 0
+
+    def fits(self, part: BodyPart) -> bool:
+        """Whether ``part`` may join this batch (an empty batch takes any part)."""
+        return not self.parts or (
+            len(self.parts) < BATCH_MAX_PARTS and self._bytes + len(part.data) <= BATCH_MAX_BYTES
+        )
+
+    def add(self, part: BodyPart, number: int) -> None:
+        """Add ``part``, the ``number``-th of its request."""
+        self.parts.append((part, number))
+        self._bytes += len(part.data)
+
+    def take(self) -> list[tuple[BodyPart, int]]:
+        """The parts, leaving the batch empty."""
+        parts, self.parts, self._bytes = self.parts, [], 0
+        return parts
+
+
+def store_batch(
+    ingest: GatewayIngest, parts: list[tuple[BodyPart, int]], study: str | None, hospital: str
+) -> list[StoreAnswer]:
+    """:func:`store_part` for a batch of ``(part, number)`` (Orthanc edge): one hand-over for
+    the parts that pass :func:`_precheck`; an answer per part, in order (blocking until Orthanc
+    has stored them).
+
+    Raises
+    ------
+    httpx.TransportError
+        The gateway cannot be reached.
+    """
+    limit = ingest.max_instance_bytes
+    answers = [_precheck(part, number, limit) for part, number in parts]
+    sent = [part.data for (part, _), early in zip(parts, answers, strict=True) if early is None]
+    stored = iter(ingest.store_batch(sent, study, hospital) if sent else [])
+    return [early if early is not None else next(stored) for early in answers]
 
 
 def _element(vr: str, *values: Any) -> dict[str, Any]:

@@ -9,6 +9,12 @@ the spool's limit, accounting and fsync rules hold as one) and is forwarded to O
 after. The per-instance answers become the Store Instances Response (failure reasons:
 :mod:`serving.api._stow`). An instance is reported stored only once the gateway has it on disk.
 
+With the Orthanc edge (``RADCLOUD_GATEWAY_EDGE=orthanc``) the parts go to the gateway in
+batches (at most ``core.ingest.BATCH_MAX_PARTS`` parts, ``BATCH_MAX_BYTES`` bytes), one being
+stored while the next is read, so at most two batches are in memory; the gateway checks them
+and stores the accepted ones with Orthanc's own STOW-RS, no spool, and an instance is reported
+stored only once Orthanc has it (:class:`dicom_gateway.stow.ArchiveStow`).
+
 Budget: the body is bounded before routing (``RADCLOUD_API_MAX_STOW_MIB``,
 :mod:`serving._body_limit`); a request of more than ``RADCLOUD_API_MAX_STOW_PARTS``
 parts is answered 413 once that many were handled, the rest unread.
@@ -26,7 +32,9 @@ on every other route.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections import deque
 from typing import Annotated
 
 import httpx
@@ -50,7 +58,7 @@ from serving.api._dicomweb import (
     public_base,
 )
 from serving.api._multipart import BodyPart, MultipartError, MultipartReader, parse_media_type
-from serving.api._stow import store_part, store_response
+from serving.api._stow import PartBatch, store_batch, store_part, store_response
 from serving.api.security import audit_request, context, require_roles
 
 __all__ = ["router"]
@@ -61,6 +69,7 @@ router = APIRouter(prefix=PREFIX, tags=["dicomweb"])
 Sender = Annotated[Principal, Depends(require_roles(Role.PACS, Role.ADMIN))]
 
 _DICOM = "application/dicom"
+_IN_FLIGHT = 2  # batches being stored at once by one request (Orthanc edge)
 
 
 class _TooManyParts(Exception):  # noqa: N818 - control flow between two functions of this module
@@ -96,6 +105,9 @@ async def _read_parts(
     """
     ingest = context(request).ingest
     max_parts = context(request).settings.api_max_stow_parts
+    if ingest.batch_url is not None:
+        await _read_batches(request, reader, study, hospital, outcomes)
+        return
 
     async def store(parts: list[BodyPart]) -> None:
         for part in parts:
@@ -117,6 +129,76 @@ async def _read_parts(
             raise
         reason = f"body malformed after part {len(outcomes)}: {exc}"
         outcomes.append(StoreAnswer(FailureReason.CANNOT_UNDERSTAND, reason))
+
+
+async def _read_batches(
+    request: Request,
+    reader: MultipartReader,
+    study: str | None,
+    hospital: str,
+    outcomes: list[StoreAnswer],
+) -> None:
+    """:func:`_read_parts` with the Orthanc edge: the parts go to the gateway in batches
+    (:class:`~serving.api._stow.PartBatch`), one batch being stored while the next is read (so
+    at most two batches are in memory); raises as :func:`_read_parts`."""
+    ingest = context(request).ingest
+    max_parts = context(request).settings.api_max_stow_parts
+    batch = PartBatch()
+    in_flight: deque[tuple[int, asyncio.Future[list[StoreAnswer]]]] = deque()
+    count = 0
+
+    async def land(keep: int = 0) -> None:
+        """Wait for the oldest batches being stored until ``keep`` are left; their answers
+        join ``outcomes``, in order."""
+        while len(in_flight) > keep:
+            first, waiting = in_flight.popleft()
+            try:
+                outcomes.extend(await waiting)
+            except httpx.TransportError as exc:
+                for _, later in in_flight:  # let them finish; their answers are not reported
+                    later.add_done_callback(lambda done: done.exception())
+                in_flight.clear()
+                raise _GatewayGone(first, exc) from exc
+
+    async def send() -> None:
+        """Hand the batch read so far over, once at most one other is being stored."""
+        await land(keep=_IN_FLIGHT - 1)
+        if batch.parts:
+            parts = batch.take()
+            stored = asyncio.ensure_future(
+                run_in_threadpool(store_batch, ingest, parts, study, hospital)
+            )
+            in_flight.append((parts[0][1], stored))
+
+    async def store(parts: list[BodyPart]) -> None:
+        nonlocal count
+        for part in parts:
+            count += 1
+            if count > max_parts:
+                await send()
+                await land()
+                raise _TooManyParts
+            if not batch.fits(part):
+                await send()
+            batch.add(part, count)
+
+    try:
+        async for chunk in request.stream():
+            await store(reader.feed(chunk))
+        await store(reader.close())
+    except MultipartError as exc:
+        await send()
+        await land()
+        if not outcomes:
+            raise
+        reason = f"body malformed after part {len(outcomes)}: {exc}"
+        outcomes.append(StoreAnswer(FailureReason.CANNOT_UNDERSTAND, reason))
+        return
+    except ClientDisconnect:
+        await land()  # what was stored is audited; the batch not handed over is dropped
+        raise
+    await send()
+    await land()
 
 
 def _gateway_gone(gone: _GatewayGone, outcomes: list[StoreAnswer]) -> JSONResponse | None:
