@@ -23,11 +23,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from core.ingest import STOW_PATH
 from core.uids import is_safe_uid
 from dicom_gateway.intake import Intake
+from dicom_gateway.metrics import exposition
 from dicom_gateway.stow import store_instance
 
 __all__ = ["GatewayHttpServer"]
@@ -61,6 +62,8 @@ class GatewayHttpServer:
         The API process's bearer key for ``POST`` (``Secrets.gateway_ingest_key``).
     timeout_s
         Socket timeout of a connection (a stalled client frees its thread after it).
+    metrics
+        Returns the ``/metrics`` exposition (Prometheus text): by default this process's.
     """
 
     def __init__(
@@ -71,9 +74,12 @@ class GatewayHttpServer:
         intake: Intake,
         ingest_key: str,
         timeout_s: float,
+        metrics: Callable[[], bytes] = exposition,
     ) -> None:
         self._address = address
-        self._handler = _handler(health, intake, f"Bearer {ingest_key}".encode(), timeout_s)
+        self._handler = _handler(
+            health, metrics, intake, f"Bearer {ingest_key}".encode(), timeout_s
+        )
         self._server: ThreadingHTTPServer | None = None
 
     @property
@@ -100,7 +106,11 @@ class GatewayHttpServer:
 
 
 def _handler(
-    health: Callable[[], dict[str, Any]], intake: Intake, authorization: bytes, timeout_s: float
+    health: Callable[[], dict[str, Any]],
+    metrics: Callable[[], bytes],
+    intake: Intake,
+    authorization: bytes,
+    timeout_s: float,
 ) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -122,7 +132,7 @@ def _handler(
             if self.path == "/healthz":
                 self._answer(200, json.dumps(health()).encode(), _JSON)
             elif self.path == "/metrics":
-                self._answer(200, generate_latest(), CONTENT_TYPE_LATEST)
+                self._answer(200, metrics(), CONTENT_TYPE_LATEST)
             else:
                 self._refuse(404, f'no resource "{self.path}"')
 
