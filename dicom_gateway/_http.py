@@ -26,11 +26,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from core.ingest import BATCH_PATH, STOW_PATH, batch_limit_bytes, decode_batch
 from core.uids import is_safe_uid
 from dicom_gateway.intake import Intake
+from dicom_gateway.metrics import exposition
 from dicom_gateway.stow import ArchiveStow, store_instance
 
 __all__ = ["GatewayHttpServer"]
@@ -66,6 +67,8 @@ class GatewayHttpServer:
         Socket timeout of a connection (a stalled client frees its thread after it).
     archive_stow
         Where batches go, with the Orthanc edge (``None``: no batch endpoint).
+    metrics
+        Returns the ``/metrics`` exposition (Prometheus text): by default this process's.
     """
 
     def __init__(
@@ -77,10 +80,11 @@ class GatewayHttpServer:
         ingest_key: str,
         timeout_s: float,
         archive_stow: ArchiveStow | None = None,
+        metrics: Callable[[], bytes] = exposition,
     ) -> None:
         self._address = address
         self._handler = _handler(
-            health, intake, archive_stow, f"Bearer {ingest_key}".encode(), timeout_s
+            health, metrics, intake, archive_stow, f"Bearer {ingest_key}".encode(), timeout_s
         )
         self._server: ThreadingHTTPServer | None = None
 
@@ -109,6 +113,7 @@ class GatewayHttpServer:
 
 def _handler(
     health: Callable[[], dict[str, Any]],
+    metrics: Callable[[], bytes],
     intake: Intake,
     archive_stow: ArchiveStow | None,
     authorization: bytes,
@@ -135,7 +140,7 @@ def _handler(
             if self.path == "/healthz":
                 self._answer(200, json.dumps(health()).encode(), _JSON)
             elif self.path == "/metrics":
-                self._answer(200, generate_latest(), CONTENT_TYPE_LATEST)
+                self._answer(200, metrics(), CONTENT_TYPE_LATEST)
             else:
                 self._refuse(404, f'no resource "{self.path}"')
 

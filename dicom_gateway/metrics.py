@@ -1,12 +1,24 @@
-"""Prometheus metrics of the gateway (served by the gateway process on /metrics)."""
+"""Prometheus metrics of the gateway (served by the gateway process on /metrics).
+
+With ``RADCLOUD_GATEWAY_EDGE=orthanc`` the DIMSE counters (instances and bytes received, refusals
+by reason, source ``dimse``) are counted in Orthanc's process, by the edge's plugin, which serves
+them at ``GET /radcloud/edge/metrics`` on Orthanc's REST API. The gateway's ``/metrics`` adds them
+to its own (:func:`exposition`), so that one scrape of the gateway sees every counter in either
+mode; ``radcloud_gateway_edge_metrics_up`` says whether the edge's were read.
+"""
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+from collections.abc import Iterable, Iterator
+
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.metrics_core import Metric
+from prometheus_client.parser import text_string_to_metric_families
 
 __all__ = [
     "ASSOCIATIONS_OPEN",
     "CHANGE_FEED_POSITION",
+    "EDGE_METRICS_UP",
     "FORWARD_LATENCY",
     "FORWARD_RESULTS",
     "INSTANCES_FAILED",
@@ -16,6 +28,7 @@ __all__ = [
     "SPOOL_BYTES",
     "SPOOL_FILES",
     "STUDIES_READY",
+    "exposition",
 ]
 
 INSTANCES_RECEIVED = Counter(
@@ -57,3 +70,76 @@ INSTANCES_UNTRACKED = Counter(
     "(unclaimed) or a series radcloud wrote itself (derived)",
     ["reason"],
 )
+_EDGE_UP = "radcloud_gateway_edge_metrics_up"
+EDGE_METRICS_UP = Gauge(
+    _EDGE_UP,
+    "1 when this scrape includes the Orthanc edge's counters (gateway_edge=orthanc), 0 when "
+    "Orthanc did not answer; absent with the pynetdicom edge",
+)
+
+_PREFIX = "radcloud_gateway_"
+
+
+def exposition(edge_text: str | None = None, *, edge: bool = False) -> bytes:
+    """This process's metrics in Prometheus text, with the Orthanc edge's counters added in.
+
+    Parameters
+    ----------
+    edge_text
+        What ``GET /radcloud/edge/metrics`` answered (Prometheus text from Orthanc's process),
+        or ``None`` when it could not be read.
+    edge
+        Orthanc is the DICOM edge (``edge_text`` is expected; ``radcloud_gateway_edge_metrics_up``
+        reports whether it came).
+
+    Returns
+    -------
+    bytes
+        One exposition: each of the edge's ``radcloud_gateway_*`` counters is summed with this
+        process's counter of the same name and labels (the two processes count different
+        sources: the edge ``dimse``, this process ``stow``), as Prometheus' multi-process mode
+        does; gauges and histograms are this process's (the edge sets none of them).
+    """
+    theirs: list[Metric] = []
+    if edge:
+        EDGE_METRICS_UP.set(edge_text is not None)
+        if edge_text:
+            theirs = [
+                family
+                for family in text_string_to_metric_families(edge_text)
+                if family.type == "counter" and family.name.startswith(_PREFIX)
+            ]
+    return generate_latest(_Merged(theirs, edge=edge))
+
+
+class _Merged:
+    """A collector view of :data:`REGISTRY` with ``edge_counters`` added in."""
+
+    def __init__(self, edge_counters: Iterable[Metric], *, edge: bool) -> None:
+        self._edge = {family.name: family for family in edge_counters}
+        self._edge_mode = edge
+
+    def collect(self) -> Iterator[Metric]:
+        edge = dict(self._edge)
+        for family in REGISTRY.collect():
+            if family.name == _EDGE_UP and not self._edge_mode:
+                continue
+            theirs = edge.pop(family.name, None)
+            yield family if theirs is None else _summed(family, theirs)
+        yield from edge.values()  # counters this process never registered
+
+
+def _summed(ours: Metric, theirs: Metric) -> Metric:
+    merged = Metric(ours.name, ours.documentation, ours.type, ours.unit)
+    values: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+    for sample in [*ours.samples, *theirs.samples]:
+        key = (sample.name, tuple(sorted(sample.labels.items())))
+        if key not in values:
+            values[key] = sample.value
+        elif sample.name.endswith("_created"):  # the earlier of the two starts
+            values[key] = min(values[key], sample.value)
+        else:
+            values[key] += sample.value
+    for (name, labels), value in values.items():
+        merged.add_sample(name, dict(labels), value)
+    return merged

@@ -19,11 +19,12 @@ import signal
 import threading
 from typing import Any
 
-from core.archive import DicomwebArchive, open_archive, open_local_dicomweb
+from core.archive import ArchiveError, DicomwebArchive, open_archive, open_local_dicomweb
 from core.audit import AuditAction, AuditEventCode, AuditTrail
 from core.config import GatewayEdge, Settings
 from core.db import Database, upgrade
 from core.secrets import load_secrets
+from dicom_gateway import metrics
 from dicom_gateway._http import GatewayHttpServer
 from dicom_gateway.completeness import StudyTracker
 from dicom_gateway.forwarder import Forwarder
@@ -101,6 +102,7 @@ class GatewayService:
         self._http = GatewayHttpServer(  # loopback only, whatever bind_host says
             ("127.0.0.1", settings.gateway_metrics_port),
             health=self.health,
+            metrics=self.metrics,
             intake=self.intake,
             ingest_key=secrets.gateway_ingest_key,
             timeout_s=settings.gateway_network_timeout_s,
@@ -124,6 +126,18 @@ class GatewayService:
             "port": self.settings.gateway_port,
             "tls": self.settings.gateway_tls_enabled,
         }
+
+    def metrics(self) -> bytes:
+        """What ``/metrics`` answers: this process's metrics and, with the Orthanc edge, its
+        DIMSE counters read from Orthanc (:func:`dicom_gateway.metrics.exposition`)."""
+        if self.settings.gateway_edge is not GatewayEdge.ORTHANC:
+            return metrics.exposition()
+        try:
+            edge_text: str | None = self.archive.edge_metrics()
+        except ArchiveError as exc:
+            logger.warning("the Orthanc edge's metrics cannot be read: %s", exc)
+            edge_text = None
+        return metrics.exposition(edge_text, edge=True)
 
     def start(self) -> None:
         """Start tracking (first: its position in the change feed is taken before anything is

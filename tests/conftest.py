@@ -2,6 +2,10 @@
 
 ``stack`` starts a real radcloud (Orthanc, the DICOM gateway and the HTTP API) once per session
 with ``radcloud up`` on free ports in a temporary ``RADCLOUD_HOME``, and stops it at the end.
+Its DICOM edge is the default, pynetdicom. ``edge_stack`` is the same radcloud's DICOM doors
+with ``RADCLOUD_GATEWAY_EDGE=orthanc`` (Orthanc with radcloud's plugin, and the gateway process;
+no API, no Ray), also once per session: the DIMSE suites run against both through
+:func:`stack_with_edge` (README "The ingest edge").
 """
 
 from __future__ import annotations
@@ -19,11 +23,13 @@ import httpx
 import pytest
 
 from core.archive import OrthancArchive, open_archive
-from core.config import Settings, load_settings
+from core.config import GatewayEdge, Settings, load_settings
 from core.db import Database
 from core.secrets import load_secrets
+from dicom_gateway.edge.peers import peer_name
+from radcloud.services import Supervisor, gateway_component, orthanc_component
 from tests.fixture_models import register_fixture_models
-from tests.helpers import free_ports, orthanc_client
+from tests.helpers import free_ports, orthanc_client, wait_until
 
 RADCLOUD = [sys.executable, "-m", "radcloud"]
 STOW_HOSPITAL = "STOW Test Hospital"
@@ -84,6 +90,61 @@ class Stack:
     env: dict[str, str]
     settings: Settings
     tokens: dict[str, str] = field(default_factory=dict)
+    supervisor: Supervisor | None = None  # only Orthanc and the gateway (start_dicom_doors)
+
+    @property
+    def edge(self) -> GatewayEdge:
+        """Who answers DICOM on the gateway's port."""
+        return self.settings.gateway_edge
+
+    def up(self) -> None:
+        """Start what is not running (after a kill): ``radcloud up``, or this stack's own
+        components."""
+        if self.supervisor is not None:
+            self.supervisor.up()
+        else:
+            self.cli("up")
+
+    def down(self) -> None:
+        """Stop every component."""
+        if self.supervisor is not None:
+            self.supervisor.down()
+        else:
+            self.cli("down", check=False)
+
+    def orthanc_peers(self) -> set[str]:
+        """The names of Orthanc's DICOM peers (where the Orthanc edge mirrors registrations)."""
+        secrets = load_secrets(self.settings)
+        answer = httpx.get(
+            f"{self.settings.orthanc_url}/modalities",
+            auth=(secrets.orthanc_user, secrets.orthanc_password),
+            timeout=10,
+        )
+        answer.raise_for_status()
+        return set(answer.json())
+
+    def _mirrored(self, ae_title: str) -> None:
+        """On the Orthanc edge, wait until its plugin mirrored ``ae_title`` into Orthanc's peers
+        (within a second); the pynetdicom edge reads the registry at each association."""
+        if self.edge is GatewayEdge.ORTHANC:
+            name = peer_name(ae_title)
+            assert wait_until(lambda: name in self.orthanc_peers(), timeout_s=15), ae_title
+
+    def add_sender(self, ae_title: str, hospital: str, host: str = "127.0.0.1") -> None:
+        """Register a sender (unless it is) with ``radcloud senders add``; once it returns, the
+        edge admits it."""
+        if ae_title not in self.cli("senders", "list").stdout:
+            self.cli("senders", "add", ae_title, "--hospital", hospital, "--host", host)
+        self._mirrored(ae_title)
+
+    def add_destination(self, ae_title: str, port: int, hospital: str | None = None) -> None:
+        """Register a C-MOVE destination on 127.0.0.1 with ``radcloud destinations add``;
+        once it returns, the edge can send to it."""
+        scope = ("--hospital", hospital) if hospital else ()
+        self.cli(
+            "destinations", "add", ae_title, "--host", "127.0.0.1", "--port", str(port), *scope
+        )
+        self._mirrored(ae_title)
 
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         """Run ``radcloud ARGS`` against this instance."""
@@ -134,13 +195,38 @@ class Stack:
         return httpx.Client(base_url=self.settings.api_url, headers=headers, timeout=30)
 
 
+def start_dicom_doors(home: Path, **settings: object) -> Stack:
+    """Only Orthanc and the gateway process of a radcloud in ``home`` (no API, no Ray: seconds
+    to start), under a :class:`Supervisor` of its own; ``settings`` as for :func:`stack_env`
+    (``gateway_edge`` chooses the DICOM edge)."""
+    env = stack_env(home, **settings)
+    config = settings_from_env(env)
+    supervisor = Supervisor(
+        config, [orthanc_component(config, load_secrets(config)), gateway_component(config)]
+    )
+    running = Stack(env, config, supervisor=supervisor)
+    supervisor.up()  # a start that fails stops what it did start
+    return running
+
+
 @pytest.fixture
 def make_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., Stack]]:
-    """Start extra radcloud instances of a test's own (e.g. to kill their processes)."""
+    """Start extra radcloud instances of a test's own (e.g. to kill their processes);
+    ``doors_only=True``: Orthanc and the gateway only (:func:`start_dicom_doors`)."""
     started: list[Stack] = []
 
-    def start(before_up: Callable[[Stack], None] | None = None, **settings: object) -> Stack:
-        env = stack_env(tmp_path_factory.mktemp("radcloud-own"), **settings)
+    def start(
+        before_up: Callable[[Stack], None] | None = None,
+        *,
+        doors_only: bool = False,
+        **settings: object,
+    ) -> Stack:
+        home = tmp_path_factory.mktemp("radcloud-own")
+        if doors_only:
+            assert before_up is None
+            started.append(start_dicom_doors(home, **settings))
+            return started[-1]
+        env = stack_env(home, **settings)
         running = Stack(env, settings_from_env(env))
         started.append(running)
         if before_up is not None:
@@ -150,7 +236,7 @@ def make_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..
 
     yield start
     for running in started:
-        running.cli("down", check=False)
+        running.down()
 
 
 @pytest.fixture(scope="session")
@@ -168,3 +254,36 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         yield running
     finally:
         running.cli("down", check=False)
+
+
+@pytest.fixture(scope="session")
+def edge_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """Orthanc as radcloud's DICOM edge (``gateway_edge=orthanc``, its plugin in it) and the
+    gateway process (study events from Orthanc's change log, quarantine, metrics), once per
+    session: the DIMSE suites' stack for the Orthanc edge. No API and no Ray: the suites that
+    need them run on ``stack``; ``tests/serving/test_triage_e2e.py`` starts the whole radcloud
+    with this edge once."""
+    if shutil.which("Orthanc") is None:
+        pytest.fail("Orthanc is not installed: run `make install` (apt-get install orthanc)")
+    running = start_dicom_doors(tmp_path_factory.mktemp("radcloud-edge"), gateway_edge="orthanc")
+    try:
+        yield running
+    finally:
+        running.down()
+
+
+EDGES = list(GatewayEdge)
+"""Parameters of a fixture run once per DICOM edge (``ids=edge_id``)."""
+
+
+def edge_id(edge: GatewayEdge) -> str:
+    return f"edge={edge}"
+
+
+def stack_with_edge(request: pytest.FixtureRequest, edge: GatewayEdge) -> Stack:
+    """The session's stack whose DICOM edge is ``edge``: ``stack`` (pynetdicom; the whole
+    radcloud) or ``edge_stack`` (Orthanc). Both start on first use and live for the session."""
+    running: Stack = request.getfixturevalue(
+        "stack" if edge is GatewayEdge.PYNETDICOM else "edge_stack"
+    )
+    return running

@@ -62,6 +62,7 @@ __all__ = ["OrthancArchive", "orthanc_instance_id", "orthanc_study_id"]
 logger = logging.getLogger(__name__)
 
 _BULK = 1000  # keys per POST /tools/bulk-content
+_EDGE_METRICS = "/radcloud/edge/metrics"  # dicom_gateway.edge.plugin serves it
 
 
 class OrthancArchive:
@@ -339,6 +340,17 @@ class OrthancArchive:
     def get_series_instances(self, series: ArchiveId) -> list[ArchivedResource]:
         """Every instance of the series."""
         return self._below(ResourceLevel.SERIES, series, ResourceLevel.INSTANCE)
+
+    def edge_metrics(self, *, timeout_s: float = 2.0) -> str:
+        """The Prometheus text radcloud's DICOM edge plugin serves in this Orthanc
+        (``GET /radcloud/edge/metrics``; ``gateway_edge=orthanc``).
+
+        Raises
+        ------
+        ArchiveError
+            Orthanc cannot be reached, or has no such plugin route (``ArchiveNotFoundError``).
+        """
+        return self._send("GET", _EDGE_METRICS, timeout_s=timeout_s).text
 
     def get_statistics(
         self, level: ResourceLevel | None = None, archive_id: ArchiveId | None = None

@@ -73,9 +73,18 @@ def _on_store(instance: Any) -> int:
     return EDGE.store.check(_Instance(instance))
 
 
+def _find_value(query: Any, index: int) -> str:
+    """The value of a C-FIND key; Orthanc gives none for a key of a binary VR (``Rows``, US),
+    which is then read as a return key (an empty value)."""
+    try:
+        return str(query.GetFindQueryValue(index))
+    except orthanc.OrthancException:
+        return ""
+
+
 def _on_find(answers: Any, query: Any, issuer_aet: str, called_aet: str) -> None:
     elements = [
-        (query.GetFindQueryTagGroup(i), query.GetFindQueryTagElement(i), query.GetFindQueryValue(i))
+        (query.GetFindQueryTagGroup(i), query.GetFindQueryTagElement(i), _find_value(query, i))
         for i in range(query.GetFindQuerySize())
     ]
     for answer in EDGE.query.find(identifier_of(elements), issuer_aet):

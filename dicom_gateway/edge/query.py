@@ -57,6 +57,7 @@ _MOVE_KEYS = (
     "AccessionNumber",
 )
 _SUCCESS = 0x0000
+_LEVELS = {"INSTANCE": "IMAGE"}  # Orthanc hands a C-MOVE's IMAGE level over by its own name
 
 
 class MoveRefusedError(GatewayError):
@@ -174,7 +175,8 @@ class EdgeQueryRetrieve:
         if destination is None:
             raise MoveRefusedError(f"C-MOVE destination {target!r} is not one of this sender's")
         identifier = Dataset()
-        identifier.QueryRetrieveLevel = str(request.get("Level") or "").strip().upper()
+        level = str(request.get("Level") or "").strip().upper()
+        identifier.QueryRetrieveLevel = _LEVELS.get(level, level)
         for keyword in _MOVE_KEYS:
             value = str(request.get(keyword) or "").strip()
             if value:

@@ -16,14 +16,13 @@ import logging
 import threading
 from typing import Any
 
-from prometheus_client import REGISTRY, generate_latest
-
 from core.archive import open_archive
 from core.archive.orthanc_peers import OrthancPeers
 from core.audit import AuditTrail
 from core.config import GatewayEdge, Settings
 from core.db import Database
 from core.secrets import load_secrets
+from dicom_gateway import metrics
 from dicom_gateway._archive import QueryRetrieveArchive
 from dicom_gateway._retrieve import QueryRetrievePolicy
 from dicom_gateway.edge.peers import PeerTable
@@ -138,5 +137,6 @@ class Edge:
 
     @staticmethod
     def metrics() -> bytes:
-        """The gateway's metrics as counted in Orthanc's process (Prometheus text)."""
-        return generate_latest(REGISTRY)
+        """The gateway's metrics as counted in Orthanc's process (Prometheus text; the gateway
+        process adds its DIMSE counters to its own ``/metrics``)."""
+        return metrics.exposition()

@@ -194,6 +194,11 @@ def edge_config(settings: Settings) -> dict[str, Any]:
       once (an idle thread costs nothing, and the plugin's interpreter serialises the Python
       work anyway). ``MaximumPduLength``: the largest Orthanc allows (fewest PDUs).
     - ``DicomScpTimeout``: an idle association is closed after ``gateway_network_timeout_s``.
+    - ``DefaultEncoding`` UTF-8: Orthanc re-encodes the plugin's C-FIND answers in it (whatever
+      the request's Specific Character Set); in its default, Latin-1, a name in Greek or
+      Cyrillic would be answered with those characters dropped. The pynetdicom edge answers in
+      UTF-8 too. (It is also how Orthanc reads an instance that declares no character set,
+      whose text should then be ASCII.)
     - DICOM TLS from the ``gateway_tls_*`` files; with ``gateway_tls_ca_certificates`` client
       certificates signed by those CAs are required (Orthanc 1.10 needs a trusted certificate
       file in any case: without CAs, the server's own certificate, so that anonymous clients
@@ -218,6 +223,7 @@ def edge_config(settings: Settings) -> dict[str, Any]:
         "DicomScpTimeout": max(1, round(settings.gateway_network_timeout_s)),
         "PythonScript": str(PLUGIN_SCRIPT),
         "PythonVerbose": False,
+        "DefaultEncoding": "Utf8",
     }
     if settings.gateway_tls_certificate is not None:
         trusted = settings.gateway_tls_ca_certificates or settings.gateway_tls_certificate

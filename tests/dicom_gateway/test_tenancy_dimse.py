@@ -1,4 +1,5 @@
-"""The hospital boundary on the DIMSE side, against the gateway of ``radcloud up``.
+"""The hospital boundary on the DIMSE side, against the gateway of ``radcloud up``, once with
+each DICOM edge (the session's ``stack`` and ``edge_stack``: README "The ingest edge").
 
 Hospitals A and B each have a registered sender and a C-MOVE destination. B stores a study;
 both store a study of one shared Patient ID (B first, so that Orthanc's merged patient carries
@@ -11,6 +12,10 @@ them, so the query is one that would match.
 A sender is bound to exactly one hospital (its AE title is registered once, with one
 hospital): there is no DIMSE counterpart of the reader assigned to both hospitals, and
 registering A's AE title again for B is refused.
+
+Where the Orthanc edge answers otherwise by design, each edge's answer is asserted: a C-MOVE to
+a destination that is not the caller's is refused with 0xA801 by the pynetdicom edge, with
+Orthanc 1.10's warning 0xB000 (and nothing sent) by the Orthanc edge.
 """
 
 from __future__ import annotations
@@ -24,8 +29,9 @@ import pydicom
 import pytest
 from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
-from pynetdicom import AE, StoragePresentationContexts, build_context, evt
+from pynetdicom import AE, StoragePresentationContexts, build_context, build_role, evt
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+    CTImageStorage,
     PatientRootQueryRetrieveInformationModelFind,
     PatientRootQueryRetrieveInformationModelGet,
     PatientRootQueryRetrieveInformationModelMove,
@@ -36,9 +42,10 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 )
 from sqlalchemy import select
 
+from core.config import GatewayEdge
 from core.db.models import Study
 from dicom_gateway.quarantine import Quarantine
-from tests.conftest import Stack
+from tests.conftest import EDGES, Stack, edge_id, stack_with_edge
 from tests.dicom_gateway.dicom_files import synthetic_ct
 from tests.helpers import free_port, wait_until
 
@@ -57,6 +64,8 @@ LEVELS = {
     "STUDY_ROOT": ("STUDY", "SERIES", "IMAGE"),
 }
 QUERIES = [(model, level) for model, levels in LEVELS.items() for level in levels]
+MOVE_REFUSED = {GatewayEdge.PYNETDICOM: 0xA801, GatewayEdge.ORTHANC: 0xB000}
+"""C-MOVE to another hospital's destination: Move Destination Unknown, or Orthanc's warning."""
 UNIQUE = {
     "PATIENT": "PatientID",
     "STUDY": "StudyInstanceUID",
@@ -176,22 +185,18 @@ def _in_archive(stack: Stack, *uids: str) -> bool:
         db.dispose()
 
 
-@pytest.fixture(scope="module")
-def world(stack: Stack) -> Iterator[Boundary]:
+@pytest.fixture(scope="module", params=EDGES, ids=edge_id)
+def world(request: pytest.FixtureRequest) -> Iterator[Boundary]:
+    stack = stack_with_edge(request, request.param)
     tag = uuid.uuid4().hex[:6].upper()
     hospitals = []
     servers = []
     for letter in "AB":
         hospital = Hospital(f"DIMSE {letter} {tag}", f"SEND{letter}{tag}", f"DEST{letter}{tag}")
-        stack.cli(
-            "senders", "add", hospital.sender, "--hospital", hospital.name, "--host", "127.0.0.1"
-        )
+        stack.add_sender(hospital.sender, hospital.name)
         server, port = _destination(hospital.received, hospital.destination)
         servers.append(server)
-        stack.cli(
-            "destinations", "add", hospital.destination,
-            "--host", "127.0.0.1", "--port", str(port), "--hospital", hospital.name,
-        )  # fmt: skip
+        stack.add_destination(hospital.destination, port, hospital.name)
         hospitals.append(hospital)
     world = Boundary(stack, *hospitals)
     shared_id = f"SHARED-{tag}"
@@ -269,9 +274,11 @@ def _guesses(world: Boundary, level: str) -> list[dict[str, str]]:
 
 def test_a_sender_belongs_to_one_hospital_only(world: Boundary) -> None:
     again = world.stack.cli(
-        "senders", "add", world.a.sender, "--hospital", world.b.name, check=False
-    )
+        "senders", "add", world.a.sender, "--hospital", world.b.name, "--host", "127.0.0.1",
+        check=False,
+    )  # fmt: skip
     assert again.returncode != 0
+    assert "already" in again.stderr, again.stderr
     listed = world.stack.cli("senders", "list").stdout
     assert [
         line for line in listed.splitlines() if world.a.sender in line and world.b.name in line
@@ -292,6 +299,11 @@ def test_c_echo_answers_registered_senders_only(world: Boundary) -> None:
 
 
 def test_c_get_is_not_offered(world: Boundary) -> None:
+    """The pynetdicom edge accepts no C-GET presentation context. Orthanc 1.10 accepts them
+    whatever its peers may do, and refuses each C-GET: no peer is allowed it (README "The
+    ingest edge"), so even the caller's own study is not sent."""
+    a_own = world.a.own
+    assert a_own is not None
     ae = AE(ae_title=world.a.sender)
     for sop_class in (
         PatientRootQueryRetrieveInformationModelGet,
@@ -299,12 +311,37 @@ def test_c_get_is_not_offered(world: Boundary) -> None:
         Verification,
     ):
         ae.add_requested_context(sop_class)
-    assoc = ae.associate("127.0.0.1", world.port, ae_title=world.called)
+    ae.add_requested_context(CTImageStorage)
+    received: list[Dataset] = []
+
+    def on_store(event: Any) -> int:
+        received.append(event.dataset)
+        return 0x0000
+
+    assoc = ae.associate(
+        "127.0.0.1",
+        world.port,
+        ae_title=world.called,
+        ext_neg=[build_role(CTImageStorage, scp_role=True)],
+        evt_handlers=[(evt.EVT_C_STORE, on_store)],
+    )
     try:
         accepted = {str(cx.abstract_syntax) for cx in assoc.accepted_contexts}
-        assert accepted == {str(Verification)}
+        if world.stack.edge is GatewayEdge.PYNETDICOM:
+            assert accepted == {str(Verification), str(CTImageStorage)}
+            return
+        assert str(StudyRootQueryRetrieveInformationModelGet) in accepted
+        identifier = Dataset()
+        identifier.QueryRetrieveLevel = "STUDY"
+        identifier.StudyInstanceUID = a_own.study
+        answers = list(assoc.send_c_get(identifier, StudyRootQueryRetrieveInformationModelGet))
     finally:
-        assoc.release()
+        if assoc.is_established:
+            assoc.release()
+    # a failure status, or none at all (Orthanc aborts the association)
+    statuses = [int(status.Status) for status, _ in answers if "Status" in status]
+    assert 0x0000 not in statuses, [f"0x{code:04X}" for code in statuses]
+    assert received == []
 
 
 def _arrived(world: Boundary, uid: str) -> bool:
@@ -394,7 +431,10 @@ def test_c_move_never_sends_another_hospitals_studies(
     assert status == 0x0000, f"0x{status:04X}"  # nothing matched in A's scope
     assert not [ds for ds in world.a.received if ds.StudyInstanceUID == b_own.study]
     # to B's own destination, A's sender may not send at all
-    assert _move(world, world.a, world.b.destination, model, **keys) == 0xA801
+    world.b.received.clear()
+    refused = _move(world, world.a, world.b.destination, model, **keys)
+    assert refused == MOVE_REFUSED[world.stack.edge], f"0x{refused:04X}"
+    assert world.b.received == []
     # B's sender, the same keys: B's instance arrives (the keys would match)
     world.b.received.clear()
     assert _move(world, world.b, world.b.destination, model, **keys) == 0x0000

@@ -287,6 +287,39 @@ def test_studies_arriving_while_serving_is_down_wait_for_it_and_critical_ones_no
     receiver.stop()
 
 
+@pytest.mark.slow
+def test_a_study_stored_through_the_orthanc_edge_is_triaged_onto_the_worklist(
+    make_stack: Any, tmp_path: Path
+) -> None:
+    """``radcloud up`` of the whole radcloud with ``RADCLOUD_GATEWAY_EDGE=orthanc``: storescu
+    to Orthanc's own DICOM server (radcloud's plugin in it), the gateway process following
+    Orthanc's change log for ``study.ready``, Ray Serve triaging: the head CT's SEG and SR are
+    in Orthanc and it is a critical item on the worklist, its instances counted."""
+    own = make_stack(
+        before_up=lambda s: register_fixture_models(s.settings.paths.models_dir),
+        gateway_edge="orthanc",
+    )
+    own.add_sender(SENDER, "Edge Triage Hospital")
+    head = generate_study("head-ct", 6, seed=43, positive=True)
+    push(own, tmp_path / "head", head.datasets)
+    (result,) = results(own, head.study_instance_uid)
+    assert result["status"] == "succeeded" and result["critical"] is True
+    series = orthanc_series(own, head.study_instance_uid)
+    (seg,) = series["SEG"]
+    assert str(seg.SOPInstanceUID) == result["findings"]["seg_sop_instance_uid"]
+    assert len(series["SR"]) == 1
+    with own.client("radiologist") as client:
+        items = client.get("/api/worklist", params={"limit": 500}).json()["items"]
+    [item] = [i for i in items if i["study_instance_uid"] == head.study_instance_uid]
+    assert item["hospital"] == "Edge Triage Hospital"
+    assert (item["priority_class"], item["ai_status"]) == ("critical", "succeeded")
+    with own.database().session() as session:
+        [event] = session.scalars(
+            select(OutboxEvent).where(OutboxEvent.key == head.study_instance_uid)
+        ).all()
+        assert event.payload["instance_count"] == len(head.datasets)
+
+
 def _answers(url: str) -> bool:
     try:
         httpx.get(f"{url}/healthz", timeout=2)
