@@ -84,7 +84,12 @@ class GatewayHttpServer:
     ) -> None:
         self._address = address
         self._handler = _handler(
-            health, metrics, intake, archive_stow, f"Bearer {ingest_key}".encode(), timeout_s
+            health,
+            metrics,
+            intake,
+            archive_stow=archive_stow,
+            authorization=f"Bearer {ingest_key}".encode(),
+            timeout_s=timeout_s,
         )
         self._server: ThreadingHTTPServer | None = None
 
@@ -115,6 +120,7 @@ def _handler(
     health: Callable[[], dict[str, Any]],
     metrics: Callable[[], bytes],
     intake: Intake,
+    *,
     archive_stow: ArchiveStow | None,
     authorization: bytes,
     timeout_s: float,
