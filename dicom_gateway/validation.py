@@ -41,6 +41,7 @@ from dicom_gateway.exceptions import NonConformantInstanceError, UnreadableInsta
 __all__ = [
     "PREAMBLE_LENGTH",
     "InstanceInfo",
+    "check_pixel_length",
     "check_required_uids",
     "expected_pixel_bytes",
     "inspect_header",
@@ -326,28 +327,47 @@ def _read_with_pydicom(data: bytes) -> _Header:
     )
 
 
-def _check_pixel_length(header: _Header, transfer_syntax: UID) -> None:
-    """:func:`_check_pixel_data` on a header: the declared length of native Pixel Data
-    against what its image attributes need."""
-    length = header.pixel_data_length
-    if length is None or transfer_syntax.is_compressed:
+def check_pixel_length(
+    attributes: Mapping[str, Any], transfer_syntax: UID, available: int, what: str
+) -> None:
+    """Refuse native pixel data shorter than the image attributes in ``attributes`` (keyword
+    to value: Rows, Columns, BitsAllocated, SamplesPerPixel, NumberOfFrames,
+    PhotometricInterpretation) need, where ``available`` bytes are all there can be of it
+    (``what`` says which bytes, for the reason). Attributes that are missing or unreadable
+    are odd, not refused (as :func:`_check_pixel_data`).
+
+    Raises
+    ------
+    NonConformantInstanceError
+        The pixel data is short.
+    """
+    if transfer_syntax.is_compressed:
         return
-    values = header.values
     try:
-        rows, columns = int(values["Rows"] or ""), int(values["Columns"] or "")
-        bits = int(values["BitsAllocated"] or "")
-        samples = int(values.get("SamplesPerPixel") or 1)
-        frames = int(values.get("NumberOfFrames") or 1)
+        rows, columns = int(attributes["Rows"] or ""), int(attributes["Columns"] or "")
+        bits = int(attributes["BitsAllocated"] or "")
+        samples = int(attributes.get("SamplesPerPixel") or 1)
+        frames = int(attributes.get("NumberOfFrames") or 1)
     except (KeyError, TypeError, ValueError):
-        return  # odd, not refused (as _check_pixel_data)
-    photometric = str(values.get("PhotometricInterpretation") or "")
+        return
+    photometric = str(attributes.get("PhotometricInterpretation") or "")
     expected = expected_pixel_bytes(
         rows, columns, samples=samples, bits=bits, frames=frames, photometric=photometric
     )
-    if length < expected:
+    if available < expected:
         raise NonConformantInstanceError(
-            f"pixel data has {length} bytes, expected {expected} "
-            f"({rows}x{columns}, {samples} samples, {bits} bits, {frames} frames)"
+            f"pixel data is shorter than the {expected} bytes its image attributes need "
+            f"({what} {available}; {rows}x{columns}, {samples} samples, {bits} bits, "
+            f"{frames} frames)"
+        )
+
+
+def _check_pixel_length(header: _Header, transfer_syntax: UID) -> None:
+    """:func:`_check_pixel_data` on a header: the declared length of native Pixel Data
+    against what its image attributes need."""
+    if header.pixel_data_length is not None:
+        check_pixel_length(
+            header.values, transfer_syntax, header.pixel_data_length, "its Pixel Data has"
         )
 
 

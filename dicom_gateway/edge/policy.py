@@ -43,15 +43,15 @@ from dicom_gateway import metrics
 from dicom_gateway._retrieve import QueryRetrievePolicy
 from dicom_gateway._store_status import CANNOT_UNDERSTAND, OUT_OF_RESOURCES, store_failure
 from dicom_gateway.edge.peers import PeerTable
-from dicom_gateway.exceptions import InstanceRejectedError, NonConformantInstanceError
+from dicom_gateway.exceptions import InstanceRejectedError
 from dicom_gateway.intake import quarantine_refused
 from dicom_gateway.ownership import StudyOwnership
 from dicom_gateway.quarantine import Quarantine
 from dicom_gateway.senders import SenderInfo
 from dicom_gateway.validation import (
     InstanceInfo,
+    check_pixel_length,
     check_required_uids,
-    expected_pixel_bytes,
     uid_oddities,
 )
 
@@ -114,30 +114,6 @@ def _other_patient_ids(tags: Mapping[str, Any]) -> tuple[tuple[str, str | None],
     return tuple(dict.fromkeys(found))
 
 
-def _check_pixel_size(tags: Mapping[str, Any], transfer_syntax_uid: str, size: int) -> None:
-    """Native pixel data shorter than its image attributes need makes the whole file shorter
-    than that: refused as :func:`dicom_gateway.validation.inspect_instance` would."""
-    if UID(transfer_syntax_uid).is_compressed:
-        return
-    try:
-        rows, columns = int(tags["Rows"]), int(tags["Columns"])
-        bits = int(tags["BitsAllocated"])
-        samples = int(tags.get("SamplesPerPixel") or 1)
-        frames = int(tags.get("NumberOfFrames") or 1)
-    except (KeyError, TypeError, ValueError):
-        return  # odd, not refused: the pynetdicom edge logs it as a warning too
-    photometric = str(tags.get("PhotometricInterpretation") or "")
-    expected = expected_pixel_bytes(
-        rows, columns, samples=samples, bits=bits, frames=frames, photometric=photometric
-    )
-    if size < expected:
-        raise NonConformantInstanceError(
-            f"pixel data is shorter than the {expected} bytes its image attributes need "
-            f"(the whole file has {size}; {rows}x{columns}, {samples} samples, {bits} bits, "
-            f"{frames} frames)"
-        )
-
-
 def instance_info(
     tags: Mapping[str, Any], transfer_syntax_uid: str, size: int, *, has_pixel_data: bool
 ) -> InstanceInfo:
@@ -154,8 +130,8 @@ def instance_info(
         for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID")
     }
     check_required_uids(uids)
-    if has_pixel_data:
-        _check_pixel_size(tags, transfer_syntax_uid, size)
+    if has_pixel_data:  # the whole file is at most as long as its pixel data
+        check_pixel_length(tags, UID(transfer_syntax_uid), size, "the whole file has")
     oddities = uid_oddities(uids)
     info = InstanceInfo(
         sop_class_uid=uids["SOPClassUID"] or "",
