@@ -228,6 +228,26 @@ def free_ports(count: int) -> list[int]:
             sock.close()
 
 
+def scratch_settings(home: Path, **overrides: Any) -> Any:
+    """Settings of a scratch radcloud in ``home`` on free ports (Orthanc's HTTP and DICOM, the
+    API, the gateway and its metrics), logging warnings only; ``overrides`` on top."""
+    from core.config import load_settings
+
+    http, dicom, api, gateway, metrics = free_ports(5)
+    return load_settings(
+        **{
+            "home": home,
+            "orthanc_http_port": http,
+            "orthanc_dicom_port": dicom,
+            "api_port": api,
+            "gateway_port": gateway,
+            "gateway_metrics_port": metrics,
+            "log_level": "WARNING",
+        }
+        | overrides
+    )
+
+
 def summarise(samples: Sequence[float]) -> dict[str, float]:
     """Median, min, max and count of repeated measurements."""
     return {

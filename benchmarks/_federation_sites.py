@@ -34,7 +34,7 @@ import httpx
 from pydicom import Dataset
 from pydicom.uid import generate_uid
 
-from benchmarks._env import free_ports
+from benchmarks._env import free_ports, scratch_settings
 
 __all__ = [
     "NATIONAL_ISSUER",
@@ -277,20 +277,11 @@ class Federation:
 
 @contextlib.contextmanager
 def _remote_orthanc(home: Path, name: str) -> Iterator[RemoteOrthanc]:
-    from core.config import load_settings
     from core.secrets import load_secrets
     from radcloud.services import Supervisor, orthanc_component
 
-    http, dicom, api, gateway, metrics = free_ports(5)
-    settings = load_settings(
-        home=home,
-        orthanc_http_port=http,
-        orthanc_dicom_port=dicom,
-        api_port=api,
-        gateway_port=gateway,
-        gateway_metrics_port=metrics,
-        log_level="WARNING",
-    )
+    settings = scratch_settings(home)
+    http = settings.orthanc_http_port
     secrets = load_secrets(settings)
     supervisor = Supervisor(settings, [orthanc_component(settings, secrets)])
     supervisor.up()

@@ -54,7 +54,7 @@ from typing import Any
 
 from pydicom.uid import generate_uid
 
-from benchmarks._env import describe_machine, free_ports, summarise, write_result
+from benchmarks._env import describe_machine, free_ports, scratch_settings, summarise, write_result
 from core.archive import ImageArchive, OrthancArchive, open_archive
 from core.archive.orthanc_peers import OrthancPeers
 from core.audit import AuditTrail
@@ -223,17 +223,7 @@ def _instances(orthanc: ImageArchive) -> int:
 
 def _plain_orthanc(home: Path, bench: dict[str, DicomModality]) -> tuple[Settings, Supervisor]:
     """A second Orthanc, radcloud's configuration without its plugin: the edge's baseline."""
-    http, dicom, api, gateway, metrics = free_ports(5)
-    settings = load_settings(
-        home=home,
-        orthanc_http_port=http,
-        orthanc_dicom_port=dicom,
-        api_port=api,
-        gateway_port=gateway,
-        gateway_metrics_port=metrics,
-        log_level="WARNING",
-        gateway_edge="pynetdicom",
-    )
+    settings = scratch_settings(home, gateway_edge="pynetdicom")
     component = orthanc_component(settings, load_secrets(settings), bench)
     return settings, Supervisor(settings, [component])
 
