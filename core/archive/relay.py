@@ -2,10 +2,9 @@
 
 The federated WADO-RS pass-through (``serving/api/routes/federated_wado.py``) relays whole
 studies; through httpx on an event loop the relay cost more CPU than the node serving the study
-(pure-Python HTTP parsing and re-chunking: 0.37 CPU-s for a 158 MB study against the node's
-0.18), and on a 2-core machine the relay ran at half the direct rate. aiohttp parses HTTP in C
-and hands over the buffers it received; the same relay costs 0.15 CPU-s
-(``benchmarks/federation.py``, the README's federation figures).
+(pure-Python HTTP parsing and re-chunking), and on a 2-core machine it ran at half the direct
+rate. aiohttp parses HTTP in C and hands over the buffers it received (``benchmarks/README.md``,
+"Federation": the ratio after the change).
 
 :class:`HttpEndpoint` says where a DICOMweb service is and how to reach it (root, credentials,
 TLS, timeouts): :class:`~core.archive.DicomwebArchive` and the local Orthanc each give one.
