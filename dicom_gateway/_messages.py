@@ -4,9 +4,10 @@ pynetdicom decodes a message's command set on the association's reactor thread, 
 (0000,0100) Command Field and (0000,0800) Command Data Set Type without checking that they are
 there or known: a command set without them (or with a Command Field no DIMSE service has) raises
 there (and a request without (0000,0110) Message ID fails later, building its response), the
-reactor thread dies, the peer waits for an answer that never comes and the
-association is never closed (its slot of ``gateway_max_associations`` stays taken until the
-process ends; found by ``tests/dicom_gateway/test_fuzz_dicom.py``).
+reactor thread dies (a request without another element its service needs is dropped instead),
+the peer waits for an answer that never comes and the association is never closed (its slot
+of ``gateway_max_associations`` stays taken until the process ends; found by
+``tests/dicom_gateway/test_fuzz_dicom.py``).
 
 :func:`guard_message_decoding` catches that on the reactor thread and does what pynetdicom does
 with a message it cannot turn into a primitive: event 19, unrecognised or invalid PDU, so the
@@ -20,6 +21,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from pydicom.datadict import tag_for_keyword
 from pydicom.tag import Tag
 
 __all__ = ["guard_message_decoding", "invalid_message_reason"]
@@ -35,23 +37,39 @@ _COMMAND_ELEMENTS = {
 
 
 def _check_request(dimse: Any) -> None:
-    """Refuse a decoded request without (0000,0110) Message ID: pynetdicom queues it, and its
-    service then fails building the response (Message ID Being Responded To), on a thread that
-    dies silently: the peer waits for an answer that never comes (the fuzz test's C-STORE-RQ
-    without Message ID waited its whole DIMSE timeout)."""
+    """Refuse a decoded request that lacks what its service needs (PS3.7 9.3, 10.3: Message ID,
+    Affected SOP Class UID, a C-STORE's Affected SOP Instance UID and data set, a C-MOVE's Move
+    Destination, ...). pynetdicom would queue it and then either fail building the response
+    (no Message ID: on a thread that dies silently) or log "Received unexpected ... message" and
+    drop it: either way the peer waits its whole DIMSE timeout for an answer that never comes
+    (found by the fuzz test: a C-STORE-RQ without Message ID, then one without Affected SOP
+    Instance UID)."""
     pending = dimse.msg_queue
     with pending.mutex:
         if not pending.queue:
             return
         _, message = pending.queue[-1]
-        is_request = getattr(message, "MessageIDBeingRespondedTo", None) is None
-        if is_request and getattr(message, "MessageID", None) is None:
+        if getattr(message, "MessageIDBeingRespondedTo", None) is not None:
+            return  # a response: the association's own service checks it
+        missing = [k for k in message.REQUEST_KEYWORDS if getattr(message, k, None) is None]
+        if missing:
             pending.queue.pop()
-            raise AttributeError("the request has no MessageID")
+            raise _IncompleteRequestError(message.msg_type, missing[0])
+
+
+class _IncompleteRequestError(Exception):
+    def __init__(self, message_type: str, keyword: str) -> None:
+        if keyword in ("DataSet", "Identifier"):
+            what = f"no {'data set' if keyword == 'DataSet' else 'identifier'}"
+        else:
+            what = f"no {Tag(tag_for_keyword(keyword))} {keyword}"
+        super().__init__(f"invalid DIMSE message: the {message_type} has {what}")
 
 
 def invalid_message_reason(exc: BaseException) -> str:
     """Why a DIMSE message could not be decoded, in words (for the log and the audit trail)."""
+    if isinstance(exc, _IncompleteRequestError):
+        return str(exc)
     if isinstance(exc, AttributeError):
         for keyword, tag in _COMMAND_ELEMENTS.items():
             if keyword in str(exc):

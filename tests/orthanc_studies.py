@@ -12,7 +12,7 @@ from pydicom import Dataset
 from sqlalchemy import select
 
 from core.archive import ImageArchive
-from core.db import Database
+from core.db import Database, write_transaction
 from core.db.models import Hospital, Label, Study, StudyState
 from imaging.synthetic import SyntheticStudy, generate_study
 
@@ -106,7 +106,9 @@ def store_study(
     datasets = identifiable(synthetic, hospital, number)
     orthanc_id = store(orthanc, datasets)
     first = datasets[0]
-    with database.session() as session:
+    # BEGIN IMMEDIATE: a deferred transaction that reads, then writes, fails at once ("database
+    # is locked", no busy wait) if the stack's tracker wrote in between
+    with write_transaction(database, 0) as session:
         row = Study(
             study_instance_uid=str(first.StudyInstanceUID),
             hospital_id=_hospital_id(session, hospital),
@@ -131,7 +133,7 @@ def add_label(
     region: dict[str, Any] | None = None,
 ) -> None:
     """A radiologist's label row for ``study``."""
-    with database.session() as session:
+    with write_transaction(database, 0) as session:
         session.add(
             Label(
                 study_id=study.study_id,

@@ -15,7 +15,9 @@ sender) and, in a second test, by STOW-RS. What must hold for every example:
 
 The regression tests at the top are what the fuzzing found: a command set without a Command
 Field killed the association's reactor thread, leaving the peer without an answer and the
-association's slot taken (``dicom_gateway._messages``).
+association's slot taken; a C-STORE-RQ without an Affected SOP Instance UID was dropped without
+an answer, so the peer waited its whole DIMSE timeout (30 s per example: a run drawing several
+outlived the test's timeout) (``dicom_gateway._messages``).
 """
 
 from __future__ import annotations
@@ -121,6 +123,10 @@ BROKEN_COMMANDS = {
     "no MessageID": (
         {"CommandField": C_ECHO_RQ, "CommandDataSetType": NO_DATA_SET, "MessageID": None},
         "no (0000,0110) MessageID",
+    ),
+    "C-STORE without AffectedSOPInstanceUID": (
+        {"CommandField": C_STORE_RQ, "CommandDataSetType": NO_DATA_SET},
+        "the C-STORE has no (0000,1000) AffectedSOPInstanceUID",
     ),
 }
 

@@ -964,8 +964,11 @@ def test_find_cancelled_after_the_first_answer(archive: Archive) -> None:
     assert "Sending Cancel Request" in result.stdout
     [query] = archive.gateway.audit_records("110112")
     assert query["outcome"] == 0
-    if archive.edge is GatewayEdge.ORTHANC:  # Orthanc 1.10 ignores C-CANCEL: every answer
-        assert "Received Final Find Response (Success)" in result.stdout
+    if archive.edge is GatewayEdge.ORTHANC:
+        # The plugin hands Orthanc every match at once; DCMTK's provider inside Orthanc looks
+        # for a C-CANCEL between responses, so whether it sees this one is a race. The record
+        # is the plugin's: every match was disclosed to Orthanc for sending.
+        assert re.search(r"Received Final Find Response \((Success|Cancel)", result.stdout)
         assert query["detail"]["status"] == "0x0000"
         return
     assert "Received Final Find Response (Cancel" in result.stdout
