@@ -27,7 +27,11 @@ and no plugin:
   gateway checks them and stores them with radcloud's Orthanc's own STOW-RS (no spool). The
   ratio is ``stow``/``stow_direct``.
 
-``--stow-only`` skips the storescu targets.
+``--stow-only`` skips the storescu targets. ``--stow-gateway`` (Orthanc edge) adds a
+diagnostic target, ``stow_gateway``: the same instances posted straight to the gateway's
+internal batch endpoint (``core.ingest.BATCH_PATH``, the API's hand-over: batches of
+``BATCH_MAX_PARTS``, one after another), so without Ray Serve's HTTP proxy and the API replica:
+what a STOW-RS door on the gateway itself could reach. It is not a door a client may use.
 
 Two times per run: until storescu finished (every instance acknowledged) and until Orthanc
 holds every instance (``/statistics``). For ``direct`` they coincide; for the gateway the second
@@ -58,8 +62,9 @@ from benchmarks._env import describe_machine, free_ports, scratch_settings, summ
 from core.archive import ImageArchive, OrthancArchive, open_archive
 from core.archive.orthanc_peers import OrthancPeers
 from core.audit import AuditTrail
-from core.config import Settings, load_settings
+from core.config import Settings, load_settings, url_host
 from core.db import Database, upgrade
+from core.ingest import BATCH_MAX_PARTS, BATCH_PATH, StoreAnswer, encode_batch
 from core.secrets import load_secrets
 from core.security import Actor
 from dicom_gateway.dcmtk import storescu
@@ -81,6 +86,7 @@ _AE = "BENCH"
 _SLICE_SIZE = 128  # 128x128 16-bit: about 33 kB per instance, like pydicom's CT_small
 _BOUNDARY = "radcloud-bench-boundary"
 _STOW_TYPE = f'multipart/related; type="application/dicom"; boundary="{_BOUNDARY}"'
+_STOW_HOSPITAL = "Benchmark"
 _TO_PLAIN = ("direct", "stow_direct")  # the targets of the plain Orthanc in an edge run
 
 
@@ -125,7 +131,7 @@ def _stow_token(settings: Settings) -> str:
     db = Database.from_settings(settings)
     try:
         Accounts(db, _audit(db, settings)).add_user(
-            "bench-pacs", Role.PACS, hospitals=["Benchmark"], actor=Actor.cli()
+            "bench-pacs", Role.PACS, hospitals=[_STOW_HOSPITAL], actor=Actor.cli()
         )
     finally:
         db.dispose()
@@ -170,13 +176,41 @@ def _stow(
     return send
 
 
+def _gateway_batches(settings: Settings) -> Callable[[list[Path]], int]:
+    """A sender handing instances straight to the gateway's internal batch endpoint, as the
+    API does (the diagnostic target ``stow_gateway``); returns how many were stored."""
+    import httpx
+
+    key = load_secrets(settings).gateway_ingest_key
+    root = f"http://{url_host(settings.bind_host)}:{settings.gateway_metrics_port}"
+
+    def send(chunk: list[Path]) -> int:
+        stored = 0
+        headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/octet-stream"}
+        with httpx.Client(headers=headers, timeout=300) as client:
+            for start in range(0, len(chunk), BATCH_MAX_PARTS):
+                batch = [path.read_bytes() for path in chunk[start : start + BATCH_MAX_PARTS]]
+                answer = client.post(
+                    f"{root}{BATCH_PATH}",
+                    content=encode_batch(batch),
+                    params={"hospital": _STOW_HOSPITAL},
+                )
+                answers = answer.json()["answers"] if answer.status_code == 200 else []
+                stored += sum(1 for item in answers if StoreAnswer.from_json(item).stored)
+        return stored
+
+    return send
+
+
 def _stow_senders(
-    settings: Settings, plain: Settings | None, per_request: int
+    settings: Settings, plain: Settings | None, per_request: int, *, gateway: bool = False
 ) -> dict[str, Callable[[list[Path]], int]]:
     """The STOW-RS targets: ``stow`` (radcloud's API) and, in an edge run, ``stow_direct`` (the
-    plain Orthanc's own STOW-RS)."""
+    plain Orthanc's own STOW-RS) and with ``gateway`` the diagnostic ``stow_gateway``."""
     api = f"{settings.api_url}/dicom-web/studies"
     senders = {"stow": _stow(api, per_request, token=_stow_token(settings))}
+    if gateway:
+        senders["stow_gateway"] = _gateway_batches(settings)
     if plain is not None:
         secrets = load_secrets(plain)
         senders["stow_direct"] = _stow(
@@ -307,6 +341,7 @@ def run_ingest(
     per_request: int = 50,
     write: bool = True,
     edge: str = "pynetdicom",
+    stow_gateway: bool = False,
 ) -> dict[str, Any]:
     """Measure ingest throughput direct vs. through the gateway (and STOW-RS); return the result.
 
@@ -327,6 +362,8 @@ def run_ingest(
         Measure storescu (``False``: STOW-RS only).
     per_request
         Instances per STOW-RS request.
+    stow_gateway
+        Also measure the diagnostic target ``stow_gateway`` (Orthanc edge, with ``stow``).
     write
         Write ``<date>-<host>-cpu-ingest.json`` (the harness writes its own report instead).
     edge
@@ -367,9 +404,17 @@ def run_ingest(
         if plain is not None:
             plain[1].up()
         through = "gateway" if edge == "pynetdicom" else "edge"
-        targets: tuple[str, ...] = ("direct", through) if dimse else ()
-        senders = _stow_senders(settings, plain[0] if plain else None, per_request) if stow else {}
-        targets += tuple(senders)
+        senders = (
+            _stow_senders(
+                settings,
+                plain[0] if plain else None,
+                per_request,
+                gateway=stow_gateway and edge == "orthanc",
+            )
+            if stow
+            else {}
+        )
+        targets = (("direct", through) if dimse else ()) + tuple(senders)
         orthanc = open_archive(settings, secrets)
         direct = (plain[0], open_archive(plain[0], load_secrets(plain[0]))) if plain else None
         pids = {status.name: status.pid for status in supervisor.status()}
@@ -406,7 +451,8 @@ def run_ingest(
     summary: dict[str, Any] = {}
     for key, runs in samples.items():
         summary[key] = {metric: summarise([run[metric] for run in runs]) for metric in runs[0]}
-    baselines = {through: "direct", "stow": "stow_direct" if plain else "direct"}
+    stow_baseline = dict.fromkeys(("stow", "stow_gateway"), "stow_direct" if plain else "direct")
+    baselines = {through: "direct", **stow_baseline}
     ratios = {
         f"{target}/{baselines[target]} x{count}": summary[f"{target}/{count}"]["stored_per_s"][
             "median"
@@ -513,6 +559,11 @@ def main() -> None:
         default="pynetdicom",
         help="radcloud's DICOM edge: the gateway process, or Orthanc with radcloud's plugin",
     )
+    parser.add_argument(
+        "--stow-gateway",
+        action="store_true",
+        help="diagnostic (Orthanc edge): STOW-RS batches straight to the gateway, no API",
+    )
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
@@ -526,6 +577,7 @@ def main() -> None:
         stow=not args.no_stow,
         dimse=not args.stow_only,
         edge=args.edge,
+        stow_gateway=args.stow_gateway,
     )
     print(markdown(result))
     print(f"\nresults: {result['path']}")
