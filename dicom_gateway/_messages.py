@@ -59,10 +59,11 @@ def _check_request(dimse: Any) -> None:
 
 class _IncompleteRequestError(Exception):
     def __init__(self, message_type: str, keyword: str) -> None:
-        if keyword in ("DataSet", "Identifier"):
-            what = f"no {'data set' if keyword == 'DataSet' else 'identifier'}"
+        tag = tag_for_keyword(keyword)
+        if tag is None:  # DataSet, Identifier: a primitive's parameter, not an element
+            what = f"no {'data set' if keyword == 'DataSet' else keyword.lower()}"
         else:
-            what = f"no {Tag(tag_for_keyword(keyword))} {keyword}"
+            what = f"no {Tag(tag)} {keyword}"
         super().__init__(f"invalid DIMSE message: the {message_type} has {what}")
 
 

@@ -199,6 +199,28 @@ class StudyOwnership:
             if len(self._joined) > _CACHE_SIZE:
                 self._joined.popitem(last=False)
 
+    def require_owner(
+        self, info: InstanceInfo, hospital: str | None, *, sender: str, source: str
+    ) -> None:
+        """Let an instance whose patient identity cannot be read join its study only if the
+        study is held here and owned by ``hospital`` (nothing to claim a new study with, nor to
+        compare the patient against: an operator's release of an unreadable instance).
+
+        Raises
+        ------
+        StudyCollisionError
+            The study is not held here, or belongs to another hospital or to none.
+        """
+        uid = info.study_instance_uid
+        found = self._owner(uid)
+        if found is None:
+            reason = f"study {uid} is not held here, and this instance cannot claim it"
+            self._refuse(info, hospital, reason, sender=sender, source=source, owner=None)
+        owner = found[0]
+        if owner is None or owner != hospital:
+            reason = f"study {uid} is {'another hospital' if owner else 'no hospital'}'s"
+            self._refuse(info, hospital, reason, sender=sender, source=source, owner=owner)
+
     def link_archive(self, study_instance_uid: str, archive_id: str) -> None:
         """Record the archive's key of a study claimed here, when it has none yet (the Orthanc
         edge knows it before Orthanc stores the study: C-FIND and C-MOVE scope by it). Done

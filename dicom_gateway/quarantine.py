@@ -42,7 +42,9 @@ from dicom_gateway.exceptions import (
     InstanceRejectedError,
     QuarantineEntryError,
     QuarantineFullError,
+    StudyCollisionError,
 )
+from dicom_gateway.ownership import StudyOwnership
 from dicom_gateway.spool import Spool, SpoolEntry
 from dicom_gateway.validation import InstanceInfo, inspect_instance, zero_preamble
 
@@ -84,6 +86,22 @@ def _lenient(data: bytes, *keywords: str) -> tuple[str | None, ...]:
         return tuple(str(value) if value else None for value in values)
     except Exception:  # noqa: BLE001 - best-effort labels for data already known to be bad
         return (None,) * len(keywords)
+
+
+def _patient_identity(data: bytes) -> dict[str, Any]:
+    """The patient's identity in a refused instance's header, read leniently (a release of a
+    non-conformant instance claims or joins its study with it); empty when unreadable."""
+    try:
+        ds = pydicom.dcmread(io.BytesIO(data), force=True, stop_before_pixels=True)
+        values = {
+            "patient_id": ds.get("PatientID"),
+            "issuer_of_patient_id": ds.get("IssuerOfPatientID"),
+            "patient_name": ds.get("PatientName"),
+            "patient_birth_date": ds.get("PatientBirthDate"),
+        }
+        return {key: str(value).strip() or None if value else None for key, value in values.items()}
+    except Exception:  # noqa: BLE001 - pydicom raises many kinds on bad bytes
+        return {}
 
 
 class Quarantine:
@@ -330,7 +348,9 @@ class Quarantine:
         ):
             shutil.rmtree(self._dir(entry_id))
 
-    def release(self, spool: Spool, entry_id: str, *, actor: Actor) -> SpoolEntry:
+    def release(
+        self, spool: Spool, entry_id: str, *, actor: Actor, ownership: StudyOwnership
+    ) -> SpoolEntry:
         """Send an entry to Orthanc anyway: put it in the spool, then drop it from quarantine
         (audited: 110104 DICOM Instances Transferred, C).
 
@@ -339,10 +359,18 @@ class Quarantine:
         an instance quarantined for a UID such as ``../../x`` is never released); Orthanc may
         refuse it, and then it comes back here.
 
+        The tenancy rules hold for a release as for a sender (``ownership``): the instance joins
+        its study only as the hospital that sent it, with the patient the study recorded; the
+        first instance of a study claims it for that hospital, so that the study gets its row
+        and, once complete, its event. An instance whose header cannot be read joins only a
+        study that hospital already holds.
+
         Raises
         ------
         QuarantineEntryError
-            No such entry, or it is not a DICOM file with safe Study and SOP Instance UIDs.
+            No such entry; it is not a DICOM file with safe Study and SOP Instance UIDs; or it
+            may not join its study (another hospital's or patient's, the sender had no
+            hospital, an unreadable instance of a study not held here): it stays here.
         """
         with self._operator_action(
             entry_id,
@@ -351,11 +379,13 @@ class Quarantine:
             actor,
             change="released from quarantine",
         ) as change:
-            spooled = self._release(spool, entry_id)
+            spooled = self._release(spool, entry_id, ownership, actor)
             change.detail["spooled_as"] = spooled.path.name
         return spooled
 
-    def _release(self, spool: Spool, entry_id: str) -> SpoolEntry:
+    def _release(
+        self, spool: Spool, entry_id: str, ownership: StudyOwnership, actor: Actor
+    ) -> SpoolEntry:
         entry = self.show(entry_id)
         data = self.data(entry_id)
         try:
@@ -377,7 +407,15 @@ class Quarantine:
                 series_instance_uid="",
                 transfer_syntax_uid="",
                 warnings=(f"released from quarantine despite: {exc.reason}",),
+                **_patient_identity(data),
             )
+        try:
+            if info.patient_id:
+                ownership.admit(info, entry.hospital, sender=actor.name, source="release")
+            else:  # no identity to claim a study with, or to compare with the study's
+                ownership.require_owner(info, entry.hospital, sender=actor.name, source="release")
+        except StudyCollisionError as exc:
+            raise QuarantineEntryError(entry_id, f"cannot release: {exc.reason}") from exc
         spooled = spool.put(
             stored, info, sender_ae_title=entry.sender_ae_title, hospital=entry.hospital
         )

@@ -12,6 +12,7 @@ from rich.table import Table
 from core.config import Mode
 from core.security import Actor
 from dicom_gateway.exceptions import GatewayError
+from dicom_gateway.ownership import StudyOwnership
 from dicom_gateway.quarantine import Quarantine
 from dicom_gateway.senders import SenderRegistry
 from dicom_gateway.spool import Spool
@@ -165,10 +166,14 @@ def quarantine_show(
 @quarantine_app.command("release")
 @command
 def quarantine_release(entry_id: str) -> None:
-    """Send an entry to Orthanc anyway (through the spool); it may come back if Orthanc refuses."""
+    """Send an entry to Orthanc anyway (through the spool); it may come back if Orthanc refuses.
+    It joins its study as the hospital that sent it, claiming a study not held yet."""
     try:
         spooled = _quarantine().release(
-            Spool.from_settings(get_settings()), entry_id, actor=Actor.cli()
+            Spool.from_settings(get_settings()),
+            entry_id,
+            actor=Actor.cli(),
+            ownership=StudyOwnership(database(), audit_trail()),
         )
     except GatewayError as exc:
         fail(str(exc))

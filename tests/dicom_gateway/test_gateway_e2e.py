@@ -178,6 +178,29 @@ def test_quarantine_commands(gateway: Stack, tmp_path: Path) -> None:
     assert "no such entry" in missing.stderr
 
 
+def test_a_released_instance_of_a_new_study_claims_it_and_announces_it(
+    gateway: Stack, tmp_path: Path
+) -> None:
+    """A study whose only instance was quarantined was never claimed: released by an operator,
+    it is claimed for the hospital that sent it, stored, and announced once complete."""
+    study, [path] = write_study(tmp_path, 1, size=64)
+    ds = pydicom.dcmread(path)
+    # pixel data far too short (the Orthanc edge sees the file's size, not the element's):
+    # non-conformant, quarantined by both edges
+    ds.PixelData = ds.PixelData[:512]
+    ds.save_as(path)
+    report = send(gateway, [path])
+    assert _refused_non_conformant(report.statuses[path]), report.statuses
+    listed = gateway.cli("quarantine", "list", "--json").stdout.splitlines()
+    [entry] = [e for e in map(json.loads, listed) if e["sop_instance_uid"] == sop_uid(path)]
+    assert outbox(gateway, study) == []
+    gateway.cli("quarantine", "release", entry["entry_id"])
+    assert wait_until(lambda: len(outbox(gateway, study)) == 1, timeout_s=60)
+    [event] = outbox(gateway, study)
+    assert (event.topic, event.payload["hospital"]) == ("study.ready", "General Hospital")
+    assert event.payload["instance_count"] == 1
+
+
 def test_an_instance_without_a_study_uid_is_refused(gateway: Stack, tmp_path: Path) -> None:
     """The pynetdicom edge refuses it with 0xA900 and quarantines it; Orthanc cannot index it
     and refuses it itself, before the plugin sees it: 0xA700, nothing kept (README "The

@@ -7,12 +7,15 @@ import io
 import os
 import warnings
 from pathlib import Path
+from typing import Any
 
 import pydicom
 import pytest
+from sqlalchemy import select
 
 from core.audit import AuditTrail
 from core.db import Database, upgrade
+from core.db.models import Study
 from core.exceptions import RadcloudError
 from core.security import Actor
 from dicom_gateway.exceptions import (
@@ -226,11 +229,29 @@ def test_quarantine_release_and_delete(tmp_path: Path) -> None:
     junk = quarantine.add(
         b"junk", reason="not DICOM", error="X", source="stow", sender_ae_title=None, hospital=None
     )
-    released = quarantine.release(spool, odd.entry_id, actor=actor)
+    study = "1.2.826.0.1.3680043.8.498.778"
+    anonymous = quarantine.add(  # cut short, and without a Patient ID
+        synthetic_ct(study, drop=("PatientID",))[:-100],
+        reason="truncated",
+        error="X",
+        source="dimse",
+        sender_ae_title="CT1",
+        hospital="General",
+    )
+    ownership = study_ownership(tmp_path, db)
+    released = quarantine.release(spool, odd.entry_id, actor=actor, ownership=ownership)
     assert released.info.sop_instance_uid == odd.sop_instance_uid
     assert "released from quarantine" in released.info.warnings[0]
+    # no patient identity: it cannot claim its study, only join one its hospital holds
+    with pytest.raises(QuarantineEntryError, match="is not held here"):
+        quarantine.release(spool, anonymous.entry_id, actor=actor, ownership=ownership)
+    Intake(spool, quarantine, 10_000_000, ownership).accept(
+        synthetic_ct(study, instance=2), sender_ae_title="CT1", hospital="General", source="dimse"
+    )
+    quarantine.release(spool, anonymous.entry_id, actor=actor, ownership=ownership)
+    assert spool.usage().files == 3
     with pytest.raises(QuarantineEntryError, match="UIDs are unknown"):
-        quarantine.release(spool, junk.entry_id, actor=actor)
+        quarantine.release(spool, junk.entry_id, actor=actor, ownership=ownership)
     quarantine.delete(junk.entry_id, actor=actor)
     assert quarantine.list() == []
     with pytest.raises(QuarantineEntryError, match="no such entry"):
@@ -249,6 +270,47 @@ def test_instance_quarantined_for_an_unsafe_uid_is_never_released(tmp_path: Path
     [entry] = quarantine.list()
     assert entry.study_instance_uid == "../../x"  # shown to the operator, used for nothing
     with pytest.raises(QuarantineEntryError, match="cannot be used as keys"):
-        quarantine.release(spool, entry.entry_id, actor=Actor.cli())
+        quarantine.release(
+            spool, entry.entry_id, actor=Actor.cli(), ownership=study_ownership(tmp_path, db)
+        )
     assert spool.usage().files == 0
     assert quarantine.count() == 1
+
+
+def test_a_release_claims_its_study_for_its_hospital_and_joins_no_one_elses(
+    tmp_path: Path,
+) -> None:
+    """The tenancy rules hold for an operator's release as for a sender: the first instance of
+    a study claims it (so the study gets its row and, once complete, its event); an instance of
+    another hospital's study, or from a sender without a hospital, stays in quarantine."""
+    spool = Spool(tmp_path / "spool", limit_bytes=10_000_000)
+    db = Database(f"sqlite:///{tmp_path / 'app.db'}")
+    upgrade(db)
+    quarantine = Quarantine(tmp_path / "quarantine", AuditTrail(db, "k" * 48, "c" * 48))
+    ownership = study_ownership(tmp_path, db)
+    study = "1.2.826.0.1.3680043.8.498.777"
+
+    def kept(hospital: str | None, instance: int, **values: Any) -> str:
+        data = synthetic_ct(study, instance=instance, patient_id="MRN1", **values)
+        entry = quarantine.add(
+            data,
+            reason="test",
+            error="NonConformantInstanceError",
+            source="dimse",
+            sender_ae_title="CT1",
+            hospital=hospital,
+        )
+        return entry.entry_id
+
+    first, other, orphan = kept("General", 1), kept("Other", 2), kept(None, 3)
+    released = quarantine.release(spool, first, actor=Actor.cli(), ownership=ownership)
+    assert released.info.study_instance_uid == study
+    with db.session() as session:
+        row = session.scalars(select(Study).where(Study.study_instance_uid == study)).one()
+        assert (row.hospital.name, row.patient_id) == ("General", "MRN1")
+    with pytest.raises(QuarantineEntryError, match="another hospital"):
+        quarantine.release(spool, other, actor=Actor.cli(), ownership=ownership)
+    with pytest.raises(QuarantineEntryError, match="no hospital"):
+        quarantine.release(spool, orphan, actor=Actor.cli(), ownership=ownership)
+    assert {e.entry_id for e in quarantine.list()} == {other, orphan}
+    assert spool.usage().files == 1

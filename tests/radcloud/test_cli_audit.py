@@ -27,15 +27,23 @@ PATIENT_ID = "PAT-CLI-AUDIT-0042"
 Step = tuple[tuple[str, ...], int, str]
 
 
+_PATIENT_RECORD = "110110 C 0 patient"  # a claim registering the patient's identifiers
+
+
 def _run(home: Path, steps: list[Step]) -> list[dict[str, Any]]:
-    """Run each step and check its one new record; return those records."""
+    """Run each step and check its one new record (after a Patient Record, where a step's
+    ``expected`` starts with ``_PATIENT_RECORD + " + "``); return those records."""
     seen = audit_records(home)
     last = seen[-1]["seq"] if seen else 0
     records = []
-    for args, status, expected in steps:
+    for args, status, described in steps:
         result = radcloud(home, *args)
         assert result.returncode == status, f"radcloud {' '.join(args)}: {result.stderr}"
         new = audit_records(home, after=last)
+        expected = described.removeprefix(f"{_PATIENT_RECORD} + ")
+        if expected != described:
+            patient, *new = new
+            assert (patient["event_code"], patient["resource_type"]) == ("110110", "patient")
         assert len(new) == 1, f"radcloud {' '.join(args)} wrote {len(new)} audit records"
         record = new[0]
         fields = ("event_code", "action", "outcome", "resource_type", "resource_id")
@@ -112,7 +120,12 @@ def test_gateway_commands_are_audited_without_patient_ids(tmp_path: Path) -> Non
             (("senders", "remove", "CT1"), 0, "110113 D 0 sender CT1"),
             (("destinations", "remove", "NOPE"), 1, "110113 D 4 destination NOPE"),
             (("quarantine", "show", first, "--out", str(out)), 0, f"110106 R 0 study {study_uid}"),
-            (("quarantine", "release", second), 0, f"110104 C 0 study {study_uid}"),
+            # the release claims the study for General, registering its patient
+            (
+                ("quarantine", "release", second),
+                0,
+                f"{_PATIENT_RECORD} + 110104 C 0 study {study_uid}",
+            ),
             (("quarantine", "delete", third), 0, f"110103 D 0 study {study_uid}"),
             (("quarantine", "delete", "gone"), 1, "110103 D 4 quarantine_entry gone"),
         ],
