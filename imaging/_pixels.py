@@ -38,7 +38,10 @@ def modality_values(
         values: np.ndarray = apply_modality_lut(raw, ds)
         return values
     slope, intercept = rescale
-    return raw.astype(np.float64) * slope + intercept
+    scaled = raw.astype(np.float64)  # in place from here: one temporary array, not three
+    scaled *= slope
+    scaled += intercept
+    return scaled
 
 
 def decode(ds: Dataset) -> np.ndarray:

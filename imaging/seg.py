@@ -414,7 +414,8 @@ def _stacked_mask(
                 )
             stacked = mask[np.newaxis]
         else:
-            if not np.array_equal(mask, np.rint(mask)) or mask.min() < 0:
+            fractions = _may_hold_fractions(mask) and not np.array_equal(mask, np.rint(mask))
+            if fractions or mask.min() < 0:
                 raise ValueError(
                     f"label map of dtype {mask.dtype} holds non-integer or negative values: "
                     "expected segment numbers (use fractional=True for probabilities)"
@@ -438,9 +439,20 @@ def _stacked_mask(
         if values.min() < 0 or values.max() > 1:
             raise ValueError(f"probabilities range {values.min()}..{values.max()}: expected [0, 1]")
         return values
-    if not np.isin(stacked, (0, 1)).all():
+    if not ((stacked == 0) | (stacked == 1)).all():  # np.isin's answer, a tenth of its time
         raise ValueError("binary segments hold values other than 0 and 1")
     return stacked.astype(np.uint8)
+
+
+def _may_hold_fractions(mask: np.ndarray) -> bool:
+    """Whether ``mask``'s dtype can hold non-integer values that ``np.rint`` would change.
+
+    Booleans and integers of up to 32 bits cannot (``np.rint`` turns them into a float type
+    that holds every value exactly), so the rounding check is skipped for them: it cost more
+    than the rest of the SEG's mask handling.
+    """
+    integral = mask.dtype == np.bool_ or np.issubdtype(mask.dtype, np.integer)
+    return not (integral and mask.dtype.itemsize <= 4)
 
 
 def check_conformance(dataset: Dataset) -> None:

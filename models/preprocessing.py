@@ -107,7 +107,7 @@ def volume_item(volume: Volume, inputs: InputSpec) -> dict[str, MetaTensor]:
     The array is in NIfTI index order (column, row, slice) with the RAS affine; a 2D input
     (a radiograph) drops the slice axis, as training's ``SqueezeDimd`` does.
     """
-    data = np.ascontiguousarray(volume.array.astype(np.float32).transpose(2, 1, 0))
+    data = np.array(volume.array.transpose(2, 1, 0), dtype=np.float32, order="C")  # one copy
     affine = torch.as_tensor(volume.affine_ras()[:, _KJI_TO_IJK], dtype=torch.float64)
     if inputs.spacing_mm is None:
         data = data[..., 0]

@@ -207,11 +207,21 @@ class ModelOutput:
     calibrated: bool = False
 
 
-def _softmax(logits: np.ndarray, axis: int) -> np.ndarray:
-    shifted = logits - logits.max(axis=axis, keepdims=True)
+def _softmax_last(logits: np.ndarray) -> np.ndarray:
+    """Channel ``-1`` of the softmax over axis 0: the same values as the whole softmax's last
+    channel, without dividing the other channels."""
+    shifted = logits - logits.max(axis=0, keepdims=True)
     exp = np.exp(shifted)
-    result: np.ndarray = exp / exp.sum(axis=axis, keepdims=True)
+    result: np.ndarray = exp[-1] / exp.sum(axis=0)
     return result
+
+
+def _top_k_mean(values: np.ndarray, k: int) -> float:
+    """Mean of the ``k`` largest values, summed in ascending order (as ``np.sort(...)[-k:]``
+    would give them) but found by partition instead of a full sort."""
+    flat = values.reshape(-1)
+    largest = np.sort(np.partition(flat, flat.size - k)[-k:])
+    return float(largest.mean())
 
 
 _CALIBRATION_CLIP = 1e-6
@@ -268,10 +278,9 @@ def interpret(card: ModelCard, prepared: Prepared, logits: np.ndarray) -> ModelO
             else float(channel)
         )
         return ModelOutput(**_scored(card, score, threshold))
-    probabilities = _softmax(logits, axis=0) if outputs.activation == "softmax" else logits
-    lesion = probabilities[-1]
+    lesion = _softmax_last(logits) if outputs.activation == "softmax" else logits[-1]
     k = min(outputs.study_score_top_k or 1, lesion.size)
-    score = float(np.sort(lesion.reshape(-1))[-k:].mean())
+    score = _top_k_mean(lesion, k)
     on_source = restore_to_source(
         prepared.transforms, prepared.image, torch.from_numpy(lesion[None])
     )[0]
