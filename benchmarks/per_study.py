@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import cProfile
-import io
 import json
 import logging
 import os
@@ -157,11 +156,10 @@ def register_shipped(models_dir: Path) -> None:
         registry.promote(model.name, model.version)
 
 
-def _one_study(
-    watch: _Stopwatch, files: list[bytes], runner: Any, name: str
-) -> dict[str, Any]:
+def _one_study(watch: _Stopwatch, files: list[bytes], runner: Any, name: str) -> dict[str, Any]:
     """The per-study path once; returns what the result says about the study."""
     import pydicom
+    from pydicom import Dataset
     from pydicom.filebase import DicomBytesIO
 
     from imaging.volume import load_series
@@ -171,7 +169,7 @@ def _one_study(
 
     card = runner.card
     with watch.stage("parse"):
-        datasets = [pydicom.dcmread(DicomBytesIO(data)) for data in files]
+        datasets: list[Dataset] = [pydicom.dcmread(DicomBytesIO(data)) for data in files]
     with watch.stage("volume"):
         volume = load_series(datasets)
     with watch.stage("preprocess"):
@@ -237,9 +235,7 @@ def _hot_functions(profile: cProfile.Profile, top: int) -> list[dict[str, Any]]:
         )
     by_cumulative = sorted(rows, key=lambda r: -r["cumulative_s"])[:top]
     by_own = sorted(rows, key=lambda r: -r["own_s"])[:top]
-    return [{"by": "cumulative", **r} for r in by_cumulative] + [
-        {"by": "own", **r} for r in by_own
-    ]
+    return [{"by": "cumulative", **r} for r in by_cumulative] + [{"by": "own", **r} for r in by_own]
 
 
 def measure_tree(
@@ -296,9 +292,7 @@ def measure_tree(
             "bytes": sum(len(f) for f in files),
             "outcome": outcome,
             "samples": samples,
-            "preprocess_steps": {
-                key: statistics.median(s[key] for s in steps) for key in steps[0]
-            },
+            "preprocess_steps": {key: statistics.median(s[key] for s in steps) for key in steps[0]},
             "hot_functions": hot,
         }
     return tasks
@@ -349,7 +343,7 @@ def _extract(ref: str, destination: Path) -> str:
 
 
 def _run_worker(
-    tree: Path, commit: str, corpus_file: Path, models_dir: Path, repeats: int, profile: bool
+    tree: Path, commit: str, corpus_file: Path, models_dir: Path, *, repeats: int, profile: bool
 ) -> dict[str, Any]:
     out = corpus_file.with_name(f"measured-{os.getpid()}-{time.monotonic_ns()}.json")
     environment = {**os.environ, "PYTHONPATH": str(tree), "RADCLOUD_BENCH_COMMIT": commit}
@@ -413,7 +407,12 @@ def run_per_study(
                 logger.info("round %d/%d: %s (%s)", number + 1, rounds, name, commit)
                 measured[name].append(
                     _run_worker(
-                        tree, commit, corpus_file, root / "models", repeats, profile and number < 2
+                        tree,
+                        commit,
+                        corpus_file,
+                        root / "models",
+                        repeats=repeats,
+                        profile=profile and number < 2,
                     )
                 )
     runs: dict[str, Any] = {}
