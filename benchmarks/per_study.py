@@ -27,8 +27,10 @@ non-model share (everything but ``model``) are reported. With ``--baseline REF``
 measurement runs on the code of git ref ``REF`` (extracted with ``git archive``) and on this
 tree, in fresh processes, alternating for ``--rounds`` rounds on the same study bytes and model
 files, so that before and after come from one run on one (possibly busy) machine. ``--profile``
-adds cProfile's hottest functions per task. Results: ``benchmarks/results/<date>-<host>-cpu-
-per-study.json`` (:func:`benchmarks._env.write_result`).
+adds cProfile's hottest functions per task. torch runs on ``--torch-threads`` threads (default
+1, what a triage worker gets from Ray; 0: torch's default of one per core). Results:
+``benchmarks/results/<date>-<host>-cpu-per-study-threads-<n>.json``
+(:func:`benchmarks._env.write_result`).
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-__all__ = ["STAGES", "TASKS", "main", "measure_tree", "run_per_study"]
+__all__ = ["STAGES", "TASKS", "TRIAGE_TORCH_THREADS", "main", "measure_tree", "run_per_study"]
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +67,9 @@ _SUB_STEPS = (
     ("serving.triage.writeback", "write_segmentation", "seg"),
     ("serving.triage.writeback", "write_measurement_report", "sr"),
 )
+TRIAGE_TORCH_THREADS = 1
+"""torch's threads in a triage worker: Ray gives an actor with less than one CPU (the worker has
+0.25) ``OMP_NUM_THREADS=1``, and torch takes its thread count from it."""
 _SEED = 4242
 _REPO = Path(__file__).resolve().parent.parent
 
@@ -239,7 +244,12 @@ def _hot_functions(profile: cProfile.Profile, top: int) -> list[dict[str, Any]]:
 
 
 def measure_tree(
-    corpus: dict[str, list[Path]], models_dir: Path, repeats: int, *, profile: bool = False
+    corpus: dict[str, list[Path]],
+    models_dir: Path,
+    repeats: int,
+    *,
+    profile: bool = False,
+    torch_threads: int | None = TRIAGE_TORCH_THREADS,
 ) -> dict[str, Any]:
     """Every task's per-study path ``repeats`` times (after one warm-up) in this process.
 
@@ -253,6 +263,8 @@ def measure_tree(
         Timed repetitions per task.
     profile
         Also run cProfile over one more repetition and report the hottest functions.
+    torch_threads
+        torch's CPU threads for pre- and post-processing (None: torch's default, one per core).
 
     Returns
     -------
@@ -263,6 +275,10 @@ def measure_tree(
     from models.registry import ModelRegistry
     from serving.inference import ModelRunner
 
+    if torch_threads is not None:
+        import torch
+
+        torch.set_num_threads(torch_threads)
     registry = ModelRegistry(models_dir)
     tasks: dict[str, Any] = {}
     for task, paths in corpus.items():
@@ -323,6 +339,7 @@ def _worker(args: argparse.Namespace) -> None:
         args.models,
         args.repeats,
         profile=args.profile,
+        torch_threads=args.torch_threads or None,
     )
     args.json.write_text(json.dumps(measured))
 
@@ -343,13 +360,21 @@ def _extract(ref: str, destination: Path) -> str:
 
 
 def _run_worker(
-    tree: Path, commit: str, corpus_file: Path, models_dir: Path, *, repeats: int, profile: bool
+    tree: Path,
+    commit: str,
+    corpus_file: Path,
+    models_dir: Path,
+    *,
+    repeats: int,
+    profile: bool,
+    torch_threads: int | None,
 ) -> dict[str, Any]:
     out = corpus_file.with_name(f"measured-{os.getpid()}-{time.monotonic_ns()}.json")
     environment = {**os.environ, "PYTHONPATH": str(tree), "RADCLOUD_BENCH_COMMIT": commit}
     command = [sys.executable, "-m", "benchmarks.per_study", "--worker"]
     command += ["--corpus", str(corpus_file), "--models", str(models_dir)]
     command += ["--repeats", str(repeats), "--json", str(out)]
+    command += ["--torch-threads", str(torch_threads or 0)]
     subprocess.run(
         [*command, *(["--profile"] if profile else [])], cwd=tree, env=environment, check=True
     )
@@ -364,6 +389,7 @@ def run_per_study(
     rounds: int = 1,
     baseline: str | None = None,
     profile: bool = False,
+    torch_threads: int | None = TRIAGE_TORCH_THREADS,
     out_dir: Path | None = None,
 ) -> dict[str, Any]:
     """Measure this tree (and ``baseline``'s, alternating) and write the result file.
@@ -378,6 +404,8 @@ def run_per_study(
         A git ref whose code is measured the same way, side by side (None: this tree only).
     profile
         Report cProfile's hottest functions (from each tree's first round).
+    torch_threads
+        torch's threads in each measuring process (None: torch's default).
     out_dir
         Where the result goes (default ``benchmarks/results``).
 
@@ -413,6 +441,7 @@ def run_per_study(
                         root / "models",
                         repeats=repeats,
                         profile=profile and number < 2,
+                        torch_threads=torch_threads,
                     )
                 )
     runs: dict[str, Any] = {}
@@ -451,6 +480,7 @@ def run_per_study(
             "rounds": rounds,
             "baseline": baseline,
             "backend": "serving's ModelRunner, onnx on the CPU (ONNX Runtime defaults)",
+            "torch_threads": torch_threads or "torch default (one per core)",
             "data": f"SYNTHETIC positive study 0 of seed {_SEED} per task, shipped models",
         },
         "machine": machine,
@@ -458,7 +488,8 @@ def run_per_study(
         "runs": runs,
         "comparison": comparison,
     }
-    result["path"] = str(write_result("per-study", "cpu", result, out_dir))
+    suite = f"per-study-threads-{torch_threads or 'default'}"
+    result["path"] = str(write_result(suite, "cpu", result, out_dir))
     return result
 
 
@@ -490,6 +521,12 @@ def main() -> None:
     parser.add_argument("--baseline", default=None, help="git ref measured side by side")
     parser.add_argument("--profile", action="store_true", help="report cProfile's hot functions")
     parser.add_argument("--quick", action="store_true", help="2 repeats, 1 round: the harness")
+    parser.add_argument(
+        "--torch-threads",
+        type=int,
+        default=TRIAGE_TORCH_THREADS,
+        help="torch threads for pre/post-processing (0: torch's default, one per core)",
+    )
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--corpus", type=Path, help=argparse.SUPPRESS)
@@ -509,6 +546,7 @@ def main() -> None:
         rounds=rounds,
         baseline=args.baseline,
         profile=args.profile,
+        torch_threads=args.torch_threads or None,
         out_dir=args.out,
     )
     print(markdown(result))
