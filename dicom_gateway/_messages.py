@@ -32,8 +32,7 @@ _INVALID_PDU = "Evt19"  # PS3.8 Table 9-10: unrecognised or invalid PDU received
 _COMMAND_ELEMENTS = {
     "CommandField": Tag(0x0000, 0x0100),
     "CommandDataSetType": Tag(0x0000, 0x0800),
-    "MessageID": Tag(0x0000, 0x0110),
-}
+}  # what pynetdicom's decoding reads unchecked (its AttributeError names the keyword)
 
 
 def _check_request(dimse: Any) -> None:

@@ -182,14 +182,7 @@ class StudyOwnership:
                 self._joined.move_to_end(key)
                 return
         owner, recorded = self._claim(info, hospital, identity, archive_id)
-        if owner != hospital:
-            # the kind first: a DIMSE error comment keeps 64 characters
-            reason = (
-                f"Study Instance UID is another hospital's study ({uid})"
-                if owner is not None
-                else f"no owning hospital: study {uid} (assign one: radcloud studies assign-owner)"
-            )
-            self._refuse(info, hospital, reason, sender=sender, source=source, owner=owner)
+        self._require(owner, info, hospital, sender=sender, source=source)
         differences = recorded.differences(identity)
         if differences:
             reason = f"patient identity differs ({', '.join(differences)}) from study {uid}'s"
@@ -216,10 +209,28 @@ class StudyOwnership:
         if found is None:
             reason = f"study {uid} is not held here, and this instance cannot claim it"
             self._refuse(info, hospital, reason, sender=sender, source=source, owner=None)
-        owner = found[0]
-        if owner is None or owner != hospital:
-            reason = f"study {uid} is {'another hospital' if owner else 'no hospital'}'s"
-            self._refuse(info, hospital, reason, sender=sender, source=source, owner=owner)
+        self._require(found[0], info, hospital, sender=sender, source=source)
+
+    def _require(
+        self,
+        owner: str | None,
+        info: InstanceInfo,
+        hospital: str | None,
+        *,
+        sender: str,
+        source: str,
+    ) -> None:
+        """Refuse ``info`` unless its study's ``owner`` is ``hospital``."""
+        if owner is not None and owner == hospital:
+            return
+        uid = info.study_instance_uid
+        # the kind first: a DIMSE error comment keeps 64 characters
+        reason = (
+            f"Study Instance UID is another hospital's study ({uid})"
+            if owner is not None
+            else f"no owning hospital: study {uid} (assign one: radcloud studies assign-owner)"
+        )
+        self._refuse(info, hospital, reason, sender=sender, source=source, owner=owner)
 
     def link_archive(self, study_instance_uid: str, archive_id: str) -> None:
         """Record the archive's key of a study claimed here, when it has none yet (the Orthanc

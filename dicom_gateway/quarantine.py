@@ -77,6 +77,14 @@ class QuarantineEntry:
         return asdict(self)
 
 
+_IDENTITY = {  # InstanceInfo's patient fields and their keywords, read leniently on release
+    "patient_id": "PatientID",
+    "issuer_of_patient_id": "IssuerOfPatientID",
+    "patient_name": "PatientName",
+    "patient_birth_date": "PatientBirthDate",
+}
+
+
 def _lenient(data: bytes, *keywords: str) -> tuple[str | None, ...]:
     """The values of ``keywords`` in ``data``, each ``None`` where it cannot be read."""
     try:
@@ -86,22 +94,6 @@ def _lenient(data: bytes, *keywords: str) -> tuple[str | None, ...]:
         return tuple(str(value) if value else None for value in values)
     except Exception:  # noqa: BLE001 - best-effort labels for data already known to be bad
         return (None,) * len(keywords)
-
-
-def _patient_identity(data: bytes) -> dict[str, Any]:
-    """The patient's identity in a refused instance's header, read leniently (a release of a
-    non-conformant instance claims or joins its study with it); empty when unreadable."""
-    try:
-        ds = pydicom.dcmread(io.BytesIO(data), force=True, stop_before_pixels=True)
-        values = {
-            "patient_id": ds.get("PatientID"),
-            "issuer_of_patient_id": ds.get("IssuerOfPatientID"),
-            "patient_name": ds.get("PatientName"),
-            "patient_birth_date": ds.get("PatientBirthDate"),
-        }
-        return {key: str(value).strip() or None if value else None for key, value in values.items()}
-    except Exception:  # noqa: BLE001 - pydicom raises many kinds on bad bytes
-        return {}
 
 
 class Quarantine:
@@ -399,6 +391,8 @@ class Quarantine:
                 raise QuarantineEntryError(
                     entry_id, f"cannot release: {exc.reason}; its UIDs cannot be used as keys"
                 ) from exc
+            read = _lenient(data, *_IDENTITY.values())  # the patient, where the header allows
+            identity: dict[str, Any] = dict(zip(_IDENTITY, read, strict=True))
             stored = zero_preamble(data)
             info = InstanceInfo(
                 sop_class_uid="",
@@ -407,7 +401,7 @@ class Quarantine:
                 series_instance_uid="",
                 transfer_syntax_uid="",
                 warnings=(f"released from quarantine despite: {exc.reason}",),
-                **_patient_identity(data),
+                **identity,
             )
         try:
             if info.patient_id:
