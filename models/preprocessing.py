@@ -9,6 +9,7 @@ voxel grid (:func:`restore_to_source`) before it is written as a DICOM SEG.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from typing import Any
 
@@ -138,7 +139,9 @@ def restore_to_source(
         ``(C, z, y, x)``, indexed like :attr:`imaging.volume.Volume.array`.
     """
     output = MetaTensor(channels.detach().float().cpu(), meta=dict(prepared.meta))
-    output.applied_operations = list(prepared.applied_operations)
+    # a deep copy: MONAI's inverse pops entries out of the nested trace (ResizeWithPadOrCrop's
+    # crop_info), which would leave ``prepared`` unable to be restored a second time
+    output.applied_operations = copy.deepcopy(prepared.applied_operations)
     chain = mt.Compose(list(transforms))
     restored = chain.inverse({"image": output})["image"]  # type: ignore[no-untyped-call]
     array = np.asarray(torch.as_tensor(restored).numpy(), dtype=np.float32)

@@ -141,3 +141,22 @@ def test_a_calibrated_card_gives_the_calibrated_probability_and_flags_on_it() ->
     # the raw score is clipped before the logit: a saturated network stays finite
     assert calibrated_score(calibrated_card, 1.0) < 1.0
     assert calibrated_score(card, 0.3) == 0.3  # no calibration: the raw score
+
+
+def test_interpreting_leaves_the_prepared_series_as_it_was() -> None:
+    """A segmenter's output is mapped back with MONAI's inverse, which consumes the transform
+    trace it is given: interpreting must work on a copy, so that the same prepared series can
+    be interpreted again (e.g. another model's output, or a retry) with the same result."""
+    card, _ = random_weight_card(
+        task_spec(Task.HEAD_CT), dict(SLIM_PARAMS[Task.HEAD_CT]), 0.5, "trace test"
+    )
+    prepared = prepare(card, load_series(generate_study("head-ct", 1, 5).datasets))
+    trace = repr(prepared.image.applied_operations)
+    logits = np.random.default_rng(0).normal(size=(2, *prepared.array.shape[1:]))
+
+    first = interpret(card, prepared, logits.astype(np.float32))
+    assert repr(prepared.image.applied_operations) == trace
+    second = interpret(card, prepared, logits.astype(np.float32))
+
+    assert first.mask is not None and second.mask is not None
+    assert np.array_equal(first.mask, second.mask) and first.score == second.score
