@@ -283,7 +283,7 @@ def _remote_orthanc(home: Path, name: str) -> Iterator[RemoteOrthanc]:
     settings = scratch_settings(home)
     http = settings.orthanc_http_port
     secrets = load_secrets(settings)
-    supervisor = Supervisor(settings, [orthanc_component(settings, secrets)])
+    supervisor = Supervisor(settings, [orthanc_component(settings, secrets, as_edge=False)])
     supervisor.up()
     try:
         yield RemoteOrthanc(

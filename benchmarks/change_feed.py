@@ -143,7 +143,9 @@ def run_change_feed(instances: int, repeats: int, out_dir: Path | None = None) -
     )
     secrets = load_secrets(settings)
     modality = DicomModality(_AE, "127.0.0.1", 104)
-    supervisor = Supervisor(settings, [orthanc_component(settings, secrets, {"bench": modality})])
+    supervisor = Supervisor(
+        settings, [orthanc_component(settings, secrets, {"bench": modality}, as_edge=False)]
+    )
     supervisor.up()
     runs: dict[str, list[dict[str, Any]]] = {}
     try:

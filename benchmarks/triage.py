@@ -29,7 +29,13 @@ from typing import Any
 
 from sqlalchemy import select
 
-from benchmarks._env import describe_machine, free_ports, percentiles, write_result
+from benchmarks._env import (
+    describe_machine,
+    free_ports,
+    percentiles,
+    register_sender,
+    write_result,
+)
 
 __all__ = ["main", "run_triage"]
 
@@ -110,13 +116,9 @@ def run_triage(
     timeout_s
         How long to wait for every result.
     """
-    from core.audit import AuditTrail
     from core.config import load_settings
-    from core.db import Database, upgrade
-    from core.secrets import load_secrets
-    from core.security import Actor
+    from core.db import Database
     from dicom_gateway.dcmtk import storescu
-    from dicom_gateway.senders import SenderRegistry
     from imaging.synthetic import generate_study
     from radcloud.services import Supervisor
 
@@ -136,12 +138,8 @@ def run_triage(
         shutil.copytree(source, settings.paths.models_dir)
         supervisor = Supervisor(settings)
         supervisor.up()
+        register_sender(settings, _AE, "Benchmark (SYNTHETIC)")
         db = Database.from_settings(settings)
-        upgrade(db)
-        audit = AuditTrail.from_secrets(db, load_secrets(settings))
-        SenderRegistry(db, audit).add_sender(
-            _AE, "Benchmark (SYNTHETIC)", "127.0.0.1", actor=Actor.cli()
-        )
         sent: dict[str, str] = {}
         try:
             started = time.monotonic()

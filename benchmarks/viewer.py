@@ -44,7 +44,14 @@ import numpy as np
 from pydicom import Dataset
 from pydicom.uid import generate_uid
 
-from benchmarks._env import describe_machine, free_ports, percentiles, summarise, write_result
+from benchmarks._env import (
+    describe_machine,
+    free_ports,
+    percentiles,
+    register_sender,
+    summarise,
+    write_result,
+)
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Page, Playwright
@@ -165,11 +172,10 @@ def _scratch_platform(tmp: Path) -> Iterator[Settings]:
 
     from benchmarks._models import register_models
     from core.audit import AuditTrail
-    from core.db import Database, upgrade
+    from core.db import Database
     from core.db.models import Role
     from core.secrets import load_secrets
     from core.security import Accounts, Actor
-    from dicom_gateway.senders import SenderRegistry
     from radcloud.services import Supervisor
     from training.tasks import Task
 
@@ -179,13 +185,10 @@ def _scratch_platform(tmp: Path) -> Iterator[Settings]:
     supervisor = Supervisor(settings)
     supervisor.up()
     try:
+        register_sender(settings, _AE, "Benchmark (SYNTHETIC)")
         db = Database.from_settings(settings)
         try:
-            upgrade(db)
             audit, actor = AuditTrail.from_secrets(db, load_secrets(settings)), Actor.cli()
-            SenderRegistry(db, audit).add_sender(
-                _AE, "Benchmark (SYNTHETIC)", "127.0.0.1", actor=actor
-            )
             Accounts(db, audit).add_user(
                 _USER, Role.RADIOLOGIST, _PASSWORD, platform_operator=True, actor=actor
             )

@@ -151,11 +151,11 @@ class Settings(BaseSettings):
     api_tls_private_key: Path | None = None
     gateway_port: Port = 11112
     gateway_ae_title: str = "RADCLOUD"
-    # Who answers DICOM on gateway_port: the gateway's own pynetdicom service (spools, so it
-    # accepts while Orthanc is down), or Orthanc's DICOM server with radcloud's policy in a
-    # plugin (no Python on the byte path; refuses while Orthanc is down). README "Sending
-    # studies (the DICOM gateway)" says what each promises.
-    gateway_edge: GatewayEdge = GatewayEdge.PYNETDICOM
+    # Who answers DICOM on gateway_port: Orthanc's DICOM server with radcloud's policy in a
+    # plugin (the default: no Python on the byte path, 0.86-1.18 of Orthanc-direct; refuses
+    # while Orthanc is down), or the gateway's own pynetdicom service (spools, so it accepts
+    # while Orthanc is down; 0.29-0.48). README "The ingest edge" says what each promises.
+    gateway_edge: GatewayEdge = GatewayEdge.ORTHANC
     orthanc_http_port: Port = 8042
     orthanc_dicom_port: Port = 4242
     orthanc_ae_title: str = "RADCLOUD_STORE"

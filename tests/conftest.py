@@ -2,10 +2,10 @@
 
 ``stack`` starts a real radcloud (Orthanc, the DICOM gateway and the HTTP API) once per session
 with ``radcloud up`` on free ports in a temporary ``RADCLOUD_HOME``, and stops it at the end.
-Its DICOM edge is the default, pynetdicom. ``edge_stack`` is the same radcloud's DICOM doors
-with ``RADCLOUD_GATEWAY_EDGE=orthanc`` (Orthanc with radcloud's plugin, and the gateway process;
-no API, no Ray), also once per session: the DIMSE suites run against both through
-:func:`stack_with_edge` (README "The ingest edge").
+Its DICOM edge is the default, Orthanc with radcloud's plugin. ``pynetdicom_doors`` is the same
+radcloud's DICOM doors with ``RADCLOUD_GATEWAY_EDGE=pynetdicom`` (Orthanc and the gateway
+process with its own DIMSE service and spool; no API, no Ray), also once per session: the DIMSE
+suites run against both through :func:`stack_with_edge` (README "The ingest edge").
 """
 
 from __future__ import annotations
@@ -257,15 +257,15 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
 
 @pytest.fixture(scope="session")
-def edge_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    """Orthanc as radcloud's DICOM edge (``gateway_edge=orthanc``, its plugin in it) and the
-    gateway process (study events from Orthanc's change log, quarantine, metrics), once per
-    session: the DIMSE suites' stack for the Orthanc edge. No API and no Ray: the suites that
-    need them run on ``stack``; ``tests/serving/test_triage_e2e.py`` starts the whole radcloud
-    with this edge once."""
+def pynetdicom_doors(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """The pynetdicom edge (``gateway_edge=pynetdicom``: the gateway process's own DIMSE
+    service, its spool and forwarder) in front of an Orthanc, once per session: the DIMSE
+    suites' stack for that edge. No API and no Ray: the suites that need them run on ``stack``
+    (the default edge), and those about the spool's STOW-RS path start their own."""
     if shutil.which("Orthanc") is None:
         pytest.fail("Orthanc is not installed: run `make install` (apt-get install orthanc)")
-    running = start_dicom_doors(tmp_path_factory.mktemp("radcloud-edge"), gateway_edge="orthanc")
+    home = tmp_path_factory.mktemp("radcloud-pynetdicom")
+    running = start_dicom_doors(home, gateway_edge="pynetdicom")
     try:
         yield running
     finally:
@@ -281,9 +281,10 @@ def edge_id(edge: GatewayEdge) -> str:
 
 
 def stack_with_edge(request: pytest.FixtureRequest, edge: GatewayEdge) -> Stack:
-    """The session's stack whose DICOM edge is ``edge``: ``stack`` (pynetdicom; the whole
-    radcloud) or ``edge_stack`` (Orthanc). Both start on first use and live for the session."""
+    """The session's stack whose DICOM edge is ``edge``: ``stack`` (Orthanc, the default; the
+    whole radcloud) or ``pynetdicom_doors``. Both start on first use and live for the
+    session."""
     running: Stack = request.getfixturevalue(
-        "stack" if edge is GatewayEdge.PYNETDICOM else "edge_stack"
+        "stack" if edge is GatewayEdge.ORTHANC else "pynetdicom_doors"
     )
     return running

@@ -27,13 +27,16 @@ from __future__ import annotations
 import ipaddress
 import logging
 import threading
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from core.archive import ArchiveError
+from core.archive.orthanc_archive import OrthancArchive
 from core.archive.orthanc_peers import DicomModality, OrthancPeers
 from dicom_gateway.senders import DestinationInfo, SenderInfo, SenderRegistry
 
-__all__ = ["PEER_PREFIX", "PeerTable", "peer_name", "peers_of"]
+__all__ = ["PEER_PREFIX", "PeerTable", "peer_name", "peers_of", "wait_until_mirrored"]
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +47,33 @@ _NO_PORT = 104  # a sender's entry needs a port; Orthanc sends to it only for a 
 def peer_name(ae_title: str) -> str:
     """The name of the peer entry of ``ae_title`` (hex: an AE title may hold any character)."""
     return PEER_PREFIX + ae_title.encode().hex()
+
+
+def wait_until_mirrored(
+    archive: OrthancArchive, ae_titles: Iterable[str], *, timeout_s: float = 5.0
+) -> bool:
+    """Wait until the running edge has mirrored ``ae_titles`` into Orthanc's peer table (its
+    plugin does within a second of a registration), so that a sender registered a moment ago
+    is admitted at its first association.
+
+    Returns
+    -------
+    bool
+        ``True`` once every entry is there; ``False`` when not within ``timeout_s`` or when
+        Orthanc does not answer (not running: it reads the registry when it starts).
+    """
+    wanted = {peer_name(ae_title) for ae_title in ae_titles}
+    peers = OrthancPeers(archive)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if wanted <= set(peers.list()):
+                return True
+        except ArchiveError:
+            return False
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.1)
 
 
 def _ip(host: str | None) -> str | None:

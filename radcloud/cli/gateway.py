@@ -9,8 +9,11 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from core.config import Mode
+from core.archive import open_archive
+from core.config import GatewayEdge, Mode
+from core.secrets import load_secrets
 from core.security import Actor
+from dicom_gateway.edge.peers import wait_until_mirrored
 from dicom_gateway.exceptions import GatewayError
 from dicom_gateway.ownership import StudyOwnership
 from dicom_gateway.quarantine import Quarantine
@@ -29,6 +32,19 @@ quarantine_app = typer.Typer(help="Instances the gateway refused.", no_args_is_h
 
 def _registry() -> SenderRegistry:
     return SenderRegistry(database(), audit_trail(), edge=get_settings().gateway_edge)
+
+
+def _admitted(ae_title: str) -> str:
+    """With the Orthanc edge running, wait until its plugin has mirrored ``ae_title`` into
+    Orthanc's peer table (within a second), so that the command returns when it takes effect;
+    a note for the message."""
+    settings = get_settings()
+    if settings.gateway_edge is not GatewayEdge.ORTHANC:
+        return ""  # the pynetdicom edge reads the registry at each association
+    with open_archive(settings, load_secrets(settings), timeout_s=5) as archive:
+        if wait_until_mirrored(archive, [ae_title]):
+            return "; the Orthanc edge admits it now"
+    return "; the Orthanc edge admits it once it runs (it reads the registry every second)"
 
 
 def _quarantine() -> Quarantine:
@@ -65,7 +81,10 @@ def senders_add(
         )
     else:
         where = " from any host (dev mode)"
-    console.print(f"sender [bold]{sender.ae_title}[/] ({sender.hospital}){where} registered")
+    console.print(
+        f"sender [bold]{sender.ae_title}[/] ({sender.hospital}){where} registered"
+        + _admitted(sender.ae_title)
+    )
 
 
 @senders_app.command("list")
@@ -99,7 +118,10 @@ def destinations_add(
         dest = _registry().add_destination(ae_title, host, port, hospital, actor=Actor.cli())
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
-    console.print(f"destination [bold]{dest.ae_title}[/] at {dest.host}:{dest.port} registered")
+    console.print(
+        f"destination [bold]{dest.ae_title}[/] at {dest.host}:{dest.port} registered"
+        + _admitted(dest.ae_title)
+    )
 
 
 @destinations_app.command("list")

@@ -97,10 +97,18 @@ def _postgresql_section(url: str) -> dict[str, Any]:
     }
 
 
+def _is_edge(settings: Settings, as_edge: bool | None) -> bool:
+    """Whether this Orthanc is radcloud's DICOM edge: as ``as_edge`` says, else as the
+    settings' ``gateway_edge`` does."""
+    return settings.gateway_edge is GatewayEdge.ORTHANC if as_edge is None else as_edge
+
+
 def orthanc_config(
     settings: Settings,
     secrets: Secrets,
     modalities: Mapping[str, DicomModality] | None = None,
+    *,
+    as_edge: bool | None = None,
 ) -> dict[str, Any]:
     """Orthanc's configuration for this radcloud instance (a pure function).
 
@@ -112,6 +120,10 @@ def orthanc_config(
         The Orthanc user and password that the REST API will demand.
     modalities
         DICOM peers allowed to connect, by symbolic name (empty by default).
+    as_edge
+        Whether Orthanc is radcloud's DICOM edge (its plugin, DICOM on ``gateway_port``):
+        ``None`` as ``settings.gateway_edge`` says; ``False`` for an archive only (a site of a
+        benchmark or a test that runs no gateway).
 
     Returns
     -------
@@ -168,7 +180,7 @@ def orthanc_config(
         "ConcurrentJobs": 2,
         "SaveJobs": True,
     }
-    if settings.gateway_edge is GatewayEdge.ORTHANC:
+    if _is_edge(settings, as_edge):
         plugins.append(str(settings.orthanc_plugins_dir / PYTHON_PLUGIN))
         config.update(edge_config(settings))
     if settings.orthanc_index is OrthancIndex.POSTGRESQL:
@@ -241,6 +253,8 @@ def write_orthanc_config(
     settings: Settings,
     secrets: Secrets,
     modalities: Mapping[str, DicomModality] | None = None,
+    *,
+    as_edge: bool | None = None,
 ) -> Path:
     """Write :func:`orthanc_config` to ``settings.paths.orthanc_config`` with mode 0600.
 
@@ -253,7 +267,8 @@ def write_orthanc_config(
     """
     path = settings.paths.orthanc_config
     private_directory(path.parent)
-    text = json.dumps(orthanc_config(settings, secrets, modalities), indent=2, sort_keys=True)
+    config = orthanc_config(settings, secrets, modalities, as_edge=as_edge)
+    text = json.dumps(config, indent=2, sort_keys=True)
     tmp = path.with_suffix(f".tmp{os.getpid()}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as handle:
@@ -266,7 +281,7 @@ def write_orthanc_config(
     return path
 
 
-def check_orthanc_installed(settings: Settings) -> str:
+def check_orthanc_installed(settings: Settings, *, as_edge: bool | None = None) -> str:
     """Check that Orthanc and the plugins the configuration loads are installed.
 
     Parameters
@@ -293,7 +308,7 @@ def check_orthanc_installed(settings: Settings) -> str:
             f"the Orthanc DICOMweb plugin ({dicomweb})", "apt-get install -y orthanc-dicomweb"
         )
     python = settings.orthanc_plugins_dir / PYTHON_PLUGIN
-    if settings.gateway_edge is GatewayEdge.ORTHANC and not python.is_file():
+    if _is_edge(settings, as_edge) and not python.is_file():
         raise DependencyMissingError(f"the Orthanc Python plugin ({python})", PYTHON_INSTALL)
     if settings.orthanc_index is OrthancIndex.POSTGRESQL:
         postgresql = settings.orthanc_plugins_dir / POSTGRESQL_PLUGIN
@@ -325,12 +340,15 @@ def edge_modalities(settings: Settings, secrets: Secrets) -> dict[str, DicomModa
 
 
 def _prepare(
-    settings: Settings, secrets: Secrets, modalities: Mapping[str, DicomModality] | None
+    settings: Settings,
+    secrets: Secrets,
+    modalities: Mapping[str, DicomModality] | None,
+    as_edge: bool,
 ) -> None:
-    check_orthanc_installed(settings)
-    if settings.gateway_edge is GatewayEdge.ORTHANC:
+    check_orthanc_installed(settings, as_edge=as_edge)
+    if as_edge:
         modalities = {**(modalities or {}), **edge_modalities(settings, secrets)}
-    write_orthanc_config(settings, secrets, modalities)
+    write_orthanc_config(settings, secrets, modalities, as_edge=as_edge)
 
 
 def _plugin_environment(settings: Settings) -> dict[str, str]:
@@ -350,6 +368,8 @@ def orthanc_component(
     settings: Settings,
     secrets: Secrets,
     modalities: Mapping[str, DicomModality] | None = None,
+    *,
+    as_edge: bool | None = None,
 ) -> Component:
     """Orthanc as a supervised component.
 
@@ -365,6 +385,9 @@ def orthanc_component(
         The instance's settings and credentials.
     modalities
         DICOM peers allowed to connect (see :func:`orthanc_config`).
+    as_edge
+        Whether it is radcloud's DICOM edge (see :func:`orthanc_config`): ``None`` as the
+        settings say, ``False`` for an archive only.
 
     Returns
     -------
@@ -374,7 +397,8 @@ def orthanc_component(
     executable = shutil.which(settings.orthanc_executable) or settings.orthanc_executable
     env = {"TCP_NODELAY": "1"}
     dicom_port = (settings.orthanc_dicom_port, "RADCLOUD_ORTHANC_DICOM_PORT")
-    if settings.gateway_edge is GatewayEdge.ORTHANC:
+    edge = _is_edge(settings, as_edge)
+    if edge:
         env |= _plugin_environment(settings)
         dicom_port = (settings.gateway_port, "RADCLOUD_GATEWAY_PORT")
     return Component.create(
@@ -385,5 +409,5 @@ def orthanc_component(
         ports=[(settings.orthanc_http_port, "RADCLOUD_ORTHANC_HTTP_PORT"), dicom_port],
         health=functools.partial(orthanc_healthy, settings, secrets),
         url=settings.orthanc_url,
-        prepare=functools.partial(_prepare, settings, secrets, modalities),
+        prepare=functools.partial(_prepare, settings, secrets, modalities, edge),
     )

@@ -52,7 +52,7 @@ def orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Settings
         gateway_port=gateway,
     )
     secrets = load_secrets(settings)
-    supervisor = Supervisor(settings, [orthanc_component(settings, secrets)])
+    supervisor = Supervisor(settings, [orthanc_component(settings, secrets, as_edge=False)])
     supervisor.up()
     try:
         yield settings, secrets

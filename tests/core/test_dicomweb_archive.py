@@ -72,7 +72,7 @@ def orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Settings
         archive_max_find_results=60,
     )
     secrets = load_secrets(settings)
-    supervisor = Supervisor(settings, [orthanc_component(settings, secrets)])
+    supervisor = Supervisor(settings, [orthanc_component(settings, secrets, as_edge=False)])
     supervisor.up()
     try:
         yield settings, secrets

@@ -66,7 +66,9 @@ def orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Orthanc]:
     )
     secrets = load_secrets(settings)
     modality = DicomModality(MODALITY, "127.0.0.1", 104)
-    supervisor = Supervisor(settings, [orthanc_component(settings, secrets, {"ct1": modality})])
+    supervisor = Supervisor(
+        settings, [orthanc_component(settings, secrets, {"ct1": modality}, as_edge=False)]
+    )
     supervisor.up()
     try:
         yield Orthanc(settings, secrets, supervisor)

@@ -124,7 +124,9 @@ def test_study_sent_with_storescu_reaches_orthanc_and_is_announced_once(
     assert event.topic == "study.ready"
     assert event.payload["hospital"] == "General Hospital"
     assert event.payload["instance_count"] == 6
-    health = gateway.cli("status", "--json", check=False).stdout  # exits 3: no API on edge_stack
+    health = gateway.cli(
+        "status", "--json", check=False
+    ).stdout  # exits 3 on pynetdicom_doors: no API
     assert '"spool"' in health
     metrics = httpx.get(gateway.settings.gateway_health_url.replace("/healthz", "/metrics")).text
     received = [
@@ -239,7 +241,8 @@ def direct_orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     settings = settings_from_env(env)
     secrets = load_secrets(settings)
     modality = DicomModality("DIRECT", "127.0.0.1", 104)
-    supervisor = Supervisor(settings, [orthanc_component(settings, secrets, {"direct": modality})])
+    direct = orthanc_component(settings, secrets, {"direct": modality}, as_edge=False)
+    supervisor = Supervisor(settings, [direct])
     supervisor.up()
     yield Stack(env, settings)
     supervisor.down()

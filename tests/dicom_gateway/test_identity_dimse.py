@@ -1,6 +1,6 @@
 """A study stored over DIMSE registers its patient's identifiers in the cross-reference
 (issue 15), once with each DICOM edge: storescu (dcmtk) to the gateway's real DicomService on a
-real SQLite database, and to the Orthanc edge of the session's ``edge_stack`` (its plugin
+real SQLite database, and to the Orthanc edge of the session's ``stack`` (its plugin
 claims the study and registers the identifiers). The instance names its PatientID with
 IssuerOfPatientID and a national number in OtherPatientIDsSequence, which an authority rule
 then links to another hospital's patient."""

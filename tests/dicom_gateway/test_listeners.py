@@ -5,7 +5,7 @@ TLS (prod refuses plain text there), and is reached through this machine's own n
 address as well as through loopback, so the peer addresses are real ones: its DIMSE port
 answers on both, a sender bound to a host is admitted from that host only, and its HTTP port
 (health, metrics labelled with sender AE titles, the internal STOW endpoint) is not reachable
-beyond loopback at all. The session stack's Orthanc has its DICOM port closed.
+beyond loopback at all. Orthanc answers DICOM only as the edge, on the gateway's port.
 """
 
 from __future__ import annotations
@@ -20,11 +20,11 @@ import httpx
 import psutil
 import pytest
 
-from core.config import load_settings
+from core.config import GatewayEdge, load_settings
 from core.security import Actor
 from dicom_gateway.dcmtk import dcmtk_environment
 from dicom_gateway.service import GatewayService
-from tests.conftest import Stack
+from tests.conftest import EDGES, edge_id, stack_with_edge
 from tests.helpers import free_ports, wait_until
 from tests.pki import CertificateAuthority, KeyPair, non_loopback_address
 
@@ -91,6 +91,7 @@ def exposed_gateway(
     settings = load_settings(
         home=tmp_path_factory.mktemp("exposed-gateway"),
         mode="prod",
+        gateway_edge="pynetdicom",  # the gateway process's own DIMSE service, in process
         bind_host="0.0.0.0",  # noqa: S104 - the point of the test
         gateway_port=dicom,
         gateway_metrics_port=http,
@@ -174,16 +175,25 @@ def test_plain_dicom_is_refused_beyond_loopback(
     assert result.returncode != 0
 
 
-def test_the_stacks_orthanc_has_no_dicom_port_and_the_gateway_http_is_on_loopback(
-    stack: Stack,
+@pytest.mark.parametrize("edge", EDGES, ids=edge_id)
+def test_orthanc_answers_dicom_only_as_the_edge_and_the_gateway_http_is_on_loopback(
+    request: pytest.FixtureRequest, edge: GatewayEdge
 ) -> None:
+    """Behind the pynetdicom edge Orthanc's DICOM port is closed (only the gateway reaches it,
+    over HTTP); as the edge, Orthanc answers DICOM on the gateway's port and nowhere else."""
+    stack = stack_with_edge(request, edge)
     settings = stack.settings
     config = json.loads(settings.paths.orthanc_config.read_text())
-    assert config["DicomServerEnabled"] is False
-    assert not any(
-        port == settings.orthanc_dicom_port for _, port in _listening(stack.pid("orthanc"))
-    )
+    orthanc = {port for _, port in _listening(stack.pid("orthanc"))}
+    assert settings.orthanc_dicom_port not in orthanc
     assert _refused("127.0.0.1", settings.orthanc_dicom_port)
+    if edge is GatewayEdge.ORTHANC:
+        assert config["DicomServerEnabled"] is True
+        assert config["DicomPort"] == settings.gateway_port
+        assert settings.gateway_port in orthanc
+    else:
+        assert config["DicomServerEnabled"] is False
+        assert settings.gateway_port not in orthanc
     gateway = _listening(stack.pid("gateway"))
     assert {a for a, p in gateway if p == settings.gateway_metrics_port} == {"127.0.0.1"}
     assert wait_until(lambda: httpx.get(settings.gateway_health_url, timeout=5).is_success)

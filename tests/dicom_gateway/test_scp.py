@@ -106,7 +106,11 @@ def make_gateway(tmp_path: Path) -> Iterator[Callable[..., Gateway]]:
         home = tmp_path / f"gateway{len(started)}"
         home.mkdir()
         settings = load_settings(
-            home=home, gateway_port=free_port(), gateway_ae_title=AE_TITLE, **overrides
+            home=home,
+            gateway_edge="pynetdicom",  # the gateway's own DIMSE service, in process
+            gateway_port=free_port(),
+            gateway_ae_title=AE_TITLE,
+            **overrides,
         )
         db = Database(f"sqlite:///{home}/app.db")
         databases.append(db)

@@ -1,5 +1,5 @@
 """The hospital boundary on the DIMSE side, against the gateway of ``radcloud up``, once with
-each DICOM edge (the session's ``stack`` and ``edge_stack``: README "The ingest edge").
+each DICOM edge (the session's ``stack`` and ``pynetdicom_doors``: README "The ingest edge").
 
 Hospitals A and B each have a registered sender and a C-MOVE destination. B stores a study;
 both store a study of one shared Patient ID (B first, so that Orthanc's merged patient carries

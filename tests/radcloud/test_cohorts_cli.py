@@ -26,7 +26,9 @@ def radcloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, 
     env = stack_env(tmp_path_factory.mktemp("cohort-cli"), cohort_min_cell_size=3)
     running = Stack(env, settings_from_env(env))
     secrets = load_secrets(running.settings)
-    supervisor = Supervisor(running.settings, [orthanc_component(running.settings, secrets)])
+    supervisor = Supervisor(
+        running.settings, [orthanc_component(running.settings, secrets, as_edge=False)]
+    )
     supervisor.up()
     try:
         database = running.database()

@@ -26,9 +26,13 @@ from tests.helpers import free_ports
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
+    """Orthanc as the archive behind the pynetdicom edge: its DICOM side closed unless a
+    modality is configured (as the Orthanc edge, ``tests/dicom_gateway/test_edge_orthanc.py``
+    checks its configuration)."""
     http, dicom, api, gateway = free_ports(4)
     return load_settings(
         home=tmp_path,
+        gateway_edge="pynetdicom",
         orthanc_http_port=http,
         orthanc_dicom_port=dicom,
         api_port=api,
@@ -136,6 +140,7 @@ def test_missing_postgresql_plugin_names_the_package(tmp_path: Path) -> None:
         orthanc_postgresql_url="postgresql://orthanc:secret@localhost/pacs",
     )
     (tmp_path / "libOrthancDicomWeb.so").touch()
+    (tmp_path / "libOrthancPython.so").touch()  # the default (Orthanc) edge's plugin
     with pytest.raises(DependencyMissingError, match="apt-get install -y orthanc-postgresql"):
         check_orthanc_installed(settings)
 
@@ -202,3 +207,17 @@ def test_finds_are_bounded_for_every_client(tmp_path: Path) -> None:
     config = orthanc_config(settings, load_secrets(settings))
     assert config["LimitFindResults"] == 250
     assert config["LimitFindInstances"] == 250
+
+
+def test_the_default_edge_is_orthanc_unless_an_archive_only_is_asked_for(tmp_path: Path) -> None:
+    """With the default settings Orthanc is the DICOM edge (its plugin, DICOM on the gateway's
+    port); ``as_edge=False`` makes a plain archive of it (a test's or benchmark's site)."""
+    settings = load_settings(home=tmp_path)
+    secrets = load_secrets(settings)
+    edge = orthanc_config(settings, secrets)
+    archive = orthanc_config(settings, secrets, as_edge=False)
+    python = str(settings.orthanc_plugins_dir / "libOrthancPython.so")
+    assert python in edge["Plugins"] and edge["DicomServerEnabled"] is True
+    assert edge["DicomPort"] == settings.gateway_port
+    assert python not in archive["Plugins"] and archive["DicomServerEnabled"] is False
+    assert archive["DicomPort"] == settings.orthanc_dicom_port

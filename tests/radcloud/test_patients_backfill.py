@@ -95,7 +95,9 @@ def radcloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, 
     env = stack_env(tmp_path_factory.mktemp("patients-backfill")) | {"COLUMNS": "250"}
     running = Stack(env, settings_from_env(env))
     secrets = load_secrets(running.settings)
-    supervisor = Supervisor(running.settings, [orthanc_component(running.settings, secrets)])
+    supervisor = Supervisor(
+        running.settings, [orthanc_component(running.settings, secrets, as_edge=False)]
+    )
     supervisor.up()
     try:
         db = running.database()

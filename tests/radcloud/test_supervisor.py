@@ -60,7 +60,7 @@ def orthanc(tmp_path: Path) -> Iterator[tuple[Supervisor, Settings, Secrets]]:
         pytest.fail("Orthanc is not installed: run `make install` (apt-get install orthanc)")
     settings = _settings(tmp_path / "home")
     secrets = load_secrets(settings)
-    supervisor = Supervisor(settings, [orthanc_component(settings, secrets)])
+    supervisor = Supervisor(settings, [orthanc_component(settings, secrets, as_edge=False)])
     try:
         yield supervisor, settings, secrets
     finally:
@@ -100,7 +100,7 @@ def test_orthanc_lifecycle(orthanc: tuple[Supervisor, Settings, Secrets], tmp_pa
     other = _settings(tmp_path / "other", orthanc_http_port=settings.orthanc_http_port)
     other_secrets = load_secrets(other)
     with pytest.raises(PortInUseError) as excinfo:
-        Supervisor(other, [orthanc_component(other, other_secrets)]).up()
+        Supervisor(other, [orthanc_component(other, other_secrets, as_edge=False)]).up()
     assert excinfo.value.port == settings.orthanc_http_port
     assert excinfo.value.setting == "RADCLOUD_ORTHANC_HTTP_PORT"
 

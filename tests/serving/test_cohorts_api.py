@@ -91,7 +91,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         cohort_min_cell_size=K,
     )
     secrets = load_secrets(settings)
-    supervisor = Supervisor(settings, [orthanc_component(settings, secrets)])
+    supervisor = Supervisor(settings, [orthanc_component(settings, secrets, as_edge=False)])
     supervisor.up()
     server: uvicorn.Server | None = None
     thread: threading.Thread | None = None

@@ -2,8 +2,9 @@
 
 Reads use the dicomweb-client library as a viewer would; status codes and malformed requests use
 raw httpx. QIDO/WADO data is uploaded straight to Orthanc, so those tests do not depend on the
-gateway process; STOW goes through the gateway process (the spool's only writer), which
-``radcloud up`` starts, and on to Orthanc.
+gateway process; STOW goes through the gateway process, which ``radcloud up`` starts, and on to
+Orthanc (with the default Orthanc edge in batches into Orthanc's own STOW-RS; the spool-full
+answer on a second gateway with the pynetdicom edge, whose spool is the only one).
 """
 
 from __future__ import annotations
@@ -162,6 +163,7 @@ def full_gateway(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iter
         "RADCLOUD_GATEWAY_METRICS_PORT": str(port),
         "RADCLOUD_ORTHANC_HTTP_PORT": str(free_port()),
         "RADCLOUD_GATEWAY_MIN_FREE_DISK_MIB": str(2**40),
+        "RADCLOUD_GATEWAY_EDGE": "pynetdicom",  # the edge that spools
     }
     health_url = settings_from_env(env).gateway_health_url
     with _process("dicom_gateway", env, health_url, home / "gateway.log"):
@@ -176,7 +178,7 @@ def degraded_api(
     gateway's spool is full.
     """
     log = tmp_path_factory.mktemp("degraded-api") / "api.log"
-    with _api(stack, log, gateway_metrics_port=str(full_gateway)) as url:
+    with _api(stack, log, gateway_metrics_port=str(full_gateway), gateway_edge="pynetdicom") as url:
         yield url
 
 
@@ -288,8 +290,9 @@ def test_stow_stores_and_the_instance_becomes_retrievable(stack: Stack) -> None:
     uids = (ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
 
     def retrievable() -> bool:
-        # STOW-RS answers once the instance is spooled; the study is the API's (its owning
-        # hospital known) once the gateway has stored it: until then the study is 404
+        # STOW-RS answers once the instance is durable (in Orthanc, or spooled with the
+        # pynetdicom edge); the study is the API's (its owning hospital known) once the gateway
+        # has recorded it: until then the study is 404
         try:
             return bool(reader.search_for_instances(ds.StudyInstanceUID, ds.SeriesInstanceUID))
         except requests.HTTPError as exc:

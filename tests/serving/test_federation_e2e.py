@@ -161,7 +161,7 @@ def world(
         gateway_port=gateway,
     )
     secrets = load_secrets(settings)
-    local_orthanc = Supervisor(settings, [orthanc_component(settings, secrets)])
+    local_orthanc = Supervisor(settings, [orthanc_component(settings, secrets, as_edge=False)])
     local_orthanc.up()
     stack = contextlib.ExitStack()
     stack.callback(local_orthanc.down)
@@ -488,7 +488,7 @@ def west(world: World, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Wes
     )
     secrets = load_secrets(settings)
     stack = contextlib.ExitStack()
-    orthanc_process = Supervisor(settings, [orthanc_component(settings, secrets)])
+    orthanc_process = Supervisor(settings, [orthanc_component(settings, secrets, as_edge=False)])
     orthanc_process.up()
     stack.callback(orthanc_process.down)
     try:

@@ -289,16 +289,17 @@ def test_studies_arriving_while_serving_is_down_wait_for_it_and_critical_ones_no
 
 
 @pytest.mark.slow
-def test_a_study_stored_through_the_orthanc_edge_is_triaged_onto_the_worklist(
+def test_a_study_stored_through_the_pynetdicom_edge_is_triaged_onto_the_worklist(
     make_stack: Any, tmp_path: Path
 ) -> None:
-    """``radcloud up`` of the whole radcloud with ``RADCLOUD_GATEWAY_EDGE=orthanc``: storescu
-    to Orthanc's own DICOM server (radcloud's plugin in it), the gateway process following
-    Orthanc's change log for ``study.ready``, Ray Serve triaging: the head CT's SEG and SR are
-    in Orthanc and it is a critical item on the worklist, its instances counted."""
+    """``radcloud up`` of the whole radcloud with ``RADCLOUD_GATEWAY_EDGE=pynetdicom`` (the
+    session's ``stack`` has the default, Orthanc): storescu to the gateway's own DICOM service,
+    its spool and forwarder into Orthanc, its completeness tracker for ``study.ready``, Ray
+    Serve triaging: the head CT's SEG and SR are in Orthanc and it is a critical item on the
+    worklist, its instances counted."""
     own = make_stack(
         before_up=lambda s: register_fixture_models(s.settings.paths.models_dir),
-        gateway_edge="orthanc",
+        gateway_edge="pynetdicom",
     )
     own.add_sender(SENDER, "Edge Triage Hospital")
     head = generate_study("head-ct", 6, seed=43, positive=True)

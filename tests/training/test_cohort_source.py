@@ -41,7 +41,7 @@ def radcloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     running = Stack(env, settings_from_env(env))
     supervisor = Supervisor(
         running.settings,
-        [orthanc_component(running.settings, load_secrets(running.settings))],
+        [orthanc_component(running.settings, load_secrets(running.settings), as_edge=False)],
     )
     supervisor.up()
     try:

@@ -33,7 +33,6 @@ from core.db.models import Role
 from core.exceptions import AlreadyExistsError
 from core.secrets import load_secrets
 from core.security import Accounts, Actor
-from dicom_gateway.senders import SenderRegistry
 from imaging.synthetic import SyntheticStudy, generate_study
 from tests.conftest import Stack
 from tests.serving.test_triage_e2e import push, results
@@ -92,15 +91,13 @@ def _add_accounts(stack: Stack) -> None:
     db = stack.database()
     try:
         audit, actor = AuditTrail.from_secrets(db, load_secrets(stack.settings)), Actor.cli()
-        registry = SenderRegistry(db, audit)
-        if all(sender.ae_title != SENDER for sender in registry.list_senders()):
-            registry.add_sender(SENDER, HOSPITAL, "127.0.0.1", actor=actor)
         accounts = Accounts(db, audit)
         for name, role in ((RADIOLOGIST, Role.RADIOLOGIST), (OUTSIDER, Role.ML_ENGINEER)):
             with contextlib.suppress(AlreadyExistsError):  # from another module's room
                 accounts.add_user(name, role, PASSWORD, hospitals=[HOSPITAL], actor=actor)
     finally:
         db.dispose()
+    stack.add_sender(SENDER, HOSPITAL)  # once it returns, either edge admits it
 
 
 @pytest.fixture(scope="module")

@@ -29,7 +29,6 @@ from core.db.models import AuditEvent, Role, Study, StudyState, WorklistItem
 from core.exceptions import AlreadyExistsError
 from core.secrets import load_secrets
 from core.security import Accounts, Actor
-from dicom_gateway.senders import SenderRegistry
 from imaging.synthetic import SyntheticStudy, generate_study
 from tests.conftest import Stack
 from tests.helpers import free_port
@@ -100,11 +99,6 @@ def shared_patient(
     db = stack.database()
     try:
         audit, actor = AuditTrail.from_secrets(db, load_secrets(stack.settings)), Actor.cli()
-        registry = SenderRegistry(db, audit)
-        known = {sender.ae_title for sender in registry.list_senders()}
-        for hospital, ae_title in SENDERS.items():
-            if ae_title not in known:
-                registry.add_sender(ae_title, hospital, "127.0.0.1", actor=actor)
         accounts = Accounts(db, audit)
         with contextlib.suppress(AlreadyExistsError):
             accounts.add_user(READER, Role.RADIOLOGIST, PASSWORD, hospitals=[NORTH], actor=actor)
@@ -112,6 +106,8 @@ def shared_patient(
             accounts.add_user(OPERATOR, Role.ADMIN, PASSWORD, platform_operator=True, actor=actor)
     finally:
         db.dispose()
+    for hospital, ae_title in SENDERS.items():
+        stack.add_sender(ae_title, hospital)  # once it returns, either edge admits it
     authorities = stack.cli("patients", "authority", "list").stdout
     if "NHS" not in authorities:
         stack.cli("patients", "authority", "add", "NHS", "--kind", "national")
