@@ -29,7 +29,7 @@ from core.secrets import load_secrets
 from dicom_gateway.edge.peers import peer_name
 from radcloud.services import Supervisor, gateway_component, orthanc_component
 from tests.fixture_models import register_fixture_models
-from tests.helpers import free_port, free_ports, orthanc_client, wait_until
+from tests.helpers import free_ports, orthanc_client, wait_until
 
 RADCLOUD = [sys.executable, "-m", "radcloud"]
 STOW_HOSPITAL = "STOW Test Hospital"
@@ -49,13 +49,10 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 @pytest.fixture(autouse=True)
 def _isolated_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Tests never see the developer's RADCLOUD_* variables or a radcloud.toml; a gateway a test
-    starts from its own settings opens its STOW-RS door on a free port, not on the default
-    8043 that another instance may hold (``stack_env`` chooses every port itself)."""
+    """Tests never see the developer's RADCLOUD_* variables or a radcloud.toml."""
     for name in list(os.environ):
         if name.startswith("RADCLOUD_"):
             monkeypatch.delenv(name)
-    monkeypatch.setenv("RADCLOUD_GATEWAY_STOW_PORT", str(free_port()))
 
 
 PORT_SETTINGS = (
