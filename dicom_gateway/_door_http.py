@@ -27,8 +27,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from core.config import Settings
-from core.exceptions import ConfigError
 from core.multipart import MultipartError
+from dicom_gateway._http import BackgroundHttpServer
+from dicom_gateway._tls import server_context
 from dicom_gateway.stow_door import (
     RETRY_AFTER_S,
     BodyTooLargeError,
@@ -57,19 +58,9 @@ def https_context(settings: Settings) -> ssl.SSLContext | None:
     """
     if not settings.api_tls_enabled:
         return None
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    try:
-        context.load_cert_chain(
-            str(settings.api_tls_certificate), str(settings.api_tls_private_key)
-        )
-    except (OSError, ssl.SSLError) as exc:
-        raise ConfigError(
-            "RADCLOUD_API_TLS_CERTIFICATE",
-            str(settings.api_tls_certificate),
-            f"a PEM certificate matching RADCLOUD_API_TLS_PRIVATE_KEY ({exc})",
-        ) from exc
-    return context
+    return server_context(
+        settings.api_tls_certificate, settings.api_tls_private_key, "RADCLOUD_API_TLS"
+    )
 
 
 class _Server(ThreadingHTTPServer):
@@ -133,7 +124,7 @@ class _Server(ThreadingHTTPServer):
             slots.release()
 
 
-class StowDoorServer:
+class StowDoorServer(BackgroundHttpServer):
     """The door's listener, served from a daemon thread.
 
     Parameters
@@ -159,24 +150,16 @@ class StowDoorServer:
         max_connections: int,
         tls: ssl.SSLContext | None = None,
     ) -> None:
-        self._address = address
+        super().__init__(address)
         self._door = door
         self._timeout_s = timeout_s
         self._max_connections = max_connections
         self._tls = tls
-        self._server: _Server | None = None
-
-    @property
-    def port(self) -> int:
-        """The port listened on (once started; useful when bound to port 0)."""
-        if self._server is None:
-            return self._address[1]
-        return int(self._server.server_address[1])
 
     def start(self) -> None:
         """Bind and serve in a background thread."""
         handler, overloaded = _handler(self._door, self._timeout_s)
-        self._server = _Server(
+        server = _Server(
             self._address,
             handler,
             overloaded,
@@ -184,16 +167,7 @@ class StowDoorServer:
             max_connections=self._max_connections,
             timeout_s=self._timeout_s,
         )
-        serve = threading.Thread(target=self._server.serve_forever, name="stow-door-http")
-        serve.daemon = True
-        serve.start()
-
-    def stop(self) -> None:
-        """Stop accepting and close the listening socket (nothing to do unless started)."""
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
+        self._serve(server, "stow-door-http")
 
 
 class _Handler(BaseHTTPRequestHandler):

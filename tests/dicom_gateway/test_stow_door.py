@@ -26,7 +26,7 @@ from sqlalchemy import select
 
 from core.audit import AuditTrail
 from core.config import GatewayEdge
-from core.db.models import OutboxEvent, Role, Study
+from core.db.models import Role, Study
 from core.secrets import load_secrets
 from core.security import Accounts, Actor
 from dicom_gateway._door_http import StowDoorServer
@@ -152,26 +152,15 @@ def test_a_study_through_the_door_is_stored_owned_ready_and_audited_once(door: D
         assert all(_stored(door.stack, data) for data in instances)
     else:  # fsync-ed to the spool; the forwarder moves it on
         assert wait_until(lambda: all(_stored(door.stack, d) for d in instances), 60)
+    assert wait_until(lambda: bool(door.stack.ready_events(study)), timeout_s=90)
+    [event] = door.stack.ready_events(study)
+    assert event.payload["hospital"] == door.hospital
     db = door.stack.database()
     try:
-
-        def ready() -> list[OutboxEvent]:
-            with db.session() as session:
-                return list(
-                    session.scalars(
-                        select(OutboxEvent).where(
-                            OutboxEvent.key == study, OutboxEvent.topic == "study.ready"
-                        )
-                    )
-                )
-
-        assert wait_until(lambda: len(ready()) == 1, timeout_s=90)
         with db.session() as session:
             owner = session.scalar(select(Study).where(Study.study_instance_uid == study))
             assert owner is not None and owner.hospital is not None
             assert owner.hospital.name == door.hospital
-        [event] = ready()
-        assert event.payload["hospital"] == door.hospital
     finally:
         db.dispose()
     [record] = door.records(after, "110104")
