@@ -24,6 +24,12 @@ when it fails after some parts were stored, 202 with the rest named as not store
 Table 10.5.3-1). Every request writes one audit record, 110104 Instances Transferred (action
 C), with the study UID and the patient ID where known.
 
+The gateway process serves the same STOW-RS on a port of its own
+(``dicom_gateway.stow_door``, ``RADCLOUD_GATEWAY_STOW_PORT``), without Ray Serve's proxy and
+this hop; both doors share the multipart reader (:mod:`core.multipart`), the part checks,
+answer and audit record (:mod:`core.stow`) and the credential check
+(:func:`core.security.admit_request`).
+
 What is stored belongs to the sender's hospital (:mod:`core.tenancy`): the credential must be
 assigned exactly one hospital (a ``pacs`` API key created with ``--hospital``), else 403; a
 ``POST /studies/{study}`` naming a study of another hospital is 404, as for an unknown study
