@@ -28,7 +28,7 @@ from core.audit import AuditTrail
 from core.config import GatewayEdge
 from core.db.models import Role, Study
 from core.secrets import load_secrets
-from core.security import Accounts, Actor
+from core.security import Accounts, Actor, TokenService
 from dicom_gateway._door_http import StowDoorServer
 from dicom_gateway.quarantine import Quarantine
 from tests.audit_records import audit_records
@@ -196,6 +196,26 @@ def test_no_or_a_wrong_credential_is_401_and_audited(door: Door) -> None:
     assert all(r["outcome"] == 4 for r in records)  # minor failure
     assert not door.records(after, "110104")
     assert not _stored(door.stack, data)
+
+
+def test_a_users_token_stores_for_the_users_hospitals_as_they_are_now(door: Door) -> None:
+    name = f"door-user-{uuid.uuid4().hex[:8]}"
+    db = door.stack.database()
+    secrets = load_secrets(door.stack.settings)
+    try:
+        accounts = Accounts(db, AuditTrail.from_secrets(db, secrets))
+        accounts.add_user(name, Role.PACS, hospitals=[door.hospital], actor=Actor.cli())
+        token = TokenService(door.stack.settings, secrets.jwt_signing_key).issue(name, [Role.PACS])
+        data = synthetic_ct(generate_uid())
+        assert door.post(data, key=token).status_code == 200  # Bearer JWT
+        accounts.assign_hospital(name, door.other, actor=Actor.cli())
+        again = door.post(synthetic_ct(generate_uid()), key=token)  # the same token
+        assert again.status_code == 403
+        assert "stores for no single hospital" in again.json()["detail"]
+        accounts.set_disabled(name, True, actor=Actor.cli())
+        assert door.post(synthetic_ct(generate_uid()), key=token).status_code == 401
+    finally:
+        db.dispose()
 
 
 def test_a_role_other_than_pacs_or_a_key_of_no_single_hospital_is_403(door: Door) -> None:
