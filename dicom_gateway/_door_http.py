@@ -30,14 +30,8 @@ from core.config import Settings
 from core.multipart import MultipartError
 from dicom_gateway._http import BackgroundHttpServer
 from dicom_gateway._tls import server_context
-from dicom_gateway.stow_door import (
-    RETRY_AFTER_S,
-    BodyTooLargeError,
-    ClientGoneError,
-    DoorAnswer,
-    DoorRequest,
-    StowDoor,
-)
+from dicom_gateway.exceptions import BodyTooLargeError, ClientGoneError
+from dicom_gateway.stow_door import RETRY_AFTER_S, DoorAnswer, DoorRequest, StowDoor
 
 __all__ = ["StowDoorServer", "https_context"]
 

@@ -57,13 +57,12 @@ from core.stow import (
 )
 from core.tenancy import study_of_another_hospital
 from core.uids import is_safe_uid
+from dicom_gateway.exceptions import BodyTooLargeError, ClientGoneError
 from dicom_gateway.intake import Intake
 from dicom_gateway.stow import ArchiveStow, store_instance
 
 __all__ = [
     "PREFIX",
-    "BodyTooLargeError",
-    "ClientGoneError",
     "DoorAnswer",
     "DoorRequest",
     "StoreBatch",
@@ -84,19 +83,6 @@ _ROLES = (Role.PACS, Role.ADMIN)
 StoreBatch = Callable[[list[bytes], str | None, str], list[StoreAnswer]]
 """Stores a batch of instances (the request's study, if any, and the owning hospital); an
 answer per instance, in order, once each is durable or refused."""
-
-
-class ClientGoneError(Exception):
-    """The client stopped sending before its body ended (closed, broke off or stalled past the
-    socket timeout)."""
-
-
-class BodyTooLargeError(Exception):
-    """The body went past ``limit`` bytes (``RADCLOUD_API_MAX_STOW_MIB``); reading stopped."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        super().__init__(f"request body over {limit} bytes")
 
 
 class _TooManyParts(Exception):  # noqa: N818 - control flow between two methods of this module
@@ -133,8 +119,7 @@ class DoorRequest:
 
 @dataclass
 class DoorAnswer:
-    """The HTTP answer: status, JSON body, extra header fields; ``None`` when the client left
-    (nothing to send)."""
+    """The HTTP answer: status, JSON body, extra header fields, media type."""
 
     status: int
     body: dict[str, Any]
@@ -299,7 +284,7 @@ class StowDoor:
             return _error(
                 413,
                 "too_large",
-                f"request body over {exc.limit} bytes (RADCLOUD_API_MAX_STOW_MIB): "
+                f"request body over {exc.limit_bytes} bytes (RADCLOUD_API_MAX_STOW_MIB): "
                 f"{len(outcomes)} parts were handled ({stored} stored), the rest was not read",
             )
         if not outcomes:
