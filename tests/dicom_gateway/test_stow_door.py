@@ -178,6 +178,15 @@ def test_a_study_through_the_door_is_stored_owned_ready_and_audited_once(door: D
     assert detail["studies"] == [study]
 
 
+def test_status_shows_the_doors_url_and_port(door: Door) -> None:
+    assert door.stack.supervisor is not None
+    [gateway] = [c for c in door.stack.supervisor.status() if c.name == "gateway"]
+    assert gateway.healthy and gateway.details is not None
+    assert gateway.details["stow-rs"] == f"{door.url}/studies"
+    port = door.stack.settings.gateway_stow_port
+    assert (port, "RADCLOUD_GATEWAY_STOW_PORT") in gateway.ports
+
+
 def test_no_or_a_wrong_credential_is_401_and_audited(door: Door) -> None:
     data = synthetic_ct(generate_uid())
     after = door.last_seq()
