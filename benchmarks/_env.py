@@ -230,10 +230,11 @@ def free_ports(count: int) -> list[int]:
 
 def scratch_settings(home: Path, **overrides: Any) -> Any:
     """Settings of a scratch radcloud in ``home`` on free ports (Orthanc's HTTP and DICOM, the
-    API, the gateway and its metrics), logging warnings only; ``overrides`` on top."""
+    API, the gateway, its metrics and its STOW-RS door), logging warnings only; ``overrides``
+    on top."""
     from core.config import load_settings
 
-    http, dicom, api, gateway, metrics = free_ports(5)
+    http, dicom, api, gateway, metrics, stow = free_ports(6)
     return load_settings(
         **{
             "home": home,
@@ -242,6 +243,7 @@ def scratch_settings(home: Path, **overrides: Any) -> Any:
             "api_port": api,
             "gateway_port": gateway,
             "gateway_metrics_port": metrics,
+            "gateway_stow_port": stow,
             "log_level": "WARNING",
         }
         | overrides

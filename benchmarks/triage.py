@@ -124,7 +124,7 @@ def run_triage(
 
     with tempfile.TemporaryDirectory(prefix="radcloud-triage-") as tmp:
         source = _model_source(Path(tmp), models_from, slim)
-        ports = free_ports(5)
+        ports = free_ports(6)
         settings = load_settings(
             home=Path(tmp) / "home",
             api_port=ports[0],
@@ -132,6 +132,7 @@ def run_triage(
             gateway_metrics_port=ports[2],
             orthanc_http_port=ports[3],
             orthanc_dicom_port=ports[4],
+            gateway_stow_port=ports[5],
             gateway_stable_seconds=stable_seconds,
             log_level="WARNING",
         )

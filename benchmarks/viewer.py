@@ -145,7 +145,7 @@ def synthetic_ct(slices: int = 64, matrix: int = 512, seed: int = 0) -> list[Dat
 def _platform_settings(home: Path) -> Settings:
     from core.config import load_settings
 
-    ports = free_ports(5)
+    ports = free_ports(6)
     return load_settings(
         home=home,
         api_port=ports[0],
@@ -153,6 +153,7 @@ def _platform_settings(home: Path) -> Settings:
         gateway_metrics_port=ports[2],
         orthanc_http_port=ports[3],
         orthanc_dicom_port=ports[4],
+        gateway_stow_port=ports[5],
         gateway_stable_seconds=1.0,
         log_level="WARNING",
     )

@@ -162,6 +162,13 @@ class Settings(BaseSettings):
 
     # DICOM gateway (dicom_gateway): limits, durability, completeness, TLS
     gateway_metrics_port: Port = 9101
+    # The gateway's own STOW-RS door (dicom_gateway.stow_door): POST /dicom-web/studies on
+    # bind_host:gateway_stow_port, HTTPS with the api_tls_* files, the API's credentials and
+    # STOW-RS limits (api_max_stow_*); at most gateway_stow_max_connections served at once (as
+    # many more are answered 503). gateway_stow_enabled=false: no door (the API's route stays).
+    gateway_stow_enabled: bool = True
+    gateway_stow_port: Port = 8043
+    gateway_stow_max_connections: int = Field(16, ge=1, le=1024)
     gateway_max_associations: int = Field(16, ge=1, le=1024)
     gateway_max_instance_mib: int = Field(1024, ge=1)
     gateway_spool_limit_mib: int = Field(10240, ge=1)
@@ -359,6 +366,8 @@ class Settings(BaseSettings):
             "orthanc_http_port": self.orthanc_http_port,
             "orthanc_dicom_port": self.orthanc_dicom_port,
         }
+        if self.gateway_stow_enabled:
+            ports["gateway_stow_port"] = self.gateway_stow_port
         seen: dict[int, str] = {}
         for key, port in ports.items():
             if port in seen:
@@ -469,6 +478,15 @@ class Settings(BaseSettings):
         """Base URL of radcloud's HTTP API (``https://`` with ``api_tls_certificate``)."""
         scheme = "https" if self.api_tls_enabled else "http"
         return f"{scheme}://{url_host(self.bind_host)}:{self.api_port}"
+
+    @property
+    def gateway_stow_url(self) -> str | None:
+        """Base URL of the gateway's STOW-RS door (``.../dicom-web``; ``https://`` with
+        ``api_tls_certificate``), ``None`` when it is off."""
+        if not self.gateway_stow_enabled:
+            return None
+        scheme = "https" if self.api_tls_enabled else "http"
+        return f"{scheme}://{url_host(self.bind_host)}:{self.gateway_stow_port}/dicom-web"
 
     @property
     def gateway_health_url(self) -> str:

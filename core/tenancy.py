@@ -23,6 +23,7 @@ from sqlalchemy import ColumnElement, false, select, true
 from sqlalchemy.orm import Session
 
 from core.audit import AuditAction, AuditTrail
+from core.db import Database
 from core.db.models import Hospital, Study
 from core.exceptions import NotFoundError, PermissionDeniedError, RadcloudError
 
@@ -37,6 +38,7 @@ __all__ = [
     "hospital_row",
     "require_study",
     "study_in_scope",
+    "study_of_another_hospital",
     "visible_study_uids",
 ]
 
@@ -131,6 +133,15 @@ def study_in_scope(session: Session, study_instance_uid: str, scope: HospitalSco
         select(Study.id).where(Study.study_instance_uid == study_instance_uid, scope.study_filter())
     )
     return row is not None
+
+
+def study_of_another_hospital(db: Database, study_instance_uid: str, scope: HospitalScope) -> bool:
+    """Whether the study exists and is outside ``scope`` (an unknown study is not: it may be
+    new, as for STOW-RS to a named study, on either door)."""
+    with db.session() as session:
+        if study_in_scope(session, study_instance_uid, scope):
+            return False
+        return study_in_scope(session, study_instance_uid, HospitalScope.platform())
 
 
 def require_study(session: Session, study_instance_uid: str, scope: HospitalScope) -> Study:

@@ -7,6 +7,9 @@ writer whichever door an instance came through.
   errors to DIMSE statuses;
 - :mod:`dicom_gateway.stow`: STOW-RS instances handed over by the API process on an internal
   HTTP endpoint, answered with PS3.18 Failure Reasons;
+- :mod:`dicom_gateway.stow_door`: the public STOW-RS door of this process on
+  ``gateway_stow_port`` (the API's credentials and checks, the same storing), served by
+  :mod:`dicom_gateway._door_http`;
 - :mod:`dicom_gateway.intake`: the one path of every instance (size, validation, spool);
 - :mod:`dicom_gateway.validation`, :mod:`dicom_gateway.spool`,
   :mod:`dicom_gateway.quarantine`: checks, durable storage, refused instances;

@@ -34,7 +34,7 @@ from dicom_gateway.intake import Intake
 from dicom_gateway.metrics import exposition
 from dicom_gateway.stow import ArchiveStow, store_instance
 
-__all__ = ["GatewayHttpServer"]
+__all__ = ["BackgroundHttpServer", "GatewayHttpServer"]
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +50,37 @@ class _Refusal(Exception):  # noqa: N818 - control flow inside the handler, neve
         super().__init__(detail)
 
 
-class GatewayHttpServer:
+class BackgroundHttpServer:
+    """An HTTP server bound to ``address`` and served from a daemon thread once started (the
+    loopback listener here, the STOW-RS door in :mod:`dicom_gateway._door_http`)."""
+
+    def __init__(self, address: tuple[str, int]) -> None:
+        self._address = address
+        self._server: ThreadingHTTPServer | None = None
+
+    @property
+    def port(self) -> int:
+        """The port listened on (once started; useful when bound to port 0)."""
+        if self._server is None:
+            return self._address[1]
+        return int(self._server.server_address[1])
+
+    def _serve(self, server: ThreadingHTTPServer, name: str) -> None:
+        """Serve ``server`` in a daemon thread named ``name``."""
+        self._server = server
+        serve = threading.Thread(target=server.serve_forever, name=name)
+        serve.daemon = True
+        serve.start()
+
+    def stop(self) -> None:
+        """Stop serving and close the listening socket (nothing to do unless started)."""
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+
+class GatewayHttpServer(BackgroundHttpServer):
     """Health, metrics and the internal STOW endpoint, served from a daemon thread.
 
     Parameters
@@ -82,7 +112,7 @@ class GatewayHttpServer:
         archive_stow: ArchiveStow | None = None,
         metrics: Callable[[], bytes] = exposition,
     ) -> None:
-        self._address = address
+        super().__init__(address)
         self._handler = _handler(
             health,
             metrics,
@@ -91,29 +121,12 @@ class GatewayHttpServer:
             authorization=f"Bearer {ingest_key}".encode(),
             timeout_s=timeout_s,
         )
-        self._server: ThreadingHTTPServer | None = None
-
-    @property
-    def port(self) -> int:
-        """The port listened on (once started; useful when bound to port 0)."""
-        if self._server is None:
-            return self._address[1]
-        return int(self._server.server_address[1])
 
     def start(self) -> None:
         """Bind and serve in a background thread."""
-        self._server = ThreadingHTTPServer(self._address, self._handler)
-        self._server.daemon_threads = True
-        serve = threading.Thread(target=self._server.serve_forever, name="gateway-http")
-        serve.daemon = True
-        serve.start()
-
-    def stop(self) -> None:
-        """Stop serving and close the listening socket (nothing to do unless started)."""
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
+        server = ThreadingHTTPServer(self._address, self._handler)
+        server.daemon_threads = True
+        self._serve(server, "gateway-http")
 
 
 def _handler(

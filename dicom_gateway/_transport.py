@@ -16,6 +16,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from core.config import Settings
 from core.exceptions import ConfigError
+from dicom_gateway._tls import server_context
 from dicom_gateway.senders import ClientCertificate
 
 __all__ = ["AssociationServer", "client_certificate", "set_tcp_nodelay", "tls_context"]
@@ -45,18 +46,11 @@ def tls_context(settings: Settings) -> ssl.SSLContext:
     ConfigError
         A certificate, key or CA file cannot be loaded.
     """
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    try:
-        context.load_cert_chain(
-            str(settings.gateway_tls_certificate), str(settings.gateway_tls_private_key)
-        )
-    except (OSError, ssl.SSLError) as exc:
-        raise ConfigError(
-            "RADCLOUD_GATEWAY_TLS_CERTIFICATE",
-            str(settings.gateway_tls_certificate),
-            f"a PEM certificate matching RADCLOUD_GATEWAY_TLS_PRIVATE_KEY ({exc})",
-        ) from exc
+    context = server_context(
+        settings.gateway_tls_certificate,
+        settings.gateway_tls_private_key,
+        "RADCLOUD_GATEWAY_TLS",
+    )
     if settings.gateway_tls_ca_certificates is not None:
         context.verify_mode = ssl.CERT_REQUIRED
         try:

@@ -1,7 +1,8 @@
 """Errors of the DICOM gateway, under one root that is a :class:`core.exceptions.RadcloudError`
 (the CLI reports every one cleanly). Only the protocol edges map them: the DIMSE handlers
 (:mod:`dicom_gateway.scp`) to status codes (PS3.4 Annex B/C), the internal STOW endpoint
-(:mod:`dicom_gateway.stow`) to Failure Reasons (PS3.18 Table I.2-2), the CLI to exit status 1.
+(:mod:`dicom_gateway.stow`) to Failure Reasons (PS3.18 Table I.2-2), the STOW-RS door
+(:mod:`dicom_gateway.stow_door`) to HTTP, the CLI to exit status 1.
 
 ::
 
@@ -20,7 +21,9 @@
     ├── InvalidIdentifierError(reason)                   -> C-FIND/C-MOVE 0xA900
     ├── ArchiveError(reason)                             -> C-FIND 0xC001, C-MOVE 0xA701
     │   └── QueryTooBroadError(reason)                   -> C-FIND 0xA700 out of resources
-    └── QuarantineEntryError(entry_id, reason)
+    ├── QuarantineEntryError(entry_id, reason)
+    ├── ClientGoneError(reason)                          -> STOW-RS door: audited, no answer
+    └── BodyTooLargeError(limit_bytes)                   -> STOW-RS door: HTTP 413
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ from core.exceptions import RadcloudError
 
 __all__ = [
     "ArchiveError",
+    "BodyTooLargeError",
+    "ClientGoneError",
     "GatewayError",
     "InflationTooLargeError",
     "InstanceRejectedError",
@@ -157,3 +162,21 @@ class ArchiveError(GatewayError):
 
 class QueryTooBroadError(ArchiveError):
     """A query matches more than ``RADCLOUD_ARCHIVE_MAX_FIND_RESULTS`` resources."""
+
+
+class ClientGoneError(GatewayError):
+    """A STOW-RS client stopped sending before its body ended (closed, broke off, or was silent
+    past the socket timeout)."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(reason)
+
+
+class BodyTooLargeError(GatewayError):
+    """A STOW-RS body went past ``limit_bytes`` (``RADCLOUD_API_MAX_STOW_MIB``); reading
+    stopped."""
+
+    def __init__(self, limit_bytes: int) -> None:
+        self.limit_bytes = limit_bytes
+        super().__init__(f"request body over {limit_bytes} bytes")

@@ -1,7 +1,8 @@
 """The gateway process (``python -m dicom_gateway``): DIMSE service, forwarder, study tracker,
-and a small HTTP listener on ``gateway_metrics_port`` (:mod:`dicom_gateway._http`) with
+a small HTTP listener on ``gateway_metrics_port`` (:mod:`dicom_gateway._http`) with
 ``/healthz``, ``/metrics`` and the internal STOW-RS endpoint of the API process
-(:mod:`dicom_gateway.stow`).
+(:mod:`dicom_gateway.stow`), and the public STOW-RS door on ``gateway_stow_port``
+(:mod:`dicom_gateway.stow_door`; ``gateway_stow_enabled=false`` turns it off).
 
 This process is the spool's only writer: instances received by DIMSE and by STOW-RS go through
 its one :class:`Intake` and :class:`Spool`, so the spool's limit, its accounting and its fsync
@@ -24,7 +25,9 @@ from core.audit import AuditAction, AuditEventCode, AuditTrail
 from core.config import GatewayEdge, Settings
 from core.db import Database, upgrade
 from core.secrets import load_secrets
+from core.security import Accounts, TokenService
 from dicom_gateway import metrics
+from dicom_gateway._door_http import StowDoorServer, https_context
 from dicom_gateway._http import GatewayHttpServer
 from dicom_gateway.completeness import StudyTracker
 from dicom_gateway.forwarder import Forwarder
@@ -34,6 +37,7 @@ from dicom_gateway.quarantine import Quarantine
 from dicom_gateway.senders import SenderRegistry
 from dicom_gateway.spool import Spool
 from dicom_gateway.stow import ArchiveStow
+from dicom_gateway.stow_door import StowDoor, batch_store
 
 __all__ = ["GatewayService"]
 
@@ -99,6 +103,7 @@ class GatewayService:
                 audit=self.audit,
                 orthanc=self.archive,
             )
+        archive_stow = ArchiveStow(self.intake, self._dicomweb) if self._dicomweb else None
         self._http = GatewayHttpServer(  # loopback only, whatever bind_host says
             ("127.0.0.1", settings.gateway_metrics_port),
             health=self.health,
@@ -106,8 +111,30 @@ class GatewayService:
             intake=self.intake,
             ingest_key=secrets.gateway_ingest_key,
             timeout_s=settings.gateway_network_timeout_s,
-            archive_stow=ArchiveStow(self.intake, self._dicomweb) if self._dicomweb else None,
+            archive_stow=archive_stow,
         )
+        self.stow_door: StowDoor | None = None
+        self._door: StowDoorServer | None = None
+        if settings.gateway_stow_enabled:  # the public STOW-RS door, on bind_host
+            self.stow_door = StowDoor(
+                accounts=Accounts(self.db, self.audit),
+                tokens=TokenService(settings, secrets.jwt_signing_key),
+                audit=self.audit,
+                db=self.db,
+                store=batch_store(self.intake, archive_stow),
+                max_instance_bytes=self.intake.max_instance_bytes,
+                max_parts=settings.api_max_stow_parts,
+                max_body_bytes=settings.api_max_stow_mib * _MIB,
+                retrieve_base=f"{(settings.public_url or settings.api_url).rstrip('/')}/dicom-web",
+                workers=settings.gateway_stow_max_connections,
+            )
+            self._door = StowDoorServer(
+                (settings.bind_host, settings.gateway_stow_port),
+                self.stow_door,
+                timeout_s=settings.gateway_network_timeout_s,
+                max_connections=settings.gateway_stow_max_connections,
+                tls=https_context(settings),
+            )
         self._stopped = threading.Event()
 
     def health(self) -> dict[str, Any]:
@@ -125,6 +152,7 @@ class GatewayService:
             "ae_title": self.settings.gateway_ae_title,
             "port": self.settings.gateway_port,
             "tls": self.settings.gateway_tls_enabled,
+            "stow_url": self.settings.gateway_stow_url,  # the STOW-RS door; None: off
         }
 
     def metrics(self) -> bytes:
@@ -147,6 +175,8 @@ class GatewayService:
         if self.dicom is not None:
             self.dicom.start()
         self._http.start()
+        if self._door is not None:
+            self._door.start()
         self.audit.record(
             AuditEventCode.APPLICATION_ACTIVITY,
             action=AuditAction.EXECUTE,
@@ -157,6 +187,7 @@ class GatewayService:
                 "activity": "started",
                 "port": self.settings.gateway_port,
                 "edge": self.settings.gateway_edge.value,
+                "stow_url": self.settings.gateway_stow_url,
             },
         )
         logger.info(
@@ -167,12 +198,18 @@ class GatewayService:
             "on" if self.settings.gateway_tls_enabled else "off",
             "this process" if self.dicom else "Orthanc (RADCLOUD_GATEWAY_EDGE=orthanc)",
         )
+        if self.settings.gateway_stow_url is not None:
+            logger.info("STOW-RS door on %s", self.settings.gateway_stow_url)
 
     def stop(self) -> None:
         """Stop accepting, then let in-flight work finish; the spool keeps the rest."""
         if self.dicom is not None:
             self.dicom.stop()
         self._http.stop()
+        if self._door is not None:
+            self._door.stop()
+        if self.stow_door is not None:
+            self.stow_door.close()
         self.tracker.stop()
         self.forwarder.stop()
         self.audit.record(

@@ -16,7 +16,7 @@ from core.exceptions import NotFoundError
 from core.security import Actor
 from core.tenancy import HospitalScope, study_in_scope
 
-__all__ = ["require_study_in_scope", "study_of_another_hospital"]
+__all__ = ["require_study_in_scope"]
 
 
 def require_study_in_scope(
@@ -47,12 +47,3 @@ def require_study_in_scope(
             },
         )
     raise NotFoundError("study", study_instance_uid)
-
-
-def study_of_another_hospital(db: Database, study_instance_uid: str, scope: HospitalScope) -> bool:
-    """Whether the study exists and is outside ``scope`` (an unknown study is not: it may be
-    new, as for STOW-RS to a named study)."""
-    with db.session() as session:
-        if study_in_scope(session, study_instance_uid, scope):
-            return False
-        return study_in_scope(session, study_instance_uid, HospitalScope.platform())

@@ -21,10 +21,12 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import select
 
 from core.archive import OrthancArchive, open_archive
 from core.config import GatewayEdge, Settings, load_settings
 from core.db import Database
+from core.db.models import OutboxEvent
 from core.secrets import load_secrets
 from dicom_gateway.edge.peers import peer_name
 from radcloud.services import Supervisor, gateway_component, orthanc_component
@@ -59,6 +61,7 @@ PORT_SETTINGS = (
     "api_port",
     "gateway_port",
     "gateway_metrics_port",
+    "gateway_stow_port",
     "orthanc_http_port",
     "orthanc_dicom_port",
 )
@@ -184,6 +187,22 @@ class Stack:
     def database(self) -> Database:
         """This instance's application database."""
         return Database(self.settings.sqlalchemy_url)
+
+    def ready_events(self, study_instance_uid: str) -> list[OutboxEvent]:
+        """The ``study.ready`` events of a study in this instance's outbox."""
+        db = self.database()
+        try:
+            with db.session() as session:
+                return list(
+                    session.scalars(
+                        select(OutboxEvent).where(
+                            OutboxEvent.key == study_instance_uid,
+                            OutboxEvent.topic == "study.ready",
+                        )
+                    )
+                )
+        finally:
+            db.dispose()
 
     def pid(self, component: str) -> int:
         """The pid of a running component, from its pid file."""

@@ -6,16 +6,14 @@ Only one part is held at a time: a study of many instances is never buffered who
 
 from __future__ import annotations
 
-import re
+import sys
 import uuid
 from collections.abc import Iterable, Iterator
 
 from core.archive.exceptions import ArchiveError
+from core.multipart import MultipartError, MultipartReader, parse_media_type
 
 __all__ = ["boundary_of", "encode_parts", "iter_parts"]
-
-_BOUNDARY = re.compile(r';\s*boundary\s*=\s*(?:"([^"]+)"|([^;\s]+))', re.IGNORECASE)
-_HEADERS_MAX = 16 * 1024
 
 
 def boundary_of(content_type: str) -> bytes:
@@ -26,71 +24,34 @@ def boundary_of(content_type: str) -> bytes:
     ArchiveError
         ``content_type`` is not multipart or names no boundary.
     """
-    match = _BOUNDARY.search(content_type)
-    if not content_type.lower().lstrip().startswith("multipart/") or match is None:
+    try:
+        media_type, params = parse_media_type(content_type)
+    except MultipartError:
+        media_type, params = "", {}
+    if not media_type.startswith("multipart/") or not params.get("boundary"):
         raise ArchiveError(f'expected a multipart answer with a boundary, got "{content_type}"')
-    return (match.group(1) or match.group(2)).encode("latin-1")
-
-
-def _headers(block: bytes) -> dict[str, str]:
-    headers: dict[str, str] = {}
-    for line in block.decode("latin-1").split("\r\n"):
-        name, sep, value = line.partition(":")
-        if sep:
-            headers[name.strip().lower()] = value.strip()
-    return headers
+    return params["boundary"].encode("latin-1")
 
 
 def iter_parts(chunks: Iterable[bytes], boundary: bytes) -> Iterator[tuple[dict[str, str], bytes]]:
     """The parts of a multipart body given as ``chunks``: each part's headers (names
-    lower-cased) and body, yielded as soon as its closing delimiter has arrived.
+    lower-cased) and body, yielded as soon as its closing delimiter has arrived
+    (:class:`core.multipart.MultipartReader`, which STOW-RS requests are read with too).
 
     Raises
     ------
     ArchiveError
-        The body ends before its closing delimiter, or a part has no header block.
+        The body is malformed or ends before its closing delimiter.
     """
-    delimiter = b"\r\n--" + boundary
-    stream = iter(chunks)
-    buffer = bytearray(b"\r\n")  # the first delimiter may open the body without a CRLF
-    searched = 0
-    started = False
-    while True:
-        index = buffer.find(delimiter, searched)
-        if index < 0:
-            searched = max(0, len(buffer) - len(delimiter))
-            chunk = next(stream, None)
-            if chunk is None:
-                raise ArchiveError("the multipart answer ended before its closing delimiter")
-            buffer += chunk
-            continue
-        if started:
-            part = bytes(buffer[:index])
-            head, sep, body = part.partition(b"\r\n\r\n")
-            if not sep:
-                if len(part) > _HEADERS_MAX or part.strip():
-                    raise ArchiveError("a part of the multipart answer has no header block")
-                head, body = b"", b""
-            yield _headers(head), body
-        started = True
-        del buffer[: index + len(delimiter)]
-        searched = 0
-        while len(buffer) < 2:  # "--" closes the body, CRLF opens the next part
-            chunk = next(stream, None)
-            if chunk is None:
-                raise ArchiveError("the multipart answer ended inside a delimiter")
-            buffer += chunk
-        if buffer[:2] == b"--":
-            return
-        line_end = buffer.find(b"\r\n")  # transport padding may follow the delimiter
-        while line_end < 0:
-            chunk = next(stream, None)
-            if chunk is None:
-                raise ArchiveError("the multipart answer ended inside a delimiter")
-            buffer += chunk
-            line_end = buffer.find(b"\r\n")
-        # keep the CRLF: a part with no headers starts with it, so the block separator matches
-        del buffer[:line_end]
+    try:
+        reader = MultipartReader(boundary.decode("latin-1"), sys.maxsize)
+        for chunk in chunks:
+            for part in reader.feed(chunk):
+                yield dict(part.headers), part.data
+        for part in reader.close():
+            yield dict(part.headers), part.data
+    except MultipartError as exc:
+        raise ArchiveError(f"the multipart answer is malformed: {exc}") from exc
 
 
 def encode_parts(bodies: Iterable[bytes], media_type: str) -> tuple[str, bytes]:

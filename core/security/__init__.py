@@ -1,6 +1,7 @@
 """Authentication and roles: tokens, API keys, passwords, and who a request is."""
 
 from core.security.accounts import API_KEY_PREFIX, Accounts, NewApiKey, UserInfo
+from core.security.credentials import admit_request, authenticate_headers
 from core.security.lockout import SignInGuard
 from core.security.principal import Actor, AuthMethod, Door, Principal, Purpose
 from core.security.tokens import TokenService
@@ -17,4 +18,6 @@ __all__ = [
     "SignInGuard",
     "TokenService",
     "UserInfo",
+    "admit_request",
+    "authenticate_headers",
 ]

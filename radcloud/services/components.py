@@ -49,7 +49,7 @@ def api_component(settings: Settings) -> Component:
     )
 
 
-def _gateway_details(health_url: str) -> dict[str, Any] | None:
+def _gateway_details(health_url: str, stow_url: str | None) -> dict[str, Any] | None:
     try:
         answer = httpx.get(health_url, timeout=2.0).json()
     except (httpx.HTTPError, ValueError):
@@ -61,13 +61,15 @@ def _gateway_details(health_url: str) -> dict[str, Any] | None:
         "associations": answer.get("associations_open"),
         "edge": answer.get("edge"),
         "orthanc": "reachable" if answer.get("orthanc_available") else "UNREACHABLE",
+        "stow-rs": f"{stow_url}/studies" if stow_url else "off (RADCLOUD_GATEWAY_STOW_ENABLED)",
     }
 
 
 def gateway_component(settings: Settings) -> Component:
     """The DICOM gateway (``python -m dicom_gateway``): DIMSE on ``gateway_port`` (unless
     Orthanc is the DICOM edge, ``gateway_edge=orthanc``), health and metrics on
-    ``gateway_metrics_port``.
+    ``gateway_metrics_port``, the STOW-RS door on ``gateway_stow_port`` (unless
+    ``gateway_stow_enabled`` is false; its URL is among the details ``status`` shows).
 
     Parameters
     ----------
@@ -83,6 +85,8 @@ def gateway_component(settings: Settings) -> Component:
     ports = [(settings.gateway_metrics_port, f"{ENV_PREFIX}GATEWAY_METRICS_PORT")]
     if settings.gateway_edge is GatewayEdge.PYNETDICOM:
         ports.insert(0, (settings.gateway_port, f"{ENV_PREFIX}GATEWAY_PORT"))
+    if settings.gateway_stow_enabled:
+        ports.append((settings.gateway_stow_port, f"{ENV_PREFIX}GATEWAY_STOW_PORT"))
     return Component.create(
         settings,
         name="gateway",
@@ -91,7 +95,7 @@ def gateway_component(settings: Settings) -> Component:
         ports=ports,
         health=functools.partial(http_ok, health_url),
         url=f"dicom://{settings.gateway_ae_title}@{settings.bind_host}:{settings.gateway_port}",
-        details=functools.partial(_gateway_details, health_url),
+        details=functools.partial(_gateway_details, health_url, settings.gateway_stow_url),
     )
 
 

@@ -15,15 +15,21 @@ OIDC token's claims); a token without a purpose, an API key included, is refused
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import replace
 from typing import Any
 
 from fastapi import Request
 
 from core.audit import AuditAction, AuditEventCode, AuditOutcome
 from core.db.models import Role
-from core.exceptions import AuthenticationError, PermissionDeniedError, PurposeRequiredError
-from core.security import API_KEY_PREFIX, Actor, AuthMethod, Door, Principal, Purpose
+from core.exceptions import PurposeRequiredError
+from core.security import (
+    Actor,
+    Door,
+    Principal,
+    Purpose,
+    admit_request,
+    authenticate_headers,
+)
 from serving.api.context import ApiContext
 
 __all__ = [
@@ -86,7 +92,8 @@ def audit_request(
 
 
 def authenticate(request: Request) -> Principal:
-    """Identify the caller from its bearer token or API key.
+    """Identify the caller from its bearer token or API key
+    (:func:`core.security.authenticate_headers`).
 
     Raises
     ------
@@ -94,59 +101,31 @@ def authenticate(request: Request) -> Principal:
         No credential, or one that is invalid, expired or revoked.
     """
     ctx = context(request)
-    api_key = request.headers.get("x-api-key")
-    header = request.headers.get("authorization")
-    if api_key:
-        return ctx.accounts.authenticate_api_key(api_key)
-    if not header:
-        raise AuthenticationError(
-            "no credentials: send 'Authorization: Bearer <token>' or an 'X-API-Key' header"
-        )
-    scheme, _, credential = header.partition(" ")
-    credential = credential.strip()
-    if scheme.lower() != "bearer" or not credential:
-        raise AuthenticationError("Authorization header must read 'Bearer <token>'")
-    if credential.startswith(API_KEY_PREFIX):
-        return ctx.accounts.authenticate_api_key(credential)
-    principal = ctx.tokens.verify(credential)
-    # A user disabled here is refused whoever signed the token; an OIDC user needs no row here.
-    ctx.accounts.check_user_active(principal.name, must_exist=principal.method is AuthMethod.TOKEN)
-    if principal.method is AuthMethod.TOKEN:
-        # the user's hospitals as they are now, not as when the token was signed (an OIDC
-        # token's hospitals come from its claim)
-        principal = replace(principal, scope=ctx.accounts.user_scope(principal.name))
-    return principal
+    return authenticate_headers(
+        ctx.accounts,
+        ctx.tokens,
+        authorization=request.headers.get("authorization"),
+        api_key=request.headers.get("x-api-key"),
+    )
 
 
 def require_roles(*roles: Role) -> Callable[[Request], Principal]:
-    """A dependency that admits callers holding any of ``roles`` (all roles when none given)."""
+    """A dependency that admits callers holding any of ``roles`` (all roles when none given);
+    refusals are audited (:func:`core.security.admit_request`)."""
     allowed = frozenset(roles or Role)
 
     def dependency(request: Request) -> Principal:
-        route = f"{request.method} {request.url.path}"
-        try:
-            principal = authenticate(request)
-        except AuthenticationError as exc:
-            audit_request(
-                request,
-                AuditEventCode.USER_AUTHENTICATION,
-                outcome=AuditOutcome.MINOR_FAILURE,
-                resource_type="route",
-                resource_id=route,
-                detail={"reason": exc.reason},
-            )
-            raise
-        if not principal.roles & allowed:
-            audit_request(
-                request,
-                AuditEventCode.SECURITY_ALERT,
-                principal=principal,
-                outcome=AuditOutcome.MINOR_FAILURE,
-                resource_type="route",
-                resource_id=route,
-                detail={"reason": "role not allowed", "allowed": sorted(allowed)},
-            )
-            raise PermissionDeniedError(principal.role, sorted(allowed))
+        ctx = context(request)
+        principal = admit_request(
+            ctx.accounts,
+            ctx.tokens,
+            ctx.audit,
+            authorization=request.headers.get("authorization"),
+            api_key=request.headers.get("x-api-key"),
+            roles=allowed,
+            route=f"{request.method} {request.url.path}",
+            address=client_address(request),
+        )
         request.state.principal = principal
         return principal
 

@@ -78,6 +78,19 @@ def test_two_listeners_on_one_port_is_refused(monkeypatch: pytest.MonkeyPatch) -
         load_settings()
 
 
+def test_the_stow_door_has_its_own_port_and_the_apis_scheme(tmp_path: Path) -> None:
+    settings = load_settings(home=tmp_path)
+    assert settings.gateway_stow_enabled
+    assert settings.gateway_stow_url == "http://127.0.0.1:8043/dicom-web"
+    with pytest.raises(ConfigError, match="RADCLOUD_GATEWAY_STOW_PORT and RADCLOUD_API_PORT"):
+        load_settings(home=tmp_path, gateway_stow_port=8000)
+    off = load_settings(home=tmp_path, gateway_stow_port=8000, gateway_stow_enabled=False)
+    assert off.gateway_stow_url is None  # a door that is off holds no port
+    pem = tmp_path / "api.pem"
+    tls = load_settings(home=tmp_path, api_tls_certificate=pem, api_tls_private_key=pem)
+    assert tls.gateway_stow_url == "https://127.0.0.1:8043/dicom-web"
+
+
 def test_postgresql_index_needs_its_url() -> None:
     with pytest.raises(ConfigError, match="RADCLOUD_ORTHANC_POSTGRESQL_URL"):
         load_settings(orthanc_index="postgresql")

@@ -13,20 +13,25 @@ from __future__ import annotations
 import json
 import socket
 import subprocess
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import psutil
 import pytest
+from pydicom.uid import generate_uid
 
 from core.config import GatewayEdge, load_settings
-from core.security import Actor
+from core.db.models import Role
+from core.security import Accounts, Actor
 from dicom_gateway.dcmtk import dcmtk_environment
 from dicom_gateway.service import GatewayService
 from tests.conftest import EDGES, edge_id, stack_with_edge
+from tests.dicom_gateway.dicom_files import synthetic_ct
 from tests.helpers import free_ports, wait_until
 from tests.pki import CertificateAuthority, KeyPair, non_loopback_address
+from tests.serving.test_stow_edge import MULTIPART, _multipart
 
 pytestmark = pytest.mark.integration
 
@@ -86,7 +91,7 @@ def exposed_gateway(
 ) -> Iterator[GatewayService]:
     """A prod-mode gateway on 0.0.0.0 with DICOM TLS, its senders bound to hosts only
     (the client certificates name no sender: O is not a hospital)."""
-    dicom, http, orthanc_http, orthanc_dicom = free_ports(4)
+    dicom, http, stow, orthanc_http, orthanc_dicom = free_ports(5)
     server = authority.server("gateway")
     settings = load_settings(
         home=tmp_path_factory.mktemp("exposed-gateway"),
@@ -95,6 +100,7 @@ def exposed_gateway(
         bind_host="0.0.0.0",  # noqa: S104 - the point of the test
         gateway_port=dicom,
         gateway_metrics_port=http,
+        gateway_stow_port=stow,
         orthanc_http_port=orthanc_http,  # nothing listens: the forwarder just waits
         orthanc_dicom_port=orthanc_dicom,
         gateway_ae_title=AE_TITLE,
@@ -151,6 +157,31 @@ def test_dimse_beyond_loopback_admits_a_sender_from_its_host_only(
     }
     assert 'registered for host "127.0.0.1"' in reasons[("ON_LOOPBACK", outside)]
     assert f'registered for host "{outside}/32"' in reasons[("ON_NETWORK", "127.0.0.1")]
+
+
+def test_the_stow_door_beyond_loopback_speaks_https_only(
+    exposed_gateway: GatewayService, authority: CertificateAuthority, outside: str
+) -> None:
+    port = exposed_gateway.settings.gateway_stow_port
+    assert ("0.0.0.0", port) in _listening(psutil.Process().pid)  # noqa: S104
+    accounts = Accounts(exposed_gateway.db, exposed_gateway.audit)
+    name = f"door-tls-{uuid.uuid4().hex[:8]}"
+    key = accounts.create_api_key(name, Role.PACS, hospital=HOSPITAL, actor=Actor.cli()).key
+    data = synthetic_ct(generate_uid())
+    headers = {"Content-Type": MULTIPART, "Authorization": f"Bearer {key}"}
+    path = f"{outside}:{port}/dicom-web/studies"
+    answer = httpx.post(
+        f"https://{path}",
+        content=_multipart(data),
+        headers=headers,
+        verify=str(authority.certificate),  # the API's certificate, made by tests/pki.py
+        timeout=60,
+    )
+    assert answer.status_code == 200, answer.text  # spooled (Orthanc is not running)
+    [stored] = answer.json()["00081199"]["Value"]
+    assert stored["00081190"]["Value"][0].startswith("https://")  # the API's WADO-RS
+    with pytest.raises(httpx.TransportError):  # plain HTTP gets no answer, only a closed socket
+        httpx.post(f"http://{path}", content=_multipart(data), headers=headers, timeout=30)
 
 
 def test_plain_dicom_is_refused_beyond_loopback(

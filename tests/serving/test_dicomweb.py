@@ -161,6 +161,7 @@ def full_gateway(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iter
         "RADCLOUD_HOME": str(home),
         "RADCLOUD_GATEWAY_PORT": str(free_port()),
         "RADCLOUD_GATEWAY_METRICS_PORT": str(port),
+        "RADCLOUD_GATEWAY_STOW_PORT": str(free_port()),  # the stack's gateway holds its own
         "RADCLOUD_ORTHANC_HTTP_PORT": str(free_port()),
         "RADCLOUD_GATEWAY_MIN_FREE_DISK_MIB": str(2**40),
         "RADCLOUD_GATEWAY_EDGE": "pynetdicom",  # the edge that spools

@@ -23,11 +23,9 @@ import httpx
 import pydicom
 import pytest
 from pydicom.uid import generate_uid
-from sqlalchemy import select
 
 from core.archive import ArchiveNotFoundError
 from core.config import GatewayEdge
-from core.db.models import OutboxEvent
 from core.ingest import BATCH_MAX_PARTS
 from dicom_gateway.quarantine import Quarantine
 from tests.conftest import STOW_HOSPITAL, Stack, settings_from_env, stack_env
@@ -136,23 +134,8 @@ def test_a_stored_study_gives_one_ready_event_with_every_instance(edge_stack: St
     study, series = generate_uid(), generate_uid()
     instances = [synthetic_ct(study, series, instance=number) for number in range(1, 21)]
     assert _stow(edge_stack, *instances).status_code == 200
-    db = edge_stack.database()
-    try:
-
-        def ready() -> list[OutboxEvent]:
-            with db.session() as session:
-                return list(
-                    session.scalars(
-                        select(OutboxEvent).where(
-                            OutboxEvent.key == study, OutboxEvent.topic == "study.ready"
-                        )
-                    )
-                )
-
-        assert wait_until(lambda: bool(ready()), timeout_s=60, interval_s=0.5)
-        [event] = ready()
-    finally:
-        db.dispose()
+    assert wait_until(lambda: bool(edge_stack.ready_events(study)), timeout_s=60, interval_s=0.5)
+    [event] = edge_stack.ready_events(study)
     assert event.payload["hospital"] == STOW_HOSPITAL
     assert event.payload["series"][0]["instance_count"] == len(instances)
 

@@ -35,6 +35,7 @@ from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 from core.audit import AuditAction, AuditEventCode, AuditOutcome
 from core.db.models import Role
 from core.exceptions import NotFoundError, PermissionDeniedError
+from core.multipart import MultipartError, parse_media_type
 from core.security import Actor, AuthMethod, Principal
 from core.tenancy import visible_study_uids
 from core.uids import InvalidUidError, check_uid_list
@@ -51,7 +52,7 @@ from serving.api._dicomweb import (
     public_base,
     public_root,
 )
-from serving.api._multipart import MultipartError, UrlRewriter, parse_media_type
+from serving.api._multipart import UrlRewriter
 from serving.api._params import BulkPath, FrameList, SeriesUID, SopUID
 from serving.api.security import audit_request, context, request_actor, require_roles
 

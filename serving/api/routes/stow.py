@@ -24,6 +24,12 @@ when it fails after some parts were stored, 202 with the rest named as not store
 Table 10.5.3-1). Every request writes one audit record, 110104 Instances Transferred (action
 C), with the study UID and the patient ID where known.
 
+The gateway process serves the same STOW-RS on a port of its own
+(``dicom_gateway.stow_door``, ``RADCLOUD_GATEWAY_STOW_PORT``), without Ray Serve's proxy and
+this hop; both doors share the multipart reader (:mod:`core.multipart`), the part checks,
+answer and audit record (:mod:`core.stow`) and the credential check
+(:func:`core.security.admit_request`).
+
 What is stored belongs to the sender's hospital (:mod:`core.tenancy`): the credential must be
 assigned exactly one hospital (a ``pacs`` API key created with ``--hospital``), else 403; a
 ``POST /studies/{study}`` naming a study of another hospital is 404, as for an unknown study
@@ -43,23 +49,30 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
-from core.audit import AuditAction, AuditEventCode, AuditOutcome
 from core.db.models import Role
 from core.ingest import FailureReason, StoreAnswer
+from core.multipart import BodyPart, MultipartError, MultipartReader
 from core.security import Principal
-from serving._scope import study_of_another_hospital
+from core.stow import (
+    PartBatch,
+    audit_stow,
+    no_single_hospital,
+    store_response,
+    stow_boundary,
+    too_many_parts,
+    unsupported_media_type,
+)
+from core.tenancy import study_of_another_hospital
 from serving.api._dicomweb import (
     DICOM_JSON,
     PREFIX,
     RETRY_AFTER_S,
     StudyUID,
-    audit_outcome,
     error_response,
     public_base,
 )
-from serving.api._multipart import BodyPart, MultipartError, MultipartReader, parse_media_type
-from serving.api._stow import PartBatch, store_batch, store_part, store_response
-from serving.api.security import audit_request, context, require_roles
+from serving.api._stow import store_batch, store_part
+from serving.api.security import client_address, context, require_roles
 
 __all__ = ["router"]
 
@@ -68,7 +81,6 @@ logger = logging.getLogger(__name__)
 router = APIRouter(prefix=PREFIX, tags=["dicomweb"])
 Sender = Annotated[Principal, Depends(require_roles(Role.PACS, Role.ADMIN))]
 
-_DICOM = "application/dicom"
 _IN_FLIGHT = 2  # batches being stored at once by one request (Orthanc edge)
 
 
@@ -139,7 +151,7 @@ async def _read_batches(
     outcomes: list[StoreAnswer],
 ) -> None:
     """:func:`_read_parts` with the Orthanc edge: the parts go to the gateway in batches
-    (:class:`~serving.api._stow.PartBatch`), one batch being stored while the next is read (so
+    (:class:`~core.stow.PartBatch`), one batch being stored while the next is read (so
     at most two batches are in memory); raises as :func:`_read_parts`."""
     ingest = context(request).ingest
     max_parts = context(request).settings.api_max_stow_parts
@@ -219,11 +231,6 @@ def _gateway_gone(gone: _GatewayGone, outcomes: list[StoreAnswer]) -> JSONRespon
     return None
 
 
-def _unique(values: set[str | None]) -> str | None:
-    known = {value for value in values if value}
-    return known.pop() if len(known) == 1 else None
-
-
 async def _audit_store(
     request: Request,
     principal: Principal,
@@ -232,43 +239,15 @@ async def _audit_store(
     status: int | None,
 ) -> None:
     """One 110104 record (action C) for a STOW-RS request; ``status`` ``None``: the client left."""
-    failed = [o for o in outcomes if not o.stored]
-    studies = {o.study_instance_uid for o in outcomes}
-    detail = {
-        "source": "stow",
-        "hospital": principal.scope.sole_hospital,  # the owner of what was stored
-        "status": status,
-        "stored": len(outcomes) - len(failed),
-        "failed": len(failed),
-        "studies": sorted(s for s in studies if s)[:20],
-        "failures": [
-            {
-                "sop_instance_uid": o.sop_instance_uid,
-                "reason": f"{o.status:04X}",
-                "detail": o.reason,
-            }
-            for o in failed[:20]
-        ],
-    }
-    logger.info(
-        "STOW-RS by %s: %d stored, %d failed (HTTP %s)",
-        principal.name,
-        detail["stored"],
-        len(failed),
-        status or "none: client disconnected",
-    )
-    resource = study or _unique(studies)
     await run_in_threadpool(
-        audit_request,
-        request,
-        AuditEventCode.INSTANCES_TRANSFERRED,
+        audit_stow,
+        context(request).audit,
+        source="stow",
         principal=principal,
-        action=AuditAction.CREATE,
-        outcome=audit_outcome(status) if status not in (None, 202) else AuditOutcome.MINOR_FAILURE,
-        resource_type="study" if resource else None,
-        resource_id=resource,
-        patient_id=_unique({o.patient_id for o in outcomes}),
-        detail=detail,
+        address=client_address(request),
+        study=study,
+        outcomes=outcomes,
+        status=status,
     )
 
 
@@ -291,14 +270,8 @@ async def _store_parts(
         if unavailable is not None:
             return unavailable
     except _TooManyParts:
-        stored = sum(1 for o in outcomes if o.stored)
-        return error_response(
-            413,
-            "too_large",
-            f"more than {len(outcomes)} parts in one request (RADCLOUD_API_MAX_STOW_PARTS): "
-            f"the first {len(outcomes)} were handled ({stored} stored), the rest was not read; "
-            "send it in further requests (storing an instance again is harmless)",
-        )
+        detail = too_many_parts(outcomes, "RADCLOUD_API_MAX_STOW_PARTS")
+        return error_response(413, "too_large", detail)
     if not outcomes:
         return error_response(400, "bad_request", "the request holds no instances")
     status, body = store_response(outcomes, public_base(request), study)
@@ -309,36 +282,23 @@ async def _store_parts(
 async def _store(request: Request, principal: Principal, study: str | None) -> Response:
     """Run a STOW-RS request and audit it."""
     content_type = request.headers.get("content-type", "")
-    try:
-        media_type, params = parse_media_type(content_type)
-    except MultipartError:
-        media_type, params = "", {}
+    boundary = stow_boundary(content_type)
     outcomes: list[StoreAnswer] = []
     response: Response
     hospital = principal.scope.sole_hospital
     if hospital is None:
-        response = error_response(
-            403,
-            "forbidden",
-            f'"{principal.name}" stores for no single hospital ({principal.scope.describe()}): '
-            "STOW-RS needs a credential assigned exactly one hospital, the studies' owner",
-        )
+        response = error_response(403, "forbidden", no_single_hospital(principal))
     elif study is not None and await run_in_threadpool(
         study_of_another_hospital, context(request).db, study, principal.scope
     ):
         response = error_response(404, "not_found", f'study "{study}" does not exist')
-    elif media_type != "multipart/related" or params.get("type", _DICOM).lower() != _DICOM:
+    elif boundary is None:
         response = error_response(
-            415,
-            "unsupported_media_type",
-            f'Content-Type "{content_type}" is not supported; '
-            'expected multipart/related; type="application/dicom"',
+            415, "unsupported_media_type", unsupported_media_type(content_type)
         )
     else:
         try:
-            response = await _store_parts(
-                request, params.get("boundary", ""), study, hospital, outcomes
-            )
+            response = await _store_parts(request, boundary, study, hospital, outcomes)
         except ClientDisconnect:
             await _audit_store(request, principal, study, outcomes, None)
             raise
