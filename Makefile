@@ -10,6 +10,11 @@ PY := $(VENV)/bin/python
 APT_PACKAGES := orthanc orthanc-dicomweb orthanc-python dcmtk python3-venv python3-dev build-essential chromium
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 PYTEST_ARGS ?=
+# `make test` and `make test-fast` run the suite in this many pytest-xdist worker processes, each
+# test file whole on one worker (its module fixtures start once); 0 runs it in one process. Not in
+# pytest's addopts: a plain `pytest tests/x.py` stays serial, and `-p no:xdist` keeps working.
+PYTEST_WORKERS ?= 2
+PYTEST_XDIST := -n $(PYTEST_WORKERS) --dist loadfile
 
 .PHONY: help install system-packages web demo test test-fast lint format up down status clean
 
@@ -67,11 +72,11 @@ web: $(WEB)/dist/index.html  ## build the reading web app when missing or older 
 demo: install  ## the main job: register the shipped models (or --retrain), start, triage synthetic studies
 	$(VENV)/bin/radcloud demo
 
-test: install  ## run the whole test suite
-	$(VENV)/bin/pytest $(PYTEST_ARGS)
+test: install  ## run the whole test suite (PYTEST_WORKERS=2 processes; 0: one)
+	$(VENV)/bin/pytest $(PYTEST_XDIST) $(PYTEST_ARGS)
 
 test-fast: install  ## the suite without slow cases
-	$(VENV)/bin/pytest -m "not slow" $(PYTEST_ARGS)
+	$(VENV)/bin/pytest $(PYTEST_XDIST) -m "not slow" $(PYTEST_ARGS)
 
 lint: install  ## the import contract (import-linter), ruff (lint and format check) and mypy
 	$(VENV)/bin/lint-imports

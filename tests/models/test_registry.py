@@ -16,6 +16,7 @@ from monai.bundle.config_parser import ConfigParser
 from monai.networks.nets.densenet import DenseNet121
 from monai.networks.nets.unet import UNet
 from onnx import numpy_helper
+from rich.console import Console
 from torch import nn
 from typer.testing import CliRunner
 
@@ -622,7 +623,10 @@ def test_import_onnx_refuses_metadata_of_neither_format(
 @pytest.fixture
 def cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
     monkeypatch.setenv("RADCLOUD_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("COLUMNS", "160")  # rich tables are as wide as the (fake) terminal
+    # rich tables are as wide as the terminal: the commands print to a console 160 wide. Not
+    # COLUMNS set here: rich fixes a console's width at its creation if COLUMNS is set then, as it
+    # is in a pytest-xdist worker (COLUMNS=80, exported in its controller by GNU readline).
+    monkeypatch.setattr(models_cli, "console", Console(width=160))
     _common.get_settings.cache_clear()
     app = typer.Typer()
     models_cli.register(app)

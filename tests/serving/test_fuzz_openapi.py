@@ -10,6 +10,11 @@ by hospital B's UIDs (UID guessing). What must hold for every request:
 - without credentials, every operation but the public ones answers 401;
 - nothing of B's (study, series and instance UIDs, patient ID and name) in any of A's answers,
   but for what the request itself carried (a 404 names the study UID it was asked for).
+
+Each operation is its own pytest item (id "METHOD path"), a hypothesis test over that
+operation's ``as_strategy()`` in both generation modes (valid requests and ones beyond the
+schema), as schemathesis' fuzzing phase draws them. Not ``SCHEMA.parametrize()``: its items
+share one node id, and pytest-xdist ran only one of them (``make test`` runs on two workers).
 """
 
 from __future__ import annotations
@@ -20,8 +25,9 @@ from typing import Any
 import pytest
 import requests
 import schemathesis
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from schemathesis import APIOperation, Case, GenerationMode
 
 from core.config import load_settings
 from serving.api.app import create_app
@@ -43,7 +49,12 @@ def _openapi() -> dict[str, Any]:
 
 
 SCHEMA = schemathesis.openapi.from_dict(_openapi())
-SCHEMA.config.phases.coverage.enabled = False  # bounded: the examples and fuzzing phases only
+OPERATIONS = [operation for path in SCHEMA for operation in SCHEMA[path].values()]
+
+
+def _requests(operation: APIOperation) -> st.SearchStrategy[Case]:
+    """Requests for ``operation``: valid ones and ones beyond its schema."""
+    return st.one_of([operation.as_strategy(generation_mode=mode) for mode in GenerationMode])
 
 
 def _call(case: Any, stack: Stack, headers: dict[str, str] | None = None) -> requests.Response:
@@ -69,23 +80,40 @@ def test_the_live_openapi_is_the_one_fuzzed(world: World) -> None:
     assert live.status_code == 200
     assert set(live.json()["paths"]) == set(SCHEMA.raw_schema["paths"])
     assert len(live.json()["paths"]) >= 35
+    methods = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
+    listed = {
+        f"{method.upper()} {path}"
+        for path, item in live.json()["paths"].items()
+        for method in item
+        if method in methods
+    }
+    assert {operation.label for operation in OPERATIONS} == listed
 
 
-@SCHEMA.given(user=st.sampled_from(A_USERS), guess=st.booleans())
-@SCHEMA.parametrize()
+@pytest.mark.parametrize("operation", OPERATIONS, ids=[op.label for op in OPERATIONS])
+@given(data=st.data(), user=st.sampled_from(A_USERS), guess=st.booleans())
 @settings(
     max_examples=3,
     deadline=None,
     database=None,
     suppress_health_check=list(HealthCheck),
 )
-def test_fuzzed_requests(case: Any, user: str, guess: bool, world: World, stack: Stack) -> None:
-    operation = (case.method.upper(), case.operation.path)
+def test_fuzzed_requests(
+    operation: APIOperation,
+    *,
+    data: st.DataObject,
+    user: str,
+    guess: bool,
+    world: World,
+    stack: Stack,
+) -> None:
+    case = data.draw(_requests(operation), label="request")
+    route = (case.method.upper(), case.operation.path)
     anonymous = _call(case, stack)
     _no_server_error(anonymous, "anonymous", case)
-    if operation not in PUBLIC:
-        assert anonymous.status_code == 401, (operation, anonymous.status_code)
-    if operation in PUBLIC:
+    if route not in PUBLIC:
+        assert anonymous.status_code == 401, (route, anonymous.status_code)
+    if route in PUBLIC:
         return  # the same answer to everyone; sign-in is rate limited per address
     if guess and case.path_parameters:
         case.path_parameters = {
