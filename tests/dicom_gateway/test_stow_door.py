@@ -14,7 +14,7 @@ study is 0xC409 and quarantined; malformed bodies, media types and limits answer
 from __future__ import annotations
 
 import socket
-import time
+import threading
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -334,12 +334,13 @@ class _SlowDoor:
 
     def __init__(self) -> None:
         self.entered = 0
+        self.released = threading.Event()
 
     def handle(self, request: Any) -> Any:
         from dicom_gateway.stow_door import DoorAnswer
 
         self.entered += 1
-        time.sleep(1.5)
+        self.released.wait(timeout=30)
         return DoorAnswer(200, {"ok": True})
 
 
@@ -356,6 +357,7 @@ def test_beyond_the_connection_bound_the_door_answers_503_with_retry_after() -> 
         assert answer.status_code == 503
         assert answer.headers["retry-after"] == "30"
         assert answer.json()["error"] == "unavailable"
+        door.released.set()
         assert busy.recv(1024).startswith(b"HTTP/1.1 200")
         busy.close()
         assert door.entered == 1
