@@ -253,13 +253,11 @@ def scratch_settings(home: Path, **overrides: Any) -> Any:
 def register_sender(settings: Any, ae_title: str, hospital: str, host: str = "127.0.0.1") -> None:
     """Register ``ae_title`` as a sender of ``hospital`` on a running scratch radcloud and
     return once its DICOM edge admits it (the Orthanc edge mirrors it within a second)."""
-    from core.archive import open_archive
     from core.audit import AuditTrail
-    from core.config import GatewayEdge
     from core.db import Database, upgrade
     from core.secrets import load_secrets
     from core.security import Actor
-    from dicom_gateway.edge.peers import wait_until_mirrored
+    from dicom_gateway.edge.peers import wait_until_admitted
     from dicom_gateway.senders import SenderRegistry
 
     db = Database.from_settings(settings)
@@ -270,10 +268,8 @@ def register_sender(settings: Any, ae_title: str, hospital: str, host: str = "12
         registry.add_sender(ae_title, hospital, host, actor=Actor.cli())
     finally:
         db.dispose()
-    if settings.gateway_edge is GatewayEdge.ORTHANC:
-        with open_archive(settings, load_secrets(settings)) as archive:
-            if not wait_until_mirrored(archive, [ae_title], timeout_s=15):
-                raise RuntimeError(f"the Orthanc edge did not admit {ae_title} within 15 s")
+    if not wait_until_admitted(settings, [ae_title], timeout_s=15):
+        raise RuntimeError(f"the Orthanc edge did not admit {ae_title} within 15 s")
 
 
 def summarise(samples: Sequence[float]) -> dict[str, float]:

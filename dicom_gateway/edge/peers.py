@@ -31,12 +31,21 @@ import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from core.archive import ArchiveError
+from core.archive import ArchiveError, open_archive
 from core.archive.orthanc_archive import OrthancArchive
 from core.archive.orthanc_peers import DicomModality, OrthancPeers
+from core.config import GatewayEdge, Settings
+from core.secrets import load_secrets
 from dicom_gateway.senders import DestinationInfo, SenderInfo, SenderRegistry
 
-__all__ = ["PEER_PREFIX", "PeerTable", "peer_name", "peers_of", "wait_until_mirrored"]
+__all__ = [
+    "PEER_PREFIX",
+    "PeerTable",
+    "peer_name",
+    "peers_of",
+    "wait_until_admitted",
+    "wait_until_mirrored",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +83,18 @@ def wait_until_mirrored(
         if time.monotonic() >= deadline:
             return False
         time.sleep(0.1)
+
+
+def wait_until_admitted(
+    settings: Settings, ae_titles: Iterable[str], *, timeout_s: float = 5.0
+) -> bool:
+    """Wait until radcloud's DICOM edge admits the registered ``ae_titles``: at once with the
+    pynetdicom edge (it reads the registry at each association), once mirrored with the
+    Orthanc edge (:func:`wait_until_mirrored`, against the running Orthanc)."""
+    if settings.gateway_edge is not GatewayEdge.ORTHANC:
+        return True
+    with open_archive(settings, load_secrets(settings), timeout_s=5) as archive:
+        return wait_until_mirrored(archive, ae_titles, timeout_s=timeout_s)
 
 
 def _ip(host: str | None) -> str | None:

@@ -30,7 +30,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from sqlalchemy import select
 
-from core.config import GatewayEdge, Settings, url_host
+from core.config import Settings, url_host
 from radcloud.cli._common import command, console, fail, get_settings, setup_logging
 from radcloud.cli.train import epoch_progress
 
@@ -143,13 +143,10 @@ def _sender(settings: Settings) -> None:
         # bound to the address it sends from (prod admits no unbound sender)
         registry.add_sender(DEMO_SENDER, DEMO_HOSPITAL, _push_host(settings), actor=Actor.cli())
     db.dispose()
-    if settings.gateway_edge is GatewayEdge.ORTHANC:  # admitted once the plugin mirrored it
-        from core.archive import open_archive
-        from dicom_gateway.edge.peers import wait_until_mirrored
+    from dicom_gateway.edge.peers import wait_until_admitted
 
-        with open_archive(settings, load_secrets(settings)) as archive:
-            if not wait_until_mirrored(archive, [DEMO_SENDER], timeout_s=15):
-                fail(f"the Orthanc edge did not admit the demo sender {DEMO_SENDER} in 15 s")
+    if not wait_until_admitted(settings, [DEMO_SENDER], timeout_s=15):
+        fail(f"the Orthanc edge did not admit the demo sender {DEMO_SENDER} in 15 s")
 
 
 def _push(settings: Settings, studies: int, seed: int) -> list[tuple[str, str, float]]:

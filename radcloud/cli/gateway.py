@@ -9,11 +9,9 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from core.archive import open_archive
 from core.config import GatewayEdge, Mode
-from core.secrets import load_secrets
 from core.security import Actor
-from dicom_gateway.edge.peers import wait_until_mirrored
+from dicom_gateway.edge.peers import wait_until_admitted
 from dicom_gateway.exceptions import GatewayError
 from dicom_gateway.ownership import StudyOwnership
 from dicom_gateway.quarantine import Quarantine
@@ -41,9 +39,8 @@ def _admitted(ae_title: str) -> str:
     settings = get_settings()
     if settings.gateway_edge is not GatewayEdge.ORTHANC:
         return ""  # the pynetdicom edge reads the registry at each association
-    with open_archive(settings, load_secrets(settings), timeout_s=5) as archive:
-        if wait_until_mirrored(archive, [ae_title]):
-            return "; the Orthanc edge admits it now"
+    if wait_until_admitted(settings, [ae_title]):
+        return "; the Orthanc edge admits it now"
     return "; the Orthanc edge admits it once it runs (it reads the registry every second)"
 
 
