@@ -7,6 +7,7 @@ import json
 import math
 import os
 import platform
+import random
 import socket
 import statistics
 import subprocess
@@ -216,16 +217,55 @@ def _cuda() -> Any:
     return torch.cuda
 
 
-def free_ports(count: int) -> list[int]:
-    """``count`` distinct TCP ports free on 127.0.0.1 right now."""
-    sockets = [socket.socket() for _ in range(count)]
+#: Listening ports are drawn between Ray's worker ports (10002-19999 by default) and the kernel's
+#: ephemeral range (``net.ipv4.ip_local_port_range``, from 32768 by default). A port that
+#: ``bind(0)`` hands out is ephemeral: once it is closed, any outgoing connection may take it as
+#: its local port before the server that was meant to listen there binds it (seen: Ray Serve's
+#: proxy "failed to bind" on a restart while two test workers were busy connecting).
+_LISTEN_PORTS = range(20000, 32768)
+_next_port: list[int] = []
+
+
+def _ephemeral_low() -> int:
     try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [int(sock.getsockname()[1]) for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+def _port_slice() -> range:
+    """This process's share of the listening ports: pytest-xdist workers get disjoint slices,
+    so two workers never pick the same port."""
+    top = min(_LISTEN_PORTS.stop, _ephemeral_low())
+    workers = max(int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1), 1)
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
+    index = int(worker) % workers if worker.isdigit() else 0
+    width = (top - _LISTEN_PORTS.start) // workers
+    start = _LISTEN_PORTS.start + index * width
+    return range(start, start + width)
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct TCP ports free on 127.0.0.1 right now, outside the ephemeral range.
+
+    Ports are handed out in turn from this process's slice (from a random start), so a port
+    chosen for a server that has not started yet is not chosen again soon."""
+    share = _port_slice()
+    if not _next_port:
+        _next_port.append(random.randrange(len(share)))  # noqa: S311 - not a secret
+    ports: list[int] = []
+    for _ in range(len(share)):
+        if len(ports) == count:
+            return ports
+        port = share[_next_port[0] % len(share)]
+        _next_port[0] += 1
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        ports.append(port)
+    raise RuntimeError(f"no {count} free ports in {share.start}-{share.stop - 1}")
 
 
 def scratch_settings(home: Path, **overrides: Any) -> Any:

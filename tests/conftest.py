@@ -49,6 +49,31 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(skip)
 
 
+_HOMES = pytest.StashKey[list[Path]]()
+_LOG_TAIL_LINES = 60
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    """A failed test's report carries the tails of the logs of the radcloud instances it
+    started (:func:`make_stack`): CI keeps only what pytest prints."""
+    report = yield
+    if report.failed:
+        for home in item.stash.get(_HOMES, []):
+            report.sections.append((f"radcloud logs of {home.name}", log_tails(home)))
+    return report
+
+
+def log_tails(home: Path) -> str:
+    """The last lines of every log of the radcloud in ``home``."""
+    tails = []
+    for log in sorted((home / "logs").glob("*.log")):
+        lines = log.read_text(errors="replace").splitlines()[-_LOG_TAIL_LINES:]
+        tails.append(f"----- {log.name} (last {len(lines)} lines) -----")
+        tails.extend(lines)
+    return "\n".join(tails)
+
+
 @pytest.fixture(autouse=True)
 def _isolated_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     """Tests never see the developer's RADCLOUD_* variables or a radcloud.toml."""
@@ -229,9 +254,12 @@ def start_dicom_doors(home: Path, **settings: object) -> Stack:
 
 
 @pytest.fixture
-def make_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., Stack]]:
+def make_stack(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Callable[..., Stack]]:
     """Start extra radcloud instances of a test's own (e.g. to kill their processes);
-    ``doors_only=True``: Orthanc and the gateway only (:func:`start_dicom_doors`)."""
+    ``doors_only=True``: Orthanc and the gateway only (:func:`start_dicom_doors`). When the
+    test fails, its report carries the tails of their logs."""
     started: list[Stack] = []
 
     def start(
@@ -241,6 +269,7 @@ def make_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..
         **settings: object,
     ) -> Stack:
         home = tmp_path_factory.mktemp("radcloud-own")
+        request.node.stash.setdefault(_HOMES, []).append(home)
         if doors_only:
             assert before_up is None
             started.append(start_dicom_doors(home, **settings))

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import socket
 import time
 from collections.abc import Callable
-from contextlib import ExitStack
 from typing import Any
 
+from benchmarks._env import free_ports
 from core.config import Settings
 from core.secrets import Secrets
 
@@ -15,19 +14,8 @@ __all__ = ["free_port", "free_ports", "orthanc_client", "wait_until"]
 
 
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    """A TCP port on 127.0.0.1 that nothing listens on right now (see :func:`free_ports`)."""
     return free_ports(1)[0]
-
-
-def free_ports(count: int) -> list[int]:
-    """``count`` distinct free TCP ports (all held open until every one is chosen)."""
-    with ExitStack() as stack:
-        ports = []
-        for _ in range(count):
-            sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
-            sock.bind(("127.0.0.1", 0))
-            ports.append(sock.getsockname()[1])
-        return ports
 
 
 def wait_until(

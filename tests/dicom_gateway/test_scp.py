@@ -964,7 +964,6 @@ def test_find_cancelled_after_the_first_answer(archive: Archive) -> None:
     for key in keys:
         argv += ["-k", key]
     result = dcmtk(*argv, "127.0.0.1", str(archive.gateway.port))
-    assert result.returncode == 0, result.stdout
     assert "Sending Cancel Request" in result.stdout
     [query] = archive.gateway.audit_records("110112")
     assert query["outcome"] == 0
@@ -974,7 +973,18 @@ def test_find_cancelled_after_the_first_answer(archive: Archive) -> None:
         # is the plugin's: every match was disclosed to Orthanc for sending.
         assert re.search(r"Received Final Find Response \((Success|Cancel)", result.stdout)
         assert query["detail"]["status"] == "0x0000"
+        # Orthanc's own defect when it does see it (seen under load, Orthanc 1.10): its final
+        # Cancel response still carries a data set, which findscu ignores, and that data set's
+        # P-DATA then arrives during the release, which findscu reports as a failure (exit 2).
+        orthanc_cancel_defect = (
+            "Cancel: MatchingTerminatedDueToCancelRequest, but DataSetType!=NULL"
+        )
+        if orthanc_cancel_defect in result.stdout:
+            assert result.returncode in (0, 2), result.stdout
+        else:
+            assert result.returncode == 0, result.stdout
         return
+    assert result.returncode == 0, result.stdout
     assert "Received Final Find Response (Cancel" in result.stdout
     assert query["detail"]["status"] == "0xFE00"
 
