@@ -37,7 +37,7 @@ from dicom_gateway.quarantine import Quarantine
 from dicom_gateway.senders import SenderRegistry
 from dicom_gateway.spool import Spool
 from dicom_gateway.stow import ArchiveStow
-from dicom_gateway.stow_door import StowDoor, batch_store
+from dicom_gateway.stow_door import IN_FLIGHT, StowDoor, batch_store
 
 __all__ = ["GatewayService"]
 
@@ -126,7 +126,7 @@ class GatewayService:
                 max_parts=settings.api_max_stow_parts,
                 max_body_bytes=settings.api_max_stow_mib * _MIB,
                 retrieve_base=f"{(settings.public_url or settings.api_url).rstrip('/')}/dicom-web",
-                workers=settings.gateway_stow_max_connections,
+                workers=settings.gateway_stow_max_connections * IN_FLIGHT,
             )
             self._door = StowDoorServer(
                 (settings.bind_host, settings.gateway_stow_port),

@@ -62,6 +62,7 @@ from dicom_gateway.intake import Intake
 from dicom_gateway.stow import ArchiveStow, store_instance
 
 __all__ = [
+    "IN_FLIGHT",
     "PREFIX",
     "DoorAnswer",
     "DoorRequest",
@@ -75,6 +76,8 @@ logger = logging.getLogger(__name__)
 PREFIX = "/dicom-web"
 SOURCE = "stow-gateway"  # the door, in audit records
 RETRY_AFTER_S = 30
+IN_FLIGHT = 2
+"""Batches one request has being stored at once (the API's STOW-RS route keeps as many)."""
 _DICOM_JSON = "application/dicom+json"
 _JSON = "application/json"
 _PATH = re.compile(rf"^{PREFIX}/studies(?:/([^/]+))?/?$")
@@ -150,7 +153,7 @@ class StowDoor:
     retrieve_base
         The API's public DICOMweb base URL (``.../dicom-web``), for Retrieve URLs.
     workers
-        Threads storing batches (one per request at most is busy at a time).
+        Threads storing batches (``IN_FLIGHT`` per request at most are busy at a time).
     """
 
     def __init__(
@@ -314,9 +317,10 @@ class StowDoor:
         hospital: str,
         outcomes: list[StoreAnswer],
     ) -> None:
-        """Read the parts as they arrive and store them in batches, one batch being stored
-        while the next is read (at most two in memory); the answers join ``outcomes``, in
-        order.
+        """Read the parts as they arrive and store them in batches, ``IN_FLIGHT`` batches being
+        stored while the next is read (as the API's route does: with one client, Orthanc
+        stores two batches on two threads; at most three batches in memory); the answers join
+        ``outcomes``, in order.
 
         Raises
         ------
@@ -334,7 +338,8 @@ class StowDoor:
                 outcomes.extend(storing.pop(0).result())
 
         def send() -> None:
-            land()
+            while len(storing) >= IN_FLIGHT:
+                outcomes.extend(storing.pop(0).result())
             if batch.parts:
                 storing.append(self._pool.submit(self._stored, batch.take(), study, hospital))
 
