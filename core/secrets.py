@@ -8,7 +8,8 @@ on first use, under an exclusive lock (``secrets.lock``) and by atomic replaceme
 processes starting together agree on it too. ``notify_signing_key`` (signs critical-finding
 webhooks) and ``gateway_ingest_key`` (authenticates the API process to the gateway's internal
 STOW endpoint, :mod:`dicom_gateway.stow`) and ``audit_chain_key`` (keys the audit chain's
-HMACs, :mod:`core.audit`) are added the same way.
+HMACs, :mod:`core.audit`) and ``database_password`` (the managed PostgreSQL's, when radcloud
+runs one) are added the same way.
 """
 
 from __future__ import annotations
@@ -35,9 +36,16 @@ _FIELDS = (
     "notify_signing_key",
     "gateway_ingest_key",
     "audit_chain_key",
+    "database_password",
 )
 # generated into files written before they existed
-_ADDED_LATER = ("deid_hmac_key", "notify_signing_key", "gateway_ingest_key", "audit_chain_key")
+_ADDED_LATER = (
+    "deid_hmac_key",
+    "notify_signing_key",
+    "gateway_ingest_key",
+    "audit_chain_key",
+    "database_password",
+)
 
 
 @dataclass(frozen=True, repr=False)
@@ -56,6 +64,9 @@ class Secrets:
     audit_chain_key: str
     """Keys the audit chain's MACs (``core.audit``): the database holds none of it, so a record
     rewritten in the table no longer verifies."""
+    database_password: str
+    """The managed PostgreSQL's password for radcloud's role (``postgresql_managed``,
+    :mod:`radcloud.services.postgresql`)."""
     orthanc_user: str = "radcloud"
 
     def __repr__(self) -> str:

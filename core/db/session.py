@@ -21,8 +21,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from core.config import Settings
 from core.files import private_directory, private_file
+from core.secrets import load_secrets
 
-__all__ = ["Database", "write_transaction"]
+__all__ = ["Database", "database_url", "write_transaction"]
 
 _IMMEDIATE = "radcloud_immediate"
 
@@ -78,9 +79,10 @@ class Database:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Database:
-        """Open the database named by ``settings`` (creating ``RADCLOUD_HOME`` if needed)."""
+        """Open the database named by ``settings`` (creating ``RADCLOUD_HOME`` if needed); the
+        managed PostgreSQL's (``postgresql_managed``) with its password from the secrets."""
         private_directory(settings.home)
-        return cls(settings.sqlalchemy_url)
+        return cls(database_url(settings))
 
     @contextmanager
     def session(self) -> Iterator[Session]:
@@ -91,6 +93,19 @@ class Database:
     def dispose(self) -> None:
         """Close all pooled connections."""
         self.engine.dispose()
+
+
+def database_url(settings: Settings) -> str:
+    """The application database's SQLAlchemy URL, with the managed PostgreSQL's password (a
+    secret, not a setting) where radcloud runs that server."""
+    if not settings.postgresql_managed or settings.database_url:
+        return settings.sqlalchemy_url
+    password = load_secrets(settings).database_password
+    return (
+        make_url(settings.sqlalchemy_url)
+        .set(password=password)
+        .render_as_string(hide_password=False)
+    )
 
 
 @contextmanager

@@ -1,4 +1,5 @@
-"""The components radcloud runs, in start order: Orthanc, the DICOM gateway, then Ray Serve
+"""The components radcloud runs, in start order: its own PostgreSQL where it runs one, Orthanc,
+the DICOM gateway, then Ray Serve
 (the HTTP API as its ingress, the model deployments and the triage workers).
 
 A new component is one more entry in :func:`components`.
@@ -15,6 +16,7 @@ import httpx
 from core.config import ENV_PREFIX, GatewayEdge, Settings, settings_env
 from core.secrets import Secrets
 from radcloud.services.orthanc import orthanc_component
+from radcloud.services.postgresql import postgresql_component
 from radcloud.services.supervisor import Component, http_ok
 
 __all__ = ["api_component", "components", "gateway_component"]
@@ -110,9 +112,12 @@ def components(settings: Settings, secrets: Secrets) -> list[Component]:
     Returns
     -------
     list[Component]
-        Orthanc, the DICOM gateway, then the HTTP API.
+        The managed PostgreSQL (``postgresql_managed``), Orthanc, the DICOM gateway, then the
+        HTTP API.
     """
+    database = [postgresql_component(settings, secrets)] if settings.postgresql_managed else []
     return [
+        *database,
         orthanc_component(settings, secrets),
         gateway_component(settings),
         api_component(settings),

@@ -85,6 +85,10 @@ class Component:
         ``None`` when there is nothing to show or it cannot be read.
     startup_factor
         Multiplies ``settings.startup_timeout_s`` for slow starters (Ray Serve).
+    provides_database
+        Set for the application database's own server (the managed PostgreSQL): ``up`` starts
+        such a component before it migrates the database, and calls this once the component
+        is healthy (e.g. to create the application's database).
     """
 
     name: str
@@ -98,6 +102,7 @@ class Component:
     prepare: Callable[[], None] | None = None
     details: Callable[[], dict[str, Any] | None] | None = None
     startup_factor: float = 1.0
+    provides_database: Callable[[], None] | None = None
 
     @classmethod
     def create(
@@ -113,6 +118,7 @@ class Component:
         prepare: Callable[[], None] | None = None,
         details: Callable[[], dict[str, Any] | None] | None = None,
         startup_factor: float = 1.0,
+        provides_database: Callable[[], None] | None = None,
     ) -> Component:
         """A component with its log in ``settings.paths.log_dir/<name>.log`` and its pid file in
         ``settings.paths.run_dir/<name>.pid``; the other parameters are the fields'."""
@@ -128,6 +134,7 @@ class Component:
             prepare=prepare,
             details=details,
             startup_factor=startup_factor,
+            provides_database=provides_database,
         )
 
 
@@ -240,8 +247,10 @@ class Supervisor:
     def up(self) -> list[ComponentStatus]:
         """Start every component that is not already running and healthy.
 
-        Creates the home directories, loads (on first start generates) the secrets and migrates
-        the application database first. Components started before a failing one stay up.
+        Creates the home directories, loads (on first start generates) the secrets, starts the
+        database's own server if radcloud runs one (a component that ``provides_database``),
+        and migrates the application database first. Components started before a failing one
+        stay up.
 
         Returns
         -------
@@ -260,13 +269,18 @@ class Supervisor:
         """
         self._make_home()
         load_secrets(self.settings)
+        for component in self.components:
+            if component.provides_database is not None:
+                self._ensure_running(component)
+                component.provides_database()
         db = Database.from_settings(self.settings)
         try:
             upgrade(db)
         finally:
             db.dispose()
         for component in self.components:
-            self._ensure_running(component)
+            if component.provides_database is None:
+                self._ensure_running(component)
         return self.status()
 
     def down(self) -> list[str]:
