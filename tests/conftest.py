@@ -32,6 +32,7 @@ from dicom_gateway.edge.peers import peer_name
 from radcloud.services import Supervisor, gateway_component, orthanc_component
 from tests.fixture_models import register_fixture_models
 from tests.helpers import free_ports, orthanc_client, wait_until
+from tests.postgres import PostgresServer, running_postgresql
 
 RADCLOUD = [sys.executable, "-m", "radcloud"]
 STOW_HOSPITAL = "STOW Test Hospital"
@@ -211,7 +212,7 @@ class Stack:
 
     def database(self) -> Database:
         """This instance's application database."""
-        return Database(self.settings.sqlalchemy_url)
+        return Database.from_settings(self.settings)
 
     def ready_events(self, study_instance_uid: str) -> list[OutboxEvent]:
         """The ``study.ready`` events of a study in this instance's outbox."""
@@ -285,6 +286,23 @@ def make_stack(
     yield start
     for running in started:
         running.down()
+
+
+@pytest.fixture(scope="session")
+def postgresql_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServer]:
+    """A real PostgreSQL, radcloud's managed server, once per session (per xdist worker)."""
+    with running_postgresql(tmp_path_factory.mktemp("postgresql-home")) as server:
+        yield server
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """An empty application database of each engine: SQLite in ``tmp_path``, and a new
+    database on the session's PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'app.db'}"
+    server: PostgresServer = request.getfixturevalue("postgresql_server")
+    return server.new_database()
 
 
 @pytest.fixture(scope="session")

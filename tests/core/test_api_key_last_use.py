@@ -6,7 +6,6 @@ STOW-RS fuzz test met as HTTP 500), and the write happens at most once a minute 
 from __future__ import annotations
 
 import threading
-from pathlib import Path
 
 from sqlalchemy import select
 
@@ -16,8 +15,8 @@ from core.db.models import ApiKey, Role
 from core.security import Accounts, Actor
 
 
-def test_keys_authenticate_while_other_writers_commit(tmp_path: Path) -> None:
-    db = Database(f"sqlite:///{tmp_path / 'app.db'}")
+def test_keys_authenticate_while_other_writers_commit(database_url: str) -> None:
+    db = Database(database_url)
     upgrade(db)
     trail = AuditTrail(db, "k" * 32, "c" * 32)
     accounts = Accounts(db, trail)
@@ -56,8 +55,8 @@ def test_keys_authenticate_while_other_writers_commit(tmp_path: Path) -> None:
     assert len(used) == 24 and all(used)
 
 
-def test_last_use_is_written_at_most_once_a_minute(tmp_path: Path) -> None:
-    db = Database(f"sqlite:///{tmp_path / 'app.db'}")
+def test_last_use_is_written_at_most_once_a_minute(database_url: str) -> None:
+    db = Database(database_url)
     upgrade(db)
     accounts = Accounts(db, AuditTrail(db, "k" * 32, "c" * 32))
     key = accounts.create_api_key("pacs", Role.PACS, hospital="H", actor=Actor.cli()).key

@@ -28,8 +28,9 @@ CHAIN_KEY = "c" * 48
 
 
 @pytest.fixture
-def trail(tmp_path: Path) -> AuditTrail:
-    db = Database(f"sqlite:///{tmp_path / 'app.db'}")
+def trail(database_url: str) -> AuditTrail:
+    """Six records, on SQLite and on PostgreSQL."""
+    db = Database(database_url)
     upgrade(db)
     audit = AuditTrail(db, "k" * 48, CHAIN_KEY)
     for index in range(6):

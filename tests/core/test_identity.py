@@ -48,8 +48,8 @@ ADMIN_AB = Actor("admin-ab", Door.HTTP, "admin", "10.0.0.2", HospitalScope.of(["
 
 
 @pytest.fixture
-def db(tmp_path: Path) -> Database:
-    database = Database(f"sqlite:///{tmp_path / 'app.db'}")
+def db(database_url: str) -> Database:
+    database = Database(database_url)
     upgrade(database)
     return database
 

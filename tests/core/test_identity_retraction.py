@@ -4,8 +4,6 @@ retraction is listed and lifted, refusals are audited, and an admin stays in its
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 from sqlalchemy import select
 
@@ -29,8 +27,8 @@ OPERATOR = Actor("op", Door.CLI, scope=HospitalScope.platform())
 
 
 @pytest.fixture
-def db(tmp_path: Path) -> Database:
-    database = Database(f"sqlite:///{tmp_path / 'app.db'}")
+def db(database_url: str) -> Database:
+    database = Database(database_url)
     upgrade(database)
     return database
 

@@ -1,4 +1,5 @@
-"""Schema migrations build the models' schema from an empty database."""
+"""Schema migrations build the models' schema from an empty database, on SQLite and on
+PostgreSQL (``database_url``: both engines, real servers)."""
 
 from __future__ import annotations
 
@@ -27,8 +28,8 @@ TABLES = {
 }
 
 
-def test_upgrade_from_empty_matches_the_models(tmp_path: Path) -> None:
-    db = Database(f"sqlite:///{tmp_path / 'app.db'}")
+def test_upgrade_from_empty_matches_the_models(database_url: str) -> None:
+    db = Database(database_url)
     assert current_revision(db) is None
     upgrade(db)
     assert current_revision(db) == head_revision()
@@ -38,8 +39,8 @@ def test_upgrade_from_empty_matches_the_models(tmp_path: Path) -> None:
     assert diff == []
 
 
-def test_upgrade_is_idempotent_and_keeps_data(tmp_path: Path) -> None:
-    db = Database(f"sqlite:///{tmp_path / 'app.db'}")
+def test_upgrade_is_idempotent_and_keeps_data(database_url: str) -> None:
+    db = Database(database_url)
     upgrade(db)
     with db.engine.begin() as connection:
         connection.exec_driver_sql(

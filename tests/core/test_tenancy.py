@@ -35,9 +35,9 @@ UIDS = {"A": "1.2.826.0.1.3680043.10.2.1", "B": "1.2.826.0.1.3680043.10.2.2", No
 
 
 @pytest.fixture
-def db(tmp_path: Path) -> Database:
+def db(database_url: str) -> Database:
     """Studies of hospitals A and B and one without an owner, each on the worklist."""
-    database = Database(f"sqlite:///{tmp_path / 'app.db'}")
+    database = Database(database_url)
     upgrade(database)
     with database.session() as session:
         for hospital, uid in UIDS.items():

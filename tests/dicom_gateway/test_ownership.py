@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import threading
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 from sqlalchemy import select
@@ -22,8 +21,8 @@ STUDY = "1.2.826.0.1.3680043.10.99.1"
 
 
 @pytest.fixture
-def db(tmp_path: Path) -> Database:
-    database = Database(f"sqlite:///{tmp_path / 'app.db'}")
+def db(database_url: str) -> Database:
+    database = Database(database_url)
     upgrade(database)
     return database
 

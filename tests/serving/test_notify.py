@@ -140,8 +140,8 @@ class Receiver:
 
 
 @pytest.fixture
-def db(tmp_path: Path) -> Iterator[Database]:
-    database = Database(f"sqlite:///{tmp_path / 'core.db'}")
+def db(database_url: str) -> Iterator[Database]:
+    database = Database(database_url)
     upgrade(database)
     yield database
     database.dispose()

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import datetime as dt
-from pathlib import Path
 
 from core.db import Database, upgrade
 from core.db.models import OutboxEvent, utcnow
 from serving.triage import release_claims
 
 
-def test_start_releases_leases_and_backoffs_of_pending_study_events(tmp_path: Path) -> None:
-    db = Database(f"sqlite:///{tmp_path / 'app.db'}")
+def test_start_releases_leases_and_backoffs_of_pending_study_events(database_url: str) -> None:
+    db = Database(database_url)
     upgrade(db)
     later = utcnow() + dt.timedelta(minutes=5)
     rows = {

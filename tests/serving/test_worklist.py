@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime as dt
 import threading
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -39,8 +38,8 @@ POLICY = WorklistPolicy()
 
 
 @pytest.fixture
-def db(tmp_path: Path) -> Database:
-    database = Database(f"sqlite:///{tmp_path / 'app.db'}")
+def db(database_url: str) -> Database:
+    database = Database(database_url)
     upgrade(database)
     return database
 
