@@ -7,7 +7,7 @@ SHELL := /bin/bash
 
 VENV := .venv
 PY := $(VENV)/bin/python
-APT_PACKAGES := orthanc orthanc-dicomweb orthanc-python dcmtk python3-venv python3-dev build-essential chromium postgresql
+APT_PACKAGES := orthanc orthanc-dicomweb orthanc-python orthanc-postgresql dcmtk python3-venv python3-dev build-essential chromium postgresql
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 PYTEST_ARGS ?=
 # `make test` and `make test-fast` run the suite in this many pytest-xdist worker processes, each

@@ -32,6 +32,7 @@ from core.exceptions import ConfigError
 
 __all__ = [
     "MANAGED_DATABASE",
+    "ORTHANC_DATABASE",
     "DataPaths",
     "GatewayEdge",
     "Mode",
@@ -50,6 +51,8 @@ ENV_PREFIX = "RADCLOUD_"
 CONFIG_FILE_ENV = "RADCLOUD_CONFIG_FILE"
 MANAGED_DATABASE = "radcloud"
 """The managed PostgreSQL's role and database of the application (``postgresql_managed``)."""
+ORTHANC_DATABASE = "orthanc"
+"""The managed PostgreSQL's database of Orthanc's index (``orthanc_index=postgresql``)."""
 
 Port = Annotated[int, Field(ge=1, le=65535)]
 
@@ -377,10 +380,15 @@ class Settings(BaseSettings):
                 f"application database: unset {ENV_PREFIX}DATABASE_URL, or turn it off to use "
                 "the server that URL names"
             )
-        if self.orthanc_index is OrthancIndex.POSTGRESQL and not self.orthanc_postgresql_url:
+        if (
+            self.orthanc_index is OrthancIndex.POSTGRESQL
+            and not self.orthanc_postgresql_url
+            and not self.postgresql_managed
+        ):
             raise ValueError(
                 f"{ENV_PREFIX}ORTHANC_INDEX=postgresql needs {ENV_PREFIX}ORTHANC_POSTGRESQL_URL "
-                "(postgresql://user:password@host:port/database)"
+                f"(postgresql://user:password@host:port/database) or {ENV_PREFIX}"
+                "POSTGRESQL_MANAGED=true (its own database on radcloud's server)"
             )
         if (self.gateway_tls_certificate is None) != (self.gateway_tls_private_key is None):
             raise ValueError(

@@ -27,11 +27,18 @@ import sysconfig
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 from core.archive.orthanc import orthanc_healthy
 from core.archive.orthanc_peers import DicomModality
-from core.config import GatewayEdge, OrthancIndex, Settings, settings_env
+from core.config import (
+    MANAGED_DATABASE,
+    ORTHANC_DATABASE,
+    GatewayEdge,
+    OrthancIndex,
+    Settings,
+    settings_env,
+)
 from core.exceptions import ConfigError, DependencyMissingError
 from core.files import private_directory
 from core.secrets import Secrets
@@ -184,11 +191,22 @@ def orthanc_config(
         plugins.append(str(settings.orthanc_plugins_dir / PYTHON_PLUGIN))
         config.update(edge_config(settings))
     if settings.orthanc_index is OrthancIndex.POSTGRESQL:
-        if not settings.orthanc_postgresql_url:  # the settings validator already demands it
-            raise ConfigError(_URL_SETTING, None, "a URL when RADCLOUD_ORTHANC_INDEX=postgresql")
         plugins.append(str(settings.orthanc_plugins_dir / POSTGRESQL_PLUGIN))
-        config["PostgreSQL"] = _postgresql_section(settings.orthanc_postgresql_url)
+        config["PostgreSQL"] = _postgresql_section(_index_url(settings, secrets))
     return config
+
+
+def _index_url(settings: Settings, secrets: Secrets) -> str:
+    """Where Orthanc's index lives with ``orthanc_index=postgresql``: the URL given, else the
+    managed server's ``orthanc`` database (radcloud's role, its secret password)."""
+    if settings.orthanc_postgresql_url:
+        return settings.orthanc_postgresql_url
+    if not settings.postgresql_managed:  # the settings validator already demands one of them
+        raise ConfigError(_URL_SETTING, None, "a URL when RADCLOUD_ORTHANC_INDEX=postgresql")
+    return (
+        f"postgresql://{MANAGED_DATABASE}:{quote(secrets.database_password, safe='')}"
+        f"@127.0.0.1:{settings.postgresql_port}/{ORTHANC_DATABASE}"
+    )
 
 
 def edge_config(settings: Settings) -> dict[str, Any]:

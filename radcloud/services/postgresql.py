@@ -27,7 +27,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from core.config import ENV_PREFIX, MANAGED_DATABASE, Settings
+from core.config import ENV_PREFIX, MANAGED_DATABASE, ORTHANC_DATABASE, OrthancIndex, Settings
 from core.exceptions import ConfigError, DependencyMissingError, StartupError
 from core.files import private_directory
 from core.secrets import Secrets
@@ -94,19 +94,25 @@ def _accepts(settings: Settings, secrets: Secrets) -> bool:
 
 
 def create_database(settings: Settings, secrets: Secrets) -> None:
-    """Create the application's database on the managed server if it is missing."""
+    """Create the application's database on the managed server if it is missing, and Orthanc's
+    (``orthanc``) when its index is to live there too (``orthanc_index=postgresql`` without a
+    URL of its own)."""
     from psycopg import sql
 
+    names = [MANAGED_DATABASE]
+    if settings.orthanc_index is OrthancIndex.POSTGRESQL and not settings.orthanc_postgresql_url:
+        names.append(ORTHANC_DATABASE)
     with _connect(settings, secrets) as connection:
-        exists = connection.execute(
-            "SELECT 1 FROM pg_database WHERE datname = %s", (MANAGED_DATABASE,)
-        ).fetchone()
-        if exists is None:
-            connection.execute(
-                sql.SQL("CREATE DATABASE {} OWNER {} ENCODING 'UTF8'").format(
-                    sql.Identifier(MANAGED_DATABASE), sql.Identifier(MANAGED_DATABASE)
+        for name in names:
+            exists = connection.execute(
+                "SELECT 1 FROM pg_database WHERE datname = %s", (name,)
+            ).fetchone()
+            if exists is None:
+                connection.execute(
+                    sql.SQL("CREATE DATABASE {} OWNER {} ENCODING 'UTF8'").format(
+                        sql.Identifier(name), sql.Identifier(MANAGED_DATABASE)
+                    )
                 )
-            )
 
 
 def _prepare(settings: Settings, secrets: Secrets, programs: Path | None) -> None:

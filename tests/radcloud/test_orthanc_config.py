@@ -120,6 +120,23 @@ def test_postgresql_index_section_is_parsed_from_url(tmp_path: Path) -> None:
     assert config["Plugins"][-1].endswith("libOrthancPostgreSQLIndex.so")
 
 
+def test_postgresql_index_without_url_is_the_managed_servers_orthanc_database(
+    tmp_path: Path,
+) -> None:
+    settings = load_settings(
+        home=tmp_path, orthanc_index="postgresql", postgresql_managed=True, postgresql_port=6543
+    )
+    secrets = load_secrets(settings)
+    section = orthanc_config(settings, secrets)["PostgreSQL"]
+    assert (section["Host"], section["Port"], section["Database"]) == ("127.0.0.1", 6543, "orthanc")
+    assert (section["Username"], section["Password"]) == ("radcloud", secrets.database_password)
+
+
+def test_postgresql_index_needs_a_url_or_the_managed_server(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="RADCLOUD_POSTGRESQL_MANAGED"):
+        load_settings(home=tmp_path, orthanc_index="postgresql")
+
+
 def test_postgresql_url_without_database_names_the_setting(tmp_path: Path) -> None:
     settings = load_settings(
         home=tmp_path,

@@ -114,8 +114,9 @@ def test_a_database_url_and_the_managed_server_together_are_refused(tmp_path: Pa
 def test_the_whole_radcloud_runs_on_it_from_storescu_to_the_worklist(
     make_stack: Any, tmp_path: Path
 ) -> None:
-    """``radcloud up`` with the managed PostgreSQL: the gateway's claim and study event, the
-    triage's results and the worklist are rows in PostgreSQL; ``down`` stops it last."""
+    """``radcloud up`` with the managed PostgreSQL holding the application database and
+    Orthanc's index: the gateway's claim and study event, the triage's results, the worklist
+    and Orthanc's instances are rows in PostgreSQL; ``down`` stops it last."""
     root = Path(tempfile.mkdtemp(prefix="radcloud-pg-e2e-"))  # pytest's is private to root
     root.chmod(0o711)
     try:
@@ -130,6 +131,7 @@ def _whole_radcloud_on_postgresql(make_stack: Any, tmp_path: Path, data: Path) -
         postgresql_managed=True,
         postgresql_port=free_port(),
         postgresql_data_dir=data,
+        orthanc_index="postgresql",
     )
     own.add_sender("PGSENDER", "PostgreSQL Hospital")
     head = generate_study("head-ct", 5, seed=44, positive=True)
@@ -150,6 +152,16 @@ def _whole_radcloud_on_postgresql(make_stack: Any, tmp_path: Path, data: Path) -
         items = client.get("/api/worklist", params={"limit": 500}).json()["items"]
     [item] = [i for i in items if i["study_instance_uid"] == head.study_instance_uid]
     assert item["priority_class"] == "critical"
+    # Orthanc's index is the managed server's "orthanc" database: the study's instances, its
+    # SEG and SR (resource type 3: instance) are rows there
+    orthanc_index = make_url(Database.from_settings(own.settings).url).set(
+        drivername="postgresql", database="orthanc"
+    )
+    with psycopg.connect(orthanc_index.render_as_string(hide_password=False)) as connection:
+        [(instances,)] = connection.execute(
+            "SELECT count(*) FROM resources WHERE resourcetype = 3"
+        ).fetchall()
+    assert instances == len(head.datasets) + 2
     own.cli("down")
     with pytest.raises(psycopg.OperationalError):
         psycopg.connect(
