@@ -79,9 +79,15 @@ def orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Orthanc]:
 class Tracking:
     """A tracker over its own database, claiming studies as the intake (or the edge) would."""
 
-    def __init__(self, directory: Path, orthanc: Orthanc, pending: set[str] | None = None) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        orthanc: Orthanc,
+        pending: set[str] | None = None,
+        database_url: str | None = None,
+    ) -> None:
         self.directory = directory
-        self.db = Database(f"sqlite:///{directory / 'app.db'}")
+        self.db = Database(database_url or f"sqlite:///{directory / 'app.db'}")
         upgrade(self.db)
         self.ownership: StudyOwnership = study_ownership(directory, self.db)
         self.orthanc = orthanc
@@ -140,8 +146,9 @@ class Tracking:
 
 
 @pytest.fixture
-def tracking(tmp_path: Path, orthanc: Orthanc) -> Iterator[Tracking]:
-    running = Tracking(tmp_path, orthanc)
+def tracking(tmp_path: Path, orthanc: Orthanc, database_url: str) -> Iterator[Tracking]:
+    """A tracker over a database of each engine (its cursor's compare-and-set included)."""
+    running = Tracking(tmp_path, orthanc, database_url=database_url)
     running.tracker.follow()  # takes its first position: the feed's end
     yield running
     running.close()

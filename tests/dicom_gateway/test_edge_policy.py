@@ -117,8 +117,8 @@ def test_instance_info_reads_orthancs_parse_with_the_shared_checks() -> None:
 
 
 @pytest.fixture
-def policy(tmp_path: Path) -> Iterator[tuple[StorePolicy, Quarantine, Database]]:
-    db = Database(f"sqlite:///{tmp_path / 'app.db'}")
+def policy(tmp_path: Path, database_url: str) -> Iterator[tuple[StorePolicy, Quarantine, Database]]:
+    db = Database(database_url)
     upgrade(db)
     audit = AuditTrail(db, "test-audit-key-" + "k" * 32, "test-chain-key")
     registry = SenderRegistry(db, audit)

@@ -5,7 +5,6 @@ the audit record (the real remote node, an Orthanc over DICOMweb: test_federatio
 from __future__ import annotations
 
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 
@@ -31,8 +30,8 @@ LINKS = {  # identifier -> patient key (the cross-reference)
 
 
 @pytest.fixture
-def db(tmp_path: Path) -> Database:
-    database = Database(f"sqlite:///{tmp_path / 'app.db'}")
+def db(database_url: str) -> Database:
+    database = Database(database_url)
     upgrade(database)
     rows = [
         ("1.1", "North", "N-1", "MRN-N", "CT", "20250110"),

@@ -75,8 +75,8 @@ def _timings(total: float, triage: float) -> dict[str, float]:
 
 
 @pytest.fixture
-def db(tmp_path: Path) -> Iterator[Database]:
-    database = Database(f"sqlite:///{tmp_path / 'core.db'}")
+def db(database_url: str) -> Iterator[Database]:
+    database = Database(database_url)
     upgrade(database)
     yield database
     database.dispose()
