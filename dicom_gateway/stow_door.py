@@ -12,8 +12,8 @@ A request is handled as on the API, with the code both doors share in the core:
 - the body, ``multipart/related; type="application/dicom"`` (else 415), split as it arrives
   (:class:`core.multipart.MultipartReader`; malformed before any part: 400), each part checked
   (:func:`core.stow.precheck`: the instance limit, its media type), gathered in batches
-  (:class:`core.stow.PartBatch`) and stored while the next batch is read (at most two in
-  memory): with the Orthanc edge by :class:`~dicom_gateway.stow.ArchiveStow` (Orthanc's own
+  (:class:`core.stow.PartBatch`) and stored, ``IN_FLIGHT`` (two) at once, while the next
+  batch is read (at most three in memory): with the Orthanc edge by :class:`~dicom_gateway.stow.ArchiveStow` (Orthanc's own
   STOW-RS, answered once Orthanc has stored them), with the pynetdicom edge through the
   :class:`~dicom_gateway.intake.Intake` (fsync-ed to the spool): the calls of the internal
   endpoint the API uses, without the HTTP hop;
