@@ -18,7 +18,7 @@ from core.config import Settings, load_settings
 from core.db import database_url
 from core.secrets import load_secrets
 from radcloud.services import Supervisor
-from radcloud.services.postgresql import postgresql_component
+from radcloud.services.postgresql import ensure_database, postgresql_component
 from tests.helpers import free_port
 
 __all__ = ["PostgresServer", "running_postgresql"]
@@ -38,13 +38,8 @@ class PostgresServer:
 
     def new_database(self) -> str:
         """Create an empty database; its URL."""
-        import psycopg
-        from psycopg import sql
-
         name = f"test_{uuid.uuid4().hex[:12]}"
-        admin = make_url(self.url).set(drivername="postgresql", database="postgres")
-        with psycopg.connect(admin.render_as_string(hide_password=False), autocommit=True) as conn:
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        ensure_database(self.settings, load_secrets(self.settings), name)
         return make_url(self.url).set(database=name).render_as_string(hide_password=False)
 
 

@@ -33,7 +33,13 @@ from core.files import private_directory
 from core.secrets import Secrets
 from radcloud.services.supervisor import Component
 
-__all__ = ["POSTGRESQL_INSTALL", "create_database", "data_directory", "postgresql_component"]
+__all__ = [
+    "POSTGRESQL_INSTALL",
+    "create_database",
+    "data_directory",
+    "ensure_database",
+    "postgresql_component",
+]
 
 POSTGRESQL_INSTALL = "apt-get install -y postgresql"
 PSYCOPG_INSTALL = "pip install -e '.[postgres]'"
@@ -97,22 +103,24 @@ def create_database(settings: Settings, secrets: Secrets) -> None:
     """Create the application's database on the managed server if it is missing, and Orthanc's
     (``orthanc``) when its index is to live there too (``orthanc_index=postgresql`` without a
     URL of its own)."""
+    ensure_database(settings, secrets, MANAGED_DATABASE)
+    if settings.orthanc_index is OrthancIndex.POSTGRESQL and not settings.orthanc_postgresql_url:
+        ensure_database(settings, secrets, ORTHANC_DATABASE)
+
+
+def ensure_database(settings: Settings, secrets: Secrets, name: str) -> None:
+    """Create the database ``name``, owned by radcloud's role, on the managed server if it is
+    missing."""
     from psycopg import sql
 
-    names = [MANAGED_DATABASE]
-    if settings.orthanc_index is OrthancIndex.POSTGRESQL and not settings.orthanc_postgresql_url:
-        names.append(ORTHANC_DATABASE)
     with _connect(settings, secrets) as connection:
-        for name in names:
-            exists = connection.execute(
-                "SELECT 1 FROM pg_database WHERE datname = %s", (name,)
-            ).fetchone()
-            if exists is None:
-                connection.execute(
-                    sql.SQL("CREATE DATABASE {} OWNER {} ENCODING 'UTF8'").format(
-                        sql.Identifier(name), sql.Identifier(MANAGED_DATABASE)
-                    )
+        exists = connection.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
+        if exists.fetchone() is None:
+            connection.execute(
+                sql.SQL("CREATE DATABASE {} OWNER {} ENCODING 'UTF8'").format(
+                    sql.Identifier(name), sql.Identifier(MANAGED_DATABASE)
                 )
+            )
 
 
 def _prepare(settings: Settings, secrets: Secrets, programs: Path | None) -> None:

@@ -28,18 +28,14 @@ from tests.conftest import Stack
 from tests.fixture_models import register_fixture_models
 from tests.helpers import free_port
 from tests.postgres import PostgresServer, running_postgresql
+from tests.serving.test_transport import _listening
 from tests.serving.test_triage_e2e import push, results
 
 
-def _listening(pid: int, port: int) -> set[str]:
+def _listening_on(pid: int, port: int) -> set[str]:
     """The addresses the process tree of ``pid`` listens on at ``port``."""
     root = psutil.Process(pid)
-    addresses = set()
-    for process in (root, *root.children(recursive=True)):
-        for connection in process.net_connections(kind="tcp"):
-            if connection.status == psutil.CONN_LISTEN and connection.laddr.port == port:
-                addresses.add(connection.laddr.ip)
-    return addresses
+    return {ip for ip, at, _ in _listening([root, *root.children(recursive=True)]) if at == port}
 
 
 def test_up_starts_it_first_and_migrates_the_application_database_on_it(
@@ -49,7 +45,7 @@ def test_up_starts_it_first_and_migrates_the_application_database_on_it(
     [status] = postgresql_server.supervisor.status()
     assert (status.name, status.healthy) == ("postgresql", True)
     assert status.pid is not None
-    assert _listening(status.pid, settings.postgresql_port) == {"127.0.0.1"}
+    assert _listening_on(status.pid, settings.postgresql_port) == {"127.0.0.1"}
     db = Database.from_settings(settings)
     try:
         assert db.engine.dialect.name == "postgresql"
