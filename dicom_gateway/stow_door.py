@@ -13,8 +13,9 @@ A request is handled as on the API, with the code both doors share in the core:
   (:class:`core.multipart.MultipartReader`; malformed before any part: 400), each part checked
   (:func:`core.stow.precheck`: the instance limit, its media type), gathered in batches
   (:class:`core.stow.PartBatch`) and stored, ``IN_FLIGHT`` (two) at once, while the next
-  batch is read (at most three in memory): with the Orthanc edge by :class:`~dicom_gateway.stow.ArchiveStow` (Orthanc's own
-  STOW-RS, answered once Orthanc has stored them), with the pynetdicom edge through the
+  batch is read (at most three in memory): with the Orthanc edge by
+  :class:`~dicom_gateway.stow.ArchiveStow` (Orthanc's own STOW-RS, answered once Orthanc has
+  stored them), with the pynetdicom edge through the
   :class:`~dicom_gateway.intake.Intake` (fsync-ed to the spool): the calls of the internal
   endpoint the API uses, without the HTTP hop;
 - the limits of the API's route: ``RADCLOUD_API_MAX_STOW_MIB`` per request (a declared length
