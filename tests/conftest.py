@@ -162,8 +162,7 @@ class Stack:
     def add_sender(self, ae_title: str, hospital: str, host: str = "127.0.0.1") -> None:
         """Register a sender (unless it is) with ``radcloud senders add``; once it returns, the
         edge admits it."""
-        if ae_title not in self.cli("senders", "list").stdout:
-            self.cli("senders", "add", ae_title, "--hospital", hospital, "--host", host)
+        self.cli_unless_exists("senders", "add", ae_title, "--hospital", hospital, "--host", host)
         self._mirrored(ae_title)
 
     def add_destination(self, ae_title: str, port: int, hospital: str | None = None) -> None:
@@ -190,6 +189,16 @@ class Stack:
                 f"radcloud {' '.join(args)} exited {result.returncode}:\n{result.stderr}"
             )
         return result
+
+    def cli_unless_exists(self, *args: str) -> None:
+        """Run ``radcloud ARGS`` (an ``add``), content when what it adds already exists: an
+        exact check, where looking for a name in a listing's text also matches another name
+        that contains it (a rule "NHS-4711" hid a missing rule "NHS")."""
+        result = self.cli(*args, check=False)
+        if result.returncode != 0 and "already exists" not in result.stderr:
+            raise AssertionError(
+                f"radcloud {' '.join(args)} exited {result.returncode}:\n{result.stderr}"
+            )
 
     def token_for(self, role: str) -> str:
         """A bearer token of a user (created on first use) holding ``role``: a platform

@@ -29,8 +29,7 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def head_ct(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Any:
     """A SYNTHETIC head CT sent through the gateway and triaged (critical, with a SEG)."""
-    if SENDER not in stack.cli("senders", "list").stdout:
-        stack.cli("senders", "add", SENDER, "--hospital", "Triage Hospital", "--host", "127.0.0.1")
+    stack.add_sender(SENDER, "Triage Hospital")
     study = generate_study("head-ct", 0, seed=77, positive=True)
     push(stack, tmp_path_factory.mktemp("reading"), study.datasets)
     (row,) = results(stack, study.study_instance_uid)

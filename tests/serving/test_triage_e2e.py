@@ -40,8 +40,7 @@ SENDER = "TRIAGE1"
 @pytest.fixture(scope="module")
 def pacs(stack: Stack) -> Stack:
     """The session stack with a registered sender."""
-    if SENDER not in stack.cli("senders", "list").stdout:
-        stack.cli("senders", "add", SENDER, "--hospital", "Triage Hospital", "--host", "127.0.0.1")
+    stack.add_sender(SENDER, "Triage Hospital")
     return stack
 
 

@@ -108,9 +108,7 @@ def shared_patient(
         db.dispose()
     for hospital, ae_title in SENDERS.items():
         stack.add_sender(ae_title, hospital)  # once it returns, either edge admits it
-    authorities = stack.cli("patients", "authority", "list").stdout
-    if "NHS" not in authorities:
-        stack.cli("patients", "authority", "add", "NHS", "--kind", "national")
+    stack.cli_unless_exists("patients", "authority", "add", "NHS", "--kind", "national")
     stack.cli(
         "hospitals", "add", OFFLINE, "--dicomweb", f"http://127.0.0.1:{free_port()}/dicom-web"
     )
