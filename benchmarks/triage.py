@@ -2,6 +2,7 @@
 
 ``radcloud bench --suite e2e`` or
 ``python -m benchmarks.triage [--models-from HOME] [--studies N] [--interval S] [--quick]``
+``[--database sqlite,postgresql] [--repeats N]``
 
 A temporary radcloud (Orthanc, gateway, Ray Serve) is started on free ports with a copy of the
 production models of ``--models-from`` (default: ``RADCLOUD_HOME``, where ``make demo`` trains
@@ -14,16 +15,27 @@ p50/p95 with min and max:
 - ``triage_s``: ready → result row (queueing, fetch, pre-processing, inference, post-processing,
   write-back), with each stage's seconds from the result row;
 - ``time_to_triage_s``: last instance → result row, the sum;
-- studies per minute over the stream (first instance sent → last result).
+- studies per minute over the stream (first instance sent → last result);
+- the application database's contention: study events that needed a retry, and the retries the
+  services logged, with how many were for "database is locked".
+
+With ``--database sqlite,postgresql`` the same stream runs on each engine in turn, ``--repeats``
+times, alternating (``--interval 0``: a burst, every study sent back to back); the document keeps
+every run and the medians per engine, and PostgreSQL's against SQLite's of the same run. The
+PostgreSQL runs use radcloud's managed server (``RADCLOUD_POSTGRESQL_MANAGED``), started with
+the platform in a data directory of its own.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import shutil
+import statistics
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -37,12 +49,15 @@ from benchmarks._env import (
     write_result,
 )
 
-__all__ = ["main", "run_triage"]
+__all__ = ["main", "run_engines", "run_triage"]
 
 logger = logging.getLogger(__name__)
 
 _AE = "BENCH_PACS"
 _STAGES = ("fetch_s", "preprocess_s", "inference_s", "postprocess_s", "writeback_s", "total_s")
+_ENGINES = ("sqlite", "postgresql")
+_LOCKED = "database is locked"
+_RETRIED = "will be retried"  # serving.triage.outbox.retry_later's warning, with the error
 
 
 def _records(db: Any, sent: dict[str, str]) -> list[dict[str, Any]]:
@@ -78,6 +93,35 @@ def _records(db: Any, sent: dict[str, str]) -> list[dict[str, Any]]:
     return records
 
 
+def _contention(db: Any, sent: dict[str, str], log_dir: Path) -> dict[str, Any]:
+    """The study events of ``sent`` that failed at least once (``attempts`` counts the failures
+    and the success, which clears ``last_error``), the failed attempts, those still failing on a
+    locked database, and the retries the services logged (each with its error), how many of
+    them for a locked database."""
+    from core.db.models import OutboxEvent
+
+    with db.session() as session:
+        rows = session.execute(
+            select(OutboxEvent.attempts, OutboxEvent.last_error).where(
+                OutboxEvent.key.in_(sent), OutboxEvent.attempts > 1
+            )
+        ).all()
+    retried = [
+        line
+        for path in log_dir.glob("*.log")
+        for line in path.read_text(errors="replace").splitlines()
+        if _RETRIED in line
+    ]
+    return {
+        "events_retried": len(rows),
+        "failed_attempts": sum(attempts - 1 for attempts, _ in rows),
+        "events_last_error_locked": sum(1 for _, error in rows if _LOCKED in (error or "")),
+        "logged_retries": len(retried),
+        "logged_retries_locked": sum(1 for line in retried if _LOCKED in line),
+        "last_errors": dict(Counter((error or "")[:120] for _, error in rows if error)),
+    }
+
+
 def _model_source(tmp: Path, models_from: Path | None, slim: bool) -> Path:
     """The registry directory to copy: slim models registered in ``tmp``, or a home's models."""
     from benchmarks._models import register_models
@@ -99,6 +143,7 @@ def run_triage(
     interval_s: float = 5.0,
     stable_seconds: float = 2.0,
     timeout_s: float = 900.0,
+    database: str = "sqlite",
 ) -> dict[str, Any]:
     """Stream ``studies`` studies through a fresh platform; return the result document.
 
@@ -115,6 +160,8 @@ def run_triage(
         The gateway's completeness wait.
     timeout_s
         How long to wait for every result.
+    database
+        ``sqlite`` (the embedded default) or ``postgresql`` (radcloud's managed server).
     """
     from core.config import load_settings
     from core.db import Database
@@ -122,9 +169,24 @@ def run_triage(
     from imaging.synthetic import generate_study
     from radcloud.services import Supervisor
 
-    with tempfile.TemporaryDirectory(prefix="radcloud-triage-") as tmp:
+    if database not in _ENGINES:
+        raise ValueError(f"database must be one of {', '.join(_ENGINES)}, not {database!r}")
+    with (
+        tempfile.TemporaryDirectory(prefix="radcloud-triage-") as tmp,
+        tempfile.TemporaryDirectory(prefix="radcloud-triage-pg-") as pg_root,
+    ):
+        Path(pg_root).chmod(0o711)  # as root, the server runs as `postgres`, who must reach it
         source = _model_source(Path(tmp), models_from, slim)
-        ports = free_ports(6)
+        ports = free_ports(7)
+        managed: dict[str, Any] = (
+            {
+                "postgresql_managed": True,
+                "postgresql_port": ports[6],
+                "postgresql_data_dir": Path(pg_root) / "data",
+            }
+            if database == "postgresql"
+            else {}
+        )
         settings = load_settings(
             home=Path(tmp) / "home",
             api_port=ports[0],
@@ -135,6 +197,7 @@ def run_triage(
             gateway_stow_port=ports[5],
             gateway_stable_seconds=stable_seconds,
             log_level="WARNING",
+            **managed,
         )
         shutil.copytree(source, settings.paths.models_dir)
         supervisor = Supervisor(settings)
@@ -170,6 +233,7 @@ def run_triage(
                 time.sleep(1.0)
                 records = _records(db, sent)
             elapsed = time.monotonic() - started
+            contention = _contention(db, sent, settings.paths.log_dir)
         finally:
             db.dispose()
             supervisor.down()
@@ -185,6 +249,7 @@ def run_triage(
         "suite": "e2e-triage",
         "machine": describe_machine(),
         "parameters": {
+            "database": database,
             "studies": studies,
             "interval_s": interval_s,
             "gateway_stable_seconds": stable_seconds,
@@ -198,6 +263,75 @@ def run_triage(
         "time_to_triage_by_task": by_task,
         "studies_per_minute": 60.0 * len(succeeded) / elapsed,
         "failed": len(records) - len(succeeded),
+        "contention": contention,
+    }
+
+
+def run_engines(
+    models_from: Path | None,
+    engines: list[str],
+    *,
+    repeats: int,
+    slim: bool,
+    studies: int,
+    interval_s: float,
+) -> dict[str, Any]:
+    """The same stream on each engine in turn, ``repeats`` times (alternating, so drift in the
+    machine's load falls on both); every run, and per engine the medians."""
+    runs: dict[str, list[dict[str, Any]]] = {engine: [] for engine in engines}
+    for repeat in range(repeats):
+        for engine in engines:
+            logger.warning("run %d of %d on %s", repeat + 1, repeats, engine)
+            runs[engine].append(
+                run_triage(
+                    models_from, slim=slim, studies=studies, interval_s=interval_s, database=engine
+                )
+            )
+
+    def median(engine: str, pick: Any) -> float | None:
+        values = [v for v in (pick(run) for run in runs[engine]) if v is not None]
+        return statistics.median(values) if values else None
+
+    medians = {
+        engine: {
+            "studies_per_minute": median(engine, lambda r: r["studies_per_minute"]),
+            "time_to_triage_p95_s": median(
+                engine, lambda r: r["summary"]["time_to_triage_s"].get("p95")
+            ),
+            "time_to_triage_p50_s": median(
+                engine, lambda r: r["summary"]["time_to_triage_s"].get("p50")
+            ),
+            "logged_retries_locked": median(
+                engine, lambda r: r["contention"]["logged_retries_locked"]
+            ),
+            "events_retried": median(engine, lambda r: r["contention"]["events_retried"]),
+            "failed": median(engine, lambda r: r["failed"]),
+        }
+        for engine in engines
+    }
+    ratios: dict[str, float] = {}
+    if set(_ENGINES) <= set(engines):
+        base, scale = medians["sqlite"], medians["postgresql"]
+        for key in ("studies_per_minute", "time_to_triage_p95_s"):
+            low, high = base[key], scale[key]
+            if low and high is not None:
+                ratios[f"{key}_postgresql_over_sqlite"] = high / low
+    return {
+        "suite": "e2e-triage-engines",
+        "machine": describe_machine(),
+        "parameters": {
+            "engines": engines,
+            "repeats": repeats,
+            "studies": studies,
+            "interval_s": interval_s,
+            "models": "slim random-weight models"
+            if slim
+            else f"production models of {models_from}",
+            "data": "SYNTHETIC head CT and chest radiographs, alternating",
+        },
+        "medians": medians,
+        "ratios": ratios,
+        "runs": runs,
     }
 
 
@@ -225,10 +359,34 @@ def main() -> None:
         "--quick", action="store_true", help="slim random-weight models, 4 studies, 1 s apart"
     )
     parser.add_argument("--out", type=Path, default=None, help="results directory")
+    parser.add_argument(
+        "--database",
+        default=None,
+        help="sqlite, postgresql, or both comma-separated (each run in turn, --repeats times)",
+    )
+    parser.add_argument("--repeats", type=int, default=1, help="runs per engine (--database)")
+    parser.add_argument("--slim", action="store_true", help="slim random-weight models")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     home = args.models_from or load_settings().home
     studies, interval = (4, 1.0) if args.quick else (args.studies, args.interval)
+    if args.database is not None:
+        engines = [e.strip() for e in args.database.split(",") if e.strip()]
+        unknown = sorted(set(engines) - set(_ENGINES))
+        if unknown or not engines:
+            parser.error(f"--database: {', '.join(unknown) or 'none'}; choose from {_ENGINES}")
+        document = run_engines(
+            home,
+            engines,
+            repeats=args.repeats,
+            slim=args.quick or args.slim,
+            studies=studies,
+            interval_s=interval,
+        )
+        path = write_result("e2e-triage-engines", "cpu", document, args.out)
+        print(json.dumps({"medians": document["medians"], "ratios": document["ratios"]}, indent=2))
+        print(f"written to {path}")
+        return
     result = run_triage(home, slim=args.quick, studies=studies, interval_s=interval)
     path = write_result("e2e-triage", "cpu", result, args.out)
     print(markdown(result))

@@ -148,7 +148,7 @@ class StudyTracker:
             if cursor is not None:
                 return cursor.position
         latest = self._archive.latest_change()
-        with self._db.session() as session:
+        with self._db.write_session() as session:
             if session.get(ChangeCursor, CURSOR_NAME) is None:
                 session.add(ChangeCursor(name=CURSOR_NAME, position=latest))
                 logger.info("following the archive's change feed from position %d", latest)

@@ -2,8 +2,9 @@
 
 SQLite (the default) runs in WAL mode with foreign keys on, a busy timeout, and full sync.
 Its driver's own transaction handling is replaced (SQLAlchemy's documented recipe) so that
-:func:`write_transaction` can take the write lock up front with ``BEGIN IMMEDIATE``: writers
-that must serialise (the audit chain) never deadlock on a lock upgrade. On PostgreSQL the same
+:func:`write_transaction` and :meth:`Database.write_session` can take the write lock up front
+with ``BEGIN IMMEDIATE``: writers that must serialise (the audit chain) never deadlock on a lock
+upgrade, and a transaction that reads then writes is never refused its write. On PostgreSQL the same
 function takes a transaction-scoped advisory lock. A SQLite database file is created 0600 in a
 0700 directory (:mod:`core.files`), whichever process opens it first.
 """
@@ -90,6 +91,25 @@ class Database:
         with self.sessions() as session, session.begin():
             yield session
 
+    @contextmanager
+    def write_session(self) -> Iterator[Session]:
+        """A session for a transaction that reads, then writes what it read (committed on
+        success, rolled back on error).
+
+        On SQLite it takes the write lock at its start (``BEGIN IMMEDIATE``, waiting out the
+        busy timeout for it). A plain transaction takes it at its first write instead, and in
+        WAL mode that fails at once with "database is locked", the busy timeout never waited,
+        when another writer committed after the transaction's first read (its snapshot is
+        stale): what a burst of triage workers hit. On PostgreSQL, a plain session.
+        """
+        if not self.is_sqlite:
+            with self.session() as session:
+                yield session
+            return
+        engine = self.engine.execution_options(**{_IMMEDIATE: True})
+        with Session(engine, expire_on_commit=False) as session, session.begin():
+            yield session
+
     def dispose(self) -> None:
         """Close all pooled connections."""
         self.engine.dispose()
@@ -121,8 +141,7 @@ def write_transaction(db: Database, lock_key: int) -> Iterator[Session]:
         database-wide write lock.
     """
     if db.is_sqlite:
-        engine = db.engine.execution_options(**{_IMMEDIATE: True})
-        with Session(engine) as session, session.begin():
+        with db.write_session() as session:
             yield session
     else:
         with db.sessions() as session, session.begin():

@@ -61,7 +61,7 @@ def claim_next(db: Database) -> OutboxEvent | None:
         worker claimed it first.
     """
     now = utcnow()
-    with db.session() as session:
+    with db.write_session() as session:
         event = session.scalars(
             select(OutboxEvent)
             .where(
@@ -90,7 +90,7 @@ def claim_next(db: Database) -> OutboxEvent | None:
 
 def retry_later(db: Database, event: OutboxEvent, error: str) -> None:
     """Count a failed attempt at ``event`` and make it due again after a back-off."""
-    with db.session() as session:
+    with db.write_session() as session:
         row = session.get(OutboxEvent, event.id)
         if row is None or row.processed_at is not None:
             return

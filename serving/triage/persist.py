@@ -116,7 +116,7 @@ class ResultStore:
         """Record ``runs`` for the study, mark ``event`` processed; add the rows to ``outcome``."""
         now = utcnow()
         critical_rows: list[InferenceResult] = []
-        with self.db.session() as session:
+        with self.db.write_session() as session:
             study = session.get(Study, study_id)
             assert study is not None  # noqa: S101 - read above; studies are never deleted
             for model, output, findings, stage_timings in runs:

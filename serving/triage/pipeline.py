@@ -198,7 +198,7 @@ class TriagePipeline:
 
     def _prepare(self, uid: str) -> tuple[int, set[tuple[str, str]]]:
         """Put the study on the worklist; return its id and the (model, version) pairs done."""
-        with self.db.session() as session:
+        with self.db.write_session() as session:
             study = session.scalars(select(Study).where(Study.study_instance_uid == uid)).first()
             if study is None:
                 raise UnprocessableStudyError(

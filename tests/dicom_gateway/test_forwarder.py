@@ -1,5 +1,6 @@
 """The forwarder drains the spool into a real Orthanc; the tracker, following Orthanc's change
-feed, announces complete studies."""
+feed, announces complete studies. The application database is each engine in turn (SQLite, and
+a database on the session's PostgreSQL: ``database_url``)."""
 
 from __future__ import annotations
 
@@ -31,8 +32,14 @@ class Pipeline:
     """A spool, forwarder and tracker over a test database and a given Orthanc client; ``put``
     claims the study as the intake would."""
 
-    def __init__(self, tmp_path: Path, orthanc: ImageArchive, stable_seconds: float = 0.5) -> None:
-        self.db = Database(f"sqlite:///{tmp_path / 'app.db'}")
+    def __init__(
+        self,
+        tmp_path: Path,
+        database_url: str,
+        orthanc: ImageArchive,
+        stable_seconds: float = 0.5,
+    ) -> None:
+        self.db = Database(database_url)
         upgrade(self.db)
         self.ownership = study_ownership(tmp_path, self.db)
         self.spool = Spool(tmp_path / "spool", limit_bytes=100_000_000)
@@ -70,8 +77,8 @@ def orthanc(stack: Stack) -> Iterator[OrthancArchive]:
 
 
 @pytest.fixture
-def pipeline(tmp_path: Path, orthanc: OrthancArchive) -> Iterator[Pipeline]:
-    running = Pipeline(tmp_path, orthanc)
+def pipeline(tmp_path: Path, database_url: str, orthanc: OrthancArchive) -> Iterator[Pipeline]:
+    running = Pipeline(tmp_path, database_url, orthanc)
     running.tracker.start()
     running.forwarder.start()
     yield running
@@ -142,10 +149,12 @@ def test_instance_orthanc_refuses_goes_to_quarantine(pipeline: Pipeline) -> None
     assert pipeline.spool.usage().files == 0
 
 
-def test_orthanc_unreachable_keeps_everything_in_the_spool(tmp_path: Path) -> None:
+def test_orthanc_unreachable_keeps_everything_in_the_spool(
+    tmp_path: Path, database_url: str
+) -> None:
     settings = load_settings(home=tmp_path, orthanc_http_port=free_port())
     dead = open_archive(settings, load_secrets(settings), timeout_s=2)
-    running = Pipeline(tmp_path, dead)
+    running = Pipeline(tmp_path, database_url, dead)
     running.forwarder.start()
     try:
         infos = [running.put(synthetic_ct()) for _ in range(3)]
@@ -160,10 +169,10 @@ def test_orthanc_unreachable_keeps_everything_in_the_spool(tmp_path: Path) -> No
 
 
 def test_a_refused_instance_in_a_batch_is_quarantined_alone(
-    tmp_path: Path, orthanc: OrthancArchive
+    tmp_path: Path, database_url: str, orthanc: OrthancArchive
 ) -> None:
     """A ZIP batch with one instance Orthanc refuses is re-sent one by one."""
-    running = Pipeline(tmp_path, orthanc)
+    running = Pipeline(tmp_path, database_url, orthanc)
     study, series = generate_uid(), generate_uid()
     good = [running.put(synthetic_ct(study, series, instance=n)) for n in range(1, 6)]
     bad = InstanceInfo(

@@ -1,4 +1,5 @@
-"""Validation, the durable spool and quarantine (one module each, real files on disk)."""
+"""Validation, the durable spool and quarantine (one module each, real files on disk); the
+tests of quarantine releases, which claim studies, on each database engine (``database_url``)."""
 
 from __future__ import annotations
 
@@ -212,9 +213,9 @@ def test_intake_quarantines_refusals_and_limits_size(tmp_path: Path) -> None:
     assert good.info.modality == "CT"
 
 
-def test_quarantine_release_and_delete(tmp_path: Path) -> None:
+def test_quarantine_release_and_delete(tmp_path: Path, database_url: str) -> None:
     spool = Spool(tmp_path / "spool", limit_bytes=10_000_000)
-    db = Database(f"sqlite:///{tmp_path / 'app.db'}")
+    db = Database(database_url)
     upgrade(db)
     quarantine = Quarantine(tmp_path / "quarantine", AuditTrail(db, "k" * 48, "c" * 48))
     actor = Actor.cli()
@@ -258,9 +259,11 @@ def test_quarantine_release_and_delete(tmp_path: Path) -> None:
         quarantine.show("../../etc")
 
 
-def test_instance_quarantined_for_an_unsafe_uid_is_never_released(tmp_path: Path) -> None:
+def test_instance_quarantined_for_an_unsafe_uid_is_never_released(
+    tmp_path: Path, database_url: str
+) -> None:
     spool = Spool(tmp_path / "spool", limit_bytes=10_000_000)
-    db = Database(f"sqlite:///{tmp_path / 'app.db'}")
+    db = Database(database_url)
     upgrade(db)
     quarantine = Quarantine(tmp_path / "quarantine", AuditTrail(db, "k" * 48, "c" * 48))
     intake = Intake(spool, quarantine, 10_000_000, study_ownership(tmp_path, db))
@@ -278,13 +281,13 @@ def test_instance_quarantined_for_an_unsafe_uid_is_never_released(tmp_path: Path
 
 
 def test_a_release_claims_its_study_for_its_hospital_and_joins_no_one_elses(
-    tmp_path: Path,
+    tmp_path: Path, database_url: str
 ) -> None:
     """The tenancy rules hold for an operator's release as for a sender: the first instance of
     a study claims it (so the study gets its row and, once complete, its event); an instance of
     another hospital's study, or from a sender without a hospital, stays in quarantine."""
     spool = Spool(tmp_path / "spool", limit_bytes=10_000_000)
-    db = Database(f"sqlite:///{tmp_path / 'app.db'}")
+    db = Database(database_url)
     upgrade(db)
     quarantine = Quarantine(tmp_path / "quarantine", AuditTrail(db, "k" * 48, "c" * 48))
     ownership = study_ownership(tmp_path, db)
