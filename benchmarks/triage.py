@@ -16,8 +16,8 @@ p50/p95 with min and max:
   write-back), with each stage's seconds from the result row;
 - ``time_to_triage_s``: last instance → result row, the sum;
 - studies per minute over the stream (first instance sent → last result);
-- the application database's contention: study events that needed a retry, and the retries the
-  services logged, with how many were for "database is locked".
+- the application database's contention: study events that needed a retry, and the retries and
+  database errors the services logged, with how many were "database is locked".
 
 With ``--database sqlite,postgresql`` the same stream runs on each engine in turn, ``--repeats``
 times, alternating (``--interval 0``: a burst, every study sent back to back); the document keeps
@@ -58,6 +58,9 @@ _STAGES = ("fetch_s", "preprocess_s", "inference_s", "postprocess_s", "writeback
 _ENGINES = ("sqlite", "postgresql")
 _LOCKED = "database is locked"
 _RETRIED = "will be retried"  # serving.triage.outbox.retry_later's warning, with the error
+# the last line of a logged traceback of a database error (a failed triage, or the triage loop's
+# own claim of an event): one per error
+_DATABASE_ERROR = "sqlalchemy.exc.OperationalError:"
 
 
 def _records(db: Any, sent: dict[str, str]) -> list[dict[str, Any]]:
@@ -96,8 +99,9 @@ def _records(db: Any, sent: dict[str, str]) -> list[dict[str, Any]]:
 def _contention(db: Any, sent: dict[str, str], log_dir: Path) -> dict[str, Any]:
     """The study events of ``sent`` that failed at least once (``attempts`` counts the failures
     and the success, which clears ``last_error``), the failed attempts, those still failing on a
-    locked database, and the retries the services logged (each with its error), how many of
-    them for a locked database."""
+    locked database, the retries the services logged (each with its error) and the database
+    errors they logged with a traceback (a failed claim of an event is not retried: its lease
+    runs out), how many of each for a locked database."""
     from core.db.models import OutboxEvent
 
     with db.session() as session:
@@ -106,18 +110,22 @@ def _contention(db: Any, sent: dict[str, str], log_dir: Path) -> dict[str, Any]:
                 OutboxEvent.key.in_(sent), OutboxEvent.attempts > 1
             )
         ).all()
-    retried = [
+    lines = [
         line
         for path in log_dir.glob("*.log")
         for line in path.read_text(errors="replace").splitlines()
-        if _RETRIED in line
+        if _RETRIED in line or _DATABASE_ERROR in line
     ]
+    retried = [line for line in lines if _RETRIED in line]
+    errors = [line for line in lines if _DATABASE_ERROR in line]
     return {
         "events_retried": len(rows),
         "failed_attempts": sum(attempts - 1 for attempts, _ in rows),
         "events_last_error_locked": sum(1 for _, error in rows if _LOCKED in (error or "")),
         "logged_retries": len(retried),
         "logged_retries_locked": sum(1 for line in retried if _LOCKED in line),
+        "database_errors_logged": len(errors),
+        "database_errors_logged_locked": sum(1 for line in errors if _LOCKED in line),
         "last_errors": dict(Counter((error or "")[:120] for _, error in rows if error)),
     }
 
@@ -298,11 +306,14 @@ def run_engines(
             "time_to_triage_p95_s": median(
                 engine, lambda r: r["summary"]["time_to_triage_s"].get("p95")
             ),
+            "time_to_triage_max_s": median(
+                engine, lambda r: r["summary"]["time_to_triage_s"].get("max")
+            ),
             "time_to_triage_p50_s": median(
                 engine, lambda r: r["summary"]["time_to_triage_s"].get("p50")
             ),
-            "logged_retries_locked": median(
-                engine, lambda r: r["contention"]["logged_retries_locked"]
+            "database_errors_logged_locked": median(
+                engine, lambda r: r["contention"]["database_errors_logged_locked"]
             ),
             "events_retried": median(engine, lambda r: r["contention"]["events_retried"]),
             "failed": median(engine, lambda r: r["failed"]),
