@@ -8,6 +8,7 @@ import hashlib
 import json
 import shutil
 import sqlite3
+import tempfile
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from imaging.synthetic import generate_study
 from radcloud.services import Supervisor
 from radcloud.services.components import gateway_component
 from radcloud.services.orthanc import orthanc_component
+from radcloud.services.postgresql import postgresql_component
 from tests.conftest import Stack, settings_from_env, stack_env, start_dicom_doors
 from tests.fixture_models import register_fixture_models
 from tests.helpers import free_port, wait_until
@@ -331,3 +333,85 @@ def test_restore_without_the_secrets_fails_clearly(drill: Drill, tmp_path: Path)
     assert refused.returncode == 1
     assert "holds no secrets" in refused.stderr and "--secrets" in refused.stderr
     assert not (home / "core.db").exists()
+
+
+def _postgresql_radcloud(home: Path, data: Path) -> Stack:
+    """Settings of a radcloud on its managed PostgreSQL, Orthanc's index there too."""
+    env = stack_env(
+        home,
+        postgresql_managed=True,
+        postgresql_port=free_port(),
+        postgresql_data_dir=data,
+        orthanc_index="postgresql",
+    )
+    return Stack(env, settings_from_env(env))
+
+
+def _doors(stack: Stack) -> Supervisor:
+    settings, secrets = stack.settings, load_secrets(stack.settings)
+    return Supervisor(
+        settings,
+        [
+            postgresql_component(settings, secrets),
+            orthanc_component(settings, secrets),
+            gateway_component(settings),
+        ],
+    )
+
+
+@pytest.mark.slow
+def test_restore_drill_on_postgresql(tmp_path: Path) -> None:
+    """The drill with the application database and Orthanc's index on the managed PostgreSQL:
+    ``pg_dump`` in the snapshot the counts were read in, ``pg_restore`` into the restored
+    radcloud's own server."""
+    root = Path(tempfile.mkdtemp(prefix="radcloud-pg-backup-"))  # pytest's is private to root
+    root.chmod(0o711)
+    source = _postgresql_radcloud(tmp_path / "source", root / "source")
+    target = _postgresql_radcloud(tmp_path / "target", root / "target")
+    try:
+        source.supervisor = _doors(source)
+        source.supervisor.up()
+        source.add_sender(SENDER, HOSPITAL)
+        first = [_chest(i) for i in range(200, 203)]
+        push(source, tmp_path / "first", [s.datasets[0] for s in first], sender=SENDER)
+        before = [s.study_instance_uid for s in first]
+        assert wait_until(lambda: _studies_counted(source, before, 1), timeout_s=30)
+        _reading_rows(source, before[0])
+        passphrase = tmp_path / "passphrase"
+        passphrase.write_text(PASSPHRASE)
+        ingest = _Ingest(source, tmp_path / "second", [_chest(i) for i in range(203, 233)])
+        ingest.start()
+        try:
+            assert wait_until(lambda: ingest.batches >= 1, timeout_s=60), "no ingest"
+            backup = tmp_path / "backup"
+            source.cli("backup", "--out", str(backup), "--passphrase-file", str(passphrase))
+        finally:
+            ingest.stop()
+        manifest = BackupManifest.read(backup)
+        assert manifest.database_engine == "postgresql"
+        assert "database/radcloud.dump" in manifest.files
+        assert manifest.counts["worklist_items"] == manifest.counts["reports"] == 1
+        done = target.cli("restore", str(backup), "--passphrase-file", str(passphrase))
+        assert "restored" in done.stdout
+        with target.archive() as archive:
+            instances = read_instances(backup)
+            assert archive.get_statistics().instances == len(instances)
+            for record in instances:
+                data = archive.retrieve_instance(record.orthanc_id)
+                assert hashlib.sha256(data).hexdigest() == record.sha256
+        db = target.database()
+        try:
+            assert db.engine.dialect.name == "postgresql"
+            with db.session() as session:
+                uids = set(session.scalars(select(Study.study_instance_uid)))
+                assert len(uids) == manifest.counts["studies"]
+                assert set(before) <= uids
+                [report] = session.scalars(select(Report)).all()
+                assert report.author == "dr-backup"
+        finally:
+            db.dispose()
+        assert "intact" in target.cli("audit", "verify").stdout
+    finally:
+        for stack in (target, source):
+            _doors(stack).down()
+        shutil.rmtree(root, ignore_errors=True)
