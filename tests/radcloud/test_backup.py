@@ -333,6 +333,12 @@ def test_restore_without_the_secrets_fails_clearly(drill: Drill, tmp_path: Path)
     assert refused.returncode == 1
     assert "holds no secrets" in refused.stderr and "--secrets" in refused.stderr
     assert not (home / "core.db").exists()
+    other = tmp_path / "other"  # another radcloud's secrets: the audit chain does not verify
+    load_secrets(settings_from_env(_restore_env(other)))
+    refused = _restore(env, str(plain), "--secrets", str(other / "secrets.json"))
+    assert refused.returncode == 1
+    assert "not the backed-up radcloud's secrets.json" in " ".join(refused.stderr.split())
+    assert "sealing" not in refused.stderr
 
 
 def _postgresql_radcloud(home: Path, data: Path) -> Stack:
