@@ -1,6 +1,7 @@
 """Backup and restore (issue 18, item 4): the restore drill on a real radcloud (Orthanc and the
 gateway, studies sent with dcmtk's storescu) with a backup taken while another push runs, and
-the refusals: a home that holds data, a tampered file, the archive down, no secrets."""
+the refusals: a home that holds data, a tampered file, the archive down, a full disk, no
+secrets. The same drill runs on the managed PostgreSQL."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import hashlib
 import json
 import shutil
 import sqlite3
+import subprocess
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -421,3 +423,33 @@ def test_restore_drill_on_postgresql(tmp_path: Path) -> None:
         for stack in (target, source):
             _doors(stack).down()
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 512 KiB file system (tmpfs), where a backup runs out of space; skipped where this
+    process cannot mount one (not root, or no mount in the container)."""
+    point = tmp_path / "small"
+    point.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(point)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.strip()}")
+    try:
+        yield point
+    finally:
+        subprocess.run(["umount", str(point)], check=False)
+
+
+def test_a_full_disk_fails_the_backup_clearly_and_leaves_nothing(
+    drill: Drill, small_disk: Path
+) -> None:
+    out = small_disk / "backup"
+    failed = drill.source.cli("backup", "--out", str(out), check=False)
+    assert failed.returncode == 1
+    assert "no space left on the device" in " ".join(failed.stderr.split())
+    assert list(small_disk.iterdir()) == []
