@@ -452,7 +452,7 @@ class AuditTrail:
     def verify(self, *, actor: Actor) -> VerifyReport:
         """Recompute the whole chain and report every break found (audited as 110101, E; with
         outcome 4 and the first bad record when it is broken)."""
-        report = self._verify()
+        report = self.check()
         detail: dict[str, Any] = {"verified": report.ok, "records": report.records}
         if report.first_bad is not None:
             detail["first_bad_record"] = report.first_bad.seq
@@ -465,7 +465,10 @@ class AuditTrail:
         )
         return report
 
-    def _verify(self) -> VerifyReport:
+    def check(self) -> VerifyReport:
+        """:meth:`verify` without its audit record and without sealing the chain: whether these
+        keys verify it, before anything is written with them (a restore checks the restored
+        secrets so)."""
         with self._db.session() as session:
             head = session.get(AuditHead, 1)
             head_at = (head.seq, head.hash) if head else (0, GENESIS_HASH)

@@ -21,6 +21,7 @@ __all__ = [
     "ArchivedResource",
     "Change",
     "ChangeFeed",
+    "InstanceAttachment",
     "InstanceFormat",
     "RemoteNode",
     "ResourceLevel",
@@ -93,6 +94,27 @@ class ArchivedResource:
     def modality(self) -> str | None:
         """(0008,0060) Modality of a series."""
         return self.get("Modality")
+
+
+@dataclass(frozen=True)
+class InstanceAttachment:
+    """One instance as the archive keeps it on disk: what tells a backup whether its file
+    changed since the last one without reading the file.
+
+    Attributes
+    ----------
+    archive_id
+        The archive's key of the instance.
+    attachment_id
+        The archive's key of the stored file (Orthanc's ``FileUuid``): a new one whenever the
+        instance is stored again.
+    size
+        The stored file's size in bytes.
+    """
+
+    archive_id: ArchiveId
+    attachment_id: str
+    size: int
 
 
 @dataclass(frozen=True)

@@ -49,6 +49,7 @@ from core.archive.model import (
     ArchiveStatistics,
     Change,
     ChangeFeed,
+    InstanceAttachment,
     InstanceFormat,
     ResourceLevel,
     StoredInstance,
@@ -379,6 +380,34 @@ class OrthancArchive:
             series=count("CountSeries"),
             instances=count("CountInstances") or 0,
         )
+
+    def list_instance_attachments(
+        self, since: int = 0, limit: int = 1000
+    ) -> list[InstanceAttachment]:
+        """A page of every instance the archive holds, in the index's order, with its stored
+        file's key and size (``GET /instances?expand&since&limit``): what a backup walks.
+
+        Parameters
+        ----------
+        since
+            How many instances to skip (an offset into Orthanc's list, not a change ``seq``).
+        limit
+            The most instances of the page; a shorter page is the last.
+        """
+        answer = self._list(
+            "GET", "/instances", params={"expand": "", "since": since, "limit": limit}
+        )
+        try:
+            return [
+                InstanceAttachment(
+                    archive_id=ArchiveId(str(item["ID"])),
+                    attachment_id=str(item["FileUuid"]),
+                    size=int(item["FileSize"]),
+                )
+                for item in answer
+            ]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ArchiveError(f"Orthanc GET /instances?expand answered {answer!r:.200}") from exc
 
     # -- retrieve ---------------------------------------------------------------------------
 

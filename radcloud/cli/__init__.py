@@ -6,6 +6,7 @@ import typer
 
 from radcloud.cli import (
     audit,
+    backup,
     bench,
     cohorts,
     demo,
@@ -44,6 +45,7 @@ patients.register(app)
 cohorts.register(app)
 demo.register(app)
 bench.register(app)
+backup.register(app)
 
 
 def main() -> None:

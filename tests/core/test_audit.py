@@ -149,7 +149,7 @@ def test_an_inserted_record_is_detected(trail: AuditTrail) -> None:
             hash=row["hash"],
         )
         _sql(trail, "UPDATE audit_head SET seq = 7, hash = :hash", hash=row["hash"])
-        report = trail._verify()
+        report = trail.check()
         assert report.first_bad is not None and report.first_bad.seq == 7, report.problems
         assert expected in report.first_bad.reason
 
@@ -176,7 +176,7 @@ def test_legacy_chain_is_sealed_by_a_keyed_checkpoint(tmp_path: Path) -> None:
             seq=row["seq"],
         )
     _sql(old, "UPDATE audit_head SET hash = :hash", hash=prev)
-    assert "never sealed" in " ".join(old._verify().problems)
+    assert "never sealed" in " ".join(old.check().problems)
 
     trail = AuditTrail.from_secrets(db, secrets)
     trail.record(AuditEventCode.QUERY, user_name="after")
@@ -200,7 +200,7 @@ def test_legacy_chain_is_sealed_by_a_keyed_checkpoint(tmp_path: Path) -> None:
 
 def test_a_record_is_not_verified_under_another_chain_key(trail: AuditTrail) -> None:
     other = AuditTrail(trail._db, "k" * 48, "another chain key")
-    report = other._verify()
+    report = other.check()
     assert report.first_bad is not None and report.first_bad.seq == 1
 
 
