@@ -53,6 +53,11 @@ class Drill:
     root: Path
 
 
+def _said(result: subprocess.CompletedProcess[str]) -> str:
+    """What a command printed, its lines joined (the console wraps them at its width)."""
+    return " ".join((result.stdout + result.stderr).split())
+
+
 def _chest(index: int) -> Any:
     return generate_study("chest-xr", index, seed=1807)
 
@@ -257,7 +262,7 @@ def test_restore_drill_brings_back_archive_database_models_and_audit_chain(
 def test_an_incremental_backup_links_what_did_not_change(drill: Drill) -> None:
     again = drill.backup.with_name("two")
     made = drill.source.cli("backup", "--out", str(again))
-    assert "linked from" in made.stdout, made.stdout
+    assert "linked from" in _said(made), made.stdout
     manifest = BackupManifest.read(again)
     assert manifest.incremental_from == str(drill.backup)
     first = {r.orthanc_id: r for r in read_instances(drill.backup)}
@@ -275,7 +280,7 @@ def test_restore_refuses_a_home_that_holds_data(drill: Drill) -> None:
         drill.source.env, str(drill.backup), "--passphrase-file", str(drill.passphrase)
     )
     assert refused.returncode == 1
-    assert "already holds data" in refused.stderr and "--force" in refused.stderr
+    assert "already holds data" in _said(refused) and "--force" in _said(refused)
 
 
 def test_restore_refuses_a_tampered_file_naming_it(drill: Drill, tmp_path: Path) -> None:
@@ -299,7 +304,7 @@ def test_a_backup_with_the_archive_down_fails_and_leaves_nothing_complete(
     out = tmp_path / "down"
     failed = Stack(env, settings_from_env(env)).cli("backup", "--out", str(out), check=False)
     assert failed.returncode == 1
-    assert "image archive" in failed.stderr
+    assert "image archive" in _said(failed)
     assert not out.exists() and not out.with_name("down.partial").exists()
     db = drill.source.database()
     try:
@@ -321,25 +326,25 @@ def test_restore_without_the_secrets_fails_clearly(drill: Drill, tmp_path: Path)
     env = _restore_env(home)
     refused = _restore(env, str(drill.backup))
     assert refused.returncode == 1
-    assert "--passphrase-file" in refused.stderr
+    assert "--passphrase-file" in _said(refused)
     wrong = tmp_path / "wrong"
     wrong.write_text("not the passphrase at all\n")
     refused = _restore(env, str(drill.backup), "--passphrase-file", str(wrong))
     assert refused.returncode == 1
-    assert "passphrase does not open" in refused.stderr
+    assert "passphrase does not open" in _said(refused)
     assert not (home / "core.db").exists()
     plain = tmp_path / "plain"  # no passphrase: the secrets are left out
     drill.source.cli("backup", "--out", str(plain), "--since", str(drill.backup))
     assert json.loads((plain / "manifest.json").read_text())["parts"]["secrets"] == "absent"
     refused = _restore(env, str(plain))
     assert refused.returncode == 1
-    assert "holds no secrets" in refused.stderr and "--secrets" in refused.stderr
+    assert "holds no secrets" in _said(refused) and "--secrets" in _said(refused)
     assert not (home / "core.db").exists()
     other = tmp_path / "other"  # another radcloud's secrets: the audit chain does not verify
     load_secrets(settings_from_env(_restore_env(other)))
     refused = _restore(env, str(plain), "--secrets", str(other / "secrets.json"))
     assert refused.returncode == 1
-    assert "not the backed-up radcloud's secrets.json" in " ".join(refused.stderr.split())
+    assert "not the backed-up radcloud's secrets.json" in _said(refused)
     assert "sealing" not in refused.stderr
 
 
@@ -451,5 +456,5 @@ def test_a_full_disk_fails_the_backup_clearly_and_leaves_nothing(
     out = small_disk / "backup"
     failed = drill.source.cli("backup", "--out", str(out), check=False)
     assert failed.returncode == 1
-    assert "no space left on the device" in " ".join(failed.stderr.split())
+    assert "no space left on the device" in _said(failed)
     assert list(small_disk.iterdir()) == []
