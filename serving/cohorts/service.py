@@ -140,7 +140,7 @@ class CohortService:
         with self._db.session() as session:
             query = CohortQuery.from_json(self._cohort(session, actor, cohort_id).query)
         counts, rows = self._run(query)
-        with self._db.session() as session:
+        with self._db.write_session() as session:
             cohort = self._cohort(session, actor, cohort_id)
             session.query(CohortStudy).filter(CohortStudy.cohort_id == cohort.id).delete()
             cohort.counts = counts
