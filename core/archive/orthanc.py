@@ -106,10 +106,15 @@ def open_archive(
 ) -> OrthancArchive:
     """radcloud's image archive: its Orthanc, authenticated with the generated credentials.
 
+    With several archive nodes (``orthanc_nodes``) the archive spreads its requests over every
+    node and fails over to another when one is down (:class:`OrthancArchive`); inside node k
+    (``orthanc_node`` set: the edge plugin) it talks to that node only, whose DICOM peers and
+    jobs are its own.
+
     Parameters
     ----------
     settings
-        ``orthanc_url`` is used.
+        ``orthanc_node_urls`` (or ``orthanc_url`` inside a node) is used.
     secrets
         ``orthanc_user`` and ``orthanc_password`` are used.
     timeout_s
@@ -121,8 +126,9 @@ def open_archive(
         An :class:`~core.archive.ImageArchive` (and :class:`~core.archive.AnonymizingArchive`);
         close it, or use it as a context manager.
     """
+    nodes = settings.orthanc_node_urls if settings.orthanc_node is None else [settings.orthanc_url]
     return OrthancArchive(
-        settings.orthanc_url,
+        nodes,
         username=secrets.orthanc_user,
         password=secrets.orthanc_password,
         timeout_s=timeout_s,
@@ -165,7 +171,9 @@ def local_endpoint(
     )
 
 
-def orthanc_healthy(settings: Settings, secrets: Secrets, *, timeout_s: float = 2.0) -> bool:
+def orthanc_healthy(
+    settings: Settings, secrets: Secrets, *, timeout_s: float = 2.0, node: int | None = None
+) -> bool:
     """Whether Orthanc answers ``GET /system`` with 200 and a JSON object.
 
     Parameters
@@ -174,13 +182,16 @@ def orthanc_healthy(settings: Settings, secrets: Secrets, *, timeout_s: float = 
         Where Orthanc is and the credentials it demands.
     timeout_s
         Timeout of the request.
+    node
+        Which archive node (``orthanc_nodes``); ``None``: ``settings.orthanc_url``'s.
 
     Returns
     -------
     bool
         ``False`` on any connection error, error status or unexpected body.
     """
-    url = f"{settings.orthanc_url}/system"
+    root = settings.orthanc_url if node is None else settings.orthanc_node_url(node)
+    url = f"{root}/system"
     try:
         response = httpx.get(
             url, auth=(secrets.orthanc_user, secrets.orthanc_password), timeout=timeout_s
@@ -205,7 +216,7 @@ def wait_for_orthanc(
     timeout_s: float | None = None,
     interval_s: float = 0.2,
 ) -> None:
-    """Block until Orthanc is healthy (see :func:`orthanc_healthy`).
+    """Block until Orthanc is healthy (see :func:`orthanc_healthy`): every archive node.
 
     Parameters
     ----------
@@ -223,11 +234,14 @@ def wait_for_orthanc(
     """
     limit = settings.startup_timeout_s if timeout_s is None else timeout_s
     deadline = time.monotonic() + limit
-    while not orthanc_healthy(settings, secrets):
-        if time.monotonic() >= deadline:
-            raise StartupError(
-                "orthanc",
-                f"{settings.orthanc_url}/system did not answer 200 within {limit:g} s",
-                settings.paths.log_dir / "orthanc.log",
-            )
-        time.sleep(interval_s)
+    for node in range(settings.orthanc_nodes):
+        while not orthanc_healthy(settings, secrets, node=node):
+            if time.monotonic() >= deadline:
+                name = "orthanc" if node == 0 else f"orthanc-{node}"
+                raise StartupError(
+                    name,
+                    f"{settings.orthanc_node_url(node)}/system did not answer 200 within "
+                    f"{limit:g} s",
+                    settings.paths.log_dir / f"{name}.log",
+                )
+            time.sleep(interval_s)
