@@ -1,0 +1,317 @@
+"""Several archive nodes (``RADCLOUD_ORTHANC_NODES``, issue 18): two Orthanc processes, each
+radcloud's DICOM edge, sharing the managed PostgreSQL index and one storage directory. Studies
+pushed with storescu to both nodes at once, one node killed -9 mid-ingest: every acknowledged
+instance is there through the other, the archive seam's reads go on, the completeness follower
+still announces the studies, and the restarted node serves again. The seam's failover and its
+resend after Orthanc's 503 are checked against small real HTTP peers."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import tempfile
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pydicom
+import pytest
+
+from core.archive import ArchiveUnavailableError, OrthancArchive, ResourceLevel
+from core.config import load_settings
+from core.exceptions import ConfigError
+from core.secrets import load_secrets
+from dicom_gateway.dcmtk import StoreReport, storescu
+from dicom_gateway.edge.peers import wait_until_admitted
+from imaging.synthetic import generate_study
+from tests.conftest import Stack
+from tests.helpers import free_port, wait_until
+
+SENDER = "NODESENDER"
+
+
+# -- refusals ---------------------------------------------------------------------------------
+
+
+def test_several_nodes_on_the_sqlite_index_are_refused_naming_the_settings(
+    tmp_path: Path,
+) -> None:
+    with pytest.raises(ConfigError, match="RADCLOUD_ORTHANC_NODES=2 needs RADCLOUD_ORTHANC_INDEX"):
+        load_settings(home=tmp_path, orthanc_nodes=2)
+
+
+def test_a_node_port_taken_by_another_setting_is_refused(tmp_path: Path) -> None:
+    taken = r"RADCLOUD_ORTHANC_HTTP_PORT \+ 1 \* RADCLOUD_ORTHANC_NODE_PORT_STEP and RADCLOUD_API"
+    with pytest.raises(ConfigError, match=taken):
+        load_settings(
+            home=tmp_path,
+            orthanc_nodes=2,
+            orthanc_index="postgresql",
+            orthanc_postgresql_url="postgresql://u:p@127.0.0.1/orthanc",
+            orthanc_http_port=9000,
+            api_port=9010,
+        )
+    # the defaults leave room for node 1 (8052, 4252, 11122)
+    load_settings(
+        home=tmp_path,
+        orthanc_nodes=2,
+        orthanc_index="postgresql",
+        orthanc_postgresql_url="postgresql://u:p@127.0.0.1/orthanc",
+    )
+
+
+# -- the seam against small real HTTP peers ----------------------------------------------------
+
+
+class _Peer(ThreadingHTTPServer):
+    """An HTTP peer that answers each request with the next of ``statuses`` (then 200)."""
+
+    def __init__(self, statuses: list[int]) -> None:
+        super().__init__(("127.0.0.1", 0), _Handler)
+        self.statuses = statuses
+        self.requests: list[str] = []
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Peer
+
+    def _answer(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        self.rfile.read(length)
+        self.server.requests.append(f"{self.command} {self.path}")
+        status = self.server.statuses.pop(0) if self.server.statuses else 200
+        body = b'{"Version": "1.10.1"}' if status == 200 else b'{"Message": "busy"}'
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self) -> None:
+        self._answer()
+
+    def do_POST(self) -> None:
+        self._answer()
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def peer() -> Iterator[Any]:
+    """Start peers answering the given statuses; stopped afterwards."""
+    started: list[_Peer] = []
+
+    def start(statuses: list[int] | None = None) -> _Peer:
+        server = _Peer(list(statuses or []))
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.shutdown()
+        server.server_close()
+
+
+def _closed_port() -> str:
+    return f"http://127.0.0.1:{free_port()}"
+
+
+def test_requests_go_round_the_nodes_and_a_node_that_is_down_is_passed_over(peer: Any) -> None:
+    one, two = peer(), peer()
+    with OrthancArchive([one.url, _closed_port(), two.url], username="u", password="p") as archive:
+        versions = [archive.server_version() for _ in range(6)]
+    assert versions == ["Orthanc 1.10.1"] * 6
+    # each request starts at the next node; the closed one's turns fall to the node after it
+    assert (len(one.requests), len(two.requests)) == (2, 4)
+
+
+def test_every_node_down_is_unavailable() -> None:
+    nodes = [_closed_port(), _closed_port()]
+    with (
+        OrthancArchive(nodes, username="u", password="p") as archive,
+        pytest.raises(ArchiveUnavailableError) as caught,
+    ):
+        archive.server_version()
+    assert caught.value.status_code is None
+
+
+def test_orthancs_503_is_sent_again_after_a_pause_and_an_answer_is_not_sent_elsewhere(
+    peer: Any,
+) -> None:
+    busy = peer([503, 503])
+    with OrthancArchive([busy.url], username="u", password="p") as archive:
+        assert archive.server_version() == "Orthanc 1.10.1"
+    assert busy.requests == ["GET /system"] * 3
+    always_busy, other = peer([503] * 10), peer()
+    with (
+        OrthancArchive([always_busy.url, other.url], username="u", password="p") as archive,
+        pytest.raises(ArchiveUnavailableError) as caught,
+    ):
+        archive.server_version()
+    assert caught.value.status_code == 503
+    assert len(always_busy.requests) == 4 and other.requests == []
+
+
+# -- two nodes on the managed PostgreSQL -------------------------------------------------------
+
+
+_STEP = 10  # RADCLOUD_ORTHANC_NODE_PORT_STEP's default
+
+
+def _port_pair() -> int:
+    """A port that is free, and node 1's too (the port + the step)."""
+    while True:
+        port = free_port()
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port + _STEP))
+            except OSError:
+                continue
+        return port
+
+
+@pytest.fixture
+def two_nodes(make_stack: Any) -> Iterator[Stack]:
+    """Two archive nodes, each the DICOM edge, the gateway process (completeness follower) and
+    the managed PostgreSQL holding both databases (no API, no Ray)."""
+    root = Path(tempfile.mkdtemp(prefix="radcloud-nodes-"))  # pytest's is private to root
+    root.chmod(0o711)
+    try:
+        yield make_stack(
+            doors_only=True,
+            postgresql_managed=True,
+            postgresql_port=free_port(),
+            postgresql_data_dir=root / "data",
+            orthanc_index="postgresql",
+            orthanc_nodes=2,
+            orthanc_http_port=_port_pair(),
+            orthanc_dicom_port=_port_pair(),
+            gateway_port=_port_pair(),
+        )
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _write(directory: Path, datasets: list[Any]) -> list[Path]:
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for number, dataset in enumerate(datasets):
+        path = directory / f"{number:04d}.dcm"
+        dataset.save_as(path, enforce_file_format=True)
+        paths.append(path)
+    return paths
+
+
+def _send(stack: Stack, node: int, files: list[Path]) -> StoreReport:
+    return storescu(
+        files,
+        host="127.0.0.1",
+        port=stack.settings.gateway_port + stack.settings.orthanc_node_offset(node),
+        calling_ae=SENDER,
+        called_ae=stack.settings.gateway_ae_title,
+        timeout_s=120,
+    )
+
+
+def _sop_uid(path: Path) -> str:
+    return str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
+
+
+def _archived_uid(archive: OrthancArchive, sop_instance_uid: str) -> str | None:
+    """The SOP Instance UID of the file the archive returns for ``sop_instance_uid``."""
+    found = archive.search_for_instances({"SOPInstanceUID": sop_instance_uid}, limit=2)
+    if len(found) != 1:
+        return None
+    data = archive.retrieve_instance(found[0].archive_id)
+    return str(pydicom.dcmread(pydicom.filebase.DicomBytesIO(data)).SOPInstanceUID)
+
+
+def _node_changes(stack: Stack, node: int) -> list[tuple[int, str]]:
+    secrets = load_secrets(stack.settings)
+    answer = httpx.get(
+        f"{stack.settings.orthanc_node_url(node)}/changes",
+        params={"since": 0, "limit": 10000},
+        auth=(secrets.orthanc_user, secrets.orthanc_password),
+        timeout=10,
+    ).json()
+    return [(int(c["Seq"]), str(c["ID"])) for c in answer["Changes"]]
+
+
+@pytest.mark.slow
+def test_a_node_killed_mid_ingest_loses_nothing_acknowledged(
+    two_nodes: Stack, tmp_path: Path
+) -> None:
+    stack = two_nodes
+    assert [s.name for s in stack.supervisor.status()] == [  # type: ignore[union-attr]
+        "postgresql",
+        "orthanc",
+        "orthanc-1",
+        "gateway",
+    ]
+    stack.add_sender(SENDER, "Nodes Hospital")
+    assert wait_until_admitted(stack.settings, [SENDER], timeout_s=15)  # both nodes' tables
+    studies = [generate_study("head-ct", index, seed=18) for index in range(4)]
+    files = [_write(tmp_path / f"s{i}", list(s.datasets)) for i, s in enumerate(studies)]
+    # node 0 gets studies 0 and 1, node 1 studies 2 and 3: concurrently, node 1 killed once
+    # its first instances are in the shared index
+    with ThreadPoolExecutor(2) as pool:
+        to_zero = pool.submit(_send, stack, 0, files[0] + files[1])
+        to_one = pool.submit(_send, stack, 1, files[2] + files[3])
+        first = {"StudyInstanceUID": studies[2].study_instance_uid}
+        with stack.archive() as archive:
+            assert wait_until(
+                lambda: len(archive.search_for_instances(first, limit=3)) >= 3,
+                timeout_s=60,
+                interval_s=0.02,
+            )
+        os.kill(stack.pid("orthanc-1"), signal.SIGKILL)
+        zero, one = to_zero.result(), to_one.result()
+    assert len(zero.stored) == len(files[0] + files[1]), zero.output[-2000:]
+    assert 0 < len(one.stored) < len(files[2] + files[3]), one.output[-2000:]
+    acknowledged = [_sop_uid(path) for path in zero.stored + one.stored]
+    assert not stack.supervisor.status()[2].running  # type: ignore[union-attr]
+
+    # every acknowledged instance, through the seam (half its requests start at the dead node)
+    with stack.archive() as archive:
+        assert [_archived_uid(archive, uid) for uid in acknowledged] == acknowledged
+        assert archive.get_statistics().instances >= len(acknowledged)
+    # the completeness follower (the gateway) announces the studies from the shared feed
+    for index, study in enumerate(studies):
+        stored = zero.stored if index < 2 else one.stored
+        expected = sum(1 for path in stored if path.parent == files[index][0].parent)
+        if expected == 0:
+            continue
+        assert wait_until(
+            lambda uid=study.study_instance_uid: bool(stack.ready_events(uid)), timeout_s=60
+        ), f"no study.ready for study {index}"
+        [event] = stack.ready_events(study.study_instance_uid)
+        assert event.payload["instance_count"] >= expected
+
+    # node 1 restarted serves again: its change feed is the shared one, and it takes a study
+    stack.up()
+    assert all(s.healthy for s in stack.supervisor.status())  # type: ignore[union-attr]
+    assert _node_changes(stack, 1) == _node_changes(stack, 0)
+    assert wait_until_admitted(stack.settings, [SENDER], timeout_s=15)
+    later = generate_study("head-ct", 9, seed=18)
+    report = _send(stack, 1, _write(tmp_path / "later", list(later.datasets)))
+    assert len(report.stored) == len(later.datasets), report.output[-2000:]
+    with stack.archive() as archive:
+        [found] = archive.search_for_studies(
+            {"StudyInstanceUID": later.study_instance_uid}, limit=2
+        )
+        assert archive.get_statistics(ResourceLevel.STUDY, found.archive_id).instances == len(
+            later.datasets
+        )
+    assert wait_until(lambda: bool(stack.ready_events(later.study_instance_uid)), timeout_s=60)
