@@ -44,6 +44,9 @@ __all__ = ["GatewayService"]
 logger = logging.getLogger(__name__)
 
 _MIB = 1024 * 1024
+# With several archive nodes, how long the completeness follower waits for a hole in the change
+# feed's numbering to fill (a change committed late) before taking it for a rolled-back one.
+_SETTLE_S = 2.0
 
 
 class GatewayService:
@@ -80,6 +83,7 @@ class GatewayService:
             self.archive,
             settings.gateway_stable_seconds,
             pending_studies=lambda: self.forwarder.pending_studies(),  # noqa: PLW0108 - set below
+            settle_s=_SETTLE_S if settings.orthanc_nodes > 1 else 0.0,
         )
         self.forwarder = Forwarder(
             self.spool,
