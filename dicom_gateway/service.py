@@ -92,11 +92,14 @@ class GatewayService:
             workers=settings.gateway_forward_workers,
         )
         self.dicom: Any = None
-        self._dicomweb: DicomwebArchive | None = None
+        self._dicomweb: list[DicomwebArchive] = []
         if settings.gateway_edge is GatewayEdge.ORTHANC:  # STOW-RS straight into Orthanc
-            self._dicomweb = open_local_dicomweb(
-                settings, secrets, timeout_s=settings.gateway_network_timeout_s
-            )
+            self._dicomweb = [  # one per archive node: ArchiveStow spreads and fails over
+                open_local_dicomweb(
+                    settings, secrets, timeout_s=settings.gateway_network_timeout_s, node=node
+                )
+                for node in range(settings.orthanc_nodes)
+            ]
         else:
             from dicom_gateway.scp import DicomService  # pynetdicom: only in this process
 
@@ -225,8 +228,8 @@ class GatewayService:
             detail={"activity": "stopped"},
         )
         self.archive.close()
-        if self._dicomweb is not None:
-            self._dicomweb.close()
+        for dicomweb in self._dicomweb:
+            dicomweb.close()
         self.db.dispose()
 
     def run(self) -> None:

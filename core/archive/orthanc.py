@@ -82,13 +82,15 @@ def open_node_archive(
 
 
 def open_local_dicomweb(
-    settings: Settings, secrets: Secrets, *, timeout_s: float = 30.0
+    settings: Settings, secrets: Secrets, *, timeout_s: float = 30.0, node: int | None = None
 ) -> DicomwebArchive:
     """radcloud's own Orthanc seen through its DICOMweb plugin: the same interface, and the
     same streaming (:meth:`DicomwebArchive.open_dicomweb_stream`), as a remote node's, so a
-    fan-out treats the local archive and remote nodes alike."""
+    fan-out treats the local archive and remote nodes alike. ``node``: that archive node's
+    (``orthanc_nodes``), else ``settings.orthanc_url``'s."""
+    root = settings.orthanc_url if node is None else settings.orthanc_node_url(node)
     return DicomwebArchive(
-        f"{settings.orthanc_url}{ORTHANC_DICOMWEB_ROOT}",
+        f"{root}{ORTHANC_DICOMWEB_ROOT}",
         username=secrets.orthanc_user,
         password=secrets.orthanc_password,
         connect_timeout_s=settings.remote_connect_timeout_s,

@@ -24,16 +24,21 @@ import pydicom
 import pytest
 
 from core.archive import ArchiveUnavailableError, OrthancArchive, ResourceLevel
+from core.audit import AuditTrail
 from core.config import load_settings
+from core.db.models import Role
 from core.exceptions import ConfigError
 from core.secrets import load_secrets
+from core.security import Accounts, Actor
 from dicom_gateway.dcmtk import StoreReport, storescu
 from dicom_gateway.edge.peers import wait_until_admitted
 from imaging.synthetic import generate_study
 from tests.conftest import Stack
 from tests.helpers import free_port, wait_until
+from tests.serving.test_stow_edge import MULTIPART, _multipart
 
 SENDER = "NODESENDER"
+HOSPITAL = "Nodes Hospital"
 
 
 # -- refusals ---------------------------------------------------------------------------------
@@ -260,7 +265,7 @@ def test_a_node_killed_mid_ingest_loses_nothing_acknowledged(
         "orthanc-1",
         "gateway",
     ]
-    stack.add_sender(SENDER, "Nodes Hospital")
+    stack.add_sender(SENDER, HOSPITAL)
     assert wait_until_admitted(stack.settings, [SENDER], timeout_s=15)  # both nodes' tables
     studies = [generate_study("head-ct", index, seed=18) for index in range(4)]
     files = [_write(tmp_path / f"s{i}", list(s.datasets)) for i, s in enumerate(studies)]
@@ -315,3 +320,34 @@ def test_a_node_killed_mid_ingest_loses_nothing_acknowledged(
             later.datasets
         )
     assert wait_until(lambda: bool(stack.ready_events(later.study_instance_uid)), timeout_s=60)
+
+    # node 0 killed: the gateway's STOW-RS door (the Orthanc edge: straight into Orthanc's
+    # DICOMweb) sends to node 1; the same request again is answered stored (a re-store is
+    # harmless, what the door's failover after a lost answer relies on)
+    os.kill(stack.pid("orthanc"), signal.SIGKILL)
+    db = stack.database()
+    try:
+        accounts = Accounts(db, AuditTrail.from_secrets(db, load_secrets(stack.settings)))
+        key = accounts.create_api_key("nodes-pacs", Role.PACS, hospital=HOSPITAL, actor=Actor.cli())
+    finally:
+        db.dispose()
+    stowed = generate_study("head-ct", 11, seed=18)
+    parts = [_part(dataset) for dataset in stowed.datasets]
+    for _ in range(2):
+        answer = httpx.post(
+            f"{stack.settings.gateway_stow_url}/studies",
+            content=_multipart(*parts),
+            headers={"Content-Type": MULTIPART, "Authorization": f"Bearer {key.key}"},
+            timeout=120,
+        )
+        assert answer.status_code == 200, answer.text[:2000]
+        assert len(answer.json()["00081199"]["Value"]) == len(parts)
+    with stack.archive() as archive:
+        [found] = archive.search_for_studies({"StudyInstanceUID": stowed.study_instance_uid})
+        assert archive.get_statistics(ResourceLevel.STUDY, found.archive_id).instances == len(parts)
+
+
+def _part(dataset: Any) -> bytes:
+    buffer = pydicom.filebase.DicomBytesIO()
+    dataset.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
