@@ -33,6 +33,7 @@ from core.security import Accounts, Actor
 from dicom_gateway.dcmtk import StoreReport, storescu
 from dicom_gateway.edge.peers import wait_until_admitted
 from imaging.synthetic import generate_study
+from radcloud.services.orthanc import orthanc_components, orthanc_config, orthanc_config_path
 from tests.conftest import Stack
 from tests.helpers import free_port, wait_until
 from tests.serving.test_stow_edge import MULTIPART, _multipart
@@ -69,6 +70,38 @@ def test_a_node_port_taken_by_another_setting_is_refused(tmp_path: Path) -> None
         orthanc_index="postgresql",
         orthanc_postgresql_url="postgresql://u:p@127.0.0.1/orthanc",
     )
+
+
+def test_each_node_has_its_own_ports_file_and_identifier_and_shares_index_and_storage(
+    tmp_path: Path,
+) -> None:
+    settings = load_settings(
+        home=tmp_path,
+        orthanc_nodes=3,
+        orthanc_index="postgresql",
+        orthanc_postgresql_url="postgresql://u:p@127.0.0.1/orthanc",
+    )
+    secrets = load_secrets(settings)
+    configs = [orthanc_config(settings, secrets, node=node) for node in range(3)]
+    assert [c["HttpPort"] for c in configs] == [8042, 8052, 8062]
+    assert [c["DicomPort"] for c in configs] == [11112, 11122, 11132]  # the Orthanc edge
+    assert len({c["DatabaseServerIdentifier"] for c in configs}) == 3
+    assert {c["StorageDirectory"] for c in configs} == {str(settings.paths.orthanc_storage)}
+    assert all(c["PostgreSQL"]["Lock"] is False for c in configs)
+    assert all(c["PostgreSQL"]["Database"] == "orthanc" for c in configs)
+    components = orthanc_components(settings, secrets)
+    assert [c.name for c in components] == ["orthanc", "orthanc-1", "orthanc-2"]
+    assert components[2].argv[-1] == str(orthanc_config_path(settings, 2))
+    assert components[2].env["RADCLOUD_ORTHANC_NODE"] == "2"
+    assert settings.orthanc_node_urls[2] == "http://127.0.0.1:8062"
+    # one node: the configuration as before (no identifier, the index locked to one process)
+    single = load_settings(
+        home=tmp_path,
+        orthanc_index="postgresql",
+        orthanc_postgresql_url=("postgresql://u:p@127.0.0.1/orthanc"),
+    )
+    config = orthanc_config(single, secrets)
+    assert "DatabaseServerIdentifier" not in config and "Lock" not in config["PostgreSQL"]
 
 
 # -- the seam against small real HTTP peers ----------------------------------------------------
