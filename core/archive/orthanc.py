@@ -150,14 +150,58 @@ def dicomweb_client(
     Returns
     -------
     httpx.Client
-        Authenticated with the generated credentials, ``base_url`` Orthanc's address; close it,
-        or use it as a context manager.
+        Authenticated with the generated credentials, ``base_url`` Orthanc's address (node 0's;
+        with several archive nodes a node that cannot be reached is passed over:
+        :class:`NodeFailover`); close it, or use it as a context manager.
     """
+    transport = None
+    if settings.orthanc_nodes > 1 and settings.orthanc_node is None:
+        ports = [int(httpx.URL(root).port or 80) for root in settings.orthanc_node_urls]
+        transport = NodeFailover(ports)
     return httpx.Client(
         base_url=settings.orthanc_url,
         auth=(secrets.orthanc_user, secrets.orthanc_password),
         timeout=timeout_s,
+        transport=transport,
     )
+
+
+class NodeFailover(httpx.BaseTransport):
+    """A transport for requests addressed to node 0 (``ports[0]``) that sends a request the
+    node could not be connected to (nothing was sent) to the next node's port instead.
+
+    The request keeps its ``Host`` header, so Orthanc's DICOMweb plugin writes node 0's base in
+    the URLs of its answer, which the pass-through rewrites as it always did.
+    """
+
+    def __init__(self, ports: list[int]) -> None:
+        self._ports = ports
+        self._inner = httpx.HTTPTransport()
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        if request.url.port != self._ports[0]:
+            return self._inner.handle_request(request)
+        for port in self._ports[:-1]:
+            try:
+                return self._inner.handle_request(self._to(request, port))
+            except httpx.ConnectError as exc:
+                logger.warning("archive node on port %d cannot be reached (%s): next", port, exc)
+        return self._inner.handle_request(self._to(request, self._ports[-1]))
+
+    @staticmethod
+    def _to(request: httpx.Request, port: int) -> httpx.Request:
+        if request.url.port == port:
+            return request
+        return httpx.Request(
+            request.method,
+            request.url.copy_with(port=port),
+            headers=request.headers,  # the Host header stays node 0's
+            stream=request.stream,
+            extensions=request.extensions,
+        )
+
+    def close(self) -> None:
+        self._inner.close()
 
 
 def local_endpoint(

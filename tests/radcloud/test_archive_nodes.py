@@ -23,7 +23,12 @@ import httpx
 import pydicom
 import pytest
 
-from core.archive import ArchiveUnavailableError, OrthancArchive, ResourceLevel
+from core.archive import (
+    ArchiveUnavailableError,
+    OrthancArchive,
+    ResourceLevel,
+    dicomweb_client,
+)
 from core.audit import AuditTrail
 from core.config import load_settings
 from core.db.models import Role
@@ -110,10 +115,11 @@ def test_each_node_has_its_own_ports_file_and_identifier_and_shares_index_and_st
 class _Peer(ThreadingHTTPServer):
     """An HTTP peer that answers each request with the next of ``statuses`` (then 200)."""
 
-    def __init__(self, statuses: list[int]) -> None:
-        super().__init__(("127.0.0.1", 0), _Handler)
+    def __init__(self, statuses: list[int], port: int = 0) -> None:
+        super().__init__(("127.0.0.1", port), _Handler)
         self.statuses = statuses
         self.requests: list[str] = []
+        self.hosts: list[str] = []
 
     @property
     def url(self) -> str:
@@ -127,6 +133,7 @@ class _Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         self.rfile.read(length)
         self.server.requests.append(f"{self.command} {self.path}")
+        self.server.hosts.append(self.headers.get("Host", ""))
         status = self.server.statuses.pop(0) if self.server.statuses else 200
         body = b'{"Version": "1.10.1"}' if status == 200 else b'{"Message": "busy"}'
         self.send_response(status)
@@ -150,8 +157,8 @@ def peer() -> Iterator[Any]:
     """Start peers answering the given statuses; stopped afterwards."""
     started: list[_Peer] = []
 
-    def start(statuses: list[int] | None = None) -> _Peer:
-        server = _Peer(list(statuses or []))
+    def start(statuses: list[int] | None = None, port: int = 0) -> _Peer:
+        server = _Peer(list(statuses or []), port)
         threading.Thread(target=server.serve_forever, daemon=True).start()
         started.append(server)
         return server
@@ -200,6 +207,28 @@ def test_orthancs_503_is_sent_again_after_a_pause_and_an_answer_is_not_sent_else
         archive.server_version()
     assert caught.value.status_code == 503
     assert len(always_busy.requests) == 4 and other.requests == []
+
+
+def test_the_dicomweb_pass_through_client_passes_over_node_0_when_it_is_down(
+    peer: Any, tmp_path: Path
+) -> None:
+    """The API's DICOMweb client (``dicomweb_client``) is addressed to node 0; node 0 down, the
+    request goes to node 1 with node 0's Host header (so the answer's URLs are rewritten as
+    before)."""
+    base = _port_pair()
+    settings = load_settings(
+        home=tmp_path,
+        orthanc_nodes=2,
+        orthanc_index="postgresql",
+        orthanc_postgresql_url="postgresql://u:p@127.0.0.1/orthanc",
+        orthanc_http_port=base,
+    )
+    node_1 = peer(port=base + _STEP)
+    with dicomweb_client(settings, load_secrets(settings)) as client:
+        answer = client.get("/dicom-web/studies")
+    assert answer.status_code == 200
+    assert node_1.requests == ["GET /dicom-web/studies"]
+    assert node_1.hosts == [f"127.0.0.1:{base}"]
 
 
 # -- two nodes on the managed PostgreSQL -------------------------------------------------------
