@@ -40,8 +40,10 @@ from dicom_gateway.edge.peers import wait_until_admitted
 from imaging.synthetic import generate_study
 from radcloud.services.orthanc import orthanc_components, orthanc_config, orthanc_config_path
 from tests.conftest import Stack
+from tests.fixture_models import register_fixture_models
 from tests.helpers import free_port, wait_until
 from tests.serving.test_stow_edge import MULTIPART, _multipart
+from tests.serving.test_triage_e2e import results
 
 SENDER = "NODESENDER"
 HOSPITAL = "Nodes Hospital"
@@ -413,3 +415,40 @@ def _part(dataset: Any) -> bytes:
     buffer = pydicom.filebase.DicomBytesIO()
     dataset.save_as(buffer, enforce_file_format=True)
     return buffer.getvalue()
+
+
+@pytest.mark.slow
+def test_radcloud_up_with_two_nodes_triages_and_serves_the_viewer_with_node_0_down(
+    make_stack: Any, tmp_path: Path
+) -> None:
+    """The whole radcloud (``radcloud up``: PostgreSQL, both nodes, the gateway, Ray Serve with
+    the API): a study sent to node 1 is triaged (the triage reads and writes through the
+    seam), and with node 0 killed the API's DICOMweb pass-through still serves it."""
+    root = Path(tempfile.mkdtemp(prefix="radcloud-nodes-up-"))  # pytest's is private to root
+    root.chmod(0o711)
+    try:
+        stack: Stack = make_stack(
+            before_up=lambda s: register_fixture_models(s.settings.paths.models_dir),
+            postgresql_managed=True,
+            postgresql_port=free_port(),
+            postgresql_data_dir=root / "data",
+            orthanc_index="postgresql",
+            orthanc_nodes=2,
+            orthanc_http_port=_port_pair(),
+            orthanc_dicom_port=_port_pair(),
+            gateway_port=_port_pair(),
+        )
+        stack.add_sender(SENDER, HOSPITAL)
+        assert wait_until_admitted(stack.settings, [SENDER], timeout_s=15)
+        head = generate_study("head-ct", 21, seed=18, positive=True)
+        report = _send(stack, 1, _write(tmp_path / "head", list(head.datasets)))
+        assert len(report.stored) == len(head.datasets), report.output[-2000:]
+        (result,) = results(stack, head.study_instance_uid)
+        assert result["status"] == "succeeded"
+        os.kill(stack.pid("orthanc"), signal.SIGKILL)
+        with stack.client("radiologist") as client:
+            answer = client.get(f"/dicom-web/studies/{head.study_instance_uid}/metadata")
+        assert answer.status_code == 200, answer.text[:500]
+        assert len(answer.json()) >= len(head.datasets)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
