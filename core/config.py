@@ -198,6 +198,15 @@ class Settings(BaseSettings):
     orthanc_plugins_dir: Path = Path("/usr/share/orthanc/plugins")
     orthanc_index: OrthancIndex = OrthancIndex.SQLITE
     orthanc_postgresql_url: str | None = Field(None, repr=False)  # holds a password
+    # Several archive nodes (README "Several archive nodes"): this many Orthanc processes
+    # sharing the PostgreSQL index and the storage directory (needs orthanc_index=postgresql).
+    # Node k (0, 1, ...) listens on orthanc_http_port + k * orthanc_node_port_step, likewise
+    # orthanc_dicom_port and, as the DICOM edge, gateway_port. orthanc_node is set by radcloud
+    # in node k's own environment (its plugin talks to its node only); elsewhere it is unset
+    # and the archive seam spreads requests over every node.
+    orthanc_nodes: int = Field(1, ge=1, le=16)
+    orthanc_node_port_step: int = Field(10, ge=1, le=1000)
+    orthanc_node: int | None = Field(None, ge=0)
     # Most resources one archive search returns (Orthanc's LimitFindResults and
     # LimitFindInstances, and the seam's paging): a broader search is refused, not truncated.
     archive_max_find_results: int = Field(10000, ge=1)
@@ -390,6 +399,17 @@ class Settings(BaseSettings):
                 f"(postgresql://user:password@host:port/database) or {ENV_PREFIX}"
                 "POSTGRESQL_MANAGED=true (its own database on radcloud's server)"
             )
+        if self.orthanc_nodes > 1 and self.orthanc_index is not OrthancIndex.POSTGRESQL:
+            raise ValueError(
+                f"{ENV_PREFIX}ORTHANC_NODES={self.orthanc_nodes} needs {ENV_PREFIX}"
+                f"ORTHANC_INDEX=postgresql (is {self.orthanc_index}): several Orthanc nodes "
+                "share one index only on PostgreSQL; SQLite's file is one process's"
+            )
+        if self.orthanc_node is not None and self.orthanc_node >= self.orthanc_nodes:
+            raise ValueError(
+                f"{ENV_PREFIX}ORTHANC_NODE={self.orthanc_node}: expected a node below "
+                f"{ENV_PREFIX}ORTHANC_NODES={self.orthanc_nodes}"
+            )
         if (self.gateway_tls_certificate is None) != (self.gateway_tls_private_key is None):
             raise ValueError(
                 f"{ENV_PREFIX}GATEWAY_TLS_CERTIFICATE and {ENV_PREFIX}GATEWAY_TLS_PRIVATE_KEY "
@@ -432,6 +452,13 @@ class Settings(BaseSettings):
             ports["gateway_stow_port"] = self.gateway_stow_port
         if self.postgresql_managed:
             ports["postgresql_port"] = self.postgresql_port
+        for node in range(1, self.orthanc_nodes):  # node k: the base ports + k * step
+            step = f" + {node} * {ENV_PREFIX}ORTHANC_NODE_PORT_STEP".lower()
+            offset = self.orthanc_node_offset(node)
+            ports[f"orthanc_http_port{step}"] = self.orthanc_http_port + offset
+            ports[f"orthanc_dicom_port{step}"] = self.orthanc_dicom_port + offset
+            if self.gateway_edge is GatewayEdge.ORTHANC:
+                ports[f"gateway_port{step}"] = self.gateway_port + offset
         seen: dict[int, str] = {}
         for key, port in ports.items():
             if port in seen:
@@ -532,8 +559,22 @@ class Settings(BaseSettings):
 
     @property
     def orthanc_url(self) -> str:
-        """Base URL of the internal Orthanc REST API."""
-        return f"http://127.0.0.1:{self.orthanc_http_port}"
+        """Base URL of the internal Orthanc REST API: node 0's, or with ``orthanc_node`` set
+        (inside a node) that node's."""
+        return self.orthanc_node_url(self.orthanc_node or 0)
+
+    @property
+    def orthanc_node_urls(self) -> list[str]:
+        """Every archive node's REST API root, node 0 first (``orthanc_nodes``)."""
+        return [self.orthanc_node_url(node) for node in range(self.orthanc_nodes)]
+
+    def orthanc_node_url(self, node: int) -> str:
+        """Node ``node``'s REST API root, on loopback (:meth:`orthanc_node_offset`)."""
+        return f"http://127.0.0.1:{self.orthanc_http_port + self.orthanc_node_offset(node)}"
+
+    def orthanc_node_offset(self, node: int) -> int:
+        """What node ``node`` adds to each base port: ``node * orthanc_node_port_step``."""
+        return node * self.orthanc_node_port_step
 
 
 def is_loopback_host(host: str) -> bool:

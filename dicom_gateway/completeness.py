@@ -33,6 +33,13 @@ What counts as an arrival:
 - an instance the archive filed under another study than the row tracks (another patient with
   the same Study Instance UID) does not change the row (logged).
 
+With several archive nodes (``RADCLOUD_ORTHANC_NODES``) the feed has several writers, and a
+change numbered lower can commit after a higher one was read (PostgreSQL hands out the numbers
+when the transactions write, not when they commit). With ``settle_s`` the tracker reads only to
+the first hole in the numbering and waits up to ``settle_s`` for it to fill; a hole still open
+then is taken for numbers of transactions that rolled back (a serialization failure Orthanc
+replayed) and passed over.
+
 The event's topics and payload are the core's outbox contract (:mod:`core.events`: one builder
 for the gateway and serving's reprocess); its series list is read from the image archive.
 """
@@ -42,14 +49,15 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import threading
+import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from core.archive import ArchiveError, ArchiveId, ImageArchive
+from core.archive import ArchiveError, ArchiveId, Change, ImageArchive
 from core.db import Database
 from core.db.models import ChangeCursor, Hospital, OutboxEvent, Study, StudyState, utcnow
 from core.events import STUDY_READY, STUDY_UPDATED, study_payload, study_series
@@ -96,8 +104,12 @@ class StudyTracker:
         archive: ImageArchive,
         stable_seconds: float,
         pending_studies: Callable[[], set[str]],
+        *,
+        settle_s: float = 0.0,
     ) -> None:
         self._db = db
+        self._settle_s = settle_s
+        self._holes: dict[int, float] = {}  # first missing number -> when it was first seen
         self._archive = archive
         self._stable = dt.timedelta(seconds=stable_seconds)
         self._pending = pending_studies
@@ -131,14 +143,36 @@ class StudyTracker:
                     )
                     self._commit(Resolved(), position, feed.last)
                 return read
-            new = [c.archive_id for c in feed.changes if c.change_type == NEW_INSTANCE]
-            resolved = self._resolver.resolve(new)
-            last = max(feed.last, *(c.seq for c in feed.changes))
-            self._commit(resolved, position, last)
-            read += len(feed.changes)
-            position = last
-            if feed.done:
+            changes, held = self._settled(position, feed.changes)
+            if changes:
+                new = [c.archive_id for c in changes if c.change_type == NEW_INSTANCE]
+                resolved = self._resolver.resolve(new)
+                seqs = [c.seq for c in changes]
+                last = max(seqs) if held else max(feed.last, *seqs)
+                self._commit(resolved, position, last)
+                read += len(changes)
+                position = last
+            if held or feed.done:
                 return read
+
+    def _settled(self, position: int, changes: Sequence[Change]) -> tuple[list[Change], bool]:
+        """The changes to take now, and whether a hole in the numbering holds back the rest
+        (module docstring: several writers; without ``settle_s``, all of them)."""
+        if self._settle_s <= 0:
+            return list(changes), False
+        now = time.monotonic()
+        taken: list[Change] = []
+        expected = position + 1
+        for change in sorted(changes, key=lambda c: c.seq):
+            if change.seq > expected:
+                seen = self._holes.setdefault(expected, now)
+                if now - seen < self._settle_s:
+                    return taken, True
+                logger.debug("changes %d-%d never came: rolled back", expected, change.seq - 1)
+            taken.append(change)
+            expected = change.seq + 1
+        self._holes = {seq: at for seq, at in self._holes.items() if seq >= expected}
+        return taken, False
 
     def _position(self) -> int:
         """The committed position; the first time, the feed's newest (the past is not

@@ -44,6 +44,9 @@ __all__ = ["GatewayService"]
 logger = logging.getLogger(__name__)
 
 _MIB = 1024 * 1024
+# With several archive nodes, how long the completeness follower waits for a hole in the change
+# feed's numbering to fill (a change committed late) before taking it for a rolled-back one.
+_SETTLE_S = 2.0
 
 
 class GatewayService:
@@ -80,6 +83,7 @@ class GatewayService:
             self.archive,
             settings.gateway_stable_seconds,
             pending_studies=lambda: self.forwarder.pending_studies(),  # noqa: PLW0108 - set below
+            settle_s=_SETTLE_S if settings.orthanc_nodes > 1 else 0.0,
         )
         self.forwarder = Forwarder(
             self.spool,
@@ -88,11 +92,14 @@ class GatewayService:
             workers=settings.gateway_forward_workers,
         )
         self.dicom: Any = None
-        self._dicomweb: DicomwebArchive | None = None
+        self._dicomweb: list[DicomwebArchive] = []
         if settings.gateway_edge is GatewayEdge.ORTHANC:  # STOW-RS straight into Orthanc
-            self._dicomweb = open_local_dicomweb(
-                settings, secrets, timeout_s=settings.gateway_network_timeout_s
-            )
+            self._dicomweb = [  # one per archive node: ArchiveStow spreads and fails over
+                open_local_dicomweb(
+                    settings, secrets, timeout_s=settings.gateway_network_timeout_s, node=node
+                )
+                for node in range(settings.orthanc_nodes)
+            ]
         else:
             from dicom_gateway.scp import DicomService  # pynetdicom: only in this process
 
@@ -221,8 +228,8 @@ class GatewayService:
             detail={"activity": "stopped"},
         )
         self.archive.close()
-        if self._dicomweb is not None:
-            self._dicomweb.close()
+        for dicomweb in self._dicomweb:
+            dicomweb.close()
         self.db.dispose()
 
     def run(self) -> None:

@@ -27,7 +27,9 @@ names → 0xC409, neither spooled nor quarantined.
 
 from __future__ import annotations
 
+import itertools
 import logging
+from collections.abc import Sequence
 
 from core.archive import ArchiveError, ArchiveUnavailableError, DicomwebArchive, StoredInstance
 from core.archive.orthanc_archive import orthanc_study_id
@@ -124,6 +126,11 @@ def _stored(info: InstanceInfo) -> StoreAnswer:
     )
 
 
+def _unanswered(outcome: StoredInstance | ArchiveError | None) -> bool:
+    """Whether the archive gave no answer for an instance (it may go to another node)."""
+    return isinstance(outcome, ArchiveUnavailableError) and outcome.status_code is None
+
+
 class ArchiveStow:
     """STOW-RS with the Orthanc edge (``RADCLOUD_GATEWAY_EDGE=orthanc``): a batch of parts
     checked here and stored in Orthanc by its own STOW-RS, no spool.
@@ -139,17 +146,46 @@ class ArchiveStow:
     (nothing is kept: the sender sends again, as a DICOM sender does when the Orthanc edge
     refuses an association).
 
+    With several archive nodes (``orthanc_nodes``) each batch goes to the next node in turn,
+    and the instances a node gave no answer for (``ArchiveUnavailableError`` without a status:
+    refused, reset, timed out) are sent to the next node: a second store of an instance is
+    harmless (Orthanc keys it by its SOP Instance UID and keeps the first).
+
     Parameters
     ----------
     intake
         The gateway's checks, quarantine and ownership (its spool is not used).
     archive
-        radcloud's Orthanc through its DICOMweb plugin (:func:`core.archive.open_local_dicomweb`).
+        radcloud's Orthanc through its DICOMweb plugin (:func:`core.archive.open_local_dicomweb`),
+        or one per archive node.
     """
 
-    def __init__(self, intake: Intake, archive: DicomwebArchive) -> None:
+    def __init__(
+        self, intake: Intake, archive: DicomwebArchive | Sequence[DicomwebArchive]
+    ) -> None:
         self._intake = intake
-        self._archive = archive
+        self._archives = [archive] if isinstance(archive, DicomwebArchive) else list(archive)
+        self._turns = itertools.count()
+
+    def _store(
+        self, instances: list[bytes], uids: list[tuple[str, str, str]]
+    ) -> list[StoredInstance | ArchiveError]:
+        """Store on the nodes in turn; what got no answer goes to the next node."""
+        outcomes: list[StoredInstance | ArchiveError | None] = [None] * len(instances)
+        waiting = list(range(len(instances)))
+        first = next(self._turns)
+        for turn in range(len(self._archives)):
+            archive = self._archives[(first + turn) % len(self._archives)]
+            answered = archive.store_instances(
+                [instances[i] for i in waiting], uids=[uids[i] for i in waiting]
+            )
+            for index, outcome in zip(waiting, answered, strict=True):
+                outcomes[index] = outcome
+            waiting = [index for index in waiting if _unanswered(outcomes[index])]
+            if not waiting:
+                break
+            logger.warning("archive node %s gave no answer: next node", archive.name)
+        return [o if o is not None else ArchiveError("no outcome") for o in outcomes]
 
     def store_batch(
         self, parts: list[bytes], *, study_instance_uid: str | None, hospital: str
@@ -179,9 +215,9 @@ class ArchiveStow:
             if info is not None:
                 accepted.append((index, info, data))
         if accepted:
-            outcomes = self._archive.store_instances(
+            outcomes = self._store(
                 [zero_preamble(data) for _, _, data in accepted],
-                uids=[
+                [
                     (info.study_instance_uid, info.series_instance_uid, info.sop_instance_uid)
                     for _, info, _ in accepted
                 ],

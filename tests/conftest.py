@@ -29,7 +29,8 @@ from core.db import Database
 from core.db.models import OutboxEvent
 from core.secrets import load_secrets
 from dicom_gateway.edge.peers import peer_name
-from radcloud.services import Supervisor, gateway_component, orthanc_component
+from radcloud.services import Supervisor, gateway_component, orthanc_components
+from radcloud.services.postgresql import postgresql_component
 from tests.fixture_models import register_fixture_models
 from tests.helpers import free_ports, orthanc_client, wait_until
 from tests.postgres import PostgresServer, running_postgresql
@@ -252,11 +253,14 @@ class Stack:
 def start_dicom_doors(home: Path, **settings: object) -> Stack:
     """Only Orthanc and the gateway process of a radcloud in ``home`` (no API, no Ray: seconds
     to start), under a :class:`Supervisor` of its own; ``settings`` as for :func:`stack_env`
-    (``gateway_edge`` chooses the DICOM edge)."""
+    (``gateway_edge`` chooses the DICOM edge; ``postgresql_managed`` adds radcloud's own
+    PostgreSQL, ``orthanc_nodes`` the archive nodes)."""
     env = stack_env(home, **settings)
     config = settings_from_env(env)
+    secrets = load_secrets(config)
+    database = [postgresql_component(config, secrets)] if config.postgresql_managed else []
     supervisor = Supervisor(
-        config, [orthanc_component(config, load_secrets(config)), gateway_component(config)]
+        config, [*database, *orthanc_components(config, secrets), gateway_component(config)]
     )
     running = Stack(env, config, supervisor=supervisor)
     supervisor.up()  # a start that fails stops what it did start

@@ -82,13 +82,15 @@ def open_node_archive(
 
 
 def open_local_dicomweb(
-    settings: Settings, secrets: Secrets, *, timeout_s: float = 30.0
+    settings: Settings, secrets: Secrets, *, timeout_s: float = 30.0, node: int | None = None
 ) -> DicomwebArchive:
     """radcloud's own Orthanc seen through its DICOMweb plugin: the same interface, and the
     same streaming (:meth:`DicomwebArchive.open_dicomweb_stream`), as a remote node's, so a
-    fan-out treats the local archive and remote nodes alike."""
+    fan-out treats the local archive and remote nodes alike. ``node``: that archive node's
+    (``orthanc_nodes``), else ``settings.orthanc_url``'s."""
+    root = settings.orthanc_url if node is None else settings.orthanc_node_url(node)
     return DicomwebArchive(
-        f"{settings.orthanc_url}{ORTHANC_DICOMWEB_ROOT}",
+        f"{root}{ORTHANC_DICOMWEB_ROOT}",
         username=secrets.orthanc_user,
         password=secrets.orthanc_password,
         connect_timeout_s=settings.remote_connect_timeout_s,
@@ -106,10 +108,15 @@ def open_archive(
 ) -> OrthancArchive:
     """radcloud's image archive: its Orthanc, authenticated with the generated credentials.
 
+    With several archive nodes (``orthanc_nodes``) the archive spreads its requests over every
+    node and fails over to another when one is down (:class:`OrthancArchive`); inside node k
+    (``orthanc_node`` set: the edge plugin) it talks to that node only, whose DICOM peers and
+    jobs are its own.
+
     Parameters
     ----------
     settings
-        ``orthanc_url`` is used.
+        ``orthanc_node_urls`` (or ``orthanc_url`` inside a node) is used.
     secrets
         ``orthanc_user`` and ``orthanc_password`` are used.
     timeout_s
@@ -121,8 +128,9 @@ def open_archive(
         An :class:`~core.archive.ImageArchive` (and :class:`~core.archive.AnonymizingArchive`);
         close it, or use it as a context manager.
     """
+    nodes = settings.orthanc_node_urls if settings.orthanc_node is None else [settings.orthanc_url]
     return OrthancArchive(
-        settings.orthanc_url,
+        nodes,
         username=secrets.orthanc_user,
         password=secrets.orthanc_password,
         timeout_s=timeout_s,
@@ -142,14 +150,58 @@ def dicomweb_client(
     Returns
     -------
     httpx.Client
-        Authenticated with the generated credentials, ``base_url`` Orthanc's address; close it,
-        or use it as a context manager.
+        Authenticated with the generated credentials, ``base_url`` Orthanc's address (node 0's;
+        with several archive nodes a node that cannot be reached is passed over:
+        :class:`NodeFailover`); close it, or use it as a context manager.
     """
+    transport = None
+    if settings.orthanc_nodes > 1 and settings.orthanc_node is None:
+        ports = [int(httpx.URL(root).port or 80) for root in settings.orthanc_node_urls]
+        transport = NodeFailover(ports)
     return httpx.Client(
         base_url=settings.orthanc_url,
         auth=(secrets.orthanc_user, secrets.orthanc_password),
         timeout=timeout_s,
+        transport=transport,
     )
+
+
+class NodeFailover(httpx.BaseTransport):
+    """A transport for requests addressed to node 0 (``ports[0]``) that sends a request the
+    node could not be connected to (nothing was sent) to the next node's port instead.
+
+    The request keeps its ``Host`` header, so Orthanc's DICOMweb plugin writes node 0's base in
+    the URLs of its answer, which the pass-through rewrites as it always did.
+    """
+
+    def __init__(self, ports: list[int]) -> None:
+        self._ports = ports
+        self._inner = httpx.HTTPTransport()
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        if request.url.port != self._ports[0]:
+            return self._inner.handle_request(request)
+        for port in self._ports[:-1]:
+            try:
+                return self._inner.handle_request(self._to(request, port))
+            except httpx.ConnectError as exc:
+                logger.warning("archive node on port %d cannot be reached (%s): next", port, exc)
+        return self._inner.handle_request(self._to(request, self._ports[-1]))
+
+    @staticmethod
+    def _to(request: httpx.Request, port: int) -> httpx.Request:
+        if request.url.port == port:
+            return request
+        return httpx.Request(
+            request.method,
+            request.url.copy_with(port=port),
+            headers=request.headers,  # the Host header stays node 0's
+            stream=request.stream,
+            extensions=request.extensions,
+        )
+
+    def close(self) -> None:
+        self._inner.close()
 
 
 def local_endpoint(
@@ -165,7 +217,9 @@ def local_endpoint(
     )
 
 
-def orthanc_healthy(settings: Settings, secrets: Secrets, *, timeout_s: float = 2.0) -> bool:
+def orthanc_healthy(
+    settings: Settings, secrets: Secrets, *, timeout_s: float = 2.0, node: int | None = None
+) -> bool:
     """Whether Orthanc answers ``GET /system`` with 200 and a JSON object.
 
     Parameters
@@ -174,13 +228,16 @@ def orthanc_healthy(settings: Settings, secrets: Secrets, *, timeout_s: float = 
         Where Orthanc is and the credentials it demands.
     timeout_s
         Timeout of the request.
+    node
+        Which archive node (``orthanc_nodes``); ``None``: ``settings.orthanc_url``'s.
 
     Returns
     -------
     bool
         ``False`` on any connection error, error status or unexpected body.
     """
-    url = f"{settings.orthanc_url}/system"
+    root = settings.orthanc_url if node is None else settings.orthanc_node_url(node)
+    url = f"{root}/system"
     try:
         response = httpx.get(
             url, auth=(secrets.orthanc_user, secrets.orthanc_password), timeout=timeout_s
@@ -205,7 +262,7 @@ def wait_for_orthanc(
     timeout_s: float | None = None,
     interval_s: float = 0.2,
 ) -> None:
-    """Block until Orthanc is healthy (see :func:`orthanc_healthy`).
+    """Block until Orthanc is healthy (see :func:`orthanc_healthy`): every archive node.
 
     Parameters
     ----------
@@ -223,11 +280,14 @@ def wait_for_orthanc(
     """
     limit = settings.startup_timeout_s if timeout_s is None else timeout_s
     deadline = time.monotonic() + limit
-    while not orthanc_healthy(settings, secrets):
-        if time.monotonic() >= deadline:
-            raise StartupError(
-                "orthanc",
-                f"{settings.orthanc_url}/system did not answer 200 within {limit:g} s",
-                settings.paths.log_dir / "orthanc.log",
-            )
-        time.sleep(interval_s)
+    for node in range(settings.orthanc_nodes):
+        while not orthanc_healthy(settings, secrets, node=node):
+            if time.monotonic() >= deadline:
+                name = "orthanc" if node == 0 else f"orthanc-{node}"
+                raise StartupError(
+                    name,
+                    f"{settings.orthanc_node_url(node)}/system did not answer 200 within "
+                    f"{limit:g} s",
+                    settings.paths.log_dir / f"{name}.log",
+                )
+            time.sleep(interval_s)

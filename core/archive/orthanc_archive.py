@@ -12,12 +12,32 @@ Several instances are stored as one uncompressed ZIP (``POST /instances``): Orth
 one receipt per member, in order, each with the member's Orthanc ID (:func:`orthanc_instance_id`).
 A ZIP Orthanc refuses (one bad member fails the whole archive), or answers otherwise, is sent
 again one instance per request, so that a refusal lands on exactly the instance it concerns.
+
+Several archive nodes (Orthanc processes sharing one PostgreSQL index and one storage area,
+README "Several archive nodes"): the archive takes every node's root and spreads requests over
+them in turn. A request is tried on the next node when its node gave no answer:
+
+- the connection could not be made (refused, connect timeout): nothing was sent, so any
+  request moves on;
+- it broke off after the request was sent (reset, read timeout): only a request that may be
+  sent twice moves on: reads (``GET``, ``/tools/find``, ``/tools/bulk-content``,
+  ``/anonymize``), ``PUT`` and stores (``POST /instances``: Orthanc keys an instance by its
+  SOP Instance UID, with ``OverwriteInstances`` off a second store of the same instance
+  changes nothing and is answered ``AlreadyStored``). A ``DELETE`` is not repeated.
+
+An answer is never repeated elsewhere, except Orthanc's 503: with several writers its
+PostgreSQL index runs every transaction SERIALIZABLE and replays one that collided up to the
+plugin's ``MaximumConnectionRetries`` times, then answers 503 (``DatabaseCannotSerialize``,
+rolled back); the archive sends such a request again after a pause that grows
+(:data:`_BUSY_PAUSES_S`) before it gives up with ``ArchiveUnavailableError(503)``.
 """
 
 from __future__ import annotations
 
 import io
+import itertools
 import logging
+import time
 import zipfile
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -64,6 +84,15 @@ logger = logging.getLogger(__name__)
 
 _BULK = 1000  # keys per POST /tools/bulk-content
 _EDGE_METRICS = "/radcloud/edge/metrics"  # dicom_gateway.edge.plugin serves it
+_BUSY_PAUSES_S = (0.05, 0.2, 0.8)  # before each resend of a request Orthanc answered 503
+_REPEATABLE_POSTS = ("/tools/find", "/tools/bulk-content", "/instances")
+
+
+def _repeatable(method: str, path: str) -> bool:
+    """Whether a request whose answer was lost may be sent again (module docstring)."""
+    if method in ("GET", "HEAD", "PUT"):
+        return True
+    return method == "POST" and (path in _REPEATABLE_POSTS or path.endswith("/anonymize"))
 
 
 class OrthancArchive:
@@ -72,7 +101,8 @@ class OrthancArchive:
     Parameters
     ----------
     url
-        Orthanc's HTTP root, e.g. ``http://127.0.0.1:8042``.
+        Orthanc's HTTP root, e.g. ``http://127.0.0.1:8042``, or the roots of several archive
+        nodes sharing one index (spread over, failed over: see the module docstring).
     username, password
         Orthanc's HTTP basic credentials.
     timeout_s
@@ -86,7 +116,7 @@ class OrthancArchive:
 
     def __init__(
         self,
-        url: str,
+        url: str | Sequence[str],
         *,
         username: str,
         password: str,
@@ -94,17 +124,27 @@ class OrthancArchive:
         archive_timeout_s: float = 120.0,
         max_find_results: int = 10000,
     ) -> None:
-        self._url = url.rstrip("/")
+        roots = [url] if isinstance(url, str) else list(url)
+        if not roots:
+            raise ValueError("expected at least one Orthanc root URL")
+        self._urls = [root.rstrip("/") for root in roots]
         self.max_find_results = max_find_results
         self._archive_timeout_s = max(timeout_s, archive_timeout_s)
-        self._client = httpx.Client(
-            base_url=self._url, auth=(username, password), timeout=timeout_s
-        )
+        self._clients = [
+            httpx.Client(base_url=root, auth=(username, password), timeout=timeout_s)
+            for root in self._urls
+        ]
+        self._turns = itertools.count()
 
     @property
     def url(self) -> str:
-        """Orthanc's HTTP root."""
-        return self._url
+        """Orthanc's HTTP root (the first node's)."""
+        return self._urls[0]
+
+    @property
+    def urls(self) -> list[str]:
+        """Every node's HTTP root."""
+        return list(self._urls)
 
     def __enter__(self) -> OrthancArchive:
         return self
@@ -113,8 +153,9 @@ class OrthancArchive:
         self.close()
 
     def close(self) -> None:
-        """Close the connection pool."""
-        self._client.close()
+        """Close the connection pools."""
+        for client in self._clients:
+            client.close()
 
     # -- transport --------------------------------------------------------------------------
 
@@ -127,14 +168,53 @@ class OrthancArchive:
         timeout_s: float | None = None,
         **kwargs: Any,
     ) -> httpx.Response:
-        """One request; errors mapped as the module docstring draws (``missing``: what a 404
-        means, as ``(resource, identifier)``)."""
-        url = f"{self._url}{path}"
+        """One request, on the nodes in turn, failed over and resent after a 503 as the module
+        docstring says; errors mapped as it draws (``missing``: what a 404 means, as
+        ``(resource, identifier)``)."""
         timeout = httpx.USE_CLIENT_DEFAULT if timeout_s is None else timeout_s
-        try:
-            response = self._client.request(method, path, timeout=timeout, **kwargs)
-        except httpx.RequestError as exc:
-            raise ArchiveUnavailableError(url, str(exc) or type(exc).__name__) from exc
+        first = next(self._turns) % len(self._clients)
+        unanswered: list[ArchiveUnavailableError] = []
+        for turn in range(len(self._clients)):
+            node = (first + turn) % len(self._clients)
+            url = f"{self._urls[node]}{path}"
+            try:
+                response = self._request(node, method, path, timeout, kwargs)
+            except httpx.RequestError as exc:
+                error = ArchiveUnavailableError(url, str(exc) or type(exc).__name__)
+                error.__cause__ = exc
+                unanswered.append(error)
+                nothing_sent = isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout)
+                if not (nothing_sent or _repeatable(method, path)):
+                    raise error from exc
+                if turn + 1 < len(self._clients):
+                    logger.warning("Orthanc %s gave no answer (%s): next node", url, exc)
+                continue
+            return self._checked(response, url, method, path, missing)
+        raise unanswered[-1]
+
+    def _request(
+        self, node: int, method: str, path: str, timeout: Any, kwargs: Mapping[str, Any]
+    ) -> httpx.Response:
+        """One request to one node, sent again after Orthanc's 503 (a transaction that could
+        not be serialised, rolled back) while :data:`_BUSY_PAUSES_S` lasts."""
+        client = self._clients[node]
+        for pause in _BUSY_PAUSES_S:
+            response = client.request(method, path, timeout=timeout, **kwargs)
+            if response.status_code != 503:
+                return response
+            logger.info("Orthanc answered 503 to %s %s (%s): again", method, path, reason(response))
+            time.sleep(pause)
+        return client.request(method, path, timeout=timeout, **kwargs)
+
+    def _checked(
+        self,
+        response: httpx.Response,
+        url: str,
+        method: str,
+        path: str,
+        missing: tuple[str, str] | None,
+    ) -> httpx.Response:
+        """``response``, or the seam's error for it (module docstring)."""
         status = response.status_code
         if status >= 500 or status in UNAVAILABLE_STATUSES:
             raise ArchiveUnavailableError(url, reason(response), status)

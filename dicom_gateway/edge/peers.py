@@ -31,7 +31,7 @@ import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from core.archive import ArchiveError, open_archive
+from core.archive import ArchiveError
 from core.archive.orthanc_archive import OrthancArchive
 from core.archive.orthanc_peers import DicomModality, OrthancPeers
 from core.config import GatewayEdge, Settings
@@ -90,11 +90,21 @@ def wait_until_admitted(
 ) -> bool:
     """Wait until radcloud's DICOM edge admits the registered ``ae_titles``: at once with the
     pynetdicom edge (it reads the registry at each association), once mirrored with the
-    Orthanc edge (:func:`wait_until_mirrored`, against the running Orthanc)."""
+    Orthanc edge (:func:`wait_until_mirrored`, against every running archive node)."""
     if settings.gateway_edge is not GatewayEdge.ORTHANC:
         return True
-    with open_archive(settings, load_secrets(settings), timeout_s=5) as archive:
-        return wait_until_mirrored(archive, ae_titles, timeout_s=timeout_s)
+    secrets = load_secrets(settings)
+    titles = list(ae_titles)
+    for node in range(settings.orthanc_nodes):  # each node's plugin mirrors into its own table
+        with OrthancArchive(
+            settings.orthanc_node_url(node),
+            username=secrets.orthanc_user,
+            password=secrets.orthanc_password,
+            timeout_s=5,
+        ) as archive:
+            if not wait_until_mirrored(archive, titles, timeout_s=timeout_s):
+                return False
+    return True
 
 
 def _ip(host: str | None) -> str | None:

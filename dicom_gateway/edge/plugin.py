@@ -137,7 +137,8 @@ orthanc.RegisterRestCallback("/radcloud/edge/metrics", _on_metrics)
 EDGE.start()
 atexit.register(EDGE.stop)
 logging.getLogger("dicom_gateway.edge").info(
-    "radcloud's DICOM edge is in Orthanc: %s on port %d",
+    "radcloud's DICOM edge is in Orthanc (archive node %d): %s on port %d",
+    SETTINGS.orthanc_node or 0,
     SETTINGS.gateway_ae_title,
-    SETTINGS.gateway_port,
+    SETTINGS.gateway_port + SETTINGS.orthanc_node_offset(SETTINGS.orthanc_node or 0),
 )

@@ -5,6 +5,7 @@ from radcloud.services.orthanc import (
     DicomModality,
     check_orthanc_installed,
     orthanc_component,
+    orthanc_components,
     orthanc_config,
     write_orthanc_config,
 )
@@ -28,6 +29,7 @@ __all__ = [
     "gateway_component",
     "http_ok",
     "orthanc_component",
+    "orthanc_components",
     "orthanc_config",
     "write_orthanc_config",
 ]

@@ -15,7 +15,7 @@ import httpx
 
 from core.config import ENV_PREFIX, GatewayEdge, Settings, settings_env
 from core.secrets import Secrets
-from radcloud.services.orthanc import orthanc_component
+from radcloud.services.orthanc import orthanc_components
 from radcloud.services.postgresql import postgresql_component
 from radcloud.services.supervisor import Component, http_ok
 
@@ -112,13 +112,13 @@ def components(settings: Settings, secrets: Secrets) -> list[Component]:
     Returns
     -------
     list[Component]
-        The managed PostgreSQL (``postgresql_managed``), Orthanc, the DICOM gateway, then the
-        HTTP API.
+        The managed PostgreSQL (``postgresql_managed``), Orthanc (each archive node,
+        ``orthanc_nodes``), the DICOM gateway, then the HTTP API.
     """
     database = [postgresql_component(settings, secrets)] if settings.postgresql_managed else []
     return [
         *database,
-        orthanc_component(settings, secrets),
+        *orthanc_components(settings, secrets),
         gateway_component(settings),
         api_component(settings),
     ]

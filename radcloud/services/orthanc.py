@@ -13,6 +13,15 @@ With ``RADCLOUD_GATEWAY_EDGE=orthanc``, Orthanc's DICOM server is the gateway in
 (its peer table, kept equal to the registry by the plugin, :mod:`dicom_gateway.edge`), and
 runs radcloud's policy in the orthanc-python plugin.
 
+With ``RADCLOUD_ORTHANC_NODES`` = N > 1 (``orthanc_index=postgresql`` only) radcloud runs N
+Orthanc processes, the archive nodes, as components ``orthanc``, ``orthanc-1``, ...: node k has
+its own configuration file (``orthanc.json``, ``orthanc-<k>.json``), listens on
+``orthanc_http_port`` + k * ``orthanc_node_port_step`` (10) and, as the DICOM edge with
+radcloud's plugin, on ``gateway_port`` + the same (else ``orthanc_dicom_port`` + it); all
+share the storage directory and the PostgreSQL index (the plugin's ``Lock`` off,
+``DatabaseServerIdentifier`` per node). README "Several archive
+nodes" says what Orthanc 1.10 allows there.
+
 Everything in radcloud reaches Orthanc through the archive seam (:mod:`core.archive`).
 """
 
@@ -32,6 +41,7 @@ from urllib.parse import quote, unquote, urlsplit
 from core.archive.orthanc import orthanc_healthy
 from core.archive.orthanc_peers import DicomModality
 from core.config import (
+    ENV_PREFIX,
     MANAGED_DATABASE,
     ORTHANC_DATABASE,
     GatewayEdge,
@@ -55,7 +65,9 @@ __all__ = [
     "DicomModality",
     "check_orthanc_installed",
     "orthanc_component",
+    "orthanc_components",
     "orthanc_config",
+    "orthanc_config_path",
     "write_orthanc_config",
 ]
 
@@ -116,6 +128,7 @@ def orthanc_config(
     modalities: Mapping[str, DicomModality] | None = None,
     *,
     as_edge: bool | None = None,
+    node: int = 0,
 ) -> dict[str, Any]:
     """Orthanc's configuration for this radcloud instance (a pure function).
 
@@ -131,6 +144,12 @@ def orthanc_config(
         Whether Orthanc is radcloud's DICOM edge (its plugin, DICOM on ``gateway_port``):
         ``None`` as ``settings.gateway_edge`` says; ``False`` for an archive only (a site of a
         benchmark or a test that runs no gateway).
+    node
+        Which archive node (``orthanc_nodes``): its ports are the base ports +
+        ``node * orthanc_node_port_step``; with
+        several nodes, each has its own ``DatabaseServerIdentifier`` (Orthanc keeps its global
+        properties, its saved jobs among them, per identifier) and the PostgreSQL index is
+        not locked to one process (``Lock`` off).
 
     Returns
     -------
@@ -143,6 +162,7 @@ def orthanc_config(
         When ``orthanc_index`` is PostgreSQL and the URL cannot be parsed.
     """
     storage = str(settings.paths.orthanc_storage)
+    offset = settings.orthanc_node_offset(node)
     plugins = [str(settings.orthanc_plugins_dir / DICOMWEB_PLUGIN)]
     config: dict[str, Any] = {
         "Name": "radcloud",
@@ -151,7 +171,7 @@ def orthanc_config(
         "Plugins": plugins,
         # HTTP: loopback clients only, always with a password
         "HttpServerEnabled": True,
-        "HttpPort": settings.orthanc_http_port,
+        "HttpPort": settings.orthanc_http_port + offset,
         "RemoteAccessAllowed": False,
         # Bounded finds for every client (REST, DICOMweb QIDO, C-FIND): at most this many
         # candidates are examined; radcloud's own searches ask for one more and refuse a
@@ -170,7 +190,7 @@ def orthanc_config(
         # DICOM: off unless modalities are configured; then only they, by AE title and host
         "DicomServerEnabled": bool(modalities),
         "DicomAet": settings.orthanc_ae_title,
-        "DicomPort": settings.orthanc_dicom_port,
+        "DicomPort": settings.orthanc_dicom_port + offset,
         "DicomCheckCalledAet": True,
         "DicomCheckModalityHost": True,
         "DicomAlwaysAllowEcho": False,
@@ -190,10 +210,21 @@ def orthanc_config(
     if _is_edge(settings, as_edge):
         plugins.append(str(settings.orthanc_plugins_dir / PYTHON_PLUGIN))
         config.update(edge_config(settings))
+        config["DicomPort"] += offset
     if settings.orthanc_index is OrthancIndex.POSTGRESQL:
         plugins.append(str(settings.orthanc_plugins_dir / POSTGRESQL_PLUGIN))
         config["PostgreSQL"] = _postgresql_section(_index_url(settings, secrets))
+    if settings.orthanc_nodes > 1:
+        config["Name"] = f"radcloud-{node}"
+        config["DatabaseServerIdentifier"] = f"radcloud-node-{node}"
+        config["PostgreSQL"]["Lock"] = False  # several writers (Orthanc >= 1.9.2, plugin 4.0)
     return config
+
+
+def orthanc_config_path(settings: Settings, node: int = 0) -> Path:
+    """Node ``node``'s configuration file: ``orthanc.json``, ``orthanc-<k>.json`` beside it."""
+    path = settings.paths.orthanc_config
+    return path if node == 0 else path.with_name(f"{path.stem}-{node}{path.suffix}")
 
 
 def _index_url(settings: Settings, secrets: Secrets) -> str:
@@ -273,8 +304,9 @@ def write_orthanc_config(
     modalities: Mapping[str, DicomModality] | None = None,
     *,
     as_edge: bool | None = None,
+    node: int = 0,
 ) -> Path:
-    """Write :func:`orthanc_config` to ``settings.paths.orthanc_config`` with mode 0600.
+    """Write :func:`orthanc_config` to :func:`orthanc_config_path` with mode 0600.
 
     The file is replaced atomically; the parameters are :func:`orthanc_config`'s.
 
@@ -283,9 +315,9 @@ def write_orthanc_config(
     Path
         The configuration file.
     """
-    path = settings.paths.orthanc_config
+    path = orthanc_config_path(settings, node)
     private_directory(path.parent)
-    config = orthanc_config(settings, secrets, modalities, as_edge=as_edge)
+    config = orthanc_config(settings, secrets, modalities, as_edge=as_edge, node=node)
     text = json.dumps(config, indent=2, sort_keys=True)
     tmp = path.with_suffix(f".tmp{os.getpid()}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -362,11 +394,12 @@ def _prepare(
     secrets: Secrets,
     modalities: Mapping[str, DicomModality] | None,
     as_edge: bool,
+    node: int,
 ) -> None:
     check_orthanc_installed(settings, as_edge=as_edge)
     if as_edge:
         modalities = {**(modalities or {}), **edge_modalities(settings, secrets)}
-    write_orthanc_config(settings, secrets, modalities, as_edge=as_edge)
+    write_orthanc_config(settings, secrets, modalities, as_edge=as_edge, node=node)
 
 
 def _plugin_environment(settings: Settings) -> dict[str, str]:
@@ -388,8 +421,9 @@ def orthanc_component(
     modalities: Mapping[str, DicomModality] | None = None,
     *,
     as_edge: bool | None = None,
+    node: int = 0,
 ) -> Component:
-    """Orthanc as a supervised component.
+    """Orthanc (one archive node) as a supervised component.
 
     Before it is spawned, the installation is checked (:func:`check_orthanc_installed`) and the
     configuration written. It runs with ``TCP_NODELAY=1``, which DCMTK honours: without it
@@ -406,26 +440,48 @@ def orthanc_component(
     as_edge
         Whether it is radcloud's DICOM edge (see :func:`orthanc_config`): ``None`` as the
         settings say, ``False`` for an archive only.
+    node
+        Which archive node (``orthanc_nodes``; see :func:`orthanc_config`). Its plugin's
+        environment names it (``RADCLOUD_ORTHANC_NODE``), so that the plugin talks to its own
+        node, whose DICOM peers and jobs are its own.
 
     Returns
     -------
     Component
-        Named ``orthanc``, healthy when :func:`orthanc_healthy`.
+        Named ``orthanc`` (node 0) or ``orthanc-<k>``, healthy when :func:`orthanc_healthy`.
     """
     executable = shutil.which(settings.orthanc_executable) or settings.orthanc_executable
     env = {"TCP_NODELAY": "1"}
-    dicom_port = (settings.orthanc_dicom_port, "RADCLOUD_ORTHANC_DICOM_PORT")
+    offset = settings.orthanc_node_offset(node)
+    suffix = "" if node == 0 else f" + {node} * {ENV_PREFIX}ORTHANC_NODE_PORT_STEP"
+    dicom_port = (settings.orthanc_dicom_port + offset, f"{ENV_PREFIX}ORTHANC_DICOM_PORT{suffix}")
     edge = _is_edge(settings, as_edge)
     if edge:
-        env |= _plugin_environment(settings)
-        dicom_port = (settings.gateway_port, "RADCLOUD_GATEWAY_PORT")
+        env |= _plugin_environment(settings) | {f"{ENV_PREFIX}ORTHANC_NODE": str(node)}
+        dicom_port = (settings.gateway_port + offset, f"{ENV_PREFIX}GATEWAY_PORT{suffix}")
+    http_port = (settings.orthanc_http_port + offset, f"{ENV_PREFIX}ORTHANC_HTTP_PORT{suffix}")
     return Component.create(
         settings,
-        name="orthanc",
-        argv=[executable, str(settings.paths.orthanc_config)],
+        name="orthanc" if node == 0 else f"orthanc-{node}",
+        argv=[executable, str(orthanc_config_path(settings, node))],
         env=env,
-        ports=[(settings.orthanc_http_port, "RADCLOUD_ORTHANC_HTTP_PORT"), dicom_port],
-        health=functools.partial(orthanc_healthy, settings, secrets),
-        url=settings.orthanc_url,
-        prepare=functools.partial(_prepare, settings, secrets, modalities, edge),
+        ports=[http_port, dicom_port],
+        health=functools.partial(orthanc_healthy, settings, secrets, node=node),
+        url=settings.orthanc_node_url(node),
+        prepare=functools.partial(_prepare, settings, secrets, modalities, edge, node),
     )
+
+
+def orthanc_components(
+    settings: Settings,
+    secrets: Secrets,
+    modalities: Mapping[str, DicomModality] | None = None,
+    *,
+    as_edge: bool | None = None,
+) -> list[Component]:
+    """Every archive node as a component (``orthanc_nodes`` of them), node 0 first; the
+    parameters are :func:`orthanc_component`'s."""
+    return [
+        orthanc_component(settings, secrets, modalities, as_edge=as_edge, node=node)
+        for node in range(settings.orthanc_nodes)
+    ]

@@ -13,13 +13,14 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pydicom
 import pytest
 from pydicom.uid import generate_uid
 from sqlalchemy import select
 
-from core.archive import OrthancArchive, open_archive
+from core.archive import ChangeFeed, OrthancArchive, open_archive
 from core.config import Settings, load_settings
 from core.db import Database, upgrade
 from core.db.models import ChangeCursor, OutboxEvent, Study, StudyState
@@ -289,3 +290,54 @@ def test_orthanc_killed_mid_study_and_restarted(tracking: Tracking, orthanc: Ort
     assert ready.payload["instance_count"] == 6
     assert tracking.settle() == []
     assert len(tracking.events(study)) == 1
+
+
+class _LateCommit:
+    """The archive as a follower sees it while another node's transaction is still open: one
+    change (numbered lower than changes already committed) is left out of the feed until
+    ``until``, as PostgreSQL shows a row only once its transaction commits."""
+
+    def __init__(self, archive: OrthancArchive, hidden: int, until: float) -> None:
+        self._archive = archive
+        self._hidden = hidden
+        self._until = until
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._archive, name)
+
+    def changes(self, since: int = 0, limit: int = 100) -> ChangeFeed:
+        feed = self._archive.changes(since=since, limit=limit)
+        if time.monotonic() >= self._until:
+            return feed
+        shown = tuple(c for c in feed.changes if c.seq != self._hidden)
+        return ChangeFeed(shown, last=feed.last, done=feed.done)
+
+
+@pytest.mark.parametrize("settle_s", [0.0, 3.0])
+def test_a_change_committed_after_a_higher_one_is_counted_when_the_tracker_settles(
+    tmp_path: Path, orthanc: Orthanc, settle_s: float
+) -> None:
+    """Several archive nodes: without ``settle_s`` the late change is passed over (the study's
+    count short: what several writers would do to the follower), with it counted."""
+    running = Tracking(tmp_path, orthanc)
+    try:
+        running.tracker.follow()
+        study, _, files = _study(3)
+        running.claim(files[0])
+        start = running.archive.latest_change()
+        running.send(files)
+        feed = running.archive.changes(since=start, limit=100)
+        [_, hidden, _] = [c.seq for c in feed.changes if c.change_type == "NewInstance"]
+        late = _LateCommit(running.archive, hidden, time.monotonic() + 1.0)
+        archive: Any = late  # an ImageArchive but for the hidden change
+        tracker = StudyTracker(running.db, archive, 0.3, set, settle_s=settle_s)
+        tracker.follow()  # the late change is not in the feed yet
+        deadline = time.monotonic() + 2.0
+        while time.monotonic() < deadline:
+            tracker.follow()
+            time.sleep(0.1)
+        row = running.study(study)
+        assert row is not None
+        assert row.instance_count == (3 if settle_s else 2)
+    finally:
+        running.close()
