@@ -57,7 +57,7 @@ from core._audit_chain import (
     is_keyed,
     record_mac,
 )
-from core.db import Database, write_transaction
+from core.db import Database, take_write_lock, write_transaction
 from core.db.models import AuditEvent, AuditHead, Hospital, utcnow
 from core.exceptions import NotFoundError, RadcloudError
 
@@ -401,8 +401,11 @@ class AuditTrail:
         }
         facts = dict(detail or {})
         try:
-            with write_transaction(self._db, _LOCK_KEY) as session:
+            # the chain's lock when the change is made, not before: records written inside
+            # the block on another connection (a release's study claim) go through first
+            with self._db.write_session() as session:
                 yield AuditedChange(session, facts)
+                take_write_lock(self._db, session, _LOCK_KEY)
                 self._append(session, event_code, fields | {"detail": facts})
         except Exception as exc:
             outcome = (

@@ -24,7 +24,7 @@ from core.config import Settings
 from core.files import private_directory, private_file
 from core.secrets import load_secrets
 
-__all__ = ["Database", "database_url", "write_transaction"]
+__all__ = ["Database", "database_url", "take_write_lock", "write_transaction"]
 
 _IMMEDIATE = "radcloud_immediate"
 
@@ -140,10 +140,20 @@ def write_transaction(db: Database, lock_key: int) -> Iterator[Session]:
         Identifies the lock on PostgreSQL (``pg_advisory_xact_lock``); SQLite has one
         database-wide write lock.
     """
-    if db.is_sqlite:
-        with db.write_session() as session:
-            yield session
-    else:
-        with db.sessions() as session, session.begin():
-            session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": lock_key})
-            yield session
+    with db.write_session() as session:
+        take_write_lock(db, session, lock_key)
+        yield session
+
+
+def take_write_lock(db: Database, session: Session, lock_key: int) -> None:
+    """In a session of :meth:`Database.write_session`, take :func:`write_transaction`'s lock
+    now rather than at the start: on PostgreSQL the advisory lock ``lock_key``; on SQLite
+    nothing more (the session took the database's write lock with its first statement).
+
+    A transaction that makes its change first and appends under the lock at its end (the audit
+    trail's ``audited``) takes it here: taken at the start, a record written on another
+    connection inside the block (a study claim's audit record during a quarantine release)
+    waited for a lock its own thread held, for ever, where SQLite (whose ``BEGIN IMMEDIATE``
+    is sent with the first statement) went through."""
+    if not db.is_sqlite:
+        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": lock_key})
