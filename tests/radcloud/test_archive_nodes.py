@@ -251,6 +251,21 @@ def _port_pair() -> int:
         return port
 
 
+def _two_nodes_on_postgresql(root: Path) -> dict[str, Any]:
+    """Settings of two archive nodes on the managed PostgreSQL (its data in ``root``), their
+    ports in pairs a node step apart."""
+    return {
+        "postgresql_managed": True,
+        "postgresql_port": free_port(),
+        "postgresql_data_dir": root / "data",
+        "orthanc_index": "postgresql",
+        "orthanc_nodes": 2,
+        "orthanc_http_port": _port_pair(),
+        "orthanc_dicom_port": _port_pair(),
+        "gateway_port": _port_pair(),
+    }
+
+
 @pytest.fixture
 def two_nodes(make_stack: Any) -> Iterator[Stack]:
     """Two archive nodes, each the DICOM edge, the gateway process (completeness follower) and
@@ -258,17 +273,7 @@ def two_nodes(make_stack: Any) -> Iterator[Stack]:
     root = Path(tempfile.mkdtemp(prefix="radcloud-nodes-"))  # pytest's is private to root
     root.chmod(0o711)
     try:
-        yield make_stack(
-            doors_only=True,
-            postgresql_managed=True,
-            postgresql_port=free_port(),
-            postgresql_data_dir=root / "data",
-            orthanc_index="postgresql",
-            orthanc_nodes=2,
-            orthanc_http_port=_port_pair(),
-            orthanc_dicom_port=_port_pair(),
-            gateway_port=_port_pair(),
-        )
+        yield make_stack(doors_only=True, **_two_nodes_on_postgresql(root))
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
@@ -429,14 +434,7 @@ def test_radcloud_up_with_two_nodes_triages_and_serves_the_viewer_with_node_0_do
     try:
         stack: Stack = make_stack(
             before_up=lambda s: register_fixture_models(s.settings.paths.models_dir),
-            postgresql_managed=True,
-            postgresql_port=free_port(),
-            postgresql_data_dir=root / "data",
-            orthanc_index="postgresql",
-            orthanc_nodes=2,
-            orthanc_http_port=_port_pair(),
-            orthanc_dicom_port=_port_pair(),
-            gateway_port=_port_pair(),
+            **_two_nodes_on_postgresql(root),
         )
         stack.add_sender(SENDER, HOSPITAL)
         assert wait_until_admitted(stack.settings, [SENDER], timeout_s=15)
