@@ -208,12 +208,18 @@ def local_endpoint(
     settings: Settings, secrets: Secrets, *, timeout_s: float = 30.0
 ) -> HttpEndpoint:
     """This deployment's Orthanc (its root: the DICOMweb service is below ``dicom-web/``) as
-    an :class:`~core.archive.relay.HttpEndpoint`, for a relay on an event loop."""
+    an :class:`~core.archive.relay.HttpEndpoint`, for a relay on an event loop; with several
+    archive nodes, node 0 with the others as fallbacks (a node that cannot be reached is passed
+    over, as :class:`NodeFailover` does for the pass-through)."""
+    roots = [f"{str(url).rstrip('/')}/" for url in settings.orthanc_node_urls]
+    if settings.orthanc_node is not None:  # a node's own process: its own node only
+        roots = [f"{str(settings.orthanc_url).rstrip('/')}/"]
     return HttpEndpoint(
-        f"{str(settings.orthanc_url).rstrip('/')}/",
+        roots[0],
         (secrets.orthanc_user, secrets.orthanc_password),
         connect_timeout_s=timeout_s,
         read_timeout_s=timeout_s,
+        fallback_urls=tuple(roots[1:]),
     )
 
 

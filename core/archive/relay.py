@@ -45,7 +45,9 @@ class HttpEndpoint:
 
     ``base_url`` is the root every path is below (with its trailing ``/``); ``auth`` HTTP basic
     credentials; ``headers`` sent with every request (e.g. a bearer token); ``ssl_context`` the
-    TLS trust for an ``https`` root (``None``: the system's).
+    TLS trust for an ``https`` root (``None``: the system's); ``fallback_urls`` other roots of
+    the same service (the other archive nodes), tried in order when a root cannot be connected
+    to (:func:`open_relay`).
     """
 
     base_url: str
@@ -54,10 +56,11 @@ class HttpEndpoint:
     ssl_context: ssl.SSLContext | None = field(default=None, repr=False)
     connect_timeout_s: float = 3.0
     read_timeout_s: float = 15.0
+    fallback_urls: tuple[str, ...] = ()
 
-    def url(self, path: str) -> str:
-        """The address of ``path`` below the root."""
-        return f"{self.base_url.rstrip('/')}/{path.lstrip('/')}"
+    def url(self, path: str, root: str | None = None) -> str:
+        """The address of ``path`` below the root (or below ``root``, one of the fallbacks)."""
+        return f"{(root or self.base_url).rstrip('/')}/{path.lstrip('/')}"
 
 
 @dataclass(frozen=True)
@@ -117,6 +120,10 @@ async def open_relay(
     """``GET`` ``path`` below ``endpoint`` and yield the answer unread; the connection is
     closed on leaving, however the context ends.
 
+    A root that cannot be connected to (refused, or no connection within the connect timeout)
+    is passed over for the endpoint's next root (``fallback_urls``): nothing was sent, and a
+    ``GET`` may go anywhere the same archive is served.
+
     Parameters
     ----------
     endpoint
@@ -134,7 +141,6 @@ async def open_relay(
         No answer came (:class:`~core.archive.ArchiveTimeoutError` when connecting or waiting
         for it timed out).
     """
-    url = endpoint.url(path)
     timeout = aiohttp.ClientTimeout(
         total=None,
         connect=endpoint.connect_timeout_s,
@@ -155,10 +161,18 @@ async def open_relay(
         read_bufsize=READ_BUFFER_BYTES,
         max_field_size=65536,
     ) as session:
-        try:
-            response = await session.get(url, params=list(query), headers=dict(headers or {}))
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise _transport_error(url, exc) from exc
+        roots = (endpoint.base_url, *endpoint.fallback_urls)
+        for index, root in enumerate(roots):
+            url = endpoint.url(path, root)
+            try:
+                response = await session.get(url, params=list(query), headers=dict(headers or {}))
+                break
+            except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
+                if index == len(roots) - 1:
+                    raise _transport_error(url, exc) from exc
+                logger.warning("DICOMweb root %s cannot be reached (%s): next", root, exc)
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                raise _transport_error(url, exc) from exc
         try:
             yield RelayedAnswer(response.status, response.headers, url, response)
         finally:

@@ -15,6 +15,7 @@ import time
 import tracemalloc
 import zipfile
 from collections.abc import Iterator
+from dataclasses import replace
 
 import pydicom
 import pytest
@@ -382,3 +383,32 @@ def test_the_relay_maps_a_stopped_and_a_silent_node_to_the_seams_errors() -> Non
         elapsed = time.monotonic() - started
     assert elapsed < 5
     assert node_status(timed_out.value) is NodeStatus.TIMEOUT
+
+
+def test_the_relay_passes_over_a_root_it_cannot_reach(
+    archive: DicomwebArchive, orthanc: tuple[Settings, Secrets]
+) -> None:
+    """Several archive nodes: a node that refuses connections is passed over for the next root
+    (``fallback_urls``, as ``local_endpoint`` gives them), and with every root down the error
+    is the last root's."""
+    study_uid, _, files = _series(2)
+    archive.store_instances(files)
+    local = local_endpoint(*orthanc)
+    assert local.fallback_urls == ()  # one node: nothing to fall back to
+    down = f"http://127.0.0.1:{free_port()}/"
+    failing_over = replace(local, base_url=down, fallback_urls=(local.base_url,))
+    path = f"dicom-web/studies/{study_uid}/metadata"
+    assert asyncio.run(_relayed(failing_over, path))[0] == 200
+    other_down = f"http://127.0.0.1:{free_port()}/"
+    all_down = replace(local, base_url=down, fallback_urls=(other_down,), connect_timeout_s=1)
+    with pytest.raises(ArchiveUnavailableError) as caught:
+        asyncio.run(_relayed(all_down, path))
+    assert node_status(caught.value) is NodeStatus.UNREACHABLE
+    assert str(other_down.split("//")[1].rstrip("/")) in str(caught.value)
+    # the settings of three nodes give node 0 with nodes 1 and 2 behind it
+    settings, secrets = orthanc
+    three = settings.model_copy(update={"orthanc_nodes": 3})
+    endpoint = local_endpoint(three, secrets)
+    assert (endpoint.base_url, *endpoint.fallback_urls) == tuple(
+        f"{url}/" for url in three.orthanc_node_urls
+    )

@@ -7,6 +7,7 @@ resend after Orthanc's 503 are checked against small real HTTP peers."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import signal
@@ -25,9 +26,12 @@ import pytest
 
 from core.archive import (
     ArchiveUnavailableError,
+    HttpEndpoint,
     OrthancArchive,
     ResourceLevel,
     dicomweb_client,
+    local_endpoint,
+    open_relay,
 )
 from core.audit import AuditTrail
 from core.config import load_settings
@@ -414,6 +418,16 @@ def test_a_node_killed_mid_ingest_loses_nothing_acknowledged(
     with stack.archive() as archive:
         [found] = archive.search_for_studies({"StudyInstanceUID": stowed.study_instance_uid})
         assert archive.get_statistics(ResourceLevel.STUDY, found.archive_id).instances == len(parts)
+    # the federated relay (its local endpoint) passes over node 0 too
+    endpoint = local_endpoint(stack.settings, load_secrets(stack.settings))
+    assert asyncio.run(_relayed_status(endpoint, stowed.study_instance_uid)) == 200
+
+
+async def _relayed_status(endpoint: HttpEndpoint, study_instance_uid: str) -> int:
+    path = f"dicom-web/studies/{study_instance_uid}/metadata"
+    async with open_relay(endpoint, path, headers={"Accept": "application/dicom+json"}) as answer:
+        await answer.read()
+        return answer.status_code
 
 
 def _part(dataset: Any) -> bytes:
