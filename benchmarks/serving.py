@@ -231,7 +231,12 @@ def run_serving(
         described, raw_before, latencies_before = measure_raw()
         item = np.random.default_rng(1).random(shape, dtype=np.float32)
         [port] = free_ports(1)
-        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level=logging.WARNING)
+        ray.init(
+            address="local",  # never a cluster this machine runs besides
+            num_cpus=os.cpu_count(),
+            include_dashboard=False,
+            logging_level=logging.WARNING,
+        )
         try:
             env = {k: v for k, v in os.environ.items() if k.startswith("RADCLOUD_")}
             quiet = {"log_level": "WARNING", "enable_access_log": False}

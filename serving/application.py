@@ -81,6 +81,9 @@ def _start_local_ray(settings: Settings) -> None:
     import ray
 
     ray.init(
+        # "local": a new Ray of our own even when this machine runs another (a `ray start`
+        # leaves its address in /tmp/ray/ray_current_cluster, which ray.init() would join)
+        address="local",
         num_cpus=settings.ray_num_cpus or os.cpu_count(),
         include_dashboard=False,
         namespace=_NAMESPACE,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -54,7 +55,14 @@ def fit_distributed(
 
     started_here = not ray.is_initialized()
     if started_here:
-        ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
+        # RAY_ADDRESS names a cluster to train on; without it a Ray of our own, never the one
+        # another `ray start` on this machine left in /tmp/ray/ray_current_cluster
+        ray.init(
+            address=os.environ.get("RAY_ADDRESS") or "local",
+            include_dashboard=False,
+            log_to_driver=False,
+            configure_logging=False,
+        )
 
     def train_loop(_: dict[str, Any]) -> None:
         context = ray.train.get_context()
