@@ -140,12 +140,20 @@ class Intake:
         return entry
 
     def admit(
-        self, data: bytes, *, sender_ae_title: str | None, hospital: str | None, source: str
+        self,
+        data: bytes,
+        *,
+        sender_ae_title: str | None,
+        hospital: str | None,
+        source: str,
+        archive_id: Callable[[InstanceInfo], str] | None = None,
     ) -> InstanceInfo:
         """The checks of :meth:`accept` for a store that parses every value itself as it
         stores (Orthanc, for the Orthanc edge's STOW-RS): the size and inflation limits, the
         header's checks (:func:`~dicom_gateway.validation.inspect_header`) and the study's
         owner and patient; nothing is spooled, and nothing is counted as received.
+        ``archive_id``: the archive's key of an instance's study, known before it is stored (a
+        new study is claimed with it, in the same transaction).
 
         Returns
         -------
@@ -163,6 +171,7 @@ class Intake:
             sender_ae_title=sender_ae_title,
             hospital=hospital,
             source=source,
+            archive_id=archive_id,
         )
         return info
 
@@ -174,6 +183,7 @@ class Intake:
         sender_ae_title: str | None,
         hospital: str | None,
         source: str,
+        archive_id: Callable[[InstanceInfo], str] | None = None,
     ) -> tuple[InstanceInfo, bytes]:
         """Size, inflation, ``inspect`` and ownership, refusals quarantined; ``inspect``'s
         answer."""
@@ -184,7 +194,13 @@ class Intake:
         try:
             self.check_inflation(data)
             info, stored = inspect(data)
-            self.ownership.admit(info, hospital, sender=sender, source=source)
+            self.ownership.admit(
+                info,
+                hospital,
+                sender=sender,
+                source=source,
+                archive_id=archive_id(info) if archive_id is not None else None,
+            )
         except InflationTooLargeError:
             metrics.INSTANCES_FAILED.labels(sender, source, "inflation_too_large").inc()
             raise

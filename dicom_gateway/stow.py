@@ -235,10 +235,11 @@ class ArchiveStow:
             if mismatch is not None:
                 return mismatch, None
         try:
-            info = self._intake.admit(data, sender_ae_title=None, hospital=hospital, source="stow")
-            self._intake.ownership.link_archive(
-                info.study_instance_uid, orthanc_study_id(info.patient_id, info.study_instance_uid)
+            info = self._intake.admit(
+                data, sender_ae_title=None, hospital=hospital, source="stow", archive_id=_study_id
             )
+            # a study claimed earlier without its key (another path): recorded once
+            self._intake.ownership.link_archive(info.study_instance_uid, _study_id(info))
         except GatewayError as exc:
             return _refused(data, exc), None
         return None, info
@@ -270,6 +271,11 @@ class ArchiveStow:
         )
         logger.warning("STOW-RS instance %s refused: %s", info.sop_instance_uid, refusal.reason)
         return _answer(info, FailureReason.CANNOT_UNDERSTAND, refusal.reason)
+
+
+def _study_id(info: InstanceInfo) -> str:
+    """The key Orthanc will file the instance's study under."""
+    return orthanc_study_id(info.patient_id, info.study_instance_uid)
 
 
 def _answer(

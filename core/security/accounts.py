@@ -38,7 +38,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, selectinload
 
 from core.audit import AuditAction, AuditEventCode, AuditOutcome, AuditTrail
 from core.db import Database, write_transaction
@@ -420,6 +420,27 @@ class Accounts:
             if user.disabled:
                 raise AuthenticationError(f'user "{name}" is disabled')
             return tokens.issue(user.name, [user.role], ttl)
+
+    def active_user_scope(self, name: str) -> HospitalScope:
+        """:meth:`check_user_active` and :meth:`user_scope` of a radcloud-issued token's user
+        in one read (every request of such a token asks both).
+
+        Raises
+        ------
+        AuthenticationError
+            The user was removed or disabled.
+        """
+        with self._db.session() as session:
+            user = session.scalar(
+                select(User)
+                .where(User.name == name)
+                .options(selectinload(User.assignments).joinedload(UserHospital.hospital))
+            )
+            if user is None:
+                raise AuthenticationError(f'user "{name}" no longer exists')
+            if user.disabled:
+                raise AuthenticationError(f'user "{name}" is disabled')
+            return user_scope(user)
 
     def check_user_active(self, name: str, *, must_exist: bool = True) -> None:
         """Refuse a token whose user was disabled or removed.

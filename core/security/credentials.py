@@ -64,9 +64,9 @@ def authenticate_headers(
         return accounts.authenticate_api_key(credential)
     principal = tokens.verify(credential)
     # A user disabled here is refused whoever signed the token; an OIDC user needs no row here.
-    accounts.check_user_active(principal.name, must_exist=principal.method is AuthMethod.TOKEN)
     if principal.method is AuthMethod.TOKEN:
-        principal = replace(principal, scope=accounts.user_scope(principal.name))
+        return replace(principal, scope=accounts.active_user_scope(principal.name))
+    accounts.check_user_active(principal.name, must_exist=False)
     return principal
 
 
