@@ -129,23 +129,29 @@ class MemorySampler:
 
 
 def plot_memory(document: dict[str, Any], path: Path, title: str) -> Path:
-    """RSS per role over time, one panel per profile (matplotlib, Agg: a PNG file)."""
+    """RSS per role over time (log scale), one panel per profile, each role in the same colour
+    in every panel (matplotlib, Agg: a PNG file)."""
     from benchmarks._plots import _pyplot
 
     plt = _pyplot()
-    runs = document["runs"]
+    runs = {profile: document["runs"][profile] for profile in document["profiles"]}
+    roles = sorted({role for run in runs.values() for role in run["memory"]["rss_mib"]})
+    palette = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    colours = {role: palette[n % len(palette)] for n, role in enumerate(roles)}
     fig, axes = plt.subplots(
         1, len(runs), figsize=(7 * len(runs), 4.8), squeeze=False, constrained_layout=True
     )
     for ax, (profile, run) in zip(axes[0], runs.items(), strict=True):
         memory = run["memory"]
         for role, series in sorted(memory["rss_mib"].items(), key=lambda kv: -max(kv[1] or [0])):
-            ax.plot(memory["t_s"], series, label=f"{role} (peak {max(series or [0]):.0f})")
+            peak = max(series or [0])
+            ax.plot(memory["t_s"], series, color=colours[role], label=f"{role} (peak {peak:.0f})")
+        ax.set_yscale("log")
         ax.set_xlabel("seconds since the load started")
-        ax.set_ylabel("resident memory (MiB)")
+        ax.set_ylabel("resident memory (MiB, log scale)")
         ax.set_title(f"{profile}: {run['parameters']['profile']}", fontsize=9)
-        ax.legend(fontsize=7)
-        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="center right", framealpha=0.8)
+        ax.grid(alpha=0.3, which="both")
     fig.suptitle(title, fontsize=10)
     fig.savefig(path, dpi=110)
     plt.close(fig)

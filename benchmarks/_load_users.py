@@ -70,7 +70,7 @@ class Radiologist(FastHttpUser):
             catch_response=True,
         ) as answer:
             if answer.status_code != 200:
-                answer.failure(f"HTTP {answer.status_code}")
+                answer.failure(f"HTTP {answer.status_code}: {answer.text[:120]}")
                 return
             token = answer.json()["access_token"]
         self.authorization = {"Authorization": f"Bearer {token}"}
@@ -84,7 +84,7 @@ class Radiologist(FastHttpUser):
                 self._sign_in()
                 return None
             if answer.status_code != 200:
-                answer.failure(f"HTTP {answer.status_code}")
+                answer.failure(f"HTTP {answer.status_code}: {answer.text[:120]}")
                 return None
             return answer
 
