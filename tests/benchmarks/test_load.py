@@ -76,3 +76,22 @@ def test_quick_load_loses_nothing_and_its_counts_add_up(tmp_path: Path) -> None:
         assert memory["peak_mib"][role] == max(series)
     assert memory["peak_mib"]["orthanc"] > 0 and memory["peak_total_mib"] > 0
     assert "| sqlite |" in (tmp_path / written["files"]["markdown"]).read_text()
+
+
+def test_the_corpus_holds_exactly_the_instances_asked_in_fresh_studies(tmp_path: Path) -> None:
+    from pydicom import dcmread
+
+    from benchmarks.load import _corpus
+
+    studies = _corpus(75, tmp_path)
+    assert sum(len(study.paths) for study in studies) == 75
+    assert {study.task for study in studies} == {"head-ct", "chest-xr"}
+    assert len({study.uid for study in studies}) == len(studies)
+    sop_uids = [uid for study in studies for uid in study.sop_uids.values()]
+    assert len(set(sop_uids)) == 75
+    for study in (studies[0], studies[-1]):
+        first = dcmread(study.paths[0])
+        assert (first.StudyInstanceUID, first.SOPInstanceUID) == (
+            study.uid,
+            study.sop_uids[study.paths[0]],
+        )
