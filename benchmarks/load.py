@@ -367,6 +367,10 @@ def run_load(
             signin_attempts_per_minute=max(30, 4 * users),  # every user from 127.0.0.1
         ) as platform:
             settings, scratch = platform.settings, platform.scratch
+            engines = {
+                "application_database": settings.sqlalchemy_url.split(":", 1)[0],
+                "orthanc_index": str(settings.orthanc_index),
+            }
             names = _add_readers(settings, users)
             sampler = MemorySampler(platform.supervisor)
             sampler.start()
@@ -398,6 +402,7 @@ def run_load(
             "profile": "embedded default (SQLite)"
             if database == "sqlite"
             else "scale (managed PostgreSQL: application database and Orthanc's index)",
+            "engines": engines,
             "instances": instances,
             "studies": len(studies),
             "associations": associations,

@@ -40,6 +40,10 @@ def test_quick_load_loses_nothing_and_its_counts_add_up(tmp_path: Path) -> None:
     load = written["results"]["load"]
     assert load["profiles"] == ["sqlite"] and "machine" not in load
     run = load["runs"]["sqlite"]
+    assert run["parameters"]["engines"] == {
+        "application_database": "sqlite",
+        "orthanc_index": "sqlite",
+    }
 
     accounting = run["accounting"]
     sent = QUICK["instances"]
