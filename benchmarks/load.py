@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import datetime as dt
 import json
 import logging
 import queue
@@ -49,7 +50,7 @@ from typing import Any
 
 from pydicom.uid import generate_uid
 
-from benchmarks._env import describe_machine, write_result
+from benchmarks._env import RESULTS_DIR, describe_machine, host_label, write_result
 from benchmarks._load_memory import MemorySampler, plot_memory
 from benchmarks._platform import ENGINES, scratch_platform
 
@@ -488,8 +489,14 @@ def markdown(document: dict[str, Any]) -> str:
 
 
 def write(document: dict[str, Any], out_dir: Path | None) -> tuple[Path, Path]:
-    """The JSON result and, beside it, the memory plot; their paths."""
-    path = write_result("load", "cpu", document, out_dir)
+    """The JSON result and, beside it, the memory plot; their paths. A result of the same day
+    and host is kept: the new one is numbered (``...-load-2.json``)."""
+    day = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d")
+    suite, number = "load", 1
+    while ((out_dir or RESULTS_DIR) / f"{day}-{host_label()}-cpu-{suite}.json").exists():
+        number += 1
+        suite = f"load-{number}"
+    path = write_result(suite, "cpu", document, out_dir)
     png = path.with_suffix(".png")
     plot_memory(
         document, png, f"Memory per component under load (SYNTHETIC, loopback): {path.stem}"
