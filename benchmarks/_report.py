@@ -35,7 +35,7 @@ def _machine(report: dict[str, Any]) -> list[str]:
 
 def render(report: dict[str, Any]) -> str:
     """Every suite's tables, the machine, the plots and any failure, as markdown."""
-    from benchmarks import federation, ingest, serving, triage, viewer, worklist
+    from benchmarks import federation, ingest, load, serving, triage, viewer, worklist
     from benchmarks import inference as inference_suite
 
     results = report["results"]
@@ -60,6 +60,11 @@ def render(report: dict[str, Any]) -> str:
         ("worklist", "Worklist waits in minutes (SIMULATED, SYNTHETIC streams)", worklist.table),
         ("viewer", "Viewer: first image in the browser (SYNTHETIC CT, loopback)", viewer.markdown),
         ("federation", "Federation: search and retrieval across hospitals", federation.markdown),
+        (
+            "load",
+            "Load: studies pushed while radiologists read (SYNTHETIC, loopback)",
+            load.markdown,
+        ),
     )
     for key, title, render_suite in sections:
         if key in results:

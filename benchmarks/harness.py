@@ -1,6 +1,6 @@
 """The benchmark harness: run suites, write one report (JSON, markdown, PNG plots).
 
-``radcloud bench [--suite inference|serving|ingest|e2e|worklist|viewer|federation|all]
+``radcloud bench [--suite inference|serving|ingest|e2e|worklist|viewer|federation|load|all]
 [--device cpu|cuda|auto] [--quick] [--out DIR]`` (``make bench``) calls :func:`run_bench`, which
 writes
 
@@ -10,8 +10,9 @@ writes
 - ``<stem>.md``: the summary tables;
 - ``<stem>-throughput.png`` (throughput vs batch size per backend), ``<stem>-latency.png``
   (latency CDFs), ``<stem>-triage.png`` (time-to-triage stage breakdown) and
-  ``<stem>-worklist.png`` (waiting times, FIFO vs prioritised) and ``<stem>-federation.png``
-  (federated search latency against each node, retrieval MB/s), for the suites that ran.
+  ``<stem>-worklist.png`` (waiting times, FIFO vs prioritised), ``<stem>-federation.png``
+  (federated search latency against each node, retrieval MB/s) and ``<stem>-load.png``
+  (memory per component under load), for the suites that ran.
 
 A numbered suffix (``-2``) keeps an earlier report of the same day, host and device. A suite
 that fails is recorded under ``errors`` and the others still run. ``--quick`` makes every suite
@@ -38,7 +39,7 @@ __all__ = ["SCHEMA", "SUITES", "BenchError", "Timing", "resolve_device", "run_be
 logger = logging.getLogger(__name__)
 
 SCHEMA = "radcloud-bench/1"
-SUITES = ("inference", "serving", "ingest", "e2e", "worklist", "viewer", "federation")
+SUITES = ("inference", "serving", "ingest", "e2e", "worklist", "viewer", "federation", "load")
 
 
 class BenchError(Exception):
@@ -171,6 +172,16 @@ def _federation(quick: bool, say: Callable[[str], None]) -> Any:
     return run_federation(QUICK if quick else None, progress=say)
 
 
+def _load(quick: bool) -> Any:
+    import shutil
+
+    from benchmarks.load import QUICK, run_profiles
+
+    if shutil.which("Orthanc") is None or shutil.which("storescu") is None:
+        raise SuiteSkippedError("Orthanc or dcmtk is not installed: `make install` installs them")
+    return run_profiles(["sqlite"], **QUICK) if quick else run_profiles(["sqlite", "postgresql"])
+
+
 def _failure(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
@@ -233,6 +244,7 @@ def run_bench(
         "worklist": lambda: _worklist(quick, stem),
         "viewer": lambda: _viewer(quick),
         "federation": lambda: _federation(quick, say),
+        "load": lambda: _load(quick),
     }
     if threads:
         import torch
@@ -315,6 +327,12 @@ def _write(report: dict[str, Any], stem: Path) -> dict[str, Any]:
         path = stem.with_name(f"{stem.name}-federation.png")
         plot(results["federation"], path, f"Federation (SYNTHETIC, loopback): {label}")
         plots["federation"] = path.name
+    if "load" in results:
+        from benchmarks._load_memory import plot_memory
+
+        path = stem.with_name(f"{stem.name}-load.png")
+        plot_memory(results["load"], path, f"Memory per component under load: {label}")
+        plots["load"] = path.name
     files = {
         "directory": str(stem.parent),
         "json": f"{stem.name}.json",

@@ -31,9 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import shutil
 import statistics
-import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -41,13 +39,9 @@ from typing import Any
 
 from sqlalchemy import select
 
-from benchmarks._env import (
-    describe_machine,
-    free_ports,
-    percentiles,
-    register_sender,
-    write_result,
-)
+from benchmarks._env import describe_machine, percentiles, write_result
+from benchmarks._platform import ENGINES as _ENGINES
+from benchmarks._platform import scratch_platform, write_study
 
 __all__ = ["main", "run_engines", "run_triage"]
 
@@ -55,7 +49,6 @@ logger = logging.getLogger(__name__)
 
 _AE = "BENCH_PACS"
 _STAGES = ("fetch_s", "preprocess_s", "inference_s", "postprocess_s", "writeback_s", "total_s")
-_ENGINES = ("sqlite", "postgresql")
 _LOCKED = "database is locked"
 _RETRIED = "will be retried"  # serving.triage.outbox.retry_later's warning, with the error
 # the last line of a logged traceback of a database error (a failed triage, or the triage loop's
@@ -130,19 +123,6 @@ def _contention(db: Any, sent: dict[str, str], log_dir: Path) -> dict[str, Any]:
     }
 
 
-def _model_source(tmp: Path, models_from: Path | None, slim: bool) -> Path:
-    """The registry directory to copy: slim models registered in ``tmp``, or a home's models."""
-    from benchmarks._models import register_models
-
-    if slim or models_from is None:
-        register_models(tmp / "slim-models", slim=True)
-        return tmp / "slim-models"
-    source = models_from / "models"
-    if not any(source.glob("*/*")):
-        raise FileNotFoundError(f"no models in {source}: run `make demo` (or radcloud train) first")
-    return source
-
-
 def run_triage(
     models_from: Path | None,
     *,
@@ -171,46 +151,19 @@ def run_triage(
     database
         ``sqlite`` (the embedded default) or ``postgresql`` (radcloud's managed server).
     """
-    from core.config import load_settings
     from core.db import Database
     from dicom_gateway.dcmtk import storescu
     from imaging.synthetic import generate_study
-    from radcloud.services import Supervisor
 
-    if database not in _ENGINES:
-        raise ValueError(f"database must be one of {', '.join(_ENGINES)}, not {database!r}")
-    with (
-        tempfile.TemporaryDirectory(prefix="radcloud-triage-") as tmp,
-        tempfile.TemporaryDirectory(prefix="radcloud-triage-pg-") as pg_root,
-    ):
-        Path(pg_root).chmod(0o711)  # as root, the server runs as `postgres`, who must reach it
-        source = _model_source(Path(tmp), models_from, slim)
-        ports = free_ports(7)
-        managed: dict[str, Any] = (
-            {
-                "postgresql_managed": True,
-                "postgresql_port": ports[6],
-                "postgresql_data_dir": Path(pg_root) / "data",
-            }
-            if database == "postgresql"
-            else {}
-        )
-        settings = load_settings(
-            home=Path(tmp) / "home",
-            api_port=ports[0],
-            gateway_port=ports[1],
-            gateway_metrics_port=ports[2],
-            orthanc_http_port=ports[3],
-            orthanc_dicom_port=ports[4],
-            gateway_stow_port=ports[5],
-            gateway_stable_seconds=stable_seconds,
-            log_level="WARNING",
-            **managed,
-        )
-        shutil.copytree(source, settings.paths.models_dir)
-        supervisor = Supervisor(settings)
-        supervisor.up()
-        register_sender(settings, _AE, "Benchmark (SYNTHETIC)")
+    with scratch_platform(
+        database,
+        models_from=models_from,
+        slim=slim,
+        sender_ae=_AE,
+        prefix="radcloud-triage-",
+        gateway_stable_seconds=stable_seconds,
+    ) as platform:
+        settings = platform.settings
         db = Database.from_settings(settings)
         sent: dict[str, str] = {}
         try:
@@ -218,14 +171,8 @@ def run_triage(
             for index in range(studies):
                 task = ("head-ct", "chest-xr")[index % 2]
                 study = generate_study(task, index, seed=777)
-                folder = Path(tmp) / f"study-{index}"
-                folder.mkdir()
-                paths = []
-                for number, dataset in enumerate(study.datasets):
-                    paths.append(folder / f"{number:04d}.dcm")
-                    dataset.save_as(paths[-1], enforce_file_format=True)
                 storescu(
-                    paths,
+                    write_study(study.datasets, platform.scratch / f"study-{index}"),
                     host="127.0.0.1",
                     port=settings.gateway_port,
                     calling_ae=_AE,
@@ -244,7 +191,6 @@ def run_triage(
             contention = _contention(db, sent, settings.paths.log_dir)
         finally:
             db.dispose()
-            supervisor.down()
     succeeded = [r for r in records if r["status"] == "succeeded"]
     summary: dict[str, Any] = {}
     for key in ("completeness_wait_s", "triage_s", "time_to_triage_s", *_STAGES):

@@ -23,6 +23,7 @@ class Suite(StrEnum):
     WORKLIST = "worklist"
     VIEWER = "viewer"
     FEDERATION = "federation"
+    LOAD = "load"
     ALL = "all"
 
 
