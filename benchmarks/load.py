@@ -301,6 +301,68 @@ def _accounting(
     }
 
 
+def _database_bytes(url: str) -> int:
+    """The size of a database: the SQLite file with its write-ahead log, or PostgreSQL's
+    ``pg_database_size``."""
+    if url.startswith("sqlite"):
+        path = Path(url.split("///", 1)[1])
+        return sum(f.stat().st_size for f in path.parent.glob(f"{path.name}*") if f.is_file())
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1))
+    try:
+        with engine.connect() as connection:
+            size = connection.scalar(sqlalchemy.text("SELECT pg_database_size(current_database())"))
+    finally:
+        engine.dispose()
+    return int(size or 0)
+
+
+def _footprint(settings: Any, instances: int, studies: int) -> dict[str, Any]:
+    """What the run left on disk, per instance and per study (``docs/scaling.md`` sizes from
+    it): Orthanc's index, its storage area, the application database and its rows."""
+    import sqlalchemy
+
+    from core.db import Database
+    from core.db.models import AuditEvent, OutboxEvent
+    from core.secrets import load_secrets
+    from radcloud.services.orthanc import _index_url
+
+    storage = settings.paths.orthanc_storage
+    index_files = {"index", "index-wal", "index-shm"}
+    files = [f for f in storage.rglob("*") if f.is_file()]
+    stored = sum(f.stat().st_size for f in files if f.name not in index_files)
+    if str(settings.orthanc_index) == "postgresql":
+        index = _database_bytes(_index_url(settings, load_secrets(settings)))
+    else:
+        index = sum(f.stat().st_size for f in files if f.name in index_files)
+    db = Database.from_settings(settings)
+    try:
+        with db.session() as session:
+            audit = session.scalar(sqlalchemy.select(sqlalchemy.func.count(AuditEvent.seq))) or 0
+            events = session.scalar(sqlalchemy.select(sqlalchemy.func.count(OutboxEvent.id))) or 0
+            application = (
+                _database_bytes(settings.sqlalchemy_url)
+                if settings.sqlalchemy_url.startswith("sqlite")
+                else int(
+                    session.scalar(sqlalchemy.text("SELECT pg_database_size(current_database())"))
+                    or 0
+                )
+            )
+    finally:
+        db.dispose()
+    return {
+        "orthanc_index_bytes": index,
+        "orthanc_index_bytes_per_instance": index / max(instances, 1),
+        "storage_bytes": stored,
+        "storage_bytes_per_instance": stored / max(instances, 1),
+        "application_database_bytes": application,
+        "application_database_bytes_per_study": application / max(studies, 1),
+        "audit_records": audit,
+        "outbox_events": events,
+    }
+
+
 def _start_users(
     settings: Any, names: list[str], scratch: Path, users: int, max_seconds: float
 ) -> tuple[subprocess.Popen[bytes], Path, Path]:
@@ -387,6 +449,7 @@ def run_load(
                 sampler.stop()
                 archive = _retrievable(settings, studies)
                 state = _triage_state(db, [s.uid for s in studies])
+                footprint = _footprint(settings, instances, len(studies))
             finally:
                 stop.touch()
                 if process.poll() is None:
@@ -423,6 +486,7 @@ def run_load(
         },
         "readers": readers,
         "memory": sampler.document(),
+        "footprint": footprint,
         "accounting": _accounting(studies, state, archive),
     }
 

@@ -56,6 +56,11 @@ def test_quick_load_loses_nothing_and_its_counts_add_up(tmp_path: Path) -> None:
     assert accounting["studies_not_triaged_once"] == {}
     assert accounting["nothing_lost"] is True
     assert run["triage"]["all_triaged"] is True
+    footprint = run["footprint"]  # what docs/scaling.md sizes from
+    assert footprint["orthanc_index_bytes"] > 0 and footprint["application_database_bytes"] > 0
+    assert footprint["storage_bytes_per_instance"] > 1000  # a synthetic slice is tens of kB
+    assert footprint["outbox_events"] >= studies  # one study.ready each, at least
+    assert footprint["audit_records"] > studies  # claims, transfers, every reader's request
 
     readers = run["readers"]
     assert readers["users"] == QUICK["users"]
