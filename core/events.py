@@ -4,9 +4,9 @@ The gateway writes ``study.ready`` (first complete) and ``study.updated`` (new i
 an earlier event) when a study is complete; serving writes ``study.reprocess`` when an engineer
 asks for a study again, and ``study.catch_up`` (the payload of the study's last arrival event)
 for a study that arrived while its model had no production version, once one is promoted; the
-triage pipeline consumes all four, ``study.catch_up`` only when no other is due. The gateway and serving never
-import each other, so the contract lives here, in the core. Consumers are idempotent per
-study; the payload is all they need::
+triage pipeline consumes all four, ``study.catch_up`` only when no other is due. The gateway
+and serving never import each other, so the contract lives here, in the core. Consumers are
+idempotent per study; the payload is all they need::
 
     {"study_instance_uid", "hospital", "orthanc_study_id", "instance_count",
      "first_received_at", "last_received_at", "ready_at",
@@ -40,12 +40,12 @@ from core.db import Database
 from core.db.models import OutboxEvent, utcnow
 
 __all__ = [
-    "Backlog",
     "DERIVED_MANUFACTURER",
     "STUDY_CATCH_UP",
     "STUDY_READY",
     "STUDY_REPROCESS",
     "STUDY_UPDATED",
+    "Backlog",
     "StudyEventType",
     "catch_up_backlog",
     "is_derived_series",
