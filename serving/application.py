@@ -81,6 +81,9 @@ def _start_local_ray(settings: Settings) -> None:
     import ray
 
     ray.init(
+        # a new Ray of its own: without an address, Ray joins a cluster it finds running on
+        # the machine (another radcloud's, a test's)
+        address="local",
         num_cpus=settings.ray_num_cpus or os.cpu_count(),
         include_dashboard=False,
         namespace=_NAMESPACE,
