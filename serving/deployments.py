@@ -92,7 +92,7 @@ class ModelServer:
         self.inference_seconds = 0.0
         logger.info("model server %s ready (versions load on first use)", name)
 
-    @serve.multiplexed(max_num_models_per_replica=VERSIONS_PER_REPLICA)
+    @serve.multiplexed(max_num_models_per_replica=VERSIONS_PER_REPLICA)  # type: ignore[untyped-decorator]
     async def runner(self, version: str) -> Any:
         """Version ``version`` of this model, loaded and warmed up (Ray Serve caches it)."""
         from serving.inference import ModelRunner
