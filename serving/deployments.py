@@ -44,6 +44,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+_PRODUCTION_TTL_S = 1.0  # a request that names no version: how stale "production" may be
 VERSIONS_PER_REPLICA = 3
 """Versions of one model a replica keeps loaded (least recently used out): production, the one
 before it (a rollback, studies in flight) and room for one more (a shadow, item 2 of issue 20)."""
@@ -66,8 +67,8 @@ class ModelServer:
     """One model name behind dynamic batching, multiplexed by registry version.
 
     A request names the version it wants as its ``multiplexed_model_id`` (the triage pipeline
-    picks the production version when it starts a study); one without asks for the production
-    version of the moment. A replica loads a version on its first request and keeps the
+    picks the production version when it starts a study); one without gets the production
+    version (read from the registry at most once a second: benchmarks, old callers). A replica loads a version on its first request and keeps the
     :data:`VERSIONS_PER_REPLICA` most recently used (Ray Serve's ``@serve.multiplexed``, LRU), so
     a promotion or a rollback needs no new replica: the next study asks for the new version,
     studies in flight finish on theirs. ``@serve.batch`` splits a batch by version (Ray 2.60).
@@ -85,6 +86,7 @@ class ModelServer:
         batched.set_max_batch_size(self.max_batch_size)
         batched.set_batch_wait_timeout_s(batch_wait_ms(settings, name) / 1000.0)
         self.version = ""  # the version of the last batch
+        self._production_version, self._production_until = "", 0.0
         self.described: dict[str, Any] = {"name": name, "version": ""}
         self.requests = 0
         self.batches = 0
@@ -128,18 +130,24 @@ class ModelServer:
         """Logits for one input shaped as the card's input, and the version that gave them:
         the request's ``multiplexed_model_id``, else the production version now."""
         self.requests += 1
-        version = serve.get_multiplexed_model_id()
-        if not version:
+        version = serve.get_multiplexed_model_id() or self._production()
+        result: tuple[np.ndarray, str] = await self._batched(
+            (version, np.asarray(array, dtype=np.float32))
+        )
+        return result
+
+    def _production(self) -> str:
+        """The production version, read from the registry at most once a second."""
+        now = time.monotonic()
+        if now >= self._production_until:
             production = self.registry.production(self.name)
             if production is None:
                 from models.exceptions import ModelNotFoundError
 
                 raise ModelNotFoundError(self.name, "production")
-            version = str(production.version)
-        result: tuple[np.ndarray, str] = await self._batched(
-            (version, np.asarray(array, dtype=np.float32))
-        )
-        return result
+            self._production_version = str(production.version)
+            self._production_until = now + _PRODUCTION_TTL_S
+        return self._production_version
 
     def stats(self) -> dict[str, Any]:
         """Counters for ``/metrics`` (this replica; ``version``: that of its last batch)."""
