@@ -68,10 +68,11 @@ class ModelServer:
 
     A request names the version it wants as its ``multiplexed_model_id`` (the triage pipeline
     picks the production version when it starts a study); one without gets the production
-    version (read from the registry at most once a second: benchmarks, old callers). A replica loads a version on its first request and keeps the
-    :data:`VERSIONS_PER_REPLICA` most recently used (Ray Serve's ``@serve.multiplexed``, LRU), so
-    a promotion or a rollback needs no new replica: the next study asks for the new version,
-    studies in flight finish on theirs. ``@serve.batch`` splits a batch by version (Ray 2.60).
+    version (read from the registry at most once a second: benchmarks, old callers). A replica
+    loads a version on its first request and keeps the :data:`VERSIONS_PER_REPLICA` most
+    recently used (Ray Serve's ``@serve.multiplexed``, LRU), so a promotion or a rollback needs
+    no new replica: the next study asks for the new version, studies in flight finish on theirs.
+    ``@serve.batch`` splits a batch by version (Ray 2.60).
     """
 
     def __init__(self, name: str) -> None:
