@@ -238,6 +238,11 @@ class Settings(BaseSettings):
     serving_target_ongoing_requests: float = Field(4.0, gt=0)
     triage_workers: int = Field(1, ge=1, le=64)
     triage_poll_interval_s: float = Field(0.5, gt=0)
+    # Catch-up (serving/promotion.py): when a model gains its first production version, the
+    # studies that arrived without one (at most this many, newest first, none older than this)
+    # are queued for triage behind live studies.
+    triage_catch_up_max_studies: int = Field(500, ge=0)
+    triage_catch_up_max_age_hours: float = Field(72.0, gt=0)
 
     # HTTP API resource budget, enforced before routing and authentication
     # (serving/_body_limit.py, also in Ray Serve's proxy): request bodies of JSON routes, of

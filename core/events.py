@@ -2,9 +2,11 @@
 
 The gateway writes ``study.ready`` (first complete) and ``study.updated`` (new instances after
 an earlier event) when a study is complete; serving writes ``study.reprocess`` when an engineer
-asks for a study again; the triage pipeline consumes all three. The gateway and serving never
-import each other, so the contract lives here, in the core. Consumers are idempotent per
-study; the payload is all they need::
+asks for a study again, and ``study.catch_up`` (the payload of the study's last arrival event)
+for a study that arrived while its model had no production version, once one is promoted; the
+triage pipeline consumes all four, ``study.catch_up`` only when no other is due. The gateway
+and serving never import each other, so the contract lives here, in the core. Consumers are
+idempotent per study; the payload is all they need::
 
     {"study_instance_uid", "hospital", "orthanc_study_id", "instance_count",
      "first_received_at", "last_received_at", "ready_at",
@@ -27,17 +29,25 @@ not tell: radcloud's synthetic demo images carry it too.
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+from sqlalchemy import func, select
+
 from core.archive import ArchiveId, ImageArchive
+from core.db import Database
+from core.db.models import OutboxEvent, utcnow
 
 __all__ = [
     "DERIVED_MANUFACTURER",
+    "STUDY_CATCH_UP",
     "STUDY_READY",
     "STUDY_REPROCESS",
     "STUDY_UPDATED",
+    "Backlog",
     "StudyEventType",
+    "catch_up_backlog",
     "is_derived_series",
     "study_payload",
     "study_series",
@@ -50,11 +60,13 @@ class StudyEventType(StrEnum):
     READY = "study.ready"
     UPDATED = "study.updated"
     REPROCESS = "study.reprocess"
+    CATCH_UP = "study.catch_up"
 
 
 STUDY_READY = StudyEventType.READY
 STUDY_UPDATED = StudyEventType.UPDATED
 STUDY_REPROCESS = StudyEventType.REPROCESS
+STUDY_CATCH_UP = StudyEventType.CATCH_UP
 
 DERIVED_MANUFACTURER = "radcloud"
 """(0008,0070) Manufacturer of the series radcloud itself writes (see the module docstring)."""
@@ -149,3 +161,23 @@ def study_payload(
     if requested_by is not None:
         payload |= {"force": True, "requested_by": requested_by}
     return payload
+
+
+@dataclass
+class Backlog:
+    """Catch-up events waiting: how many, and the age of the oldest (seconds)."""
+
+    pending: int
+    oldest_age_s: float | None
+
+
+def catch_up_backlog(db: Database) -> Backlog:
+    """The ``study.catch_up`` events not processed yet (``radcloud status``)."""
+    with db.session() as session:
+        count, first = session.execute(
+            select(func.count(), func.min(OutboxEvent.created_at)).where(
+                OutboxEvent.topic == STUDY_CATCH_UP.value, OutboxEvent.processed_at.is_(None)
+            )
+        ).one()
+    age = None if first is None else max(0.0, (utcnow() - first).total_seconds())
+    return Backlog(pending=int(count), oldest_age_s=age)

@@ -4,8 +4,8 @@
 cluster at ``RADCLOUD_RAY_ADDRESS`` or starts a local one, starts Serve's HTTP proxy on
 ``bind_host:api_port`` and deploys:
 
-    api (FastAPI ingress) ──handles──▶ model-<name> (one per production model, @serve.batch)
-          │                                   ▲
+    api (FastAPI ingress) ──handles──▶ model-<name> (one per registered model, multiplexed
+          │                                   ▲          by version, @serve.batch)
           └──▶ triage (TriageWorker) ─handles─┘
 
 Isolation: a local Ray (no ``ray_address``) has every one of its servers (GCS, raylets, workers,
@@ -145,7 +145,9 @@ def model_deployment_options(
 
 
 def build_application(settings: Settings) -> Any:
-    """The Serve application graph for ``settings`` (production models from the registry)."""
+    """The Serve application graph for ``settings``: one model deployment per registered model
+    name, whether or not it has a production version yet (its replicas load versions when
+    asked, so a first promotion needs no new deployment)."""
     from models.registry import ModelRegistry
     from serving.deployments import ModelServer, TriageWorker, api_ingress_class
 
@@ -155,12 +157,10 @@ def build_application(settings: Settings) -> Any:
         gpus = 0.0
     registry = ModelRegistry(settings.paths.models_dir)
     models: dict[str, Any] = {}
-    for name in registry.names():
-        if registry.production(name) is None:
-            continue
+    for name in registry.names():  # with or without a production version: see ModelServer
         options = model_deployment_options(settings, name, gpus=gpus, runtime_env=runtime_env)
         models[name] = _deployment(ModelServer).options(**options).bind(name)
-    logger.info("serving models: %s", ", ".join(models) or "none in production")
+    logger.info("serving models: %s", ", ".join(models) or "none registered")
     small = {"num_cpus": _SMALL_CPU, "runtime_env": runtime_env}
     triage = (
         _deployment(TriageWorker)

@@ -1,9 +1,12 @@
 """Ray Serve deployments: model servers, triage workers and the HTTP API ingress.
 
-- :class:`ModelServer`, one deployment per production model: loads the registry version with
-  the configured backend, warms up, and answers ``predict(input)`` through ``@serve.batch``
-  (dynamic batching; ``max_ongoing_requests`` is kept ≥ the batch size, or batches never fill:
-  Ray issue #43288). Declares ``num_gpus`` (a fraction) when the cluster has GPUs.
+- :class:`ModelServer`, one deployment per registered model: multiplexed by registry version
+  (``@serve.multiplexed``: a request's ``multiplexed_model_id`` is the version; a replica loads
+  it with the configured backend on first use and warms it up), answering ``predict(input)``
+  through ``@serve.batch`` (dynamic batching; ``max_ongoing_requests`` is kept ≥ the batch size,
+  or batches never fill: Ray issue #43288). A promotion or rollback only changes which version
+  the next study asks for: no replica restarts. Declares ``num_gpus`` (a fraction) when the
+  cluster has GPUs.
 - :class:`TriageWorker`: runs :class:`serving.triage.TriagePipeline` in a thread: claims study
   events, pre-processes on its own CPU, calls the model servers through deployment handles,
   writes results back; also delivers critical-finding notifications.
@@ -30,9 +33,21 @@ from ray.serve.handle import DeploymentHandle
 
 from core.config import Settings, load_settings
 
-__all__ = ["ModelServer", "TriageWorker", "api_ingress_class", "batch_size", "batch_wait_ms"]
+__all__ = [
+    "VERSIONS_PER_REPLICA",
+    "ModelServer",
+    "TriageWorker",
+    "api_ingress_class",
+    "batch_size",
+    "batch_wait_ms",
+]
 
 logger = logging.getLogger(__name__)
+
+_PRODUCTION_TTL_S = 1.0  # a request that names no version: how stale "production" may be
+VERSIONS_PER_REPLICA = 3
+"""Versions of one model a replica keeps loaded (least recently used out): production, the one
+before it (a rollback, studies in flight) and room for one more (a shadow, item 2 of issue 20)."""
 
 
 def batch_size(settings: Settings, name: str) -> int:
@@ -49,52 +64,96 @@ def batch_wait_ms(settings: Settings, name: str) -> float:
 
 @serve.deployment
 class ModelServer:
-    """One production model behind dynamic batching."""
+    """One model name behind dynamic batching, multiplexed by registry version.
+
+    A request names the version it wants as its ``multiplexed_model_id`` (the triage pipeline
+    picks the production version when it starts a study); one without gets the production
+    version (read from the registry at most once a second: benchmarks, old callers). A replica
+    loads a version on its first request and keeps the :data:`VERSIONS_PER_REPLICA` most
+    recently used (Ray Serve's ``@serve.multiplexed``, LRU), so a promotion or a rollback needs
+    no new replica: the next study asks for the new version, studies in flight finish on theirs.
+    ``@serve.batch`` splits a batch by version (Ray 2.60).
+    """
 
     def __init__(self, name: str) -> None:
         from models.registry import ModelRegistry
-        from serving.inference import ModelRunner
 
         settings = load_settings()
-        registry = ModelRegistry(settings.paths.models_dir)
-        self.runner = ModelRunner.from_registry(
-            registry,
-            name,
-            "production",
-            backend=settings.serving_backend,
-            device=settings.serving_device,
-        )
+        self.name = name
+        self.settings = settings
+        self.registry = ModelRegistry(settings.paths.models_dir)
         self.max_batch_size = batch_size(settings, name)
         batched: Any = self._batched  # @serve.batch adds these setters
         batched.set_max_batch_size(self.max_batch_size)
         batched.set_batch_wait_timeout_s(batch_wait_ms(settings, name) / 1000.0)
-        warm = self.runner.warm_up((1, self.max_batch_size))
-        self.version = str(self.runner.model.version)
+        self.version = ""  # the version of the last batch
+        self._production_version, self._production_until = "", 0.0
+        self.described: dict[str, Any] = {"name": name, "version": ""}
         self.requests = 0
         self.batches = 0
         self.batch_size_counts: dict[int, int] = {}
         self.inference_seconds = 0.0
-        logger.info("model server %s ready (warm-up %.2f s)", self.runner.describe(), warm)
+        logger.info("model server %s ready (versions load on first use)", name)
+
+    @serve.multiplexed(max_num_models_per_replica=VERSIONS_PER_REPLICA)  # type: ignore[untyped-decorator]
+    async def runner(self, version: str) -> Any:
+        """Version ``version`` of this model, loaded and warmed up (Ray Serve caches it)."""
+        from serving.inference import ModelRunner
+
+        def load() -> ModelRunner:
+            runner = ModelRunner.from_registry(
+                self.registry,
+                self.name,
+                version,
+                backend=self.settings.serving_backend,
+                device=self.settings.serving_device,
+            )
+            warm = runner.warm_up((1, self.max_batch_size))
+            logger.info("model server loaded %s (warm-up %.2f s)", runner.describe(), warm)
+            return runner
+
+        return await asyncio.get_running_loop().run_in_executor(None, load)
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.02)
-    async def _batched(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
-        batch = np.stack(inputs)
+    async def _batched(self, inputs: list[tuple[str, np.ndarray]]) -> list[tuple[np.ndarray, str]]:
+        version = inputs[0][0]  # Serve splits batches by multiplexed model id: one version
+        runner = await self.runner(version)
+        batch = np.stack([array for _, array in inputs])
         started = time.perf_counter()
-        logits = await asyncio.get_running_loop().run_in_executor(None, self.runner.predict, batch)
+        logits = await asyncio.get_running_loop().run_in_executor(None, runner.predict, batch)
         self.inference_seconds += time.perf_counter() - started
         self.batches += 1
         self.batch_size_counts[len(inputs)] = self.batch_size_counts.get(len(inputs), 0) + 1
-        return list(logits)
+        self.version, self.described = version, runner.describe()
+        return [(row, version) for row in logits]
 
     async def predict(self, array: np.ndarray) -> tuple[np.ndarray, str]:
-        """Logits for one input shaped as the card's input, and the model version."""
+        """Logits for one input shaped as the card's input, and the version that gave them:
+        the request's ``multiplexed_model_id``, else the production version now."""
         self.requests += 1
-        return await self._batched(np.asarray(array, dtype=np.float32)), self.version
+        version = serve.get_multiplexed_model_id() or self._production()
+        result: tuple[np.ndarray, str] = await self._batched(
+            (version, np.asarray(array, dtype=np.float32))
+        )
+        return result
+
+    def _production(self) -> str:
+        """The production version, read from the registry at most once a second."""
+        now = time.monotonic()
+        if now >= self._production_until:
+            production = self.registry.production(self.name)
+            if production is None:
+                from models.exceptions import ModelNotFoundError
+
+                raise ModelNotFoundError(self.name, "production")
+            self._production_version = str(production.version)
+            self._production_until = now + _PRODUCTION_TTL_S
+        return self._production_version
 
     def stats(self) -> dict[str, Any]:
-        """Counters for ``/metrics`` (this replica)."""
+        """Counters for ``/metrics`` (this replica; ``version``: that of its last batch)."""
         return {
-            **self.runner.describe(),
+            **self.described,
             "requests": self.requests,
             "batches": self.batches,
             "batch_size_counts": dict(self.batch_size_counts),
@@ -109,19 +168,21 @@ class ModelServer:
 def _predict_through(handles: dict[str, DeploymentHandle[Any]]) -> Any:
     from serving.exceptions import PlatformUnavailableError
 
-    def predict(name: str, array: np.ndarray) -> tuple[np.ndarray, str]:
+    def predict(name: str, version: str, array: np.ndarray) -> tuple[np.ndarray, str]:
         handle = handles.get(name)
         if handle is None:
             raise PlatformUnavailableError(
-                f"model {name} has no deployment (restart serving after a promotion)"
+                f"model {name} has no deployment (it was registered after serving started: "
+                "restart serving)"
             )
         try:
-            logits, version = handle.predict.remote(array).result(timeout_s=300)
+            chosen = handle.options(multiplexed_model_id=version)
+            logits, served = chosen.predict.remote(array).result(timeout_s=300)
         except Exception as exc:
             raise PlatformUnavailableError(
-                f"model {name} did not answer: {type(exc).__name__}: {exc}"
+                f"model {name} v{version} did not answer: {type(exc).__name__}: {exc}"
             ) from exc
-        return np.asarray(logits), str(version)
+        return np.asarray(logits), str(served)
 
     return predict
 

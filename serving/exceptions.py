@@ -11,6 +11,7 @@ a retry).
     │                                            triage retries later; HTTP 503
     ├── UnprocessableStudyError(reason, detail)  triage records a failed result, never retried
     ├── StudyNotReadyError(study_instance_uid)   reprocess of a study still arriving: HTTP 409
+    ├── PromotionRefusedError(name, version, problems)  a guard rail, not forced: HTTP 409
     ├── WorklistError
     │   ├── StudyNotOnWorklistError(study_instance_uid)                   also a NotFoundError: 404
     │   ├── WorklistConflictError(study_instance_uid, reason, status, claimed_by, version)  409
@@ -36,6 +37,7 @@ __all__ = [
     "InferenceRequestError",
     "NotClaimantError",
     "PlatformUnavailableError",
+    "PromotionRefusedError",
     "ServingError",
     "SignError",
     "StudyNotOnWorklistError",
@@ -79,6 +81,20 @@ class UnprocessableStudyError(ServingError):
         self.reason = FailureReason(reason)
         self.detail = detail
         super().__init__(f"{self.reason}: {detail}")
+
+
+class PromotionRefusedError(ServingError):
+    """A promotion fails a guard rail (the card below the production's floor, another input
+    contract) and was not forced with a written reason."""
+
+    def __init__(self, name: str, version: int, problems: list[str]) -> None:
+        self.name = name
+        self.version = version
+        self.problems = problems
+        super().__init__(
+            f"promotion of {name} v{version} refused: {'; '.join(problems)} (force it with a "
+            "written reason to promote anyway)"
+        )
 
 
 class StudyNotReadyError(ServingError):

@@ -143,7 +143,8 @@ class AdHocInference:
             raise UploadTooLargeError(self.max_upload_bytes, str(exc)) from exc
         except (ImagingError, ValueError, CorruptCompressedDataError) as exc:
             raise UnreadableImageError(str(exc)) from exc
-        logits, served_version = await self._handles[model].predict.remote(prepared.array)
+        handle = self._handles[model].options(multiplexed_model_id=str(card.version))
+        logits, served_version = await handle.predict.remote(prepared.array)
         if served_version != str(card.version):  # promoted since the deployment started
             card = self._registry.get(model, served_version).card
         output = await asyncio.to_thread(interpret, card, prepared, logits)

@@ -11,10 +11,10 @@ import torch
 
 from benchmarks._models import random_weight_card
 from models.networks import build_network
-from models.registry import ModelRegistry
+from models.registry import ModelRegistry, RegisteredModel
 from training.tasks import Task, task_spec
 
-__all__ = ["SLIM_PARAMS", "register_fixture_models"]
+__all__ = ["SLIM_PARAMS", "register_fixture_models", "register_fixture_version"]
 
 SLIM_PARAMS: dict[Task, dict[str, Any]] = {
     Task.HEAD_CT: {"channels": [4, 8, 8, 8], "num_res_units": 1},
@@ -32,6 +32,32 @@ def _favour_lesion(network: torch.nn.Module) -> None:
         last.bias += torch.tensor([-20.0, 20.0])
 
 
+def register_fixture_version(
+    models_dir: Path, task: Task, threshold: float, **metrics: float
+) -> RegisteredModel:
+    """Register the next version (staged) of the slim model of ``task``; ``metrics`` replace
+    figures of its card (e.g. ``auc=0.1``: a card below the production's floor)."""
+    spec = task_spec(task)
+    params = {**spec.architecture_params, **SLIM_PARAMS[task]}
+    card, config = random_weight_card(
+        spec, params, threshold, "serving test fixture: random weights"
+    )
+    if metrics:
+        card = card.model_copy(update={"metrics": card.metrics.model_copy(update=metrics)})
+    torch.manual_seed(0)
+    network = build_network(card.architecture)
+    if task is Task.HEAD_CT:
+        _favour_lesion(network)
+    return ModelRegistry(models_dir).register(
+        card,
+        network,
+        torch.rand(1, *card.inputs.shape),
+        metrics={"fixture": True},
+        training_config=config.to_json(),
+        data_manifest_sha256=_SHA,
+    )
+
+
 def register_fixture_models(
     models_dir: Path,
     thresholds: dict[Task, float] | None = None,
@@ -44,28 +70,10 @@ def register_fixture_models(
     every voxel as lesion.
     """
     defaults = {Task.HEAD_CT: 0.0, Task.CHEST_XR: 1.0} | (thresholds or {})
-    chosen = {task: defaults[task] for task in tasks}
     registry = ModelRegistry(models_dir)
     versions = {}
-    for task, threshold in chosen.items():
-        spec = task_spec(task)
-        params = {**spec.architecture_params, **SLIM_PARAMS[task]}
-        card, config = random_weight_card(
-            spec, params, threshold, "serving test fixture: random weights"
-        )
-        architecture = card.architecture
-        torch.manual_seed(0)
-        network = build_network(architecture)
-        if task is Task.HEAD_CT:
-            _favour_lesion(network)
-        model = registry.register(
-            card,
-            network,
-            torch.rand(1, *card.inputs.shape),
-            metrics={"fixture": True},
-            training_config=config.to_json(),
-            data_manifest_sha256=_SHA,
-        )
+    for task in tasks:
+        model = register_fixture_version(models_dir, task, defaults[task])
         registry.promote(model.name, model.version)
         versions[model.name] = str(model.version)
     return versions

@@ -135,31 +135,53 @@ def _audited(
 
 @models_app.command("promote")
 @command
-def promote(name: str, version: int) -> None:
-    """Make VERSION the production version of NAME; the previous one is archived."""
-    registry = _registry()
-    with _audited(AuditAction.UPDATE, name, "promoted", version=version) as change:
-        before = registry.production(name)
-        model = registry.promote(name, version)
-        change.detail["archived"] = before.version if before else None
-    if before is not None and before.version == model.version:
+def promote(
+    name: str,
+    version: int,
+    force: Annotated[
+        bool,
+        typer.Option("--force", help="Promote despite the guard rails (needs --reason)."),
+    ] = False,
+    reason: Annotated[
+        str | None, typer.Option("--reason", help="Why a forced promotion is right (audited).")
+    ] = None,
+) -> None:
+    """Make VERSION the production version of NAME on the running service (no restart); the
+    previous one is archived. Refused when the card is below the production version's floor or
+    its input contract differs, unless --force --reason "..."."""
+    from serving.promotion import promote_model
+
+    done = promote_model(
+        _registry(),
+        audit_trail(),
+        get_settings(),
+        name,
+        version,
+        actor=Actor.cli(),
+        force=force,
+        reason=reason,
+    )
+    if done.previous == done.version:
         console.print(f"{name} version {version} is already production")
         return
-    archived = f"; version {before.version} archived" if before else ""
-    console.print(f"{name} version {model.version} is now [bold green]production[/]{archived}")
+    archived = f"; version {done.previous} archived" if done.previous else ""
+    console.print(f"{name} version {done.version} is now [bold green]production[/]{archived}")
+    for problem in done.overridden:
+        console.print(f"[yellow]forced past[/]: {problem}")
+    if done.caught_up:
+        console.print(f"{done.caught_up} studies that arrived without a model queued for triage")
 
 
 @models_app.command("rollback")
 @command
 def rollback(name: str) -> None:
-    """Archive NAME's production version and restore the one in production before it."""
-    registry = _registry()
-    with _audited(AuditAction.UPDATE, name, "rolled back") as change:
-        before = registry.production(name)
-        model = registry.rollback(name)
-        change.detail |= {"archived": before.version if before else None, "version": model.version}
-    was = f" (version {before.version} archived)" if before else ""
-    console.print(f"{name} rolled back: version {model.version} is production again{was}")
+    """Archive NAME's production version and restore the one in production before it, on the
+    running service (no restart; always allowed)."""
+    from serving.promotion import rollback_model
+
+    done = rollback_model(_registry(), audit_trail(), name, actor=Actor.cli())
+    was = f" (version {done.previous} archived)" if done.previous else ""
+    console.print(f"{name} rolled back: version {done.version} is production again{was}")
 
 
 @models_app.command("import")

@@ -12,8 +12,12 @@ import sys
 from typing import Any
 
 import httpx
+from sqlalchemy.exc import SQLAlchemyError
 
 from core.config import ENV_PREFIX, GatewayEdge, Settings, settings_env
+from core.db import Database
+from core.events import catch_up_backlog
+from core.exceptions import RadcloudError
 from core.secrets import Secrets
 from radcloud.services.orthanc import orthanc_components
 from radcloud.services.postgresql import postgresql_component
@@ -48,7 +52,22 @@ def api_component(settings: Settings) -> Component:
         url=settings.api_url,
         env=settings_env(settings) | {"TCP_NODELAY": "1"},
         startup_factor=3.0,  # Ray starts, then every model replica loads and warms up
+        details=functools.partial(_api_details, settings),
     )
+
+
+def _api_details(settings: Settings) -> dict[str, Any] | None:
+    """The triage catch-up backlog (serving/promotion.py), from the database."""
+    try:
+        db = Database.from_settings(settings)
+        try:
+            backlog = catch_up_backlog(db)
+        finally:
+            db.dispose()
+    except (SQLAlchemyError, RadcloudError):
+        return None
+    oldest = "" if backlog.oldest_age_s is None else f", oldest {backlog.oldest_age_s:.0f} s"
+    return {"catch-up backlog": f"{backlog.pending} studies{oldest}"}
 
 
 def _gateway_details(health_url: str, stow_url: str | None) -> dict[str, Any] | None:

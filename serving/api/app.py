@@ -34,6 +34,7 @@ from serving.api.routes import (
     identity,
     infer,
     metrics,
+    models,
     reading,
     stow,
     studies,
@@ -100,6 +101,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(studies.router)
     app.include_router(reading.router)
     app.include_router(infer.router)
+    app.include_router(models.router)
     app.include_router(web.router)
 
     @app.get("/api/openapi.json", tags=["health"])

@@ -34,10 +34,12 @@ from core.exceptions import (
     RadcloudError,
     TooManyAttemptsError,
 )
+from models.exceptions import StageError
 from serving.api.security import require_roles
 from serving.exceptions import (
     NotClaimantError,
     PlatformUnavailableError,
+    PromotionRefusedError,
     SignError,
     StudyNotReadyError,
     TooManyVoxelsError,
@@ -61,6 +63,8 @@ _STATUS: tuple[tuple[type[RadcloudError], int, str, tuple[str, ...]], ...] = (
     (InvalidUidError, 400, "bad_request", ("keyword",)),
     (WorklistConflictError, 409, "conflict", ("status", "claimed_by", "version")),
     (StudyNotReadyError, 409, "conflict", ()),
+    (PromotionRefusedError, 409, "promotion_refused", ("problems",)),
+    (StageError, 409, "conflict", ()),
     (UploadTooLargeError, 413, "too_large", ()),
     (TooManyVoxelsError, 413, "too_large", ("limit",)),
     (TooManyAttemptsError, 429, "too_many_requests", ("retry_after_s",)),

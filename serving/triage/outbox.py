@@ -1,7 +1,8 @@
 """The triage pipeline's side of the outbox: leasing study events, retries, stale leases.
 
-Serving is the only consumer of ``study.ready``, ``study.updated`` and ``study.reprocess``
-(:mod:`core.events`; one consumer per database). A worker claims the oldest due event by moving
+Serving is the only consumer of ``study.ready``, ``study.updated``, ``study.reprocess`` and
+``study.catch_up`` (:mod:`core.events`; one consumer per database); catch-up events wait while
+a live one is due. A worker claims the oldest due event by moving
 its ``available_at`` a lease ahead, so a second worker leaves it alone; an event whose
 processing failed for a platform reason is due again after an exponential back-off with jitter
 (at most 5 minutes).
@@ -13,17 +14,18 @@ import datetime as dt
 import logging
 import random
 
-from sqlalchemy import or_, select
+from sqlalchemy import case, or_, select
 
 from core.db import Database
 from core.db.models import OutboxEvent, utcnow
 from core.events import StudyEventType
 
-__all__ = ["LEASE", "TOPICS", "claim_next", "release_claims", "retry_later"]
+__all__ = ["CATCH_UP", "LEASE", "TOPICS", "claim_next", "release_claims", "retry_later"]
 
 logger = logging.getLogger(__name__)
 
 TOPICS = tuple(topic.value for topic in StudyEventType)
+CATCH_UP = StudyEventType.CATCH_UP.value
 LEASE = dt.timedelta(minutes=5)
 
 
@@ -52,7 +54,8 @@ def release_claims(db: Database) -> int:
 
 
 def claim_next(db: Database) -> OutboxEvent | None:
-    """Take the oldest due study event (lease: ``available_at`` moves :data:`LEASE` ahead).
+    """Take the oldest due study event (lease: ``available_at`` moves :data:`LEASE` ahead); a
+    ``study.catch_up`` event only when no live one (ready, updated, reprocess) is due.
 
     Returns
     -------
@@ -69,7 +72,7 @@ def claim_next(db: Database) -> OutboxEvent | None:
                 OutboxEvent.processed_at.is_(None),
                 or_(OutboxEvent.available_at.is_(None), OutboxEvent.available_at <= now),
             )
-            .order_by(OutboxEvent.id)
+            .order_by(case((OutboxEvent.topic == CATCH_UP, 1), else_=0), OutboxEvent.id)
             .limit(1)
         ).first()
         if event is None:

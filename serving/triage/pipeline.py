@@ -10,7 +10,9 @@ events from the outbox at least once. For one event it:
    picks, for each production model, the series its card's ``series_selection`` accepts
    (:mod:`serving.triage.selection`: modality, body part, 2D/3D, orientation, slices);
 4. skips (model, version) pairs that already have a result, unless the event says ``force``
-   (idempotent per study and model version);
+   (idempotent per study and model version); the production versions read here are the ones
+   the study runs on to its end, whatever is promoted meanwhile (``predict`` asks the model's
+   deployment for that version);
 5. pre-processes on this worker's CPU, sends the tensor to the model's Serve deployment
    (batched there), and interprets the logits: score, critical flag at the card's threshold,
    lesion mask and volume;
@@ -65,9 +67,10 @@ __all__ = ["Predict", "TriagePipeline"]
 
 logger = logging.getLogger(__name__)
 
-#: ``predict(model_name, input) -> (logits, model_version)``; raises PlatformUnavailableError when
-#: serving cannot answer.
-Predict = Callable[[str, np.ndarray], tuple[np.ndarray, str]]
+#: ``predict(model_name, model_version, input) -> (logits, model_version)``: the version asked
+#: for is the production version when the study's processing started (studies in flight finish
+#: on it through a promotion); raises PlatformUnavailableError when serving cannot answer.
+Predict = Callable[[str, str, np.ndarray], tuple[np.ndarray, str]]
 
 
 class TriagePipeline:
@@ -234,7 +237,7 @@ class TriagePipeline:
         prepared = prepare(model.card, volume)
         timings["preprocess_s"] = time.perf_counter() - started
         started = time.perf_counter()
-        logits, version = self.predict(model.name, prepared.array)
+        logits, version = self.predict(model.name, model.version, prepared.array)
         timings["inference_s"] = time.perf_counter() - started
         card = (
             model.card if version == model.version else self.registry.get(model.name, version).card
