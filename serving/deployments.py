@@ -93,26 +93,37 @@ class ModelServer:
         self.batches = 0
         self.batch_size_counts: dict[int, int] = {}
         self.inference_seconds = 0.0
-        logger.info("model server %s ready (versions load on first use)", name)
+        # the production version is loaded and warmed now, as before multiplexing: the first
+        # study does not pay for it, and a model that cannot load fails the replica's start
+        self._preloaded: dict[str, Any] = {}
+        production = self.registry.production(name)
+        if production is not None:
+            version = str(production.version)
+            self._preloaded[version] = self._load(version)
+        logger.info("model server %s ready (preloaded: %s)", name, list(self._preloaded) or "none")
+
+    def _load(self, version: str) -> Any:
+        from serving.inference import ModelRunner
+
+        runner = ModelRunner.from_registry(
+            self.registry,
+            self.name,
+            version,
+            backend=self.settings.serving_backend,
+            device=self.settings.serving_device,
+        )
+        warm = runner.warm_up((1, self.max_batch_size))
+        logger.info("model server loaded %s (warm-up %.2f s)", runner.describe(), warm)
+        return runner
 
     @serve.multiplexed(max_num_models_per_replica=VERSIONS_PER_REPLICA)  # type: ignore[untyped-decorator]
     async def runner(self, version: str) -> Any:
-        """Version ``version`` of this model, loaded and warmed up (Ray Serve caches it)."""
-        from serving.inference import ModelRunner
-
-        def load() -> ModelRunner:
-            runner = ModelRunner.from_registry(
-                self.registry,
-                self.name,
-                version,
-                backend=self.settings.serving_backend,
-                device=self.settings.serving_device,
-            )
-            warm = runner.warm_up((1, self.max_batch_size))
-            logger.info("model server loaded %s (warm-up %.2f s)", runner.describe(), warm)
-            return runner
-
-        return await asyncio.get_running_loop().run_in_executor(None, load)
+        """Version ``version`` of this model, loaded and warmed up (Ray Serve caches it; the
+        production version at the replica's start was loaded then)."""
+        preloaded = self._preloaded.pop(version, None)
+        if preloaded is not None:
+            return preloaded
+        return await asyncio.get_running_loop().run_in_executor(None, self._load, version)
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.02)
     async def _batched(self, inputs: list[tuple[str, np.ndarray]]) -> list[tuple[np.ndarray, str]]:
