@@ -32,8 +32,8 @@ from typing import Any
 
 from core.config import ENV_PREFIX, Settings, is_loopback_host
 from serving._ray_loopback import SETUP_HOOK
-from serving.ray_node import AUTH_MODE_ENV
 from serving.exceptions import ServingError
+from serving.ray_node import AUTH_MODE_ENV
 
 __all__ = ["build_application", "http_options", "proxy_location", "serve_forever"]
 

@@ -8,11 +8,14 @@ not supported"), and with the mode on it turns ``--node-ip-address=127.0.0.1`` i
 machine's outward address. This entry point keeps the mode off for everything Ray reads
 (``services.get_node_ip_address`` stays 127.0.0.1, and so do the node's raylet, agents and
 workers, which inherit the variable), and shows ``ray start``'s own check the mode on, so that
-the worker node joins. It also sets what the node's processes must read that a local Ray gets
-from ``python -m serving``: Serve's proxy callback (the body budget, ``serving._body_limit``)
-and Ray's token authentication (``RAY_AUTH_MODE=token``; the head makes the token, in
-``~/.ray/auth_token``, and every node and the serving process of this machine read it). ``tests/radcloud/test_ray_cluster.py`` checks every listening socket of
-both nodes, so a Ray upgrade that changes either is noticed.
+the worker node joins.
+
+It also sets what the node's processes must read that a local Ray gets from
+``python -m serving``: Serve's proxy callback (the body budget, ``serving._body_limit``) and
+Ray's token authentication (``RAY_AUTH_MODE=token``; the head makes the token, in
+``~/.ray/auth_token``, and every node and the serving process of this machine read it).
+``tests/radcloud/test_ray_cluster.py`` checks every listening socket of both nodes, so a Ray
+upgrade that changes either is noticed.
 """
 
 from __future__ import annotations

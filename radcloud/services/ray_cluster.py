@@ -109,8 +109,11 @@ def ray_components(settings: Settings) -> list[Component]:
     for node in range(settings.ray_nodes):
         name = RAY_HEAD if node == 0 else ray_worker_name(node)
         ports = [(settings.ray_port + 2 + node, f"{port_setting} (+ {2 + node})")]
-        if node == 0:
-            ports[:0] = [(settings.ray_port, port_setting), (settings.ray_port + 1, f"{port_setting} (+ 1)")]
+        if node == 0:  # the GCS and the Ray client server
+            ports[:0] = [
+                (settings.ray_port, port_setting),
+                (settings.ray_port + 1, f"{port_setting} (+ 1)"),
+            ]
         pid_file = settings.paths.run_dir / f"{name}.pid"
         nodes.append(
             Component.create(
