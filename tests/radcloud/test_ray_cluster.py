@@ -31,7 +31,7 @@ from core.db.models import InferenceResult, InferenceStatus, OutboxEvent, Study
 from imaging.synthetic import generate_study
 from models.registry import ModelRegistry
 from radcloud.services.ray_cluster import RAY_HEAD, ray_worker_name
-from tests.conftest import Stack, log_tails, settings_from_env, stack_env
+from tests.conftest import RADCLOUD, Stack, log_tails, settings_from_env, stack_env
 from tests.fixture_models import register_fixture_models
 from tests.helpers import free_ports, wait_until
 from tests.serving.test_triage_e2e import push
@@ -167,7 +167,12 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     running = Stack(env, settings_from_env(env))
     register_fixture_models(running.settings.paths.models_dir)
     try:
-        running.cli("up")  # inside: a start that fails stops what it did start
+        # inside: a start that fails stops what it did start; two nodes, then every replica,
+        # start on two cores: longer than Stack.cli waits
+        started = subprocess.run(
+            [*RADCLOUD, "up"], env=env, capture_output=True, text=True, timeout=900, check=False
+        )
+        assert started.returncode == 0, started.stderr[-5000:]
         running.add_sender(SENDER, "Ray Nodes Hospital")
         yield running
     except BaseException:
@@ -243,6 +248,22 @@ def _triaged(stack: Stack, uids: list[str]) -> dict[str, list[str]]:
         db.dispose()
 
 
+def _results(stack: Stack, uids: list[str]) -> int:
+    """How many inference result rows the studies have."""
+    db = stack.database()
+    try:
+        with db.session() as session:
+            count = session.scalar(
+                select(func.count())
+                .select_from(InferenceResult)
+                .join(Study, InferenceResult.study_id == Study.id)
+                .where(Study.study_instance_uid.in_(uids))
+            )
+            return int(count or 0)
+    finally:
+        db.dispose()
+
+
 def _models_back(state: dict[str, Any]) -> bool:
     """Every model has its minimum of RUNNING replicas again."""
     models = {d: nodes for d, nodes in state["replicas"].items() if d.startswith("model-")}
@@ -254,7 +275,8 @@ def test_a_worker_node_killed_mid_stream_loses_no_study(cluster: Stack, tmp_path
     uids = [study.study_instance_uid for study in studies]
     for study in studies[:4]:
         push(cluster, tmp_path / study.study_instance_uid, study.datasets, sender=SENDER)
-    # the worker node dies, whole (raylet, its workers, its replicas), while studies are triaged
+    # the worker node dies, whole (raylet, its workers, its replicas), once triage is under way
+    assert wait_until(lambda: _results(cluster, uids) > 0, timeout_s=300)
     os.killpg(cluster.pid(WORKER), signal.SIGKILL)
     for study in studies[4:]:
         push(cluster, tmp_path / study.study_instance_uid, study.datasets, sender=SENDER)
