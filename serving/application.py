@@ -1,16 +1,18 @@
 """The Ray Serve application of one radcloud instance, and the process that runs it.
 
-``python -m serving`` (started by ``radcloud up`` as the ``serve`` component) joins the Ray
-cluster at ``RADCLOUD_RAY_ADDRESS`` or starts a local one, starts Serve's HTTP proxy on
-``bind_host:api_port`` and deploys:
+``python -m serving`` (started by ``radcloud up`` as the ``api`` component) joins the Ray
+cluster at ``RADCLOUD_RAY_ADDRESS``, or the nodes radcloud started on this machine
+(``RADCLOUD_RAY_NODES`` > 1: ``serving.ray_node``), or starts a local one, starts Serve's HTTP
+proxy on ``bind_host:api_port`` (:func:`proxy_location`) and deploys:
 
     api (FastAPI ingress) ──handles──▶ model-<name> (one per production model, @serve.batch)
           │                                   ▲
           └──▶ triage (TriageWorker) ─handles─┘
 
-Isolation: a local Ray (no ``ray_address``) has every one of its servers (GCS, raylets, workers,
-agents) listen on loopback only, and no dashboard. Secrets never travel in Ray's runtime
-environment, whose variables Ray keeps in its state (``ray list actors --detail``) and logs: the
+Isolation: a local Ray and radcloud's own nodes (no ``ray_address``) have every one of their
+servers (GCS, raylets, workers, agents) listen on loopback only, and no dashboard. Secrets
+never travel in Ray's runtime environment, whose variables Ray keeps in its state
+(``ray list actors --detail``) and logs: the
 replicas get the non-secret settings only, and each process reads the secrets itself, from
 ``secrets.json`` under ``RADCLOUD_HOME``, the TOML file of ``RADCLOUD_CONFIG_FILE`` or the
 environment it inherits from this process (a local Ray's workers are its children).
