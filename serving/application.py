@@ -12,10 +12,10 @@ proxy on ``bind_host:api_port`` (:func:`proxy_location`) and deploys:
 Isolation: a local Ray and radcloud's own nodes (no ``ray_address``) have every one of their
 servers (GCS, raylets, workers, agents) listen on loopback only, and no dashboard. Secrets
 never travel in Ray's runtime environment, whose variables Ray keeps in its state
-(``ray list actors --detail``) and logs: the
-replicas get the non-secret settings only, and each process reads the secrets itself, from
-``secrets.json`` under ``RADCLOUD_HOME``, the TOML file of ``RADCLOUD_CONFIG_FILE`` or the
-environment it inherits from this process (a local Ray's workers are its children).
+(``ray list actors --detail``) and logs: the replicas get the non-secret settings only, and
+each process reads the secrets itself, from ``secrets.json`` under ``RADCLOUD_HOME``, the TOML
+file of ``RADCLOUD_CONFIG_FILE`` or the environment it inherits from this process (a local Ray's
+workers are its children; radcloud's own nodes inherit the environment of ``radcloud up``).
 
 HTTPS: with ``api_tls_certificate`` and ``api_tls_private_key``, Serve's proxy speaks only TLS.
 
