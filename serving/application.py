@@ -84,6 +84,8 @@ def _start_local_ray(settings: Settings) -> None:
     import ray
 
     ray.init(
+        # a new Ray of its own, whatever cluster `ray start` last recorded on this machine
+        address="local",
         num_cpus=settings.ray_num_cpus or os.cpu_count(),
         include_dashboard=False,
         namespace=_NAMESPACE,

@@ -6,20 +6,28 @@ Ports: the head's GCS on ``ray_port``, its Ray client server on ``ray_port + 1``
 (0 the head) dashboard agent on ``ray_port + 2 + k``; the rest (raylets, object managers,
 workers) take free ports on 127.0.0.1. Ray Serve (the ``api`` component) joins the cluster at
 ``127.0.0.1:ray_port`` (:attr:`core.config.Settings.ray_cluster_address`).
+
+Ray's temporary directory (sessions, logs, sockets) is one of this instance's own,
+:func:`ray_temp_dir`, not Ray's shared ``/tmp/ray``: there ``ray start`` records its cluster's
+address (``ray_current_cluster``), which every ``ray.init()`` without an address on this machine
+would then join. It is under the system's temporary directory rather than ``RADCLOUD_HOME``
+because Ray's Unix sockets live in it, and a socket's path is limited to 107 bytes.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import socket
 import sys
+import tempfile
 from pathlib import Path
 
 from core.config import ENV_PREFIX, Settings, settings_env
 from radcloud.services._process import alive, read_pid_file
 from radcloud.services.supervisor import Component
 
-__all__ = ["RAY_HEAD", "ray_components", "ray_worker_name"]
+__all__ = ["RAY_HEAD", "ray_components", "ray_temp_dir", "ray_worker_name"]
 
 RAY_HEAD = "ray-head"
 _LOOPBACK = "127.0.0.1"
@@ -28,6 +36,13 @@ _LOOPBACK = "127.0.0.1"
 def ray_worker_name(node: int) -> str:
     """The component name of worker node ``node`` (1, 2, ...)."""
     return f"ray-worker-{node}"
+
+
+def ray_temp_dir(settings: Settings) -> Path:
+    """The Ray temporary directory of this instance's nodes: ``radcloud-ray-<hash of the
+    home>`` in the system's temporary directory."""
+    digest = hashlib.sha256(str(settings.home.absolute()).encode()).hexdigest()[:12]
+    return Path(tempfile.gettempdir()) / f"radcloud-ray-{digest}"
 
 
 def _group_runs(pid_file: Path, program: str) -> bool:
@@ -71,6 +86,7 @@ def _start_argv(settings: Settings, node: int) -> list[str]:
         f"--node-ip-address={_LOOPBACK}",
         "--disable-usage-stats",
         f"--dashboard-agent-listen-port={settings.ray_port + 2 + node}",
+        f"--temp-dir={ray_temp_dir(settings)}",
     ]
     if settings.ray_num_cpus is not None:
         argv.append(f"--num-cpus={settings.ray_num_cpus}")

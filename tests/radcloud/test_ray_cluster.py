@@ -18,6 +18,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,7 @@ from core.config import is_loopback_host
 from core.db.models import InferenceResult, InferenceStatus, OutboxEvent, Study
 from imaging.synthetic import generate_study
 from models.registry import ModelRegistry
-from radcloud.services.ray_cluster import RAY_HEAD, ray_worker_name
+from radcloud.services.ray_cluster import RAY_HEAD, ray_temp_dir, ray_worker_name
 from tests.conftest import RADCLOUD, Stack, log_tails, settings_from_env, stack_env
 from tests.fixture_models import register_fixture_models
 from tests.helpers import free_ports, wait_until
@@ -214,6 +215,13 @@ def test_every_ray_server_of_both_nodes_listens_on_loopback(cluster: Stack) -> N
             }
     names = {name for _, _, name in found}
     assert {"gcs_server", "raylet"} <= names, names  # the right processes were looked at
+    # `ray start` records its cluster in the instance's own temporary directory, where no
+    # local Ray of this machine (`ray.init()` without an address) finds it and joins
+    address = f"127.0.0.1:{cluster.settings.ray_port}"
+    recorded = ray_temp_dir(cluster.settings) / "ray_current_cluster"
+    assert recorded.read_text().strip() == address
+    shared = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"
+    assert not shared.exists() or shared.read_text().strip() != address
     assert (cluster.settings.bind_host, cluster.settings.api_port, "ray::ProxyActor") in found
     beyond = {
         (address, port, name)

@@ -23,6 +23,7 @@ from radcloud.services import (
     components,
     orthanc_component,
 )
+from radcloud.services.ray_cluster import ray_temp_dir
 from tests.helpers import free_ports, orthanc_client, wait_until
 
 pytestmark = pytest.mark.integration
@@ -187,5 +188,8 @@ def test_ray_nodes_start_after_the_gateway_and_before_the_api(tmp_path: Path) ->
     assert "--address=127.0.0.1:7000" in worker.argv and "--head" not in worker.argv
     assert [port for port, _ in head.ports] == [7000, 7001, 7002]
     assert [port for port, _ in worker.ports] == [7004]  # its dashboard agent: + 2 + k
+    # the instance's own Ray temporary directory (not /tmp/ray: see ray_temp_dir)
+    assert f"--temp-dir={ray_temp_dir(settings)}" in worker.argv
+    assert ray_temp_dir(settings) != ray_temp_dir(load_settings(home=tmp_path / "other"))
     one = load_settings(home=tmp_path)
     assert not [c for c in components(one, load_secrets(one)) if c.name.startswith("ray-")]
