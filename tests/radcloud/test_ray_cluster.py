@@ -66,7 +66,8 @@ running = {
     for name, deployment in serve.status().applications["radcloud"].deployments.items()
 }
 alive = [n["NodeID"] for n in ray.nodes() if n["Alive"]]
-print(json.dumps({"head": head[0], "alive": alive, "replicas": replicas, "states": running}))
+found = {"head": head[0], "alive": alive, "replicas": replicas, "states": running}
+print("RESULT", json.dumps(found))
 """
 
 # A burst of model requests through Serve's own deployment handle, while serve.status() is
@@ -107,7 +108,7 @@ after, deadline = running(), time.monotonic() + 240
 while time.monotonic() < deadline and after > min_replicas:
     time.sleep(2)
     after = running()
-print(json.dumps({"peak": peak, "after": after}))
+print("RESULT", json.dumps({"peak": peak, "after": after}))
 """
 
 
@@ -132,7 +133,9 @@ def _driver(stack: Stack, script: str, *args: str, timeout_s: float = 180) -> di
         check=False,
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    # Ray may print to stdout too (a node's death, lagging heartbeats): the result is marked
+    [line] = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+    result: dict[str, Any] = json.loads(line.removeprefix("RESULT "))
     return result
 
 
