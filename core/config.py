@@ -224,6 +224,12 @@ class Settings(BaseSettings):
     # "ray://host:10001"); unset, a local one is started with ray_num_cpus CPUs.
     ray_address: str | None = None
     ray_num_cpus: int | None = Field(None, ge=1)
+    # Several serving nodes (README "Several serving nodes"): with ray_nodes > 1, `radcloud up`
+    # starts a Ray cluster of this many nodes on this machine, every server on loopback (a head
+    # with its GCS on ray_port, then ray_nodes - 1 workers; ray_num_cpus logical CPUs each),
+    # and Ray Serve joins it.
+    ray_nodes: int = Field(1, ge=1, le=16)
+    ray_port: Port = 6380
     serving_backend: Literal["onnx", "torch"] = "onnx"
     serving_device: Literal["auto", "cpu", "cuda"] = "auto"
     serving_max_batch_size: int = Field(8, ge=1, le=256)
@@ -236,6 +242,10 @@ class Settings(BaseSettings):
     serving_min_replicas: int = Field(1, ge=1)
     serving_max_replicas: int = Field(1, ge=1)
     serving_target_ongoing_requests: float = Field(4.0, gt=0)
+    # Serve's autoscaler: how long the load must stay above (below) the target before it adds
+    # (removes) model replicas.
+    serving_upscale_delay_s: float = Field(30.0, ge=0)
+    serving_downscale_delay_s: float = Field(600.0, ge=0)
     triage_workers: int = Field(1, ge=1, le=64)
     triage_poll_interval_s: float = Field(0.5, gt=0)
     # Catch-up (serving/promotion.py): when a model gains its first production version, the
@@ -243,6 +253,9 @@ class Settings(BaseSettings):
     # are queued for triage behind live studies.
     triage_catch_up_max_studies: int = Field(500, ge=0)
     triage_catch_up_max_age_hours: float = Field(72.0, gt=0)
+    # How long a triage worker holds the study event it claimed: an event whose worker died (its
+    # Ray node lost) is due again after this; longer than one study's triage.
+    triage_lease_s: float = Field(300.0, ge=5, le=3600)
 
     # HTTP API resource budget, enforced before routing and authentication
     # (serving/_body_limit.py, also in Ray Serve's proxy): request bodies of JSON routes, of
@@ -410,6 +423,11 @@ class Settings(BaseSettings):
                 f"ORTHANC_INDEX=postgresql (is {self.orthanc_index}): several Orthanc nodes "
                 "share one index only on PostgreSQL; SQLite's file is one process's"
             )
+        if self.ray_nodes > 1 and self.ray_address:
+            raise ValueError(
+                f"{ENV_PREFIX}RAY_NODES={self.ray_nodes} starts a Ray cluster of this machine, "
+                f"{ENV_PREFIX}RAY_ADDRESS joins another one: expected one of them"
+            )
         if self.orthanc_node is not None and self.orthanc_node >= self.orthanc_nodes:
             raise ValueError(
                 f"{ENV_PREFIX}ORTHANC_NODE={self.orthanc_node}: expected a node below "
@@ -457,6 +475,9 @@ class Settings(BaseSettings):
             ports["gateway_stow_port"] = self.gateway_stow_port
         if self.postgresql_managed:
             ports["postgresql_port"] = self.postgresql_port
+        if self.ray_nodes > 1:  # the GCS, the Ray client server, each node's dashboard agent
+            for offset in range(self.ray_nodes + 2):
+                ports[f"ray_port + {offset}" if offset else "ray_port"] = self.ray_port + offset
         for node in range(1, self.orthanc_nodes):  # node k: the base ports + k * step
             step = f" + {node} * {ENV_PREFIX}ORTHANC_NODE_PORT_STEP".lower()
             offset = self.orthanc_node_offset(node)
@@ -572,6 +593,21 @@ class Settings(BaseSettings):
     def orthanc_node_urls(self) -> list[str]:
         """Every archive node's REST API root, node 0 first (``orthanc_nodes``)."""
         return [self.orthanc_node_url(node) for node in range(self.orthanc_nodes)]
+
+    @property
+    def ray_cluster_address(self) -> str | None:
+        """The Ray cluster serving joins: ``ray_address``, or the head radcloud starts on
+        loopback (``127.0.0.1:ray_port``) with ``ray_nodes`` > 1; ``None``: a local Ray of the
+        serving process alone."""
+        if self.ray_address:
+            return self.ray_address
+        return f"127.0.0.1:{self.ray_port}" if self.ray_nodes > 1 else None
+
+    @property
+    def ray_on_loopback(self) -> bool:
+        """Whether every Ray server is radcloud's own, on this machine's loopback (a local Ray,
+        or the ``ray_nodes`` cluster), rather than a cluster of ``ray_address``."""
+        return not self.ray_address
 
     def orthanc_node_url(self, node: int) -> str:
         """Node ``node``'s REST API root, on loopback (:meth:`orthanc_node_offset`)."""

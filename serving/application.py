@@ -1,19 +1,21 @@
 """The Ray Serve application of one radcloud instance, and the process that runs it.
 
-``python -m serving`` (started by ``radcloud up`` as the ``serve`` component) joins the Ray
-cluster at ``RADCLOUD_RAY_ADDRESS`` or starts a local one, starts Serve's HTTP proxy on
-``bind_host:api_port`` and deploys:
+``python -m serving`` (started by ``radcloud up`` as the ``api`` component) joins the Ray
+cluster at ``RADCLOUD_RAY_ADDRESS``, or the nodes radcloud started on this machine
+(``RADCLOUD_RAY_NODES`` > 1: ``serving.ray_node``), or starts a local one, starts Serve's HTTP
+proxy on ``bind_host:api_port`` (:func:`proxy_location`) and deploys:
 
     api (FastAPI ingress) ──handles──▶ model-<name> (one per registered model, multiplexed
           │                                   ▲          by version, @serve.batch)
           └──▶ triage (TriageWorker) ─handles─┘
 
-Isolation: a local Ray (no ``ray_address``) has every one of its servers (GCS, raylets, workers,
-agents) listen on loopback only, and no dashboard. Secrets never travel in Ray's runtime
-environment, whose variables Ray keeps in its state (``ray list actors --detail``) and logs: the
-replicas get the non-secret settings only, and each process reads the secrets itself, from
-``secrets.json`` under ``RADCLOUD_HOME``, the TOML file of ``RADCLOUD_CONFIG_FILE`` or the
-environment it inherits from this process (a local Ray's workers are its children).
+Isolation: a local Ray and radcloud's own nodes (no ``ray_address``) have every one of their
+servers (GCS, raylets, workers, agents) listen on loopback only, and no dashboard. Secrets
+never travel in Ray's runtime environment, whose variables Ray keeps in its state
+(``ray list actors --detail``) and logs: the replicas get the non-secret settings only, and
+each process reads the secrets itself, from ``secrets.json`` under ``RADCLOUD_HOME``, the TOML
+file of ``RADCLOUD_CONFIG_FILE`` or the environment it inherits from this process (a local Ray's
+workers are its children; radcloud's own nodes inherit the environment of ``radcloud up``).
 
 HTTPS: with ``api_tls_certificate`` and ``api_tls_private_key``, Serve's proxy speaks only TLS.
 
@@ -33,8 +35,9 @@ from typing import Any
 from core.config import ENV_PREFIX, Settings, is_loopback_host
 from serving._ray_loopback import SETUP_HOOK
 from serving.exceptions import ServingError
+from serving.ray_node import AUTH_MODE_ENV
 
-__all__ = ["build_application", "http_options", "serve_forever"]
+__all__ = ["build_application", "http_options", "proxy_location", "serve_forever"]
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +63,7 @@ def _runtime_env(settings: Settings) -> dict[str, Any]:
     if toml is not None:  # a replica's working directory is not ours
         env[CONFIG_FILE_ENV] = str(toml.absolute())
     env["TCP_NODELAY"] = "1"
-    if not settings.ray_address:  # one machine: Serve's replica servers on loopback too
+    if settings.ray_on_loopback:  # one machine: Serve's replica servers on loopback too
         # Ray takes runtime_env["worker_process_setup_hook"] only for a whole job; per actor,
         # the variable it would set is what its workers read at start.
         from ray._private.ray_constants import WORKER_PROCESS_SETUP_HOOK_ENV_VAR
@@ -138,6 +141,8 @@ def model_deployment_options(
             "min_replicas": settings.serving_min_replicas,
             "max_replicas": settings.serving_max_replicas,
             "target_ongoing_requests": settings.serving_target_ongoing_requests,
+            "upscale_delay_s": settings.serving_upscale_delay_s,
+            "downscale_delay_s": settings.serving_downscale_delay_s,
         }
     else:
         options["num_replicas"] = settings.serving_min_replicas
@@ -179,6 +184,13 @@ def http_options(settings: Settings) -> dict[str, Any]:
     return options
 
 
+def proxy_location(settings: Settings) -> str:
+    """Where Serve runs its HTTP proxies: on the head node alone when the nodes share this
+    machine (``ray_nodes`` > 1: they would all bind ``bind_host:api_port``), else on every
+    node (Serve's default; each machine of a joined cluster answers on ``api_port``)."""
+    return "HeadOnly" if settings.ray_nodes > 1 else "EveryNode"
+
+
 def _release_stale_claims(settings: Settings) -> None:
     """No triage worker runs yet: leases of the last serving's workers are stale."""
     from core.db import Database, upgrade
@@ -194,8 +206,10 @@ def _release_stale_claims(settings: Settings) -> None:
 
 def serve_forever(settings: Settings, stop: threading.Event | None = None) -> None:
     """Start (or join) Ray, deploy the application, and block until SIGTERM/SIGINT or ``stop``."""
-    if not settings.ray_address:
-        os.environ[_RAY_CLUSTER_ENV] = "0"  # before Ray is imported: see _start_local_ray
+    if settings.ray_on_loopback:  # before Ray is imported: it reads them then
+        os.environ[_RAY_CLUSTER_ENV] = "0"  # see _start_local_ray
+        if settings.ray_cluster_address:  # radcloud's own nodes (serving.ray_node)
+            os.environ.setdefault(AUTH_MODE_ENV, "token")
     import ray
     from ray import serve
 
@@ -208,13 +222,14 @@ def serve_forever(settings: Settings, stop: threading.Event | None = None) -> No
     os.environ.setdefault("RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH", PROXY_CALLBACK)
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
-    if settings.ray_address:
-        ray.init(address=settings.ray_address, namespace=_NAMESPACE, logging_level=logging.WARNING)
+    address = settings.ray_cluster_address
+    if address:
+        ray.init(address=address, namespace=_NAMESPACE, logging_level=logging.WARNING)
     else:
         _start_local_ray(settings)
     try:
         _release_stale_claims(settings)
-        serve.start(http_options=http_options(settings))
+        serve.start(http_options=http_options(settings), proxy_location=proxy_location(settings))
         serve.run(build_application(settings), name="radcloud", route_prefix="/", blocking=False)
         logger.info("radcloud serving on %s", settings.api_url)
         stop.wait()

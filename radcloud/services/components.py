@@ -1,5 +1,5 @@
 """The components radcloud runs, in start order: its own PostgreSQL where it runs one, Orthanc,
-the DICOM gateway, then Ray Serve
+the DICOM gateway, the nodes of its own Ray cluster where it runs one, then Ray Serve
 (the HTTP API as its ingress, the model deployments and the triage workers).
 
 A new component is one more entry in :func:`components`.
@@ -21,6 +21,7 @@ from core.exceptions import RadcloudError
 from core.secrets import Secrets
 from radcloud.services.orthanc import orthanc_components
 from radcloud.services.postgresql import postgresql_component
+from radcloud.services.ray_cluster import ray_components
 from radcloud.services.supervisor import Component, http_ok
 
 __all__ = ["api_component", "components", "gateway_component"]
@@ -132,12 +133,14 @@ def components(settings: Settings, secrets: Secrets) -> list[Component]:
     -------
     list[Component]
         The managed PostgreSQL (``postgresql_managed``), Orthanc (each archive node,
-        ``orthanc_nodes``), the DICOM gateway, then the HTTP API.
+        ``orthanc_nodes``), the DICOM gateway, the Ray nodes (``ray_nodes`` > 1), then the HTTP
+        API.
     """
     database = [postgresql_component(settings, secrets)] if settings.postgresql_managed else []
     return [
         *database,
         *orthanc_components(settings, secrets),
         gateway_component(settings),
+        *ray_components(settings),
         api_component(settings),
     ]

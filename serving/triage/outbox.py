@@ -53,8 +53,9 @@ def release_claims(db: Database) -> int:
     return int(released)
 
 
-def claim_next(db: Database) -> OutboxEvent | None:
-    """Take the oldest due study event (lease: ``available_at`` moves :data:`LEASE` ahead); a
+def claim_next(db: Database, lease: dt.timedelta = LEASE) -> OutboxEvent | None:
+    """Take the oldest due study event (``available_at`` moves ``lease`` ahead: a worker that
+    dies holding it leaves it due again then; ``triage_lease_s``, by default :data:`LEASE`); a
     ``study.catch_up`` event only when no live one (ready, updated, reprocess) is due.
 
     Returns
@@ -83,7 +84,7 @@ def claim_next(db: Database) -> OutboxEvent | None:
                 OutboxEvent.id == event.id,
                 or_(OutboxEvent.available_at.is_(None), OutboxEvent.available_at <= now),
             )
-            .update({OutboxEvent.available_at: now + LEASE}, synchronize_session=False)
+            .update({OutboxEvent.available_at: now + lease}, synchronize_session=False)
         )
         if claimed != 1:
             return None

@@ -30,6 +30,7 @@ the outbox with a retry time instead, so nothing is lost while a part is away.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import time
 from collections.abc import Callable
@@ -126,7 +127,7 @@ class TriagePipeline:
 
     def claim_next(self) -> OutboxEvent | None:
         """Take the oldest due study event (see :func:`serving.triage.outbox.claim_next`)."""
-        return claim_next(self.db)
+        return claim_next(self.db, dt.timedelta(seconds=self.settings.triage_lease_s))
 
     def run_once(self) -> Outcome | None:
         """Claim and process one event; None when none is due."""

@@ -91,6 +91,21 @@ def test_the_stow_door_has_its_own_port_and_the_apis_scheme(tmp_path: Path) -> N
     assert tls.gateway_stow_url == "https://127.0.0.1:8043/dicom-web"
 
 
+def test_ray_nodes_are_a_cluster_of_this_machine_on_ports_of_their_own(tmp_path: Path) -> None:
+    local = load_settings(home=tmp_path)
+    assert local.ray_cluster_address is None and local.ray_on_loopback
+    nodes = load_settings(home=tmp_path, ray_nodes=2, ray_port=7000)
+    assert nodes.ray_cluster_address == "127.0.0.1:7000" and nodes.ray_on_loopback
+    joined = load_settings(home=tmp_path, ray_address="10.0.0.5:6379")
+    assert joined.ray_cluster_address == "10.0.0.5:6379" and not joined.ray_on_loopback
+    with pytest.raises(ConfigError, match="RADCLOUD_RAY_ADDRESS joins another one"):
+        load_settings(home=tmp_path, ray_nodes=2, ray_address="auto")
+    # the GCS, the client server and one dashboard agent per node: ray_port + 0 ... + 3
+    with pytest.raises(ConfigError, match=r"RADCLOUD_RAY_PORT \+ 3 and RADCLOUD_API_PORT"):
+        load_settings(home=tmp_path, ray_nodes=2, ray_port=7997)
+    assert load_settings(home=tmp_path, ray_port=8000).ray_port == 8000  # one node: no cluster
+
+
 def test_postgresql_index_needs_its_url() -> None:
     with pytest.raises(ConfigError, match="RADCLOUD_ORTHANC_POSTGRESQL_URL"):
         load_settings(orthanc_index="postgresql")

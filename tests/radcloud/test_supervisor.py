@@ -20,8 +20,10 @@ from radcloud.services import (
     Component,
     Supervisor,
     check_ports_free,
+    components,
     orthanc_component,
 )
+from radcloud.services.ray_cluster import ray_temp_dir
 from tests.helpers import free_ports, orthanc_client, wait_until
 
 pytestmark = pytest.mark.integration
@@ -171,3 +173,23 @@ def test_earlier_components_stay_up_when_a_later_one_fails(tmp_path: Path) -> No
     finally:
         assert supervisor.down() == ["sleeper"]
     assert wait_until(lambda: _process_gone(pid))
+
+
+def test_ray_nodes_start_after_the_gateway_and_before_the_api(tmp_path: Path) -> None:
+    """``RADCLOUD_RAY_NODES=3``: a head and two worker nodes on loopback, on their ports
+    (the whole cluster runs in ``tests/radcloud/test_ray_cluster.py``)."""
+    settings = load_settings(home=tmp_path, ray_nodes=3, ray_port=7000, ray_num_cpus=2)
+    started = components(settings, load_secrets(settings))
+    names = [component.name for component in started]
+    assert names[-5:] == ["gateway", "ray-head", "ray-worker-1", "ray-worker-2", "api"]
+    head, worker = started[-4], started[-2]
+    assert {"--head", "--port=7000", "--num-cpus=2", "--include-dashboard=false"} <= set(head.argv)
+    assert "--node-ip-address=127.0.0.1" in head.argv and "--address" not in " ".join(head.argv)
+    assert "--address=127.0.0.1:7000" in worker.argv and "--head" not in worker.argv
+    assert [port for port, _ in head.ports] == [7000, 7001, 7002]
+    assert [port for port, _ in worker.ports] == [7004]  # its dashboard agent: + 2 + k
+    # the instance's own Ray temporary directory (not /tmp/ray: see ray_temp_dir)
+    assert f"--temp-dir={ray_temp_dir(settings)}" in worker.argv
+    assert ray_temp_dir(settings) != ray_temp_dir(load_settings(home=tmp_path / "other"))
+    one = load_settings(home=tmp_path)
+    assert not [c for c in components(one, load_secrets(one)) if c.name.startswith("ray-")]
