@@ -26,6 +26,8 @@ pytestmark = pytest.mark.integration
 SENDER = "PROMO1"
 STREAM_LIMIT = 40  # studies the stream sends at most (it stops once both switches are seen)
 
+_WAIT_S = 420  # each wait: a loaded 2-core CI machine triages a study in tens of seconds
+
 
 def _rows(stack: Stack) -> dict[str, list[tuple[str, str, str, str | None]]]:
     """Study Instance UID → its result rows (model, version, status, error)."""
@@ -125,7 +127,7 @@ class _Stream:
             versions = self.versions()
             return len(versions) if version in versions[after:] else None
 
-        return int(poll(seen, timeout_s=240, what=what))
+        return int(poll(seen, timeout_s=_WAIT_S, what=what))
 
 
 def test_promotion_rollback_and_catch_up_on_the_running_service(
@@ -154,7 +156,7 @@ def test_promotion_rollback_and_catch_up_on_the_running_service(
         push(stack, tmp_path / f"early{number}", study.datasets, sender=SENDER)
     without = poll(
         lambda: all(uid in _rows(stack) for uid in early_uids) and _rows(stack),
-        timeout_s=240,
+        timeout_s=_WAIT_S,
         what="results of the studies sent without a model",
     )
     for uid in early_uids:
@@ -163,7 +165,7 @@ def test_promotion_rollback_and_catch_up_on_the_running_service(
 
     promoted = stack.cli("models", "promote", name, "1")
     assert "2 studies that arrived without a model queued" in promoted.stdout
-    caught_up = poll(_succeeded(stack, early_uids), timeout_s=240, what="catch-up triage")
+    caught_up = poll(_succeeded(stack, early_uids), timeout_s=_WAIT_S, what="catch-up triage")
     assert set(caught_up.values()) == {"1"}
     catch_up = _events(stack, "study.catch_up")
     assert sorted(e.key for e in catch_up) == sorted(early_uids)
@@ -192,7 +194,7 @@ def test_promotion_rollback_and_catch_up_on_the_running_service(
     if stream.error is not None:
         raise stream.error
     sent = list(stream.uids)
-    versions = poll(_succeeded(stack, sent), timeout_s=240, what="triage of the whole stream")
+    versions = poll(_succeeded(stack, sent), timeout_s=_WAIT_S, what="triage of the whole stream")
     rows = _rows(stack)
     for uid in sent:  # triaged once, by one version: no failure, no second result
         assert [(m, s) for m, _, s, _ in rows[uid]] == [(name, "succeeded")], rows[uid]
