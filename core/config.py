@@ -243,6 +243,9 @@ class Settings(BaseSettings):
     # are queued for triage behind live studies.
     triage_catch_up_max_studies: int = Field(500, ge=0)
     triage_catch_up_max_age_hours: float = Field(72.0, gt=0)
+    # A shadow version (``radcloud models shadow``) is shed first under load: not run on a study
+    # while more live study events than this wait in the outbox.
+    triage_shadow_max_backlog: int = Field(20, ge=0)
 
     # HTTP API resource budget, enforced before routing and authentication
     # (serving/_body_limit.py, also in Ray Serve's proxy): request bodies of JSON routes, of
