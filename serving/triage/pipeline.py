@@ -203,7 +203,10 @@ class TriagePipeline:
             )
         self.results.store(event, study_id, runs, outcome)
         if live:
-            self.shadows.run(study_id, live)
+            try:
+                self.shadows.run(study_id, live)
+            except Exception:  # the study is triaged: a shadow never fails nor retries it
+                logger.exception("shadow runs on %s failed", uid)
         return outcome
 
     def _prepare(self, uid: str) -> tuple[int, set[tuple[str, str]]]:
