@@ -234,8 +234,8 @@ class _DatabaseCollector(Collector):
             "failed: the study was not affected, shed: not run under load)",
             labels=["model", "version", "status"],
         )
-        for model, version, status, count in shadows:
-            shadow.add_metric([model, version, status], count)
+        for model, version, outcome_of_run, count in shadows:
+            shadow.add_metric([model, version, outcome_of_run], count)
         yield shadow
 
         yield from self._latencies(recent)
