@@ -2,7 +2,7 @@
 
 ``radcloud bench --suite e2e`` or
 ``python -m benchmarks.triage [--models-from HOME] [--studies N] [--interval S] [--quick]``
-``[--database sqlite,postgresql] [--repeats N]``
+``[--database sqlite,postgresql] [--repeats N] [--shadow]``
 
 A temporary radcloud (Orthanc, gateway, Ray Serve) is started on free ports with a copy of the
 production models of ``--models-from`` (default: ``RADCLOUD_HOME``, where ``make demo`` trains
@@ -24,6 +24,12 @@ times, alternating (``--interval 0``: a burst, every study sent back to back); t
 every run and the medians per engine, and PostgreSQL's against SQLite's of the same run. The
 PostgreSQL runs use radcloud's managed server (``RADCLOUD_POSTGRESQL_MANAGED``), started with
 the platform in a data directory of its own.
+
+With ``--shadow`` the stream runs twice, ``--repeats`` times alternating: without and with a
+shadow version of each model of the same size (the model's architecture with random weights,
+registered as the next version and set as shadow: ``serving.shadow``); the document keeps both
+runs, the shadow's comparison per model, and the ratio of the time-to-triage p95 with a shadow
+to the one without (the budget the README states).
 """
 
 from __future__ import annotations
@@ -132,6 +138,7 @@ def run_triage(
     stable_seconds: float = 2.0,
     timeout_s: float = 900.0,
     database: str = "sqlite",
+    shadow: bool = False,
 ) -> dict[str, Any]:
     """Stream ``studies`` studies through a fresh platform; return the result document.
 
@@ -150,6 +157,9 @@ def run_triage(
         How long to wait for every result.
     database
         ``sqlite`` (the embedded default) or ``postgresql`` (radcloud's managed server).
+    shadow
+        Run a shadow version of each model of the same size beside production
+        (:func:`_add_shadows`); the document gets each model's shadow comparison.
     """
     from core.db import Database
     from dicom_gateway.dcmtk import storescu
@@ -164,6 +174,9 @@ def run_triage(
         gateway_stable_seconds=stable_seconds,
     ) as platform:
         settings = platform.settings
+        shadowed = (
+            _add_shadows(settings.paths.models_dir, slim or models_from is None) if shadow else []
+        )
         db = Database.from_settings(settings)
         sent: dict[str, str] = {}
         try:
@@ -189,6 +202,7 @@ def run_triage(
                 records = _records(db, sent)
             elapsed = time.monotonic() - started
             contention = _contention(db, sent, settings.paths.log_dir)
+            comparisons = _shadow_comparisons(db, shadowed, sent)
         finally:
             db.dispose()
     succeeded = [r for r in records if r["status"] == "succeeded"]
@@ -211,6 +225,7 @@ def run_triage(
             if slim or models_from is None
             else f"production models of {models_from}",
             "data": "SYNTHETIC head CT and chest radiographs, alternating",
+            "shadow": shadow,
         },
         "records": records,
         "summary": summary,
@@ -218,6 +233,87 @@ def run_triage(
         "studies_per_minute": 60.0 * len(succeeded) / elapsed,
         "failed": len(records) - len(succeeded),
         "contention": contention,
+        "shadow": comparisons,
+    }
+
+
+def _add_shadows(models_dir: Path, slim: bool) -> list[str]:
+    """Register a random-weight version of each benchmark model's architecture (slim or not) as
+    the next version and make it the shadow (production stays as it was); return the names."""
+    from benchmarks._models import register_models
+    from models.registry import ModelRegistry
+
+    registry = ModelRegistry(models_dir)
+    names = []
+    for model in register_models(models_dir, slim=slim).values():
+        registry.rollback(model.name)  # register_models promotes: production goes back
+        registry.set_shadow(model.name, model.version)
+        names.append(model.name)
+    return names
+
+
+def _shadow_comparisons(db: Any, names: list[str], sent: dict[str, str]) -> dict[str, Any]:
+    """Each shadowed model's comparison (``radcloud models compare``) once its shadow rows are
+    in (a study's shadow runs right after its result row is stored)."""
+    from serving.shadow import compare_shadow
+
+    found: dict[str, Any] = {}
+    for name in names:
+        deadline = time.monotonic() + 60.0
+        while True:
+            result = compare_shadow(db, name)
+            if result.studies + result.failed + result.shed >= len(sent) // 2:
+                break
+            if time.monotonic() > deadline:
+                break
+            time.sleep(1.0)
+        found[name] = result.to_json()
+    return found
+
+
+def run_shadow_budget(
+    models_from: Path | None, *, repeats: int, slim: bool, studies: int, interval_s: float
+) -> dict[str, Any]:
+    """The same stream without and with a shadow, ``repeats`` times alternating; the ratio of
+    the median time-to-triage p95 with a shadow to the one without."""
+    runs: dict[str, list[dict[str, Any]]] = {"without": [], "with": []}
+    for repeat in range(repeats):
+        for arm, done in runs.items():
+            logger.warning("run %d of %d %s a shadow", repeat + 1, repeats, arm)
+            done.append(
+                run_triage(
+                    models_from,
+                    slim=slim,
+                    studies=studies,
+                    interval_s=interval_s,
+                    shadow=arm == "with",
+                )
+            )
+    p95 = {
+        arm: statistics.median(r["summary"]["time_to_triage_s"]["p95"] for r in done)
+        for arm, done in runs.items()
+    }
+    p50 = {
+        arm: statistics.median(r["summary"]["time_to_triage_s"]["p50"] for r in done)
+        for arm, done in runs.items()
+    }
+    return {
+        "suite": "e2e-triage-shadow",
+        "machine": describe_machine(),
+        "parameters": {
+            "repeats": repeats,
+            "studies": studies,
+            "interval_s": interval_s,
+            "models": "slim random-weight models"
+            if slim
+            else f"production models of {models_from}",
+            "shadow": "the same architecture, random weights, as each model's next version",
+            "data": "SYNTHETIC head CT and chest radiographs, alternating",
+        },
+        "time_to_triage_p50_s": p50,
+        "time_to_triage_p95_s": p95,
+        "p95_with_over_without": p95["with"] / p95["without"] if p95["without"] else None,
+        "runs": runs,
     }
 
 
@@ -323,10 +419,39 @@ def main() -> None:
     )
     parser.add_argument("--repeats", type=int, default=1, help="runs per engine (--database)")
     parser.add_argument("--slim", action="store_true", help="slim random-weight models")
+    parser.add_argument(
+        "--shadow",
+        action="store_true",
+        help="run without and with a shadow of each model (--repeats times): time-to-triage p95",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     home = args.models_from or load_settings().home
     studies, interval = (4, 1.0) if args.quick else (args.studies, args.interval)
+    if args.shadow:
+        document = run_shadow_budget(
+            home,
+            repeats=args.repeats,
+            slim=args.quick or args.slim,
+            studies=studies,
+            interval_s=interval,
+        )
+        path = write_result("e2e-triage-shadow", "cpu", document, args.out)
+        print(
+            json.dumps(
+                {
+                    key: document[key]
+                    for key in (
+                        "time_to_triage_p50_s",
+                        "time_to_triage_p95_s",
+                        "p95_with_over_without",
+                    )
+                },
+                indent=2,
+            )
+        )
+        print(f"written to {path}")
+        return
     if args.database is not None:
         engines = [e.strip() for e in args.database.split(",") if e.strip()]
         unknown = sorted(set(engines) - set(_ENGINES))

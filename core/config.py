@@ -256,6 +256,9 @@ class Settings(BaseSettings):
     # How long a triage worker holds the study event it claimed: an event whose worker died (its
     # Ray node lost) is due again after this; longer than one study's triage.
     triage_lease_s: float = Field(300.0, ge=5, le=3600)
+    # A shadow version (``radcloud models shadow``) is shed first under load: not run on a study
+    # while more live study events than this wait in the outbox.
+    triage_shadow_max_backlog: int = Field(20, ge=0)
 
     # HTTP API resource budget, enforced before routing and authentication
     # (serving/_body_limit.py, also in Ray Serve's proxy): request bodies of JSON routes, of

@@ -68,7 +68,7 @@ class RegistryEvent(BaseModel):
     """One change in a model's registry index."""
 
     at: dt.datetime = Field(default_factory=_now)
-    action: Literal["register", "import", "promote", "rollback"]
+    action: Literal["register", "import", "promote", "rollback", "shadow"]
     version: int
     detail: str = ""
 
@@ -87,6 +87,7 @@ class Index(BaseModel):
     versions: dict[int, VersionEntry] = Field(default_factory=dict)
     production_history: list[int] = Field(default_factory=list)
     history: list[RegistryEvent] = Field(default_factory=list)
+    shadow: int | None = None  # the version run beside production on live studies, unseen
 
     @property
     def production(self) -> int | None:

@@ -15,6 +15,9 @@ Layout under the registry root (``RADCLOUD_HOME/models``)::
 Versions are increasing integers per model name (1, 2, 3, ...), never reused. A new version is
 ``staged``; :meth:`ModelRegistry.promote` makes one ``production`` (at most one per name) and
 archives the one before; :meth:`ModelRegistry.rollback` undoes the last promotion.
+:meth:`ModelRegistry.set_shadow` names at most one other version per name that triage runs beside
+production on live studies without showing its results (``serving.shadow``); a version that
+becomes production stops being the shadow.
 
 A version directory is assembled in a hidden staging directory under the root and renamed into
 place only when complete, so a failed export, parity check or import leaves nothing behind.
@@ -180,6 +183,11 @@ class ModelRegistry:
         production = index.production
         return None if production is None else self._model(index, production)
 
+    def shadow(self, name: str) -> RegisteredModel | None:
+        """The shadow version of ``name`` (run beside production, unseen), or ``None``."""
+        index = self._read_index(name)
+        return None if index.shadow is None else self._model(index, index.shadow)
+
     def history(self, name: str) -> list[RegistryEvent]:
         """Registrations, imports, promotions and rollbacks of ``name``, oldest first."""
         return list(self._read_index(name).history)
@@ -220,6 +228,8 @@ class ModelRegistry:
             previous_stage = index.versions[number].stage
             index.versions[number].stage = Stage.PRODUCTION
             index.production_history.append(number)
+            if index.shadow == number:
+                index.shadow = None
             index.history.append(
                 RegistryEvent(
                     action="promote",
@@ -258,6 +268,8 @@ class ModelRegistry:
             index.production_history.pop()
             restored = index.production_history[-1]
             index.versions[restored].stage = Stage.PRODUCTION
+            if index.shadow == restored:
+                index.shadow = None
             index.history.append(
                 RegistryEvent(
                     action="rollback", version=restored, detail=f"version {current} archived"
@@ -266,6 +278,41 @@ class ModelRegistry:
             self._write_index(index)
             logger.info("%s rolled back: version %d archived, %d restored", name, current, restored)
             return self._model(index, restored)
+
+    def set_shadow(self, name: str, version: int | None) -> RegisteredModel | None:
+        """Make ``version`` the shadow of ``name`` (one at a time), or stop it (``None``).
+
+        Returns
+        -------
+        RegisteredModel or None
+            The shadow version before the change.
+
+        Raises
+        ------
+        ModelNotFoundError
+            When there is no such model or version.
+        StageError
+            When ``version`` is the production version.
+        """
+        with self._locked():
+            index = self._read_index(name)
+            if version is not None:
+                if version not in index.versions:
+                    raise ModelNotFoundError(name, version)
+                if index.production == version:
+                    raise StageError(name, version, "is production: a shadow runs beside it")
+            before = None if index.shadow is None else self._model(index, index.shadow)
+            index.shadow = version
+            index.history.append(
+                RegistryEvent(
+                    action="shadow",
+                    version=version if version is not None else (before.version if before else 0),
+                    detail="shadow stopped" if version is None else "shadow started",
+                )
+            )
+            self._write_index(index)
+            logger.info("%s shadow: %s", name, version)
+            return before
 
     # --- adding versions -----------------------------------------------------------------
 

@@ -38,7 +38,7 @@ from sqlalchemy import and_, case, func, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from core.db import Database
-from core.db.models import InferenceResult, InferenceStatus, OutboxEvent, utcnow
+from core.db.models import InferenceResult, InferenceStatus, OutboxEvent, ShadowResult, utcnow
 from serving.notify import GAVE_UP, TOPIC_CRITICAL
 
 __all__ = [
@@ -160,6 +160,14 @@ class _DatabaseCollector(Collector):
                 .where(InferenceResult.status == InferenceStatus.FAILED)
                 .group_by(InferenceResult.model_name, reason)
             ).all()
+            shadows = session.execute(
+                select(
+                    ShadowResult.model_name,
+                    ShadowResult.model_version,
+                    ShadowResult.status,
+                    func.count(),
+                ).group_by(ShadowResult.model_name, ShadowResult.model_version, ShadowResult.status)
+            ).all()
             recent = session.execute(
                 select(InferenceResult.model_name, InferenceResult.timings)
                 .where(
@@ -219,6 +227,16 @@ class _DatabaseCollector(Collector):
         for model, why, count in failures:
             failed.add_metric([model, why], count)
         yield failed
+
+        shadow = GaugeMetricFamily(
+            "radcloud_shadow_results",
+            "Shadow versions' runs beside production by model, version and status (succeeded, "
+            "failed: the study was not affected, shed: not run under load)",
+            labels=["model", "version", "status"],
+        )
+        for model, version, outcome_of_run, count in shadows:
+            shadow.add_metric([model, version, outcome_of_run], count)
+        yield shadow
 
         yield from self._latencies(recent)
 

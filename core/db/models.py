@@ -8,7 +8,8 @@ Who writes what (docs/architecture.md has the full picture):
   ``outbox_events``, ``change_cursors``
 - identity (``core.identity``; the gateway registers at ingest): ``patient_identifiers``,
   ``patient_links``, ``patient_id_authorities``, ``patient_link_retractions``
-- serving (``serving``): ``inference_results``, ``worklist_items``; reading writes ``labels``;
+- serving (``serving``): ``inference_results``, ``worklist_items``, ``shadow_results``; reading
+  writes ``labels``;
   research cohorts (``serving.cohorts``): ``cohorts``, ``cohort_studies``; research retrieval
   (``serving.federation.research``): ``research_uids``
 - core (``core.nodes``, ``radcloud hospitals``): ``remote_nodes``
@@ -63,6 +64,7 @@ __all__ = [
     "Report",
     "Role",
     "Sender",
+    "ShadowResult",
     "Study",
     "StudyState",
     "UTCDateTime",
@@ -264,6 +266,39 @@ class InferenceResult(Base):
     critical: Mapped[bool] = mapped_column(Boolean, default=False)
     findings: Mapped[dict[str, Any]] = mapped_column(default=dict)
     timings: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class ShadowResult(Base):
+    """A shadow version's run on a study beside production (``serving.shadow``): never shown on
+    the worklist, notified or written to the archive; unique per (study, model, version).
+
+    ``status`` is ``succeeded``, ``failed`` (the shadow could not answer: the study was not
+    affected) or ``shed`` (not run: the live backlog was above the setting). The production
+    columns are those of the production run on the same input, for the comparison; latencies
+    are the model call and interpretation, CPU the triage worker's thread time of that step.
+    """
+
+    __tablename__ = "shadow_results"
+    __table_args__ = (UniqueConstraint("study_id", "model_name", "model_version"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
+    model_name: Mapped[str] = mapped_column(String(128), index=True)
+    model_version: Mapped[str] = mapped_column(String(64))
+    production_version: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16))
+    score: Mapped[float | None] = mapped_column(Float)
+    positive: Mapped[bool | None] = mapped_column(Boolean)
+    production_score: Mapped[float | None] = mapped_column(Float)
+    production_positive: Mapped[bool | None] = mapped_column(Boolean)
+    # lesion_voxels, lesion_volume_ml, mask_dice (with production's mask): segmenters only
+    findings: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    latency_ms: Mapped[float | None] = mapped_column(Float)
+    cpu_ms: Mapped[float | None] = mapped_column(Float)
+    production_latency_ms: Mapped[float | None] = mapped_column(Float)
+    production_cpu_ms: Mapped[float | None] = mapped_column(Float)
     error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 

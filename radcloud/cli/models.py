@@ -1,4 +1,5 @@
-"""``radcloud models list|show|promote|rollback|import|ship|verify``: the model registry.
+"""``radcloud models list|show|promote|rollback|shadow|compare|import|ship|verify``: the model
+registry.
 
 The ``models`` package (torch, MONAI, ONNX Runtime: seconds to import) is imported when a
 ``models`` command runs, not when the ``radcloud`` command starts.
@@ -182,6 +183,104 @@ def rollback(name: str) -> None:
     done = rollback_model(_registry(), audit_trail(), name, actor=Actor.cli())
     was = f" (version {done.previous} archived)" if done.previous else ""
     console.print(f"{name} rolled back: version {done.version} is production again{was}")
+
+
+@models_app.command("shadow")
+@command
+def shadow(
+    name: str,
+    version: Annotated[int | None, typer.Argument(help="The version to run in shadow.")] = None,
+    stop: Annotated[bool, typer.Option("--stop", help="Stop NAME's shadow.")] = False,
+) -> None:
+    """Run VERSION of NAME in shadow: on every live study beside production, recording its
+    scores for `radcloud models compare`, never shown on the worklist, notified or stored in the
+    archive; shed first under load. One shadow per model; --stop ends it."""
+    from serving.shadow import start_shadow, stop_shadow
+
+    if stop == (version is not None):
+        fail("give either a VERSION to run in shadow or --stop")
+    if version is None:
+        stopped = stop_shadow(_registry(), audit_trail(), name, actor=Actor.cli())
+        console.print(
+            f"{name}: shadow of version {stopped} stopped" if stopped else f"{name} had no shadow"
+        )
+        return
+    replaced = start_shadow(_registry(), audit_trail(), name, version, actor=Actor.cli())
+    was = f" (instead of version {replaced})" if replaced and replaced != version else ""
+    console.print(f"{name} version {version} runs in [yellow]shadow[/] on live studies{was}")
+
+
+def _figure(value: float | None, digits: int = 3) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+@models_app.command("compare")
+@command
+def compare(
+    name: str,
+    version: Annotated[
+        str | None,
+        typer.Option("--version", "-v", help="The shadow version (default: the newest run)."),
+    ] = None,
+    truth: Annotated[
+        Path | None,
+        typer.Option(
+            "--truth",
+            help="A labels CSV (study_instance_uid, label) with the ground truth of the "
+            "studies, e.g. the labels.csv of the synthetic dataset a demo pushed.",
+            exists=True,
+            dir_okay=False,
+        ),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON.")] = False,
+) -> None:
+    """Compare NAME's shadow version with production on the same live studies: agreement, AUC,
+    sensitivity and specificity against radiologist-confirmed labels (and --truth), latency and
+    worker CPU time per study."""
+    from core.db import Database
+    from serving.shadow import compare_shadow, read_truth
+
+    db = Database.from_settings(get_settings())
+    try:
+        result = compare_shadow(
+            db, name, version=version, truth=read_truth(truth) if truth is not None else None
+        )
+    finally:
+        db.dispose()
+    if as_json:
+        typer.echo(json.dumps(result.to_json(), indent=2))
+        return
+    shadowed = ", ".join(result.versions) or "-"
+    production = ", ".join(result.production_versions) or "-"
+    agreement = result.agreement
+    console.print(
+        f"[bold]{name}[/]: shadow version {shadowed} against production {production} on "
+        f"{result.studies} studies ({result.failed} shadow failures, {result.shed} shed)"
+    )
+    console.print(
+        f"agreement {_figure(agreement.fraction)}: both positive {agreement.both_positive}, "
+        f"both negative {agreement.both_negative}, only shadow {agreement.only_shadow}, only "
+        f"production {agreement.only_production}"
+        + (f"; mask Dice {_figure(result.mask_dice_mean)}" if result.mask_dice_mean else "")
+    )
+    table = Table("truth", "version", "studies", "positive", "AUC", "sensitivity", "specificity")
+    for truth_name, by_arm in result.truths.items():
+        for arm, figures in by_arm.items():
+            table.add_row(
+                truth_name,
+                arm,
+                str(figures.studies),
+                str(figures.positives),
+                _figure(figures.auc),
+                _figure(figures.sensitivity),
+                _figure(figures.specificity),
+            )
+    console.print(table)
+    costs = Table("per study", "version", "p50", "p95", "mean")
+    for label, spread in (("latency ms", result.latency_ms), ("worker CPU ms", result.cpu_ms)):
+        for arm, values in spread.items():
+            costs.add_row(label, arm, *(_figure(values[k], 1) for k in ("p50", "p95", "mean")))
+    console.print(costs)
 
 
 @models_app.command("import")

@@ -20,7 +20,9 @@ events from the outbox at least once. For one event it:
    the study, marked AI-generated and unverified (:mod:`serving.triage.writeback`);
 7. in one transaction (:mod:`serving.triage.persist`): the result row (scores, findings, model
    version, per-stage timings), the worklist priority, a critical-finding notification, and
-   the event marked processed.
+   the event marked processed;
+8. for a model with a shadow version, runs it on the same input and records only a
+   ``shadow_results`` row (:mod:`serving.triage.shadow`): nothing a reader or the archive sees.
 
 A study that cannot be processed gets a ``failed`` result with the reason (``unsupported``,
 ``inconsistent_series``, ``decode_failed``, ``no_model``) and is read without AI; it never
@@ -62,6 +64,7 @@ from serving.triage.persist import (
     ServedModel,
 )
 from serving.triage.selection import SeriesData, select_series
+from serving.triage.shadow import LiveRun, ShadowRunner
 from serving.triage.writeback import write_back
 
 __all__ = ["Predict", "TriagePipeline"]
@@ -122,6 +125,7 @@ class TriagePipeline:
         self.served = served
         self.on_ready = on_ready
         self.results = ResultStore(db, audit, on_outcome=on_outcome, on_critical=on_critical)
+        self.shadows = ShadowRunner(settings, db, registry, predict)
 
     # -- the outbox --------------------------------------------------------------------------
 
@@ -172,6 +176,7 @@ class TriagePipeline:
         fetch_s = time.perf_counter() - fetch_started
         models = self.production_models()
         runs: list[ModelRun] = []
+        live: list[LiveRun] = []
         rejected: list[str] = []
         for model in models:
             if (model.name, model.version) in done and not force:
@@ -183,7 +188,7 @@ class TriagePipeline:
                 continue
             timings = {"fetch_s": fetch_s}
             try:
-                output, version, findings = self._run(model, chosen, timings)
+                output, version, findings = self._run(model, chosen, timings, live)
                 runs.append(
                     (ServedModel(model.name, version, model.card), output, findings, timings)
                 )
@@ -198,6 +203,11 @@ class TriagePipeline:
                 (NO_MODEL, UnprocessableStudyError(reason, detail), {}, {"fetch_s": fetch_s})
             )
         self.results.store(event, study_id, runs, outcome)
+        if live:
+            try:
+                self.shadows.run(study_id, live)
+            except Exception:  # the study is triaged: a shadow never fails nor retries it
+                logger.exception("shadow runs on %s failed", uid)
         return outcome
 
     def _prepare(self, uid: str) -> tuple[int, set[tuple[str, str]]]:
@@ -222,7 +232,11 @@ class TriagePipeline:
             return study.id, done
 
     def _run(
-        self, model: ServedModel, series: SeriesData, timings: dict[str, float]
+        self,
+        model: ServedModel,
+        series: SeriesData,
+        timings: dict[str, float],
+        live: list[LiveRun],
     ) -> tuple[ModelOutput, str, dict[str, Any]]:
         started = time.perf_counter()
         try:
@@ -237,7 +251,7 @@ class TriagePipeline:
             ) from exc
         prepared = prepare(model.card, volume)
         timings["preprocess_s"] = time.perf_counter() - started
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.thread_time()
         logits, version = self.predict(model.name, model.version, prepared.array)
         timings["inference_s"] = time.perf_counter() - started
         card = (
@@ -246,9 +260,12 @@ class TriagePipeline:
         started = time.perf_counter()
         output = interpret(card, prepared, logits)
         timings["postprocess_s"] = time.perf_counter() - started
+        latency_ms = (timings["inference_s"] + timings["postprocess_s"]) * 1000.0
+        cpu_ms = (time.thread_time() - cpu) * 1000.0
         started = time.perf_counter()
         findings = write_back(
             self.archive, series, output, name=model.name, version=version, card=card
         )
         timings["writeback_s"] = time.perf_counter() - started
+        live.append(LiveRun(model.name, version, prepared, output, latency_ms, cpu_ms))
         return output, version, findings

@@ -25,6 +25,7 @@ from core.db.models import (
     InferenceStatus,
     OutboxEvent,
     Role,
+    ShadowResult,
     Study,
     StudyState,
     utcnow,
@@ -111,6 +112,16 @@ def _populate(db: Database) -> None:
                     created_at=created,
                 )
             )
+            session.add(  # a shadow of version 4 ran, failed or was shed beside it
+                ShadowResult(
+                    study_id=study.id,
+                    model_name="head-ct-haemorrhage",
+                    model_version="4",
+                    production_version="3",
+                    status=("succeeded", "failed", "shed")[study.id % 3],
+                    findings={},
+                )
+            )
         session.add_all(
             [
                 OutboxEvent(topic="study.ready", key="a", payload={}, attempts=0),
@@ -158,6 +169,11 @@ def test_queue_results_failures_and_notifications(db: Database) -> None:
     assert _get(samples, "radcloud_inference_failures", model=model, reason="decode_failed") == 2
     assert _get(samples, "radcloud_inference_failures", model=model, reason="unsupported") == 1
     assert _get(samples, "radcloud_inference_failures", model=model, reason="other") == 1
+    shadowed = [
+        _get(samples, "radcloud_shadow_results", model=model, version="4", status=status)
+        for status in ("succeeded", "failed", "shed")
+    ]
+    assert sum(shadowed) == 9 and min(shadowed) == 3
 
 
 def test_latency_histograms_cover_the_recent_window(db: Database) -> None:

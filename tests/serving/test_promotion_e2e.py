@@ -1,6 +1,7 @@
-"""Promotion and rollback on the running service, the catch-up and the guard rails, through real
-parts (serving/promotion.py): one radcloud whose chest X-ray model has three staged versions and
-none in production; studies through DIMSE (dcmtk storescu → the gateway → Ray Serve triage)."""
+"""Promotion and rollback on the running service, the catch-up, a shadow version and the guard
+rails, through real parts (serving/promotion.py, serving/shadow.py): one radcloud whose chest
+X-ray model has four staged versions and none in production; studies through DIMSE (dcmtk
+storescu → the gateway → Ray Serve triage)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from core.db.models import InferenceResult, OutboxEvent, Study
+from core.db.models import InferenceResult, OutboxEvent, ShadowResult, Study, WorklistItem
 from imaging.sr import read_findings
 from imaging.synthetic import generate_study
 from tests.conftest import Stack
@@ -145,8 +146,10 @@ def test_promotion_rollback_and_catch_up_on_the_running_service(
         name = register_fixture_version(models_dir, Task.CHEST_XR, 1.0).name  # v1
         register_fixture_version(models_dir, Task.CHEST_XR, 1.0)  # v2: the same card
         register_fixture_version(models_dir, Task.CHEST_XR, 1.0, auc=0.1)  # v3: below the floor
+        register_fixture_version(models_dir, Task.CHEST_XR, 0.0)  # v4: calls every study critical
 
-    stack = make_stack(registered)
+    # a webhook, so that a critical call would queue a notification (none is delivered here)
+    stack = make_stack(registered, notify_webhook_url="http://127.0.0.1:9/critical")
     stack.add_sender(SENDER, "Promotion Hospital")
 
     # -- catch-up: no production model when these arrive ------------------------------------
@@ -208,6 +211,8 @@ def test_promotion_rollback_and_catch_up_on_the_running_service(
         assert sr.SoftwareVersions == versions[uid]
         assert {f["algorithm_version"] for f in read_findings(sr)} == {versions[uid]}
 
+    _shadow_leaves_readers_and_archive_alone(stack, name, sent, tmp_path)
+
     # -- guard rails ------------------------------------------------------------------------
     refused = stack.cli("models", "promote", name, "3", check=False)
     assert refused.returncode == 1 and "auc 0.100 is below the floor" in refused.stderr
@@ -235,3 +240,145 @@ def test_promotion_rollback_and_catch_up_on_the_running_service(
     assert forced_record["detail"]["force_reason"] == "card figures from a smaller test set"
     assert "auc" in forced_record["detail"]["overridden"][0]
     assert ("rolled back", 1, 0) in [c[:3] for c in changes]
+
+
+def _reader_view(stack: Stack, uid: str) -> dict[str, object]:
+    """What a study shows readers and the archive: its result rows, its worklist row, the
+    critical notifications queued for it, its series in Orthanc (modality, instances)."""
+    db = stack.database()
+    try:
+        with db.session() as session:
+            study = session.scalars(select(Study).where(Study.study_instance_uid == uid)).one()
+            item = session.scalars(
+                select(WorklistItem).where(WorklistItem.study_id == study.id)
+            ).one()
+            results = session.scalars(
+                select(InferenceResult).where(InferenceResult.study_id == study.id)
+            ).all()
+            notified = [
+                e
+                for e in session.scalars(
+                    select(OutboxEvent).where(OutboxEvent.topic == "notification.critical")
+                )
+                if e.payload.get("study_instance_uid") == uid
+            ]
+            view: dict[str, object] = {
+                "results": sorted((r.model_version, r.status.value, r.critical) for r in results),
+                # a critical call of the shadow would make it critical; its score is production's
+                "worklist": (
+                    item.priority_class == "critical",
+                    item.ai_status,
+                    item.status.value,
+                    [item.ai_score] == [r.score for r in results],
+                ),
+                "notifications": len(notified),
+            }
+    finally:
+        db.dispose()
+    with stack.orthanc() as orthanc:
+        ids = orthanc.post("/tools/lookup", content=uid).json()
+        study_id = next(i["ID"] for i in ids if i["Type"] == "Study")
+        series = orthanc.get(f"/studies/{study_id}/series").json()
+        view["archive"] = sorted(
+            (s["MainDicomTags"]["Modality"], len(s["Instances"])) for s in series
+        )
+    return view
+
+
+def _shadow_rows(stack: Stack) -> dict[str, ShadowResult]:
+    db = stack.database()
+    try:
+        with db.session() as session:
+            return {
+                uid: row
+                for row, uid in session.execute(
+                    select(ShadowResult, Study.study_instance_uid).join(
+                        Study, Study.id == ShadowResult.study_id
+                    )
+                ).all()
+            }
+    finally:
+        db.dispose()
+
+
+def _shadow_leaves_readers_and_archive_alone(
+    stack: Stack, name: str, unshadowed: list[str], tmp_path: Path
+) -> None:
+    """Version 4 in shadow (it calls every study critical) beside production version 1 (none):
+    the studies it runs on show readers and the archive what a study without a shadow shows, one
+    shadow row each; ``compare`` gives the figures a direct computation gives."""
+    baseline = _reader_view(stack, unshadowed[0])
+    assert baseline["results"] == [("1", "succeeded", False)]
+    before = {uid: _reader_view(stack, uid) for uid in unshadowed[:3]}
+    started = stack.cli("models", "shadow", name, "4")
+    assert "version 4 runs in shadow" in started.stdout
+    truth = {}
+    for index, positive in enumerate((True, False, True, False)):
+        study = generate_study("chest-xr", 200 + index, seed=21, positive=positive)
+        push(stack, tmp_path / f"shadow{index}", study.datasets, sender=SENDER)
+        truth[study.study_instance_uid] = positive
+    rows = poll(
+        lambda: (found := _shadow_rows(stack)).keys() >= truth.keys() and found,
+        timeout_s=240,
+        what="shadow results of the studies sent with a shadow",
+    )
+    assert rows.keys() == truth.keys()  # one row per study, none for studies before the shadow
+    for uid, row in rows.items():
+        assert (row.status, row.model_version, row.production_version) == ("succeeded", "4", "1")
+        assert (row.positive, row.production_positive) == (True, False)
+        view = _reader_view(stack, uid)
+        assert view == baseline, uid  # production's result, worklist row and SR only
+    assert {uid: _reader_view(stack, uid) for uid in unshadowed[:3]} == before
+
+    labels = tmp_path / "labels.csv"
+    labels.write_text(
+        "study_instance_uid,label\n" + "".join(f"{u},{int(p)}\n" for u, p in truth.items())
+    )
+    report = json.loads(
+        stack.cli("models", "compare", name, "--json", "--truth", str(labels)).stdout
+    )
+    with stack.client("ml_engineer") as engineer:
+        answer = engineer.get(f"/api/models/{name}/compare")
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["agreement"] == report["agreement"]
+    assert (report["studies"], report["versions"], report["production_versions"]) == (
+        4,
+        ["4"],
+        ["1"],
+    )
+    assert report["agreement"] == {
+        "fraction": 0.0,
+        "both_positive": 0,
+        "both_negative": 0,
+        "only_shadow": 4,
+        "only_production": 0,
+    }
+    positives = [u for u, p in truth.items() if p]
+    negatives = [u for u, p in truth.items() if not p]
+    for arm, score, call in (
+        ("shadow", lambda r: r.score, lambda r: r.positive),
+        ("production", lambda r: r.production_score, lambda r: r.production_positive),
+    ):
+        wins = sum(
+            1.0
+            if score(rows[p]) > score(rows[n])
+            else 0.5
+            if score(rows[p]) == score(rows[n])
+            else 0
+            for p in positives
+            for n in negatives
+        )
+        assert report["truths"]["synthetic"][arm] == pytest.approx(
+            {
+                "studies": 4,
+                "positives": 2,
+                "auc": wins / 4,
+                "sensitivity": sum(bool(call(rows[u])) for u in positives) / 2,
+                "specificity": sum(not call(rows[u]) for u in negatives) / 2,
+            }
+        )
+    assert report["truths"]["radiologist"]["shadow"]["studies"] == 0  # no report signed yet
+    latencies = sorted(float(r.latency_ms or 0.0) for r in rows.values())
+    assert report["latency_ms"]["shadow"]["p50"] == pytest.approx((latencies[1] + latencies[2]) / 2)
+    stopped = stack.cli("models", "shadow", name, "--stop")
+    assert "shadow of version 4 stopped" in stopped.stdout

@@ -1,11 +1,12 @@
-"""The model registry's production versions: ``POST /api/models/{name}/promote`` and
-``/rollback`` (roles ``admin`` and ``ml_engineer``, platform operators: a model serves every
-hospital). They take effect on the running service at once, with the guard rails and the
-catch-up of :mod:`serving.promotion`, which audits them."""
+"""The model registry's production and shadow versions: ``POST /api/models/{name}/promote``,
+``/rollback`` and ``/shadow``, ``GET /api/models/{name}/compare`` (roles ``admin`` and
+``ml_engineer``, platform operators: a model serves every hospital). They take effect on the
+running service at once, with the guard rails and the catch-up of :mod:`serving.promotion`, which
+audits them; a shadow (:mod:`serving.shadow`) is audited likewise."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, Field
@@ -16,6 +17,7 @@ from core.security import Principal
 from models.registry import ModelRegistry
 from serving.api.security import context, request_actor, require_roles
 from serving.promotion import Promotion, promote_model, rollback_model
+from serving.shadow import compare_shadow, start_shadow, stop_shadow
 
 __all__ = ["router"]
 
@@ -83,3 +85,42 @@ def rollback(request: Request, name: str, user: Engineer) -> PromotionOut:
         actor=request_actor(request, user),
     )
     return _out(done)
+
+
+class ShadowIn(BaseModel):
+    """The version to run in shadow; null stops the shadow."""
+
+    version: int | None = Field(None, ge=1)
+
+
+class ShadowOut(BaseModel):
+    """The shadow version now and the one before (null: none)."""
+
+    name: str
+    version: int | None
+    previous: int | None
+
+
+@router.post("/{name}/shadow")
+def shadow(request: Request, name: str, body: ShadowIn, user: Engineer) -> ShadowOut:
+    """Run a version in shadow on live studies (unseen by readers and the archive), or stop it."""
+    _platform_operator(user)
+    ctx = context(request)
+    registry = ModelRegistry(ctx.settings.paths.models_dir)
+    actor = request_actor(request, user)
+    if body.version is None:
+        previous = stop_shadow(registry, ctx.audit, name, actor=actor)
+    else:
+        previous = start_shadow(registry, ctx.audit, name, body.version, actor=actor)
+    return ShadowOut(name=name, version=body.version, previous=previous)
+
+
+@router.get("/{name}/compare")
+def compare(
+    request: Request, name: str, user: Engineer, version: str | None = None
+) -> dict[str, Any]:
+    """The shadow version against production on the same studies (``radcloud models compare``)."""
+    _platform_operator(user)
+    ctx = context(request)
+    ModelRegistry(ctx.settings.paths.models_dir).get(name)  # 404 for an unknown model
+    return compare_shadow(ctx.db, name, version=version).to_json()
