@@ -37,7 +37,8 @@ from tests.fixture_models import register_fixture_models
 from tests.helpers import free_ports, wait_until
 from tests.serving.test_triage_e2e import push
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+# the module's first test also starts the two-node radcloud (3 min and more on 2 loaded cores)
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(1500)]
 
 SENDER = "RAYNODES"
 MIN_REPLICAS = 2

@@ -22,7 +22,9 @@ from tests.fixture_models import register_fixture_version
 from tests.serving.test_triage_e2e import orthanc_series, poll, push
 from training.tasks import Task
 
-pytestmark = pytest.mark.integration
+# one stack through catch-up, a stream, guard rails and a shadow: 2-6 min, longer on a loaded
+# machine than pytest's 600-s default allows
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(1800)]
 
 SENDER = "PROMO1"
 STREAM_LIMIT = 40  # studies the stream sends at most (it stops once both switches are seen)
@@ -319,7 +321,7 @@ def _shadow_leaves_readers_and_archive_alone(
         truth[study.study_instance_uid] = positive
     rows = poll(
         lambda: (found := _shadow_rows(stack)).keys() >= truth.keys() and found,
-        timeout_s=240,
+        timeout_s=_WAIT_S,
         what="shadow results of the studies sent with a shadow",
     )
     assert rows.keys() == truth.keys()  # one row per study, none for studies before the shadow
