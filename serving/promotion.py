@@ -36,12 +36,13 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
-from core.audit import AuditAction, AuditEventCode, AuditTrail
+from core.audit import AuditAction, AuditedChange, AuditEventCode, AuditTrail
 from core.config import Settings
 from core.db.models import InferenceResult, InferenceStatus, OutboxEvent, Study, utcnow
 from core.events import STUDY_CATCH_UP, STUDY_READY, STUDY_UPDATED
@@ -55,6 +56,7 @@ from serving.triage.persist import NO_MODEL
 __all__ = [
     "FLOOR_STUDIES",
     "Promotion",
+    "audited_model_change",
     "promote_model",
     "promotion_problems",
     "queue_catch_up",
@@ -162,14 +164,7 @@ def promote_model(
     detail: dict[str, object] = {"version": version, "forced": force}
     if written:
         detail["force_reason"] = written
-    with audit.audited(
-        AuditEventCode.APPLICATION_ACTIVITY,
-        actor=actor,
-        action=AuditAction.UPDATE,
-        resource_type="model",
-        resource_id=name,
-        detail={"change": "promoted", **detail},
-    ) as change:
+    with audited_model_change(audit, name, actor, "promoted", **detail) as change:
         if force and not written:
             raise PromotionRefusedError(name, version, ["forced without a written reason"])
         candidate = registry.get(name, version)
@@ -206,6 +201,22 @@ def promote_model(
     )
 
 
+def audited_model_change(
+    audit: AuditTrail, name: str, actor: Actor, change: str, **detail: object
+) -> AbstractContextManager[AuditedChange]:
+    """:meth:`~core.audit.AuditTrail.audited` for a change of which version of model ``name``
+    serves or shadows (110100 Application Activity on the model; a refusal is recorded with its
+    reason): promote, rollback, shadow."""
+    return audit.audited(
+        AuditEventCode.APPLICATION_ACTIVITY,
+        actor=actor,
+        action=AuditAction.UPDATE,
+        resource_type="model",
+        resource_id=name,
+        detail={"change": change, **detail},
+    )
+
+
 def rollback_model(
     registry: ModelRegistry, audit: AuditTrail, name: str, *, actor: Actor
 ) -> Promotion:
@@ -218,14 +229,7 @@ def rollback_model(
     ModelNotFoundError
         No such model.
     """
-    with audit.audited(
-        AuditEventCode.APPLICATION_ACTIVITY,
-        actor=actor,
-        action=AuditAction.UPDATE,
-        resource_type="model",
-        resource_id=name,
-        detail={"change": "rolled back"},
-    ) as change:
+    with audited_model_change(audit, name, actor, "rolled back") as change:
         before = registry.production(name)
         restored = registry.rollback(name)
         change.detail |= {

@@ -29,12 +29,13 @@ from typing import Any
 import numpy as np
 from sqlalchemy import select
 
-from core.audit import AuditAction, AuditEventCode, AuditTrail
+from core.audit import AuditTrail
 from core.db import Database
 from core.db.models import Label, ShadowResult, Study
 from core.security import Actor
 from imaging.synthetic import roc_auc
 from models.registry import ModelRegistry
+from serving.promotion import audited_model_change
 from serving.triage.shadow import ShadowStatus
 
 __all__ = [
@@ -68,7 +69,7 @@ def start_shadow(
     StageError
         ``version`` is production.
     """
-    with _audited(audit, name, actor, "shadow started", version=version) as change:
+    with audited_model_change(audit, name, actor, "shadow started", version=version) as change:
         before = registry.set_shadow(name, version)
         change.detail["replaced"] = before.version if before else None
     logger.info("%s v%d in shadow (by %s)", name, version, actor.name)
@@ -79,22 +80,11 @@ def stop_shadow(
     registry: ModelRegistry, audit: AuditTrail, name: str, *, actor: Actor
 ) -> int | None:
     """Stop ``name``'s shadow (audited); return the version that was in shadow, if any."""
-    with _audited(audit, name, actor, "shadow stopped") as change:
+    with audited_model_change(audit, name, actor, "shadow stopped") as change:
         before = registry.set_shadow(name, None)
         change.detail["version"] = before.version if before else None
     logger.info("%s shadow stopped (by %s)", name, actor.name)
     return before.version if before else None
-
-
-def _audited(audit: AuditTrail, name: str, actor: Actor, change: str, **detail: object) -> Any:
-    return audit.audited(
-        AuditEventCode.APPLICATION_ACTIVITY,
-        actor=actor,
-        action=AuditAction.UPDATE,
-        resource_type="model",
-        resource_id=name,
-        detail={"change": change, **detail},
-    )
 
 
 # -- the comparison ---------------------------------------------------------------------------
