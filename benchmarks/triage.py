@@ -428,14 +428,14 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     home = args.models_from or load_settings().home
     studies, interval = (4, 1.0) if args.quick else (args.studies, args.interval)
+    runs: dict[str, Any] = {  # the options --shadow and --database share
+        "repeats": args.repeats,
+        "slim": args.quick or args.slim,
+        "studies": studies,
+        "interval_s": interval,
+    }
     if args.shadow:
-        document = run_shadow_budget(
-            home,
-            repeats=args.repeats,
-            slim=args.quick or args.slim,
-            studies=studies,
-            interval_s=interval,
-        )
+        document = run_shadow_budget(home, **runs)
         path = write_result("e2e-triage-shadow", "cpu", document, args.out)
         print(
             json.dumps(
@@ -457,14 +457,7 @@ def main() -> None:
         unknown = sorted(set(engines) - set(_ENGINES))
         if unknown or not engines:
             parser.error(f"--database: {', '.join(unknown) or 'none'}; choose from {_ENGINES}")
-        document = run_engines(
-            home,
-            engines,
-            repeats=args.repeats,
-            slim=args.quick or args.slim,
-            studies=studies,
-            interval_s=interval,
-        )
+        document = run_engines(home, engines, **runs)
         path = write_result("e2e-triage-engines", "cpu", document, args.out)
         print(json.dumps({"medians": document["medians"], "ratios": document["ratios"]}, indent=2))
         print(f"written to {path}")
