@@ -85,23 +85,32 @@ ray.init(address=address, namespace="radcloud", logging_level="ERROR")
 handle = serve.get_deployment_handle(name, app_name="radcloud")
 array = np.random.default_rng(0).random(shape, dtype=np.float32)
 stop = threading.Event()
+seen = {}  # each replica state and deployment message seen, for a failure's message
+calls = [0]
 
 def running():
     deployment = serve.status().applications["radcloud"].deployments[name]
-    states = deployment.replica_states.items()
-    return sum(n for state, n in states if str(state).endswith("RUNNING"))
+    states = {str(state).rsplit(".", 1)[-1]: n for state, n in deployment.replica_states.items()}
+    if states not in seen.setdefault("states", []):
+        seen["states"].append(states)
+    if deployment.message:
+        seen["message"] = deployment.message
+    return states.get("RUNNING", 0)
 
 def call():
     while not stop.is_set():
         handle.predict.remote(array).result(timeout_s=120)
+        calls[0] += 1
 
 threads = [threading.Thread(target=call, daemon=True) for _ in range(callers)]
 for thread in threads:
     thread.start()
-peak, deadline = 0, time.monotonic() + 240
+peak, started, deadline = 0, time.monotonic(), time.monotonic() + 420
 while time.monotonic() < deadline and peak <= min_replicas:
     peak = max(peak, running())
     time.sleep(1)
+seen["up_s"] = round(time.monotonic() - started)
+seen["calls"] = calls[0]
 stop.set()
 for thread in threads:
     thread.join(timeout=150)
@@ -109,7 +118,7 @@ after, deadline = running(), time.monotonic() + 240
 while time.monotonic() < deadline and after > min_replicas:
     time.sleep(2)
     after = running()
-print("RESULT", json.dumps({"peak": peak, "after": after}))
+print("RESULT", json.dumps({"peak": peak, "after": after, "seen": seen}))
 """
 
 
@@ -322,7 +331,7 @@ def test_a_burst_adds_model_replicas_and_they_go_after_it(cluster: Stack) -> Non
         json.dumps(shape),
         "16",
         str(MIN_REPLICAS),
-        timeout_s=600,
+        timeout_s=900,
     )
     assert seen["peak"] > MIN_REPLICAS, seen
     assert seen["after"] == MIN_REPLICAS, seen
