@@ -47,9 +47,18 @@ from sqlalchemy import select
 
 from benchmarks._env import describe_machine, percentiles, write_result
 from benchmarks._platform import ENGINES as _ENGINES
-from benchmarks._platform import scratch_platform, write_study
+from benchmarks._platform import Platform, scratch_platform, write_study
 
-__all__ = ["main", "run_engines", "run_triage"]
+__all__ = [
+    "main",
+    "register_candidates",
+    "run_engines",
+    "run_triage",
+    "send_study",
+    "shadow_comparisons",
+    "summarise",
+    "wait_for_results",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -84,6 +93,7 @@ def _records(db: Any, sent: dict[str, str]) -> list[dict[str, Any]]:
                     "study": study.study_instance_uid,
                     "task": sent[study.study_instance_uid],
                     "model": result.model_name,
+                    "version": result.model_version,
                     "status": result.status.value,
                     "completeness_wait_s": (ready - study.last_received_at).total_seconds()
                     if ready
@@ -93,6 +103,50 @@ def _records(db: Any, sent: dict[str, str]) -> list[dict[str, Any]]:
                 }
             )
     return records
+
+
+def send_study(platform: Platform, index: int) -> tuple[str, str]:
+    """Send study ``index`` of the stream (head CT for even, chest radiograph for odd indexes)
+    with dcmtk's storescu; return its Study Instance UID and task."""
+    from dicom_gateway.dcmtk import storescu
+    from imaging.synthetic import generate_study
+
+    task = ("head-ct", "chest-xr")[index % 2]
+    study = generate_study(task, index, seed=777)
+    storescu(
+        write_study(study.datasets, platform.scratch / f"study-{index}"),
+        host="127.0.0.1",
+        port=platform.settings.gateway_port,
+        calling_ae=_AE,
+        called_ae=platform.settings.gateway_ae_title,
+    )
+    return study.study_instance_uid, task
+
+
+def wait_for_results(db: Any, sent: dict[str, str], timeout_s: float) -> list[dict[str, Any]]:
+    """The records of ``sent`` once each study has its final result row.
+
+    Raises
+    ------
+    SystemExit
+        Not every study is triaged within ``timeout_s``.
+    """
+    deadline = time.monotonic() + timeout_s
+    records = _records(db, sent)
+    while {r["study"] for r in records} != set(sent):
+        if time.monotonic() > deadline:
+            raise SystemExit(f"only {len(records)} of {len(sent)} studies triaged")
+        time.sleep(1.0)
+        records = _records(db, sent)
+    return records
+
+
+def summarise(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Percentiles of each timing of ``records`` (succeeded ones)."""
+    return {
+        key: percentiles([float(r[key]) for r in records if r[key] is not None])
+        for key in ("completeness_wait_s", "triage_s", "time_to_triage_s", *_STAGES)
+    }
 
 
 def _contention(db: Any, sent: dict[str, str], log_dir: Path) -> dict[str, Any]:
@@ -162,8 +216,6 @@ def run_triage(
         (:func:`_add_shadows`); the document gets each model's shadow comparison.
     """
     from core.db import Database
-    from dicom_gateway.dcmtk import storescu
-    from imaging.synthetic import generate_study
 
     with scratch_platform(
         database,
@@ -182,33 +234,17 @@ def run_triage(
         try:
             started = time.monotonic()
             for index in range(studies):
-                task = ("head-ct", "chest-xr")[index % 2]
-                study = generate_study(task, index, seed=777)
-                storescu(
-                    write_study(study.datasets, platform.scratch / f"study-{index}"),
-                    host="127.0.0.1",
-                    port=settings.gateway_port,
-                    calling_ae=_AE,
-                    called_ae=settings.gateway_ae_title,
-                )
-                sent[study.study_instance_uid] = task
+                uid, task = send_study(platform, index)
+                sent[uid] = task
                 time.sleep(max(0.0, started + (index + 1) * interval_s - time.monotonic()))
-            deadline = time.monotonic() + timeout_s
-            records = _records(db, sent)
-            while {r["study"] for r in records} != set(sent):
-                if time.monotonic() > deadline:
-                    raise SystemExit(f"only {len(records)} of {len(sent)} studies triaged")
-                time.sleep(1.0)
-                records = _records(db, sent)
+            records = wait_for_results(db, sent, timeout_s)
             elapsed = time.monotonic() - started
             contention = _contention(db, sent, settings.paths.log_dir)
-            comparisons = _shadow_comparisons(db, shadowed, sent)
+            comparisons = shadow_comparisons(db, shadowed, sent)
         finally:
             db.dispose()
     succeeded = [r for r in records if r["status"] == "succeeded"]
-    summary: dict[str, Any] = {}
-    for key in ("completeness_wait_s", "triage_s", "time_to_triage_s", *_STAGES):
-        summary[key] = percentiles([float(r[key]) for r in succeeded if r[key] is not None])
+    summary = summarise(succeeded)
     by_task = {
         task: percentiles([float(r["time_to_triage_s"]) for r in succeeded if r["task"] == task])
         for task in ("head-ct", "chest-xr")
@@ -237,22 +273,33 @@ def run_triage(
     }
 
 
-def _add_shadows(models_dir: Path, slim: bool) -> list[str]:
+def register_candidates(models_dir: Path, slim: bool) -> dict[str, int]:
     """Register a random-weight version of each benchmark model's architecture (slim or not) as
-    the next version and make it the shadow (production stays as it was); return the names."""
+    the next version, leaving production as it was; return each model's new version."""
     from benchmarks._models import register_models
     from models.registry import ModelRegistry
 
     registry = ModelRegistry(models_dir)
-    names = []
+    candidates = {}
     for model in register_models(models_dir, slim=slim).values():
         registry.rollback(model.name)  # register_models promotes: production goes back
-        registry.set_shadow(model.name, model.version)
-        names.append(model.name)
-    return names
+        candidates[model.name] = model.version
+    return candidates
 
 
-def _shadow_comparisons(db: Any, names: list[str], sent: dict[str, str]) -> dict[str, Any]:
+def _add_shadows(models_dir: Path, slim: bool) -> list[str]:
+    """Make a random-weight candidate of each benchmark model (:func:`register_candidates`) its
+    shadow; return the names."""
+    from models.registry import ModelRegistry
+
+    registry = ModelRegistry(models_dir)
+    candidates = register_candidates(models_dir, slim)
+    for name, version in candidates.items():
+        registry.set_shadow(name, version)
+    return list(candidates)
+
+
+def shadow_comparisons(db: Any, names: list[str], sent: dict[str, str]) -> dict[str, Any]:
     """Each shadowed model's comparison (``radcloud models compare``) once its shadow rows are
     in (a study's shadow runs right after its result row is stored)."""
     from serving.shadow import compare_shadow

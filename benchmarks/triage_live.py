@@ -1,0 +1,307 @@
+"""Time to triage while models change: steady, during a promotion, with a shadow, in one stream.
+
+``python -m benchmarks.triage_live [--models-from HOME] [--studies N] [--interval S] [--quick]``
+
+One temporary radcloud (:func:`benchmarks._platform.scratch_platform`) and one stream of
+SYNTHETIC studies (head CT and chest radiograph alternating, one every ``interval`` seconds,
+sent with dcmtk's storescu), in three phases of ``studies`` studies each:
+
+1. **steady**: production only;
+2. **promotion**: as the phase starts, a candidate version of each model (the same architecture,
+   random weights, registered before the stream) is promoted on the running service
+   (:func:`serving.promotion.promote_model`, forced with a written reason: a random-weight card
+   is below the floor), and halfway through the phase it is rolled back
+   (:func:`serving.promotion.rollback_model`): two switches per model while studies flow;
+3. **shadow**: as the phase starts, the candidate runs in shadow beside production
+   (:func:`serving.shadow.start_shadow`).
+
+A study belongs to the phase it was sent in. Reported per phase: time to triage p50/p95 (last
+instance received → result row, as in :mod:`benchmarks.triage`), each phase's p95 over the
+steady one, the versions that produced the phase's results (a study sent just before a change
+may be triaged just after it), failures, and the shadow's comparison per model
+(``radcloud models compare``); the document keeps
+every study and every model change with its time, and a plot (each study's time to triage
+against when it was sent, the changes marked; p50/p95 per phase) is written beside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from benchmarks._env import describe_machine, percentiles, write_result
+from benchmarks._platform import scratch_platform
+from benchmarks.triage import (
+    register_candidates,
+    send_study,
+    shadow_comparisons,
+    summarise,
+    wait_for_results,
+)
+
+__all__ = ["PHASES", "main", "plot", "run_live"]
+
+logger = logging.getLogger(__name__)
+
+PHASES = ("steady", "promotion", "shadow")
+_REASON = "benchmark: SYNTHETIC random-weight candidate, promoted to measure a live switch"
+
+
+def run_live(
+    models_from: Path | None,
+    *,
+    slim: bool = False,
+    studies: int = 12,
+    interval_s: float = 5.0,
+    stable_seconds: float = 2.0,
+    timeout_s: float = 900.0,
+) -> dict[str, Any]:
+    """Stream ``3 * studies`` studies through a fresh platform, changing models as the phases
+    say; return the result document.
+
+    Parameters
+    ----------
+    models_from
+        A ``RADCLOUD_HOME`` whose production models are copied (``make demo`` trains them).
+    slim
+        Slim random-weight models instead (``--quick``).
+    studies, interval_s
+        Studies per phase, and the seconds between two studies sent.
+    stable_seconds
+        The gateway's completeness wait.
+    timeout_s
+        How long to wait for every result once the stream is sent.
+    """
+    from core.audit import AuditTrail
+    from core.db import Database
+    from core.secrets import load_secrets
+    from core.security import Actor
+    from models.registry import ModelRegistry
+    from serving.promotion import promote_model, rollback_model
+    from serving.shadow import start_shadow
+
+    with scratch_platform(
+        "sqlite",
+        models_from=models_from,
+        slim=slim,
+        sender_ae="BENCH_PACS",
+        prefix="radcloud-triage-live-",
+        gateway_stable_seconds=stable_seconds,
+    ) as platform:
+        settings = platform.settings
+        registry = ModelRegistry(settings.paths.models_dir)
+        candidates = register_candidates(settings.paths.models_dir, slim or models_from is None)
+        production = {name: registry.production(name).version for name in candidates}  # type: ignore[union-attr]
+        db = Database.from_settings(settings)
+        audit = AuditTrail.from_secrets(db, load_secrets(settings))
+        actor = Actor.cli()
+        sent: dict[str, str] = {}
+        sent_at: dict[str, tuple[float, str]] = {}
+        changes: list[dict[str, Any]] = []
+        started = time.monotonic()
+
+        def change(event: str, apply: Any) -> None:
+            for name, version in candidates.items():
+                at = time.monotonic() - started
+                apply(name, version)
+                changes.append(
+                    {
+                        "at_s": at,
+                        "took_s": time.monotonic() - started - at,
+                        "event": event,
+                        "model": name,
+                        "version": registry.production(name).version  # type: ignore[union-attr]
+                        if event != "shadow"
+                        else version,
+                    }
+                )
+
+        try:
+            for index in range(len(PHASES) * studies):
+                phase = PHASES[index // studies]
+                within = index % studies
+                if phase == "promotion" and within == 0:
+                    change(
+                        "promote",
+                        lambda name, version: promote_model(
+                            registry,
+                            audit,
+                            settings,
+                            name,
+                            version,
+                            actor=actor,
+                            force=True,
+                            reason=_REASON,
+                        ),
+                    )
+                elif phase == "promotion" and within == studies // 2:
+                    change(
+                        "rollback",
+                        lambda name, _: rollback_model(registry, audit, name, actor=actor),
+                    )
+                elif phase == "shadow" and within == 0:
+                    change(
+                        "shadow",
+                        lambda name, version: start_shadow(
+                            registry, audit, name, version, actor=actor
+                        ),
+                    )
+                uid, task = send_study(platform, index)
+                sent[uid] = task
+                sent_at[uid] = (time.monotonic() - started, phase)
+                time.sleep(max(0.0, started + (index + 1) * interval_s - time.monotonic()))
+            records = wait_for_results(db, sent, timeout_s)
+            shadowed = {uid: task for uid, (_, phase) in sent_at.items() if phase == "shadow"}
+            shadow = shadow_comparisons(db, list(candidates), shadowed)
+        finally:
+            db.dispose()
+    for record in records:
+        record["sent_s"], record["phase"] = sent_at[record["study"]]
+    phases: dict[str, Any] = {}
+    for phase in PHASES:
+        mine = [r for r in records if r["phase"] == phase]
+        succeeded = [r for r in mine if r["status"] == "succeeded"]
+        phases[phase] = {
+            "studies": len(mine),
+            "failed": len(mine) - len(succeeded),
+            "time_to_triage_s": percentiles([float(r["time_to_triage_s"]) for r in succeeded]),
+            "summary": summarise(succeeded),
+            "versions": dict(Counter(f"{r['model']} v{r['version']}" for r in succeeded)),
+        }
+    steady_p95 = phases["steady"]["time_to_triage_s"].get("p95")
+    return {
+        "suite": "e2e-triage-live",
+        "machine": describe_machine(),
+        "parameters": {
+            "studies_per_phase": studies,
+            "interval_s": interval_s,
+            "gateway_stable_seconds": stable_seconds,
+            "database": "sqlite",
+            "models": "slim random-weight models (--quick)"
+            if slim or models_from is None
+            else f"production models of {models_from}",
+            "candidate": "the same architecture, random weights, as each model's next version",
+            "data": "SYNTHETIC head CT and chest radiographs, alternating",
+        },
+        "production": production,
+        "candidates": candidates,
+        "changes": changes,
+        "phases": phases,
+        "p95_over_steady": {
+            phase: phases[phase]["time_to_triage_s"]["p95"] / steady_p95
+            if steady_p95 and phases[phase]["time_to_triage_s"]
+            else None
+            for phase in PHASES
+        },
+        "failed": sum(p["failed"] for p in phases.values()),
+        "shadow": shadow,
+        "records": records,
+    }
+
+
+def plot(result: dict[str, Any], path: Path) -> Path:
+    """Each study's time to triage against when it was sent (the model changes marked, results
+    of the candidate version ringed), and p50/p95 per phase."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5), width_ratios=(2, 1))
+    for phase in PHASES:
+        mine = [r for r in result["records"] if r["phase"] == phase and r["status"] == "succeeded"]
+        left.scatter(
+            [r["sent_s"] for r in mine], [r["time_to_triage_s"] for r in mine], label=phase, s=18
+        )
+    candidates = result["candidates"]
+    by_candidate = [
+        r
+        for r in result["records"]
+        if r["status"] == "succeeded" and str(r["version"]) == str(candidates.get(r["model"]))
+    ]
+    left.scatter(
+        [r["sent_s"] for r in by_candidate],
+        [r["time_to_triage_s"] for r in by_candidate],
+        s=70,
+        facecolors="none",
+        edgecolors="black",
+        label="result of the candidate",
+    )
+    marks = {"promote": "tab:red", "rollback": "tab:purple", "shadow": "tab:gray"}
+    for event, colour in marks.items():
+        times = sorted({round(c["at_s"], 1) for c in result["changes"] if c["event"] == event})
+        for index, at in enumerate(times):
+            left.axvline(at, color=colour, linestyle="--", label=event if index == 0 else None)
+    left.set_xlabel("sent at (s since the stream began)")
+    left.set_ylabel("time to triage (s)")
+    left.set_title("each study")
+    left.legend(fontsize=8)
+    left.grid(alpha=0.3)
+    phases = result["phases"]
+    x = range(len(PHASES))
+    for offset, quantile in ((-0.2, "p50"), (0.2, "p95")):
+        right.bar(
+            [i + offset for i in x],
+            [phases[p]["time_to_triage_s"].get(quantile, 0.0) for p in PHASES],
+            width=0.4,
+            label=quantile,
+        )
+    right.set_xticks(list(x), list(PHASES))
+    right.set_ylabel("time to triage (s)")
+    right.set_title("per phase")
+    right.legend(fontsize=8)
+    machine = result["machine"]
+    fig.suptitle(
+        f"time to triage while models change, one stream ({machine.get('cpu', '')}, "
+        f"{result['parameters']['models']}; SYNTHETIC data)",
+        fontsize=9,
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def main() -> None:
+    """Command line entry point."""
+    from core.config import load_settings
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models-from", type=Path, default=None, help="RADCLOUD_HOME with models")
+    parser.add_argument("--studies", type=int, default=12, help="studies per phase")
+    parser.add_argument("--interval", type=float, default=5.0, help="seconds between studies")
+    parser.add_argument("--slim", action="store_true", help="slim random-weight models")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="slim random-weight models, 4 studies a phase, 1 s apart",
+    )
+    parser.add_argument("--out", type=Path, default=None, help="results directory")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    home = args.models_from or load_settings().home
+    studies, interval = (4, 1.0) if args.quick else (args.studies, args.interval)
+    result = run_live(home, slim=args.quick or args.slim, studies=studies, interval_s=interval)
+    path = write_result("e2e-triage-live", "cpu", result, args.out)
+    plot(result, path.with_suffix(".png"))
+    print(
+        json.dumps(
+            {
+                phase: result["phases"][phase]["time_to_triage_s"]
+                | {"versions": result["phases"][phase]["versions"]}
+                for phase in PHASES
+            }
+            | {"p95_over_steady": result["p95_over_steady"], "failed": result["failed"]},
+            indent=2,
+        )
+    )
+    print(f"written to {path} and its .png")
+
+
+if __name__ == "__main__":
+    main()
