@@ -1,6 +1,7 @@
 """Time to triage while models change: steady, during a promotion, with a shadow, in one stream.
 
-``python -m benchmarks.triage_live [--models-from HOME] [--studies N] [--interval S] [--quick]``
+``python -m benchmarks.triage_live [--models-from HOME | --slim] [--studies N] [--interval S]``
+``[--repeats N] [--quick]``
 
 One temporary radcloud (:func:`benchmarks._platform.scratch_platform`) and one stream of
 SYNTHETIC studies (head CT and chest radiograph alternating, one every ``interval`` seconds,
@@ -15,13 +16,13 @@ sent with dcmtk's storescu), in three phases of ``studies`` studies each:
 3. **shadow**: as the phase starts, the candidate runs in shadow beside production
    (:func:`serving.shadow.start_shadow`).
 
-A study belongs to the phase it was sent in. Reported per phase: time to triage p50/p95 (last
-instance received → result row, as in :mod:`benchmarks.triage`), each phase's p95 over the
+A study belongs to the phase it was sent in. Reported per run and phase: time to triage p50/p95
+(last instance received → result row, as in :mod:`benchmarks.triage`), the phase's p95 over the
 steady one, the versions that produced the phase's results (a study sent just before a change
-may be triaged just after it), failures, and the shadow's comparison per model
-(``radcloud models compare``); the document keeps
-every study and every model change with its time, and a plot (each study's time to triage
-against when it was sent, the changes marked; p50/p95 per phase) is written beside it.
+may be triaged just after it), failures, and the shadow's comparison per model (``radcloud
+models compare``); ``--repeats`` runs (each on a fresh platform) give the medians. The document
+keeps every study and every model change with its time; a plot (each study's time to triage
+against when it was sent, the changes marked; the medians per phase) is written beside it.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import statistics
 import time
 from collections import Counter
 from pathlib import Path
@@ -44,7 +46,7 @@ from benchmarks.triage import (
     wait_for_results,
 )
 
-__all__ = ["PHASES", "main", "plot", "run_live"]
+__all__ = ["PHASES", "main", "plot", "run_live", "run_repeated"]
 
 logger = logging.getLogger(__name__)
 
@@ -182,7 +184,7 @@ def run_live(
             "interval_s": interval_s,
             "gateway_stable_seconds": stable_seconds,
             "database": "sqlite",
-            "models": "slim random-weight models (--quick)"
+            "models": "slim random-weight models"
             if slim or models_from is None
             else f"production models of {models_from}",
             "candidate": "the same architecture, random weights, as each model's next version",
@@ -204,61 +206,94 @@ def run_live(
     }
 
 
-def plot(result: dict[str, Any], path: Path) -> Path:
-    """Each study's time to triage against when it was sent (the model changes marked, results
-    of the candidate version ringed), and p50/p95 per phase."""
+def run_repeated(models_from: Path | None, *, repeats: int, **options: Any) -> dict[str, Any]:
+    """:func:`run_live` ``repeats`` times, each on a fresh platform; every run, and per phase
+    the medians over the runs of p50, p95 and p95 over the steady phase's."""
+    runs = []
+    for repeat in range(repeats):
+        logger.warning("run %d of %d", repeat + 1, repeats)
+        runs.append(run_live(models_from, **options))
+    medians = {
+        phase: {
+            quantile: statistics.median(
+                r["phases"][phase]["time_to_triage_s"][quantile] for r in runs
+            )
+            for quantile in ("p50", "p95")
+        }
+        | {"p95_over_steady": statistics.median(r["p95_over_steady"][phase] for r in runs)}
+        for phase in PHASES
+    }
+    return {
+        "suite": "e2e-triage-live",
+        "machine": runs[0]["machine"],
+        "parameters": runs[0]["parameters"] | {"repeats": repeats},
+        "medians": medians,
+        "failed": sum(r["failed"] for r in runs),
+        "runs": runs,
+    }
+
+
+def plot(document: dict[str, Any], path: Path) -> Path:
+    """Each study's time to triage against when it was sent, every run (the model changes of the
+    first run marked, results of the candidate version ringed), and the per-phase medians."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5), width_ratios=(2, 1))
-    for phase in PHASES:
-        mine = [r for r in result["records"] if r["phase"] == phase and r["status"] == "succeeded"]
+    colours = dict(zip(PHASES, ("tab:blue", "tab:orange", "tab:green"), strict=True))
+    for index, result in enumerate(document["runs"]):
+        succeeded = [r for r in result["records"] if r["status"] == "succeeded"]
+        for phase in PHASES:
+            mine = [r for r in succeeded if r["phase"] == phase]
+            left.scatter(
+                [r["sent_s"] for r in mine],
+                [r["time_to_triage_s"] for r in mine],
+                s=18,
+                color=colours[phase],
+                label=phase if index == 0 else None,
+            )
+        candidates = result["candidates"]
+        by_candidate = [
+            r for r in succeeded if str(r["version"]) == str(candidates.get(r["model"]))
+        ]
         left.scatter(
-            [r["sent_s"] for r in mine], [r["time_to_triage_s"] for r in mine], label=phase, s=18
+            [r["sent_s"] for r in by_candidate],
+            [r["time_to_triage_s"] for r in by_candidate],
+            s=70,
+            facecolors="none",
+            edgecolors="black",
+            label="result of the candidate" if index == 0 else None,
         )
-    candidates = result["candidates"]
-    by_candidate = [
-        r
-        for r in result["records"]
-        if r["status"] == "succeeded" and str(r["version"]) == str(candidates.get(r["model"]))
-    ]
-    left.scatter(
-        [r["sent_s"] for r in by_candidate],
-        [r["time_to_triage_s"] for r in by_candidate],
-        s=70,
-        facecolors="none",
-        edgecolors="black",
-        label="result of the candidate",
-    )
     marks = {"promote": "tab:red", "rollback": "tab:purple", "shadow": "tab:gray"}
     for event, colour in marks.items():
-        times = sorted({round(c["at_s"], 1) for c in result["changes"] if c["event"] == event})
+        changes = document["runs"][0]["changes"]
+        times = sorted({round(c["at_s"], 1) for c in changes if c["event"] == event})
         for index, at in enumerate(times):
             left.axvline(at, color=colour, linestyle="--", label=event if index == 0 else None)
     left.set_xlabel("sent at (s since the stream began)")
     left.set_ylabel("time to triage (s)")
-    left.set_title("each study")
-    left.legend(fontsize=8)
+    left.set_title(f"each study, {len(document['runs'])} runs")
+    left.legend(fontsize=7, loc="best")
     left.grid(alpha=0.3)
-    phases = result["phases"]
+    medians = document["medians"]
     x = range(len(PHASES))
     for offset, quantile in ((-0.2, "p50"), (0.2, "p95")):
         right.bar(
             [i + offset for i in x],
-            [phases[p]["time_to_triage_s"].get(quantile, 0.0) for p in PHASES],
+            [medians[p][quantile] for p in PHASES],
             width=0.4,
             label=quantile,
         )
     right.set_xticks(list(x), list(PHASES))
-    right.set_ylabel("time to triage (s)")
+    right.set_ylabel("time to triage (s), median of the runs")
     right.set_title("per phase")
     right.legend(fontsize=8)
-    machine = result["machine"]
+    machine = document["machine"]
     fig.suptitle(
-        f"time to triage while models change, one stream ({machine.get('cpu', '')}, "
-        f"{result['parameters']['models']}; SYNTHETIC data)",
+        f"time to triage while models change ({machine.get('cpu', '')}, {machine.get('cores')} "
+        f"cores; {document['parameters']['models']}; SYNTHETIC data)",
         fontsize=9,
     )
     fig.tight_layout()
@@ -281,25 +316,22 @@ def main() -> None:
         action="store_true",
         help="slim random-weight models, 4 studies a phase, 1 s apart",
     )
+    parser.add_argument("--repeats", type=int, default=3, help="runs, each on a fresh platform")
     parser.add_argument("--out", type=Path, default=None, help="results directory")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     home = args.models_from or load_settings().home
     studies, interval = (4, 1.0) if args.quick else (args.studies, args.interval)
-    result = run_live(home, slim=args.quick or args.slim, studies=studies, interval_s=interval)
-    path = write_result("e2e-triage-live", "cpu", result, args.out)
-    plot(result, path.with_suffix(".png"))
-    print(
-        json.dumps(
-            {
-                phase: result["phases"][phase]["time_to_triage_s"]
-                | {"versions": result["phases"][phase]["versions"]}
-                for phase in PHASES
-            }
-            | {"p95_over_steady": result["p95_over_steady"], "failed": result["failed"]},
-            indent=2,
-        )
+    document = run_repeated(
+        home,
+        repeats=1 if args.quick else args.repeats,
+        slim=args.quick or args.slim,
+        studies=studies,
+        interval_s=interval,
     )
+    path = write_result("e2e-triage-live", "cpu", document, args.out)
+    plot(document, path.with_suffix(".png"))
+    print(json.dumps({"medians": document["medians"], "failed": document["failed"]}, indent=2))
     print(f"written to {path} and its .png")
 
 
