@@ -32,7 +32,7 @@ from tests.conftest import Stack, settings_from_env, stack_env
 from tests.fixture_models import register_fixture_models, register_fixture_version
 from tests.serving.test_triage_e2e import poll, push, results
 from tests.web.conftest import OUTSIDER, PASSWORD, RADIOLOGIST, SENDER, _add_accounts
-from tests.web.pages import sign_in
+from tests.web.pages import ARTIFACT_DIR, sign_in
 from training.tasks import Task
 
 pytestmark = [
@@ -226,6 +226,8 @@ def test_an_ml_engineer_sees_versions_stages_and_the_shadow_comparison(
         )
         assert curve.bounding_box() is not None  # drawn
     expect(comparison.get_by_test_id("score-scatter").get_by_test_id("score-pair")).to_have_count(4)
+    ARTIFACT_DIR.mkdir(parents=True, exist_ok=True)
+    comparison.screenshot(path=ARTIFACT_DIR / "models-shadow-comparison.png")
 
 
 def test_promote_refused_forced_and_rolled_back_from_the_page(

@@ -382,10 +382,10 @@ export class ModelsPageView {
   }
 }
 
-/** "— production, — shadow" in the curves' colours. */
+/** "— production, - - shadow" in the curves' colours and dashes. */
 function legend(): (Node | string)[] {
   return ARMS.flatMap((arm, index) => [
     ...(index ? [', '] : []),
-    h('span', { class: `legend ${ARM_CLASS[arm]}` }, `— ${arm}`),
+    h('span', { class: `legend ${ARM_CLASS[arm]}` }, `${arm === 'shadow' ? '- -' : '—'} ${arm}`),
   ]);
 }
