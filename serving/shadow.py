@@ -13,8 +13,9 @@ reports, on the studies with both results: agreement of the positive calls, AUC,
 specificity of each version against the radiologist-confirmed labels of signed reports (a study
 with a label row present is positive, one whose rows are all absent negative) and against any
 other truth given (the synthetic ground truth of a demo's studies: :func:`read_truth`), the
-latency and worker CPU time per study. The figures are a pure function of the rows
-(:func:`comparison`).
+latency and worker CPU time per study; for plots (the web app's Models page), each truth's ROC
+curve of each version and every study's pair of scores. The figures are a pure function of the
+rows (:func:`comparison`).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from core.audit import AuditTrail
 from core.db import Database
 from core.db.models import Label, ShadowResult, Study
 from core.security import Actor
+from imaging.exceptions import InvalidParameterError
 from imaging.synthetic import roc_auc
 from models.registry import ModelRegistry
 from serving.promotion import audited_model_change
@@ -46,6 +48,7 @@ __all__ = [
     "compare_shadow",
     "comparison",
     "read_truth",
+    "roc_curve",
     "start_shadow",
     "stop_shadow",
 ]
@@ -143,6 +146,10 @@ class ShadowComparison:
     truths: dict[str, dict[str, Figures]] = field(default_factory=dict)  # truth → version → ...
     latency_ms: dict[str, dict[str, float | None]] = field(default_factory=dict)
     cpu_ms: dict[str, dict[str, float | None]] = field(default_factory=dict)
+    # truth → version → ROC points (false positive rate, true positive rate), where the truth
+    # has both classes
+    roc: dict[str, dict[str, list[tuple[float, float]]]] = field(default_factory=dict)
+    pairs: list[ShadowPair] = field(default_factory=list)  # every study's, for a scatter
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-serialisable dict."""
@@ -160,6 +167,35 @@ def _figures(truth: Sequence[bool], scores: Sequence[float], calls: Sequence[boo
         sensitivity=float((called & labels).sum() / positives) if positives else None,
         specificity=float((~called & ~labels).sum() / negatives) if negatives else None,
     )
+
+
+def roc_curve(truth: Sequence[bool], scores: Sequence[float]) -> list[tuple[float, float]]:
+    """The ROC curve's corners, from (0, 0) to (1, 1): (false positive rate, true positive
+    rate) as the threshold falls past each distinct score (tied scores move together, so the
+    area under these points is :func:`~imaging.synthetic.roc_auc`).
+
+    Raises
+    ------
+    InvalidParameterError
+        ``truth`` lacks a positive or a negative study.
+    """
+    labels = np.asarray(truth, dtype=bool)
+    values = np.asarray(scores, dtype=float)
+    positives, negatives = int(labels.sum()), int((~labels).sum())
+    if positives == 0 or negatives == 0:
+        raise InvalidParameterError(
+            "truth", f"{positives} positive, {negatives} negative", "both classes"
+        )
+    points = [(0.0, 0.0)]
+    for threshold in np.unique(values)[::-1]:
+        called = values >= threshold
+        points.append(
+            (
+                float((called & ~labels).sum() / negatives),
+                float((called & labels).sum() / positives),
+            )
+        )
+    return points
 
 
 def _spread(values: Sequence[float | None]) -> dict[str, float | None]:
@@ -222,6 +258,7 @@ def comparison(
             "shadow": _spread([p.cpu_ms for p in pairs]),
             "production": _spread([p.production_cpu_ms for p in pairs]),
         },
+        pairs=list(pairs),
     )
     for truth_name, truth in truths.items():
         known = [p for p in pairs if p.study_instance_uid in truth]
@@ -234,6 +271,11 @@ def comparison(
                 [p.production_positive for p in known],
             ),
         }
+        if any(labels) and not all(labels):
+            result.roc[truth_name] = {
+                "shadow": roc_curve(labels, [p.score for p in known]),
+                "production": roc_curve(labels, [p.production_score for p in known]),
+            }
     return result
 
 

@@ -97,8 +97,44 @@ def test_comparison_matches_a_direct_computation() -> None:
 
 def test_a_truth_with_one_class_has_no_auc() -> None:
     pair = ShadowPair("1.2.3", 0.9, True, 0.1, False, 10.0, 1.0)
-    figures = comparison("m", [pair], {"r": {"1.2.3": True}}).truths["r"]["shadow"]
+    result = comparison("m", [pair], {"r": {"1.2.3": True}})
+    figures = result.truths["r"]["shadow"]
     assert (figures.auc, figures.sensitivity, figures.specificity) == (None, 1.0, None)
+    assert result.roc == {}  # no curve without both classes
+
+
+def _trapezoid_area(points: list[tuple[float, float]]) -> float:
+    return sum((x1 - x0) * (y0 + y1) / 2 for (x0, y0), (x1, y1) in itertools.pairwise(points))
+
+
+def test_the_roc_curves_and_pairs_are_what_plots_need() -> None:
+    """Each arm's ROC curve runs from (0, 0) to (1, 1), never back, and encloses the AUC the
+    figures report (ties included); the JSON carries every study's pair of scores."""
+    rng = np.random.default_rng(11)
+    pairs = [
+        ShadowPair(
+            f"1.3.{i}",
+            round(float(rng.random()), 1),
+            bool(i % 3),
+            float(rng.random()),
+            bool(i % 2),
+            10.0,
+            1.0,
+        )
+        for i in range(30)
+    ]  # scores rounded to tenths: many ties
+    truth = {p.study_instance_uid: bool(rng.random() < 0.5) for p in pairs}
+    result = comparison("m", pairs, {"synthetic": truth})
+    for arm in ("shadow", "production"):
+        curve = result.roc["synthetic"][arm]
+        assert curve[0] == (0.0, 0.0) and curve[-1] == (1.0, 1.0)
+        assert all(a[0] <= b[0] and a[1] <= b[1] for a, b in itertools.pairwise(curve))
+        assert _trapezoid_area(curve) == pytest.approx(result.truths["synthetic"][arm].auc)
+    sent = result.to_json()
+    assert [
+        (p["study_instance_uid"], p["score"], p["production_score"]) for p in sent["pairs"]
+    ] == [(p.study_instance_uid, p.score, p.production_score) for p in pairs]
+    assert sent["roc"]["synthetic"]["shadow"][-1] == (1.0, 1.0)
 
 
 def test_the_registry_keeps_one_shadow_beside_production(tmp_path: Path) -> None:

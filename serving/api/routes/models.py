@@ -1,11 +1,13 @@
-"""The model registry's production and shadow versions: ``POST /api/models/{name}/promote``,
-``/rollback`` and ``/shadow``, ``GET /api/models/{name}/compare`` (roles ``admin`` and
+"""The model registry's versions and stages (``GET /api/models``: the web app's Models page), its
+production and shadow versions: ``POST /api/models/{name}/promote``, ``/rollback`` and
+``/shadow``, ``GET /api/models/{name}/compare`` (roles ``admin`` and
 ``ml_engineer``, platform operators: a model serves every hospital). They take effect on the
 running service at once, with the guard rails and the catch-up of :mod:`serving.promotion`, which
 audits them; a shadow (:mod:`serving.shadow`) is audited likewise."""
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
@@ -14,7 +16,7 @@ from pydantic import BaseModel, Field
 from core.db.models import Role
 from core.exceptions import PermissionDeniedError
 from core.security import Principal
-from models.registry import ModelRegistry
+from models.registry import ModelRegistry, RegisteredModel, Stage
 from serving.api.security import context, request_actor, require_roles
 from serving.promotion import Promotion, promote_model, rollback_model
 from serving.shadow import compare_shadow, start_shadow, stop_shadow
@@ -53,6 +55,100 @@ def _platform_operator(principal: Principal) -> None:
 
 def _out(done: Promotion) -> PromotionOut:
     return PromotionOut(**vars(done))
+
+
+class CardMetrics(BaseModel):
+    """The headline figures of a version's card and what they were measured on."""
+
+    evaluated_on: str
+    auc: float | None
+    sensitivity: float | None
+    specificity: float | None
+    dice: float | None
+
+
+class InputContract(BaseModel):
+    """What a version takes (the card's ``inputs``); a promotion must keep production's."""
+
+    modality: str
+    body_part: str
+    shape: list[int]
+    axes: str
+    spacing_mm: list[float] | None
+    dtype: str
+
+
+class VersionOut(BaseModel):
+    """One version of a model, its stage and card."""
+
+    version: int
+    stage: str
+    created: dt.datetime
+    production: bool
+    shadow: bool
+    threshold: float | None
+    metrics: CardMetrics
+    inputs: InputContract
+
+
+class ModelOut(BaseModel):
+    """A model's versions, oldest first, and which one is production and in shadow (null:
+    none)."""
+
+    name: str
+    task: str
+    production: int | None
+    shadow: int | None
+    versions: list[VersionOut]
+
+
+def _version(model: RegisteredModel, shadow: int | None) -> VersionOut:
+    card, inputs = model.card, model.card.inputs
+    return VersionOut(
+        version=model.version,
+        stage=str(model.stage),
+        created=card.created,
+        production=model.stage == Stage.PRODUCTION,
+        shadow=model.version == shadow,
+        threshold=card.threshold.value if card.threshold else None,
+        metrics=CardMetrics(
+            evaluated_on=card.metrics.evaluated_on,
+            auc=card.metrics.auc,
+            sensitivity=card.metrics.sensitivity,
+            specificity=card.metrics.specificity,
+            dice=card.metrics.dice,
+        ),
+        inputs=InputContract(
+            modality=inputs.modality,
+            body_part=inputs.body_part,
+            shape=list(inputs.shape),
+            axes=inputs.axes,
+            spacing_mm=list(inputs.spacing_mm) if inputs.spacing_mm is not None else None,
+            dtype=inputs.dtype,
+        ),
+    )
+
+
+@router.get("")
+def list_models(request: Request, user: Engineer) -> list[ModelOut]:
+    """Every registered model with its versions, stages, cards' figures and input contracts."""
+    _platform_operator(user)
+    registry = ModelRegistry(context(request).settings.paths.models_dir)
+    found = []
+    for name in registry.names():
+        versions = registry.versions(name)
+        shadow = registry.shadow(name)
+        production = registry.production(name)
+        found.append(
+            ModelOut(
+                name=name,
+                task=str(versions[-1].card.task) if versions else "",
+                production=production.version if production else None,
+                shadow=shadow.version if shadow else None,
+                versions=[_version(v, shadow.version if shadow else None) for v in versions],
+            )
+        )
+    return found
 
 
 @router.post("/{name}/promote")

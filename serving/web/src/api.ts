@@ -248,6 +248,101 @@ export function federatedDicomWeb(hospital: string): DicomWebSource {
   };
 }
 
+// -- models (the ML engineers' page) -------------------------------------------------------------
+
+export type ModelStage = 'staged' | 'production' | 'archived';
+
+/** One version of a model (GET /api/models). */
+export interface ModelVersion {
+  version: number;
+  stage: ModelStage;
+  created: string;
+  production: boolean;
+  shadow: boolean;
+  threshold: number | null;
+  metrics: {
+    evaluated_on: string;
+    auc: number | null;
+    sensitivity: number | null;
+    specificity: number | null;
+    dice: number | null;
+  };
+  inputs: {
+    modality: string;
+    body_part: string;
+    shape: number[];
+    axes: string;
+    spacing_mm: number[] | null;
+    dtype: string;
+  };
+}
+
+export interface ModelSummary {
+  name: string;
+  task: string;
+  production: number | null;
+  shadow: number | null;
+  versions: ModelVersion[];
+}
+
+/** POST /api/models/{name}/promote and /rollback. */
+export interface PromotionAnswer {
+  name: string;
+  version: number;
+  previous: number | null;
+  forced: boolean;
+  overridden: string[];
+  caught_up: number;
+}
+
+export type Arm = 'shadow' | 'production';
+
+export interface ComparisonFigures {
+  studies: number;
+  positives: number;
+  auc: number | null;
+  sensitivity: number | null;
+  specificity: number | null;
+}
+
+export interface ShadowPair {
+  study_instance_uid: string;
+  score: number;
+  positive: boolean;
+  production_score: number;
+  production_positive: boolean;
+}
+
+export interface Spread {
+  p50: number | null;
+  p95: number | null;
+  mean: number | null;
+}
+
+/** GET /api/models/{name}/compare: the shadow version against production (serving/shadow.py). */
+export interface ShadowComparison {
+  name: string;
+  versions: string[];
+  production_versions: string[];
+  studies: number;
+  failed: number;
+  shed: number;
+  agreement: {
+    fraction: number | null;
+    both_positive: number;
+    both_negative: number;
+    only_shadow: number;
+    only_production: number;
+  };
+  mask_dice_mean: number | null;
+  truths: Record<string, Record<Arm, ComparisonFigures>>;
+  latency_ms: Record<Arm, Spread>;
+  cpu_ms: Record<Arm, Spread>;
+  /** truth -> arm -> ROC corners [false positive rate, true positive rate] */
+  roc: Record<string, Record<Arm, [number, number][]>>;
+  pairs: ShadowPair[];
+}
+
 // -- errors --------------------------------------------------------------------------------------
 
 /** A failed call: `status` 0 when the server could not be reached; `body` the JSON answer. */
@@ -450,3 +545,20 @@ export async function getRenderedInstance(
   }, source.token());
   return response.blob();
 }
+
+export const getModels = (): Promise<ModelSummary[]> => getJson<ModelSummary[]>('/api/models');
+
+export const getShadowComparison = (name: string): Promise<ShadowComparison> =>
+  getJson<ShadowComparison>(`/api/models/${enc(name)}/compare`);
+
+/** Make `version` production; a guard rail's refusal is a 409 whose body lists `problems`. */
+export const promoteModel = (
+  name: string,
+  version: number,
+  force = false,
+  reason: string | null = null,
+): Promise<PromotionAnswer> =>
+  postJson<PromotionAnswer>(`/api/models/${enc(name)}/promote`, { version, force, reason });
+
+export const rollbackModel = (name: string): Promise<PromotionAnswer> =>
+  postJson<PromotionAnswer>(`/api/models/${enc(name)}/rollback`, {});

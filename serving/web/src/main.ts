@@ -4,15 +4,27 @@ import './styles.css';
 import { ApiError, getMe } from './api';
 import { clearToken, getToken, safeNext } from './auth';
 import { showSignIn } from './signin';
-import { byId, errorText, renderUserBar, showAccessDenied, showBanner } from './ui';
+import { ModelsPageView } from './models';
+import {
+  byId,
+  errorText,
+  renderPageNav,
+  renderUserBar,
+  seesModels,
+  seesWorklist,
+  showAccessDenied,
+  showBanner,
+} from './ui';
 import { WorklistPageView } from './worklist';
 
 const main = byId('main');
 const userBar = byId('user-bar');
+const pageNav = byId('page-nav');
 
 async function start(): Promise<void> {
   if (!getToken()) {
     userBar.replaceChildren();
+    pageNav.replaceChildren();
     showSignIn(main, () => void start());
     return;
   }
@@ -35,6 +47,16 @@ async function start(): Promise<void> {
   const next = safeNext(new URLSearchParams(location.search).get('next'));
   if (next) {
     location.replace(next);
+    return;
+  }
+  // ?page=models: the Models page, for the roles that see it; the worklist otherwise, unless
+  // the role sees models only (an ML engineer)
+  const wantsModels = new URLSearchParams(location.search).get('page') === 'models';
+  const models = seesModels(me) && (wantsModels || !seesWorklist(me));
+  renderPageNav(pageNav, me, models ? 'models' : 'worklist');
+  if (models) {
+    document.title = 'radcloud · models';
+    await new ModelsPageView(main, me).start();
     return;
   }
   await new WorklistPageView(main, me).start();

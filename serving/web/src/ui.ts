@@ -72,19 +72,49 @@ export function renderUserBar(container: HTMLElement, me: Me): void {
   container.querySelector('[data-testid=sign-out]')?.addEventListener('click', signOut);
 }
 
-/** Replace `main` with the access-denied panel: the signed-in role may not see this. */
-export function showAccessDenied(main: HTMLElement, error: unknown, me: Me | null): void {
+const READING_NEEDS = 'Reading needs the radiologist role (admins may look but not sign).';
+
+/** Replace `main` with the access-denied panel: the signed-in role may not see this; `needs`
+ * says what would (by default, what reading needs). */
+export function showAccessDenied(
+  main: HTMLElement,
+  error: unknown,
+  me: Me | null,
+  needs: string = READING_NEEDS,
+): void {
   const who = me ? `${me.name} (${me.roles.join(', ') || 'no role'})` : 'This account';
   main.className = 'denied'; // not the page's own layout (the viewer's grid)
   main.replaceChildren(
     h('section', { class: 'panel access-denied', 'data-testid': 'access-denied', role: 'alert' },
       h('h2', {}, 'Access denied'),
-      h('p', {}, `${who} may not read studies here. Reading needs the radiologist role ` +
-        '(admins may look but not sign).'),
+      h('p', {}, `${who} may not ${needs === READING_NEEDS ? 'read studies' : 'see this'} ` +
+        `here. ${needs}`),
       h('p', { class: 'muted' }, errorText(error)),
       h('button', { type: 'button', 'data-testid': 'sign-out' }, 'Sign in as someone else')),
   );
   main.querySelector('[data-testid=sign-out]')?.addEventListener('click', signOut);
+}
+
+/** The roles that see the Models page (the API also wants a platform operator). */
+const MODEL_ROLES = ['admin', 'ml_engineer'];
+/** The roles that read the worklist (docs/reading-app.md). */
+const WORKLIST_ROLES = ['radiologist', 'admin'];
+
+export const seesModels = (me: Me): boolean => me.roles.some((r) => MODEL_ROLES.includes(r));
+export const seesWorklist = (me: Me): boolean => me.roles.some((r) => WORKLIST_ROLES.includes(r));
+
+/** The header's page links (Worklist, Models) for a user who sees the Models page; `current`
+ * is marked. Radiologists have the worklist only: no links. */
+export function renderPageNav(container: HTMLElement, me: Me, current: 'worklist' | 'models'): void {
+  const pages = [
+    { page: 'worklist', href: './', label: 'Worklist', shown: seesWorklist(me) },
+    { page: 'models', href: './?page=models', label: 'Models', shown: seesModels(me) },
+  ].filter((entry) => entry.shown);
+  container.replaceChildren(...(seesModels(me) ? pages : []).map((entry) => h('a', {
+    href: entry.href, class: entry.page === current ? 'current' : '',
+    'data-testid': `nav-${entry.page}`,
+    'aria-current': entry.page === current ? 'page' : null,
+  }, entry.label)));
 }
 
 /** "12 min", "3 h 05 min", "2 d 4 h". */
