@@ -6,14 +6,12 @@ platform operators and hospital admins, and reports a rewritten table."""
 from __future__ import annotations
 
 import datetime as dt
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from pydicom.uid import generate_uid
 from sqlalchemy import text
 
@@ -26,7 +24,7 @@ from core.security import Accounts, Actor
 from serving.api.app import create_app
 from serving.worklist import WorklistPolicy, ensure_worklist_item, record_ai_outcome
 from tests.audit_records import audit_records
-from tests.helpers import free_port, wait_until
+from tests.helpers import served
 
 ADMIN, PASSWORD = "root-admin", "a long admin passphrase"
 USERS = {  # name: (role, hospitals); each signs in with PASSWORD
@@ -47,18 +45,11 @@ def api(tmp_path: Path) -> Iterator[httpx.Client]:
     for name, (role, hospitals) in USERS.items():
         accounts.add_user(name, role, PASSWORD, hospitals=hospitals, actor=Actor.cli())
     db.dispose()
-    port = free_port()
-    app = create_app(settings)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        assert wait_until(lambda: server.started, timeout_s=60)
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
-            yield client
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
+    with (
+        served(create_app(settings)) as url,
+        httpx.Client(base_url=url, timeout=30) as client,
+    ):
+        yield client
 
 
 def _one_record(home: Path, after: int) -> dict[str, Any]:

@@ -20,7 +20,6 @@ import argon2
 import httpx
 import jwt
 import pytest
-import uvicorn
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 import core.security.passwords
@@ -32,7 +31,7 @@ from core.secrets import load_secrets
 from core.security import Accounts, Actor
 from serving.api.app import create_app
 from tests.audit_records import audit_records
-from tests.helpers import free_port, wait_until
+from tests.helpers import served
 
 NAME, PASSWORD = "dr-grey", "a long passphrase"
 ISSUER = "https://idp.hospital.example"
@@ -50,18 +49,11 @@ def _api(settings: Settings) -> Iterator[httpx.Client]:
     accounts, db = _accounts(settings)
     accounts.add_user(NAME, Role.RADIOLOGIST, PASSWORD, actor=Actor.cli())
     db.dispose()
-    port = free_port()
-    app = create_app(settings)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        assert wait_until(lambda: server.started, timeout_s=60)
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
-            yield client
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
+    with (
+        served(create_app(settings)) as url,
+        httpx.Client(base_url=url, timeout=30) as client,
+    ):
+        yield client
 
 
 def _sign_in(client: httpx.Client, name: str, password: str) -> httpx.Response:

@@ -6,7 +6,6 @@ the audit trail."""
 from __future__ import annotations
 
 import datetime as dt
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +13,6 @@ from typing import Annotated, Any
 
 import httpx
 import pytest
-import uvicorn
 from fastapi import Depends
 from fhir.resources.R4B.operationoutcome import OperationOutcome
 from fhir.resources.R4B.parameters import Parameters
@@ -29,7 +27,7 @@ from core.security import Accounts, Actor, Principal, Purpose, TokenService
 from serving.api.app import create_app
 from serving.api.security import require_purpose
 from tests.audit_records import audit_records
-from tests.helpers import free_port, wait_until
+from tests.helpers import served
 
 USERS = {
     "admin-a": (Role.ADMIN, ["A"]),
@@ -91,18 +89,9 @@ def world(tmp_path: Path) -> Iterator[World]:
     db.dispose()
     app = create_app(settings)
     app.add_api_route("/api/test/treatment-only", _purpose_probe)  # a federated route's guard
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        assert wait_until(lambda: server.started, timeout_s=60)
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
-            tokens = TokenService(settings, load_secrets(settings).jwt_signing_key)
-            yield World(client, settings, tokens, patient, other, tmp_path)
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
+    with served(app) as url, httpx.Client(base_url=url, timeout=30) as client:
+        tokens = TokenService(settings, load_secrets(settings).jwt_signing_key)
+        yield World(client, settings, tokens, patient, other, tmp_path)
 
 
 def _targets(answer: httpx.Response) -> tuple[set[tuple[str, str]], list[str]]:

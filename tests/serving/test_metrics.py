@@ -7,7 +7,6 @@ API started by ``radcloud up`` (credentials and roles).
 from __future__ import annotations
 
 import datetime as dt
-import threading
 import uuid
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -15,7 +14,6 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from prometheus_client.parser import text_string_to_metric_families
 
 from core.config import load_settings
@@ -34,7 +32,7 @@ from core.security import Actor
 from serving.api.app import create_app
 from serving.metrics import render_metrics
 from tests.conftest import Stack
-from tests.helpers import free_port, wait_until
+from tests.helpers import served
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -233,23 +231,11 @@ def test_route_takes_model_statistics_from_the_app(tmp_path: Path) -> None:
     async def model_stats() -> Mapping[str, Mapping[str, Any]]:
         return MODEL_STATS
 
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        assert wait_until(lambda: server.started, timeout_s=60)
+    with served(app) as url:
         app.state.model_stats = model_stats  # as the serving layer sets it
         accounts = app.state.ctx.accounts
         key = accounts.create_api_key("prometheus", Role.ADMIN, actor=Actor.cli()).key
-        answer = httpx.get(
-            f"http://127.0.0.1:{port}/metrics",
-            headers={"Authorization": f"Bearer {key}"},
-            timeout=30,
-        )
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
+        answer = httpx.get(f"{url}/metrics", headers={"Authorization": f"Bearer {key}"}, timeout=30)
     assert answer.status_code == 200
     samples = _samples(answer.content)
     assert _get(samples, "radcloud_model_batches_total", model="chest-xr-densenet", version="7")

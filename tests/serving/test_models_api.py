@@ -4,13 +4,11 @@ marked; refused to a radiologist and to an admin of one hospital (models serve e
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import httpx
 import pytest
-import uvicorn
 
 from core.audit import AuditTrail
 from core.config import load_settings
@@ -21,7 +19,7 @@ from core.security import Accounts, Actor, TokenService
 from models.registry import ModelRegistry
 from serving.api.app import create_app
 from tests.fixture_models import register_fixture_version
-from tests.helpers import free_port, wait_until
+from tests.helpers import served
 from training.tasks import Task
 
 USERS = {
@@ -68,19 +66,12 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     registry.promote(chest, 2)
     registry.set_shadow(chest, 3)
     head = register_fixture_version(models_dir, Task.HEAD_CT, 0.0).name
-    app = create_app(settings)
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        assert wait_until(lambda: server.started, timeout_s=60)
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
-            tokens = TokenService(settings, load_secrets(settings).jwt_signing_key)
-            yield World(client, tokens, chest, head, registry)
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
+    with (
+        served(create_app(settings)) as url,
+        httpx.Client(base_url=url, timeout=30) as client,
+    ):
+        tokens = TokenService(settings, load_secrets(settings).jwt_signing_key)
+        yield World(client, tokens, chest, head, registry)
 
 
 def test_every_model_with_its_versions_stages_production_and_shadow(world: World) -> None:
