@@ -56,7 +56,7 @@ __all__ = [
     "run_triage",
     "send_study",
     "shadow_comparisons",
-    "summarise",
+    "timing_percentiles",
     "wait_for_results",
 ]
 
@@ -141,7 +141,7 @@ def wait_for_results(db: Any, sent: dict[str, str], timeout_s: float) -> list[di
     return records
 
 
-def summarise(records: list[dict[str, Any]]) -> dict[str, Any]:
+def timing_percentiles(records: list[dict[str, Any]]) -> dict[str, Any]:
     """Percentiles of each timing of ``records`` (succeeded ones)."""
     return {
         key: percentiles([float(r[key]) for r in records if r[key] is not None])
@@ -244,7 +244,7 @@ def run_triage(
         finally:
             db.dispose()
     succeeded = [r for r in records if r["status"] == "succeeded"]
-    summary = summarise(succeeded)
+    summary = timing_percentiles(succeeded)
     by_task = {
         task: percentiles([float(r["time_to_triage_s"]) for r in succeeded if r["task"] == task])
         for task in ("head-ct", "chest-xr")

@@ -38,13 +38,13 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from benchmarks._env import describe_machine, percentiles, write_result
+from benchmarks._env import describe_machine, write_result
 from benchmarks._platform import scratch_platform
 from benchmarks.triage import (
     register_candidates,
     send_study,
     shadow_comparisons,
-    summarise,
+    timing_percentiles,
     wait_for_results,
 )
 
@@ -141,11 +141,12 @@ def run_live(
     for phase in PHASES:
         mine = [r for r in records if r["phase"] == phase]
         succeeded = [r for r in mine if r["status"] == "succeeded"]
+        summary = timing_percentiles(succeeded)
         phases[phase] = {
             "studies": len(mine),
             "failed": len(mine) - len(succeeded),
-            "time_to_triage_s": percentiles([float(r["time_to_triage_s"]) for r in succeeded]),
-            "summary": summarise(succeeded),
+            "time_to_triage_s": summary["time_to_triage_s"],
+            "summary": summary,
             "versions": dict(Counter(f"{r['model']} v{r['version']}" for r in succeeded)),
         }
     steady_p95 = phases["steady"]["time_to_triage_s"].get("p95")
