@@ -138,14 +138,14 @@ def list_models(request: Request, user: Engineer) -> list[ModelOut]:
     for name in registry.names():
         versions = registry.versions(name)
         shadow = registry.shadow(name)
-        production = registry.production(name)
+        shadow_version = shadow.version if shadow else None
         found.append(
             ModelOut(
                 name=name,
                 task=str(versions[-1].card.task) if versions else "",
-                production=production.version if production else None,
-                shadow=shadow.version if shadow else None,
-                versions=[_version(v, shadow.version if shadow else None) for v in versions],
+                production=next((v.version for v in versions if v.stage == Stage.PRODUCTION), None),
+                shadow=shadow_version,
+                versions=[_version(v, shadow_version) for v in versions],
             )
         )
     return found
