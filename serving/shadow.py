@@ -36,6 +36,7 @@ from core.db.models import Label, ShadowResult, Study
 from core.security import Actor
 from imaging.exceptions import InvalidParameterError
 from imaging.synthetic import roc_auc
+from imaging.synthetic import roc_curve as curve
 from models.registry import ModelRegistry
 from serving.promotion import audited_model_change
 from serving.triage.shadow import ShadowStatus
@@ -170,9 +171,9 @@ def _figures(truth: Sequence[bool], scores: Sequence[float], calls: Sequence[boo
 
 
 def roc_curve(truth: Sequence[bool], scores: Sequence[float]) -> list[tuple[float, float]]:
-    """The ROC curve's corners, from (0, 0) to (1, 1): (false positive rate, true positive
-    rate) as the threshold falls past each distinct score (tied scores move together, so the
-    area under these points is :func:`~imaging.synthetic.roc_auc`).
+    """The ROC curve's corners, from (0, 0) to (1, 1), as (false positive rate, true positive
+    rate) points for a plot (:func:`imaging.synthetic.roc_curve`: tied scores move together, so
+    the area under these points is :func:`~imaging.synthetic.roc_auc`).
 
     Raises
     ------
@@ -180,22 +181,13 @@ def roc_curve(truth: Sequence[bool], scores: Sequence[float]) -> list[tuple[floa
         ``truth`` lacks a positive or a negative study.
     """
     labels = np.asarray(truth, dtype=bool)
-    values = np.asarray(scores, dtype=float)
     positives, negatives = int(labels.sum()), int((~labels).sum())
     if positives == 0 or negatives == 0:
         raise InvalidParameterError(
             "truth", f"{positives} positive, {negatives} negative", "both classes"
         )
-    points = [(0.0, 0.0)]
-    for threshold in np.unique(values)[::-1]:
-        called = values >= threshold
-        points.append(
-            (
-                float((called & ~labels).sum() / negatives),
-                float((called & labels).sum() / positives),
-            )
-        )
-    return points
+    fpr, tpr, _ = curve(labels, scores)
+    return [(float(x), float(y)) for x, y in zip(fpr, tpr, strict=True)]
 
 
 def _spread(values: Sequence[float | None]) -> dict[str, float | None]:

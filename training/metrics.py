@@ -14,7 +14,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from numpy.typing import ArrayLike
 
-from imaging.synthetic import dice, roc_auc
+from imaging.synthetic import dice, roc_auc, roc_curve
 
 __all__ = [
     "BinaryMetrics",
@@ -28,22 +28,6 @@ __all__ = [
     "roc_auc",
     "roc_curve",
 ]
-
-
-def roc_curve(labels: ArrayLike, scores: ArrayLike) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """False and true positive rates for every distinct threshold, and the thresholds."""
-    y = np.asarray(labels, dtype=np.int64)
-    s = np.asarray(scores, dtype=np.float64)
-    order = np.argsort(-s, kind="mergesort")
-    s, y = s[order], y[order]
-    distinct = np.r_[np.flatnonzero(np.diff(s)), y.size - 1]
-    tps = np.cumsum(y)[distinct]
-    fps = 1 + distinct - tps
-    positives, negatives = max(int(y.sum()), 1), max(int((1 - y).sum()), 1)
-    fpr = np.r_[0.0, fps / negatives]
-    tpr = np.r_[0.0, tps / positives]
-    thresholds = np.r_[np.inf, s[distinct]]
-    return fpr, tpr, thresholds
 
 
 def choose_threshold(

@@ -18,6 +18,7 @@ from imaging.synthetic.baseline import (
     intracranial_mask,
     lung_field_mask,
     roc_auc,
+    roc_curve,
 )
 from imaging.synthetic.dataset import (
     DEFAULT_POSITIVE_FRACTION,
@@ -67,5 +68,6 @@ __all__ = [
     "positive_indices",
     "render_ground_truth",
     "roc_auc",
+    "roc_curve",
     "write_dataset",
 ]

@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from typing import TypedDict
 
 import numpy as np
+from numpy.typing import ArrayLike
 from scipy import ndimage
 from scipy.stats import rankdata
 
@@ -44,6 +45,7 @@ __all__ = [
     "intracranial_mask",
     "lung_field_mask",
     "roc_auc",
+    "roc_curve",
 ]
 
 logger = logging.getLogger(__name__)
@@ -91,6 +93,25 @@ def roc_auc(labels: Sequence[int] | np.ndarray, scores: Sequence[float] | np.nda
     ranks = rankdata(values)
     u = float(ranks[truth].sum()) - positives * (positives + 1) / 2
     return u / (positives * negatives)
+
+
+def roc_curve(labels: ArrayLike, scores: ArrayLike) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """False and true positive rates for every distinct threshold, from (0, 0), and the
+    thresholds (tied scores move together, so the area under the points is :func:`roc_auc`):
+    the one implementation, for training's plots and the shadow comparison
+    (:func:`training.metrics.roc_curve` is this function)."""
+    y = np.asarray(labels, dtype=np.int64)
+    s = np.asarray(scores, dtype=np.float64)
+    order = np.argsort(-s, kind="mergesort")
+    s, y = s[order], y[order]
+    distinct = np.r_[np.flatnonzero(np.diff(s)), y.size - 1]
+    tps = np.cumsum(y)[distinct]
+    fps = 1 + distinct - tps
+    positives, negatives = max(int(y.sum()), 1), max(int((1 - y).sum()), 1)
+    fpr = np.r_[0.0, fps / negatives]
+    tpr = np.r_[0.0, tps / positives]
+    thresholds = np.r_[np.inf, s[distinct]]
+    return fpr, tpr, thresholds
 
 
 def dice(prediction: np.ndarray, truth: np.ndarray) -> float:
