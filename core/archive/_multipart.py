@@ -58,10 +58,9 @@ def encode_parts(bodies: Iterable[bytes], media_type: str) -> tuple[str, bytes]:
     """A ``multipart/related`` body of ``bodies``, each of ``media_type`` (a STOW-RS request,
     PS3.18 10.5.1.2); returns its ``Content-Type`` and the body."""
     boundary = uuid.uuid4().hex
-    body = bytearray()
+    head = f"--{boundary}\r\nContent-Type: {media_type}\r\n\r\n".encode()
+    pieces: list[bytes] = []
     for data in bodies:
-        body += f"--{boundary}\r\nContent-Type: {media_type}\r\n\r\n".encode()
-        body += data
-        body += b"\r\n"
-    body += f"--{boundary}--\r\n".encode()
-    return f'multipart/related; type="{media_type}"; boundary={boundary}', bytes(body)
+        pieces += (head, data, b"\r\n")
+    pieces.append(f"--{boundary}--\r\n".encode())
+    return f'multipart/related; type="{media_type}"; boundary={boundary}', b"".join(pieces)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import io
+import json
 import logging
 import re
 import ssl
@@ -44,6 +45,7 @@ from core.archive._dicomweb_json import (
     stow_outcomes,
 )
 from core.archive._multipart import boundary_of, encode_parts, iter_parts
+from core.archive._stow_http import StowSender
 from core.archive.dicomweb_stream import (
     DicomwebStream,
     check_answer,
@@ -199,6 +201,14 @@ class DicomwebArchive:
             "verify": verify,
         }
         self._client = httpx.Client(**self._client_options)
+        self._stow_sender = StowSender(
+            self._url,
+            headers=headers,
+            basic=self._client_options["auth"],
+            tls=verify,
+            connect_timeout_s=connect_timeout_s,
+            read_timeout_s=read_timeout_s,
+        )
         self._endpoint = HttpEndpoint(
             f"{self._url}/",
             self._client_options["auth"],
@@ -235,8 +245,9 @@ class DicomwebArchive:
         self.close()
 
     def close(self) -> None:
-        """Close the connection pool."""
+        """Close the connection pools."""
         self._client.close()
+        self._stow_sender.close()
 
     # -- transport --------------------------------------------------------------------------
 
@@ -353,26 +364,18 @@ class DicomwebArchive:
     def _stow(self, instances: Sequence[bytes]) -> dict[str, str | None] | ArchiveError:
         """SOP Instance UID to ``None`` (stored) or the failure reason; an error for all."""
         content_type, body = encode_parts(instances, "application/dicom")
-        url = f"{self._url}/studies"
         try:
-            response = self._client.post(
-                "studies",
-                content=body,
-                headers={"Content-Type": content_type, "Accept": DICOM_JSON},
-            )
-        except httpx.RequestError as exc:
-            return transport_error(url, exc)
-        if response.status_code not in (200, 202, 409):
-            try:
-                check_answer(response)
-            except ArchiveError as exc:
-                return exc
+            status, data = self._stow_sender.post(content_type, body, DICOM_JSON)
+        except ArchiveError as exc:
+            return exc
+        if status not in (200, 202, 409):
+            text = data[:200].decode("utf-8", "replace")
+            return ArchiveRejectedError(f"STOW-RS answered {status}: {text}", status)
         try:
-            answer = response.json()
+            answer = json.loads(data)
         except ValueError:
-            return ArchiveRejectedError(
-                f"STOW-RS answer is not DICOM JSON: {response.text[:200]}", response.status_code
-            )
+            text = data[:200].decode("utf-8", "replace")
+            return ArchiveRejectedError(f"STOW-RS answer is not DICOM JSON: {text}", status)
         return stow_outcomes(answer)
 
     def _receipt(

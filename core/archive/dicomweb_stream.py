@@ -38,6 +38,7 @@ __all__ = [
     "DicomwebStream",
     "NodeCheck",
     "NodeStatus",
+    "answer_error",
     "check_answer",
     "dicomweb_timeout",
     "node_status",
@@ -133,15 +134,28 @@ def check_answer(
     status = response.status_code
     if status < 400:
         return response
-    url = str(response.request.url)
-    if status >= 500 or status in UNAVAILABLE_STATUSES:
-        raise ArchiveUnavailableError(url, _reason(response), status)
-    if status == 404:
-        resource, identifier = missing or ("resource", response.request.url.path)
-        raise ArchiveNotFoundError(resource, identifier)
-    raise ArchiveRejectedError(
-        f"{response.request.method} {response.request.url.path}: {_reason(response)}", status
+    request = response.request
+    raise answer_error(
+        request.method, str(request.url), request.url.path, status, _reason(response), missing
     )
+
+
+def answer_error(
+    method: str,
+    url: str,
+    path: str,
+    status: int,
+    reason: str,
+    missing: tuple[str, str] | None = None,
+) -> ArchiveUnavailableError | ArchiveNotFoundError | ArchiveRejectedError:
+    """The seam's error for an error answer ``status`` (400 or above) to ``method url`` (module
+    docstring); ``reason``: the answer's text, ``missing``: what a 404 means."""
+    if status >= 500 or status in UNAVAILABLE_STATUSES:
+        return ArchiveUnavailableError(url, reason, status)
+    if status == 404:
+        resource, identifier = missing or ("resource", path)
+        return ArchiveNotFoundError(resource, identifier)
+    return ArchiveRejectedError(f"{method} {path}: {reason}", status)
 
 
 @dataclass(frozen=True)
