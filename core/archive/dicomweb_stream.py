@@ -136,7 +136,12 @@ def check_answer(
         return response
     request = response.request
     raise answer_error(
-        request.method, str(request.url), request.url.path, status, _reason(response), missing
+        request.method,
+        str(request.url),
+        request.url.path,
+        status,
+        _reason(response),
+        missing=missing,
     )
 
 
@@ -146,6 +151,7 @@ def answer_error(
     path: str,
     status: int,
     reason: str,
+    *,
     missing: tuple[str, str] | None = None,
 ) -> ArchiveUnavailableError | ArchiveNotFoundError | ArchiveRejectedError:
     """The seam's error for an error answer ``status`` (400 or above) to ``method url`` (module
