@@ -73,9 +73,15 @@ class Database:
         if self.is_sqlite:
             _create_private(url)
         connect_args: dict[str, Any] = {"timeout": 30} if self.is_sqlite else {}
-        self.engine = create_engine(url, connect_args=connect_args, pool_pre_ping=True)
+        # a pooled PostgreSQL connection may have been dropped by the server (a restart, a
+        # failover): checked before use; a SQLite file's cannot, so no query per checkout
+        self.engine = create_engine(
+            url, connect_args=connect_args, pool_pre_ping=not self.is_sqlite
+        )
+        self._immediate = self.engine
         if self.is_sqlite:
             _configure_sqlite(self.engine)
+            self._immediate = self.engine.execution_options(**{_IMMEDIATE: True})
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     @classmethod
@@ -106,8 +112,7 @@ class Database:
             with self.session() as session:
                 yield session
             return
-        engine = self.engine.execution_options(**{_IMMEDIATE: True})
-        with Session(engine, expire_on_commit=False) as session, session.begin():
+        with Session(self._immediate, expire_on_commit=False) as session, session.begin():
             yield session
 
     def dispose(self) -> None:
