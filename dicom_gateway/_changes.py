@@ -7,10 +7,18 @@ names its series), then the series and studies not met before in one call each. 
 studies are cached (an archive key names the same resource for ever: Orthanc's is a hash of
 its UIDs), so a study arriving slice by slice costs one bulk read of its instances per page and
 nothing more. Instances the archive no longer has (deleted since) are left out.
+
+A writer in this process that knows where an instance went before the feed names it (the
+gateway's STOW-RS door stores with the Orthanc edge, and Orthanc's key of an instance and of its
+series are hashes of its UIDs) says so with :meth:`InstanceResolver.expect`: such an instance is
+resolved without reading it back (the door's instances were the tracker's largest bulk reads,
+both in the gateway's CPU and in Orthanc's). An expectation the feed never meets (the key
+computed differs, the store failed) only ages out of a bounded table.
 """
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -22,6 +30,7 @@ from core.events import is_derived_series
 _K = TypeVar("_K")
 _V = TypeVar("_V")
 _CACHE_SIZE = 4096
+_EXPECTED_SIZE = 65536  # instances announced by expect() and not yet met in the feed
 
 
 class _Lru(Generic[_K, _V]):
@@ -92,6 +101,27 @@ class InstanceResolver:
         self._archive = archive
         self._series: _Lru[ArchiveId, SeriesFacts] = _Lru(_CACHE_SIZE)
         self._studies: _Lru[ArchiveId, StudyFacts] = _Lru(_CACHE_SIZE)
+        self._expected: OrderedDict[ArchiveId, ArchiveId] = OrderedDict()
+        self._expected_lock = threading.Lock()
+
+    def expect(self, instances: Iterable[tuple[ArchiveId, ArchiveId]]) -> None:
+        """Note that each ``(instance, series)`` was just stored (thread-safe): when the feed
+        names the instance, its series is taken from here rather than read from the archive."""
+        with self._expected_lock:
+            for instance, series in instances:
+                self._expected[instance] = series
+            while len(self._expected) > _EXPECTED_SIZE:
+                self._expected.popitem(last=False)
+
+    def _parents(self, instances: Sequence[ArchiveId]) -> tuple[list[ArchiveId | None], int]:
+        """Each instance's series (from :meth:`expect`, else read in bulk), and how many of
+        the instances the archive no longer has."""
+        with self._expected_lock:
+            known = {i: s for i in instances if (s := self._expected.pop(i, None)) is not None}
+        unknown = [i for i in instances if i not in known]
+        found = self._archive.get_resources(ResourceLevel.INSTANCE, unknown) if unknown else []
+        gone = len(set(unknown)) - len(found)
+        return [*known.values(), *(item.parent for item in found)], gone
 
     def resolve(self, instances: Sequence[ArchiveId]) -> Resolved:
         """Sort ``instances`` (new since the last page) by study.
@@ -104,12 +134,11 @@ class InstanceResolver:
         resolved = Resolved()
         if not instances:
             return resolved
-        found = self._archive.get_resources(ResourceLevel.INSTANCE, instances)
-        resolved.gone = len(set(instances)) - len(found)
-        series = self._series_facts(item.parent for item in found if item.parent is not None)
+        parents, resolved.gone = self._parents(instances)
+        series = self._series_facts(parent for parent in parents if parent is not None)
         studies = self._study_facts(facts.study for facts in series.values() if not facts.derived)
-        for item in found:
-            facts = series.get(item.parent) if item.parent is not None else None
+        for parent in parents:
+            facts = series.get(parent) if parent is not None else None
             study = studies.get(facts.study) if facts is not None else None
             if facts is None or study is None:
                 resolved.gone += 1

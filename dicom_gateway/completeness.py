@@ -51,7 +51,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from sqlalchemy import select, update
@@ -119,6 +119,11 @@ class StudyTracker:
         self._thread: threading.Thread | None = None
 
     # -- following the change feed -----------------------------------------------------------
+
+    def expect(self, instances: Iterable[tuple[ArchiveId, ArchiveId]]) -> None:
+        """Note ``(instance, series)`` archive keys this process just stored, so that the feed's
+        mention of them costs no read (:meth:`InstanceResolver.expect`; thread-safe)."""
+        self._resolver.expect(instances)
 
     def follow(self) -> int:
         """Read the change feed to its end, recording new instances; returns how many changes

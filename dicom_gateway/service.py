@@ -110,7 +110,11 @@ class GatewayService:
                 audit=self.audit,
                 orthanc=self.archive,
             )
-        archive_stow = ArchiveStow(self.intake, self._dicomweb) if self._dicomweb else None
+        archive_stow = (
+            ArchiveStow(self.intake, self._dicomweb, stored=self.tracker.expect)
+            if self._dicomweb
+            else None
+        )
         self._http = GatewayHttpServer(  # loopback only, whatever bind_host says
             ("127.0.0.1", settings.gateway_metrics_port),
             health=self.health,

@@ -29,10 +29,16 @@ from __future__ import annotations
 
 import itertools
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
-from core.archive import ArchiveError, ArchiveUnavailableError, DicomwebArchive, StoredInstance
-from core.archive.orthanc_archive import orthanc_study_id
+from core.archive import (
+    ArchiveError,
+    ArchiveId,
+    ArchiveUnavailableError,
+    DicomwebArchive,
+    StoredInstance,
+)
+from core.archive.orthanc_archive import orthanc_instance_id, orthanc_series_id, orthanc_study_id
 from core.ingest import FailureReason, StoreAnswer, peek_uids
 from dicom_gateway import metrics
 from dicom_gateway.exceptions import (
@@ -46,7 +52,7 @@ from dicom_gateway.exceptions import (
 from dicom_gateway.intake import Intake, quarantine_refused
 from dicom_gateway.validation import InstanceInfo, zero_preamble
 
-__all__ = ["ArchiveStow", "store_instance"]
+__all__ = ["ArchiveStow", "orthanc_keys", "store_instance"]
 
 logger = logging.getLogger(__name__)
 
@@ -158,12 +164,21 @@ class ArchiveStow:
     archive
         radcloud's Orthanc through its DICOMweb plugin (:func:`core.archive.open_local_dicomweb`),
         or one per archive node.
+    stored
+        Told the Orthanc keys ``(instance, series)`` of the instances each batch stored
+        (the study tracker's :meth:`~dicom_gateway.completeness.StudyTracker.expect`, so that
+        it need not read them back when the change feed names them).
     """
 
     def __init__(
-        self, intake: Intake, archive: DicomwebArchive | Sequence[DicomwebArchive]
+        self,
+        intake: Intake,
+        archive: DicomwebArchive | Sequence[DicomwebArchive],
+        *,
+        stored: Callable[[list[tuple[ArchiveId, ArchiveId]]], None] | None = None,
     ) -> None:
         self._intake = intake
+        self._on_stored = stored
         self._archives = [archive] if isinstance(archive, DicomwebArchive) else list(archive)
         self._turns = itertools.count()
 
@@ -224,6 +239,14 @@ class ArchiveStow:
             )
             for (index, info, data), outcome in zip(accepted, outcomes, strict=True):
                 answers[index] = self._outcome(data, info, outcome, hospital)
+            if self._on_stored is not None:
+                self._on_stored(
+                    [
+                        orthanc_keys(info)
+                        for (_, info, _), outcome in zip(accepted, outcomes, strict=True)
+                        if isinstance(outcome, StoredInstance)
+                    ]
+                )
         return [answer for answer in answers if answer is not None]
 
     def _check(
@@ -271,6 +294,12 @@ class ArchiveStow:
         )
         logger.warning("STOW-RS instance %s refused: %s", info.sop_instance_uid, refusal.reason)
         return _answer(info, FailureReason.CANNOT_UNDERSTAND, refusal.reason)
+
+
+def orthanc_keys(info: InstanceInfo) -> tuple[ArchiveId, ArchiveId]:
+    """Orthanc's keys of a stored instance and of its series (hashes of the UIDs)."""
+    series = (info.patient_id, info.study_instance_uid, info.series_instance_uid)
+    return orthanc_instance_id(*series, info.sop_instance_uid), orthanc_series_id(*series)
 
 
 def _study_id(info: InstanceInfo) -> str:

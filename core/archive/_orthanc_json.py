@@ -46,15 +46,25 @@ def orthanc_instance_id(
 ) -> ArchiveId:
     """Orthanc's ID of an instance: SHA-1 of ``PatientID|StudyInstanceUID|SeriesInstanceUID|
     SOPInstanceUID`` in five groups of eight hex digits."""
-    key = "|".join((patient_id or "", study_instance_uid, series_instance_uid, sop_instance_uid))
-    digest = hashlib.sha1(key.encode(), usedforsecurity=False).hexdigest()
-    return ArchiveId("-".join(digest[i : i + 8] for i in range(0, 40, 8)))
+    return _orthanc_id(patient_id, study_instance_uid, series_instance_uid, sop_instance_uid)
 
 
 def orthanc_study_id(patient_id: str | None, study_instance_uid: str) -> ArchiveId:
     """Orthanc's ID of a study: SHA-1 of ``PatientID|StudyInstanceUID``, as
     :func:`orthanc_instance_id` (known before Orthanc stores the study's first instance)."""
-    key = f"{patient_id or ''}|{study_instance_uid}"
+    return _orthanc_id(patient_id, study_instance_uid)
+
+
+def orthanc_series_id(
+    patient_id: str | None, study_instance_uid: str, series_instance_uid: str
+) -> ArchiveId:
+    """Orthanc's ID of a series: SHA-1 of ``PatientID|StudyInstanceUID|SeriesInstanceUID``, as
+    :func:`orthanc_instance_id`."""
+    return _orthanc_id(patient_id, study_instance_uid, series_instance_uid)
+
+
+def _orthanc_id(patient_id: str | None, *uids: str) -> ArchiveId:
+    key = "|".join((patient_id or "", *uids))
     digest = hashlib.sha1(key.encode(), usedforsecurity=False).hexdigest()
     return ArchiveId("-".join(digest[i : i + 8] for i in range(0, 40, 8)))
 

@@ -51,6 +51,7 @@ from core.archive._orthanc_json import (
     UNAVAILABLE_STATUSES,
     expected_id,
     orthanc_instance_id,
+    orthanc_series_id,
     orthanc_study_id,
     read_receipt,
     reason,
@@ -78,7 +79,7 @@ from core.archive.model import (
 if TYPE_CHECKING:
     from core.archive.protocol import AnonymizingArchive
 
-__all__ = ["OrthancArchive", "orthanc_instance_id", "orthanc_study_id"]
+__all__ = ["OrthancArchive", "orthanc_instance_id", "orthanc_series_id", "orthanc_study_id"]
 
 logger = logging.getLogger(__name__)
 

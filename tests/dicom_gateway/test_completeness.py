@@ -20,7 +20,7 @@ import pytest
 from pydicom.uid import generate_uid
 from sqlalchemy import select
 
-from core.archive import ChangeFeed, OrthancArchive, open_archive
+from core.archive import ChangeFeed, OrthancArchive, ResourceLevel, open_archive
 from core.config import Settings, load_settings
 from core.db import Database, upgrade
 from core.db.models import ChangeCursor, OutboxEvent, Study, StudyState
@@ -29,6 +29,7 @@ from core.secrets import Secrets, load_secrets
 from dicom_gateway.completeness import CURSOR_NAME, STUDY_READY, STUDY_UPDATED, StudyTracker
 from dicom_gateway.dcmtk import storescu
 from dicom_gateway.ownership import StudyOwnership
+from dicom_gateway.stow import orthanc_keys
 from dicom_gateway.validation import inspect_instance
 from radcloud.services import DicomModality, Supervisor, orthanc_component
 from tests.dicom_gateway.dicom_files import study_ownership, synthetic_ct
@@ -341,3 +342,29 @@ def test_a_change_committed_after_a_higher_one_is_counted_when_the_tracker_settl
         assert row.instance_count == (3 if settle_s else 2)
     finally:
         running.close()
+
+
+def test_instances_the_door_announced_are_resolved_without_reading_them_back(
+    tracking: Tracking, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The STOW-RS door tells the tracker the Orthanc keys of what it stored (hashes of the
+    UIDs): the feed's mention of them is resolved without a bulk read of the instances, and the
+    study is counted as when they are read back. The keys must be Orthanc's own for that."""
+    study, _, files = _study(4)
+    tracking.claim(files[0])
+    infos = [inspect_instance(data)[0] for data in files]
+    tracking.tracker.expect([orthanc_keys(info) for info in infos[:3]])
+    read: list[tuple[ResourceLevel, int]] = []
+    bulk = tracking.archive.get_resources
+
+    def counted(level: ResourceLevel, ids: Any) -> Any:
+        read.append((level, len(list(ids))))
+        return bulk(level, ids)
+
+    monkeypatch.setattr(tracking.archive, "get_resources", counted)
+    tracking.archive.store_instances(files)
+    assert tracking.settle() == [study]
+    [ready] = tracking.events(study)
+    assert ready.payload["instance_count"] == 4
+    instance_reads = [count for level, count in read if level is ResourceLevel.INSTANCE]
+    assert instance_reads == [1], read  # only the one the door did not announce
