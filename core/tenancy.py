@@ -42,6 +42,8 @@ __all__ = [
     "visible_study_uids",
 ]
 
+_HOSPITALS = "radcloud_hospitals"  # session.info: (transaction, rows found by name)
+
 
 @dataclass(frozen=True)
 class HospitalScope:
@@ -122,8 +124,19 @@ def hospital_row(session: Session, name: str) -> Hospital:
 
 
 def find_hospital(session: Session, name: str) -> Hospital | None:
-    """The hospital called ``name``, or ``None`` (nothing is created)."""
-    hospital: Hospital | None = session.scalar(select(Hospital).where(Hospital.name == name))
+    """The hospital called ``name``, or ``None`` (nothing is created). A row found is
+    remembered for the rest of ``session`` (a study's claim asks twice: for the study and for
+    its patient's identifiers), within the transaction."""
+    transaction = session.get_transaction()
+    memo = session.info.get(_HOSPITALS)
+    if memo is None or memo[0] is not transaction:  # remembered within one transaction only
+        memo = session.info[_HOSPITALS] = (transaction, {})
+    found: dict[str, Hospital] = memo[1]
+    hospital = found.get(name)
+    if hospital is None:
+        hospital = session.scalar(select(Hospital).where(Hospital.name == name))
+        if hospital is not None:
+            found[name] = hospital
     return hospital
 
 
