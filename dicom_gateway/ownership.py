@@ -301,15 +301,22 @@ class StudyOwnership:
         if session is None:
             with self._db.session() as own:
                 return self._owner(uid, own)
-        row = session.execute(
-            select(Study, Hospital.name)
+        row = session.execute(  # the columns, not the row as an object: read per new study
+            select(
+                Hospital.name,
+                Study.patient_id,
+                Study.issuer_of_patient_id,
+                Study.patient_name,
+                Study.patient_birth_date,
+            )
+            .select_from(Study)
             .outerjoin(Hospital, Study.hospital_id == Hospital.id)
             .where(Study.study_instance_uid == uid)
         ).first()
         if row is None:
             return None
-        study, owner = row
-        return owner, PatientIdentity.of_study(study)
+        owner, *identity = row
+        return owner, PatientIdentity(*identity)
 
     def _refuse(
         self,
