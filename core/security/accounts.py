@@ -38,7 +38,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session, selectinload
+from sqlalchemy.orm import Session, joinedload
 
 from core.audit import AuditAction, AuditEventCode, AuditOutcome, AuditTrail
 from core.db import Database, write_transaction
@@ -431,10 +431,14 @@ class Accounts:
             The user was removed or disabled.
         """
         with self._db.session() as session:
-            user = session.scalar(
-                select(User)
-                .where(User.name == name)
-                .options(selectinload(User.assignments).joinedload(UserHospital.hospital))
+            user = (
+                session.scalars(  # one query: the user joined with its assignments' hospitals
+                    select(User)
+                    .where(User.name == name)
+                    .options(joinedload(User.assignments).joinedload(UserHospital.hospital))
+                )
+                .unique()
+                .first()
             )
             if user is None:
                 raise AuthenticationError(f'user "{name}" no longer exists')
