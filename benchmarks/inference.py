@@ -2,11 +2,11 @@
 
 ``radcloud bench --suite inference [--device cpu|cuda|auto] [--quick]``
 
-Models: the head-CT 2.5D UNet (``unet-2.5d``, one volume 1x128x128x32) and the chest
-DenseNet-121 (``densenet121-2d``, one radiograph 1x128x128), the production architectures of
-:mod:`training.tasks`, with seeded random weights (speed does not depend on training; see
-:mod:`benchmarks._models`). ``--quick`` uses narrow networks on tiny inputs: it checks the
-harness, its figures say nothing about the models.
+Models: the production architectures :mod:`training.tasks` names for the head CT and the
+chest radiograph (the result names them and their inputs: ``unet-2.5d`` and, since issue 12,
+``resnet-small-2d``; DenseNet-121 before), with seeded random weights (speed does not depend
+on training; see :mod:`benchmarks._models`). ``--quick`` uses narrow networks on tiny inputs:
+it checks the harness, its figures say nothing about the models.
 
 Backends (:data:`BACKENDS`): ``torch-cpu`` (eager, float32: the **baseline**), ``onnx-cpu``
 (ONNX Runtime's CPU provider); with CUDA also ``torch-cuda-amp`` (radcloud's torch runner:

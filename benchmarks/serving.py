@@ -2,8 +2,9 @@
 
 ``radcloud bench --suite serving [--device cpu|cuda|auto] [--quick]``
 
-The chest model's production network (DenseNet-121 2D at 1x128x128, random weights, exported to
-ONNX; :mod:`benchmarks._models`; ``--quick``: a narrow one on 1x32x32) is registered in a
+The chest model's production network (the architecture :mod:`training.tasks` names for it,
+``resnet-small-2d`` on 1x256x256 since issue 12, DenseNet-121 before; random weights, exported
+to ONNX; :mod:`benchmarks._models`; ``--quick``: a narrow one on 1x32x32) is registered in a
 temporary registry and run three ways, on the requested device:
 
 - **raw**: the backend alone (serving's :class:`serving.inference.ModelRunner` with the
@@ -158,6 +159,11 @@ def _efficiency(served: dict[str, dict[str, Any]], raw: float) -> tuple[int, flo
     return int(best), served[best]["inputs_per_s"]["median"] / raw
 
 
+def _architecture(model: Any) -> str | None:
+    """The registered model's architecture name (its card's)."""
+    return model.card.architecture.name if model.card.architecture is not None else None
+
+
 def _model_options(
     settings: Any, name: str, device: str, env: dict[str, str], quiet: dict[str, Any]
 ) -> dict[str, Any]:
@@ -285,7 +291,7 @@ def run_serving(
         "machine": describe_machine(),
         "model": {
             "name": name,
-            "architecture": "densenet121-2d",
+            "architecture": _architecture(model[Task.CHEST_XR]),
             "input": list(shape),
             "weights": "random (seeded)",
             "runner": described,
