@@ -247,6 +247,11 @@ class Settings(BaseSettings):
     serving_upscale_delay_s: float = Field(30.0, ge=0)
     serving_downscale_delay_s: float = Field(600.0, ge=0)
     triage_workers: int = Field(1, ge=1, le=64)
+    # Scheduling niceness of the triage workers' and model replicas' processes (Ray's default
+    # for every worker, which radcloud's Ray no longer applies to the API and its proxy): their
+    # background work yields the CPU to readers' requests and to ingest where cores are scarce
+    # (benchmarks/README "Load that holds").
+    triage_nice: int = Field(15, ge=0, le=19)
     triage_poll_interval_s: float = Field(0.5, gt=0)
     # Catch-up (serving/promotion.py): when a model gains its first production version, the
     # studies that arrived without one (at most this many, newest first, none older than this)

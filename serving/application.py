@@ -35,7 +35,7 @@ from typing import Any
 from core.config import ENV_PREFIX, Settings, is_loopback_host
 from serving._ray_loopback import SETUP_HOOK
 from serving.exceptions import ServingError
-from serving.ray_node import AUTH_MODE_ENV
+from serving.ray_node import AUTH_MODE_ENV, WORKER_NICENESS, WORKER_NICENESS_ENV
 
 __all__ = ["build_application", "http_options", "proxy_location", "serve_forever"]
 
@@ -81,6 +81,7 @@ def _start_local_ray(settings: Settings) -> None:
         Ray was imported before with clusters on, so its servers would listen beyond loopback.
     """
     os.environ[_RAY_CLUSTER_ENV] = "0"
+    os.environ.setdefault(WORKER_NICENESS_ENV, WORKER_NICENESS)
     import ray
 
     ray.init(

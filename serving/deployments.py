@@ -23,8 +23,10 @@ from __future__ import annotations
 import asyncio
 import importlib
 import logging
+import os
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -40,6 +42,7 @@ __all__ = [
     "api_ingress_class",
     "batch_size",
     "batch_wait_ms",
+    "yield_cpu",
 ]
 
 logger = logging.getLogger(__name__)
@@ -48,6 +51,28 @@ _PRODUCTION_TTL_S = 1.0  # a request that names no version: how stale "productio
 VERSIONS_PER_REPLICA = 3
 """Versions of one model a replica keeps loaded (least recently used out): production, the one
 before it (a rollback, studies in flight) and room for one more (a shadow, item 2 of issue 20)."""
+
+
+def yield_cpu(settings: Settings) -> None:
+    """Give this replica's process the niceness ``triage_nice`` (a Ray actor has a process of
+    its own), so that the triage and model work in it yields the CPU to the API's replicas and
+    Serve's proxy answering readers, and to ingest, where cores are scarce. radcloud's Ray
+    starts its workers at niceness 0 (:data:`serving.ray_node.WORKER_NICENESS`), where Ray's
+    default, 15, put the API's answers behind Orthanc and the gateway.
+
+    On Linux niceness belongs to each thread (``setpriority`` of the process changes the calling
+    thread only), so every thread the process has now is set; threads started later inherit
+    their starter's. Only ever raised: an unprivileged process cannot lower its niceness.
+    """
+    target = settings.triage_nice
+    tasks = Path("/proc/self/task")
+    threads = [int(task.name) for task in tasks.iterdir()] if tasks.is_dir() else [0]
+    for thread in threads:
+        try:
+            if os.getpriority(os.PRIO_PROCESS, thread) < target:
+                os.setpriority(os.PRIO_PROCESS, thread, target)
+        except (ProcessLookupError, PermissionError):  # a thread gone meanwhile
+            continue
 
 
 def batch_size(settings: Settings, name: str) -> int:
@@ -79,6 +104,7 @@ class ModelServer:
         from models.registry import ModelRegistry
 
         settings = load_settings()
+        yield_cpu(settings)
         self.name = name
         self.settings = settings
         self.registry = ModelRegistry(settings.paths.models_dir)
@@ -206,6 +232,7 @@ class TriageWorker:
         from serving.wiring import build_notifier, build_pipeline
 
         settings = load_settings()
+        yield_cpu(settings)
         self.settings = settings
         self.pipeline = build_pipeline(
             settings, _predict_through(model_handles), set(model_handles)
@@ -239,6 +266,7 @@ class TriageWorker:
             "processed": self.processed,
             "last_error": self.last_error,
             "alive": self._thread.is_alive(),
+            "nice": os.getpriority(os.PRIO_PROCESS, 0),
         }
 
     def check_health(self) -> None:

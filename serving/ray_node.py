@@ -11,9 +11,10 @@ workers, which inherit the variable), and shows ``ray start``'s own check the mo
 the worker node joins.
 
 It also sets what the node's processes must read that a local Ray gets from
-``python -m serving``: Serve's proxy callback (the body budget, ``serving._body_limit``) and
-Ray's token authentication (``RAY_AUTH_MODE=token``; the head makes the token, in
-``~/.ray/auth_token``, and every node and the serving process of this machine read it).
+``python -m serving``: Serve's proxy callback (the body budget, ``serving._body_limit``), the
+workers' niceness (:data:`WORKER_NICENESS`) and Ray's token authentication
+(``RAY_AUTH_MODE=token``; the head makes the token, in ``~/.ray/auth_token``, and every node
+and the serving process of this machine read it).
 ``tests/radcloud/test_ray_cluster.py`` checks every listening socket of both nodes, so a Ray
 upgrade that changes either is noticed.
 """
@@ -24,9 +25,15 @@ import os
 import sys
 import types
 
-__all__ = ["AUTH_MODE_ENV", "CLUSTER_ENV", "main"]
+__all__ = ["AUTH_MODE_ENV", "CLUSTER_ENV", "WORKER_NICENESS", "WORKER_NICENESS_ENV", "main"]
 
 CLUSTER_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+WORKER_NICENESS_ENV = "RAY_worker_niceness"
+WORKER_NICENESS = "0"
+"""The niceness radcloud's Ray starts its workers with, on every node (Ray's default is 15): the
+API's replicas and Serve's proxy answer readers at Orthanc's and the gateway's priority, and the
+triage workers and model replicas lower their own (``RADCLOUD_TRIAGE_NICE``,
+:func:`serving.deployments.yield_cpu`). The raylet reads it from its environment."""
 AUTH_MODE_ENV = "RAY_AUTH_MODE"
 
 
@@ -36,6 +43,7 @@ def main() -> None:
 
     os.environ[CLUSTER_ENV] = "0"  # before Ray is imported: its constants read it
     os.environ.setdefault(AUTH_MODE_ENV, "token")
+    os.environ.setdefault(WORKER_NICENESS_ENV, WORKER_NICENESS)
     os.environ.setdefault("RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH", PROXY_CALLBACK)
     from ray._private import ray_constants
     from ray.scripts import scripts
