@@ -18,6 +18,7 @@ from PIL import Image
 from benchmarks._env import percentiles
 from benchmarks.harness import SCHEMA, SUITES, BenchError, run_bench
 from benchmarks.worklist import summarise_waits
+from training.tasks import Task, task_spec
 
 RADCLOUD = [sys.executable, "-m", "radcloud"]
 MACHINE_KEYS = {"host", "cpu", "cores", "memory_gib", "threads", "packages", "commit", "time"}
@@ -123,7 +124,7 @@ def _check_inference(inference: dict[str, Any]) -> None:
 
 def _check_serving(serving: dict[str, Any]) -> None:
     _assert_spread(serving["raw_inputs_per_s"])
-    assert serving["model"]["architecture"] == "densenet121-2d"
+    assert serving["model"]["architecture"] == task_spec(Task.CHEST_XR).architecture
     for path in ("handle", "http"):
         assert set(serving[path]) == {str(c) for c in serving["concurrency"]}
         for measured in serving[path].values():
